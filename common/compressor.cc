@@ -1,0 +1,3 @@
+#include "common/compressor.h"
+
+// Implementation in progress.

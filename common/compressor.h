@@ -1,0 +1,59 @@
+// Worker-side low-rank gradient compression with error feedback (PowerSGD-style, Vogels et
+// al. 2019): what a worker sends instead of an m x n gradient.
+//
+//   E = E + G;  P = Orthonormalize(E Qw);  R = E^T P;  E = E - P R^T;  Qw = colnorm(R)
+//
+// The pair (P, R) travels, (m + n) r numbers instead of m n. Nothing is lost: whatever the
+// rank-r factors did not capture stays in the residual E, and a contribution the server
+// refuses is put back with Restore(). The factors are in the matrix's own orientation:
+// P is m x r and R is n x r, so the contribution is P R^T (m x n).
+//
+// Thread-safety: not safe for concurrent use; one compressor per parameter per worker.
+#ifndef DION_COMMON_COMPRESSOR_H_
+#define DION_COMMON_COMPRESSOR_H_
+
+#include <cstdint>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "common/matrix.h"
+#include "common/orthonormalize.h"
+
+namespace dion {
+
+struct LowRankFactors {
+  Matrix P;  // m x r
+  Matrix R;  // n x r; the contribution is P R^T
+};
+
+class LowRankCompressor {
+ public:
+  // An m x n parameter compressed to rank r (1 <= r <= min(m, n)); Qw starts N(0, 1) from
+  // Rng(seed).
+  LowRankCompressor(int64_t m, int64_t n, int rank, uint64_t seed, OrthoOptions ortho = {});
+
+  // E += G. Shape must be m x n; non-finite G is refused with InvalidArgument, E unchanged.
+  absl::Status Accumulate(ConstMatrixRef G);
+
+  // Compresses the residual: returns (P, R) and subtracts P R^T from E. A zero residual gives
+  // zero factors.
+  LowRankFactors Compress();
+
+  // Puts a contribution the server refused back into the residual: E += P R^T.
+  absl::Status Restore(const LowRankFactors& factors);
+
+  const Matrix& residual() const { return E_; }
+  int rank() const { return rank_; }
+  int64_t rows() const { return E_.rows(); }
+  int64_t cols() const { return E_.cols(); }
+
+ private:
+  Matrix E_;   // m x n residual
+  Matrix Qw_;  // n x r warm-start right factor
+  int rank_;
+  OrthoOptions ortho_;
+};
+
+}  // namespace dion
+
+#endif  // DION_COMMON_COMPRESSOR_H_

@@ -1,0 +1,3 @@
+#include "common/dion.h"
+
+// Implementation in progress.

@@ -1,0 +1,3 @@
+#include "common/elementwise_optimizers.h"
+
+// Implementation in progress.

@@ -1,0 +1,3 @@
+#include "common/muon.h"
+
+// Implementation in progress.

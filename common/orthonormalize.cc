@@ -1,0 +1,3 @@
+#include "common/orthonormalize.h"
+
+// Implementation in progress.

@@ -1,0 +1,40 @@
+#!/usr/bin/env bash
+# Sets up, builds and runs every test of dion-ps: the Release build, then the same suite
+# under AddressSanitizer + UndefinedBehaviorSanitizer. This is README's test command and
+# exactly what CI runs (.ci/run).
+#
+# Usage: scripts/test.sh [--no-setup] [--no-asan]
+#   Build trees: build/ (Release) and build-asan/ (ASan+UBSan). JOBS=N sets parallelism.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+setup=1; asan=1
+for arg in "$@"; do
+  case "$arg" in
+    --no-setup) setup=0 ;;
+    --no-asan) asan=0 ;;
+    -h|--help) sed -n '2,8p' "$0"; exit 0 ;;
+    *) echo "test.sh: unknown argument '$arg' (expected --no-setup, --no-asan)" >&2; exit 2 ;;
+  esac
+done
+jobs="${JOBS:-$(nproc)}"
+[ "$setup" = 1 ] && bash scripts/setup.sh
+
+stage() { printf '\n=== %s ===\n' "$*"; }
+
+stage "Release build"
+cmake -S . -B build -G Ninja -DCMAKE_BUILD_TYPE=Release >/dev/null
+cmake --build build -j "$jobs"
+stage "Release tests"
+ctest --test-dir build --output-on-failure -j "$jobs" --timeout 300
+
+if [ "$asan" = 1 ]; then
+  stage "AddressSanitizer + UBSan build"
+  cmake -S . -B build-asan -G Ninja -DCMAKE_BUILD_TYPE=Debug -DCMAKE_CXX_FLAGS=-O1 \
+    -DDION_SANITIZE=address -DDION_BUILD_BENCH=OFF >/dev/null
+  cmake --build build-asan -j "$jobs"
+  stage "AddressSanitizer + UBSan tests"
+  ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1 \
+    ctest --test-dir build-asan --output-on-failure -j "$jobs" --timeout 600
+fi
+stage "all tests passed"
