@@ -1,3 +1,174 @@
 #include "common/dion.h"
 
-// Implementation in progress.
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+
+#include "absl/strings/str_cat.h"
+#include "common/blas.h"
+#include "common/rng.h"
+
+namespace dion {
+namespace {
+
+bool IsFiniteNumber(double x) { return std::isfinite(x); }
+
+// Seconds elapsed since `start`, and restarts it.
+double Lap(std::chrono::steady_clock::time_point& start) {
+  const auto now = std::chrono::steady_clock::now();
+  const double seconds = std::chrono::duration<double>(now - start).count();
+  start = now;
+  return seconds;
+}
+
+// Q = R / (||R_col||_2 + eps), column by column.
+void ColumnNormalize(const Matrix& R, double eps, Matrix& Q) {
+  const Eigen::RowVectorXf norms = R.colwise().norm();
+  Q.resize(R.rows(), R.cols());
+  for (Eigen::Index j = 0; j < R.cols(); ++j) {
+    Q.col(j) = R.col(j) / static_cast<float>(norms(j) + eps);
+  }
+}
+
+}  // namespace
+
+absl::Status ValidateDionConfig(const DionConfig& c) {
+  const auto bad = [](absl::string_view field, double value, absl::string_view expected) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("dion ", field, " = ", value, " is out of range: expected ", expected));
+  };
+  if (!IsFiniteNumber(c.lr) || c.lr < 0) return bad("lr", c.lr, "a finite value >= 0");
+  if (!(c.mu >= 0 && c.mu < 1)) return bad("mu", c.mu, "0 <= mu < 1");
+  if (!IsFiniteNumber(c.weight_decay) || c.weight_decay < 0) {
+    return bad("weight_decay", c.weight_decay, "a finite value >= 0");
+  }
+  if (!IsFiniteNumber(c.eps) || c.eps <= 0) return bad("eps", c.eps, "a finite value > 0");
+  if (c.power_iters < 1 || c.power_iters > 16) {
+    return bad("power_iters", c.power_iters, "an integer in [1, 16]");
+  }
+  if (!(c.rank_fraction > 0 && c.rank_fraction <= 1)) {
+    return bad("rank_fraction", c.rank_fraction, "0 < rank_fraction <= 1");
+  }
+  if (c.rank_multiple_of < 1) {
+    return bad("rank_multiple_of", c.rank_multiple_of, "an integer >= 1");
+  }
+  if (!(c.ortho.oversample >= 1 && c.ortho.oversample <= 16)) {
+    return bad("ortho.oversample", c.ortho.oversample, "1 <= oversample <= 16");
+  }
+  if (c.lr * c.weight_decay >= 1) {
+    return bad("lr * weight_decay", c.lr * c.weight_decay, "< 1 so that weights are not flipped");
+  }
+  return absl::OkStatus();
+}
+
+int DionRank(int64_t m, int64_t n, double rank_fraction, int rank_multiple_of) {
+  const int64_t short_side = std::min(m, n);
+  const int64_t multiple = std::max(1, rank_multiple_of);
+  // Subtract a hair before ceil so that e.g. 0.25 * 1024 = 256.00000000001 stays 256.
+  const double units = std::ceil(rank_fraction * static_cast<double>(short_side) /
+                                     static_cast<double>(multiple) - 1e-9);
+  const int64_t rank = static_cast<int64_t>(units) * multiple;
+  return static_cast<int>(std::clamp<int64_t>(rank, 1, std::max<int64_t>(1, short_side)));
+}
+
+DionState InitDionState(int64_t m, int64_t n, int rank, uint64_t seed) {
+  DionState state;
+  state.M = Matrix::Zero(m, n);
+  state.Q.resize(std::min(m, n), rank);
+  Rng rng(seed);
+  rng.FillNormal(state.Q);
+  return state;
+}
+
+void ApplyLowRankUpdate(MatrixRef X, float decay, float scale, ConstMatrixRef P,
+                        ConstMatrixRef Q, bool transposed) {
+  // One GEMM does both the decoupled decay (beta) and the update (alpha).
+  if (transposed) {
+    Gemm(Trans::kNo, Trans::kYes, -scale, Q, P, decay, X);  // X^T = decay X^T - scale P Q^T
+  } else {
+    Gemm(Trans::kNo, Trans::kYes, -scale, P, Q, decay, X);
+  }
+}
+
+DionStepResult DionStepFromMomentum(MatrixRef X, DionState& state, const DionConfig& config,
+                                    bool measure_ortho_error) {
+  const int64_t m = X.rows(), n = X.cols();
+  const int rank = static_cast<int>(state.Q.cols());
+  DionStepResult result;
+  // Dion always runs with P on the tall side; for a wide X it works on X^T, which for
+  // row-major storage is just a transposed GEMM operand, never a copy.
+  result.transposed = DionTransposed(m, n);
+  result.decay = static_cast<float>(1.0 - config.lr * config.weight_decay);
+  result.scale = static_cast<float>(config.lr * std::sqrt(static_cast<double>(m) / n));
+  const Trans b_op = result.transposed ? Trans::kYes : Trans::kNo;     // B_alg = op(M)
+  const Trans bt_op = result.transposed ? Trans::kNo : Trans::kYes;    // B_alg^T
+  Matrix& B = state.M;  // holds B = M + G on entry
+
+  Matrix R(std::min(m, n), rank);
+  result.P.resize(std::max(m, n), rank);
+  const Matrix* Q_in = &state.Q;
+  auto clock = std::chrono::steady_clock::now();
+  for (int it = 0; it < config.power_iters; ++it) {
+    Gemm(b_op, Trans::kNo, 1.0f, B, *Q_in, 0.0f, result.P);  // P = B Q
+    // A zero B (or one whose rows are orthogonal to Q) gives P = 0; orthonormalizing that
+    // would invent a direction and zero Q for good. Skip the update, keep everything in M.
+    if (!result.P.allFinite() || (result.P.array() == 0.0f).all()) break;
+    result.power_iteration_seconds += Lap(clock);
+    result.ortho = Orthonormalize(result.P, config.ortho);
+    result.orthonormalize_seconds += Lap(clock);
+    if (!result.ortho.ok) break;
+    Gemm(bt_op, Trans::kNo, 1.0f, B, result.P, 0.0f, R);  // R = B^T P
+    if (!R.allFinite()) break;
+    ColumnNormalize(R, config.eps, result.Q);  // Q = colnorm(R)
+    result.power_iteration_seconds += Lap(clock);
+    Q_in = &result.Q;
+    result.applied = it + 1 == config.power_iters;
+  }
+  ++state.step;
+  if (!result.applied) {
+    // No update: M keeps B (nothing is lost), Q is unchanged, only the decay applies.
+    result.P.setZero();
+    result.Q = state.Q;
+    X *= result.decay;
+    return result;
+  }
+  if (measure_ortho_error) {
+    result.ortho_error = OrthogonalityError(result.P);
+    Lap(clock);  // a diagnostic, not part of any phase
+  }
+  // Error feedback in place: M = B - (1 - mu) P R^T (transposed for a wide X).
+  const float keep = static_cast<float>(-(1.0 - config.mu));
+  if (result.transposed) {
+    Gemm(Trans::kNo, Trans::kYes, keep, R, result.P, 1.0f, B);
+  } else {
+    Gemm(Trans::kNo, Trans::kYes, keep, result.P, R, 1.0f, B);
+  }
+  state.Q = result.Q;
+  ApplyLowRankUpdate(X, result.decay, result.scale, result.P, result.Q, result.transposed);
+  result.update_seconds = Lap(clock);
+  return result;
+}
+
+absl::StatusOr<DionStepResult> DionStep(MatrixRef X, ConstMatrixRef G, DionState& state,
+                                        const DionConfig& config, bool measure_ortho_error) {
+  const int64_t m = X.rows(), n = X.cols();
+  if (G.rows() != m || G.cols() != n) {
+    return absl::InvalidArgumentError(absl::StrCat("gradient shape [", G.rows(), ", ", G.cols(),
+                                                   "] does not match the parameter's [", m, ", ",
+                                                   n, "]"));
+  }
+  if (state.M.rows() != m || state.M.cols() != n || state.Q.rows() != std::min(m, n) ||
+      state.Q.cols() < 1 || state.Q.cols() > std::min(m, n)) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        "Dion state does not fit a [", m, ", ", n, "] parameter: M is [", state.M.rows(), ", ",
+        state.M.cols(), "], Q is [", state.Q.rows(), ", ", state.Q.cols(), "]; expected M [", m,
+        ", ", n, "] and Q [", std::min(m, n), ", r] with 1 <= r <= ", std::min(m, n)));
+  }
+  if (!G.allFinite()) {
+    return absl::InvalidArgumentError("gradient contains NaN or Inf; step refused, state unchanged");
+  }
+  state.M += G;  // B = M + G, in place
+  return DionStepFromMomentum(X, state, config, measure_ortho_error);
+}
+
+}  // namespace dion

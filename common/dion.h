@@ -59,6 +59,10 @@ struct DionStepResult {
   Matrix Q;              // short x r, the new state Q
   OrthoReport ortho;     // what the orthonormalization did
   double ortho_error = -1.0;  // ||P^T P - I||_max if measure_ortho_error was set, else -1
+  // Wall time of the step's phases, for the server's step-phase metrics.
+  double power_iteration_seconds = 0;  // the B Q and B^T P products
+  double orthonormalize_seconds = 0;
+  double update_seconds = 0;           // error feedback and the weight update
 };
 
 // One Dion step on X given the gradient G (both m x n): B = M + G and the rest of the

@@ -1,3 +1,113 @@
+// The OpenBLAS/LAPACK wrappers on row-major views, against Eigen products in double.
+#include "common/blas.h"
+
 #include <gtest/gtest.h>
 
-// Tests in progress.
+#include "tests/reference.h"
+
+namespace dion {
+namespace {
+
+using testing::GaussianD;
+
+MatrixD Op(const MatrixD& a, Trans t) { return t == Trans::kYes ? MatrixD(a.transpose()) : a; }
+
+// Float32 GEMM with inner dimension k has rounding ~ k * 6e-8 relative to the summands;
+// 1e-5 of the largest entry is a safe bound for k <= 40.
+constexpr double kGemmTolerance = 1e-5;
+
+TEST(Gemm, AllTransposeCombinationsWithAlphaAndBeta) {
+  for (Trans ta : {Trans::kNo, Trans::kYes}) {
+    for (Trans tb : {Trans::kNo, Trans::kYes}) {
+      const int m = 13, n = 7, k = 40;
+      const MatrixD A = ta == Trans::kYes ? GaussianD(k, m, 1) : GaussianD(m, k, 1);
+      const MatrixD B = tb == Trans::kYes ? GaussianD(n, k, 2) : GaussianD(k, n, 2);
+      const MatrixD C0 = GaussianD(m, n, 3);
+      Matrix C = C0.cast<float>();
+      Gemm(ta, tb, -0.5f, A.cast<float>(), B.cast<float>(), 0.75f, C);
+      const MatrixD expected = -0.5 * Op(A, ta) * Op(B, tb) + 0.75 * C0;
+      EXPECT_LE(testing::MaxRelativeError(C.cast<double>(), expected), kGemmTolerance);
+    }
+  }
+}
+
+TEST(Gemm, WorksOnBlocksOfLargerMatrices) {
+  const MatrixD big = GaussianD(20, 30, 4);
+  Matrix bigf = big.cast<float>();
+  Matrix C = Matrix::Zero(20, 30);
+  // C[2:7, 3:9] = big[0:5, 0:4] * big[5:9, 10:16]
+  Gemm(Trans::kNo, Trans::kNo, 1.0f, bigf.block(0, 0, 5, 4), bigf.block(5, 10, 4, 6), 0.0f,
+       C.block(2, 3, 5, 6));
+  const MatrixD expected = big.block(0, 0, 5, 4) * big.block(5, 10, 4, 6);
+  EXPECT_LE(testing::MaxRelativeError(C.block(2, 3, 5, 6).cast<double>(), expected),
+            kGemmTolerance);
+  EXPECT_EQ(C.block(0, 0, 2, 30).cwiseAbs().sum(), 0.0f) << "GEMM wrote outside its block";
+}
+
+TEST(Gemm, EmptyInnerDimensionScalesByBeta) {
+  Matrix C = Matrix::Constant(3, 4, 2.0f);
+  Gemm(Trans::kNo, Trans::kNo, 1.0f, Matrix(3, 0), Matrix(0, 4), 0.5f, C);
+  EXPECT_TRUE((C.array() == 1.0f).all());
+}
+
+TEST(Syrk, UpperTriangleOfAtA) {
+  const MatrixD A = GaussianD(50, 9, 5);
+  Matrix C = Matrix::Constant(9, 9, -7.0f);
+  SyrkUpperAtA(1.0f, A.cast<float>(), 0.0f, C);
+  const MatrixD expected = A.transpose() * A;
+  for (int i = 0; i < 9; ++i) {
+    for (int j = 0; j < 9; ++j) {
+      if (j >= i) {
+        EXPECT_NEAR(C(i, j), expected(i, j), 1e-4 * expected.cwiseAbs().maxCoeff());
+      } else {
+        EXPECT_EQ(C(i, j), -7.0f) << "lower triangle must be left alone";
+      }
+    }
+  }
+}
+
+TEST(Cholesky, FactorsPositiveDefiniteAndSolves) {
+  const MatrixD A = GaussianD(40, 6, 6);
+  const MatrixD C = A.transpose() * A;
+  Matrix U = C.cast<float>();
+  ASSERT_TRUE(CholeskyUpper(U));
+  Matrix Uu = U.triangularView<Eigen::Upper>();
+  const MatrixD UtU = Uu.cast<double>().transpose() * Uu.cast<double>();
+  EXPECT_LE(testing::MaxRelativeError(UtU, C), 1e-5);
+  // P U^{-1} with P = A gives orthonormal columns (Cholesky QR).
+  Matrix P = A.cast<float>();
+  SolveUpperRight(Uu, P);
+  const MatrixD PtP = P.cast<double>().transpose() * P.cast<double>();
+  EXPECT_LE((PtP - MatrixD::Identity(6, 6)).cwiseAbs().maxCoeff(), 1e-4);
+}
+
+TEST(Cholesky, ReportsFailureOnIndefiniteMatrix) {
+  Matrix C(2, 2);
+  C << 1, 2, 2, 1;  // eigenvalues 3 and -1
+  EXPECT_FALSE(CholeskyUpper(C));
+}
+
+TEST(HouseholderQr, GivesOrthonormalQAndUpperR) {
+  const MatrixD A = GaussianD(30, 8, 7);
+  Matrix Q = A.cast<float>();
+  Matrix R;
+  HouseholderQr(Q, &R);
+  ASSERT_EQ(R.rows(), 8);
+  const MatrixD QR = Q.cast<double>() * R.cast<double>();
+  EXPECT_LE(testing::MaxRelativeError(QR, A), 1e-5);
+  const MatrixD QtQ = Q.cast<double>().transpose() * Q.cast<double>();
+  EXPECT_LE((QtQ - MatrixD::Identity(8, 8)).cwiseAbs().maxCoeff(), 1e-5);
+  for (int i = 0; i < 8; ++i)
+    for (int j = 0; j < i; ++j) EXPECT_EQ(R(i, j), 0.0f);
+}
+
+TEST(BlasThreads, SetAndGet) {
+  const int before = BlasThreads();
+  SetBlasThreads(1);
+  EXPECT_EQ(BlasThreads(), 1);
+  SetBlasThreads(before);
+  EXPECT_EQ(BlasThreads(), before);
+}
+
+}  // namespace
+}  // namespace dion

@@ -94,4 +94,8 @@ double MaxRelativeError(const MatrixD& a, const MatrixD& b) {
   return (a - b).cwiseAbs().maxCoeff() / scale;
 }
 
+double RelativeError(const MatrixD& a, const MatrixD& b) {
+  return (a - b).norm() / std::max(b.norm(), 1e-300);
+}
+
 }  // namespace dion::testing

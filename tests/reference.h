@@ -39,6 +39,9 @@ MatrixD GaussianD(int64_t rows, int64_t cols, uint64_t seed, double stddev = 1.0
 // max |a - b| / max(max |b|, tiny): relative error in the max norm.
 double MaxRelativeError(const MatrixD& a, const MatrixD& b);
 
+// ||a - b||_F / max(||b||_F, tiny): relative error in the Frobenius norm.
+double RelativeError(const MatrixD& a, const MatrixD& b);
+
 }  // namespace dion::testing
 
 #endif  // DION_TESTS_REFERENCE_H_
