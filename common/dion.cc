@@ -112,13 +112,13 @@ DionStepResult DionStepFromMomentum(MatrixRef X, DionState& state, const DionCon
     Gemm(b_op, Trans::kNo, 1.0f, B, *Q_in, 0.0f, result.P);  // P = B Q
     // A zero B (or one whose rows are orthogonal to Q) gives P = 0; orthonormalizing that
     // would invent a direction and zero Q for good. Skip the update, keep everything in M.
-    if (!result.P.allFinite() || (result.P.array() == 0.0f).all()) break;
+    if (!AllFinite(result.P) || (result.P.array() == 0.0f).all()) break;
     result.power_iteration_seconds += Lap(clock);
     result.ortho = Orthonormalize(result.P, config.ortho);
     result.orthonormalize_seconds += Lap(clock);
     if (!result.ortho.ok) break;
     Gemm(bt_op, Trans::kNo, 1.0f, B, result.P, 0.0f, R);  // R = B^T P
-    if (!R.allFinite()) break;
+    if (!AllFinite(R)) break;
     ColumnNormalize(R, config.eps, result.Q);  // Q = colnorm(R)
     result.power_iteration_seconds += Lap(clock);
     Q_in = &result.Q;
@@ -164,7 +164,7 @@ absl::StatusOr<DionStepResult> DionStep(MatrixRef X, ConstMatrixRef G, DionState
         state.M.cols(), "], Q is [", state.Q.rows(), ", ", state.Q.cols(), "]; expected M [", m,
         ", ", n, "] and Q [", std::min(m, n), ", r] with 1 <= r <= ", std::min(m, n)));
   }
-  if (!G.allFinite()) {
+  if (!AllFinite(G)) {
     return absl::InvalidArgumentError("gradient contains NaN or Inf; step refused, state unchanged");
   }
   state.M += G;  // B = M + G, in place

@@ -20,6 +20,10 @@ using Vector = Eigen::VectorXf;
 using MatrixRef = Eigen::Ref<Matrix>;
 using ConstMatrixRef = Eigen::Ref<const Matrix>;
 
+// True when every entry is finite. NaN * 0 and Inf * 0 are NaN, so one vectorised sum
+// answers; Eigen's allFinite() is ~80x slower on a 4096 x 1024 matrix (ortho_bench notes).
+inline bool AllFinite(ConstMatrixRef A) { return (A.array() * 0.0f).sum() == 0.0f; }
+
 }  // namespace dion
 
 #endif  // DION_COMMON_MATRIX_H_
