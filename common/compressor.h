@@ -28,18 +28,26 @@ struct LowRankFactors {
 
 class LowRankCompressor {
  public:
-  // An m x n parameter compressed to rank r (1 <= r <= min(m, n)); Qw starts N(0, 1) from
-  // Rng(seed).
+  // An m x n parameter (REQUIRES m >= 1, n >= 1) compressed to rank r. A rank outside
+  // [1, min(m, n)] is clamped into it (rank() reports the rank used): more than min(m, n)
+  // columns cannot be orthonormal, and rank 0 would send nothing. Qw (n x r) starts N(0, 1)
+  // from Rng(seed), so the same seed gives the same factors.
   LowRankCompressor(int64_t m, int64_t n, int rank, uint64_t seed, OrthoOptions ortho = {});
 
-  // E += G. Shape must be m x n; non-finite G is refused with InvalidArgument, E unchanged.
+  // E += G. Shape must be m x n; non-finite G, or a G that would overflow E, is refused
+  // with InvalidArgument and E is unchanged.
   absl::Status Accumulate(ConstMatrixRef G);
 
-  // Compresses the residual: returns (P, R) and subtracts P R^T from E. A zero residual gives
-  // zero factors.
+  // Compresses the residual: returns (P, R) with P^T P = I and subtracts P R^T from E, so
+  // that P R^T + E is the residual before the call (to float rounding). Then Qw = colnorm(R).
+  // When E Qw is zero (e.g. a zero residual), Orthonormalize reports failure or R comes out
+  // zero, returns zero factors (P m x r, R n x r, all zero) and leaves E and Qw unchanged.
+  // Never returns NaN or Inf.
   LowRankFactors Compress();
 
-  // Puts a contribution the server refused back into the residual: E += P R^T.
+  // Puts a contribution the server refused back into the residual: E += P R^T. P must be
+  // m x k and R n x k for one k (any k, normally rank()); mismatched shapes or non-finite
+  // factors are refused with InvalidArgument and E is unchanged.
   absl::Status Restore(const LowRankFactors& factors);
 
   const Matrix& residual() const { return E_; }

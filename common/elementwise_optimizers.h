@@ -27,12 +27,15 @@ struct AdamWState {
   int64_t step = 0;   // t, the number of updates applied
 };
 
+// InvalidArgument naming the field unless lr and weight_decay are finite and >= 0,
+// 0 <= beta1, beta2 < 1 and eps is finite and > 0.
 absl::Status ValidateAdamWConfig(const AdamWConfig& config);
 AdamWState InitAdamWState(int64_t rows, int64_t cols);
 
 // One AdamW step: m = b1 m + (1-b1) G; v = b2 v + (1-b2) G^2; t += 1;
 // X = X (1 - lr wd) - lr (m / (1 - b1^t)) / (sqrt(v / (1 - b2^t)) + eps).
-// Shapes must match; non-finite G is refused with InvalidArgument and nothing changes.
+// G, state.m and state.v must have the shape of X. Mismatched shapes, a non-finite G or an
+// invalid config are refused with InvalidArgument and nothing (X, state) changes.
 absl::Status AdamWStep(MatrixRef X, ConstMatrixRef G, AdamWState& state,
                        const AdamWConfig& config);
 
@@ -48,11 +51,14 @@ struct LionState {
   int64_t step = 0;
 };
 
+// InvalidArgument naming the field unless lr and weight_decay are finite and >= 0 and
+// 0 <= beta1, beta2 < 1.
 absl::Status ValidateLionConfig(const LionConfig& config);
 LionState InitLionState(int64_t rows, int64_t cols);
 
 // One Lion step: u = sign(b1 m + (1-b1) G); X = X (1 - lr wd) - lr u; m = b2 m + (1-b2) G.
-// Shapes must match; non-finite G is refused with InvalidArgument and nothing changes.
+// G and state.m must have the shape of X. Mismatched shapes, a non-finite G or an invalid
+// config are refused with InvalidArgument and nothing (X, state) changes.
 absl::Status LionStep(MatrixRef X, ConstMatrixRef G, LionState& state, const LionConfig& config);
 
 }  // namespace dion
