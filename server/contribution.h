@@ -1,0 +1,79 @@
+// What a worker pushes for one parameter, once decoded from the wire (server/wire.h), and the
+// batch of accepted contributions the batcher hands to the store for one step.
+//
+// Orientation: for an m x n parameter X, a low-rank contribution has P (m x r) and R (n x r)
+// and stands for P R^T; a dense gradient is m x n (1-D parameters are 1 x n).
+//
+// Thread-safety: plain value types.
+#ifndef DION_SERVER_CONTRIBUTION_H_
+#define DION_SERVER_CONTRIBUTION_H_
+
+#include <cstdint>
+#include <string>
+#include <variant>
+#include <vector>
+
+#include "absl/strings/string_view.h"
+#include "absl/time/time.h"
+#include "common/compressor.h"
+#include "common/matrix.h"
+
+namespace dion {
+
+struct Contribution {
+  std::string worker_id;
+  uint64_t sequence = 0;       // dedup key together with (worker_id, parameter)
+  std::string parameter;
+  int64_t base_version = 0;    // the version the gradient was computed against
+  int64_t sample_count = 0;    // > 0
+  double loss = 0.0;           // the worker's training loss (monitoring only)
+  // Low-rank factors for Dion parameters, a dense gradient for the others.
+  std::variant<LowRankFactors, Matrix> payload;
+
+  bool is_low_rank() const { return std::holds_alternative<LowRankFactors>(payload); }
+  const LowRankFactors& factors() const { return std::get<LowRankFactors>(payload); }
+  const Matrix& gradient() const { return std::get<Matrix>(payload); }
+};
+
+// How the batcher judged a contribution.
+enum class PushResult {
+  kAccepted,   // in a batch; will be applied exactly once
+  kDuplicate,  // this (worker, parameter, sequence) was accepted before; ignored
+  kStale,      // staleness above max_staleness; refused, nothing kept
+};
+
+absl::string_view PushResultName(PushResult result);
+
+// One accepted contribution with its staleness and its weight in the batch mean.
+struct WeightedContribution {
+  Contribution contribution;
+  int64_t staleness = 0;  // tau = batch version - base_version
+  double weight = 0.0;    // samples * w(tau), normalised so a batch's weights sum to 1
+};
+
+// Why a batch closed.
+enum class CloseReason {
+  kSamples,   // reached the sample target
+  kWorkers,   // reached K distinct workers
+  kDeadline,  // the deadline after the first contribution passed
+  kFull,      // reached the per-batch contribution cap (a memory bound)
+  kFlush,     // closed on request (shutdown, checkpoint)
+};
+
+absl::string_view CloseReasonName(CloseReason reason);
+
+// The contributions of one step of one parameter.
+struct Batch {
+  std::string parameter;
+  int64_t version = 0;  // the version the step applies to; it produces version + 1
+  std::vector<WeightedContribution> entries;  // non-empty, arrival order
+  int64_t samples = 0;  // sum of sample_count
+  int workers = 0;      // distinct worker ids
+  CloseReason reason = CloseReason::kFlush;
+  absl::Time opened;    // arrival of the first contribution
+  absl::Time closed;
+};
+
+}  // namespace dion
+
+#endif  // DION_SERVER_CONTRIBUTION_H_

@@ -1,0 +1,371 @@
+#include "server/parameter_store.h"
+
+#include <algorithm>
+#include <cmath>
+#include <utility>
+
+#include "absl/container/flat_hash_set.h"
+#include "absl/strings/str_cat.h"
+#include "common/rng.h"
+#include "server/checksum.h"
+
+namespace dion {
+namespace {
+
+// FNV-1a 64 of the name's bytes: a stable, platform-independent number for a name.
+uint64_t NameHash(absl::string_view name) {
+  uint64_t h = 14695981039346656037ull;
+  for (unsigned char c : name) h = (h ^ c) * 1099511628211ull;
+  return h;
+}
+
+// Identifies the Dion-Q stream among the parameter's random streams.
+constexpr uint64_t kDionStateStream = 0x446f6e51;  // "DonQ"
+
+bool SameShape(const Matrix& a, int64_t rows, int64_t cols) {
+  return a.rows() == rows && a.cols() == cols;
+}
+
+// Whether `state` is a valid state of `spec`'s optimizer (shapes included).
+absl::Status CheckStateShape(const ParamSpec& spec, const OptimizerState& state) {
+  const int64_t m = spec.rows(), n = spec.cols();
+  const auto error = [&](absl::string_view what) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("parameter '", spec.name, "': restored optimizer state ", what));
+  };
+  switch (spec.optimizer) {
+    case OptimizerKind::kDion: {
+      const DionState* s = std::get_if<DionState>(&state);
+      if (s == nullptr) return error("is not a dion state");
+      if (!SameShape(s->M, m, n)) return error("M has the wrong shape");
+      if (!SameShape(s->Q, std::min(m, n), spec.rank())) return error("Q has the wrong shape");
+      if (!s->M.allFinite() || !s->Q.allFinite()) return error("has NaN or Inf");
+      return absl::OkStatus();
+    }
+    case OptimizerKind::kAdamW: {
+      const AdamWState* s = std::get_if<AdamWState>(&state);
+      if (s == nullptr) return error("is not an adamw state");
+      if (!SameShape(s->m, m, n) || !SameShape(s->v, m, n)) return error("has the wrong shape");
+      if (!s->m.allFinite() || !s->v.allFinite()) return error("has NaN or Inf");
+      return absl::OkStatus();
+    }
+    case OptimizerKind::kLion: {
+      const LionState* s = std::get_if<LionState>(&state);
+      if (s == nullptr) return error("is not a lion state");
+      if (!SameShape(s->m, m, n)) return error("has the wrong shape");
+      if (!s->m.allFinite()) return error("has NaN or Inf");
+      return absl::OkStatus();
+    }
+    case OptimizerKind::kMuon: {
+      const MuonState* s = std::get_if<MuonState>(&state);
+      if (s == nullptr) return error("is not a muon state");
+      if (!SameShape(s->M, m, n)) return error("has the wrong shape");
+      if (!s->M.allFinite()) return error("has NaN or Inf");
+      return absl::OkStatus();
+    }
+  }
+  return error("has an unknown kind");
+}
+
+int64_t StateStep(const OptimizerState& state) {
+  return std::visit([](const auto& s) { return s.step; }, state);
+}
+
+}  // namespace
+
+absl::Status ValidateStoreOptions(const StoreOptions& options) {
+  if (options.num_shards < 1) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("num_shards must be >= 1, got ", options.num_shards));
+  }
+  if (options.shard_index < 0 || options.shard_index >= options.num_shards) {
+    return absl::InvalidArgumentError(absl::StrCat("shard_index must be in [0, ",
+                                                   options.num_shards, "), got ",
+                                                   options.shard_index));
+  }
+  return absl::OkStatus();
+}
+
+uint64_t DionStateSeed(const ParamSpec& spec) {
+  return MixSeed(spec.init.seed, NameHash(spec.name), kDionStateStream);
+}
+
+absl::StatusOr<std::unique_ptr<ParameterStore>> ParameterStore::Create(
+    const StoreOptions& options) {
+  if (absl::Status s = ValidateStoreOptions(options); !s.ok()) return s;
+  return std::unique_ptr<ParameterStore>(new ParameterStore(options));
+}
+
+absl::StatusOr<bool> ParameterStore::RegisterModel(const ModelTable& table) {
+  if (absl::Status s = ValidateModelTable(table); !s.ok()) return s;
+  ModelFingerprint fingerprint = Fingerprint(table);
+  {
+    ReaderMutexLock lock(&mu_);
+    if (model_ != nullptr) {
+      if (absl::Status s = CompareModelTables(model_->fingerprint, fingerprint); !s.ok()) {
+        return s;
+      }
+      return false;
+    }
+  }
+  absl::StatusOr<Layout> layout = Layout::Compute(fingerprint.specs, options_.num_shards);
+  if (!layout.ok()) return layout.status();
+
+  // Build the state outside the lock: initial values and Dion's Q can take a while.
+  auto model = std::make_unique<Model>();
+  for (const ParameterDefinition& definition : table.parameters) {
+    const ParamSpec& spec = definition.spec;
+    if (layout->ShardOf(spec.name) != options_.shard_index) continue;
+    auto parameter = std::make_unique<Parameter>();
+    parameter->spec = spec;
+    {
+      MutexLock lock(&parameter->mu);
+      parameter->X = definition.initial_value ? *definition.initial_value : InitialValue(spec);
+      parameter->state = InitOptimizerState(spec, DionStateSeed(spec));
+      parameter->checksum = WeightsChecksum(parameter->X);
+    }
+    model->owned.push_back(spec.name);
+    model->parameters.emplace(spec.name, std::move(parameter));
+  }
+  model->fingerprint = std::move(fingerprint);
+  model->layout = *std::move(layout);
+
+  MutexLock lock(&mu_);
+  if (model_ != nullptr) {
+    // Another registration won the race; answer as if it had come first.
+    if (absl::Status s = CompareModelTables(model_->fingerprint, model->fingerprint); !s.ok()) {
+      return s;
+    }
+    return false;
+  }
+  model_ = std::move(model);
+  return true;
+}
+
+absl::Status ParameterStore::RegisterWorker(absl::string_view worker_id) {
+  if (worker_id.empty()) return absl::InvalidArgumentError("worker_id must not be empty");
+  MutexLock lock(&mu_);
+  if (model_ == nullptr) {
+    return absl::FailedPreconditionError(
+        absl::StrCat("cannot register worker '", worker_id, "': no model is registered"));
+  }
+  workers_.insert(std::string(worker_id));
+  return absl::OkStatus();
+}
+
+bool ParameterStore::model_registered() const {
+  ReaderMutexLock lock(&mu_);
+  return model_ != nullptr;
+}
+
+bool ParameterStore::worker_registered(absl::string_view worker_id) const {
+  ReaderMutexLock lock(&mu_);
+  return workers_.contains(worker_id);
+}
+
+std::vector<std::string> ParameterStore::workers() const {
+  ReaderMutexLock lock(&mu_);
+  std::vector<std::string> workers(workers_.begin(), workers_.end());
+  std::sort(workers.begin(), workers.end());
+  return workers;
+}
+
+absl::StatusOr<ModelInfo> ParameterStore::model() const {
+  ReaderMutexLock lock(&mu_);
+  if (model_ == nullptr) return absl::FailedPreconditionError("no model is registered");
+  return ModelInfo{model_->fingerprint.model_name, model_->fingerprint.specs, model_->layout};
+}
+
+std::vector<std::string> ParameterStore::OwnedParameters() const {
+  ReaderMutexLock lock(&mu_);
+  if (model_ == nullptr) return {};
+  return model_->owned;
+}
+
+absl::StatusOr<ParameterStore::Parameter*> ParameterStore::Find(absl::string_view name) const {
+  ReaderMutexLock lock(&mu_);
+  if (model_ == nullptr) {
+    return absl::FailedPreconditionError(
+        absl::StrCat("no model is registered; cannot use parameter '", name, "'"));
+  }
+  auto it = model_->parameters.find(name);
+  if (it != model_->parameters.end()) return it->second.get();
+  const int shard = model_->layout.ShardOf(name);
+  if (shard < 0) {
+    return absl::NotFoundError(absl::StrCat("parameter '", name, "' is not in model '",
+                                            model_->fingerprint.model_name, "'"));
+  }
+  return absl::FailedPreconditionError(absl::StrCat("parameter '", name, "' is owned by shard ",
+                                                    shard, ", this is shard ",
+                                                    options_.shard_index));
+}
+
+absl::StatusOr<ParamSpec> ParameterStore::Spec(absl::string_view parameter) const {
+  absl::StatusOr<Parameter*> p = Find(parameter);
+  if (!p.ok()) return p.status();
+  return (*p)->spec;  // immutable after registration
+}
+
+absl::StatusOr<int64_t> ParameterStore::Version(absl::string_view parameter) const {
+  absl::StatusOr<Parameter*> p = Find(parameter);
+  if (!p.ok()) return p.status();
+  return (*p)->version.load(std::memory_order_acquire);
+}
+
+absl::Status ParameterStore::ValidateContribution(const Contribution& contribution) const {
+  absl::StatusOr<Parameter*> found = Find(contribution.parameter);
+  if (!found.ok()) return found.status();
+  const Parameter& parameter = **found;
+  return CheckContribution(parameter.spec, contribution,
+                           parameter.version.load(std::memory_order_acquire));
+}
+
+absl::Status ParameterStore::CheckContribution(const ParamSpec& spec,
+                                               const Contribution& contribution,
+                                               int64_t version) const {
+  if (contribution.worker_id.empty()) {
+    return absl::InvalidArgumentError("worker_id must not be empty");
+  }
+  if (!worker_registered(contribution.worker_id)) {
+    return absl::FailedPreconditionError(
+        absl::StrCat("worker '", contribution.worker_id,
+                     "' is not registered; call RegisterModel with its worker_id first"));
+  }
+  if (contribution.sample_count <= 0) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("parameter '", spec.name, "': sample_count must be > 0, got ",
+                     contribution.sample_count));
+  }
+  if (contribution.base_version < 0 || contribution.base_version > version) {
+    return absl::OutOfRangeError(absl::StrCat(
+        "parameter '", spec.name, "': base_version ", contribution.base_version,
+        " is outside [0, ", version, "], the current version"));
+  }
+  return ValidatePayload(spec, contribution);
+}
+
+absl::StatusOr<StepOutcome> ParameterStore::ApplyBatch(const Batch& batch) {
+  absl::StatusOr<Parameter*> found = Find(batch.parameter);
+  if (!found.ok()) return found.status();
+  Parameter& parameter = **found;
+  if (batch.entries.empty()) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("parameter '", batch.parameter, "': a batch must not be empty"));
+  }
+  StepStats stats;
+  double weight_sum = 0;
+  absl::flat_hash_set<absl::string_view> workers;
+  for (const WeightedContribution& entry : batch.entries) {
+    const Contribution& c = entry.contribution;
+    if (c.parameter != batch.parameter) {
+      return absl::InvalidArgumentError(absl::StrCat("a batch of '", batch.parameter,
+                                                     "' holds a contribution for '", c.parameter,
+                                                     "'"));
+    }
+    if (!(entry.weight > 0 && std::isfinite(entry.weight))) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "parameter '", batch.parameter, "': weight ", entry.weight, " is not positive"));
+    }
+    if (absl::Status s = CheckContribution(parameter.spec, c, batch.version); !s.ok()) return s;
+    weight_sum += entry.weight;
+    stats.samples += c.sample_count;
+    stats.mean_loss += static_cast<double>(c.sample_count) * c.loss;
+    workers.insert(c.worker_id);
+  }
+  if (std::abs(weight_sum - 1.0) > 1e-6) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "parameter '", batch.parameter, "': batch weights sum to ", weight_sum, ", expected 1"));
+  }
+  stats.contributions = static_cast<int>(batch.entries.size());
+  stats.workers = static_cast<int>(workers.size());
+  stats.mean_loss /= static_cast<double>(stats.samples);
+
+  MutexLock lock(&parameter.mu);
+  const int64_t version = parameter.version.load(std::memory_order_relaxed);
+  if (batch.version != version) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        "parameter '", batch.parameter, "': the batch applies to version ", batch.version,
+        " but the parameter is at version ", version));
+  }
+  absl::StatusOr<StepReport> report = ApplyWeightedStep(
+      parameter.spec, batch.entries, parameter.X, parameter.state, options_.measure_ortho_error);
+  if (!report.ok()) return report.status();
+
+  parameter.checksum = WeightsChecksum(parameter.X);
+  parameter.contributions_applied += stats.contributions;
+  parameter.version.store(version + 1, std::memory_order_release);
+
+  StepOutcome outcome;
+  outcome.update.parameter = batch.parameter;
+  outcome.update.version = version + 1;
+  outcome.update.checksum = parameter.checksum;
+  if (report->low_rank_step.has_value()) {
+    outcome.update.content = *std::move(report->low_rank_step);
+    report->low_rank_step.reset();
+  } else {
+    outcome.update.content = parameter.X;
+  }
+  stats.report = *std::move(report);
+  outcome.stats = std::move(stats);
+  return outcome;
+}
+
+absl::StatusOr<ParameterSnapshot> ParameterStore::Snapshot(absl::string_view name,
+                                                           bool include_state) const {
+  absl::StatusOr<Parameter*> found = Find(name);
+  if (!found.ok()) return found.status();
+  const Parameter& parameter = **found;
+  ParameterSnapshot snapshot;
+  snapshot.spec = parameter.spec;
+  MutexLock lock(&parameter.mu);
+  snapshot.version = parameter.version.load(std::memory_order_relaxed);
+  snapshot.checksum = parameter.checksum;
+  snapshot.contributions_applied = parameter.contributions_applied;
+  snapshot.X = parameter.X;
+  if (include_state) snapshot.state = parameter.state;
+  return snapshot;
+}
+
+absl::Status ParameterStore::Restore(const ParameterSnapshot& snapshot) {
+  absl::StatusOr<Parameter*> found = Find(snapshot.spec.name);
+  if (!found.ok()) return found.status();
+  Parameter& parameter = **found;
+  const ParamSpec& spec = parameter.spec;
+  const auto error = [&](absl::string_view what) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("cannot restore parameter '", spec.name, "': ", what));
+  };
+  if (!SameShape(snapshot.X, spec.rows(), spec.cols())) return error("X has the wrong shape");
+  if (!snapshot.X.allFinite()) return error("X has NaN or Inf");
+  if (snapshot.version < 0) return error("negative version");
+  if (snapshot.contributions_applied < 0) return error("negative contributions_applied");
+  if (!snapshot.state.has_value()) return error("the snapshot carries no optimizer state");
+  if (snapshot.spec.optimizer != spec.optimizer || snapshot.spec.shape != spec.shape) {
+    return error("the snapshot's spec differs from the registered one");
+  }
+  if (absl::Status s = CheckStateShape(spec, *snapshot.state); !s.ok()) return s;
+
+  MutexLock lock(&parameter.mu);
+  parameter.X = snapshot.X;
+  parameter.state = *snapshot.state;
+  parameter.checksum = WeightsChecksum(parameter.X);
+  parameter.contributions_applied = snapshot.contributions_applied;
+  parameter.version.store(snapshot.version, std::memory_order_release);
+  return absl::OkStatus();
+}
+
+std::vector<ParameterStatus> ParameterStore::Statuses() const {
+  std::vector<ParameterStatus> statuses;
+  for (const std::string& name : OwnedParameters()) {
+    absl::StatusOr<Parameter*> found = Find(name);
+    if (!found.ok()) continue;
+    const Parameter& parameter = **found;
+    MutexLock lock(&parameter.mu);
+    statuses.push_back({name, parameter.spec.optimizer,
+                        parameter.version.load(std::memory_order_relaxed),
+                        StateStep(parameter.state), parameter.contributions_applied});
+  }
+  return statuses;
+}
+
+}  // namespace dion

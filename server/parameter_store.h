@@ -1,0 +1,186 @@
+// The parameters one shard owns: weights X, optimizer state and version of each, plus the
+// registered model table and the workers allowed to push.
+//
+// Flow: RegisterModel (once; identical tables again are fine) -> RegisterWorker -> for every
+// contribution ValidateContribution (no state change, precise status) -> the batcher ->
+// ApplyBatch on each closed batch, in order -> the VersionUpdate goes to the broadcaster.
+//
+// Versions: each parameter starts at version 0 and ApplyBatch adds one. A batch names the
+// version it applies to; applying it to any other version is refused.
+//
+// Status codes of ValidateContribution (and, where they apply, ApplyBatch / Snapshot):
+//   FailedPrecondition  no model registered; worker not registered; parameter owned by another
+//                       shard; a batch for another version than the current one
+//   NotFound            parameter not in the model
+//   InvalidArgument     empty worker id; sample_count <= 0; payload of the wrong kind, shape or
+//                       rank; NaN / Inf / magnitude (server/stepper.h)
+//   OutOfRange          base_version < 0 or above the current version
+//
+// Thread-safety: safe for concurrent use. Each parameter has its own mutex; a step of one
+// parameter does not block pushes or steps of another, and validation reads the version
+// without waiting for a running step.
+#ifndef DION_SERVER_PARAMETER_STORE_H_
+#define DION_SERVER_PARAMETER_STORE_H_
+
+#include <atomic>
+#include <cstdint>
+#include <memory>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "absl/base/thread_annotations.h"
+#include "absl/container/flat_hash_map.h"
+#include "absl/container/flat_hash_set.h"
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "absl/strings/string_view.h"
+#include "common/mutex.h"
+#include "absl/time/time.h"
+#include "common/matrix.h"
+#include "common/param_spec.h"
+#include "server/contribution.h"
+#include "server/layout.h"
+#include "server/model_table.h"
+#include "server/stepper.h"
+#include "server/version_update.h"
+
+namespace dion {
+
+struct StoreOptions {
+  int shard_index = 0;               // this shard, in [0, num_shards)
+  int num_shards = 1;                // shards the model is spread over
+  bool measure_ortho_error = true;   // ||P^T P - I||_max every Dion step (one m r^2 product)
+};
+
+absl::Status ValidateStoreOptions(const StoreOptions& options);
+
+// The seed of a Dion parameter's starting Q: the parameter's seed mixed with its name, so two
+// parameters of one shape do not start from the same Q.
+uint64_t DionStateSeed(const ParamSpec& spec);
+
+// One parameter at one version, for Pull, Status and checkpoints.
+struct ParameterSnapshot {
+  ParamSpec spec;
+  int64_t version = 0;
+  uint64_t checksum = 0;             // WeightsChecksum(X)
+  int64_t contributions_applied = 0;
+  Matrix X;
+  std::optional<OptimizerState> state;  // only when asked for
+};
+
+// What one ApplyBatch did, for metrics.
+struct StepStats {
+  int contributions = 0;
+  int64_t samples = 0;
+  int workers = 0;
+  double mean_loss = 0.0;     // sample-weighted mean of the workers' reported losses
+  StepReport report;          // timings and orthonormalization
+};
+
+struct StepOutcome {
+  VersionUpdate update;
+  StepStats stats;
+};
+
+struct ParameterStatus {
+  std::string parameter;
+  OptimizerKind optimizer = OptimizerKind::kAdamW;
+  int64_t version = 0;
+  int64_t steps = 0;
+  int64_t contributions_applied = 0;
+};
+
+// The registered model as a shard sees it.
+struct ModelInfo {
+  std::string model_name;
+  std::vector<ParamSpec> parameters;  // the whole table, in registration order
+  Layout layout;
+};
+
+class ParameterStore {
+ public:
+  static absl::StatusOr<std::unique_ptr<ParameterStore>> Create(const StoreOptions& options);
+
+  ParameterStore(const ParameterStore&) = delete;
+  ParameterStore& operator=(const ParameterStore&) = delete;
+
+  // Registers the model and creates the state of the parameters this shard owns. Returns true
+  // when newly registered, false when the identical table was registered before.
+  // InvalidArgument for an invalid table, FailedPrecondition (first mismatch) for a different one.
+  absl::StatusOr<bool> RegisterModel(const ModelTable& table) ABSL_LOCKS_EXCLUDED(mu_);
+  // Allows `worker_id` to push. FailedPrecondition before a model is registered,
+  // InvalidArgument for an empty id. Registering again is fine.
+  absl::Status RegisterWorker(absl::string_view worker_id) ABSL_LOCKS_EXCLUDED(mu_);
+
+  bool model_registered() const ABSL_LOCKS_EXCLUDED(mu_);
+  bool worker_registered(absl::string_view worker_id) const ABSL_LOCKS_EXCLUDED(mu_);
+  std::vector<std::string> workers() const ABSL_LOCKS_EXCLUDED(mu_);
+  absl::StatusOr<ModelInfo> model() const ABSL_LOCKS_EXCLUDED(mu_);
+  // Names of the parameters this shard owns, in table order (empty before registration).
+  std::vector<std::string> OwnedParameters() const ABSL_LOCKS_EXCLUDED(mu_);
+  // The spec of an owned parameter (codes as ValidateContribution).
+  absl::StatusOr<ParamSpec> Spec(absl::string_view parameter) const ABSL_LOCKS_EXCLUDED(mu_);
+  absl::StatusOr<int64_t> Version(absl::string_view parameter) const ABSL_LOCKS_EXCLUDED(mu_);
+
+  // Checks a contribution against the model, the worker registry, the parameter's spec and
+  // current version (codes in the file comment). Changes nothing.
+  absl::Status ValidateContribution(const Contribution& contribution) const
+      ABSL_LOCKS_EXCLUDED(mu_);
+
+  // Applies a closed batch: the weighted mean of its contributions with the parameter's
+  // optimizer, version + 1, new checksum. Every entry is validated again as by
+  // ValidateContribution (against the batch's version), the weights must be positive and sum
+  // to 1, and the batch version must equal the current version; on any error nothing changes.
+  absl::StatusOr<StepOutcome> ApplyBatch(const Batch& batch) ABSL_LOCKS_EXCLUDED(mu_);
+
+  // X (and with include_state the optimizer state) of an owned parameter, consistent with
+  // one version.
+  absl::StatusOr<ParameterSnapshot> Snapshot(absl::string_view parameter,
+                                             bool include_state) const ABSL_LOCKS_EXCLUDED(mu_);
+  // Replaces an owned parameter's X, state, version and counters by a snapshot taken with
+  // include_state (checkpoint restore). InvalidArgument if shapes, optimizer or spec differ.
+  absl::Status Restore(const ParameterSnapshot& snapshot) ABSL_LOCKS_EXCLUDED(mu_);
+
+  std::vector<ParameterStatus> Statuses() const ABSL_LOCKS_EXCLUDED(mu_);
+  const StoreOptions& options() const { return options_; }
+
+ private:
+  struct Parameter {
+    ParamSpec spec;
+    mutable Mutex mu;
+    Matrix X ABSL_GUARDED_BY(mu);
+    OptimizerState state ABSL_GUARDED_BY(mu);
+    uint64_t checksum ABSL_GUARDED_BY(mu) = 0;
+    int64_t contributions_applied ABSL_GUARDED_BY(mu) = 0;
+    // Written only with mu held; read without it so validation never waits for a step.
+    std::atomic<int64_t> version{0};
+  };
+
+  // Set once by RegisterModel and immutable afterwards.
+  struct Model {
+    ModelFingerprint fingerprint;
+    Layout layout;
+    std::vector<std::string> owned;  // table order
+    absl::flat_hash_map<std::string, std::unique_ptr<Parameter>> parameters;  // owned only
+  };
+
+  explicit ParameterStore(const StoreOptions& options) : options_(options) {}
+
+  // The owned parameter called `name`: FailedPrecondition without a model or for a parameter
+  // of another shard, NotFound for an unknown name. The pointer lives as long as the store.
+  absl::StatusOr<Parameter*> Find(absl::string_view name) const ABSL_LOCKS_EXCLUDED(mu_);
+  // Everything ValidateContribution checks once the parameter is found, with `version` as the
+  // newest acceptable base version.
+  absl::Status CheckContribution(const ParamSpec& spec, const Contribution& contribution,
+                                 int64_t version) const ABSL_LOCKS_EXCLUDED(mu_);
+
+  const StoreOptions options_;
+  mutable Mutex mu_;
+  std::unique_ptr<const Model> model_ ABSL_GUARDED_BY(mu_);
+  absl::flat_hash_set<std::string> workers_ ABSL_GUARDED_BY(mu_);
+};
+
+}  // namespace dion
+
+#endif  // DION_SERVER_PARAMETER_STORE_H_

@@ -1,0 +1,178 @@
+#include "server/stepper.h"
+
+#include <algorithm>
+#include <cmath>
+#include <utility>
+
+#include "absl/strings/str_cat.h"
+#include "absl/time/clock.h"
+#include "common/blas.h"
+
+namespace dion {
+namespace {
+
+// InvalidArgument naming the first non-finite entry of M, or the first above the limit.
+absl::Status CheckEntries(const Matrix& M, absl::string_view parameter, absl::string_view what,
+                          double limit) {
+  if (M.allFinite() && (M.size() == 0 || M.cwiseAbs().maxCoeff() <= limit)) {
+    return absl::OkStatus();
+  }
+  for (int64_t i = 0; i < M.rows(); ++i) {
+    for (int64_t j = 0; j < M.cols(); ++j) {
+      const float x = M(i, j);
+      if (!std::isfinite(x)) {
+        return absl::InvalidArgumentError(absl::StrCat("parameter '", parameter, "': ", what,
+                                                       " has a non-finite entry ", x, " at (",
+                                                       i, ", ", j, ")"));
+      }
+      if (std::abs(x) > limit) {
+        return absl::InvalidArgumentError(absl::StrCat(
+            "parameter '", parameter, "': ", what, " entry ", x, " at (", i, ", ", j,
+            ") exceeds the magnitude limit ", limit));
+      }
+    }
+  }
+  return absl::OkStatus();
+}
+
+absl::Status CheckLowRank(const ParamSpec& spec, const LowRankFactors& f) {
+  const int64_t m = spec.rows(), n = spec.cols();
+  const int64_t r = f.P.cols();
+  const auto error = [&](auto&&... parts) {
+    return absl::InvalidArgumentError(absl::StrCat("parameter '", spec.name, "': ", parts...));
+  };
+  if (f.P.rows() != m) {
+    return error("P has ", f.P.rows(), " rows, expected m = ", m, " (P is m x r for an ", m,
+                 " x ", n, " parameter)");
+  }
+  if (f.R.rows() != n) {
+    return error("R has ", f.R.rows(), " rows, expected n = ", n, " (R is n x r for an ", m,
+                 " x ", n, " parameter)");
+  }
+  if (f.R.cols() != r) {
+    return error("P has ", r, " columns but R has ", f.R.cols(), "; both must have rank r");
+  }
+  if (r < 1 || r > std::min(m, n)) {
+    return error("rank ", r, " is outside [1, min(m, n) = ", std::min(m, n), "]");
+  }
+  if (absl::Status s = CheckEntries(f.P, spec.name, "P", HUGE_VAL); !s.ok()) return s;
+  if (absl::Status s = CheckEntries(f.R, spec.name, "R", HUGE_VAL); !s.ok()) return s;
+  // Bound on every entry of P R^T, summed over the rank.
+  const double bound = static_cast<double>(r) * f.P.cwiseAbs().maxCoeff() *
+                       f.R.cwiseAbs().maxCoeff();
+  if (bound > kMaxContributionMagnitude) {
+    return error("P R^T may reach ", bound, ", above the magnitude limit ",
+                 kMaxContributionMagnitude);
+  }
+  return absl::OkStatus();
+}
+
+absl::Status CheckDense(const ParamSpec& spec, const Matrix& G) {
+  if (G.rows() != spec.rows() || G.cols() != spec.cols()) {
+    return absl::InvalidArgumentError(absl::StrCat("parameter '", spec.name, "': gradient is ",
+                                                   G.rows(), " x ", G.cols(), ", expected ",
+                                                   spec.rows(), " x ", spec.cols()));
+  }
+  return CheckEntries(G, spec.name, "gradient", kMaxContributionMagnitude);
+}
+
+// M += sum_i w_i P_i R_i^T as one GEMM over the stacked factors.
+void FoldLowRankIntoMomentum(const std::vector<WeightedContribution>& entries, Matrix& M) {
+  int64_t total_rank = 0;
+  for (const WeightedContribution& e : entries) total_rank += e.contribution.factors().P.cols();
+  Matrix P_stack(M.rows(), total_rank);
+  Matrix R_stack(M.cols(), total_rank);
+  int64_t column = 0;
+  for (const WeightedContribution& e : entries) {
+    const LowRankFactors& f = e.contribution.factors();
+    const int64_t r = f.P.cols();
+    P_stack.middleCols(column, r) = static_cast<float>(e.weight) * f.P;
+    R_stack.middleCols(column, r) = f.R;
+    column += r;
+  }
+  Gemm(Trans::kNo, Trans::kYes, 1.0f, P_stack, R_stack, 1.0f, M);
+}
+
+Matrix WeightedMeanGradient(const std::vector<WeightedContribution>& entries, int64_t rows,
+                            int64_t cols) {
+  Matrix G = Matrix::Zero(rows, cols);
+  for (const WeightedContribution& e : entries) {
+    G.noalias() += static_cast<float>(e.weight) * e.contribution.gradient();
+  }
+  return G;
+}
+
+}  // namespace
+
+OptimizerState InitOptimizerState(const ParamSpec& spec, uint64_t seed) {
+  const int64_t m = spec.rows(), n = spec.cols();
+  switch (spec.optimizer) {
+    case OptimizerKind::kDion: return InitDionState(m, n, spec.rank(), seed);
+    case OptimizerKind::kAdamW: return InitAdamWState(m, n);
+    case OptimizerKind::kLion: return InitLionState(m, n);
+    case OptimizerKind::kMuon: return InitMuonState(m, n);
+  }
+  return InitAdamWState(m, n);
+}
+
+absl::Status ValidatePayload(const ParamSpec& spec, const Contribution& contribution) {
+  if (spec.optimizer == OptimizerKind::kDion) {
+    if (!contribution.is_low_rank()) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "parameter '", spec.name, "' uses dion: send low-rank factors (P, R), not a dense "
+          "gradient"));
+    }
+    return CheckLowRank(spec, contribution.factors());
+  }
+  if (contribution.is_low_rank()) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "parameter '", spec.name, "' uses ", OptimizerKindName(spec.optimizer),
+        ": send a dense gradient, not low-rank factors"));
+  }
+  return CheckDense(spec, contribution.gradient());
+}
+
+absl::StatusOr<StepReport> ApplyWeightedStep(const ParamSpec& spec,
+                                             const std::vector<WeightedContribution>& entries,
+                                             MatrixRef X, OptimizerState& state,
+                                             bool measure_ortho_error) {
+  StepReport report;
+  absl::Time start = absl::Now();
+  if (spec.optimizer == OptimizerKind::kDion) {
+    DionState& dion = std::get<DionState>(state);
+    FoldLowRankIntoMomentum(entries, dion.M);
+    const absl::Time folded = absl::Now();
+    report.aggregate = folded - start;
+    DionStepResult result = DionStepFromMomentum(X, dion, spec.dion, measure_ortho_error);
+    report.update = absl::Now() - folded;
+    report.ortho = result.ortho;
+    report.ortho_error = result.ortho_error;
+    if (result.applied) {
+      report.low_rank_step = LowRankStep{result.decay, result.scale, std::move(result.P),
+                                         std::move(result.Q), result.transposed};
+    }
+    return report;
+  }
+
+  const Matrix G = WeightedMeanGradient(entries, spec.rows(), spec.cols());
+  const absl::Time averaged = absl::Now();
+  report.aggregate = averaged - start;
+  absl::Status status;
+  switch (spec.optimizer) {
+    case OptimizerKind::kAdamW:
+      status = AdamWStep(X, G, std::get<AdamWState>(state), spec.adamw);
+      break;
+    case OptimizerKind::kLion:
+      status = LionStep(X, G, std::get<LionState>(state), spec.lion);
+      break;
+    case OptimizerKind::kMuon:
+      status = MuonStep(X, G, std::get<MuonState>(state), spec.muon);
+      break;
+    case OptimizerKind::kDion: break;  // handled above
+  }
+  if (!status.ok()) return status;
+  report.update = absl::Now() - averaged;
+  return report;
+}
+
+}  // namespace dion

@@ -1,0 +1,67 @@
+// One optimizer step of one parameter from a closed batch: the weighted mean of the batch's
+// contributions, then the Dion / AdamW / Lion / Muon step of common/.
+//
+// Dion: the batch is never expanded into m x n matrices. With weights w_i and factors
+// (P_i: m x r_i, R_i: n x r_i), the weighted mean gradient sum_i w_i P_i R_i^T is folded into
+// the momentum with one GEMM, M += [w_1 P_1 | ... | w_k P_k] [R_1 | ... | R_k]^T, and the step
+// continues from the momentum (DionStepFromMomentum).
+// Element-wise optimizers and Muon: G = sum_i w_i G_i, then the common step.
+//
+// Thread-safety: the functions are safe for concurrent use on distinct parameters; the caller
+// serialises steps of one parameter (server/parameter_store.h holds its lock).
+#ifndef DION_SERVER_STEPPER_H_
+#define DION_SERVER_STEPPER_H_
+
+#include <cstdint>
+#include <optional>
+#include <variant>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "absl/time/time.h"
+#include "common/dion.h"
+#include "common/elementwise_optimizers.h"
+#include "common/matrix.h"
+#include "common/muon.h"
+#include "common/orthonormalize.h"
+#include "common/param_spec.h"
+#include "server/contribution.h"
+#include "server/version_update.h"
+
+namespace dion {
+
+using OptimizerState = std::variant<DionState, AdamWState, LionState, MuonState>;
+
+// The starting state of the spec's optimizer; a Dion parameter's Q is drawn from `seed`.
+OptimizerState InitOptimizerState(const ParamSpec& spec, uint64_t seed);
+
+// Entries of a contribution, or of P R^T (bounded by r max|P| max|R|), above this magnitude
+// are refused: no real gradient is that large, and below it the batch mean, the momentum and
+// AdamW's squared gradient stay finite in float32.
+inline constexpr double kMaxContributionMagnitude = 1e18;
+
+// Whether `contribution`'s payload fits `spec`: low-rank factors for Dion (P m x r, R n x r,
+// 1 <= r <= min(m, n)), a dense m x n gradient otherwise; every entry finite and within
+// kMaxContributionMagnitude. InvalidArgument naming the parameter and what was expected.
+absl::Status ValidatePayload(const ParamSpec& spec, const Contribution& contribution);
+
+struct StepReport {
+  std::optional<LowRankStep> low_rank_step;  // set when a Dion step was applied
+  OrthoReport ortho;                         // Dion only
+  double ortho_error = -1.0;                 // ||P^T P - I||_max, -1 if not measured
+  absl::Duration aggregate;                  // forming the mean / folding it into M
+  absl::Duration update;                     // the optimizer step proper
+};
+
+// Applies the weighted mean of `entries` to (X, state) with the spec's optimizer.
+// REQUIRES: entries non-empty, each passing ValidatePayload(spec, .), weights > 0 summing to 1,
+// state holding the spec's optimizer state. On error nothing has changed.
+absl::StatusOr<StepReport> ApplyWeightedStep(const ParamSpec& spec,
+                                             const std::vector<WeightedContribution>& entries,
+                                             MatrixRef X, OptimizerState& state,
+                                             bool measure_ortho_error);
+
+}  // namespace dion
+
+#endif  // DION_SERVER_STEPPER_H_

@@ -1,0 +1,386 @@
+// The per-parameter batcher (server/batcher.h): closing rules, dedup, staleness, weights,
+// adaptive targets. Time comes from a FakeClock, so nothing sleeps.
+#include "server/batcher.h"
+
+#include <gtest/gtest.h>
+
+#include <atomic>
+#include <thread>
+#include <vector>
+
+#include "absl/strings/str_cat.h"
+#include "common/mutex.h"
+
+namespace dion {
+namespace {
+
+constexpr char kParameter[] = "fc1.weight";
+
+Contribution Make(const std::string& worker, uint64_t sequence, int64_t base_version,
+                  int64_t samples) {
+  Contribution c;
+  c.worker_id = worker;
+  c.sequence = sequence;
+  c.parameter = kParameter;
+  c.base_version = base_version;
+  c.sample_count = samples;
+  c.payload = Matrix::Constant(1, 2, static_cast<float>(sequence));
+  return c;
+}
+
+BatcherOptions OnlyDeadline(absl::Duration deadline = absl::Seconds(1)) {
+  BatcherOptions options;
+  options.deadline = deadline;
+  return options;
+}
+
+// Offers and expects the contribution accepted, returning the result.
+OfferResult Accept(Batcher& batcher, Contribution c) {
+  absl::StatusOr<OfferResult> result = batcher.Offer(std::move(c));
+  EXPECT_TRUE(result.ok()) << result.status();
+  EXPECT_EQ(result->result, PushResult::kAccepted);
+  return *std::move(result);
+}
+
+TEST(Batcher, ClosesWhenTheSampleTargetIsReached) {
+  FakeClock clock;
+  BatcherOptions options = OnlyDeadline();
+  options.target_samples = 100;
+  Batcher batcher(kParameter, options, 0, &clock);
+  EXPECT_FALSE(Accept(batcher, Make("w0", 0, 0, 40)).closed);
+  EXPECT_FALSE(Accept(batcher, Make("w0", 1, 0, 59)).closed);
+  const OfferResult third = Accept(batcher, Make("w1", 0, 0, 1));
+  ASSERT_TRUE(third.closed.has_value());
+  EXPECT_EQ(third.closed->reason, CloseReason::kSamples);
+  EXPECT_EQ(third.closed->samples, 100);
+  EXPECT_EQ(third.closed->entries.size(), 3u);
+  EXPECT_EQ(third.closed->workers, 2);
+  EXPECT_EQ(third.closed->version, 0);
+  EXPECT_EQ(batcher.version(), 1);
+  EXPECT_EQ(batcher.stats().open_contributions, 0);
+}
+
+TEST(Batcher, ClosesWhenKDistinctWorkersContributed) {
+  FakeClock clock;
+  BatcherOptions options = OnlyDeadline();
+  options.target_workers = 3;
+  Batcher batcher(kParameter, options, 0, &clock);
+  EXPECT_FALSE(Accept(batcher, Make("a", 0, 0, 1)).closed);
+  EXPECT_FALSE(Accept(batcher, Make("a", 1, 0, 1)).closed) << "the same worker counts once";
+  EXPECT_FALSE(Accept(batcher, Make("b", 0, 0, 1)).closed);
+  const OfferResult last = Accept(batcher, Make("c", 0, 0, 1));
+  ASSERT_TRUE(last.closed.has_value());
+  EXPECT_EQ(last.closed->reason, CloseReason::kWorkers);
+  EXPECT_EQ(last.closed->workers, 3);
+  EXPECT_EQ(last.closed->entries.size(), 4u);
+}
+
+TEST(Batcher, ClosesAtTheDeadlineAfterTheFirstContribution) {
+  FakeClock clock;
+  Batcher batcher(kParameter, OnlyDeadline(absl::Milliseconds(50)), 0, &clock);
+  EXPECT_FALSE(batcher.NextDeadline().has_value()) << "an empty batch has no deadline";
+  EXPECT_FALSE(batcher.CloseIfDue().has_value());
+  const absl::Time first = clock.Now();
+  Accept(batcher, Make("w", 0, 0, 1));
+  ASSERT_TRUE(batcher.NextDeadline().has_value());
+  EXPECT_EQ(*batcher.NextDeadline(), first + absl::Milliseconds(50));
+  clock.Advance(absl::Milliseconds(30));
+  Accept(batcher, Make("w", 1, 0, 1));
+  EXPECT_EQ(*batcher.NextDeadline(), first + absl::Milliseconds(50)) << "not reset by later ones";
+  clock.Advance(absl::Milliseconds(19));
+  EXPECT_FALSE(batcher.CloseIfDue().has_value());
+  clock.Advance(absl::Milliseconds(1));
+  const std::optional<Batch> batch = batcher.CloseIfDue();
+  ASSERT_TRUE(batch.has_value());
+  EXPECT_EQ(batch->reason, CloseReason::kDeadline);
+  EXPECT_EQ(batch->entries.size(), 2u);
+  EXPECT_EQ(batch->opened, first);
+  EXPECT_EQ(batch->closed, first + absl::Milliseconds(50));
+  EXPECT_FALSE(batcher.CloseIfDue().has_value());
+}
+
+TEST(Batcher, ClosesWhenTheContributionCapIsReached) {
+  FakeClock clock;
+  BatcherOptions options = OnlyDeadline();
+  options.max_contributions = 3;
+  Batcher batcher(kParameter, options, 0, &clock);
+  Accept(batcher, Make("w", 0, 0, 1));
+  Accept(batcher, Make("w", 1, 0, 1));
+  const OfferResult third = Accept(batcher, Make("w", 2, 0, 1));
+  ASSERT_TRUE(third.closed.has_value());
+  EXPECT_EQ(third.closed->reason, CloseReason::kFull);
+}
+
+TEST(Batcher, FlushClosesANonEmptyBatchOnly) {
+  FakeClock clock;
+  Batcher batcher(kParameter, OnlyDeadline(), 5, &clock);
+  EXPECT_FALSE(batcher.Flush().has_value());
+  Accept(batcher, Make("w", 0, 5, 1));
+  const std::optional<Batch> batch = batcher.Flush();
+  ASSERT_TRUE(batch.has_value());
+  EXPECT_EQ(batch->reason, CloseReason::kFlush);
+  EXPECT_EQ(batch->version, 5);
+  EXPECT_EQ(batcher.version(), 6);
+}
+
+TEST(Batcher, DuplicateSequenceIsAcknowledgedAndAppliedOnce) {
+  FakeClock clock;
+  Batcher batcher(kParameter, OnlyDeadline(), 0, &clock);
+  Accept(batcher, Make("w", 7, 0, 1));
+  const absl::StatusOr<OfferResult> again = batcher.Offer(Make("w", 7, 0, 1));
+  ASSERT_TRUE(again.ok());
+  EXPECT_EQ(again->result, PushResult::kDuplicate);
+  // A duplicate of a contribution already in a closed batch is still a duplicate.
+  const std::optional<Batch> batch = batcher.Flush();
+  ASSERT_TRUE(batch.has_value());
+  EXPECT_EQ(batch->entries.size(), 1u);
+  EXPECT_EQ(batcher.Offer(Make("w", 7, 1, 1))->result, PushResult::kDuplicate);
+  const BatcherStats stats = batcher.stats();
+  EXPECT_EQ(stats.accepted, 1);
+  EXPECT_EQ(stats.duplicate, 2);
+  EXPECT_EQ(stats.open_contributions, 0);
+}
+
+TEST(Batcher, SameSequenceFromAnotherWorkerIsNotADuplicate) {
+  FakeClock clock;
+  Batcher batcher(kParameter, OnlyDeadline(), 0, &clock);
+  Accept(batcher, Make("a", 1, 0, 1));
+  Accept(batcher, Make("b", 1, 0, 1));
+  EXPECT_EQ(batcher.stats().open_contributions, 2);
+}
+
+// Closes `count` batches so the batcher's version advances.
+void AdvanceVersions(Batcher& batcher, int count) {
+  for (int i = 0; i < count; ++i) {
+    Accept(batcher, Make("advance", 1000 + batcher.version(), batcher.version(), 1));
+    ASSERT_TRUE(batcher.Flush().has_value());
+  }
+}
+
+TEST(Batcher, StaleContributionIsRefusedAndChangesNothing) {
+  FakeClock clock;
+  BatcherOptions options = OnlyDeadline();
+  options.staleness.max_staleness = 2;
+  Batcher batcher(kParameter, options, 0, &clock);
+  AdvanceVersions(batcher, 3);
+  Accept(batcher, Make("w", 0, 3, 4));  // fresh, stays open
+  const auto before_dedup = batcher.ExportDedup();
+  const BatcherStats before = batcher.stats();
+
+  const absl::StatusOr<OfferResult> stale = batcher.Offer(Make("w", 1, 0, 10));  // tau 3 > 2
+  ASSERT_TRUE(stale.ok());
+  EXPECT_EQ(stale->result, PushResult::kStale);
+  EXPECT_EQ(stale->version, 3);
+  EXPECT_EQ(stale->staleness, 3);
+  EXPECT_FALSE(stale->closed.has_value());
+
+  const BatcherStats after = batcher.stats();
+  EXPECT_EQ(after.open_contributions, before.open_contributions);
+  EXPECT_EQ(after.open_samples, before.open_samples);
+  EXPECT_EQ(after.accepted, before.accepted);
+  EXPECT_EQ(after.stale, before.stale + 1);
+  EXPECT_EQ(batcher.version(), 3);
+  const auto after_dedup = batcher.ExportDedup();
+  ASSERT_EQ(after_dedup.size(), before_dedup.size());
+  for (size_t i = 0; i < after_dedup.size(); ++i) {
+    EXPECT_EQ(after_dedup[i].floor, before_dedup[i].floor);
+    EXPECT_EQ(after_dedup[i].seen, before_dedup[i].seen);
+  }
+  // Not remembered: the same sequence computed against a fresh version is accepted.
+  EXPECT_EQ(batcher.Offer(Make("w", 1, 2, 10))->result, PushResult::kAccepted);
+}
+
+TEST(Batcher, RefusesBaseVersionFromTheFutureWithOutOfRange) {
+  FakeClock clock;
+  Batcher batcher(kParameter, OnlyDeadline(), 4, &clock);
+  const absl::StatusOr<OfferResult> future = batcher.Offer(Make("w", 0, 5, 1));
+  ASSERT_FALSE(future.ok());
+  EXPECT_EQ(future.status().code(), absl::StatusCode::kOutOfRange);
+  EXPECT_NE(future.status().message().find("base_version 5"), absl::string_view::npos);
+  EXPECT_EQ(batcher.Offer(Make("w", 0, -1, 1)).status().code(), absl::StatusCode::kOutOfRange);
+  EXPECT_EQ(batcher.stats().accepted, 0);
+  EXPECT_TRUE(batcher.ExportDedup().empty());
+  // The sequence was not consumed.
+  Accept(batcher, Make("w", 0, 4, 1));
+}
+
+TEST(Batcher, RefusesNonPositiveSampleCountAndForeignParameter) {
+  FakeClock clock;
+  Batcher batcher(kParameter, OnlyDeadline(), 0, &clock);
+  EXPECT_EQ(batcher.Offer(Make("w", 0, 0, 0)).status().code(),
+            absl::StatusCode::kInvalidArgument);
+  Contribution other = Make("w", 0, 0, 1);
+  other.parameter = "other";
+  EXPECT_EQ(batcher.Offer(std::move(other)).status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(batcher.stats().accepted, 0);
+}
+
+// Weights are samples * w(tau) normalised; with the inverse policy and version 3:
+// (10 samples, tau 0) -> 10, (20, tau 1) -> 10, (5, tau 3) -> 1.25; total 21.25.
+TEST(Batcher, WeightsAreSamplesTimesStalenessWeightNormalised) {
+  FakeClock clock;
+  BatcherOptions options = OnlyDeadline();
+  options.staleness.kind = StalenessKind::kInverse;
+  Batcher batcher(kParameter, options, 0, &clock);
+  AdvanceVersions(batcher, 3);
+  EXPECT_DOUBLE_EQ(Accept(batcher, Make("a", 0, 3, 10)).weight, 1.0);
+  EXPECT_DOUBLE_EQ(Accept(batcher, Make("b", 0, 2, 20)).weight, 0.5);
+  EXPECT_DOUBLE_EQ(Accept(batcher, Make("c", 0, 0, 5)).weight, 0.25);
+  const std::optional<Batch> batch = batcher.Flush();
+  ASSERT_TRUE(batch.has_value());
+  ASSERT_EQ(batch->entries.size(), 3u);
+  EXPECT_EQ(batch->version, 3);
+  EXPECT_EQ(batch->entries[0].staleness, 0);
+  EXPECT_EQ(batch->entries[1].staleness, 1);
+  EXPECT_EQ(batch->entries[2].staleness, 3);
+  EXPECT_NEAR(batch->entries[0].weight, 10 / 21.25, 1e-15);
+  EXPECT_NEAR(batch->entries[1].weight, 10 / 21.25, 1e-15);
+  EXPECT_NEAR(batch->entries[2].weight, 1.25 / 21.25, 1e-15);
+}
+
+TEST(Batcher, ExpPolicyWeightsMatchTheFormula) {
+  FakeClock clock;
+  BatcherOptions options = OnlyDeadline();
+  options.staleness = {StalenessKind::kExp, /*tau0=*/2.0, /*max_staleness=*/8};
+  Batcher batcher(kParameter, options, 0, &clock);
+  AdvanceVersions(batcher, 4);
+  Accept(batcher, Make("a", 0, 4, 3));  // w = 1
+  Accept(batcher, Make("b", 0, 0, 3));  // w = exp(-2)
+  const Batch batch = *batcher.Flush();
+  const double total = 3 + 3 * std::exp(-2.0);
+  EXPECT_NEAR(batch.entries[0].weight, 3 / total, 1e-15);
+  EXPECT_NEAR(batch.entries[1].weight, 3 * std::exp(-2.0) / total, 1e-15);
+}
+
+// One sample arrives every millisecond (1000 samples/s) and a step takes 20 ms, so the
+// adaptive target converges to about 20 samples per batch.
+TEST(Batcher, AdaptiveSampleTargetFollowsArrivalRateTimesStepDuration) {
+  FakeClock clock;
+  // The deadline is long so that, once a rate is known, the sample target closes the batches.
+  BatcherOptions options = OnlyDeadline(absl::Milliseconds(100));
+  options.adaptive = true;
+  options.target_samples = 0;
+  options.min_step_interval = absl::Milliseconds(1);
+  options.smoothing = 0.5;
+  Batcher batcher(kParameter, options, 0, &clock);
+  EXPECT_EQ(batcher.targets().samples, 0) << "no rate measured yet";
+  batcher.ReportStepDuration(absl::Milliseconds(20));
+  uint64_t sequence = 0;
+  int closed_on_samples = 0;
+  for (int i = 0; i < 400; ++i) {
+    clock.Advance(absl::Milliseconds(1));
+    if (batcher.CloseIfDue()) continue;
+    const OfferResult r = Accept(batcher, Make("w", sequence++, batcher.version(), 1));
+    if (r.closed && r.closed->reason == CloseReason::kSamples) ++closed_on_samples;
+  }
+  EXPECT_NEAR(batcher.arrival_rate(), 1000.0, 100.0);
+  EXPECT_GE(batcher.targets().samples, 18);
+  EXPECT_LE(batcher.targets().samples, 22);
+  EXPECT_GT(closed_on_samples, 5) << "once adapted, batches close on the sample target";
+}
+
+TEST(Batcher, AdaptiveSampleTargetRespectsItsClamps) {
+  FakeClock clock;
+  BatcherOptions options = OnlyDeadline(absl::Milliseconds(1));
+  options.adaptive = true;
+  options.min_target_samples = 4;
+  options.max_target_samples = 6;
+  Batcher batcher(kParameter, options, 0, &clock);
+  batcher.ReportStepDuration(absl::Seconds(10));  // would ask for thousands of samples
+  for (uint64_t s = 0; s < 50; ++s) {
+    clock.Advance(absl::Milliseconds(1));
+    batcher.CloseIfDue();
+    Accept(batcher, Make("w", s, batcher.version(), 1));
+  }
+  EXPECT_EQ(batcher.targets().samples, 6);
+}
+
+// K = 4 configured but only two workers are alive: a batch needs both, not four.
+TEST(Batcher, AdaptiveWorkerTargetShrinksToTheLiveWorkers) {
+  FakeClock clock;
+  BatcherOptions options = OnlyDeadline(absl::Seconds(1));
+  options.adaptive = true;
+  options.target_workers = 4;
+  options.worker_idle = absl::Seconds(5);
+  Batcher batcher(kParameter, options, 0, &clock);
+  // Warm up: both workers seen.
+  Accept(batcher, Make("a", 0, 0, 1));
+  Accept(batcher, Make("b", 0, batcher.version(), 1));
+  batcher.Flush();
+  EXPECT_EQ(batcher.targets().workers, 2);
+  EXPECT_FALSE(Accept(batcher, Make("a", 1, batcher.version(), 1)).closed);
+  const OfferResult second = Accept(batcher, Make("b", 1, batcher.version(), 1));
+  ASSERT_TRUE(second.closed.has_value());
+  EXPECT_EQ(second.closed->reason, CloseReason::kWorkers);
+  // A worker silent for longer than worker_idle no longer counts.
+  clock.Advance(absl::Seconds(6));
+  Accept(batcher, Make("a", 2, batcher.version(), 1));
+  EXPECT_EQ(batcher.targets().workers, 1);
+}
+
+TEST(Batcher, DedupStateSurvivesExportAndImport) {
+  FakeClock clock;
+  Batcher batcher(kParameter, OnlyDeadline(), 0, &clock);
+  for (uint64_t s : {0, 1, 2, 9}) Accept(batcher, Make("a", s, 0, 1));
+  Accept(batcher, Make("b", 4, 0, 1));
+  Batcher restored(kParameter, OnlyDeadline(), 0, &clock);
+  restored.ImportDedup(batcher.ExportDedup());
+  for (uint64_t s : {0, 1, 2, 9}) {
+    EXPECT_EQ(restored.Offer(Make("a", s, 0, 1))->result, PushResult::kDuplicate) << s;
+  }
+  EXPECT_EQ(restored.Offer(Make("b", 4, 0, 1))->result, PushResult::kDuplicate);
+  EXPECT_EQ(restored.Offer(Make("a", 3, 0, 1))->result, PushResult::kAccepted);
+}
+
+TEST(Batcher, ValidationRejectsOptionsWithoutAClosingRule) {
+  BatcherOptions options;
+  options.deadline = absl::InfiniteDuration();
+  const absl::Status status = ValidateBatcherOptions(options);
+  EXPECT_EQ(status.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_NE(status.message().find("no closing rule"), absl::string_view::npos);
+  EXPECT_TRUE(ValidateBatcherOptions(BatcherOptions{}).ok());
+  options.target_samples = 10;
+  EXPECT_TRUE(ValidateBatcherOptions(options).ok());
+  options.smoothing = 0;
+  EXPECT_EQ(ValidateBatcherOptions(options).code(), absl::StatusCode::kInvalidArgument);
+}
+
+// 8 threads x 200 offers, every contribution sent twice: each is accepted exactly once and
+// the closed batches hold exactly the accepted contributions.
+TEST(Batcher, ConcurrentRetriesAreAcceptedExactlyOnce) {
+  FakeClock clock;
+  BatcherOptions options = OnlyDeadline();
+  options.target_samples = 37;
+  options.staleness.kind = StalenessKind::kNone;
+  options.staleness.max_staleness = 1 << 30;
+  Batcher batcher(kParameter, options, 0, &clock);
+  Mutex mu;
+  int64_t in_batches = 0;
+  std::atomic<int64_t> accepted{0}, duplicates{0};
+  std::vector<std::thread> threads;
+  for (int t = 0; t < 8; ++t) {
+    threads.emplace_back([&, t] {
+      for (uint64_t s = 0; s < 100; ++s) {
+        for (int attempt = 0; attempt < 2; ++attempt) {
+          absl::StatusOr<OfferResult> r = batcher.Offer(Make(absl::StrCat("w", t), s, 0, 1));
+          ASSERT_TRUE(r.ok()) << r.status();
+          if (r->result == PushResult::kAccepted) ++accepted;
+          if (r->result == PushResult::kDuplicate) ++duplicates;
+          if (r->closed) {
+            MutexLock lock(&mu);
+            in_batches += static_cast<int64_t>(r->closed->entries.size());
+          }
+        }
+      }
+    });
+  }
+  for (std::thread& thread : threads) thread.join();
+  if (std::optional<Batch> rest = batcher.Flush()) in_batches += rest->entries.size();
+  EXPECT_EQ(accepted.load(), 800);
+  EXPECT_EQ(duplicates.load(), 800);
+  EXPECT_EQ(in_batches, 800);
+  EXPECT_EQ(batcher.stats().accepted, 800);
+}
+
+}  // namespace
+}  // namespace dion

@@ -1,0 +1,536 @@
+// The shard's parameter store (server/parameter_store.h): registration, validation of every
+// kind of bad contribution (precise code, state bit-identical afterwards), and batches applied
+// exactly as common/'s optimizers would apply the dense weighted-mean gradient.
+#include "server/parameter_store.h"
+
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <cstring>
+#include <limits>
+#include <thread>
+#include <vector>
+
+#include "absl/strings/str_cat.h"
+#include "common/dion.h"
+#include "server/batcher.h"
+#include "server/checksum.h"
+#include "server/clock.h"
+#include "tests/reference.h"
+
+namespace dion {
+namespace {
+
+using testing::GaussianD;
+using testing::MaxRelativeError;
+
+ParameterDefinition Definition(const std::string& name, std::vector<int64_t> shape,
+                               OptimizerKind optimizer, uint64_t seed) {
+  ParameterDefinition d;
+  d.spec.name = name;
+  d.spec.shape = std::move(shape);
+  d.spec.optimizer = optimizer;
+  d.spec.init.kind = InitSpec::Kind::kKaiming;
+  d.spec.init.seed = seed;
+  d.spec.dion.lr = 0.05;  // large enough that the update is well above X's rounding
+  return d;
+}
+
+// Tall and wide Dion matrices (the wide one runs on X^T), and one parameter per other
+// optimizer.
+ModelTable TestModel() {
+  ModelTable table;
+  table.model_name = "test-mlp";
+  table.parameters = {Definition("tall", {48, 32}, OptimizerKind::kDion, 1),
+                      Definition("wide", {24, 40}, OptimizerKind::kDion, 2),
+                      Definition("bias", {32}, OptimizerKind::kAdamW, 3),
+                      Definition("scale", {16}, OptimizerKind::kLion, 4),
+                      Definition("muon", {16, 24}, OptimizerKind::kMuon, 5)};
+  return table;
+}
+
+std::unique_ptr<ParameterStore> RegisteredStore(const ModelTable& table = TestModel()) {
+  auto store = ParameterStore::Create(StoreOptions{});
+  EXPECT_TRUE(store.ok());
+  EXPECT_TRUE((*store)->RegisterModel(table).value_or(false));
+  EXPECT_TRUE((*store)->RegisterWorker("w0").ok());
+  EXPECT_TRUE((*store)->RegisterWorker("w1").ok());
+  EXPECT_TRUE((*store)->RegisterWorker("w2").ok());
+  return *std::move(store);
+}
+
+LowRankFactors Factors(int64_t m, int64_t n, int r, uint64_t seed) {
+  return {GaussianD(m, r, seed).cast<float>(), GaussianD(n, r, seed + 1).cast<float>()};
+}
+
+Contribution LowRank(const std::string& parameter, int64_t m, int64_t n, int r,
+                     const std::string& worker = "w0", uint64_t sequence = 0,
+                     int64_t base_version = 0, int64_t samples = 8) {
+  Contribution c;
+  c.worker_id = worker;
+  c.sequence = sequence;
+  c.parameter = parameter;
+  c.base_version = base_version;
+  c.sample_count = samples;
+  c.loss = 1.5;
+  c.payload = Factors(m, n, r, 100 * sequence + 7 * r + m);
+  return c;
+}
+
+Contribution Dense(const std::string& parameter, int64_t rows, int64_t cols,
+                   const std::string& worker = "w0", uint64_t sequence = 0,
+                   int64_t base_version = 0, int64_t samples = 8) {
+  Contribution c;
+  c.worker_id = worker;
+  c.sequence = sequence;
+  c.parameter = parameter;
+  c.base_version = base_version;
+  c.sample_count = samples;
+  c.payload = Matrix(GaussianD(rows, cols, 1000 + sequence).cast<float>());
+  return c;
+}
+
+Batch SingleBatch(Contribution c, int64_t version) {
+  Batch batch;
+  batch.parameter = c.parameter;
+  batch.version = version;
+  batch.samples = c.sample_count;
+  batch.workers = 1;
+  batch.entries.push_back({std::move(c), 0, 1.0});
+  return batch;
+}
+
+// Every float of X and of the optimizer state, plus version and step, for bit comparisons.
+std::vector<float> StateBits(const ParameterSnapshot& s) {
+  std::vector<float> bits(s.X.data(), s.X.data() + s.X.size());
+  const auto append = [&](const Matrix& M) { bits.insert(bits.end(), M.data(), M.data() + M.size()); };
+  std::visit(
+      [&](const auto& state) {
+        using T = std::decay_t<decltype(state)>;
+        if constexpr (std::is_same_v<T, DionState>) {
+          append(state.M);
+          append(state.Q);
+        } else if constexpr (std::is_same_v<T, AdamWState>) {
+          append(state.m);
+          append(state.v);
+        } else if constexpr (std::is_same_v<T, LionState>) {
+          append(state.m);
+        } else {
+          append(state.M);
+        }
+        bits.push_back(static_cast<float>(state.step));
+      },
+      *s.state);
+  bits.push_back(static_cast<float>(s.version));
+  return bits;
+}
+
+void ExpectBitIdentical(const std::vector<float>& a, const std::vector<float>& b) {
+  ASSERT_EQ(a.size(), b.size());
+  EXPECT_EQ(std::memcmp(a.data(), b.data(), a.size() * sizeof(float)), 0);
+}
+
+// ------------------------------------------------------------------------------------------
+// Registration
+
+TEST(ParameterStore, RegisteringTheIdenticalTableAgainSucceeds) {
+  auto store = RegisteredStore();
+  const absl::StatusOr<bool> again = store->RegisterModel(TestModel());
+  ASSERT_TRUE(again.ok()) << again.status();
+  EXPECT_FALSE(*again) << "not newly registered";
+  // Listing order does not matter.
+  ModelTable reordered = TestModel();
+  std::swap(reordered.parameters[0], reordered.parameters[3]);
+  EXPECT_TRUE(store->RegisterModel(reordered).ok());
+}
+
+TEST(ParameterStore, ConflictingTableIsRefusedNamingTheFirstMismatch) {
+  auto store = RegisteredStore();
+  const auto before = StateBits(*store->Snapshot("tall", true));
+  ModelTable changed = TestModel();
+  changed.parameters[1].spec.dion.lr = 0.02;
+  const absl::StatusOr<bool> result = store->RegisterModel(changed);
+  ASSERT_FALSE(result.ok());
+  EXPECT_EQ(result.status().code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_NE(result.status().message().find("'wide'"), absl::string_view::npos)
+      << result.status();
+  EXPECT_NE(result.status().message().find("dion.lr"), absl::string_view::npos);
+
+  ModelTable reshaped = TestModel();
+  reshaped.parameters[2].spec.shape = {33};
+  EXPECT_NE(store->RegisterModel(reshaped).status().message().find("shape"),
+            absl::string_view::npos);
+  ModelTable missing = TestModel();
+  missing.parameters.pop_back();
+  const auto missing_result = store->RegisterModel(missing);
+  EXPECT_EQ(missing_result.status().code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_NE(missing_result.status().message().find("'muon'"), absl::string_view::npos);
+  ModelTable with_value = TestModel();
+  with_value.parameters[2].initial_value = Matrix::Ones(1, 32);
+  EXPECT_NE(store->RegisterModel(with_value).status().message().find("initial_value"),
+            absl::string_view::npos);
+  ExpectBitIdentical(StateBits(*store->Snapshot("tall", true)), before);
+}
+
+TEST(ParameterStore, InvalidTableIsRefusedWithInvalidArgument) {
+  auto store = *ParameterStore::Create(StoreOptions{});
+  ModelTable bad = TestModel();
+  bad.parameters[2].spec.shape = {0};
+  EXPECT_EQ(store->RegisterModel(bad).status().code(), absl::StatusCode::kInvalidArgument);
+  ModelTable twice = TestModel();
+  twice.parameters.push_back(twice.parameters[0]);
+  EXPECT_EQ(store->RegisterModel(twice).status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_FALSE(store->model_registered());
+}
+
+TEST(ParameterStore, UsesExplicitInitialValues) {
+  ModelTable table = TestModel();
+  const Matrix value = Matrix::Constant(1, 32, 0.25f);
+  table.parameters[2].initial_value = value;
+  auto store = RegisteredStore(table);
+  const ParameterSnapshot snapshot = *store->Snapshot("bias", false);
+  EXPECT_EQ(snapshot.X, value);
+  EXPECT_EQ(snapshot.checksum, WeightsChecksum(value));
+  EXPECT_EQ(snapshot.version, 0);
+}
+
+TEST(ParameterStore, OwnsOnlyTheParametersOfItsShard) {
+  const ModelTable table = TestModel();
+  const Layout layout = *Layout::Compute(table.specs(), 2);
+  for (int shard = 0; shard < 2; ++shard) {
+    auto store = *ParameterStore::Create(StoreOptions{shard, 2});
+    ASSERT_TRUE(store->RegisterModel(table).ok());
+    ASSERT_TRUE(store->RegisterWorker("w0").ok());
+    for (const ParameterDefinition& p : table.parameters) {
+      const bool mine = layout.ShardOf(p.spec.name) == shard;
+      const absl::StatusOr<int64_t> version = store->Version(p.spec.name);
+      EXPECT_EQ(version.ok(), mine) << p.spec.name;
+      if (!mine) {
+        EXPECT_EQ(version.status().code(), absl::StatusCode::kFailedPrecondition);
+        EXPECT_NE(version.status().message().find("owned by shard"), absl::string_view::npos);
+      }
+    }
+  }
+  EXPECT_EQ(ParameterStore::Create(StoreOptions{2, 2}).status().code(),
+            absl::StatusCode::kInvalidArgument);
+}
+
+// ------------------------------------------------------------------------------------------
+// Bad contributions: precise code, nothing changes.
+
+TEST(ParameterStore, PushBeforeRegistrationIsFailedPrecondition) {
+  auto store = *ParameterStore::Create(StoreOptions{});
+  const absl::Status status = store->ValidateContribution(LowRank("tall", 48, 32, 2));
+  EXPECT_EQ(status.code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_NE(status.message().find("no model is registered"), absl::string_view::npos);
+  EXPECT_EQ(store->RegisterWorker("w0").code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_EQ(store->ApplyBatch(SingleBatch(LowRank("tall", 48, 32, 2), 0)).status().code(),
+            absl::StatusCode::kFailedPrecondition);
+}
+
+struct BadCase {
+  std::string name;
+  Contribution contribution;
+  absl::StatusCode code;
+  std::string message_part;
+};
+
+std::vector<BadCase> BadCases() {
+  std::vector<BadCase> cases;
+  cases.push_back({"UnknownParameter", LowRank("nope", 48, 32, 2),
+                   absl::StatusCode::kNotFound, "not in model"});
+  cases.push_back({"UnregisteredWorker", LowRank("tall", 48, 32, 2, "stranger"),
+                   absl::StatusCode::kFailedPrecondition, "not registered"});
+  cases.push_back({"EmptyWorkerId", LowRank("tall", 48, 32, 2, ""),
+                   absl::StatusCode::kInvalidArgument, "worker_id"});
+  cases.push_back({"PWithWrongRows", LowRank("tall", 47, 32, 2),
+                   absl::StatusCode::kInvalidArgument, "P has 47 rows"});
+  cases.push_back({"RWithWrongRows", LowRank("tall", 48, 31, 2),
+                   absl::StatusCode::kInvalidArgument, "R has 31 rows"});
+  Contribution mismatched = LowRank("tall", 48, 32, 3);
+  std::get<LowRankFactors>(mismatched.payload).R = Matrix::Ones(32, 2);
+  cases.push_back({"FactorRanksDiffer", mismatched, absl::StatusCode::kInvalidArgument,
+                   "columns"});
+  Contribution rank0 = LowRank("tall", 48, 32, 1);
+  std::get<LowRankFactors>(rank0.payload) = {Matrix(48, 0), Matrix(32, 0)};
+  cases.push_back({"RankZero", rank0, absl::StatusCode::kInvalidArgument, "rank 0"});
+  cases.push_back({"RankAboveMinMN", LowRank("tall", 48, 32, 33),
+                   absl::StatusCode::kInvalidArgument, "rank 33"});
+  Contribution nan_p = LowRank("tall", 48, 32, 2);
+  std::get<LowRankFactors>(nan_p.payload).P(5, 1) = std::numeric_limits<float>::quiet_NaN();
+  cases.push_back({"NaNInP", nan_p, absl::StatusCode::kInvalidArgument, "(5, 1)"});
+  Contribution inf_r = LowRank("tall", 48, 32, 2);
+  std::get<LowRankFactors>(inf_r.payload).R(3, 0) = std::numeric_limits<float>::infinity();
+  cases.push_back({"InfInR", inf_r, absl::StatusCode::kInvalidArgument, "non-finite"});
+  Contribution huge = LowRank("tall", 48, 32, 2);
+  std::get<LowRankFactors>(huge.payload).P(0, 0) = 1e30f;
+  cases.push_back({"HugeFactors", huge, absl::StatusCode::kInvalidArgument, "magnitude"});
+  Contribution nan_g = Dense("bias", 1, 32);
+  std::get<Matrix>(nan_g.payload)(0, 4) = std::numeric_limits<float>::quiet_NaN();
+  cases.push_back({"NaNInGradient", nan_g, absl::StatusCode::kInvalidArgument, "non-finite"});
+  cases.push_back({"GradientOfWrongShape", Dense("bias", 1, 31),
+                   absl::StatusCode::kInvalidArgument, "expected 1 x 32"});
+  cases.push_back({"ZeroSampleCount", LowRank("tall", 48, 32, 2, "w0", 0, 0, 0),
+                   absl::StatusCode::kInvalidArgument, "sample_count"});
+  cases.push_back({"NegativeSampleCount", Dense("bias", 1, 32, "w0", 0, 0, -3),
+                   absl::StatusCode::kInvalidArgument, "sample_count"});
+  cases.push_back({"BaseVersionFromTheFuture", LowRank("tall", 48, 32, 2, "w0", 0, 1),
+                   absl::StatusCode::kOutOfRange, "base_version 1"});
+  cases.push_back({"NegativeBaseVersion", Dense("bias", 1, 32, "w0", 0, -1),
+                   absl::StatusCode::kOutOfRange, "base_version -1"});
+  cases.push_back({"DenseGradientForDion", Dense("tall", 48, 32),
+                   absl::StatusCode::kInvalidArgument, "low-rank factors"});
+  cases.push_back({"FactorsForAdamW", LowRank("bias", 1, 32, 1),
+                   absl::StatusCode::kInvalidArgument, "dense gradient"});
+  return cases;
+}
+
+class BadContribution : public ::testing::TestWithParam<BadCase> {};
+
+// Validation answers the precise code; applying the same contribution in a batch is refused
+// too and leaves every parameter's X, state and version bit-identical.
+TEST_P(BadContribution, IsRefusedWithPreciseStatusAndChangesNothing) {
+  const BadCase& c = GetParam();
+  auto store = RegisteredStore();
+  std::vector<std::vector<float>> before;
+  for (const std::string& name : store->OwnedParameters()) {
+    before.push_back(StateBits(*store->Snapshot(name, true)));
+  }
+  const absl::Status status = store->ValidateContribution(c.contribution);
+  EXPECT_EQ(status.code(), c.code) << status;
+  EXPECT_NE(status.message().find(c.message_part), absl::string_view::npos) << status;
+
+  const absl::StatusOr<StepOutcome> applied = store->ApplyBatch(SingleBatch(c.contribution, 0));
+  EXPECT_FALSE(applied.ok());
+  int i = 0;
+  for (const std::string& name : store->OwnedParameters()) {
+    ExpectBitIdentical(StateBits(*store->Snapshot(name, true)), before[i++]);
+  }
+}
+
+INSTANTIATE_TEST_SUITE_P(AllCases, BadContribution, ::testing::ValuesIn(BadCases()),
+                         [](const auto& info) { return info.param.name; });
+
+TEST(ParameterStore, BatchForAnotherVersionIsRefusedAndChangesNothing) {
+  auto store = RegisteredStore();
+  const auto before = StateBits(*store->Snapshot("tall", true));
+  const auto result = store->ApplyBatch(SingleBatch(LowRank("tall", 48, 32, 2), 1));
+  EXPECT_EQ(result.status().code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_NE(result.status().message().find("version 1"), absl::string_view::npos);
+  ExpectBitIdentical(StateBits(*store->Snapshot("tall", true)), before);
+}
+
+TEST(ParameterStore, BatchWithOneBadEntryAppliesNone) {
+  auto store = RegisteredStore();
+  const auto before = StateBits(*store->Snapshot("tall", true));
+  Batch batch = SingleBatch(LowRank("tall", 48, 32, 2), 0);
+  batch.entries[0].weight = 0.5;
+  Contribution bad = LowRank("tall", 48, 32, 2, "w1");
+  std::get<LowRankFactors>(bad.payload).R(0, 0) = std::numeric_limits<float>::quiet_NaN();
+  batch.entries.push_back({bad, 0, 0.5});
+  EXPECT_EQ(store->ApplyBatch(batch).status().code(), absl::StatusCode::kInvalidArgument);
+  ExpectBitIdentical(StateBits(*store->Snapshot("tall", true)), before);
+}
+
+// ------------------------------------------------------------------------------------------
+// Applying batches
+
+// Three batches of low-rank contributions (ranks 2, 3, 5; different sample counts and
+// staleness, so unequal weights) through the batcher into the store, against common/'s
+// DionStep on the dense weighted-mean gradient formed explicitly in double. Tolerance 1e-6
+// relative (max norm) on X and M: the two paths differ only in float32 rounding of the
+// gradient (one GEMM over stacked factors vs a dense sum), a few ulps (~1e-7) that the
+// well-conditioned power iteration does not amplify by more than a few times.
+TEST(ParameterStore, LowRankBatchEqualsDionStepOnTheDenseWeightedMean) {
+  for (const std::string name : {"tall", "wide"}) {
+    SCOPED_TRACE(name);
+    auto store = RegisteredStore();
+    const ParamSpec spec = *store->Spec(name);
+    const int64_t m = spec.rows(), n = spec.cols();
+    Matrix X_ref = InitialValue(spec);
+    DionState state_ref = InitDionState(m, n, spec.rank(), DionStateSeed(spec));
+
+    FakeClock clock;
+    BatcherOptions options;
+    options.target_workers = 3;
+    options.staleness.kind = StalenessKind::kInverse;
+    Batcher batcher(name, options, 0, &clock);
+    const int ranks[3] = {2, 3, 5};
+    const int64_t samples[3] = {10, 20, 30};
+    for (int step = 0; step < 3; ++step) {
+      std::optional<Batch> batch;
+      for (int w = 0; w < 3; ++w) {
+        // Worker 2 computed against the previous version from the second step on.
+        const int64_t base = (w == 2 && step > 0) ? step - 1 : step;
+        Contribution c = LowRank(name, m, n, ranks[w], absl::StrCat("w", w), step, base,
+                                 samples[w]);
+        ASSERT_TRUE(store->ValidateContribution(c).ok());
+        absl::StatusOr<OfferResult> offered = batcher.Offer(std::move(c));
+        ASSERT_TRUE(offered.ok());
+        if (offered->closed) batch = std::move(offered->closed);
+      }
+      ASSERT_TRUE(batch.has_value());
+
+      MatrixD G = MatrixD::Zero(m, n);
+      for (const WeightedContribution& e : batch->entries) {
+        const LowRankFactors& f = e.contribution.factors();
+        G += e.weight * f.P.cast<double>() * f.R.cast<double>().transpose();
+      }
+      if (step > 0) {
+        EXPECT_LT(batch->entries[2].weight, batch->entries[1].weight) << "stale, lower weight";
+      }
+      ASSERT_TRUE(DionStep(X_ref, G.cast<float>(), state_ref, spec.dion).ok());
+
+      const absl::StatusOr<StepOutcome> outcome = store->ApplyBatch(*batch);
+      ASSERT_TRUE(outcome.ok()) << outcome.status();
+      EXPECT_EQ(outcome->update.version, step + 1);
+      EXPECT_EQ(outcome->stats.contributions, 3);
+      EXPECT_EQ(outcome->stats.samples, 60);
+      EXPECT_EQ(outcome->stats.workers, 3);
+
+      const ParameterSnapshot s = *store->Snapshot(name, true);
+      const DionState& state = std::get<DionState>(*s.state);
+      EXPECT_LE(MaxRelativeError(s.X.cast<double>(), X_ref.cast<double>()), 1e-6);
+      EXPECT_LE(MaxRelativeError(state.M.cast<double>(), state_ref.M.cast<double>()), 1e-6);
+      EXPECT_EQ(state.step, step + 1);
+      EXPECT_EQ(s.version, step + 1);
+    }
+  }
+}
+
+// A replica at the previous version that applies the broadcast low-rank step reproduces the
+// server's weights bit for bit, and so its checksum.
+TEST(ParameterStore, ReplicaApplyingTheLowRankStepMatchesTheChecksum) {
+  for (const std::string name : {"tall", "wide"}) {
+    SCOPED_TRACE(name);
+    auto store = RegisteredStore();
+    const ParamSpec spec = *store->Spec(name);
+    Matrix replica = store->Snapshot(name, false)->X;
+    for (int step = 0; step < 5; ++step) {
+      const auto outcome =
+          store->ApplyBatch(SingleBatch(LowRank(name, spec.rows(), spec.cols(), 3, "w0", step,
+                                                step), step));
+      ASSERT_TRUE(outcome.ok()) << outcome.status();
+      const VersionUpdate& update = outcome->update;
+      ASSERT_TRUE(update.is_low_rank());
+      const LowRankStep& s = std::get<LowRankStep>(update.content);
+      EXPECT_EQ(s.transposed, name == "wide");
+      ApplyLowRankUpdate(replica, s.decay, s.scale, s.P, s.Q, s.transposed);
+      EXPECT_EQ(WeightsChecksum(replica), update.checksum) << "step " << step;
+      EXPECT_EQ(update.checksum, store->Snapshot(name, false)->checksum);
+    }
+  }
+}
+
+// Element-wise optimizers and Muon: the weighted mean of dense gradients (formed in double
+// here), then the common step; the same float32 inputs give the same result up to the
+// rounding of the mean (1e-6 relative).
+TEST(ParameterStore, DenseBatchEqualsTheCommonStepOnTheWeightedMean) {
+  auto store = RegisteredStore();
+  for (const std::string name : {"bias", "scale", "muon"}) {
+    SCOPED_TRACE(name);
+    const ParamSpec spec = *store->Spec(name);
+    Matrix X_ref = InitialValue(spec);
+    OptimizerState state_ref = InitOptimizerState(spec, DionStateSeed(spec));
+    for (int step = 0; step < 3; ++step) {
+      Batch batch;
+      batch.parameter = name;
+      batch.version = step;
+      const double weights[3] = {0.2, 0.3, 0.5};
+      MatrixD G = MatrixD::Zero(spec.rows(), spec.cols());
+      for (int w = 0; w < 3; ++w) {
+        Contribution c = Dense(name, spec.rows(), spec.cols(), absl::StrCat("w", w),
+                               10 * step + w, step);
+        G += weights[w] * c.gradient().cast<double>();
+        batch.entries.push_back({std::move(c), 0, weights[w]});
+      }
+      const Matrix Gf = G.cast<float>();
+      absl::Status ref_status;
+      if (spec.optimizer == OptimizerKind::kAdamW) {
+        ref_status = AdamWStep(X_ref, Gf, std::get<AdamWState>(state_ref), spec.adamw);
+      } else if (spec.optimizer == OptimizerKind::kLion) {
+        ref_status = LionStep(X_ref, Gf, std::get<LionState>(state_ref), spec.lion);
+      } else {
+        ref_status = MuonStep(X_ref, Gf, std::get<MuonState>(state_ref), spec.muon);
+      }
+      ASSERT_TRUE(ref_status.ok()) << ref_status;
+      const auto outcome = store->ApplyBatch(batch);
+      ASSERT_TRUE(outcome.ok()) << outcome.status();
+      ASSERT_FALSE(outcome->update.is_low_rank());
+      const Matrix& value = std::get<Matrix>(outcome->update.content);
+      EXPECT_LE(MaxRelativeError(value.cast<double>(), X_ref.cast<double>()), 1e-6);
+      EXPECT_EQ(outcome->update.checksum, WeightsChecksum(value));
+    }
+  }
+}
+
+TEST(ParameterStore, CountsVersionsStepsAndAppliedContributions) {
+  auto store = RegisteredStore();
+  Batch batch = SingleBatch(Dense("bias", 1, 32, "w0", 0), 0);
+  batch.entries[0].weight = 0.5;
+  batch.entries.push_back({Dense("bias", 1, 32, "w1", 0), 0, 0.5});
+  ASSERT_TRUE(store->ApplyBatch(batch).ok());
+  ASSERT_TRUE(store->ApplyBatch(SingleBatch(Dense("bias", 1, 32, "w0", 1, 1), 1)).ok());
+  for (const ParameterStatus& status : store->Statuses()) {
+    if (status.parameter != "bias") {
+      EXPECT_EQ(status.version, 0) << status.parameter;
+      continue;
+    }
+    EXPECT_EQ(status.optimizer, OptimizerKind::kAdamW);
+    EXPECT_EQ(status.version, 2);
+    EXPECT_EQ(status.steps, 2);
+    EXPECT_EQ(status.contributions_applied, 3);
+  }
+  EXPECT_EQ(store->Statuses().size(), 5u);
+}
+
+TEST(ParameterStore, RestoreBringsBackWeightsStateAndVersionBitForBit) {
+  auto store = RegisteredStore();
+  ASSERT_TRUE(store->ApplyBatch(SingleBatch(LowRank("tall", 48, 32, 4), 0)).ok());
+  const ParameterSnapshot saved = *store->Snapshot("tall", true);
+  ASSERT_TRUE(store->ApplyBatch(SingleBatch(LowRank("tall", 48, 32, 4, "w0", 1, 1), 1)).ok());
+  ASSERT_TRUE(store->Restore(saved).ok());
+  const ParameterSnapshot restored = *store->Snapshot("tall", true);
+  ExpectBitIdentical(StateBits(restored), StateBits(saved));
+  EXPECT_EQ(restored.checksum, saved.checksum);
+  EXPECT_EQ(restored.contributions_applied, saved.contributions_applied);
+
+  ParameterSnapshot wrong = saved;
+  wrong.X = Matrix::Zero(47, 32);
+  EXPECT_EQ(store->Restore(wrong).code(), absl::StatusCode::kInvalidArgument);
+  ParameterSnapshot stateless = saved;
+  stateless.state.reset();
+  EXPECT_EQ(store->Restore(stateless).code(), absl::StatusCode::kInvalidArgument);
+  ExpectBitIdentical(StateBits(*store->Snapshot("tall", true)), StateBits(saved));
+}
+
+// Steps on distinct parameters run concurrently with validation and snapshots (a TSan target).
+TEST(ParameterStore, ConcurrentStepsOnDistinctParameters) {
+  auto store = RegisteredStore();
+  std::vector<std::thread> threads;
+  for (const std::string name : {"tall", "wide", "bias"}) {
+    threads.emplace_back([&store, name] {
+      const ParamSpec spec = *store->Spec(name);
+      for (int step = 0; step < 10; ++step) {
+        Contribution c = spec.optimizer == OptimizerKind::kDion
+                             ? LowRank(name, spec.rows(), spec.cols(), 2, "w0", step, step)
+                             : Dense(name, spec.rows(), spec.cols(), "w0", step, step);
+        ASSERT_TRUE(store->ValidateContribution(c).ok());
+        ASSERT_TRUE(store->ApplyBatch(SingleBatch(std::move(c), step)).ok());
+      }
+    });
+  }
+  threads.emplace_back([&store] {
+    for (int i = 0; i < 50; ++i) {
+      ASSERT_TRUE(store->Snapshot("tall", true).ok());
+      store->Statuses();
+    }
+  });
+  for (std::thread& t : threads) t.join();
+  EXPECT_EQ(*store->Version("tall"), 10);
+  EXPECT_EQ(*store->Version("wide"), 10);
+  EXPECT_EQ(*store->Version("bias"), 10);
+}
+
+}  // namespace
+}  // namespace dion
