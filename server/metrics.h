@@ -1,0 +1,94 @@
+// Prometheus metrics of one shard (prometheus-cpp), served on their own port.
+//
+// Names follow Prometheus conventions: prefix dion_, base units, _total for counters,
+// _seconds / _bytes suffixes, and only low-cardinality labels (result, phase, kind). Per-
+// parameter labels are deliberately absent: a model can have thousands of parameters.
+//
+//   dion_pushes_total{result="accepted|duplicate|stale|rejected"}   counter
+//   dion_received_bytes_total, dion_sent_bytes_total               counters (gRPC payloads)
+//   dion_push_staleness                                             histogram of tau (versions)
+//   dion_batch_contributions                                        histogram per closed batch
+//   dion_step_phase_duration_seconds{phase="aggregate|power_iteration|orthonormalize|update|broadcast"}
+//   dion_steps_total{kind="dion|adamw|lion|muon"}                   counter
+//   dion_parameter_version{kind=...}                                gauge, highest version
+//   dion_connected_workers, dion_subscribers                       gauges
+//   dion_orthogonality_error                                        gauge, last measured
+//   dion_worker_loss                                                gauge, last batch's mean
+//   dion_checkpoints_total{result="ok|error"}, dion_checkpoint_duration_seconds
+//
+// Thread-safety: safe for concurrent use (prometheus-cpp metrics are atomic; RecordStep also
+// takes a short internal lock so the version gauge only ever moves up).
+#ifndef DION_SERVER_METRICS_H_
+#define DION_SERVER_METRICS_H_
+
+#include <cstdint>
+#include <memory>
+#include <string>
+
+#include "absl/status/statusor.h"
+#include "absl/strings/string_view.h"
+#include "common/param_spec.h"
+
+namespace prometheus {
+class Registry;
+class Exposer;
+}  // namespace prometheus
+
+namespace dion {
+
+enum class PushOutcome { kAccepted, kDuplicate, kStale, kRejected };
+enum class StepPhase { kAggregate, kPowerIteration, kOrthonormalize, kUpdate, kBroadcast };
+
+class ShardMetrics {
+ public:
+  // Metrics registered in a fresh registry (not served anywhere yet).
+  ShardMetrics();
+  ~ShardMetrics();
+  ShardMetrics(const ShardMetrics&) = delete;
+  ShardMetrics& operator=(const ShardMetrics&) = delete;
+
+  void RecordPush(PushOutcome outcome);
+  void RecordReceivedBytes(int64_t bytes);
+  void RecordSentBytes(int64_t bytes);
+  void RecordStaleness(int64_t tau);
+  void RecordBatch(int contributions);
+  void RecordPhase(StepPhase phase, double seconds);
+  void RecordStep(OptimizerKind kind, int64_t version);  // steps_total and version gauge
+  void SetConnectedWorkers(int64_t n);
+  void SetSubscribers(int64_t n);
+  void SetOrthogonalityError(double error);
+  void SetWorkerLoss(double loss);
+  void RecordCheckpoint(bool ok, double seconds);
+
+  std::shared_ptr<prometheus::Registry> registry() const;
+  // The text exposition format of everything registered (what /metrics serves).
+  std::string Serialize() const;
+
+ private:
+  struct Families;
+  std::shared_ptr<prometheus::Registry> registry_;
+  std::unique_ptr<Families> families_;
+};
+
+// Serves a registry at http://<listen>/metrics. listen is "host:port"; port 0 picks a free
+// port. Failure to bind is an error (Unavailable) naming the address; so is an IPv6 address
+// with Debian's civetweb, which is built without IPv6. The registry is held weakly: keep its
+// owner (ShardMetrics) alive while serving, or scrapes return nothing of it. Destruction
+// stops the listener within milliseconds.
+class MetricsServer {
+ public:
+  static absl::StatusOr<std::unique_ptr<MetricsServer>> Start(
+      const std::string& listen, std::shared_ptr<prometheus::Registry> registry);
+  ~MetricsServer();
+  int port() const { return port_; }
+
+ private:
+  MetricsServer() = default;
+  std::unique_ptr<prometheus::Exposer> exposer_;
+  int port_ = 0;
+  std::string connect_host_;  // how to reach the listener (loopback for wildcard addresses)
+};
+
+}  // namespace dion
+
+#endif  // DION_SERVER_METRICS_H_
