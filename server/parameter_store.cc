@@ -98,7 +98,33 @@ absl::StatusOr<std::unique_ptr<ParameterStore>> ParameterStore::Create(
 
 absl::StatusOr<bool> ParameterStore::RegisterModel(const ModelTable& table) {
   if (absl::Status s = ValidateModelTable(table); !s.ok()) return s;
+  return RegisterWithFingerprint(table, Fingerprint(table));
+}
+
+absl::StatusOr<bool> ParameterStore::RegisterRestoredModel(
+    const ModelTable& table, const std::vector<std::optional<uint64_t>>& initial_value_checksums) {
+  if (absl::Status s = ValidateModelTable(table); !s.ok()) return s;
   ModelFingerprint fingerprint = Fingerprint(table);
+  if (initial_value_checksums.size() != fingerprint.initial_value_checksums.size()) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "restored model '", table.model_name, "': ", initial_value_checksums.size(),
+        " initial-value checksums for ", fingerprint.initial_value_checksums.size(),
+        " parameters"));
+  }
+  for (size_t i = 0; i < initial_value_checksums.size(); ++i) {
+    std::optional<uint64_t>& kept = fingerprint.initial_value_checksums[i];
+    if (kept.has_value() && kept != initial_value_checksums[i]) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "restored model '", table.model_name, "': parameter '", fingerprint.specs[i].name,
+          "' carries an initial value that does not match the recorded checksum"));
+    }
+    kept = initial_value_checksums[i];
+  }
+  return RegisterWithFingerprint(table, std::move(fingerprint));
+}
+
+absl::StatusOr<bool> ParameterStore::RegisterWithFingerprint(const ModelTable& table,
+                                                             ModelFingerprint fingerprint) {
   {
     ReaderMutexLock lock(&mu_);
     if (model_ != nullptr) {
@@ -173,7 +199,8 @@ std::vector<std::string> ParameterStore::workers() const {
 absl::StatusOr<ModelInfo> ParameterStore::model() const {
   ReaderMutexLock lock(&mu_);
   if (model_ == nullptr) return absl::FailedPreconditionError("no model is registered");
-  return ModelInfo{model_->fingerprint.model_name, model_->fingerprint.specs, model_->layout};
+  return ModelInfo{model_->fingerprint.model_name, model_->fingerprint.specs, model_->layout,
+                   model_->fingerprint.initial_value_checksums};
 }
 
 std::vector<std::string> ParameterStore::OwnedParameters() const {

@@ -96,6 +96,8 @@ struct ModelInfo {
   std::string model_name;
   std::vector<ParamSpec> parameters;  // the whole table, in registration order
   Layout layout;
+  // Per parameter, as ModelFingerprint: the checksum of an explicit initial value, or nullopt.
+  std::vector<std::optional<uint64_t>> initial_value_checksums;
 };
 
 class ParameterStore {
@@ -109,6 +111,15 @@ class ParameterStore {
   // when newly registered, false when the identical table was registered before.
   // InvalidArgument for an invalid table, FailedPrecondition (first mismatch) for a different one.
   absl::StatusOr<bool> RegisterModel(const ModelTable& table) ABSL_LOCKS_EXCLUDED(mu_);
+  // Checkpoint restore (server/checkpointer.h): registers `table`, which carries no initial
+  // values, under the identity of the original table, whose explicit initial values are known
+  // by their checksums only (one entry per parameter, as ModelInfo::initial_value_checksums),
+  // so that the workers' original table still compares equal. The owned parameters' values
+  // then come from Restore. Codes as RegisterModel; InvalidArgument if the checksums do not
+  // fit the table.
+  absl::StatusOr<bool> RegisterRestoredModel(
+      const ModelTable& table, const std::vector<std::optional<uint64_t>>& initial_value_checksums)
+      ABSL_LOCKS_EXCLUDED(mu_);
   // Allows `worker_id` to push. FailedPrecondition before a model is registered,
   // InvalidArgument for an empty id. Registering again is fine.
   absl::Status RegisterWorker(absl::string_view worker_id) ABSL_LOCKS_EXCLUDED(mu_);
@@ -166,6 +177,11 @@ class ParameterStore {
   };
 
   explicit ParameterStore(const StoreOptions& options) : options_(options) {}
+
+  // RegisterModel with the identity `fingerprint` (Fingerprint(table) unless restoring).
+  absl::StatusOr<bool> RegisterWithFingerprint(const ModelTable& table,
+                                               ModelFingerprint fingerprint)
+      ABSL_LOCKS_EXCLUDED(mu_);
 
   // The owned parameter called `name`: FailedPrecondition without a model or for a parameter
   // of another shard, NotFound for an unknown name. The pointer lives as long as the store.

@@ -144,7 +144,9 @@ absl::StatusOr<StepReport> ApplyWeightedStep(const ParamSpec& spec,
     const absl::Time folded = absl::Now();
     report.aggregate = folded - start;
     DionStepResult result = DionStepFromMomentum(X, dion, spec.dion, measure_ortho_error);
-    report.update = absl::Now() - folded;
+    report.power_iteration = absl::Seconds(result.power_iteration_seconds);
+    report.orthonormalize = absl::Seconds(result.orthonormalize_seconds);
+    report.update = absl::Seconds(result.update_seconds);
     report.ortho = result.ortho;
     report.ortho_error = result.ortho_error;
     if (result.applied) {

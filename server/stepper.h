@@ -51,7 +51,10 @@ struct StepReport {
   OrthoReport ortho;                         // Dion only
   double ortho_error = -1.0;                 // ||P^T P - I||_max, -1 if not measured
   absl::Duration aggregate;                  // forming the mean / folding it into M
-  absl::Duration update;                     // the optimizer step proper
+  absl::Duration power_iteration;            // Dion only: the B Q and B^T P products
+  absl::Duration orthonormalize;             // Dion only
+  absl::Duration update;                     // the optimizer step proper (Dion: error feedback
+                                             // and the weight update)
 };
 
 // Applies the weighted mean of `entries` to (X, state) with the spec's optimizer.
