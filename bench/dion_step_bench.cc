@@ -1,1 +1,414 @@
-int main() { return 0; }
+// How close a Dion step gets to its GEMM floor, and what it costs next to Muon.
+//
+// For each square n x n parameter and rank r the bench times, in the same run, at the same
+// shapes and OpenBLAS thread count:
+//   step       DionStep(X, G, state) with a fresh gradient G per repetition (generated
+//              outside the timed region); the state persists across repetitions as in a real
+//              run, after one warm-up step;
+//   GEMM-bound the four sgemm calls a step consists of, each timed alone on the step's own
+//              operands:  P = B Q,  R = B^T P,  M -= (1 - mu) P R^T (beta 1),
+//              X = decay X - scale P Q^T (beta decay); the sum of their medians;
+//   split      the rest of a step, timed alone: the finiteness check of G and of the n x r
+//              factors P and R (dion::AllFinite, as common/dion.cc does them), the
+//              B = M + G pass, Orthonormalize(P) on the step's un-normalised P, the column
+//              normalisation of R;
+//   muon       NewtonSchulz (5 steps) on an n x n matrix.
+// Step and GEMMs are interleaved repetition by repetition, so that load from other processes
+// on a shared machine hits both alike. Every figure is a median over repetitions.
+//
+// Output: a markdown table (default) or one JSON object (--json) on stdout; progress on stderr.
+#include <cblas.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <cstdio>
+#include <cstdlib>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "absl/flags/flag.h"
+#include "absl/flags/parse.h"
+#include "absl/strings/ascii.h"
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+#include "absl/strings/str_join.h"
+#include "absl/strings/str_split.h"
+#include "absl/strings/string_view.h"
+#include "common/blas.h"
+#include "common/dion.h"
+#include "common/matrix.h"
+#include "common/muon.h"
+#include "common/orthonormalize.h"
+#include "common/rng.h"
+
+ABSL_FLAG(std::string, shapes, "1024,2048,4096", "Comma-separated n of the n x n parameters");
+ABSL_FLAG(std::string, rank_fractions, "0.25,0.0625",
+          "Comma-separated rank fractions; r = DionRank(n, n, fraction, 1). "
+          "At n = 4096 the defaults give the target points r = 1024 and r = 256");
+ABSL_FLAG(std::string, ranks, "",
+          "Comma-separated explicit ranks used instead of --rank_fractions (capped at n)");
+ABSL_FLAG(int, reps, 7, "Timed repetitions (median) for n < --large_n");
+ABSL_FLAG(int, large_reps, 5, "Timed repetitions (median) for n >= --large_n");
+ABSL_FLAG(int, large_n, 4096, "Shapes at least this large use --large_reps / --muon_large_reps");
+ABSL_FLAG(int, muon_reps, 3, "Timed NewtonSchulz repetitions for n < --large_n");
+ABSL_FLAG(int, muon_large_reps, 2, "Timed NewtonSchulz repetitions for n >= --large_n");
+ABSL_FLAG(int, threads, 0, "OpenBLAS threads; 0 = hardware threads");
+ABSL_FLAG(bool, json, false, "Print one JSON object on stdout instead of a markdown table");
+ABSL_FLAG(std::string, json_out, "",
+          "Also write the JSON object to this file (e.g. for compare_torch.py --cpp_json)");
+ABSL_FLAG(bool, muon, true, "Also time NewtonSchulz (5 steps) at each shape");
+ABSL_FLAG(std::string, method, "auto", "Orthonormalization method: auto, qr, cqr, cqr2, rcqr");
+ABSL_FLAG(double, target_ratio, 1.10, "Target step / GEMM-bound ratio, flagged in the table");
+ABSL_FLAG(uint64_t, seed, 1, "Seed of X, G and the initial Q");
+
+namespace dion {
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+template <typename F>
+double Seconds(F&& f) {
+  const auto start = Clock::now();
+  f();
+  return std::chrono::duration<double>(Clock::now() - start).count();
+}
+
+double Median(std::vector<double> v) {
+  if (v.empty()) return NAN;
+  std::sort(v.begin(), v.end());
+  const size_t h = v.size() / 2;
+  return v.size() % 2 == 1 ? v[h] : 0.5 * (v[h - 1] + v[h]);
+}
+
+std::vector<double> ParseDoubles(absl::string_view flag, absl::string_view text) {
+  std::vector<double> out;
+  for (absl::string_view part : absl::StrSplit(text, ',', absl::SkipWhitespace())) {
+    double v = 0.0;
+    if (!absl::SimpleAtod(part, &v)) {
+      absl::FPrintF(stderr, "--%s: '%s' is not a number\n", flag, part);
+      std::exit(2);
+    }
+    out.push_back(v);
+  }
+  return out;
+}
+
+// Gaussian fill over two threads: the Box-Muller fill of a 4096^2 gradient takes about a
+// second on one core, which would otherwise dominate the wall time of the bench.
+void FillGradient(MatrixRef G, uint64_t seed) {
+  const Eigen::Index half = G.rows() / 2;
+  std::thread other([&] {
+    Rng rng(MixSeed(seed, 1));
+    rng.FillNormal(G.bottomRows(G.rows() - half));
+  });
+  Rng rng(MixSeed(seed, 0));
+  rng.FillNormal(G.topRows(half));
+  other.join();
+}
+
+struct Row {
+  int64_t n = 0;
+  int r = 0;
+  double fraction = 0.0;  // 0 when the rank was given explicitly
+  int reps = 0;
+  double step = 0, gemm = 0;                          // medians, seconds
+  // Noise checks for a shared machine: the fastest repetition of the step and the sum of
+  // the four GEMMs' fastest calls (load from other processes only ever adds time), and the
+  // median of the per-repetition GEMM sums.
+  double step_min = 0, gemm_min = 0, gemm_rep_median = 0;
+  double gemm_pq = 0, gemm_btp = 0, gemm_m = 0, gemm_x = 0;
+  double finite = 0, factor_checks = 0, b_pass = 0, ortho = 0, colnorm = 0;
+  // The step's own phase timers (DionStepResult), medians: where inside DionStep the time
+  // goes, to compare with the isolated timings above.
+  double in_power = 0, in_ortho = 0, in_update = 0, in_rest = 0;
+  int ortho_fallback_steps = 0;  // timed steps whose orthonormalization fell back
+  std::string ortho_used;        // method(s) the timed steps reported
+  double muon = NAN;             // NewtonSchulz median, seconds (NAN when not measured)
+  int muon_reps = 0;
+
+  double Gflops() const { return 8.0 * n * n * r / gemm / 1e9; }
+  double Ratio() const { return step / gemm; }
+  double MinRatio() const { return step_min / gemm_min; }
+  double Rest() const { return finite + factor_checks + b_pass + ortho + colnorm; }
+};
+
+Row BenchDion(int64_t n, int r, double fraction, int reps, const DionConfig& config,
+              uint64_t seed) {
+  Row row;
+  row.n = n;
+  row.r = r;
+  row.fraction = fraction;
+  row.reps = reps;
+  const float decay = static_cast<float>(1.0 - config.lr * config.weight_decay);
+  const float scale = static_cast<float>(config.lr);  // sqrt(m / n) = 1 for square X
+  const float m_alpha = static_cast<float>(-(1.0 - config.mu));
+
+  Matrix X(n, n), G(n, n);
+  Rng(MixSeed(seed, 2)).FillNormal(X, 0.02);
+  DionState state = InitDionState(n, n, r, MixSeed(seed, 3));
+  // GEMM-bound operands: B is the step's own B = M + G, Q its incoming Q; M and X get
+  // buffers of their own so the GEMM timing does not disturb the optimizer state.
+  Matrix B(n, n), Q0(n, r), P(n, r), Po(n, r), R(n, r), Qn(n, r);
+  Matrix Mg = Matrix::Zero(n, n), Xg = X;
+
+  std::vector<double> step, gemm, pq, btp, gm, gx, finite, checks, b_pass, ortho, colnorm;
+  std::vector<double> in_power, in_ortho, in_update, in_rest;
+  std::vector<std::string> used;
+  for (int rep = -1; rep < reps; ++rep) {  // rep -1 is the warm-up
+    FillGradient(G, MixSeed(seed, 4, rep + 1));
+    Q0 = state.Q;
+    bool all_finite = true;
+    const double t_finite = Seconds([&] { all_finite = AllFinite(G); });
+    const double t_b = Seconds([&] { B.noalias() = state.M + G; });
+
+    absl::StatusOr<DionStepResult> result;
+    const double t_step = Seconds([&] { result = DionStep(X, G, state, config); });
+    if (!result.ok() || !all_finite) {
+      absl::FPrintF(stderr, "DionStep failed at n=%d r=%d: %s\n", n, r,
+                    result.status().ToString());
+      std::exit(1);
+    }
+
+    const double t_pq = Seconds([&] { Gemm(Trans::kNo, Trans::kNo, 1.0f, B, Q0, 0.0f, P); });
+    Po = P;
+    const double t_ortho = Seconds([&] { Orthonormalize(Po, config.ortho); });
+    const double t_btp = Seconds([&] { Gemm(Trans::kYes, Trans::kNo, 1.0f, B, Po, 0.0f, R); });
+    const double t_colnorm = Seconds([&] {
+      const Eigen::RowVectorXf norms = R.colwise().norm();
+      Qn = R.array().rowwise() / (norms.array() + static_cast<float>(config.eps));
+    });
+    bool factors_finite = true;
+    const double t_checks = Seconds([&] { factors_finite = AllFinite(P) && AllFinite(R); });
+    if (!factors_finite) std::abort();  // impossible for a finite Gaussian G
+    const double t_m = Seconds([&] { Gemm(Trans::kNo, Trans::kYes, m_alpha, Po, R, 1.0f, Mg); });
+    const double t_x = Seconds([&] { Gemm(Trans::kNo, Trans::kYes, -scale, Po, Qn, decay, Xg); });
+    if (rep < 0) continue;
+
+    step.push_back(t_step);
+    pq.push_back(t_pq);
+    btp.push_back(t_btp);
+    gm.push_back(t_m);
+    gx.push_back(t_x);
+    gemm.push_back(t_pq + t_btp + t_m + t_x);
+    finite.push_back(t_finite);
+    checks.push_back(t_checks);
+    b_pass.push_back(t_b);
+    ortho.push_back(t_ortho);
+    colnorm.push_back(t_colnorm);
+    in_power.push_back(result->power_iteration_seconds);
+    in_ortho.push_back(result->orthonormalize_seconds);
+    in_update.push_back(result->update_seconds);
+    in_rest.push_back(t_step - result->power_iteration_seconds - result->orthonormalize_seconds -
+                      result->update_seconds);
+    if (result->ortho.fallbacks > 0) ++row.ortho_fallback_steps;
+    const std::string name(OrthoMethodName(result->ortho.used));
+    if (std::find(used.begin(), used.end(), name) == used.end()) used.push_back(name);
+  }
+  const auto min_of = [](const std::vector<double>& v) {
+    return *std::min_element(v.begin(), v.end());
+  };
+  row.step = Median(step);
+  row.step_min = min_of(step);
+  row.gemm_min = min_of(pq) + min_of(btp) + min_of(gm) + min_of(gx);
+  row.gemm_rep_median = Median(gemm);
+  row.gemm_pq = Median(pq);
+  row.gemm_btp = Median(btp);
+  row.gemm_m = Median(gm);
+  row.gemm_x = Median(gx);
+  // The brief's GEMM-bound: the sum of the four medians (robust to one slow call).
+  row.gemm = row.gemm_pq + row.gemm_btp + row.gemm_m + row.gemm_x;
+  row.finite = Median(finite);
+  row.factor_checks = Median(checks);
+  row.b_pass = Median(b_pass);
+  row.ortho = Median(ortho);
+  row.colnorm = Median(colnorm);
+  row.in_power = Median(in_power);
+  row.in_ortho = Median(in_ortho);
+  row.in_update = Median(in_update);
+  row.in_rest = Median(in_rest);
+  row.ortho_used = absl::StrJoin(used, "+");
+  return row;
+}
+
+double BenchMuon(int64_t n, int reps, uint64_t seed) {
+  Matrix G(n, n), A(n, n);
+  FillGradient(G, MixSeed(seed, 5));
+  std::vector<double> times;
+  for (int rep = 0; rep < reps; ++rep) {
+    A = G;
+    times.push_back(Seconds([&] { NewtonSchulz(A, 5); }));
+  }
+  return Median(times);
+}
+
+std::string Ms(double seconds) {
+  return std::isnan(seconds) ? "-" : absl::StrFormat("%.1f", seconds * 1e3);
+}
+
+void PrintMarkdown(const std::vector<Row>& rows, int threads, absl::string_view method,
+                   double target) {
+  absl::PrintF("Dion step, float32, OpenBLAS threads %d, ortho method %s, medians\n\n", threads,
+               method);
+  absl::PrintF(
+      "| n | r | reps | step ms | GEMM-bound ms | sgemm GFLOP/s | step / GEMM | target <= %.2f"
+      " | min step / min GEMM | Newton-Schulz ms | step / NS |\n",
+      target);
+  absl::PrintF("|---|---|---|---|---|---|---|---|---|---|---|\n");
+  for (const Row& row : rows) {
+    const bool ok = row.Ratio() <= target;
+    absl::PrintF("| %d | %d | %d | %s | %s | %.1f | %.3f | %s | %.3f | %s | %s |\n", row.n,
+                 row.r, row.reps, Ms(row.step), Ms(row.gemm), row.Gflops(), row.Ratio(),
+                 ok ? "met" : absl::StrFormat("missed by %.1f%%", (row.Ratio() / target - 1) * 100),
+                 row.MinRatio(), Ms(row.muon),
+                 std::isnan(row.muon) ? "-" : absl::StrFormat("%.3f", row.step / row.muon));
+  }
+  absl::PrintF(
+      "\nSplit of the step (medians, ms; each part timed alone on the step's own operands)\n\n");
+  absl::PrintF(
+      "| n | r | B Q | B^T P | M -= P R^T | X = dX - s P Q^T | finite(G) | finite(P), finite(R) "
+      "| B = M + G | orthonormalize | colnorm(R) | GEMMs + rest | step | unexplained "
+      "| ortho used (fallback steps) |\n");
+  absl::PrintF("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n");
+  for (const Row& row : rows) {
+    const double sum = row.gemm + row.Rest();
+    absl::PrintF(
+        "| %d | %d | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s (%d) |\n",
+        row.n, row.r, Ms(row.gemm_pq), Ms(row.gemm_btp), Ms(row.gemm_m), Ms(row.gemm_x),
+        Ms(row.finite), Ms(row.factor_checks), Ms(row.b_pass), Ms(row.ortho), Ms(row.colnorm),
+        Ms(sum), Ms(row.step), Ms(row.step - sum), row.ortho_used, row.ortho_fallback_steps);
+  }
+}
+
+void PrintPhases(const std::vector<Row>& rows) {
+  absl::PrintF(
+      "\nInside the step (DionStepResult phase timers, medians, ms) next to the same work timed "
+      "alone\n\n");
+  absl::PrintF(
+      "| n | r | power iteration: B Q, B^T P, checks, colnorm | alone | orthonormalize | alone | "
+      "update: M, X GEMMs, Q copy | alone | rest: finite(G), B = M + G, allocation | alone |\n");
+  absl::PrintF("|---|---|---|---|---|---|---|---|---|---|\n");
+  for (const Row& row : rows) {
+    absl::PrintF("| %d | %d | %s | %s | %s | %s | %s | %s | %s | %s |\n", row.n, row.r,
+                 Ms(row.in_power),
+                 Ms(row.gemm_pq + row.gemm_btp + row.factor_checks + row.colnorm),
+                 Ms(row.in_ortho), Ms(row.ortho), Ms(row.in_update),
+                 Ms(row.gemm_m + row.gemm_x), Ms(row.in_rest), Ms(row.finite + row.b_pass));
+  }
+}
+
+std::string JsonNumber(double v) { return std::isnan(v) ? "null" : absl::StrFormat("%.6g", v); }
+
+std::string Json(const std::vector<Row>& rows, int threads, absl::string_view method) {
+  std::vector<std::string> items;
+  for (const Row& row : rows) {
+    items.push_back(absl::StrFormat(
+        "{\"n\": %d, \"r\": %d, \"fraction\": %s, \"reps\": %d, \"step_s\": %s, "
+        "\"gemm_bound_s\": %s, \"sgemm_gflops\": %s, \"ratio\": %s, \"gemm_pq_s\": %s, "
+        "\"gemm_btp_s\": %s, \"gemm_m_s\": %s, \"gemm_x_s\": %s, \"finite_s\": %s, "
+        "\"factor_checks_s\": %s, "
+        "\"b_pass_s\": %s, \"ortho_s\": %s, \"colnorm_s\": %s, \"ortho_used\": \"%s\", "
+        "\"ortho_fallback_steps\": %d, \"muon_s\": %s, \"muon_reps\": %d, \"step_min_s\": %s, "
+        "\"gemm_bound_min_s\": %s, \"min_ratio\": %s, \"gemm_rep_median_s\": %s, "
+        "\"in_step_power_s\": %s, \"in_step_ortho_s\": %s, \"in_step_update_s\": %s, "
+        "\"in_step_rest_s\": %s}",
+        row.n, row.r, JsonNumber(row.fraction), row.reps, JsonNumber(row.step),
+        JsonNumber(row.gemm), JsonNumber(row.Gflops()), JsonNumber(row.Ratio()),
+        JsonNumber(row.gemm_pq), JsonNumber(row.gemm_btp), JsonNumber(row.gemm_m),
+        JsonNumber(row.gemm_x), JsonNumber(row.finite), JsonNumber(row.factor_checks),
+        JsonNumber(row.b_pass),
+        JsonNumber(row.ortho), JsonNumber(row.colnorm), row.ortho_used,
+        row.ortho_fallback_steps, JsonNumber(row.muon), row.muon_reps, JsonNumber(row.step_min),
+        JsonNumber(row.gemm_min), JsonNumber(row.MinRatio()), JsonNumber(row.gemm_rep_median),
+        JsonNumber(row.in_power), JsonNumber(row.in_ortho), JsonNumber(row.in_update),
+        JsonNumber(row.in_rest)));
+  }
+  return absl::StrFormat("{\"bench\": \"dion_step\", \"threads\": %d, \"method\": \"%s\", "
+                         "\"openblas\": \"%s\", \"rows\": [\n  %s\n]}\n",
+                         threads, method,
+                         absl::StripTrailingAsciiWhitespace(openblas_get_config()),
+                         absl::StrJoin(items, ",\n  "));
+}
+
+int Main() {
+  const std::string method_name = absl::GetFlag(FLAGS_method);
+  absl::StatusOr<OrthoMethod> method = ParseOrthoMethod(method_name);
+  if (!method.ok()) {
+    absl::FPrintF(stderr, "--method: %s\n", method.status().ToString());
+    return 2;
+  }
+  DionConfig config;
+  config.ortho.method = *method;
+  if (absl::Status s = ValidateDionConfig(config); !s.ok()) {
+    absl::FPrintF(stderr, "%s\n", s.ToString());
+    return 2;
+  }
+  int threads = absl::GetFlag(FLAGS_threads);
+  if (threads <= 0) threads = std::max(1u, std::thread::hardware_concurrency());
+  SetBlasThreads(threads);
+
+  std::vector<int64_t> shapes;
+  for (double v : ParseDoubles("shapes", absl::GetFlag(FLAGS_shapes))) {
+    shapes.push_back(static_cast<int64_t>(v));
+  }
+  const std::vector<double> fractions =
+      ParseDoubles("rank_fractions", absl::GetFlag(FLAGS_rank_fractions));
+  const std::vector<double> explicit_ranks = ParseDoubles("ranks", absl::GetFlag(FLAGS_ranks));
+  const uint64_t seed = absl::GetFlag(FLAGS_seed);
+  const bool json = absl::GetFlag(FLAGS_json);
+
+  std::vector<Row> rows;
+  for (int64_t n : shapes) {
+    const bool large = n >= absl::GetFlag(FLAGS_large_n);
+    const int reps =
+        std::max(1, large ? absl::GetFlag(FLAGS_large_reps) : absl::GetFlag(FLAGS_reps));
+    std::vector<std::pair<int, double>> ranks;  // (r, fraction)
+    if (!explicit_ranks.empty()) {
+      for (double r : explicit_ranks) {
+        ranks.push_back({static_cast<int>(std::clamp<double>(r, 1, static_cast<double>(n))), 0.0});
+      }
+    } else {
+      for (double f : fractions) ranks.push_back({DionRank(n, n, f, 1), f});
+    }
+    const size_t first = rows.size();
+    for (auto [r, f] : ranks) {
+      absl::FPrintF(stderr, "dion step n=%d r=%d reps=%d ...\n", n, r, reps);
+      rows.push_back(BenchDion(n, r, f, reps, config, MixSeed(seed, n, r)));
+    }
+    if (absl::GetFlag(FLAGS_muon)) {
+      const int muon_reps = std::max(
+          1, large ? absl::GetFlag(FLAGS_muon_large_reps) : absl::GetFlag(FLAGS_muon_reps));
+      absl::FPrintF(stderr, "newton-schulz n=%d reps=%d ...\n", n, muon_reps);
+      const double muon = BenchMuon(n, muon_reps, MixSeed(seed, n));
+      for (size_t i = first; i < rows.size(); ++i) {
+        rows[i].muon = muon;
+        rows[i].muon_reps = muon_reps;
+      }
+    }
+  }
+  const std::string json_text = Json(rows, threads, method_name);
+  if (const std::string path = absl::GetFlag(FLAGS_json_out); !path.empty()) {
+    FILE* f = std::fopen(path.c_str(), "w");
+    if (f == nullptr || std::fputs(json_text.c_str(), f) < 0 || std::fclose(f) != 0) {
+      absl::FPrintF(stderr, "--json_out: cannot write %s\n", path);
+      return 1;
+    }
+  }
+  if (json) {
+    absl::PrintF("%s", json_text);
+  } else {
+    PrintMarkdown(rows, threads, method_name, absl::GetFlag(FLAGS_target_ratio));
+    PrintPhases(rows);
+  }
+  return 0;
+}
+
+}  // namespace
+}  // namespace dion
+
+int main(int argc, char** argv) {
+  absl::ParseCommandLine(argc, argv);
+  return dion::Main();
+}

@@ -21,13 +21,12 @@ double Lap(std::chrono::steady_clock::time_point& start) {
   return seconds;
 }
 
-// Q = R / (||R_col||_2 + eps), column by column.
+// Q = R / (||R_col||_2 + eps). One row-wise broadcast: filling Q column by column through a
+// row-major matrix cost 87-126 ms at 4096 x 1024 against ~12 ms (dion_step_bench phases).
 void ColumnNormalize(const Matrix& R, double eps, Matrix& Q) {
-  const Eigen::RowVectorXf norms = R.colwise().norm();
-  Q.resize(R.rows(), R.cols());
-  for (Eigen::Index j = 0; j < R.cols(); ++j) {
-    Q.col(j) = R.col(j) / static_cast<float>(norms(j) + eps);
-  }
+  const Eigen::RowVectorXf denominators =
+      (R.colwise().norm().cast<double>().array() + eps).cast<float>().matrix();
+  Q = (R.array().rowwise() / denominators.array()).matrix();
 }
 
 }  // namespace
