@@ -3,18 +3,21 @@
 # under AddressSanitizer + UndefinedBehaviorSanitizer. This is README's test command and
 # exactly what CI runs (.ci/run).
 #
-# Usage: scripts/test.sh [--no-setup] [--no-asan]
-#   Build trees: build/ (Release) and build-asan/ (ASan+UBSan). JOBS=N sets parallelism.
+# Usage: scripts/test.sh [--no-setup] [--no-asan] [--no-tsan]
+#   Build trees: build/ (Release), build-asan/ (ASan+UBSan, every test) and build-tsan/
+#   (ThreadSanitizer: the concurrency-relevant tests only). JOBS=N sets parallelism.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-setup=1; asan=1
+setup=1; asan=1; tsan=1
 for arg in "$@"; do
   case "$arg" in
     --no-setup) setup=0 ;;
     --no-asan) asan=0 ;;
-    -h|--help) sed -n '2,8p' "$0"; exit 0 ;;
-    *) echo "test.sh: unknown argument '$arg' (expected --no-setup, --no-asan)" >&2; exit 2 ;;
+    --no-tsan) tsan=0 ;;
+    -h|--help) sed -n '2,9p' "$0"; exit 0 ;;
+    *) echo "test.sh: unknown argument '$arg' (expected --no-setup, --no-asan, --no-tsan)" >&2
+       exit 2 ;;
   esac
 done
 jobs="${JOBS:-$(nproc)}"
@@ -36,5 +39,19 @@ if [ "$asan" = 1 ]; then
   stage "AddressSanitizer + UBSan tests"
   ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1 \
     ctest --test-dir build-asan --output-on-failure -j "$jobs" --timeout 600
+fi
+if [ "$tsan" = 1 ]; then
+  # The batcher and the store are where the shard's locks live; the integration tests drive
+  # the whole server (gRPC handlers, compute pool, broadcaster) from concurrent clients.
+  tsan_targets=(batcher_test parameter_store_test server_shard_test server_service_test
+                server_bad_input_test server_concurrency_test)
+  stage "ThreadSanitizer build (${tsan_targets[*]})"
+  cmake -S . -B build-tsan -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo \
+    -DDION_SANITIZE=thread -DDION_BUILD_BENCH=OFF >/dev/null
+  cmake --build build-tsan -j "$jobs" --target "${tsan_targets[@]}"
+  stage "ThreadSanitizer tests"
+  export TSAN_OPTIONS="halt_on_error=1:second_deadlock_stack=1:suppressions=$PWD/tests/tsan.supp"
+  ctest --test-dir build-tsan --output-on-failure -j "$jobs" --timeout 600 \
+    -R '^(Batcher|ParameterStore|Shard|Server)' -L 'unit|integration'
 fi
 stage "all tests passed"

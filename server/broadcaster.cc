@@ -1,0 +1,140 @@
+#include "server/broadcaster.h"
+
+#include <utility>
+
+#include "server/metrics.h"
+
+namespace dion {
+
+Subscription::~Subscription() { broadcaster_->Remove(this); }
+
+void Subscription::Offer(const std::shared_ptr<const VersionUpdate>& update, int capacity) {
+  if (!follows_.contains(update->parameter)) return;
+  MutexLock lock(&mu_);
+  if (closed_) return;
+  if (static_cast<int>(queue_.size()) >= capacity) {
+    // Lagging: never grow the queue; what was in it is replaced by full values sent later.
+    for (const auto& queued : queue_) need_full_.insert(queued->parameter);
+    queue_.clear();
+    need_full_.insert(update->parameter);
+    ++lag_events_;
+  } else {
+    queue_.push_back(update);
+  }
+  cv_.Signal();
+}
+
+std::optional<std::shared_ptr<const VersionUpdate>> Subscription::Next(absl::Duration timeout) {
+  const absl::Time deadline = absl::Now() + timeout;
+  MutexLock lock(&mu_);
+  while (true) {
+    if (closed_) return std::nullopt;
+    if (!need_full_.empty()) {
+      const std::string parameter = *need_full_.begin();
+      need_full_.erase(need_full_.begin());
+      // Read the value without holding mu_, so Publish never waits for a snapshot.
+      mu_.Unlock();
+      absl::StatusOr<VersionUpdate> full = broadcaster_->source().full_value(parameter);
+      mu_.Lock();
+      if (!full.ok()) continue;  // the parameter vanished (cannot happen once registered)
+      auto it = delivered_.find(parameter);
+      if (it != delivered_.end() && full->version <= it->second) continue;
+      delivered_[parameter] = full->version;
+      return std::make_shared<const VersionUpdate>(*std::move(full));
+    }
+    if (!queue_.empty()) {
+      std::shared_ptr<const VersionUpdate> update = std::move(queue_.front());
+      queue_.pop_front();
+      auto it = delivered_.find(update->parameter);
+      const bool holds = it != delivered_.end();
+      if (holds && update->version <= it->second) continue;  // already covered by a full value
+      if (update->is_low_rank() && (!holds || update->version != it->second + 1)) {
+        // A step only applies to the version right before it: send the full value instead.
+        need_full_.insert(update->parameter);
+        continue;
+      }
+      delivered_[update->parameter] = update->version;
+      return update;
+    }
+    const absl::Duration left = deadline - absl::Now();
+    if (left <= absl::ZeroDuration()) return std::nullopt;
+    cv_.WaitWithTimeout(&mu_, left);
+  }
+}
+
+bool Subscription::closed() const {
+  MutexLock lock(&mu_);
+  return closed_;
+}
+
+void Subscription::Close() {
+  MutexLock lock(&mu_);
+  closed_ = true;
+  queue_.clear();
+  cv_.SignalAll();
+}
+
+int64_t Subscription::lag_events() const {
+  MutexLock lock(&mu_);
+  return lag_events_;
+}
+
+Broadcaster::Broadcaster(const BroadcasterOptions& options, VersionSource source,
+                         ShardMetrics* metrics)
+    : options_(options), source_(std::move(source)), metrics_(metrics) {}
+
+Broadcaster::~Broadcaster() = default;
+
+std::unique_ptr<Subscription> Broadcaster::Subscribe(
+    std::vector<std::string> parameters, const absl::flat_hash_map<std::string, int64_t>& have) {
+  std::unique_ptr<Subscription> subscription(new Subscription(this, std::move(parameters)));
+  {
+    MutexLock lock(&mu_);
+    if (shut_down_) {
+      subscription->Close();
+    }
+    subscriptions_.insert(subscription.get());
+    // Under mu_ so that concurrent changes reach the gauge in order.
+    if (metrics_ != nullptr) metrics_->SetSubscribers(subscriptions_.size());
+  }
+  // Registered first, versions read second: an update published in between is queued and
+  // either applies on top of `have` or is superseded by the full value.
+  MutexLock lock(&subscription->mu_);
+  for (const std::string& parameter : subscription->parameters_) {
+    auto held = have.find(parameter);
+    absl::StatusOr<int64_t> current = source_.version(parameter);
+    if (held != have.end() && current.ok() && *current == held->second) {
+      subscription->delivered_[parameter] = held->second;
+    } else {
+      subscription->need_full_.insert(parameter);
+    }
+  }
+  return subscription;
+}
+
+void Broadcaster::Publish(VersionUpdate update) {
+  auto shared = std::make_shared<const VersionUpdate>(std::move(update));
+  ReaderMutexLock lock(&mu_);
+  for (Subscription* subscription : subscriptions_) {
+    subscription->Offer(shared, options_.queue_capacity);
+  }
+}
+
+void Broadcaster::Shutdown() {
+  MutexLock lock(&mu_);
+  shut_down_ = true;
+  for (Subscription* subscription : subscriptions_) subscription->Close();
+}
+
+int64_t Broadcaster::subscribers() const {
+  ReaderMutexLock lock(&mu_);
+  return static_cast<int64_t>(subscriptions_.size());
+}
+
+void Broadcaster::Remove(Subscription* subscription) {
+  MutexLock lock(&mu_);
+  subscriptions_.erase(subscription);
+  if (metrics_ != nullptr) metrics_->SetSubscribers(subscriptions_.size());
+}
+
+}  // namespace dion

@@ -1,0 +1,110 @@
+#include "server/dion_server.h"
+
+#include <grpcpp/ext/proto_server_reflection_plugin.h>
+#include <grpcpp/health_check_service_interface.h>
+
+#include <utility>
+
+#include "absl/strings/match.h"
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+#include "absl/time/clock.h"
+#include "server/metrics.h"
+
+namespace dion {
+namespace {
+
+// "host:port" with a non-empty host and a port in [0, 65535] ("[::1]:0" included).
+absl::Status CheckAddress(absl::string_view what, const std::string& address) {
+  const size_t colon = address.rfind(':');
+  int port = -1;
+  if (colon == std::string::npos || colon == 0 ||
+      !absl::SimpleAtoi(absl::string_view(address).substr(colon + 1), &port) || port < 0 ||
+      port > 65535) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        what, " must be host:port with a port in [0, 65535] (e.g. 127.0.0.1:50051), got '",
+        address, "'"));
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace
+
+absl::Status ValidateServerOptions(const ServerOptions& options) {
+  if (absl::Status s = CheckAddress("listen", options.listen); !s.ok()) return s;
+  if (!options.metrics_listen.empty()) {
+    if (absl::Status s = CheckAddress("metrics_listen", options.metrics_listen); !s.ok()) {
+      return s;
+    }
+  }
+  if (options.max_message_bytes < 1024 || options.max_message_bytes > (int64_t{1} << 31) - 1) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "max_message_bytes must be in [1024, 2^31 - 1], got ", options.max_message_bytes));
+  }
+  if (options.shutdown_grace < absl::ZeroDuration()) {
+    return absl::InvalidArgumentError("shutdown_grace must not be negative");
+  }
+  return ValidateShardOptions(options.shard);
+}
+
+absl::StatusOr<std::unique_ptr<DionServer>> DionServer::Start(const ServerOptions& options) {
+  if (absl::Status s = ValidateServerOptions(options); !s.ok()) return s;
+  std::unique_ptr<DionServer> server(new DionServer(options));
+  server->metrics_ = std::make_unique<ShardMetrics>();
+  absl::StatusOr<std::unique_ptr<Shard>> shard =
+      Shard::Create(options.shard, server->metrics_.get());
+  if (!shard.ok()) return shard.status();
+  server->shard_ = *std::move(shard);
+  server->service_ = std::make_unique<ParameterServerService>(
+      server->shard_.get(), server->metrics_.get(), options.service);
+
+  grpc::EnableDefaultHealthCheckService(true);
+  grpc::reflection::InitProtoReflectionServerBuilderPlugin();
+  grpc::ServerBuilder builder;
+  builder.AddListeningPort(options.listen, grpc::InsecureServerCredentials(), &server->port_);
+  builder.SetMaxReceiveMessageSize(static_cast<int>(options.max_message_bytes));
+  builder.RegisterService(server->service_.get());
+  server->server_ = builder.BuildAndStart();
+  if (server->server_ == nullptr || server->port_ == 0) {
+    return absl::UnavailableError(
+        absl::StrCat("cannot listen on '", options.listen, "' (address in use or invalid?)"));
+  }
+  server->server_->GetHealthCheckService()->SetServingStatus(true);
+
+  if (!options.metrics_listen.empty()) {
+    absl::StatusOr<std::unique_ptr<MetricsServer>> metrics =
+        MetricsServer::Start(options.metrics_listen, server->metrics_->registry());
+    if (!metrics.ok()) return metrics.status();
+    server->metrics_server_ = *std::move(metrics);
+  }
+  return server;
+}
+
+DionServer::~DionServer() { Shutdown().IgnoreError(); }
+
+std::string DionServer::address() const {
+  const size_t colon = options_.listen.rfind(':');
+  return absl::StrCat(options_.listen.substr(0, colon), ":", port_);
+}
+
+int DionServer::metrics_port() const {
+  return metrics_server_ == nullptr ? 0 : metrics_server_->port();
+}
+
+absl::Status DionServer::Shutdown() {
+  MutexLock lock(&mu_);
+  if (shut_down_) return shutdown_status_;
+  shut_down_ = true;
+  if (server_ != nullptr) {
+    server_->GetHealthCheckService()->SetServingStatus(false);
+    // Subscriptions end and pushes are refused first, so the calls below can finish.
+    shard_->BeginShutdown();
+    server_->Shutdown(absl::ToChronoTime(absl::Now() + options_.shutdown_grace));
+    server_->Wait();
+  }
+  if (shard_ != nullptr) shutdown_status_ = shard_->Shutdown();
+  metrics_server_.reset();
+  return shutdown_status_;
+}
+
+}  // namespace dion

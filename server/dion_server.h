@@ -1,0 +1,81 @@
+// A shard served over gRPC: the Shard, its ParameterServer service, the gRPC health service
+// (grpc.health.v1) and server reflection, and the Prometheus endpoint. Used by the dion-server
+// binary (server/main.cc) and by the integration tests, which start it on 127.0.0.1:0.
+//
+// Shutdown order (SYSTEM.md graceful shutdown): health NOT_SERVING, the shard refuses new
+// contributions and ends the subscriptions, gRPC stops accepting calls and waits up to
+// `shutdown_grace` for running ones, then the shard applies every accepted contribution and
+// writes a last checkpoint.
+//
+// Thread-safety: safe for concurrent use.
+#ifndef DION_SERVER_DION_SERVER_H_
+#define DION_SERVER_DION_SERVER_H_
+
+#include <memory>
+#include <string>
+
+#include <grpcpp/grpcpp.h>
+
+#include "absl/base/thread_annotations.h"
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "absl/time/time.h"
+#include "common/mutex.h"
+#include "server/metrics.h"
+#include "server/service.h"
+#include "server/shard.h"
+
+namespace dion {
+
+struct ServerOptions {
+  std::string listen = "127.0.0.1:50051";          // gRPC host:port; port 0 picks a free one
+  std::string metrics_listen = "127.0.0.1:9091";   // Prometheus host:port; empty: disabled
+  int64_t max_message_bytes = 64 << 20;            // largest message a client may send
+  absl::Duration shutdown_grace = absl::Seconds(5);  // running calls get this long to finish
+  ServiceOptions service;
+  ShardOptions shard;
+};
+
+// InvalidArgument naming the option (addresses must be host:port, sizes positive, ...).
+absl::Status ValidateServerOptions(const ServerOptions& options);
+
+class DionServer {
+ public:
+  // Creates the shard (restoring its newest checkpoint), binds and starts serving.
+  // Unavailable when an address cannot be bound.
+  static absl::StatusOr<std::unique_ptr<DionServer>> Start(const ServerOptions& options);
+  ~DionServer();  // Shutdown()
+  DionServer(const DionServer&) = delete;
+  DionServer& operator=(const DionServer&) = delete;
+
+  // The bound gRPC port and "host:port" to connect to; the metrics port (0 when disabled).
+  int port() const { return port_; }
+  std::string address() const;
+  int metrics_port() const;
+
+  Shard& shard() { return *shard_; }
+  ShardMetrics& metrics() { return *metrics_; }
+  const ParameterServerService& service() const { return *service_; }
+
+  // Graceful shutdown (file comment). Idempotent; returns the last checkpoint's status.
+  absl::Status Shutdown() ABSL_LOCKS_EXCLUDED(mu_);
+
+ private:
+  explicit DionServer(const ServerOptions& options) : options_(options) {}
+
+  const ServerOptions options_;
+  std::unique_ptr<ShardMetrics> metrics_;
+  std::unique_ptr<Shard> shard_;
+  std::unique_ptr<ParameterServerService> service_;
+  std::unique_ptr<grpc::Server> server_;
+  std::unique_ptr<MetricsServer> metrics_server_;
+  int port_ = 0;
+
+  Mutex mu_;
+  bool shut_down_ ABSL_GUARDED_BY(mu_) = false;
+  absl::Status shutdown_status_ ABSL_GUARDED_BY(mu_);
+};
+
+}  // namespace dion
+
+#endif  // DION_SERVER_DION_SERVER_H_

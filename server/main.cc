@@ -1,0 +1,174 @@
+// dion-server: one shard of the dion-ps parameter server (docs/server.md).
+//
+//   dion-server --listen=127.0.0.1:50051 --metrics_listen=127.0.0.1:9091
+//               --checkpoint_dir=/var/lib/dion
+//
+// starts a single shard that waits for a model to be registered. Flags are read here and only
+// here; everything below takes option structs. Exit codes: 0 after a graceful shutdown
+// (SIGTERM / SIGINT: stop accepting, finish running steps, checkpoint), 1 when the server
+// cannot start or the last checkpoint fails, 2 for bad flags.
+#include <pthread.h>
+#include <signal.h>
+
+#include <cstdio>
+#include <string>
+#include <vector>
+
+#include "absl/flags/flag.h"
+#include "absl/flags/parse.h"
+#include "absl/flags/usage.h"
+#include "absl/flags/usage_config.h"
+#include "absl/strings/match.h"
+#include "absl/status/status.h"
+#include "absl/strings/str_cat.h"
+#include "absl/time/time.h"
+#include "common/blas.h"
+#include "server/dion_server.h"
+#include "server/staleness.h"
+
+ABSL_FLAG(std::string, listen, "127.0.0.1:50051",
+          "host:port of the gRPC service (ParameterServer, grpc.health.v1, reflection); port 0 "
+          "picks a free port");
+ABSL_FLAG(std::string, metrics_listen, "127.0.0.1:9091",
+          "host:port serving Prometheus metrics at /metrics; empty disables them");
+ABSL_FLAG(int, shard_index, 0, "this shard's index in [0, num_shards)");
+ABSL_FLAG(int, num_shards, 1, "number of shards the model is spread over (same on every shard)");
+ABSL_FLAG(std::string, checkpoint_dir, "",
+          "directory of checkpoints (one ckpt-* directory each); the newest valid one is "
+          "restored at start; empty disables checkpoints");
+ABSL_FLAG(absl::Duration, checkpoint_interval, absl::Minutes(10),
+          "time between background checkpoints (e.g. 30s, 10m); 0 checkpoints only on shutdown");
+ABSL_FLAG(int, checkpoint_keep, 3, "number of complete checkpoints kept");
+ABSL_FLAG(int, compute_threads, 2,
+          "threads applying optimizer steps (different parameters step in parallel)");
+ABSL_FLAG(int, blas_threads, 1, "OpenBLAS threads per matrix product");
+ABSL_FLAG(int64_t, target_samples, 0,
+          "close a batch once its contributions hold this many samples; 0: no sample target");
+ABSL_FLAG(int, target_workers, 0,
+          "close a batch once this many distinct workers contributed (K); 0: no worker target");
+ABSL_FLAG(absl::Duration, batch_deadline, absl::Milliseconds(50),
+          "close a batch this long after its first contribution; 'inf' disables the deadline");
+ABSL_FLAG(int, max_batch_contributions, 1024, "close a batch once it holds this many contributions");
+ABSL_FLAG(bool, adaptive_batching, true,
+          "adapt the sample target and K to the measured arrival rate and step time");
+ABSL_FLAG(std::string, staleness_policy, "inverse",
+          "weight of a contribution with staleness tau: none (1), inverse (1 / (1 + tau)) or "
+          "exp (exp(-tau / tau0))");
+ABSL_FLAG(double, staleness_tau0, 4.0, "decay constant tau0 of the exp staleness policy (> 0)");
+ABSL_FLAG(int64_t, max_staleness, 16,
+          "contributions with staleness above this are refused (STALE) so the worker resyncs");
+ABSL_FLAG(int64_t, max_message_bytes, 64 << 20,
+          "largest message a client may send; larger ones end the call with RESOURCE_EXHAUSTED");
+ABSL_FLAG(int, broadcast_queue, 64,
+          "versions buffered per subscriber; a subscriber that falls further behind gets full "
+          "values instead");
+ABSL_FLAG(bool, allow_optimizer_state_pull, true,
+          "let Pull return optimizer state (include_optimizer_state); an admin operation");
+ABSL_FLAG(absl::Duration, shutdown_grace, absl::Seconds(5),
+          "on SIGTERM/SIGINT, how long running calls get to finish before they are cancelled");
+
+namespace {
+
+absl::StatusOr<dion::ServerOptions> OptionsFromFlags() {
+  dion::ServerOptions options;
+  options.listen = absl::GetFlag(FLAGS_listen);
+  options.metrics_listen = absl::GetFlag(FLAGS_metrics_listen);
+  options.max_message_bytes = absl::GetFlag(FLAGS_max_message_bytes);
+  options.shutdown_grace = absl::GetFlag(FLAGS_shutdown_grace);
+  options.service.allow_optimizer_state = absl::GetFlag(FLAGS_allow_optimizer_state_pull);
+
+  dion::ShardOptions& shard = options.shard;
+  shard.store.shard_index = absl::GetFlag(FLAGS_shard_index);
+  shard.store.num_shards = absl::GetFlag(FLAGS_num_shards);
+  shard.compute_threads = absl::GetFlag(FLAGS_compute_threads);
+  shard.checkpoint_dir = absl::GetFlag(FLAGS_checkpoint_dir);
+  shard.checkpoint_interval = absl::GetFlag(FLAGS_checkpoint_interval);
+  shard.checkpoint_keep_last = absl::GetFlag(FLAGS_checkpoint_keep);
+  shard.broadcaster.queue_capacity = absl::GetFlag(FLAGS_broadcast_queue);
+
+  dion::BatcherOptions& batcher = shard.batcher;
+  batcher.target_samples = absl::GetFlag(FLAGS_target_samples);
+  batcher.target_workers = absl::GetFlag(FLAGS_target_workers);
+  batcher.deadline = absl::GetFlag(FLAGS_batch_deadline);
+  batcher.max_contributions = absl::GetFlag(FLAGS_max_batch_contributions);
+  batcher.adaptive = absl::GetFlag(FLAGS_adaptive_batching);
+  absl::StatusOr<dion::StalenessKind> kind =
+      dion::ParseStalenessKind(absl::GetFlag(FLAGS_staleness_policy));
+  if (!kind.ok()) return kind.status();
+  batcher.staleness.kind = *kind;
+  batcher.staleness.tau0 = absl::GetFlag(FLAGS_staleness_tau0);
+  batcher.staleness.max_staleness = absl::GetFlag(FLAGS_max_staleness);
+
+  if (absl::GetFlag(FLAGS_blas_threads) < 1) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("blas_threads must be >= 1, got ", absl::GetFlag(FLAGS_blas_threads)));
+  }
+  if (absl::Status s = dion::ValidateServerOptions(options); !s.ok()) return s;
+  return options;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  // --help lists the flags of this file (absl's default looks for a file named after the binary).
+  absl::FlagsUsageConfig usage;
+  usage.contains_help_flags = [](absl::string_view path) {
+    return absl::EndsWith(path, "server/main.cc");
+  };
+  absl::SetFlagsUsageConfig(usage);
+  absl::SetProgramUsageMessage(
+      "One shard of the dion-ps parameter server.\n"
+      "  dion-server --listen=127.0.0.1:50051 --metrics_listen=127.0.0.1:9091 "
+      "--checkpoint_dir=DIR\nstarts a single shard that waits for a model to be registered.");
+  std::vector<char*> positional = absl::ParseCommandLine(argc, argv);
+  if (positional.size() > 1) {
+    std::fprintf(stderr, "dion-server: unexpected argument '%s' (all options are --flags)\n",
+                 positional[1]);
+    return 2;
+  }
+  absl::StatusOr<dion::ServerOptions> options = OptionsFromFlags();
+  if (!options.ok()) {
+    std::fprintf(stderr, "dion-server: bad flags: %s\n",
+                 std::string(options.status().message()).c_str());
+    return 2;
+  }
+  dion::SetBlasThreads(absl::GetFlag(FLAGS_blas_threads));
+
+  // Block the termination signals in every thread (gRPC's included, created below) and wait
+  // for them on this one, so shutdown runs as ordinary code rather than in a signal handler.
+  sigset_t signals;
+  sigemptyset(&signals);
+  sigaddset(&signals, SIGTERM);
+  sigaddset(&signals, SIGINT);
+  pthread_sigmask(SIG_BLOCK, &signals, nullptr);
+
+  absl::StatusOr<std::unique_ptr<dion::DionServer>> server = dion::DionServer::Start(*options);
+  if (!server.ok()) {
+    std::fprintf(stderr, "dion-server: cannot start: %s\n", server.status().ToString().c_str());
+    return 1;
+  }
+  std::fprintf(stderr,
+               "dion-server: shard %d of %d serving gRPC on %s, metrics on %s, checkpoints %s\n",
+               options->shard.store.shard_index, options->shard.store.num_shards,
+               (*server)->address().c_str(),
+               options->metrics_listen.empty()
+                   ? "disabled"
+                   : absl::StrCat(options->metrics_listen.substr(
+                                      0, options->metrics_listen.rfind(':')),
+                                  ":", (*server)->metrics_port())
+                         .c_str(),
+               options->shard.checkpoint_dir.empty() ? "disabled"
+                                                     : options->shard.checkpoint_dir.c_str());
+
+  int signal_number = 0;
+  sigwait(&signals, &signal_number);
+  std::fprintf(stderr, "dion-server: %s received, shutting down\n",
+               signal_number == SIGTERM ? "SIGTERM" : "SIGINT");
+  absl::Status status = (*server)->Shutdown();
+  if (!status.ok()) {
+    std::fprintf(stderr, "dion-server: last checkpoint failed: %s\n", status.ToString().c_str());
+    return 1;
+  }
+  std::fprintf(stderr, "dion-server: stopped\n");
+  return 0;
+}

@@ -1,0 +1,256 @@
+#include "server/service.h"
+
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "absl/container/flat_hash_map.h"
+#include "absl/strings/str_cat.h"
+#include "server/metrics.h"
+#include "server/wire.h"
+
+namespace dion {
+namespace {
+
+v1::PushResult ToProto(PushResult result) {
+  switch (result) {
+    case PushResult::kAccepted: return v1::PUSH_RESULT_ACCEPTED;
+    case PushResult::kDuplicate: return v1::PUSH_RESULT_DUPLICATE;
+    case PushResult::kStale: return v1::PUSH_RESULT_STALE;
+  }
+  return v1::PUSH_RESULT_UNSPECIFIED;
+}
+
+void CountsToProto(const PushCounts& counts, v1::PushCounts* proto) {
+  proto->set_accepted(counts.accepted);
+  proto->set_duplicate(counts.duplicate);
+  proto->set_stale(counts.stale);
+  proto->set_rejected(counts.rejected);
+}
+
+}  // namespace
+
+grpc::Status ToGrpcStatus(const absl::Status& status) {
+  if (status.ok()) return grpc::Status::OK;
+  // absl::StatusCode and grpc::StatusCode share the canonical code numbers 1..16.
+  const int code = static_cast<int>(status.code());
+  const grpc::StatusCode grpc_code =
+      code >= 1 && code <= 16 ? static_cast<grpc::StatusCode>(code) : grpc::StatusCode::UNKNOWN;
+  return grpc::Status(grpc_code, std::string(status.message()));
+}
+
+ParameterServerService::ParameterServerService(Shard* shard, ShardMetrics* metrics,
+                                               const ServiceOptions& options)
+    : shard_(shard), metrics_(metrics), options_(options) {}
+
+grpc::Status ParameterServerService::RegisterModel(grpc::ServerContext* context,
+                                                   const v1::RegisterModelRequest* request,
+                                                   v1::RegisterModelResponse* response) {
+  if (metrics_ != nullptr) metrics_->RecordReceivedBytes(request->ByteSizeLong());
+  absl::StatusOr<ModelTable> table = ModelTableFromProto(*request);
+  if (!table.ok()) return ToGrpcStatus(table.status());
+  absl::StatusOr<bool> newly = shard_->RegisterModel(*table);
+  if (!newly.ok()) return ToGrpcStatus(newly.status());
+  if (!request->worker_id().empty()) {
+    if (absl::Status s = shard_->RegisterWorker(request->worker_id()); !s.ok()) {
+      return ToGrpcStatus(s);
+    }
+  }
+  absl::StatusOr<ModelInfo> model = shard_->store().model();
+  if (!model.ok()) return ToGrpcStatus(model.status());
+  response->set_newly_registered(*newly);
+  LayoutToProto(model->layout, response->mutable_layout());
+  response->set_shard_index(shard_->options().store.shard_index);
+  return grpc::Status::OK;
+}
+
+grpc::Status ParameterServerService::GetLayout(grpc::ServerContext* context,
+                                               const v1::GetLayoutRequest* request,
+                                               v1::GetLayoutResponse* response) {
+  absl::StatusOr<ModelInfo> model = shard_->store().model();
+  if (!model.ok()) return ToGrpcStatus(model.status());
+  response->set_model_name(model->model_name);
+  LayoutToProto(model->layout, response->mutable_layout());
+  response->set_shard_index(shard_->options().store.shard_index);
+  for (const ParamSpec& spec : model->parameters) {
+    ParameterToProto(spec, response->add_parameters());
+  }
+  return grpc::Status::OK;
+}
+
+void ParameterServerService::AddPushStreams(int64_t delta) {
+  const int64_t now = push_streams_.fetch_add(delta) + delta;
+  if (metrics_ != nullptr) metrics_->SetConnectedWorkers(now);
+}
+
+v1::PushAck ParameterServerService::Judge(const v1::Contribution& request) {
+  v1::PushAck ack;
+  ack.set_sequence(request.sequence());
+  ack.set_parameter(request.parameter());
+  // `counted`: Shard::Push counts what it refuses itself.
+  const auto reject = [&](const absl::Status& status, bool counted) {
+    if (!counted) shard_->CountRejected(request.worker_id(), request.parameter());
+    ack.set_result(v1::PUSH_RESULT_REJECTED);
+    ack.set_status_code(static_cast<int32_t>(status.code()));
+    ack.set_message(std::string(status.message()));
+    if (absl::StatusOr<int64_t> version = shard_->store().Version(request.parameter());
+        version.ok()) {
+      ack.set_current_version(*version);
+    }
+    return ack;
+  };
+  // The spec first: it decides how a dense gradient's shape is read, and a missing model or
+  // an unknown parameter is the more useful answer than a complaint about the payload.
+  absl::StatusOr<ParamSpec> spec = shard_->store().Spec(request.parameter());
+  if (!spec.ok()) return reject(spec.status(), false);
+  absl::StatusOr<Contribution> contribution = ContributionFromProto(request, &*spec);
+  if (!contribution.ok()) return reject(contribution.status(), false);
+  absl::StatusOr<PushReply> reply = shard_->Push(*std::move(contribution));
+  if (!reply.ok()) return reject(reply.status(), true);
+  ack.set_result(ToProto(reply->result));
+  ack.set_current_version(reply->version);
+  switch (reply->result) {
+    case PushResult::kAccepted:
+      ack.set_staleness(reply->staleness);
+      break;
+    case PushResult::kDuplicate:
+      ack.set_message(absl::StrCat("sequence ", request.sequence(), " of worker '",
+                                   request.worker_id(), "' for '", request.parameter(),
+                                   "' was accepted before; not applied again"));
+      break;
+    case PushResult::kStale:
+      ack.set_staleness(reply->staleness);
+      ack.set_message(absl::StrCat(
+          "staleness ", reply->staleness, " (current version ", reply->version,
+          " - base_version ", request.base_version(), ") exceeds max_staleness ",
+          shard_->options().batcher.staleness.max_staleness,
+          "; restore the contribution into the residual and resync"));
+      break;
+  }
+  return ack;
+}
+
+grpc::Status ParameterServerService::Push(
+    grpc::ServerContext* context, grpc::ServerReaderWriter<v1::PushAck, v1::Contribution>* stream) {
+  AddPushStreams(1);
+  struct Closer {
+    ParameterServerService* service;
+    ~Closer() { service->AddPushStreams(-1); }
+  } closer{this};
+  v1::Contribution request;
+  while (stream->Read(&request)) {
+    if (metrics_ != nullptr) metrics_->RecordReceivedBytes(request.ByteSizeLong());
+    v1::PushAck ack = Judge(request);
+    if (metrics_ != nullptr) metrics_->RecordSentBytes(ack.ByteSizeLong());
+    if (!stream->Write(ack)) {
+      return grpc::Status(grpc::StatusCode::CANCELLED,
+                          "the client went away before its acknowledgement was sent");
+    }
+  }
+  if (context->IsCancelled()) {
+    return grpc::Status(grpc::StatusCode::CANCELLED, "the client cancelled the push stream");
+  }
+  return grpc::Status::OK;
+}
+
+grpc::Status ParameterServerService::Subscribe(grpc::ServerContext* context,
+                                               const v1::SubscribeRequest* request,
+                                               grpc::ServerWriter<v1::VersionUpdate>* writer) {
+  absl::flat_hash_map<std::string, int64_t> have;
+  for (const v1::ParameterVersion& held : request->have()) {
+    have[held.parameter()] = held.version();
+  }
+  std::vector<std::string> parameters(request->parameters().begin(),
+                                      request->parameters().end());
+  absl::StatusOr<std::unique_ptr<Subscription>> subscription =
+      shard_->Subscribe(std::move(parameters), have);
+  if (!subscription.ok()) return ToGrpcStatus(subscription.status());
+  absl::flat_hash_map<std::string, std::vector<int64_t>> shapes;
+  for (const std::string& parameter : (*subscription)->parameters()) {
+    absl::StatusOr<ParamSpec> spec = shard_->store().Spec(parameter);
+    if (!spec.ok()) return ToGrpcStatus(spec.status());
+    shapes[parameter] = spec->shape;
+  }
+  v1::VersionUpdate message;
+  while (!context->IsCancelled()) {
+    std::optional<std::shared_ptr<const VersionUpdate>> update =
+        (*subscription)->Next(options_.subscribe_poll);
+    if (!update.has_value()) {
+      if ((*subscription)->closed()) {
+        return grpc::Status(grpc::StatusCode::UNAVAILABLE,
+                            "the shard is shutting down; resubscribe after it restarts");
+      }
+      continue;
+    }
+    VersionUpdateToProto(**update, shapes[(*update)->parameter], &message);
+    if (metrics_ != nullptr) metrics_->RecordSentBytes(message.ByteSizeLong());
+    if (!writer->Write(message)) break;
+  }
+  return grpc::Status(grpc::StatusCode::CANCELLED, "the subscriber went away");
+}
+
+grpc::Status ParameterServerService::Pull(grpc::ServerContext* context,
+                                          const v1::PullRequest* request,
+                                          grpc::ServerWriter<v1::ParameterValue>* writer) {
+  if (request->include_optimizer_state() && !options_.allow_optimizer_state) {
+    return grpc::Status(grpc::StatusCode::PERMISSION_DENIED,
+                        "optimizer state is an admin operation, disabled on this server");
+  }
+  std::vector<std::string> parameters(request->parameters().begin(),
+                                      request->parameters().end());
+  if (parameters.empty()) {
+    if (!shard_->store().model_registered()) {
+      return grpc::Status(grpc::StatusCode::FAILED_PRECONDITION, "no model is registered");
+    }
+    parameters = shard_->store().OwnedParameters();
+  }
+  // Every name is checked before anything is sent, so a bad request sends nothing.
+  for (const std::string& parameter : parameters) {
+    if (absl::StatusOr<ParamSpec> spec = shard_->store().Spec(parameter); !spec.ok()) {
+      return ToGrpcStatus(spec.status());
+    }
+  }
+  v1::ParameterValue message;
+  for (const std::string& parameter : parameters) {
+    absl::StatusOr<ParameterSnapshot> snapshot =
+        shard_->Snapshot(parameter, request->include_optimizer_state());
+    if (!snapshot.ok()) return ToGrpcStatus(snapshot.status());
+    message.Clear();
+    SnapshotToProto(*snapshot, &message);
+    if (metrics_ != nullptr) metrics_->RecordSentBytes(message.ByteSizeLong());
+    if (!writer->Write(message)) {
+      return grpc::Status(grpc::StatusCode::CANCELLED, "the client went away");
+    }
+  }
+  return grpc::Status::OK;
+}
+
+grpc::Status ParameterServerService::Status(grpc::ServerContext* context,
+                                            const v1::StatusRequest* request,
+                                            v1::StatusResponse* response) {
+  const ShardStatus status = shard_->Status();
+  response->set_shard_index(status.shard_index);
+  response->set_num_shards(status.num_shards);
+  response->set_model_registered(status.model_registered);
+  response->set_model_name(status.model_name);
+  for (const ShardStatus::Parameter& p : status.parameters) {
+    v1::ParameterStatus* proto = response->add_parameters();
+    proto->set_parameter(p.status.parameter);
+    proto->set_optimizer(OptimizerKindToProto(p.status.optimizer));
+    proto->set_version(p.status.version);
+    proto->set_steps(p.status.steps);
+    proto->set_contributions_applied(p.status.contributions_applied);
+    CountsToProto(p.pushes, proto->mutable_pushes());
+  }
+  for (const ShardStatus::Worker& w : status.workers) {
+    v1::WorkerStatus* proto = response->add_workers();
+    proto->set_worker_id(w.worker_id);
+    CountsToProto(w.pushes, proto->mutable_pushes());
+    proto->set_last_loss(w.last_loss);
+  }
+  CountsToProto(status.pushes, response->mutable_pushes());
+  response->set_subscribers(status.subscribers);
+  return grpc::Status::OK;
+}
+
+}  // namespace dion

@@ -1,0 +1,87 @@
+// The gRPC service dion.v1.ParameterServer of one shard (proto/dion/v1/dion.proto). Handlers
+// decode, validate and hand off to the Shard; they never run an optimizer step.
+//
+// Errors, in one place (ToGrpcStatus maps absl codes to the gRPC codes of the same name):
+//   - Unary calls and the opening of a server stream (RegisterModel, GetLayout, Subscribe,
+//     Pull, Status) fail with the status the shard gives: INVALID_ARGUMENT (malformed table or
+//     request), FAILED_PRECONDITION (no model yet, a conflicting table, a parameter of another
+//     shard), NOT_FOUND (unknown parameter), PERMISSION_DENIED (optimizer state not allowed).
+//   - Push: a contribution that is malformed or not acceptable does NOT end the stream. It is
+//     answered with a PushAck REJECTED whose status_code is the code the contribution would have
+//     had as a call and whose message says what was wrong: NOT_FOUND unknown parameter;
+//     FAILED_PRECONDITION no model registered, worker not registered, parameter of another
+//     shard; INVALID_ARGUMENT wrong shape or rank, NaN/Inf, sample_count <= 0, empty worker id,
+//     missing payload; OUT_OF_RANGE base_version < 0 or from the future; UNAVAILABLE the shard
+//     is shutting down. Only transport-level failures end the stream: a message above the
+//     configured maximum size ends the call with RESOURCE_EXHAUSTED (enforced by gRPC itself,
+//     before the handler sees it); an empty stream ends OK with no acks; a client that goes away
+//     ends it CANCELLED. Every contribution answered before that is settled (its ack says how),
+//     and nothing half-judged remains.
+//   - Subscribe ends with UNAVAILABLE when the shard shuts down; the subscriber resubscribes
+//     (with its versions in `have`) on the restarted shard.
+//
+// Thread-safety: safe for concurrent use (gRPC calls handlers from many threads).
+#ifndef DION_SERVER_SERVICE_H_
+#define DION_SERVER_SERVICE_H_
+
+#include <atomic>
+#include <cstdint>
+
+#include <grpcpp/grpcpp.h>
+
+#include "absl/status/status.h"
+#include "absl/time/time.h"
+#include "dion/v1/dion.grpc.pb.h"
+#include "server/shard.h"
+
+namespace dion {
+
+class ShardMetrics;
+
+// The one conversion of an absl::Status into a grpc::Status (same code, same message).
+grpc::Status ToGrpcStatus(const absl::Status& status);
+
+struct ServiceOptions {
+  // Whether Pull may return optimizer state (include_optimizer_state). An admin operation;
+  // PERMISSION_DENIED when false.
+  bool allow_optimizer_state = true;
+  // How often an idle Subscribe handler checks whether its client went away.
+  absl::Duration subscribe_poll = absl::Milliseconds(100);
+};
+
+class ParameterServerService final : public v1::ParameterServer::Service {
+ public:
+  // `shard` (and `metrics`, which may be null) must outlive the service.
+  ParameterServerService(Shard* shard, ShardMetrics* metrics, const ServiceOptions& options);
+
+  grpc::Status RegisterModel(grpc::ServerContext* context,
+                             const v1::RegisterModelRequest* request,
+                             v1::RegisterModelResponse* response) override;
+  grpc::Status GetLayout(grpc::ServerContext* context, const v1::GetLayoutRequest* request,
+                         v1::GetLayoutResponse* response) override;
+  grpc::Status Push(grpc::ServerContext* context,
+                    grpc::ServerReaderWriter<v1::PushAck, v1::Contribution>* stream) override;
+  grpc::Status Subscribe(grpc::ServerContext* context, const v1::SubscribeRequest* request,
+                         grpc::ServerWriter<v1::VersionUpdate>* writer) override;
+  grpc::Status Pull(grpc::ServerContext* context, const v1::PullRequest* request,
+                    grpc::ServerWriter<v1::ParameterValue>* writer) override;
+  grpc::Status Status(grpc::ServerContext* context, const v1::StatusRequest* request,
+                      v1::StatusResponse* response) override;
+
+  // Open Push streams (the connected-workers gauge).
+  int64_t push_streams() const { return push_streams_.load(); }
+
+ private:
+  // Judges one contribution and says how in the ack.
+  v1::PushAck Judge(const v1::Contribution& request);
+  void AddPushStreams(int64_t delta);
+
+  Shard* const shard_;
+  ShardMetrics* const metrics_;
+  const ServiceOptions options_;
+  std::atomic<int64_t> push_streams_{0};
+};
+
+}  // namespace dion
+
+#endif  // DION_SERVER_SERVICE_H_

@@ -1,0 +1,231 @@
+// One parameter-server shard, below the network: the parameter store, one batcher per owned
+// parameter, a compute pool that applies closed batches, the broadcaster, and the optional
+// metrics and checkpointer (SYSTEM.md "Inside a shard").
+//
+// Flow of a contribution: Push (on the caller's thread: validate, offer to the parameter's
+// batcher) -> a closed batch goes to the compute pool -> one compute thread applies it
+// (ParameterStore::ApplyBatch) -> the new version goes to the broadcaster. Steps never run on
+// the caller's thread. Closed batches of one parameter are applied strictly in version order,
+// one at a time; different parameters step in parallel on up to `compute_threads` threads.
+// A deadline thread closes batches whose deadline passed (Batcher::CloseIfDue).
+//
+// Checkpoints: Checkpoint() stops new contributions, closes every open batch, waits until all
+// closed batches are applied and writes the store and the batchers' dedup state, so that no
+// contribution is both acknowledged and missing from the checkpoint. Pushes wait while a
+// checkpoint is written. Create() restores the newest valid checkpoint; a background thread
+// checkpoints every `checkpoint_interval`, and Shutdown() takes a last one.
+//
+// Thread-safety: safe for concurrent use.
+#ifndef DION_SERVER_SHARD_H_
+#define DION_SERVER_SHARD_H_
+
+#include <cstdint>
+#include <deque>
+#include <map>
+#include <memory>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "absl/base/thread_annotations.h"
+#include "absl/container/flat_hash_map.h"
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "absl/strings/string_view.h"
+#include "absl/time/time.h"
+#include "common/mutex.h"
+#include "server/batcher.h"
+#include "server/broadcaster.h"
+#include "server/clock.h"
+#include "server/contribution.h"
+#include "server/model_table.h"
+#include "server/parameter_store.h"
+
+namespace dion {
+
+class Checkpointer;
+class ShardMetrics;
+
+struct ShardOptions {
+  StoreOptions store;                 // shard index and count
+  BatcherOptions batcher;             // one batcher per owned parameter, all alike
+  BroadcasterOptions broadcaster;
+  int compute_threads = 2;            // threads applying steps (>= 1)
+  std::string checkpoint_dir;         // empty: no checkpoints
+  int checkpoint_keep_last = 3;       // complete checkpoints kept
+  // Background checkpoint period; zero or infinite: only on Shutdown() and Checkpoint().
+  absl::Duration checkpoint_interval = absl::Minutes(10);
+  const Clock* clock = Clock::Real(); // for the batchers' deadlines and rates
+};
+
+// InvalidArgument naming the field.
+absl::Status ValidateShardOptions(const ShardOptions& options);
+
+// How a contribution was judged.
+struct PushReply {
+  PushResult result = PushResult::kAccepted;
+  int64_t version = 0;    // the parameter's (batcher's) version when judged
+  int64_t staleness = 0;  // tau, for accepted and stale contributions
+};
+
+struct PushCounts {
+  int64_t accepted = 0;
+  int64_t duplicate = 0;
+  int64_t stale = 0;
+  int64_t rejected = 0;
+};
+
+struct ShardStatus {
+  struct Parameter {
+    ParameterStatus status;  // version, steps, contributions applied
+    PushCounts pushes;
+  };
+  struct Worker {
+    std::string worker_id;
+    PushCounts pushes;
+    double last_loss = 0.0;
+  };
+  int shard_index = 0;
+  int num_shards = 1;
+  bool model_registered = false;
+  std::string model_name;
+  std::vector<Parameter> parameters;  // owned, table order
+  std::vector<Worker> workers;        // registered workers, sorted by id
+  PushCounts pushes;                  // all pushes, including those refused before a lookup
+  int64_t subscribers = 0;
+  int64_t failed_steps = 0;           // batches ApplyBatch refused (a bug if ever non-zero)
+};
+
+class Shard {
+ public:
+  // A shard with the given options, restored from the newest valid checkpoint under
+  // options.checkpoint_dir if there is one. InvalidArgument for bad options; the checkpointer's
+  // error when checkpoints exist but none can be restored. `metrics` may be null and must
+  // otherwise outlive the shard.
+  static absl::StatusOr<std::unique_ptr<Shard>> Create(const ShardOptions& options,
+                                                       ShardMetrics* metrics = nullptr);
+  // Shutdown(), then joins the threads.
+  ~Shard();
+  Shard(const Shard&) = delete;
+  Shard& operator=(const Shard&) = delete;
+
+  // ParameterStore::RegisterModel, and the batchers of the owned parameters when new.
+  absl::StatusOr<bool> RegisterModel(const ModelTable& table) ABSL_LOCKS_EXCLUDED(gate_);
+  absl::Status RegisterWorker(absl::string_view worker_id);
+
+  // Validates a contribution (ParameterStore::ValidateContribution codes) and offers it to
+  // its parameter's batcher; a batch it completes goes to the compute pool. Unavailable once
+  // shutdown began. Every outcome, errors included, is counted (Status(), metrics).
+  absl::StatusOr<PushReply> Push(Contribution contribution) ABSL_LOCKS_EXCLUDED(gate_);
+  // Counts a contribution the caller refused before Push (e.g. it could not be decoded).
+  void CountRejected(absl::string_view worker_id, absl::string_view parameter)
+      ABSL_LOCKS_EXCLUDED(gate_, counts_mu_);
+
+  // Follows `parameters` (empty: every owned parameter). FailedPrecondition before a model is
+  // registered, NotFound / FailedPrecondition for a parameter not in the model / not owned.
+  absl::StatusOr<std::unique_ptr<Subscription>> Subscribe(
+      std::vector<std::string> parameters, const absl::flat_hash_map<std::string, int64_t>& have)
+      ABSL_LOCKS_EXCLUDED(gate_);
+
+  absl::StatusOr<ParameterSnapshot> Snapshot(absl::string_view parameter,
+                                             bool include_state) const;
+  ShardStatus Status() const ABSL_LOCKS_EXCLUDED(gate_, counts_mu_);
+
+  // Closes every open batch and waits until every closed batch is applied (for tests and
+  // tools; pushes continue meanwhile).
+  void Drain() ABSL_LOCKS_EXCLUDED(gate_, queue_mu_);
+
+  // Writes a checkpoint now (see the file comment) and returns its directory.
+  // FailedPrecondition without a checkpoint directory or before a model is registered.
+  absl::StatusOr<std::string> Checkpoint() ABSL_LOCKS_EXCLUDED(checkpoint_mu_, gate_);
+
+  // Refuses new contributions (Unavailable) and closes every subscription. Idempotent.
+  void BeginShutdown() ABSL_LOCKS_EXCLUDED(gate_);
+  // BeginShutdown, applies every accepted contribution, writes a last checkpoint (when
+  // configured and a model is registered) and stops the threads. Idempotent; returns the
+  // checkpoint's status.
+  absl::Status Shutdown() ABSL_LOCKS_EXCLUDED(gate_, queue_mu_);
+
+  const ParameterStore& store() const { return *store_; }
+  const ShardOptions& options() const { return options_; }
+
+ private:
+  // One owned parameter: its batcher and the closed batches waiting for the compute pool.
+  struct Lane {
+    std::unique_ptr<Batcher> batcher;
+    OptimizerKind optimizer = OptimizerKind::kAdamW;
+    // Guarded by Shard::queue_mu_.
+    std::map<int64_t, Batch> pending;  // by version
+    int64_t next_version = 0;          // the version the next applied batch must have
+    bool scheduled = false;            // in ready_ or being applied
+  };
+
+  Shard(const ShardOptions& options, ShardMetrics* metrics);
+
+  absl::Status Start() ABSL_LOCKS_EXCLUDED(gate_);
+  absl::Status RestoreFromCheckpoint() ABSL_EXCLUSIVE_LOCKS_REQUIRED(gate_);
+  void CreateLanesLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(gate_);
+  // Hands a closed batch to the compute pool.
+  void Enqueue(Lane* lane, Batch batch) ABSL_LOCKS_EXCLUDED(queue_mu_);
+  // Flushes every batcher and waits until the compute pool is idle. REQUIRES: gate_ held
+  // (shared or exclusive; exclusive guarantees nothing new arrives).
+  void FlushAndDrain() ABSL_SHARED_LOCKS_REQUIRED(gate_) ABSL_LOCKS_EXCLUDED(queue_mu_);
+  absl::StatusOr<std::string> CheckpointLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(gate_);
+  void ApplyOne(Lane* lane, Batch batch);
+  void Count(absl::string_view worker_id, absl::string_view parameter, bool known_parameter,
+             bool known_worker, int64_t PushCounts::*field, double loss)
+      ABSL_LOCKS_EXCLUDED(counts_mu_);
+
+  void ComputeLoop() ABSL_LOCKS_EXCLUDED(queue_mu_);
+  void DeadlineLoop() ABSL_LOCKS_EXCLUDED(gate_, deadline_mu_);
+  void CheckpointLoop() ABSL_LOCKS_EXCLUDED(deadline_mu_);
+  void WakeDeadlineThread(absl::Time deadline) ABSL_LOCKS_EXCLUDED(deadline_mu_);
+
+  const ShardOptions options_;
+  ShardMetrics* const metrics_;
+  std::unique_ptr<ParameterStore> store_;
+  std::unique_ptr<Broadcaster> broadcaster_;
+
+  // Shared by every Push and by the deadline thread while they offer and enqueue; exclusive
+  // for registration, checkpoints and the start of shutdown, which must see no contribution
+  // between accepting it and enqueueing its batch.
+  mutable Mutex gate_;
+  absl::flat_hash_map<std::string, std::unique_ptr<Lane>> lanes_ ABSL_GUARDED_BY(gate_);
+  std::vector<Lane*> lane_order_ ABSL_GUARDED_BY(gate_);  // store's OwnedParameters() order
+  bool shutting_down_ ABSL_GUARDED_BY(gate_) = false;
+
+  // The compute pool.
+  mutable Mutex queue_mu_;
+  CondVar work_cv_;  // ready_ non-empty or stop_compute_
+  CondVar idle_cv_;  // outstanding_ reached 0
+  std::deque<Lane*> ready_ ABSL_GUARDED_BY(queue_mu_);
+  int64_t outstanding_ ABSL_GUARDED_BY(queue_mu_) = 0;  // enqueued, not yet applied
+  bool stop_compute_ ABSL_GUARDED_BY(queue_mu_) = false;
+  int64_t failed_steps_ ABSL_GUARDED_BY(queue_mu_) = 0;
+  std::vector<std::thread> compute_threads_;
+
+  // The deadline and checkpoint threads sleep on deadline_cv_.
+  Mutex deadline_mu_;
+  CondVar deadline_cv_;
+  absl::Time deadline_wake_ ABSL_GUARDED_BY(deadline_mu_) = absl::InfiniteFuture();
+  bool deadline_poke_ ABSL_GUARDED_BY(deadline_mu_) = false;
+  bool stop_threads_ ABSL_GUARDED_BY(deadline_mu_) = false;
+  std::thread deadline_thread_;
+  std::thread checkpoint_thread_;
+
+  // Serialises checkpoints; guards the checkpointer.
+  Mutex checkpoint_mu_ ABSL_ACQUIRED_BEFORE(gate_);
+  std::unique_ptr<Checkpointer> checkpointer_ ABSL_PT_GUARDED_BY(checkpoint_mu_);
+  Mutex shutdown_mu_;
+  bool shut_down_ ABSL_GUARDED_BY(shutdown_mu_) = false;
+
+  mutable Mutex counts_mu_;
+  PushCounts total_counts_ ABSL_GUARDED_BY(counts_mu_);
+  absl::flat_hash_map<std::string, PushCounts> parameter_counts_ ABSL_GUARDED_BY(counts_mu_);
+  absl::flat_hash_map<std::string, ShardStatus::Worker> worker_counts_
+      ABSL_GUARDED_BY(counts_mu_);
+};
+
+}  // namespace dion
+
+#endif  // DION_SERVER_SHARD_H_
