@@ -138,9 +138,13 @@ TEST(ServerServiceTest, ConcurrentClientsMatchCommonDionAppliedToTheSameBatches)
   }
   const v1::ParameterValue final_value = PullOne(*stub, "w");
   EXPECT_EQ(final_value.version(), versions);
-  const double error = testing::MaxRelativeError(testing::ValueOf(final_value).cast<double>(),
-                                                 X.cast<double>());
-  EXPECT_LE(error, 1e-6);
+  // The server sums a batch's factors in arrival order, the replay in client order, so float
+  // rounding differs by ~1e-7 per step and Dion's orthonormalization carries it forward:
+  // 1e-6 relative in the Frobenius norm (the bound), and 1e-5 for the largest entry
+  // (measured up to 1.8e-6 in 1 of 20 runs).
+  const MatrixD served = testing::ValueOf(final_value).cast<double>();
+  EXPECT_LE(testing::RelativeError(served, X.cast<double>()), 1e-6);
+  EXPECT_LE(testing::MaxRelativeError(served, X.cast<double>()), 1e-5);
 
   // The subscriber followed along and holds the same weights, bit for bit.
   ASSERT_TRUE(replica.WaitFor("w", versions));
