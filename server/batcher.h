@@ -46,7 +46,7 @@
 #include "common/mutex.h"
 #include "absl/time/time.h"
 #include "server/clock.h"
-#include "server/contribution.h"
+#include "common/contribution.h"
 #include "server/sequence_window.h"
 #include "server/staleness.h"
 

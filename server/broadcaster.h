@@ -35,7 +35,7 @@
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"
 #include "common/mutex.h"
-#include "server/version_update.h"
+#include "common/version_update.h"
 
 namespace dion {
 

@@ -24,8 +24,8 @@
 #include "common/npy.h"
 #include "dion/v1/dion.pb.h"
 #include "google/protobuf/text_format.h"
-#include "server/checksum.h"
-#include "server/layout.h"
+#include "common/checksum.h"
+#include "common/layout.h"
 #include "server/wire.h"
 
 // On-disk format "dion-ps.shard-checkpoint.v1", one directory per checkpoint:

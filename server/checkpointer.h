@@ -18,7 +18,7 @@
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "server/batcher.h"
-#include "server/model_table.h"
+#include "common/model_table.h"
 #include "server/parameter_store.h"
 
 namespace dion {

@@ -7,7 +7,7 @@
 #include "absl/container/flat_hash_set.h"
 #include "absl/strings/str_cat.h"
 #include "common/rng.h"
-#include "server/checksum.h"
+#include "common/checksum.h"
 
 namespace dion {
 namespace {

@@ -39,11 +39,11 @@
 #include "absl/time/time.h"
 #include "common/matrix.h"
 #include "common/param_spec.h"
-#include "server/contribution.h"
-#include "server/layout.h"
-#include "server/model_table.h"
+#include "common/contribution.h"
+#include "common/layout.h"
+#include "common/model_table.h"
 #include "server/stepper.h"
-#include "server/version_update.h"
+#include "common/version_update.h"
 
 namespace dion {
 

@@ -37,8 +37,8 @@
 #include "server/batcher.h"
 #include "server/broadcaster.h"
 #include "server/clock.h"
-#include "server/contribution.h"
-#include "server/model_table.h"
+#include "common/contribution.h"
+#include "common/model_table.h"
 #include "server/parameter_store.h"
 
 namespace dion {

@@ -26,8 +26,8 @@
 #include "common/muon.h"
 #include "common/orthonormalize.h"
 #include "common/param_spec.h"
-#include "server/contribution.h"
-#include "server/version_update.h"
+#include "common/contribution.h"
+#include "common/version_update.h"
 
 namespace dion {
 

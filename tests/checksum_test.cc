@@ -1,5 +1,5 @@
 // The weights checksum (server/checksum.h) against its written definition.
-#include "server/checksum.h"
+#include "common/checksum.h"
 
 #include <gtest/gtest.h>
 

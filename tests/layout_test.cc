@@ -1,5 +1,5 @@
 // Deterministic, size-balanced placement of parameters on shards (server/layout.h).
-#include "server/layout.h"
+#include "common/layout.h"
 
 #include <gtest/gtest.h>
 

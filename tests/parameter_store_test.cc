@@ -14,7 +14,7 @@
 #include "absl/strings/str_cat.h"
 #include "common/dion.h"
 #include "server/batcher.h"
-#include "server/checksum.h"
+#include "common/checksum.h"
 #include "server/clock.h"
 #include "tests/reference.h"
 

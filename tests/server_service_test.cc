@@ -10,7 +10,7 @@
 #include <vector>
 
 #include "common/dion.h"
-#include "server/model_table.h"
+#include "common/model_table.h"
 #include "tests/reference.h"
 #include "tests/server_test_util.h"
 

@@ -12,7 +12,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "common/rng.h"
-#include "server/checksum.h"
+#include "common/checksum.h"
 #include "server/wire.h"
 #include "tests/server_test_util.h"
 

@@ -20,7 +20,7 @@
 #include "common/dion.h"
 #include "common/mutex.h"
 #include "common/rng.h"
-#include "server/checksum.h"
+#include "common/checksum.h"
 #include "dion/v1/dion.grpc.pb.h"
 #include "server/dion_server.h"
 #include "server/wire.h"

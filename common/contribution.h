@@ -1,12 +1,12 @@
-// What a worker pushes for one parameter, once decoded from the wire (server/wire.h), and the
+// What a worker pushes for one parameter, once decoded from the wire (common/wire.h), and the
 // batch of accepted contributions the batcher hands to the store for one step.
 //
 // Orientation: for an m x n parameter X, a low-rank contribution has P (m x r) and R (n x r)
 // and stands for P R^T; a dense gradient is m x n (1-D parameters are 1 x n).
 //
 // Thread-safety: plain value types.
-#ifndef DION_SERVER_CONTRIBUTION_H_
-#define DION_SERVER_CONTRIBUTION_H_
+#ifndef DION_COMMON_CONTRIBUTION_H_
+#define DION_COMMON_CONTRIBUTION_H_
 
 #include <cstdint>
 #include <string>
@@ -76,4 +76,4 @@ struct Batch {
 
 }  // namespace dion
 
-#endif  // DION_SERVER_CONTRIBUTION_H_
+#endif  // DION_COMMON_CONTRIBUTION_H_

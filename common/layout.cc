@@ -1,4 +1,4 @@
-#include "server/layout.h"
+#include "common/layout.h"
 
 #include <algorithm>
 #include <numeric>

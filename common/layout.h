@@ -7,8 +7,8 @@
 // "largest first", within 4/3 of the optimal maximum load).
 //
 // Thread-safety: plain value type.
-#ifndef DION_SERVER_LAYOUT_H_
-#define DION_SERVER_LAYOUT_H_
+#ifndef DION_COMMON_LAYOUT_H_
+#define DION_COMMON_LAYOUT_H_
 
 #include <cstdint>
 #include <string>
@@ -51,4 +51,4 @@ class Layout {
 
 }  // namespace dion
 
-#endif  // DION_SERVER_LAYOUT_H_
+#endif  // DION_COMMON_LAYOUT_H_

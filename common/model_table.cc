@@ -1,4 +1,4 @@
-#include "server/model_table.h"
+#include "common/model_table.h"
 
 #include <utility>
 
@@ -7,7 +7,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
-#include "server/checksum.h"
+#include "common/checksum.h"
 
 namespace dion {
 namespace {

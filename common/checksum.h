@@ -17,8 +17,8 @@
 // arithmetic, which ApplyLowRankUpdate guarantees on the same build.
 //
 // Thread-safety: a pure function.
-#ifndef DION_SERVER_CHECKSUM_H_
-#define DION_SERVER_CHECKSUM_H_
+#ifndef DION_COMMON_CHECKSUM_H_
+#define DION_COMMON_CHECKSUM_H_
 
 #include <cstdint>
 
@@ -30,4 +30,4 @@ uint64_t WeightsChecksum(ConstMatrixRef X);
 
 }  // namespace dion
 
-#endif  // DION_SERVER_CHECKSUM_H_
+#endif  // DION_COMMON_CHECKSUM_H_

@@ -2,8 +2,8 @@
 // weights after it, and either the low-rank step itself or the full value.
 //
 // Thread-safety: plain value types.
-#ifndef DION_SERVER_VERSION_UPDATE_H_
-#define DION_SERVER_VERSION_UPDATE_H_
+#ifndef DION_COMMON_VERSION_UPDATE_H_
+#define DION_COMMON_VERSION_UPDATE_H_
 
 #include <cstdint>
 #include <string>
@@ -27,7 +27,7 @@ struct LowRankStep {
 struct VersionUpdate {
   std::string parameter;
   int64_t version = 0;
-  uint64_t checksum = 0;  // WeightsChecksum (server/checksum.h) of X at `version`
+  uint64_t checksum = 0;  // WeightsChecksum (common/checksum.h) of X at `version`
   // The low-rank step (applied Dion steps) or the full value at `version` (element-wise and
   // Muon steps, and a Dion step that only decayed X).
   std::variant<LowRankStep, Matrix> content;
@@ -37,4 +37,4 @@ struct VersionUpdate {
 
 }  // namespace dion
 
-#endif  // DION_SERVER_VERSION_UPDATE_H_
+#endif  // DION_COMMON_VERSION_UPDATE_H_

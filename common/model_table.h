@@ -7,8 +7,8 @@
 // plus a checksum of each explicit initial value.
 //
 // Thread-safety: plain value types and pure functions.
-#ifndef DION_SERVER_MODEL_TABLE_H_
-#define DION_SERVER_MODEL_TABLE_H_
+#ifndef DION_COMMON_MODEL_TABLE_H_
+#define DION_COMMON_MODEL_TABLE_H_
 
 #include <cstdint>
 #include <optional>
@@ -37,7 +37,7 @@ struct ModelTable {
 struct ModelFingerprint {
   std::string model_name;
   std::vector<ParamSpec> specs;  // in table order
-  // WeightsChecksum (server/checksum.h) of each explicit initial value, nullopt for init specs.
+  // WeightsChecksum (common/checksum.h) of each explicit initial value, nullopt for init specs.
   std::vector<std::optional<uint64_t>> initial_value_checksums;
 };
 
@@ -56,4 +56,4 @@ absl::Status CompareModelTables(const ModelFingerprint& registered,
 
 }  // namespace dion
 
-#endif  // DION_SERVER_MODEL_TABLE_H_
+#endif  // DION_COMMON_MODEL_TABLE_H_

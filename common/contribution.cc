@@ -1,4 +1,4 @@
-#include "server/contribution.h"
+#include "common/contribution.h"
 
 namespace dion {
 

@@ -1,4 +1,4 @@
-#include "server/checksum.h"
+#include "common/checksum.h"
 
 #include <bit>
 #include <cstring>
