@@ -1,0 +1,135 @@
+// The worker's push bookkeeping (worker/gradient_accumulator.h): nothing is lost whatever the
+// shard answers, checked against a plain double-precision sum of the gradients.
+#include "worker/gradient_accumulator.h"
+
+#include <gtest/gtest.h>
+
+#include <vector>
+
+#include "absl/time/clock.h"
+#include "common/rng.h"
+#include "tests/reference.h"
+
+namespace dion {
+namespace {
+
+ParamSpec Spec(const std::string& name, std::vector<int64_t> shape, OptimizerKind kind) {
+  ParamSpec spec;
+  spec.name = name;
+  spec.shape = std::move(shape);
+  spec.optimizer = kind;
+  return spec;
+}
+
+MatrixD ToDouble(const Matrix& M) { return M.cast<double>(); }
+
+// What a contribution stands for, in sum units: payload * samples.
+MatrixD SumUnits(const Contribution& c) {
+  const double s = static_cast<double>(c.sample_count);
+  if (c.is_low_rank()) {
+    return ToDouble(c.factors().P) * ToDouble(c.factors().R).transpose() * s;
+  }
+  return ToDouble(c.gradient()) * s;
+}
+
+// Random answers from the shard: accepted, refused (restored), or left in flight until a
+// later round. Checks sum(accepted) + sum(in flight) + outstanding == sum(G * samples).
+void CheckNothingIsLost(OptimizerKind kind, int64_t m, int64_t n, int rank) {
+  GradientAccumulator acc(Spec("p", {m, n}, kind), rank, /*seed=*/3, /*first_sequence=*/100);
+  Rng rng(7);
+  MatrixD total = MatrixD::Zero(m, n);
+  MatrixD accepted = MatrixD::Zero(m, n);
+  int refused = 0;
+  for (int step = 0; step < 60; ++step) {
+    const int64_t samples = 1 + step % 5;
+    Matrix G(m, n);
+    rng.FillNormal(G);
+    ASSERT_TRUE(acc.Accumulate(G, samples, 1.0, step).ok());
+    total += ToDouble(G) * static_cast<double>(samples);
+    if (acc.in_flight() < 2) (void)acc.Take("w", step, absl::Now());
+    // Answer the oldest in-flight contribution every other step.
+    if (step % 2 == 1 && acc.in_flight() > 0) {
+      const uint64_t sequence = acc.InFlight().front()->sequence;
+      const bool refuse = rng.Uniform() < 0.4;
+      absl::StatusOr<GradientAccumulator::Acknowledged> done = acc.Acknowledge(sequence, refuse);
+      ASSERT_TRUE(done.ok()) << done.status();
+      if (refuse) {
+        ++refused;
+      } else {
+        accepted += SumUnits(done->contribution);
+      }
+    }
+  }
+  MatrixD in_flight = MatrixD::Zero(m, n);
+  for (const Contribution* c : acc.InFlight()) in_flight += SumUnits(*c);
+  const MatrixD accounted = accepted + in_flight + ToDouble(acc.Outstanding());
+  // float32 rounding of ~100 accumulations of O(1) entries: 1e-5 relative is ~10x margin.
+  EXPECT_LT(testing::RelativeError(accounted, total), 1e-5) << "refused " << refused;
+  EXPECT_GT(refused, 3);  // the test exercised restoring
+}
+
+TEST(GradientAccumulator, NothingIsLostForALowRankMatrix) {
+  CheckNothingIsLost(OptimizerKind::kDion, 24, 16, 4);
+}
+
+TEST(GradientAccumulator, NothingIsLostForAWideLowRankMatrix) {
+  CheckNothingIsLost(OptimizerKind::kDion, 6, 30, 2);
+}
+
+TEST(GradientAccumulator, NothingIsLostForADenseParameter) {
+  CheckNothingIsLost(OptimizerKind::kAdamW, 1, 12, 0);
+}
+
+TEST(GradientAccumulator, PayloadIsTheMeanOverItsSamples) {
+  GradientAccumulator acc(Spec("b", {3}, OptimizerKind::kAdamW), 0, 1, 0);
+  Matrix G1 = Matrix::Constant(1, 3, 2.0f), G2 = Matrix::Constant(1, 3, 5.0f);
+  ASSERT_TRUE(acc.Accumulate(G1, 10, 0.5, 4).ok());
+  ASSERT_TRUE(acc.Accumulate(G2, 30, 1.5, 6).ok());
+  std::optional<Contribution> c = acc.Take("w", 9, absl::Now());
+  ASSERT_TRUE(c.has_value());
+  EXPECT_EQ(c->sample_count, 40);
+  EXPECT_EQ(c->base_version, 4);  // the oldest step's version
+  EXPECT_NEAR(c->loss, (0.5 * 10 + 1.5 * 30) / 40, 1e-12);
+  EXPECT_NEAR(c->gradient()(0, 0), (2.0 * 10 + 5.0 * 30) / 40, 1e-6);
+  EXPECT_EQ(acc.pending_samples(), 0);
+}
+
+TEST(GradientAccumulator, RestoredContributionIsResentAsFreshWithTheCurrentVersion) {
+  GradientAccumulator acc(Spec("b", {2}, OptimizerKind::kAdamW), 0, 1, 50);
+  ASSERT_TRUE(acc.Accumulate(Matrix::Constant(1, 2, 1.0f), 8, 0.0, 3).ok());
+  std::optional<Contribution> first = acc.Take("w", 3, absl::Now());
+  ASSERT_TRUE(first.has_value());
+  EXPECT_EQ(first->sequence, 50u);
+  ASSERT_TRUE(acc.Acknowledge(50, /*refused=*/true).ok());
+  EXPECT_EQ(acc.pending_samples(), 8);
+  std::optional<Contribution> again = acc.Take("w", 11, absl::Now());
+  ASSERT_TRUE(again.has_value());
+  EXPECT_EQ(again->sequence, 51u);     // a new sequence: the old one was refused, not applied
+  EXPECT_EQ(again->base_version, 11);  // refused for staleness: goes out as fresh
+  EXPECT_NEAR(again->gradient()(0, 1), 1.0, 1e-6);
+}
+
+TEST(GradientAccumulator, SecondAcknowledgementOfASequenceIsNotFound) {
+  GradientAccumulator acc(Spec("b", {2}, OptimizerKind::kAdamW), 0, 1, 0);
+  ASSERT_TRUE(acc.Accumulate(Matrix::Ones(1, 2), 1, 0.0, 0).ok());
+  ASSERT_TRUE(acc.Take("w", 0, absl::Now()).has_value());
+  ASSERT_TRUE(acc.Acknowledge(0, false).ok());
+  EXPECT_EQ(acc.Acknowledge(0, true).status().code(), absl::StatusCode::kNotFound);
+  EXPECT_EQ(acc.pending_samples(), 0);  // the duplicate answer restored nothing
+}
+
+TEST(GradientAccumulator, BadGradientChangesNothing) {
+  GradientAccumulator acc(Spec("w", {4, 3}, OptimizerKind::kDion), 2, 1, 0);
+  Matrix bad = Matrix::Ones(4, 3);
+  bad(1, 1) = std::numeric_limits<float>::quiet_NaN();
+  EXPECT_EQ(acc.Accumulate(bad, 1, 0.0, 0).code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(acc.Accumulate(Matrix::Ones(3, 4), 1, 0.0, 0).code(),
+            absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(acc.Accumulate(Matrix::Ones(4, 3), 0, 0.0, 0).code(),
+            absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(acc.pending_samples(), 0);
+  EXPECT_EQ(acc.Outstanding().norm(), 0.0f);
+}
+
+}  // namespace
+}  // namespace dion

@@ -1,0 +1,121 @@
+// A worker's parameter replica (worker/replica.h) following broadcast versions.
+#include "worker/replica.h"
+
+#include <gtest/gtest.h>
+
+#include "common/checksum.h"
+#include "common/dion.h"
+#include "common/rng.h"
+#include "tests/reference.h"
+
+namespace dion {
+namespace {
+
+ParamSpec Spec(int64_t m, int64_t n) {
+  ParamSpec spec;
+  spec.name = "w";
+  spec.shape = {m, n};
+  spec.optimizer = OptimizerKind::kDion;
+  return spec;
+}
+
+Matrix Random(int64_t m, int64_t n, uint64_t seed) {
+  Matrix M(m, n);
+  Rng(seed).FillNormal(M);
+  return M;
+}
+
+VersionUpdate Full(int64_t version, const Matrix& X) {
+  return VersionUpdate{"w", version, WeightsChecksum(X), X};
+}
+
+// The server's side of a step, computed the way the shard does (common/dion.h), so the
+// checksum matches bit for bit.
+VersionUpdate Step(int64_t version, const Matrix& X_before, bool transposed, uint64_t seed,
+                   Matrix* X_after) {
+  const int64_t tall = transposed ? X_before.cols() : X_before.rows();
+  const int64_t short_side = transposed ? X_before.rows() : X_before.cols();
+  LowRankStep step{0.99f, 0.05f, Random(tall, 2, seed), Random(short_side, 2, seed + 1),
+                   transposed};
+  *X_after = X_before;
+  ApplyLowRankUpdate(*X_after, step.decay, step.scale, step.P, step.Q, step.transposed);
+  return VersionUpdate{"w", version, WeightsChecksum(*X_after), step};
+}
+
+TEST(Replica, AppliesLowRankStepsLikeAPlainDoubleComputation) {
+  for (bool transposed : {false, true}) {
+    const int64_t m = transposed ? 5 : 9, n = transposed ? 9 : 5;
+    Replica replica(Spec(m, n));
+    const Matrix X0 = Random(m, n, 1);
+    ASSERT_EQ(*replica.Apply(Full(3, X0)), ReplicaEvent::kReplaced);
+    Matrix X1;
+    VersionUpdate update = Step(4, X0, transposed, 10, &X1);
+    ASSERT_EQ(*replica.Apply(update), ReplicaEvent::kApplied);
+    EXPECT_EQ(replica.version(), 4);
+    // Independent reference: X1 = decay X0 - scale P Q^T (or its transpose) in double.
+    const LowRankStep& s = std::get<LowRankStep>(update.content);
+    MatrixD delta = s.P.cast<double>() * s.Q.cast<double>().transpose();
+    if (transposed) delta.transposeInPlace();
+    const MatrixD expected = 0.99 * X0.cast<double>() - 0.05 * delta;
+    // float32 arithmetic on O(1) entries: 1e-6 relative.
+    EXPECT_LT(testing::RelativeError(replica.value().cast<double>(), expected), 1e-6);
+  }
+}
+
+TEST(Replica, GapNeedsResyncAndLeavesTheCopyUnchanged) {
+  Replica replica(Spec(4, 3));
+  const Matrix X0 = Random(4, 3, 2);
+  ASSERT_TRUE(replica.Apply(Full(1, X0)).ok());
+  Matrix X1;
+  ReplicaEvent e = *replica.Apply(Step(3, X0, false, 5, &X1));  // version 2 was missed
+  EXPECT_EQ(e, ReplicaEvent::kGap);
+  EXPECT_TRUE(NeedsResync(e));
+  EXPECT_EQ(replica.version(), 1);
+  EXPECT_EQ(WeightsChecksum(replica.value()), WeightsChecksum(X0));
+}
+
+TEST(Replica, ChecksumMismatchIsReported) {
+  Replica replica(Spec(4, 3));
+  const Matrix X0 = Random(4, 3, 2);
+  ASSERT_TRUE(replica.Apply(Full(1, X0)).ok());
+  Matrix X1;
+  VersionUpdate update = Step(2, X0, false, 5, &X1);
+  update.checksum ^= 1;  // the server's weights differ from what this copy computes
+  EXPECT_EQ(*replica.Apply(update), ReplicaEvent::kChecksumMismatch);
+}
+
+TEST(Replica, OlderFullValueMeansTheShardWentBack) {
+  Replica replica(Spec(2, 2));
+  ASSERT_TRUE(replica.Apply(Full(9, Random(2, 2, 1))).ok());
+  const Matrix older = Random(2, 2, 2);
+  EXPECT_EQ(*replica.Apply(Full(5, older)), ReplicaEvent::kWentBack);
+  EXPECT_EQ(replica.version(), 5);
+  EXPECT_EQ(WeightsChecksum(replica.value()), WeightsChecksum(older));
+}
+
+TEST(Replica, RepeatedLowRankStepIsIgnored) {
+  Replica replica(Spec(4, 3));
+  const Matrix X0 = Random(4, 3, 2);
+  ASSERT_TRUE(replica.Apply(Full(1, X0)).ok());
+  Matrix X1;
+  VersionUpdate update = Step(2, X0, false, 5, &X1);
+  ASSERT_EQ(*replica.Apply(update), ReplicaEvent::kApplied);
+  EXPECT_EQ(*replica.Apply(update), ReplicaEvent::kIgnored);
+  EXPECT_EQ(WeightsChecksum(replica.value()), WeightsChecksum(X1));
+}
+
+TEST(Replica, WrongShapesAreRefusedWithoutChange) {
+  Replica replica(Spec(4, 3));
+  const Matrix X0 = Random(4, 3, 2);
+  ASSERT_TRUE(replica.Apply(Full(1, X0)).ok());
+  EXPECT_EQ(replica.Apply(Full(2, Random(3, 4, 1))).status().code(),
+            absl::StatusCode::kInvalidArgument);
+  Matrix unused;
+  VersionUpdate wrong = Step(2, Random(3, 4, 3), false, 5, &unused);  // P 3 x 2 for a 4 x 3
+  EXPECT_EQ(replica.Apply(wrong).status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(replica.version(), 1);
+  EXPECT_EQ(WeightsChecksum(replica.value()), WeightsChecksum(X0));
+}
+
+}  // namespace
+}  // namespace dion

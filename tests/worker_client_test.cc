@@ -1,0 +1,294 @@
+// The worker's client library (worker/client.h) against in-process shards on 127.0.0.1:
+// replica in step with the shard, refused pushes restored (nothing lost), resync after a
+// shard restarts from an older checkpoint, reconnect after an outage, giving up, bad input.
+#include "worker/client.h"
+
+#include <gtest/gtest.h>
+
+#include <filesystem>
+#include <vector>
+
+#include "absl/strings/str_cat.h"
+#include "common/checksum.h"
+#include "common/rng.h"
+#include "common/wire.h"
+#include "tests/reference.h"
+#include "tests/server_test_util.h"
+
+namespace dion {
+namespace {
+
+using testing::TestModelRequest;
+using testing::TestServerOptions;
+
+ModelTable TestTable() { return ModelTableFromProto(TestModelRequest()).value(); }
+
+ClientOptions TestClientOptions(std::vector<std::string> addresses, const std::string& id) {
+  ClientOptions options;
+  options.shard_addresses = std::move(addresses);
+  options.worker_id = id;
+  options.rpc_deadline = absl::Seconds(5);
+  options.reconnect.initial_delay = absl::Milliseconds(20);
+  options.reconnect.max_delay = absl::Milliseconds(200);
+  options.reconnect.give_up_after = absl::Seconds(20);
+  options.seed = 7;
+  return options;
+}
+
+std::vector<Matrix> RandomGradients(const std::vector<ParamSpec>& specs, uint64_t seed) {
+  Rng rng(seed);
+  std::vector<Matrix> gradients;
+  for (const ParamSpec& spec : specs) {
+    Matrix G(spec.rows(), spec.cols());
+    rng.FillNormal(G, 0.1);
+    gradients.push_back(std::move(G));
+  }
+  return gradients;
+}
+
+std::unique_ptr<DionServer> StartServer(ServerOptions options) {
+  absl::StatusOr<std::unique_ptr<DionServer>> server = DionServer::Start(options);
+  EXPECT_TRUE(server.ok()) << server.status();
+  return server.ok() ? *std::move(server) : nullptr;
+}
+
+// Waits until the client's replica of every parameter has the server's version and bits.
+::testing::AssertionResult ReplicaMatchesServer(Client& client, DionServer& server) {
+  auto stub = testing::Connect(server.address());
+  const absl::Time deadline = absl::Now() + absl::Seconds(20);
+  std::string last;
+  while (absl::Now() < deadline) {
+    std::vector<Matrix> weights;
+    client.CopyWeights(&weights);
+    bool all = true;
+    for (int i = 0; i < static_cast<int>(client.specs().size()); ++i) {
+      const v1::ParameterValue value = testing::PullOne(*stub, client.specs()[i].name);
+      if (client.version(i) != value.version() ||
+          WeightsChecksum(weights[i]) != value.checksum()) {
+        all = false;
+        last = absl::StrCat(client.specs()[i].name, ": replica version ", client.version(i),
+                            ", server version ", value.version());
+      }
+    }
+    if (all) return ::testing::AssertionSuccess();
+    absl::SleepFor(absl::Milliseconds(10));
+  }
+  return ::testing::AssertionFailure() << "replica never matched the server; " << last;
+}
+
+TEST(WorkerClient, ReplicaFollowsTheShardBitForBit) {
+  std::unique_ptr<DionServer> server = StartServer(TestServerOptions());
+  ASSERT_NE(server, nullptr);
+  absl::StatusOr<std::unique_ptr<Client>> client =
+      Client::Connect(TestTable(), TestClientOptions({server->address()}, "w0"));
+  ASSERT_TRUE(client.ok()) << client.status();
+  for (int step = 0; step < 12; ++step) {
+    ASSERT_TRUE((*client)->Submit(RandomGradients((*client)->specs(), step), 16, 2.0).ok());
+  }
+  ASSERT_TRUE((*client)->Flush(absl::Seconds(20)).ok());
+  EXPECT_TRUE(ReplicaMatchesServer(**client, *server));
+  const ClientStats stats = (*client)->stats();
+  EXPECT_EQ(stats.local_steps, 12);
+  EXPECT_GT(stats.accepted, 0);
+  EXPECT_GT(stats.dense_bytes, 0);
+  EXPECT_EQ(stats.resyncs, 0);
+  (*client)->Close();
+  EXPECT_TRUE(server->Shutdown().ok());
+}
+
+TEST(WorkerClient, RefusedPushesAreRestoredSoNothingIsLost) {
+  ServerOptions options = TestServerOptions();
+  options.shard.batcher.staleness.max_staleness = 0;  // anything computed on an old version
+  std::unique_ptr<DionServer> server = StartServer(options);
+  ASSERT_NE(server, nullptr);
+  const ModelTable table = TestTable();
+  const std::vector<ParamSpec> specs = table.specs();
+  // Accepted contributions, in sum units (payload * samples), per parameter.
+  std::vector<MatrixD> accepted;
+  for (const ParamSpec& s : specs) accepted.push_back(MatrixD::Zero(s.rows(), s.cols()));
+  Mutex mu;
+  ClientOptions client_options = TestClientOptions({server->address()}, "w0");
+  client_options.max_in_flight = 3;  // several pushes on one base version: later ones go stale
+  client_options.on_acknowledged = [&](const Contribution& c, bool refused) {
+    if (refused) return;
+    int i = 0;
+    while (specs[i].name != c.parameter) ++i;
+    const double s = static_cast<double>(c.sample_count);
+    MatrixD sum = c.is_low_rank()
+                      ? MatrixD(c.factors().P.cast<double>() *
+                                c.factors().R.cast<double>().transpose() * s)
+                      : MatrixD(c.gradient().cast<double>() * s);
+    MutexLock lock(&mu);
+    accepted[i] += sum;
+  };
+  absl::StatusOr<std::unique_ptr<Client>> client = Client::Connect(table, client_options);
+  ASSERT_TRUE(client.ok()) << client.status();
+  std::vector<MatrixD> total;
+  for (const ParamSpec& s : specs) total.push_back(MatrixD::Zero(s.rows(), s.cols()));
+  for (int step = 0; step < 30; ++step) {
+    std::vector<Matrix> G = RandomGradients(specs, 100 + step);
+    const int64_t samples = 8 + step % 3;
+    for (size_t i = 0; i < specs.size(); ++i) {
+      total[i] += G[i].cast<double>() * static_cast<double>(samples);
+    }
+    ASSERT_TRUE((*client)->Submit(G, samples, 1.0).ok());
+  }
+  ASSERT_TRUE((*client)->Flush(absl::Seconds(30)).ok());
+  EXPECT_GT((*client)->stats().refused, 0) << "max_staleness 0 should refuse some pushes";
+  MutexLock lock(&mu);
+  for (size_t i = 0; i < specs.size(); ++i) {
+    const MatrixD accounted = accepted[i] + (*client)->Outstanding(i).cast<double>();
+    // float32 sums of ~30 steps of O(0.1 * 10) entries; 1e-5 relative leaves 10x margin.
+    EXPECT_LT(testing::RelativeError(accounted, total[i]), 1e-5) << specs[i].name;
+  }
+  (*client)->Close();
+  EXPECT_TRUE(server->Shutdown().ok());
+}
+
+TEST(WorkerClient, ResyncsWhenTheShardRestartsFromAnOlderCheckpoint) {
+  const std::filesystem::path dir =
+      std::filesystem::path(::testing::TempDir()) / "worker_client_resync";
+  std::filesystem::remove_all(dir);
+  ServerOptions options = TestServerOptions();
+  options.shard.checkpoint_dir = dir.string();
+  options.shard.checkpoint_keep_last = 10;
+  std::unique_ptr<DionServer> server = StartServer(options);
+  ASSERT_NE(server, nullptr);
+  ClientOptions client_options = TestClientOptions({server->address()}, "w0");
+  absl::StatusOr<std::unique_ptr<Client>> client = Client::Connect(TestTable(), client_options);
+  ASSERT_TRUE(client.ok()) << client.status();
+  const std::vector<ParamSpec>& specs = (*client)->specs();
+  for (int step = 0; step < 4; ++step) {
+    ASSERT_TRUE((*client)->Submit(RandomGradients(specs, step), 8, 1.0).ok());
+  }
+  ASSERT_TRUE((*client)->Flush(absl::Seconds(20)).ok());
+  absl::StatusOr<std::string> older = server->shard().Checkpoint();
+  ASSERT_TRUE(older.ok()) << older.status();
+  for (int step = 4; step < 10; ++step) {
+    ASSERT_TRUE((*client)->Submit(RandomGradients(specs, step), 8, 1.0).ok());
+  }
+  ASSERT_TRUE((*client)->Flush(absl::Seconds(20)).ok());
+  ASSERT_TRUE(ReplicaMatchesServer(**client, *server));
+  const int64_t newer_version = (*client)->version(0);
+  const std::string listen = server->address();
+  ASSERT_TRUE(server->Shutdown().ok());
+  server.reset();
+  // Keep only the older checkpoint: the restarted shard is behind the worker's replica.
+  for (const auto& entry : std::filesystem::directory_iterator(dir)) {
+    if (entry.path() != std::filesystem::path(*older)) std::filesystem::remove_all(entry.path());
+  }
+  options.listen = listen;
+  server = StartServer(options);
+  ASSERT_NE(server, nullptr);
+  ASSERT_TRUE(ReplicaMatchesServer(**client, *server));
+  EXPECT_LT((*client)->version(0), newer_version);  // the replica went back with the shard
+  EXPECT_GE((*client)->stats().resyncs, 1);
+  EXPECT_GE((*client)->stats().reconnects, 1);
+  // Training goes on against the restarted shard.
+  ASSERT_TRUE((*client)->Submit(RandomGradients(specs, 50), 8, 1.0).ok());
+  ASSERT_TRUE((*client)->Flush(absl::Seconds(20)).ok());
+  EXPECT_TRUE(ReplicaMatchesServer(**client, *server));
+  (*client)->Close();
+  EXPECT_TRUE(server->Shutdown().ok());
+}
+
+TEST(WorkerClient, ReconnectsAfterTheShardIsDownForAFewSeconds) {
+  const std::filesystem::path dir =
+      std::filesystem::path(::testing::TempDir()) / "worker_client_reconnect";
+  std::filesystem::remove_all(dir);
+  ServerOptions options = TestServerOptions();
+  options.shard.checkpoint_dir = dir.string();
+  std::unique_ptr<DionServer> server = StartServer(options);
+  ASSERT_NE(server, nullptr);
+  absl::StatusOr<std::unique_ptr<Client>> client =
+      Client::Connect(TestTable(), TestClientOptions({server->address()}, "w0"));
+  ASSERT_TRUE(client.ok()) << client.status();
+  const std::vector<ParamSpec>& specs = (*client)->specs();
+  ASSERT_TRUE((*client)->Submit(RandomGradients(specs, 1), 8, 1.0).ok());
+  ASSERT_TRUE((*client)->Flush(absl::Seconds(20)).ok());
+  options.listen = server->address();
+  ASSERT_TRUE(server->Shutdown().ok());
+  server.reset();
+  // Local steps go on while the shard is down: they accumulate, nothing is lost.
+  for (int step = 2; step < 6; ++step) {
+    ASSERT_TRUE((*client)->Submit(RandomGradients(specs, step), 8, 1.0).ok());
+    absl::SleepFor(absl::Milliseconds(500));
+  }
+  server = StartServer(options);
+  ASSERT_NE(server, nullptr);
+  ASSERT_TRUE((*client)->Flush(absl::Seconds(30)).ok()) << (*client)->status();
+  EXPECT_GE((*client)->stats().reconnects, 1);
+  EXPECT_TRUE(ReplicaMatchesServer(**client, *server));
+  (*client)->Close();
+  EXPECT_TRUE(server->Shutdown().ok());
+}
+
+TEST(WorkerClient, GivesUpWithAClearErrorWhenAShardStaysDown) {
+  std::unique_ptr<DionServer> server = StartServer(TestServerOptions());
+  ASSERT_NE(server, nullptr);
+  ClientOptions options = TestClientOptions({server->address()}, "w0");
+  options.reconnect.give_up_after = absl::Seconds(1);
+  absl::StatusOr<std::unique_ptr<Client>> client = Client::Connect(TestTable(), options);
+  ASSERT_TRUE(client.ok()) << client.status();
+  ASSERT_TRUE(server->Shutdown().ok());
+  server.reset();
+  const absl::Time deadline = absl::Now() + absl::Seconds(20);
+  absl::Status status;
+  while (absl::Now() < deadline) {
+    status = (*client)->Submit(RandomGradients((*client)->specs(), 3), 8, 1.0);
+    if (!status.ok()) break;
+    absl::SleepFor(absl::Milliseconds(50));
+  }
+  EXPECT_EQ(status.code(), absl::StatusCode::kUnavailable) << status;
+  EXPECT_NE(status.message().find("shard 0"), absl::string_view::npos) << status;
+  EXPECT_NE(status.message().find(options.shard_addresses[0]), absl::string_view::npos);
+}
+
+TEST(WorkerClient, SubmitRefusesBadInputAndChangesNothing) {
+  std::unique_ptr<DionServer> server = StartServer(TestServerOptions());
+  ASSERT_NE(server, nullptr);
+  absl::StatusOr<std::unique_ptr<Client>> client =
+      Client::Connect(TestTable(), TestClientOptions({server->address()}, "w0"));
+  ASSERT_TRUE(client.ok()) << client.status();
+  Client& c = **client;
+  std::vector<Matrix> G = RandomGradients(c.specs(), 1);
+  std::vector<Matrix> too_few(G.begin(), G.end() - 1);
+  EXPECT_EQ(c.Submit(too_few, 8, 1.0).code(), absl::StatusCode::kInvalidArgument);
+  std::vector<Matrix> nan = G;
+  nan.back()(0, 0) = std::numeric_limits<float>::infinity();
+  EXPECT_EQ(c.Submit(nan, 8, 1.0).code(), absl::StatusCode::kInvalidArgument);
+  std::vector<Matrix> wrong = G;
+  wrong[0] = Matrix::Zero(wrong[0].cols(), wrong[0].rows());
+  EXPECT_EQ(c.Submit(wrong, 8, 1.0).code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(c.Submit(G, 0, 1.0).code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(c.stats().pushes, 0);
+  for (size_t i = 0; i < c.specs().size(); ++i) EXPECT_EQ(c.Outstanding(i).norm(), 0.0f);
+  c.Close();
+  EXPECT_TRUE(server->Shutdown().ok());
+}
+
+TEST(WorkerClient, ConnectRefusesShardsListedOutOfOrder) {
+  std::vector<std::unique_ptr<DionServer>> servers;
+  for (int s = 0; s < 2; ++s) {
+    ServerOptions options = TestServerOptions();
+    options.shard.store.shard_index = s;
+    options.shard.store.num_shards = 2;
+    servers.push_back(StartServer(options));
+    ASSERT_NE(servers.back(), nullptr);
+  }
+  absl::StatusOr<std::unique_ptr<Client>> swapped = Client::Connect(
+      TestTable(), TestClientOptions({servers[1]->address(), servers[0]->address()}, "w0"));
+  EXPECT_EQ(swapped.status().code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_NE(swapped.status().message().find("shard-index order"), absl::string_view::npos)
+      << swapped.status();
+  absl::StatusOr<std::unique_ptr<Client>> ordered = Client::Connect(
+      TestTable(), TestClientOptions({servers[0]->address(), servers[1]->address()}, "w0"));
+  ASSERT_TRUE(ordered.ok()) << ordered.status();
+  ASSERT_TRUE((*ordered)->Submit(RandomGradients((*ordered)->specs(), 1), 8, 1.0).ok());
+  EXPECT_TRUE((*ordered)->Flush(absl::Seconds(20)).ok());
+  (*ordered)->Close();
+  for (auto& server : servers) EXPECT_TRUE(server->Shutdown().ok());
+}
+
+}  // namespace
+}  // namespace dion

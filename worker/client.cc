@@ -1,0 +1,456 @@
+#include "worker/client.h"
+
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <thread>
+#include <utility>
+
+#include "absl/container/flat_hash_map.h"
+#include "absl/strings/str_cat.h"
+#include "absl/time/clock.h"
+#include "common/wire.h"
+
+namespace dion {
+
+struct Client::Parameter {
+  Parameter(const ParamSpec& spec, int index, int shard, int rank, uint64_t seed,
+            uint64_t first_sequence)
+      : index(index),
+        shard(shard),
+        replica(spec),
+        accumulator(spec, rank, seed, first_sequence) {}
+  const int index;
+  const int shard;
+  mutable Mutex replica_mu;  // lock order: accumulator_mu before replica_mu
+  Replica replica ABSL_GUARDED_BY(replica_mu);
+  mutable Mutex accumulator_mu;
+  GradientAccumulator accumulator ABSL_GUARDED_BY(accumulator_mu);
+};
+
+namespace {
+
+int CompressionRank(const ParamSpec& spec, double fraction) {
+  const int64_t short_side = std::min(spec.rows(), spec.cols());
+  const int64_t rank = std::llround(fraction * static_cast<double>(short_side));
+  return static_cast<int>(std::clamp<int64_t>(rank, 1, short_side));
+}
+
+v1::RegisterModelRequest RegistrationOf(const ModelTable& table, const std::string& worker_id) {
+  v1::RegisterModelRequest request;
+  request.set_model_name(table.model_name);
+  request.set_worker_id(worker_id);
+  for (const ParameterDefinition& definition : table.parameters) {
+    v1::ParameterSpec* proto = request.add_parameters();
+    ParameterToProto(definition.spec, proto);
+    if (definition.initial_value.has_value()) {
+      MatrixToTensor(*definition.initial_value, definition.spec.shape,
+                     proto->mutable_initial_value());
+    }
+  }
+  return request;
+}
+
+bool Retryable(const absl::Status& s) {
+  return s.code() == absl::StatusCode::kUnavailable ||
+         s.code() == absl::StatusCode::kDeadlineExceeded;
+}
+
+// A rejected push that was certainly not applied and may succeed later: restore it.
+bool RefusedNotApplied(int32_t code) {
+  switch (static_cast<absl::StatusCode>(code)) {
+    case absl::StatusCode::kOutOfRange:          // base version ahead of a restarted shard
+    case absl::StatusCode::kFailedPrecondition:  // shard restarted without the model yet
+    case absl::StatusCode::kUnavailable:         // shard shutting down
+    case absl::StatusCode::kAborted:
+      return true;
+    default:
+      return false;
+  }
+}
+
+}  // namespace
+
+absl::StatusOr<std::unique_ptr<Client>> Client::Connect(const ModelTable& table,
+                                                        const ClientOptions& options) {
+  if (options.shard_addresses.empty()) {
+    return absl::InvalidArgumentError("shard_addresses is empty; expected one host:port per shard");
+  }
+  if (options.worker_id.empty()) return absl::InvalidArgumentError("worker_id must not be empty");
+  if (options.max_in_flight < 1) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("max_in_flight must be >= 1, got ", options.max_in_flight));
+  }
+  if (!(options.compression_rank_fraction > 0.0 && options.compression_rank_fraction <= 1.0)) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "compression_rank_fraction must be in (0, 1], got ", options.compression_rank_fraction));
+  }
+  if (absl::Status s = ValidateModelTable(table); !s.ok()) return s;
+  absl::StatusOr<Layout> layout =
+      Layout::Compute(table.specs(), static_cast<int>(options.shard_addresses.size()));
+  if (!layout.ok()) return layout.status();
+  std::unique_ptr<Client> client(new Client(table, options, *std::move(layout)));
+  if (absl::Status s = client->Start(table); !s.ok()) return s;
+  return client;
+}
+
+Client::Client(const ModelTable& table, const ClientOptions& options, Layout layout)
+    : options_(options), specs_(table.specs()), layout_(std::move(layout)) {
+  const uint64_t first_sequence =
+      options_.first_sequence != 0 ? options_.first_sequence
+                                   : static_cast<uint64_t>(absl::ToUnixMicros(absl::Now()));
+  for (int i = 0; i < static_cast<int>(specs_.size()); ++i) {
+    const ParamSpec& spec = specs_[i];
+    index_of_[spec.name] = i;
+    parameters_.push_back(std::make_unique<Parameter>(
+        spec, i, layout_.ShardOf(spec.name),
+        CompressionRank(spec, options_.compression_rank_fraction),
+        MixSeed(options_.seed, 0xC0, static_cast<uint64_t>(i)), first_sequence));
+  }
+}
+
+Client::~Client() { Close(); }
+
+Client::Parameter* Client::Find(absl::string_view name) const {
+  auto it = index_of_.find(name);
+  return it == index_of_.end() ? nullptr : parameters_[it->second].get();
+}
+
+absl::Status Client::Start(const ModelTable& table) {
+  const v1::RegisterModelRequest registration = RegistrationOf(table, options_.worker_id);
+  const int num_shards = static_cast<int>(options_.shard_addresses.size());
+  for (int s = 0; s < num_shards; ++s) {
+    ShardLinkOptions link;
+    link.shard_index = s;
+    link.address = options_.shard_addresses[s];
+    link.worker_id = options_.worker_id;
+    link.rpc_deadline = options_.rpc_deadline;
+    link.reconnect = options_.reconnect;
+    link.max_message_bytes = options_.max_message_bytes;
+    link.seed = MixSeed(options_.seed, 0x11, static_cast<uint64_t>(s));
+    ShardLinkCallbacks callbacks;
+    callbacks.on_ack = [this, s](const v1::PushAck& ack) { OnAck(s, ack); };
+    callbacks.on_update = [this, s](v1::VersionUpdate& update) { OnUpdate(s, update); };
+    callbacks.have = [this, s] { return Have(s); };
+    callbacks.on_push_stream_opened = [this, s] { ResendInFlight(s); };
+    callbacks.on_reconnect = [this] {
+      {
+        MutexLock lock(&mu_);
+        ++stats_.reconnects;
+      }
+      if (options_.metrics != nullptr) options_.metrics->RecordReconnect();
+    };
+    callbacks.on_give_up = [this](const absl::Status& status) { Fail(status); };
+    links_.push_back(std::make_unique<ShardLink>(std::move(link), registration, callbacks));
+  }
+
+  // Register everywhere (shards may still be starting: retry while they are unavailable),
+  // check each address serves the index it is listed at, and that the layouts agree.
+  for (int s = 0; s < num_shards; ++s) {
+    Backoff backoff(options_.reconnect, MixSeed(options_.seed, 0x22, s));
+    absl::StatusOr<v1::RegisterModelResponse> response = links_[s]->Register();
+    while (!response.ok() && Retryable(response.status()) && !backoff.Expired(absl::Now())) {
+      absl::SleepFor(backoff.NextDelay());
+      response = links_[s]->Register();
+    }
+    if (!response.ok()) return response.status();
+    if (static_cast<int>(response->shard_index()) != s ||
+        static_cast<int>(response->layout().num_shards()) != num_shards) {
+      return absl::FailedPreconditionError(absl::StrCat(
+          options_.shard_addresses[s], " is shard ", response->shard_index(), " of ",
+          response->layout().num_shards(), ", but it is listed as shard ", s, " of ", num_shards,
+          "; list the addresses in shard-index order"));
+    }
+    for (const v1::Layout::Placement& placement : response->layout().placements()) {
+      if (layout_.ShardOf(placement.parameter()) != static_cast<int>(placement.shard())) {
+        return absl::FailedPreconditionError(absl::StrCat(
+            "shard ", s, " places '", placement.parameter(), "' on shard ", placement.shard(),
+            ", this client computes shard ", layout_.ShardOf(placement.parameter())));
+      }
+    }
+  }
+  // The initial weights, then the subscriptions (which only send what changed since).
+  for (int s = 0; s < num_shards; ++s) {
+    absl::StatusOr<std::vector<v1::ParameterValue>> values = links_[s]->Pull({});
+    if (!values.ok()) return values.status();
+    for (const v1::ParameterValue& value : *values) {
+      const Parameter* found = Find(value.parameter());
+      const int i = found != nullptr ? found->index : -1;
+      if (i < 0 || parameters_[i]->shard != s) {
+        return absl::FailedPreconditionError(absl::StrCat(
+            "shard ", s, " sent '", value.parameter(), "', which this client does not place there"));
+      }
+      absl::StatusOr<Matrix> X = TensorToMatrix(value.value(), specs_[i].shape, value.parameter());
+      if (!X.ok()) return X.status();
+      Parameter& p = *parameters_[i];
+      MutexLock lock(&p.replica_mu);
+      if (absl::Status st = p.replica.Set(value.version(), *X, value.checksum()); !st.ok()) {
+        return st;
+      }
+    }
+  }
+  for (const auto& p : parameters_) {
+    MutexLock lock(&p->replica_mu);
+    if (!p->replica.has_value()) {
+      return absl::FailedPreconditionError(absl::StrCat(
+          "shard ", p->shard, " did not send '", specs_[p->index].name, "' when pulled"));
+    }
+  }
+  for (auto& link : links_) link->Start();
+  return absl::OkStatus();
+}
+
+int64_t Client::CopyWeights(std::vector<Matrix>* weights) const {
+  weights->resize(parameters_.size());
+  int64_t versions = 0;
+  for (const auto& p : parameters_) {
+    MutexLock lock(&p->replica_mu);
+    (*weights)[p->index] = p->replica.value();
+    versions += p->replica.version();
+  }
+  return versions;
+}
+
+int64_t Client::version(int index) const {
+  const Parameter& p = *parameters_.at(index);
+  MutexLock lock(&p.replica_mu);
+  return p.replica.version();
+}
+
+absl::Status Client::Submit(absl::Span<const Matrix> gradients, int64_t samples, double loss) {
+  if (absl::Status s = status(); !s.ok()) return s;
+  if (gradients.size() != parameters_.size()) {
+    return absl::InvalidArgumentError(absl::StrCat("Submit got ", gradients.size(),
+                                                   " gradients, expected ", parameters_.size(),
+                                                   " (one per parameter, in table order)"));
+  }
+  if (samples <= 0) {
+    return absl::InvalidArgumentError(absl::StrCat("samples must be > 0, got ", samples));
+  }
+  // Everything is checked before anything is accumulated: bad input changes nothing.
+  for (size_t i = 0; i < gradients.size(); ++i) {
+    const ParamSpec& spec = specs_[i];
+    if (gradients[i].rows() != spec.rows() || gradients[i].cols() != spec.cols()) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "gradient of '", spec.name, "' is ", gradients[i].rows(), " x ", gradients[i].cols(),
+          ", expected ", spec.rows(), " x ", spec.cols()));
+    }
+    if (!AllFinite(gradients[i])) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("gradient of '", spec.name, "' contains NaN or Inf"));
+    }
+  }
+  for (auto& p : parameters_) {
+    MutexLock lock(&p->accumulator_mu);
+    int64_t base_version;
+    {
+      MutexLock replica_lock(&p->replica_mu);
+      base_version = p->replica.version();
+    }
+    if (absl::Status s =
+            p->accumulator.Accumulate(gradients[p->index], samples, loss, base_version);
+        !s.ok()) {
+      return s;  // only an overflowing residual gets here; earlier parameters keep their step
+    }
+    MaybeSend(*p);
+  }
+  {
+    MutexLock lock(&mu_);
+    ++stats_.local_steps;
+  }
+  if (options_.metrics != nullptr) {
+    options_.metrics->RecordSamples(samples);
+    options_.metrics->SetTrainingLoss(loss);
+  }
+  return absl::OkStatus();
+}
+
+void Client::MaybeSend(Parameter& p) {
+  GradientAccumulator& acc = p.accumulator;
+  if (acc.in_flight() >= options_.max_in_flight) return;
+  if (acc.pending_samples() <= 0) return;
+  const int local_steps = acc.pending_steps();
+  int64_t base_version;
+  {
+    MutexLock lock(&p.replica_mu);
+    base_version = p.replica.version();
+  }
+  std::optional<Contribution> contribution =
+      acc.Take(options_.worker_id, base_version, absl::Now());
+  if (!contribution.has_value()) return;
+  v1::Contribution message;
+  ContributionToProto(*contribution, &message, specs_[p.index].shape);
+  const int64_t bytes = static_cast<int64_t>(message.ByteSizeLong());
+  const int64_t dense = 4 * specs_[p.index].size();
+  links_[p.shard]->Send(std::move(message));
+  {
+    MutexLock lock(&mu_);
+    ++stats_.pushes;
+    stats_.sent_bytes += bytes;
+    stats_.dense_bytes += dense;
+  }
+  if (options_.metrics != nullptr) options_.metrics->RecordPush(local_steps, bytes, dense);
+}
+
+void Client::ResendInFlight(int shard) {
+  for (auto& p : parameters_) {
+    if (p->shard != shard) continue;
+    MutexLock lock(&p->accumulator_mu);
+    for (const Contribution* c : p->accumulator.InFlight()) {
+      v1::Contribution message;
+      ContributionToProto(*c, &message, specs_[p->index].shape);
+      links_[shard]->Send(std::move(message));
+    }
+  }
+}
+
+void Client::OnAck(int shard, const v1::PushAck& ack) {
+  Parameter* p = Find(ack.parameter());
+  if (p == nullptr) return;  // not ours: nothing to restore
+  bool refused = false;
+  bool resync = false;
+  WorkerPushResult result = WorkerPushResult::kAccepted;
+  switch (ack.result()) {
+    case v1::PUSH_RESULT_ACCEPTED: break;
+    case v1::PUSH_RESULT_DUPLICATE: result = WorkerPushResult::kDuplicate; break;
+    case v1::PUSH_RESULT_STALE:
+      result = WorkerPushResult::kStale;
+      refused = true;
+      break;
+    default:
+      result = WorkerPushResult::kRejected;
+      refused = true;  // restored either way: nothing is lost, even on a fatal error
+      resync = ack.status_code() == static_cast<int32_t>(absl::StatusCode::kOutOfRange);
+      if (!RefusedNotApplied(ack.status_code())) {
+        Fail(absl::Status(static_cast<absl::StatusCode>(ack.status_code()),
+                          absl::StrCat("shard ", shard, " rejected a contribution to '",
+                                       ack.parameter(), "': ", ack.message())));
+      }
+  }
+  absl::Time taken;
+  {
+    MutexLock lock(&p->accumulator_mu);
+    absl::StatusOr<GradientAccumulator::Acknowledged> done =
+        p->accumulator.Acknowledge(ack.sequence(), refused);
+    // A duplicate acknowledgement (after a re-send) finds nothing in flight: ignore it.
+    if (!done.ok()) return;
+    taken = done->taken;
+    if (options_.on_acknowledged) options_.on_acknowledged(done->contribution, refused);
+    if (status().ok()) MaybeSend(*p);
+  }
+  {
+    MutexLock lock(&mu_);
+    if (result == WorkerPushResult::kAccepted) ++stats_.accepted;
+    if (result == WorkerPushResult::kDuplicate) ++stats_.duplicates;
+    if (refused) ++stats_.refused;
+  }
+  if (options_.metrics != nullptr) {
+    options_.metrics->RecordAck(result, absl::ToDoubleSeconds(absl::Now() - taken));
+    if (refused) options_.metrics->RecordRefused();
+  }
+  if (resync) Resync(*p, "rejected_version");
+}
+
+void Client::OnUpdate(int shard, v1::VersionUpdate& message) {
+  absl::StatusOr<VersionUpdate> update = VersionUpdateFromProto(message);
+  if (!update.ok()) {
+    Fail(absl::DataLossError(absl::StrCat("shard ", shard, " sent a malformed version: ",
+                                          update.status().message())));
+    return;
+  }
+  Parameter* p = Find(update->parameter);
+  if (p == nullptr) return;
+  absl::StatusOr<ReplicaEvent> event;
+  {
+    MutexLock lock(&p->replica_mu);
+    event = p->replica.Apply(*update, options_.verify_checksums);
+  }
+  if (!event.ok()) {
+    Resync(*p, "malformed_update");
+    return;
+  }
+  if (*event == ReplicaEvent::kWentBack) {
+    MutexLock lock(&mu_);
+    ++stats_.resyncs;
+    if (options_.metrics != nullptr) options_.metrics->RecordResync("went_back");
+  }
+  if (NeedsResync(*event)) Resync(*p, ReplicaEventName(*event).data());
+}
+
+void Client::Resync(Parameter& p, const char* reason) {
+  const std::string& name = specs_[p.index].name;
+  {
+    MutexLock lock(&mu_);
+    ++stats_.resyncs;
+  }
+  if (options_.metrics != nullptr) options_.metrics->RecordResync(reason);
+  absl::StatusOr<std::vector<v1::ParameterValue>> values = links_[p.shard]->Pull({name});
+  // A failed pull is retried by the next update, which finds the same gap or mismatch.
+  if (!values.ok() || values->size() != 1) return;
+  const v1::ParameterValue& value = values->front();
+  absl::StatusOr<Matrix> X = TensorToMatrix(value.value(), specs_[p.index].shape, name);
+  if (!X.ok()) return;
+  MutexLock lock(&p.replica_mu);
+  (void)p.replica.Set(value.version(), *X, value.checksum());
+}
+
+std::vector<v1::ParameterVersion> Client::Have(int shard) const {
+  std::vector<v1::ParameterVersion> have;
+  for (const auto& p : parameters_) {
+    if (p->shard != shard) continue;
+    MutexLock lock(&p->replica_mu);
+    if (!p->replica.has_value()) continue;
+    v1::ParameterVersion held;
+    held.set_parameter(specs_[p->index].name);
+    held.set_version(p->replica.version());
+    have.push_back(std::move(held));
+  }
+  return have;
+}
+
+absl::Status Client::Flush(absl::Duration timeout) {
+  const absl::Time deadline = absl::Now() + timeout;
+  while (true) {
+    if (absl::Status s = status(); !s.ok()) return s;
+    int outstanding = 0;
+    for (auto& p : parameters_) {
+      MutexLock lock(&p->accumulator_mu);
+      MaybeSend(*p);
+      outstanding += p->accumulator.in_flight() + (p->accumulator.pending_samples() > 0);
+    }
+    if (outstanding == 0) return absl::OkStatus();
+    if (absl::Now() >= deadline) {
+      return absl::DeadlineExceededError(absl::StrCat(
+          outstanding, " pushes (or pending accumulations) still unacknowledged after ",
+          absl::FormatDuration(timeout)));
+    }
+    absl::SleepFor(absl::Milliseconds(2));
+  }
+}
+
+ClientStats Client::stats() const {
+  MutexLock lock(&mu_);
+  return stats_;
+}
+
+absl::Status Client::status() const {
+  MutexLock lock(&mu_);
+  return fatal_;
+}
+
+void Client::Fail(const absl::Status& status) {
+  MutexLock lock(&mu_);
+  if (fatal_.ok()) fatal_ = status;
+}
+
+void Client::Close() {
+  for (auto& link : links_) link->Stop();
+}
+
+Matrix Client::Outstanding(int index) const {
+  const Parameter& p = *parameters_.at(index);
+  MutexLock lock(&p.accumulator_mu);
+  return p.accumulator.Outstanding();
+}
+
+}  // namespace dion

@@ -1,0 +1,164 @@
+// The client library a training program uses to train against the dion-ps shards:
+//
+//   ClientOptions options;
+//   options.shard_addresses = {"127.0.0.1:50051", "127.0.0.1:50052"};  // in shard-index order
+//   options.worker_id = "worker-0";
+//   absl::StatusOr<std::unique_ptr<Client>> client = Client::Connect(table, options);
+//   std::vector<Matrix> weights;
+//   while (training) {
+//     (*client)->CopyWeights(&weights);                 // the replica, in table order
+//     ... forward / backward with `weights` -> gradients (table order), loss
+//     absl::Status s = (*client)->Submit(gradients, batch_size, loss);
+//   }
+//   (*client)->Flush(absl::Seconds(30));                // push what is left, wait for acks
+//
+// Connect registers the model on every shard (idempotent: every worker may do it), checks that
+// each address serves the shard index it is listed at and that the layouts agree, pulls the
+// initial weights and subscribes to new versions.
+//
+// Submit accumulates one local step. A Dion matrix goes through its own compressor (residual
+// E, warm-started Qw, rank rw = compression_rank_fraction * min(m, n)); other parameters are
+// sent dense. Each parameter has at most max_in_flight unacknowledged pushes; while that many
+// are out, further steps accumulate locally instead of queueing messages, so a slow link
+// automatically means more local steps per push. A push the shard refuses (stale, or rejected
+// as not applied) is restored into the residual and goes out again later: nothing is lost.
+// Duplicates after a retry are harmless (sequence numbers, deduplicated by the shard).
+//
+// The replica follows the shards' broadcasts: low-rank steps are applied, and on a checksum
+// mismatch, a gap, or a version going backwards (a shard restarted from a checkpoint) the
+// parameter is pulled in full. Unavailable shards are retried with exponential backoff and
+// jitter; after `reconnect.give_up_after` without success, Submit and Flush return
+// Unavailable naming the shard.
+//
+// Thread-safety: safe for concurrent use. Submit and Flush are meant for one training thread;
+// CopyWeights and stats may be called from any thread.
+#ifndef DION_WORKER_CLIENT_H_
+#define DION_WORKER_CLIENT_H_
+
+#include <atomic>
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "absl/base/thread_annotations.h"
+#include "absl/container/flat_hash_map.h"
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "absl/time/time.h"
+#include "absl/strings/string_view.h"
+#include "absl/types/span.h"
+#include "common/layout.h"
+#include "common/matrix.h"
+#include "common/model_table.h"
+#include "common/mutex.h"
+#include "worker/backoff.h"
+#include "worker/gradient_accumulator.h"
+#include "worker/replica.h"
+#include "worker/shard_link.h"
+#include "worker/worker_metrics.h"
+
+namespace dion {
+
+struct ClientOptions {
+  std::vector<std::string> shard_addresses;  // host:port of shard 0, 1, ... in order
+  std::string worker_id;                     // unique per worker; registered with every shard
+  double compression_rank_fraction = 0.25;   // worker rank rw = max(1, round(f * min(m, n)))
+  int max_in_flight = 2;                     // unacknowledged pushes per parameter (>= 1)
+  absl::Duration rpc_deadline = absl::Seconds(10);  // every unary call
+  BackoffOptions reconnect;                  // retry of unavailable shards, and when to give up
+  bool verify_checksums = true;              // check every applied low-rank step
+  int64_t max_message_bytes = 64 << 20;
+  uint64_t seed = 1;                         // compressor warm starts and jitter
+  // First sequence number of every parameter. 0 picks the wall clock in microseconds, so a
+  // worker restarted with the same id never reuses a sequence the shard has already seen.
+  uint64_t first_sequence = 0;
+  WorkerMetrics* metrics = nullptr;          // optional; not owned
+  // Optional observer of every acknowledged contribution (payload in the mean units of the
+  // wire) and whether it was restored into the residual. Runs on a link thread with the
+  // parameter's accumulator locked: keep it short. For monitoring and tests.
+  std::function<void(const Contribution&, bool refused)> on_acknowledged;
+};
+
+// Counters since Connect (also exported through WorkerMetrics when set).
+struct ClientStats {
+  int64_t pushes = 0;            // contributions sent (first sends, not re-sends)
+  int64_t accepted = 0;
+  int64_t duplicates = 0;
+  int64_t refused = 0;           // stale or rejected-as-not-applied, restored
+  int64_t resyncs = 0;           // full pulls after a gap, mismatch or version going back
+  int64_t reconnects = 0;
+  int64_t local_steps = 0;       // Submit calls
+  int64_t sent_bytes = 0;        // payload bytes of first sends
+  int64_t dense_bytes = 0;       // what dense float32 gradients would have cost
+};
+
+class Client {
+ public:
+  static absl::StatusOr<std::unique_ptr<Client>> Connect(const ModelTable& table,
+                                                         const ClientOptions& options);
+  ~Client();  // Close()
+  Client(const Client&) = delete;
+  Client& operator=(const Client&) = delete;
+
+  // The parameter table (the order of CopyWeights and Submit) and where each one lives.
+  const std::vector<ParamSpec>& specs() const { return specs_; }
+  const Layout& layout() const { return layout_; }
+
+  // Copies every parameter of the replica into `weights` (resized to the table; each rows x
+  // cols, 1-D parameters as 1 x n). Returns the sum of the parameters' versions (a cheap
+  // "has anything changed" signal).
+  int64_t CopyWeights(std::vector<Matrix>* weights) const;
+  // The replica's version of parameter `index` of the table.
+  int64_t version(int index) const;
+
+  // One local step: `gradients` in table order (each rows x cols), the step's mean gradients
+  // over `samples` > 0 samples, and its training loss. InvalidArgument (nothing accumulated)
+  // for a wrong count, shape, non-finite value or samples <= 0; the client's fatal error
+  // (Unavailable after giving up on a shard, or a contribution a shard rejected as malformed)
+  // once there is one.
+  absl::Status Submit(absl::Span<const Matrix> gradients, int64_t samples, double loss);
+  // Pushes everything accumulated and waits until every push is acknowledged (refused ones
+  // re-sent), or `timeout` (DeadlineExceeded).
+  absl::Status Flush(absl::Duration timeout);
+
+  ClientStats stats() const;
+  // The first fatal error, OkStatus while there is none.
+  absl::Status status() const;
+  // Stops the links. Idempotent; accumulated and in-flight gradients are dropped.
+  void Close();
+
+  // For tests: the sum, in the accumulator's sum units, of what is neither accepted nor in
+  // flight for parameter `index` (see GradientAccumulator::Outstanding).
+  Matrix Outstanding(int index) const;
+
+ private:
+  struct Parameter;
+  Client(const ModelTable& table, const ClientOptions& options, Layout layout);
+  absl::Status Start(const ModelTable& table);
+  // Takes and sends the next contribution of parameter i if one is due. REQUIRES: p.mu held.
+  void MaybeSend(Parameter& p);  // REQUIRES: p.accumulator_mu held
+  Parameter* Find(absl::string_view name) const;
+  void OnAck(int shard, const v1::PushAck& ack);
+  void OnUpdate(int shard, v1::VersionUpdate& update);
+  void Resync(Parameter& p, const char* reason);
+  void ResendInFlight(int shard);
+  void Fail(const absl::Status& status);
+  std::vector<v1::ParameterVersion> Have(int shard) const;
+
+  const ClientOptions options_;
+  std::vector<ParamSpec> specs_;
+  Layout layout_;
+  std::vector<std::unique_ptr<Parameter>> parameters_;  // table order
+  absl::flat_hash_map<std::string, int> index_of_;      // name -> table index
+  std::vector<std::unique_ptr<ShardLink>> links_;
+
+  mutable Mutex mu_;
+  absl::Status fatal_ ABSL_GUARDED_BY(mu_);
+  ClientStats stats_ ABSL_GUARDED_BY(mu_);
+};
+
+}  // namespace dion
+
+#endif  // DION_WORKER_CLIENT_H_

@@ -1,0 +1,107 @@
+// The worker side of one parameter's pushes: accumulates local gradients, cuts them into
+// contributions, and keeps every contribution until the shard has acknowledged it, so that
+// nothing is lost (DION.md section 4).
+//
+// Units: the accumulator holds *sums* of per-sample gradients (each local step adds
+// G * samples, G being the step's mean gradient). A contribution carries the mean over its
+// samples, payload = sum / S with sample_count = S, because the shard combines contributions
+// as a mean weighted by samples. Restoring a refused contribution adds payload * S back.
+//
+// Dion matrices go through the LowRankCompressor (residual E, warm-started Qw): payload P R^T
+// with R already divided by S; what rank-rw factors did not capture stays in E. Other
+// parameters carry their dense mean gradient and keep no residual.
+//
+// Adaptive local accumulation: the client takes a contribution only while fewer than
+// max_in_flight are unacknowledged; until then local steps keep accumulating here, so the
+// number of local steps per push grows by itself when the link is slow.
+//
+// Invariant (tested): sum of accepted payloads * S + in-flight payloads * S + residual (+ the
+// not yet taken dense sum) == sum over local steps of G * samples, to float rounding.
+//
+// Thread-safety: not safe for concurrent use; the client holds one lock per accumulator.
+#ifndef DION_WORKER_GRADIENT_ACCUMULATOR_H_
+#define DION_WORKER_GRADIENT_ACCUMULATOR_H_
+
+#include <cstdint>
+#include <map>
+#include <optional>
+#include <string>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "absl/time/time.h"
+#include "common/compressor.h"
+#include "common/contribution.h"
+#include "common/matrix.h"
+#include "common/param_spec.h"
+
+namespace dion {
+
+class GradientAccumulator {
+ public:
+  // `compression_rank` is the worker's rank rw for a Dion parameter (clamped into
+  // [1, min(m, n)]); ignored for the others. `first_sequence` numbers the first contribution
+  // (see ClientOptions: it must grow across restarts of a worker with the same id).
+  GradientAccumulator(ParamSpec spec, int compression_rank, uint64_t seed,
+                      uint64_t first_sequence);
+
+  // Adds one local step: G (rows x cols, the step's mean gradient) over `samples` > 0
+  // samples, computed against `base_version`. InvalidArgument (nothing changed) for a wrong
+  // shape, samples <= 0 or non-finite G.
+  absl::Status Accumulate(ConstMatrixRef G, int64_t samples, double loss, int64_t base_version);
+
+  // Local steps (and samples) accumulated since the last contribution was taken.
+  int pending_steps() const { return pending_steps_; }
+  int64_t pending_samples() const { return pending_samples_; }
+  int in_flight() const { return static_cast<int>(in_flight_.size()); }
+
+  // Cuts the next contribution (sequence numbers increase by one) from everything accumulated
+  // and records it as in flight at `now`. Its base_version is the oldest base version of the
+  // local steps in it, or `current_version` when it only re-sends restored contributions
+  // (which were refused for being too old: they go out again as fresh). Nullopt when nothing
+  // is pending or the residual compresses to zero (the samples then stay pending).
+  std::optional<Contribution> Take(const std::string& worker_id, int64_t current_version,
+                                   absl::Time now);
+
+  // The shard acknowledged `sequence`: accepted / duplicate drop it from in flight;
+  // `refused` (stale, or rejected as not applied) puts it back into the residual. Returns the
+  // contribution and when it was taken, or NotFound for a sequence not in flight (e.g.
+  // acknowledged twice after a re-send).
+  struct Acknowledged {
+    Contribution contribution;
+    absl::Time taken;
+  };
+  absl::StatusOr<Acknowledged> Acknowledge(uint64_t sequence, bool refused);
+  // Every in-flight contribution, oldest first (to resend on a new stream, same sequences).
+  std::vector<const Contribution*> InFlight() const;
+
+  // Sum of everything that is neither in flight nor accepted, in sum units: the compressor's
+  // residual plus (dense) the gradient sum not taken yet. For tests and metrics.
+  Matrix Outstanding() const;
+  const ParamSpec& spec() const { return spec_; }
+  // Numbers sent per contribution vs a dense gradient: rows * cols / numbers in the payload.
+  double compression_ratio() const;
+
+ private:
+  absl::Status PutBack(const Contribution& contribution);
+
+  ParamSpec spec_;
+  std::optional<LowRankCompressor> compressor_;  // Dion parameters
+  Matrix dense_sum_;                             // the others: sum of G * samples since Take
+  Matrix scaled_;                                // scratch: G * samples
+  uint64_t next_sequence_;
+  int pending_steps_ = 0;
+  int64_t pending_samples_ = 0;
+  double pending_loss_sum_ = 0.0;                // sum of loss * samples of fresh steps
+  int64_t pending_loss_samples_ = 0;             // samples of fresh steps
+  int64_t pending_base_version_ = -1;            // oldest base version since the last Take
+  struct Sent {
+    Contribution contribution;
+    absl::Time taken;
+  };
+  std::map<uint64_t, Sent> in_flight_;
+};
+
+}  // namespace dion
+
+#endif  // DION_WORKER_GRADIENT_ACCUMULATOR_H_

@@ -1,0 +1,61 @@
+// A worker's copy of one parameter, kept in step with the owning shard by the versions it
+// broadcasts (common/version_update.h). A low-rank step applies only to the version right
+// before it; a full value replaces the copy at any version (on subscription, for a lagging
+// subscriber, and after a shard restarted from an older checkpoint). Every version carries the
+// checksum of the server's weights after it; a copy that no longer matches must be replaced by
+// a full pull (NeedsResync).
+//
+// Thread-safety: not safe for concurrent use; the client guards each replica with a lock.
+#ifndef DION_WORKER_REPLICA_H_
+#define DION_WORKER_REPLICA_H_
+
+#include <cstdint>
+
+#include "absl/status/status.h"
+#include "absl/strings/string_view.h"
+#include "common/matrix.h"
+#include "common/param_spec.h"
+#include "common/version_update.h"
+
+namespace dion {
+
+// What Apply did.
+enum class ReplicaEvent {
+  kApplied,           // a low-rank step from version - 1; checksum verified (when enabled)
+  kReplaced,          // a full value at a newer version (or the first one)
+  kWentBack,          // a full value at an older version: the shard restarted from a checkpoint
+  kIgnored,           // a low-rank step for a version the copy already has
+  kGap,               // a low-rank step beyond version + 1: a version was missed; resync
+  kChecksumMismatch,  // the copy differs from the server's after this version; resync
+};
+absl::string_view ReplicaEventName(ReplicaEvent event);
+// kGap and kChecksumMismatch: the copy must be replaced by a pulled full value.
+inline bool NeedsResync(ReplicaEvent e) {
+  return e == ReplicaEvent::kGap || e == ReplicaEvent::kChecksumMismatch;
+}
+
+class Replica {
+ public:
+  // Starts at version -1 (nothing held) with zeros; the first full value sets it.
+  explicit Replica(ParamSpec spec);
+
+  // Applies `update`. InvalidArgument (nothing changed) when the update is for another
+  // parameter or its shapes do not fit this parameter.
+  absl::StatusOr<ReplicaEvent> Apply(const VersionUpdate& update, bool verify_checksum = true);
+  // Replaces the copy with a pulled value. REQUIRES: X has the parameter's rows x cols.
+  absl::Status Set(int64_t version, const Matrix& X, uint64_t checksum);
+
+  const ParamSpec& spec() const { return spec_; }
+  int64_t version() const { return version_; }
+  bool has_value() const { return version_ >= 0; }
+  const Matrix& value() const { return X_; }
+
+ private:
+  ParamSpec spec_;
+  Matrix X_;
+  int64_t version_ = -1;
+};
+
+}  // namespace dion
+
+#endif  // DION_WORKER_REPLICA_H_
