@@ -87,6 +87,9 @@ TEST(WorkerClient, ReplicaFollowsTheShardBitForBit) {
   }
   ASSERT_TRUE((*client)->Flush(absl::Seconds(20)).ok());
   EXPECT_TRUE(ReplicaMatchesServer(**client, *server));
+  for (int i = 0; i < static_cast<int>((*client)->specs().size()); ++i) {
+    EXPECT_GT((*client)->version(i), 0) << (*client)->specs()[i].name << " never stepped";
+  }
   const ClientStats stats = (*client)->stats();
   EXPECT_EQ(stats.local_steps, 12);
   EXPECT_GT(stats.accepted, 0);

@@ -340,7 +340,12 @@ void Client::OnAck(int shard, const v1::PushAck& ack) {
   }
   {
     MutexLock lock(&mu_);
-    if (result == WorkerPushResult::kAccepted) ++stats_.accepted;
+    if (result == WorkerPushResult::kAccepted) {
+      ++stats_.accepted;
+      const int64_t tau = std::max<int64_t>(0, ack.staleness());
+      ++stats_.staleness[std::min<int64_t>(tau, ClientStats::kStalenessBins - 1)];
+      stats_.staleness_sum += tau;
+    }
     if (result == WorkerPushResult::kDuplicate) ++stats_.duplicates;
     if (refused) ++stats_.refused;
   }

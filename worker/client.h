@@ -35,6 +35,7 @@
 #ifndef DION_WORKER_CLIENT_H_
 #define DION_WORKER_CLIENT_H_
 
+#include <array>
 #include <atomic>
 #include <cstdint>
 #include <functional>
@@ -92,6 +93,11 @@ struct ClientStats {
   int64_t local_steps = 0;       // Submit calls
   int64_t sent_bytes = 0;        // payload bytes of first sends
   int64_t dense_bytes = 0;       // what dense float32 gradients would have cost
+  // Staleness tau of accepted pushes, as the shards reported it: a histogram with one bin per
+  // value 0 .. kStalenessBins - 2 and a last bin for everything above.
+  static constexpr int kStalenessBins = 9;
+  std::array<int64_t, kStalenessBins> staleness{};
+  int64_t staleness_sum = 0;
 };
 
 class Client {

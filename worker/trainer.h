@@ -1,0 +1,63 @@
+// The training loop of one worker: epochs over its partition of the data, one MLP
+// forward/backward per mini-batch on the client's replica, gradients handed to the client
+// (worker/client.h), periodic progress and, on the designated worker, test-set evaluation.
+//
+// An epoch is one pass over this worker's partition, reshuffled each epoch from the seed, so
+// W workers together see the whole training set once per epoch.
+//
+// Thread-safety: Train runs on the calling thread; `stop` may be set from any thread (a
+// signal handler) and ends the loop after the current step.
+#ifndef DION_WORKER_TRAINER_H_
+#define DION_WORKER_TRAINER_H_
+
+#include <atomic>
+#include <cstdint>
+#include <functional>
+#include <optional>
+
+#include "absl/status/statusor.h"
+#include "absl/time/time.h"
+#include "worker/client.h"
+#include "worker/dataset.h"
+#include "worker/mlp.h"
+#include "worker/worker_metrics.h"
+
+namespace dion {
+
+struct TrainerOptions {
+  int epochs = 1;                                       // passes over the partition (>= 1)
+  int batch_size = 64;                                  // samples per local step (>= 1)
+  int64_t max_steps = 0;                                // stop after this many steps; 0: none
+  absl::Duration progress_interval = absl::Seconds(5);  // how often on_progress runs
+  bool evaluate = false;                                // evaluate on the test set
+  absl::Duration eval_interval = absl::Seconds(10);     // between evaluations; also at the end
+  int eval_batch_size = 1000;
+  uint64_t seed = 1;                                    // shuffling
+  absl::Duration flush_timeout = absl::Seconds(60);     // final Flush
+};
+
+struct TrainerProgress {
+  int epoch = 0;                 // 1-based, current
+  int64_t steps = 0;             // local steps so far
+  int64_t samples = 0;           // training samples so far
+  double elapsed_seconds = 0;
+  double samples_per_second = 0;  // over the last progress interval
+  double train_loss = 0;          // mean loss of the steps in the last progress interval
+  std::optional<Evaluation> evaluation;  // the latest one, if any
+  double evaluation_elapsed_seconds = 0;  // when it was taken
+  ClientStats client;
+  bool final = false;             // the report after the last step and the final Flush
+};
+
+// Trains until `options.epochs` passes, `max_steps`, or `stop`; then flushes the client and
+// (when evaluating) evaluates once more, after waiting briefly for the replica to receive the
+// last versions. Errors: the client's (Unavailable after a shard is gone for good, ...), or
+// InvalidArgument for options or data that do not fit the model.
+absl::StatusOr<TrainerProgress> Train(Client& client, const Dataset& train, const Dataset* test,
+                                      const TrainerOptions& options, WorkerMetrics* metrics,
+                                      const std::function<void(const TrainerProgress&)>& on_progress,
+                                      const std::atomic<bool>* stop = nullptr);
+
+}  // namespace dion
+
+#endif  // DION_WORKER_TRAINER_H_
