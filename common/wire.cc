@@ -67,6 +67,12 @@ absl::StatusOr<InitSpec::Kind> InitKindFromProto(v1::InitKind kind) {
     case v1::INIT_KIND_ZEROS: return InitSpec::Kind::kZeros;
     case v1::INIT_KIND_NORMAL: return InitSpec::Kind::kNormal;
     case v1::INIT_KIND_KAIMING: return InitSpec::Kind::kKaiming;
+    case v1::INIT_KIND_EXPLICIT:
+      // GetLayout's marker for an explicit value it does not send; registering its output
+      // verbatim must not silently start such a parameter from zeros.
+      return absl::InvalidArgumentError(
+          "init kind EXPLICIT only marks, in GetLayout, a parameter registered with an "
+          "initial_value; to register one, set initial_value instead");
     default: break;
   }
   return absl::InvalidArgumentError(absl::StrCat("unknown init kind ", static_cast<int>(kind)));

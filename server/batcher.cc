@@ -75,10 +75,26 @@ absl::StatusOr<OfferResult> Batcher::Offer(Contribution contribution) {
   result.staleness = version_ - contribution.base_version;
 
   auto window = dedup_.find(contribution.worker_id);
-  if (window != dedup_.end() && window->second.Contains(contribution.sequence)) {
-    ++stats_.duplicate;
-    result.result = PushResult::kDuplicate;
-    return result;
+  if (window != dedup_.end()) {
+    switch (window->second.Lookup(contribution.sequence)) {
+      case SequenceWindow::State::kNew:
+        break;
+      case SequenceWindow::State::kSeen:
+        ++stats_.duplicate;
+        result.result = PushResult::kDuplicate;
+        return result;
+      case SequenceWindow::State::kUnknown:
+        // Neither DUPLICATE (the worker would drop data that may never have been applied) nor
+        // ACCEPTED (it may have been applied already).
+        ++stats_.unknown;
+        return absl::OutOfRangeError(absl::StrCat(
+            "parameter '", parameter_, "': sequence ", contribution.sequence, " of worker '",
+            contribution.worker_id, "' is older than the dedup window (floor ",
+            window->second.floor(), ", window ", options_.dedup_window,
+            "): it was NOT applied now, and the shard cannot tell whether it was applied "
+            "before; clients must keep fewer than ", options_.dedup_window,
+            " unacknowledged sequences per parameter"));
+    }
   }
   if (staleness_.Refuses(result.staleness)) {
     ++stats_.stale;
@@ -168,7 +184,8 @@ std::vector<WorkerDedupState> Batcher::ExportDedup() const {
   std::vector<WorkerDedupState> state;
   state.reserve(dedup_.size());
   for (const auto& [worker_id, window] : dedup_) {
-    state.push_back({worker_id, window.floor(), window.SeenAboveFloor()});
+    state.push_back(
+        {worker_id, window.floor(), window.forced_floor(), window.SeenAboveFloor()});
   }
   std::sort(state.begin(), state.end(),
             [](const auto& a, const auto& b) { return a.worker_id < b.worker_id; });
@@ -180,7 +197,7 @@ void Batcher::ImportDedup(const std::vector<WorkerDedupState>& state) {
   dedup_.clear();
   for (const WorkerDedupState& worker : state) {
     SequenceWindow window(options_.dedup_window);
-    window.Restore(worker.floor, worker.seen);
+    window.Restore(worker.floor, worker.forced_floor, worker.seen);
     dedup_.insert_or_assign(worker.worker_id, std::move(window));
   }
 }

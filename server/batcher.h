@@ -3,7 +3,9 @@
 //
 // For each contribution it
 //   - refuses a base version from the future (OutOfRange, nothing changes);
-//   - answers DUPLICATE when (worker, sequence) was accepted before (server/sequence_window.h);
+//   - answers DUPLICATE when (worker, sequence) was accepted before (server/sequence_window.h),
+//     and refuses (OutOfRange, nothing changes) a sequence so far below the dedup window
+//     that the window cannot tell whether it was accepted;
 //   - computes tau = version() - base_version and answers STALE when tau > max_staleness;
 //   - otherwise accepts it with raw weight sample_count * w(tau) and records the sequence.
 // Only accepted sequences are remembered: a contribution refused as stale and retried with
@@ -57,7 +59,7 @@ struct BatcherOptions {
   int target_workers = 0;       // close when K distinct workers contributed (0: no target)
   absl::Duration deadline = absl::Milliseconds(50);  // after the first contribution; infinite: off
   int max_contributions = 1024; // close when the batch holds this many contributions
-  bool adaptive = false;        // adapt the sample target and K (rule in the file comment)
+  bool adaptive = true;         // adapt the sample target and K (rule in the file comment)
   absl::Duration min_step_interval = absl::Milliseconds(5);  // adaptive: shortest T
   int64_t min_target_samples = 1;        // adaptive: lower clamp of the sample target
   int64_t max_target_samples = 1 << 20;  // adaptive: upper clamp of the sample target
@@ -89,6 +91,7 @@ struct BatcherStats {
   int64_t accepted = 0;
   int64_t duplicate = 0;
   int64_t stale = 0;
+  int64_t unknown = 0;  // refused: sequence below the dedup window, fate unknown
   int64_t batches = 0;  // closed
   int64_t open_contributions = 0;
   int64_t open_samples = 0;
@@ -98,6 +101,7 @@ struct BatcherStats {
 struct WorkerDedupState {
   std::string worker_id;
   uint64_t floor = 0;
+  uint64_t forced_floor = 0;   // SequenceWindow::forced_floor(); <= floor
   std::vector<uint64_t> seen;  // accepted sequences above the floor
 };
 
@@ -113,7 +117,8 @@ class Batcher {
 
   // Judges a contribution already validated against the parameter (server/parameter_store.h).
   // Errors, with nothing changed: InvalidArgument for another parameter or sample_count <= 0,
-  // OutOfRange for base_version > version() or < 0.
+  // OutOfRange for base_version > version() or < 0 and for a sequence whose dedup state is
+  // unknown (below a forced floor of its worker's window; the message says so).
   absl::StatusOr<OfferResult> Offer(Contribution contribution) ABSL_LOCKS_EXCLUDED(mu_);
 
   // Closes the open batch if its deadline has passed.

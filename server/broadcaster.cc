@@ -6,7 +6,26 @@
 
 namespace dion {
 
-Subscription::~Subscription() { broadcaster_->Remove(this); }
+Subscription::~Subscription() {
+  broadcaster_->Remove(this);
+  MutexLock lock(&mu_);
+  if (lagging_ && metrics() != nullptr) metrics()->AddLaggingSubscribers(-1);
+  lagging_ = false;
+}
+
+ShardMetrics* Subscription::metrics() const { return broadcaster_->metrics(); }
+
+void Subscription::NeedFullLocked(const std::string& parameter, bool fallback) {
+  auto [it, inserted] = need_full_.try_emplace(parameter, fallback);
+  if (!inserted) it->second = it->second || fallback;
+}
+
+void Subscription::UpdateLaggingLocked() {
+  if (lagging_ && need_full_.empty()) {
+    lagging_ = false;
+    if (metrics() != nullptr) metrics()->AddLaggingSubscribers(-1);
+  }
+}
 
 void Subscription::Offer(const std::shared_ptr<const VersionUpdate>& update, int capacity) {
   if (!follows_.contains(update->parameter)) return;
@@ -14,10 +33,15 @@ void Subscription::Offer(const std::shared_ptr<const VersionUpdate>& update, int
   if (closed_) return;
   if (static_cast<int>(queue_.size()) >= capacity) {
     // Lagging: never grow the queue; what was in it is replaced by full values sent later.
-    for (const auto& queued : queue_) need_full_.insert(queued->parameter);
+    for (const auto& queued : queue_) NeedFullLocked(queued->parameter, true);
     queue_.clear();
-    need_full_.insert(update->parameter);
+    NeedFullLocked(update->parameter, true);
     ++lag_events_;
+    if (metrics() != nullptr) {
+      metrics()->RecordSubscriberLag();
+      if (!lagging_) metrics()->AddLaggingSubscribers(1);
+    }
+    lagging_ = true;
   } else {
     queue_.push_back(update);
   }
@@ -30,8 +54,10 @@ std::optional<std::shared_ptr<const VersionUpdate>> Subscription::Next(absl::Dur
   while (true) {
     if (closed_) return std::nullopt;
     if (!need_full_.empty()) {
-      const std::string parameter = *need_full_.begin();
+      const std::string parameter = need_full_.begin()->first;
+      const bool fallback = need_full_.begin()->second;
       need_full_.erase(need_full_.begin());
+      UpdateLaggingLocked();
       // Read the value without holding mu_, so Publish never waits for a snapshot.
       mu_.Unlock();
       absl::StatusOr<VersionUpdate> full = broadcaster_->source().full_value(parameter);
@@ -40,6 +66,7 @@ std::optional<std::shared_ptr<const VersionUpdate>> Subscription::Next(absl::Dur
       auto it = delivered_.find(parameter);
       if (it != delivered_.end() && full->version <= it->second) continue;
       delivered_[parameter] = full->version;
+      if (fallback && metrics() != nullptr) metrics()->RecordFullValueFallback();
       return std::make_shared<const VersionUpdate>(*std::move(full));
     }
     if (!queue_.empty()) {
@@ -50,7 +77,7 @@ std::optional<std::shared_ptr<const VersionUpdate>> Subscription::Next(absl::Dur
       if (holds && update->version <= it->second) continue;  // already covered by a full value
       if (update->is_low_rank() && (!holds || update->version != it->second + 1)) {
         // A step only applies to the version right before it: send the full value instead.
-        need_full_.insert(update->parameter);
+        NeedFullLocked(update->parameter, true);
         continue;
       }
       delivered_[update->parameter] = update->version;
@@ -106,7 +133,7 @@ std::unique_ptr<Subscription> Broadcaster::Subscribe(
     if (held != have.end() && current.ok() && *current == held->second) {
       subscription->delivered_[parameter] = held->second;
     } else {
-      subscription->need_full_.insert(parameter);
+      subscription->NeedFullLocked(parameter, false);
     }
   }
   return subscription;
@@ -129,6 +156,16 @@ void Broadcaster::Shutdown() {
 int64_t Broadcaster::subscribers() const {
   ReaderMutexLock lock(&mu_);
   return static_cast<int64_t>(subscriptions_.size());
+}
+
+int64_t Broadcaster::queued_updates() const {
+  ReaderMutexLock lock(&mu_);
+  int64_t queued = 0;
+  for (const Subscription* subscription : subscriptions_) {
+    MutexLock subscription_lock(&subscription->mu_);
+    queued += static_cast<int64_t>(subscription->queue_.size());
+  }
+  return queued;
 }
 
 void Broadcaster::Remove(Subscription* subscription) {

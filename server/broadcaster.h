@@ -14,6 +14,9 @@
 // the current version starts with a full value.
 //
 // Updates are shared between subscribers (one copy per published version, not per subscriber).
+// Lag events, full values sent in place of missed updates and the subscribers still catching
+// up are counted in ShardMetrics (dion_subscriber_lag_events_total,
+// dion_broadcast_full_value_fallbacks_total, dion_lagging_subscribers).
 //
 // Thread-safety: safe for concurrent use. Publish is called by the shard's compute threads, in
 // version order per parameter; Next by one thread per subscription (the RPC's handler).
@@ -29,7 +32,7 @@
 #include <vector>
 
 #include "absl/base/thread_annotations.h"
-#include "absl/container/btree_set.h"
+#include "absl/container/btree_map.h"
 #include "absl/container/flat_hash_map.h"
 #include "absl/container/flat_hash_set.h"
 #include "absl/status/statusor.h"
@@ -85,6 +88,12 @@ class Subscription {
   // Queues an update, or drops the queue and remembers full values when it is full.
   void Offer(const std::shared_ptr<const VersionUpdate>& update, int capacity)
       ABSL_LOCKS_EXCLUDED(mu_);
+  // Marks `parameter` as owing a full value; `fallback`: in place of updates (metrics).
+  void NeedFullLocked(const std::string& parameter, bool fallback)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Ends the lagging state (and its gauge) once every owed full value went out.
+  void UpdateLaggingLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  ShardMetrics* metrics() const;
 
   Broadcaster* const broadcaster_;
   const std::vector<std::string> parameters_;
@@ -93,7 +102,11 @@ class Subscription {
   mutable Mutex mu_;
   CondVar cv_;
   std::deque<std::shared_ptr<const VersionUpdate>> queue_ ABSL_GUARDED_BY(mu_);
-  absl::btree_set<std::string> need_full_ ABSL_GUARDED_BY(mu_);
+  // Parameters owing a full value, sent before anything queued; the flag says whether it
+  // replaces missed updates (a fallback) rather than starting the subscription.
+  absl::btree_map<std::string, bool> need_full_ ABSL_GUARDED_BY(mu_);
+  // From a queue overflow until every full value it caused was sent.
+  bool lagging_ ABSL_GUARDED_BY(mu_) = false;
   // The version the subscriber holds per parameter; absent: none yet.
   absl::flat_hash_map<std::string, int64_t> delivered_ ABSL_GUARDED_BY(mu_);
   bool closed_ ABSL_GUARDED_BY(mu_) = false;
@@ -125,11 +138,14 @@ class Broadcaster {
   void Shutdown() ABSL_LOCKS_EXCLUDED(mu_);
 
   int64_t subscribers() const ABSL_LOCKS_EXCLUDED(mu_);
+  // Updates waiting in all subscription queues (each holds at most queue_capacity).
+  int64_t queued_updates() const ABSL_LOCKS_EXCLUDED(mu_);
 
  private:
   friend class Subscription;
   void Remove(Subscription* subscription) ABSL_LOCKS_EXCLUDED(mu_);
   const VersionSource& source() const { return source_; }
+  ShardMetrics* metrics() const { return metrics_; }
 
   const BroadcasterOptions options_;
   const VersionSource source_;

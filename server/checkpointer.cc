@@ -26,19 +26,18 @@
 #include "google/protobuf/text_format.h"
 #include "common/checksum.h"
 #include "common/layout.h"
+#include "server/checkpoint_encoding.h"
 #include "server/wire.h"
 
 // On-disk format "dion-ps.shard-checkpoint.v1", one directory per checkpoint:
 //   manifest.json           common/checkpoint_manifest.h; metadata keys below
 //   model_table.textproto   the dion.v1.RegisterModelRequest of the model, without initial
 //                           values (every hyper-parameter explicit; doubles print exactly)
-//   dedup.txt               the batchers' dedup state, one line per (parameter, worker)
+//   dedup.txt               the batchers' dedup state (format: server/checkpoint_encoding.h)
 //   <stem>.<tensor>.npy     per owned parameter: X, then M Q (Dion), adam_m adam_v (AdamW),
 //                           lion_m (Lion), M (Muon); float32, 1-D parameters as 1-D arrays
-// <stem> is the parameter name with every byte outside [A-Za-z0-9_.-] (and a leading '.')
-// written as '+' and two upper-case hex digits: '%' is not a legal manifest file name. A stem
-// longer than kMaxStem is cut and ends in "++" and the name's FNV-1a hex, which no escaped
-// name contains. The real name is in the metadata, so the stem is never decoded.
+// <stem> is FileStem(parameter name) (server/checkpoint_encoding.h). The real name is in the
+// metadata, so the stem is never decoded.
 //
 // Metadata: format, sequence, shard_index, num_shards, model_name, workers (escaped, comma
 // separated), initial_value_checksums (per table parameter: 16 hex digits or "-"),
@@ -52,62 +51,6 @@ namespace {
 constexpr absl::string_view kFormat = "dion-ps.shard-checkpoint.v1";
 constexpr absl::string_view kModelTableFile = "model_table.textproto";
 constexpr absl::string_view kDedupFile = "dedup.txt";
-constexpr absl::string_view kDedupHeader =
-    "# dion-ps dedup state: <parameter index> <worker id, escaped> <floor> "
-    "<accepted sequences above the floor>...\n";
-// Leaves room for the longest suffix (".adam_m.npy") within the 255-character name limit.
-constexpr size_t kMaxStem = 200;
-
-std::string Escape(absl::string_view name) {
-  static constexpr char kHex[] = "0123456789ABCDEF";
-  std::string out;
-  for (size_t i = 0; i < name.size(); ++i) {
-    const unsigned char c = static_cast<unsigned char>(name[i]);
-    const bool keep = (c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z') ||
-                      (c >= '0' && c <= '9') || c == '_' || c == '-' || (c == '.' && i > 0);
-    if (keep) {
-      out.push_back(static_cast<char>(c));
-    } else {
-      out.push_back('+');
-      out.push_back(kHex[c >> 4]);
-      out.push_back(kHex[c & 15]);
-    }
-  }
-  return out;
-}
-
-absl::StatusOr<std::string> Unescape(absl::string_view escaped) {
-  std::string out;
-  for (size_t i = 0; i < escaped.size(); ++i) {
-    if (escaped[i] != '+') {
-      out.push_back(escaped[i]);
-      continue;
-    }
-    int value = 0;
-    if (i + 2 >= escaped.size()) {
-      return absl::InvalidArgumentError(absl::StrCat("truncated escape in '", escaped, "'"));
-    }
-    for (int k = 1; k <= 2; ++k) {
-      const char h = escaped[i + k];
-      const int digit = h >= '0' && h <= '9' ? h - '0' : h >= 'A' && h <= 'F' ? h - 'A' + 10 : -1;
-      if (digit < 0) {
-        return absl::InvalidArgumentError(absl::StrCat("bad escape in '", escaped, "'"));
-      }
-      value = value * 16 + digit;
-    }
-    out.push_back(static_cast<char>(value));
-    i += 2;
-  }
-  return out;
-}
-
-std::string FileStem(absl::string_view name) {
-  std::string stem = Escape(name);
-  if (stem.size() <= kMaxStem) return stem;
-  stem.resize(kMaxStem - 18);
-  return absl::StrCat(stem, "++", Fnv1a64::Hex(Fnv1a64::Of(name)));
-}
-
 // One tensor of an optimizer state: its file suffix, where it lives and its shape.
 struct StateTensor {
   absl::string_view suffix;
@@ -263,54 +206,13 @@ absl::StatusOr<OptimizerState> ReadState(const Reader& reader, const ParamSpec& 
   return state;
 }
 
-std::string SerializeDedup(const std::vector<std::vector<WorkerDedupState>>& dedup) {
-  std::string text(kDedupHeader);
-  for (size_t i = 0; i < dedup.size(); ++i) {
-    for (const WorkerDedupState& worker : dedup[i]) {
-      absl::StrAppend(&text, i, " ", Escape(worker.worker_id), " ", worker.floor);
-      for (uint64_t sequence : worker.seen) absl::StrAppend(&text, " ", sequence);
-      text.push_back('\n');
-    }
-  }
-  return text;
-}
-
-absl::StatusOr<std::vector<std::vector<WorkerDedupState>>> ParseDedup(const Reader& reader,
-                                                                      size_t parameters) {
+absl::StatusOr<std::vector<std::vector<WorkerDedupState>>> ReadDedup(const Reader& reader,
+                                                                     size_t parameters) {
   absl::StatusOr<std::string> text = reader.ReadFile(kDedupFile);
   if (!text.ok()) return text.status();
-  std::vector<std::vector<WorkerDedupState>> dedup(parameters);
-  int line_number = 0;
-  for (absl::string_view line : absl::StrSplit(*text, '\n')) {
-    ++line_number;
-    if (line.empty() || line[0] == '#') continue;
-    const auto error = [&](absl::string_view what) {
-      return reader.Error(kDedupFile, absl::StrCat("line ", line_number, ": ", what));
-    };
-    std::vector<absl::string_view> fields = absl::StrSplit(line, ' ');
-    size_t index = 0;
-    if (fields.size() < 3 || !absl::SimpleAtoi(fields[0], &index) || index >= parameters) {
-      return error(absl::StrCat("expected '<parameter index below ", parameters,
-                                "> <worker> <floor> <sequences>...'"));
-    }
-    WorkerDedupState worker;
-    absl::StatusOr<std::string> id = Unescape(fields[1]);
-    if (!id.ok() || id->empty()) return error("bad worker id");
-    worker.worker_id = *std::move(id);
-    if (!absl::SimpleAtoi(fields[2], &worker.floor)) return error("bad floor");
-    for (size_t k = 3; k < fields.size(); ++k) {
-      uint64_t sequence = 0;
-      if (!absl::SimpleAtoi(fields[k], &sequence) || sequence < worker.floor ||
-          (!worker.seen.empty() && sequence <= worker.seen.back())) {
-        return error("sequences must be increasing integers at or above the floor");
-      }
-      worker.seen.push_back(sequence);
-    }
-    if (!dedup[index].empty() && dedup[index].back().worker_id >= worker.worker_id) {
-      return error("workers of a parameter must be listed once, sorted by id");
-    }
-    dedup[index].push_back(std::move(worker));
-  }
+  absl::StatusOr<std::vector<std::vector<WorkerDedupState>>> dedup =
+      ParseDedupState(*text, parameters);
+  if (!dedup.ok()) return reader.Error(kDedupFile, dedup.status().message());
   return dedup;
 }
 
@@ -443,7 +345,7 @@ absl::StatusOr<ShardCheckpoint> Parse(const CheckpointInfo& info,
   }
 
   absl::StatusOr<std::vector<std::vector<WorkerDedupState>>> dedup =
-      ParseDedup(reader, owned.size());
+      ReadDedup(reader, owned.size());
   if (!dedup.ok()) return dedup.status();
   checkpoint.dedup = *std::move(dedup);
   return checkpoint;
@@ -511,7 +413,7 @@ absl::StatusOr<std::string> Checkpointer::Write(const ParameterStore& store,
     return absl::InternalError("cannot print the model table");
   }
   if (absl::Status s = w.AddFile(kModelTableFile, table_text); !s.ok()) return s;
-  if (absl::Status s = w.AddFile(kDedupFile, SerializeDedup(dedup)); !s.ok()) return s;
+  if (absl::Status s = w.AddFile(kDedupFile, SerializeDedupState(dedup)); !s.ok()) return s;
 
   w.SetMetadata("format", kFormat);
   w.SetMetadata("sequence", absl::StrCat(sequence));

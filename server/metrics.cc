@@ -86,37 +86,6 @@ const prometheus::Histogram::BucketBoundaries& BatchBuckets() {
   return *bounds;
 }
 
-// Where to connect to reach a server listening on `listen` ("host:port", "[v6]:port"): the
-// wildcard addresses are reached through loopback.
-std::string ConnectHost(const std::string& listen) {
-  std::string host = listen.substr(0, listen.rfind(':'));
-  if (host.size() >= 2 && host.front() == '[' && host.back() == ']') {
-    host = host.substr(1, host.size() - 2);
-  }
-  if (host.empty() || host == "0.0.0.0") return "127.0.0.1";
-  if (host == "::") return "::1";
-  return host;
-}
-
-// Opens and closes connections to host:port every few milliseconds until `done`.
-void PokeUntilDone(const std::string& host, int port, const std::atomic<bool>* done) {
-  addrinfo hints{};
-  hints.ai_socktype = SOCK_STREAM;
-  hints.ai_flags = AI_NUMERICSERV;
-  addrinfo* addresses = nullptr;
-  if (getaddrinfo(host.c_str(), std::to_string(port).c_str(), &hints, &addresses) != 0) return;
-  while (!done->load()) {
-    for (const addrinfo* a = addresses; a != nullptr; a = a->ai_next) {
-      const int fd = socket(a->ai_family, a->ai_socktype | SOCK_CLOEXEC, a->ai_protocol);
-      if (fd < 0) continue;
-      (void)connect(fd, a->ai_addr, a->ai_addrlen);  // refused once the listener is closed
-      close(fd);
-    }
-    std::this_thread::sleep_for(std::chrono::milliseconds(10));
-  }
-  freeaddrinfo(addresses);
-}
-
 }  // namespace
 
 // References into families owned by registry_ (stable: Family::Add returns a reference to a
@@ -129,6 +98,10 @@ struct ShardMetrics::Families {
   prometheus::Histogram* batch_contributions = nullptr;
   std::array<prometheus::Histogram*, kPhases.size()> phase_duration{};
   std::array<prometheus::Counter*, kKinds.size()> steps{};
+  std::array<prometheus::Counter*, kKinds.size()> failed_steps{};
+  prometheus::Counter* subscriber_lag_events = nullptr;
+  prometheus::Counter* full_value_fallbacks = nullptr;
+  prometheus::Gauge* lagging_subscribers = nullptr;
   std::array<prometheus::Gauge*, kKinds.size()> parameter_version{};
   prometheus::Gauge* connected_workers = nullptr;
   prometheus::Gauge* subscribers = nullptr;
@@ -200,10 +173,16 @@ ShardMetrics::ShardMetrics()
                        .Name("dion_parameter_version")
                        .Help("Highest parameter version reached, by optimizer kind.")
                        .Register(r);
+  auto& failed_steps = prometheus::BuildCounter()
+                           .Name("dion_failed_steps_total")
+                           .Help("Closed batches the store refused to apply (the step did not "
+                                 "happen; a bug if ever non-zero), by optimizer kind.")
+                           .Register(r);
   for (size_t i = 0; i < kKinds.size(); ++i) {
     const std::string kind(OptimizerKindName(kKinds[i]));
     f.steps[i] = &steps.Add({{"kind", kind}});
     f.parameter_version[i] = &versions.Add({{"kind", kind}});
+    f.failed_steps[i] = &failed_steps.Add({{"kind", kind}});
   }
 
   f.connected_workers = &prometheus::BuildGauge()
@@ -216,6 +195,24 @@ ShardMetrics::ShardMetrics()
                        .Help("Open subscribe streams.")
                        .Register(r)
                        .Add({});
+  f.subscriber_lag_events = &prometheus::BuildCounter()
+                                 .Name("dion_subscriber_lag_events_total")
+                                 .Help("Times a subscriber's update queue was full: the queue "
+                                       "was dropped and full values sent instead.")
+                                 .Register(r)
+                                 .Add({});
+  f.full_value_fallbacks = &prometheus::BuildCounter()
+                                .Name("dion_broadcast_full_value_fallbacks_total")
+                                .Help("Full values sent to subscribers in place of updates they "
+                                      "missed or could not apply (initial values excluded).")
+                                .Register(r)
+                                .Add({});
+  f.lagging_subscribers = &prometheus::BuildGauge()
+                               .Name("dion_lagging_subscribers")
+                               .Help("Subscribers that still owe full values after their queue "
+                                     "overflowed.")
+                               .Register(r)
+                               .Add({});
   f.orthogonality_error = &prometheus::BuildGauge()
                                .Name("dion_orthogonality_error")
                                .Help("Last measured orthogonality error of a Dion step's "
@@ -279,6 +276,20 @@ void ShardMetrics::RecordStep(OptimizerKind kind, int64_t version) {
   }
 }
 
+void ShardMetrics::RecordFailedStep(OptimizerKind kind) {
+  families_->failed_steps[static_cast<size_t>(kind)]->Increment();
+}
+
+void ShardMetrics::RecordSubscriberLag() { families_->subscriber_lag_events->Increment(); }
+void ShardMetrics::RecordFullValueFallback() { families_->full_value_fallbacks->Increment(); }
+void ShardMetrics::AddLaggingSubscribers(int64_t delta) {
+  if (delta >= 0) {
+    families_->lagging_subscribers->Increment(static_cast<double>(delta));
+  } else {
+    families_->lagging_subscribers->Decrement(static_cast<double>(-delta));
+  }
+}
+
 void ShardMetrics::SetConnectedWorkers(int64_t n) {
   families_->connected_workers->Set(static_cast<double>(n));
 }
@@ -299,53 +310,6 @@ std::string ShardMetrics::Serialize() const {
   std::ostringstream out;
   prometheus::TextSerializer().Serialize(out, registry_->Collect());
   return out.str();
-}
-
-absl::StatusOr<std::unique_ptr<MetricsServer>> MetricsServer::Start(
-    const std::string& listen, std::shared_ptr<prometheus::Registry> registry) {
-  if (registry == nullptr) {
-    return absl::InvalidArgumentError("MetricsServer::Start: registry is null");
-  }
-  if (listen.empty() || listen.find(':') == std::string::npos) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("metrics listen address '", listen, "' is not host:port"));
-  }
-  std::unique_ptr<MetricsServer> server(new MetricsServer());
-  // civetweb throws CivetException (a std::runtime_error) when it cannot bind; turn it into a
-  // Status here, at the library boundary.
-  try {
-    server->exposer_ = std::make_unique<prometheus::Exposer>(listen, /*num_threads=*/2);
-  } catch (const std::runtime_error& e) {
-    // Debian's civetweb 1.15 is built without IPv6 (mg_check_feature(8) == 0).
-    const bool ipv6 = listen.front() == '[';
-    return absl::UnavailableError(absl::StrCat(
-        "cannot serve metrics on '", listen, "': ", e.what(),
-        ipv6 ? " (an IPv6 address: the civetweb library may lack IPv6 support; use an IPv4 "
-               "address)"
-             : " (is the port already in use?)"));
-  }
-  const std::vector<int> ports = server->exposer_->GetListeningPorts();
-  if (ports.empty() || ports.front() <= 0) {
-    return absl::UnavailableError(
-        absl::StrCat("metrics server on '", listen, "' reports no listening port"));
-  }
-  server->port_ = ports.front();
-  server->connect_host_ = ConnectHost(listen);
-  server->exposer_->RegisterCollectable(registry);
-  return server;
-}
-
-// civetweb 1.15's accept loop polls its listening socket with a fixed 2 s timeout and only
-// looks at the stop flag between polls, so a bare ~Exposer blocks ~2 s (measured: each
-// MetricsServer test took 2.0 s longer than its body). A connection wakes the poll, so we keep
-// connecting while the exposer stops.
-MetricsServer::~MetricsServer() {
-  if (exposer_ == nullptr) return;
-  std::atomic<bool> done{false};
-  std::thread poker(PokeUntilDone, connect_host_, port_, &done);
-  exposer_.reset();
-  done.store(true);
-  poker.join();
 }
 
 }  // namespace dion

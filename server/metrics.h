@@ -10,8 +10,12 @@
 //   dion_batch_contributions                                        histogram per closed batch
 //   dion_step_phase_duration_seconds{phase="aggregate|power_iteration|orthonormalize|update|broadcast"}
 //   dion_steps_total{kind="dion|adamw|lion|muon"}                   counter
+//   dion_failed_steps_total{kind=...}                               counter, batches refused
 //   dion_parameter_version{kind=...}                                gauge, highest version
 //   dion_connected_workers, dion_subscribers                       gauges
+//   dion_subscriber_lag_events_total                                counter, queue overflows
+//   dion_broadcast_full_value_fallbacks_total                       counter
+//   dion_lagging_subscribers                                        gauge
 //   dion_orthogonality_error                                        gauge, last measured
 //   dion_worker_loss                                                gauge, last batch's mean
 //   dion_checkpoints_total{result="ok|error"}, dion_checkpoint_duration_seconds
@@ -27,6 +31,7 @@
 
 #include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
+#include "common/metrics_server.h"
 #include "common/param_spec.h"
 
 namespace prometheus {
@@ -54,6 +59,15 @@ class ShardMetrics {
   void RecordBatch(int contributions);
   void RecordPhase(StepPhase phase, double seconds);
   void RecordStep(OptimizerKind kind, int64_t version);  // steps_total and version gauge
+  void RecordFailedStep(OptimizerKind kind);  // a closed batch the store refused to apply
+  // Broadcaster: a subscriber's queue overflowed and was dropped (one event);
+  void RecordSubscriberLag();
+  // a full value sent in place of updates a subscriber missed or could not apply (not the
+  // initial values of a new subscription);
+  void RecordFullValueFallback();
+  // subscribers that owe full values after a lag event (+1 when one starts, -1 when it has
+  // caught up or goes away).
+  void AddLaggingSubscribers(int64_t delta);
   void SetConnectedWorkers(int64_t n);
   void SetSubscribers(int64_t n);
   void SetOrthogonalityError(double error);
@@ -68,25 +82,6 @@ class ShardMetrics {
   struct Families;
   std::shared_ptr<prometheus::Registry> registry_;
   std::unique_ptr<Families> families_;
-};
-
-// Serves a registry at http://<listen>/metrics. listen is "host:port"; port 0 picks a free
-// port. Failure to bind is an error (Unavailable) naming the address; so is an IPv6 address
-// with Debian's civetweb, which is built without IPv6. The registry is held weakly: keep its
-// owner (ShardMetrics) alive while serving, or scrapes return nothing of it. Destruction
-// stops the listener within milliseconds.
-class MetricsServer {
- public:
-  static absl::StatusOr<std::unique_ptr<MetricsServer>> Start(
-      const std::string& listen, std::shared_ptr<prometheus::Registry> registry);
-  ~MetricsServer();
-  int port() const { return port_; }
-
- private:
-  MetricsServer() = default;
-  std::unique_ptr<prometheus::Exposer> exposer_;
-  int port_ = 0;
-  std::string connect_host_;  // how to reach the listener (loopback for wildcard addresses)
 };
 
 }  // namespace dion

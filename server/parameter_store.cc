@@ -233,6 +233,12 @@ absl::StatusOr<ParamSpec> ParameterStore::Spec(absl::string_view parameter) cons
   return (*p)->spec;  // immutable after registration
 }
 
+absl::StatusOr<const ParamSpec*> ParameterStore::FindSpec(absl::string_view parameter) const {
+  absl::StatusOr<Parameter*> p = Find(parameter);
+  if (!p.ok()) return p.status();
+  return &(*p)->spec;
+}
+
 absl::StatusOr<int64_t> ParameterStore::Version(absl::string_view parameter) const {
   absl::StatusOr<Parameter*> p = Find(parameter);
   if (!p.ok()) return p.status();
@@ -319,7 +325,10 @@ absl::StatusOr<StepOutcome> ParameterStore::ApplyBatch(const Batch& batch) {
   if (!report.ok()) return report.status();
 
   parameter.checksum = WeightsChecksum(parameter.X);
-  parameter.contributions_applied += stats.contributions;
+  parameter.contributions_applied.store(
+      parameter.contributions_applied.load(std::memory_order_relaxed) + stats.contributions,
+      std::memory_order_relaxed);
+  parameter.steps.store(StateStep(parameter.state), std::memory_order_relaxed);
   parameter.version.store(version + 1, std::memory_order_release);
 
   StepOutcome outcome;
@@ -347,7 +356,7 @@ absl::StatusOr<ParameterSnapshot> ParameterStore::Snapshot(absl::string_view nam
   MutexLock lock(&parameter.mu);
   snapshot.version = parameter.version.load(std::memory_order_relaxed);
   snapshot.checksum = parameter.checksum;
-  snapshot.contributions_applied = parameter.contributions_applied;
+  snapshot.contributions_applied = parameter.contributions_applied.load(std::memory_order_relaxed);
   snapshot.X = parameter.X;
   if (include_state) snapshot.state = parameter.state;
   return snapshot;
@@ -376,7 +385,8 @@ absl::Status ParameterStore::Restore(const ParameterSnapshot& snapshot) {
   parameter.X = snapshot.X;
   parameter.state = *snapshot.state;
   parameter.checksum = WeightsChecksum(parameter.X);
-  parameter.contributions_applied = snapshot.contributions_applied;
+  parameter.contributions_applied.store(snapshot.contributions_applied, std::memory_order_relaxed);
+  parameter.steps.store(StateStep(parameter.state), std::memory_order_relaxed);
   parameter.version.store(snapshot.version, std::memory_order_release);
   return absl::OkStatus();
 }
@@ -387,10 +397,11 @@ std::vector<ParameterStatus> ParameterStore::Statuses() const {
     absl::StatusOr<Parameter*> found = Find(name);
     if (!found.ok()) continue;
     const Parameter& parameter = **found;
-    MutexLock lock(&parameter.mu);
-    statuses.push_back({name, parameter.spec.optimizer,
-                        parameter.version.load(std::memory_order_relaxed),
-                        StateStep(parameter.state), parameter.contributions_applied});
+    // No lock: Status must not wait for a running step of this parameter.
+    const int64_t version = parameter.version.load(std::memory_order_acquire);
+    statuses.push_back({name, parameter.spec.optimizer, version,
+                        parameter.steps.load(std::memory_order_relaxed),
+                        parameter.contributions_applied.load(std::memory_order_relaxed)});
   }
   return statuses;
 }

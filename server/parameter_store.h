@@ -132,6 +132,10 @@ class ParameterStore {
   std::vector<std::string> OwnedParameters() const ABSL_LOCKS_EXCLUDED(mu_);
   // The spec of an owned parameter (codes as ValidateContribution).
   absl::StatusOr<ParamSpec> Spec(absl::string_view parameter) const ABSL_LOCKS_EXCLUDED(mu_);
+  // The same without a copy (the push path): the spec lives as long as the store, since a
+  // registered model never changes.
+  absl::StatusOr<const ParamSpec*> FindSpec(absl::string_view parameter) const
+      ABSL_LOCKS_EXCLUDED(mu_);
   absl::StatusOr<int64_t> Version(absl::string_view parameter) const ABSL_LOCKS_EXCLUDED(mu_);
 
   // Checks a contribution against the model, the worker registry, the parameter's spec and
@@ -163,8 +167,11 @@ class ParameterStore {
     Matrix X ABSL_GUARDED_BY(mu);
     OptimizerState state ABSL_GUARDED_BY(mu);
     uint64_t checksum ABSL_GUARDED_BY(mu) = 0;
-    int64_t contributions_applied ABSL_GUARDED_BY(mu) = 0;
-    // Written only with mu held; read without it so validation never waits for a step.
+    // Written only with mu held; read without it so that validation and Statuses() never wait
+    // for a running step (mu is held across its matrix products). version is stored last
+    // (release), so a reader that loads it first sees counters at least as new.
+    std::atomic<int64_t> contributions_applied{0};
+    std::atomic<int64_t> steps{0};  // the optimizer state's step
     std::atomic<int64_t> version{0};
   };
 

@@ -1,16 +1,23 @@
 #include "server/service.h"
 
+#include <algorithm>
 #include <string>
 #include <utility>
 #include <vector>
 
 #include "absl/container/flat_hash_map.h"
 #include "absl/strings/str_cat.h"
+#include "absl/time/clock.h"
+#include "absl/time/time.h"
 #include "server/metrics.h"
 #include "server/wire.h"
 
 namespace dion {
 namespace {
+
+// How much earlier than the call's deadline a Pull with min_version gives up (at most a
+// quarter of the time left).
+constexpr absl::Duration kPullDeadlineMargin = absl::Milliseconds(250);
 
 v1::PushResult ToProto(PushResult result) {
   switch (result) {
@@ -72,8 +79,16 @@ grpc::Status ParameterServerService::GetLayout(grpc::ServerContext* context,
   response->set_model_name(model->model_name);
   LayoutToProto(model->layout, response->mutable_layout());
   response->set_shard_index(shard_->options().store.shard_index);
-  for (const ParamSpec& spec : model->parameters) {
-    ParameterToProto(spec, response->add_parameters());
+  for (size_t i = 0; i < model->parameters.size(); ++i) {
+    v1::ParameterSpec* proto = response->add_parameters();
+    ParameterToProto(model->parameters[i], proto);
+    // The value itself is not sent (a client Pulls it); say that there is one, rather than
+    // echo the unused init spec (zeros) as if it were how the parameter started.
+    if (i < model->initial_value_checksums.size() &&
+        model->initial_value_checksums[i].has_value()) {
+      proto->mutable_init()->Clear();
+      proto->mutable_init()->set_kind(v1::INIT_KIND_EXPLICIT);
+    }
   }
   return grpc::Status::OK;
 }
@@ -93,22 +108,20 @@ v1::PushAck ParameterServerService::Judge(const v1::Contribution& request) {
     ack.set_result(v1::PUSH_RESULT_REJECTED);
     ack.set_status_code(static_cast<int32_t>(status.code()));
     ack.set_message(std::string(status.message()));
-    if (absl::StatusOr<int64_t> version = shard_->store().Version(request.parameter());
-        version.ok()) {
-      ack.set_current_version(*version);
-    }
+    // The applied version, as for every other result; 0 for a parameter this shard lacks.
+    ack.set_current_version(shard_->store().Version(request.parameter()).value_or(0));
     return ack;
   };
   // The spec first: it decides how a dense gradient's shape is read, and a missing model or
   // an unknown parameter is the more useful answer than a complaint about the payload.
-  absl::StatusOr<ParamSpec> spec = shard_->store().Spec(request.parameter());
+  absl::StatusOr<const ParamSpec*> spec = shard_->store().FindSpec(request.parameter());
   if (!spec.ok()) return reject(spec.status(), false);
-  absl::StatusOr<Contribution> contribution = ContributionFromProto(request, &*spec);
+  absl::StatusOr<Contribution> contribution = ContributionFromProto(request, *spec);
   if (!contribution.ok()) return reject(contribution.status(), false);
   absl::StatusOr<PushReply> reply = shard_->Push(*std::move(contribution));
   if (!reply.ok()) return reject(reply.status(), true);
   ack.set_result(ToProto(reply->result));
-  ack.set_current_version(reply->version);
+  ack.set_current_version(reply->applied_version);
   switch (reply->result) {
     case PushResult::kAccepted:
       ack.set_staleness(reply->staleness);
@@ -121,7 +134,7 @@ v1::PushAck ParameterServerService::Judge(const v1::Contribution& request) {
     case PushResult::kStale:
       ack.set_staleness(reply->staleness);
       ack.set_message(absl::StrCat(
-          "staleness ", reply->staleness, " (current version ", reply->version,
+          "staleness ", reply->staleness, " (version of the open batch ", reply->batch_version,
           " - base_version ", request.base_version(), ") exceeds max_staleness ",
           shard_->options().batcher.staleness.max_staleness,
           "; restore the contribution into the residual and resync"));
@@ -204,10 +217,38 @@ grpc::Status ParameterServerService::Pull(grpc::ServerContext* context,
     }
     parameters = shard_->store().OwnedParameters();
   }
+  if (request->min_version() < 0) {
+    return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT,
+                        absl::StrCat("min_version must be >= 0 (0: the current version), got ",
+                                     request->min_version()));
+  }
   // Every name is checked before anything is sent, so a bad request sends nothing.
   for (const std::string& parameter : parameters) {
     if (absl::StatusOr<ParamSpec> spec = shard_->store().Spec(parameter); !spec.ok()) {
       return ToGrpcStatus(spec.status());
+    }
+  }
+  if (request->min_version() > 0) {
+    // Answer a little before the call's deadline, so the message naming the parameter reaches
+    // the client before its own timer ends the call with a bare DEADLINE_EXCEEDED.
+    const absl::Time now = absl::Now();
+    const absl::Time call_deadline = absl::FromChrono(context->deadline());
+    const absl::Time deadline =
+        call_deadline - std::min(kPullDeadlineMargin, (call_deadline - now) / 4);
+    for (const std::string& parameter : parameters) {
+      // In slices, so a client that goes away does not hold the handler until the deadline.
+      while (true) {
+        if (context->IsCancelled()) {
+          return grpc::Status(grpc::StatusCode::CANCELLED, "the client went away");
+        }
+        const absl::Time until = std::min(deadline, absl::Now() + options_.subscribe_poll);
+        absl::StatusOr<int64_t> reached =
+            shard_->WaitForVersion(parameter, request->min_version(), until);
+        if (reached.ok()) break;
+        if (!absl::IsDeadlineExceeded(reached.status()) || until >= deadline) {
+          return ToGrpcStatus(reached.status());
+        }
+      }
     }
   }
   v1::ParameterValue message;

@@ -11,14 +11,18 @@
 //     had as a call and whose message says what was wrong: NOT_FOUND unknown parameter;
 //     FAILED_PRECONDITION no model registered, worker not registered, parameter of another
 //     shard; INVALID_ARGUMENT wrong shape or rank, NaN/Inf, sample_count <= 0, empty worker id,
-//     missing payload; OUT_OF_RANGE base_version < 0 or from the future; UNAVAILABLE the shard
-//     is shutting down. Only transport-level failures end the stream: a message above the
+//     missing payload; OUT_OF_RANGE base_version < 0 or from the future, or a sequence older
+//     than the dedup window (its fate unknown); UNAVAILABLE the shard is shutting down. Only transport-level failures end the stream: a message above the
 //     configured maximum size ends the call with RESOURCE_EXHAUSTED (enforced by gRPC itself,
 //     before the handler sees it); an empty stream ends OK with no acks; a client that goes away
 //     ends it CANCELLED. Every contribution answered before that is settled (its ack says how),
 //     and nothing half-judged remains.
 //   - Subscribe ends with UNAVAILABLE when the shard shuts down; the subscriber resubscribes
 //     (with its versions in `have`) on the restarted shard.
+//   - Pull with min_version waits (without holding any shard lock) for the version; it ends
+//     DEADLINE_EXCEEDED shortly before the call's deadline, UNAVAILABLE at shutdown,
+//     INVALID_ARGUMENT for a negative min_version.
+//   - PushAck.current_version is the parameter's applied version for every result.
 //
 // Thread-safety: safe for concurrent use (gRPC calls handlers from many threads).
 #ifndef DION_SERVER_SERVICE_H_
@@ -45,7 +49,8 @@ struct ServiceOptions {
   // Whether Pull may return optimizer state (include_optimizer_state). An admin operation;
   // PERMISSION_DENIED when false.
   bool allow_optimizer_state = true;
-  // How often an idle Subscribe handler checks whether its client went away.
+  // How often an idle Subscribe handler, or a Pull waiting for min_version, checks whether its
+  // client went away.
   absl::Duration subscribe_poll = absl::Milliseconds(100);
 };
 

@@ -181,7 +181,12 @@ absl::StatusOr<PushReply> Shard::Push(Contribution contribution) {
   if (metrics_ != nullptr && offer->result != PushResult::kDuplicate) {
     metrics_->RecordStaleness(offer->staleness);
   }
-  PushReply reply{offer->result, offer->version, offer->staleness};
+  PushReply reply;
+  reply.result = offer->result;
+  // Read after the offer: never ahead of the batch version (batches close before they apply).
+  reply.applied_version = store_->Version(parameter).value_or(0);
+  reply.batch_version = offer->version;
+  reply.staleness = offer->staleness;
   if (offer->closed.has_value()) {
     Enqueue(lane, *std::move(offer->closed));
   } else if (offer->result == PushResult::kAccepted) {
@@ -243,6 +248,27 @@ absl::StatusOr<std::unique_ptr<Subscription>> Shard::Subscribe(
 absl::StatusOr<ParameterSnapshot> Shard::Snapshot(absl::string_view parameter,
                                                   bool include_state) const {
   return store_->Snapshot(parameter, include_state);
+}
+
+absl::StatusOr<int64_t> Shard::WaitForVersion(absl::string_view parameter, int64_t min_version,
+                                              absl::Time deadline) const {
+  MutexLock lock(&version_mu_);
+  while (true) {
+    absl::StatusOr<int64_t> version = store_->Version(parameter);
+    if (!version.ok() || *version >= min_version) return version;
+    if (versions_closed_) {
+      return absl::UnavailableError(absl::StrCat(
+          "the shard is shutting down; parameter '", parameter, "' reached version ", *version,
+          " of the ", min_version, " wanted"));
+    }
+    const absl::Duration left = deadline - absl::Now();
+    if (left <= absl::ZeroDuration()) {
+      return absl::DeadlineExceededError(absl::StrCat(
+          "parameter '", parameter, "' reached version ", *version, " before the deadline, not ",
+          "the ", min_version, " wanted"));
+    }
+    version_cv_.WaitWithTimeout(&version_mu_, left);
+  }
 }
 
 ShardStatus Shard::Status() const {
@@ -328,9 +354,17 @@ void Shard::ApplyOne(Lane* lane, Batch batch) {
     std::fprintf(stderr, "dion-server: step of '%s' at version %lld failed: %s\n",
                  batch.parameter.c_str(), static_cast<long long>(batch.version),
                  outcome.status().ToString().c_str());
-    MutexLock lock(&queue_mu_);
-    ++failed_steps_;
+    {
+      MutexLock lock(&queue_mu_);
+      ++failed_steps_;
+    }
+    if (metrics_ != nullptr) metrics_->RecordFailedStep(lane->optimizer);
     return;
+  }
+  {
+    // The store holds the new version already; wake Pulls waiting for it.
+    MutexLock lock(&version_mu_);
+    version_cv_.SignalAll();
   }
   const StepStats& stats = outcome->stats;
   const int64_t version = outcome->update.version;
@@ -396,6 +430,11 @@ void Shard::BeginShutdown() {
   {
     MutexLock lock(&gate_);
     shutting_down_ = true;
+  }
+  {
+    MutexLock lock(&version_mu_);
+    versions_closed_ = true;
+    version_cv_.SignalAll();
   }
   broadcaster_->Shutdown();
 }

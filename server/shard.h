@@ -64,7 +64,12 @@ absl::Status ValidateShardOptions(const ShardOptions& options);
 // How a contribution was judged.
 struct PushReply {
   PushResult result = PushResult::kAccepted;
-  int64_t version = 0;    // the parameter's (batcher's) version when judged
+  // The parameter's latest applied version when the contribution was judged (what a replica
+  // can hold; PushAck.current_version).
+  int64_t applied_version = 0;
+  // The version the open batch applies to when judged (Batcher::version(), >= applied_version):
+  // tau = batch_version - base_version.
+  int64_t batch_version = 0;
   int64_t staleness = 0;  // tau, for accepted and stale contributions
 };
 
@@ -129,6 +134,15 @@ class Shard {
 
   absl::StatusOr<ParameterSnapshot> Snapshot(absl::string_view parameter,
                                              bool include_state) const;
+
+  // Waits until `parameter` has reached at least `min_version` (applied) or `deadline` passes,
+  // and returns the version reached. Errors: the store's codes for an unknown / foreign
+  // parameter or no model (FailedPrecondition); DeadlineExceeded naming the parameter, the
+  // version reached and the one wanted; Unavailable once shutdown began. Holds no lock of the
+  // shard while it waits, only its own condition variable's mutex.
+  absl::StatusOr<int64_t> WaitForVersion(absl::string_view parameter, int64_t min_version,
+                                         absl::Time deadline) const
+      ABSL_LOCKS_EXCLUDED(version_mu_);
   ShardStatus Status() const ABSL_LOCKS_EXCLUDED(gate_, counts_mu_);
 
   // Closes every open batch and waits until every closed batch is applied (for tests and
@@ -147,6 +161,7 @@ class Shard {
   absl::Status Shutdown() ABSL_LOCKS_EXCLUDED(gate_, queue_mu_);
 
   const ParameterStore& store() const { return *store_; }
+  const Broadcaster& broadcaster() const { return *broadcaster_; }
   const ShardOptions& options() const { return options_; }
 
  private:
@@ -203,6 +218,13 @@ class Shard {
   bool stop_compute_ ABSL_GUARDED_BY(queue_mu_) = false;
   int64_t failed_steps_ ABSL_GUARDED_BY(queue_mu_) = 0;
   std::vector<std::thread> compute_threads_;
+
+  // WaitForVersion sleeps on version_cv_; every applied step and the start of shutdown wake
+  // it. Versions themselves are read from the store (atomics) under version_mu_, after the
+  // step stored them, so no wake-up is missed.
+  mutable Mutex version_mu_;
+  mutable CondVar version_cv_;
+  bool versions_closed_ ABSL_GUARDED_BY(version_mu_) = false;
 
   // The deadline and checkpoint threads sleep on deadline_cv_.
   Mutex deadline_mu_;

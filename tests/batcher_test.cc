@@ -28,9 +28,11 @@ Contribution Make(const std::string& worker, uint64_t sequence, int64_t base_ver
   return c;
 }
 
+// Fixed targets: adaptation (on by default) would change them as batches close.
 BatcherOptions OnlyDeadline(absl::Duration deadline = absl::Seconds(1)) {
   BatcherOptions options;
   options.deadline = deadline;
+  options.adaptive = false;
   return options;
 }
 
@@ -332,9 +334,64 @@ TEST(Batcher, DedupStateSurvivesExportAndImport) {
   EXPECT_EQ(restored.Offer(Make("a", 3, 0, 1))->result, PushResult::kAccepted);
 }
 
+// Before the fix, a sequence the window's floor was forced past without it ever arriving was
+// answered DUPLICATE, and the worker dropped a contribution the shard never applied.
+TEST(Batcher, SequenceBelowAForcedDedupFloorIsRefusedOutOfRangeNotDuplicate) {
+  FakeClock clock;
+  BatcherOptions options = OnlyDeadline();
+  options.dedup_window = 8;
+  Batcher batcher(kParameter, options, 0, &clock);
+  Accept(batcher, Make("w", 0, 0, 1));
+  Accept(batcher, Make("w", 20, 0, 1));  // forces the floor to 13, past 1..12
+  const BatcherStats before = batcher.stats();
+  const auto before_dedup = batcher.ExportDedup();
+
+  const absl::StatusOr<OfferResult> old = batcher.Offer(Make("w", 5, 0, 1));
+  ASSERT_FALSE(old.ok());
+  EXPECT_EQ(old.status().code(), absl::StatusCode::kOutOfRange);
+  for (const char* part : {"sequence 5", "'w'", "older than the dedup window", "floor 13",
+                           "window 8", "NOT applied", "cannot tell whether it was applied",
+                           "fewer than 8 unacknowledged"}) {
+    EXPECT_NE(old.status().message().find(part), absl::string_view::npos)
+        << part << " missing from: " << old.status().message();
+  }
+  // Nothing changed, and it stays refused (it is not recorded as seen).
+  EXPECT_EQ(batcher.stats().open_contributions, before.open_contributions);
+  EXPECT_EQ(batcher.stats().accepted, before.accepted);
+  EXPECT_EQ(batcher.stats().unknown, 1);
+  EXPECT_EQ(batcher.ExportDedup()[0].seen, before_dedup[0].seen);
+  EXPECT_EQ(batcher.Offer(Make("w", 5, 0, 1)).status().code(), absl::StatusCode::kOutOfRange);
+  // Sequences of the window are still judged normally; other workers are unaffected.
+  EXPECT_EQ(batcher.Offer(Make("w", 20, 0, 1))->result, PushResult::kDuplicate);
+  Accept(batcher, Make("w", 14, 0, 1));
+  Accept(batcher, Make("other", 5, 0, 1));
+}
+
+TEST(Batcher, ForcedDedupFloorSurvivesExportAndImport) {
+  FakeClock clock;
+  BatcherOptions options = OnlyDeadline();
+  options.dedup_window = 8;
+  Batcher batcher(kParameter, options, 0, &clock);
+  for (uint64_t s : {0, 1, 30}) Accept(batcher, Make("w", s, 0, 1));
+  const std::vector<WorkerDedupState> exported = batcher.ExportDedup();
+  ASSERT_EQ(exported.size(), 1u);
+  EXPECT_EQ(exported[0].forced_floor, 23u);
+  Batcher restored(kParameter, options, 0, &clock);
+  restored.ImportDedup(exported);
+  EXPECT_EQ(restored.Offer(Make("w", 1, 0, 1)).status().code(), absl::StatusCode::kOutOfRange);
+  EXPECT_EQ(restored.Offer(Make("w", 30, 0, 1))->result, PushResult::kDuplicate);
+}
+
+// --adaptive_batching defaults to true (server/main.cc); the option struct must agree, or a
+// shard built from default options (tests, tools) batches differently from the binary.
+TEST(Batcher, DefaultOptionsAdaptLikeTheServerFlag) {
+  EXPECT_TRUE(BatcherOptions{}.adaptive);
+}
+
 TEST(Batcher, ValidationRejectsOptionsWithoutAClosingRule) {
   BatcherOptions options;
   options.deadline = absl::InfiniteDuration();
+  options.adaptive = false;
   const absl::Status status = ValidateBatcherOptions(options);
   EXPECT_EQ(status.code(), absl::StatusCode::kInvalidArgument);
   EXPECT_NE(status.message().find("no closing rule"), absl::string_view::npos);

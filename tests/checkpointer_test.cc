@@ -24,29 +24,19 @@
 #include "server/batcher.h"
 #include "server/clock.h"
 #include "server/parameter_store.h"
+#include "tests/model_table_test_util.h"
 #include "tests/reference.h"
 
 namespace dion {
 namespace {
 
 namespace fs = std::filesystem;
+using testing::Definition;
 using testing::GaussianD;
 
 // Names that need escaping in file names: '/', ' ', '+', '%' and a leading '.'.
 constexpr char kBias[] = "enc/ln 1.bias+%";
 constexpr char kHidden[] = ".hidden";
-
-ParameterDefinition Definition(const std::string& name, std::vector<int64_t> shape,
-                               OptimizerKind optimizer, uint64_t seed) {
-  ParameterDefinition d;
-  d.spec.name = name;
-  d.spec.shape = std::move(shape);
-  d.spec.optimizer = optimizer;
-  d.spec.init.kind = InitSpec::Kind::kKaiming;
-  d.spec.init.seed = seed;
-  d.spec.dion.lr = 0.05;
-  return d;
-}
 
 // Tall and wide Dion matrices (the wide one runs on X^T), AdamW and Lion on 1-D parameters,
 // Muon, and one parameter with an explicit initial value.

@@ -80,6 +80,10 @@ const std::vector<Documented>& DocumentedMetrics() {
       {"dion_batch_contributions", "histogram"},
       {"dion_step_phase_duration_seconds", "histogram"},
       {"dion_steps_total", "counter"},
+      {"dion_failed_steps_total", "counter"},
+      {"dion_subscriber_lag_events_total", "counter"},
+      {"dion_broadcast_full_value_fallbacks_total", "counter"},
+      {"dion_lagging_subscribers", "gauge"},
       {"dion_parameter_version", "gauge"},
       {"dion_connected_workers", "gauge"},
       {"dion_subscribers", "gauge"},
@@ -120,7 +124,11 @@ TEST(ShardMetricsTest, EveryLabelValueExistsAtZeroBeforeAnyRecording) {
   for (const char* kind : {"dion", "adamw", "lion", "muon"}) {
     EXPECT_EQ(Sample(text, absl::StrCat("dion_steps_total{kind=\"", kind, "\"}")), 0);
     EXPECT_EQ(Sample(text, absl::StrCat("dion_parameter_version{kind=\"", kind, "\"}")), 0);
+    EXPECT_EQ(Sample(text, absl::StrCat("dion_failed_steps_total{kind=\"", kind, "\"}")), 0);
   }
+  EXPECT_EQ(Sample(text, "dion_subscriber_lag_events_total"), 0);
+  EXPECT_EQ(Sample(text, "dion_broadcast_full_value_fallbacks_total"), 0);
+  EXPECT_EQ(Sample(text, "dion_lagging_subscribers"), 0);
   for (const char* result : {"ok", "error"}) {
     EXPECT_EQ(Sample(text, absl::StrCat("dion_checkpoints_total{result=\"", result, "\"}")), 0);
   }
@@ -224,6 +232,32 @@ TEST(ShardMetricsTest, RecordStepCountsStepsAndKeepsTheHighestVersion) {
   EXPECT_EQ(Sample(text, "dion_steps_total{kind=\"muon\"}"), 0);
   EXPECT_EQ(Sample(text, "dion_parameter_version{kind=\"dion\"}"), 5);
   EXPECT_EQ(Sample(text, "dion_parameter_version{kind=\"adamw\"}"), 1);
+}
+
+TEST(ShardMetricsTest, FailedStepsCountPerKind) {
+  ShardMetrics metrics;
+  metrics.RecordFailedStep(OptimizerKind::kLion);
+  metrics.RecordFailedStep(OptimizerKind::kLion);
+  metrics.RecordFailedStep(OptimizerKind::kDion);
+  const std::string text = metrics.Serialize();
+  EXPECT_EQ(Sample(text, "dion_failed_steps_total{kind=\"lion\"}"), 2);
+  EXPECT_EQ(Sample(text, "dion_failed_steps_total{kind=\"dion\"}"), 1);
+  EXPECT_EQ(Sample(text, "dion_failed_steps_total{kind=\"adamw\"}"), 0);
+  EXPECT_EQ(Sample(text, "dion_steps_total{kind=\"lion\"}"), 0) << "a failed step is no step";
+}
+
+TEST(ShardMetricsTest, BroadcastLagCountersAndLaggingGauge) {
+  ShardMetrics metrics;
+  metrics.RecordSubscriberLag();
+  metrics.RecordSubscriberLag();
+  metrics.RecordFullValueFallback();
+  metrics.AddLaggingSubscribers(1);
+  metrics.AddLaggingSubscribers(1);
+  metrics.AddLaggingSubscribers(-1);
+  const std::string text = metrics.Serialize();
+  EXPECT_EQ(Sample(text, "dion_subscriber_lag_events_total"), 2);
+  EXPECT_EQ(Sample(text, "dion_broadcast_full_value_fallbacks_total"), 1);
+  EXPECT_EQ(Sample(text, "dion_lagging_subscribers"), 1);
 }
 
 TEST(ShardMetricsTest, GaugesShowTheLastValueSet) {

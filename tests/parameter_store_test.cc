@@ -16,25 +16,15 @@
 #include "server/batcher.h"
 #include "common/checksum.h"
 #include "server/clock.h"
+#include "tests/model_table_test_util.h"
 #include "tests/reference.h"
 
 namespace dion {
 namespace {
 
+using testing::Definition;
 using testing::GaussianD;
 using testing::MaxRelativeError;
-
-ParameterDefinition Definition(const std::string& name, std::vector<int64_t> shape,
-                               OptimizerKind optimizer, uint64_t seed) {
-  ParameterDefinition d;
-  d.spec.name = name;
-  d.spec.shape = std::move(shape);
-  d.spec.optimizer = optimizer;
-  d.spec.init.kind = InitSpec::Kind::kKaiming;
-  d.spec.init.seed = seed;
-  d.spec.dion.lr = 0.05;  // large enough that the update is well above X's rounding
-  return d;
-}
 
 // Tall and wide Dion matrices (the wide one runs on X^T), and one parameter per other
 // optimizer.
@@ -353,6 +343,7 @@ TEST(ParameterStore, LowRankBatchEqualsDionStepOnTheDenseWeightedMean) {
     FakeClock clock;
     BatcherOptions options;
     options.target_workers = 3;
+    options.adaptive = false;  // exactly K = 3 per batch (adaptive K would start at 1)
     options.staleness.kind = StalenessKind::kInverse;
     Batcher batcher(name, options, 0, &clock);
     const int ranks[3] = {2, 3, 5};

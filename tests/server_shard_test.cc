@@ -7,10 +7,12 @@
 
 #include <unistd.h>
 
+#include <filesystem>
 #include <string>
 #include <vector>
 
 #include "absl/strings/str_cat.h"
+#include "common/checkpoint_dir.h"
 #include "common/rng.h"
 #include "common/checksum.h"
 #include "server/wire.h"
@@ -136,6 +138,73 @@ TEST(ShardTest, CheckpointRestoresWeightsStateVersionsAndDedupBitForBit) {
   // And the steps go on from the restored version.
   restored->Drain();
   EXPECT_EQ(restored->Snapshot("w", false).value().version, 4);
+}
+
+// Through the real restore path (Shard::Create): the newest checkpoint (written by Shutdown)
+// has a truncated tensor, so the shard starts from the previous one, with its weights, state,
+// version and dedup state.
+TEST(ShardTest, TruncatedNewestCheckpointIsSkippedAndThePreviousOneRestored) {
+  ShardOptions options = TestShardOptions();
+  options.checkpoint_dir = absl::StrCat(::testing::TempDir(), "/shard-truncated-", getpid());
+  std::filesystem::remove_all(options.checkpoint_dir);
+  std::string first;
+  ParameterSnapshot at_first;
+  {
+    auto shard = RegisteredShard(options);
+    for (int k = 0; k < 2; ++k) {
+      ASSERT_TRUE(shard->Push(Factors(k, "w", 32, 24, k)).ok()) << k;
+      shard->Drain();  // the next push is based on the version this step makes
+    }
+    first = shard->Checkpoint().value();
+    at_first = shard->Snapshot("w", true).value();
+    ASSERT_EQ(at_first.version, 2);
+    for (int k = 2; k < 5; ++k) {
+      ASSERT_TRUE(shard->Push(Factors(k, "w", 32, 24, k)).ok()) << k;
+      shard->Drain();
+    }
+  }  // Shutdown writes the newest checkpoint, at version 5
+  absl::StatusOr<std::vector<CheckpointInfo>> checkpoints =
+      ListCheckpoints(options.checkpoint_dir);
+  ASSERT_TRUE(checkpoints.ok()) << checkpoints.status();
+  ASSERT_EQ(checkpoints->size(), 2u);
+  const std::string newest = checkpoints->front().path;
+  ASSERT_NE(newest, first);
+  const std::string victim = newest + "/w.M.npy";
+  ASSERT_TRUE(std::filesystem::exists(victim));
+  std::filesystem::resize_file(victim, std::filesystem::file_size(victim) / 2);
+
+  auto restored = Shard::Create(options).value();
+  ExpectSameState(restored->Snapshot("w", true).value(), at_first);
+  // The dedup state is the first checkpoint's: 1 was accepted before it, 3 only after.
+  EXPECT_EQ(restored->Push(Factors(1, "w", 32, 24, 2)).value().result, PushResult::kDuplicate);
+  EXPECT_EQ(restored->Push(Factors(3, "w", 32, 24, 2)).value().result, PushResult::kAccepted);
+  restored->Drain();
+  EXPECT_EQ(restored->Snapshot("w", false).value().version, 3);
+  restored.reset();
+  std::filesystem::remove_all(options.checkpoint_dir);
+}
+
+// The forced dedup floor is part of the checkpoint: a restored shard still refuses (instead of
+// calling DUPLICATE) a sequence the floor was forced past.
+TEST(ShardTest, ForcedDedupFloorSurvivesACheckpoint) {
+  ShardOptions options = TestShardOptions();
+  options.batcher.dedup_window = 8;
+  options.checkpoint_dir = absl::StrCat(::testing::TempDir(), "/shard-forced-", getpid());
+  std::filesystem::remove_all(options.checkpoint_dir);
+  {
+    auto shard = RegisteredShard(options);
+    ASSERT_TRUE(shard->Push(Factors(0, "w", 32, 24)).ok());
+    ASSERT_TRUE(shard->Push(Factors(20, "w", 32, 24)).ok());  // floor forced to 13
+    EXPECT_EQ(shard->Push(Factors(3, "w", 32, 24)).status().code(),
+              absl::StatusCode::kOutOfRange);
+  }
+  auto restored = Shard::Create(options).value();
+  absl::StatusOr<PushReply> old = restored->Push(Factors(3, "w", 32, 24));
+  EXPECT_EQ(old.status().code(), absl::StatusCode::kOutOfRange) << old.status();
+  EXPECT_EQ(restored->Push(Factors(20, "w", 32, 24)).value().result, PushResult::kDuplicate);
+  EXPECT_EQ(restored->Push(Factors(14, "w", 32, 24)).value().result, PushResult::kAccepted);
+  restored.reset();
+  std::filesystem::remove_all(options.checkpoint_dir);
 }
 
 TEST(ShardTest, PushesAfterShutdownBeganAreRefusedUnavailable) {

@@ -7,7 +7,9 @@
 #include <gtest/gtest.h>
 #include <grpcpp/grpcpp.h>
 
+#include <cmath>
 #include <cstdint>
+#include <cstdlib>
 #include <map>
 #include <thread>
 #include <memory>
@@ -15,6 +17,8 @@
 #include <vector>
 
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_split.h"
+#include "absl/strings/string_view.h"
 #include "absl/time/clock.h"
 #include "absl/time/time.h"
 #include "common/dion.h"
@@ -131,6 +135,19 @@ inline v1::ParameterValue PullOne(v1::ParameterServer::Stub& stub, const std::st
 
 inline Matrix ValueOf(const v1::ParameterValue& value) {
   return TensorToMatrix(value.value(), "value").value();
+}
+
+// The value of the series `key` ("name" or "name{labels}" exactly as printed) in Prometheus
+// text format; NaN when it is missing.
+inline double MetricValue(const std::string& text, const std::string& key) {
+  for (absl::string_view line : absl::StrSplit(text, '\n')) {
+    if (line.empty() || line[0] == '#') continue;
+    const size_t space = line.rfind(' ');
+    if (space != absl::string_view::npos && line.substr(0, space) == key) {
+      return std::strtod(std::string(line.substr(space + 1)).c_str(), nullptr);
+    }
+  }
+  return std::nan("");
 }
 
 // Random rank-r factors of an m x n contribution (scaled so P R^T has entries ~ 1).

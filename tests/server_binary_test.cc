@@ -1,0 +1,199 @@
+// The real dion-server binary (path from CMake: DION_SERVER_BINARY): SIGTERM after some pushes
+// ends the process with exit code 0 within a few seconds, leaving a valid checkpoint that a
+// second dion-server process restores at the same version and weights.
+#include <fcntl.h>
+#include <poll.h>
+#include <signal.h>
+#include <spawn.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <gtest/gtest.h>
+
+#include <filesystem>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "absl/strings/match.h"
+#include "absl/strings/str_cat.h"
+#include "common/checkpoint_dir.h"
+#include "tests/server_test_util.h"
+
+extern char** environ;
+
+namespace dion {
+namespace {
+
+using testing::Connect;
+using testing::FactorsContribution;
+using testing::RandomFactors;
+
+// One dion-server child process with its stderr on a pipe. The destructor kills (SIGKILL) and
+// reaps it if it is still running, so a failing test leaves nothing behind.
+class ServerProcess {
+ public:
+  explicit ServerProcess(const std::vector<std::string>& flags) {
+    int fds[2];
+    if (pipe2(fds, O_CLOEXEC) != 0) return;
+    posix_spawn_file_actions_t actions;
+    posix_spawn_file_actions_init(&actions);
+    posix_spawn_file_actions_adddup2(&actions, fds[1], STDERR_FILENO);
+    std::vector<std::string> args = {DION_SERVER_BINARY};
+    args.insert(args.end(), flags.begin(), flags.end());
+    std::vector<char*> argv;
+    for (std::string& a : args) argv.push_back(a.data());
+    argv.push_back(nullptr);
+    if (posix_spawn(&pid_, DION_SERVER_BINARY, &actions, nullptr, argv.data(), environ) != 0) {
+      pid_ = -1;
+    }
+    posix_spawn_file_actions_destroy(&actions);
+    close(fds[1]);
+    stderr_ = fds[0];
+  }
+  ~ServerProcess() {
+    if (pid_ > 0 && !exit_status_.has_value()) {
+      kill(pid_, SIGKILL);
+      int status;
+      waitpid(pid_, &status, 0);
+    }
+    if (stderr_ >= 0) close(stderr_);
+  }
+
+  bool started() const { return pid_ > 0; }
+  const std::string& log() const { return log_; }
+
+  // Reads stderr until the "serving gRPC on <host:port>," line and returns host:port, or "" if
+  // it does not come within `timeout` (or the process ends).
+  std::string WaitForAddress(absl::Duration timeout) {
+    const std::string kMarker = "serving gRPC on ";
+    const absl::Time deadline = absl::Now() + timeout;
+    while (absl::Now() < deadline) {
+      const size_t at = log_.find(kMarker);
+      if (at != std::string::npos) {
+        const size_t end = log_.find(',', at);
+        if (end != std::string::npos) return log_.substr(at + kMarker.size(), end - at - kMarker.size());
+      }
+      if (!ReadSome(deadline)) break;
+    }
+    return "";
+  }
+
+  void Signal(int signal) { kill(pid_, signal); }
+
+  // The exit code once the process exits within `timeout`; nullopt if it does not (or dies of
+  // a signal). Keeps draining stderr meanwhile so the child never blocks on a full pipe.
+  std::optional<int> WaitForExit(absl::Duration timeout) {
+    const absl::Time deadline = absl::Now() + timeout;
+    while (absl::Now() < deadline) {
+      int status = 0;
+      const pid_t done = waitpid(pid_, &status, WNOHANG);
+      if (done == pid_) {
+        exit_status_ = status;
+        while (ReadSome(absl::Now() + absl::Milliseconds(100))) {
+        }
+        if (!WIFEXITED(status)) return std::nullopt;
+        return WEXITSTATUS(status);
+      }
+      ReadSome(absl::Now() + absl::Milliseconds(10));
+    }
+    return std::nullopt;
+  }
+
+ private:
+  // Appends what stderr has (waiting until `deadline` for something); false at EOF or error.
+  bool ReadSome(absl::Time deadline) {
+    pollfd p{stderr_, POLLIN, 0};
+    const int ms = static_cast<int>(
+        std::max<int64_t>(0, absl::ToInt64Milliseconds(deadline - absl::Now())));
+    if (poll(&p, 1, ms) <= 0) return true;  // nothing yet
+    char buffer[4096];
+    const ssize_t n = read(stderr_, buffer, sizeof(buffer));
+    if (n <= 0) return false;
+    log_.append(buffer, static_cast<size_t>(n));
+    return true;
+  }
+
+  pid_t pid_ = -1;
+  int stderr_ = -1;
+  std::string log_;
+  std::optional<int> exit_status_;
+};
+
+v1::ParameterValue Pull(v1::ParameterServer::Stub& stub, const std::string& parameter) {
+  return testing::PullOne(stub, parameter, /*state=*/true);
+}
+
+TEST(ServerBinaryTest, SigtermExitsZeroWithACheckpointThatASecondProcessRestores) {
+  const std::string dir = absl::StrCat(::testing::TempDir(), "/binary-sigterm-", getpid());
+  std::filesystem::remove_all(dir);
+  const std::vector<std::string> flags = {
+      "--listen=127.0.0.1:0", "--metrics_listen=", absl::StrCat("--checkpoint_dir=", dir),
+      "--checkpoint_interval=0", "--target_workers=1", "--batch_deadline=inf",
+      "--shutdown_grace=2s"};
+
+  v1::ParameterValue before;
+  {
+    ServerProcess first(flags);
+    ASSERT_TRUE(first.started());
+    const std::string address = first.WaitForAddress(absl::Seconds(20));
+    ASSERT_FALSE(address.empty()) << first.log();
+    auto stub = Connect(address);
+    testing::Register(*stub, "w0");
+    std::vector<v1::Contribution> pushes;
+    for (int k = 0; k < 3; ++k) {
+      pushes.push_back(FactorsContribution("w0", k, "w", 0, 1, RandomFactors(32, 24, 2, k)));
+    }
+    for (const v1::PushAck& ack : testing::PushAll(*stub, pushes)) {
+      ASSERT_EQ(ack.result(), v1::PUSH_RESULT_ACCEPTED) << ack.message();
+    }
+    ASSERT_TRUE(testing::WaitForStatus(*stub, [](const v1::StatusResponse& s) {
+      return testing::FindParameter(s, "w")->version() == 3;
+    }));
+    before = Pull(*stub, "w");
+    // An idle channel whose process has no call in flight is not polled by gRPC's sync client,
+    // so it never answers the server's GOAWAY and shutdown would wait out --shutdown_grace.
+    stub.reset();
+
+    const absl::Time signalled = absl::Now();
+    first.Signal(SIGTERM);
+    const std::optional<int> code = first.WaitForExit(absl::Seconds(10));
+    ASSERT_TRUE(code.has_value()) << "no clean exit within 10 s:\n" << first.log();
+    EXPECT_EQ(*code, 0) << first.log();
+    EXPECT_LT(absl::Now() - signalled, absl::Seconds(5)) << first.log();
+    EXPECT_TRUE(absl::StrContains(first.log(), "SIGTERM received")) << first.log();
+  }
+
+  // A complete, valid checkpoint is on disk.
+  absl::StatusOr<std::vector<CheckpointInfo>> checkpoints = ListCheckpoints(dir);
+  ASSERT_TRUE(checkpoints.ok()) << checkpoints.status();
+  ASSERT_FALSE(checkpoints->empty());
+  EXPECT_TRUE(ValidateCheckpoint(checkpoints->front().path).ok());
+
+  ServerProcess second(flags);
+  ASSERT_TRUE(second.started());
+  const std::string address = second.WaitForAddress(absl::Seconds(20));
+  ASSERT_FALSE(address.empty()) << second.log();
+  EXPECT_TRUE(absl::StrContains(second.log(), "restored checkpoint")) << second.log();
+  auto stub = Connect(address);
+  const v1::StatusResponse status = testing::GetStatus(*stub);
+  EXPECT_TRUE(status.model_registered());
+  ASSERT_NE(testing::FindParameter(status, "w"), nullptr);
+  EXPECT_EQ(testing::FindParameter(status, "w")->version(), 3);
+  EXPECT_EQ(testing::FindParameter(status, "w")->contributions_applied(), 3);
+  const v1::ParameterValue after = Pull(*stub, "w");
+  EXPECT_EQ(after.version(), before.version());
+  EXPECT_EQ(after.checksum(), before.checksum());
+  EXPECT_EQ(after.dion().momentum().data(), before.dion().momentum().data());
+  EXPECT_EQ(after.dion().q().data(), before.dion().q().data());
+
+  stub.reset();
+  second.Signal(SIGINT);
+  const std::optional<int> code = second.WaitForExit(absl::Seconds(10));
+  ASSERT_TRUE(code.has_value()) << second.log();
+  EXPECT_EQ(*code, 0) << second.log();
+  std::filesystem::remove_all(dir);
+}
+
+}  // namespace
+}  // namespace dion
