@@ -1,0 +1,499 @@
+// Push throughput of the dion.v1 ParameterServer on loopback, next to a bare gRPC service that
+// carries the same messages.
+//
+// For each client count (default 1, 4, 8) and repetition, in one process:
+//   echo     PushEcho (bench/push_echo.proto): Contribution messages on a bidi stream, each
+//            parsed and answered with a PushAck naming its sequence, nothing else: what gRPC
+//            and protobuf alone cost for this traffic.
+//   dion     an in-process DionServer (server/dion_server.h) with one Dion parameter "w" n x n
+//            (default 1024 x 1024, rank fraction 1/16: r = 64), dion-server's defaults (2
+//            compute threads, 1 BLAS thread, adaptive batching, 50 ms deadline) plus a sample
+//            target, max_staleness large so that every contribution is accepted. The server
+//            acknowledges a contribution once its batcher accepted it, before any step, so
+//            acks can outrun steps: "unbounded" runs let them (up to --unbounded_cap) and
+//            measure how fast the service takes contributions in; "bounded" runs hold every
+//            writer while more than --max_backlog contributions are sent but not yet applied
+//            (bench/push_load.h BacklogGate) and measure what the shard sustains.
+// Every client has its own channel (its own TCP connection), registers as a worker (dion) and
+// keeps up to --window contributions unacknowledged on one Push stream: the same message each
+// time (P and R, n x r float32) with an increasing sequence and, for dion, base_version = the
+// applied version of "w" read in-process before each write (a subscribed worker with no delay;
+// versions from acks may run ahead of the applied version and would be OUT_OF_RANGE).
+// Each run starts a fresh server, warms up, then counts acks over a fixed window; the three
+// runs alternate within a repetition so that load from other processes hits them alike, the
+// ratios to echo are taken per repetition (paired), every figure is a median.
+//
+// Server side of the dion runs (Shard::Status and the shard's metrics, same window):
+// contributions applied/s, steps/s, contributions per step, mean step time by phase, the
+// fraction of the window a step was running ("busy"), the backlog (accepted, not yet applied)
+// at the end of the window and how long Shutdown took to apply it. Before the runs, the
+// per-contribution work of each side is timed alone on one thread.
+//
+// Output: markdown tables of medians on stdout; per-run figures and progress on stderr.
+#include <grpcpp/grpcpp.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdio>
+#include <cstdlib>
+#include <functional>
+#include <map>
+#include <memory>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "absl/flags/flag.h"
+#include "absl/flags/parse.h"
+#include "absl/strings/match.h"
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+#include "absl/strings/str_split.h"
+#include "absl/strings/string_view.h"
+#include "absl/time/clock.h"
+#include "absl/time/time.h"
+#include "common/blas.h"
+#include "common/dion.h"
+#include "common/rng.h"
+#include "common/wire.h"
+#include "bench/push_load.h"
+#include "dion/v1/dion.grpc.pb.h"
+#include "server/dion_server.h"
+#include "server/stepper.h"
+
+ABSL_FLAG(std::string, clients, "1,4,8", "Comma-separated numbers of concurrent clients");
+ABSL_FLAG(int, reps, 3, "Repetitions of every configuration (figures are medians)");
+ABSL_FLAG(absl::Duration, duration, absl::Seconds(3), "Measured window of every run");
+ABSL_FLAG(absl::Duration, warmup, absl::Seconds(1), "Unmeasured time before the window");
+ABSL_FLAG(int, window, 8, "Contributions a client keeps unacknowledged");
+ABSL_FLAG(int, n, 1024, "The Dion parameter is n x n");
+ABSL_FLAG(double, rank_fraction, 0.0625,
+          "Dion rank fraction: r = DionRank(n, n, fraction, 1), also the contributions' rank");
+ABSL_FLAG(int64_t, sample_count, 32, "Samples per contribution");
+ABSL_FLAG(int64_t, target_samples, 256,
+          "Batch sample target (the starting target when --adaptive_batching)");
+ABSL_FLAG(absl::Duration, batch_deadline, absl::Milliseconds(50),
+          "A batch closes this long after its first contribution");
+ABSL_FLAG(bool, adaptive_batching, true, "Adapt the sample target to arrival rate x step time");
+ABSL_FLAG(int, compute_threads, 2, "Shard compute threads (one parameter uses one at a time)");
+ABSL_FLAG(int, blas_threads, 1, "OpenBLAS threads per product (dion-server's default)");
+ABSL_FLAG(int64_t, max_backlog, 128,
+          "Bounded dion runs: contributions sent but not yet applied, at most (>= 1)");
+ABSL_FLAG(int64_t, unbounded_cap, 8192,
+          "Safety cap on the backlog of the unbounded runs (~0.5 MB of factors each); a run "
+          "that reaches it says so");
+ABSL_FLAG(std::string, runs, "echo,unbounded,bounded",
+          "Which runs to do per client count and repetition (comma-separated subset)");
+ABSL_FLAG(absl::Duration, max_runtime, absl::Minutes(20), "Abort the bench after this long");
+
+namespace dion {
+namespace {
+
+using bench::BacklogGate;
+using bench::EchoService;
+using bench::PushClient;
+constexpr char kParameter[] = "w";
+
+double Median(std::vector<double> v) {
+  if (v.empty()) return NAN;
+  std::sort(v.begin(), v.end());
+  const size_t h = v.size() / 2;
+  return v.size() % 2 == 1 ? v[h] : 0.5 * (v[h - 1] + v[h]);
+}
+
+[[noreturn]] void Die(absl::string_view what) {
+  std::fprintf(stderr, "push_bench: %s\n", std::string(what).c_str());
+  std::_Exit(1);
+}
+
+v1::RegisterModelRequest ModelRequest(const std::string& worker_id) {
+  v1::RegisterModelRequest request;
+  request.set_model_name("push-bench");
+  request.set_worker_id(worker_id);
+  v1::ParameterSpec* p = request.add_parameters();
+  p->set_name(kParameter);
+  p->add_shape(absl::GetFlag(FLAGS_n));
+  p->add_shape(absl::GetFlag(FLAGS_n));
+  p->set_optimizer(v1::OPTIMIZER_KIND_DION);
+  p->mutable_dion()->set_rank_fraction(absl::GetFlag(FLAGS_rank_fraction));
+  p->mutable_init()->set_kind(v1::INIT_KIND_KAIMING);
+  p->set_seed(1);
+  return request;
+}
+
+// A rank-r contribution with P R^T entries ~ 1; sequence and base_version are set per write.
+v1::Contribution Prototype(const std::string& worker_id, int n, int r, uint64_t seed) {
+  Rng rng(seed);
+  LowRankFactors f{Matrix(n, r), Matrix(n, r)};
+  rng.FillNormal(f.P, 1.0 / std::sqrt(static_cast<double>(r)));
+  rng.FillNormal(f.R);
+  v1::Contribution proto;
+  proto.set_worker_id(worker_id);
+  proto.set_parameter(kParameter);
+  proto.set_sample_count(absl::GetFlag(FLAGS_sample_count));
+  proto.set_loss(1.0);
+  MatrixToTensor(f.P, proto.mutable_factors()->mutable_p());
+  MatrixToTensor(f.R, proto.mutable_factors()->mutable_r());
+  return proto;
+}
+
+// Counters read at both ends of the measured window.
+struct Counters {
+  absl::Time time;
+  int64_t acks = 0;
+  int64_t refused = 0;
+  int64_t steps = 0;                       // dion only, from here on
+  int64_t applied = 0;
+  int64_t accepted = 0;
+  std::map<std::string, double> phase_s;   // sum of each step phase's seconds
+};
+
+// dion_step_phase_duration_seconds_sum{phase="..."} from the text exposition.
+std::map<std::string, double> PhaseSums(const std::string& text) {
+  constexpr absl::string_view kPrefix = "dion_step_phase_duration_seconds_sum{phase=\"";
+  std::map<std::string, double> sums;
+  for (absl::string_view line : absl::StrSplit(text, '\n')) {
+    if (!absl::StartsWith(line, kPrefix)) continue;
+    line.remove_prefix(kPrefix.size());
+    const size_t quote = line.find('"');
+    const size_t space = line.rfind(' ');
+    double value = 0;
+    if (quote == absl::string_view::npos || space == absl::string_view::npos ||
+        !absl::SimpleAtod(line.substr(space + 1), &value)) {
+      continue;
+    }
+    sums[std::string(line.substr(0, quote))] = value;
+  }
+  return sums;
+}
+
+struct RunResult {
+  double pushes_per_s = 0;
+  int64_t refused = 0;
+  // step_ms: the phases' sum per step; busy: the phases' sum / window.
+  double applied_per_s = 0, steps_per_s = 0, per_step = 0, step_ms = 0, busy = 0;
+  int64_t backlog = 0;
+  double drain_s = 0;
+  std::map<std::string, double> phase_ms;  // mean per step
+};
+
+// Starts the clients, warms up, counts over the window, stops the clients.
+RunResult Measure(std::vector<std::unique_ptr<PushClient>>& clients,
+                  const std::function<void(Counters&)>& server_counters) {
+  const absl::Duration window = absl::GetFlag(FLAGS_duration);
+  const absl::Duration warmup = absl::GetFlag(FLAGS_warmup);
+  for (auto& c : clients) c->Start(warmup + window + absl::Seconds(60));
+  absl::SleepFor(warmup);
+  const auto read = [&] {
+    Counters c;
+    server_counters(c);  // first: it may wait for a running step
+    c.time = absl::Now();
+    for (auto& client : clients) {
+      c.acks += client->acks();
+      c.refused += client->refused();
+    }
+    return c;
+  };
+  const Counters a = read();
+  absl::SleepFor(window);
+  const Counters b = read();
+  for (auto& c : clients) {
+    grpc::Status s = c->Stop();
+    if (!s.ok()) Die(absl::StrCat("Push stream ended with ", s.error_message()));
+    if (c->refused() > 0) std::fprintf(stderr, "  refused: %s\n", c->first_refusal().c_str());
+  }
+  const double seconds = absl::ToDoubleSeconds(b.time - a.time);
+  RunResult r;
+  r.pushes_per_s = (b.acks - a.acks) / seconds;
+  r.refused = b.refused;
+  r.applied_per_s = (b.applied - a.applied) / seconds;
+  const int64_t steps = b.steps - a.steps;
+  r.steps_per_s = steps / seconds;
+  r.per_step = steps > 0 ? static_cast<double>(b.applied - a.applied) / steps : NAN;
+  double busy_s = 0;
+  for (const auto& [phase, sum] : b.phase_s) {
+    const double d = sum - (a.phase_s.contains(phase) ? a.phase_s.at(phase) : 0.0);
+    busy_s += d;
+    r.phase_ms[phase] = steps > 0 ? 1e3 * d / steps : NAN;
+  }
+  r.step_ms = steps > 0 ? 1e3 * busy_s / steps : NAN;
+  r.busy = busy_s / seconds;
+  r.backlog = b.accepted - b.applied;
+  return r;
+}
+
+// bounded false: the backlog is limited only by --unbounded_cap.
+RunResult RunDion(int num_clients, int rank, bool bounded) {
+  ServerOptions options;
+  options.listen = "127.0.0.1:0";
+  options.metrics_listen = "";
+  options.shard.compute_threads = absl::GetFlag(FLAGS_compute_threads);
+  options.shard.checkpoint_interval = absl::ZeroDuration();
+  options.shard.batcher.target_samples = absl::GetFlag(FLAGS_target_samples);
+  options.shard.batcher.deadline = absl::GetFlag(FLAGS_batch_deadline);
+  options.shard.batcher.adaptive = absl::GetFlag(FLAGS_adaptive_batching);
+  options.shard.batcher.staleness.kind = StalenessKind::kInverse;
+  options.shard.batcher.staleness.max_staleness = int64_t{1} << 40;  // accept everything
+  absl::StatusOr<std::unique_ptr<DionServer>> server = DionServer::Start(options);
+  if (!server.ok()) Die(server.status().ToString());
+  DionServer& s = **server;
+  const auto applied_version = [&s] { return s.shard().store().Version(kParameter).value_or(0); };
+  const int64_t cap =
+      absl::GetFlag(bounded ? FLAGS_max_backlog : FLAGS_unbounded_cap);
+  auto gate = std::make_unique<BacklogGate>(&s.shard(), cap);
+
+  std::vector<std::unique_ptr<PushClient>> clients;
+  for (int i = 0; i < num_clients; ++i) {
+    const std::string worker = absl::StrCat("bench-", i);
+    clients.push_back(std::make_unique<PushClient>(
+        s.address(), /*echo=*/false, Prototype(worker, absl::GetFlag(FLAGS_n), rank, 100 + i),
+        absl::GetFlag(FLAGS_window), gate.get(), applied_version));
+    grpc::Status registered = clients.back()->Register(ModelRequest(worker));
+    if (!registered.ok()) Die(absl::StrCat("RegisterModel: ", registered.error_message()));
+  }
+  RunResult r = Measure(clients, [&s](Counters& c) {
+    const ShardStatus status = s.shard().Status();
+    for (const ShardStatus::Parameter& p : status.parameters) {
+      c.steps += p.status.steps;
+      c.applied += p.status.contributions_applied;
+      c.accepted += p.pushes.accepted;
+    }
+    c.phase_s = PhaseSums(s.metrics().Serialize());
+  });
+  clients.clear();
+  if (!bounded && gate->reached()) {
+    std::fprintf(stderr, "  reached --unbounded_cap=%lld: this run's ack rate is capped\n",
+                 static_cast<long long>(cap));
+  }
+  gate.reset();
+  const absl::Time start = absl::Now();
+  if (absl::Status st = s.Shutdown(); !st.ok()) Die(st.ToString());  // applies the backlog
+  r.drain_s = absl::ToDoubleSeconds(absl::Now() - start);
+  return r;
+}
+
+RunResult RunEcho(int num_clients, int rank) {
+  EchoService service;
+  grpc::ServerBuilder builder;
+  int port = 0;
+  builder.AddListeningPort("127.0.0.1:0", grpc::InsecureServerCredentials(), &port);
+  builder.SetMaxReceiveMessageSize(64 << 20);  // DionServer's default
+  builder.RegisterService(&service);
+  std::unique_ptr<grpc::Server> server = builder.BuildAndStart();
+  if (server == nullptr || port == 0) Die("cannot start the echo server");
+  std::vector<std::unique_ptr<PushClient>> clients;
+  for (int i = 0; i < num_clients; ++i) {
+    clients.push_back(std::make_unique<PushClient>(
+        absl::StrCat("127.0.0.1:", port), /*echo=*/true,
+        Prototype(absl::StrCat("bench-", i), absl::GetFlag(FLAGS_n), rank, 100 + i),
+        absl::GetFlag(FLAGS_window), nullptr, [] { return int64_t{0}; }));
+  }
+  RunResult r = Measure(clients, [](Counters&) {});
+  clients.clear();
+  server->Shutdown(absl::ToChronoTime(absl::Now() + absl::Seconds(5)));
+  server->Wait();
+  return r;
+}
+
+// The 1-minute load average (the machine may be shared), or -1.
+double LoadAverage() {
+  double load = -1;
+  if (FILE* f = std::fopen("/proc/loadavg", "r")) {
+    if (std::fscanf(f, "%lf", &load) != 1) load = -1;
+    std::fclose(f);
+  }
+  return load;
+}
+
+std::string Fmt(double v, int digits = 0) {
+  return std::isnan(v) ? "-" : absl::StrFormat("%.*f", digits, v);
+}
+
+// The per-contribution work of each side, timed alone on one thread (median of `reps`, us):
+// what the step-time and message-time figures of the runs are made of.
+struct MessageCosts {
+  double serialize = 0, parse = 0, decode = 0, validate = 0, fold = 0;
+};
+
+MessageCosts TimeMessageCosts(int n, int rank, int reps) {
+  const v1::Contribution proto = Prototype("bench-0", n, rank, 1);
+  absl::StatusOr<ParameterDefinition> def = ParameterFromProto(ModelRequest("").parameters(0));
+  if (!def.ok()) Die(def.status().ToString());
+  const auto time = [reps](auto&& f) {
+    std::vector<double> us;
+    for (int i = 0; i < reps; ++i) {
+      const absl::Time start = absl::Now();
+      f();
+      us.push_back(absl::ToDoubleMicroseconds(absl::Now() - start));
+    }
+    return Median(us);
+  };
+  MessageCosts c;
+  std::string bytes;
+  c.serialize = time([&] { proto.SerializeToString(&bytes); });
+  v1::Contribution parsed;
+  c.parse = time([&] {
+    if (!parsed.ParseFromString(bytes)) Die("cannot parse the contribution");
+  });
+  absl::StatusOr<Contribution> decoded;
+  c.decode = time([&] { decoded = ContributionFromProto(parsed, &def->spec); });
+  if (!decoded.ok()) Die(decoded.status().ToString());
+  c.validate = time([&] {
+    if (absl::Status s = ValidatePayload(def->spec, *decoded); !s.ok()) Die(s.ToString());
+  });
+  // M += w P R^T, the server's fold of one contribution (server/stepper.cc, one GEMM).
+  Matrix M = Matrix::Zero(n, n);
+  const LowRankFactors& f = decoded->factors();
+  c.fold = time([&] { Gemm(Trans::kNo, Trans::kYes, 0.5f, f.P, f.R, 1.0f, M); });
+  return c;
+}
+
+int Main() {
+  const absl::Duration max_runtime = absl::GetFlag(FLAGS_max_runtime);
+  std::thread([max_runtime] {
+    absl::SleepFor(max_runtime);
+    Die(absl::StrCat("gave up after --max_runtime=", absl::FormatDuration(max_runtime)));
+  }).detach();
+
+  std::vector<int> counts;
+  for (absl::string_view s : absl::StrSplit(absl::GetFlag(FLAGS_clients), ',')) {
+    int c = 0;
+    if (!absl::SimpleAtoi(s, &c) || c < 1) Die(absl::StrCat("bad --clients entry '", s, "'"));
+    counts.push_back(c);
+  }
+  const int n = absl::GetFlag(FLAGS_n);
+  const int rank = DionRank(n, n, absl::GetFlag(FLAGS_rank_fraction), 1);
+  const int reps = std::max(1, absl::GetFlag(FLAGS_reps));
+  bool echo = false, unbounded = false, bounded_runs = false;
+  for (absl::string_view run : absl::StrSplit(absl::GetFlag(FLAGS_runs), ',')) {
+    if (run == "echo") {
+      echo = true;
+    } else if (run == "unbounded") {
+      unbounded = true;
+    } else if (run == "bounded") {
+      bounded_runs = true;
+    } else {
+      Die(absl::StrCat("unknown --runs entry '", run, "' (echo, unbounded, bounded)"));
+    }
+  }
+  SetBlasThreads(absl::GetFlag(FLAGS_blas_threads));
+  const double payload = 2.0 * n * rank * sizeof(float);
+  const size_t message_bytes = Prototype("bench-0", n, rank, 1).ByteSizeLong();
+
+  const int64_t max_backlog = absl::GetFlag(FLAGS_max_backlog);
+  if (max_backlog < 1) Die("--max_backlog must be >= 1");
+  const double load_before = LoadAverage();
+  const MessageCosts costs = TimeMessageCosts(n, rank, 50);
+
+  // [count index][rep]: echo, dion unbounded, dion with the backlog bound.
+  std::vector<std::vector<RunResult>> base(counts.size()), dion(counts.size()),
+      bounded(counts.size());
+  const auto log = [](const char* what, int rep, int clients, const RunResult& d) {
+    std::fprintf(stderr,
+                 "rep %d clients %d %s: %.0f pushes/s, applied %.0f/s, %.1f steps/s, "
+                 "%.1f per step, step %.1f ms, busy %.2f, backlog %lld, drain %.2f s, "
+                 "refused %lld\n",
+                 rep, clients, what, d.pushes_per_s, d.applied_per_s, d.steps_per_s, d.per_step,
+                 d.step_ms, d.busy, static_cast<long long>(d.backlog), d.drain_s,
+                 static_cast<long long>(d.refused));
+  };
+  for (int rep = 0; rep < reps; ++rep) {
+    for (size_t i = 0; i < counts.size(); ++i) {
+      if (echo) {
+        base[i].push_back(RunEcho(counts[i], rank));
+        std::fprintf(stderr, "rep %d clients %d echo: %.0f msgs/s\n", rep, counts[i],
+                     base[i].back().pushes_per_s);
+      }
+      if (unbounded) {
+        dion[i].push_back(RunDion(counts[i], rank, /*bounded=*/false));
+        log("dion", rep, counts[i], dion[i].back());
+      }
+      if (bounded_runs) {
+        bounded[i].push_back(RunDion(counts[i], rank, /*bounded=*/true));
+        log("dion bounded", rep, counts[i], bounded[i].back());
+      }
+    }
+  }
+
+  const auto med = [](const std::vector<RunResult>& runs, auto field) {
+    std::vector<double> v;
+    for (const RunResult& r : runs) v.push_back(field(r));
+    return Median(v);
+  };
+  const auto pushes = [](const RunResult& r) { return r.pushes_per_s; };
+  // Paired per repetition: both runs saw about the same load from other processes.
+  const auto ratio = [](const std::vector<RunResult>& a, const std::vector<RunResult>& b) {
+    std::vector<double> v;
+    for (size_t k = 0; k < std::min(a.size(), b.size()); ++k) {
+      v.push_back(a[k].pushes_per_s / b[k].pushes_per_s);
+    }
+    return Median(v);
+  };
+  std::printf("push_bench: %d x %d Dion parameter, rank %d; payload %.0f bytes (P + R), message "
+              "%zu bytes; window %d per client; %s measured after %s warm-up; median of %d; "
+              "MB = 1e6 bytes of payload; load average %.1f -> %.1f\n\n",
+              n, n, rank, payload, message_bytes, absl::GetFlag(FLAGS_window),
+              absl::FormatDuration(absl::GetFlag(FLAGS_duration)).c_str(),
+              absl::FormatDuration(absl::GetFlag(FLAGS_warmup)).c_str(), reps, load_before,
+              LoadAverage());
+  std::printf("| clients | echo msgs/s | echo MB/s | dion pushes/s (unbounded) | MB/s | "
+              "dion / echo | dion applied/s (unbounded) | dion pushes/s (backlog <= %lld) | "
+              "MB/s | bounded / echo |\n|---|---|---|---|---|---|---|---|---|---|\n",
+              static_cast<long long>(max_backlog));
+  for (size_t i = 0; i < counts.size(); ++i) {
+    const double e = med(base[i], pushes);
+    const double d = med(dion[i], pushes);
+    const double b = med(bounded[i], pushes);
+    std::printf("| %d | %s | %s | %s | %s | %s | %s | %s | %s | %s |\n", counts[i],
+                Fmt(e).c_str(), Fmt(e * payload / 1e6, 1).c_str(), Fmt(d).c_str(),
+                Fmt(d * payload / 1e6, 1).c_str(), Fmt(ratio(dion[i], base[i]), 3).c_str(),
+                Fmt(med(dion[i], [](const RunResult& r) { return r.applied_per_s; })).c_str(),
+                Fmt(b).c_str(), Fmt(b * payload / 1e6, 1).c_str(),
+                Fmt(ratio(bounded[i], base[i]), 3).c_str());
+  }
+  std::printf("\nPer contribution, timed alone on one thread (median of 50, us): serialize %.0f, "
+              "parse %.0f (echo and dion), decode to matrices %.0f and validate %.0f (dion "
+              "handler), fold into M %.0f (dion step, %d BLAS thread(s))\n",
+              costs.serialize, costs.parse, costs.decode, costs.validate, costs.fold,
+              absl::GetFlag(FLAGS_blas_threads));
+  std::printf("\nServer side of the dion runs (medians; step and phases in ms per step; busy = "
+              "step time / window):\n\n"
+              "| clients | backlog bound | applied/s | steps/s | contributions / step | step ms | "
+              "aggregate | power iteration | orthonormalize | update | broadcast | busy | "
+              "backlog at end | shutdown drain s | refused |\n"
+              "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n");
+  for (size_t i = 0; i < counts.size(); ++i) {
+    for (const auto* runs : {&dion[i], &bounded[i]}) {
+      if (runs->empty()) continue;
+      const auto f = [&](auto field, int digits) { return Fmt(med(*runs, field), digits); };
+      const auto phase = [&](const char* name) {
+        return f([name](const RunResult& r) {
+                   return r.phase_ms.contains(name) ? r.phase_ms.at(name) : NAN;
+                 }, 2);
+      };
+      std::printf(
+          "| %d | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s |\n",
+          counts[i], runs == &dion[i] ? "none" : absl::StrCat(max_backlog).c_str(),
+          f([](const RunResult& r) { return r.applied_per_s; }, 0).c_str(),
+          f([](const RunResult& r) { return r.steps_per_s; }, 1).c_str(),
+          f([](const RunResult& r) { return r.per_step; }, 1).c_str(),
+          f([](const RunResult& r) { return r.step_ms; }, 1).c_str(), phase("aggregate").c_str(),
+          phase("power_iteration").c_str(), phase("orthonormalize").c_str(),
+          phase("update").c_str(), phase("broadcast").c_str(),
+          f([](const RunResult& r) { return r.busy; }, 2).c_str(),
+          f([](const RunResult& r) { return static_cast<double>(r.backlog); }, 0).c_str(),
+          f([](const RunResult& r) { return r.drain_s; }, 2).c_str(),
+          f([](const RunResult& r) { return static_cast<double>(r.refused); }, 0).c_str());
+    }
+  }
+  return 0;
+}
+
+}  // namespace
+}  // namespace dion
+
+int main(int argc, char** argv) {
+  absl::ParseCommandLine(argc, argv);
+  return dion::Main();
+}
