@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# ctest deploy_k8s: renders every overlay of deploy/k8s with `kubectl kustomize`, validates
+# the objects offline against the Kubernetes schemas (deploy/tools/validate_k8s.mjs, installed
+# by deploy/tools/install_validators.sh) and checks what is specific to dion-ps
+# (k8s_consistency.py: shard/worker counts, flags, security, probes, selectors).
+#
+#   k8s_check.sh SOURCE_ROOT DION_SERVER DION_WORKER
+# No network: the validator must already be installed (scripts/setup.sh does it).
+set -euo pipefail
+root="$1" server="$2" worker="$3"
+tmp="$(mktemp -d)"
+trap 'rm -rf "$tmp"' EXIT
+kubectl="${KUBECTL:-kubectl}"
+command -v "$kubectl" >/dev/null || { echo "FAIL kubectl not found" >&2; exit 1; }
+
+overlays=()
+for dir in "$root"/deploy/k8s/overlays/*/; do
+  name="$(basename "$dir")"
+  "$kubectl" kustomize "$dir" > "$tmp/$name.yaml"
+  echo "ok   kubectl kustomize overlays/$name: $(grep -c '^kind:' "$tmp/$name.yaml") objects"
+  overlays+=("$tmp/$name.yaml")
+done
+[ "${#overlays[@]}" -ge 2 ] || { echo "FAIL expected at least the small and large overlays"; exit 1; }
+
+node "$root/deploy/tools/validate_k8s.mjs" --json "$tmp/rendered.json" "${overlays[@]}"
+"$server" --help > "$tmp/server-help.txt" 2>&1 || true
+"$worker" --help > "$tmp/worker-help.txt" 2>&1 || true
+/usr/bin/python3 "$root/tests/deploy/k8s_consistency.py" "$tmp/rendered.json" \
+  "$tmp/server-help.txt" "$tmp/worker-help.txt"
