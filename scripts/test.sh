@@ -42,20 +42,26 @@ if [ "$asan" = 1 ]; then
 fi
 if [ "$tsan" = 1 ]; then
   # The batcher and the store are where the shard's locks live; the integration tests drive
-  # the whole server (gRPC handlers, compute pool, broadcaster) from concurrent clients.
+  # the whole server (gRPC handlers, compute pool, broadcaster) from concurrent clients; the
+  # worker client tests drive the client's link threads (acks, subscription, reconnects).
+  # Not here: worker_training_test. Uninstrumented gRPC makes TSan match ~150k suppressions
+  # in it (print_suppressions=1), which slows it ~300x: 9 shard steps in 20 s.
   tsan_targets=(batcher_test parameter_store_test server_shard_test server_service_test
-                server_bad_input_test server_concurrency_test)
+                server_bad_input_test server_concurrency_test server_protocol_test
+                server_metrics_endpoint_test server_slow_subscriber_test server_binary_test
+                backoff_test gradient_accumulator_test replica_test worker_client_test)
   stage "ThreadSanitizer build (${tsan_targets[*]})"
   cmake -S . -B build-tsan -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo \
     -DDION_SANITIZE=thread -DDION_BUILD_BENCH=OFF >/dev/null
   cmake --build build-tsan -j "$jobs" --target "${tsan_targets[@]}"
   stage "ThreadSanitizer tests"
   export TSAN_OPTIONS="halt_on_error=1:second_deadlock_stack=1:suppressions=$PWD/tests/tsan.supp"
-  # Excluded: the numeric replay of concurrent pushes. Under TSan's ~10x slowdown it disagrees
-  # with the replay in 2 of 5 runs (0.02-0.06 relative): an open bug in how batches are
-  # grouped when deadlines fire mid-stream, tracked in issue #3, not a race TSan reports.
+  # Excluded: the numeric replay of concurrent pushes, which disagreed with the replay under
+  # TSan in 2 of 5 runs (issue #3); the test now uses full-rank contributions (see its comment),
+  # not yet confirmed over repeated TSan runs.
   ctest --test-dir build-tsan --output-on-failure -j "$jobs" --timeout 600 \
-    -R '^(Batcher|ParameterStore|Shard|Server)' -L 'unit|integration' \
+    -R '^(Batcher|ParameterStore|Shard|Server|Backoff|GradientAccumulator|Replica|WorkerClient)' \
+    -L 'unit|integration' \
     -E 'ConcurrentClientsMatchCommonDionAppliedToTheSameBatches'
 fi
 stage "all tests passed"

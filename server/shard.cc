@@ -172,6 +172,9 @@ absl::StatusOr<PushReply> Shard::Push(Contribution contribution) {
     return status;
   }
   Lane* lane = lane_it->second.get();
+  // Read before the offer: the batcher's version is never behind it then, whereas a batch this
+  // contribution closes may be applied before a later read.
+  const int64_t applied_version = store_->Version(parameter).value_or(0);
   absl::StatusOr<OfferResult> offer = lane->batcher->Offer(std::move(contribution));
   if (!offer.ok()) {
     Count(worker_id, parameter, true, known_worker, &PushCounts::rejected, loss);
@@ -183,8 +186,7 @@ absl::StatusOr<PushReply> Shard::Push(Contribution contribution) {
   }
   PushReply reply;
   reply.result = offer->result;
-  // Read after the offer: never ahead of the batch version (batches close before they apply).
-  reply.applied_version = store_->Version(parameter).value_or(0);
+  reply.applied_version = applied_version;
   reply.batch_version = offer->version;
   reply.staleness = offer->staleness;
   if (offer->closed.has_value()) {

@@ -131,5 +131,48 @@ TEST(GradientAccumulator, BadGradientChangesNothing) {
   EXPECT_EQ(acc.Outstanding().norm(), 0.0f);
 }
 
+TEST(GradientAccumulator, ZeroResidualStillCarriesItsSamples) {
+  // Nothing for the compressor to capture: the samples must still go out (their mean gradient
+  // is zero), or they stay pending for ever and the client's Flush never completes.
+  GradientAccumulator acc(Spec("w", {6, 4}, OptimizerKind::kDion), 2, 1, 0);
+  ASSERT_TRUE(acc.Accumulate(Matrix::Zero(6, 4), 8, 0.5, 3).ok());
+  std::optional<Contribution> c = acc.Take("w", 3, absl::Now());
+  ASSERT_TRUE(c.has_value());
+  EXPECT_EQ(c->sample_count, 8);
+  EXPECT_EQ(c->base_version, 3);
+  ASSERT_TRUE(c->is_low_rank());
+  EXPECT_EQ(c->factors().P.rows(), 6);
+  EXPECT_EQ(c->factors().R.rows(), 4);
+  EXPECT_EQ(c->factors().P.cols(), 1);  // rank 1, the smallest valid payload
+  EXPECT_EQ(c->factors().P.norm(), 0.0f);
+  EXPECT_EQ(c->factors().R.norm(), 0.0f);
+  EXPECT_EQ(acc.pending_samples(), 0);
+  // Refused, it restores nothing but its samples.
+  ASSERT_TRUE(acc.Acknowledge(c->sequence, /*refused=*/true).ok());
+  EXPECT_EQ(acc.pending_samples(), 8);
+  EXPECT_EQ(acc.Outstanding().norm(), 0.0f);
+}
+
+TEST(GradientAccumulator, StopsTakingBeforeTheUnacknowledgedSpanReachesTheDedupWindow) {
+  // The shard remembers 4096 sequences per worker and parameter; a sequence older than that
+  // cannot be told apart from one applied long ago. The oldest unacknowledged sequence and
+  // the newest one taken stay less than kMaxUnacknowledgedSpan apart.
+  GradientAccumulator acc(Spec("b", {2}, OptimizerKind::kAdamW), 0, 1, 1000);
+  for (uint64_t i = 0; i < kMaxUnacknowledgedSpan; ++i) {
+    ASSERT_TRUE(acc.Accumulate(Matrix::Ones(1, 2), 1, 0.0, 0).ok());
+    ASSERT_TRUE(acc.Take("w", 0, absl::Now()).has_value()) << i;
+  }
+  ASSERT_TRUE(acc.Accumulate(Matrix::Ones(1, 2), 1, 0.0, 0).ok());
+  EXPECT_FALSE(acc.Take("w", 0, absl::Now()).has_value());
+  EXPECT_EQ(acc.pending_samples(), 1);  // kept for later, not lost
+  // An acknowledgement of a newer one does not help: the oldest is still open.
+  ASSERT_TRUE(acc.Acknowledge(1000 + kMaxUnacknowledgedSpan - 1, false).ok());
+  EXPECT_FALSE(acc.Take("w", 0, absl::Now()).has_value());
+  ASSERT_TRUE(acc.Acknowledge(1000, false).ok());
+  std::optional<Contribution> next = acc.Take("w", 0, absl::Now());
+  ASSERT_TRUE(next.has_value());
+  EXPECT_EQ(next->sequence, 1000 + kMaxUnacknowledgedSpan);
+}
+
 }  // namespace
 }  // namespace dion

@@ -117,5 +117,40 @@ TEST(Replica, WrongShapesAreRefusedWithoutChange) {
   EXPECT_EQ(WeightsChecksum(replica.value()), WeightsChecksum(X0));
 }
 
+TEST(Replica, MismatchLeavesTheCopyOutOfSyncUntilAFullValue) {
+  // After a mismatch the copy carries the new version number without its bits: it must not be
+  // announced as held when resubscribing, and further steps cannot repair it.
+  Replica replica(Spec(4, 3));
+  const Matrix X0 = Random(4, 3, 2);
+  ASSERT_TRUE(replica.Apply(Full(1, X0)).ok());
+  EXPECT_TRUE(replica.in_sync());
+  Matrix X1;
+  VersionUpdate bad = Step(2, X0, false, 5, &X1);
+  bad.checksum ^= 1;
+  ASSERT_EQ(*replica.Apply(bad), ReplicaEvent::kChecksumMismatch);
+  EXPECT_FALSE(replica.in_sync());
+  // The next step matches the server's checksum of version 3 but applies to wrong bits.
+  Matrix X2;
+  VersionUpdate next = Step(3, X1, false, 7, &X2);
+  EXPECT_EQ(*replica.Apply(next, /*verify_checksum=*/false), ReplicaEvent::kChecksumMismatch);
+  EXPECT_FALSE(replica.in_sync());
+  const uint64_t changes = replica.changes();
+  ASSERT_TRUE(replica.Set(3, X2, WeightsChecksum(X2)).ok());
+  EXPECT_TRUE(replica.in_sync());
+  EXPECT_GT(replica.changes(), changes);
+  // A gap leaves the copy as it was, in sync at its version.
+  Matrix X4;
+  EXPECT_EQ(*replica.Apply(Step(5, X2, false, 9, &X4)), ReplicaEvent::kGap);
+  EXPECT_TRUE(replica.in_sync());
+}
+
+TEST(Replica, SetRefusesAValueThatDoesNotMatchItsChecksum) {
+  Replica replica(Spec(2, 2));
+  const Matrix X = Random(2, 2, 1);
+  EXPECT_EQ(replica.Set(4, X, WeightsChecksum(X) ^ 1).code(), absl::StatusCode::kDataLoss);
+  EXPECT_FALSE(replica.has_value());
+  EXPECT_FALSE(replica.in_sync());
+}
+
 }  // namespace
 }  // namespace dion

@@ -1,17 +1,24 @@
 // The worker's client library (worker/client.h) against in-process shards on 127.0.0.1:
 // replica in step with the shard, refused pushes restored (nothing lost), resync after a
 // shard restarts from an older checkpoint, reconnect after an outage, giving up, bad input.
+// Timing-dependent faults (a stream breaking while a push is taken, an update arriving during
+// a resync, a shard that hangs) are scripted with a fake shard (tests/fake_shard.h).
 #include "worker/client.h"
 
 #include <gtest/gtest.h>
 
+#include <atomic>
 #include <filesystem>
+#include <map>
+#include <set>
 #include <vector>
 
 #include "absl/strings/str_cat.h"
 #include "common/checksum.h"
+#include "common/dion.h"
 #include "common/rng.h"
 #include "common/wire.h"
+#include "tests/fake_shard.h"
 #include "tests/reference.h"
 #include "tests/server_test_util.h"
 
@@ -44,6 +51,43 @@ std::vector<Matrix> RandomGradients(const std::vector<ParamSpec>& specs, uint64_
     gradients.push_back(std::move(G));
   }
   return gradients;
+}
+
+// Polls `done` every 5 ms for up to `timeout`.
+template <typename Predicate>
+bool WaitUntil(Predicate done, absl::Duration timeout = absl::Seconds(20)) {
+  const absl::Time deadline = absl::Now() + timeout;
+  while (!done()) {
+    if (absl::Now() >= deadline) return false;
+    absl::SleepFor(absl::Milliseconds(5));
+  }
+  return true;
+}
+
+std::unique_ptr<testing::FakeShard> StartFake(const ModelTable& table = TestTable()) {
+  auto fake = std::make_unique<testing::FakeShard>(table);
+  const absl::Status started = fake->Start();
+  EXPECT_TRUE(started.ok()) << started;
+  return started.ok() ? std::move(fake) : nullptr;
+}
+
+// Connect to the fake, then wait until the client's subscription is open there (so that
+// broadcasts reach it).
+absl::StatusOr<std::unique_ptr<Client>> ConnectToFake(
+    testing::FakeShard& fake, const ClientOptions& options,
+    const ModelTable& table = TestTable()) {
+  absl::StatusOr<std::unique_ptr<Client>> client = Client::Connect(table, options);
+  if (client.ok() && !WaitUntil([&] { return fake.open_subscriptions() == 1; })) {
+    return absl::DeadlineExceededError("the client never subscribed to the fake shard");
+  }
+  return client;
+}
+
+int IndexOf(const Client& client, const std::string& name) {
+  for (int i = 0; i < static_cast<int>(client.specs().size()); ++i) {
+    if (client.specs()[i].name == name) return i;
+  }
+  return -1;
 }
 
 std::unique_ptr<DionServer> StartServer(ServerOptions options) {
@@ -138,13 +182,19 @@ TEST(WorkerClient, RefusedPushesAreRestoredSoNothingIsLost) {
   }
   ASSERT_TRUE((*client)->Flush(absl::Seconds(30)).ok());
   EXPECT_GT((*client)->stats().refused, 0) << "max_staleness 0 should refuse some pushes";
+  (*client)->Close();  // no acknowledgement arrives after this
+  // Outstanding() takes the accumulator's lock, which the observer holds while it takes `mu`:
+  // read it before taking `mu`.
+  std::vector<MatrixD> outstanding;
+  for (size_t i = 0; i < specs.size(); ++i) {
+    outstanding.push_back((*client)->Outstanding(i).cast<double>());
+  }
   MutexLock lock(&mu);
   for (size_t i = 0; i < specs.size(); ++i) {
-    const MatrixD accounted = accepted[i] + (*client)->Outstanding(i).cast<double>();
+    const MatrixD accounted = accepted[i] + outstanding[i];
     // float32 sums of ~30 steps of O(0.1 * 10) entries; 1e-5 relative leaves 10x margin.
     EXPECT_LT(testing::RelativeError(accounted, total[i]), 1e-5) << specs[i].name;
   }
-  (*client)->Close();
   EXPECT_TRUE(server->Shutdown().ok());
 }
 
@@ -291,6 +341,199 @@ TEST(WorkerClient, ConnectRefusesShardsListedOutOfOrder) {
   EXPECT_TRUE((*ordered)->Flush(absl::Seconds(20)).ok());
   (*ordered)->Close();
   for (auto& server : servers) EXPECT_TRUE(server->Shutdown().ok());
+}
+
+TEST(WorkerClient, FlushCompletesWhenADionGradientIsZero) {
+  std::unique_ptr<DionServer> server = StartServer(TestServerOptions());
+  ASSERT_NE(server, nullptr);
+  absl::StatusOr<std::unique_ptr<Client>> client =
+      Client::Connect(TestTable(), TestClientOptions({server->address()}, "w0"));
+  ASSERT_TRUE(client.ok()) << client.status();
+  // A layer whose gradient is exactly zero for a step (dead units, a frozen input): the
+  // compressor captures nothing, yet the step's samples must go out, or Flush never ends.
+  std::vector<Matrix> G = RandomGradients((*client)->specs(), 1);
+  G[IndexOf(**client, "w")].setZero();
+  ASSERT_TRUE((*client)->Submit(G, 8, 1.0).ok());
+  EXPECT_TRUE((*client)->Flush(absl::Seconds(10)).ok()) << (*client)->status();
+  EXPECT_TRUE(ReplicaMatchesServer(**client, *server));
+  (*client)->Close();
+  EXPECT_TRUE(server->Shutdown().ok());
+}
+
+TEST(WorkerClient, ConnectRefusesMoreInFlightPushesThanTheDedupWindowAllows) {
+  ClientOptions options = TestClientOptions({"127.0.0.1:1"}, "w0");
+  options.max_in_flight = static_cast<int>(kMaxUnacknowledgedSpan) + 1;
+  absl::StatusOr<std::unique_ptr<Client>> client = Client::Connect(TestTable(), options);
+  EXPECT_EQ(client.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_NE(client.status().message().find("max_in_flight"), absl::string_view::npos);
+}
+
+// A contribution queued while the link re-opens its Push stream must not be queued a second
+// time by the re-send of everything in flight: two copies on one stream could be answered
+// "refused" (restored into the residual) and then ACCEPTED, applying that gradient twice.
+// The window is between the link clearing its queue and the re-send taking the parameter's
+// lock; a large Dion matrix keeps the training thread inside Take (compression) most of the
+// time, so a re-open lands in it often.
+TEST(WorkerClient, NeverSendsASequenceTwiceOnOnePushStream) {
+  ModelTable table;
+  table.model_name = "resend";
+  ParamSpec big;
+  big.name = "big";
+  big.shape = {256, 256};
+  big.optimizer = OptimizerKind::kDion;
+  ParamSpec bias;
+  bias.name = "bias";
+  bias.shape = {8};
+  bias.optimizer = OptimizerKind::kAdamW;
+  table.parameters = {{big, {}}, {bias, {}}};
+  std::unique_ptr<testing::FakeShard> fake = StartFake(table);
+  ASSERT_NE(fake, nullptr);
+  fake->BreakPushStreamsAfter(4);  // every stream breaks with its fourth push unanswered
+  ClientOptions options = TestClientOptions({fake->address()}, "w0");
+  options.reconnect.initial_delay = absl::ZeroDuration();  // re-open at once, many times
+  options.reconnect.give_up_after = absl::Seconds(120);
+  absl::StatusOr<std::unique_ptr<Client>> client = ConnectToFake(*fake, options, table);
+  ASSERT_TRUE(client.ok()) << client.status();
+  const std::vector<Matrix> G = RandomGradients((*client)->specs(), 1);
+  const absl::Time deadline = absl::Now() + absl::Seconds(20);
+  while (fake->push_streams() < 100 && absl::Now() < deadline) {
+    ASSERT_TRUE((*client)->Submit(G, 4, 1.0).ok()) << (*client)->status();
+  }
+  fake->BreakPushStreamsAfter(0);
+  EXPECT_TRUE((*client)->Flush(absl::Seconds(20)).ok()) << (*client)->status();
+  (*client)->Close();
+  EXPECT_GE(fake->push_streams(), 20);  // the re-open path ran many times
+  std::map<int, std::set<std::pair<std::string, uint64_t>>> per_stream;
+  int repeats = 0;
+  for (const testing::FakeShard::Received& r : fake->received()) {
+    repeats += !per_stream[r.stream].insert({r.parameter, r.sequence}).second;
+  }
+  EXPECT_EQ(repeats, 0) << "sequences written twice on one stream, over "
+                        << fake->push_streams() << " streams";
+}
+
+TEST(WorkerClient, AnswerOlderThanTheDedupWindowIsFatalAndNotRestored) {
+  std::unique_ptr<testing::FakeShard> fake = StartFake();
+  ASSERT_NE(fake, nullptr);
+  std::atomic<bool> answered{false};
+  fake->SetJudge([&](const v1::Contribution& c) {
+    if (c.parameter() == "b" && !answered.exchange(true)) {
+      return testing::FakeShard::Ack(
+          c, v1::PUSH_RESULT_REJECTED, static_cast<int>(absl::StatusCode::kOutOfRange),
+          "parameter 'b': sequence 5 of worker 'w0' is older than the dedup window (floor 9, "
+          "window 4096): it was NOT applied now, and the shard cannot tell whether it was "
+          "applied before");
+    }
+    return testing::FakeShard::Ack(c, v1::PUSH_RESULT_ACCEPTED);
+  });
+  ClientOptions options = TestClientOptions({fake->address()}, "w0");
+  int restored = 0;
+  options.on_acknowledged = [&](const Contribution& c, bool refused) {
+    restored += c.parameter == "b" && refused;
+  };
+  absl::StatusOr<std::unique_ptr<Client>> client = ConnectToFake(*fake, options);
+  ASSERT_TRUE(client.ok()) << client.status();
+  ASSERT_TRUE((*client)->Submit(RandomGradients((*client)->specs(), 1), 8, 1.0).ok());
+  ASSERT_TRUE(WaitUntil([&] { return !(*client)->status().ok(); }))
+      << "the unknown-fate answer did not stop the client";
+  const absl::Status status = (*client)->status();
+  EXPECT_EQ(status.code(), absl::StatusCode::kDataLoss) << status;
+  EXPECT_NE(status.message().find("dedup window"), absl::string_view::npos) << status;
+  (*client)->Close();
+  // Dropped, not restored: restoring could apply it twice.
+  EXPECT_EQ(restored, 0);
+  EXPECT_EQ((*client)->Outstanding(IndexOf(**client, "b")).norm(), 0.0f);
+  EXPECT_EQ(fake->pulls(), 1);  // Connect's pull; no resync either
+}
+
+// A resync started from an acknowledgement (base_version from the future: the shard went back)
+// runs on the ack thread while the subscriber keeps applying updates. A pull answered before
+// an update that the subscriber applied meanwhile must not take the replica back.
+TEST(WorkerClient, ResyncDoesNotUndoAnUpdateThatArrivedDuringItsPull) {
+  std::unique_ptr<testing::FakeShard> fake = StartFake();
+  ASSERT_NE(fake, nullptr);
+  std::atomic<bool> rejected{false};
+  fake->SetJudge([&](const v1::Contribution& c) {
+    if (c.parameter() == "b" && !rejected.exchange(true)) {
+      return testing::FakeShard::Ack(c, v1::PUSH_RESULT_REJECTED,
+                                     static_cast<int>(absl::StatusCode::kOutOfRange),
+                                     "parameter 'b': base_version 0 is outside [0, 0]");
+    }
+    return testing::FakeShard::Ack(c, v1::PUSH_RESULT_ACCEPTED);
+  });
+  ClientOptions options = TestClientOptions({fake->address()}, "w0");
+  std::atomic<int> accepted_b{0};
+  options.on_acknowledged = [&](const Contribution& c, bool refused) {
+    if (c.parameter == "b" && !refused) ++accepted_b;
+  };
+  absl::StatusOr<std::unique_ptr<Client>> client = ConnectToFake(*fake, options);
+  ASSERT_TRUE(client.ok()) << client.status();
+  const int b = IndexOf(**client, "b");
+  fake->HoldPulls(true);
+  ASSERT_TRUE((*client)->Submit(RandomGradients((*client)->specs(), 1), 8, 1.0).ok());
+  ASSERT_TRUE(WaitUntil([&] { return fake->pulls() == 2; })) << "no resync pull";
+  // While the resync's pull waits, version 1 of "b" arrives on the subscription.
+  Matrix X1(1, 24);
+  Rng(5).FillNormal(X1);
+  fake->Broadcast(VersionUpdate{"b", 1, WeightsChecksum(X1), X1});
+  ASSERT_TRUE(WaitUntil([&] { return (*client)->version(b) == 1; }));
+  fake->HoldPulls(false);  // the pull answers with version 0: it was taken before
+  // The restored push went out again before the resync; its acknowledgement is read by the
+  // same thread after the resync returned.
+  ASSERT_TRUE(WaitUntil([&] { return accepted_b.load() >= 1; }));
+  EXPECT_EQ((*client)->version(b), 1) << "the resync took the replica back";
+  std::vector<Matrix> weights;
+  (*client)->CopyWeights(&weights);
+  EXPECT_EQ(WeightsChecksum(weights[b]), WeightsChecksum(X1));
+  (*client)->Close();
+}
+
+TEST(WorkerClient, ReopensAPushStreamWhoseAcknowledgementsStop) {
+  std::unique_ptr<testing::FakeShard> fake = StartFake();
+  ASSERT_NE(fake, nullptr);
+  std::atomic<bool> hang{true};
+  Mutex mu;
+  std::set<std::pair<std::string, uint64_t>> accepted;
+  fake->SetJudge([&](const v1::Contribution& c) {
+    // A shard that stopped answering (bounded, so the fake can shut down).
+    const absl::Time until = absl::Now() + absl::Seconds(30);
+    while (hang.load() && absl::Now() < until) absl::SleepFor(absl::Milliseconds(5));
+    MutexLock lock(&mu);
+    const bool fresh = accepted.insert({c.parameter(), c.sequence()}).second;
+    return testing::FakeShard::Ack(
+        c, fresh ? v1::PUSH_RESULT_ACCEPTED : v1::PUSH_RESULT_DUPLICATE);
+  });
+  ClientOptions options = TestClientOptions({fake->address()}, "w0");
+  options.ack_timeout = absl::Seconds(1);
+  absl::StatusOr<std::unique_ptr<Client>> client = ConnectToFake(*fake, options);
+  ASSERT_TRUE(client.ok()) << client.status();
+  ASSERT_TRUE((*client)->Submit(RandomGradients((*client)->specs(), 1), 8, 1.0).ok());
+  const bool reopened = WaitUntil([&] { return fake->push_streams() >= 2; }, absl::Seconds(15));
+  hang.store(false);
+  ASSERT_TRUE(reopened) << "the stream without acknowledgements was never re-opened";
+  EXPECT_TRUE((*client)->Flush(absl::Seconds(20)).ok()) << (*client)->status();
+  EXPECT_GE((*client)->stats().reconnects, 1);
+  (*client)->Close();
+}
+
+TEST(WorkerClient, GivesUpOnAShardThatRegistersButBreaksEveryPushStream) {
+  std::unique_ptr<testing::FakeShard> fake = StartFake();
+  ASSERT_NE(fake, nullptr);
+  fake->BreakPushStreamsAfter(1);
+  ClientOptions options = TestClientOptions({fake->address()}, "w0");
+  options.reconnect.give_up_after = absl::Seconds(1);
+  absl::StatusOr<std::unique_ptr<Client>> client = ConnectToFake(*fake, options);
+  ASSERT_TRUE(client.ok()) << client.status();
+  absl::Status status;
+  const bool gave_up = WaitUntil([&] {
+    status = (*client)->Submit(RandomGradients((*client)->specs(), 2), 8, 1.0);
+    return !status.ok();
+  });
+  ASSERT_TRUE(gave_up);
+  EXPECT_EQ(status.code(), absl::StatusCode::kUnavailable) << status;
+  EXPECT_NE(status.message().find("shard 0"), absl::string_view::npos) << status;
+  EXPECT_NE(status.message().find("Push stream"), absl::string_view::npos) << status;
+  (*client)->Close();
 }
 
 }  // namespace

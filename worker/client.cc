@@ -7,6 +7,7 @@
 #include <utility>
 
 #include "absl/container/flat_hash_map.h"
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
 #include "common/wire.h"
@@ -26,6 +27,9 @@ struct Client::Parameter {
   Replica replica ABSL_GUARDED_BY(replica_mu);
   mutable Mutex accumulator_mu;
   GradientAccumulator accumulator ABSL_GUARDED_BY(accumulator_mu);
+  // For each in-flight sequence, the Push stream generation of the link it was last queued
+  // in: a re-opened stream re-sends only what was not queued in it already.
+  absl::flat_hash_map<uint64_t, uint64_t> queued_in ABSL_GUARDED_BY(accumulator_mu);
 };
 
 namespace {
@@ -56,9 +60,14 @@ bool Retryable(const absl::Status& s) {
          s.code() == absl::StatusCode::kDeadlineExceeded;
 }
 
+absl::StatusCode StatusCodeOf(int32_t code) {
+  return code >= 1 && code <= 16 ? static_cast<absl::StatusCode>(code)
+                                 : absl::StatusCode::kUnknown;
+}
+
 // A rejected push that was certainly not applied and may succeed later: restore it.
-bool RefusedNotApplied(int32_t code) {
-  switch (static_cast<absl::StatusCode>(code)) {
+bool RefusedNotApplied(absl::StatusCode code) {
+  switch (code) {
     case absl::StatusCode::kOutOfRange:          // base version ahead of a restarted shard
     case absl::StatusCode::kFailedPrecondition:  // shard restarted without the model yet
     case absl::StatusCode::kUnavailable:         // shard shutting down
@@ -77,9 +86,14 @@ absl::StatusOr<std::unique_ptr<Client>> Client::Connect(const ModelTable& table,
     return absl::InvalidArgumentError("shard_addresses is empty; expected one host:port per shard");
   }
   if (options.worker_id.empty()) return absl::InvalidArgumentError("worker_id must not be empty");
-  if (options.max_in_flight < 1) {
+  if (options.max_in_flight < 1 ||
+      static_cast<uint64_t>(options.max_in_flight) > kMaxUnacknowledgedSpan) {
     return absl::InvalidArgumentError(
-        absl::StrCat("max_in_flight must be >= 1, got ", options.max_in_flight));
+        absl::StrCat("max_in_flight must be in [1, ", kMaxUnacknowledgedSpan, "] (well inside ",
+                     "the shards' dedup window), got ", options.max_in_flight));
+  }
+  if (options.ack_timeout <= absl::ZeroDuration()) {
+    return absl::InvalidArgumentError("ack_timeout must be positive");
   }
   if (!(options.compression_rank_fraction > 0.0 && options.compression_rank_fraction <= 1.0)) {
     return absl::InvalidArgumentError(absl::StrCat(
@@ -125,6 +139,7 @@ absl::Status Client::Start(const ModelTable& table) {
     link.address = options_.shard_addresses[s];
     link.worker_id = options_.worker_id;
     link.rpc_deadline = options_.rpc_deadline;
+    link.ack_timeout = options_.ack_timeout;
     link.reconnect = options_.reconnect;
     link.max_message_bytes = options_.max_message_bytes;
     link.seed = MixSeed(options_.seed, 0x11, static_cast<uint64_t>(s));
@@ -132,7 +147,9 @@ absl::Status Client::Start(const ModelTable& table) {
     callbacks.on_ack = [this, s](const v1::PushAck& ack) { OnAck(s, ack); };
     callbacks.on_update = [this, s](v1::VersionUpdate& update) { OnUpdate(s, update); };
     callbacks.have = [this, s] { return Have(s); };
-    callbacks.on_push_stream_opened = [this, s] { ResendInFlight(s); };
+    callbacks.on_push_stream_opened = [this, s](uint64_t generation) {
+      ResendInFlight(s, generation);
+    };
     callbacks.on_reconnect = [this] {
       {
         MutexLock lock(&mu_);
@@ -282,7 +299,7 @@ void Client::MaybeSend(Parameter& p) {
   ContributionToProto(*contribution, &message, specs_[p.index].shape);
   const int64_t bytes = static_cast<int64_t>(message.ByteSizeLong());
   const int64_t dense = 4 * specs_[p.index].size();
-  links_[p.shard]->Send(std::move(message));
+  p.queued_in[contribution->sequence] = links_[p.shard]->Send(std::move(message));
   {
     MutexLock lock(&mu_);
     ++stats_.pushes;
@@ -292,23 +309,32 @@ void Client::MaybeSend(Parameter& p) {
   if (options_.metrics != nullptr) options_.metrics->RecordPush(local_steps, bytes, dense);
 }
 
-void Client::ResendInFlight(int shard) {
+void Client::ResendInFlight(int shard, uint64_t generation) {
   for (auto& p : parameters_) {
     if (p->shard != shard) continue;
     MutexLock lock(&p->accumulator_mu);
     for (const Contribution* c : p->accumulator.InFlight()) {
+      // Taken and queued after the link cleared its queue for this stream: already on its way.
+      // A second copy on the same stream could be refused and restored, and then accepted.
+      auto queued = p->queued_in.find(c->sequence);
+      if (queued != p->queued_in.end() && queued->second == generation) continue;
       v1::Contribution message;
       ContributionToProto(*c, &message, specs_[p->index].shape);
-      links_[shard]->Send(std::move(message));
+      p->queued_in[c->sequence] = links_[shard]->Send(std::move(message));
     }
   }
 }
 
 void Client::OnAck(int shard, const v1::PushAck& ack) {
   Parameter* p = Find(ack.parameter());
-  if (p == nullptr) return;  // not ours: nothing to restore
+  // Nothing of this shard's is in flight for a name it does not own.
+  if (p == nullptr || p->shard != shard) return;
+  // How the contribution is settled: dropped (applied, or applied before), restored into the
+  // residual (certainly not applied), or dropped with its fate unknown (a fatal error).
   bool refused = false;
+  bool unknown = false;
   bool resync = false;
+  absl::Status fatal;
   WorkerPushResult result = WorkerPushResult::kAccepted;
   switch (ack.result()) {
     case v1::PUSH_RESULT_ACCEPTED: break;
@@ -317,25 +343,50 @@ void Client::OnAck(int shard, const v1::PushAck& ack) {
       result = WorkerPushResult::kStale;
       refused = true;
       break;
+    case v1::PUSH_RESULT_REJECTED: {
+      result = WorkerPushResult::kRejected;
+      const absl::StatusCode code = StatusCodeOf(ack.status_code());
+      if (code == absl::StatusCode::kOutOfRange &&
+          absl::StrContains(ack.message(), "dedup window")) {
+        // Older than the shard's dedup window: not applied now, maybe applied before. Restoring
+        // could apply it twice, so it is dropped, and the run stops: this client keeps fewer
+        // than kMaxUnacknowledgedSpan sequences open, so another process uses this worker id
+        // or sequence numbers were reused (first_sequence).
+        unknown = true;
+        fatal = absl::DataLossError(absl::StrCat(
+            "shard ", shard, " cannot tell whether contribution ", ack.sequence(), " to '",
+            ack.parameter(), "' was applied (", ack.message(), "); it was dropped. Is worker id '",
+            options_.worker_id, "' used by two processes, or were sequence numbers reused?"));
+        break;
+      }
+      refused = true;  // restored either way: nothing is lost, even on a fatal error
+      resync = code == absl::StatusCode::kOutOfRange;
+      if (!RefusedNotApplied(code)) {
+        fatal = absl::Status(code, absl::StrCat("shard ", shard, " rejected a contribution to '",
+                                                ack.parameter(), "': ", ack.message()));
+      }
+      break;
+    }
     default:
       result = WorkerPushResult::kRejected;
-      refused = true;  // restored either way: nothing is lost, even on a fatal error
-      resync = ack.status_code() == static_cast<int32_t>(absl::StatusCode::kOutOfRange);
-      if (!RefusedNotApplied(ack.status_code())) {
-        Fail(absl::Status(static_cast<absl::StatusCode>(ack.status_code()),
-                          absl::StrCat("shard ", shard, " rejected a contribution to '",
-                                       ack.parameter(), "': ", ack.message())));
-      }
+      unknown = true;
+      fatal = absl::DataLossError(absl::StrCat(
+          "shard ", shard, " answered contribution ", ack.sequence(), " to '", ack.parameter(),
+          "' with unknown result ", static_cast<int>(ack.result()), "; it was dropped"));
   }
   absl::Time taken;
   {
     MutexLock lock(&p->accumulator_mu);
     absl::StatusOr<GradientAccumulator::Acknowledged> done =
         p->accumulator.Acknowledge(ack.sequence(), refused);
-    // A duplicate acknowledgement (after a re-send) finds nothing in flight: ignore it.
+    // Not in flight (answered already): nothing to settle.
     if (!done.ok()) return;
+    p->queued_in.erase(ack.sequence());
     taken = done->taken;
-    if (options_.on_acknowledged) options_.on_acknowledged(done->contribution, refused);
+    if (options_.on_acknowledged && !unknown) {
+      options_.on_acknowledged(done->contribution, refused);
+    }
+    if (!fatal.ok()) Fail(fatal);
     if (status().ok()) MaybeSend(*p);
   }
   {
@@ -389,13 +440,23 @@ void Client::Resync(Parameter& p, const char* reason) {
     ++stats_.resyncs;
   }
   if (options_.metrics != nullptr) options_.metrics->RecordResync(reason);
+  uint64_t changes_before;
+  {
+    MutexLock lock(&p.replica_mu);
+    changes_before = p.replica.changes();
+  }
   absl::StatusOr<std::vector<v1::ParameterValue>> values = links_[p.shard]->Pull({name});
-  // A failed pull is retried by the next update, which finds the same gap or mismatch.
+  // A failed pull is retried by the next update, which finds the same gap or mismatch; a copy
+  // out of sync is left out of Have(), so a resubscription brings its full value as well.
   if (!values.ok() || values->size() != 1) return;
   const v1::ParameterValue& value = values->front();
   absl::StatusOr<Matrix> X = TensorToMatrix(value.value(), specs_[p.index].shape, name);
   if (!X.ok()) return;
   MutexLock lock(&p.replica_mu);
+  // The other stream thread changed the copy while this one pulled (a resync from an ack runs
+  // beside the subscriber): a copy in sync is as new as what the stream said last, and the
+  // pulled value may be older. Replacing it would take the replica back.
+  if (p.replica.changes() != changes_before && p.replica.in_sync()) return;
   (void)p.replica.Set(value.version(), *X, value.checksum());
 }
 
@@ -404,7 +465,8 @@ std::vector<v1::ParameterVersion> Client::Have(int shard) const {
   for (const auto& p : parameters_) {
     if (p->shard != shard) continue;
     MutexLock lock(&p->replica_mu);
-    if (!p->replica.has_value()) continue;
+    // A copy out of sync is not held: the shard then sends its full value.
+    if (!p->replica.in_sync()) continue;
     v1::ParameterVersion held;
     held.set_parameter(specs_[p->index].name);
     held.set_version(p->replica.version());
@@ -444,6 +506,7 @@ absl::Status Client::status() const {
 }
 
 void Client::Fail(const absl::Status& status) {
+  if (status.ok()) return;
   MutexLock lock(&mu_);
   if (fatal_.ok()) fatal_ = status;
 }

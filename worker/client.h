@@ -22,7 +22,11 @@
 // are out, further steps accumulate locally instead of queueing messages, so a slow link
 // automatically means more local steps per push. A push the shard refuses (stale, or rejected
 // as not applied) is restored into the residual and goes out again later: nothing is lost.
-// Duplicates after a retry are harmless (sequence numbers, deduplicated by the shard).
+// When a Push stream is re-opened, what is in flight is sent again with its sequence, once per
+// stream; DUPLICATE answers after such a retry mean "applied before". A push whose fate the
+// shard cannot tell (REJECTED OUT_OF_RANGE, older than its dedup window) is dropped rather than
+// risk applying it twice, and is a fatal DataLoss error: it only happens when two processes
+// share a worker id or sequence numbers are reused.
 //
 // The replica follows the shards' broadcasts: low-rank steps are applied, and on a checksum
 // mismatch, a gap, or a version going backwards (a shard restarted from a checkpoint) the
@@ -31,7 +35,9 @@
 // Unavailable naming the shard.
 //
 // Thread-safety: safe for concurrent use. Submit and Flush are meant for one training thread;
-// CopyWeights and stats may be called from any thread.
+// CopyWeights and stats may be called from any thread. Lock order: a parameter's accumulator
+// lock, then its replica lock, then the client's own; a link's lock is taken last (Send) and
+// the link never calls back while holding it. No lock is held across an RPC.
 #ifndef DION_WORKER_CLIENT_H_
 #define DION_WORKER_CLIENT_H_
 
@@ -66,8 +72,12 @@ struct ClientOptions {
   std::vector<std::string> shard_addresses;  // host:port of shard 0, 1, ... in order
   std::string worker_id;                     // unique per worker; registered with every shard
   double compression_rank_fraction = 0.25;   // worker rank rw = max(1, round(f * min(m, n)))
-  int max_in_flight = 2;                     // unacknowledged pushes per parameter (>= 1)
+  // Unacknowledged pushes per parameter, in [1, kMaxUnacknowledgedSpan].
+  int max_in_flight = 2;
   absl::Duration rpc_deadline = absl::Seconds(10);  // every unary call
+  // A Push stream whose oldest push stays unacknowledged this long is re-opened (the shard
+  // hangs, or the connection died silently); in-flight pushes are re-sent.
+  absl::Duration ack_timeout = absl::Seconds(30);
   BackoffOptions reconnect;                  // retry of unavailable shards, and when to give up
   bool verify_checksums = true;              // check every applied low-rank step
   int64_t max_message_bytes = 64 << 20;
@@ -77,8 +87,9 @@ struct ClientOptions {
   uint64_t first_sequence = 0;
   WorkerMetrics* metrics = nullptr;          // optional; not owned
   // Optional observer of every acknowledged contribution (payload in the mean units of the
-  // wire) and whether it was restored into the residual. Runs on a link thread with the
-  // parameter's accumulator locked: keep it short. For monitoring and tests.
+  // wire) and whether it was restored into the residual (not called for one whose fate is
+  // unknown, see above). Runs on a link thread with the parameter's accumulator locked: keep
+  // it short. For monitoring and tests.
   std::function<void(const Contribution&, bool refused)> on_acknowledged;
 };
 
@@ -132,7 +143,8 @@ class Client {
   ClientStats stats() const;
   // The first fatal error, OkStatus while there is none.
   absl::Status status() const;
-  // Stops the links. Idempotent; accumulated and in-flight gradients are dropped.
+  // Stops the links, cancelling calls in progress (it does not wait for RPC deadlines).
+  // Idempotent; accumulated and in-flight gradients are dropped.
   void Close();
 
   // For tests: the sum, in the accumulator's sum units, of what is neither accepted nor in
@@ -143,13 +155,16 @@ class Client {
   struct Parameter;
   Client(const ModelTable& table, const ClientOptions& options, Layout layout);
   absl::Status Start(const ModelTable& table);
-  // Takes and sends the next contribution of parameter i if one is due. REQUIRES: p.mu held.
-  void MaybeSend(Parameter& p);  // REQUIRES: p.accumulator_mu held
+  // Takes and sends the next contribution of `p` if one is due. REQUIRES: p.accumulator_mu.
+  void MaybeSend(Parameter& p);
   Parameter* Find(absl::string_view name) const;
   void OnAck(int shard, const v1::PushAck& ack);
   void OnUpdate(int shard, v1::VersionUpdate& update);
+  // Pulls the parameter and replaces the replica, unless the replica changed meanwhile and is
+  // in sync (an update that arrived during the pull is at least as new).
   void Resync(Parameter& p, const char* reason);
-  void ResendInFlight(int shard);
+  // Queues the in-flight pushes of `shard` on its Push stream of `generation`.
+  void ResendInFlight(int shard, uint64_t generation);
   void Fail(const absl::Status& status);
   std::vector<v1::ParameterVersion> Have(int shard) const;
 

@@ -56,11 +56,17 @@ absl::Status GradientAccumulator::Accumulate(ConstMatrixRef G, int64_t samples, 
 std::optional<Contribution> GradientAccumulator::Take(const std::string& worker_id,
                                                       int64_t current_version, absl::Time now) {
   if (pending_samples_ <= 0) return std::nullopt;
+  if (!in_flight_.empty() && next_sequence_ - in_flight_.begin()->first >= kMaxUnacknowledgedSpan) {
+    return std::nullopt;
+  }
   const float inverse_samples = 1.0f / static_cast<float>(pending_samples_);
   Contribution c;
   if (compressor_.has_value()) {
     LowRankFactors f = compressor_->Compress();
-    if ((f.R.array() == 0.0f).all()) return std::nullopt;  // nothing captured; keep pending
+    if ((f.R.array() == 0.0f).all()) {
+      // Nothing captured: the smallest valid payload, zero, so the samples still count.
+      f = LowRankFactors{Matrix::Zero(spec_.rows(), 1), Matrix::Zero(spec_.cols(), 1)};
+    }
     f.R *= inverse_samples;  // the mean over the contribution's samples
     c.payload = std::move(f);
   } else {

@@ -37,6 +37,12 @@
 
 namespace dion {
 
+// The newest sequence taken minus the oldest one still unacknowledged stays below this (Take
+// waits otherwise): half the dedup window every shard keeps per worker and parameter (4096,
+// server/sequence_window.h). A re-sent sequence therefore never falls below the window, where
+// the shard could only answer that it cannot tell whether it was applied.
+inline constexpr uint64_t kMaxUnacknowledgedSpan = 2048;
+
 class GradientAccumulator {
  public:
   // `compression_rank` is the worker's rank rw for a Dion parameter (clamped into
@@ -58,8 +64,11 @@ class GradientAccumulator {
   // Cuts the next contribution (sequence numbers increase by one) from everything accumulated
   // and records it as in flight at `now`. Its base_version is the oldest base version of the
   // local steps in it, or `current_version` when it only re-sends restored contributions
-  // (which were refused for being too old: they go out again as fresh). Nullopt when nothing
-  // is pending or the residual compresses to zero (the samples then stay pending).
+  // (which were refused for being too old: they go out again as fresh). When the compressor
+  // captures nothing (a zero residual), the contribution has zero rank-1 factors: it still
+  // carries the samples, whose mean gradient is zero, so nothing stays pending for ever.
+  // Nullopt when nothing is pending, or when taking one more would put kMaxUnacknowledgedSpan
+  // sequences between the oldest unacknowledged one and the new one.
   std::optional<Contribution> Take(const std::string& worker_id, int64_t current_version,
                                    absl::Time now);
 

@@ -35,6 +35,8 @@ absl::Status Replica::Set(int64_t version, const Matrix& X, uint64_t checksum) {
   }
   X_ = X;
   version_ = version;
+  in_sync_ = true;
+  ++changes_;
   return absl::OkStatus();
 }
 
@@ -67,10 +69,9 @@ absl::StatusOr<ReplicaEvent> Replica::Apply(const VersionUpdate& update, bool ve
   }
   ApplyLowRankUpdate(X_, step.decay, step.scale, step.P, step.Q, step.transposed);
   version_ = update.version;
-  if (verify_checksum && WeightsChecksum(X_) != update.checksum) {
-    return ReplicaEvent::kChecksumMismatch;
-  }
-  return ReplicaEvent::kApplied;
+  ++changes_;
+  if (verify_checksum && WeightsChecksum(X_) != update.checksum) in_sync_ = false;
+  return in_sync_ ? ReplicaEvent::kApplied : ReplicaEvent::kChecksumMismatch;
 }
 
 }  // namespace dion

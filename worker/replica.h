@@ -3,7 +3,9 @@
 // before it; a full value replaces the copy at any version (on subscription, for a lagging
 // subscriber, and after a shard restarted from an older checkpoint). Every version carries the
 // checksum of the server's weights after it; a copy that no longer matches must be replaced by
-// a full pull (NeedsResync).
+// a full pull (NeedsResync). Until it is, in_sync() is false: the copy holds a version number
+// but not that version's bits, so it must not be announced as held (Subscribe's `have`), or
+// the shard would never send the full value that repairs it.
 //
 // Thread-safety: not safe for concurrent use; the client guards each replica with a lock.
 #ifndef DION_WORKER_REPLICA_H_
@@ -27,6 +29,7 @@ enum class ReplicaEvent {
   kIgnored,           // a low-rank step for a version the copy already has
   kGap,               // a low-rank step beyond version + 1: a version was missed; resync
   kChecksumMismatch,  // the copy differs from the server's after this version; resync
+                      // (also a low-rank step applied to a copy already out of sync)
 };
 absl::string_view ReplicaEventName(ReplicaEvent event);
 // kGap and kChecksumMismatch: the copy must be replaced by a pulled full value.
@@ -42,18 +45,27 @@ class Replica {
   // Applies `update`. InvalidArgument (nothing changed) when the update is for another
   // parameter or its shapes do not fit this parameter.
   absl::StatusOr<ReplicaEvent> Apply(const VersionUpdate& update, bool verify_checksum = true);
-  // Replaces the copy with a pulled value. REQUIRES: X has the parameter's rows x cols.
+  // Replaces the copy with a pulled value. InvalidArgument for the wrong shape, DataLoss when X
+  // does not match `checksum`; either way nothing changes.
   absl::Status Set(int64_t version, const Matrix& X, uint64_t checksum);
 
   const ParamSpec& spec() const { return spec_; }
   int64_t version() const { return version_; }
   bool has_value() const { return version_ >= 0; }
+  // Holds version() bit for bit as far as it knows: false after a checksum mismatch, until a
+  // full value replaces the copy.
+  bool in_sync() const { return has_value() && in_sync_; }
+  // Counts every change of the copy (a resync uses it to notice an update that arrived while
+  // it was pulling).
+  uint64_t changes() const { return changes_; }
   const Matrix& value() const { return X_; }
 
  private:
   ParamSpec spec_;
   Matrix X_;
   int64_t version_ = -1;
+  bool in_sync_ = false;
+  uint64_t changes_ = 0;
 };
 
 }  // namespace dion

@@ -43,11 +43,28 @@ ShardLink::ShardLink(ShardLinkOptions options, v1::RegisterModelRequest registra
 
 ShardLink::~ShardLink() { Stop(); }
 
+bool ShardLink::TrackCall(grpc::ClientContext* context) {
+  MutexLock lock(&mu_);
+  if (stopping_) return false;
+  calls_.insert(context);
+  return true;
+}
+
+void ShardLink::UntrackCall(grpc::ClientContext* context) {
+  MutexLock lock(&mu_);
+  calls_.erase(context);
+}
+
 absl::StatusOr<v1::RegisterModelResponse> ShardLink::Register() {
   grpc::ClientContext context;
   SetDeadline(context, options_.rpc_deadline);
+  if (!TrackCall(&context)) {
+    return absl::CancelledError(absl::StrCat("RegisterModel on shard ", options_.shard_index,
+                                             ": the link is stopping"));
+  }
   v1::RegisterModelResponse response;
   grpc::Status status = stub_->RegisterModel(&context, registration_, &response);
+  UntrackCall(&context);
   if (!status.ok()) {
     absl::Status s = FromGrpc(status);
     return absl::Status(s.code(), absl::StrCat("RegisterModel on shard ", options_.shard_index,
@@ -60,13 +77,22 @@ absl::StatusOr<std::vector<v1::ParameterValue>> ShardLink::Pull(
     const std::vector<std::string>& parameters) {
   grpc::ClientContext context;
   SetDeadline(context, options_.rpc_deadline);
+  if (!TrackCall(&context)) {
+    return absl::CancelledError(absl::StrCat("Pull from shard ", options_.shard_index,
+                                             ": the link is stopping"));
+  }
   v1::PullRequest request;
   for (const std::string& p : parameters) request.add_parameters(p);
-  std::unique_ptr<grpc::ClientReader<v1::ParameterValue>> reader = stub_->Pull(&context, request);
   std::vector<v1::ParameterValue> values;
-  v1::ParameterValue value;
-  while (reader->Read(&value)) values.push_back(std::move(value));
-  grpc::Status status = reader->Finish();
+  grpc::Status status;
+  {
+    std::unique_ptr<grpc::ClientReader<v1::ParameterValue>> reader =
+        stub_->Pull(&context, request);
+    v1::ParameterValue value;
+    while (reader->Read(&value)) values.push_back(std::move(value));
+    status = reader->Finish();
+  }
+  UntrackCall(&context);
   if (!status.ok()) {
     absl::Status s = FromGrpc(status);
     return absl::Status(s.code(), absl::StrCat("Pull from shard ", options_.shard_index, " (",
@@ -85,11 +111,12 @@ void ShardLink::Start() {
   subscribe_thread_ = std::thread([this] { SubscribeLoop(); });
 }
 
-void ShardLink::Send(v1::Contribution contribution) {
+uint64_t ShardLink::Send(v1::Contribution contribution) {
   MutexLock lock(&mu_);
-  if (stopping_ || gave_up_) return;  // the client learns of it through on_give_up / Stop
+  if (stopping_ || gave_up_) return 0;  // the client learns of it through on_give_up / Stop
   outbox_.push_back(std::move(contribution));
   cv_.SignalAll();
+  return generation_;
 }
 
 void ShardLink::Stop() {
@@ -98,8 +125,10 @@ void ShardLink::Stop() {
     stopping_ = true;
     if (push_context_ != nullptr) push_context_->TryCancel();
     if (subscribe_context_ != nullptr) subscribe_context_->TryCancel();
+    for (grpc::ClientContext* call : calls_) call->TryCancel();
     cv_.SignalAll();
   }
+  MutexLock join(&join_mu_);
   if (push_thread_.joinable()) push_thread_.join();
   if (subscribe_thread_.joinable()) subscribe_thread_.join();
 }
@@ -152,46 +181,85 @@ void ShardLink::PushLoop() {
       }
     }
     grpc::ClientContext context;
+    uint64_t generation;
     {
       MutexLock lock(&mu_);
       if (stopping_ || gave_up_) return;
       push_context_ = &context;
       push_broken_ = false;
-      outbox_.clear();  // on_push_stream_opened queues every unacknowledged contribution again
+      // on_push_stream_opened queues every unacknowledged contribution again, except those
+      // queued from here on (they carry this generation).
+      outbox_.clear();
+      unacknowledged_.clear();
+      generation = ++generation_;
     }
     std::unique_ptr<grpc::ClientReaderWriter<v1::Contribution, v1::PushAck>> stream =
         stub_->Push(&context);
     if (!first && callbacks_.on_reconnect) callbacks_.on_reconnect();
     first = false;
-    if (callbacks_.on_push_stream_opened) callbacks_.on_push_stream_opened();
+    if (callbacks_.on_push_stream_opened) callbacks_.on_push_stream_opened(generation);
     const absl::Time opened = absl::Now();
+    int64_t acks = 0;  // read by this thread after the reader is joined
     std::thread reader([&] {
       v1::PushAck ack;
-      while (stream->Read(&ack)) callbacks_.on_ack(ack);
+      while (stream->Read(&ack)) {
+        ++acks;
+        {
+          MutexLock lock(&mu_);
+          if (!unacknowledged_.empty()) unacknowledged_.pop_front();
+        }
+        callbacks_.on_ack(ack);
+      }
       MutexLock lock(&mu_);
       push_broken_ = true;
       cv_.SignalAll();
     });
+    bool ack_timed_out = false;
     while (true) {
       v1::Contribution next;
       {
         MutexLock lock(&mu_);
-        while (!stopping_ && !gave_up_ && !push_broken_ && outbox_.empty()) cv_.Wait(&mu_);
-        if (stopping_ || gave_up_ || push_broken_) break;
+        while (!stopping_ && !gave_up_ && !push_broken_) {
+          // The oldest unacknowledged write bounds the wait: a shard that stopped answering
+          // (or a connection that died without a reset) must not hold the in-flight pushes.
+          if (!unacknowledged_.empty()) {
+            const absl::Duration left =
+                unacknowledged_.front() + options_.ack_timeout - absl::Now();
+            if (left <= absl::ZeroDuration()) {
+              ack_timed_out = true;
+              break;
+            }
+            if (!outbox_.empty()) break;
+            cv_.WaitWithTimeout(&mu_, left);
+          } else {
+            if (!outbox_.empty()) break;
+            cv_.Wait(&mu_);
+          }
+        }
+        if (stopping_ || gave_up_ || push_broken_ || ack_timed_out) break;
         next = std::move(outbox_.front());
         outbox_.pop_front();
+        unacknowledged_.push_back(absl::Now());
       }
       if (!stream->Write(next)) break;
     }
     context.TryCancel();
     reader.join();
-    const absl::Status status = FromGrpc(stream->Finish());
+    absl::Status status = FromGrpc(stream->Finish());
+    if (ack_timed_out) {
+      status = absl::DeadlineExceededError(absl::StrCat(
+          "a push stayed unacknowledged for ", absl::FormatDuration(options_.ack_timeout)));
+    }
     {
       MutexLock lock(&mu_);
       push_context_ = nullptr;
     }
     if (stopping()) return;
-    if (absl::Now() - opened >= kHealthyStream) backoff.Reset(absl::Now());
+    // A stream that timed out without a single acknowledgement made no progress: it does not
+    // end the outage, so a shard that accepts streams but never answers is given up on.
+    if (absl::Now() - opened >= kHealthyStream && (!ack_timed_out || acks > 0)) {
+      backoff.Reset(absl::Now());
+    }
     if (!WaitToRetry(backoff, status, "the Push stream")) return;
   }
 }

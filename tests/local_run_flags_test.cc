@@ -1,0 +1,155 @@
+// How `dion local` options become the children's command lines (worker/local_run_flags.h),
+// option validation, and where `dion` finds dion-server and dion-worker (worker/local_run.h).
+#include "worker/local_run_flags.h"
+
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cstdlib>
+#include <filesystem>
+#include <fstream>
+#include <string>
+#include <vector>
+
+#include "absl/strings/str_cat.h"
+#include "gtest/gtest.h"
+#include "worker/local_run.h"
+
+namespace dion {
+namespace {
+
+bool Has(const std::vector<std::string>& flags, const std::string& flag) {
+  return std::find(flags.begin(), flags.end(), flag) != flags.end();
+}
+
+LocalRunOptions Options() {
+  LocalRunOptions o;
+  o.server_binary = "/bin/true";
+  o.worker_binary = "/bin/true";
+  return o;
+}
+
+TEST(ShardFlagsTest, PassesAddressCheckpointsStalenessAndBatching) {
+  LocalRunOptions o = Options();
+  o.shards = 3;
+  o.base_port = 7000;
+  o.metrics_base_port = 9000;
+  o.staleness_policy = "exp";
+  o.max_staleness = 5;
+  o.target_samples = 256;
+  o.target_workers = 2;
+  o.batch_deadline = absl::Milliseconds(20);
+  o.adaptive_batching = true;
+  o.server_flags = {"--compute_threads=1"};
+  const std::vector<std::string> f = ShardFlags(o, 2, "/r/shard-2/checkpoints");
+  for (const char* flag :
+       {"--listen=127.0.0.1:7002", "--metrics_listen=127.0.0.1:9002", "--shard_index=2",
+        "--num_shards=3", "--checkpoint_dir=/r/shard-2/checkpoints", "--staleness_policy=exp",
+        "--max_staleness=5", "--target_samples=256", "--target_workers=2", "--batch_deadline=20ms",
+        "--adaptive_batching=true"}) {
+    EXPECT_TRUE(Has(f, flag)) << flag;
+  }
+  EXPECT_EQ(f.back(), "--compute_threads=1");  // pass-through last: it overrides
+
+  o.base_port = 0;
+  o.metrics_base_port = 0;
+  const std::vector<std::string> free_ports = ShardFlags(o, 0, "/c");
+  EXPECT_TRUE(Has(free_ports, "--listen=127.0.0.1:0"));
+  EXPECT_TRUE(Has(free_ports, "--metrics_listen="));  // disabled
+}
+
+TEST(ShardFlagsTest, SyncMakesEveryBatchWaitForAllWorkers) {
+  LocalRunOptions o = Options();
+  o.workers = 8;
+  o.sync = true;
+  o.target_samples = 512;  // ignored under sync
+  const std::vector<std::string> f = ShardFlags(o, 0, "/c");
+  for (const char* flag : {"--target_workers=8", "--target_samples=0", "--batch_deadline=10s",
+                           "--adaptive_batching=false"}) {
+    EXPECT_TRUE(Has(f, flag)) << flag;
+  }
+  EXPECT_FALSE(Has(f, "--target_samples=512"));
+  EXPECT_TRUE(Has(WorkerFlags(o, 0, {"a:1"}), "--max_in_flight=1"));
+  EXPECT_FALSE(Has(WorkerFlags(Options(), 0, {"a:1"}), "--max_in_flight=1"));
+}
+
+TEST(WorkerFlagsTest, PassModelDataSeedsAndPassThroughLast) {
+  LocalRunOptions o = Options();
+  o.workers = 4;
+  o.shards = 2;
+  o.seed = 7;
+  o.metrics_base_port = 9000;
+  o.worker_flags = {"--hidden_layers=64", "--momentum=0.9"};
+  const std::vector<std::string> f = WorkerFlags(o, 3, {"127.0.0.1:1", "127.0.0.1:2"});
+  for (const std::string& flag :
+       {std::string("--shards=127.0.0.1:1,127.0.0.1:2"), std::string("--worker_index=3"),
+        std::string("--num_workers=4"), std::string("--model_seed=7"), std::string("--seed=7003"),
+        absl::StrCat("--epochs=", o.epochs), absl::StrCat("--batch_size=", o.batch_size),
+        absl::StrCat("--lr=", o.lr), absl::StrCat("--adamw_lr=", o.adamw_lr),
+        std::string("--metrics_listen=127.0.0.1:9005"), std::string("--eval_interval=2s")}) {
+    EXPECT_TRUE(Has(f, flag)) << flag;
+  }
+  ASSERT_GE(f.size(), 2u);
+  EXPECT_EQ(f[f.size() - 2], "--hidden_layers=64");
+  EXPECT_EQ(f.back(), "--momentum=0.9");
+
+  // The evaluator registers the same model: the same model flags and pass-through.
+  const std::vector<std::string> e = EvaluatorFlags(o, {"127.0.0.1:1", "127.0.0.1:2"});
+  EXPECT_TRUE(Has(e, "--mode=evaluate"));
+  for (const std::string& flag :
+       {std::string("--shards=127.0.0.1:1,127.0.0.1:2"), std::string("--model_seed=7"),
+        absl::StrCat("--lr=", o.lr), std::string("--hidden_layers=64")}) {
+    EXPECT_TRUE(Has(e, flag)) << flag;
+  }
+  EXPECT_FALSE(Has(e, "--worker_index=3"));
+}
+
+TEST(ValidateLocalRunOptionsTest, NamesTheFirstBadOption) {
+  EXPECT_TRUE(ValidateLocalRunOptions(Options()).ok());
+  const auto message = [](LocalRunOptions o) {
+    return std::string(ValidateLocalRunOptions(o).message());
+  };
+  LocalRunOptions o = Options();
+  o.workers = 0;
+  EXPECT_NE(message(o).find("workers"), std::string::npos);
+  o = Options();
+  o.rank_fraction = 1.5;
+  EXPECT_NE(message(o).find("rank_fraction"), std::string::npos);
+  o = Options();
+  o.dataset = "cifar";
+  EXPECT_NE(message(o).find("dataset"), std::string::npos);
+  o = Options();
+  o.base_port = 65535;
+  o.shards = 2;
+  EXPECT_NE(message(o).find("base_port"), std::string::npos);
+}
+
+TEST(FindSiblingBinaryTest, LooksInTheBuildTreeThenNextToDionAndHonoursOverrides) {
+  std::string root = absl::StrCat(::testing::TempDir(), "/find_sibling.XXXXXX");
+  ASSERT_NE(mkdtemp(root.data()), nullptr);
+  namespace fs = std::filesystem;
+  root = fs::path(root).lexically_normal().string();  // TempDir() may end in '/'
+  fs::create_directories(root + "/build/worker");
+  fs::create_directories(root + "/build/server");
+  const auto make_executable = [](const std::string& path) {
+    std::ofstream(path) << "#!/bin/sh\n";
+    chmod(path.c_str(), 0755);
+  };
+  const std::string self = root + "/build/worker/dion";
+  const std::vector<std::string> candidates = {"../server/dion-server", "dion-server"};
+  EXPECT_FALSE(FindSiblingBinary(self, "", candidates).ok());  // nothing there yet
+  make_executable(root + "/build/worker/dion-server");         // installed layout
+  EXPECT_EQ(*FindSiblingBinary(self, "", candidates), root + "/build/worker/dion-server");
+  make_executable(root + "/build/server/dion-server");  // build tree: preferred
+  EXPECT_EQ(*FindSiblingBinary(self, "", candidates), root + "/build/server/dion-server");
+  EXPECT_EQ(*FindSiblingBinary(self, "/bin/true", candidates), "/bin/true");
+  absl::StatusOr<std::string> missing = FindSiblingBinary(self, root + "/nope", candidates);
+  EXPECT_FALSE(missing.ok());
+  std::ofstream(root + "/plain") << "not executable";
+  EXPECT_FALSE(FindSiblingBinary(self, root + "/plain", candidates).ok());
+  fs::remove_all(root);
+}
+
+}  // namespace
+}  // namespace dion

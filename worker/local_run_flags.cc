@@ -1,0 +1,109 @@
+#include "worker/local_run_flags.h"
+
+#include "absl/status/status.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
+#include "absl/time/time.h"
+
+namespace dion {
+namespace {
+
+// What the workers and the evaluator share: where the shards are, the model and the data.
+std::vector<std::string> ModelAndDataFlags(const LocalRunOptions& o,
+                                           const std::vector<std::string>& shard_addresses) {
+  return {absl::StrCat("--shards=", absl::StrJoin(shard_addresses, ",")),
+          absl::StrCat("--dataset=", o.dataset),
+          absl::StrCat("--data_dir=", o.data_dir),
+          absl::StrCat("--rank_fraction=", o.rank_fraction),
+          absl::StrCat("--lr=", o.lr),
+          absl::StrCat("--adamw_lr=", o.adamw_lr),
+          absl::StrCat("--model_seed=", o.seed)};
+}
+
+}  // namespace
+
+std::vector<std::string> ShardFlags(const LocalRunOptions& o, int index,
+                                    const std::string& checkpoint_dir) {
+  std::vector<std::string> flags = {
+      absl::StrCat("--listen=127.0.0.1:", o.base_port > 0 ? o.base_port + index : 0),
+      absl::StrCat(
+          "--metrics_listen=",
+          o.metrics_base_port > 0 ? absl::StrCat("127.0.0.1:", o.metrics_base_port + index) : ""),
+      absl::StrCat("--shard_index=", index),
+      absl::StrCat("--num_shards=", o.shards),
+      absl::StrCat("--checkpoint_dir=", checkpoint_dir),
+      absl::StrCat("--staleness_policy=", o.staleness_policy),
+      absl::StrCat("--max_staleness=", o.max_staleness)};
+  if (o.sync) {
+    flags.push_back(absl::StrCat("--target_workers=", o.workers));
+    flags.push_back("--target_samples=0");
+    flags.push_back(absl::StrCat("--batch_deadline=", absl::FormatDuration(o.sync_deadline)));
+    flags.push_back("--adaptive_batching=false");
+  } else {
+    flags.push_back(absl::StrCat("--target_samples=", o.target_samples));
+    flags.push_back(absl::StrCat("--target_workers=", o.target_workers));
+    flags.push_back(absl::StrCat("--batch_deadline=", absl::FormatDuration(o.batch_deadline)));
+    flags.push_back(absl::StrCat("--adaptive_batching=", o.adaptive_batching ? "true" : "false"));
+  }
+  flags.insert(flags.end(), o.server_flags.begin(), o.server_flags.end());
+  return flags;
+}
+
+std::vector<std::string> WorkerFlags(const LocalRunOptions& o, int index,
+                                     const std::vector<std::string>& shard_addresses) {
+  std::vector<std::string> flags = ModelAndDataFlags(o, shard_addresses);
+  for (std::string flag :
+       {absl::StrCat("--worker_index=", index), absl::StrCat("--num_workers=", o.workers),
+        absl::StrCat("--partition=", o.partition),
+        absl::StrCat("--dirichlet_alpha=", o.dirichlet_alpha), absl::StrCat("--epochs=", o.epochs),
+        absl::StrCat("--batch_size=", o.batch_size),
+        absl::StrCat("--seed=", o.seed * 1000 + static_cast<uint64_t>(index)),
+        absl::StrCat("--eval_interval=", absl::FormatDuration(o.eval_interval)),
+        std::string("--progress_interval=1s")}) {
+    flags.push_back(std::move(flag));
+  }
+  if (o.sync) flags.push_back("--max_in_flight=1");
+  if (o.metrics_base_port > 0) {
+    flags.push_back(
+        absl::StrCat("--metrics_listen=127.0.0.1:", o.metrics_base_port + o.shards + index));
+  }
+  flags.insert(flags.end(), o.worker_flags.begin(), o.worker_flags.end());
+  return flags;
+}
+
+std::vector<std::string> EvaluatorFlags(const LocalRunOptions& o,
+                                        const std::vector<std::string>& shard_addresses) {
+  std::vector<std::string> flags = ModelAndDataFlags(o, shard_addresses);
+  flags.push_back("--mode=evaluate");
+  flags.insert(flags.end(), o.worker_flags.begin(), o.worker_flags.end());
+  return flags;
+}
+
+absl::Status ValidateLocalRunOptions(const LocalRunOptions& o) {
+  const auto bad = [](absl::string_view what) {
+    return absl::InvalidArgumentError(absl::StrCat("--", what));
+  };
+  if (o.shards < 1) return bad("shards must be >= 1");
+  if (o.workers < 1) return bad("workers must be >= 1");
+  if (o.epochs < 1) return bad("epochs must be >= 1");
+  if (o.batch_size < 1) return bad("batch_size must be >= 1");
+  if (!(o.rank_fraction > 0 && o.rank_fraction <= 1)) return bad("rank_fraction must be in (0, 1]");
+  if (!(o.lr > 0) || !(o.adamw_lr > 0)) return bad("lr and --adamw_lr must be > 0");
+  if (o.dataset != "fashion-mnist" && o.dataset != "synthetic") {
+    return bad("dataset must be fashion-mnist or synthetic");
+  }
+  if (o.partition != "iid" && o.partition != "dirichlet")
+    return bad("partition must be iid or dirichlet");
+  if (o.base_port < 0 || o.base_port + o.shards > 65536) return bad("base_port out of range");
+  if (o.metrics_base_port < 0 || o.metrics_base_port + o.shards + o.workers > 65536) {
+    return bad("metrics_base_port out of range");
+  }
+  if (!(o.target_accuracy > 0 && o.target_accuracy <= 1))
+    return bad("target_accuracy must be in (0, 1]");
+  if (o.server_binary.empty() || o.worker_binary.empty()) {
+    return absl::InvalidArgumentError("the dion-server and dion-worker paths must be set");
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace dion

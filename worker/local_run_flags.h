@@ -1,0 +1,37 @@
+// The command lines of the children of `dion local` (worker/local_run.h): how the options map
+// onto dion-server and dion-worker flags (docs/server.md, dion-worker --help).
+//
+// Pass-through flags (options.server_flags / worker_flags) come last, so they override what is
+// derived here (Abseil flags: the last occurrence wins). ValidateLocalRunOptions (declared in
+// worker/local_run.h) is defined here too, next to the use of each option.
+//
+// Thread-safety: pure functions.
+#ifndef DION_WORKER_LOCAL_RUN_FLAGS_H_
+#define DION_WORKER_LOCAL_RUN_FLAGS_H_
+
+#include <string>
+#include <vector>
+
+#include "worker/local_run.h"
+
+namespace dion {
+
+// Shard `index`: address (127.0.0.1, base_port + index or a free port), metrics, checkpoint
+// directory, staleness and batching; under options.sync every batch waits for all workers.
+std::vector<std::string> ShardFlags(const LocalRunOptions& options, int index,
+                                    const std::string& checkpoint_dir);
+
+// Worker `index` against the shards at `shard_addresses` (in shard-index order): model,
+// optimizer, data, partition, epochs, seeds (model: options.seed; shuffling: seed*1000+index),
+// one progress line a second; one push in flight per parameter under options.sync.
+std::vector<std::string> WorkerFlags(const LocalRunOptions& options, int index,
+                                     const std::vector<std::string>& shard_addresses);
+
+// `dion-worker --mode=evaluate` against the shards: the same model and data flags as the
+// workers (the model table must match the registered one).
+std::vector<std::string> EvaluatorFlags(const LocalRunOptions& options,
+                                        const std::vector<std::string>& shard_addresses);
+
+}  // namespace dion
+
+#endif  // DION_WORKER_LOCAL_RUN_FLAGS_H_
