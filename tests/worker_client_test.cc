@@ -488,34 +488,6 @@ TEST(WorkerClient, ResyncDoesNotUndoAnUpdateThatArrivedDuringItsPull) {
   (*client)->Close();
 }
 
-TEST(WorkerClient, ReopensAPushStreamWhoseAcknowledgementsStop) {
-  std::unique_ptr<testing::FakeShard> fake = StartFake();
-  ASSERT_NE(fake, nullptr);
-  std::atomic<bool> hang{true};
-  Mutex mu;
-  std::set<std::pair<std::string, uint64_t>> accepted;
-  fake->SetJudge([&](const v1::Contribution& c) {
-    // A shard that stopped answering (bounded, so the fake can shut down).
-    const absl::Time until = absl::Now() + absl::Seconds(30);
-    while (hang.load() && absl::Now() < until) absl::SleepFor(absl::Milliseconds(5));
-    MutexLock lock(&mu);
-    const bool fresh = accepted.insert({c.parameter(), c.sequence()}).second;
-    return testing::FakeShard::Ack(
-        c, fresh ? v1::PUSH_RESULT_ACCEPTED : v1::PUSH_RESULT_DUPLICATE);
-  });
-  ClientOptions options = TestClientOptions({fake->address()}, "w0");
-  options.ack_timeout = absl::Seconds(1);
-  absl::StatusOr<std::unique_ptr<Client>> client = ConnectToFake(*fake, options);
-  ASSERT_TRUE(client.ok()) << client.status();
-  ASSERT_TRUE((*client)->Submit(RandomGradients((*client)->specs(), 1), 8, 1.0).ok());
-  const bool reopened = WaitUntil([&] { return fake->push_streams() >= 2; }, absl::Seconds(15));
-  hang.store(false);
-  ASSERT_TRUE(reopened) << "the stream without acknowledgements was never re-opened";
-  EXPECT_TRUE((*client)->Flush(absl::Seconds(20)).ok()) << (*client)->status();
-  EXPECT_GE((*client)->stats().reconnects, 1);
-  (*client)->Close();
-}
-
 TEST(WorkerClient, GivesUpOnAShardThatRegistersButBreaksEveryPushStream) {
   std::unique_ptr<testing::FakeShard> fake = StartFake();
   ASSERT_NE(fake, nullptr);
