@@ -194,8 +194,9 @@ absl::Status Client::Start(const ModelTable& table) {
       const Parameter* found = Find(value.parameter());
       const int i = found != nullptr ? found->index : -1;
       if (i < 0 || parameters_[i]->shard != s) {
-        return absl::FailedPreconditionError(absl::StrCat(
-            "shard ", s, " sent '", value.parameter(), "', which this client does not place there"));
+        return absl::FailedPreconditionError(
+            absl::StrCat("shard ", s, " sent '", value.parameter(),
+                         "', which this client does not place there"));
       }
       absl::StatusOr<Matrix> X = TensorToMatrix(value.value(), specs_[i].shape, value.parameter());
       if (!X.ok()) return X.status();
@@ -387,7 +388,11 @@ void Client::OnAck(int shard, const v1::PushAck& ack) {
       options_.on_acknowledged(done->contribution, refused);
     }
     if (!fatal.ok()) Fail(fatal);
-    if (status().ok()) MaybeSend(*p);
+    // An accepted push frees its slot for what accumulated meanwhile. A refused one goes out
+    // again with the next Submit or Flush, not from here: when the replica lags the shard by
+    // more than its staleness bound (a subscription in backoff), re-sending at once would be
+    // refused again, in a loop as fast as the network (and the compressor) can go.
+    if (!refused && status().ok()) MaybeSend(*p);
   }
   {
     MutexLock lock(&mu_);

@@ -21,7 +21,8 @@
 // sent dense. Each parameter has at most max_in_flight unacknowledged pushes; while that many
 // are out, further steps accumulate locally instead of queueing messages, so a slow link
 // automatically means more local steps per push. A push the shard refuses (stale, or rejected
-// as not applied) is restored into the residual and goes out again later: nothing is lost.
+// as not applied) is restored into the residual and goes out again with the next Submit or
+// Flush (not straight from the refusal, which could loop at network speed): nothing is lost.
 // When a Push stream is re-opened, what is in flight is sent again with its sequence, once per
 // stream; DUPLICATE answers after such a retry mean "applied before". A push whose fate the
 // shard cannot tell (REJECTED OUT_OF_RANGE, older than its dedup window) is dropped rather than
@@ -76,7 +77,8 @@ struct ClientOptions {
   int max_in_flight = 2;
   absl::Duration rpc_deadline = absl::Seconds(10);  // every unary call
   // A Push stream whose oldest push stays unacknowledged this long is re-opened (the shard
-  // hangs, or the connection died silently); in-flight pushes are re-sent.
+  // hangs, or the connection died silently); in-flight pushes are re-sent. Keep it above
+  // rpc_deadline: a resync pull after a rejection runs on the thread that reads the acks.
   absl::Duration ack_timeout = absl::Seconds(30);
   BackoffOptions reconnect;                  // retry of unavailable shards, and when to give up
   bool verify_checksums = true;              // check every applied low-rank step
