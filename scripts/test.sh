@@ -56,12 +56,8 @@ if [ "$tsan" = 1 ]; then
   cmake --build build-tsan -j "$jobs" --target "${tsan_targets[@]}"
   stage "ThreadSanitizer tests"
   export TSAN_OPTIONS="halt_on_error=1:second_deadlock_stack=1:suppressions=$PWD/tests/tsan.supp"
-  # Excluded: the numeric replay of concurrent pushes, which disagreed with the replay under
-  # TSan in 2 of 5 runs (issue #3); the test now uses full-rank contributions (see its comment),
-  # not yet confirmed over repeated TSan runs.
   ctest --test-dir build-tsan --output-on-failure -j "$jobs" --timeout 600 \
     -R '^(Batcher|ParameterStore|Shard|Server|Backoff|GradientAccumulator|Replica|WorkerClient)' \
-    -L 'unit|integration' \
-    -E 'ConcurrentClientsMatchCommonDionAppliedToTheSameBatches'
+    -L 'unit|integration'
 fi
 stage "all tests passed"
