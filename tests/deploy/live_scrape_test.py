@@ -23,7 +23,7 @@ Then asserts, through Prometheus' HTTP API after several scrapes:
   4. every metric name in the rules and in every dashboard panel query appears in the real
      /metrics output of the two processes (names of series created only on first event are
      listed in LAZY_SERIES), and every dashboard query runs in Prometheus and returns data;
-  5. SIGTERM makes dion-server write a checkpoint and exit 0.
+  5. SIGTERM makes dion-worker exit 0 and dion-server write a checkpoint and exit 0.
 Bounded: gives up after DEADLINE_S seconds. Python 3 standard library only.
 """
 import argparse
@@ -265,10 +265,11 @@ def run(args, tmp, procs):
         check(failures, bool(result) or names <= LAZY_SERIES,
               f"panel '{title}' {ref}: query returns {len(result)} series")
 
-    # 5. SIGTERM: the worker is stopped first (it is not under test here), then the shard
-    # checkpoints and exits 0.
+    # 5. SIGTERM: the worker finishes its step and exits 0, then the shard checkpoints and
+    # exits 0 (what a pod deletion or `docker stop` does to them).
     procs["worker"].send_signal(signal.SIGTERM)
-    procs["worker"].wait(timeout=20)
+    code = procs["worker"].wait(timeout=20)
+    check(failures, code == 0, f"dion-worker exits {code} after SIGTERM")
     server = procs["server"]
     server.send_signal(signal.SIGTERM)
     code = server.wait(timeout=20)
