@@ -155,6 +155,13 @@ void Batcher::ReportStepDuration(absl::Duration duration) {
                       : seconds;
 }
 
+bool Batcher::AlreadyAccepted(absl::string_view worker_id, uint64_t sequence) const {
+  MutexLock lock(&mu_);
+  auto window = dedup_.find(worker_id);
+  return window != dedup_.end() &&
+         window->second.Lookup(sequence) == SequenceWindow::State::kSeen;
+}
+
 int64_t Batcher::version() const {
   MutexLock lock(&mu_);
   return version_;

@@ -121,6 +121,12 @@ class Batcher {
   // unknown (below a forced floor of its worker's window; the message says so).
   absl::StatusOr<OfferResult> Offer(Contribution contribution) ABSL_LOCKS_EXCLUDED(mu_);
 
+  // Whether `sequence` of `worker_id` was accepted before (what Offer would answer DUPLICATE).
+  // Read-only: lets a shard that no longer accepts anything still tell a client that a re-sent
+  // contribution is already in, instead of refusing it and having it applied twice.
+  bool AlreadyAccepted(absl::string_view worker_id, uint64_t sequence) const
+      ABSL_LOCKS_EXCLUDED(mu_);
+
   // Closes the open batch if its deadline has passed.
   std::optional<Batch> CloseIfDue() ABSL_LOCKS_EXCLUDED(mu_);
   // Closes the open batch now if it is not empty (shutdown, before a checkpoint).

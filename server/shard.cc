@@ -163,6 +163,17 @@ absl::StatusOr<PushReply> Shard::Push(Contribution contribution) {
   const bool known_worker = store_->worker_registered(worker_id);
   absl::Status status;
   if (shutting_down_) {
+    // Dedup before refusing: a re-sent contribution that is already in must be answered
+    // DUPLICATE, or the client restores it into its residual and it is applied twice.
+    if (known_parameter &&
+        lane_it->second->batcher->AlreadyAccepted(worker_id, contribution.sequence)) {
+      Count(worker_id, parameter, true, known_worker, &PushCounts::duplicate, loss);
+      PushReply reply;
+      reply.result = PushResult::kDuplicate;
+      reply.applied_version = store_->Version(parameter).value_or(0);
+      reply.batch_version = lane_it->second->batcher->version();
+      return reply;
+    }
     status = absl::UnavailableError("the shard is shutting down; retry on the restarted shard");
   } else {
     status = store_->ValidateContribution(contribution);

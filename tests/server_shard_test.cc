@@ -216,5 +216,25 @@ TEST(ShardTest, PushesAfterShutdownBeganAreRefusedUnavailable) {
   EXPECT_EQ(shard->Status().pushes.rejected, 1);
 }
 
+// A contribution re-sent after shutdown began (its acknowledgement was lost) is already in:
+// it must be answered DUPLICATE, not refused, or the client restores it and it is applied twice.
+// A new sequence is still refused.
+TEST(ShardTest, AResentAcceptedPushIsADuplicateEvenWhileShuttingDown) {
+  auto shard = RegisteredShard(TestShardOptions());
+  ASSERT_EQ(shard->Push(Factors(1, "w", 32, 24)).value().result, PushResult::kAccepted);
+  shard->Drain();
+  shard->BeginShutdown();
+  absl::StatusOr<PushReply> again = shard->Push(Factors(1, "w", 32, 24));
+  ASSERT_TRUE(again.ok()) << again.status();
+  EXPECT_EQ(again->result, PushResult::kDuplicate);
+  EXPECT_EQ(again->applied_version, 1);
+  EXPECT_EQ(shard->Push(Factors(2, "w", 32, 24)).status().code(),
+            absl::StatusCode::kUnavailable);
+  EXPECT_TRUE(shard->Shutdown().ok());
+  EXPECT_EQ(shard->Status().pushes.duplicate, 1);
+  EXPECT_EQ(shard->Status().pushes.rejected, 1);
+  EXPECT_EQ(shard->Snapshot("w", false).value().version, 1);
+}
+
 }  // namespace
 }  // namespace dion
