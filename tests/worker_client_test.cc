@@ -297,6 +297,40 @@ TEST(WorkerClient, GivesUpWithAClearErrorWhenAShardStaysDown) {
   EXPECT_NE(status.message().find(options.shard_addresses[0]), absl::string_view::npos);
 }
 
+// A contribution over the shard's message limit fails the same way on every re-send: the client
+// gives up at once with the cause, instead of retrying until give_up_after and blaming an outage.
+TEST(WorkerClient, APushOverTheShardsMessageLimitFailsAtOnceNamingTheLimit) {
+  ServerOptions server_options = TestServerOptions();
+  server_options.max_message_bytes = 4096;
+  std::unique_ptr<DionServer> server = StartServer(server_options);
+  ASSERT_NE(server, nullptr);
+  // Factors of a 256 x 256 matrix at rank 64 take 128 KiB; the registration stays small.
+  v1::RegisterModelRequest request = TestModelRequest();
+  v1::ParameterSpec* big = request.add_parameters();
+  big->set_name("big");
+  big->add_shape(256);
+  big->add_shape(256);
+  big->set_optimizer(v1::OPTIMIZER_KIND_DION);
+  big->mutable_init()->set_kind(v1::INIT_KIND_KAIMING);
+  big->set_seed(4);
+  const ModelTable table = ModelTableFromProto(request).value();
+  ClientOptions options = TestClientOptions({server->address()}, "w0");
+  options.reconnect.give_up_after = absl::Seconds(120);
+  absl::StatusOr<std::unique_ptr<Client>> client = Client::Connect(table, options);
+  ASSERT_TRUE(client.ok()) << client.status();
+  const absl::Time start = absl::Now();
+  absl::Status status;
+  while (absl::Now() - start < absl::Seconds(20)) {
+    status = (*client)->Submit(RandomGradients((*client)->specs(), 3), 8, 1.0);
+    if (!status.ok()) break;
+    absl::SleepFor(absl::Milliseconds(20));
+  }
+  EXPECT_EQ(status.code(), absl::StatusCode::kResourceExhausted) << status;
+  EXPECT_NE(status.message().find("max_message_bytes"), absl::string_view::npos) << status;
+  EXPECT_NE(status.message().find("shard 0"), absl::string_view::npos) << status;
+  EXPECT_LT(absl::Now() - start, absl::Seconds(20));
+}
+
 TEST(WorkerClient, SubmitRefusesBadInputAndChangesNothing) {
   std::unique_ptr<DionServer> server = StartServer(TestServerOptions());
   ASSERT_NE(server, nullptr);

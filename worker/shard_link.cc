@@ -21,6 +21,21 @@ void SetDeadline(grpc::ClientContext& context, absl::Duration timeout) {
 // budget. Shorter-lived streams keep the backoff growing, so a flapping shard is not hammered.
 constexpr absl::Duration kHealthyStream = absl::Seconds(5);
 
+// Stream endings that a reconnect cannot fix. RESOURCE_EXHAUSTED ends a stream only for a
+// message over the size limit; the shard reports overload per contribution, in its acks.
+bool IsPermanentStreamError(absl::StatusCode code) {
+  switch (code) {
+    case absl::StatusCode::kResourceExhausted:
+    case absl::StatusCode::kInvalidArgument:
+    case absl::StatusCode::kUnimplemented:
+    case absl::StatusCode::kPermissionDenied:
+    case absl::StatusCode::kUnauthenticated:
+      return true;
+    default:
+      return false;
+  }
+}
+
 }  // namespace
 
 ShardLink::ShardLink(ShardLinkOptions options, v1::RegisterModelRequest registration,
@@ -215,6 +230,7 @@ void ShardLink::PushLoop() {
       cv_.SignalAll();
     });
     bool ack_timed_out = false;
+    bool write_failed = false;
     while (true) {
       v1::Contribution next;
       {
@@ -241,9 +257,19 @@ void ShardLink::PushLoop() {
         outbox_.pop_front();
         unacknowledged_.push_back(absl::Now());
       }
-      if (!stream->Write(next)) break;
+      if (!stream->Write(next)) {
+        write_failed = true;
+        break;
+      }
     }
-    context.TryCancel();
+    // Cancel only a stream that is still up (stop, ack timeout): cancelling one the shard ended
+    // would replace the shard's status, which says why, with CANCELLED.
+    bool broken;
+    {
+      MutexLock lock(&mu_);
+      broken = push_broken_;
+    }
+    if (!broken && !write_failed) context.TryCancel();
     reader.join();
     absl::Status status = FromGrpc(stream->Finish());
     if (ack_timed_out) {
@@ -255,6 +281,21 @@ void ShardLink::PushLoop() {
       push_context_ = nullptr;
     }
     if (stopping()) return;
+    // Re-sending cannot fix these: the same contributions would fail again until give_up_after,
+    // and the error would then blame an outage.
+    if (!ack_timed_out && IsPermanentStreamError(status.code())) {
+      GiveUp(absl::Status(
+          status.code(),
+          absl::StrCat("shard ", options_.shard_index, " at ", options_.address,
+                       " ended the Push stream with ", absl::StatusCodeToString(status.code()),
+                       ": ", status.message(),
+                       status.code() == absl::StatusCode::kResourceExhausted
+                           ? " (a contribution is larger than the gRPC message limit: raise "
+                             "--max_message_bytes on the shards and the workers, or lower the "
+                             "rank fraction)"
+                           : "")));
+      return;
+    }
     // A stream that timed out without a single acknowledgement made no progress: it does not
     // end the outage, so a shard that accepts streams but never answers is given up on.
     if (absl::Now() - opened >= kHealthyStream && (!ack_timed_out || acks > 0)) {
