@@ -12,6 +12,7 @@
 
 #include <atomic>
 #include <cstdio>
+#include <cstdlib>
 #include <memory>
 #include <string>
 #include <thread>
@@ -226,10 +227,20 @@ int main(int argc, char** argv) {
   sigaction(SIGTERM, &action, nullptr);
   sigaction(SIGINT, &action, nullptr);
   std::atomic<bool> stop{false};
+  // Until Connect returns, nothing has been computed or sent, so a stop request ends the process
+  // at once; otherwise a worker waiting for an unreachable shard would ignore SIGTERM for up to
+  // --give_up_after (and Kubernetes would kill it after its grace period).
+  static std::atomic<bool> connected{false};
   std::thread([&stop] {
     while (stop_signal.load() == 0) absl::SleepFor(absl::Milliseconds(50));
-    std::fprintf(stderr, "dion-worker: %s received, finishing the current step\n",
-                 stop_signal.load() == SIGTERM ? "SIGTERM" : "SIGINT");
+    const char* name = stop_signal.load() == SIGTERM ? "SIGTERM" : "SIGINT";
+    if (!connected.load()) {
+      std::fprintf(stderr, "dion-worker: %s received before the shards were reached; exiting\n",
+                   name);
+      std::fflush(stderr);
+      std::_Exit(0);
+    }
+    std::fprintf(stderr, "dion-worker: %s received, finishing the current step\n", name);
     stop.store(true);
   }).detach();
 
@@ -271,6 +282,7 @@ int main(int argc, char** argv) {
   options.metrics = &metrics;
   absl::StatusOr<std::unique_ptr<dion::Client>> client = dion::Client::Connect(*table, options);
   if (!client.ok()) return Fail("cannot connect to the shards", client.status());
+  connected.store(true);
 
   if (mode == "evaluate") {
     std::vector<dion::Matrix> weights;
