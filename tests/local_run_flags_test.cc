@@ -125,6 +125,59 @@ TEST(ValidateLocalRunOptionsTest, NamesTheFirstBadOption) {
   EXPECT_NE(message(o).find("base_port"), std::string::npos);
 }
 
+// The configuration lists every metrics port once, under the job and label of its process, in
+// the port order of ShardFlags / WorkerFlags (shard i: base + i, worker j: base + shards + j).
+TEST(PrometheusConfigTest, ScrapesEveryShardAndWorkerPortWithItsLabel) {
+  LocalRunOptions o = Options();
+  o.shards = 2;
+  o.workers = 3;
+  o.metrics_base_port = 9100;
+  o.alert_rules = "/opt/dion/dion-alerts.yml";
+  const std::string config = PrometheusConfig(o);
+  std::vector<std::string> lines;
+  for (size_t begin = 0, end; begin < config.size(); begin = end + 1) {
+    end = config.find('\n', begin);
+    if (end == std::string::npos) end = config.size();
+    lines.push_back(config.substr(begin, end - begin));
+  }
+  const auto index_of = [&](const std::string& line) {
+    return std::find(lines.begin(), lines.end(), line) - lines.begin();
+  };
+  const long shards_job = index_of("  - job_name: dion-ps");
+  const long workers_job = index_of("  - job_name: dion-worker");
+  ASSERT_LT(shards_job, workers_job) << config;
+  ASSERT_LT(workers_job, static_cast<long>(lines.size())) << config;
+  const std::vector<std::pair<std::string, std::string>> expected = {
+      {"9100", "shard: \"0\""},  {"9101", "shard: \"1\""},  {"9102", "worker: \"0\""},
+      {"9103", "worker: \"1\""}, {"9104", "worker: \"2\""}};
+  for (size_t k = 0; k < expected.size(); ++k) {
+    const auto& [port, label] = expected[k];
+    const long target = index_of(absl::StrCat("      - targets: [\"127.0.0.1:", port, "\"]"));
+    ASSERT_LT(target, static_cast<long>(lines.size())) << port << "\n" << config;
+    EXPECT_EQ(lines[target + 1], absl::StrCat("        labels: {", label, "}")) << config;
+    EXPECT_EQ(target > workers_job, k >= 2) << port << " under the wrong job\n" << config;
+  }
+  EXPECT_EQ(std::count_if(lines.begin(), lines.end(),
+                          [](const std::string& l) { return l.find("targets:") != l.npos; }),
+            5);
+  EXPECT_LT(index_of("rule_files:"), shards_job);
+  EXPECT_EQ(lines[index_of("rule_files:") + 1], "  - \"/opt/dion/dion-alerts.yml\"");
+  EXPECT_LT(index_of("  scrape_interval: 5s"), shards_job);
+
+  o.alert_rules.clear();
+  EXPECT_EQ(PrometheusConfig(o).find("rule_files"), std::string::npos);
+}
+
+TEST(PrometheusConfigTest, NeedsTheMetricsPorts) {
+  LocalRunOptions o = Options();
+  o.prometheus_config = "/tmp/prometheus.yml";
+  const absl::Status status = ValidateLocalRunOptions(o);
+  EXPECT_EQ(status.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_NE(status.message().find("metrics_base_port"), std::string::npos) << status;
+  o.metrics_base_port = 9100;
+  EXPECT_TRUE(ValidateLocalRunOptions(o).ok());
+}
+
 TEST(FindSiblingBinaryTest, LooksInTheBuildTreeThenNextToDionAndHonoursOverrides) {
   std::string root = absl::StrCat(::testing::TempDir(), "/find_sibling.XXXXXX");
   ASSERT_NE(mkdtemp(root.data()), nullptr);

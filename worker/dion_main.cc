@@ -91,6 +91,10 @@ ABSL_FLAG(int, base_port, kDefaults.base_port,
           "shard i serves gRPC on 127.0.0.1:base_port+i; 0: each picks a free port");
 ABSL_FLAG(int, metrics_base_port, kDefaults.metrics_base_port,
           "Prometheus /metrics ports: shard i on base+i, worker j on base+shards+j; 0: disabled");
+ABSL_FLAG(std::string, prometheus_config, "",
+          "write a Prometheus configuration that scrapes this run's metrics ports (jobs dion-ps "
+          "and dion-worker, labels shard and worker, the alert rules when found) to this path "
+          "before starting; needs --metrics_base_port (docs/observability.md)");
 ABSL_FLAG(double, target_accuracy, kDefaults.target_accuracy,
           "test accuracy whose time to reach the report states (fraction, e.g. 0.88)");
 ABSL_FLAG(std::string, progress, "auto",
@@ -167,6 +171,7 @@ int Local(int argc, char** argv) {
   o.run_dir = absl::GetFlag(FLAGS_run_dir);
   o.base_port = absl::GetFlag(FLAGS_base_port);
   o.metrics_base_port = absl::GetFlag(FLAGS_metrics_base_port);
+  o.prometheus_config = absl::GetFlag(FLAGS_prometheus_config);
   o.target_accuracy = absl::GetFlag(FLAGS_target_accuracy);
   o.progress_interval = absl::GetFlag(FLAGS_progress_interval);
   o.startup_timeout = absl::GetFlag(FLAGS_startup_timeout);
@@ -202,6 +207,13 @@ int Local(int argc, char** argv) {
   }
   o.server_binary = *server;
   o.worker_binary = *worker;
+  if (!o.prometheus_config.empty()) {
+    // The alert rules of the source tree (build tree: build/worker/dion) or of an install.
+    absl::StatusOr<std::string> rules = dion::FindSiblingFile(
+        self, {"../../deploy/prometheus/rules/dion-alerts.yml",
+               "../share/dion-ps/prometheus/rules/dion-alerts.yml"});
+    if (rules.ok()) o.alert_rules = *rules;
+  }
   return dion::RunLocal(o);
 }
 

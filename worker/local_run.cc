@@ -392,6 +392,19 @@ int LocalRun::Run() {
     Say(stderr, absl::StrCat("dion local: cannot create ", run_dir_, "/logs: ", error.message()));
     return 1;
   }
+  if (!options_.prometheus_config.empty()) {
+    if (absl::Status s = WriteTextFile(options_.prometheus_config, PrometheusConfig(options_));
+        !s.ok()) {
+      Say(stderr, absl::StrCat("dion local: cannot write the Prometheus configuration: ",
+                               s.message()));
+      return 1;
+    }
+    Say(stdout, absl::StrCat("dion local: Prometheus configuration for the metrics ports in ",
+                             options_.prometheus_config,
+                             options_.alert_rules.empty()
+                                 ? " (without alert rules: dion-alerts.yml not found)"
+                                 : ""));
+  }
   Say(stdout,
       absl::StrFormat("dion local: %d shard(s), %d worker(s), %s, %d epoch(s)%s; run directory %s",
                       options_.shards, options_.workers, options_.dataset, options_.epochs,
@@ -454,6 +467,24 @@ int RunLocal(const LocalRunOptions& options) {
   return code;
 }
 
+namespace {
+
+// The first of `candidates` (relative to the directory of self_exe) that is a regular file
+// `access` allows `mode` on.
+absl::StatusOr<std::string> FindNextTo(const std::string& self_exe,
+                                       const std::vector<std::string>& candidates, int mode) {
+  const fs::path dir = fs::path(self_exe).parent_path();
+  std::vector<std::string> looked;
+  for (const std::string& candidate : candidates) {
+    const fs::path path = (dir / candidate).lexically_normal();
+    if (fs::is_regular_file(path) && access(path.c_str(), mode) == 0) return path.string();
+    looked.push_back(path.string());
+  }
+  return absl::NotFoundError(absl::StrCat("not found in ", absl::StrJoin(looked, ", ")));
+}
+
+}  // namespace
+
 absl::StatusOr<std::string> FindSiblingBinary(const std::string& self_exe,
                                               const std::string& override_path,
                                               const std::vector<std::string>& candidates) {
@@ -461,14 +492,12 @@ absl::StatusOr<std::string> FindSiblingBinary(const std::string& self_exe,
     if (access(override_path.c_str(), X_OK) == 0) return override_path;
     return absl::NotFoundError(absl::StrCat(override_path, " is not an executable file"));
   }
-  const fs::path dir = fs::path(self_exe).parent_path();
-  std::vector<std::string> looked;
-  for (const std::string& candidate : candidates) {
-    const fs::path path = (dir / candidate).lexically_normal();
-    if (fs::is_regular_file(path) && access(path.c_str(), X_OK) == 0) return path.string();
-    looked.push_back(path.string());
-  }
-  return absl::NotFoundError(absl::StrCat("not found in ", absl::StrJoin(looked, ", ")));
+  return FindNextTo(self_exe, candidates, X_OK);
+}
+
+absl::StatusOr<std::string> FindSiblingFile(const std::string& self_exe,
+                                            const std::vector<std::string>& candidates) {
+  return FindNextTo(self_exe, candidates, R_OK);
 }
 
 }  // namespace dion

@@ -75,6 +75,10 @@ struct LocalRunOptions {
   std::string run_dir;            // empty: ./runs/<local time YYYYmmdd-HHMMSS>
   int base_port = 0;              // shard i listens on base_port + i; 0: free ports
   int metrics_base_port = 0;      // shard i: base + i, worker j: base + shards + j; 0: disabled
+  // Written before the children start: a Prometheus configuration scraping those ports
+  // (PrometheusConfig in worker/local_run_flags.h). Empty: none. Needs metrics_base_port.
+  std::string prometheus_config;
+  std::string alert_rules;        // absolute path of dion-alerts.yml for it; empty: no rules
   double target_accuracy = 0.88;  // "time to X% accuracy" in the report
   enum class Progress { kLive, kLines, kQuiet };
   Progress progress = Progress::kLines;  // live: one line rewritten in place (a terminal)
@@ -98,6 +102,10 @@ int RunLocal(const LocalRunOptions& options);
 absl::StatusOr<std::string> FindSiblingBinary(const std::string& self_exe,
                                               const std::string& override_path,
                                               const std::vector<std::string>& candidates);
+
+// The same search for a readable (not necessarily executable) file, e.g. the alert rules.
+absl::StatusOr<std::string> FindSiblingFile(const std::string& self_exe,
+                                            const std::vector<std::string>& candidates);
 
 }  // namespace dion
 

@@ -98,12 +98,40 @@ absl::Status ValidateLocalRunOptions(const LocalRunOptions& o) {
   if (o.metrics_base_port < 0 || o.metrics_base_port + o.shards + o.workers > 65536) {
     return bad("metrics_base_port out of range");
   }
+  if (!o.prometheus_config.empty() && o.metrics_base_port == 0) {
+    return bad("prometheus_config needs --metrics_base_port (the ports the configuration "
+               "scrapes)");
+  }
   if (!(o.target_accuracy > 0 && o.target_accuracy <= 1))
     return bad("target_accuracy must be in (0, 1]");
   if (o.server_binary.empty() || o.worker_binary.empty()) {
     return absl::InvalidArgumentError("the dion-server and dion-worker paths must be set");
   }
   return absl::OkStatus();
+}
+
+std::string PrometheusConfig(const LocalRunOptions& o) {
+  std::string config = absl::StrCat(
+      "# Prometheus configuration for a `dion local` run (--shards=", o.shards,
+      " --workers=", o.workers, " --metrics_base_port=", o.metrics_base_port,
+      "), written by dion local.\n"
+      "#   prometheus --config.file=THIS_FILE --storage.tsdb.path=/tmp/dion-prometheus \\\n"
+      "#     --web.listen-address=127.0.0.1:9090\n"
+      "global:\n  scrape_interval: 5s\n  evaluation_interval: 5s\n");
+  if (!o.alert_rules.empty()) {
+    absl::StrAppend(&config, "\nrule_files:\n  - \"", o.alert_rules, "\"\n");
+  }
+  absl::StrAppend(&config, "\nscrape_configs:\n  - job_name: dion-ps\n    static_configs:\n");
+  for (int i = 0; i < o.shards; ++i) {
+    absl::StrAppend(&config, "      - targets: [\"127.0.0.1:", o.metrics_base_port + i,
+                    "\"]\n        labels: {shard: \"", i, "\"}\n");
+  }
+  absl::StrAppend(&config, "  - job_name: dion-worker\n    static_configs:\n");
+  for (int j = 0; j < o.workers; ++j) {
+    absl::StrAppend(&config, "      - targets: [\"127.0.0.1:", o.metrics_base_port + o.shards + j,
+                    "\"]\n        labels: {worker: \"", j, "\"}\n");
+  }
+  return config;
 }
 
 }  // namespace dion

@@ -32,6 +32,14 @@ std::vector<std::string> WorkerFlags(const LocalRunOptions& options, int index,
 std::vector<std::string> EvaluatorFlags(const LocalRunOptions& options,
                                         const std::vector<std::string>& shard_addresses);
 
+// A Prometheus configuration for the run's metrics ports, in the format of
+// deploy/prometheus/prometheus-local.yml: 5 s scrape and evaluation interval, job dion-ps with
+// label shard="i" per shard, job dion-worker with label worker="j" per worker (the job and
+// label names of the Kubernetes configuration, so the alert rules and the dashboard apply),
+// and options.alert_rules in rule_files when it is set.
+// REQUIRES: ValidateLocalRunOptions(options) ok and options.metrics_base_port > 0.
+std::string PrometheusConfig(const LocalRunOptions& options);
+
 }  // namespace dion
 
 #endif  // DION_WORKER_LOCAL_RUN_FLAGS_H_
