@@ -32,66 +32,21 @@ import math
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
-import tempfile
 import time
-import urllib.parse
-import urllib.request
 
 sys.dont_write_bytecode = True  # no __pycache__ in the source tree
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import dashboard_check  # noqa: E402
+from prom_util import (Prometheus, check, free_ports, http_get, run_bounded,  # noqa: E402
+                       wait_until)
 
 DEADLINE_S = 60
 # Labelled series prometheus-cpp creates on their first event only; a healthy short run has
 # none of them. dashboard_check verifies these names against the registration code instead.
 LAZY_SERIES = {"dion_worker_resyncs_total"}
 NAMESPACE, RUN = "dion-test", "dion-small"
-
-
-def free_ports(n):
-    socks = []
-    for _ in range(n):
-        s = socket.socket()
-        s.bind(("127.0.0.1", 0))
-        socks.append(s)
-    ports = [s.getsockname()[1] for s in socks]
-    for s in socks:
-        s.close()
-    return ports
-
-
-def http_get(url, timeout=5):
-    with urllib.request.urlopen(url, timeout=timeout) as r:
-        return r.read().decode()
-
-
-class Prometheus:
-    def __init__(self, port):
-        self.base = f"http://127.0.0.1:{port}"
-
-    def api(self, path, **params):
-        url = f"{self.base}/api/v1/{path}"
-        if params:
-            url += "?" + urllib.parse.urlencode(params)
-        body = json.loads(http_get(url))
-        if body.get("status") != "success":
-            raise AssertionError(f"{path} {params}: {body}")
-        return body["data"]
-
-    def query(self, expr):
-        return self.api("query", query=expr)["result"]
-
-    def value(self, expr):
-        """The single sample value of an instant query, or None when it returns nothing."""
-        result = self.query(expr)
-        if not result:
-            return None
-        if len(result) != 1:
-            raise AssertionError(f"{expr}: expected one series, got {result}")
-        return float(result[0]["value"][1])
 
 
 def pod_target(address, pod, component, port_name, phase="Running", app="dion-ps",
@@ -137,24 +92,6 @@ def series_names(metrics_text):
         if m and not line.startswith("#"):
             names.add(m.group(1))
     return names
-
-
-def wait_until(what, predicate, deadline):
-    last = None
-    while time.monotonic() < deadline:
-        try:
-            if predicate():
-                return
-        except Exception as e:  # not up yet
-            last = e
-        time.sleep(0.5)
-    raise AssertionError(f"timed out waiting for {what} (last error: {last})")
-
-
-def check(failures, ok, message):
-    print(("ok   " if ok else "FAIL ") + message)
-    if not ok:
-        failures.append(message)
 
 
 def run(args, tmp, procs):
@@ -293,22 +230,7 @@ def main():
     parser.add_argument("--prometheus", default="/usr/bin/prometheus")
     args = parser.parse_args()
     args.source_root = os.path.abspath(args.source_root)
-    if not os.access(args.prometheus, os.X_OK):
-        print(f"FAIL {args.prometheus} not found: install the Debian package prometheus "
-              "(scripts/setup.sh)")
-        return 1
-    started = time.monotonic()
-    procs = {}
-    with tempfile.TemporaryDirectory(prefix="dion-live-") as tmp:
-        try:
-            failures = run(args, tmp, procs)
-        finally:
-            for p in procs.values():
-                if p.poll() is None:
-                    p.kill()
-                    p.wait()
-    print(f"{len(failures)} failed checks, {time.monotonic() - started:.1f} s")
-    return 1 if failures else 0
+    return run_bounded(run, args, "dion-live-", [args.prometheus])
 
 
 if __name__ == "__main__":

@@ -16,38 +16,16 @@ Bounded: gives up after DEADLINE_S seconds. Python 3 standard library only.
 """
 import argparse
 import os
-import socket
 import subprocess
 import sys
-import tempfile
 import time
 
 sys.dont_write_bytecode = True  # no __pycache__ in the source tree
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from live_scrape_test import Prometheus, check, free_ports, http_get, wait_until  # noqa: E402
+from prom_util import (Prometheus, check, consecutive_free_ports, free_ports,  # noqa: E402
+                       http_get, run_bounded, wait_until)
 
 DEADLINE_S = 90
-
-
-def consecutive_free_ports(n):
-    """The first of n consecutive loopback ports that were all free a moment ago."""
-    for _ in range(50):
-        first, = free_ports(1)
-        if first + n > 65536:
-            continue
-        socks = []
-        try:
-            for port in range(first, first + n):
-                s = socket.socket()
-                socks.append(s)
-                s.bind(("127.0.0.1", port))
-            return first
-        except OSError:
-            continue
-        finally:
-            for s in socks:
-                s.close()
-    raise AssertionError(f"no {n} consecutive free ports in 50 tries")
 
 
 def run(args, tmp, procs):
@@ -134,23 +112,7 @@ def main():
     parser.add_argument("--promtool", default="/usr/bin/promtool")
     args = parser.parse_args()
     args.source_root = os.path.abspath(args.source_root)
-    for tool in (args.prometheus, args.promtool):
-        if not os.access(tool, os.X_OK):
-            print(f"FAIL {tool} not found: install the Debian package prometheus "
-                  "(scripts/setup.sh)")
-            return 1
-    started = time.monotonic()
-    procs = {}
-    with tempfile.TemporaryDirectory(prefix="dion-local-prom-") as tmp:
-        try:
-            failures = run(args, tmp, procs)
-        finally:
-            for p in procs.values():
-                if p.poll() is None:
-                    p.kill()
-                    p.wait()
-    print(f"{len(failures)} failed checks, {time.monotonic() - started:.1f} s")
-    return 1 if failures else 0
+    return run_bounded(run, args, "dion-local-prom-", [args.prometheus, args.promtool])
 
 
 if __name__ == "__main__":
