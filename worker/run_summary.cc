@@ -208,34 +208,31 @@ std::string SummaryJson(const RunSummary& s) {
   j.Open('[');
   for (int64_t c : t.staleness_hist) j.Number(accepted > 0 ? 100.0 * c / accepted : 0.0);
   j.Close(']');
-  j.Key("evaluations");
-  j.Open('[');
-  for (const EvalPoint& e : s.evaluations) {
-    j.Open('{');
-    j.Key("time_s");
-    j.Number(e.time_s);
-    j.Key("epochs");
-    j.Number(e.epochs);
+  // Curves: one object per point, time and epochs first.
+  const auto curve = [&j](const char* key, const auto& points, const auto& rest) {
+    j.Key(key);
+    j.Open('[');
+    for (const auto& point : points) {
+      j.Open('{');
+      j.Key("time_s");
+      j.Number(point.time_s);
+      j.Key("epochs");
+      j.Number(point.epochs);
+      rest(point);
+      j.Close('}');
+    }
+    j.Close(']');
+  };
+  curve("evaluations", s.evaluations, [&j](const EvalPoint& e) {
     j.Key("test_loss");
     j.Number(e.test_loss);
     j.Key("test_accuracy");
     j.Number(e.test_accuracy);
-    j.Close('}');
-  }
-  j.Close(']');
-  j.Key("train_loss");
-  j.Open('[');
-  for (const TrainLossPoint& p : s.train_loss) {
-    j.Open('{');
-    j.Key("time_s");
-    j.Number(p.time_s);
-    j.Key("epochs");
-    j.Number(p.epochs);
+  });
+  curve("train_loss", s.train_loss, [&j](const TrainLossPoint& p) {
     j.Key("loss");
     j.Number(p.loss);
-    j.Close('}');
-  }
-  j.Close(']');
+  });
   j.Key("run_dir");
   j.String(s.run_dir);
   j.Close('}');

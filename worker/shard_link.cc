@@ -182,18 +182,23 @@ bool ShardLink::WaitToRetry(Backoff& backoff, const absl::Status& last_error, co
   return !stopping_ && !gave_up_;
 }
 
+absl::Status ShardLink::Reregister(Backoff& backoff) {
+  absl::StatusOr<v1::RegisterModelResponse> registered = Register();
+  if (registered.ok()) return absl::OkStatus();
+  if (!WaitToRetry(backoff, registered.status(), "RegisterModel")) {
+    return absl::CancelledError("the link stopped or gave up");
+  }
+  return registered.status();
+}
+
 void ShardLink::PushLoop() {
   Backoff backoff(options_.reconnect, options_.seed);
   bool first = true;
   while (!stopping()) {
-    // Register first: a shard restarted without a checkpoint has to learn the model again, and
-    // a successful call proves the shard is back before a stream is opened.
     if (!first) {
-      absl::StatusOr<v1::RegisterModelResponse> registered = Register();
-      if (!registered.ok()) {
-        if (!WaitToRetry(backoff, registered.status(), "RegisterModel")) return;
-        continue;
-      }
+      const absl::Status registered = Reregister(backoff);
+      if (absl::IsCancelled(registered)) return;
+      if (!registered.ok()) continue;
     }
     grpc::ClientContext context;
     uint64_t generation;
@@ -310,11 +315,9 @@ void ShardLink::SubscribeLoop() {
   bool first = true;
   while (!stopping()) {
     if (!first) {
-      absl::StatusOr<v1::RegisterModelResponse> registered = Register();
-      if (!registered.ok()) {
-        if (!WaitToRetry(backoff, registered.status(), "RegisterModel")) return;
-        continue;
-      }
+      const absl::Status registered = Reregister(backoff);
+      if (absl::IsCancelled(registered)) return;
+      if (!registered.ok()) continue;
     }
     grpc::ClientContext context;
     v1::SubscribeRequest request;

@@ -102,6 +102,11 @@ class ShardLink {
   // Sleeps for the backoff's next delay or until Stop; false when the outage budget is spent
   // (after reporting it) or when stopping.
   bool WaitToRetry(Backoff& backoff, const absl::Status& last_error, const char* what);
+  // Before a stream is re-opened: registers the model again (a shard restarted without a
+  // checkpoint has to learn it again, and a successful call proves the shard is back). Ok: go
+  // on; Cancelled: the link stopped or gave up (return); another error: after the backoff wait,
+  // try again.
+  absl::Status Reregister(Backoff& backoff);
   void GiveUp(const absl::Status& status);
   bool stopping() const ABSL_LOCKS_EXCLUDED(mu_);
   // Makes a unary call's context cancellable by Stop; false (do not call) when stopping.
