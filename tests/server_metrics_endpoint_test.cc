@@ -1,11 +1,5 @@
 // The /metrics endpoint of a running DionServer, scraped over loopback HTTP like Prometheus
 // would: push counters by result, received bytes, steps and versions after a few pushes.
-#include <arpa/inet.h>
-#include <netinet/in.h>
-#include <sys/socket.h>
-#include <sys/time.h>
-#include <unistd.h>
-
 #include <gtest/gtest.h>
 
 #include <cmath>
@@ -13,44 +7,17 @@
 #include <vector>
 
 #include "absl/strings/str_cat.h"
+#include "tests/http_get.h"
 #include "tests/server_test_util.h"
 
 namespace dion {
 namespace {
 
 using testing::Connect;
+using testing::HttpGetBody;
 using testing::FactorsContribution;
 using testing::PushAll;
 using testing::RandomFactors;
-
-// GET http://127.0.0.1:<port><path> with HTTP/1.0 (the server closes after the response);
-// returns the body, or "" on any failure. Sockets time out after 5 s, so it is bounded.
-std::string HttpGetBody(int port, const std::string& path) {
-  const int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-  if (fd < 0) return "";
-  timeval timeout{5, 0};
-  setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &timeout, sizeof(timeout));
-  setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &timeout, sizeof(timeout));
-  sockaddr_in addr{};
-  addr.sin_family = AF_INET;
-  addr.sin_port = htons(static_cast<uint16_t>(port));
-  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  std::string response;
-  if (connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) == 0) {
-    const std::string request =
-        absl::StrCat("GET ", path, " HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n");
-    if (send(fd, request.data(), request.size(), MSG_NOSIGNAL) ==
-        static_cast<ssize_t>(request.size())) {
-      char buffer[4096];
-      ssize_t n;
-      while ((n = recv(fd, buffer, sizeof(buffer), 0)) > 0) response.append(buffer, n);
-    }
-  }
-  close(fd);
-  if (response.find(" 200 ") == std::string::npos) return "";
-  const size_t body = response.find("\r\n\r\n");
-  return body == std::string::npos ? "" : response.substr(body + 4);
-}
 
 double Get(const std::string& text, const std::string& key) {
   const double value = testing::MetricValue(text, key);
@@ -82,7 +49,7 @@ TEST(ServerMetricsEndpointTest, ScrapedCountersMatchWhatTheClientsDid) {
   for (const v1::Contribution& c : pushes) {
     acks.push_back(PushAll(*stub, {c})[0]);
     ASSERT_TRUE(testing::WaitForStatus(*stub, [&](const v1::StatusResponse& s) {
-      return testing::FindParameter(s, "w")->version() == c.sequence() + 1;
+      return testing::FindParameter(s, "w")->version() == static_cast<int64_t>(c.sequence()) + 1;
     }));
   }
   pushes.push_back(pushes[1]);
