@@ -331,6 +331,24 @@ TEST(WorkerClient, APushOverTheShardsMessageLimitFailsAtOnceNamingTheLimit) {
   EXPECT_LT(absl::Now() - start, absl::Seconds(20));
 }
 
+// Pushed factors never cost more than the dense gradient: (m + n) r <= m n. Values by hand.
+TEST(WorkerClient, CompressionRankIsTheFractionCappedAtTheDenseBreakEven) {
+  const auto spec = [](int64_t m, int64_t n) {
+    ParamSpec s;
+    s.name = "w";
+    s.shape = {m, n};
+    s.optimizer = OptimizerKind::kDion;
+    return s;
+  };
+  EXPECT_EQ(CompressionRank(spec(256, 784), 0.25), 64);
+  EXPECT_EQ(CompressionRank(spec(256, 784), 0.0625), 16);
+  EXPECT_EQ(CompressionRank(spec(256, 784), 1.0), 192);  // 1040 * 192 = 199680 <= 200704
+  EXPECT_EQ(CompressionRank(spec(128, 256), 1.0), 85);   // 384 * 85 = 32640 <= 32768
+  EXPECT_EQ(CompressionRank(spec(128, 256), 0.5), 64);
+  EXPECT_EQ(CompressionRank(spec(64, 64), 0.001), 1);
+  EXPECT_EQ(CompressionRank(spec(1, 1), 1.0), 1);
+}
+
 TEST(WorkerClient, SubmitRefusesBadInputAndChangesNothing) {
   std::unique_ptr<DionServer> server = StartServer(TestServerOptions());
   ASSERT_NE(server, nullptr);

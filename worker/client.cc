@@ -34,11 +34,6 @@ struct Client::Parameter {
 
 namespace {
 
-int CompressionRank(const ParamSpec& spec, double fraction) {
-  const int64_t short_side = std::min(spec.rows(), spec.cols());
-  const int64_t rank = std::llround(fraction * static_cast<double>(short_side));
-  return static_cast<int>(std::clamp<int64_t>(rank, 1, short_side));
-}
 
 v1::RegisterModelRequest RegistrationOf(const ModelTable& table, const std::string& worker_id) {
   v1::RegisterModelRequest request;
@@ -121,6 +116,15 @@ Client::Client(const ModelTable& table, const ClientOptions& options, Layout lay
         CompressionRank(spec, options_.compression_rank_fraction),
         MixSeed(options_.seed, 0xC0, static_cast<uint64_t>(i)), first_sequence));
   }
+}
+
+int CompressionRank(const ParamSpec& spec, double fraction) {
+  const int64_t m = spec.rows();
+  const int64_t n = spec.cols();
+  const int64_t short_side = std::min(m, n);
+  const int64_t break_even = std::max<int64_t>(1, m * n / (m + n));
+  const int64_t rank = std::llround(fraction * static_cast<double>(short_side));
+  return static_cast<int>(std::clamp<int64_t>(rank, 1, std::min(short_side, break_even)));
 }
 
 Client::~Client() { Close(); }

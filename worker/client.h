@@ -17,12 +17,13 @@
 // initial weights and subscribes to new versions.
 //
 // Submit accumulates one local step. A Dion matrix goes through its own compressor (residual
-// E, warm-started Qw, rank rw = compression_rank_fraction * min(m, n)); other parameters are
-// sent dense. Each parameter has at most max_in_flight unacknowledged pushes; while that many
-// are out, further steps accumulate locally instead of queueing messages, so a slow link
-// automatically means more local steps per push. A push the shard refuses (stale, or rejected
-// as not applied) is restored into the residual and goes out again with the next Submit or
-// Flush (not straight from the refusal, which could loop at network speed): nothing is lost.
+// E, warm-started Qw, rank rw = CompressionRank(spec, compression_rank_fraction)); other
+// parameters are sent dense. Each parameter has at most max_in_flight unacknowledged pushes;
+// while that many are out, further steps accumulate locally instead of queueing messages, so a
+// slow link automatically means more local steps per push. A push the shard refuses (stale, or
+// rejected as not applied) is restored into the residual and goes out again with the next
+// Submit or Flush (not straight from the refusal, which could loop at network speed): nothing
+// is lost.
 // When a Push stream is re-opened, what is in flight is sent again with its sequence, once per
 // stream; DUPLICATE answers after such a retry mean "applied before". A push whose fate the
 // shard cannot tell (REJECTED OUT_OF_RANGE, older than its dedup window) is dropped rather than
@@ -72,7 +73,7 @@ namespace dion {
 struct ClientOptions {
   std::vector<std::string> shard_addresses;  // host:port of shard 0, 1, ... in order
   std::string worker_id;                     // unique per worker; registered with every shard
-  double compression_rank_fraction = 0.25;   // worker rank rw = max(1, round(f * min(m, n)))
+  double compression_rank_fraction = 0.25;   // rank rw: CompressionRank below
   // Unacknowledged pushes per parameter, in [1, kMaxUnacknowledgedSpan].
   int max_in_flight = 2;
   absl::Duration rpc_deadline = absl::Seconds(10);  // every unary call
@@ -112,6 +113,12 @@ struct ClientStats {
   std::array<int64_t, kStalenessBins> staleness{};
   int64_t staleness_sum = 0;
 };
+
+// The rank of the factors (P, R) pushed for a Dion parameter of shape m x n at
+// `compression_rank_fraction`: fraction * min(m, n) rounded, at least 1, and at most the
+// break-even rank floor(m n / (m + n)), above which (m + n) r floats would cost more than the
+// dense gradient's m n (at fraction 1 the pushes are then about dense-sized, not larger).
+int CompressionRank(const ParamSpec& spec, double fraction);
 
 class Client {
  public:
