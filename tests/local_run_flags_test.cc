@@ -72,6 +72,8 @@ TEST(ShardFlagsTest, SyncMakesEveryBatchWaitForAllWorkers) {
   EXPECT_FALSE(Has(f, "--target_samples=512"));
   EXPECT_TRUE(Has(WorkerFlags(o, 0, {"a:1"}), "--max_in_flight=1"));
   EXPECT_FALSE(Has(WorkerFlags(Options(), 0, {"a:1"}), "--max_in_flight=1"));
+  EXPECT_TRUE(Has(WorkerFlags(o, 0, {"a:1"}), "--synchronous"));
+  EXPECT_FALSE(Has(WorkerFlags(Options(), 0, {"a:1"}), "--synchronous"));
 }
 
 TEST(WorkerFlagsTest, PassModelDataSeedsAndPassThroughLast) {

@@ -21,12 +21,7 @@
 namespace dion {
 namespace {
 
-// Value of an unlabelled (or fully labelled) sample in the text exposition format.
-double MetricValue(const std::string& text, const std::string& series) {
-  const size_t at = text.find("\n" + series + " ");
-  if (at == std::string::npos) return -1;
-  return std::stod(text.substr(at + series.size() + 2));
-}
+using testing::MetricValue;
 
 TEST(WorkerTraining, TwoWorkersLearnTheTeacherTaskThroughTwoShards) {
   constexpr int64_t kShardSteps = 300;
@@ -125,6 +120,70 @@ TEST(WorkerTraining, TwoWorkersLearnTheTeacherTaskThroughTwoShards) {
   EXPECT_EQ(MetricValue(metrics[0].Serialize(), "dion_worker_test_accuracy"),
             r.evaluation->accuracy);
   for (auto& server : servers) EXPECT_TRUE(server->Shutdown().ok());
+}
+
+// Synchronous steps against a shard that closes a batch only when both workers contributed:
+// every local step becomes exactly one optimizer step with one contribution per worker, all
+// computed at the same version (staleness 0), nothing accumulated while waiting.
+TEST(WorkerTraining, SynchronousStepsGiveOneContributionPerWorkerPerOptimizerStep) {
+  constexpr int kSteps = 20;
+  ServerOptions server_options = testing::TestServerOptions();
+  server_options.shard.batcher.target_samples = 0;
+  server_options.shard.batcher.target_workers = 2;
+  server_options.shard.batcher.adaptive = false;
+  server_options.shard.batcher.deadline = absl::Seconds(30);  // never the reason to close
+  absl::StatusOr<std::unique_ptr<DionServer>> server = DionServer::Start(server_options);
+  ASSERT_TRUE(server.ok()) << server.status();
+  TeacherOptions teacher;
+  const Dataset train = MakeTeacherDataset(teacher, 4096, 11).value();
+  MlpOptions mlp;
+  mlp.layer_sizes = {16, 32, 10};
+  ModelTable table;
+  table.model_name = "teacher-student";
+  const std::vector<ParamSpec> specs = ParameterTable(mlp).value();
+  for (const ParamSpec& spec : specs) table.parameters.push_back({spec, {}});
+  const auto partitions = PartitionAll(train.labels, train.num_classes, 2, {}).value();
+  std::vector<std::unique_ptr<Client>> clients;
+  for (int w = 0; w < 2; ++w) {
+    ClientOptions options;
+    options.shard_addresses = {(*server)->address()};
+    options.worker_id = absl::StrCat("worker-", w);
+    options.max_in_flight = 1;
+    options.seed = 1 + w;
+    absl::StatusOr<std::unique_ptr<Client>> client = Client::Connect(table, options);
+    ASSERT_TRUE(client.ok()) << client.status();
+    clients.push_back(*std::move(client));
+  }
+  std::vector<absl::StatusOr<TrainerProgress>> results(2, absl::UnknownError("not run"));
+  std::vector<std::thread> workers;
+  for (int w = 0; w < 2; ++w) {
+    workers.emplace_back([&, w] {
+      TrainerOptions trainer;
+      trainer.epochs = 1000;
+      trainer.max_steps = kSteps;
+      trainer.batch_size = 16;
+      trainer.seed = 10 + w;
+      trainer.synchronous = true;
+      trainer.flush_timeout = absl::Seconds(20);
+      results[w] = Train(*clients[w], Subset(train, partitions[w]), nullptr, trainer, nullptr,
+                         nullptr, nullptr);
+    });
+  }
+  for (std::thread& t : workers) t.join();
+  for (int w = 0; w < 2; ++w) {
+    ASSERT_TRUE(results[w].ok()) << results[w].status();
+    const ClientStats& stats = results[w]->client;
+    EXPECT_EQ(results[w]->steps, kSteps);
+    const int64_t parameters = static_cast<int64_t>(clients[w]->specs().size());
+    EXPECT_EQ(stats.pushes, kSteps * parameters) << "worker " << w;
+    EXPECT_EQ(stats.accepted, kSteps * parameters) << "worker " << w;
+    EXPECT_EQ(stats.staleness_sum, 0) << "worker " << w;
+    for (int i = 0; i < parameters; ++i) {
+      EXPECT_EQ(clients[w]->version(i), kSteps) << clients[w]->specs()[i].name;
+    }
+  }
+  for (auto& client : clients) client->Close();
+  EXPECT_TRUE((*server)->Shutdown().ok());
 }
 
 }  // namespace

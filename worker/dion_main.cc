@@ -79,8 +79,8 @@ ABSL_FLAG(bool, adaptive_batching, kDefaults.adaptive_batching,
           "--target_samples only applies until a rate is measured)");
 ABSL_FLAG(bool, sync, kDefaults.sync,
           "synchronous setting: every batch waits for all workers (target_workers=--workers, "
-          "no sample target, no adaptation, deadline --sync_deadline), one push in flight per "
-          "worker; overrides the batching flags above");
+          "no sample target, no adaptation, deadline --sync_deadline) and each worker waits "
+          "for it before its next step; overrides the batching flags above");
 ABSL_FLAG(absl::Duration, sync_deadline, kDefaults.sync_deadline,
           "batch deadline under --sync: how long a batch waits for a missing worker");
 // Where and how.

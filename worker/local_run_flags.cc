@@ -62,7 +62,10 @@ std::vector<std::string> WorkerFlags(const LocalRunOptions& o, int index,
         std::string("--progress_interval=1s")}) {
     flags.push_back(std::move(flag));
   }
-  if (o.sync) flags.push_back("--max_in_flight=1");
+  if (o.sync) {
+    flags.push_back("--max_in_flight=1");
+    flags.push_back("--synchronous");
+  }
   if (o.metrics_base_port > 0) {
     flags.push_back(
         absl::StrCat("--metrics_listen=127.0.0.1:", o.metrics_base_port + o.shards + index));

@@ -23,7 +23,8 @@ std::vector<std::string> ShardFlags(const LocalRunOptions& options, int index,
 
 // Worker `index` against the shards at `shard_addresses` (in shard-index order): model,
 // optimizer, data, partition, epochs, seeds (model: options.seed; shuffling: seed*1000+index),
-// one progress line a second; one push in flight per parameter under options.sync.
+// one progress line a second; under options.sync one push in flight per parameter and
+// synchronous steps (each waits for the shards' next version).
 std::vector<std::string> WorkerFlags(const LocalRunOptions& options, int index,
                                      const std::vector<std::string>& shard_addresses);
 

@@ -66,6 +66,10 @@ ABSL_FLAG(std::string, hidden_layers, "256,128",
 ABSL_FLAG(int, epochs, 5, "passes over this worker's partition");
 ABSL_FLAG(int, batch_size, 64, "samples per local step");
 ABSL_FLAG(int64_t, max_steps, 0, "stop after this many local steps; 0: no limit");
+ABSL_FLAG(bool, synchronous, false,
+          "after each local step, wait until the shards have applied it (the next version of "
+          "every parameter) before the next one; with shards that wait for every worker "
+          "(target_workers = number of workers) this is synchronous training");
 ABSL_FLAG(double, rank_fraction, 0.25,
           "Dion rank of the hidden matrices as a fraction of min(m, n) (server side)");
 ABSL_FLAG(double, compression_rank_fraction, 0,
@@ -313,6 +317,7 @@ int main(int argc, char** argv) {
   trainer.epochs = absl::GetFlag(FLAGS_epochs);
   trainer.batch_size = absl::GetFlag(FLAGS_batch_size);
   trainer.max_steps = absl::GetFlag(FLAGS_max_steps);
+  trainer.synchronous = absl::GetFlag(FLAGS_synchronous);
   trainer.progress_interval = absl::GetFlag(FLAGS_progress_interval);
   trainer.evaluate = !absl::GetFlag(FLAGS_no_evaluate) &&
                      (absl::GetFlag(FLAGS_evaluate) || worker_index == 0);

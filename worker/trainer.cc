@@ -18,6 +18,27 @@ std::vector<const Matrix*> Views(const std::vector<Matrix>& weights) {
   return views;
 }
 
+// A synchronous step's barrier: flushes, then polls (the update arrives on the client's
+// subscription thread) until every parameter's version exceeds `versions`.
+absl::Status WaitForNextVersions(Client& client, const std::vector<int64_t>& versions,
+                                 absl::Duration timeout) {
+  const absl::Time deadline = absl::Now() + timeout;
+  if (absl::Status s = client.Flush(timeout); !s.ok()) return s;
+  for (int i = 0; i < static_cast<int>(versions.size()); ++i) {
+    while (client.version(i) <= versions[i]) {
+      if (absl::Status s = client.status(); !s.ok()) return s;
+      if (absl::Now() >= deadline) {
+        return absl::DeadlineExceededError(absl::StrCat(
+            "synchronous step: parameter '", client.specs()[i].name, "' stayed at version ",
+            versions[i], " for ", absl::FormatDuration(timeout),
+            "; do the shards close a batch without this worker (target_workers, deadline)?"));
+      }
+      absl::SleepFor(absl::Microseconds(200));
+    }
+  }
+  return absl::OkStatus();
+}
+
 }  // namespace
 
 absl::StatusOr<TrainerProgress> Train(Client& client, const Dataset& train, const Dataset* test,
@@ -42,6 +63,7 @@ absl::StatusOr<TrainerProgress> Train(Client& client, const Dataset& train, cons
 
   std::vector<Matrix> weights;
   std::vector<Matrix> gradients;
+  std::vector<int64_t> versions(client.specs().size());  // synchronous: the step's versions
   MlpWorkspace workspace;
   Matrix X;
   std::vector<int> labels;
@@ -86,11 +108,20 @@ absl::StatusOr<TrainerProgress> Train(Client& client, const Dataset& train, cons
     for (int64_t begin = 0; begin < train.size() && !done; begin += options.batch_size) {
       const int64_t end = std::min<int64_t>(begin + options.batch_size, train.size());
       GatherBatch(train, absl::MakeConstSpan(order).subspan(begin, end - begin), &X, &labels);
+      if (options.synchronous) {
+        for (int i = 0; i < static_cast<int>(versions.size()); ++i) versions[i] = client.version(i);
+      }
       client.CopyWeights(&weights);
       absl::StatusOr<float> loss =
           LossAndGradients(Views(weights), X, labels, &gradients, &workspace);
       if (!loss.ok()) return loss.status();
       if (absl::Status s = client.Submit(gradients, end - begin, *loss); !s.ok()) return s;
+      if (options.synchronous) {
+        if (absl::Status s = WaitForNextVersions(client, versions, options.flush_timeout);
+            !s.ok()) {
+          return s;
+        }
+      }
       ++progress.steps;
       progress.samples += end - begin;
       loss_sum += *loss;

@@ -33,7 +33,13 @@ struct TrainerOptions {
   absl::Duration eval_interval = absl::Seconds(10);     // between evaluations; also at the end
   int eval_batch_size = 1000;
   uint64_t seed = 1;                                    // shuffling
-  absl::Duration flush_timeout = absl::Seconds(60);     // final Flush
+  absl::Duration flush_timeout = absl::Seconds(60);     // final Flush; a synchronous step
+  // Synchronous steps: after each Submit, flush and wait (up to flush_timeout) until every
+  // parameter's replica version has moved past the one the step's gradients were computed at.
+  // With shards that close a batch only when every worker contributed (dion local --sync) this
+  // is synchronous data-parallel training: one gradient per worker per optimizer step, all at
+  // the same weights, none accumulated while waiting.
+  bool synchronous = false;
 };
 
 struct TrainerProgress {
