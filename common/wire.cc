@@ -189,10 +189,13 @@ void MatrixToTensor(ConstMatrixRef M, absl::Span<const int64_t> shape, v1::Tenso
   tensor->clear_shape();
   for (int64_t d : shape) tensor->add_shape(d);
   std::string* data = tensor->mutable_data();
-  data->resize(sizeof(float) * M.size());
-  if (M.outerStride() == M.cols()) {
-    std::memcpy(data->data(), M.data(), data->size());
+  if (M.size() == 0) {
+    data->clear();
+  } else if (M.outerStride() == M.cols()) {
+    // One copy; resize-then-memcpy would write every byte twice (zero fill first).
+    data->assign(reinterpret_cast<const char*>(M.data()), sizeof(float) * M.size());
   } else {
+    data->resize(sizeof(float) * M.size());
     const size_t row_bytes = sizeof(float) * M.cols();
     for (int64_t i = 0; i < M.rows(); ++i) {
       std::memcpy(data->data() + i * row_bytes, M.row(i).data(), row_bytes);

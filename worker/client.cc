@@ -297,9 +297,8 @@ void Client::MaybeSend(Parameter& p) {
     MutexLock lock(&p.replica_mu);
     base_version = p.replica.version();
   }
-  std::optional<Contribution> contribution =
-      acc.Take(options_.worker_id, base_version, absl::Now());
-  if (!contribution.has_value()) return;
+  const Contribution* contribution = acc.Take(options_.worker_id, base_version, absl::Now());
+  if (contribution == nullptr) return;
   v1::Contribution message;
   ContributionToProto(*contribution, &message, specs_[p.index].shape);
   const int64_t bytes = static_cast<int64_t>(message.ByteSizeLong());
@@ -385,7 +384,16 @@ void Client::OnAck(int shard, const v1::PushAck& ack) {
     absl::StatusOr<GradientAccumulator::Acknowledged> done =
         p->accumulator.Acknowledge(ack.sequence(), refused);
     // Not in flight (answered already): nothing to settle.
-    if (!done.ok()) return;
+    if (absl::IsNotFound(done.status())) return;
+    if (!done.ok()) {
+      // The refused contribution could not be put back (non-finite after scaling): it is
+      // neither applied nor kept, so the run cannot go on without losing it.
+      p->queued_in.erase(ack.sequence());
+      Fail(absl::DataLossError(absl::StrCat("a refused contribution to '", ack.parameter(),
+                                            "' could not be restored: ",
+                                            done.status().message())));
+      return;
+    }
     p->queued_in.erase(ack.sequence());
     taken = done->taken;
     if (options_.on_acknowledged && !unknown) {

@@ -53,11 +53,11 @@ absl::Status GradientAccumulator::Accumulate(ConstMatrixRef G, int64_t samples, 
   return absl::OkStatus();
 }
 
-std::optional<Contribution> GradientAccumulator::Take(const std::string& worker_id,
-                                                      int64_t current_version, absl::Time now) {
-  if (pending_samples_ <= 0) return std::nullopt;
+const Contribution* GradientAccumulator::Take(const std::string& worker_id,
+                                              int64_t current_version, absl::Time now) {
+  if (pending_samples_ <= 0) return nullptr;
   if (!in_flight_.empty() && next_sequence_ - in_flight_.begin()->first >= kMaxUnacknowledgedSpan) {
-    return std::nullopt;
+    return nullptr;
   }
   const float inverse_samples = 1.0f / static_cast<float>(pending_samples_);
   Contribution c;
@@ -87,8 +87,7 @@ std::optional<Contribution> GradientAccumulator::Take(const std::string& worker_
   pending_loss_samples_ = 0;
   pending_base_version_ = -1;
   const uint64_t sequence = c.sequence;
-  in_flight_.emplace(sequence, Sent{std::move(c), now});
-  return in_flight_.at(sequence).contribution;
+  return &in_flight_.emplace(sequence, Sent{std::move(c), now}).first->second.contribution;
 }
 
 absl::Status GradientAccumulator::PutBack(const Contribution& c) {
@@ -111,7 +110,10 @@ absl::StatusOr<GradientAccumulator::Acknowledged> GradientAccumulator::Acknowled
                                             " is not in flight"));
   }
   if (refused) {
-    if (absl::Status s = PutBack(it->second.contribution); !s.ok()) return s;
+    if (absl::Status s = PutBack(it->second.contribution); !s.ok()) {
+      in_flight_.erase(it);  // settled (lost, and the caller says so): never answered twice
+      return s;
+    }
   }
   Acknowledged done{std::move(it->second.contribution), it->second.taken};
   in_flight_.erase(it);

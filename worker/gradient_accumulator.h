@@ -67,15 +67,17 @@ class GradientAccumulator {
   // (which were refused for being too old: they go out again as fresh). When the compressor
   // captures nothing (a zero residual), the contribution has zero rank-1 factors: it still
   // carries the samples, whose mean gradient is zero, so nothing stays pending for ever.
-  // Nullopt when nothing is pending, or when taking one more would put kMaxUnacknowledgedSpan
-  // sequences between the oldest unacknowledged one and the new one.
-  std::optional<Contribution> Take(const std::string& worker_id, int64_t current_version,
-                                   absl::Time now);
+  // Null when nothing is pending, or when taking one more would put kMaxUnacknowledgedSpan
+  // sequences between the oldest unacknowledged one and the new one. The pointer stays valid
+  // until that sequence is acknowledged (no copy of the factors per push).
+  const Contribution* Take(const std::string& worker_id, int64_t current_version,
+                           absl::Time now);
 
   // The shard acknowledged `sequence`: accepted / duplicate drop it from in flight;
   // `refused` (stale, or rejected as not applied) puts it back into the residual. Returns the
   // contribution and when it was taken, or NotFound for a sequence not in flight (e.g.
-  // acknowledged twice after a re-send).
+  // acknowledged twice after a re-send). A refused contribution that cannot be put back
+  // (non-finite once scaled) gives the compressor's error and is dropped from in flight.
   struct Acknowledged {
     Contribution contribution;
     absl::Time taken;
