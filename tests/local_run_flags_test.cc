@@ -73,6 +73,10 @@ TEST(ShardFlagsTest, SyncMakesEveryBatchWaitForAllWorkers) {
   EXPECT_TRUE(Has(WorkerFlags(o, 0, {"a:1"}), "--max_in_flight=1"));
   EXPECT_FALSE(Has(WorkerFlags(Options(), 0, {"a:1"}), "--max_in_flight=1"));
   EXPECT_TRUE(Has(WorkerFlags(o, 0, {"a:1"}), "--synchronous"));
+  o.partition = "dirichlet";  // unequal partitions: the others would wait for the deadline
+  EXPECT_EQ(ValidateLocalRunOptions(o).code(), absl::StatusCode::kInvalidArgument);
+  o.partition = "iid";
+  EXPECT_TRUE(ValidateLocalRunOptions(o).ok());
   EXPECT_FALSE(Has(WorkerFlags(Options(), 0, {"a:1"}), "--synchronous"));
 }
 
@@ -125,6 +129,20 @@ TEST(ValidateLocalRunOptionsTest, NamesTheFirstBadOption) {
   o.base_port = 65535;
   o.shards = 2;
   EXPECT_NE(message(o).find("base_port"), std::string::npos);
+  // The message carries the value given, not just the flag.
+  o = Options();
+  o.workers = 0;
+  EXPECT_NE(message(o).find("--workers=0: expected >= 1"), std::string::npos) << message(o);
+  o = Options();
+  o.target_workers = 5;  // > workers (4)
+  EXPECT_NE(message(o).find("--target_workers=5"), std::string::npos) << message(o);
+  o = Options();
+  o.stop_grace = absl::ZeroDuration();  // would SIGKILL the shards before their checkpoint
+  EXPECT_NE(message(o).find("--stop_grace=0"), std::string::npos) << message(o);
+  o = Options();
+  o.partition = "dirichlet";
+  o.dirichlet_alpha = 0;
+  EXPECT_NE(message(o).find("--dirichlet_alpha=0"), std::string::npos) << message(o);
 }
 
 // The configuration lists every metrics port once, under the job and label of its process, in
