@@ -153,6 +153,9 @@ TEST(Partition, MoreWorkersThanSamplesLeavesSomeEmptyButLosesNone) {
   const std::vector<int> labels = {0, 1, 2};
   const auto parts = *PartitionAll(labels, 3, 5, {});
   ExpectExactCover(parts, 3);
+  // IID parts differ in size by at most one: three of one sample, two empty.
+  EXPECT_EQ(std::count_if(parts.begin(), parts.end(), [](const auto& p) { return p.empty(); }),
+            2);
 }
 
 }  // namespace

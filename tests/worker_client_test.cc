@@ -628,8 +628,14 @@ TEST(WorkerClient, ReopensAPushStreamWhoseAcknowledgementsStop) {
   hang.store(false);
   ASSERT_TRUE(reopened) << "the stream without acknowledgements was never re-opened";
   EXPECT_TRUE((*client)->Flush(absl::Seconds(20)).ok()) << (*client)->status();
-  EXPECT_GE((*client)->stats().reconnects, 1);
+  const ClientStats stats = (*client)->stats();
+  EXPECT_GE(stats.reconnects, 1);
+  // Every contribution reached the shard under its first sequence (a DUPLICATE answer to the
+  // re-send was not restored and sent again under a new one), and none was refused.
+  EXPECT_EQ(stats.refused, 0);
   (*client)->Close();
+  MutexLock lock(&mu);
+  EXPECT_EQ(static_cast<int64_t>(accepted.size()), stats.pushes);
 }
 
 TEST(WorkerClient, GivesUpOnAShardThatRegistersButBreaksEveryPushStream) {
