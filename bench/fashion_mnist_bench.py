@@ -1,0 +1,226 @@
+#!/usr/bin/python3
+"""Fashion-MNIST end to end: `dion local` configurations against the PyTorch baseline.
+
+Runs, in one invocation and interleaved repetition by repetition (so that load from other
+processes hits every configuration alike):
+
+  torch     bench/torch_fashion_mnist.py: the same 784-256-128-10 MLP, single process, AdamW
+            (lr 1e-3, batch 128), with the number of torch threads that was faster in a probe
+  default   `dion local` with its defaults (2 shards, 4 workers, rank fraction 1/4)
+  w1, w8    1 and 8 workers
+  r1, r16   rank fractions 1 and 1/16
+  sync8     8 workers, `--sync` (every batch waits for all workers)
+
+Each `dion local` run writes summary.json; this script reads it and reports, per
+configuration, the medians over the repetitions of: final test accuracy, time to the target
+accuracy (from the workers' training clock, the same clock the PyTorch script uses: data
+loading and evaluation excluded), the ratio of that time to PyTorch's in the same repetition,
+bytes on the wire and the dense equivalent. "async vs sync" compares w8 and sync8 after the
+same number of samples (the same epochs).
+
+Usage (Debian's interpreter, for python3-torch):
+  /usr/bin/python3 bench/fashion_mnist_bench.py --dion build/worker/dion --reps 3
+  ... --configs default,w8,sync8 --epochs 12 --json_out /tmp/fmnist.json
+"""
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+CONFIGS = {
+    "default": [],
+    "w1": ["--workers=1"],
+    "w8": ["--workers=8"],
+    "r1": ["--rank_fraction=1"],
+    "r16": ["--rank_fraction=0.0625"],
+    "sync8": ["--workers=8", "--sync"],
+}
+
+
+# Seconds per training step of the baseline MLP (batch 128) at a given torch thread count.
+PROBE = """
+import time, torch
+torch.set_num_threads({threads})
+model = torch.nn.Sequential(torch.nn.Linear(784, 256), torch.nn.ReLU(),
+                            torch.nn.Linear(256, 128), torch.nn.ReLU(), torch.nn.Linear(128, 10))
+optimizer = torch.optim.AdamW(model.parameters(), 1e-3)
+x, y = torch.randn(128, 784), torch.randint(0, 10, (128,))
+loss_fn = torch.nn.CrossEntropyLoss()
+def step():
+    optimizer.zero_grad()
+    loss_fn(model(x), y).backward()
+    optimizer.step()
+for _ in range(50):
+    step()
+start = time.perf_counter()
+for _ in range(200):
+    step()
+print((time.perf_counter() - start) / 200)
+"""
+
+
+def run_torch(args, threads):
+    command = [sys.executable, os.path.join(HERE, "torch_fashion_mnist.py"),
+               f"--epochs={args.torch_epochs}", f"--threads={threads}",
+               f"--target={args.target}", f"--data_dir={args.data_dir}",
+               f"--eval_every={args.torch_eval_every}"]
+    if args.stop_at_target:
+        command.append("--stop_at_target")
+    output = subprocess.run(command, check=True, capture_output=True, text=True).stdout
+    for line in output.splitlines():
+        if line.startswith("summary "):
+            return json.loads(line[len("summary "):])
+    raise RuntimeError("torch_fashion_mnist.py printed no summary line:\n" + output)
+
+
+def run_dion(args, name, flags, run_dir):
+    command = [args.dion, "local", f"--run_dir={run_dir}", "--progress=quiet",
+               f"--epochs={args.epochs}", f"--eval_interval={args.eval_interval}",
+               f"--target_accuracy={args.target}", f"--data_dir={args.data_dir}"] + flags
+    started = time.monotonic()
+    result = subprocess.run(command, capture_output=True, text=True)
+    if result.returncode != 0:
+        raise RuntimeError(f"{name}: {' '.join(command)} exited {result.returncode}:\n"
+                           + result.stdout[-3000:] + result.stderr[-3000:])
+    with open(os.path.join(run_dir, "summary.json")) as f:
+        summary = json.load(f)
+    summary["bench_wall_s"] = time.monotonic() - started
+    return summary
+
+
+def median(values):
+    values = [v for v in values if v is not None]
+    return statistics.median(values) if values else None
+
+
+def fmt(value, pattern):
+    return "-" if value is None else pattern.format(value)
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter,
+                                     epilog="\n".join(__doc__.splitlines()[2:]))
+    parser.add_argument("--dion", default=os.path.join(HERE, "..", "build", "worker", "dion"),
+                        help="the built dion binary")
+    parser.add_argument("--configs", default="default,w1,w8,r1,r16,sync8",
+                        help="comma-separated, from: " + ", ".join(CONFIGS))
+    parser.add_argument("--reps", type=int, default=3, help="repetitions of every configuration")
+    parser.add_argument("--epochs", type=int, default=12, help="dion local --epochs")
+    parser.add_argument("--eval_interval", default="1s", help="dion local --eval_interval")
+    parser.add_argument("--torch_epochs", type=int, default=12)
+    parser.add_argument("--torch_eval_every", type=int, default=50,
+                        help="PyTorch steps between evaluations (50 steps ~ 0.5 s)")
+    parser.add_argument("--torch_threads", default="probe",
+                        help="torch threads, or 'probe': time 1 and 2 on 200 steps, keep the faster")
+    parser.add_argument("--no_torch", action="store_true", help="skip the PyTorch baseline")
+    parser.add_argument("--stop_at_target", action="store_true",
+                        help="stop the PyTorch run at the target (faster; no final accuracy)")
+    parser.add_argument("--target", type=float, default=0.88)
+    parser.add_argument("--data_dir", default="/usr/share/datasets/fashion-mnist")
+    parser.add_argument("--extra", default="", help="extra dion local flags for every config")
+    parser.add_argument("--json_out", default="", help="write every run's figures here")
+    args = parser.parse_args()
+
+    names = [n for n in args.configs.split(",") if n]
+    for n in names:
+        if n not in CONFIGS:
+            parser.error(f"unknown config '{n}'; expected one of {', '.join(CONFIGS)}")
+    if not os.access(args.dion, os.X_OK):
+        parser.error(f"{args.dion} is not an executable; build the 'dion' target first")
+    extra = args.extra.split()
+
+    threads = 1
+    if not args.no_torch:
+        if args.torch_threads == "probe":
+            import torch  # noqa: F401  (fails early with a clear message if missing)
+            probe = {}
+            for t in (1, 2):
+                script = PROBE.format(threads=t)
+                probe[t] = float(subprocess.run([sys.executable, "-c", script], check=True,
+                                                capture_output=True, text=True).stdout)
+            threads = min(probe, key=probe.get)
+            print(f"torch probe: {probe[1] * 1e3:.2f} ms/step at 1 thread, "
+                  f"{probe[2] * 1e3:.2f} ms/step at 2: using {threads}", flush=True)
+        else:
+            threads = int(args.torch_threads)
+
+    runs = []  # {"config", "rep", ...}
+    scratch = tempfile.mkdtemp(prefix="fmnist_bench.")
+    for rep in range(args.reps):
+        torch_summary = None
+        if not args.no_torch:
+            torch_summary = run_torch(args, threads)
+            runs.append({"config": "torch", "rep": rep,
+                         "final_test_accuracy": torch_summary["final_test_accuracy"],
+                         "train_time_to_target_s": torch_summary["time_to_target_seconds"],
+                         "train_time_s": torch_summary["train_seconds"],
+                         "threads": threads})
+            print(f"rep {rep} torch: time to {args.target:.0%} "
+                  f"{fmt(torch_summary['time_to_target_seconds'], '{:.1f}')} s, final "
+                  f"{torch_summary['final_test_accuracy']:.4f}", flush=True)
+        for name in names:
+            run_dir = os.path.join(scratch, f"{name}-{rep}")
+            s = run_dion(args, name, CONFIGS[name] + extra, run_dir)
+            row = {"config": name, "rep": rep, "flags": CONFIGS[name] + extra,
+                   "final_test_accuracy": s["final_test_accuracy"],
+                   "train_time_to_target_s": s.get("train_time_to_target_s"),
+                   "time_to_target_s": s.get("time_to_target_s"),
+                   "train_time_s": s["training_time_s"], "wall_time_s": s["wall_time_s"],
+                   "samples": s["samples"], "steps": s["steps"], "pushes": s["pushes"],
+                   "sent_bytes": s["sent_bytes"], "dense_bytes": s["dense_bytes"],
+                   "mean_staleness": s["mean_staleness"], "refused": s["refused"]}
+            # The accuracy after the same number of samples as the sync run is the final one:
+            # every configuration trains the same epochs.
+            if torch_summary and torch_summary["time_to_target_seconds"] and \
+                    row["train_time_to_target_s"] is not None:
+                row["ratio_to_torch"] = (row["train_time_to_target_s"]
+                                         / torch_summary["time_to_target_seconds"])
+            runs.append(row)
+            print(f"rep {rep} {name}: final {row['final_test_accuracy']:.4f}, time to "
+                  f"{args.target:.0%} {fmt(row['train_time_to_target_s'], '{:.1f}')} s "
+                  f"(ratio to torch {fmt(row.get('ratio_to_torch'), '{:.2f}')}), "
+                  f"{row['sent_bytes'] / 1e9:.2f} GB sent / {row['dense_bytes'] / 1e9:.2f} GB "
+                  f"dense, wall {row['wall_time_s']:.1f} s", flush=True)
+
+    print()
+    print(f"medians over {args.reps} repetition(s); dion local --epochs={args.epochs} "
+          f"{' '.join(extra)}; torch {threads} thread(s)")
+    print(f"| config | final accuracy | train time to {args.target:.0%} (s) | / PyTorch | "
+          "GB sent | dense / sent | samples/s | mean staleness |")
+    print("|" + "---|" * 8)
+    for name in (["torch"] if not args.no_torch else []) + names:
+        rows = [r for r in runs if r["config"] == name]
+        accuracy = median([r["final_test_accuracy"] for r in rows])
+        to_target = median([r["train_time_to_target_s"] for r in rows])
+        if name == "torch":
+            print(f"| PyTorch, {threads} thread(s) | {accuracy:.4f} | {fmt(to_target, '{:.1f}')}"
+                  " | 1 | - | - | - | - |")
+            continue
+        ratio = median([r.get("ratio_to_torch") for r in rows])
+        sent = median([r["sent_bytes"] / 1e9 for r in rows])
+        dense_ratio = median([r["dense_bytes"] / r["sent_bytes"] for r in rows])
+        rate = median([r["samples"] / r["train_time_s"] for r in rows])
+        staleness = median([r["mean_staleness"] for r in rows])
+        print(f"| {name} `{' '.join(CONFIGS[name]) or '(defaults)'}` | {accuracy:.4f} | "
+              f"{fmt(to_target, '{:.1f}')} | {fmt(ratio, '{:.2f}')} | {sent:.2f} | "
+              f"{dense_ratio:.2f} | {rate:.0f} | {staleness:.2f} |")
+    if "w8" in names and "sync8" in names:
+        a = median([r["final_test_accuracy"] for r in runs if r["config"] == "w8"])
+        s = median([r["final_test_accuracy"] for r in runs if r["config"] == "sync8"])
+        print(f"\nasync (w8) - sync (sync8) final accuracy after the same samples: "
+              f"{100 * (a - s):+.2f} points")
+    if args.json_out:
+        with open(args.json_out, "w") as f:
+            json.dump({"args": vars(args), "torch_threads": threads, "runs": runs}, f, indent=1)
+        print(f"wrote {args.json_out}")
+
+
+if __name__ == "__main__":
+    main()
