@@ -52,6 +52,14 @@ ShardLink::ShardLink(ShardLinkOptions options, v1::RegisterModelRequest registra
   args.SetInt(GRPC_ARG_MIN_RECONNECT_BACKOFF_MS, 100);
   args.SetInt(GRPC_ARG_INITIAL_RECONNECT_BACKOFF_MS, 100);
   args.SetInt(GRPC_ARG_MAX_RECONNECT_BACKOFF_MS, max_ms > 100 ? max_ms : 100);
+  // Keepalive pings, also on idle streams: a connection that died without a reset (a node gone,
+  // a dropped NAT entry) is detected within ~30 s and the link reconnects, instead of a
+  // Subscribe stream that silently never delivers again. The shards permit pings this often
+  // (server/dion_server.cc).
+  args.SetInt(GRPC_ARG_KEEPALIVE_TIME_MS, 20000);
+  args.SetInt(GRPC_ARG_KEEPALIVE_TIMEOUT_MS, 10000);
+  args.SetInt(GRPC_ARG_KEEPALIVE_PERMIT_WITHOUT_CALLS, 1);
+  args.SetInt(GRPC_ARG_HTTP2_MAX_PINGS_WITHOUT_DATA, 0);
   channel_ = grpc::CreateCustomChannel(options_.address, grpc::InsecureChannelCredentials(), args);
   stub_ = v1::ParameterServer::NewStub(channel_);
 }
