@@ -8,6 +8,7 @@ processes hits every configuration alike):
             (lr 1e-3, batch 128), with the number of torch threads that was faster in a probe
   default   `dion local` with its defaults (2 shards, 4 workers, rank fraction 1/4)
   w1, w8    1 and 8 workers
+  w8b       8 workers, 1024-sample batches on the shards (= 8 x 128: sync8's samples per step)
   r1, r16   rank fractions 1 and 1/16
   sync8     8 workers, `--sync` (every batch waits for all workers)
 
@@ -15,8 +16,8 @@ Each `dion local` run writes summary.json; this script reads it and reports, per
 configuration, the medians over the repetitions of: final test accuracy, time to the target
 accuracy (from the workers' training clock, the same clock the PyTorch script uses: data
 loading and evaluation excluded), the ratio of that time to PyTorch's in the same repetition,
-bytes on the wire and the dense equivalent. "async vs sync" compares w8 and sync8 after the
-same number of samples (the same epochs).
+bytes on the wire and the dense equivalent. "async vs sync" compares w8 and w8b with sync8
+after the same number of samples (the same epochs).
 
 Usage (Debian's interpreter, for python3-torch):
   /usr/bin/python3 bench/fashion_mnist_bench.py --dion build/worker/dion --reps 3
@@ -37,6 +38,7 @@ CONFIGS = {
     "default": [],
     "w1": ["--workers=1"],
     "w8": ["--workers=8"],
+    "w8b": ["--workers=8", "--target_samples=1024"],
     "r1": ["--rank_fraction=1"],
     "r16": ["--rank_fraction=0.0625"],
     "sync8": ["--workers=8", "--sync"],
@@ -109,7 +111,7 @@ def main():
                                      epilog="\n".join(__doc__.splitlines()[2:]))
     parser.add_argument("--dion", default=os.path.join(HERE, "..", "build", "worker", "dion"),
                         help="the built dion binary")
-    parser.add_argument("--configs", default="default,w1,w8,r1,r16,sync8",
+    parser.add_argument("--configs", default="default,w1,w8,w8b,r1,r16,sync8",
                         help="comma-separated, from: " + ", ".join(CONFIGS))
     parser.add_argument("--reps", type=int, default=3, help="repetitions of every configuration")
     parser.add_argument("--epochs", type=int, default=12, help="dion local --epochs")
@@ -211,11 +213,13 @@ def main():
         print(f"| {name} `{' '.join(CONFIGS[name]) or '(defaults)'}` | {accuracy:.4f} | "
               f"{fmt(to_target, '{:.1f}')} | {fmt(ratio, '{:.2f}')} | {sent:.2f} | "
               f"{dense_ratio:.2f} | {rate:.0f} | {staleness:.2f} |")
-    if "w8" in names and "sync8" in names:
-        a = median([r["final_test_accuracy"] for r in runs if r["config"] == "w8"])
+    if "sync8" in names:
         s = median([r["final_test_accuracy"] for r in runs if r["config"] == "sync8"])
-        print(f"\nasync (w8) - sync (sync8) final accuracy after the same samples: "
-              f"{100 * (a - s):+.2f} points")
+        for name in ("w8", "w8b"):
+            if name in names:
+                a = median([r["final_test_accuracy"] for r in runs if r["config"] == name])
+                print(f"async ({name}) - sync (sync8) final accuracy after the same samples: "
+                      f"{100 * (a - s):+.2f} points")
     if args.json_out:
         with open(args.json_out, "w") as f:
             json.dump({"args": vars(args), "torch_threads": threads, "runs": runs}, f, indent=1)
