@@ -85,9 +85,10 @@ absl::StatusOr<OfferResult> Batcher::Offer(Contribution contribution) {
         return result;
       case SequenceWindow::State::kUnknown:
         // Neither DUPLICATE (the worker would drop data that may never have been applied) nor
-        // ACCEPTED (it may have been applied already).
+        // ACCEPTED (it may have been applied already). DATA_LOSS, a code of its own: clients
+        // must neither restore it (double apply) nor take it as refused-and-retryable.
         ++stats_.unknown;
-        return absl::OutOfRangeError(absl::StrCat(
+        return absl::DataLossError(absl::StrCat(
             "parameter '", parameter_, "': sequence ", contribution.sequence, " of worker '",
             contribution.worker_id, "' is older than the dedup window (floor ",
             window->second.floor(), ", window ", options_.dedup_window,

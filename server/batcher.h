@@ -4,7 +4,7 @@
 // For each contribution it
 //   - refuses a base version from the future (OutOfRange, nothing changes);
 //   - answers DUPLICATE when (worker, sequence) was accepted before (server/sequence_window.h),
-//     and refuses (OutOfRange, nothing changes) a sequence so far below the dedup window
+//     and refuses (DataLoss, nothing changes) a sequence so far below the dedup window
 //     that the window cannot tell whether it was accepted;
 //   - computes tau = version() - base_version and answers STALE when tau > max_staleness;
 //   - otherwise accepts it with raw weight sample_count * w(tau) and records the sequence.

@@ -336,7 +336,7 @@ TEST(Batcher, DedupStateSurvivesExportAndImport) {
 
 // Before the fix, a sequence the window's floor was forced past without it ever arriving was
 // answered DUPLICATE, and the worker dropped a contribution the shard never applied.
-TEST(Batcher, SequenceBelowAForcedDedupFloorIsRefusedOutOfRangeNotDuplicate) {
+TEST(Batcher, SequenceBelowAForcedDedupFloorIsRefusedDataLossNotDuplicate) {
   FakeClock clock;
   BatcherOptions options = OnlyDeadline();
   options.dedup_window = 8;
@@ -348,7 +348,7 @@ TEST(Batcher, SequenceBelowAForcedDedupFloorIsRefusedOutOfRangeNotDuplicate) {
 
   const absl::StatusOr<OfferResult> old = batcher.Offer(Make("w", 5, 0, 1));
   ASSERT_FALSE(old.ok());
-  EXPECT_EQ(old.status().code(), absl::StatusCode::kOutOfRange);
+  EXPECT_EQ(old.status().code(), absl::StatusCode::kDataLoss);
   for (const char* part : {"sequence 5", "'w'", "older than the dedup window", "floor 13",
                            "window 8", "NOT applied", "cannot tell whether it was applied",
                            "fewer than 8 unacknowledged"}) {
@@ -360,7 +360,7 @@ TEST(Batcher, SequenceBelowAForcedDedupFloorIsRefusedOutOfRangeNotDuplicate) {
   EXPECT_EQ(batcher.stats().accepted, before.accepted);
   EXPECT_EQ(batcher.stats().unknown, 1);
   EXPECT_EQ(batcher.ExportDedup()[0].seen, before_dedup[0].seen);
-  EXPECT_EQ(batcher.Offer(Make("w", 5, 0, 1)).status().code(), absl::StatusCode::kOutOfRange);
+  EXPECT_EQ(batcher.Offer(Make("w", 5, 0, 1)).status().code(), absl::StatusCode::kDataLoss);
   // Sequences of the window are still judged normally; other workers are unaffected.
   EXPECT_EQ(batcher.Offer(Make("w", 20, 0, 1))->result, PushResult::kDuplicate);
   Accept(batcher, Make("w", 14, 0, 1));
@@ -378,7 +378,7 @@ TEST(Batcher, ForcedDedupFloorSurvivesExportAndImport) {
   EXPECT_EQ(exported[0].forced_floor, 23u);
   Batcher restored(kParameter, options, 0, &clock);
   restored.ImportDedup(exported);
-  EXPECT_EQ(restored.Offer(Make("w", 1, 0, 1)).status().code(), absl::StatusCode::kOutOfRange);
+  EXPECT_EQ(restored.Offer(Make("w", 1, 0, 1)).status().code(), absl::StatusCode::kDataLoss);
   EXPECT_EQ(restored.Offer(Make("w", 30, 0, 1))->result, PushResult::kDuplicate);
 }
 

@@ -146,7 +146,7 @@ TEST(ServerProtocolTest, PushAckCurrentVersionIsTheAppliedVersionForEveryResult)
 
 // Before the fix the retry of sequence 3 (which never arrived) was answered DUPLICATE, and a
 // worker treating that as "accepted" lost the contribution.
-TEST(ServerProtocolTest, SequenceOlderThanAForcedDedupFloorIsRejectedOutOfRangeNotDuplicate) {
+TEST(ServerProtocolTest, SequenceOlderThanAForcedDedupFloorIsRejectedDataLossNotDuplicate) {
   ServerOptions options = TestServerOptions();
   options.shard.batcher.dedup_window = 8;
   auto server = DionServer::Start(options).value();
@@ -157,7 +157,7 @@ TEST(ServerProtocolTest, SequenceOlderThanAForcedDedupFloorIsRejectedOutOfRangeN
   EXPECT_EQ(acks[0].result(), v1::PUSH_RESULT_ACCEPTED);
   EXPECT_EQ(acks[1].result(), v1::PUSH_RESULT_ACCEPTED);
   EXPECT_EQ(acks[2].result(), v1::PUSH_RESULT_REJECTED);
-  EXPECT_EQ(acks[2].status_code(), static_cast<int>(grpc::StatusCode::OUT_OF_RANGE));
+  EXPECT_EQ(acks[2].status_code(), static_cast<int>(grpc::StatusCode::DATA_LOSS));
   for (const char* part : {"older than the dedup window", "floor 13", "window 8", "NOT applied",
                            "cannot tell", "fewer than 8 unacknowledged"}) {
     EXPECT_TRUE(absl::StrContains(acks[2].message(), part)) << part << ": " << acks[2].message();

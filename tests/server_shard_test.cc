@@ -196,11 +196,11 @@ TEST(ShardTest, ForcedDedupFloorSurvivesACheckpoint) {
     ASSERT_TRUE(shard->Push(Factors(0, "w", 32, 24)).ok());
     ASSERT_TRUE(shard->Push(Factors(20, "w", 32, 24)).ok());  // floor forced to 13
     EXPECT_EQ(shard->Push(Factors(3, "w", 32, 24)).status().code(),
-              absl::StatusCode::kOutOfRange);
+              absl::StatusCode::kDataLoss);
   }
   auto restored = Shard::Create(options).value();
   absl::StatusOr<PushReply> old = restored->Push(Factors(3, "w", 32, 24));
-  EXPECT_EQ(old.status().code(), absl::StatusCode::kOutOfRange) << old.status();
+  EXPECT_EQ(old.status().code(), absl::StatusCode::kDataLoss) << old.status();
   EXPECT_EQ(restored->Push(Factors(20, "w", 32, 24)).value().result, PushResult::kDuplicate);
   EXPECT_EQ(restored->Push(Factors(14, "w", 32, 24)).value().result, PushResult::kAccepted);
   restored.reset();

@@ -475,7 +475,7 @@ TEST(WorkerClient, AnswerOlderThanTheDedupWindowIsFatalAndNotRestored) {
   fake->SetJudge([&](const v1::Contribution& c) {
     if (c.parameter() == "b" && !answered.exchange(true)) {
       return testing::FakeShard::Ack(
-          c, v1::PUSH_RESULT_REJECTED, static_cast<int>(absl::StatusCode::kOutOfRange),
+          c, v1::PUSH_RESULT_REJECTED, static_cast<int>(absl::StatusCode::kDataLoss),
           "parameter 'b': sequence 5 of worker 'w0' is older than the dedup window (floor 9, "
           "window 4096): it was NOT applied now, and the shard cannot tell whether it was "
           "applied before");

@@ -350,8 +350,7 @@ void Client::OnAck(int shard, const v1::PushAck& ack) {
     case v1::PUSH_RESULT_REJECTED: {
       result = WorkerPushResult::kRejected;
       const absl::StatusCode code = StatusCodeOf(ack.status_code());
-      if (code == absl::StatusCode::kOutOfRange &&
-          absl::StrContains(ack.message(), "dedup window")) {
+      if (code == absl::StatusCode::kDataLoss) {
         // Older than the shard's dedup window: not applied now, maybe applied before. Restoring
         // could apply it twice, so it is dropped, and the run stops: this client keeps fewer
         // than kMaxUnacknowledgedSpan sequences open, so another process uses this worker id

@@ -26,7 +26,7 @@
 // is lost.
 // When a Push stream is re-opened, what is in flight is sent again with its sequence, once per
 // stream; DUPLICATE answers after such a retry mean "applied before". A push whose fate the
-// shard cannot tell (REJECTED OUT_OF_RANGE, older than its dedup window) is dropped rather than
+// shard cannot tell (REJECTED DATA_LOSS, older than its dedup window) is dropped rather than
 // risk applying it twice, and is a fatal DataLoss error: it only happens when two processes
 // share a worker id or sequence numbers are reused.
 //
