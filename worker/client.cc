@@ -7,7 +7,6 @@
 #include <utility>
 
 #include "absl/container/flat_hash_map.h"
-#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
 #include "common/wire.h"
@@ -33,7 +32,6 @@ struct Client::Parameter {
 };
 
 namespace {
-
 
 v1::RegisterModelRequest RegistrationOf(const ModelTable& table, const std::string& worker_id) {
   v1::RegisterModelRequest request;
@@ -384,16 +382,15 @@ void Client::OnAck(int shard, const v1::PushAck& ack) {
         p->accumulator.Acknowledge(ack.sequence(), refused);
     // Not in flight (answered already): nothing to settle.
     if (absl::IsNotFound(done.status())) return;
+    p->queued_in.erase(ack.sequence());
     if (!done.ok()) {
       // The refused contribution could not be put back (non-finite after scaling): it is
       // neither applied nor kept, so the run cannot go on without losing it.
-      p->queued_in.erase(ack.sequence());
       Fail(absl::DataLossError(absl::StrCat("a refused contribution to '", ack.parameter(),
                                             "' could not be restored: ",
                                             done.status().message())));
       return;
     }
-    p->queued_in.erase(ack.sequence());
     taken = done->taken;
     if (options_.on_acknowledged && !unknown) {
       options_.on_acknowledged(done->contribution, refused);
