@@ -5,6 +5,8 @@
 // a resync, a shard that hangs) are scripted with a fake shard (tests/fake_shard.h).
 #include "worker/client.h"
 
+#include <unistd.h>
+
 #include <gtest/gtest.h>
 
 #include <atomic>
@@ -200,7 +202,8 @@ TEST(WorkerClient, RefusedPushesAreRestoredSoNothingIsLost) {
 
 TEST(WorkerClient, ResyncsWhenTheShardRestartsFromAnOlderCheckpoint) {
   const std::filesystem::path dir =
-      std::filesystem::path(::testing::TempDir()) / "worker_client_resync";
+      std::filesystem::path(::testing::TempDir()) /
+      absl::StrCat("worker_client_resync-", getpid());
   std::filesystem::remove_all(dir);
   ServerOptions options = TestServerOptions();
   options.shard.checkpoint_dir = dir.string();
@@ -243,11 +246,13 @@ TEST(WorkerClient, ResyncsWhenTheShardRestartsFromAnOlderCheckpoint) {
   EXPECT_TRUE(ReplicaMatchesServer(**client, *server));
   (*client)->Close();
   EXPECT_TRUE(server->Shutdown().ok());
+  std::filesystem::remove_all(dir);
 }
 
 TEST(WorkerClient, ReconnectsAfterTheShardIsDownForAFewSeconds) {
   const std::filesystem::path dir =
-      std::filesystem::path(::testing::TempDir()) / "worker_client_reconnect";
+      std::filesystem::path(::testing::TempDir()) /
+      absl::StrCat("worker_client_reconnect-", getpid());
   std::filesystem::remove_all(dir);
   ServerOptions options = TestServerOptions();
   options.shard.checkpoint_dir = dir.string();
@@ -274,6 +279,7 @@ TEST(WorkerClient, ReconnectsAfterTheShardIsDownForAFewSeconds) {
   EXPECT_TRUE(ReplicaMatchesServer(**client, *server));
   (*client)->Close();
   EXPECT_TRUE(server->Shutdown().ok());
+  std::filesystem::remove_all(dir);
 }
 
 TEST(WorkerClient, GivesUpWithAClearErrorWhenAShardStaysDown) {
@@ -469,9 +475,11 @@ TEST(WorkerClient, NeverSendsASequenceTwiceOnOnePushStream) {
 }
 
 TEST(WorkerClient, AnswerOlderThanTheDedupWindowIsFatalAndNotRestored) {
+  // State the judge uses is declared before the fake shard, so it outlives the server's
+  // handlers, which may still be in the judge while the fake shuts down.
+  std::atomic<bool> answered{false};
   std::unique_ptr<testing::FakeShard> fake = StartFake();
   ASSERT_NE(fake, nullptr);
-  std::atomic<bool> answered{false};
   fake->SetJudge([&](const v1::Contribution& c) {
     if (c.parameter() == "b" && !answered.exchange(true)) {
       return testing::FakeShard::Ack(
@@ -506,9 +514,11 @@ TEST(WorkerClient, AnswerOlderThanTheDedupWindowIsFatalAndNotRestored) {
 // runs on the ack thread while the subscriber keeps applying updates. A pull answered before
 // an update that the subscriber applied meanwhile must not take the replica back.
 TEST(WorkerClient, ResyncDoesNotUndoAnUpdateThatArrivedDuringItsPull) {
+  // State the judge uses is declared before the fake shard, so it outlives the server's
+  // handlers, which may still be in the judge while the fake shuts down.
+  std::atomic<bool> rejected{false};
   std::unique_ptr<testing::FakeShard> fake = StartFake();
   ASSERT_NE(fake, nullptr);
-  std::atomic<bool> rejected{false};
   fake->SetJudge([&](const v1::Contribution& c) {
     if (c.parameter() == "b" && !rejected.exchange(true)) {
       return testing::FakeShard::Ack(c, v1::PUSH_RESULT_REJECTED,
@@ -605,11 +615,13 @@ TEST(WorkerClient, CloseDoesNotWaitForAHungRegistration) {
 }
 
 TEST(WorkerClient, ReopensAPushStreamWhoseAcknowledgementsStop) {
-  std::unique_ptr<testing::FakeShard> fake = StartFake();
-  ASSERT_NE(fake, nullptr);
+  // State the judge uses is declared before the fake shard, so it outlives the server's
+  // handlers, which may still be in the judge while the fake shuts down.
   std::atomic<bool> hang{true};
   Mutex mu;
   std::set<std::pair<std::string, uint64_t>> accepted;
+  std::unique_ptr<testing::FakeShard> fake = StartFake();
+  ASSERT_NE(fake, nullptr);
   fake->SetJudge([&](const v1::Contribution& c) {
     // A shard that stopped answering (bounded, so the fake can shut down).
     const absl::Time until = absl::Now() + absl::Seconds(30);
@@ -659,9 +671,11 @@ TEST(WorkerClient, GivesUpOnAShardThatRegistersButBreaksEveryPushStream) {
 }
 
 TEST(WorkerClient, RefusedPushWaitsForTheNextStepInsteadOfLoopingAtNetworkSpeed) {
+  // State the judge uses is declared before the fake shard, so it outlives the server's
+  // handlers, which may still be in the judge while the fake shuts down.
+  std::atomic<bool> refuse{true};
   std::unique_ptr<testing::FakeShard> fake = StartFake();
   ASSERT_NE(fake, nullptr);
-  std::atomic<bool> refuse{true};
   fake->SetJudge([&](const v1::Contribution& c) {
     // "b" is stale while the replica lags (it cannot catch up here: nothing is broadcast).
     const bool stale = c.parameter() == "b" && refuse.load();
