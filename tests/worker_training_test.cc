@@ -5,6 +5,7 @@
 
 #include <atomic>
 #include <cstdio>
+#include <functional>
 #include <thread>
 #include <vector>
 
@@ -23,8 +24,14 @@ namespace {
 
 using testing::MetricValue;
 
+// Convergence is asserted as "reaches the target test loss within a budget of optimizer steps",
+// not as "has loss below X after exactly N steps": how many samples and how much staleness go
+// into each optimizer step depends on thread timing (adaptive accumulation, batch grouping), and
+// on a loaded machine the loss after a fixed step count has a long tail (measured 0.62-1.15 at
+// 300 steps). The step at which the target is first met is robust to that.
 TEST(WorkerTraining, TwoWorkersLearnTheTeacherTaskThroughTwoShards) {
-  constexpr int64_t kShardSteps = 300;
+  constexpr double kTargetLoss = 0.8;
+  constexpr int64_t kMaxShardSteps = 1200;
   std::vector<std::unique_ptr<DionServer>> servers;
   std::vector<std::string> addresses;
   for (int s = 0; s < 2; ++s) {
@@ -70,15 +77,26 @@ TEST(WorkerTraining, TwoWorkersLearnTheTeacherTaskThroughTwoShards) {
   // The budget is counted in optimizer steps on the shards, not in local steps: a local step of
   // this tiny model takes ~20 us, far below a loopback round trip, so how many local steps a
   // worker folds into one push depends on the machine (adaptive accumulation), while the
-  // number of shard steps is what the optimizer sees.
+  // number of shard steps is what the optimizer sees. Worker 0 evaluates every 20 ms and stops
+  // the run the first time the test loss is below the target.
   std::atomic<bool> stop{false};
+  std::atomic<int64_t> reached_at{-1};  // fc1.weight's version when the target was first met
+  std::atomic<double> best_loss{1e9};
   std::thread monitor([&] {
-    const absl::Time deadline = absl::Now() + absl::Seconds(20);
-    while (clients[0]->version(0) < kShardSteps && absl::Now() < deadline) {
+    const absl::Time deadline = absl::Now() + absl::Seconds(60);
+    while (!stop.load() && clients[0]->version(0) < kMaxShardSteps && absl::Now() < deadline) {
       absl::SleepFor(absl::Milliseconds(2));
     }
     stop.store(true);
   });
+  const std::function<void(const TrainerProgress&)> on_progress = [&](const TrainerProgress& p) {
+    if (!p.evaluation.has_value() || p.final) return;
+    if (p.evaluation->loss < best_loss.load()) best_loss.store(p.evaluation->loss);
+    if (p.evaluation->loss < kTargetLoss && reached_at.load() < 0) {
+      reached_at.store(clients[0]->version(0));
+      stop.store(true);
+    }
+  };
   std::vector<absl::StatusOr<TrainerProgress>> results(2, absl::UnknownError("not run"));
   std::vector<std::thread> workers;
   for (int w = 0; w < 2; ++w) {
@@ -87,10 +105,12 @@ TEST(WorkerTraining, TwoWorkersLearnTheTeacherTaskThroughTwoShards) {
       trainer.epochs = 1000;  // ended by `stop`
       trainer.batch_size = 32;
       trainer.evaluate = w == 0;
-      trainer.eval_interval = absl::InfiniteDuration();
+      trainer.eval_interval = absl::Milliseconds(20);
+      trainer.progress_interval = absl::Milliseconds(20);
       trainer.seed = 10 + w;
+      const std::function<void(const TrainerProgress&)> none;
       results[w] = Train(*clients[w], Subset(train, partitions[w]), &test, trainer, &metrics[w],
-                         nullptr, &stop);
+                         w == 0 ? on_progress : none, &stop);
     });
   }
   for (std::thread& t : workers) t.join();
@@ -99,16 +119,22 @@ TEST(WorkerTraining, TwoWorkersLearnTheTeacherTaskThroughTwoShards) {
   ASSERT_TRUE(results[0].ok()) << results[0].status();
   ASSERT_TRUE(results[1].ok()) << results[1].status();
   const TrainerProgress& r = *results[0];
-  EXPECT_GE(clients[0]->version(0), kShardSteps);  // the budget was reached, not the deadline
   ASSERT_TRUE(r.evaluation.has_value());
-  // Kaiming init starts at loss ~3.1 on this task. After 300 shard steps of fc1.weight two
-  // asynchronous workers measured test loss 0.65-0.72, accuracy 0.72-0.76 (6 runs, Release,
-  // 1-3 s each); the bounds leave margin for timing-dependent batch grouping and staleness.
-  EXPECT_LT(r.evaluation->loss, 0.9);
-  EXPECT_GT(r.evaluation->accuracy, 0.68);
-  std::printf("test loss %.4f accuracy %.4f refused %lld pushes %lld\n", r.evaluation->loss,
-              r.evaluation->accuracy, static_cast<long long>(r.client.refused),
-              static_cast<long long>(r.client.pushes));
+  std::printf("target loss %.2f reached at step %lld (best %.4f); final test loss %.4f accuracy "
+              "%.4f refused %lld pushes %lld\n",
+              kTargetLoss, static_cast<long long>(reached_at.load()), best_loss.load(),
+              r.evaluation->loss, r.evaluation->accuracy,
+              static_cast<long long>(r.client.refused), static_cast<long long>(r.client.pushes));
+  // Kaiming init starts at loss ~3.1 on this task. Two asynchronous workers measured loss
+  // 0.62-1.15 after 300 shard steps of fc1.weight (Release, loaded machine); the target 0.8 was
+  // first met at shard step 143-227 (11 runs, 8 of them with 8 test processes on 2 cores).
+  // The budget, 1200, leaves a wide margin for timing.
+  EXPECT_GT(reached_at.load(), 0) << "the test loss never went below " << kTargetLoss
+                                  << " in " << kMaxShardSteps << " shard steps or 60 s (best "
+                                  << best_loss.load() << ")";
+  EXPECT_LE(reached_at.load(), kMaxShardSteps);
+  // The final evaluation, after the last pushes, is still far above chance (0.1).
+  EXPECT_GT(r.evaluation->accuracy, 0.6);
 
   const std::string text = metrics[1].Serialize();
   EXPECT_EQ(MetricValue(text, "dion_worker_samples_total"),
