@@ -22,6 +22,7 @@ after the same number of samples (the same epochs).
 Usage (Debian's interpreter, for python3-torch):
   /usr/bin/python3 bench/fashion_mnist_bench.py --dion build/worker/dion --reps 3
   ... --configs default,w8,sync8 --epochs 12 --json_out /tmp/fmnist.json
+  ... --config 'ts128=--target_samples=128' --configs default,ts128 --no_torch
 """
 import argparse
 import json
@@ -127,9 +128,18 @@ def main():
     parser.add_argument("--target", type=float, default=0.88)
     parser.add_argument("--data_dir", default="/usr/share/datasets/fashion-mnist")
     parser.add_argument("--extra", default="", help="extra dion local flags for every config")
+    parser.add_argument("--config", action="append", default=[], metavar="NAME=FLAGS",
+                        help="define (or redefine) a configuration: dion local flags separated "
+                             "by spaces, e.g. --config 'ts128=--target_samples=128 --lr=0.01'; "
+                             "repeatable; name it in --configs to run it")
     parser.add_argument("--json_out", default="", help="write every run's figures here")
     args = parser.parse_args()
 
+    for definition in args.config:
+        name, sep, flags = definition.partition("=")
+        if not sep or not name:
+            parser.error(f"--config '{definition}': expected NAME=FLAGS")
+        CONFIGS[name] = flags.split()
     names = [n for n in args.configs.split(",") if n]
     for n in names:
         if n not in CONFIGS:

@@ -13,8 +13,10 @@
 #include <filesystem>
 #include <map>
 #include <set>
+#include <thread>
 #include <vector>
 
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "common/checksum.h"
 #include "common/dion.h"
@@ -142,6 +144,51 @@ TEST(WorkerClient, ReplicaFollowsTheShardBitForBit) {
   EXPECT_GT(stats.dense_bytes, 0);
   EXPECT_EQ(stats.resyncs, 0);
   (*client)->Close();
+  EXPECT_TRUE(server->Shutdown().ok());
+}
+
+// WaitForVersionsAbove: wrong arity is refused, a version nobody advances runs into the
+// deadline naming the parameter, and one step of every parameter wakes the waiter.
+TEST(WorkerClient, WaitForVersionsAboveReturnsOnceEveryParameterStepped) {
+  std::unique_ptr<DionServer> server = StartServer(TestServerOptions());
+  ASSERT_NE(server, nullptr);
+  absl::StatusOr<std::unique_ptr<Client>> client =
+      Client::Connect(TestTable(), TestClientOptions({server->address()}, "w0"));
+  ASSERT_TRUE(client.ok()) << client.status();
+  Client& c = **client;
+  const int n = static_cast<int>(c.specs().size());
+  std::vector<int64_t> versions(n);
+  for (int i = 0; i < n; ++i) versions[i] = c.version(i);
+
+  EXPECT_TRUE(absl::IsInvalidArgument(
+      c.WaitForVersionsAbove(absl::MakeConstSpan(versions).subspan(1), absl::Seconds(1))));
+  const absl::Status idle = c.WaitForVersionsAbove(versions, absl::Milliseconds(100));
+  EXPECT_TRUE(absl::IsDeadlineExceeded(idle)) << idle;
+  EXPECT_TRUE(absl::StrContains(idle.message(), c.specs()[0].name)) << idle;
+
+  std::vector<int64_t> below = versions;
+  for (int64_t& v : below) v -= 1;
+  EXPECT_TRUE(c.WaitForVersionsAbove(below, absl::ZeroDuration()).ok());
+
+  // The waiter blocks before the step is submitted: only the broadcasts can wake it. Its
+  // timeout is long: a waiter nobody wakes would only see the new versions at its deadline
+  // and return then, so returning well before it shows that the updates woke it.
+  constexpr absl::Duration kTimeout = absl::Seconds(30);
+  absl::Status waited = absl::UnknownError("not run");
+  absl::Duration took;
+  std::thread waiter([&] {
+    const absl::Time start = absl::Now();
+    waited = c.WaitForVersionsAbove(versions, kTimeout);
+    took = absl::Now() - start;
+  });
+  absl::SleepFor(absl::Milliseconds(50));
+  ASSERT_TRUE(c.Submit(RandomGradients(c.specs(), 1), 16, 2.0).ok());
+  ASSERT_TRUE(c.Flush(absl::Seconds(20)).ok());
+  waiter.join();
+  EXPECT_TRUE(waited.ok()) << waited;
+  EXPECT_LT(took, kTimeout / 2);
+  for (int i = 0; i < n; ++i) EXPECT_GT(c.version(i), versions[i]) << c.specs()[i].name;
+  c.Close();
   EXPECT_TRUE(server->Shutdown().ok());
 }
 

@@ -6,6 +6,7 @@
 #include <thread>
 #include <utility>
 
+#include "absl/cleanup/cleanup.h"
 #include "absl/container/flat_hash_map.h"
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
@@ -328,6 +329,7 @@ void Client::ResendInFlight(int shard, uint64_t generation) {
 }
 
 void Client::OnAck(int shard, const v1::PushAck& ack) {
+  absl::Cleanup notify = [this] { NotifyChange(); };
   Parameter* p = Find(ack.parameter());
   // Nothing of this shard's is in flight for a name it does not own.
   if (p == nullptr || p->shard != shard) return;
@@ -421,6 +423,7 @@ void Client::OnAck(int shard, const v1::PushAck& ack) {
 }
 
 void Client::OnUpdate(int shard, v1::VersionUpdate& message) {
+  absl::Cleanup notify = [this] { NotifyChange(); };
   absl::StatusOr<VersionUpdate> update = VersionUpdateFromProto(message);
   if (!update.ok()) {
     Fail(absl::DataLossError(absl::StrCat("shard ", shard, " sent a malformed version: ",
@@ -491,6 +494,7 @@ std::vector<v1::ParameterVersion> Client::Have(int shard) const {
 absl::Status Client::Flush(absl::Duration timeout) {
   const absl::Time deadline = absl::Now() + timeout;
   while (true) {
+    const uint64_t seen = ChangeCount();
     if (absl::Status s = status(); !s.ok()) return s;
     int outstanding = 0;
     for (auto& p : parameters_) {
@@ -504,7 +508,9 @@ absl::Status Client::Flush(absl::Duration timeout) {
           outstanding, " pushes (or pending accumulations) still unacknowledged after ",
           absl::FormatDuration(timeout)));
     }
-    absl::SleepFor(absl::Milliseconds(2));
+    // Acknowledgements (and failures) wake this up; the cap re-checks now and then anyway, for
+    // a re-send after a reconnect, which no acknowledgement announces.
+    WaitForChange(seen, std::min(deadline, absl::Now() + absl::Milliseconds(50)));
   }
 }
 
@@ -520,8 +526,56 @@ absl::Status Client::status() const {
 
 void Client::Fail(const absl::Status& status) {
   if (status.ok()) return;
-  MutexLock lock(&mu_);
-  if (fatal_.ok()) fatal_ = status;
+  {
+    MutexLock lock(&mu_);
+    if (fatal_.ok()) fatal_ = status;
+  }
+  NotifyChange();
+}
+
+void Client::NotifyChange() {
+  MutexLock lock(&change_mu_);
+  ++changes_;
+  change_cv_.SignalAll();
+}
+
+uint64_t Client::ChangeCount() const {
+  MutexLock lock(&change_mu_);
+  return changes_;
+}
+
+void Client::WaitForChange(uint64_t seen, absl::Time deadline) const {
+  MutexLock lock(&change_mu_);
+  while (changes_ == seen) {
+    const absl::Duration left = deadline - absl::Now();
+    if (left <= absl::ZeroDuration()) return;
+    change_cv_.WaitWithTimeout(&change_mu_, left);
+  }
+}
+
+absl::Status Client::WaitForVersionsAbove(absl::Span<const int64_t> versions,
+                                          absl::Duration timeout) const {
+  if (versions.size() != parameters_.size()) {
+    return absl::InvalidArgumentError(absl::StrCat("expected ", parameters_.size(),
+                                                   " versions (one per parameter), got ",
+                                                   versions.size()));
+  }
+  const absl::Time deadline = absl::Now() + timeout;
+  while (true) {
+    const uint64_t seen = ChangeCount();
+    if (absl::Status s = status(); !s.ok()) return s;
+    int behind = -1;
+    for (int i = 0; i < static_cast<int>(versions.size()) && behind < 0; ++i) {
+      if (version(i) <= versions[i]) behind = i;
+    }
+    if (behind < 0) return absl::OkStatus();
+    if (absl::Now() >= deadline) {
+      return absl::DeadlineExceededError(absl::StrCat(
+          "parameter '", specs_[behind].name, "' stayed at version ", versions[behind], " for ",
+          absl::FormatDuration(timeout)));
+    }
+    WaitForChange(seen, deadline);
+  }
 }
 
 void Client::Close() {

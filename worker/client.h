@@ -38,8 +38,9 @@
 //
 // Thread-safety: safe for concurrent use. Submit and Flush are meant for one training thread;
 // CopyWeights and stats may be called from any thread. Lock order: a parameter's accumulator
-// lock, then its replica lock, then the client's own; a link's lock is taken last (Send) and
-// the link never calls back while holding it. No lock is held across an RPC.
+// lock, then its replica lock, then the client's own. A link's lock (Send) and the change
+// lock are leaves: nothing else is taken while holding them, and the link never calls back
+// while holding its lock. No lock is held across an RPC.
 #ifndef DION_WORKER_CLIENT_H_
 #define DION_WORKER_CLIENT_H_
 
@@ -148,6 +149,12 @@ class Client {
   // Pushes everything accumulated and waits until every push is acknowledged (refused ones
   // re-sent), or `timeout` (DeadlineExceeded).
   absl::Status Flush(absl::Duration timeout);
+  // Waits until the replica version of every parameter i is above `versions[i]` (table order,
+  // one per parameter): OkStatus; the client's fatal error if it fails meanwhile;
+  // DeadlineExceeded naming the first parameter still at or below its version after
+  // `timeout`. Woken by every applied update, not by polling.
+  absl::Status WaitForVersionsAbove(absl::Span<const int64_t> versions,
+                                    absl::Duration timeout) const;
 
   ClientStats stats() const;
   // The first fatal error, OkStatus while there is none.
@@ -176,6 +183,13 @@ class Client {
   void ResendInFlight(int shard, uint64_t generation);
   void Fail(const absl::Status& status);
   std::vector<v1::ParameterVersion> Have(int shard) const;
+  // Change notification for the waits above (Flush, WaitForVersionsAbove): every
+  // acknowledgement, version update and failure bumps a counter. A waiter reads the counter,
+  // checks its condition, then waits until the counter moves (or `deadline`), so a change
+  // between the check and the wait is never missed. change_mu_ is a leaf lock.
+  void NotifyChange();
+  uint64_t ChangeCount() const;
+  void WaitForChange(uint64_t seen, absl::Time deadline) const;
 
   const ClientOptions options_;
   std::vector<ParamSpec> specs_;
@@ -187,6 +201,10 @@ class Client {
   mutable Mutex mu_;
   absl::Status fatal_ ABSL_GUARDED_BY(mu_);
   ClientStats stats_ ABSL_GUARDED_BY(mu_);
+
+  mutable Mutex change_mu_;
+  mutable CondVar change_cv_;
+  uint64_t changes_ ABSL_GUARDED_BY(change_mu_) = 0;
 };
 
 }  // namespace dion

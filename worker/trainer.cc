@@ -18,25 +18,19 @@ std::vector<const Matrix*> Views(const std::vector<Matrix>& weights) {
   return views;
 }
 
-// A synchronous step's barrier: flushes, then polls (the update arrives on the client's
-// subscription thread) until every parameter's version exceeds `versions`.
+// A synchronous step's barrier: flushes, then waits (woken by the updates arriving on the
+// client's subscription threads) until every parameter's version exceeds `versions`.
 absl::Status WaitForNextVersions(Client& client, const std::vector<int64_t>& versions,
                                  absl::Duration timeout) {
   const absl::Time deadline = absl::Now() + timeout;
   if (absl::Status s = client.Flush(timeout); !s.ok()) return s;
-  for (int i = 0; i < static_cast<int>(versions.size()); ++i) {
-    while (client.version(i) <= versions[i]) {
-      if (absl::Status s = client.status(); !s.ok()) return s;
-      if (absl::Now() >= deadline) {
-        return absl::DeadlineExceededError(absl::StrCat(
-            "synchronous step: parameter '", client.specs()[i].name, "' stayed at version ",
-            versions[i], " for ", absl::FormatDuration(timeout),
-            "; do the shards close a batch without this worker (target_workers, deadline)?"));
-      }
-      absl::SleepFor(absl::Microseconds(200));
-    }
+  absl::Status s = client.WaitForVersionsAbove(versions, deadline - absl::Now());
+  if (absl::IsDeadlineExceeded(s)) {
+    return absl::DeadlineExceededError(absl::StrCat(
+        "synchronous step: ", s.message(),
+        "; do the shards close a batch without this worker (target_workers, deadline)?"));
   }
-  return absl::OkStatus();
+  return s;
 }
 
 }  // namespace
