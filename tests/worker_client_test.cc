@@ -176,15 +176,21 @@ TEST(WorkerClient, WaitForVersionsAboveReturnsOnceEveryParameterStepped) {
   constexpr absl::Duration kTimeout = absl::Seconds(30);
   absl::Status waited = absl::UnknownError("not run");
   absl::Duration took;
+  std::atomic<bool> entered{false};
   std::thread waiter([&] {
     const absl::Time start = absl::Now();
+    entered.store(true);
     waited = c.WaitForVersionsAbove(versions, kTimeout);
     took = absl::Now() - start;
   });
+  // Submit only once the waiter is (almost surely) asleep in the wait, not before it started.
+  while (!entered.load()) absl::SleepFor(absl::Milliseconds(1));
   absl::SleepFor(absl::Milliseconds(50));
-  ASSERT_TRUE(c.Submit(RandomGradients(c.specs(), 1), 16, 2.0).ok());
-  ASSERT_TRUE(c.Flush(absl::Seconds(20)).ok());
-  waiter.join();
+  const absl::Status submitted = c.Submit(RandomGradients(c.specs(), 1), 16, 2.0);
+  const absl::Status flushed = c.Flush(absl::Seconds(20));
+  waiter.join();  // before any assertion can return
+  ASSERT_TRUE(submitted.ok()) << submitted;
+  ASSERT_TRUE(flushed.ok()) << flushed;
   EXPECT_TRUE(waited.ok()) << waited;
   EXPECT_LT(took, kTimeout / 2);
   for (int i = 0; i < n; ++i) EXPECT_GT(c.version(i), versions[i]) << c.specs()[i].name;

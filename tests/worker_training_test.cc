@@ -31,7 +31,7 @@ using testing::MetricValue;
 // 300 steps). The step at which the target is first met is robust to that.
 TEST(WorkerTraining, TwoWorkersLearnTheTeacherTaskThroughTwoShards) {
   constexpr double kTargetLoss = 0.8;
-  constexpr int64_t kMaxShardSteps = 1200;
+  constexpr int64_t kMaxShardSteps = 600;
   std::vector<std::unique_ptr<DionServer>> servers;
   std::vector<std::string> addresses;
   for (int s = 0; s < 2; ++s) {
@@ -83,7 +83,7 @@ TEST(WorkerTraining, TwoWorkersLearnTheTeacherTaskThroughTwoShards) {
   std::atomic<int64_t> reached_at{-1};  // fc1.weight's version when the target was first met
   std::atomic<double> best_loss{1e9};
   std::thread monitor([&] {
-    const absl::Time deadline = absl::Now() + absl::Seconds(60);
+    const absl::Time deadline = absl::Now() + absl::Seconds(45);
     while (!stop.load() && clients[0]->version(0) < kMaxShardSteps && absl::Now() < deadline) {
       absl::SleepFor(absl::Milliseconds(2));
     }
@@ -108,6 +108,7 @@ TEST(WorkerTraining, TwoWorkersLearnTheTeacherTaskThroughTwoShards) {
       trainer.eval_interval = absl::Milliseconds(20);
       trainer.progress_interval = absl::Milliseconds(20);
       trainer.seed = 10 + w;
+      trainer.flush_timeout = absl::Seconds(20);
       const std::function<void(const TrainerProgress&)> none;
       results[w] = Train(*clients[w], Subset(train, partitions[w]), &test, trainer, &metrics[w],
                          w == 0 ? on_progress : none, &stop);
@@ -127,13 +128,15 @@ TEST(WorkerTraining, TwoWorkersLearnTheTeacherTaskThroughTwoShards) {
               static_cast<long long>(r.client.refused), static_cast<long long>(r.client.pushes));
   // Kaiming init starts at loss ~3.1 on this task. Two asynchronous workers measured loss
   // 0.62-1.15 after 300 shard steps of fc1.weight (Release, loaded machine); the target 0.8 was
-  // first met at shard step 143-227 (11 runs, 8 of them with 8 test processes on 2 cores).
-  // The budget, 1200, leaves a wide margin for timing.
+  // first met at shard step 140-227 (20 runs, 14 of them with 6-8 test processes on 2 cores).
+  // The budget, 600, leaves a margin of 2.6x for timing.
   EXPECT_GT(reached_at.load(), 0) << "the test loss never went below " << kTargetLoss
-                                  << " in " << kMaxShardSteps << " shard steps or 60 s (best "
+                                  << " in " << kMaxShardSteps << " shard steps or 45 s (best "
                                   << best_loss.load() << ")";
   EXPECT_LE(reached_at.load(), kMaxShardSteps);
-  // The final evaluation, after the last pushes, is still far above chance (0.1).
+  // The final evaluation, after the last pushes, stays near the target (measured final loss
+  // 0.77-0.84, accuracy 0.68-0.72): the run did not dip under it once and then diverge.
+  EXPECT_LT(r.evaluation->loss, 1.0);
   EXPECT_GT(r.evaluation->accuracy, 0.6);
 
   const std::string text = metrics[1].Serialize();

@@ -419,6 +419,8 @@ void Client::OnAck(int shard, const v1::PushAck& ack) {
     options_.metrics->RecordAck(result, absl::ToDoubleSeconds(absl::Now() - taken));
     if (refused) options_.metrics->RecordRefused();
   }
+  // Wake Flush now: the resync below can block on a pull for up to rpc_deadline.
+  NotifyChange();
   if (resync) Resync(*p, "rejected_version");
 }
 
@@ -508,8 +510,8 @@ absl::Status Client::Flush(absl::Duration timeout) {
           outstanding, " pushes (or pending accumulations) still unacknowledged after ",
           absl::FormatDuration(timeout)));
     }
-    // Acknowledgements (and failures) wake this up; the cap re-checks now and then anyway, for
-    // a re-send after a reconnect, which no acknowledgement announces.
+    // Acknowledgements and failures wake this up; the cap is a safety net, so that a change
+    // nothing announces can delay the flush by at most 50 ms.
     WaitForChange(seen, std::min(deadline, absl::Now() + absl::Milliseconds(50)));
   }
 }
@@ -549,7 +551,8 @@ void Client::WaitForChange(uint64_t seen, absl::Time deadline) const {
   while (changes_ == seen) {
     const absl::Duration left = deadline - absl::Now();
     if (left <= absl::ZeroDuration()) return;
-    change_cv_.WaitWithTimeout(&change_mu_, left);
+    // Capped: an infinite deadline would overflow the clock arithmetic of wait_for.
+    change_cv_.WaitWithTimeout(&change_mu_, std::min(left, absl::Hours(1)));
   }
 }
 

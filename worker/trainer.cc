@@ -24,11 +24,13 @@ absl::Status WaitForNextVersions(Client& client, const std::vector<int64_t>& ver
                                  absl::Duration timeout) {
   const absl::Time deadline = absl::Now() + timeout;
   if (absl::Status s = client.Flush(timeout); !s.ok()) return s;
-  absl::Status s = client.WaitForVersionsAbove(versions, deadline - absl::Now());
+  absl::Status s =
+      client.WaitForVersionsAbove(versions, std::max(absl::ZeroDuration(), deadline - absl::Now()));
   if (absl::IsDeadlineExceeded(s)) {
     return absl::DeadlineExceededError(absl::StrCat(
-        "synchronous step: ", s.message(),
-        "; do the shards close a batch without this worker (target_workers, deadline)?"));
+        "synchronous step: no new version within ", absl::FormatDuration(timeout), " (",
+        s.message(), "); do the shards close a batch without this worker (target_workers, ",
+        "deadline)?"));
   }
   return s;
 }
