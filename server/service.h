@@ -12,10 +12,11 @@
 //     FAILED_PRECONDITION no model registered, worker not registered, parameter of another
 //     shard; INVALID_ARGUMENT wrong shape or rank, NaN/Inf, sample_count <= 0, empty worker id,
 //     missing payload; OUT_OF_RANGE base_version < 0 or from the future; DATA_LOSS a sequence
-//     older than the dedup window (its fate unknown); UNAVAILABLE the shard is shutting down. Only transport-level failures end the stream: a message above the
-//     configured maximum size ends the call with RESOURCE_EXHAUSTED (enforced by gRPC itself,
-//     before the handler sees it); an empty stream ends OK with no acks; a client that goes away
-//     ends it CANCELLED. Every contribution answered before that is settled (its ack says how),
+//     older than the dedup window (its fate unknown); UNAVAILABLE the shard is shutting down.
+//     Only transport-level failures end the stream: a message above the configured maximum
+//     size ends the call with RESOURCE_EXHAUSTED (enforced by gRPC itself, before the handler
+//     sees it); an empty stream ends OK with no acks; a client that goes away ends it
+//     CANCELLED. Every contribution answered before that is settled (its ack says how),
 //     and nothing half-judged remains.
 //   - Subscribe ends with UNAVAILABLE when the shard shuts down; the subscriber resubscribes
 //     (with its versions in `have`) on the restarted shard.

@@ -100,6 +100,24 @@ std::unique_ptr<DionServer> StartServer(ServerOptions options) {
   return server.ok() ? *std::move(server) : nullptr;
 }
 
+// A server and the client "w0" connected to it; either is null (with the failure recorded)
+// when it did not start. The client is destroyed before the server.
+struct ServerAndClient {
+  std::unique_ptr<DionServer> server;
+  std::unique_ptr<Client> client;
+};
+
+ServerAndClient StartServerAndClient(ServerOptions options = TestServerOptions()) {
+  ServerAndClient both;
+  both.server = StartServer(std::move(options));
+  if (both.server == nullptr) return both;
+  absl::StatusOr<std::unique_ptr<Client>> client =
+      Client::Connect(TestTable(), TestClientOptions({both.server->address()}, "w0"));
+  EXPECT_TRUE(client.ok()) << client.status();
+  if (client.ok()) both.client = *std::move(client);
+  return both;
+}
+
 // Waits until the client's replica of every parameter has the server's version and bits.
 ::testing::AssertionResult ReplicaMatchesServer(Client& client, DionServer& server) {
   auto stub = testing::Connect(server.address());
@@ -125,37 +143,31 @@ std::unique_ptr<DionServer> StartServer(ServerOptions options) {
 }
 
 TEST(WorkerClient, ReplicaFollowsTheShardBitForBit) {
-  std::unique_ptr<DionServer> server = StartServer(TestServerOptions());
-  ASSERT_NE(server, nullptr);
-  absl::StatusOr<std::unique_ptr<Client>> client =
-      Client::Connect(TestTable(), TestClientOptions({server->address()}, "w0"));
-  ASSERT_TRUE(client.ok()) << client.status();
+  auto [server, client] = StartServerAndClient();
+  ASSERT_NE(client, nullptr);
   for (int step = 0; step < 12; ++step) {
-    ASSERT_TRUE((*client)->Submit(RandomGradients((*client)->specs(), step), 16, 2.0).ok());
+    ASSERT_TRUE(client->Submit(RandomGradients(client->specs(), step), 16, 2.0).ok());
   }
-  ASSERT_TRUE((*client)->Flush(absl::Seconds(20)).ok());
-  EXPECT_TRUE(ReplicaMatchesServer(**client, *server));
-  for (int i = 0; i < static_cast<int>((*client)->specs().size()); ++i) {
-    EXPECT_GT((*client)->version(i), 0) << (*client)->specs()[i].name << " never stepped";
+  ASSERT_TRUE(client->Flush(absl::Seconds(20)).ok());
+  EXPECT_TRUE(ReplicaMatchesServer(*client, *server));
+  for (int i = 0; i < static_cast<int>(client->specs().size()); ++i) {
+    EXPECT_GT(client->version(i), 0) << client->specs()[i].name << " never stepped";
   }
-  const ClientStats stats = (*client)->stats();
+  const ClientStats stats = client->stats();
   EXPECT_EQ(stats.local_steps, 12);
   EXPECT_GT(stats.accepted, 0);
   EXPECT_GT(stats.dense_bytes, 0);
   EXPECT_EQ(stats.resyncs, 0);
-  (*client)->Close();
+  client->Close();
   EXPECT_TRUE(server->Shutdown().ok());
 }
 
 // WaitForVersionsAbove: wrong arity is refused, a version nobody advances runs into the
 // deadline naming the parameter, and one step of every parameter wakes the waiter.
 TEST(WorkerClient, WaitForVersionsAboveReturnsOnceEveryParameterStepped) {
-  std::unique_ptr<DionServer> server = StartServer(TestServerOptions());
-  ASSERT_NE(server, nullptr);
-  absl::StatusOr<std::unique_ptr<Client>> client =
-      Client::Connect(TestTable(), TestClientOptions({server->address()}, "w0"));
-  ASSERT_TRUE(client.ok()) << client.status();
-  Client& c = **client;
+  auto [server, client] = StartServerAndClient();
+  ASSERT_NE(client, nullptr);
+  Client& c = *client;
   const int n = static_cast<int>(c.specs().size());
   std::vector<int64_t> versions(n);
   for (int i = 0; i < n; ++i) versions[i] = c.version(i);
@@ -411,12 +423,9 @@ TEST(WorkerClient, CompressionRankIsTheFractionCappedAtTheDenseBreakEven) {
 }
 
 TEST(WorkerClient, SubmitRefusesBadInputAndChangesNothing) {
-  std::unique_ptr<DionServer> server = StartServer(TestServerOptions());
-  ASSERT_NE(server, nullptr);
-  absl::StatusOr<std::unique_ptr<Client>> client =
-      Client::Connect(TestTable(), TestClientOptions({server->address()}, "w0"));
-  ASSERT_TRUE(client.ok()) << client.status();
-  Client& c = **client;
+  auto [server, client] = StartServerAndClient();
+  ASSERT_NE(client, nullptr);
+  Client& c = *client;
   std::vector<Matrix> G = RandomGradients(c.specs(), 1);
   std::vector<Matrix> too_few(G.begin(), G.end() - 1);
   EXPECT_EQ(c.Submit(too_few, 8, 1.0).code(), absl::StatusCode::kInvalidArgument);
@@ -457,19 +466,16 @@ TEST(WorkerClient, ConnectRefusesShardsListedOutOfOrder) {
 }
 
 TEST(WorkerClient, FlushCompletesWhenADionGradientIsZero) {
-  std::unique_ptr<DionServer> server = StartServer(TestServerOptions());
-  ASSERT_NE(server, nullptr);
-  absl::StatusOr<std::unique_ptr<Client>> client =
-      Client::Connect(TestTable(), TestClientOptions({server->address()}, "w0"));
-  ASSERT_TRUE(client.ok()) << client.status();
+  auto [server, client] = StartServerAndClient();
+  ASSERT_NE(client, nullptr);
   // A layer whose gradient is exactly zero for a step (dead units, a frozen input): the
   // compressor captures nothing, yet the step's samples must go out, or Flush never ends.
-  std::vector<Matrix> G = RandomGradients((*client)->specs(), 1);
-  G[IndexOf(**client, "w")].setZero();
-  ASSERT_TRUE((*client)->Submit(G, 8, 1.0).ok());
-  EXPECT_TRUE((*client)->Flush(absl::Seconds(10)).ok()) << (*client)->status();
-  EXPECT_TRUE(ReplicaMatchesServer(**client, *server));
-  (*client)->Close();
+  std::vector<Matrix> G = RandomGradients(client->specs(), 1);
+  G[IndexOf(*client, "w")].setZero();
+  ASSERT_TRUE(client->Submit(G, 8, 1.0).ok());
+  EXPECT_TRUE(client->Flush(absl::Seconds(10)).ok()) << client->status();
+  EXPECT_TRUE(ReplicaMatchesServer(*client, *server));
+  client->Close();
   EXPECT_TRUE(server->Shutdown().ok());
 }
 

@@ -6,7 +6,6 @@
 #include <thread>
 #include <utility>
 
-#include "absl/cleanup/cleanup.h"
 #include "absl/container/flat_hash_map.h"
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
@@ -329,7 +328,6 @@ void Client::ResendInFlight(int shard, uint64_t generation) {
 }
 
 void Client::OnAck(int shard, const v1::PushAck& ack) {
-  absl::Cleanup notify = [this] { NotifyChange(); };
   Parameter* p = Find(ack.parameter());
   // Nothing of this shard's is in flight for a name it does not own.
   if (p == nullptr || p->shard != shard) return;
@@ -419,13 +417,12 @@ void Client::OnAck(int shard, const v1::PushAck& ack) {
     options_.metrics->RecordAck(result, absl::ToDoubleSeconds(absl::Now() - taken));
     if (refused) options_.metrics->RecordRefused();
   }
-  // Wake Flush now: the resync below can block on a pull for up to rpc_deadline.
+  // Before the resync, which can block on a pull for up to rpc_deadline (and signals itself).
   NotifyChange();
   if (resync) Resync(*p, "rejected_version");
 }
 
 void Client::OnUpdate(int shard, v1::VersionUpdate& message) {
-  absl::Cleanup notify = [this] { NotifyChange(); };
   absl::StatusOr<VersionUpdate> update = VersionUpdateFromProto(message);
   if (!update.ok()) {
     Fail(absl::DataLossError(absl::StrCat("shard ", shard, " sent a malformed version: ",
@@ -443,6 +440,7 @@ void Client::OnUpdate(int shard, v1::VersionUpdate& message) {
     Resync(*p, "malformed_update");
     return;
   }
+  NotifyChange();
   if (*event == ReplicaEvent::kWentBack) {
     MutexLock lock(&mu_);
     ++stats_.resyncs;
@@ -476,6 +474,7 @@ void Client::Resync(Parameter& p, const char* reason) {
   // pulled value may be older. Replacing it would take the replica back.
   if (p.replica.changes() != changes_before && p.replica.in_sync()) return;
   (void)p.replica.Set(value.version(), *X, value.checksum());
+  NotifyChange();  // the change lock is a leaf: fine under the replica lock
 }
 
 std::vector<v1::ParameterVersion> Client::Have(int shard) const {

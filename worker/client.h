@@ -184,9 +184,9 @@ class Client {
   void Fail(const absl::Status& status);
   std::vector<v1::ParameterVersion> Have(int shard) const;
   // Change notification for the waits above (Flush, WaitForVersionsAbove): every
-  // acknowledgement, version update and failure bumps a counter. A waiter reads the counter,
-  // checks its condition, then waits until the counter moves (or `deadline`), so a change
-  // between the check and the wait is never missed. change_mu_ is a leaf lock.
+  // acknowledgement, applied update, resync and failure bumps a counter. A waiter reads the
+  // counter, checks its condition, then waits until the counter moves (or `deadline`), so a
+  // change between the check and the wait is never missed. change_mu_ is a leaf lock.
   void NotifyChange();
   uint64_t ChangeCount() const;
   void WaitForChange(uint64_t seen, absl::Time deadline) const;
