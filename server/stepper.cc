@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <tuple>
 #include <utility>
 
 #include "absl/strings/str_cat.h"
@@ -76,28 +77,45 @@ absl::Status CheckDense(const ParamSpec& spec, const Matrix& G) {
   return CheckEntries(G, spec.name, "gradient", kMaxContributionMagnitude);
 }
 
+// The batch's entries ordered by (worker_id, sequence): float sums depend on the order of
+// their terms, and this makes a step a function of the batch's contents, not of the order in
+// which the network delivered them (a replay of the same batch gives the same bits).
+std::vector<const WeightedContribution*> CanonicalOrder(
+    const std::vector<WeightedContribution>& entries) {
+  std::vector<const WeightedContribution*> ordered;
+  ordered.reserve(entries.size());
+  for (const WeightedContribution& e : entries) ordered.push_back(&e);
+  std::sort(ordered.begin(), ordered.end(),
+            [](const WeightedContribution* a, const WeightedContribution* b) {
+              return std::tie(a->contribution.worker_id, a->contribution.sequence) <
+                     std::tie(b->contribution.worker_id, b->contribution.sequence);
+            });
+  return ordered;
+}
+
 // M += sum_i w_i P_i R_i^T as one GEMM over the stacked factors.
-void FoldLowRankIntoMomentum(const std::vector<WeightedContribution>& entries, Matrix& M) {
+void FoldLowRankIntoMomentum(const std::vector<const WeightedContribution*>& entries,
+                             Matrix& M) {
   int64_t total_rank = 0;
-  for (const WeightedContribution& e : entries) total_rank += e.contribution.factors().P.cols();
+  for (const WeightedContribution* e : entries) total_rank += e->contribution.factors().P.cols();
   Matrix P_stack(M.rows(), total_rank);
   Matrix R_stack(M.cols(), total_rank);
   int64_t column = 0;
-  for (const WeightedContribution& e : entries) {
-    const LowRankFactors& f = e.contribution.factors();
+  for (const WeightedContribution* e : entries) {
+    const LowRankFactors& f = e->contribution.factors();
     const int64_t r = f.P.cols();
-    P_stack.middleCols(column, r) = static_cast<float>(e.weight) * f.P;
+    P_stack.middleCols(column, r) = static_cast<float>(e->weight) * f.P;
     R_stack.middleCols(column, r) = f.R;
     column += r;
   }
   Gemm(Trans::kNo, Trans::kYes, 1.0f, P_stack, R_stack, 1.0f, M);
 }
 
-Matrix WeightedMeanGradient(const std::vector<WeightedContribution>& entries, int64_t rows,
-                            int64_t cols) {
+Matrix WeightedMeanGradient(const std::vector<const WeightedContribution*>& entries,
+                            int64_t rows, int64_t cols) {
   Matrix G = Matrix::Zero(rows, cols);
-  for (const WeightedContribution& e : entries) {
-    G.noalias() += static_cast<float>(e.weight) * e.contribution.gradient();
+  for (const WeightedContribution* e : entries) {
+    G.noalias() += static_cast<float>(e->weight) * e->contribution.gradient();
   }
   return G;
 }
@@ -138,9 +156,10 @@ absl::StatusOr<StepReport> ApplyWeightedStep(const ParamSpec& spec,
                                              bool measure_ortho_error) {
   StepReport report;
   absl::Time start = absl::Now();
+  const std::vector<const WeightedContribution*> ordered = CanonicalOrder(entries);
   if (spec.optimizer == OptimizerKind::kDion) {
     DionState& dion = std::get<DionState>(state);
-    FoldLowRankIntoMomentum(entries, dion.M);
+    FoldLowRankIntoMomentum(ordered, dion.M);
     const absl::Time folded = absl::Now();
     report.aggregate = folded - start;
     DionStepResult result = DionStepFromMomentum(X, dion, spec.dion, measure_ortho_error);
@@ -156,7 +175,7 @@ absl::StatusOr<StepReport> ApplyWeightedStep(const ParamSpec& spec,
     return report;
   }
 
-  const Matrix G = WeightedMeanGradient(entries, spec.rows(), spec.cols());
+  const Matrix G = WeightedMeanGradient(ordered, spec.rows(), spec.cols());
   const absl::Time averaged = absl::Now();
   report.aggregate = averaged - start;
   absl::Status status;

@@ -57,7 +57,9 @@ struct StepReport {
                                              // and the weight update)
 };
 
-// Applies the weighted mean of `entries` to (X, state) with the spec's optimizer.
+// Applies the weighted mean of `entries` to (X, state) with the spec's optimizer. The mean is
+// summed in (worker_id, sequence) order, so the result does not depend on the order of
+// `entries`: the same batch gives the same bits however its pushes arrived.
 // REQUIRES: entries non-empty, each passing ValidatePayload(spec, .), weights > 0 summing to 1,
 // state holding the spec's optimizer state. On error nothing has changed.
 absl::StatusOr<StepReport> ApplyWeightedStep(const ParamSpec& spec,
