@@ -210,6 +210,42 @@ TEST(WorkerClient, WaitForVersionsAboveReturnsOnceEveryParameterStepped) {
   EXPECT_TRUE(server->Shutdown().ok());
 }
 
+// Close from another thread wakes a waiter at once (it would otherwise sleep until its
+// deadline), and the client refuses work afterwards instead of accepting it into nothing.
+TEST(WorkerClient, CloseWakesWaitersAndLaterCallsAreRefused) {
+  auto [server, client] = StartServerAndClient();
+  ASSERT_NE(client, nullptr);
+  Client& c = *client;
+  std::vector<int64_t> versions;
+  for (int i = 0; i < static_cast<int>(c.specs().size()); ++i) versions.push_back(c.version(i));
+
+  constexpr absl::Duration kTimeout = absl::Seconds(30);
+  absl::Status waited = absl::UnknownError("not run");
+  absl::Duration took;
+  std::atomic<bool> entered{false};
+  std::thread waiter([&] {
+    const absl::Time start = absl::Now();
+    entered.store(true);
+    waited = c.WaitForVersionsAbove(versions, kTimeout);  // nothing is pushed: only Close ends it
+    took = absl::Now() - start;
+  });
+  while (!entered.load()) absl::SleepFor(absl::Milliseconds(1));
+  absl::SleepFor(absl::Milliseconds(50));
+  c.Close();
+  waiter.join();  // before any assertion can return
+  EXPECT_TRUE(absl::IsFailedPrecondition(waited)) << waited;
+  EXPECT_TRUE(absl::StrContains(waited.message(), "closed")) << waited;
+  EXPECT_LT(took, kTimeout / 2);
+
+  const absl::Status submitted = c.Submit(RandomGradients(c.specs(), 1), 16, 2.0);
+  EXPECT_TRUE(absl::IsFailedPrecondition(submitted)) << submitted;
+  const absl::Status flushed = c.Flush(kTimeout);
+  EXPECT_TRUE(absl::IsFailedPrecondition(flushed)) << flushed;
+  EXPECT_TRUE(c.status().ok()) << "closing is not a failure: " << c.status();
+  c.Close();  // idempotent
+  EXPECT_TRUE(server->Shutdown().ok());
+}
+
 TEST(WorkerClient, RefusedPushesAreRestoredSoNothingIsLost) {
   ServerOptions options = TestServerOptions();
   options.shard.batcher.staleness.max_staleness = 0;  // anything computed on an old version

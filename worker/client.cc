@@ -238,7 +238,7 @@ int64_t Client::version(int index) const {
 }
 
 absl::Status Client::Submit(absl::Span<const Matrix> gradients, int64_t samples, double loss) {
-  if (absl::Status s = status(); !s.ok()) return s;
+  if (absl::Status s = Usable(); !s.ok()) return s;
   if (gradients.size() != parameters_.size()) {
     return absl::InvalidArgumentError(absl::StrCat("Submit got ", gradients.size(),
                                                    " gradients, expected ", parameters_.size(),
@@ -496,7 +496,7 @@ absl::Status Client::Flush(absl::Duration timeout) {
   const absl::Time deadline = absl::Now() + timeout;
   while (true) {
     const uint64_t seen = ChangeCount();
-    if (absl::Status s = status(); !s.ok()) return s;
+    if (absl::Status s = Usable(); !s.ok()) return s;
     int outstanding = 0;
     for (auto& p : parameters_) {
       MutexLock lock(&p->accumulator_mu);
@@ -523,6 +523,13 @@ ClientStats Client::stats() const {
 absl::Status Client::status() const {
   MutexLock lock(&mu_);
   return fatal_;
+}
+
+absl::Status Client::Usable() const {
+  MutexLock lock(&mu_);
+  if (!fatal_.ok()) return fatal_;
+  if (closed_) return absl::FailedPreconditionError("the client is closed");
+  return absl::OkStatus();
 }
 
 void Client::Fail(const absl::Status& status) {
@@ -565,7 +572,7 @@ absl::Status Client::WaitForVersionsAbove(absl::Span<const int64_t> versions,
   const absl::Time deadline = absl::Now() + timeout;
   while (true) {
     const uint64_t seen = ChangeCount();
-    if (absl::Status s = status(); !s.ok()) return s;
+    if (absl::Status s = Usable(); !s.ok()) return s;
     int behind = -1;
     for (int i = 0; i < static_cast<int>(versions.size()) && behind < 0; ++i) {
       if (version(i) <= versions[i]) behind = i;
@@ -581,6 +588,11 @@ absl::Status Client::WaitForVersionsAbove(absl::Span<const int64_t> versions,
 }
 
 void Client::Close() {
+  {
+    MutexLock lock(&mu_);
+    closed_ = true;
+  }
+  NotifyChange();  // waiters return now, not at their deadlines
   for (auto& link : links_) link->Stop();
 }
 

@@ -160,7 +160,9 @@ class Client {
   // The first fatal error, OkStatus while there is none.
   absl::Status status() const;
   // Stops the links, cancelling calls in progress (it does not wait for RPC deadlines).
-  // Idempotent; accumulated and in-flight gradients are dropped.
+  // Idempotent; accumulated and in-flight gradients are dropped. Submit, Flush and
+  // WaitForVersionsAbove then return FailedPrecondition, and calls waiting in Flush or
+  // WaitForVersionsAbove return at once with it.
   void Close();
 
   // For tests: the sum, in the accumulator's sum units, of what is neither accepted nor in
@@ -182,6 +184,8 @@ class Client {
   // Queues the in-flight pushes of `shard` on its Push stream of `generation`.
   void ResendInFlight(int shard, uint64_t generation);
   void Fail(const absl::Status& status);
+  // The fatal error if there is one, else FailedPrecondition once closed, else OkStatus.
+  absl::Status Usable() const;
   std::vector<v1::ParameterVersion> Have(int shard) const;
   // Change notification for the waits above (Flush, WaitForVersionsAbove): every
   // acknowledgement, applied update, resync and failure bumps a counter. A waiter reads the
@@ -200,6 +204,7 @@ class Client {
 
   mutable Mutex mu_;
   absl::Status fatal_ ABSL_GUARDED_BY(mu_);
+  bool closed_ ABSL_GUARDED_BY(mu_) = false;
   ClientStats stats_ ABSL_GUARDED_BY(mu_);
 
   mutable Mutex change_mu_;
