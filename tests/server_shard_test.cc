@@ -11,6 +11,7 @@
 #include <string>
 #include <vector>
 
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "common/checkpoint_dir.h"
 #include "common/rng.h"
@@ -181,6 +182,49 @@ TEST(ShardTest, TruncatedNewestCheckpointIsSkippedAndThePreviousOneRestored) {
   restored->Drain();
   EXPECT_EQ(restored->Snapshot("w", false).value().version, 3);
   restored.reset();
+  std::filesystem::remove_all(options.checkpoint_dir);
+}
+
+// With every checkpoint damaged the shard refuses to start (DATA_LOSS naming the directory and
+// each checkpoint's fault) rather than start fresh from the initial weights, which would throw
+// the training away without a word; the damaged checkpoints are left as they were.
+TEST(ShardTest, EveryCheckpointDamagedRefusesToStartWithDataLoss) {
+  ShardOptions options = TestShardOptions();
+  options.checkpoint_dir = absl::StrCat(::testing::TempDir(), "/shard-all-damaged-", getpid());
+  std::filesystem::remove_all(options.checkpoint_dir);
+  {
+    auto shard = RegisteredShard(options);
+    ASSERT_TRUE(shard->Push(Factors(0, "w", 32, 24, 0)).ok());
+    shard->Drain();
+    ASSERT_TRUE(shard->Checkpoint().ok());
+  }  // Shutdown writes a second checkpoint
+  absl::StatusOr<std::vector<CheckpointInfo>> checkpoints =
+      ListCheckpoints(options.checkpoint_dir);
+  ASSERT_TRUE(checkpoints.ok()) << checkpoints.status();
+  ASSERT_EQ(checkpoints->size(), 2u);
+  std::vector<std::string> victims;
+  for (const CheckpointInfo& info : *checkpoints) {
+    victims.push_back(info.path + "/w.M.npy");
+    ASSERT_TRUE(std::filesystem::exists(victims.back()));
+    std::filesystem::resize_file(victims.back(), std::filesystem::file_size(victims.back()) / 2);
+  }
+  std::vector<uintmax_t> sizes;
+  for (const std::string& v : victims) sizes.push_back(std::filesystem::file_size(v));
+
+  absl::StatusOr<std::unique_ptr<Shard>> restored = Shard::Create(options);
+  ASSERT_FALSE(restored.ok());
+  EXPECT_EQ(restored.status().code(), absl::StatusCode::kDataLoss) << restored.status();
+  EXPECT_TRUE(absl::StrContains(restored.status().message(), options.checkpoint_dir))
+      << restored.status();
+  for (const CheckpointInfo& info : *checkpoints) {
+    EXPECT_TRUE(absl::StrContains(restored.status().message(), info.path)) << restored.status();
+  }
+  absl::StatusOr<std::vector<CheckpointInfo>> after = ListCheckpoints(options.checkpoint_dir);
+  ASSERT_TRUE(after.ok()) << after.status();
+  EXPECT_EQ(after->size(), 2u) << "nothing new written, nothing deleted";
+  for (size_t i = 0; i < victims.size(); ++i) {
+    EXPECT_EQ(std::filesystem::file_size(victims[i]), sizes[i]) << victims[i];
+  }
   std::filesystem::remove_all(options.checkpoint_dir);
 }
 
