@@ -44,12 +44,13 @@ if [ "$tsan" = 1 ]; then
   # The batcher and the store are where the shard's locks live; the integration tests drive
   # the whole server (gRPC handlers, compute pool, broadcaster) from concurrent clients; the
   # worker client tests drive the client's link threads (acks, subscription, reconnects).
-  # Not here: worker_training_test. Uninstrumented gRPC makes TSan match ~150k suppressions
-  # in it (print_suppressions=1), which slows it ~300x: 9 shard steps in 20 s.
+  # worker_training_test trains through two shards and two clients: every thread of the
+  # system at once.
   tsan_targets=(batcher_test parameter_store_test server_shard_test server_service_test
                 server_bad_input_test server_concurrency_test server_protocol_test
                 server_metrics_endpoint_test server_slow_subscriber_test server_binary_test
-                backoff_test gradient_accumulator_test replica_test worker_client_test)
+                backoff_test gradient_accumulator_test replica_test worker_client_test
+                worker_training_test)
   stage "ThreadSanitizer build (${tsan_targets[*]})"
   cmake -S . -B build-tsan -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo \
     -DDION_SANITIZE=thread -DDION_BUILD_BENCH=OFF >/dev/null
@@ -57,7 +58,7 @@ if [ "$tsan" = 1 ]; then
   stage "ThreadSanitizer tests"
   export TSAN_OPTIONS="halt_on_error=1:second_deadlock_stack=1:suppressions=$PWD/tests/tsan.supp"
   ctest --test-dir build-tsan --output-on-failure -j "$jobs" --timeout 600 \
-    -R '^(Batcher|ParameterStore|Shard|Server|Backoff|GradientAccumulator|Replica|WorkerClient)' \
+    -R '^(Batcher|ParameterStore|Shard|Server|Backoff|GradientAccumulator|Replica|WorkerClient|WorkerTraining)' \
     -L 'unit|integration'
 fi
 stage "all tests passed"
