@@ -66,7 +66,7 @@ absl::string_view CloseReasonName(CloseReason reason);
 struct Batch {
   std::string parameter;
   int64_t version = 0;  // the version the step applies to; it produces version + 1
-  std::vector<WeightedContribution> entries;  // non-empty, arrival order
+  std::vector<WeightedContribution> entries;  // non-empty, by (worker_id, sequence)
   int64_t samples = 0;  // sum of sample_count
   int workers = 0;      // distinct worker ids
   CloseReason reason = CloseReason::kFlush;

@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <cmath>
 #include <limits>
+#include <tuple>
 #include <utility>
 
 #include "absl/strings/str_cat.h"
@@ -252,6 +253,12 @@ Batch Batcher::CloseLocked(CloseReason reason, absl::Time now) {
   batch.reason = reason;
   batch.opened = opened_;
   batch.closed = now;
+  // By (worker, sequence), not arrival: the weights' sum (and the step's sums after it) then
+  // do not depend on how the network interleaved the pushes.
+  std::sort(open_.begin(), open_.end(), [](const OpenContribution& a, const OpenContribution& b) {
+    return std::tie(a.contribution.worker_id, a.contribution.sequence) <
+           std::tie(b.contribution.worker_id, b.contribution.sequence);
+  });
   double total = 0;
   for (const OpenContribution& entry : open_) total += entry.raw_weight;
   batch.entries.reserve(open_.size());

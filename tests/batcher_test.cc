@@ -4,8 +4,11 @@
 
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <atomic>
+#include <string>
 #include <thread>
+#include <utility>
 #include <vector>
 
 #include "absl/strings/str_cat.h"
@@ -238,6 +241,39 @@ TEST(Batcher, WeightsAreSamplesTimesStalenessWeightNormalised) {
   EXPECT_NEAR(batch->entries[0].weight, 10 / 21.25, 1e-15);
   EXPECT_NEAR(batch->entries[1].weight, 10 / 21.25, 1e-15);
   EXPECT_NEAR(batch->entries[2].weight, 1.25 / 21.25, 1e-15);
+}
+
+// A batch lists its contributions by (worker, sequence) whatever the arrival order, and its
+// weights are the same doubles: the sum they are normalised by runs in that order too.
+TEST(Batcher, EntriesAndWeightsDoNotDependOnArrivalOrder) {
+  FakeClock clock;
+  BatcherOptions options = OnlyDeadline();
+  options.staleness.kind = StalenessKind::kInverse;
+  // At version 6, raw weights 1/3, 1/4, 1/6 and 3/7: summed first to last they give
+  // 1.1785714285714284, last to first 1.1785714285714286.
+  const std::vector<Contribution> pushes = {Make("b", 7, 4, 1), Make("a", 9, 3, 1),
+                                            Make("a", 8, 1, 1), Make("c", 1, 0, 3)};
+  std::vector<Batch> batches;
+  for (bool reversed : {false, true}) {
+    Batcher batcher(kParameter, options, 0, &clock);
+    AdvanceVersions(batcher, 6);
+    std::vector<Contribution> order = pushes;
+    if (reversed) std::reverse(order.begin(), order.end());
+    for (const Contribution& c : order) Accept(batcher, c);
+    batches.push_back(*batcher.Flush());
+  }
+  const std::vector<std::pair<std::string, uint64_t>> expected = {
+      {"a", 8}, {"a", 9}, {"b", 7}, {"c", 1}};
+  for (const Batch& batch : batches) {
+    ASSERT_EQ(batch.entries.size(), expected.size());
+    for (size_t i = 0; i < expected.size(); ++i) {
+      EXPECT_EQ(batch.entries[i].contribution.worker_id, expected[i].first) << i;
+      EXPECT_EQ(batch.entries[i].contribution.sequence, expected[i].second) << i;
+    }
+  }
+  for (size_t i = 0; i < expected.size(); ++i) {
+    EXPECT_EQ(batches[0].entries[i].weight, batches[1].entries[i].weight) << i;  // bit for bit
+  }
 }
 
 TEST(Batcher, ExpPolicyWeightsMatchTheFormula) {
