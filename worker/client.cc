@@ -368,7 +368,7 @@ void Client::OnAck(int shard, const v1::PushAck& ack) {
     // again with the next Submit or Flush, not from here: when the replica lags the shard by
     // more than its staleness bound (a subscription in backoff), re-sending at once would be
     // refused again, in a loop as fast as the network (and the compressor) can go.
-    if (!refused && status().ok()) MaybeSend(*p);
+    if (!refused && Usable().ok()) MaybeSend(*p);  // not after Close either
   }
   {
     MutexLock lock(&mu_);

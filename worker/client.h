@@ -144,15 +144,17 @@ class Client {
   // over `samples` > 0 samples, and its training loss. InvalidArgument (nothing accumulated)
   // for a wrong count, shape, non-finite value or samples <= 0; the client's fatal error
   // (Unavailable after giving up on a shard, or a contribution a shard rejected as malformed)
-  // once there is one.
+  // once there is one; else FailedPrecondition after Close.
   absl::Status Submit(absl::Span<const Matrix> gradients, int64_t samples, double loss);
   // Pushes everything accumulated and waits until every push is acknowledged (refused ones
-  // re-sent), or `timeout` (DeadlineExceeded).
+  // re-sent), or `timeout` (DeadlineExceeded). The fatal error, or FailedPrecondition once
+  // closed, as for Submit (also when it happens during the wait).
   absl::Status Flush(absl::Duration timeout);
   // Waits until the replica version of every parameter i is above `versions[i]` (table order,
-  // one per parameter): OkStatus; the client's fatal error if it fails meanwhile;
-  // DeadlineExceeded naming the first parameter still at or below its version after
-  // `timeout`. Woken by every applied update, not by polling.
+  // one per parameter): OkStatus; the client's fatal error if it fails meanwhile, else
+  // FailedPrecondition if it is closed meanwhile; DeadlineExceeded naming the first
+  // parameter still at or below its version after `timeout`. Woken by every applied update,
+  // not by polling.
   absl::Status WaitForVersionsAbove(absl::Span<const int64_t> versions,
                                     absl::Duration timeout) const;
 
@@ -161,8 +163,8 @@ class Client {
   absl::Status status() const;
   // Stops the links, cancelling calls in progress (it does not wait for RPC deadlines).
   // Idempotent; accumulated and in-flight gradients are dropped. Submit, Flush and
-  // WaitForVersionsAbove then return FailedPrecondition, and calls waiting in Flush or
-  // WaitForVersionsAbove return at once with it.
+  // WaitForVersionsAbove then return FailedPrecondition (or the fatal error, if there was
+  // one), and calls waiting in Flush or WaitForVersionsAbove return at once.
   void Close();
 
   // For tests: the sum, in the accumulator's sum units, of what is neither accepted nor in
