@@ -57,8 +57,9 @@ if [ "$tsan" = 1 ]; then
   cmake --build build-tsan -j "$jobs" --target "${tsan_targets[@]}"
   stage "ThreadSanitizer tests"
   export TSAN_OPTIONS="halt_on_error=1:second_deadlock_stack=1:suppressions=$PWD/tests/tsan.supp"
-  ctest --test-dir build-tsan --output-on-failure -j "$jobs" --timeout 600 \
-    -R '^(Batcher|ParameterStore|Shard|Server|Backoff|GradientAccumulator|Replica|WorkerClient|WorkerTraining)' \
+  tsan_tests='^(Batcher|ParameterStore|Shard|Server|Backoff|GradientAccumulator|Replica'
+  tsan_tests+='|WorkerClient|WorkerTraining)'
+  ctest --test-dir build-tsan --output-on-failure -j "$jobs" --timeout 600 -R "$tsan_tests" \
     -L 'unit|integration'
 fi
 stage "all tests passed"
