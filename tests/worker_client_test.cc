@@ -118,6 +118,31 @@ ServerAndClient StartServerAndClient(ServerOptions options = TestServerOptions()
   return both;
 }
 
+// WaitForVersionsAbove(versions, timeout) on its own thread. The constructor returns once the
+// thread is (almost surely) asleep in the wait, so that whatever the test does next can only
+// end the wait by waking it: a waiter nobody wakes returns at its timeout.
+struct BackgroundWait {
+  BackgroundWait(const Client& client, std::vector<int64_t> versions, absl::Duration timeout)
+      : thread([this, &client, versions = std::move(versions), timeout] {
+          const absl::Time start = absl::Now();
+          entered.store(true);
+          status = client.WaitForVersionsAbove(versions, timeout);
+          took = absl::Now() - start;
+        }) {
+    while (!entered.load()) absl::SleepFor(absl::Milliseconds(1));
+    absl::SleepFor(absl::Milliseconds(50));
+  }
+  ~BackgroundWait() { Join(); }
+  void Join() {
+    if (thread.joinable()) thread.join();
+  }
+
+  std::atomic<bool> entered{false};
+  absl::Status status = absl::UnknownError("not run");  // valid after Join
+  absl::Duration took;                                   // valid after Join
+  std::thread thread;  // last: starts once the fields above exist
+};
+
 // Waits until the client's replica of every parameter has the server's version and bits.
 ::testing::AssertionResult ReplicaMatchesServer(Client& client, DionServer& server) {
   auto stub = testing::Connect(server.address());
@@ -186,25 +211,14 @@ TEST(WorkerClient, WaitForVersionsAboveReturnsOnceEveryParameterStepped) {
   // timeout is long: a waiter nobody wakes would only see the new versions at its deadline
   // and return then, so returning well before it shows that the updates woke it.
   constexpr absl::Duration kTimeout = absl::Seconds(30);
-  absl::Status waited = absl::UnknownError("not run");
-  absl::Duration took;
-  std::atomic<bool> entered{false};
-  std::thread waiter([&] {
-    const absl::Time start = absl::Now();
-    entered.store(true);
-    waited = c.WaitForVersionsAbove(versions, kTimeout);
-    took = absl::Now() - start;
-  });
-  // Submit only once the waiter is (almost surely) asleep in the wait, not before it started.
-  while (!entered.load()) absl::SleepFor(absl::Milliseconds(1));
-  absl::SleepFor(absl::Milliseconds(50));
+  BackgroundWait waiter(c, versions, kTimeout);  // submit only once it is waiting
   const absl::Status submitted = c.Submit(RandomGradients(c.specs(), 1), 16, 2.0);
   const absl::Status flushed = c.Flush(absl::Seconds(20));
-  waiter.join();  // before any assertion can return
+  waiter.Join();  // before any assertion can return
   ASSERT_TRUE(submitted.ok()) << submitted;
   ASSERT_TRUE(flushed.ok()) << flushed;
-  EXPECT_TRUE(waited.ok()) << waited;
-  EXPECT_LT(took, kTimeout / 2);
+  EXPECT_TRUE(waiter.status.ok()) << waiter.status;
+  EXPECT_LT(waiter.took, kTimeout / 2);
   for (int i = 0; i < n; ++i) EXPECT_GT(c.version(i), versions[i]) << c.specs()[i].name;
   c.Close();
   EXPECT_TRUE(server->Shutdown().ok());
@@ -220,22 +234,12 @@ TEST(WorkerClient, CloseWakesWaitersAndLaterCallsAreRefused) {
   for (int i = 0; i < static_cast<int>(c.specs().size()); ++i) versions.push_back(c.version(i));
 
   constexpr absl::Duration kTimeout = absl::Seconds(30);
-  absl::Status waited = absl::UnknownError("not run");
-  absl::Duration took;
-  std::atomic<bool> entered{false};
-  std::thread waiter([&] {
-    const absl::Time start = absl::Now();
-    entered.store(true);
-    waited = c.WaitForVersionsAbove(versions, kTimeout);  // nothing is pushed: only Close ends it
-    took = absl::Now() - start;
-  });
-  while (!entered.load()) absl::SleepFor(absl::Milliseconds(1));
-  absl::SleepFor(absl::Milliseconds(50));
+  BackgroundWait waiter(c, versions, kTimeout);  // nothing is pushed: only Close can end it
   c.Close();
-  waiter.join();  // before any assertion can return
-  EXPECT_TRUE(absl::IsFailedPrecondition(waited)) << waited;
-  EXPECT_TRUE(absl::StrContains(waited.message(), "closed")) << waited;
-  EXPECT_LT(took, kTimeout / 2);
+  waiter.Join();  // before any assertion can return
+  EXPECT_TRUE(absl::IsFailedPrecondition(waiter.status)) << waiter.status;
+  EXPECT_TRUE(absl::StrContains(waiter.status.message(), "closed")) << waiter.status;
+  EXPECT_LT(waiter.took, kTimeout / 2);
 
   const absl::Status submitted = c.Submit(RandomGradients(c.specs(), 1), 16, 2.0);
   EXPECT_TRUE(absl::IsFailedPrecondition(submitted)) << submitted;
