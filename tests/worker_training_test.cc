@@ -29,9 +29,21 @@ using testing::MetricValue;
 // into each optimizer step depends on thread timing (adaptive accumulation, batch grouping), and
 // on a loaded machine the loss after a fixed step count has a long tail (measured 0.62-1.15 at
 // 300 steps). The step at which the target is first met is robust to that.
+//
+// Under ThreadSanitizer the run takes more steps to the same loss (target met at shard step
+// 268-394, final loss 0.78-0.88 over 6 runs beside a build), most likely because compute is
+// 5-10x slower against the batcher's 20 ms deadline, so batches hold fewer samples. That build
+// runs this test for its threads, not its convergence; its budgets are wider but still fail a
+// run that does not learn (initial loss ~3.1).
+#if defined(__SANITIZE_THREAD__)
+constexpr int64_t kMaxShardSteps = 1500;
+constexpr double kFinalLossBound = 1.3;
+#else
+constexpr int64_t kMaxShardSteps = 600;
+constexpr double kFinalLossBound = 1.0;
+#endif
 TEST(WorkerTraining, TwoWorkersLearnTheTeacherTaskThroughTwoShards) {
   constexpr double kTargetLoss = 0.8;
-  constexpr int64_t kMaxShardSteps = 600;
   std::vector<std::unique_ptr<DionServer>> servers;
   std::vector<std::string> addresses;
   for (int s = 0; s < 2; ++s) {
@@ -129,14 +141,14 @@ TEST(WorkerTraining, TwoWorkersLearnTheTeacherTaskThroughTwoShards) {
   // Kaiming init starts at loss ~3.1 on this task. Two asynchronous workers measured loss
   // 0.62-1.15 after 300 shard steps of fc1.weight (Release, loaded machine); the target 0.8 was
   // first met at shard step 140-227 (20 runs, 14 of them with 6-8 test processes on 2 cores).
-  // The budget, 600, leaves a margin of 2.6x for timing.
+  // The budget, 600, leaves a margin of 2.6x for timing (see above for TSan).
   EXPECT_GT(reached_at.load(), 0) << "the test loss never went below " << kTargetLoss
                                   << " in " << kMaxShardSteps << " shard steps or 45 s (best "
                                   << best_loss.load() << ")";
   EXPECT_LE(reached_at.load(), kMaxShardSteps);
   // The final evaluation, after the last pushes, stays near the target (measured final loss
   // 0.77-0.84, accuracy 0.68-0.72): the run did not dip under it once and then diverge.
-  EXPECT_LT(r.evaluation->loss, 1.0);
+  EXPECT_LT(r.evaluation->loss, kFinalLossBound);
   EXPECT_GT(r.evaluation->accuracy, 0.6);
 
   const std::string text = metrics[1].Serialize();
