@@ -10,6 +10,7 @@
 
 #include <cstdint>
 #include <string>
+#include <tuple>
 #include <variant>
 #include <vector>
 
@@ -34,6 +35,13 @@ struct Contribution {
   const LowRankFactors& factors() const { return std::get<LowRankFactors>(payload); }
   const Matrix& gradient() const { return std::get<Matrix>(payload); }
 };
+
+// The order in which a batch is summed: by worker id, then sequence. Float sums depend on the
+// order of their terms; this one makes a step a function of the batch's contents, not of the
+// order in which the network delivered its pushes.
+inline bool SummationOrderLess(const Contribution& a, const Contribution& b) {
+  return std::tie(a.worker_id, a.sequence) < std::tie(b.worker_id, b.sequence);
+}
 
 // How the batcher judged a contribution.
 enum class PushResult {

@@ -3,7 +3,6 @@
 #include <algorithm>
 #include <cmath>
 #include <limits>
-#include <tuple>
 #include <utility>
 
 #include "absl/strings/str_cat.h"
@@ -256,8 +255,7 @@ Batch Batcher::CloseLocked(CloseReason reason, absl::Time now) {
   // By (worker, sequence), not arrival: the weights' sum (and the step's sums after it) then
   // do not depend on how the network interleaved the pushes.
   std::sort(open_.begin(), open_.end(), [](const OpenContribution& a, const OpenContribution& b) {
-    return std::tie(a.contribution.worker_id, a.contribution.sequence) <
-           std::tie(b.contribution.worker_id, b.contribution.sequence);
+    return SummationOrderLess(a.contribution, b.contribution);
   });
   double total = 0;
   for (const OpenContribution& entry : open_) total += entry.raw_weight;

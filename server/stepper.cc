@@ -2,7 +2,6 @@
 
 #include <algorithm>
 #include <cmath>
-#include <tuple>
 #include <utility>
 
 #include "absl/strings/str_cat.h"
@@ -77,9 +76,8 @@ absl::Status CheckDense(const ParamSpec& spec, const Matrix& G) {
   return CheckEntries(G, spec.name, "gradient", kMaxContributionMagnitude);
 }
 
-// The batch's entries ordered by (worker_id, sequence): float sums depend on the order of
-// their terms, and this makes a step a function of the batch's contents, not of the order in
-// which the network delivered them (a replay of the same batch gives the same bits).
+// The batch's entries in SummationOrderLess order. Batcher batches already are (a pointer
+// sort of a few entries, against the step's GEMMs); this keeps the guarantee for any caller.
 std::vector<const WeightedContribution*> CanonicalOrder(
     const std::vector<WeightedContribution>& entries) {
   std::vector<const WeightedContribution*> ordered;
@@ -87,8 +85,7 @@ std::vector<const WeightedContribution*> CanonicalOrder(
   for (const WeightedContribution& e : entries) ordered.push_back(&e);
   std::sort(ordered.begin(), ordered.end(),
             [](const WeightedContribution* a, const WeightedContribution* b) {
-              return std::tie(a->contribution.worker_id, a->contribution.sequence) <
-                     std::tie(b->contribution.worker_id, b->contribution.sequence);
+              return SummationOrderLess(a->contribution, b->contribution);
             });
   return ordered;
 }
