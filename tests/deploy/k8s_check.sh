@@ -11,7 +11,14 @@ root="$1" server="$2" worker="$3"
 tmp="$(mktemp -d)"
 trap 'rm -rf "$tmp"' EXIT
 kubectl="${KUBECTL:-kubectl}"
-command -v "$kubectl" >/dev/null || { echo "FAIL kubectl not found" >&2; exit 1; }
+# kubectl with kustomize v5 is on this project's CI machines, but Debian 12 packages none (its
+# kubernetes-client 1.20 embeds kustomize v2, which lacks `labels` and `patches`): without
+# it the test is skipped (exit 77, ctest SKIP_RETURN_CODE), saying so, rather than failed.
+if ! command -v "$kubectl" >/dev/null; then
+  echo "SKIP kubectl not found: install kubectl >= 1.27 (kustomize v5) from the Kubernetes" \
+       "package repository, or set KUBECTL, to render and validate deploy/k8s" >&2
+  exit 77
+fi
 
 overlays=()
 for dir in "$root"/deploy/k8s/overlays/*/; do
