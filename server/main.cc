@@ -42,6 +42,9 @@ ABSL_FLAG(int, checkpoint_keep, 3, "number of complete checkpoints kept");
 ABSL_FLAG(int, compute_threads, 2,
           "threads applying optimizer steps (different parameters step in parallel)");
 ABSL_FLAG(int, blas_threads, 1, "OpenBLAS threads per matrix product");
+ABSL_FLAG(int, max_pending_batches, 4,
+          "closed batches of one parameter that may wait for a step before pushes to it wait "
+          "(backpressure: bounds the shard's memory when workers outpace the steps)");
 ABSL_FLAG(int64_t, target_samples, 0,
           "close a batch once its contributions hold this many samples; 0: no sample target");
 ABSL_FLAG(int, target_workers, 0,
@@ -81,6 +84,7 @@ absl::StatusOr<dion::ServerOptions> OptionsFromFlags() {
   shard.store.shard_index = absl::GetFlag(FLAGS_shard_index);
   shard.store.num_shards = absl::GetFlag(FLAGS_num_shards);
   shard.compute_threads = absl::GetFlag(FLAGS_compute_threads);
+  shard.max_pending_batches = absl::GetFlag(FLAGS_max_pending_batches);
   shard.checkpoint_dir = absl::GetFlag(FLAGS_checkpoint_dir);
   shard.checkpoint_interval = absl::GetFlag(FLAGS_checkpoint_interval);
   shard.checkpoint_keep_last = absl::GetFlag(FLAGS_checkpoint_keep);

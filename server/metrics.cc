@@ -104,6 +104,7 @@ struct ShardMetrics::Families {
   prometheus::Gauge* lagging_subscribers = nullptr;
   std::array<prometheus::Gauge*, kKinds.size()> parameter_version{};
   prometheus::Gauge* connected_workers = nullptr;
+  prometheus::Counter* backpressure_seconds = nullptr;
   prometheus::Gauge* subscribers = nullptr;
   prometheus::Gauge* orthogonality_error = nullptr;
   prometheus::Gauge* worker_loss = nullptr;
@@ -190,6 +191,12 @@ ShardMetrics::ShardMetrics()
                              .Help("Workers with an open push stream.")
                              .Register(r)
                              .Add({});
+  f.backpressure_seconds = &prometheus::BuildCounter()
+                                .Name("dion_push_backpressure_seconds_total")
+                                .Help("Time pushes waited because their parameter already had "
+                                      "max_pending_batches closed batches waiting for a step.")
+                                .Register(r)
+                                .Add({});
   f.subscribers = &prometheus::BuildGauge()
                        .Name("dion_subscribers")
                        .Help("Open subscribe streams.")
@@ -288,6 +295,10 @@ void ShardMetrics::AddLaggingSubscribers(int64_t delta) {
   } else {
     families_->lagging_subscribers->Decrement(static_cast<double>(-delta));
   }
+}
+
+void ShardMetrics::RecordBackpressure(double seconds) {
+  families_->backpressure_seconds->Increment(seconds);
 }
 
 void ShardMetrics::SetConnectedWorkers(int64_t n) {

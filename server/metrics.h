@@ -13,6 +13,7 @@
 //   dion_failed_steps_total{kind=...}                               counter, batches refused
 //   dion_parameter_version{kind=...}                                gauge, highest version
 //   dion_connected_workers, dion_subscribers                       gauges
+//   dion_push_backpressure_seconds_total                            counter, time pushes waited
 //   dion_subscriber_lag_events_total                                counter, queue overflows
 //   dion_broadcast_full_value_fallbacks_total                       counter
 //   dion_lagging_subscribers                                        gauge
@@ -68,6 +69,8 @@ class ShardMetrics {
   // subscribers that owe full values after a lag event (+1 when one starts, -1 when it has
   // caught up or goes away).
   void AddLaggingSubscribers(int64_t delta);
+  // A push waited `seconds` for its parameter's backlog of closed batches to shrink.
+  void RecordBackpressure(double seconds);
   void SetConnectedWorkers(int64_t n);
   void SetSubscribers(int64_t n);
   void SetOrthogonalityError(double error);

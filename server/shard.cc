@@ -40,6 +40,10 @@ absl::Status ValidateShardOptions(const ShardOptions& options) {
     return absl::InvalidArgumentError(
         absl::StrCat("compute_threads must be >= 1, got ", options.compute_threads));
   }
+  if (options.max_pending_batches < 1) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("max_pending_batches must be >= 1, got ", options.max_pending_batches));
+  }
   if (options.checkpoint_keep_last < 1) {
     return absl::InvalidArgumentError(absl::StrCat("checkpoint_keep_last must be >= 1, got ",
                                                    options.checkpoint_keep_last));
@@ -153,7 +157,32 @@ absl::Status Shard::RegisterWorker(absl::string_view worker_id) {
   return store_->RegisterWorker(worker_id);
 }
 
+void Shard::WaitForRoom(absl::string_view parameter) {
+  Lane* lane;
+  {
+    ReaderMutexLock lock(&gate_);
+    if (shutting_down_) return;
+    auto it = lanes_.find(parameter);
+    if (it == lanes_.end()) return;  // Push refuses it
+    lane = it->second.get();  // lanes live as long as the shard
+  }
+  const auto room = [&]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(queue_mu_) {
+    return stop_compute_ ||
+           static_cast<int64_t>(lane->pending.size()) < options_.max_pending_batches;
+  };
+  absl::Time start;
+  {
+    MutexLock lock(&queue_mu_);
+    if (room()) return;
+    ++backpressure_waits_;
+    start = absl::Now();
+    while (!room()) room_cv_.Wait(&queue_mu_);
+  }
+  if (metrics_ != nullptr) metrics_->RecordBackpressure(absl::ToDoubleSeconds(absl::Now() - start));
+}
+
 absl::StatusOr<PushReply> Shard::Push(Contribution contribution) {
+  WaitForRoom(contribution.parameter);
   const std::string worker_id = contribution.worker_id;
   const std::string parameter = contribution.parameter;
   const double loss = contribution.loss;
@@ -315,6 +344,9 @@ ShardStatus Shard::Status() const {
   {
     MutexLock lock(&queue_mu_);
     status.failed_steps = failed_steps_;
+    status.pending_batches = outstanding_;
+    status.max_pending_batches_seen = max_pending_seen_;
+    status.backpressure_waits = backpressure_waits_;
   }
   return status;
 }
@@ -323,6 +355,7 @@ void Shard::Enqueue(Lane* lane, Batch batch) {
   MutexLock lock(&queue_mu_);
   const int64_t version = batch.version;
   lane->pending.emplace(version, std::move(batch));
+  max_pending_seen_ = std::max(max_pending_seen_, static_cast<int64_t>(lane->pending.size()));
   ++outstanding_;
   // Concurrent pushes can hand over batches out of order; only the next version may start.
   if (!lane->scheduled && lane->pending.begin()->first == lane->next_version) {
@@ -342,6 +375,7 @@ void Shard::ComputeLoop() {
     auto first = lane->pending.begin();
     Batch batch = std::move(first->second);
     lane->pending.erase(first);
+    room_cv_.SignalAll();
     const int64_t version = batch.version;
     queue_mu_.Unlock();
     ApplyOne(lane, std::move(batch));
@@ -480,6 +514,7 @@ absl::Status Shard::Shutdown() {
     MutexLock lock(&queue_mu_);
     stop_compute_ = true;
     work_cv_.SignalAll();
+    room_cv_.SignalAll();
   }
   for (std::thread& thread : compute_threads_) thread.join();
   compute_threads_.clear();

@@ -15,6 +15,12 @@
 // checkpoint is written. Create() restores the newest valid checkpoint; a background thread
 // checkpoints every `checkpoint_interval`, and Shutdown() takes a last one.
 //
+// Backpressure: a Push whose parameter already has `max_pending_batches` closed batches waiting
+// for the compute pool waits (holding no lock of the shard) until one is taken, so workers
+// faster than the steps are slowed down (their stream is not read; HTTP/2 flow control does
+// the rest) instead of growing the shard's memory without bound (docs/benchmarks.md, push
+// throughput).
+//
 // Thread-safety: safe for concurrent use.
 #ifndef DION_SERVER_SHARD_H_
 #define DION_SERVER_SHARD_H_
@@ -51,6 +57,8 @@ struct ShardOptions {
   BatcherOptions batcher;             // one batcher per owned parameter, all alike
   BroadcasterOptions broadcaster;
   int compute_threads = 2;            // threads applying steps (>= 1)
+  // Closed batches of one parameter waiting for the compute pool before Push waits (>= 1).
+  int max_pending_batches = 4;
   std::string checkpoint_dir;         // empty: no checkpoints
   int checkpoint_keep_last = 3;       // complete checkpoints kept
   // Background checkpoint period; zero or infinite: only on Shutdown() and Checkpoint().
@@ -99,6 +107,11 @@ struct ShardStatus {
   PushCounts pushes;                  // all pushes, including those refused before a lookup
   int64_t subscribers = 0;
   int64_t failed_steps = 0;           // batches ApplyBatch refused (a bug if ever non-zero)
+  int64_t pending_batches = 0;        // closed batches not yet applied (all parameters)
+  // The most closed batches one parameter has had waiting at once since the start:
+  // max_pending_batches plus at most one per concurrent Push.
+  int64_t max_pending_batches_seen = 0;
+  int64_t backpressure_waits = 0;     // pushes that waited for their parameter's backlog
 };
 
 class Shard {
@@ -119,8 +132,10 @@ class Shard {
   absl::Status RegisterWorker(absl::string_view worker_id);
 
   // Validates a contribution (ParameterStore::ValidateContribution codes) and offers it to
-  // its parameter's batcher; a batch it completes goes to the compute pool. Unavailable once
-  // shutdown began. Every outcome, errors included, is counted (Status(), metrics).
+  // its parameter's batcher; a batch it completes goes to the compute pool. Waits first while
+  // the parameter has max_pending_batches closed batches waiting (backpressure, file comment).
+  // Unavailable once shutdown began. Every outcome, errors included, is counted (Status(),
+  // metrics).
   absl::StatusOr<PushReply> Push(Contribution contribution) ABSL_LOCKS_EXCLUDED(gate_);
   // Counts a contribution the caller refused before Push (e.g. it could not be decoded).
   void CountRejected(absl::string_view worker_id, absl::string_view parameter)
@@ -182,6 +197,9 @@ class Shard {
   void CreateLanesLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(gate_);
   // Hands a closed batch to the compute pool.
   void Enqueue(Lane* lane, Batch batch) ABSL_LOCKS_EXCLUDED(queue_mu_);
+  // Backpressure: returns once `parameter` has fewer than max_pending_batches closed batches
+  // waiting, or at once for an unknown parameter or during shutdown.
+  void WaitForRoom(absl::string_view parameter) ABSL_LOCKS_EXCLUDED(gate_, queue_mu_);
   // Flushes every batcher and waits until the compute pool is idle. REQUIRES: gate_ held
   // (shared or exclusive; exclusive guarantees nothing new arrives).
   void FlushAndDrain() ABSL_SHARED_LOCKS_REQUIRED(gate_) ABSL_LOCKS_EXCLUDED(queue_mu_);
@@ -213,10 +231,13 @@ class Shard {
   mutable Mutex queue_mu_;
   CondVar work_cv_;  // ready_ non-empty or stop_compute_
   CondVar idle_cv_;  // outstanding_ reached 0
+  CondVar room_cv_;  // a lane's pending shrank, or stop_compute_
   std::deque<Lane*> ready_ ABSL_GUARDED_BY(queue_mu_);
   int64_t outstanding_ ABSL_GUARDED_BY(queue_mu_) = 0;  // enqueued, not yet applied
   bool stop_compute_ ABSL_GUARDED_BY(queue_mu_) = false;
   int64_t failed_steps_ ABSL_GUARDED_BY(queue_mu_) = 0;
+  int64_t max_pending_seen_ ABSL_GUARDED_BY(queue_mu_) = 0;
+  int64_t backpressure_waits_ ABSL_GUARDED_BY(queue_mu_) = 0;
   std::vector<std::thread> compute_threads_;
 
   // WaitForVersion sleeps on version_cv_; every applied step and the start of shutdown wake

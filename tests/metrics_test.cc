@@ -87,6 +87,7 @@ const std::vector<Documented>& DocumentedMetrics() {
       {"dion_lagging_subscribers", "gauge"},
       {"dion_parameter_version", "gauge"},
       {"dion_connected_workers", "gauge"},
+      {"dion_push_backpressure_seconds_total", "counter"},
       {"dion_subscribers", "gauge"},
       {"dion_orthogonality_error", "gauge"},
       {"dion_worker_loss", "gauge"},
@@ -136,6 +137,7 @@ TEST(ShardMetricsTest, EveryLabelValueExistsAtZeroBeforeAnyRecording) {
   EXPECT_EQ(Sample(text, "dion_received_bytes_total"), 0);
   EXPECT_EQ(Sample(text, "dion_push_staleness_count"), 0);
   EXPECT_EQ(Sample(text, "dion_connected_workers"), 0);
+  EXPECT_EQ(Sample(text, "dion_push_backpressure_seconds_total"), 0);
 }
 
 TEST(ShardMetricsTest, RecordPushCountsOnlyItsResult) {
@@ -285,6 +287,13 @@ TEST(ShardMetricsTest, RecordCheckpointCountsByResultAndTimesBoth) {
   EXPECT_EQ(Sample(text, "dion_checkpoints_total{result=\"error\"}"), 1);
   EXPECT_EQ(Sample(text, "dion_checkpoint_duration_seconds_count"), 3);
   EXPECT_EQ(Sample(text, "dion_checkpoint_duration_seconds_sum"), 0.875);
+}
+
+TEST(ShardMetricsTest, BackpressureAddsUpTheWaits) {
+  ShardMetrics metrics;
+  metrics.RecordBackpressure(0.5);
+  metrics.RecordBackpressure(0.125);
+  EXPECT_EQ(Sample(metrics.Serialize(), "dion_push_backpressure_seconds_total"), 0.625);
 }
 
 TEST(ShardMetricsTest, ConcurrentRecordingLosesNothingAndVersionEndsAtMax) {

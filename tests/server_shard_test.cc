@@ -9,6 +9,7 @@
 
 #include <filesystem>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "absl/strings/match.h"
@@ -278,6 +279,68 @@ TEST(ShardTest, AResentAcceptedPushIsADuplicateEvenWhileShuttingDown) {
   EXPECT_EQ(shard->Status().pushes.duplicate, 1);
   EXPECT_EQ(shard->Status().pushes.rejected, 1);
   EXPECT_EQ(shard->Snapshot("w", false).value().version, 1);
+}
+
+// Workers that push faster than the steps run. Every push closes a batch here (one worker per
+// batch), and a step of the 256 x 256 Dion matrix takes milliseconds against microseconds for
+// a push of rank-2 factors, so without a bound the closed batches pile up (nearly one per
+// push). With max_pending_batches = 2 a push waits while two are waiting: the backlog never
+// exceeds 2 plus one per concurrent pusher (each can pass the check before the others
+// enqueue), and every contribution is still applied, in order.
+TEST(ShardTest, PushesWaitWhileTheirParametersBacklogIsFullAndNothingIsLost) {
+  constexpr int kPushers = 4, kPushesEach = 15, kMaxPending = 2;
+  ShardOptions options = TestShardOptions();
+  options.compute_threads = 1;
+  options.max_pending_batches = kMaxPending;
+  auto shard = Shard::Create(options).value();
+  v1::RegisterModelRequest request = testing::TestModelRequest();
+  v1::ParameterSpec* big = request.add_parameters();
+  big->set_name("big");
+  big->add_shape(256);
+  big->add_shape(256);
+  big->set_optimizer(v1::OPTIMIZER_KIND_DION);
+  big->mutable_init()->set_kind(v1::INIT_KIND_KAIMING);
+  big->set_seed(4);
+  ASSERT_TRUE(shard->RegisterModel(ModelTableFromProto(request).value()).ok());
+  for (int t = 0; t < kPushers; ++t) ASSERT_TRUE(shard->RegisterWorker(absl::StrCat("w", t)).ok());
+
+  std::vector<std::thread> pushers;
+  for (int t = 0; t < kPushers; ++t) {
+    pushers.emplace_back([&, t] {
+      for (int k = 0; k < kPushesEach; ++k) {
+        Contribution c = Factors(k, "big", 256, 256);
+        c.worker_id = absl::StrCat("w", t);
+        c.payload = testing::RandomFactors(256, 256, 2, 100 * t + k);
+        absl::StatusOr<PushReply> reply = shard->Push(std::move(c));
+        EXPECT_TRUE(reply.ok() && reply->result == PushResult::kAccepted)
+            << (reply.ok() ? "not accepted" : reply.status().ToString());
+      }
+    });
+  }
+  for (std::thread& t : pushers) t.join();
+  shard->Drain();
+
+  const ShardStatus status = shard->Status();
+  EXPECT_GT(status.backpressure_waits, 0);
+  EXPECT_GE(status.max_pending_batches_seen, 1);
+  EXPECT_LE(status.max_pending_batches_seen, kMaxPending + kPushers);
+  EXPECT_EQ(status.pending_batches, 0);
+  EXPECT_EQ(status.failed_steps, 0);
+  for (const ShardStatus::Parameter& p : status.parameters) {
+    if (p.status.parameter != "big") continue;
+    EXPECT_EQ(p.pushes.accepted, kPushers * kPushesEach);
+    EXPECT_EQ(p.status.contributions_applied, kPushers * kPushesEach);
+    EXPECT_EQ(p.status.version, kPushers * kPushesEach);
+  }
+}
+
+TEST(ShardTest, MaxPendingBatchesBelowOneIsRefusedNamingTheField) {
+  ShardOptions options = TestShardOptions();
+  options.max_pending_batches = 0;
+  absl::StatusOr<std::unique_ptr<Shard>> shard = Shard::Create(options);
+  EXPECT_EQ(shard.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_TRUE(absl::StrContains(shard.status().message(), "max_pending_batches"))
+      << shard.status();
 }
 
 }  // namespace
