@@ -294,13 +294,7 @@ TEST(ShardTest, PushesWaitWhileTheirParametersBacklogIsFullAndNothingIsLost) {
   options.max_pending_batches = kMaxPending;
   auto shard = Shard::Create(options).value();
   v1::RegisterModelRequest request = testing::TestModelRequest();
-  v1::ParameterSpec* big = request.add_parameters();
-  big->set_name("big");
-  big->add_shape(256);
-  big->add_shape(256);
-  big->set_optimizer(v1::OPTIMIZER_KIND_DION);
-  big->mutable_init()->set_kind(v1::INIT_KIND_KAIMING);
-  big->set_seed(4);
+  testing::AddDionMatrix(request, "big", 256, 256, /*seed=*/4);
   ASSERT_TRUE(shard->RegisterModel(ModelTableFromProto(request).value()).ok());
   for (int t = 0; t < kPushers; ++t) ASSERT_TRUE(shard->RegisterWorker(absl::StrCat("w", t)).ok());
 

@@ -52,6 +52,19 @@ inline v1::RegisterModelRequest TestModelRequest(const std::string& worker_id = 
   return request;
 }
 
+// Adds a Dion matrix `name` (m x n, Kaiming init) to a registration request: for tests that
+// need steps or messages much larger than TestModelRequest's.
+inline void AddDionMatrix(v1::RegisterModelRequest& request, const std::string& name, int64_t m,
+                          int64_t n, uint64_t seed) {
+  v1::ParameterSpec* p = request.add_parameters();
+  p->set_name(name);
+  p->add_shape(m);
+  p->add_shape(n);
+  p->set_optimizer(v1::OPTIMIZER_KIND_DION);
+  p->mutable_init()->set_kind(v1::INIT_KIND_KAIMING);
+  p->set_seed(seed);
+}
+
 inline ServerOptions TestServerOptions() {
   ServerOptions options;
   options.listen = "127.0.0.1:0";

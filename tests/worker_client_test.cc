@@ -417,13 +417,7 @@ TEST(WorkerClient, APushOverTheShardsMessageLimitFailsAtOnceNamingTheLimit) {
   ASSERT_NE(server, nullptr);
   // Factors of a 256 x 256 matrix at rank 64 take 128 KiB; the registration stays small.
   v1::RegisterModelRequest request = TestModelRequest();
-  v1::ParameterSpec* big = request.add_parameters();
-  big->set_name("big");
-  big->add_shape(256);
-  big->add_shape(256);
-  big->set_optimizer(v1::OPTIMIZER_KIND_DION);
-  big->mutable_init()->set_kind(v1::INIT_KIND_KAIMING);
-  big->set_seed(4);
+  testing::AddDionMatrix(request, "big", 256, 256, /*seed=*/4);
   const ModelTable table = ModelTableFromProto(request).value();
   ClientOptions options = TestClientOptions({server->address()}, "w0");
   options.reconnect.give_up_after = absl::Seconds(120);
