@@ -7,6 +7,7 @@
 #include <utility>
 #include <vector>
 
+#include "absl/strings/cord.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 
@@ -22,14 +23,21 @@ std::string ShapeString(absl::Span<const int64_t> shape) {
   return absl::StrCat("[", absl::StrJoin(shape, ", "), "]");
 }
 
+constexpr absl::string_view kNonFinitePayload = "dion.v1/non-finite";
+
+absl::Status NonFiniteError(std::string message) {
+  absl::Status status = absl::InvalidArgumentError(std::move(message));
+  status.SetPayload(kNonFinitePayload, absl::Cord("1"));
+  return status;
+}
+
 absl::Status CheckFinite(const Matrix& M, absl::string_view what) {
   if (M.allFinite()) return absl::OkStatus();
   for (int64_t i = 0; i < M.rows(); ++i) {
     for (int64_t j = 0; j < M.cols(); ++j) {
       if (!std::isfinite(M(i, j))) {
-        return absl::InvalidArgumentError(absl::StrCat(what, ": element (", i, ", ", j,
-                                                       ") is ", M(i, j), "; NaN and Inf are "
-                                                       "refused"));
+        return NonFiniteError(absl::StrCat(what, ": element (", i, ", ", j, ") is ", M(i, j),
+                                           "; NaN and Inf are refused"));
       }
     }
   }
@@ -136,6 +144,10 @@ std::optional<OptimizerKind> HyperparameterKind(const v1::ParameterSpec& proto) 
 }
 
 }  // namespace
+
+bool IsNonFiniteError(const absl::Status& status) {
+  return status.GetPayload(kNonFinitePayload).has_value();
+}
 
 absl::StatusOr<Matrix> TensorToMatrix(const v1::Tensor& tensor, absl::string_view what) {
   const auto& shape = tensor.shape();
@@ -366,7 +378,7 @@ absl::StatusOr<Contribution> ContributionFromProto(const v1::Contribution& proto
   c.sample_count = proto.sample_count();
   c.loss = proto.loss();
   if (!std::isfinite(c.loss)) {
-    return absl::InvalidArgumentError(absl::StrCat(where, ": loss ", c.loss, " is not finite"));
+    return NonFiniteError(absl::StrCat(where, ": loss ", c.loss, " is not finite"));
   }
   switch (proto.payload_case()) {
     case v1::Contribution::kFactors: {

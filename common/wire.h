@@ -28,8 +28,11 @@
 
 namespace dion {
 
-// Tensors.
+// Tensors. Entries must be finite: a NaN or Inf (or a contribution's non-finite loss) is
+// InvalidArgument carrying a payload that IsNonFiniteError recognises, so a shard can count
+// non-finite pushes apart from other bad input.
 absl::StatusOr<Matrix> TensorToMatrix(const v1::Tensor& tensor, absl::string_view what);
+bool IsNonFiniteError(const absl::Status& status);
 // The same, and the tensor's shape must equal `expected_shape` exactly.
 absl::StatusOr<Matrix> TensorToMatrix(const v1::Tensor& tensor,
                                       absl::Span<const int64_t> expected_shape,

@@ -105,6 +105,7 @@ struct ShardMetrics::Families {
   std::array<prometheus::Gauge*, kKinds.size()> parameter_version{};
   prometheus::Gauge* connected_workers = nullptr;
   prometheus::Counter* backpressure_seconds = nullptr;
+  prometheus::Counter* nonfinite_pushes = nullptr;
   prometheus::Gauge* subscribers = nullptr;
   prometheus::Gauge* orthogonality_error = nullptr;
   prometheus::Gauge* worker_loss = nullptr;
@@ -132,6 +133,12 @@ ShardMetrics::ShardMetrics()
     f.pushes[i] = &pushes.Add({{"result", OutcomeLabel(kOutcomes[i])}});
   }
 
+  f.nonfinite_pushes = &prometheus::BuildCounter()
+                            .Name("dion_nonfinite_pushes_total")
+                            .Help("Pushes rejected because a value or the loss was NaN or Inf "
+                                  "(also counted in dion_pushes_total{result=\"rejected\"}).")
+                            .Register(r)
+                            .Add({});
   f.received_bytes = &prometheus::BuildCounter()
                           .Name("dion_received_bytes_total")
                           .Help("Serialized gRPC request payload bytes received.")
@@ -252,6 +259,8 @@ ShardMetrics::~ShardMetrics() = default;
 void ShardMetrics::RecordPush(PushOutcome outcome) {
   families_->pushes[static_cast<size_t>(outcome)]->Increment();
 }
+
+void ShardMetrics::RecordNonFinitePush() { families_->nonfinite_pushes->Increment(); }
 
 // Counter::Increment ignores negative amounts, so a bogus size cannot make a counter go down.
 void ShardMetrics::RecordReceivedBytes(int64_t bytes) {

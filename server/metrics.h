@@ -14,6 +14,7 @@
 //   dion_parameter_version{kind=...}                                gauge, highest version
 //   dion_connected_workers, dion_subscribers                       gauges
 //   dion_push_backpressure_seconds_total                            counter, time pushes waited
+//   dion_nonfinite_pushes_total                                     counter, NaN/Inf refused
 //   dion_subscriber_lag_events_total                                counter, queue overflows
 //   dion_broadcast_full_value_fallbacks_total                       counter
 //   dion_lagging_subscribers                                        gauge
@@ -54,6 +55,8 @@ class ShardMetrics {
   ShardMetrics& operator=(const ShardMetrics&) = delete;
 
   void RecordPush(PushOutcome outcome);
+  // A push REJECTED for NaN or Inf values (also counted by RecordPush as rejected).
+  void RecordNonFinitePush();
   void RecordReceivedBytes(int64_t bytes);
   void RecordSentBytes(int64_t bytes);
   void RecordStaleness(int64_t tau);

@@ -105,6 +105,7 @@ v1::PushAck ParameterServerService::Judge(const v1::Contribution& request) {
   // `counted`: Shard::Push counts what it refuses itself.
   const auto reject = [&](const absl::Status& status, bool counted) {
     if (!counted) shard_->CountRejected(request.worker_id(), request.parameter());
+    if (metrics_ != nullptr && IsNonFiniteError(status)) metrics_->RecordNonFinitePush();
     ack.set_result(v1::PUSH_RESULT_REJECTED);
     ack.set_status_code(static_cast<int32_t>(status.code()));
     ack.set_message(std::string(status.message()));

@@ -88,6 +88,7 @@ const std::vector<Documented>& DocumentedMetrics() {
       {"dion_parameter_version", "gauge"},
       {"dion_connected_workers", "gauge"},
       {"dion_push_backpressure_seconds_total", "counter"},
+      {"dion_nonfinite_pushes_total", "counter"},
       {"dion_subscribers", "gauge"},
       {"dion_orthogonality_error", "gauge"},
       {"dion_worker_loss", "gauge"},
@@ -138,6 +139,7 @@ TEST(ShardMetricsTest, EveryLabelValueExistsAtZeroBeforeAnyRecording) {
   EXPECT_EQ(Sample(text, "dion_push_staleness_count"), 0);
   EXPECT_EQ(Sample(text, "dion_connected_workers"), 0);
   EXPECT_EQ(Sample(text, "dion_push_backpressure_seconds_total"), 0);
+  EXPECT_EQ(Sample(text, "dion_nonfinite_pushes_total"), 0);
 }
 
 TEST(ShardMetricsTest, RecordPushCountsOnlyItsResult) {
@@ -287,6 +289,15 @@ TEST(ShardMetricsTest, RecordCheckpointCountsByResultAndTimesBoth) {
   EXPECT_EQ(Sample(text, "dion_checkpoints_total{result=\"error\"}"), 1);
   EXPECT_EQ(Sample(text, "dion_checkpoint_duration_seconds_count"), 3);
   EXPECT_EQ(Sample(text, "dion_checkpoint_duration_seconds_sum"), 0.875);
+}
+
+TEST(ShardMetricsTest, NonFinitePushesAreCountedApart) {
+  ShardMetrics metrics;
+  metrics.RecordNonFinitePush();
+  metrics.RecordNonFinitePush();
+  const std::string text = metrics.Serialize();
+  EXPECT_EQ(Sample(text, "dion_nonfinite_pushes_total"), 2);
+  EXPECT_EQ(Sample(text, "dion_pushes_total{result=\"rejected\"}"), 0);  // RecordPush's job
 }
 
 TEST(ShardMetricsTest, BackpressureAddsUpTheWaits) {

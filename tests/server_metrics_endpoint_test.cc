@@ -3,6 +3,7 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <limits>
 #include <string>
 #include <vector>
 
@@ -39,8 +40,8 @@ TEST(ServerMetricsEndpointTest, ScrapedCountersMatchWhatTheClientsDid) {
     v1::RegisterModelResponse response;
     ASSERT_TRUE(stub->RegisterModel(&context, registration, &response).ok());
   }
-  // 4 accepted (one step each: target_workers = 1), a duplicate, a stale one (tau 4 > 2) and a
-  // rejected one (unknown parameter).
+  // 4 accepted (one step each: target_workers = 1), a duplicate, a stale one (tau 4 > 2) and
+  // two rejected ones (an unknown parameter; a NaN in P, which is also counted apart).
   std::vector<v1::Contribution> pushes;
   for (int k = 0; k < 4; ++k) {
     pushes.push_back(FactorsContribution("w0", k, "w", k, 2, RandomFactors(32, 24, 2, k)));
@@ -55,20 +56,26 @@ TEST(ServerMetricsEndpointTest, ScrapedCountersMatchWhatTheClientsDid) {
   pushes.push_back(pushes[1]);
   pushes.push_back(FactorsContribution("w0", 9, "w", 0, 1, RandomFactors(32, 24, 2, 9)));
   pushes.push_back(FactorsContribution("w0", 10, "nope", 0, 1, RandomFactors(32, 24, 2, 10)));
+  LowRankFactors with_nan = RandomFactors(32, 24, 2, 11);
+  with_nan.P(3, 1) = std::numeric_limits<float>::quiet_NaN();
+  pushes.push_back(FactorsContribution("w0", 11, "w", 4, 1, with_nan));
   for (const v1::PushAck& ack : PushAll(*stub, {pushes.begin() + 4, pushes.end()})) {
     acks.push_back(ack);
   }
-  ASSERT_EQ(acks.size(), 7u);
+  ASSERT_EQ(acks.size(), 8u);
   EXPECT_EQ(acks[4].result(), v1::PUSH_RESULT_DUPLICATE);
   EXPECT_EQ(acks[5].result(), v1::PUSH_RESULT_STALE);
   EXPECT_EQ(acks[6].result(), v1::PUSH_RESULT_REJECTED);
+  EXPECT_EQ(acks[7].result(), v1::PUSH_RESULT_REJECTED);
+  EXPECT_EQ(acks[7].status_code(), static_cast<int32_t>(grpc::StatusCode::INVALID_ARGUMENT));
 
   const std::string body = HttpGetBody(server->metrics_port(), "/metrics");
   ASSERT_FALSE(body.empty()) << "no 200 response from /metrics";
   EXPECT_EQ(Get(body, "dion_pushes_total{result=\"accepted\"}"), 4);
   EXPECT_EQ(Get(body, "dion_pushes_total{result=\"duplicate\"}"), 1);
   EXPECT_EQ(Get(body, "dion_pushes_total{result=\"stale\"}"), 1);
-  EXPECT_EQ(Get(body, "dion_pushes_total{result=\"rejected\"}"), 1);
+  EXPECT_EQ(Get(body, "dion_pushes_total{result=\"rejected\"}"), 2);
+  EXPECT_EQ(Get(body, "dion_nonfinite_pushes_total"), 1) << "only the NaN push";
   // Received bytes are the serialized requests that carry data: the registration and every
   // contribution, exactly.
   double sent = static_cast<double>(registration.ByteSizeLong());

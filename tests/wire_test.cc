@@ -259,11 +259,15 @@ TEST(Wire, RefusesMalformedContributions) {
   EXPECT_EQ(nan_status.code(), absl::StatusCode::kInvalidArgument);
   EXPECT_NE(nan_status.message().find("P: element (1, 2)"), absl::string_view::npos)
       << nan_status;
+  EXPECT_TRUE(IsNonFiniteError(nan_status));
+  EXPECT_FALSE(IsNonFiniteError(ContributionFromProto(ranks).status()));
+  EXPECT_FALSE(IsNonFiniteError(ContributionFromProto(empty).status()));
 
   v1::Contribution loss = proto;
   loss.set_loss(std::numeric_limits<double>::infinity());
   EXPECT_NE(ContributionFromProto(loss).status().message().find("loss"),
             absl::string_view::npos);
+  EXPECT_TRUE(IsNonFiniteError(ContributionFromProto(loss).status()));
 
   // A {1, 5} gradient for a parameter of shape {5} is refused when the spec is known.
   v1::Contribution dense = proto;
