@@ -32,11 +32,12 @@ namespace dion {
 // InvalidArgument carrying a payload that IsNonFiniteError recognises, so a shard can count
 // non-finite pushes apart from other bad input.
 absl::StatusOr<Matrix> TensorToMatrix(const v1::Tensor& tensor, absl::string_view what);
-bool IsNonFiniteError(const absl::Status& status);
 // The same, and the tensor's shape must equal `expected_shape` exactly.
 absl::StatusOr<Matrix> TensorToMatrix(const v1::Tensor& tensor,
                                       absl::Span<const int64_t> expected_shape,
                                       absl::string_view what);
+// Whether `status` is the refusal of a NaN or Inf (see above).
+bool IsNonFiniteError(const absl::Status& status);
 // Writes M with shape {rows, cols}.
 void MatrixToTensor(ConstMatrixRef M, v1::Tensor* tensor);
 // Writes M with the given shape. REQUIRES: the product of `shape` equals M.size().
