@@ -167,7 +167,7 @@ void Shard::WaitForRoom(absl::string_view parameter) {
     lane = it->second.get();  // lanes live as long as the shard
   }
   const auto room = [&]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(queue_mu_) {
-    return stop_compute_ ||
+    return stop_compute_ || waits_released_ ||
            static_cast<int64_t>(lane->pending.size()) < options_.max_pending_batches;
   };
   absl::Time start;
@@ -477,6 +477,11 @@ void Shard::BeginShutdown() {
   {
     MutexLock lock(&gate_);
     shutting_down_ = true;
+  }
+  {
+    MutexLock lock(&queue_mu_);
+    waits_released_ = true;
+    room_cv_.SignalAll();
   }
   {
     MutexLock lock(&version_mu_);

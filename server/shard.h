@@ -168,8 +168,9 @@ class Shard {
   // FailedPrecondition without a checkpoint directory or before a model is registered.
   absl::StatusOr<std::string> Checkpoint() ABSL_LOCKS_EXCLUDED(checkpoint_mu_, gate_);
 
-  // Refuses new contributions (Unavailable) and closes every subscription. Idempotent.
-  void BeginShutdown() ABSL_LOCKS_EXCLUDED(gate_);
+  // Refuses new contributions (Unavailable), also those waiting for room in their parameter's
+  // backlog, and closes every subscription. Idempotent.
+  void BeginShutdown() ABSL_LOCKS_EXCLUDED(gate_, queue_mu_);
   // BeginShutdown, applies every accepted contribution, writes a last checkpoint (when
   // configured and a model is registered) and stops the threads. Idempotent; returns the
   // checkpoint's status.
@@ -231,10 +232,12 @@ class Shard {
   mutable Mutex queue_mu_;
   CondVar work_cv_;  // ready_ non-empty or stop_compute_
   CondVar idle_cv_;  // outstanding_ reached 0
-  CondVar room_cv_;  // a lane's pending shrank, or stop_compute_
+  CondVar room_cv_;  // a lane's pending shrank, waits_released_ or stop_compute_
   std::deque<Lane*> ready_ ABSL_GUARDED_BY(queue_mu_);
   int64_t outstanding_ ABSL_GUARDED_BY(queue_mu_) = 0;  // enqueued, not yet applied
   bool stop_compute_ ABSL_GUARDED_BY(queue_mu_) = false;
+  // Set by BeginShutdown: waiting pushes go on, to be refused, rather than wait for the backlog.
+  bool waits_released_ ABSL_GUARDED_BY(queue_mu_) = false;
   int64_t failed_steps_ ABSL_GUARDED_BY(queue_mu_) = 0;
   int64_t max_pending_seen_ ABSL_GUARDED_BY(queue_mu_) = 0;
   int64_t backpressure_waits_ ABSL_GUARDED_BY(queue_mu_) = 0;

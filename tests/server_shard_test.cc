@@ -330,6 +330,41 @@ TEST(ShardTest, PushesWaitWhileTheirParametersBacklogIsFullAndNothingIsLost) {
   EXPECT_EQ(big->status.version, kPushers * kPushesEach);
 }
 
+TEST(ShardTest, BeginShutdownReleasesAPushWaitingForRoomWithoutWaitingForTheBacklog) {
+  ShardOptions options = TestShardOptions();
+  options.compute_threads = 1;
+  options.max_pending_batches = 1;
+  auto shard = Shard::Create(options).value();
+  v1::RegisterModelRequest request = testing::TestModelRequest();
+  // Big enough that one step takes far longer than this test needs to set up the wait.
+  testing::AddDionMatrix(request, "big", 1536, 1536, /*seed=*/5);
+  ASSERT_TRUE(shard->RegisterModel(ModelTableFromProto(request).value()).ok());
+  ASSERT_TRUE(shard->RegisterWorker("w0").ok());
+  // Batch 1 goes to the compute thread, batch 2 fills the lane's one pending slot.
+  for (int k = 0; k < 2; ++k) {
+    ASSERT_EQ(shard->Push(Factors(k, "big", 1536, 1536)).value().result, PushResult::kAccepted);
+  }
+  absl::Status waiter_status;
+  int64_t version_when_released = -1;
+  std::thread waiter([&] {
+    waiter_status = shard->Push(Factors(2, "big", 1536, 1536)).status();
+    version_when_released = shard->store().Version("big").value_or(-1);
+  });
+  const absl::Time give_up = absl::Now() + absl::Seconds(30);
+  while (shard->Status().backpressure_waits == 0 && absl::Now() < give_up) {
+    absl::SleepFor(absl::Milliseconds(1));
+  }
+  ASSERT_EQ(shard->Status().backpressure_waits, 1);
+  shard->BeginShutdown();
+  waiter.join();
+  EXPECT_EQ(waiter_status.code(), absl::StatusCode::kUnavailable) << waiter_status;
+  // Released by the shutdown itself, not by the first step finishing.
+  EXPECT_EQ(version_when_released, 0);
+  // The two accepted batches are still applied.
+  ASSERT_TRUE(shard->Shutdown().ok());
+  EXPECT_EQ(shard->store().Version("big").value_or(-1), 2);
+}
+
 TEST(ShardTest, MaxPendingBatchesBelowOneIsRefusedNamingTheField) {
   ShardOptions options = TestShardOptions();
   options.max_pending_batches = 0;
