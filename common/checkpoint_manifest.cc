@@ -44,11 +44,14 @@ struct Json {
   Kind kind = Kind::kNull;
   std::string text;  // a string's value, or a number's literal
   std::vector<Json> items;
-  std::vector<std::pair<std::string, Json>> members;
+  // An object's members, in order: keys[i] names values[i]. Two vectors, because a pair
+  // holding Json is not allowed while Json is incomplete (clang rejects it with libstdc++).
+  std::vector<std::string> keys;
+  std::vector<Json> values;
 
   const Json* Get(absl::string_view key) const {
-    for (const auto& [k, v] : members) {
-      if (k == key) return &v;
+    for (size_t i = 0; i < keys.size(); ++i) {
+      if (keys[i] == key) return &values[i];
     }
     return nullptr;
   }
@@ -103,8 +106,9 @@ class JsonParser {
         std::string key;
         if (absl::Status s = String(&key); !s.ok()) return s;
         if (!Consume(':')) return Fail("expected ':'");
-        out->members.emplace_back(std::move(key), Json());
-        if (absl::Status s = Value(&out->members.back().second, depth + 1); !s.ok()) return s;
+        out->keys.push_back(std::move(key));
+        out->values.emplace_back();
+        if (absl::Status s = Value(&out->values.back(), depth + 1); !s.ok()) return s;
       } while (Consume(','));
       return Consume('}') ? absl::OkStatus() : Fail("expected ',' or '}'");
     }
@@ -322,7 +326,9 @@ absl::StatusOr<CheckpointManifest> ParseManifest(absl::string_view json,
   if (metadata == nullptr || metadata->kind != Json::Kind::kObject) {
     return bad("expected \"metadata\": an object");
   }
-  for (const auto& [key, value] : metadata->members) {
+  for (size_t i = 0; i < metadata->keys.size(); ++i) {
+    const std::string& key = metadata->keys[i];
+    const Json& value = metadata->values[i];
     if (value.kind != Json::Kind::kString) {
       return bad(absl::StrCat("metadata \"", key, "\" is not a string"));
     }

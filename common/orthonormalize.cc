@@ -9,13 +9,13 @@
 #include <limits>
 #include <list>
 #include <memory>
-#include <mutex>
 #include <utility>
 
 #include "absl/base/thread_annotations.h"
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
 #include "common/blas.h"
+#include "common/mutex.h"
 #include "common/rng.h"
 
 namespace dion {
@@ -62,7 +62,7 @@ class SketchCache {
  public:
   std::shared_ptr<const Matrix> Get(int64_t k, int64_t m, uint64_t seed) {
     {
-      std::lock_guard<std::mutex> lock(mu_);
+      MutexLock lock(&mu_);
       for (auto it = entries_.begin(); it != entries_.end(); ++it) {
         if (it->k == k && it->m == m && it->seed == seed) {
           entries_.splice(entries_.begin(), entries_, it);  // most recently used first
@@ -74,7 +74,7 @@ class SketchCache {
     Rng rng(seed);
     rng.FillNormal(*S, std::sqrt(1.0 / static_cast<double>(k)));
     const size_t bytes = static_cast<size_t>(k) * static_cast<size_t>(m) * sizeof(float);
-    std::lock_guard<std::mutex> lock(mu_);
+    MutexLock lock(&mu_);
     for (const Entry& e : entries_) {  // another thread may have drawn the same sketch
       if (e.k == k && e.m == m && e.seed == seed) return e.S;
     }
@@ -98,7 +98,7 @@ class SketchCache {
     size_t bytes;
     std::shared_ptr<const Matrix> S;
   };
-  std::mutex mu_;
+  Mutex mu_;
   std::list<Entry> entries_ ABSL_GUARDED_BY(mu_);
   size_t bytes_ ABSL_GUARDED_BY(mu_) = 0;
 };

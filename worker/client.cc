@@ -254,6 +254,7 @@ absl::Status Client::Submit(absl::Span<const Matrix> gradients, int64_t samples,
 }
 
 void Client::MaybeSend(Parameter& p) {
+  p.accumulator_mu.AssertHeld();  // every caller holds it (Parameter is incomplete in client.h)
   GradientAccumulator& acc = p.accumulator;
   if (acc.in_flight() >= options_.max_in_flight) return;
   if (acc.pending_samples() <= 0) return;
