@@ -43,7 +43,8 @@
 // separated), initial_value_checksums (per table parameter: 16 hex digits or "-"),
 // parameters (count) and per owned parameter i, in table order: parameter.<i>.name, .file
 // (the stem), .optimizer, .version, .step (the optimizer's update count, Adam's t),
-// .contributions_applied, .checksum (WeightsChecksum of X, hex).
+// .contributions_applied, .samples_applied (the lr schedule's position; absent in checkpoints
+// written before the schedule existed, read as 0), .checksum (WeightsChecksum of X, hex).
 
 namespace dion {
 namespace {
@@ -119,6 +120,10 @@ class Reader {
       return Error(kManifestFileName, absl::StrCat("metadata '", key, "' is missing"));
     }
     return it->second;
+  }
+
+  bool HasMeta(absl::string_view key) const {
+    return manifest_.metadata.contains(std::string(key));
   }
 
   absl::StatusOr<int64_t> MetaInt(absl::string_view key) const {
@@ -317,9 +322,15 @@ absl::StatusOr<ShardCheckpoint> Parse(const CheckpointInfo& info,
     if (!step.ok()) return step.status();
     absl::StatusOr<int64_t> applied = reader.MetaInt(ParameterKey(i, "contributions_applied"));
     if (!applied.ok()) return applied.status();
+    int64_t samples_applied = 0;
+    if (reader.HasMeta(ParameterKey(i, "samples_applied"))) {
+      absl::StatusOr<int64_t> samples = reader.MetaInt(ParameterKey(i, "samples_applied"));
+      if (!samples.ok()) return samples.status();
+      samples_applied = *samples;
+    }
     absl::StatusOr<uint64_t> checksum = reader.MetaHex(ParameterKey(i, "checksum"));
     if (!checksum.ok()) return checksum.status();
-    if (*version < 0 || *step < 0 || *applied < 0) {
+    if (*version < 0 || *step < 0 || *applied < 0 || samples_applied < 0) {
       return reader.Error(kManifestFileName,
                           absl::StrCat("parameter '", spec.name, "' has a negative counter"));
     }
@@ -328,6 +339,7 @@ absl::StatusOr<ShardCheckpoint> Parse(const CheckpointInfo& info,
     snapshot.spec = spec;
     snapshot.version = *version;
     snapshot.contributions_applied = *applied;
+    snapshot.samples_applied = samples_applied;
     const std::string x_file = TensorFile(*stem, "X");
     absl::StatusOr<Matrix> X =
         reader.Tensor(x_file, spec.rows(), spec.cols(), spec.shape.size() == 1);
@@ -443,6 +455,7 @@ absl::StatusOr<std::string> Checkpointer::Write(const ParameterStore& store,
     w.SetMetadata(ParameterKey(i, "version"), absl::StrCat(s.version));
     w.SetMetadata(ParameterKey(i, "step"), absl::StrCat(StateStep(*s.state)));
     w.SetMetadata(ParameterKey(i, "contributions_applied"), absl::StrCat(s.contributions_applied));
+    w.SetMetadata(ParameterKey(i, "samples_applied"), absl::StrCat(s.samples_applied));
     w.SetMetadata(ParameterKey(i, "checksum"), Fnv1a64::Hex(s.checksum));
     const bool one_d = s.spec.shape.size() == 1;
     if (absl::Status st = w.AddNpy(TensorFile(stem, "X"), s.X, one_d); !st.ok()) return st;

@@ -45,6 +45,15 @@ ABSL_FLAG(int, blas_threads, 1, "OpenBLAS threads per matrix product");
 ABSL_FLAG(int, max_pending_batches, 4,
           "closed batches of one parameter that may wait for a step before pushes to it wait "
           "(backpressure: bounds the shard's memory when workers outpace the steps)");
+ABSL_FLAG(int64_t, lr_schedule_samples, 0,
+          "samples each parameter sees over the whole run (e.g. epochs x training-set size); "
+          "with it the learning rates fall linearly over the run's last --lr_cooldown_fraction "
+          "to --lr_final_scale of their value; 0: constant learning rates");
+ABSL_FLAG(double, lr_cooldown_fraction, 0.2,
+          "fraction of --lr_schedule_samples at the end of the run over which the learning "
+          "rates fall, in [0, 1]");
+ABSL_FLAG(double, lr_final_scale, 0.1,
+          "learning-rate multiplier at the end of the cooldown and after it, in [0, 1]");
 ABSL_FLAG(int64_t, target_samples, 0,
           "close a batch once its contributions hold this many samples; 0: no sample target");
 ABSL_FLAG(int, target_workers, 0,
@@ -85,6 +94,9 @@ absl::StatusOr<dion::ServerOptions> OptionsFromFlags() {
   shard.store.num_shards = absl::GetFlag(FLAGS_num_shards);
   shard.compute_threads = absl::GetFlag(FLAGS_compute_threads);
   shard.max_pending_batches = absl::GetFlag(FLAGS_max_pending_batches);
+  shard.store.lr_schedule.total_samples = absl::GetFlag(FLAGS_lr_schedule_samples);
+  shard.store.lr_schedule.cooldown_fraction = absl::GetFlag(FLAGS_lr_cooldown_fraction);
+  shard.store.lr_schedule.final_scale = absl::GetFlag(FLAGS_lr_final_scale);
   shard.checkpoint_dir = absl::GetFlag(FLAGS_checkpoint_dir);
   shard.checkpoint_interval = absl::GetFlag(FLAGS_checkpoint_interval);
   shard.checkpoint_keep_last = absl::GetFlag(FLAGS_checkpoint_keep);

@@ -71,6 +71,16 @@ int64_t StateStep(const OptimizerState& state) {
   return std::visit([](const auto& s) { return s.step; }, state);
 }
 
+// The spec with every learning rate multiplied by `scale` (the lr schedule's step).
+ParamSpec WithLrScaled(const ParamSpec& spec, double scale) {
+  ParamSpec scaled = spec;
+  scaled.dion.lr *= scale;
+  scaled.adamw.lr *= scale;
+  scaled.lion.lr *= scale;
+  scaled.muon.lr *= scale;
+  return scaled;
+}
+
 }  // namespace
 
 absl::Status ValidateStoreOptions(const StoreOptions& options) {
@@ -83,7 +93,7 @@ absl::Status ValidateStoreOptions(const StoreOptions& options) {
                                                    options.num_shards, "), got ",
                                                    options.shard_index));
   }
-  return absl::OkStatus();
+  return ValidateLrSchedule(options.lr_schedule);
 }
 
 uint64_t DionStateSeed(const ParamSpec& spec) {
@@ -320,9 +330,15 @@ absl::StatusOr<StepOutcome> ParameterStore::ApplyBatch(const Batch& batch) {
         "parameter '", batch.parameter, "': the batch applies to version ", batch.version,
         " but the parameter is at version ", version));
   }
-  absl::StatusOr<StepReport> report = ApplyWeightedStep(
-      parameter.spec, batch.entries, parameter.X, parameter.state, options_.measure_ortho_error);
+  const double lr_scale = LrScale(options_.lr_schedule,
+                                  parameter.samples_applied.load(std::memory_order_relaxed));
+  absl::StatusOr<StepReport> report =
+      ApplyWeightedStep(WithLrScaled(parameter.spec, lr_scale), batch.entries, parameter.X,
+                        parameter.state, options_.measure_ortho_error);
   if (!report.ok()) return report.status();
+  parameter.samples_applied.store(
+      parameter.samples_applied.load(std::memory_order_relaxed) + stats.samples,
+      std::memory_order_relaxed);
 
   parameter.checksum = WeightsChecksum(parameter.X);
   parameter.contributions_applied.store(
@@ -357,6 +373,7 @@ absl::StatusOr<ParameterSnapshot> ParameterStore::Snapshot(absl::string_view nam
   snapshot.version = parameter.version.load(std::memory_order_relaxed);
   snapshot.checksum = parameter.checksum;
   snapshot.contributions_applied = parameter.contributions_applied.load(std::memory_order_relaxed);
+  snapshot.samples_applied = parameter.samples_applied.load(std::memory_order_relaxed);
   snapshot.X = parameter.X;
   if (include_state) snapshot.state = parameter.state;
   return snapshot;
@@ -375,6 +392,7 @@ absl::Status ParameterStore::Restore(const ParameterSnapshot& snapshot) {
   if (!snapshot.X.allFinite()) return error("X has NaN or Inf");
   if (snapshot.version < 0) return error("negative version");
   if (snapshot.contributions_applied < 0) return error("negative contributions_applied");
+  if (snapshot.samples_applied < 0) return error("negative samples_applied");
   if (!snapshot.state.has_value()) return error("the snapshot carries no optimizer state");
   if (snapshot.spec.optimizer != spec.optimizer || snapshot.spec.shape != spec.shape) {
     return error("the snapshot's spec differs from the registered one");
@@ -386,6 +404,7 @@ absl::Status ParameterStore::Restore(const ParameterSnapshot& snapshot) {
   parameter.state = *snapshot.state;
   parameter.checksum = WeightsChecksum(parameter.X);
   parameter.contributions_applied.store(snapshot.contributions_applied, std::memory_order_relaxed);
+  parameter.samples_applied.store(snapshot.samples_applied, std::memory_order_relaxed);
   parameter.steps.store(StateStep(parameter.state), std::memory_order_relaxed);
   parameter.version.store(snapshot.version, std::memory_order_release);
   return absl::OkStatus();
@@ -399,9 +418,11 @@ std::vector<ParameterStatus> ParameterStore::Statuses() const {
     const Parameter& parameter = **found;
     // No lock: Status must not wait for a running step of this parameter.
     const int64_t version = parameter.version.load(std::memory_order_acquire);
+    const int64_t samples = parameter.samples_applied.load(std::memory_order_relaxed);
     statuses.push_back({name, parameter.spec.optimizer, version,
                         parameter.steps.load(std::memory_order_relaxed),
-                        parameter.contributions_applied.load(std::memory_order_relaxed)});
+                        parameter.contributions_applied.load(std::memory_order_relaxed), samples,
+                        LrScale(options_.lr_schedule, samples)});
   }
   return statuses;
 }

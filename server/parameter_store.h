@@ -44,6 +44,7 @@
 #include "common/model_table.h"
 #include "server/stepper.h"
 #include "common/version_update.h"
+#include "server/lr_schedule.h"
 
 namespace dion {
 
@@ -51,6 +52,7 @@ struct StoreOptions {
   int shard_index = 0;               // this shard, in [0, num_shards)
   int num_shards = 1;                // shards the model is spread over
   bool measure_ortho_error = true;   // ||P^T P - I||_max every Dion step (one m r^2 product)
+  LrSchedule lr_schedule;            // default: constant lr
 };
 
 absl::Status ValidateStoreOptions(const StoreOptions& options);
@@ -65,6 +67,7 @@ struct ParameterSnapshot {
   int64_t version = 0;
   uint64_t checksum = 0;             // WeightsChecksum(X)
   int64_t contributions_applied = 0;
+  int64_t samples_applied = 0;       // the lr schedule's position
   Matrix X;
   std::optional<OptimizerState> state;  // only when asked for
 };
@@ -89,6 +92,8 @@ struct ParameterStatus {
   int64_t version = 0;
   int64_t steps = 0;
   int64_t contributions_applied = 0;
+  int64_t samples_applied = 0;
+  double lr_scale = 1;  // the lr schedule's multiplier for the next step
 };
 
 // The registered model as a shard sees it.
@@ -171,6 +176,7 @@ class ParameterStore {
     // for a running step (mu is held across its matrix products). version is stored last
     // (release), so a reader that loads it first sees counters at least as new.
     std::atomic<int64_t> contributions_applied{0};
+    std::atomic<int64_t> samples_applied{0};  // the samples of every batch applied
     std::atomic<int64_t> steps{0};  // the optimizer state's step
     std::atomic<int64_t> version{0};
   };

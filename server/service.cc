@@ -282,6 +282,8 @@ grpc::Status ParameterServerService::Status(grpc::ServerContext* context,
     proto->set_version(p.status.version);
     proto->set_steps(p.status.steps);
     proto->set_contributions_applied(p.status.contributions_applied);
+    proto->set_samples_applied(p.status.samples_applied);
+    proto->set_lr_scale(p.status.lr_scale);
     CountsToProto(p.pushes, proto->mutable_pushes());
   }
   for (const ShardStatus::Worker& w : status.workers) {

@@ -157,6 +157,7 @@ void ExpectSameParameter(const ParameterSnapshot& a, const ParameterSnapshot& b)
   EXPECT_EQ(a.version, b.version);
   EXPECT_EQ(a.checksum, b.checksum);
   EXPECT_EQ(a.contributions_applied, b.contributions_applied);
+  EXPECT_EQ(a.samples_applied, b.samples_applied);  // the lr schedule's position
   std::visit(
       [&](const auto& sa) {
         using T = std::decay_t<decltype(sa)>;
@@ -238,6 +239,7 @@ TEST_F(CheckpointerTest, RoundTripIsBitIdenticalAndKeepsTrainingIdentically) {
   }
   // The state must have been non-trivial for this to mean anything.
   EXPECT_EQ(original.store->Version("tall").value(), 3);
+  EXPECT_GT(original.store->Snapshot("tall", false)->samples_applied, 0);
   EXPECT_FALSE(original.batchers[0]->ExportDedup().back().seen.empty());
 
   // Both continue identically: a replayed sequence is a duplicate on both, and the same new

@@ -488,6 +488,102 @@ TEST(ParameterStore, DenseBatchEqualsTheCommonStepOnTheWeightedMean) {
   }
 }
 
+// A cooldown over the whole run (16 samples, to 0): batches of 8 samples step at lr x 1,
+// x 0.5 and x 0 (the position is the samples applied before the step).
+std::unique_ptr<ParameterStore> ScheduledStore() {
+  StoreOptions options;
+  options.lr_schedule = {16, 1.0, 0.0};
+  auto store = ParameterStore::Create(options);
+  EXPECT_TRUE(store.ok());
+  EXPECT_TRUE((*store)->RegisterModel(TestModel()).value_or(false));
+  EXPECT_TRUE((*store)->RegisterWorker("w0").ok());
+  return *std::move(store);
+}
+
+TEST(ParameterStore, ScheduledStepsUseTheScaledLearningRateOfEachOptimizer) {
+  auto store = ScheduledStore();
+  const double scales[3] = {1.0, 0.5, 0.0};
+  for (const std::string name : {"bias", "scale", "muon"}) {
+    SCOPED_TRACE(name);
+    const ParamSpec spec = *store->Spec(name);
+    Matrix X_ref = InitialValue(spec);
+    OptimizerState state_ref = InitOptimizerState(spec, DionStateSeed(spec));
+    for (int step = 0; step < 3; ++step) {
+      Contribution c = Dense(name, spec.rows(), spec.cols(), "w0", step, step, /*samples=*/8);
+      const Matrix G = c.gradient();
+      ParamSpec scaled = spec;  // the reference: the optimizer with its lr multiplied by hand
+      scaled.adamw.lr = spec.adamw.lr * scales[step];
+      scaled.lion.lr = spec.lion.lr * scales[step];
+      scaled.muon.lr = spec.muon.lr * scales[step];
+      absl::Status ref_status;
+      if (spec.optimizer == OptimizerKind::kAdamW) {
+        ref_status = AdamWStep(X_ref, G, std::get<AdamWState>(state_ref), scaled.adamw);
+      } else if (spec.optimizer == OptimizerKind::kLion) {
+        ref_status = LionStep(X_ref, G, std::get<LionState>(state_ref), scaled.lion);
+      } else {
+        ref_status = MuonStep(X_ref, G, std::get<MuonState>(state_ref), scaled.muon);
+      }
+      ASSERT_TRUE(ref_status.ok()) << ref_status;
+      const auto outcome = store->ApplyBatch(SingleBatch(std::move(c), step));
+      ASSERT_TRUE(outcome.ok()) << outcome.status();
+      const Matrix& value = std::get<Matrix>(outcome->update.content);
+      EXPECT_LE(MaxRelativeError(value.cast<double>(), X_ref.cast<double>()), 1e-6)
+          << "step " << step;
+    }
+  }
+}
+
+TEST(ParameterStore, ScheduledDionStepsBroadcastTheScaledStep) {
+  // Dion's M and Q do not depend on lr, so with the same pushes both stores find the same
+  // factors and only the step's scale (lr sqrt(m/n)) and decay (1 - lr wd) differ.
+  auto scheduled = ScheduledStore();
+  auto constant = RegisteredStore();
+  for (int step = 0; step < 3; ++step) {
+    SCOPED_TRACE(step);
+    const auto a = scheduled->ApplyBatch(
+        SingleBatch(LowRank("tall", 48, 32, 4, "w0", step, step, /*samples=*/8), step));
+    const auto b = constant->ApplyBatch(
+        SingleBatch(LowRank("tall", 48, 32, 4, "w0", step, step, /*samples=*/8), step));
+    ASSERT_TRUE(a.ok() && b.ok());
+    ASSERT_TRUE(a->update.is_low_rank() && b->update.is_low_rank());
+    const LowRankStep& sa = std::get<LowRankStep>(a->update.content);
+    const LowRankStep& sb = std::get<LowRankStep>(b->update.content);
+    const double scale = step == 0 ? 1.0 : step == 1 ? 0.5 : 0.0;
+    EXPECT_NEAR(sa.scale, scale * sb.scale, 1e-6 * sb.scale);
+    EXPECT_NEAR(1.0 - sa.decay, scale * (1.0 - sb.decay), 1e-6);
+    EXPECT_LE(MaxRelativeError(sa.P.cast<double>(), sb.P.cast<double>()), 1e-5);
+  }
+  for (const ParameterStatus& status : scheduled->Statuses()) {
+    if (status.parameter != "tall") continue;
+    EXPECT_EQ(status.samples_applied, 24);
+    EXPECT_EQ(status.lr_scale, 0.0);  // past the horizon
+  }
+  for (const ParameterStatus& status : constant->Statuses()) {
+    if (status.parameter == "tall") EXPECT_EQ(status.lr_scale, 1.0);
+  }
+}
+
+TEST(ParameterStore, TheSchedulesPositionIsSnapshottedAndRestored) {
+  auto store = ScheduledStore();
+  ASSERT_TRUE(store->ApplyBatch(SingleBatch(Dense("bias", 1, 32, "w0", 0, 0, 8), 0)).ok());
+  const ParameterSnapshot saved = *store->Snapshot("bias", true);
+  EXPECT_EQ(saved.samples_applied, 8);
+  ASSERT_TRUE(store->ApplyBatch(SingleBatch(Dense("bias", 1, 32, "w0", 1, 1, 8), 1)).ok());
+  EXPECT_EQ(store->Snapshot("bias", true)->samples_applied, 16);
+  ASSERT_TRUE(store->Restore(saved).ok());
+  EXPECT_EQ(store->Snapshot("bias", true)->samples_applied, 8);
+  ParameterSnapshot negative = saved;
+  negative.samples_applied = -1;
+  EXPECT_EQ(store->Restore(negative).code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(store->Snapshot("bias", true)->samples_applied, 8);
+}
+
+TEST(ParameterStore, InvalidScheduleIsRefusedAtCreation) {
+  StoreOptions options;
+  options.lr_schedule.final_scale = 2;
+  EXPECT_EQ(ParameterStore::Create(options).status().code(), absl::StatusCode::kInvalidArgument);
+}
+
 TEST(ParameterStore, CountsVersionsStepsAndAppliedContributions) {
   auto store = RegisteredStore();
   Batch batch = SingleBatch(Dense("bias", 1, 32, "w0", 0), 0);

@@ -130,7 +130,7 @@ TEST(ServerBinaryTest, SigtermExitsZeroWithACheckpointThatASecondProcessRestores
   const std::vector<std::string> flags = {
       "--listen=127.0.0.1:0", "--metrics_listen=", absl::StrCat("--checkpoint_dir=", dir),
       "--checkpoint_interval=0", "--target_workers=1", "--batch_deadline=inf",
-      "--shutdown_grace=2s"};
+      "--shutdown_grace=2s", "--lr_schedule_samples=4", "--lr_cooldown_fraction=1"};
 
   v1::ParameterValue before;
   {
@@ -181,6 +181,10 @@ TEST(ServerBinaryTest, SigtermExitsZeroWithACheckpointThatASecondProcessRestores
   ASSERT_NE(testing::FindParameter(status, "w"), nullptr);
   EXPECT_EQ(testing::FindParameter(status, "w")->version(), 3);
   EXPECT_EQ(testing::FindParameter(status, "w")->contributions_applied(), 3);
+  // The lr schedule's position came back too: 3 of its 4 samples, so the next step is at
+  // 1 - 3/4 of the lr (from 1 to the default 0.1 over the whole run: 1 - 0.9 x 0.75).
+  EXPECT_EQ(testing::FindParameter(status, "w")->samples_applied(), 3);
+  EXPECT_NEAR(testing::FindParameter(status, "w")->lr_scale(), 0.325, 1e-12);
   const v1::ParameterValue after = Pull(*stub, "w");
   EXPECT_EQ(after.version(), before.version());
   EXPECT_EQ(after.checksum(), before.checksum());
