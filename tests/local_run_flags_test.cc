@@ -59,6 +59,74 @@ TEST(ShardFlagsTest, PassesAddressCheckpointsStalenessAndBatching) {
   EXPECT_TRUE(Has(free_ports, "--metrics_listen="));  // disabled
 }
 
+TEST(ShardFlagsTest, PassesTheLrCooldownOnlyWithAHorizon) {
+  LocalRunOptions o = Options();
+  o.lr_cooldown = 0.25;
+  o.lr_final_scale = 0.05;
+  o.lr_schedule_samples = 0;  // not resolved: no schedule flags
+  const std::vector<std::string> unresolved = ShardFlags(o, 0, "/c");
+  EXPECT_FALSE(std::any_of(unresolved.begin(), unresolved.end(),
+                           [](const std::string& f) { return f.rfind("--lr_", 0) == 0; }));
+  o.lr_schedule_samples = 720000;
+  const std::vector<std::string> f = ShardFlags(o, 0, "/c");
+  for (const char* flag : {"--lr_schedule_samples=720000", "--lr_cooldown_fraction=0.25",
+                           "--lr_final_scale=0.05"}) {
+    EXPECT_TRUE(Has(f, flag)) << flag;
+  }
+  o.lr_cooldown = 0;  // disabled: constant learning rates
+  EXPECT_FALSE(Has(ShardFlags(o, 0, "/c"), "--lr_schedule_samples=720000"));
+}
+
+// A labels-only IDX file of `count` samples (magic 0x00000801, big-endian count, labels).
+void WriteLabels(const std::string& path, uint32_t count) {
+  std::ofstream out(path, std::ios::binary);
+  const unsigned char header[8] = {0, 0, 8, 1, static_cast<unsigned char>(count >> 24),
+                                   static_cast<unsigned char>(count >> 16),
+                                   static_cast<unsigned char>(count >> 8),
+                                   static_cast<unsigned char>(count)};
+  out.write(reinterpret_cast<const char*>(header), 8);
+  for (uint32_t i = 0; i < count; ++i) out.put(static_cast<char>(i % 10));
+}
+
+TEST(ScheduleSamplesTest, IsEpochsTimesTheTrainingSetSize) {
+  const std::string dir = absl::StrCat(::testing::TempDir(), "/schedule_samples_", getpid());
+  std::filesystem::create_directories(dir);
+  WriteLabels(dir + "/train-labels-idx1-ubyte", 1234);
+  LocalRunOptions o = Options();
+  o.data_dir = dir;
+  o.epochs = 3;
+  EXPECT_EQ(ScheduleSamples(o).value_or(-1), 3 * 1234);
+  o.lr_schedule_samples = 99;  // given: used as is
+  EXPECT_EQ(ScheduleSamples(o).value_or(-1), 99);
+  o.lr_schedule_samples = 0;
+  o.lr_cooldown = 0;  // no cooldown: no horizon needed, nothing read
+  o.data_dir = dir + "/missing";
+  EXPECT_EQ(ScheduleSamples(o).value_or(-1), 0);
+  o.lr_cooldown = 0.2;
+  EXPECT_EQ(ScheduleSamples(o).status().code(), absl::StatusCode::kNotFound);
+
+  o.dataset = "synthetic";
+  EXPECT_EQ(ScheduleSamples(o).value_or(-1), 3 * 32768);  // dion-worker's default
+  o.worker_flags = {"--synthetic_train_samples=100", "--synthetic_train_samples=500"};
+  EXPECT_EQ(ScheduleSamples(o).value_or(-1), 3 * 500);  // the last one wins
+  o.worker_flags = {"--synthetic_train_samples=many"};
+  EXPECT_EQ(ScheduleSamples(o).status().code(), absl::StatusCode::kInvalidArgument);
+  std::filesystem::remove_all(dir);
+}
+
+TEST(LocalRunOptionsTest, LrCooldownFlagsAreValidated) {
+  LocalRunOptions o = Options();
+  EXPECT_TRUE(ValidateLocalRunOptions(o).ok());
+  o.lr_cooldown = 1.5;
+  EXPECT_EQ(ValidateLocalRunOptions(o).code(), absl::StatusCode::kInvalidArgument);
+  o.lr_cooldown = 0.2;
+  o.lr_final_scale = -0.1;
+  EXPECT_EQ(ValidateLocalRunOptions(o).code(), absl::StatusCode::kInvalidArgument);
+  o.lr_final_scale = 0.1;
+  o.lr_schedule_samples = -5;
+  EXPECT_EQ(ValidateLocalRunOptions(o).code(), absl::StatusCode::kInvalidArgument);
+}
+
 TEST(ShardFlagsTest, SyncMakesEveryBatchWaitForAllWorkers) {
   LocalRunOptions o = Options();
   o.workers = 8;

@@ -58,6 +58,15 @@ ABSL_FLAG(double, rank_fraction, kDefaults.rank_fraction,
 ABSL_FLAG(double, lr, kDefaults.lr, "Dion learning rate of the hidden matrices");
 ABSL_FLAG(double, adamw_lr, kDefaults.adamw_lr,
           "AdamW learning rate of the biases and the output layer");
+ABSL_FLAG(double, lr_cooldown, kDefaults.lr_cooldown,
+          "fraction of the run at its end over which every learning rate falls linearly to "
+          "--lr_final_scale of its value (the shards count the samples they applied); 0: "
+          "constant learning rates");
+ABSL_FLAG(double, lr_final_scale, kDefaults.lr_final_scale,
+          "learning-rate multiplier at the end of the run, in [0, 1]");
+ABSL_FLAG(int64_t, lr_schedule_samples, kDefaults.lr_schedule_samples,
+          "samples each parameter sees over the run, the cooldown's horizon; 0: epochs x the "
+          "training-set size");
 ABSL_FLAG(uint64_t, seed, kDefaults.seed,
           "seed of the initial weights and the partition; worker j shuffles with seed*1000+j");
 ABSL_FLAG(absl::Duration, eval_interval, kDefaults.eval_interval,
@@ -158,6 +167,9 @@ int Local(int argc, char** argv) {
   o.rank_fraction = absl::GetFlag(FLAGS_rank_fraction);
   o.lr = absl::GetFlag(FLAGS_lr);
   o.adamw_lr = absl::GetFlag(FLAGS_adamw_lr);
+  o.lr_cooldown = absl::GetFlag(FLAGS_lr_cooldown);
+  o.lr_final_scale = absl::GetFlag(FLAGS_lr_final_scale);
+  o.lr_schedule_samples = absl::GetFlag(FLAGS_lr_schedule_samples);
   o.seed = absl::GetFlag(FLAGS_seed);
   o.eval_interval = absl::GetFlag(FLAGS_eval_interval);
   o.staleness_policy = absl::GetFlag(FLAGS_staleness_policy);

@@ -357,6 +357,9 @@ int LocalRun::Finish(const std::string& status) {
                     {"rank_fraction", o.rank_fraction},
                     {"lr", o.lr},
                     {"adamw_lr", o.adamw_lr},
+                    {"lr_cooldown", o.lr_cooldown},
+                    {"lr_final_scale", o.lr_final_scale},
+                    {"lr_schedule_samples", o.lr_schedule_samples},
                     {"seed", static_cast<int64_t>(o.seed)},
                     {"eval_interval", absl::FormatDuration(o.eval_interval)},
                     {"staleness_policy", o.staleness_policy},
@@ -448,6 +451,17 @@ int RunLocal(const LocalRunOptions& options) {
     std::fprintf(stderr, "dion local: bad flags: %s\n", std::string(s.message()).c_str());
     return 2;
   }
+  LocalRunOptions resolved = options;
+  if (absl::StatusOr<int64_t> samples = ScheduleSamples(options); samples.ok()) {
+    resolved.lr_schedule_samples = *samples;
+  } else {
+    std::fprintf(stderr,
+                 "dion local: cannot read the training set's size, which the lr cooldown's "
+                 "horizon needs: %s (is --data_dir right? Debian: apt-get install "
+                 "dataset-fashion-mnist)\n",
+                 std::string(samples.status().message()).c_str());
+    return 2;
+  }
   // SIGINT / SIGTERM are read from a signalfd in the supervision loop; the children get their
   // default dispositions back (worker/process.h). SIGPIPE: a closed stdout must not kill the
   // supervisor before it has stopped its children.
@@ -462,7 +476,7 @@ int RunLocal(const LocalRunOptions& options) {
     std::perror("dion local: signalfd");
     return 1;
   }
-  const int code = LocalRun(options, signal_fd).Run();
+  const int code = LocalRun(resolved, signal_fd).Run();
   close(signal_fd);
   return code;
 }

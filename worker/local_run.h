@@ -57,6 +57,13 @@ struct LocalRunOptions {
   uint64_t seed = 1;            // model init and partition; worker j shuffles with seed*1000+j
   absl::Duration eval_interval = absl::Seconds(2);  // worker 0's periodic evaluations
 
+  // Learning-rate cooldown (passed to the shards): over the last lr_cooldown of the run's
+  // samples every learning rate falls linearly to lr_final_scale of its value (0: constant).
+  double lr_cooldown = 0.2;
+  double lr_final_scale = 0.1;
+  // Samples each parameter sees over the run; 0: epochs x training-set size (ScheduleSamples).
+  int64_t lr_schedule_samples = 0;
+
   // Batching and staleness (passed to the shards).
   std::string staleness_policy = "inverse";
   int64_t max_staleness = 16;

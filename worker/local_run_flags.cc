@@ -1,9 +1,12 @@
 #include "worker/local_run_flags.h"
 
 #include "absl/status/status.h"
+#include "absl/strings/match.h"
+#include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "absl/time/time.h"
+#include "worker/idx_loader.h"
 
 namespace dion {
 namespace {
@@ -22,6 +25,28 @@ std::vector<std::string> ModelAndDataFlags(const LocalRunOptions& o,
 
 }  // namespace
 
+absl::StatusOr<int64_t> ScheduleSamples(const LocalRunOptions& o) {
+  if (o.lr_cooldown <= 0) return 0;
+  if (o.lr_schedule_samples > 0) return o.lr_schedule_samples;
+  int64_t train_size = 0;
+  if (o.dataset == "synthetic") {
+    train_size = 32768;  // dion-worker's default
+    for (const std::string& flag : o.worker_flags) {  // the last one wins, as in Abseil
+      constexpr absl::string_view kFlag = "--synthetic_train_samples=";
+      if (absl::StartsWith(flag, kFlag) &&
+          !absl::SimpleAtoi(flag.substr(kFlag.size()), &train_size)) {
+        return absl::InvalidArgumentError(
+            absl::StrCat("worker flag ", flag, ": expected an integer"));
+      }
+    }
+  } else {
+    absl::StatusOr<int64_t> size = FashionMnistSize(o.data_dir, /*train=*/true);
+    if (!size.ok()) return size.status();
+    train_size = *size;
+  }
+  return static_cast<int64_t>(o.epochs) * train_size;
+}
+
 std::vector<std::string> ShardFlags(const LocalRunOptions& o, int index,
                                     const std::string& checkpoint_dir) {
   std::vector<std::string> flags = {
@@ -34,6 +59,11 @@ std::vector<std::string> ShardFlags(const LocalRunOptions& o, int index,
       absl::StrCat("--checkpoint_dir=", checkpoint_dir),
       absl::StrCat("--staleness_policy=", o.staleness_policy),
       absl::StrCat("--max_staleness=", o.max_staleness)};
+  if (o.lr_cooldown > 0 && o.lr_schedule_samples > 0) {
+    flags.push_back(absl::StrCat("--lr_schedule_samples=", o.lr_schedule_samples));
+    flags.push_back(absl::StrCat("--lr_cooldown_fraction=", o.lr_cooldown));
+    flags.push_back(absl::StrCat("--lr_final_scale=", o.lr_final_scale));
+  }
   if (o.sync) {
     flags.push_back(absl::StrCat("--target_workers=", o.workers));
     flags.push_back("--target_samples=0");
@@ -97,6 +127,15 @@ absl::Status ValidateLocalRunOptions(const LocalRunOptions& o) {
   }
   if (!(o.lr > 0)) return bad("lr", o.lr, "expected > 0");
   if (!(o.adamw_lr > 0)) return bad("adamw_lr", o.adamw_lr, "expected > 0");
+  if (!(o.lr_cooldown >= 0 && o.lr_cooldown <= 1)) {
+    return bad("lr_cooldown", o.lr_cooldown, "expected a fraction of the run in [0, 1]");
+  }
+  if (!(o.lr_final_scale >= 0 && o.lr_final_scale <= 1)) {
+    return bad("lr_final_scale", o.lr_final_scale, "expected a multiplier in [0, 1]");
+  }
+  if (o.lr_schedule_samples < 0) {
+    return bad("lr_schedule_samples", o.lr_schedule_samples, "expected >= 0 (0: computed)");
+  }
   if (o.dataset != "fashion-mnist" && o.dataset != "synthetic") {
     return bad("dataset", o.dataset, "expected fashion-mnist or synthetic");
   }

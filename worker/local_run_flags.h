@@ -9,15 +9,24 @@
 #ifndef DION_WORKER_LOCAL_RUN_FLAGS_H_
 #define DION_WORKER_LOCAL_RUN_FLAGS_H_
 
+#include <cstdint>
 #include <string>
 #include <vector>
 
+#include "absl/status/statusor.h"
 #include "worker/local_run.h"
 
 namespace dion {
 
+// The lr schedule's horizon: options.lr_schedule_samples when set, else epochs x the
+// training-set size (the Fashion-MNIST labels file in data_dir, or --synthetic_train_samples
+// of worker_flags, default 32768); 0 when options.lr_cooldown is 0. NotFound / DataLoss from
+// reading the labels file.
+absl::StatusOr<int64_t> ScheduleSamples(const LocalRunOptions& options);
+
 // Shard `index`: address (127.0.0.1, base_port + index or a free port), metrics, checkpoint
-// directory, staleness and batching; under options.sync every batch waits for all workers.
+// directory, staleness and batching, the lr schedule (options.lr_schedule_samples must be
+// resolved by ScheduleSamples); under options.sync every batch waits for all workers.
 std::vector<std::string> ShardFlags(const LocalRunOptions& options, int index,
                                     const std::string& checkpoint_dir);
 
