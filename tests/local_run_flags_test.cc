@@ -12,6 +12,7 @@
 #include <string>
 #include <vector>
 
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "gtest/gtest.h"
 #include "worker/local_run.h"
@@ -109,8 +110,14 @@ TEST(ScheduleSamplesTest, IsEpochsTimesTheTrainingSetSize) {
   EXPECT_EQ(ScheduleSamples(o).value_or(-1), 3 * 32768);  // dion-worker's default
   o.worker_flags = {"--synthetic_train_samples=100", "--synthetic_train_samples=500"};
   EXPECT_EQ(ScheduleSamples(o).value_or(-1), 3 * 500);  // the last one wins
-  o.worker_flags = {"--synthetic_train_samples=many"};
-  EXPECT_EQ(ScheduleSamples(o).status().code(), absl::StatusCode::kInvalidArgument);
+  o.worker_flags = {"--synthetic_train_samples=100", "--epochs=7"};  // the workers' epochs win
+  EXPECT_EQ(ScheduleSamples(o).value_or(-1), 7 * 100);
+  for (const char* bad : {"--synthetic_train_samples=many", "--synthetic_train_samples=0",
+                          "--epochs=-2"}) {
+    o.worker_flags = {bad};
+    EXPECT_EQ(ScheduleSamples(o).status().code(), absl::StatusCode::kInvalidArgument) << bad;
+    EXPECT_TRUE(absl::StrContains(ScheduleSamples(o).status().message(), bad)) << bad;
+  }
   std::filesystem::remove_all(dir);
 }
 

@@ -354,9 +354,10 @@ TEST(ShardTest, BeginShutdownReleasesAPushWaitingForRoomWithoutWaitingForTheBack
   while (shard->Status().backpressure_waits == 0 && absl::Now() < give_up) {
     absl::SleepFor(absl::Milliseconds(1));
   }
-  ASSERT_EQ(shard->Status().backpressure_waits, 1);
+  const int64_t waits = shard->Status().backpressure_waits;
   shard->BeginShutdown();
-  waiter.join();
+  waiter.join();  // before any assertion can return: a joinable thread would abort the test
+  ASSERT_EQ(waits, 1) << "the third push never waited: the first step finished too soon";
   EXPECT_EQ(waiter_status.code(), absl::StatusCode::kUnavailable) << waiter_status;
   // Released by the shutdown itself, not by the first step finishing.
   EXPECT_EQ(version_when_released, 0);

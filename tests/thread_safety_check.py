@@ -5,7 +5,8 @@ production sources with clang's -Wthread-safety analysis.
 The project builds with g++, for which the annotations are empty macros: without this check
 nothing verifies that a field marked GUARDED_BY(mu_) is only touched with mu_ held. This runs
 clang++ -fsyntax-only (no code generation) on every .cc under server/, common/ and worker/,
-with the flags of the build's compile_commands.json, and fails on any thread-safety warning.
+with the flags of the build's compile_commands.json, and fails on any thread-safety warning or
+compile error (other clang warnings are ignored).
 
 Usage: thread_safety_check.py BUILD_DIR SOURCE_ROOT
 Exits 77 (ctest: skipped) when clang++ is not installed.
@@ -20,14 +21,19 @@ import subprocess
 import sys
 
 DIRS = ("server", "common", "worker")
+LAUNCHERS = ("ccache", "sccache", "distcc")
 CLANG_FLAGS = ["-fsyntax-only", "-Wthread-safety", "-Werror=thread-safety",
                "-Wno-unknown-warning-option"]
 
 
-def clang_args(command):
-    """The build's flags minus output, compile-only and warning options (g++'s warning set is
-    not clang's; only the thread-safety group matters here)."""
-    args = shlex.split(command)[1:]
+def clang_args(entry):
+    """The build's flags minus the compiler (and a launcher such as ccache before it), output,
+    compile-only and warning options (g++'s warning set is not clang's; only the
+    thread-safety group matters here)."""
+    args = entry["arguments"] if "arguments" in entry else shlex.split(entry["command"])
+    while args and os.path.basename(args[0]) in LAUNCHERS:
+        args = args[1:]
+    args = args[1:]  # the compiler
     kept = []
     skip_next = False
     for a in args:
@@ -64,7 +70,7 @@ def main():
         sys.exit(f"no sources under {', '.join(DIRS)} of {root} in {db_path}")
 
     def check(entry):
-        cmd = [clang] + CLANG_FLAGS + clang_args(entry["command"])
+        cmd = [clang] + CLANG_FLAGS + clang_args(entry)
         r = subprocess.run(cmd, cwd=entry["directory"], capture_output=True, text=True)
         return entry["file"], r.returncode, r.stderr
 
@@ -72,7 +78,8 @@ def main():
     failed = 0
     with concurrent.futures.ThreadPoolExecutor(max(1, jobs)) as pool:
         for path, code, err in pool.map(check, entries):
-            if code != 0 or "warning:" in err:
+            # A compile error, or a thread-safety finding (other clang warnings do not count).
+            if code != 0 or "-Wthread-safety" in err:
                 failed += 1
                 print(f"--- {os.path.relpath(path, root)} (clang++ exit {code})\n{err}")
     print(f"thread-safety analysis: {len(entries)} files, {failed} with findings")

@@ -11,6 +11,7 @@
 #include <memory>
 #include <optional>
 
+#include "absl/status/status.h"
 #include "absl/strings/match.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
@@ -455,11 +456,12 @@ int RunLocal(const LocalRunOptions& options) {
   if (absl::StatusOr<int64_t> samples = ScheduleSamples(options); samples.ok()) {
     resolved.lr_schedule_samples = *samples;
   } else {
-    std::fprintf(stderr,
-                 "dion local: cannot read the training set's size, which the lr cooldown's "
-                 "horizon needs: %s (is --data_dir right? Debian: apt-get install "
-                 "dataset-fashion-mnist)\n",
-                 std::string(samples.status().message()).c_str());
+    const bool data = !absl::IsInvalidArgument(samples.status());
+    std::fprintf(stderr, "dion local: cannot work out the lr cooldown's horizon: %s%s\n",
+                 std::string(samples.status().message()).c_str(),
+                 data ? " (is --data_dir right? Debian: apt-get install dataset-fashion-mnist; "
+                        "--lr_cooldown=0 needs no horizon)"
+                      : "");
     return 2;
   }
   // SIGINT / SIGTERM are read from a signalfd in the supervision loop; the children get their

@@ -25,26 +25,47 @@ std::vector<std::string> ModelAndDataFlags(const LocalRunOptions& o,
 
 }  // namespace
 
+namespace {
+
+// The value of the last "--<name>=<integer>" in `flags` (Abseil: the last occurrence wins), or
+// `value` unchanged when there is none. InvalidArgument for a value that is not an integer > 0.
+absl::Status LastPositiveFlag(const std::vector<std::string>& flags, absl::string_view name,
+                              int64_t* value) {
+  const std::string prefix = absl::StrCat("--", name, "=");
+  for (const std::string& flag : flags) {
+    if (!absl::StartsWith(flag, prefix)) continue;
+    int64_t parsed = 0;
+    if (!absl::SimpleAtoi(absl::string_view(flag).substr(prefix.size()), &parsed) ||
+        parsed < 1) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("worker flag ", flag, ": expected an integer >= 1"));
+    }
+    *value = parsed;
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace
+
 absl::StatusOr<int64_t> ScheduleSamples(const LocalRunOptions& o) {
   if (o.lr_cooldown <= 0) return 0;
   if (o.lr_schedule_samples > 0) return o.lr_schedule_samples;
+  // What the workers will run: --worker_flags come last on their command lines, so they win.
+  int64_t epochs = o.epochs;
+  if (absl::Status s = LastPositiveFlag(o.worker_flags, "epochs", &epochs); !s.ok()) return s;
   int64_t train_size = 0;
   if (o.dataset == "synthetic") {
     train_size = 32768;  // dion-worker's default
-    for (const std::string& flag : o.worker_flags) {  // the last one wins, as in Abseil
-      constexpr absl::string_view kFlag = "--synthetic_train_samples=";
-      if (absl::StartsWith(flag, kFlag) &&
-          !absl::SimpleAtoi(flag.substr(kFlag.size()), &train_size)) {
-        return absl::InvalidArgumentError(
-            absl::StrCat("worker flag ", flag, ": expected an integer"));
-      }
+    if (absl::Status s = LastPositiveFlag(o.worker_flags, "synthetic_train_samples", &train_size);
+        !s.ok()) {
+      return s;
     }
   } else {
     absl::StatusOr<int64_t> size = FashionMnistSize(o.data_dir, /*train=*/true);
     if (!size.ok()) return size.status();
     train_size = *size;
   }
-  return static_cast<int64_t>(o.epochs) * train_size;
+  return epochs * train_size;
 }
 
 std::vector<std::string> ShardFlags(const LocalRunOptions& o, int index,

@@ -19,9 +19,11 @@
 namespace dion {
 
 // The lr schedule's horizon: options.lr_schedule_samples when set, else epochs x the
-// training-set size (the Fashion-MNIST labels file in data_dir, or --synthetic_train_samples
-// of worker_flags, default 32768); 0 when options.lr_cooldown is 0. NotFound / DataLoss from
-// reading the labels file.
+// training-set size (the Fashion-MNIST labels file in data_dir, or --synthetic_train_samples,
+// default 32768), where an --epochs= or --synthetic_train_samples= in worker_flags overrides,
+// as it does on the workers' command lines; 0 when options.lr_cooldown is 0. NotFound /
+// DataLoss from reading the labels file; InvalidArgument for such a worker flag that is not
+// an integer >= 1. A run cut short by --max_steps ends before the cooldown does.
 absl::StatusOr<int64_t> ScheduleSamples(const LocalRunOptions& options);
 
 // Shard `index`: address (127.0.0.1, base_port + index or a free port), metrics, checkpoint
