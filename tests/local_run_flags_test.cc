@@ -105,6 +105,17 @@ TEST(ScheduleSamplesTest, IsEpochsTimesTheTrainingSetSize) {
   EXPECT_EQ(ScheduleSamples(o).value_or(-1), 0);
   o.lr_cooldown = 0.2;
   EXPECT_EQ(ScheduleSamples(o).status().code(), absl::StatusCode::kNotFound);
+  o.data_dir = dir;
+  {
+    std::ofstream images(dir + "/train-labels-idx1-ubyte", std::ios::binary);  // wrong magic
+    images.write("\x00\x00\x08\x03\x00\x00\x00\x01", 8);
+  }
+  EXPECT_EQ(ScheduleSamples(o).status().code(), absl::StatusCode::kInvalidArgument);
+  {
+    std::ofstream truncated(dir + "/train-labels-idx1-ubyte", std::ios::binary);
+    truncated.write("\x00\x00\x08\x01", 4);
+  }
+  EXPECT_EQ(ScheduleSamples(o).status().code(), absl::StatusCode::kDataLoss);
 
   o.dataset = "synthetic";
   EXPECT_EQ(ScheduleSamples(o).value_or(-1), 3 * 32768);  // dion-worker's default

@@ -220,16 +220,4 @@ absl::StatusOr<Dataset> LoadFashionMnist(absl::string_view dir, bool train,
   return LoadIdxDataset(*images, *labels, options);
 }
 
-absl::StatusOr<int64_t> FashionMnistSize(absl::string_view dir, bool train) {
-  const absl::string_view prefix = train ? "train" : "t10k";
-  absl::StatusOr<std::string> labels = FindIdxFile(dir, absl::StrCat(prefix, "-labels-idx1-ubyte"));
-  if (!labels.ok()) return labels.status();
-  std::vector<uint32_t> shape;
-  std::vector<uint8_t> payload;
-  if (absl::Status s = ReadIdx(*labels, kLabelsMagic, 1, "labels", &shape, &payload); !s.ok()) {
-    return s;
-  }
-  return static_cast<int64_t>(shape[0]);
-}
-
 }  // namespace dion

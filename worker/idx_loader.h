@@ -17,7 +17,6 @@
 #ifndef DION_WORKER_IDX_LOADER_H_
 #define DION_WORKER_IDX_LOADER_H_
 
-#include <cstdint>
 #include <string>
 
 #include "absl/status/statusor.h"
@@ -58,10 +57,6 @@ absl::StatusOr<Dataset> LoadIdxDataset(const std::string& images_path,
 // suffix (the uncompressed name is tried first). NotFound names both candidates.
 absl::StatusOr<Dataset> LoadFashionMnist(absl::string_view dir, bool train,
                                          const IdxLoadOptions& options = {});
-
-// The number of samples of the training or test set in `dir`, from its labels file alone
-// (about 60 kB: magic, truncation and trailing bytes checked; the images file is not read).
-absl::StatusOr<int64_t> FashionMnistSize(absl::string_view dir, bool train);
 
 }  // namespace dion
 

@@ -456,7 +456,7 @@ int RunLocal(const LocalRunOptions& options) {
   if (absl::StatusOr<int64_t> samples = ScheduleSamples(options); samples.ok()) {
     resolved.lr_schedule_samples = *samples;
   } else {
-    const bool data = !absl::IsInvalidArgument(samples.status());
+    const bool data = !absl::StrContains(samples.status().message(), "worker flag");
     std::fprintf(stderr, "dion local: cannot work out the lr cooldown's horizon: %s%s\n",
                  std::string(samples.status().message()).c_str(),
                  data ? " (is --data_dir right? Debian: apt-get install dataset-fashion-mnist; "

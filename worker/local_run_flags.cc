@@ -1,12 +1,17 @@
 #include "worker/local_run_flags.h"
 
+#include <zlib.h>
+
+#include <cerrno>
+#include <cstring>
+#include <filesystem>
+
 #include "absl/status/status.h"
 #include "absl/strings/match.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "absl/time/time.h"
-#include "worker/idx_loader.h"
 
 namespace dion {
 namespace {
@@ -45,6 +50,39 @@ absl::Status LastPositiveFlag(const std::vector<std::string>& flags, absl::strin
   return absl::OkStatus();
 }
 
+// The sample count in the header of the IDX labels file `<dir>/<name>` or `<dir>/<name>.gz`
+// (zlib reads both): magic 0x00000801, then the count, both big-endian 32-bit. Only the
+// header is read; dion-worker checks the rest when it loads the data.
+absl::StatusOr<int64_t> IdxLabelCount(const std::string& dir, const std::string& name) {
+  std::string path = dir + "/" + name;
+  std::error_code ec;
+  if (!std::filesystem::is_regular_file(path, ec)) path += ".gz";
+  if (!std::filesystem::is_regular_file(path, ec)) {
+    return absl::NotFoundError(
+        absl::StrCat("neither ", dir, "/", name, " nor ", path, " exists"));
+  }
+  errno = 0;
+  gzFile file = gzopen(path.c_str(), "rb");
+  if (file == nullptr) {
+    return absl::FailedPreconditionError(
+        absl::StrCat("cannot open ", path, ": ", std::strerror(errno)));
+  }
+  unsigned char header[8];
+  const int got = gzread(file, header, sizeof(header));
+  gzclose(file);
+  if (got != static_cast<int>(sizeof(header))) {
+    return absl::DataLossError(absl::StrCat(path, ": expected an 8-byte IDX labels header"));
+  }
+  const auto be32 = [](const unsigned char* p) {
+    return (uint32_t{p[0]} << 24) | (uint32_t{p[1]} << 16) | (uint32_t{p[2]} << 8) | p[3];
+  };
+  if (be32(header) != 0x00000801) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(path, ": not an IDX labels file (magic ", be32(header), ", expected 2049)"));
+  }
+  return static_cast<int64_t>(be32(header + 4));
+}
+
 }  // namespace
 
 absl::StatusOr<int64_t> ScheduleSamples(const LocalRunOptions& o) {
@@ -61,7 +99,7 @@ absl::StatusOr<int64_t> ScheduleSamples(const LocalRunOptions& o) {
       return s;
     }
   } else {
-    absl::StatusOr<int64_t> size = FashionMnistSize(o.data_dir, /*train=*/true);
+    absl::StatusOr<int64_t> size = IdxLabelCount(o.data_dir, "train-labels-idx1-ubyte");
     if (!size.ok()) return size.status();
     train_size = *size;
   }
