@@ -218,8 +218,15 @@ TEST(DionLocalTest, InterruptStopsWorkersThenShardsWhichCheckpoint) {
       RunDion({"local", "--dataset=synthetic", "--shards=2", "--workers=2", "--epochs=100000",
                "--progress=lines", "--progress_interval=1s", "--run_dir=" + run_dir},
               scratch, absl::Seconds(120), [&](ChildProcess& dion, const std::string& line) {
-                // Interrupt once training is under way (a progress line with samples/s).
-                if (!signalled && absl::StrContains(line, "samples/s")) {
+                // Interrupt once both workers train (each has logged a progress line): a
+                // worker stopped before it reached the shards prints no final line.
+                const auto training = [&](const char* worker) {
+                  return absl::StrContains(
+                      ReadFile(absl::StrCat(run_dir, "/logs/", worker, ".log")),
+                      "progress worker=");
+                };
+                if (!signalled && absl::StrContains(line, "samples/s") &&
+                    training("worker-0") && training("worker-1")) {
                   dion.Signal(SIGINT);
                   signalled = true;
                 }
