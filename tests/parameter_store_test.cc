@@ -449,6 +449,19 @@ TEST(ParameterStore, ReplicaApplyingTheLowRankStepMatchesTheChecksum) {
 // Element-wise optimizers and Muon: the weighted mean of dense gradients (formed in double
 // here), then the common step; the same float32 inputs give the same result up to the
 // rounding of the mean (1e-6 relative).
+// common/'s step of a dense-gradient optimizer (AdamW, Lion or Muon, as spec says), the
+// reference the store's steps are compared against.
+absl::Status DenseReferenceStep(const ParamSpec& spec, const Matrix& G, Matrix& X,
+                                OptimizerState& state) {
+  switch (spec.optimizer) {
+    case OptimizerKind::kAdamW: return AdamWStep(X, G, std::get<AdamWState>(state), spec.adamw);
+    case OptimizerKind::kLion: return LionStep(X, G, std::get<LionState>(state), spec.lion);
+    case OptimizerKind::kMuon: return MuonStep(X, G, std::get<MuonState>(state), spec.muon);
+    case OptimizerKind::kDion: break;
+  }
+  return absl::InvalidArgumentError("Dion has no dense reference step here");
+}
+
 TEST(ParameterStore, DenseBatchEqualsTheCommonStepOnTheWeightedMean) {
   auto store = RegisteredStore();
   for (const std::string name : {"bias", "scale", "muon"}) {
@@ -469,14 +482,7 @@ TEST(ParameterStore, DenseBatchEqualsTheCommonStepOnTheWeightedMean) {
         batch.entries.push_back({std::move(c), 0, weights[w]});
       }
       const Matrix Gf = G.cast<float>();
-      absl::Status ref_status;
-      if (spec.optimizer == OptimizerKind::kAdamW) {
-        ref_status = AdamWStep(X_ref, Gf, std::get<AdamWState>(state_ref), spec.adamw);
-      } else if (spec.optimizer == OptimizerKind::kLion) {
-        ref_status = LionStep(X_ref, Gf, std::get<LionState>(state_ref), spec.lion);
-      } else {
-        ref_status = MuonStep(X_ref, Gf, std::get<MuonState>(state_ref), spec.muon);
-      }
+      const absl::Status ref_status = DenseReferenceStep(spec, Gf, X_ref, state_ref);
       ASSERT_TRUE(ref_status.ok()) << ref_status;
       const auto outcome = store->ApplyBatch(batch);
       ASSERT_TRUE(outcome.ok()) << outcome.status();
@@ -515,14 +521,7 @@ TEST(ParameterStore, ScheduledStepsUseTheScaledLearningRateOfEachOptimizer) {
       scaled.adamw.lr = spec.adamw.lr * scales[step];
       scaled.lion.lr = spec.lion.lr * scales[step];
       scaled.muon.lr = spec.muon.lr * scales[step];
-      absl::Status ref_status;
-      if (spec.optimizer == OptimizerKind::kAdamW) {
-        ref_status = AdamWStep(X_ref, G, std::get<AdamWState>(state_ref), scaled.adamw);
-      } else if (spec.optimizer == OptimizerKind::kLion) {
-        ref_status = LionStep(X_ref, G, std::get<LionState>(state_ref), scaled.lion);
-      } else {
-        ref_status = MuonStep(X_ref, G, std::get<MuonState>(state_ref), scaled.muon);
-      }
+      const absl::Status ref_status = DenseReferenceStep(scaled, G, X_ref, state_ref);
       ASSERT_TRUE(ref_status.ok()) << ref_status;
       const auto outcome = store->ApplyBatch(SingleBatch(std::move(c), step));
       ASSERT_TRUE(outcome.ok()) << outcome.status();
