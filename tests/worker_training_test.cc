@@ -227,5 +227,61 @@ TEST(WorkerTraining, SynchronousStepsGiveOneContributionPerWorkerPerOptimizerSte
   EXPECT_TRUE((*server)->Shutdown().ok());
 }
 
+// The accuracy curve and the time to the target accuracy of `dion local` are read from the
+// worker's progress lines, so every periodic evaluation must reach on_progress, however long the
+// progress interval: otherwise evaluations between two lines are lost and the time to target is
+// rounded up to the progress interval.
+TEST(WorkerTraining, EveryPeriodicEvaluationIsReportedAtOnce) {
+  constexpr int kSteps = 8;
+  ServerOptions server_options = testing::TestServerOptions();
+  server_options.shard.batcher.target_samples = 16;
+  absl::StatusOr<std::unique_ptr<DionServer>> server = DionServer::Start(server_options);
+  ASSERT_TRUE(server.ok()) << server.status();
+  TeacherOptions teacher;
+  const Dataset train = MakeTeacherDataset(teacher, 1024, 11).value();
+  const Dataset test = MakeTeacherDataset(teacher, 256, 12).value();
+  MlpOptions mlp;
+  mlp.layer_sizes = {16, 32, 10};
+  ModelTable table;
+  table.model_name = "teacher-student";
+  const std::vector<ParamSpec> specs = ParameterTable(mlp).value();
+  for (const ParamSpec& spec : specs) table.parameters.push_back({spec, {}});
+  ClientOptions options;
+  options.shard_addresses = {(*server)->address()};
+  options.worker_id = "worker-0";
+  absl::StatusOr<std::unique_ptr<Client>> client = Client::Connect(table, options);
+  ASSERT_TRUE(client.ok()) << client.status();
+
+  std::vector<double> evaluated_at;  // evaluation_elapsed_seconds of each non-final report
+  int reports_without_evaluation = 0;
+  TrainerOptions trainer;
+  trainer.epochs = 1000;
+  trainer.max_steps = kSteps;
+  trainer.batch_size = 16;
+  trainer.evaluate = true;
+  trainer.eval_interval = absl::Nanoseconds(1);  // due after every step
+  trainer.progress_interval = absl::Hours(1);    // never due during the run
+  const absl::StatusOr<TrainerProgress> result = Train(
+      **client, train, &test, trainer, nullptr,
+      [&](const TrainerProgress& p) {
+        if (p.final) return;
+        if (!p.evaluation.has_value()) {
+          ++reports_without_evaluation;
+          return;
+        }
+        evaluated_at.push_back(p.evaluation_elapsed_seconds);
+      },
+      nullptr);
+  (*client)->Close();
+  EXPECT_TRUE((*server)->Shutdown().ok());
+  ASSERT_TRUE(result.ok()) << result.status();
+  EXPECT_EQ(result->steps, kSteps);
+  EXPECT_EQ(reports_without_evaluation, 0);
+  ASSERT_EQ(evaluated_at.size(), static_cast<size_t>(kSteps));
+  for (size_t i = 1; i < evaluated_at.size(); ++i) {
+    EXPECT_GT(evaluated_at[i], evaluated_at[i - 1]) << "report " << i << " repeats an evaluation";
+  }
+}
+
 }  // namespace
 }  // namespace dion

@@ -90,7 +90,7 @@ ABSL_FLAG(bool, evaluate, false,
           "does, the others do not; this flag forces it on)");
 ABSL_FLAG(bool, no_evaluate, false, "never evaluate, not even on worker 0");
 ABSL_FLAG(absl::Duration, eval_interval, absl::Seconds(10), "time between evaluations");
-ABSL_FLAG(absl::Duration, progress_interval, absl::Seconds(5), "time between progress lines");
+ABSL_FLAG(absl::Duration, progress_interval, absl::Seconds(5), "time between progress lines (each periodic evaluation also prints one)");
 ABSL_FLAG(std::string, metrics_listen, "",
           "host:port serving this worker's Prometheus metrics at /metrics; empty: disabled");
 ABSL_FLAG(int, blas_threads, 1, "OpenBLAS threads per matrix product");

@@ -127,8 +127,12 @@ absl::StatusOr<TrainerProgress> Train(Client& client, const Dataset& train, cons
           now - last_eval >= options.eval_interval) {
         if (absl::Status s = evaluate(); !s.ok()) return s;
         last_eval = now;
+        // Report every evaluation, not only the latest at the next progress interval: the
+        // accuracy curve and the time to the target accuracy are read from these lines.
+        report(absl::Now());
+      } else if (now - last_report >= options.progress_interval) {
+        report(now);
       }
-      if (now - last_report >= options.progress_interval) report(now);
       done = (options.max_steps > 0 && progress.steps >= options.max_steps) ||
              (stop != nullptr && stop->load());
     }

@@ -28,7 +28,8 @@ struct TrainerOptions {
   int epochs = 1;                                       // passes over the partition (>= 1)
   int batch_size = 64;                                  // samples per local step (>= 1)
   int64_t max_steps = 0;                                // stop after this many steps; 0: none
-  absl::Duration progress_interval = absl::Seconds(5);  // how often on_progress runs
+  absl::Duration progress_interval = absl::Seconds(5);  // how often on_progress runs (and
+                                                        // after every evaluation)
   bool evaluate = false;                                // evaluate on the test set
   absl::Duration eval_interval = absl::Seconds(10);     // between evaluations; also at the end
   int eval_batch_size = 1000;
