@@ -11,12 +11,15 @@ processes hits every configuration alike):
   w8b       8 workers, 1024-sample batches on the shards (= 8 x 128: sync8's samples per step)
   r1, r16   rank fractions 1 and 1/16
   sync8     8 workers, `--sync` (every batch waits for all workers)
+  w2, sync4, w4wait (not run by default) 2 workers; 4 synchronous workers; 4 workers that each
+            wait for their own push to be applied before their next local step
 
 Each `dion local` run writes summary.json; this script reads it and reports, per
 configuration, the medians over the repetitions of: final test accuracy, time to the target
 accuracy (from the workers' training clock, the same clock the PyTorch script uses: data
 loading and evaluation excluded), the ratio of that time to PyTorch's in the same repetition,
-bytes on the wire and the dense equivalent. "async vs sync" compares w8 and w8b with sync8
+the passes over the training set at that first evaluation (epochs to target: the sample cost,
+apart from the speed), bytes on the wire and the dense equivalent. "async vs sync" compares w8 and w8b with sync8
 after the same number of samples (the same epochs).
 
 Usage (Debian's interpreter, for python3-torch):
@@ -43,6 +46,11 @@ CONFIGS = {
     "r1": ["--rank_fraction=1"],
     "r16": ["--rank_fraction=0.0625"],
     "sync8": ["--workers=8", "--sync"],
+    # The sample cost of asynchrony at the default 4 workers (docs/benchmarks.md): 2 workers,
+    # 4 synchronous workers, and 4 workers that each wait for their own push to be applied.
+    "w2": ["--workers=2"],
+    "sync4": ["--sync"],
+    "w4wait": ["--worker_flags=--synchronous"],
 }
 
 
@@ -172,6 +180,7 @@ def main():
             runs.append({"config": "torch", "rep": rep,
                          "final_test_accuracy": torch_summary["final_test_accuracy"],
                          "train_time_to_target_s": torch_summary["time_to_target_seconds"],
+                         "epochs_to_target": torch_summary.get("epochs_to_target"),
                          "train_time_s": torch_summary["train_seconds"],
                          "threads": threads})
             print(f"rep {rep} torch: time to {args.target:.0%} "
@@ -187,7 +196,9 @@ def main():
                    "train_time_s": s["training_time_s"], "wall_time_s": s["wall_time_s"],
                    "samples": s["samples"], "steps": s["steps"], "pushes": s["pushes"],
                    "sent_bytes": s["sent_bytes"], "dense_bytes": s["dense_bytes"],
-                   "mean_staleness": s["mean_staleness"], "refused": s["refused"]}
+                   "mean_staleness": s["mean_staleness"], "refused": s["refused"],
+                   "epochs_to_target": next((e["epochs"] for e in s["evaluations"]
+                                             if e["test_accuracy"] >= args.target), None)}
             # The accuracy after the same number of samples as the sync run is the final one:
             # every configuration trains the same epochs.
             if torch_summary and torch_summary["time_to_target_seconds"] and \
@@ -205,15 +216,16 @@ def main():
     print(f"medians over {args.reps} repetition(s); dion local --epochs={args.epochs} "
           f"{' '.join(extra)}; torch {threads} thread(s)")
     print(f"| config | final accuracy | train time to {args.target:.0%} (s) | / PyTorch | "
-          "GB sent | dense / sent | samples/s | mean staleness |")
-    print("|" + "---|" * 8)
+          f"epochs to {args.target:.0%} | GB sent | dense / sent | samples/s | mean staleness |")
+    print("|" + "---|" * 9)
     for name in (["torch"] if not args.no_torch else []) + names:
         rows = [r for r in runs if r["config"] == name]
         accuracy = median([r["final_test_accuracy"] for r in rows])
         to_target = median([r["train_time_to_target_s"] for r in rows])
+        epochs = fmt(median([r.get("epochs_to_target") for r in rows]), '{:.2f}')
         if name == "torch":
             print(f"| PyTorch, {threads} thread(s) | {accuracy:.4f} | {fmt(to_target, '{:.1f}')}"
-                  " | 1 | - | - | - | - |")
+                  f" | 1 | {epochs} | - | - | - | - |")
             continue
         ratio = median([r.get("ratio_to_torch") for r in rows])
         sent = median([r["sent_bytes"] / 1e9 for r in rows])
@@ -221,7 +233,7 @@ def main():
         rate = median([r["samples"] / r["train_time_s"] for r in rows])
         staleness = median([r["mean_staleness"] for r in rows])
         print(f"| {name} `{' '.join(CONFIGS[name]) or '(defaults)'}` | {accuracy:.4f} | "
-              f"{fmt(to_target, '{:.1f}')} | {fmt(ratio, '{:.2f}')} | {sent:.2f} | "
+              f"{fmt(to_target, '{:.1f}')} | {fmt(ratio, '{:.2f}')} | {epochs} | {sent:.2f} | "
               f"{dense_ratio:.2f} | {rate:.0f} | {staleness:.2f} |")
     if "sync8" in names:
         s = median([r["final_test_accuracy"] for r in runs if r["config"] == "sync8"])

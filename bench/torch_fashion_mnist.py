@@ -98,6 +98,7 @@ def main():
     train_seconds = 0.0
     step = 0
     time_to_target = None
+    epochs_to_target = None  # passes over the training set at the first evaluation >= target
     curve = []
     n = len(x_train)
     for epoch in range(1, args.epochs + 1):
@@ -119,6 +120,7 @@ def main():
                       f"test_loss={test_loss:.4f} test_accuracy={accuracy:.4f}", flush=True)
                 if time_to_target is None and accuracy >= args.target:
                     time_to_target = train_seconds
+                    epochs_to_target = step * args.batch_size / n
                     if args.stop_at_target:
                         break
         if args.stop_at_target and time_to_target is not None:
@@ -129,6 +131,7 @@ def main():
                "steps": step, "train_seconds": train_seconds,
                "final_test_accuracy": accuracy, "final_test_loss": test_loss,
                "target": args.target, "time_to_target_seconds": time_to_target,
+               "epochs_to_target": epochs_to_target,
                "curve": curve}
     print("summary " + json.dumps(summary), flush=True)
 
