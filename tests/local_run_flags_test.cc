@@ -6,6 +6,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <cmath>
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
@@ -171,6 +172,7 @@ TEST(WorkerFlagsTest, PassModelDataSeedsAndPassThroughLast) {
   o.workers = 4;
   o.shards = 2;
   o.seed = 7;
+  o.lookahead = 2.5;
   o.metrics_base_port = 9000;
   o.worker_flags = {"--hidden_layers=64", "--momentum=0.9"};
   const std::vector<std::string> f = WorkerFlags(o, 3, {"127.0.0.1:1", "127.0.0.1:2"});
@@ -179,7 +181,8 @@ TEST(WorkerFlagsTest, PassModelDataSeedsAndPassThroughLast) {
         std::string("--num_workers=4"), std::string("--model_seed=7"), std::string("--seed=7003"),
         absl::StrCat("--epochs=", o.epochs), absl::StrCat("--batch_size=", o.batch_size),
         absl::StrCat("--lr=", o.lr), absl::StrCat("--adamw_lr=", o.adamw_lr),
-        std::string("--metrics_listen=127.0.0.1:9005"), std::string("--eval_interval=2s")}) {
+        std::string("--metrics_listen=127.0.0.1:9005"), std::string("--eval_interval=2s"),
+        std::string("--lookahead=2.5")}) {
     EXPECT_TRUE(Has(f, flag)) << flag;
   }
   ASSERT_GE(f.size(), 2u);
@@ -229,6 +232,13 @@ TEST(ValidateLocalRunOptionsTest, NamesTheFirstBadOption) {
   o.partition = "dirichlet";
   o.dirichlet_alpha = 0;
   EXPECT_NE(message(o).find("--dirichlet_alpha=0"), std::string::npos) << message(o);
+  o = Options();
+  o.lookahead = -1;
+  EXPECT_NE(message(o).find("--lookahead=-1"), std::string::npos) << message(o);
+  o.lookahead = std::nan("");
+  EXPECT_NE(message(o).find("--lookahead=nan"), std::string::npos) << message(o);
+  o.lookahead = 0;  // off
+  EXPECT_TRUE(ValidateLocalRunOptions(o).ok());
 }
 
 // The configuration lists every metrics port once, under the job and label of its process, in

@@ -62,6 +62,46 @@ TEST(Replica, AppliesLowRankStepsLikeAPlainDoubleComputation) {
   }
 }
 
+// Extrapolate(k) = X + k (X - X_prev), X_prev the copy before the last version it applied,
+// against a double-precision reference built from the two values the test itself produced.
+TEST(Replica, ExtrapolatesAlongTheLastStep) {
+  for (bool transposed : {false, true}) {
+    const int64_t m = transposed ? 5 : 9, n = transposed ? 9 : 5;
+    Replica replica(Spec(m, n));
+    const Matrix X0 = Random(m, n, 1);
+    ASSERT_EQ(*replica.Apply(Full(3, X0)), ReplicaEvent::kReplaced);
+    Matrix out;
+    // The first value follows nothing: no step to extrapolate along.
+    replica.Extrapolate(4, &out);
+    EXPECT_EQ(WeightsChecksum(out), WeightsChecksum(X0));
+    Matrix X1;
+    ASSERT_EQ(*replica.Apply(Step(4, X0, transposed, 10, &X1)), ReplicaEvent::kApplied);
+    for (double k : {0.5, 1.0, 4.0}) {
+      replica.Extrapolate(k, &out);
+      const MatrixD expected =
+          X1.cast<double>() + k * (X1.cast<double>() - X0.cast<double>());
+      // float32 differences of O(0.1) steps on O(1) entries: 1e-6 relative.
+      EXPECT_LT(testing::RelativeError(out.cast<double>(), expected), 1e-6) << "k = " << k;
+    }
+    replica.Extrapolate(0, &out);
+    EXPECT_EQ(WeightsChecksum(out), WeightsChecksum(X1));  // 0: the copy itself, bit for bit
+    // A full value right after the previous version (a dense parameter's broadcast) is a step.
+    const Matrix X2 = Random(m, n, 7);
+    ASSERT_EQ(*replica.Apply(Full(5, X2)), ReplicaEvent::kReplaced);
+    replica.Extrapolate(2, &out);
+    const MatrixD expected2 = X2.cast<double>() + 2 * (X2.cast<double>() - X1.cast<double>());
+    EXPECT_LT(testing::RelativeError(out.cast<double>(), expected2), 1e-6);
+    // A full value that skips versions, or goes back, is not: the extrapolation stops.
+    ASSERT_EQ(*replica.Apply(Full(9, X0)), ReplicaEvent::kReplaced);
+    replica.Extrapolate(2, &out);
+    EXPECT_EQ(WeightsChecksum(out), WeightsChecksum(X0));
+    ASSERT_EQ(*replica.Apply(Full(10, X1)), ReplicaEvent::kReplaced);
+    ASSERT_EQ(*replica.Apply(Full(2, X2)), ReplicaEvent::kWentBack);
+    replica.Extrapolate(2, &out);
+    EXPECT_EQ(WeightsChecksum(out), WeightsChecksum(X2));
+  }
+}
+
 TEST(Replica, GapNeedsResyncAndLeavesTheCopyUnchanged) {
   Replica replica(Spec(4, 3));
   const Matrix X0 = Random(4, 3, 2);

@@ -650,6 +650,46 @@ TEST(WorkerClient, ResyncDoesNotUndoAnUpdateThatArrivedDuringItsPull) {
   (*client)->Close();
 }
 
+// A seeded rank-2 step of the 32 x 24 parameter "w", and the value it gives from X0.
+LowRankStep RandomStepOfW(const Matrix& X0, Matrix* X1) {
+  LowRankStep step{0.99f, 0.05f, Matrix(32, 2), Matrix(24, 2), false};
+  Rng(3).FillNormal(step.P);
+  Rng(4).FillNormal(step.Q);
+  *X1 = X0;
+  ApplyLowRankUpdate(*X1, step.decay, step.scale, step.P, step.Q, step.transposed);
+  return step;
+}
+
+// CopyWeights(&w, k) hands out every replica extrapolated k versions along its last step (the
+// trainer's lookahead); a parameter that has not moved since its first value is handed out as is.
+TEST(WorkerClient, CopyWeightsExtrapolatesEachReplicaAlongItsLastStep) {
+  std::unique_ptr<testing::FakeShard> fake = StartFake();
+  ASSERT_NE(fake, nullptr);
+  absl::StatusOr<std::unique_ptr<Client>> client =
+      ConnectToFake(*fake, TestClientOptions({fake->address()}, "w0"));
+  ASSERT_TRUE(client.ok()) << client.status();
+  const int w = IndexOf(**client, "w");
+  std::vector<Matrix> before;
+  (*client)->CopyWeights(&before);
+  Matrix X1;
+  const LowRankStep step = RandomStepOfW(before[w], &X1);
+  fake->Broadcast(VersionUpdate{"w", 1, WeightsChecksum(X1), step});
+  ASSERT_TRUE(WaitUntil([&] { return (*client)->version(w) == 1; }));
+  std::vector<Matrix> ahead;
+  (*client)->CopyWeights(&ahead, 3);
+  ASSERT_EQ(ahead.size(), before.size());
+  const MatrixD expected = X1.cast<double>() + 3 * (X1.cast<double>() - before[w].cast<double>());
+  EXPECT_LT(testing::RelativeError(ahead[w].cast<double>(), expected), 1e-6);
+  for (size_t i = 0; i < ahead.size(); ++i) {
+    if (static_cast<int>(i) == w) continue;
+    EXPECT_EQ(WeightsChecksum(ahead[i]), WeightsChecksum(before[i])) << "parameter " << i;
+  }
+  std::vector<Matrix> now;
+  (*client)->CopyWeights(&now);  // no lookahead: the replica itself
+  EXPECT_EQ(WeightsChecksum(now[w]), WeightsChecksum(X1));
+  (*client)->Close();
+}
+
 // After a checksum mismatch whose resync pull fails, the replica holds a version number but
 // not its bits. It must not announce that version when it resubscribes, or the shard never
 // sends the full value that repairs it.
@@ -664,11 +704,8 @@ TEST(WorkerClient, ReplicaOutOfSyncAfterAFailedResyncIsRepairedByResubscribing) 
   (*client)->CopyWeights(&weights);
   const Matrix X0 = weights[w];
   // The shard's version 1 differs slightly from what its broadcast step gives on this copy.
-  LowRankStep step{0.99f, 0.05f, Matrix(32, 2), Matrix(24, 2), false};
-  Rng(3).FillNormal(step.P);
-  Rng(4).FillNormal(step.Q);
-  Matrix stepped = X0;
-  ApplyLowRankUpdate(stepped, step.decay, step.scale, step.P, step.Q, step.transposed);
+  Matrix stepped;
+  const LowRankStep step = RandomStepOfW(X0, &stepped);
   Matrix X1 = stepped;
   X1(0, 0) += 1e-3f;
   fake->SetValue("w", 1, X1);

@@ -4,11 +4,14 @@
 #include <gtest/gtest.h>
 
 #include <atomic>
+#include <cmath>
 #include <cstdio>
 #include <functional>
+#include <limits>
 #include <thread>
 #include <vector>
 
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "common/rng.h"
 #include "tests/server_test_util.h"
@@ -227,30 +230,64 @@ TEST(WorkerTraining, SynchronousStepsGiveOneContributionPerWorkerPerOptimizerSte
   EXPECT_TRUE((*server)->Shutdown().ok());
 }
 
+// One shard (TestServerOptions, closing batches at `target_samples`) and one connected client
+// of the 16-32-10 teacher-student MLP.
+struct OneShardOneWorker {
+  std::unique_ptr<DionServer> server;
+  std::unique_ptr<Client> client;
+  ~OneShardOneWorker() {
+    if (client != nullptr) client->Close();
+    if (server != nullptr) EXPECT_TRUE(server->Shutdown().ok());
+  }
+};
+absl::Status StartOneShardOneWorker(int64_t target_samples, OneShardOneWorker* out) {
+  ServerOptions server_options = testing::TestServerOptions();
+  server_options.shard.batcher.target_samples = target_samples;
+  absl::StatusOr<std::unique_ptr<DionServer>> server = DionServer::Start(server_options);
+  if (!server.ok()) return server.status();
+  out->server = *std::move(server);
+  MlpOptions mlp;
+  mlp.layer_sizes = {16, 32, 10};
+  ModelTable table;
+  table.model_name = "teacher-student";
+  absl::StatusOr<std::vector<ParamSpec>> specs = ParameterTable(mlp);
+  if (!specs.ok()) return specs.status();
+  for (const ParamSpec& spec : *specs) table.parameters.push_back({spec, {}});
+  ClientOptions options;
+  options.shard_addresses = {out->server->address()};
+  options.worker_id = "worker-0";
+  absl::StatusOr<std::unique_ptr<Client>> client = Client::Connect(table, options);
+  if (!client.ok()) return client.status();
+  out->client = *std::move(client);
+  return absl::OkStatus();
+}
+
+TEST(WorkerTraining, RefusesALookaheadThatIsNotAFiniteNonNegativeNumber) {
+  OneShardOneWorker run;
+  ASSERT_TRUE(StartOneShardOneWorker(512, &run).ok());
+  const Dataset train = MakeTeacherDataset(TeacherOptions{}, 256, 11).value();
+  for (double bad : {-1.0, std::nan(""), std::numeric_limits<double>::infinity()}) {
+    TrainerOptions trainer;
+    trainer.lookahead = bad;
+    const absl::StatusOr<TrainerProgress> r =
+        Train(*run.client, train, nullptr, trainer, nullptr, nullptr, nullptr);
+    EXPECT_EQ(r.status().code(), absl::StatusCode::kInvalidArgument) << bad;
+    EXPECT_TRUE(absl::StrContains(r.status().message(), "lookahead")) << r.status();
+  }
+  EXPECT_EQ(run.client->stats().pushes, 0);  // refused before any step
+}
+
 // The accuracy curve and the time to the target accuracy of `dion local` are read from the
 // worker's progress lines, so every periodic evaluation must reach on_progress, however long the
 // progress interval: otherwise evaluations between two lines are lost and the time to target is
 // rounded up to the progress interval.
 TEST(WorkerTraining, EveryPeriodicEvaluationIsReportedAtOnce) {
   constexpr int kSteps = 8;
-  ServerOptions server_options = testing::TestServerOptions();
-  server_options.shard.batcher.target_samples = 16;
-  absl::StatusOr<std::unique_ptr<DionServer>> server = DionServer::Start(server_options);
-  ASSERT_TRUE(server.ok()) << server.status();
+  OneShardOneWorker run;
+  ASSERT_TRUE(StartOneShardOneWorker(16, &run).ok());
   TeacherOptions teacher;
   const Dataset train = MakeTeacherDataset(teacher, 1024, 11).value();
   const Dataset test = MakeTeacherDataset(teacher, 256, 12).value();
-  MlpOptions mlp;
-  mlp.layer_sizes = {16, 32, 10};
-  ModelTable table;
-  table.model_name = "teacher-student";
-  const std::vector<ParamSpec> specs = ParameterTable(mlp).value();
-  for (const ParamSpec& spec : specs) table.parameters.push_back({spec, {}});
-  ClientOptions options;
-  options.shard_addresses = {(*server)->address()};
-  options.worker_id = "worker-0";
-  absl::StatusOr<std::unique_ptr<Client>> client = Client::Connect(table, options);
-  ASSERT_TRUE(client.ok()) << client.status();
 
   std::vector<double> evaluated_at;  // evaluation_elapsed_seconds of each non-final report
   int reports_without_evaluation = 0;
@@ -262,7 +299,7 @@ TEST(WorkerTraining, EveryPeriodicEvaluationIsReportedAtOnce) {
   trainer.eval_interval = absl::Nanoseconds(1);  // due after every step
   trainer.progress_interval = absl::Hours(1);    // never due during the run
   const absl::StatusOr<TrainerProgress> result = Train(
-      **client, train, &test, trainer, nullptr,
+      *run.client, train, &test, trainer, nullptr,
       [&](const TrainerProgress& p) {
         if (p.final) return;
         if (!p.evaluation.has_value()) {
@@ -272,8 +309,6 @@ TEST(WorkerTraining, EveryPeriodicEvaluationIsReportedAtOnce) {
         evaluated_at.push_back(p.evaluation_elapsed_seconds);
       },
       nullptr);
-  (*client)->Close();
-  EXPECT_TRUE((*server)->Shutdown().ok());
   ASSERT_TRUE(result.ok()) << result.status();
   EXPECT_EQ(result->steps, kSteps);
   EXPECT_EQ(reports_without_evaluation, 0);

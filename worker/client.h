@@ -136,7 +136,7 @@ class Client {
   // Copies every parameter of the replica into `weights` (resized to the table; each rows x
   // cols, 1-D parameters as 1 x n). Returns the sum of the parameters' versions (a cheap
   // "has anything changed" signal).
-  int64_t CopyWeights(std::vector<Matrix>* weights) const;
+  int64_t CopyWeights(std::vector<Matrix>* weights, double lookahead = 0) const;
   // The replica's version of parameter `index` of the table.
   int64_t version(int index) const;
 

@@ -14,12 +14,12 @@
 
 namespace dion {
 
-int64_t Client::CopyWeights(std::vector<Matrix>* weights) const {
+int64_t Client::CopyWeights(std::vector<Matrix>* weights, double lookahead) const {
   weights->resize(parameters_.size());
   int64_t versions = 0;
   for (const auto& p : parameters_) {
     MutexLock lock(&p->replica_mu);
-    (*weights)[p->index] = p->replica.value();
+    p->replica.Extrapolate(lookahead, &(*weights)[p->index]);
     versions += p->replica.version();
   }
   return versions;

@@ -67,6 +67,9 @@ ABSL_FLAG(double, lr_final_scale, kDefaults.lr_final_scale,
 ABSL_FLAG(int64_t, lr_schedule_samples, kDefaults.lr_schedule_samples,
           "samples each parameter sees over the run, the cooldown's horizon; 0: epochs x the "
           "training-set size");
+ABSL_FLAG(double, lookahead, kDefaults.lookahead,
+          "staleness compensation on the workers: each gradient is computed at the weights "
+          "extrapolated this many versions ahead along their last step; 0: off");
 ABSL_FLAG(uint64_t, seed, kDefaults.seed,
           "seed of the initial weights and the partition; worker j shuffles with seed*1000+j");
 ABSL_FLAG(absl::Duration, eval_interval, kDefaults.eval_interval,
@@ -170,6 +173,7 @@ int Local(int argc, char** argv) {
   o.lr_cooldown = absl::GetFlag(FLAGS_lr_cooldown);
   o.lr_final_scale = absl::GetFlag(FLAGS_lr_final_scale);
   o.lr_schedule_samples = absl::GetFlag(FLAGS_lr_schedule_samples);
+  o.lookahead = absl::GetFlag(FLAGS_lookahead);
   o.seed = absl::GetFlag(FLAGS_seed);
   o.eval_interval = absl::GetFlag(FLAGS_eval_interval);
   o.staleness_policy = absl::GetFlag(FLAGS_staleness_policy);

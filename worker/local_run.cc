@@ -360,6 +360,7 @@ int LocalRun::Finish(const std::string& status) {
                     {"adamw_lr", o.adamw_lr},
                     {"lr_cooldown", o.lr_cooldown},
                     {"lr_final_scale", o.lr_final_scale},
+                    {"lookahead", o.lookahead},
                     {"lr_schedule_samples", o.lr_schedule_samples},
                     {"seed", static_cast<int64_t>(o.seed)},
                     {"eval_interval", absl::FormatDuration(o.eval_interval)},

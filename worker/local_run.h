@@ -56,6 +56,9 @@ struct LocalRunOptions {
   // 128-sample steps; docs/benchmarks.md, "Learning rates doubled").
   double lr = 0.014;            // Dion
   double adamw_lr = 0.0014;     // biases and the output layer
+  // Workers compute gradients at the replica extrapolated this many versions ahead along its
+  // last step (dion-worker --lookahead; docs/worker.md). 0: at the replica as it is.
+  double lookahead = 4;
   uint64_t seed = 1;            // model init and partition; worker j shuffles with seed*1000+j
   absl::Duration eval_interval = absl::Seconds(2);  // worker 0's periodic evaluations
 

@@ -3,6 +3,7 @@
 #include <zlib.h>
 
 #include <cerrno>
+#include <cmath>
 #include <cstring>
 #include <filesystem>
 
@@ -146,6 +147,7 @@ std::vector<std::string> WorkerFlags(const LocalRunOptions& o, int index,
         absl::StrCat("--partition=", o.partition),
         absl::StrCat("--dirichlet_alpha=", o.dirichlet_alpha), absl::StrCat("--epochs=", o.epochs),
         absl::StrCat("--batch_size=", o.batch_size),
+        absl::StrCat("--lookahead=", o.lookahead),
         absl::StrCat("--seed=", o.seed * 1000 + static_cast<uint64_t>(index)),
         absl::StrCat("--eval_interval=", absl::FormatDuration(o.eval_interval)),
         std::string("--progress_interval=1s")}) {
@@ -191,6 +193,9 @@ absl::Status ValidateLocalRunOptions(const LocalRunOptions& o) {
   }
   if (!(o.lr_final_scale >= 0 && o.lr_final_scale <= 1)) {
     return bad("lr_final_scale", o.lr_final_scale, "expected a multiplier in [0, 1]");
+  }
+  if (!(o.lookahead >= 0 && std::isfinite(o.lookahead))) {
+    return bad("lookahead", o.lookahead, "expected a number of versions >= 0 (0: off)");
   }
   if (o.lr_schedule_samples < 0) {
     return bad("lr_schedule_samples", o.lr_schedule_samples, "expected >= 0 (0: computed)");

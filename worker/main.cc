@@ -89,6 +89,10 @@ ABSL_FLAG(bool, evaluate, false,
           "evaluate on the test set every --eval_interval and at the end (default: worker 0 "
           "does, the others do not; this flag forces it on)");
 ABSL_FLAG(bool, no_evaluate, false, "never evaluate, not even on worker 0");
+ABSL_FLAG(double, lookahead, 0,
+          "staleness compensation: compute each gradient at the replica extrapolated this many "
+          "versions ahead along its last step (X + k (X - X_prev)); 0: at the replica as it is "
+          "(docs/worker.md)");
 ABSL_FLAG(absl::Duration, eval_interval, absl::Seconds(10), "time between evaluations");
 ABSL_FLAG(absl::Duration, progress_interval, absl::Seconds(5), "time between progress lines (each periodic evaluation also prints one)");
 ABSL_FLAG(std::string, metrics_listen, "",
@@ -323,6 +327,7 @@ int main(int argc, char** argv) {
   trainer.evaluate = !absl::GetFlag(FLAGS_no_evaluate) &&
                      (absl::GetFlag(FLAGS_evaluate) || worker_index == 0);
   trainer.eval_interval = absl::GetFlag(FLAGS_eval_interval);
+  trainer.lookahead = absl::GetFlag(FLAGS_lookahead);
   trainer.seed = seed;
   std::fprintf(stderr,
                "dion-worker: %s training on %lld of %lld samples (%s partition), %zu shard(s)\n",

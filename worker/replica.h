@@ -59,10 +59,16 @@ class Replica {
   // it was pulling).
   uint64_t changes() const { return changes_; }
   const Matrix& value() const { return X_; }
+  // The value extrapolated `steps` versions ahead along the last step: X + steps (X - X_prev),
+  // where X_prev is the copy before the last version it applied (zero change after a full value
+  // that did not follow the in-sync previous version directly). steps = 0 gives value(); a
+  // trainer's lookahead (worker/trainer.h).
+  void Extrapolate(double steps, Matrix* out) const;
 
  private:
   ParamSpec spec_;
   Matrix X_;
+  Matrix last_step_;  // X after the last version minus X before it
   int64_t version_ = -1;
   bool in_sync_ = false;
   uint64_t changes_ = 0;

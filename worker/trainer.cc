@@ -1,6 +1,7 @@
 #include "worker/trainer.h"
 
 #include <algorithm>
+#include <cmath>
 #include <numeric>
 #include <random>
 #include <vector>
@@ -45,6 +46,10 @@ absl::StatusOr<TrainerProgress> Train(Client& client, const Dataset& train, cons
     return absl::InvalidArgumentError(absl::StrCat(
         "epochs, batch_size and eval_batch_size must be >= 1, got ", options.epochs, ", ",
         options.batch_size, ", ", options.eval_batch_size));
+  }
+  if (!(options.lookahead >= 0 && std::isfinite(options.lookahead))) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "lookahead must be a finite number of versions >= 0, got ", options.lookahead));
   }
   if (train.size() == 0) {
     return absl::InvalidArgumentError("this worker's training partition is empty");
@@ -107,7 +112,7 @@ absl::StatusOr<TrainerProgress> Train(Client& client, const Dataset& train, cons
       if (options.synchronous) {
         for (int i = 0; i < static_cast<int>(versions.size()); ++i) versions[i] = client.version(i);
       }
-      client.CopyWeights(&weights);
+      client.CopyWeights(&weights, options.lookahead);
       absl::StatusOr<float> loss =
           LossAndGradients(Views(weights), X, labels, &gradients, &workspace);
       if (!loss.ok()) return loss.status();

@@ -33,6 +33,13 @@ struct TrainerOptions {
   bool evaluate = false;                                // evaluate on the test set
   absl::Duration eval_interval = absl::Seconds(10);     // between evaluations; also at the end
   int eval_batch_size = 1000;
+  // Staleness compensation: compute each local step's gradient at the replica extrapolated
+  // this many versions ahead along its last step, X + lookahead (X - X_prev) (Replica::
+  // Extrapolate), rather than at X. By the time an asynchronous push is applied the weights have
+  // moved on (staleness); with momentum, consecutive steps point the same way, so the
+  // extrapolated point is closer to where the gradient is used. 0: the replica as it is.
+  // Evaluations always use the replica as it is. Must be finite and >= 0.
+  double lookahead = 0;
   uint64_t seed = 1;                                    // shuffling
   absl::Duration flush_timeout = absl::Seconds(60);     // final Flush; a synchronous step
   // Synchronous steps: after each Submit, flush and wait (up to flush_timeout) until every
