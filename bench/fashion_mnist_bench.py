@@ -223,6 +223,9 @@ def main():
         accuracy = median([r["final_test_accuracy"] for r in rows])
         to_target = median([r["train_time_to_target_s"] for r in rows])
         epochs = fmt(median([r.get("epochs_to_target") for r in rows]), '{:.2f}')
+        reached = sum(1 for r in rows if r.get("train_time_to_target_s") is not None)
+        if reached < len(rows):  # the medians below are over the runs that reached it
+            epochs += f" ({reached} of {len(rows)} reached it)"
         if name == "torch":
             print(f"| PyTorch, {threads} thread(s) | {accuracy:.4f} | {fmt(to_target, '{:.1f}')}"
                   f" | 1 | {epochs} | - | - | - | - |")

@@ -237,6 +237,11 @@ TEST(ValidateLocalRunOptionsTest, NamesTheFirstBadOption) {
   EXPECT_NE(message(o).find("--lookahead=-1"), std::string::npos) << message(o);
   o.lookahead = std::nan("");
   EXPECT_NE(message(o).find("--lookahead=nan"), std::string::npos) << message(o);
+  o.lookahead = 1e300;  // finite, but not as a float
+  EXPECT_NE(message(o).find("expected a number of versions in [0, 100]"), std::string::npos)
+      << message(o);
+  o.lookahead = 100;
+  EXPECT_TRUE(ValidateLocalRunOptions(o).ok());
   o.lookahead = 0;  // off
   EXPECT_TRUE(ValidateLocalRunOptions(o).ok());
 }

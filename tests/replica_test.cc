@@ -67,7 +67,7 @@ TEST(Replica, AppliesLowRankStepsLikeAPlainDoubleComputation) {
 TEST(Replica, ExtrapolatesAlongTheLastStep) {
   for (bool transposed : {false, true}) {
     const int64_t m = transposed ? 5 : 9, n = transposed ? 9 : 5;
-    Replica replica(Spec(m, n));
+    Replica replica(Spec(m, n), /*track_last_step=*/true);
     const Matrix X0 = Random(m, n, 1);
     ASSERT_EQ(*replica.Apply(Full(3, X0)), ReplicaEvent::kReplaced);
     Matrix out;
@@ -100,6 +100,39 @@ TEST(Replica, ExtrapolatesAlongTheLastStep) {
     replica.Extrapolate(2, &out);
     EXPECT_EQ(WeightsChecksum(out), WeightsChecksum(X2));
   }
+}
+
+// Updates that change nothing (a repeated step, a gap) keep the last step; a copy that went out
+// of sync gives none to a full value that follows it; an untracked replica never extrapolates.
+TEST(Replica, LastStepSurvivesNoOpsAndIsDroppedAfterAMismatch) {
+  Replica replica(Spec(6, 4), /*track_last_step=*/true);
+  const Matrix X0 = Random(6, 4, 1);
+  ASSERT_TRUE(replica.Apply(Full(1, X0)).ok());
+  Matrix X1, X2, out;
+  const VersionUpdate step2 = Step(2, X0, false, 10, &X1);
+  ASSERT_EQ(*replica.Apply(step2), ReplicaEvent::kApplied);
+  const MatrixD expected = 2 * X1.cast<double>() - X0.cast<double>();  // k = 1
+  ASSERT_EQ(*replica.Apply(step2), ReplicaEvent::kIgnored);
+  ASSERT_EQ(*replica.Apply(Step(4, X1, false, 12, &X2)), ReplicaEvent::kGap);
+  replica.Extrapolate(1, &out);
+  EXPECT_LT(testing::RelativeError(out.cast<double>(), expected), 1e-6);
+
+  // Version 3 arrives with a checksum that does not match: the copy is out of sync, and the
+  // full value that repairs it at version 4 is not one step after anything it holds.
+  VersionUpdate bad = Step(3, X1, false, 14, &X2);
+  bad.checksum ^= 1;
+  ASSERT_EQ(*replica.Apply(bad), ReplicaEvent::kChecksumMismatch);
+  const Matrix X4 = Random(6, 4, 20);
+  ASSERT_EQ(*replica.Apply(Full(4, X4)), ReplicaEvent::kReplaced);
+  replica.Extrapolate(3, &out);
+  EXPECT_EQ(WeightsChecksum(out), WeightsChecksum(X4));
+
+  Replica untracked(Spec(6, 4));
+  ASSERT_TRUE(untracked.Apply(Full(1, X0)).ok());
+  ASSERT_EQ(*untracked.Apply(Step(2, X0, false, 10, &X1)), ReplicaEvent::kApplied);
+  EXPECT_FALSE(untracked.tracks_last_step());
+  untracked.Extrapolate(3, &out);
+  EXPECT_EQ(WeightsChecksum(out), WeightsChecksum(X1));
 }
 
 TEST(Replica, GapNeedsResyncAndLeavesTheCopyUnchanged) {

@@ -1,5 +1,5 @@
-// The dion-worker binary (DION_WORKER_BINARY) as a process: how it answers a stop request
-// before it has reached its shards.
+// The dion-worker binary (DION_WORKER_BINARY) as a process: how it answers bad flags and a stop
+// request before it has reached its shards.
 #include <netinet/in.h>
 #include <signal.h>
 #include <stdlib.h>
@@ -7,6 +7,7 @@
 #include <unistd.h>
 
 #include <string>
+#include <vector>
 
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
@@ -43,6 +44,27 @@ struct RefusingPort {
   }
 };
 
+// dion-worker on the synthetic task against the shard at 127.0.0.1:`port` (retrying for 5
+// minutes), logging into `scratch`, with `extra` flags.
+absl::StatusOr<std::unique_ptr<ChildProcess>> SpawnWorker(int port, const std::string& scratch,
+                                                          const std::vector<std::string>& extra) {
+  ChildSpec spec{"worker",
+                 DION_WORKER_BINARY,
+                 {absl::StrCat("--shards=127.0.0.1:", port), "--dataset=synthetic",
+                  "--synthetic_test_samples=128", "--give_up_after=5m"},
+                 scratch + "/worker.log",
+                 20};
+  spec.args.insert(spec.args.end(), extra.begin(), extra.end());
+  return ChildProcess::Spawn(spec);
+}
+
+// Appends every line a child prints to `output`.
+LineHandler Collector(std::string* output) {
+  return [output](ChildProcess&, const std::string& line) {
+    absl::StrAppend(output, line, "\n");
+  };
+}
+
 // A worker still trying to reach an unreachable shard (give_up_after is 5 minutes) ends within
 // seconds of SIGTERM, with exit status 0: nothing had been computed or sent yet.
 TEST(WorkerBinaryTest, SigtermWhileWaitingForAnUnreachableShardExitsAtOnce) {
@@ -50,19 +72,11 @@ TEST(WorkerBinaryTest, SigtermWhileWaitingForAnUnreachableShardExitsAtOnce) {
   ASSERT_GT(refusing.port, 0);
   std::string scratch = absl::StrCat(::testing::TempDir(), "/worker_binary_test.XXXXXX");
   ASSERT_NE(mkdtemp(scratch.data()), nullptr);
-  ChildSpec spec{"worker",
-                 DION_WORKER_BINARY,
-                 {absl::StrCat("--shards=127.0.0.1:", refusing.port), "--dataset=synthetic",
-                  "--synthetic_train_samples=512", "--synthetic_test_samples=128",
-                  "--give_up_after=5m"},
-                 scratch + "/worker.log",
-                 20};
-  absl::StatusOr<std::unique_ptr<ChildProcess>> worker = ChildProcess::Spawn(spec);
+  absl::StatusOr<std::unique_ptr<ChildProcess>> worker =
+      SpawnWorker(refusing.port, scratch, {"--synthetic_train_samples=512"});
   ASSERT_TRUE(worker.ok()) << worker.status();
   std::string output;
-  const LineHandler collect = [&](ChildProcess&, const std::string& line) {
-    absl::StrAppend(&output, line, "\n");
-  };
+  const LineHandler collect = Collector(&output);
   // Long enough to be inside Connect's retries (the synthetic data takes milliseconds).
   const absl::Time waiting = absl::Now() + absl::Seconds(2);
   while (absl::Now() < waiting) PumpOutput({worker->get()}, absl::Milliseconds(100), collect);
@@ -80,6 +94,32 @@ TEST(WorkerBinaryTest, SigtermWhileWaitingForAnUnreachableShardExitsAtOnce) {
   EXPECT_TRUE(status.ok()) << status.ToString() << "\n" << output;
   EXPECT_TRUE(absl::StrContains(output, "SIGTERM received before the shards were reached"))
       << output;
+}
+
+// A lookahead out of range is a bad flag: exit status 2 before the worker loads data or reaches
+// a shard (the refusing port would make it retry for 5 minutes), and the message names it.
+TEST(WorkerBinaryTest, LookaheadOutOfRangeIsABadFlag) {
+  RefusingPort refusing;
+  ASSERT_GT(refusing.port, 0);
+  std::string scratch = absl::StrCat(::testing::TempDir(), "/worker_binary_test.XXXXXX");
+  ASSERT_NE(mkdtemp(scratch.data()), nullptr);
+  for (const char* bad : {"--lookahead=-1", "--lookahead=nan", "--lookahead=1e30"}) {
+    absl::StatusOr<std::unique_ptr<ChildProcess>> worker =
+        SpawnWorker(refusing.port, scratch, {bad});
+    ASSERT_TRUE(worker.ok()) << worker.status();
+    std::string output;
+    const LineHandler collect = Collector(&output);
+    const absl::Time deadline = absl::Now() + absl::Seconds(20);
+    while ((*worker)->running() && absl::Now() < deadline) {
+      PumpOutput({worker->get()}, absl::Milliseconds(50), collect);
+    }
+    ASSERT_FALSE((*worker)->running()) << bad << " did not stop the worker\n" << output;
+    PumpOutput({worker->get()}, absl::Milliseconds(50), collect);
+    const ExitStatus status = (*worker)->TryWait().value();
+    EXPECT_TRUE(status.exited && status.code == 2) << bad << ": " << status.ToString();
+    EXPECT_TRUE(absl::StrContains(output, "expected a number of versions in [0, 100]"))
+        << bad << "\n" << output;
+  }
 }
 
 }  // namespace

@@ -665,9 +665,11 @@ LowRankStep RandomStepOfW(const Matrix& X0, Matrix* X1) {
 TEST(WorkerClient, CopyWeightsExtrapolatesEachReplicaAlongItsLastStep) {
   std::unique_ptr<testing::FakeShard> fake = StartFake();
   ASSERT_NE(fake, nullptr);
-  absl::StatusOr<std::unique_ptr<Client>> client =
-      ConnectToFake(*fake, TestClientOptions({fake->address()}, "w0"));
+  ClientOptions options = TestClientOptions({fake->address()}, "w0");
+  options.track_last_step = true;
+  absl::StatusOr<std::unique_ptr<Client>> client = ConnectToFake(*fake, options);
   ASSERT_TRUE(client.ok()) << client.status();
+  EXPECT_TRUE((*client)->tracks_last_step());
   const int w = IndexOf(**client, "w");
   std::vector<Matrix> before;
   (*client)->CopyWeights(&before);

@@ -240,7 +240,8 @@ struct OneShardOneWorker {
     if (server != nullptr) EXPECT_TRUE(server->Shutdown().ok());
   }
 };
-absl::Status StartOneShardOneWorker(int64_t target_samples, OneShardOneWorker* out) {
+absl::Status StartOneShardOneWorker(int64_t target_samples, OneShardOneWorker* out,
+                                    bool track_last_step = false) {
   ServerOptions server_options = testing::TestServerOptions();
   server_options.shard.batcher.target_samples = target_samples;
   absl::StatusOr<std::unique_ptr<DionServer>> server = DionServer::Start(server_options);
@@ -256,17 +257,19 @@ absl::Status StartOneShardOneWorker(int64_t target_samples, OneShardOneWorker* o
   ClientOptions options;
   options.shard_addresses = {out->server->address()};
   options.worker_id = "worker-0";
+  options.track_last_step = track_last_step;
   absl::StatusOr<std::unique_ptr<Client>> client = Client::Connect(table, options);
   if (!client.ok()) return client.status();
   out->client = *std::move(client);
   return absl::OkStatus();
 }
 
-TEST(WorkerTraining, RefusesALookaheadThatIsNotAFiniteNonNegativeNumber) {
+TEST(WorkerTraining, RefusesALookaheadOutOfRangeOrWithoutATrackingClient) {
   OneShardOneWorker run;
-  ASSERT_TRUE(StartOneShardOneWorker(512, &run).ok());
+  ASSERT_TRUE(StartOneShardOneWorker(512, &run, /*track_last_step=*/true).ok());
   const Dataset train = MakeTeacherDataset(TeacherOptions{}, 256, 11).value();
-  for (double bad : {-1.0, std::nan(""), std::numeric_limits<double>::infinity()}) {
+  for (double bad : {-1.0, std::nan(""), std::numeric_limits<double>::infinity(), 1e300,
+                     kMaxLookahead * 1.01}) {
     TrainerOptions trainer;
     trainer.lookahead = bad;
     const absl::StatusOr<TrainerProgress> r =
@@ -275,6 +278,16 @@ TEST(WorkerTraining, RefusesALookaheadThatIsNotAFiniteNonNegativeNumber) {
     EXPECT_TRUE(absl::StrContains(r.status().message(), "lookahead")) << r.status();
   }
   EXPECT_EQ(run.client->stats().pushes, 0);  // refused before any step
+
+  // A client that does not keep its replicas' last step cannot extrapolate: refused, not ignored.
+  OneShardOneWorker untracked;
+  ASSERT_TRUE(StartOneShardOneWorker(512, &untracked).ok());
+  TrainerOptions trainer;
+  trainer.lookahead = 4;
+  const absl::StatusOr<TrainerProgress> r =
+      Train(*untracked.client, train, nullptr, trainer, nullptr, nullptr, nullptr);
+  EXPECT_EQ(r.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_TRUE(absl::StrContains(r.status().message(), "track_last_step")) << r.status();
 }
 
 // The accuracy curve and the time to the target accuracy of `dion local` are read from the

@@ -97,7 +97,8 @@ Client::Client(const ModelTable& table, const ClientOptions& options, Layout lay
     parameters_.push_back(std::make_unique<Parameter>(
         spec, i, layout_.ShardOf(spec.name),
         CompressionRank(spec, options_.compression_rank_fraction),
-        MixSeed(options_.seed, 0xC0, static_cast<uint64_t>(i)), first_sequence));
+        MixSeed(options_.seed, 0xC0, static_cast<uint64_t>(i)), first_sequence,
+        options_.track_last_step));
   }
 }
 

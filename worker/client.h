@@ -84,6 +84,9 @@ struct ClientOptions {
   absl::Duration ack_timeout = absl::Seconds(30);
   BackoffOptions reconnect;                  // retry of unavailable shards, and when to give up
   bool verify_checksums = true;              // check every applied low-rank step
+  // Keep each replica's last change so CopyWeights can extrapolate (a trainer's lookahead);
+  // doubles the replicas' memory.
+  bool track_last_step = false;
   int64_t max_message_bytes = 64 << 20;
   uint64_t seed = 1;                         // compressor warm starts and jitter
   // First sequence number of every parameter. 0 picks the wall clock in microseconds, so a
@@ -135,8 +138,11 @@ class Client {
 
   // Copies every parameter of the replica into `weights` (resized to the table; each rows x
   // cols, 1-D parameters as 1 x n). Returns the sum of the parameters' versions (a cheap
-  // "has anything changed" signal).
+  // "has anything changed" signal). With `lookahead` k > 0 (finite) and track_last_step, each
+  // copy is extrapolated along the replica's last change, X + k (X - X_prev)
+  // (Replica::Extrapolate): the point a trainer takes its gradient at. Evaluations pass 0.
   int64_t CopyWeights(std::vector<Matrix>* weights, double lookahead = 0) const;
+  bool tracks_last_step() const { return options_.track_last_step; }
   // The replica's version of parameter `index` of the table.
   int64_t version(int index) const;
 

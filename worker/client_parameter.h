@@ -18,10 +18,10 @@ namespace dion {
 
 struct Client::Parameter {
   Parameter(const ParamSpec& spec, int index, int shard, int rank, uint64_t seed,
-            uint64_t first_sequence)
+            uint64_t first_sequence, bool track_last_step)
       : index(index),
         shard(shard),
-        replica(spec),
+        replica(spec, track_last_step),
         accumulator(spec, rank, seed, first_sequence) {}
   const int index;
   const int shard;

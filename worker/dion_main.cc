@@ -69,7 +69,8 @@ ABSL_FLAG(int64_t, lr_schedule_samples, kDefaults.lr_schedule_samples,
           "training-set size");
 ABSL_FLAG(double, lookahead, kDefaults.lookahead,
           "staleness compensation on the workers: each gradient is computed at the weights "
-          "extrapolated this many versions ahead along their last step; 0: off");
+          "extrapolated this many versions ahead along their last step (also under --sync, "
+          "where it acts as Nesterov momentum), in [0, 100]; 0: off");
 ABSL_FLAG(uint64_t, seed, kDefaults.seed,
           "seed of the initial weights and the partition; worker j shuffles with seed*1000+j");
 ABSL_FLAG(absl::Duration, eval_interval, kDefaults.eval_interval,

@@ -3,7 +3,6 @@
 #include <zlib.h>
 
 #include <cerrno>
-#include <cmath>
 #include <cstring>
 #include <filesystem>
 
@@ -13,6 +12,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "absl/time/time.h"
+#include "worker/lookahead.h"
 
 namespace dion {
 namespace {
@@ -194,8 +194,9 @@ absl::Status ValidateLocalRunOptions(const LocalRunOptions& o) {
   if (!(o.lr_final_scale >= 0 && o.lr_final_scale <= 1)) {
     return bad("lr_final_scale", o.lr_final_scale, "expected a multiplier in [0, 1]");
   }
-  if (!(o.lookahead >= 0 && std::isfinite(o.lookahead))) {
-    return bad("lookahead", o.lookahead, "expected a number of versions >= 0 (0: off)");
+  if (!ValidateLookahead(o.lookahead).ok()) {
+    return bad("lookahead", o.lookahead,
+               absl::StrCat("expected a number of versions in [0, ", kMaxLookahead, "] (0: off)"));
   }
   if (o.lr_schedule_samples < 0) {
     return bad("lr_schedule_samples", o.lr_schedule_samples, "expected >= 0 (0: computed)");

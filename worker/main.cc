@@ -91,10 +91,11 @@ ABSL_FLAG(bool, evaluate, false,
 ABSL_FLAG(bool, no_evaluate, false, "never evaluate, not even on worker 0");
 ABSL_FLAG(double, lookahead, 0,
           "staleness compensation: compute each gradient at the replica extrapolated this many "
-          "versions ahead along its last step (X + k (X - X_prev)); 0: at the replica as it is "
-          "(docs/worker.md)");
+          "versions ahead along its last step (X + k (X - X_prev)), in [0, 100]; 0: at the "
+          "replica as it is (docs/algorithm.md)");
 ABSL_FLAG(absl::Duration, eval_interval, absl::Seconds(10), "time between evaluations");
-ABSL_FLAG(absl::Duration, progress_interval, absl::Seconds(5), "time between progress lines (each periodic evaluation also prints one)");
+ABSL_FLAG(absl::Duration, progress_interval, absl::Seconds(5),
+          "time between progress lines (each periodic evaluation also prints one)");
 ABSL_FLAG(std::string, metrics_listen, "",
           "host:port serving this worker's Prometheus metrics at /metrics; empty: disabled");
 ABSL_FLAG(int, blas_threads, 1, "OpenBLAS threads per matrix product");
@@ -222,6 +223,11 @@ int main(int argc, char** argv) {
                  worker_index, num_workers, mode.c_str());
     return 2;
   }
+  const double lookahead = absl::GetFlag(FLAGS_lookahead);
+  if (absl::Status s = dion::ValidateLookahead(lookahead); !s.ok()) {
+    std::fprintf(stderr, "dion-worker: bad flags: --%s\n", std::string(s.message()).c_str());
+    return 2;
+  }
   dion::SetBlasThreads(absl::GetFlag(FLAGS_blas_threads));
 
   // SIGTERM / SIGINT end training after the current step (and a final flush). A handler that
@@ -283,6 +289,7 @@ int main(int argc, char** argv) {
                                           ? absl::GetFlag(FLAGS_compression_rank_fraction)
                                           : rank_fraction;
   options.max_in_flight = absl::GetFlag(FLAGS_max_in_flight);
+  options.track_last_step = lookahead > 0 && mode == "train";
   options.rpc_deadline = absl::GetFlag(FLAGS_rpc_deadline);
   options.reconnect.give_up_after = absl::GetFlag(FLAGS_give_up_after);
   const uint64_t seed = absl::GetFlag(FLAGS_seed) != 0 ? absl::GetFlag(FLAGS_seed)
@@ -327,7 +334,7 @@ int main(int argc, char** argv) {
   trainer.evaluate = !absl::GetFlag(FLAGS_no_evaluate) &&
                      (absl::GetFlag(FLAGS_evaluate) || worker_index == 0);
   trainer.eval_interval = absl::GetFlag(FLAGS_eval_interval);
-  trainer.lookahead = absl::GetFlag(FLAGS_lookahead);
+  trainer.lookahead = lookahead;
   trainer.seed = seed;
   std::fprintf(stderr,
                "dion-worker: %s training on %lld of %lld samples (%s partition), %zu shard(s)\n",

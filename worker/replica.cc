@@ -20,13 +20,15 @@ absl::string_view ReplicaEventName(ReplicaEvent event) {
   return "unknown";
 }
 
-Replica::Replica(ParamSpec spec)
+Replica::Replica(ParamSpec spec, bool track_last_step)
     : spec_(std::move(spec)),
       X_(Matrix::Zero(spec_.rows(), spec_.cols())),
-      last_step_(Matrix::Zero(spec_.rows(), spec_.cols())) {}
+      track_last_step_(track_last_step) {
+  if (track_last_step_) last_step_ = Matrix::Zero(spec_.rows(), spec_.cols());
+}
 
 void Replica::Extrapolate(double steps, Matrix* out) const {
-  if (steps == 0) {
+  if (steps == 0 || !track_last_step_) {
     *out = X_;
     return;
   }
@@ -43,10 +45,12 @@ absl::Status Replica::Set(int64_t version, const Matrix& X, uint64_t checksum) {
     return absl::DataLossError(absl::StrCat("value for '", spec_.name, "' at version ", version,
                                             " does not match its checksum"));
   }
-  if (in_sync() && version == version_ + 1) {  // a copy out of sync gives no usable step
-    last_step_ = X - X_;
-  } else {
-    last_step_.setZero();
+  if (track_last_step_) {
+    if (in_sync() && version == version_ + 1) {  // a copy out of sync gives no usable step
+      last_step_ = X - X_;
+    } else {
+      last_step_.setZero();
+    }
   }
   X_ = X;
   version_ = version;
@@ -82,9 +86,9 @@ absl::StatusOr<ReplicaEvent> Replica::Apply(const VersionUpdate& update, bool ve
         " and Q ", step.Q.rows(), " x ", step.Q.cols(), "; expected ", tall, " x r and ",
         short_side, " x r"));
   }
-  last_step_ = X_;
+  if (track_last_step_) last_step_ = X_;
   ApplyLowRankUpdate(X_, step.decay, step.scale, step.P, step.Q, step.transposed);
-  last_step_ = X_ - last_step_;
+  if (track_last_step_) last_step_ = X_ - last_step_;
   version_ = update.version;
   ++changes_;
   if (verify_checksum && WeightsChecksum(X_) != update.checksum) in_sync_ = false;

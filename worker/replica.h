@@ -39,8 +39,10 @@ inline bool NeedsResync(ReplicaEvent e) {
 
 class Replica {
  public:
-  // Starts at version -1 (nothing held) with zeros; the first full value sets it.
-  explicit Replica(ParamSpec spec);
+  // Starts at version -1 (nothing held) with zeros; the first full value sets it. With
+  // `track_last_step`, it also keeps the change made by the last version (Extrapolate), at the
+  // cost of a second m x n matrix and two element-wise passes per version.
+  explicit Replica(ParamSpec spec, bool track_last_step = false);
 
   // Applies `update`. InvalidArgument (nothing changed) when the update is for another
   // parameter or its shapes do not fit this parameter.
@@ -61,14 +63,17 @@ class Replica {
   const Matrix& value() const { return X_; }
   // The value extrapolated `steps` versions ahead along the last step: X + steps (X - X_prev),
   // where X_prev is the copy before the last version it applied (zero change after a full value
-  // that did not follow the in-sync previous version directly). steps = 0 gives value(); a
-  // trainer's lookahead (worker/trainer.h).
+  // that did not follow the in-sync previous version directly). A trainer's lookahead
+  // (worker/trainer.h). steps = 0, or a replica that does not track its last step, gives
+  // value().
   void Extrapolate(double steps, Matrix* out) const;
+  bool tracks_last_step() const { return track_last_step_; }
 
  private:
   ParamSpec spec_;
   Matrix X_;
-  Matrix last_step_;  // X after the last version minus X before it
+  bool track_last_step_;
+  Matrix last_step_;  // X after the last version minus X before it; empty when not tracked
   int64_t version_ = -1;
   bool in_sync_ = false;
   uint64_t changes_ = 0;

@@ -1,7 +1,6 @@
 #include "worker/trainer.h"
 
 #include <algorithm>
-#include <cmath>
 #include <numeric>
 #include <random>
 #include <vector>
@@ -47,9 +46,10 @@ absl::StatusOr<TrainerProgress> Train(Client& client, const Dataset& train, cons
         "epochs, batch_size and eval_batch_size must be >= 1, got ", options.epochs, ", ",
         options.batch_size, ", ", options.eval_batch_size));
   }
-  if (!(options.lookahead >= 0 && std::isfinite(options.lookahead))) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "lookahead must be a finite number of versions >= 0, got ", options.lookahead));
+  if (absl::Status s = ValidateLookahead(options.lookahead); !s.ok()) return s;
+  if (options.lookahead > 0 && !client.tracks_last_step()) {
+    return absl::InvalidArgumentError(
+        "lookahead > 0 needs a client connected with ClientOptions::track_last_step");
   }
   if (train.size() == 0) {
     return absl::InvalidArgumentError("this worker's training partition is empty");

@@ -15,10 +15,12 @@
 #include <functional>
 #include <optional>
 
+#include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"
 #include "worker/client.h"
 #include "worker/dataset.h"
+#include "worker/lookahead.h"
 #include "worker/mlp.h"
 #include "worker/worker_metrics.h"
 
@@ -38,7 +40,8 @@ struct TrainerOptions {
   // Extrapolate), rather than at X. By the time an asynchronous push is applied the weights have
   // moved on (staleness); with momentum, consecutive steps point the same way, so the
   // extrapolated point is closer to where the gradient is used. 0: the replica as it is.
-  // Evaluations always use the replica as it is. Must be finite and >= 0.
+  // Evaluations always use the replica as it is. In [0, kMaxLookahead]; > 0 needs a client
+  // with ClientOptions::track_last_step.
   double lookahead = 0;
   uint64_t seed = 1;                                    // shuffling
   absl::Duration flush_timeout = absl::Seconds(60);     // final Flush; a synchronous step
