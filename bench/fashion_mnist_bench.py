@@ -19,8 +19,8 @@ configuration, the medians over the repetitions of: final test accuracy, time to
 accuracy (from the workers' training clock, the same clock the PyTorch script uses: data
 loading and evaluation excluded), the ratio of that time to PyTorch's in the same repetition,
 the passes over the training set at that first evaluation (epochs to target: the sample cost,
-apart from the speed), bytes on the wire and the dense equivalent. "async vs sync" compares w8 and w8b with sync8
-after the same number of samples (the same epochs).
+apart from the speed), bytes on the wire and the dense equivalent. "async vs sync" compares w8
+and w8b with sync8 after the same number of samples (the same epochs).
 
 Usage (Debian's interpreter, for python3-torch):
   /usr/bin/python3 bench/fashion_mnist_bench.py --dion build/worker/dion --reps 3

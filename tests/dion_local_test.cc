@@ -35,7 +35,8 @@ using testing::JsonValue;
 
 // Final test accuracy the synthetic run below must exceed. Measured with exactly its flags
 // (Release, 2 cores): 0.828, 0.844, 0.836 for seeds 1-3 (2026-12-02, --lookahead=4 and the
-// default learning-rate cooldown; 0.845-0.847 before both); chance is 0.10 (10 classes). The floor leaves room for slower sanitizer builds, where staleness is higher.
+// default learning-rate cooldown; 0.845-0.847 before both); chance is 0.10 (10 classes). The
+// floor leaves room for slower sanitizer builds, where staleness is higher.
 // The optimizer and batching flags are pinned so that retuning the Fashion-MNIST defaults of
 // `dion local` does not move this figure.
 constexpr double kSyntheticAccuracyFloor = 0.75;

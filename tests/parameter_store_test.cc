@@ -446,9 +446,6 @@ TEST(ParameterStore, ReplicaApplyingTheLowRankStepMatchesTheChecksum) {
   }
 }
 
-// Element-wise optimizers and Muon: the weighted mean of dense gradients (formed in double
-// here), then the common step; the same float32 inputs give the same result up to the
-// rounding of the mean (1e-6 relative).
 // common/'s step of a dense-gradient optimizer (AdamW, Lion or Muon, as spec says), the
 // reference the store's steps are compared against.
 absl::Status DenseReferenceStep(const ParamSpec& spec, const Matrix& G, Matrix& X,
@@ -462,6 +459,9 @@ absl::Status DenseReferenceStep(const ParamSpec& spec, const Matrix& G, Matrix& 
   return absl::InvalidArgumentError("Dion has no dense reference step here");
 }
 
+// Element-wise optimizers and Muon: the weighted mean of dense gradients (formed in double
+// here), then the common step; the same float32 inputs give the same result up to the
+// rounding of the mean (1e-6 relative).
 TEST(ParameterStore, DenseBatchEqualsTheCommonStepOnTheWeightedMean) {
   auto store = RegisteredStore();
   for (const std::string name : {"bias", "scale", "muon"}) {

@@ -290,6 +290,61 @@ TEST(WorkerTraining, RefusesALookaheadOutOfRangeOrWithoutATrackingClient) {
   EXPECT_TRUE(absl::StrContains(r.status().message(), "track_last_step")) << r.status();
 }
 
+// Train takes each local step's gradient at the replica extrapolated `lookahead` versions along
+// its last step. Checked through the step's training loss against the double-precision MLP at
+// X + k (X1 - X), built here from two snapshots of the replica; the loss at X itself must differ
+// by far more than the tolerance, so the test tells the two points apart.
+TEST(WorkerTraining, LocalStepsTakeTheirGradientAtTheExtrapolatedWeights) {
+  constexpr double kLookahead = 4;
+  OneShardOneWorker run;
+  ASSERT_TRUE(StartOneShardOneWorker(16, &run, /*track_last_step=*/true).ok());
+  const Dataset train = MakeTeacherDataset(TeacherOptions{}, 256, 11).value();
+  TrainerOptions warmup;  // a few versions, so that the replica has a last step
+  warmup.max_steps = 6;
+  warmup.batch_size = 32;
+  ASSERT_TRUE(Train(*run.client, train, nullptr, warmup, nullptr, nullptr, nullptr).ok());
+  // Every accepted push closes a batch (TestServerOptions): wait until the last version is in.
+  std::vector<Matrix> X, X1;
+  int64_t versions = -1;
+  for (int quiet = 0, polls = 0; quiet < 5 && polls < 200; ++polls) {
+    const int64_t now = run.client->CopyWeights(&X);
+    quiet = now == versions ? quiet + 1 : 0;
+    versions = now;
+    absl::SleepFor(absl::Milliseconds(20));
+  }
+  run.client->CopyWeights(&X);
+  run.client->CopyWeights(&X1, 1);  // X + (X - X_prev)
+  std::vector<MatrixD> ahead, here;
+  for (size_t i = 0; i < X.size(); ++i) {
+    here.push_back(X[i].cast<double>());
+    ahead.push_back(here[i] + kLookahead * (X1[i].cast<double>() - here[i]));
+  }
+  const auto views = [](const std::vector<MatrixD>& w) {
+    std::vector<const MatrixD*> v;
+    for (const MatrixD& m : w) v.push_back(&m);
+    return v;
+  };
+  const MatrixD features = train.features.cast<double>();
+  MlpWorkspaceD workspace;
+  const double loss_ahead =
+      LossAndGradients(views(ahead), features, train.labels, nullptr, &workspace).value();
+  const double loss_here =
+      LossAndGradients(views(here), features, train.labels, nullptr, &workspace).value();
+
+  TrainerOptions one;  // one step over the whole set: the loss does not depend on the shuffle
+  one.max_steps = 1;
+  one.batch_size = static_cast<int>(train.size());
+  one.lookahead = kLookahead;
+  one.progress_interval = absl::Hours(1);
+  const absl::StatusOr<TrainerProgress> r =
+      Train(*run.client, train, nullptr, one, nullptr, nullptr, nullptr);
+  ASSERT_TRUE(r.ok()) << r.status();
+  // float32 forward pass against double: 1e-5 relative.
+  EXPECT_NEAR(r->train_loss, loss_ahead, 1e-5 * loss_ahead);
+  EXPECT_GT(std::abs(loss_ahead - loss_here), 1e-3 * loss_ahead)
+      << "the last step is too small to tell the two points apart";
+}
+
 // The accuracy curve and the time to the target accuracy of `dion local` are read from the
 // worker's progress lines, so every periodic evaluation must reach on_progress, however long the
 // progress interval: otherwise evaluations between two lines are lost and the time to target is

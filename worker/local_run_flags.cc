@@ -194,9 +194,8 @@ absl::Status ValidateLocalRunOptions(const LocalRunOptions& o) {
   if (!(o.lr_final_scale >= 0 && o.lr_final_scale <= 1)) {
     return bad("lr_final_scale", o.lr_final_scale, "expected a multiplier in [0, 1]");
   }
-  if (!ValidateLookahead(o.lookahead).ok()) {
-    return bad("lookahead", o.lookahead,
-               absl::StrCat("expected a number of versions in [0, ", kMaxLookahead, "] (0: off)"));
+  if (absl::Status s = ValidateLookahead(o.lookahead); !s.ok()) {
+    return absl::InvalidArgumentError(absl::StrCat("--", s.message()));
   }
   if (o.lr_schedule_samples < 0) {
     return bad("lr_schedule_samples", o.lr_schedule_samples, "expected >= 0 (0: computed)");
