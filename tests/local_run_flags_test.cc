@@ -173,6 +173,8 @@ TEST(WorkerFlagsTest, PassModelDataSeedsAndPassThroughLast) {
   o.shards = 2;
   o.seed = 7;
   o.lookahead = 2.5;
+  o.target_accuracy = 0.85;
+  o.snapshot_interval = absl::Milliseconds(250);
   o.metrics_base_port = 9000;
   o.worker_flags = {"--hidden_layers=64", "--momentum=0.9"};
   const std::vector<std::string> f = WorkerFlags(o, 3, {"127.0.0.1:1", "127.0.0.1:2"});
@@ -182,7 +184,8 @@ TEST(WorkerFlagsTest, PassModelDataSeedsAndPassThroughLast) {
         absl::StrCat("--epochs=", o.epochs), absl::StrCat("--batch_size=", o.batch_size),
         absl::StrCat("--lr=", o.lr), absl::StrCat("--adamw_lr=", o.adamw_lr),
         std::string("--metrics_listen=127.0.0.1:9005"), std::string("--eval_interval=2s"),
-        std::string("--lookahead=2.5")}) {
+        std::string("--lookahead=2.5"), std::string("--target_accuracy=0.85"),
+        std::string("--snapshot_interval=250ms")}) {
     EXPECT_TRUE(Has(f, flag)) << flag;
   }
   ASSERT_GE(f.size(), 2u);
@@ -243,6 +246,11 @@ TEST(ValidateLocalRunOptionsTest, NamesTheFirstBadOption) {
   o.lookahead = 100;
   EXPECT_TRUE(ValidateLocalRunOptions(o).ok());
   o.lookahead = 0;  // off
+  EXPECT_TRUE(ValidateLocalRunOptions(o).ok());
+  o = Options();
+  o.snapshot_interval = absl::Milliseconds(-1);
+  EXPECT_NE(message(o).find("--snapshot_interval=-1ms"), std::string::npos) << message(o);
+  o.snapshot_interval = absl::ZeroDuration();  // off: the evaluations' grain
   EXPECT_TRUE(ValidateLocalRunOptions(o).ok());
 }
 

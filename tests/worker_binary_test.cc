@@ -122,5 +122,31 @@ TEST(WorkerBinaryTest, LookaheadOutOfRangeIsABadFlag) {
   }
 }
 
+// So are a target accuracy outside [0, 1] and a negative snapshot interval.
+TEST(WorkerBinaryTest, TargetAccuracyOrSnapshotIntervalOutOfRangeIsABadFlag) {
+  RefusingPort refusing;
+  ASSERT_GT(refusing.port, 0);
+  std::string scratch = absl::StrCat(::testing::TempDir(), "/worker_binary_test.XXXXXX");
+  ASSERT_NE(mkdtemp(scratch.data()), nullptr);
+  for (const char* bad : {"--target_accuracy=1.5", "--target_accuracy=-0.1",
+                          "--target_accuracy=nan", "--snapshot_interval=-1s"}) {
+    absl::StatusOr<std::unique_ptr<ChildProcess>> worker =
+        SpawnWorker(refusing.port, scratch, {bad});
+    ASSERT_TRUE(worker.ok()) << worker.status();
+    std::string output;
+    const LineHandler collect = Collector(&output);
+    const absl::Time deadline = absl::Now() + absl::Seconds(20);
+    while ((*worker)->running() && absl::Now() < deadline) {
+      PumpOutput({worker->get()}, absl::Milliseconds(50), collect);
+    }
+    ASSERT_FALSE((*worker)->running()) << bad << " did not stop the worker\n" << output;
+    PumpOutput({worker->get()}, absl::Milliseconds(50), collect);
+    const ExitStatus status = (*worker)->TryWait().value();
+    EXPECT_TRUE(status.exited && status.code == 2) << bad << ": " << status.ToString();
+    EXPECT_TRUE(absl::StrContains(output, "need --target_accuracy in [0, 1]")) << bad << "\n"
+                                                                             << output;
+  }
+}
+
 }  // namespace
 }  // namespace dion

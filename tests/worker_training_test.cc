@@ -8,6 +8,8 @@
 #include <cstdio>
 #include <functional>
 #include <limits>
+#include <map>
+#include <optional>
 #include <thread>
 #include <vector>
 
@@ -237,7 +239,9 @@ struct OneShardOneWorker {
   std::unique_ptr<Client> client;
   ~OneShardOneWorker() {
     if (client != nullptr) client->Close();
-    if (server != nullptr) EXPECT_TRUE(server->Shutdown().ok());
+    if (server != nullptr) {
+      EXPECT_TRUE(server->Shutdown().ok());
+    }
   }
 };
 absl::Status StartOneShardOneWorker(int64_t target_samples, OneShardOneWorker* out,
@@ -264,7 +268,7 @@ absl::Status StartOneShardOneWorker(int64_t target_samples, OneShardOneWorker* o
   return absl::OkStatus();
 }
 
-TEST(WorkerTraining, RefusesALookaheadOutOfRangeOrWithoutATrackingClient) {
+TEST(WorkerTraining, RefusesBadOptionsBeforeAnyStep) {
   OneShardOneWorker run;
   ASSERT_TRUE(StartOneShardOneWorker(512, &run, /*track_last_step=*/true).ok());
   const Dataset train = MakeTeacherDataset(TeacherOptions{}, 256, 11).value();
@@ -276,6 +280,17 @@ TEST(WorkerTraining, RefusesALookaheadOutOfRangeOrWithoutATrackingClient) {
         Train(*run.client, train, nullptr, trainer, nullptr, nullptr, nullptr);
     EXPECT_EQ(r.status().code(), absl::StatusCode::kInvalidArgument) << bad;
     EXPECT_TRUE(absl::StrContains(r.status().message(), "lookahead")) << r.status();
+  }
+  for (const auto& [target, interval] :
+       {std::pair{1.5, absl::Milliseconds(1)}, {-0.5, absl::Milliseconds(1)},
+        {std::nan(""), absl::Milliseconds(1)}, {0.5, absl::Milliseconds(-1)}}) {
+    TrainerOptions trainer;
+    trainer.target_accuracy = target;
+    trainer.snapshot_interval = interval;
+    const absl::StatusOr<TrainerProgress> r =
+        Train(*run.client, train, nullptr, trainer, nullptr, nullptr, nullptr);
+    EXPECT_EQ(r.status().code(), absl::StatusCode::kInvalidArgument) << target;
+    EXPECT_TRUE(absl::StrContains(r.status().message(), "target_accuracy")) << r.status();
   }
   EXPECT_EQ(run.client->stats().pushes, 0);  // refused before any step
 
@@ -383,6 +398,96 @@ TEST(WorkerTraining, EveryPeriodicEvaluationIsReportedAtOnce) {
   ASSERT_EQ(evaluated_at.size(), static_cast<size_t>(kSteps));
   for (size_t i = 1; i < evaluated_at.size(); ++i) {
     EXPECT_GT(evaluated_at[i], evaluated_at[i - 1]) << "report " << i << " repeats an evaluation";
+  }
+}
+
+// With a target accuracy and a snapshot interval, the first evaluation to reach the target is
+// preceded by evaluations of the weight copies taken since the previous evaluation, each at the
+// time of its copy, up to the first that reaches the target. Checked against the replica as the
+// test itself copies it at every progress report: the worker is synchronous and alone (every push
+// closes a batch and the step waits for it), so the replica cannot change between a step's
+// snapshot and the report that follows it at the same instant.
+TEST(WorkerTraining, TheFirstEvaluationAtTheTargetIsLocatedAmongTheSnapshots) {
+  constexpr double kTarget = 0.5;  // chance is 0.1; the teacher task passes 0.5 within ~100 steps
+  OneShardOneWorker run;
+  ASSERT_TRUE(StartOneShardOneWorker(16, &run).ok());
+  TeacherOptions teacher;
+  const Dataset train = MakeTeacherDataset(teacher, 4096, 11).value();
+  const Dataset test = MakeTeacherDataset(teacher, 512, 12).value();
+
+  struct Report {
+    double elapsed = 0;
+    std::optional<double> evaluated_at;
+    Evaluation evaluation;
+  };
+  std::vector<Report> reports;
+  std::map<double, Evaluation> replica_at;  // progress report time -> the replica's evaluation
+  std::vector<Matrix> weights;
+  double last_evaluated_at = -1;
+  TrainerOptions trainer;
+  trainer.epochs = 1000;
+  trainer.max_steps = 400;
+  trainer.batch_size = 16;
+  trainer.synchronous = true;
+  trainer.evaluate = true;
+  trainer.eval_interval = absl::Milliseconds(40);
+  trainer.progress_interval = absl::Nanoseconds(1);  // after every step
+  trainer.snapshot_interval = absl::Nanoseconds(1);  // after every step
+  trainer.target_accuracy = kTarget;
+  const absl::StatusOr<TrainerProgress> result = Train(
+      *run.client, train, &test, trainer, nullptr,
+      [&](const TrainerProgress& p) {
+        if (p.final) return;
+        Report r{p.elapsed_seconds, std::nullopt, {}};
+        if (p.evaluation.has_value() && p.evaluation_elapsed_seconds != last_evaluated_at) {
+          last_evaluated_at = p.evaluation_elapsed_seconds;
+          r.evaluated_at = p.evaluation_elapsed_seconds;
+          r.evaluation = *p.evaluation;
+        }
+        if (!r.evaluated_at.has_value()) {
+          run.client->CopyWeights(&weights);
+          replica_at[p.elapsed_seconds] = Evaluate(ParameterViews(weights), test, 1000).value();
+        }
+        reports.push_back(r);
+      },
+      nullptr);
+  ASSERT_TRUE(result.ok()) << result.status();
+
+  // The evaluations in report order: times increase; snapshots are the ones taken at a step's
+  // report time, the rest are the periodic evaluations.
+  int snapshots = 0, first_live_at_target = -1, last_snapshot = -1;
+  double previous_time = -1;
+  for (int i = 0; i < static_cast<int>(reports.size()); ++i) {
+    const Report& r = reports[i];
+    if (!r.evaluated_at.has_value()) continue;
+    EXPECT_GT(*r.evaluated_at, previous_time) << "report " << i;
+    previous_time = *r.evaluated_at;
+    const auto replica = replica_at.find(*r.evaluated_at);
+    if (replica != replica_at.end()) {
+      ++snapshots;
+      last_snapshot = i;
+      EXPECT_EQ(first_live_at_target, -1) << "a snapshot evaluated after the target was reached";
+      EXPECT_EQ(r.evaluation.accuracy, replica->second.accuracy) << "report " << i;
+      EXPECT_EQ(r.evaluation.loss, replica->second.loss) << "report " << i;
+    } else if (first_live_at_target == -1 && r.evaluation.accuracy >= kTarget) {
+      first_live_at_target = i;
+    }
+  }
+  ASSERT_GE(first_live_at_target, 0) << "the target was never reached; final accuracy "
+                                      << result->evaluation->accuracy;
+  ASSERT_GE(snapshots, 1) << "no snapshot was evaluated";
+  // The snapshots come right before that evaluation (no step report in between), all below
+  // the target except possibly the last.
+  EXPECT_LT(last_snapshot, first_live_at_target);
+  for (int i = last_snapshot + 1; i < first_live_at_target; ++i) {
+    EXPECT_TRUE(reports[i].evaluated_at.has_value()) << "report " << i;
+  }
+  for (int i = 0, seen = 0; i <= last_snapshot; ++i) {
+    const Report& r = reports[i];
+    if (!r.evaluated_at.has_value() || replica_at.count(*r.evaluated_at) == 0) continue;
+    if (++seen < snapshots) {
+      EXPECT_LT(r.evaluation.accuracy, kTarget) << "report " << i;
+    }
   }
 }
 

@@ -75,6 +75,10 @@ ABSL_FLAG(uint64_t, seed, kDefaults.seed,
           "seed of the initial weights and the partition; worker j shuffles with seed*1000+j");
 ABSL_FLAG(absl::Duration, eval_interval, kDefaults.eval_interval,
           "time between worker 0's test-set evaluations (the accuracy curve, time to target)");
+ABSL_FLAG(absl::Duration, snapshot_interval, kDefaults.snapshot_interval,
+          "worker 0 copies its weights this often between evaluations; the first evaluation "
+          "at --target_accuracy is then located among the copies (evaluated after it, each at "
+          "the time of its copy), so the time to target has this grain; 0: --eval_interval's");
 // Batching and staleness (shards).
 ABSL_FLAG(std::string, staleness_policy, kDefaults.staleness_policy,
           "weight of a contribution with staleness tau: none, inverse (1/(1+tau)) or exp");
@@ -177,6 +181,7 @@ int Local(int argc, char** argv) {
   o.lookahead = absl::GetFlag(FLAGS_lookahead);
   o.seed = absl::GetFlag(FLAGS_seed);
   o.eval_interval = absl::GetFlag(FLAGS_eval_interval);
+  o.snapshot_interval = absl::GetFlag(FLAGS_snapshot_interval);
   o.staleness_policy = absl::GetFlag(FLAGS_staleness_policy);
   o.max_staleness = absl::GetFlag(FLAGS_max_staleness);
   o.target_samples = absl::GetFlag(FLAGS_target_samples);

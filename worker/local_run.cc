@@ -364,6 +364,7 @@ int LocalRun::Finish(const std::string& status) {
                     {"lr_schedule_samples", o.lr_schedule_samples},
                     {"seed", static_cast<int64_t>(o.seed)},
                     {"eval_interval", absl::FormatDuration(o.eval_interval)},
+                    {"snapshot_interval", absl::FormatDuration(o.snapshot_interval)},
                     {"staleness_policy", o.staleness_policy},
                     {"max_staleness", o.max_staleness},
                     {"target_samples", o.target_samples},

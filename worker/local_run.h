@@ -61,6 +61,10 @@ struct LocalRunOptions {
   double lookahead = 4;
   uint64_t seed = 1;            // model init and partition; worker j shuffles with seed*1000+j
   absl::Duration eval_interval = absl::Seconds(2);  // worker 0's periodic evaluations
+  // Worker 0 copies its weights this often between evaluations; the first evaluation at
+  // target_accuracy is then located among the copies (dion-worker --snapshot_interval), so
+  // the time to target has this grain rather than eval_interval's. 0: eval_interval's grain.
+  absl::Duration snapshot_interval = absl::Milliseconds(150);
 
   // Learning-rate cooldown (passed to the shards): over the last lr_cooldown of the run's
   // samples every learning rate falls linearly to lr_final_scale of its value (0: constant).

@@ -150,6 +150,8 @@ std::vector<std::string> WorkerFlags(const LocalRunOptions& o, int index,
         absl::StrCat("--lookahead=", o.lookahead),
         absl::StrCat("--seed=", o.seed * 1000 + static_cast<uint64_t>(index)),
         absl::StrCat("--eval_interval=", absl::FormatDuration(o.eval_interval)),
+        absl::StrCat("--target_accuracy=", o.target_accuracy),
+        absl::StrCat("--snapshot_interval=", absl::FormatDuration(o.snapshot_interval)),
         std::string("--progress_interval=1s")}) {
     flags.push_back(std::move(flag));
   }
@@ -234,6 +236,10 @@ absl::Status ValidateLocalRunOptions(const LocalRunOptions& o) {
   }
   if (!(o.target_accuracy > 0 && o.target_accuracy <= 1)) {
     return bad("target_accuracy", o.target_accuracy, "expected a fraction in (0, 1]");
+  }
+  if (o.snapshot_interval < absl::ZeroDuration()) {
+    return bad("snapshot_interval", absl::FormatDuration(o.snapshot_interval),
+               "expected >= 0 (0: off)");
   }
   for (const auto& [flag, value] : {std::pair{"stop_grace", o.stop_grace},
                                     {"startup_timeout", o.startup_timeout},

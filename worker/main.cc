@@ -94,6 +94,14 @@ ABSL_FLAG(double, lookahead, 0,
           "versions ahead along its last step (X + k (X - X_prev)), in [0, 100]; 0: at the "
           "replica as it is (docs/algorithm.md)");
 ABSL_FLAG(absl::Duration, eval_interval, absl::Seconds(10), "time between evaluations");
+ABSL_FLAG(double, target_accuracy, 0,
+          "with --snapshot_interval: the test accuracy whose first crossing is located between "
+          "two evaluations (a fraction in (0, 1]); 0: none");
+ABSL_FLAG(absl::Duration, snapshot_interval, absl::ZeroDuration(),
+          "with --target_accuracy: copy the weights this often between evaluations; when an "
+          "evaluation first reaches the target, the copies since the previous one are "
+          "evaluated too and printed (each at the time of its copy), up to the first that "
+          "reaches it. 0: off");
 ABSL_FLAG(absl::Duration, progress_interval, absl::Seconds(5),
           "time between progress lines (each periodic evaluation also prints one)");
 ABSL_FLAG(std::string, metrics_listen, "",
@@ -228,6 +236,16 @@ int main(int argc, char** argv) {
     std::fprintf(stderr, "dion-worker: bad flags: --%s\n", std::string(s.message()).c_str());
     return 2;
   }
+  const double target_accuracy = absl::GetFlag(FLAGS_target_accuracy);
+  const absl::Duration snapshot_interval = absl::GetFlag(FLAGS_snapshot_interval);
+  if (!(target_accuracy >= 0 && target_accuracy <= 1) ||
+      snapshot_interval < absl::ZeroDuration()) {
+    std::fprintf(stderr,
+                 "dion-worker: bad flags: need --target_accuracy in [0, 1] (0: none) and "
+                 "--snapshot_interval >= 0 (got %g and %s)\n",
+                 target_accuracy, absl::FormatDuration(snapshot_interval).c_str());
+    return 2;
+  }
   dion::SetBlasThreads(absl::GetFlag(FLAGS_blas_threads));
 
   // SIGTERM / SIGINT end training after the current step (and a final flush). A handler that
@@ -334,6 +352,8 @@ int main(int argc, char** argv) {
   trainer.evaluate = !absl::GetFlag(FLAGS_no_evaluate) &&
                      (absl::GetFlag(FLAGS_evaluate) || worker_index == 0);
   trainer.eval_interval = absl::GetFlag(FLAGS_eval_interval);
+  trainer.target_accuracy = target_accuracy;
+  trainer.snapshot_interval = snapshot_interval;
   trainer.lookahead = lookahead;
   trainer.seed = seed;
   std::fprintf(stderr,

@@ -54,6 +54,12 @@ absl::StatusOr<TrainerProgress> Train(Client& client, const Dataset& train, cons
   if (train.size() == 0) {
     return absl::InvalidArgumentError("this worker's training partition is empty");
   }
+  if (!(options.target_accuracy >= 0 && options.target_accuracy <= 1) ||
+      options.snapshot_interval < absl::ZeroDuration()) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "target_accuracy must be in [0, 1] and snapshot_interval >= 0, got ",
+        options.target_accuracy, " and ", absl::FormatDuration(options.snapshot_interval)));
+  }
   if (options.evaluate && (test == nullptr || test->size() == 0)) {
     return absl::InvalidArgumentError("evaluation asked for, but there is no test set");
   }
@@ -76,16 +82,6 @@ absl::StatusOr<TrainerProgress> Train(Client& client, const Dataset& train, cons
   int64_t loss_steps = 0;
   absl::Time last_eval = start;
 
-  const auto evaluate = [&]() -> absl::Status {
-    client.CopyWeights(&weights);
-    absl::StatusOr<Evaluation> e =
-        Evaluate(Views(weights), *test, options.eval_batch_size, &workspace);
-    if (!e.ok()) return e.status();
-    progress.evaluation = *e;
-    progress.evaluation_elapsed_seconds = absl::ToDoubleSeconds(absl::Now() - start);
-    if (metrics != nullptr) metrics->SetEvaluation(e->loss, e->accuracy);
-    return absl::OkStatus();
-  };
   const auto report = [&](absl::Time now) {
     progress.elapsed_seconds = absl::ToDoubleSeconds(now - start);
     const double interval = absl::ToDoubleSeconds(now - last_report);
@@ -100,6 +96,64 @@ absl::StatusOr<TrainerProgress> Train(Client& client, const Dataset& train, cons
     loss_sum = 0;
     loss_steps = 0;
     if (on_progress) on_progress(progress);
+  };
+  // A report between two regular ones (a snapshot's evaluation): the rates keep accumulating.
+  const auto report_evaluation = [&]() {
+    progress.elapsed_seconds = absl::ToDoubleSeconds(absl::Now() - start);
+    progress.client = client.stats();
+    if (on_progress) on_progress(progress);
+  };
+
+  // Weight copies since the last evaluation, while the target is not reached yet.
+  struct Snapshot {
+    absl::Time time;
+    std::vector<Matrix> weights;
+  };
+  const bool snapshots = options.evaluate && options.target_accuracy > 0 &&
+                         options.snapshot_interval > absl::ZeroDuration();
+  bool target_reached = false;
+  std::vector<Snapshot> snapshot_pool;  // copies in use: [0, snapshots_taken)
+  int snapshots_taken = 0;
+  absl::Time last_snapshot = start;
+
+  // Evaluates `evaluated` (copied at `copied`) and makes it the latest evaluation.
+  const auto evaluate_weights = [&](const std::vector<Matrix>& evaluated,
+                                    absl::Time copied) -> absl::StatusOr<double> {
+    absl::StatusOr<Evaluation> e =
+        Evaluate(Views(evaluated), *test, options.eval_batch_size, &workspace);
+    if (!e.ok()) return e.status();
+    progress.evaluation = *e;
+    progress.evaluation_elapsed_seconds = absl::ToDoubleSeconds(copied - start);
+    if (metrics != nullptr) metrics->SetEvaluation(e->loss, e->accuracy);
+    return e->accuracy;
+  };
+  // Evaluates the replica as it is now (and reports it when `report_it`). When it is the first
+  // evaluation to reach the target, the snapshots since the previous one are evaluated and
+  // reported first, up to the first that reaches it.
+  const auto evaluate = [&](bool report_it) -> absl::Status {
+    const absl::Time copied = absl::Now();
+    client.CopyWeights(&weights);
+    absl::StatusOr<double> accuracy = evaluate_weights(weights, copied);
+    if (!accuracy.ok()) return accuracy.status();
+    if (snapshots && !target_reached && *accuracy >= options.target_accuracy) {
+      target_reached = true;
+      const Evaluation live = *progress.evaluation;
+      for (int i = 0; i < snapshots_taken; ++i) {
+        absl::StatusOr<double> a = evaluate_weights(snapshot_pool[i].weights,
+                                                    snapshot_pool[i].time);
+        if (!a.ok()) return a.status();
+        report_evaluation();
+        if (*a >= options.target_accuracy) break;
+      }
+      progress.evaluation = live;
+      progress.evaluation_elapsed_seconds = absl::ToDoubleSeconds(copied - start);
+      if (metrics != nullptr) metrics->SetEvaluation(live.loss, live.accuracy);
+      snapshot_pool.clear();  // not needed any more
+    }
+    snapshots_taken = 0;
+    last_snapshot = copied;
+    if (report_it) report(absl::Now());
+    return absl::OkStatus();
   };
 
   bool done = false;
@@ -130,13 +184,22 @@ absl::StatusOr<TrainerProgress> Train(Client& client, const Dataset& train, cons
       const absl::Time now = absl::Now();
       if (options.evaluate && options.eval_interval > absl::ZeroDuration() &&
           now - last_eval >= options.eval_interval) {
-        if (absl::Status s = evaluate(); !s.ok()) return s;
-        last_eval = now;
         // Report every evaluation, not only the latest at the next progress interval: the
         // accuracy curve and the time to the target accuracy are read from these lines.
-        report(absl::Now());
-      } else if (now - last_report >= options.progress_interval) {
-        report(now);
+        if (absl::Status s = evaluate(/*report_it=*/true); !s.ok()) return s;
+        last_eval = now;
+      } else {
+        if (snapshots && !target_reached && snapshots_taken < kMaxSnapshots &&
+            now - last_snapshot >= options.snapshot_interval) {
+          if (snapshots_taken == static_cast<int>(snapshot_pool.size())) {
+            snapshot_pool.emplace_back();
+          }
+          snapshot_pool[snapshots_taken].time = now;
+          client.CopyWeights(&snapshot_pool[snapshots_taken].weights);
+          ++snapshots_taken;
+          last_snapshot = now;
+        }
+        if (now - last_report >= options.progress_interval) report(now);
       }
       done = (options.max_steps > 0 && progress.steps >= options.max_steps) ||
              (stop != nullptr && stop->load());
@@ -146,7 +209,7 @@ absl::StatusOr<TrainerProgress> Train(Client& client, const Dataset& train, cons
   if (options.evaluate) {
     // The last pushes are applied by now; give the broadcasts a moment to arrive.
     absl::SleepFor(absl::Milliseconds(200));
-    if (absl::Status s = evaluate(); !s.ok()) return s;
+    if (absl::Status s = evaluate(/*report_it=*/false); !s.ok()) return s;
   }
   progress.final = true;
   report(absl::Now());

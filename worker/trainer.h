@@ -26,6 +26,9 @@
 
 namespace dion {
 
+// Weight copies kept between two evaluations (TrainerOptions::snapshot_interval).
+inline constexpr int kMaxSnapshots = 64;
+
 struct TrainerOptions {
   int epochs = 1;                                       // passes over the partition (>= 1)
   int batch_size = 64;                                  // samples per local step (>= 1)
@@ -35,6 +38,14 @@ struct TrainerOptions {
   bool evaluate = false;                                // evaluate on the test set
   absl::Duration eval_interval = absl::Seconds(10);     // between evaluations; also at the end
   int eval_batch_size = 1000;
+  // Locating the target accuracy at a finer grain than eval_interval without evaluating that
+  // often: between evaluations, copy the weights every snapshot_interval (a copy, no
+  // evaluation); when an evaluation first reaches target_accuracy, evaluate the copies taken
+  // since the previous evaluation, oldest first, and report each (at the time it was copied)
+  // up to the first that reaches the target. Off unless both are > 0. At most kMaxSnapshots
+  // copies are kept per evaluation interval (further ones are skipped: a coarser grain).
+  double target_accuracy = 0;
+  absl::Duration snapshot_interval = absl::ZeroDuration();
   // Staleness compensation: compute each local step's gradient at the replica extrapolated
   // this many versions ahead along its last step, X + lookahead (X - X_prev) (Replica::
   // Extrapolate), rather than at X. By the time an asynchronous push is applied the weights have
@@ -61,14 +72,16 @@ struct TrainerProgress {
   double samples_per_second = 0;  // over the last progress interval
   double train_loss = 0;          // mean loss of the steps in the last progress interval
   std::optional<Evaluation> evaluation;  // the latest one, if any
-  double evaluation_elapsed_seconds = 0;  // when it was taken
+  double evaluation_elapsed_seconds = 0;  // when the evaluated weights were copied
   ClientStats client;
   bool final = false;             // the report after the last step and the final Flush
 };
 
 // Trains until `options.epochs` passes, `max_steps`, or `stop`; then flushes the client and
 // (when evaluating) evaluates once more, after waiting briefly for the replica to receive the
-// last versions. Errors: the client's (Unavailable after a shard is gone for good, ...), or
+// last versions. on_progress runs every progress_interval and after every evaluation
+// (snapshot evaluations included, in time order). Errors: the client's (Unavailable after a
+// shard is gone for good, ...), or
 // InvalidArgument for options or data that do not fit the model.
 absl::StatusOr<TrainerProgress> Train(Client& client, const Dataset& train, const Dataset* test,
                                       const TrainerOptions& options, WorkerMetrics* metrics,
