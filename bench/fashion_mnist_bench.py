@@ -8,16 +8,21 @@ processes hits every configuration alike):
             (lr 1e-3, batch 128), with the number of torch threads that was faster in a probe
   default   `dion local` with its defaults (2 shards, 4 workers, rank fraction 1/4)
   w1, w8    1 and 8 workers
-  w8b       8 workers, 1024-sample batches on the shards (= 8 x 128: sync8's samples per step)
-  r1, r16   rank fractions 1 and 1/16
+  w8b       8 workers, 2048-sample batches on the shards (= 8 x 256: sync8's samples per step)
+  r1, r16   Dion rank fractions 1 and 1/16, each pushing factors of its own rank (r1: dense-size
+            pushes; the default pushes rank 1/16 factors under a rank 1/4 Dion step)
+  c4        the default with pushes of rank 1/4 (= its Dion rank, the default before 2026-12-02)
+  old       the defaults before 2026-12-02: 128-sample local steps, lookahead 4, rank 1/4 pushes
   sync8     8 workers, `--sync` (every batch waits for all workers)
   w2, sync4, w4wait (not run by default) 2 workers; 4 synchronous workers; 4 workers that each
             wait for their own push to be applied before their next local step
 
 Each `dion local` run writes summary.json; this script reads it and reports, per
 configuration, the medians over the repetitions of: final test accuracy, time to the target
-accuracy (from the workers' training clock, the same clock the PyTorch script uses: data
-loading and evaluation excluded), the ratio of that time to PyTorch's in the same repetition,
+accuracy (dion local: from the moment the workers start training together, data loading
+excluded, to the time worker 0 copied the first weights that reach it, at the grain of
+--snapshot_interval, 0.15 s ~ 0.11 epochs; PyTorch: its training clock, data loading and
+evaluation excluded, at the grain of --torch_eval_every, 50 steps = 0.107 epochs), the ratio of that time to PyTorch's in the same repetition,
 the passes over the training set at that first evaluation (epochs to target: the sample cost,
 apart from the speed), bytes on the wire and the dense equivalent. "async vs sync" compares w8
 and w8b with sync8 after the same number of samples (the same epochs).
@@ -42,9 +47,11 @@ CONFIGS = {
     "default": [],
     "w1": ["--workers=1"],
     "w8": ["--workers=8"],
-    "w8b": ["--workers=8", "--target_samples=1024"],
-    "r1": ["--rank_fraction=1"],
-    "r16": ["--rank_fraction=0.0625"],
+    "w8b": ["--workers=8", "--target_samples=2048"],
+    "r1": ["--rank_fraction=1", "--compression_rank_fraction=1"],
+    "r16": ["--rank_fraction=0.0625", "--compression_rank_fraction=0.0625"],
+    "c4": ["--compression_rank_fraction=0.25"],
+    "old": ["--batch_size=128", "--lookahead=4", "--compression_rank_fraction=0.25"],
     "sync8": ["--workers=8", "--sync"],
     # The sample cost of asynchrony at the default 4 workers (docs/benchmarks.md): 2 workers,
     # 4 synchronous workers, and 4 workers that each wait for their own push to be applied.
@@ -92,8 +99,11 @@ def run_torch(args, threads):
 
 def run_dion(args, name, flags, run_dir):
     command = [args.dion, "local", f"--run_dir={run_dir}", "--progress=quiet",
-               f"--epochs={args.epochs}", f"--eval_interval={args.eval_interval}",
-               f"--target_accuracy={args.target}", f"--data_dir={args.data_dir}"] + flags
+               f"--epochs={args.epochs}", f"--target_accuracy={args.target}",
+               f"--data_dir={args.data_dir}"]
+    if args.eval_interval:
+        command.append(f"--eval_interval={args.eval_interval}")
+    command += flags
     started = time.monotonic()
     result = subprocess.run(command, capture_output=True, text=True)
     if result.returncode != 0:
@@ -124,10 +134,12 @@ def main():
                         help="comma-separated, from: " + ", ".join(CONFIGS))
     parser.add_argument("--reps", type=int, default=3, help="repetitions of every configuration")
     parser.add_argument("--epochs", type=int, default=12, help="dion local --epochs")
-    parser.add_argument("--eval_interval", default="1s", help="dion local --eval_interval")
+    parser.add_argument("--eval_interval", default="",
+                        help="dion local --eval_interval (default: dion local's; the time to "
+                             "target has --snapshot_interval's grain either way)")
     parser.add_argument("--torch_epochs", type=int, default=12)
     parser.add_argument("--torch_eval_every", type=int, default=50,
-                        help="PyTorch steps between evaluations (50 steps ~ 0.5 s)")
+                        help="PyTorch steps between evaluations (50 steps = 0.107 epochs, ~0.12 s)")
     parser.add_argument("--torch_threads", default="probe",
                         help="torch threads, or 'probe': time 1 and 2 on 200 steps, keep the faster")
     parser.add_argument("--no_torch", action="store_true", help="skip the PyTorch baseline")

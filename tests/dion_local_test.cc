@@ -49,6 +49,7 @@ const std::vector<std::string> kSyntheticFlags = {"local",
                                                   "--adamw_lr=0.0007",
                                                   "--lookahead=4",
                                                   "--batch_size=128",
+                                                  "--compression_rank_fraction=0.25",
                                                   "--target_samples=512",
                                                   "--adaptive_batching=false"};
 

@@ -15,6 +15,7 @@
 
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
 #include "gtest/gtest.h"
 #include "worker/local_run.h"
 
@@ -175,6 +176,7 @@ TEST(WorkerFlagsTest, PassModelDataSeedsAndPassThroughLast) {
   o.lookahead = 2.5;
   o.target_accuracy = 0.85;
   o.snapshot_interval = absl::Milliseconds(250);
+  o.compression_rank_fraction = 0.125;
   o.metrics_base_port = 9000;
   o.worker_flags = {"--hidden_layers=64", "--momentum=0.9"};
   const std::vector<std::string> f = WorkerFlags(o, 3, {"127.0.0.1:1", "127.0.0.1:2"});
@@ -185,9 +187,14 @@ TEST(WorkerFlagsTest, PassModelDataSeedsAndPassThroughLast) {
         absl::StrCat("--lr=", o.lr), absl::StrCat("--adamw_lr=", o.adamw_lr),
         std::string("--metrics_listen=127.0.0.1:9005"), std::string("--eval_interval=2s"),
         std::string("--lookahead=2.5"), std::string("--target_accuracy=0.85"),
-        std::string("--snapshot_interval=250ms")}) {
+        std::string("--snapshot_interval=250ms"),
+        std::string("--compression_rank_fraction=0.125")}) {
     EXPECT_TRUE(Has(f, flag)) << flag;
   }
+  EXPECT_FALSE(absl::StrContains(absl::StrJoin(f, " "), "--start_file"));
+  const std::vector<std::string> started = WorkerFlags(o, 3, {"127.0.0.1:1"}, "/run/logs/.start");
+  EXPECT_TRUE(Has(started, "--start_file=/run/logs/.start"));
+  EXPECT_EQ(started.back(), "--momentum=0.9");  // the pass-through still comes last
   ASSERT_GE(f.size(), 2u);
   EXPECT_EQ(f[f.size() - 2], "--hidden_layers=64");
   EXPECT_EQ(f.back(), "--momentum=0.9");
@@ -214,6 +221,9 @@ TEST(ValidateLocalRunOptionsTest, NamesTheFirstBadOption) {
   o = Options();
   o.rank_fraction = 1.5;
   EXPECT_NE(message(o).find("rank_fraction"), std::string::npos);
+  o = Options();
+  o.compression_rank_fraction = -0.5;
+  EXPECT_NE(message(o).find("--compression_rank_fraction=-0.5"), std::string::npos) << message(o);
   o = Options();
   o.dataset = "cifar";
   EXPECT_NE(message(o).find("dataset"), std::string::npos);

@@ -1,11 +1,12 @@
 // The dion-worker binary (DION_WORKER_BINARY) as a process: how it answers bad flags and a stop
-// request before it has reached its shards.
+// request before it has reached its shards, and how it waits for --start_file.
 #include <netinet/in.h>
 #include <signal.h>
 #include <stdlib.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include <fstream>
 #include <string>
 #include <vector>
 
@@ -13,6 +14,8 @@
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
 #include "gtest/gtest.h"
+#include "server/dion_server.h"
+#include "tests/server_test_util.h"
 #include "worker/process.h"
 
 #ifndef DION_WORKER_BINARY
@@ -146,6 +149,74 @@ TEST(WorkerBinaryTest, TargetAccuracyOrSnapshotIntervalOutOfRangeIsABadFlag) {
     EXPECT_TRUE(absl::StrContains(output, "need --target_accuracy in [0, 1]")) << bad << "\n"
                                                                              << output;
   }
+}
+
+// Pumps the worker's output into `output` until it exits or `timeout` passes; whether it exited.
+bool WaitForExit(ChildProcess& worker, absl::Duration timeout, std::string* output) {
+  const LineHandler collect = Collector(output);
+  const absl::Time deadline = absl::Now() + timeout;
+  while (worker.running() && absl::Now() < deadline) {
+    PumpOutput({&worker}, absl::Milliseconds(50), collect);
+  }
+  PumpOutput({&worker}, absl::Milliseconds(50), collect);
+  return !worker.running();
+}
+
+// With --start_file the worker loads, connects and announces itself, then takes no step until
+// the file exists; once it does, it trains to the end.
+TEST(WorkerBinaryTest, TrainsOnlyOnceTheStartFileExists) {
+  absl::StatusOr<std::unique_ptr<DionServer>> server =
+      DionServer::Start(testing::TestServerOptions());
+  ASSERT_TRUE(server.ok()) << server.status();
+  std::string scratch = absl::StrCat(::testing::TempDir(), "/worker_binary_test.XXXXXX");
+  ASSERT_NE(mkdtemp(scratch.data()), nullptr);
+  const std::string start_file = scratch + "/start";
+  absl::StatusOr<std::unique_ptr<ChildProcess>> worker =
+      SpawnWorker((*server)->port(), scratch,
+                  {"--synthetic_train_samples=512", "--epochs=1", "--batch_size=64",
+                   "--progress_interval=1ms", absl::StrCat("--start_file=", start_file)});
+  ASSERT_TRUE(worker.ok()) << worker.status();
+  std::string output;
+  const LineHandler collect = Collector(&output);
+  const absl::Time give_up = absl::Now() + absl::Seconds(20);
+  while (!absl::StrContains(output, " training on ") && (*worker)->running() &&
+         absl::Now() < give_up) {
+    PumpOutput({worker->get()}, absl::Milliseconds(50), collect);
+  }
+  ASSERT_TRUE(absl::StrContains(output, " training on ")) << output;
+  // Long enough for several steps, had it started (the synthetic steps take microseconds).
+  const absl::Time waiting = absl::Now() + absl::Milliseconds(700);
+  while (absl::Now() < waiting) PumpOutput({worker->get()}, absl::Milliseconds(50), collect);
+  EXPECT_TRUE((*worker)->running()) << output;
+  EXPECT_FALSE(absl::StrContains(output, "progress worker=")) << output;
+
+  std::ofstream(start_file).close();
+  ASSERT_TRUE(WaitForExit(**worker, absl::Seconds(30), &output)) << output;
+  const ExitStatus status = (*worker)->TryWait().value();
+  EXPECT_TRUE(status.ok()) << status.ToString() << "\n" << output;
+  EXPECT_TRUE(absl::StrContains(output, "final worker=0 epoch=1 steps=8 samples=512")) << output;
+  EXPECT_TRUE((*server)->Shutdown().ok());
+}
+
+// A start file that never appears ends the worker with an error naming it, after --start_timeout.
+TEST(WorkerBinaryTest, GivesUpWhenTheStartFileNeverAppears) {
+  absl::StatusOr<std::unique_ptr<DionServer>> server =
+      DionServer::Start(testing::TestServerOptions());
+  ASSERT_TRUE(server.ok()) << server.status();
+  std::string scratch = absl::StrCat(::testing::TempDir(), "/worker_binary_test.XXXXXX");
+  ASSERT_NE(mkdtemp(scratch.data()), nullptr);
+  absl::StatusOr<std::unique_ptr<ChildProcess>> worker = SpawnWorker(
+      (*server)->port(), scratch,
+      {"--synthetic_train_samples=512", absl::StrCat("--start_file=", scratch, "/never"),
+       "--start_timeout=300ms"});
+  ASSERT_TRUE(worker.ok()) << worker.status();
+  std::string output;
+  ASSERT_TRUE(WaitForExit(**worker, absl::Seconds(30), &output)) << output;
+  const ExitStatus status = (*worker)->TryWait().value();
+  EXPECT_TRUE(status.exited && status.code == 1) << status.ToString() << "\n" << output;
+  EXPECT_TRUE(absl::StrContains(output, scratch + "/never did not appear within")) << output;
+  EXPECT_FALSE(absl::StrContains(output, "progress worker=")) << output;
+  EXPECT_TRUE((*server)->Shutdown().ok());
 }
 
 }  // namespace

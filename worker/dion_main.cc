@@ -53,8 +53,10 @@ ABSL_FLAG(double, dirichlet_alpha, kDefaults.dirichlet_alpha,
 ABSL_FLAG(int, epochs, kDefaults.epochs, "passes of each worker over its partition");
 ABSL_FLAG(int, batch_size, kDefaults.batch_size, "samples per local step of a worker");
 ABSL_FLAG(double, rank_fraction, kDefaults.rank_fraction,
-          "Dion rank of the hidden matrices as a fraction of min(m, n); also the rank of the "
-          "pushed gradient factors");
+          "Dion rank of the hidden matrices as a fraction of min(m, n)");
+ABSL_FLAG(double, compression_rank_fraction, kDefaults.compression_rank_fraction,
+          "rank of the gradient factors the workers push, as a fraction of min(m, n) (error "
+          "feedback keeps what they miss on the worker for later pushes); 0: --rank_fraction");
 ABSL_FLAG(double, lr, kDefaults.lr, "Dion learning rate of the hidden matrices");
 ABSL_FLAG(double, adamw_lr, kDefaults.adamw_lr,
           "AdamW learning rate of the biases and the output layer");
@@ -173,6 +175,7 @@ int Local(int argc, char** argv) {
   o.epochs = absl::GetFlag(FLAGS_epochs);
   o.batch_size = absl::GetFlag(FLAGS_batch_size);
   o.rank_fraction = absl::GetFlag(FLAGS_rank_fraction);
+  o.compression_rank_fraction = absl::GetFlag(FLAGS_compression_rank_fraction);
   o.lr = absl::GetFlag(FLAGS_lr);
   o.adamw_lr = absl::GetFlag(FLAGS_adamw_lr);
   o.lr_cooldown = absl::GetFlag(FLAGS_lr_cooldown);

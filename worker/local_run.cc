@@ -35,6 +35,7 @@ struct Child {
   int index;
   std::unique_ptr<ChildProcess> process;
   std::string address;  // shards: the bound gRPC address, from the start-up line
+  bool ready = false;   // workers: data loaded and connected ("training on ..." printed)
 };
 
 // The text after `marker` up to the next space or comma, if `line` contains marker.
@@ -81,6 +82,8 @@ class LocalRun {
   void StopAll();
   int Finish(const std::string& status);
   std::vector<std::string> ShardAddresses() const;
+  // The file whose creation starts every worker's training (dion-worker --start_file).
+  std::string StartFile() const { return absl::StrCat(run_dir_, "/logs/.start"); }
 
   const LocalRunOptions& options_;
   const int signal_fd_;
@@ -91,6 +94,7 @@ class LocalRun {
   std::optional<EvaluationResult> evaluation_;
   bool interrupted_ = false;
   bool live_line_shown_ = false;
+  bool workers_started_ = false;  // StartFile() written
   absl::Time last_progress_ = absl::InfinitePast();
 };
 
@@ -138,6 +142,19 @@ void LocalRun::OnLine(ChildProcess& process, const std::string& line) {
       int64_t size = 0;
       if (auto of = Field(line, " of "); of && absl::SimpleAtoi(*of, &size)) {
         aggregate_.SetTrainingSetSize(size);
+      }
+      // The worker now waits for the start file. Started together, no worker trains while the
+      // others still load and decompress the data set on the same cores, and the training
+      // clock (from the first worker's start) does not count their loading.
+      child->ready = true;
+      const bool all_ready = std::all_of(children_.begin(), children_.end(), [](const Child& c) {
+        return c.role != Role::kWorker || c.ready;
+      });
+      if (all_ready && !workers_started_) {
+        workers_started_ = true;
+        if (absl::Status s = WriteTextFile(StartFile(), ""); !s.ok()) {
+          Say(stderr, absl::StrCat("dion local: cannot start the workers: ", s.message()));
+        }
       }
     }
   } else if (child->role == Role::kEvaluator && IsEvaluationLine(line)) {
@@ -245,8 +262,11 @@ std::vector<std::string> LocalRun::ShardAddresses() const {
 }
 
 absl::Status LocalRun::StartWorkers() {
+  std::error_code ignored;
+  fs::remove(StartFile(), ignored);  // a reused run directory's
   for (int j = 0; j < options_.workers; ++j) {
-    absl::Status s = Spawn(Role::kWorker, j, WorkerFlags(options_, j, ShardAddresses()));
+    absl::Status s =
+        Spawn(Role::kWorker, j, WorkerFlags(options_, j, ShardAddresses(), StartFile()));
     if (!s.ok()) return s;
   }
   return absl::OkStatus();
@@ -356,6 +376,7 @@ int LocalRun::Finish(const std::string& status) {
                     {"epochs", int64_t{o.epochs}},
                     {"batch_size", int64_t{o.batch_size}},
                     {"rank_fraction", o.rank_fraction},
+                    {"compression_rank_fraction", o.compression_rank_fraction},
                     {"lr", o.lr},
                     {"adamw_lr", o.adamw_lr},
                     {"lr_cooldown", o.lr_cooldown},

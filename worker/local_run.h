@@ -50,15 +50,21 @@ struct LocalRunOptions {
   std::string partition = "iid";  // or "dirichlet"
   double dirichlet_alpha = 0.5;
   int epochs = 12;
-  int batch_size = 128;
+  // 256-sample local steps and rank-1/16 pushes do less work per sample than 128 and 1/4 (the
+  // compression's three products shrink with both) for about the same samples to a given
+  // accuracy (docs/benchmarks.md, "Bigger local steps, smaller pushes").
+  int batch_size = 256;
   double rank_fraction = 0.25;  // Dion rank of the hidden matrices / min(m, n)
-  // Tuned for 512-sample shard batches of 128-sample local steps (twice the rates that suit
-  // 128-sample steps; docs/benchmarks.md, "Learning rates doubled").
+  // Rank of the pushed gradient factors / min(m, n) (error feedback keeps the rest on the
+  // worker); 0: rank_fraction.
+  double compression_rank_fraction = 0.0625;
+  // Tuned for 512-sample shard batches (twice the rates that suit 128-sample batches;
+  // docs/benchmarks.md, "Learning rates doubled").
   double lr = 0.014;            // Dion
   double adamw_lr = 0.0014;     // biases and the output layer
   // Workers compute gradients at the replica extrapolated this many versions ahead along its
   // last step (dion-worker --lookahead; docs/worker.md). 0: at the replica as it is.
-  double lookahead = 4;
+  double lookahead = 8;
   uint64_t seed = 1;            // model init and partition; worker j shuffles with seed*1000+j
   absl::Duration eval_interval = absl::Seconds(2);  // worker 0's periodic evaluations
   // Worker 0 copies its weights this often between evaluations; the first evaluation at

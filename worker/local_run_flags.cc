@@ -140,7 +140,8 @@ std::vector<std::string> ShardFlags(const LocalRunOptions& o, int index,
 }
 
 std::vector<std::string> WorkerFlags(const LocalRunOptions& o, int index,
-                                     const std::vector<std::string>& shard_addresses) {
+                                     const std::vector<std::string>& shard_addresses,
+                                     const std::string& start_file) {
   std::vector<std::string> flags = ModelAndDataFlags(o, shard_addresses);
   for (std::string flag :
        {absl::StrCat("--worker_index=", index), absl::StrCat("--num_workers=", o.workers),
@@ -148,6 +149,7 @@ std::vector<std::string> WorkerFlags(const LocalRunOptions& o, int index,
         absl::StrCat("--dirichlet_alpha=", o.dirichlet_alpha), absl::StrCat("--epochs=", o.epochs),
         absl::StrCat("--batch_size=", o.batch_size),
         absl::StrCat("--lookahead=", o.lookahead),
+        absl::StrCat("--compression_rank_fraction=", o.compression_rank_fraction),
         absl::StrCat("--seed=", o.seed * 1000 + static_cast<uint64_t>(index)),
         absl::StrCat("--eval_interval=", absl::FormatDuration(o.eval_interval)),
         absl::StrCat("--target_accuracy=", o.target_accuracy),
@@ -155,6 +157,7 @@ std::vector<std::string> WorkerFlags(const LocalRunOptions& o, int index,
         std::string("--progress_interval=1s")}) {
     flags.push_back(std::move(flag));
   }
+  if (!start_file.empty()) flags.push_back(absl::StrCat("--start_file=", start_file));
   if (o.sync) {
     flags.push_back("--max_in_flight=1");
     flags.push_back("--synchronous");
@@ -187,6 +190,10 @@ absl::Status ValidateLocalRunOptions(const LocalRunOptions& o) {
   if (o.batch_size < 1) return bad("batch_size", o.batch_size, "expected >= 1");
   if (!(o.rank_fraction > 0 && o.rank_fraction <= 1)) {
     return bad("rank_fraction", o.rank_fraction, "expected a fraction in (0, 1]");
+  }
+  if (!(o.compression_rank_fraction >= 0 && o.compression_rank_fraction <= 1)) {
+    return bad("compression_rank_fraction", o.compression_rank_fraction,
+               "expected a fraction in [0, 1] (0: --rank_fraction)");
   }
   if (!(o.lr > 0)) return bad("lr", o.lr, "expected > 0");
   if (!(o.adamw_lr > 0)) return bad("adamw_lr", o.adamw_lr, "expected > 0");

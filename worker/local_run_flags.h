@@ -35,9 +35,11 @@ std::vector<std::string> ShardFlags(const LocalRunOptions& options, int index,
 // Worker `index` against the shards at `shard_addresses` (in shard-index order): model,
 // optimizer, data, partition, epochs, seeds (model: options.seed; shuffling: seed*1000+index),
 // one progress line a second; under options.sync one push in flight per parameter and
-// synchronous steps (each waits for the shards' next version).
+// synchronous steps (each waits for the shards' next version). A non-empty `start_file`: the
+// worker waits for that file before its first step (dion-worker --start_file).
 std::vector<std::string> WorkerFlags(const LocalRunOptions& options, int index,
-                                     const std::vector<std::string>& shard_addresses);
+                                     const std::vector<std::string>& shard_addresses,
+                                     const std::string& start_file = "");
 
 // `dion-worker --mode=evaluate` against the shards: the same model and data flags as the
 // workers (the model table must match the registered one).

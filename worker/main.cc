@@ -9,6 +9,7 @@
 // accumulated gradients are flushed), 1 on a runtime error (a shard gone for good, data that
 // cannot be read), 2 for bad flags.
 #include <signal.h>
+#include <unistd.h>
 
 #include <atomic>
 #include <cstdio>
@@ -104,6 +105,12 @@ ABSL_FLAG(absl::Duration, snapshot_interval, absl::ZeroDuration(),
           "reaches it. 0: off");
 ABSL_FLAG(absl::Duration, progress_interval, absl::Seconds(5),
           "time between progress lines (each periodic evaluation also prints one)");
+ABSL_FLAG(std::string, start_file, "",
+          "after loading the data, connecting and printing 'training on ...', wait until this "
+          "file exists before the first step (dion local starts its workers together this way, "
+          "so that none trains while the others still load); empty: start at once");
+ABSL_FLAG(absl::Duration, start_timeout, absl::Minutes(5),
+          "how long to wait for --start_file before exiting with an error");
 ABSL_FLAG(std::string, metrics_listen, "",
           "host:port serving this worker's Prometheus metrics at /metrics; empty: disabled");
 ABSL_FLAG(int, blas_threads, 1, "OpenBLAS threads per matrix product");
@@ -362,6 +369,21 @@ int main(int argc, char** argv) {
                static_cast<long long>(data->train.size()),
                absl::GetFlag(FLAGS_partition).c_str(), options.shard_addresses.size());
   data->train = dion::Dataset{};  // only `mine` is used from here on (~190 MB for Fashion-MNIST)
+  if (const std::string start_file = absl::GetFlag(FLAGS_start_file); !start_file.empty()) {
+    const absl::Time give_up = absl::Now() + absl::GetFlag(FLAGS_start_timeout);
+    while (access(start_file.c_str(), F_OK) != 0) {
+      if (stop.load()) return 0;  // stopped before the first step: nothing to flush
+      if (absl::Now() > give_up) {
+        std::fprintf(stderr,
+                     "dion-worker: %s did not appear within --start_timeout=%s; is the "
+                     "supervisor that creates it (dion local) still running?\n",
+                     start_file.c_str(),
+                     absl::FormatDuration(absl::GetFlag(FLAGS_start_timeout)).c_str());
+        return 1;
+      }
+      absl::SleepFor(absl::Milliseconds(1));
+    }
+  }
   absl::StatusOr<dion::TrainerProgress> result = dion::Train(
       **client, mine, &data->test, trainer, &metrics,
       [worker_index](const dion::TrainerProgress& p) {
