@@ -17,15 +17,15 @@ processes hits every configuration alike):
   w2, sync4, w4wait (not run by default) 2 workers; 4 synchronous workers; 4 workers that each
             wait for their own push to be applied before their next local step
 
-Each `dion local` run writes summary.json; this script reads it and reports, per
-configuration, the medians over the repetitions of: final test accuracy, time to the target
-accuracy (dion local: from the moment the workers start training together, data loading
-excluded, to the time worker 0 copied the first weights that reach it, at the grain of
---snapshot_interval, 0.15 s ~ 0.11 epochs; PyTorch: its training clock, data loading and
-evaluation excluded, at the grain of --torch_eval_every, 50 steps = 0.107 epochs), the ratio of that time to PyTorch's in the same repetition,
-the passes over the training set at that first evaluation (epochs to target: the sample cost,
-apart from the speed), bytes on the wire and the dense equivalent. "async vs sync" compares w8
-and w8b with sync8 after the same number of samples (the same epochs).
+Each `dion local` run writes summary.json; this script reads it and reports, per configuration,
+the medians over the repetitions of: final test accuracy, time to the target accuracy (dion
+local: from the moment the workers start training together, data loading excluded, to the time
+worker 0 copied the first weights that reach it, at the grain of --snapshot_interval, 0.15 s ~
+0.11 epochs; PyTorch: its training clock, data loading and evaluation excluded, at the grain of
+--torch_eval_every, 50 steps = 0.107 epochs), the ratio of that time to PyTorch's in the same
+repetition, the passes over the training set at that first evaluation (epochs to target: the
+sample cost, apart from the speed), bytes on the wire and the dense equivalent. "async vs sync"
+compares w8 and w8b with sync8 after the same number of samples (the same epochs).
 
 Usage (Debian's interpreter, for python3-torch):
   /usr/bin/python3 bench/fashion_mnist_bench.py --dion build/worker/dion --reps 3

@@ -213,6 +213,21 @@ TEST(DionLocalTest, ReportsAWorkerBinaryThatExitsAtOnce) {
   EXPECT_TRUE(absl::StrContains(run.output, "exit status 1")) << run.output;
 }
 
+// A worker that exits cleanly before it is ready to train would leave the others waiting for
+// the start file: that is a failure too, reported at once.
+TEST(DionLocalTest, ReportsAWorkerThatExitsCleanlyBeforeItIsReady) {
+  const std::string scratch = MakeTempDir();
+  const absl::Time started = absl::Now();
+  const DionResult run =
+      RunDion({"local", "--dataset=synthetic", "--shards=1", "--workers=2", "--progress=quiet",
+               "--worker_binary=/bin/true", "--run_dir=" + scratch + "/run"},
+              scratch, absl::Seconds(120));
+  EXPECT_TRUE(run.status.exited && run.status.code == 1) << run.status.ToString() << run.output;
+  EXPECT_TRUE(absl::StrContains(run.output, "exited (status 0) before it was ready to train"))
+      << run.output;
+  EXPECT_LT(absl::Now() - started, absl::Seconds(60));  // not after a worker's start timeout
+}
+
 TEST(DionLocalTest, InterruptStopsWorkersThenShardsWhichCheckpoint) {
   const std::string scratch = MakeTempDir();
   const std::string run_dir = scratch + "/run";

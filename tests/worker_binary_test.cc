@@ -125,14 +125,16 @@ TEST(WorkerBinaryTest, LookaheadOutOfRangeIsABadFlag) {
   }
 }
 
-// So are a target accuracy outside [0, 1] and a negative snapshot interval.
-TEST(WorkerBinaryTest, TargetAccuracyOrSnapshotIntervalOutOfRangeIsABadFlag) {
+// So are a target accuracy outside [0, 1], a negative snapshot interval and a start timeout
+// that is not positive.
+TEST(WorkerBinaryTest, TargetAccuracySnapshotIntervalOrStartTimeoutOutOfRangeIsABadFlag) {
   RefusingPort refusing;
   ASSERT_GT(refusing.port, 0);
   std::string scratch = absl::StrCat(::testing::TempDir(), "/worker_binary_test.XXXXXX");
   ASSERT_NE(mkdtemp(scratch.data()), nullptr);
   for (const char* bad : {"--target_accuracy=1.5", "--target_accuracy=-0.1",
-                          "--target_accuracy=nan", "--snapshot_interval=-1s"}) {
+                          "--target_accuracy=nan", "--snapshot_interval=-1s",
+                          "--start_timeout=0"}) {
     absl::StatusOr<std::unique_ptr<ChildProcess>> worker =
         SpawnWorker(refusing.port, scratch, {bad});
     ASSERT_TRUE(worker.ok()) << worker.status();
@@ -195,6 +197,36 @@ TEST(WorkerBinaryTest, TrainsOnlyOnceTheStartFileExists) {
   const ExitStatus status = (*worker)->TryWait().value();
   EXPECT_TRUE(status.ok()) << status.ToString() << "\n" << output;
   EXPECT_TRUE(absl::StrContains(output, "final worker=0 epoch=1 steps=8 samples=512")) << output;
+  EXPECT_TRUE((*server)->Shutdown().ok());
+}
+
+// SIGTERM while waiting for the start file ends the worker at once with status 0: no step was
+// taken, so there is nothing to flush and no final line.
+TEST(WorkerBinaryTest, SigtermWhileWaitingForTheStartFileExitsAtOnce) {
+  absl::StatusOr<std::unique_ptr<DionServer>> server =
+      DionServer::Start(testing::TestServerOptions());
+  ASSERT_TRUE(server.ok()) << server.status();
+  std::string scratch = absl::StrCat(::testing::TempDir(), "/worker_binary_test.XXXXXX");
+  ASSERT_NE(mkdtemp(scratch.data()), nullptr);
+  absl::StatusOr<std::unique_ptr<ChildProcess>> worker = SpawnWorker(
+      (*server)->port(), scratch,
+      {"--synthetic_train_samples=512", absl::StrCat("--start_file=", scratch, "/never")});
+  ASSERT_TRUE(worker.ok()) << worker.status();
+  std::string output;
+  const LineHandler collect = Collector(&output);
+  const absl::Time give_up = absl::Now() + absl::Seconds(20);
+  while (!absl::StrContains(output, " training on ") && (*worker)->running() &&
+         absl::Now() < give_up) {
+    PumpOutput({worker->get()}, absl::Milliseconds(50), collect);
+  }
+  ASSERT_TRUE(absl::StrContains(output, " training on ")) << output;
+  (*worker)->Signal(SIGTERM);
+  const absl::Time signalled = absl::Now();
+  ASSERT_TRUE(WaitForExit(**worker, absl::Seconds(20), &output)) << output;
+  EXPECT_LT(absl::Now() - signalled, absl::Seconds(5));
+  const ExitStatus status = (*worker)->TryWait().value();
+  EXPECT_TRUE(status.ok()) << status.ToString() << "\n" << output;
+  EXPECT_FALSE(absl::StrContains(output, "final worker=")) << output;
   EXPECT_TRUE((*server)->Shutdown().ok());
 }
 

@@ -94,7 +94,8 @@ class LocalRun {
   std::optional<EvaluationResult> evaluation_;
   bool interrupted_ = false;
   bool live_line_shown_ = false;
-  bool workers_started_ = false;  // StartFile() written
+  bool workers_started_ = false;  // StartFile() written (or attempted)
+  std::string start_error_;       // why StartFile() could not be written
   absl::Time last_progress_ = absl::InfinitePast();
 };
 
@@ -153,7 +154,7 @@ void LocalRun::OnLine(ChildProcess& process, const std::string& line) {
       if (all_ready && !workers_started_) {
         workers_started_ = true;
         if (absl::Status s = WriteTextFile(StartFile(), ""); !s.ok()) {
-          Say(stderr, absl::StrCat("dion local: cannot start the workers: ", s.message()));
+          start_error_ = std::string(s.message());  // FindFailure ends the run
         }
       }
     }
@@ -219,6 +220,14 @@ bool LocalRun::FindFailure() {
       ReportFailure(c, "exited (status 0) while the workers still needed it");
       return true;
     }
+    if (c.role == Role::kWorker && !c.ready) {  // the others would wait for it to start
+      ReportFailure(c, "exited (status 0) before it was ready to train");
+      return true;
+    }
+  }
+  if (!start_error_.empty()) {
+    Say(stderr, absl::StrCat("dion local: cannot start the workers: ", start_error_));
+    return true;
   }
   return false;
 }

@@ -51,8 +51,8 @@ struct LocalRunOptions {
   double dirichlet_alpha = 0.5;
   int epochs = 12;
   // 256-sample local steps and rank-1/16 pushes do less work per sample than 128 and 1/4 (the
-  // compression's three products shrink with both) for about the same samples to a given
-  // accuracy (docs/benchmarks.md, "Bigger local steps, smaller pushes").
+  // compression's three products shrink with both); they need ~15% more samples to 88% but
+  // train ~40% more samples/s (docs/benchmarks.md, "Bigger local steps, smaller pushes").
   int batch_size = 256;
   double rank_fraction = 0.25;  // Dion rank of the hidden matrices / min(m, n)
   // Rank of the pushed gradient factors / min(m, n) (error feedback keeps the rest on the

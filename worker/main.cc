@@ -199,9 +199,28 @@ std::string ProgressLine(const char* kind, int worker, const dion::TrainerProgre
   if (p.evaluation.has_value()) {
     absl::StrAppend(&line, " test_loss=", absl::StrFormat("%.4f", p.evaluation->loss),
                     " test_accuracy=", absl::StrFormat("%.4f", p.evaluation->accuracy),
-                    " eval_elapsed_s=", absl::StrFormat("%.2f", p.evaluation_elapsed_seconds));
+                    " eval_elapsed_s=", absl::StrFormat("%.4f", p.evaluation_elapsed_seconds));
   }
   return line;
+}
+
+// Polls for `path` until it exists (true), `stop` is set or `timeout` passes (false; the
+// timeout is reported on stderr).
+bool WaitForStartFile(const std::string& path, absl::Duration timeout,
+                      const std::atomic<bool>& stop) {
+  const absl::Time give_up = absl::Now() + timeout;
+  while (access(path.c_str(), F_OK) != 0) {
+    if (stop.load()) return false;
+    if (absl::Now() > give_up) {
+      std::fprintf(stderr,
+                   "dion-worker: %s did not appear within --start_timeout=%s; is the supervisor "
+                   "that creates it (dion local) still running?\n",
+                   path.c_str(), absl::FormatDuration(timeout).c_str());
+      return false;
+    }
+    absl::SleepFor(absl::Milliseconds(5));
+  }
+  return true;
 }
 
 int Fail(const char* what, const absl::Status& status) {
@@ -246,11 +265,13 @@ int main(int argc, char** argv) {
   const double target_accuracy = absl::GetFlag(FLAGS_target_accuracy);
   const absl::Duration snapshot_interval = absl::GetFlag(FLAGS_snapshot_interval);
   if (!(target_accuracy >= 0 && target_accuracy <= 1) ||
-      snapshot_interval < absl::ZeroDuration()) {
+      snapshot_interval < absl::ZeroDuration() ||
+      absl::GetFlag(FLAGS_start_timeout) <= absl::ZeroDuration()) {
     std::fprintf(stderr,
-                 "dion-worker: bad flags: need --target_accuracy in [0, 1] (0: none) and "
-                 "--snapshot_interval >= 0 (got %g and %s)\n",
-                 target_accuracy, absl::FormatDuration(snapshot_interval).c_str());
+                 "dion-worker: bad flags: need --target_accuracy in [0, 1] (0: none), "
+                 "--snapshot_interval >= 0 and --start_timeout > 0 (got %g, %s and %s)\n",
+                 target_accuracy, absl::FormatDuration(snapshot_interval).c_str(),
+                 absl::FormatDuration(absl::GetFlag(FLAGS_start_timeout)).c_str());
     return 2;
   }
   dion::SetBlasThreads(absl::GetFlag(FLAGS_blas_threads));
@@ -370,18 +391,9 @@ int main(int argc, char** argv) {
                absl::GetFlag(FLAGS_partition).c_str(), options.shard_addresses.size());
   data->train = dion::Dataset{};  // only `mine` is used from here on (~190 MB for Fashion-MNIST)
   if (const std::string start_file = absl::GetFlag(FLAGS_start_file); !start_file.empty()) {
-    const absl::Time give_up = absl::Now() + absl::GetFlag(FLAGS_start_timeout);
-    while (access(start_file.c_str(), F_OK) != 0) {
+    if (!WaitForStartFile(start_file, absl::GetFlag(FLAGS_start_timeout), stop)) {
       if (stop.load()) return 0;  // stopped before the first step: nothing to flush
-      if (absl::Now() > give_up) {
-        std::fprintf(stderr,
-                     "dion-worker: %s did not appear within --start_timeout=%s; is the "
-                     "supervisor that creates it (dion local) still running?\n",
-                     start_file.c_str(),
-                     absl::FormatDuration(absl::GetFlag(FLAGS_start_timeout)).c_str());
-        return 1;
-      }
-      absl::SleepFor(absl::Milliseconds(1));
+      return 1;
     }
   }
   absl::StatusOr<dion::TrainerProgress> result = dion::Train(

@@ -115,6 +115,7 @@ absl::StatusOr<TrainerProgress> Train(Client& client, const Dataset& train, cons
   std::vector<Snapshot> snapshot_pool;  // copies in use: [0, snapshots_taken)
   int snapshots_taken = 0;
   absl::Time last_snapshot = start;
+  absl::Duration snapshot_every = options.snapshot_interval;  // doubles when the pool fills up
 
   // Evaluates `evaluated` (copied at `copied`) and makes it the latest evaluation.
   const auto evaluate_weights = [&](const std::vector<Matrix>& evaluated,
@@ -151,6 +152,7 @@ absl::StatusOr<TrainerProgress> Train(Client& client, const Dataset& train, cons
       snapshot_pool.clear();  // not needed any more
     }
     snapshots_taken = 0;
+    snapshot_every = options.snapshot_interval;
     last_snapshot = copied;
     if (report_it) report(absl::Now());
     return absl::OkStatus();
@@ -189,8 +191,16 @@ absl::StatusOr<TrainerProgress> Train(Client& client, const Dataset& train, cons
         if (absl::Status s = evaluate(/*report_it=*/true); !s.ok()) return s;
         last_eval = now;
       } else {
-        if (snapshots && !target_reached && snapshots_taken < kMaxSnapshots &&
-            now - last_snapshot >= options.snapshot_interval) {
+        if (snapshots && !target_reached && now - last_snapshot >= snapshot_every) {
+          if (snapshots_taken == kMaxSnapshots) {
+            // Keep every other copy and copy half as often, so that the copies still span the
+            // whole time since the evaluation (the target is most likely crossed late in it).
+            for (int i = 1; 2 * i < kMaxSnapshots; ++i) {
+              std::swap(snapshot_pool[i], snapshot_pool[2 * i]);
+            }
+            snapshots_taken = kMaxSnapshots / 2;
+            snapshot_every *= 2;
+          }
           if (snapshots_taken == static_cast<int>(snapshot_pool.size())) {
             snapshot_pool.emplace_back();
           }

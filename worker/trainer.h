@@ -43,7 +43,8 @@ struct TrainerOptions {
   // evaluation); when an evaluation first reaches target_accuracy, evaluate the copies taken
   // since the previous evaluation, oldest first, and report each (at the time it was copied)
   // up to the first that reaches the target. Off unless both are > 0. At most kMaxSnapshots
-  // copies are kept per evaluation interval (further ones are skipped: a coarser grain).
+  // copies are kept: when they fill up, every other one is dropped and the interval doubles
+  // until the next evaluation. The search stalls training for one evaluation per copy.
   double target_accuracy = 0;
   absl::Duration snapshot_interval = absl::ZeroDuration();
   // Staleness compensation: compute each local step's gradient at the replica extrapolated
@@ -81,8 +82,7 @@ struct TrainerProgress {
 // (when evaluating) evaluates once more, after waiting briefly for the replica to receive the
 // last versions. on_progress runs every progress_interval and after every evaluation
 // (snapshot evaluations included, in time order). Errors: the client's (Unavailable after a
-// shard is gone for good, ...), or
-// InvalidArgument for options or data that do not fit the model.
+// shard is gone for good, ...), or InvalidArgument for options or data that do not fit the model.
 absl::StatusOr<TrainerProgress> Train(Client& client, const Dataset& train, const Dataset* test,
                                       const TrainerOptions& options, WorkerMetrics* metrics,
                                       const std::function<void(const TrainerProgress&)>& on_progress,
