@@ -164,29 +164,50 @@ bool WaitForExit(ChildProcess& worker, absl::Duration timeout, std::string* outp
   return !worker.running();
 }
 
+// A shard in this process and a scratch directory, for workers that get as far as training.
+class WorkerBinaryWithShardTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    absl::StatusOr<std::unique_ptr<DionServer>> started =
+        DionServer::Start(testing::TestServerOptions());
+    ASSERT_TRUE(started.ok()) << started.status();
+    server_ = *std::move(started);
+    scratch_ = absl::StrCat(::testing::TempDir(), "/worker_binary_test.XXXXXX");
+    ASSERT_NE(mkdtemp(scratch_.data()), nullptr);
+  }
+  void TearDown() override {
+    if (server_ != nullptr) {
+      EXPECT_TRUE(server_->Shutdown().ok());
+    }
+  }
+  // Pumps the worker's output into `output` until it has loaded and connected ("training on").
+  static bool PumpUntilReady(ChildProcess& worker, std::string* output) {
+    const LineHandler collect = Collector(output);
+    const absl::Time give_up = absl::Now() + absl::Seconds(20);
+    while (!absl::StrContains(*output, " training on ") && worker.running() &&
+           absl::Now() < give_up) {
+      PumpOutput({&worker}, absl::Milliseconds(50), collect);
+    }
+    return absl::StrContains(*output, " training on ");
+  }
+
+  std::unique_ptr<DionServer> server_;
+  std::string scratch_;
+};
+
 // With --start_file the worker loads, connects and announces itself, then takes no step until
 // the file exists; once it does, it trains to the end.
-TEST(WorkerBinaryTest, TrainsOnlyOnceTheStartFileExists) {
-  absl::StatusOr<std::unique_ptr<DionServer>> server =
-      DionServer::Start(testing::TestServerOptions());
-  ASSERT_TRUE(server.ok()) << server.status();
-  std::string scratch = absl::StrCat(::testing::TempDir(), "/worker_binary_test.XXXXXX");
-  ASSERT_NE(mkdtemp(scratch.data()), nullptr);
-  const std::string start_file = scratch + "/start";
+TEST_F(WorkerBinaryWithShardTest, TrainsOnlyOnceTheStartFileExists) {
+  const std::string start_file = scratch_ + "/start";
   absl::StatusOr<std::unique_ptr<ChildProcess>> worker =
-      SpawnWorker((*server)->port(), scratch,
+      SpawnWorker(server_->port(), scratch_,
                   {"--synthetic_train_samples=512", "--epochs=1", "--batch_size=64",
                    "--progress_interval=1ms", absl::StrCat("--start_file=", start_file)});
   ASSERT_TRUE(worker.ok()) << worker.status();
   std::string output;
-  const LineHandler collect = Collector(&output);
-  const absl::Time give_up = absl::Now() + absl::Seconds(20);
-  while (!absl::StrContains(output, " training on ") && (*worker)->running() &&
-         absl::Now() < give_up) {
-    PumpOutput({worker->get()}, absl::Milliseconds(50), collect);
-  }
-  ASSERT_TRUE(absl::StrContains(output, " training on ")) << output;
+  ASSERT_TRUE(PumpUntilReady(**worker, &output)) << output;
   // Long enough for several steps, had it started (the synthetic steps take microseconds).
+  const LineHandler collect = Collector(&output);
   const absl::Time waiting = absl::Now() + absl::Milliseconds(700);
   while (absl::Now() < waiting) PumpOutput({worker->get()}, absl::Milliseconds(50), collect);
   EXPECT_TRUE((*worker)->running()) << output;
@@ -197,29 +218,17 @@ TEST(WorkerBinaryTest, TrainsOnlyOnceTheStartFileExists) {
   const ExitStatus status = (*worker)->TryWait().value();
   EXPECT_TRUE(status.ok()) << status.ToString() << "\n" << output;
   EXPECT_TRUE(absl::StrContains(output, "final worker=0 epoch=1 steps=8 samples=512")) << output;
-  EXPECT_TRUE((*server)->Shutdown().ok());
 }
 
 // SIGTERM while waiting for the start file ends the worker at once with status 0: no step was
 // taken, so there is nothing to flush and no final line.
-TEST(WorkerBinaryTest, SigtermWhileWaitingForTheStartFileExitsAtOnce) {
-  absl::StatusOr<std::unique_ptr<DionServer>> server =
-      DionServer::Start(testing::TestServerOptions());
-  ASSERT_TRUE(server.ok()) << server.status();
-  std::string scratch = absl::StrCat(::testing::TempDir(), "/worker_binary_test.XXXXXX");
-  ASSERT_NE(mkdtemp(scratch.data()), nullptr);
+TEST_F(WorkerBinaryWithShardTest, SigtermWhileWaitingForTheStartFileExitsAtOnce) {
   absl::StatusOr<std::unique_ptr<ChildProcess>> worker = SpawnWorker(
-      (*server)->port(), scratch,
-      {"--synthetic_train_samples=512", absl::StrCat("--start_file=", scratch, "/never")});
+      server_->port(), scratch_,
+      {"--synthetic_train_samples=512", absl::StrCat("--start_file=", scratch_, "/never")});
   ASSERT_TRUE(worker.ok()) << worker.status();
   std::string output;
-  const LineHandler collect = Collector(&output);
-  const absl::Time give_up = absl::Now() + absl::Seconds(20);
-  while (!absl::StrContains(output, " training on ") && (*worker)->running() &&
-         absl::Now() < give_up) {
-    PumpOutput({worker->get()}, absl::Milliseconds(50), collect);
-  }
-  ASSERT_TRUE(absl::StrContains(output, " training on ")) << output;
+  ASSERT_TRUE(PumpUntilReady(**worker, &output)) << output;
   (*worker)->Signal(SIGTERM);
   const absl::Time signalled = absl::Now();
   ASSERT_TRUE(WaitForExit(**worker, absl::Seconds(20), &output)) << output;
@@ -227,28 +236,21 @@ TEST(WorkerBinaryTest, SigtermWhileWaitingForTheStartFileExitsAtOnce) {
   const ExitStatus status = (*worker)->TryWait().value();
   EXPECT_TRUE(status.ok()) << status.ToString() << "\n" << output;
   EXPECT_FALSE(absl::StrContains(output, "final worker=")) << output;
-  EXPECT_TRUE((*server)->Shutdown().ok());
 }
 
 // A start file that never appears ends the worker with an error naming it, after --start_timeout.
-TEST(WorkerBinaryTest, GivesUpWhenTheStartFileNeverAppears) {
-  absl::StatusOr<std::unique_ptr<DionServer>> server =
-      DionServer::Start(testing::TestServerOptions());
-  ASSERT_TRUE(server.ok()) << server.status();
-  std::string scratch = absl::StrCat(::testing::TempDir(), "/worker_binary_test.XXXXXX");
-  ASSERT_NE(mkdtemp(scratch.data()), nullptr);
+TEST_F(WorkerBinaryWithShardTest, GivesUpWhenTheStartFileNeverAppears) {
   absl::StatusOr<std::unique_ptr<ChildProcess>> worker = SpawnWorker(
-      (*server)->port(), scratch,
-      {"--synthetic_train_samples=512", absl::StrCat("--start_file=", scratch, "/never"),
+      server_->port(), scratch_,
+      {"--synthetic_train_samples=512", absl::StrCat("--start_file=", scratch_, "/never"),
        "--start_timeout=300ms"});
   ASSERT_TRUE(worker.ok()) << worker.status();
   std::string output;
   ASSERT_TRUE(WaitForExit(**worker, absl::Seconds(30), &output)) << output;
   const ExitStatus status = (*worker)->TryWait().value();
   EXPECT_TRUE(status.exited && status.code == 1) << status.ToString() << "\n" << output;
-  EXPECT_TRUE(absl::StrContains(output, scratch + "/never did not appear within")) << output;
+  EXPECT_TRUE(absl::StrContains(output, scratch_ + "/never did not appear within")) << output;
   EXPECT_FALSE(absl::StrContains(output, "progress worker=")) << output;
-  EXPECT_TRUE((*server)->Shutdown().ok());
 }
 
 }  // namespace
