@@ -7,6 +7,7 @@
 #include <unistd.h>
 
 #include <fstream>
+#include <initializer_list>
 #include <string>
 #include <vector>
 
@@ -99,14 +100,15 @@ TEST(WorkerBinaryTest, SigtermWhileWaitingForAnUnreachableShardExitsAtOnce) {
       << output;
 }
 
-// A lookahead out of range is a bad flag: exit status 2 before the worker loads data or reaches
-// a shard (the refusing port would make it retry for 5 minutes), and the message names it.
-TEST(WorkerBinaryTest, LookaheadOutOfRangeIsABadFlag) {
+// Each of `bad_flags`, alone, is a bad flag: exit status 2 before the worker loads data or
+// reaches a shard (the refusing port would make it retry for 5 minutes), with a message that
+// contains `message`.
+void ExpectBadFlags(std::initializer_list<const char*> bad_flags, const std::string& message) {
   RefusingPort refusing;
   ASSERT_GT(refusing.port, 0);
   std::string scratch = absl::StrCat(::testing::TempDir(), "/worker_binary_test.XXXXXX");
   ASSERT_NE(mkdtemp(scratch.data()), nullptr);
-  for (const char* bad : {"--lookahead=-1", "--lookahead=nan", "--lookahead=1e30"}) {
+  for (const char* bad : bad_flags) {
     absl::StatusOr<std::unique_ptr<ChildProcess>> worker =
         SpawnWorker(refusing.port, scratch, {bad});
     ASSERT_TRUE(worker.ok()) << worker.status();
@@ -120,37 +122,19 @@ TEST(WorkerBinaryTest, LookaheadOutOfRangeIsABadFlag) {
     PumpOutput({worker->get()}, absl::Milliseconds(50), collect);
     const ExitStatus status = (*worker)->TryWait().value();
     EXPECT_TRUE(status.exited && status.code == 2) << bad << ": " << status.ToString();
-    EXPECT_TRUE(absl::StrContains(output, "expected a number of versions in [0, 100]"))
-        << bad << "\n" << output;
+    EXPECT_TRUE(absl::StrContains(output, message)) << bad << "\n" << output;
   }
 }
 
-// So are a target accuracy outside [0, 1], a negative snapshot interval and a start timeout
-// that is not positive.
+TEST(WorkerBinaryTest, LookaheadOutOfRangeIsABadFlag) {
+  ExpectBadFlags({"--lookahead=-1", "--lookahead=nan", "--lookahead=1e30"},
+                 "expected a number of versions in [0, 100]");
+}
+
 TEST(WorkerBinaryTest, TargetAccuracySnapshotIntervalOrStartTimeoutOutOfRangeIsABadFlag) {
-  RefusingPort refusing;
-  ASSERT_GT(refusing.port, 0);
-  std::string scratch = absl::StrCat(::testing::TempDir(), "/worker_binary_test.XXXXXX");
-  ASSERT_NE(mkdtemp(scratch.data()), nullptr);
-  for (const char* bad : {"--target_accuracy=1.5", "--target_accuracy=-0.1",
-                          "--target_accuracy=nan", "--snapshot_interval=-1s",
-                          "--start_timeout=0"}) {
-    absl::StatusOr<std::unique_ptr<ChildProcess>> worker =
-        SpawnWorker(refusing.port, scratch, {bad});
-    ASSERT_TRUE(worker.ok()) << worker.status();
-    std::string output;
-    const LineHandler collect = Collector(&output);
-    const absl::Time deadline = absl::Now() + absl::Seconds(20);
-    while ((*worker)->running() && absl::Now() < deadline) {
-      PumpOutput({worker->get()}, absl::Milliseconds(50), collect);
-    }
-    ASSERT_FALSE((*worker)->running()) << bad << " did not stop the worker\n" << output;
-    PumpOutput({worker->get()}, absl::Milliseconds(50), collect);
-    const ExitStatus status = (*worker)->TryWait().value();
-    EXPECT_TRUE(status.exited && status.code == 2) << bad << ": " << status.ToString();
-    EXPECT_TRUE(absl::StrContains(output, "need --target_accuracy in [0, 1]")) << bad << "\n"
-                                                                             << output;
-  }
+  ExpectBadFlags({"--target_accuracy=1.5", "--target_accuracy=-0.1", "--target_accuracy=nan",
+                  "--snapshot_interval=-1s", "--start_timeout=0"},
+                 "need --target_accuracy in [0, 1]");
 }
 
 // Pumps the worker's output into `output` until it exits or `timeout` passes; whether it exited.
