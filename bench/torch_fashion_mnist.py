@@ -3,7 +3,7 @@
 
 Trains 784-256-128-10 (ReLU, softmax cross-entropy) with AdamW (lr 1e-3, batch 128 by
 default) on the same IDX files and the same pixel normalisation as dion-worker
-(worker/idx_loader.h: mean 0.2860, stddev 0.3530), evaluates on the test set every
+(worker/train/idx_loader.h: mean 0.2860, stddev 0.3530), evaluates on the test set every
 --eval_every steps, and prints the time at which test accuracy first reached --target.
 Evaluation time is excluded from the training clock; data loading is excluded too (dion local
 reports both its wall time and its time to the target from the workers' own clock).

@@ -116,7 +116,7 @@ class ParameterStore {
   // when newly registered, false when the identical table was registered before.
   // InvalidArgument for an invalid table, FailedPrecondition (first mismatch) for a different one.
   absl::StatusOr<bool> RegisterModel(const ModelTable& table) ABSL_LOCKS_EXCLUDED(mu_);
-  // Checkpoint restore (server/checkpointer.h): registers `table`, which carries no initial
+  // Checkpoint restore (server/checkpoint/checkpointer.h): registers `table`, which carries no initial
   // values, under the identity of the original table, whose explicit initial values are known
   // by their checksums only (one entry per parameter, as ModelInfo::initial_value_checksums),
   // so that the workers' original table still compares equal. The owned parameters' values

@@ -6,7 +6,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
-#include "server/checkpointer.h"
+#include "server/checkpoint/checkpointer.h"
 #include "server/metrics.h"
 
 namespace dion {

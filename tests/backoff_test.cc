@@ -1,5 +1,5 @@
-// Reconnect backoff (worker/backoff.h): jittered waits under a growing cap, and a budget.
-#include "worker/backoff.h"
+// Reconnect backoff (worker/client/backoff.h): jittered waits under a growing cap, and a budget.
+#include "worker/client/backoff.h"
 
 #include <gtest/gtest.h>
 

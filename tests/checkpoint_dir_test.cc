@@ -1,7 +1,7 @@
-// Tests of common/checkpoint_dir.h: commit is atomic, crash leftovers are ignored, corrupt
+// Tests of server/checkpoint/checkpoint_dir.h: commit is atomic, crash leftovers are ignored, corrupt
 // checkpoints are skipped for the previous valid one, and retention deletes only old ones.
 // The manifest's JSON and checksum are tested in checkpoint_manifest_test.cc.
-#include "common/checkpoint_dir.h"
+#include "server/checkpoint/checkpoint_dir.h"
 
 #include <stdlib.h>
 #include <sys/stat.h>
@@ -14,7 +14,7 @@
 
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
-#include "common/npy.h"
+#include "server/checkpoint/npy.h"
 #include "gtest/gtest.h"
 
 namespace dion {

@@ -1,6 +1,6 @@
-// Text encodings of a shard checkpoint (server/checkpoint_encoding.h): escaped names and the
+// Text encodings of a shard checkpoint (server/checkpoint/checkpoint_encoding.h): escaped names and the
 // dedup state, including checkpoints written before the forced dedup floor existed.
-#include "server/checkpoint_encoding.h"
+#include "server/checkpoint/checkpoint_encoding.h"
 
 #include <gtest/gtest.h>
 

@@ -1,7 +1,7 @@
-// Tests of common/checkpoint_manifest.h: FNV-1a 64 matches the published vectors, and the
+// Tests of server/checkpoint/checkpoint_manifest.h: FNV-1a 64 matches the published vectors, and the
 // manifest round-trips through its JSON, tolerates hand edits and refuses malformed or unsafe
 // manifests.
-#include "common/checkpoint_manifest.h"
+#include "server/checkpoint/checkpoint_manifest.h"
 
 #include <string>
 

@@ -1,9 +1,9 @@
-// Shard checkpoints (server/checkpointer.h): a store with Dion, AdamW, Lion and Muon
+// Shard checkpoints (server/checkpoint/checkpointer.h): a store with Dion, AdamW, Lion and Muon
 // parameters survives Write -> LoadNewest -> RestoreInto bit for bit (weights, optimizer
 // state, versions, counters, dedup state) and then keeps training exactly like the original;
 // damaged checkpoints are skipped, retention and shard identity are enforced, and numpy reads
 // every tensor.
-#include "server/checkpointer.h"
+#include "server/checkpoint/checkpointer.h"
 
 #include <gtest/gtest.h>
 #include <stdlib.h>
@@ -20,7 +20,7 @@
 
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
-#include "common/checkpoint_dir.h"
+#include "server/checkpoint/checkpoint_dir.h"
 #include "server/batcher.h"
 #include "server/clock.h"
 #include "server/parameter_store.h"

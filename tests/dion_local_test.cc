@@ -20,7 +20,7 @@
 #include "gtest/gtest.h"
 #include "tests/json_check.h"
 #include "tests/xml_check.h"
-#include "worker/process.h"
+#include "worker/local/process.h"
 
 #ifndef DION_BINARY
 #error "DION_BINARY must name the built dion executable"

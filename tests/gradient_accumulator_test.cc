@@ -1,6 +1,6 @@
-// The worker's push bookkeeping (worker/gradient_accumulator.h): nothing is lost whatever the
+// The worker's push bookkeeping (worker/client/gradient_accumulator.h): nothing is lost whatever the
 // shard answers, checked against a plain double-precision sum of the gradients.
-#include "worker/gradient_accumulator.h"
+#include "worker/client/gradient_accumulator.h"
 
 #include <gtest/gtest.h>
 

@@ -1,7 +1,7 @@
 // The IDX loader on files written by the test (raw and gzip, recognised by content), on
 // every malformed input it must refuse with an error naming the file, and, when Debian's
 // dataset-fashion-mnist is installed, on the real Fashion-MNIST files.
-#include "worker/idx_loader.h"
+#include "worker/train/idx_loader.h"
 
 #include <gtest/gtest.h>
 #include <unistd.h>

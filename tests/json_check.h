@@ -1,6 +1,6 @@
 // A minimal strict JSON reader for tests (RFC 8259 syntax: objects, arrays, strings with
 // escapes, numbers, true / false / null; no NaN, no trailing commas, nothing after the value).
-// Independent of the writer it checks (worker/run_report.cc), so a malformed summary.json fails
+// Independent of the writer it checks (worker/local/run_report.cc), so a malformed summary.json fails
 // here rather than being read back by the code that wrote it.
 #ifndef DION_TESTS_JSON_CHECK_H_
 #define DION_TESTS_JSON_CHECK_H_

@@ -1,6 +1,6 @@
-// How `dion local` options become the children's command lines (worker/local_run_flags.h),
-// option validation, and where `dion` finds dion-server and dion-worker (worker/local_run.h).
-#include "worker/local_run_flags.h"
+// How `dion local` options become the children's command lines (worker/local/local_run_flags.h),
+// option validation, and where `dion` finds dion-server and dion-worker (worker/local/local_run.h).
+#include "worker/local/local_run_flags.h"
 
 #include <sys/stat.h>
 #include <unistd.h>
@@ -17,7 +17,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "gtest/gtest.h"
-#include "worker/local_run.h"
+#include "worker/local/local_run.h"
 
 namespace dion {
 namespace {

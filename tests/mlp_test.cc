@@ -2,7 +2,7 @@
 // against central finite differences in double precision, the float (BLAS) path against the
 // double one, input validation, workspace reuse, Evaluate, and that plain SGD learns the
 // synthetic teacher task.
-#include "worker/mlp.h"
+#include "worker/train/mlp.h"
 
 #include <gtest/gtest.h>
 
@@ -10,7 +10,7 @@
 #include <numeric>
 
 #include "common/rng.h"
-#include "worker/synthetic_task.h"
+#include "worker/train/synthetic_task.h"
 
 namespace dion {
 namespace {

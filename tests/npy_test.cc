@@ -1,6 +1,6 @@
-// Tests of common/npy.h: bit-exact round trips, numpy-compatible headers, precise errors for
+// Tests of server/checkpoint/npy.h: bit-exact round trips, numpy-compatible headers, precise errors for
 // every malformed file, and interoperability with the real numpy (when /usr/bin/python3 has it).
-#include "common/npy.h"
+#include "server/checkpoint/npy.h"
 
 #include <stdlib.h>
 #include <unistd.h>

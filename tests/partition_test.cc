@@ -1,7 +1,7 @@
 // Partition of samples across workers: every sample in exactly one worker, the same
 // partition for the same seed, balanced IID parts, and Dirichlet label skew that grows as
 // alpha shrinks.
-#include "worker/partition.h"
+#include "worker/train/partition.h"
 
 #include <gtest/gtest.h>
 

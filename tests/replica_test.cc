@@ -1,5 +1,5 @@
-// A worker's parameter replica (worker/replica.h) following broadcast versions.
-#include "worker/replica.h"
+// A worker's parameter replica (worker/client/replica.h) following broadcast versions.
+#include "worker/client/replica.h"
 
 #include <gtest/gtest.h>
 

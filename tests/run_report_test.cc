@@ -1,7 +1,7 @@
 // The parts of `dion local` that do not need processes: the progress-line parser, the
 // aggregation across workers, and the report, summary.json and curves.svg writers
-// (worker/run_report.h, worker/svg_plot.h).
-#include "worker/run_report.h"
+// (worker/local/run_report.h, worker/local/svg_plot.h).
+#include "worker/local/run_report.h"
 
 #include <cmath>
 #include <limits>
@@ -12,8 +12,8 @@
 #include "gtest/gtest.h"
 #include "tests/json_check.h"
 #include "tests/xml_check.h"
-#include "worker/run_summary.h"
-#include "worker/svg_plot.h"
+#include "worker/local/run_summary.h"
+#include "worker/local/svg_plot.h"
 
 namespace dion {
 namespace {
@@ -21,7 +21,7 @@ namespace {
 using testing::JsonReader;
 using testing::JsonValue;
 
-// The exact format of worker/main.cc's ProgressLine.
+// The exact format of worker/train/main.cc's ProgressLine.
 std::string Line(const char* kind, int worker, int64_t samples, double elapsed, double loss,
                  int64_t sent, int64_t accepted, double staleness, const char* hist,
                  const char* evaluation = "") {

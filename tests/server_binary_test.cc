@@ -17,7 +17,7 @@
 
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
-#include "common/checkpoint_dir.h"
+#include "server/checkpoint/checkpoint_dir.h"
 #include "tests/server_test_util.h"
 
 extern char** environ;

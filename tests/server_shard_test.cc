@@ -15,7 +15,7 @@
 
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
-#include "common/checkpoint_dir.h"
+#include "server/checkpoint/checkpoint_dir.h"
 #include "common/rng.h"
 #include "common/checksum.h"
 #include "server/wire.h"

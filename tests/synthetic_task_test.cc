@@ -1,7 +1,7 @@
 // The synthetic teacher task: deterministic in its seeds, labels spread over the classes,
 // and learnable by a student MLP with AdamW and with the parameter table's own optimizers
 // (Dion on the hidden weight, AdamW on the rest), run locally without any server.
-#include "worker/synthetic_task.h"
+#include "worker/train/synthetic_task.h"
 
 #include <gtest/gtest.h>
 
@@ -10,7 +10,7 @@
 
 #include "common/dion.h"
 #include "common/elementwise_optimizers.h"
-#include "worker/mlp.h"
+#include "worker/train/mlp.h"
 
 namespace dion {
 namespace {

@@ -17,7 +17,7 @@
 #include "gtest/gtest.h"
 #include "server/dion_server.h"
 #include "tests/server_test_util.h"
-#include "worker/process.h"
+#include "worker/local/process.h"
 
 #ifndef DION_WORKER_BINARY
 #error "DION_WORKER_BINARY must name the built dion-worker executable"

@@ -1,9 +1,9 @@
-// The worker's client library (worker/client.h) against in-process shards on 127.0.0.1:
+// The worker's client library (worker/client/client.h) against in-process shards on 127.0.0.1:
 // replica in step with the shard, refused pushes restored (nothing lost), resync after a
 // shard restarts from an older checkpoint, reconnect after an outage, giving up, bad input.
 // Timing-dependent faults (a stream breaking while a push is taken, an update arriving during
 // a resync, a shard that hangs) are scripted with a fake shard (tests/fake_shard.h).
-#include "worker/client.h"
+#include "worker/client/client.h"
 
 #include <unistd.h>
 

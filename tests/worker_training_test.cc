@@ -1,5 +1,5 @@
 // End to end inside one process: two shards on 127.0.0.1, two workers training the MLP on the
-// synthetic teacher task through the client library (worker/trainer.h), and the worker metrics
+// synthetic teacher task through the client library (worker/train/trainer.h), and the worker metrics
 // they export.
 #include <gtest/gtest.h>
 
@@ -17,12 +17,12 @@
 #include "absl/strings/str_cat.h"
 #include "common/rng.h"
 #include "tests/server_test_util.h"
-#include "worker/client.h"
-#include "worker/mlp.h"
-#include "worker/partition.h"
-#include "worker/synthetic_task.h"
-#include "worker/trainer.h"
-#include "worker/worker_metrics.h"
+#include "worker/client/client.h"
+#include "worker/train/mlp.h"
+#include "worker/train/partition.h"
+#include "worker/train/synthetic_task.h"
+#include "worker/train/trainer.h"
+#include "worker/client/worker_metrics.h"
 
 namespace dion {
 namespace {

@@ -9,7 +9,7 @@
    panel types, unique refIds per panel, and every datasource reference pointing at the
    dashboard's single Prometheus datasource variable.
 2. Every metric name in every panel query is one the code registers: the names in the
-   prometheus-cpp builders of server/metrics.cc and worker/worker_metrics.cc (histograms with
+   prometheus-cpp builders of server/metrics.cc and worker/client/worker_metrics.cc (histograms with
    their _bucket / _sum / _count series) plus Prometheus' own `up`. The live test
    (live_scrape_test.py) checks the same names against a real /metrics scrape.
 
@@ -162,9 +162,9 @@ def metric_names(expr):
 
 def registered_names(source_root):
     """Series names the code exports: .Name("...") of server/metrics.cc and
-    worker/worker_metrics.cc; histograms (BuildHistogram) add _bucket, _sum and _count."""
+    worker/client/worker_metrics.cc; histograms (BuildHistogram) add _bucket, _sum and _count."""
     names = {"up"}
-    for path in ("server/metrics.cc", "worker/worker_metrics.cc"):
+    for path in ("server/metrics.cc", "worker/client/worker_metrics.cc"):
         with open(f"{source_root}/{path}") as f:
             src = f.read()
         for m in re.finditer(r"Build(Counter|Gauge|Histogram)\(\)\s*\.Name\(\"(\w+)\"\)", src):

@@ -1,0 +1,459 @@
+// Client: connecting to the shards, the push path (accumulate, compress, send, handle the
+// acknowledgement), Flush, failure and Close. The replica side is in client_replica.cc.
+#include "worker/client/client.h"
+
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <thread>
+#include <utility>
+
+#include "absl/container/flat_hash_map.h"
+#include "absl/strings/str_cat.h"
+#include "absl/time/clock.h"
+#include "common/wire.h"
+#include "worker/client/client_parameter.h"
+
+namespace dion {
+
+namespace {
+
+v1::RegisterModelRequest RegistrationOf(const ModelTable& table, const std::string& worker_id) {
+  v1::RegisterModelRequest request;
+  request.set_model_name(table.model_name);
+  request.set_worker_id(worker_id);
+  for (const ParameterDefinition& definition : table.parameters) {
+    v1::ParameterSpec* proto = request.add_parameters();
+    ParameterToProto(definition.spec, proto);
+    if (definition.initial_value.has_value()) {
+      MatrixToTensor(*definition.initial_value, definition.spec.shape,
+                     proto->mutable_initial_value());
+    }
+  }
+  return request;
+}
+
+bool Retryable(const absl::Status& s) {
+  return s.code() == absl::StatusCode::kUnavailable ||
+         s.code() == absl::StatusCode::kDeadlineExceeded;
+}
+
+absl::StatusCode StatusCodeOf(int32_t code) {
+  return code >= 1 && code <= 16 ? static_cast<absl::StatusCode>(code)
+                                 : absl::StatusCode::kUnknown;
+}
+
+// A rejected push that was certainly not applied and may succeed later: restore it.
+bool RefusedNotApplied(absl::StatusCode code) {
+  switch (code) {
+    case absl::StatusCode::kOutOfRange:          // base version ahead of a restarted shard
+    case absl::StatusCode::kFailedPrecondition:  // shard restarted without the model yet
+    case absl::StatusCode::kUnavailable:         // shard shutting down
+    case absl::StatusCode::kAborted:
+      return true;
+    default:
+      return false;
+  }
+}
+
+}  // namespace
+
+absl::StatusOr<std::unique_ptr<Client>> Client::Connect(const ModelTable& table,
+                                                        const ClientOptions& options) {
+  if (options.shard_addresses.empty()) {
+    return absl::InvalidArgumentError("shard_addresses is empty; expected one host:port per shard");
+  }
+  if (options.worker_id.empty()) return absl::InvalidArgumentError("worker_id must not be empty");
+  if (options.max_in_flight < 1 ||
+      static_cast<uint64_t>(options.max_in_flight) > kMaxUnacknowledgedSpan) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("max_in_flight must be in [1, ", kMaxUnacknowledgedSpan, "] (well inside ",
+                     "the shards' dedup window), got ", options.max_in_flight));
+  }
+  if (options.ack_timeout <= absl::ZeroDuration()) {
+    return absl::InvalidArgumentError("ack_timeout must be positive");
+  }
+  if (!(options.compression_rank_fraction > 0.0 && options.compression_rank_fraction <= 1.0)) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "compression_rank_fraction must be in (0, 1], got ", options.compression_rank_fraction));
+  }
+  if (absl::Status s = ValidateModelTable(table); !s.ok()) return s;
+  absl::StatusOr<Layout> layout =
+      Layout::Compute(table.specs(), static_cast<int>(options.shard_addresses.size()));
+  if (!layout.ok()) return layout.status();
+  std::unique_ptr<Client> client(new Client(table, options, *std::move(layout)));
+  if (absl::Status s = client->Start(table); !s.ok()) return s;
+  return client;
+}
+
+Client::Client(const ModelTable& table, const ClientOptions& options, Layout layout)
+    : options_(options), specs_(table.specs()), layout_(std::move(layout)) {
+  const uint64_t first_sequence =
+      options_.first_sequence != 0 ? options_.first_sequence
+                                   : static_cast<uint64_t>(absl::ToUnixMicros(absl::Now()));
+  for (int i = 0; i < static_cast<int>(specs_.size()); ++i) {
+    const ParamSpec& spec = specs_[i];
+    index_of_[spec.name] = i;
+    parameters_.push_back(std::make_unique<Parameter>(
+        spec, i, layout_.ShardOf(spec.name),
+        CompressionRank(spec, options_.compression_rank_fraction),
+        MixSeed(options_.seed, 0xC0, static_cast<uint64_t>(i)), first_sequence,
+        options_.track_last_step));
+  }
+}
+
+int CompressionRank(const ParamSpec& spec, double fraction) {
+  const int64_t m = spec.rows();
+  const int64_t n = spec.cols();
+  const int64_t short_side = std::min(m, n);
+  const int64_t break_even = std::max<int64_t>(1, m * n / (m + n));
+  const int64_t rank = std::llround(fraction * static_cast<double>(short_side));
+  return static_cast<int>(std::clamp<int64_t>(rank, 1, std::min(short_side, break_even)));
+}
+
+Client::~Client() { Close(); }
+
+Client::Parameter* Client::Find(absl::string_view name) const {
+  auto it = index_of_.find(name);
+  return it == index_of_.end() ? nullptr : parameters_[it->second].get();
+}
+
+absl::Status Client::Start(const ModelTable& table) {
+  const v1::RegisterModelRequest registration = RegistrationOf(table, options_.worker_id);
+  const int num_shards = static_cast<int>(options_.shard_addresses.size());
+  for (int s = 0; s < num_shards; ++s) {
+    ShardLinkOptions link;
+    link.shard_index = s;
+    link.address = options_.shard_addresses[s];
+    link.worker_id = options_.worker_id;
+    link.rpc_deadline = options_.rpc_deadline;
+    link.ack_timeout = options_.ack_timeout;
+    link.reconnect = options_.reconnect;
+    link.max_message_bytes = options_.max_message_bytes;
+    link.seed = MixSeed(options_.seed, 0x11, static_cast<uint64_t>(s));
+    ShardLinkCallbacks callbacks;
+    callbacks.on_ack = [this, s](const v1::PushAck& ack) { OnAck(s, ack); };
+    callbacks.on_update = [this, s](v1::VersionUpdate& update) { OnUpdate(s, update); };
+    callbacks.have = [this, s] { return Have(s); };
+    callbacks.on_push_stream_opened = [this, s](uint64_t generation) {
+      ResendInFlight(s, generation);
+    };
+    callbacks.on_reconnect = [this] {
+      {
+        MutexLock lock(&mu_);
+        ++stats_.reconnects;
+      }
+      if (options_.metrics != nullptr) options_.metrics->RecordReconnect();
+    };
+    callbacks.on_give_up = [this](const absl::Status& status) { Fail(status); };
+    links_.push_back(std::make_unique<ShardLink>(std::move(link), registration, callbacks));
+  }
+
+  // Register everywhere (shards may still be starting: retry while they are unavailable),
+  // check each address serves the index it is listed at, and that the layouts agree.
+  for (int s = 0; s < num_shards; ++s) {
+    Backoff backoff(options_.reconnect, MixSeed(options_.seed, 0x22, s));
+    absl::StatusOr<v1::RegisterModelResponse> response = links_[s]->Register();
+    while (!response.ok() && Retryable(response.status()) && !backoff.Expired(absl::Now())) {
+      absl::SleepFor(backoff.NextDelay());
+      response = links_[s]->Register();
+    }
+    if (!response.ok()) return response.status();
+    if (static_cast<int>(response->shard_index()) != s ||
+        static_cast<int>(response->layout().num_shards()) != num_shards) {
+      return absl::FailedPreconditionError(absl::StrCat(
+          options_.shard_addresses[s], " is shard ", response->shard_index(), " of ",
+          response->layout().num_shards(), ", but it is listed as shard ", s, " of ", num_shards,
+          "; list the addresses in shard-index order"));
+    }
+    for (const v1::Layout::Placement& placement : response->layout().placements()) {
+      if (layout_.ShardOf(placement.parameter()) != static_cast<int>(placement.shard())) {
+        return absl::FailedPreconditionError(absl::StrCat(
+            "shard ", s, " places '", placement.parameter(), "' on shard ", placement.shard(),
+            ", this client computes shard ", layout_.ShardOf(placement.parameter())));
+      }
+    }
+  }
+  // The initial weights, then the subscriptions (which only send what changed since).
+  for (int s = 0; s < num_shards; ++s) {
+    absl::StatusOr<std::vector<v1::ParameterValue>> values = links_[s]->Pull({});
+    if (!values.ok()) return values.status();
+    for (const v1::ParameterValue& value : *values) {
+      const Parameter* found = Find(value.parameter());
+      const int i = found != nullptr ? found->index : -1;
+      if (i < 0 || parameters_[i]->shard != s) {
+        return absl::FailedPreconditionError(
+            absl::StrCat("shard ", s, " sent '", value.parameter(),
+                         "', which this client does not place there"));
+      }
+      absl::StatusOr<Matrix> X = TensorToMatrix(value.value(), specs_[i].shape, value.parameter());
+      if (!X.ok()) return X.status();
+      Parameter& p = *parameters_[i];
+      MutexLock lock(&p.replica_mu);
+      if (absl::Status st = p.replica.Set(value.version(), *X, value.checksum()); !st.ok()) {
+        return st;
+      }
+    }
+  }
+  for (const auto& p : parameters_) {
+    MutexLock lock(&p->replica_mu);
+    if (!p->replica.has_value()) {
+      return absl::FailedPreconditionError(absl::StrCat(
+          "shard ", p->shard, " did not send '", specs_[p->index].name, "' when pulled"));
+    }
+  }
+  for (auto& link : links_) link->Start();
+  return absl::OkStatus();
+}
+
+absl::Status Client::Submit(absl::Span<const Matrix> gradients, int64_t samples, double loss) {
+  if (absl::Status s = Usable(); !s.ok()) return s;
+  if (gradients.size() != parameters_.size()) {
+    return absl::InvalidArgumentError(absl::StrCat("Submit got ", gradients.size(),
+                                                   " gradients, expected ", parameters_.size(),
+                                                   " (one per parameter, in table order)"));
+  }
+  if (samples <= 0) {
+    return absl::InvalidArgumentError(absl::StrCat("samples must be > 0, got ", samples));
+  }
+  // Everything is checked before anything is accumulated: bad input changes nothing.
+  for (size_t i = 0; i < gradients.size(); ++i) {
+    const ParamSpec& spec = specs_[i];
+    if (gradients[i].rows() != spec.rows() || gradients[i].cols() != spec.cols()) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "gradient of '", spec.name, "' is ", gradients[i].rows(), " x ", gradients[i].cols(),
+          ", expected ", spec.rows(), " x ", spec.cols()));
+    }
+    if (!AllFinite(gradients[i])) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("gradient of '", spec.name, "' contains NaN or Inf"));
+    }
+  }
+  for (auto& p : parameters_) {
+    MutexLock lock(&p->accumulator_mu);
+    int64_t base_version;
+    {
+      MutexLock replica_lock(&p->replica_mu);
+      base_version = p->replica.version();
+    }
+    if (absl::Status s =
+            p->accumulator.Accumulate(gradients[p->index], samples, loss, base_version);
+        !s.ok()) {
+      return s;  // only an overflowing residual gets here; earlier parameters keep their step
+    }
+    MaybeSend(*p);
+  }
+  {
+    MutexLock lock(&mu_);
+    ++stats_.local_steps;
+  }
+  if (options_.metrics != nullptr) {
+    options_.metrics->RecordSamples(samples);
+    options_.metrics->SetTrainingLoss(loss);
+  }
+  return absl::OkStatus();
+}
+
+void Client::MaybeSend(Parameter& p) {
+  p.accumulator_mu.AssertHeld();  // every caller holds it (Parameter is incomplete in client.h)
+  GradientAccumulator& acc = p.accumulator;
+  if (acc.in_flight() >= options_.max_in_flight) return;
+  if (acc.pending_samples() <= 0) return;
+  const int local_steps = acc.pending_steps();
+  int64_t base_version;
+  {
+    MutexLock lock(&p.replica_mu);
+    base_version = p.replica.version();
+  }
+  const Contribution* contribution = acc.Take(options_.worker_id, base_version, absl::Now());
+  if (contribution == nullptr) return;
+  v1::Contribution message;
+  ContributionToProto(*contribution, &message, specs_[p.index].shape);
+  const int64_t bytes = static_cast<int64_t>(message.ByteSizeLong());
+  const int64_t dense = 4 * specs_[p.index].size();
+  p.queued_in[contribution->sequence] = links_[p.shard]->Send(std::move(message));
+  {
+    MutexLock lock(&mu_);
+    ++stats_.pushes;
+    stats_.sent_bytes += bytes;
+    stats_.dense_bytes += dense;
+  }
+  if (options_.metrics != nullptr) options_.metrics->RecordPush(local_steps, bytes, dense);
+}
+
+void Client::ResendInFlight(int shard, uint64_t generation) {
+  for (auto& p : parameters_) {
+    if (p->shard != shard) continue;
+    MutexLock lock(&p->accumulator_mu);
+    for (const Contribution* c : p->accumulator.InFlight()) {
+      // Taken and queued after the link cleared its queue for this stream: already on its way.
+      // A second copy on the same stream could be refused and restored, and then accepted.
+      auto queued = p->queued_in.find(c->sequence);
+      if (queued != p->queued_in.end() && queued->second == generation) continue;
+      v1::Contribution message;
+      ContributionToProto(*c, &message, specs_[p->index].shape);
+      p->queued_in[c->sequence] = links_[shard]->Send(std::move(message));
+    }
+  }
+}
+
+void Client::OnAck(int shard, const v1::PushAck& ack) {
+  Parameter* p = Find(ack.parameter());
+  // Nothing of this shard's is in flight for a name it does not own.
+  if (p == nullptr || p->shard != shard) return;
+  // How the contribution is settled: dropped (applied, or applied before), restored into the
+  // residual (certainly not applied), or dropped with its fate unknown (a fatal error).
+  bool refused = false;
+  bool unknown = false;
+  bool resync = false;
+  absl::Status fatal;
+  WorkerPushResult result = WorkerPushResult::kAccepted;
+  switch (ack.result()) {
+    case v1::PUSH_RESULT_ACCEPTED: break;
+    case v1::PUSH_RESULT_DUPLICATE: result = WorkerPushResult::kDuplicate; break;
+    case v1::PUSH_RESULT_STALE:
+      result = WorkerPushResult::kStale;
+      refused = true;
+      break;
+    case v1::PUSH_RESULT_REJECTED: {
+      result = WorkerPushResult::kRejected;
+      const absl::StatusCode code = StatusCodeOf(ack.status_code());
+      if (code == absl::StatusCode::kDataLoss) {
+        // Older than the shard's dedup window: not applied now, maybe applied before. Restoring
+        // could apply it twice, so it is dropped, and the run stops: this client keeps fewer
+        // than kMaxUnacknowledgedSpan sequences open, so another process uses this worker id
+        // or sequence numbers were reused (first_sequence).
+        unknown = true;
+        fatal = absl::DataLossError(absl::StrCat(
+            "shard ", shard, " cannot tell whether contribution ", ack.sequence(), " to '",
+            ack.parameter(), "' was applied (", ack.message(), "); it was dropped. Is worker id '",
+            options_.worker_id, "' used by two processes, or were sequence numbers reused?"));
+        break;
+      }
+      refused = true;  // restored either way: nothing is lost, even on a fatal error
+      resync = code == absl::StatusCode::kOutOfRange;
+      if (!RefusedNotApplied(code)) {
+        fatal = absl::Status(code, absl::StrCat("shard ", shard, " rejected a contribution to '",
+                                                ack.parameter(), "': ", ack.message()));
+      }
+      break;
+    }
+    default:
+      result = WorkerPushResult::kRejected;
+      unknown = true;
+      fatal = absl::DataLossError(absl::StrCat(
+          "shard ", shard, " answered contribution ", ack.sequence(), " to '", ack.parameter(),
+          "' with unknown result ", static_cast<int>(ack.result()), "; it was dropped"));
+  }
+  absl::Time taken;
+  {
+    MutexLock lock(&p->accumulator_mu);
+    absl::StatusOr<GradientAccumulator::Acknowledged> done =
+        p->accumulator.Acknowledge(ack.sequence(), refused);
+    // Not in flight (answered already): nothing to settle.
+    if (absl::IsNotFound(done.status())) return;
+    p->queued_in.erase(ack.sequence());
+    if (!done.ok()) {
+      // The refused contribution could not be put back (non-finite after scaling): it is
+      // neither applied nor kept, so the run cannot go on without losing it.
+      Fail(absl::DataLossError(absl::StrCat("a refused contribution to '", ack.parameter(),
+                                            "' could not be restored: ",
+                                            done.status().message())));
+      return;
+    }
+    taken = done->taken;
+    if (options_.on_acknowledged && !unknown) {
+      options_.on_acknowledged(done->contribution, refused);
+    }
+    if (!fatal.ok()) Fail(fatal);
+    // An accepted push frees its slot for what accumulated meanwhile. A refused one goes out
+    // again with the next Submit or Flush, not from here: when the replica lags the shard by
+    // more than its staleness bound (a subscription in backoff), re-sending at once would be
+    // refused again, in a loop as fast as the network (and the compressor) can go.
+    if (!refused && Usable().ok()) MaybeSend(*p);  // not after Close either
+  }
+  {
+    MutexLock lock(&mu_);
+    if (result == WorkerPushResult::kAccepted) {
+      ++stats_.accepted;
+      const int64_t tau = std::max<int64_t>(0, ack.staleness());
+      ++stats_.staleness[std::min<int64_t>(tau, ClientStats::kStalenessBins - 1)];
+      stats_.staleness_sum += tau;
+    }
+    if (result == WorkerPushResult::kDuplicate) ++stats_.duplicates;
+    if (refused) ++stats_.refused;
+  }
+  if (options_.metrics != nullptr) {
+    options_.metrics->RecordAck(result, absl::ToDoubleSeconds(absl::Now() - taken));
+    if (refused) options_.metrics->RecordRefused();
+  }
+  // Before the resync, which can block on a pull for up to rpc_deadline (and signals itself).
+  NotifyChange();
+  if (resync) Resync(*p, "rejected_version");
+}
+
+absl::Status Client::Flush(absl::Duration timeout) {
+  const absl::Time deadline = absl::Now() + timeout;
+  while (true) {
+    const uint64_t seen = ChangeCount();
+    if (absl::Status s = Usable(); !s.ok()) return s;
+    int outstanding = 0;
+    for (auto& p : parameters_) {
+      MutexLock lock(&p->accumulator_mu);
+      MaybeSend(*p);
+      outstanding += p->accumulator.in_flight() + (p->accumulator.pending_samples() > 0);
+    }
+    if (outstanding == 0) return absl::OkStatus();
+    if (absl::Now() >= deadline) {
+      return absl::DeadlineExceededError(absl::StrCat(
+          outstanding, " pushes (or pending accumulations) still unacknowledged after ",
+          absl::FormatDuration(timeout)));
+    }
+    // Acknowledgements and failures wake this up; the cap is a safety net, so that a change
+    // nothing announces can delay the flush by at most 50 ms.
+    WaitForChange(seen, std::min(deadline, absl::Now() + absl::Milliseconds(50)));
+  }
+}
+
+ClientStats Client::stats() const {
+  MutexLock lock(&mu_);
+  return stats_;
+}
+
+absl::Status Client::status() const {
+  MutexLock lock(&mu_);
+  return fatal_;
+}
+
+absl::Status Client::Usable() const {
+  MutexLock lock(&mu_);
+  if (!fatal_.ok()) return fatal_;
+  if (closed_) return absl::FailedPreconditionError("the client is closed");
+  return absl::OkStatus();
+}
+
+void Client::Fail(const absl::Status& status) {
+  if (status.ok()) return;
+  {
+    MutexLock lock(&mu_);
+    if (fatal_.ok()) fatal_ = status;
+  }
+  NotifyChange();
+}
+
+void Client::Close() {
+  {
+    MutexLock lock(&mu_);
+    closed_ = true;
+  }
+  NotifyChange();  // waiters return now, not at their deadlines
+  for (auto& link : links_) link->Stop();
+}
+
+Matrix Client::Outstanding(int index) const {
+  const Parameter& p = *parameters_.at(index);
+  MutexLock lock(&p.accumulator_mu);
+  return p.accumulator.Outstanding();
+}
+
+}  // namespace dion

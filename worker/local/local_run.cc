@@ -1,0 +1,551 @@
+#include "worker/local/local_run.h"
+
+#include <signal.h>
+#include <sys/ioctl.h>
+#include <sys/signalfd.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cstdio>
+#include <filesystem>
+#include <memory>
+#include <optional>
+
+#include "absl/status/status.h"
+#include "absl/strings/match.h"
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+#include "absl/strings/str_join.h"
+#include "absl/time/clock.h"
+#include "worker/local/local_run_flags.h"
+#include "worker/local/process.h"
+#include "worker/local/run_report.h"
+#include "worker/local/run_summary.h"
+
+namespace dion {
+namespace {
+
+namespace fs = std::filesystem;
+
+enum class Role { kShard, kWorker, kEvaluator };
+
+struct Child {
+  Role role;
+  int index;
+  std::unique_ptr<ChildProcess> process;
+  std::string address;  // shards: the bound gRPC address, from the start-up line
+  bool ready = false;   // workers: data loaded and connected ("training on ..." printed)
+};
+
+// The text after `marker` up to the next space or comma, if `line` contains marker.
+std::optional<std::string> Field(absl::string_view line, absl::string_view marker) {
+  const size_t at = line.find(marker);
+  if (at == absl::string_view::npos) return std::nullopt;
+  absl::string_view rest = line.substr(at + marker.size());
+  return std::string(rest.substr(0, rest.find_first_of(" ,")));
+}
+
+std::string DefaultRunDir() {
+  const std::string base =
+      absl::StrCat("runs/", absl::FormatTime("%Y%m%d-%H%M%S", absl::Now(), absl::LocalTimeZone()));
+  std::string dir = base;
+  for (int n = 2; fs::exists(dir); ++n) dir = absl::StrCat(base, "-", n);
+  return dir;
+}
+
+class LocalRun {
+ public:
+  LocalRun(const LocalRunOptions& options, int signal_fd)
+      : options_(options), signal_fd_(signal_fd), aggregate_(options.workers) {}
+
+  int Run();
+
+ private:
+  double Now() const { return absl::ToDoubleSeconds(absl::Now() - start_); }
+  std::vector<ChildProcess*> Processes(std::optional<Role> role = std::nullopt) const;
+  absl::Status Spawn(Role role, int index, std::vector<std::string> args);
+  void OnLine(ChildProcess& process, const std::string& line);
+  // Prints a message on `stream`, first erasing the live line if one is shown.
+  void Say(FILE* stream, const std::string& message);
+  void ShowProgress(bool force);
+  // Checks every child; the first that failed (or a shard that exited early) is reported.
+  bool FindFailure();
+  void ReportFailure(const Child& child, const std::string& what);
+  absl::Status StartShards();
+  absl::Status StartWorkers();
+  // Returns false when interrupted or a child failed.
+  bool Supervise();
+  bool Evaluate();
+  // Consumes the pending signals and remembers the interruption.
+  void Interrupt();
+  void StopAll();
+  int Finish(const std::string& status);
+  std::vector<std::string> ShardAddresses() const;
+  // The file whose creation starts every worker's training (dion-worker --start_file).
+  std::string StartFile() const { return absl::StrCat(run_dir_, "/logs/.start"); }
+
+  const LocalRunOptions& options_;
+  const int signal_fd_;
+  std::string run_dir_;
+  absl::Time start_ = absl::Now();
+  std::vector<Child> children_;
+  RunAggregate aggregate_;
+  std::optional<EvaluationResult> evaluation_;
+  bool interrupted_ = false;
+  bool live_line_shown_ = false;
+  bool workers_started_ = false;  // StartFile() written (or attempted)
+  std::string start_error_;       // why StartFile() could not be written
+  absl::Time last_progress_ = absl::InfinitePast();
+};
+
+std::vector<ChildProcess*> LocalRun::Processes(std::optional<Role> role) const {
+  std::vector<ChildProcess*> out;
+  for (const Child& c : children_) {
+    if (!role.has_value() || c.role == *role) out.push_back(c.process.get());
+  }
+  return out;
+}
+
+absl::Status LocalRun::Spawn(Role role, int index, std::vector<std::string> args) {
+  const std::string name = role == Role::kShard    ? absl::StrCat("shard-", index)
+                           : role == Role::kWorker ? absl::StrCat("worker-", index)
+                                                   : std::string("evaluator");
+  ChildSpec spec;
+  spec.name = name;
+  spec.binary = role == Role::kShard ? options_.server_binary : options_.worker_binary;
+  spec.args = std::move(args);
+  spec.log_path = absl::StrCat(run_dir_, "/logs/", name, ".log");
+  absl::StatusOr<std::unique_ptr<ChildProcess>> process = ChildProcess::Spawn(spec);
+  if (!process.ok()) return process.status();
+  children_.push_back({role, index, *std::move(process), ""});
+  return absl::OkStatus();
+}
+
+void LocalRun::OnLine(ChildProcess& process, const std::string& line) {
+  Child* child = nullptr;
+  for (Child& c : children_) {
+    if (c.process.get() == &process) child = &c;
+  }
+  if (child == nullptr) return;
+  if (child->role == Role::kShard && child->address.empty()) {
+    if (auto address = Field(line, "serving gRPC on ")) child->address = *address;
+  } else if (child->role == Role::kWorker) {
+    if (IsProgressLine(line)) {
+      absl::StatusOr<ProgressLine> parsed = ParseProgressLine(line);
+      if (parsed.ok()) {
+        aggregate_.Add(*parsed, Now());
+      } else {
+        Say(stderr, absl::StrCat("dion local: ", parsed.status().message()));
+      }
+    } else if (absl::StrContains(line, " training on ")) {
+      // "dion-worker: worker-0 training on 15000 of 60000 samples (iid partition), ..."
+      int64_t size = 0;
+      if (auto of = Field(line, " of "); of && absl::SimpleAtoi(*of, &size)) {
+        aggregate_.SetTrainingSetSize(size);
+      }
+      // The worker now waits for the start file. Started together, no worker trains while the
+      // others still load and decompress the data set on the same cores, and the training
+      // clock (from the first worker's start) does not count their loading.
+      child->ready = true;
+      const bool all_ready = std::all_of(children_.begin(), children_.end(), [](const Child& c) {
+        return c.role != Role::kWorker || c.ready;
+      });
+      if (all_ready && !workers_started_) {
+        workers_started_ = true;
+        if (absl::Status s = WriteTextFile(StartFile(), ""); !s.ok()) {
+          start_error_ = std::string(s.message());  // FindFailure ends the run
+        }
+      }
+    }
+  } else if (child->role == Role::kEvaluator && IsEvaluationLine(line)) {
+    absl::StatusOr<EvaluationResult> parsed = ParseEvaluationLine(line);
+    if (parsed.ok()) evaluation_ = *parsed;
+  }
+}
+
+void LocalRun::Say(FILE* stream, const std::string& message) {
+  if (live_line_shown_) {
+    std::fputs("\r\033[K", stdout);
+    std::fflush(stdout);
+    live_line_shown_ = false;
+  }
+  std::fprintf(stream, "%s\n", message.c_str());
+  std::fflush(stream);
+}
+
+void LocalRun::ShowProgress(bool force) {
+  using Progress = LocalRunOptions::Progress;
+  if (options_.progress == Progress::kQuiet) return;
+  const absl::Duration interval =
+      options_.progress == Progress::kLive ? absl::Milliseconds(500) : options_.progress_interval;
+  if (!force && absl::Now() - last_progress_ < interval) return;
+  last_progress_ = absl::Now();
+  const LiveStatus s = aggregate_.Live();
+  if (s.workers_reporting == 0 && !force) return;
+  std::string line = StatusLine(s, Now(), options_.epochs, options_.workers);
+  if (options_.progress == Progress::kLive) {
+    winsize size{};
+    if (ioctl(STDOUT_FILENO, TIOCGWINSZ, &size) == 0 && size.ws_col > 1 &&
+        line.size() >= size.ws_col) {
+      line.resize(size.ws_col - 1);  // a wrapped line could not be rewritten in place
+    }
+    std::printf("\r\033[K%s", line.c_str());
+    std::fflush(stdout);
+    live_line_shown_ = true;
+  } else {
+    Say(stdout, line);
+  }
+}
+
+void LocalRun::ReportFailure(const Child& child, const std::string& what) {
+  std::string report =
+      absl::StrCat("dion local: ", child.process->name(), " (pid ", child.process->pid(), ") ",
+                   what, "; last lines of ", child.process->log_path(), ":");
+  for (const std::string& line : child.process->Tail()) absl::StrAppend(&report, "\n  | ", line);
+  Say(stderr, report);
+}
+
+bool LocalRun::FindFailure() {
+  for (Child& c : children_) {
+    std::optional<ExitStatus> status = c.process->TryWait();
+    if (!status.has_value()) continue;
+    // Read what it printed last, for the report.
+    c.process->ReadAvailable([&](const std::string& line) { OnLine(*c.process, line); });
+    if (!status->ok()) {
+      ReportFailure(c, status->ToString());
+      return true;
+    }
+    if (c.role == Role::kShard) {
+      ReportFailure(c, "exited (status 0) while the workers still needed it");
+      return true;
+    }
+    if (c.role == Role::kWorker && !c.ready) {  // the others would wait for it to start
+      ReportFailure(c, "exited (status 0) before it was ready to train");
+      return true;
+    }
+  }
+  if (!start_error_.empty()) {
+    Say(stderr, absl::StrCat("dion local: cannot start the workers: ", start_error_));
+    return true;
+  }
+  return false;
+}
+
+absl::Status LocalRun::StartShards() {
+  for (int i = 0; i < options_.shards; ++i) {
+    const std::string checkpoints = absl::StrCat(run_dir_, "/shard-", i, "/checkpoints");
+    fs::create_directories(checkpoints);
+    std::vector<std::string> args = ShardFlags(options_, i, checkpoints);
+    if (absl::Status s = Spawn(Role::kShard, i, std::move(args)); !s.ok()) return s;
+  }
+  // Wait for every shard's start-up line: it carries the address (a free port when
+  // base_port is 0), and it means the shard is serving.
+  const absl::Time deadline = absl::Now() + options_.startup_timeout;
+  for (;;) {
+    bool all = true;
+    for (const Child& c : children_) all = all && !c.address.empty();
+    if (all) return absl::OkStatus();
+    if (FindFailure()) return absl::AbortedError("a shard failed to start");
+    if (absl::Now() > deadline) {
+      for (const Child& c : children_) {
+        if (c.address.empty()) ReportFailure(c, "did not report its address in time");
+      }
+      return absl::DeadlineExceededError("shards did not start");
+    }
+    if (PumpOutput(
+            Processes(), absl::Milliseconds(100),
+            [this](ChildProcess& p, const std::string& l) { OnLine(p, l); }, signal_fd_)) {
+      Interrupt();
+      return absl::CancelledError("interrupted");
+    }
+  }
+}
+
+std::vector<std::string> LocalRun::ShardAddresses() const {
+  std::vector<std::string> addresses;
+  for (const Child& c : children_) {
+    if (c.role == Role::kShard) addresses.push_back(c.address);
+  }
+  return addresses;
+}
+
+absl::Status LocalRun::StartWorkers() {
+  std::error_code ignored;
+  fs::remove(StartFile(), ignored);  // a reused run directory's
+  for (int j = 0; j < options_.workers; ++j) {
+    absl::Status s =
+        Spawn(Role::kWorker, j, WorkerFlags(options_, j, ShardAddresses(), StartFile()));
+    if (!s.ok()) return s;
+  }
+  return absl::OkStatus();
+}
+
+bool LocalRun::Supervise() {
+  const std::vector<ChildProcess*> workers = Processes(Role::kWorker);
+  for (;;) {
+    if (FindFailure()) return false;
+    if (std::none_of(workers.begin(), workers.end(),
+                     [](ChildProcess* w) { return w->running(); })) {
+      for (ChildProcess* w : workers) {  // their last lines
+        w->ReadAvailable([&](const std::string& line) { OnLine(*w, line); });
+      }
+      ShowProgress(/*force=*/true);
+      if (live_line_shown_) {  // keep the last status on screen above the report
+        std::fputs("\n", stdout);
+        live_line_shown_ = false;
+      }
+      return true;
+    }
+    if (PumpOutput(
+            Processes(), absl::Milliseconds(100),
+            [this](ChildProcess& p, const std::string& l) { OnLine(p, l); }, signal_fd_)) {
+      Interrupt();
+      return false;
+    }
+    ShowProgress(/*force=*/false);
+  }
+}
+
+bool LocalRun::Evaluate() {
+  if (absl::Status s = Spawn(Role::kEvaluator, 0, EvaluatorFlags(options_, ShardAddresses()));
+      !s.ok()) {
+    Say(stderr, absl::StrCat("dion local: ", s.message()));
+    return false;
+  }
+  Child& evaluator = children_.back();
+  const absl::Time deadline = absl::Now() + options_.evaluation_timeout;
+  while (evaluator.process->running() && absl::Now() < deadline) {
+    if (PumpOutput(
+            Processes(), absl::Milliseconds(100),
+            [this](ChildProcess& p, const std::string& l) { OnLine(p, l); }, signal_fd_)) {
+      Interrupt();
+      return false;
+    }
+    if (FindFailure()) return false;
+  }
+  if (evaluator.process->running()) {
+    ReportFailure(evaluator, absl::StrCat("did not finish within ",
+                                          absl::FormatDuration(options_.evaluation_timeout)));
+    return false;
+  }
+  if (FindFailure()) return false;
+  if (!evaluation_.has_value()) {
+    ReportFailure(evaluator, "printed no 'evaluation ...' line");
+    return false;
+  }
+  return true;
+}
+
+void LocalRun::Interrupt() {
+  signalfd_siginfo info;
+  while (read(signal_fd_, &info, sizeof(info)) == sizeof(info)) {
+  }
+  interrupted_ = true;
+}
+
+void LocalRun::StopAll() {
+  const auto on_line = [this](ChildProcess& p, const std::string& l) { OnLine(p, l); };
+  // Workers first, so their last pushes still reach running shards; shards checkpoint on SIGTERM.
+  std::vector<ChildProcess*> workers = Processes(Role::kWorker);
+  std::vector<ChildProcess*> evaluator = Processes(Role::kEvaluator);
+  workers.insert(workers.end(), evaluator.begin(), evaluator.end());
+  StopChildren(workers, SIGTERM, options_.stop_grace, on_line, signal_fd_);
+  StopChildren(Processes(Role::kShard), SIGTERM, options_.stop_grace, on_line, signal_fd_);
+}
+
+int LocalRun::Finish(const std::string& status) {
+  RunSummary summary;
+  summary.status = status;
+  summary.run_dir = run_dir_;
+  summary.final_evaluation = evaluation_;
+  summary.wall_time_s = Now();
+  std::optional<double> first_start, last_end;
+  for (int j = 0; j < options_.workers; ++j) {
+    if (auto s = aggregate_.TrainingStart(j)) first_start = std::min(first_start.value_or(*s), *s);
+    if (auto e = aggregate_.TrainingEnd(j)) last_end = std::max(last_end.value_or(*e), *e);
+  }
+  if (first_start && last_end) summary.training_time_s = *last_end - *first_start;
+  summary.target_accuracy = options_.target_accuracy;
+  if (std::optional<EvalPoint> reached = aggregate_.FirstReaching(options_.target_accuracy)) {
+    summary.time_to_target_s = reached->time_s;
+    summary.train_time_to_target_s = reached->time_s - first_start.value_or(0);
+  }
+  summary.epochs = aggregate_.Epochs();
+  summary.totals = aggregate_.Totals();
+  summary.train_loss = aggregate_.train_loss();
+  summary.evaluations = aggregate_.Evaluations();
+  const LocalRunOptions& o = options_;
+  summary.config = {{"shards", int64_t{o.shards}},
+                    {"workers", int64_t{o.workers}},
+                    {"dataset", o.dataset},
+                    {"data_dir", o.data_dir},
+                    {"partition", o.partition},
+                    {"dirichlet_alpha", o.dirichlet_alpha},
+                    {"epochs", int64_t{o.epochs}},
+                    {"batch_size", int64_t{o.batch_size}},
+                    {"rank_fraction", o.rank_fraction},
+                    {"compression_rank_fraction", o.compression_rank_fraction},
+                    {"lr", o.lr},
+                    {"adamw_lr", o.adamw_lr},
+                    {"lr_cooldown", o.lr_cooldown},
+                    {"lr_final_scale", o.lr_final_scale},
+                    {"lookahead", o.lookahead},
+                    {"lr_schedule_samples", o.lr_schedule_samples},
+                    {"seed", static_cast<int64_t>(o.seed)},
+                    {"eval_interval", absl::FormatDuration(o.eval_interval)},
+                    {"snapshot_interval", absl::FormatDuration(o.snapshot_interval)},
+                    {"staleness_policy", o.staleness_policy},
+                    {"max_staleness", o.max_staleness},
+                    {"target_samples", o.target_samples},
+                    {"target_workers", int64_t{o.target_workers}},
+                    {"batch_deadline", absl::FormatDuration(o.batch_deadline)},
+                    {"adaptive_batching", o.adaptive_batching},
+                    {"sync", o.sync},
+                    {"server_flags", absl::StrJoin(o.server_flags, " ")},
+                    {"worker_flags", absl::StrJoin(o.worker_flags, " ")},
+                    {"server_binary", o.server_binary},
+                    {"worker_binary", o.worker_binary}};
+  for (const auto& [file, contents] :
+       {std::pair<std::string, std::string>{"summary.json", SummaryJson(summary)},
+        {"curves.svg", CurvesSvg(summary)}}) {
+    if (absl::Status s = WriteTextFile(absl::StrCat(run_dir_, "/", file), contents); !s.ok()) {
+      Say(stderr, absl::StrCat("dion local: ", s.message()));
+    }
+  }
+  Say(stdout, status == "ok" ? absl::StrFormat("dion local: done in %.1f s", summary.wall_time_s)
+                             : absl::StrCat("dion local: ", status, "; partial report"));
+  for (const std::string& line : ReportLines(summary)) Say(stdout, line);
+  if (status == "ok") return 0;
+  return status == "interrupted" ? 130 : 1;
+}
+
+int LocalRun::Run() {
+  run_dir_ = options_.run_dir.empty() ? DefaultRunDir() : options_.run_dir;
+  std::error_code error;
+  fs::create_directories(fs::path(run_dir_) / "logs", error);
+  if (error) {
+    Say(stderr, absl::StrCat("dion local: cannot create ", run_dir_, "/logs: ", error.message()));
+    return 1;
+  }
+  if (!options_.prometheus_config.empty()) {
+    if (absl::Status s = WriteTextFile(options_.prometheus_config, PrometheusConfig(options_));
+        !s.ok()) {
+      Say(stderr, absl::StrCat("dion local: cannot write the Prometheus configuration: ",
+                               s.message()));
+      return 1;
+    }
+    Say(stdout, absl::StrCat("dion local: Prometheus configuration for the metrics ports in ",
+                             options_.prometheus_config,
+                             options_.alert_rules.empty()
+                                 ? " (without alert rules: dion-alerts.yml not found)"
+                                 : ""));
+  }
+  Say(stdout,
+      absl::StrFormat("dion local: %d shard(s), %d worker(s), %s, %d epoch(s)%s; run directory %s",
+                      options_.shards, options_.workers, options_.dataset, options_.epochs,
+                      options_.sync ? ", synchronous" : "", run_dir_));
+  bool ok = true;
+  if (absl::Status s = StartShards(); !s.ok()) {
+    if (!interrupted_ && !absl::IsAborted(s) && !absl::IsDeadlineExceeded(s)) {
+      Say(stderr, absl::StrCat("dion local: ", s.message()));
+    }
+    ok = false;
+  }
+  if (ok) {
+    Say(stdout,
+        absl::StrCat("dion local: shards serving on ", absl::StrJoin(ShardAddresses(), ", "),
+                     "; logs in ", run_dir_, "/logs"));
+    if (absl::Status s = StartWorkers(); !s.ok()) {
+      Say(stderr, absl::StrCat("dion local: ", s.message()));
+      ok = false;
+    }
+  }
+  ok = ok && Supervise() && Evaluate();
+  if (interrupted_) {
+    Say(stderr,
+        "dion local: interrupted; stopping the workers, then the shards (they write a "
+        "final checkpoint; a second Ctrl-C kills everything)");
+  }
+  StopAll();
+  for (const Child& c : children_) {  // a shard whose final checkpoint failed
+    if (c.role == Role::kShard && ok && !c.process->TryWait().value_or(ExitStatus{}).ok()) {
+      ReportFailure(c, absl::StrCat("stopped with ", c.process->TryWait()->ToString()));
+      ok = false;
+    }
+  }
+  return Finish(interrupted_ ? "interrupted" : ok ? "ok" : "failed");
+}
+
+}  // namespace
+
+int RunLocal(const LocalRunOptions& options) {
+  if (absl::Status s = ValidateLocalRunOptions(options); !s.ok()) {
+    std::fprintf(stderr, "dion local: bad flags: %s\n", std::string(s.message()).c_str());
+    return 2;
+  }
+  LocalRunOptions resolved = options;
+  if (absl::StatusOr<int64_t> samples = ScheduleSamples(options); samples.ok()) {
+    resolved.lr_schedule_samples = *samples;
+  } else {
+    const bool data = !absl::StrContains(samples.status().message(), "worker flag");
+    std::fprintf(stderr, "dion local: cannot work out the lr cooldown's horizon: %s%s\n",
+                 std::string(samples.status().message()).c_str(),
+                 data ? " (is --data_dir right? Debian: apt-get install dataset-fashion-mnist; "
+                        "--lr_cooldown=0 needs no horizon)"
+                      : "");
+    return 2;
+  }
+  // SIGINT / SIGTERM are read from a signalfd in the supervision loop; the children get their
+  // default dispositions back (worker/local/process.h). SIGPIPE: a closed stdout must not kill the
+  // supervisor before it has stopped its children.
+  sigset_t signals;
+  sigemptyset(&signals);
+  sigaddset(&signals, SIGINT);
+  sigaddset(&signals, SIGTERM);
+  sigprocmask(SIG_BLOCK, &signals, nullptr);
+  signal(SIGPIPE, SIG_IGN);
+  const int signal_fd = signalfd(-1, &signals, SFD_CLOEXEC | SFD_NONBLOCK);
+  if (signal_fd < 0) {
+    std::perror("dion local: signalfd");
+    return 1;
+  }
+  const int code = LocalRun(resolved, signal_fd).Run();
+  close(signal_fd);
+  return code;
+}
+
+namespace {
+
+// The first of `candidates` (relative to the directory of self_exe) that is a regular file
+// `access` allows `mode` on.
+absl::StatusOr<std::string> FindNextTo(const std::string& self_exe,
+                                       const std::vector<std::string>& candidates, int mode) {
+  const fs::path dir = fs::path(self_exe).parent_path();
+  std::vector<std::string> looked;
+  for (const std::string& candidate : candidates) {
+    const fs::path path = (dir / candidate).lexically_normal();
+    if (fs::is_regular_file(path) && access(path.c_str(), mode) == 0) return path.string();
+    looked.push_back(path.string());
+  }
+  return absl::NotFoundError(absl::StrCat("not found in ", absl::StrJoin(looked, ", ")));
+}
+
+}  // namespace
+
+absl::StatusOr<std::string> FindSiblingBinary(const std::string& self_exe,
+                                              const std::string& override_path,
+                                              const std::vector<std::string>& candidates) {
+  if (!override_path.empty()) {
+    if (access(override_path.c_str(), X_OK) == 0) return override_path;
+    return absl::NotFoundError(absl::StrCat(override_path, " is not an executable file"));
+  }
+  return FindNextTo(self_exe, candidates, X_OK);
+}
+
+absl::StatusOr<std::string> FindSiblingFile(const std::string& self_exe,
+                                            const std::vector<std::string>& candidates) {
+  return FindNextTo(self_exe, candidates, R_OK);
+}
+
+}  // namespace dion

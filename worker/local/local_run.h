@@ -1,0 +1,134 @@
+// `dion local`: a whole dion-ps training job on one machine. Starts `shards` dion-server and
+// `workers` dion-worker processes on 127.0.0.1 (worker/local/process.h), wires them together,
+// supervises them, shows progress, and ends with a report (worker/local/run_report.h).
+//
+// Sequence:
+//   1. run_dir/{logs,shard-N/checkpoints} are created; every child's output goes to
+//      run_dir/logs/<name>.log.
+//   2. The shards start (port base_port + i, or a free port each when base_port is 0: the
+//      bound address is read from the shard's start-up line).
+//   3. The workers start against all shards; their progress lines are aggregated.
+//   4. When every worker has finished, `dion-worker --mode=evaluate` pulls the final weights
+//      once: that is the reported final test accuracy.
+//   5. The shards get SIGTERM and write a last checkpoint into run_dir/shard-N/checkpoints.
+//   6. The report goes to stdout; run_dir/summary.json and run_dir/curves.svg are written.
+//
+// Failures: a child that exits with a non-zero status or is killed (or a shard that exits at
+// all before step 5) is reported on stderr with its name, exit status and last log lines;
+// everything else is stopped and the run returns 1. SIGINT / SIGTERM: the workers get SIGTERM
+// (they finish their step and flush), then the shards get SIGTERM (final checkpoint); a second
+// signal meanwhile kills the children with SIGKILL. Every wait is bounded: a child that does not
+// stop within `stop_grace` is killed.
+//
+// Thread-safety: RunLocal blocks SIGINT and SIGTERM in the calling thread (they are read with
+// a signalfd) and must be called from a single-threaded program (the `dion` binary).
+#ifndef DION_WORKER_LOCAL_RUN_H_
+#define DION_WORKER_LOCAL_RUN_H_
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "absl/time/time.h"
+
+namespace dion {
+
+// Every default here is the default of the matching `dion local` flag (worker/local/dion_main.cc).
+struct LocalRunOptions {
+  // Processes.
+  int shards = 2;
+  int workers = 4;
+  std::string server_binary;              // path of dion-server (see FindSiblingBinary)
+  std::string worker_binary;              // path of dion-worker
+  std::vector<std::string> server_flags;  // appended to every dion-server command line
+  std::vector<std::string> worker_flags;  // appended to every dion-worker command line
+
+  // Model, data and optimizer (passed to the workers, which register the model).
+  std::string dataset = "fashion-mnist";  // or "synthetic"
+  std::string data_dir = "/usr/share/datasets/fashion-mnist";
+  std::string partition = "iid";  // or "dirichlet"
+  double dirichlet_alpha = 0.5;
+  int epochs = 12;
+  // 256-sample local steps and rank-1/16 pushes do less work per sample than 128 and 1/4 (the
+  // compression's three products shrink with both); they need ~15% more samples to 88% but
+  // train ~40% more samples/s (docs/benchmarks.md, "Bigger local steps, smaller pushes").
+  int batch_size = 256;
+  double rank_fraction = 0.25;  // Dion rank of the hidden matrices / min(m, n)
+  // Rank of the pushed gradient factors / min(m, n) (error feedback keeps the rest on the
+  // worker); 0: rank_fraction.
+  double compression_rank_fraction = 0.0625;
+  // Tuned for 512-sample shard batches (twice the rates that suit 128-sample batches;
+  // docs/benchmarks.md, "Learning rates doubled").
+  double lr = 0.014;            // Dion
+  double adamw_lr = 0.0014;     // biases and the output layer
+  // Workers compute gradients at the replica extrapolated this many versions ahead along its
+  // last step (dion-worker --lookahead; docs/worker.md). 0: at the replica as it is.
+  double lookahead = 8;
+  uint64_t seed = 1;            // model init and partition; worker j shuffles with seed*1000+j
+  absl::Duration eval_interval = absl::Seconds(2);  // worker 0's periodic evaluations
+  // Worker 0 copies its weights this often between evaluations; the first evaluation at
+  // target_accuracy is then located among the copies (dion-worker --snapshot_interval), so
+  // the time to target has this grain rather than eval_interval's. 0: eval_interval's grain.
+  absl::Duration snapshot_interval = absl::Milliseconds(150);
+
+  // Learning-rate cooldown (passed to the shards): over the last lr_cooldown of the run's
+  // samples every learning rate falls linearly to lr_final_scale of its value (0: constant).
+  double lr_cooldown = 0.2;
+  double lr_final_scale = 0.1;
+  // Samples each parameter sees over the run; 0: epochs x training-set size (ScheduleSamples).
+  int64_t lr_schedule_samples = 0;
+
+  // Batching and staleness (passed to the shards).
+  std::string staleness_policy = "inverse";
+  int64_t max_staleness = 16;
+  // The defaults average about 4 contributions of 128 samples per step: on Fashion-MNIST
+  // with 4 workers this ends less noisy than the shards' adaptive rule (docs/benchmarks.md).
+  int64_t target_samples = 512;
+  int target_workers = 0;
+  absl::Duration batch_deadline = absl::Milliseconds(50);
+  bool adaptive_batching = false;
+  // Synchronous setting: every batch waits for all workers (target_workers = workers, no
+  // sample target, no adaptation, deadline sync_deadline), one push in flight per worker.
+  bool sync = false;
+  absl::Duration sync_deadline = absl::Seconds(10);
+
+  // Where and how.
+  std::string run_dir;            // empty: ./runs/<local time YYYYmmdd-HHMMSS>
+  int base_port = 0;              // shard i listens on base_port + i; 0: free ports
+  int metrics_base_port = 0;      // shard i: base + i, worker j: base + shards + j; 0: disabled
+  // Written before the children start: a Prometheus configuration scraping those ports
+  // (PrometheusConfig in worker/local/local_run_flags.h). Empty: none. Needs metrics_base_port.
+  std::string prometheus_config;
+  std::string alert_rules;        // absolute path of dion-alerts.yml for it; empty: no rules
+  double target_accuracy = 0.88;  // "time to X% accuracy" in the report
+  enum class Progress { kLive, kLines, kQuiet };
+  Progress progress = Progress::kLines;  // live: one line rewritten in place (a terminal)
+  absl::Duration progress_interval = absl::Seconds(5);  // between lines in kLines mode
+  absl::Duration startup_timeout = absl::Seconds(30);   // for a shard to report its address
+  absl::Duration stop_grace = absl::Seconds(30);        // SIGTERM to SIGKILL
+  absl::Duration evaluation_timeout = absl::Seconds(120);
+};
+
+// InvalidArgument naming the first option out of range.
+absl::Status ValidateLocalRunOptions(const LocalRunOptions& options);
+
+// Runs the job. Returns the process exit code: 0 after a complete run, 1 when a child failed
+// or the run could not be set up, 130 when interrupted by SIGINT or SIGTERM.
+int RunLocal(const LocalRunOptions& options);
+
+// Finds the executable `name` for the `dion` binary at `self_exe`: `override_path` if not
+// empty (it must be executable), else the first executable of `candidates` (paths relative to
+// the directory of self_exe, e.g. "../server/dion-server" in the build tree and "dion-server"
+// next to an installed `dion`). NotFound lists every place looked at.
+absl::StatusOr<std::string> FindSiblingBinary(const std::string& self_exe,
+                                              const std::string& override_path,
+                                              const std::vector<std::string>& candidates);
+
+// The same search for a readable (not necessarily executable) file, e.g. the alert rules.
+absl::StatusOr<std::string> FindSiblingFile(const std::string& self_exe,
+                                            const std::vector<std::string>& candidates);
+
+}  // namespace dion
+
+#endif  // DION_WORKER_LOCAL_RUN_H_

@@ -1,0 +1,288 @@
+#include "worker/local/local_run_flags.h"
+
+#include <zlib.h>
+
+#include <cerrno>
+#include <cstring>
+#include <filesystem>
+
+#include "absl/status/status.h"
+#include "absl/strings/match.h"
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
+#include "absl/time/time.h"
+#include "worker/train/lookahead.h"
+
+namespace dion {
+namespace {
+
+// What the workers and the evaluator share: where the shards are, the model and the data.
+std::vector<std::string> ModelAndDataFlags(const LocalRunOptions& o,
+                                           const std::vector<std::string>& shard_addresses) {
+  return {absl::StrCat("--shards=", absl::StrJoin(shard_addresses, ",")),
+          absl::StrCat("--dataset=", o.dataset),
+          absl::StrCat("--data_dir=", o.data_dir),
+          absl::StrCat("--rank_fraction=", o.rank_fraction),
+          absl::StrCat("--lr=", o.lr),
+          absl::StrCat("--adamw_lr=", o.adamw_lr),
+          absl::StrCat("--model_seed=", o.seed)};
+}
+
+}  // namespace
+
+namespace {
+
+// The value of the last "--<name>=<integer>" in `flags` (Abseil: the last occurrence wins), or
+// `value` unchanged when there is none. InvalidArgument for a value that is not an integer > 0.
+absl::Status LastPositiveFlag(const std::vector<std::string>& flags, absl::string_view name,
+                              int64_t* value) {
+  const std::string prefix = absl::StrCat("--", name, "=");
+  for (const std::string& flag : flags) {
+    if (!absl::StartsWith(flag, prefix)) continue;
+    int64_t parsed = 0;
+    if (!absl::SimpleAtoi(absl::string_view(flag).substr(prefix.size()), &parsed) ||
+        parsed < 1) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("worker flag ", flag, ": expected an integer >= 1"));
+    }
+    *value = parsed;
+  }
+  return absl::OkStatus();
+}
+
+// The sample count in the header of the IDX labels file `<dir>/<name>` or `<dir>/<name>.gz`
+// (zlib reads both): magic 0x00000801, then the count, both big-endian 32-bit. Only the
+// header is read; dion-worker checks the rest when it loads the data.
+absl::StatusOr<int64_t> IdxLabelCount(const std::string& dir, const std::string& name) {
+  std::string path = dir + "/" + name;
+  std::error_code ec;
+  if (!std::filesystem::is_regular_file(path, ec)) path += ".gz";
+  if (!std::filesystem::is_regular_file(path, ec)) {
+    return absl::NotFoundError(
+        absl::StrCat("neither ", dir, "/", name, " nor ", path, " exists"));
+  }
+  errno = 0;
+  gzFile file = gzopen(path.c_str(), "rb");
+  if (file == nullptr) {
+    return absl::FailedPreconditionError(
+        absl::StrCat("cannot open ", path, ": ", std::strerror(errno)));
+  }
+  unsigned char header[8];
+  const int got = gzread(file, header, sizeof(header));
+  gzclose(file);
+  if (got != static_cast<int>(sizeof(header))) {
+    return absl::DataLossError(absl::StrCat(path, ": expected an 8-byte IDX labels header"));
+  }
+  const auto be32 = [](const unsigned char* p) {
+    return (uint32_t{p[0]} << 24) | (uint32_t{p[1]} << 16) | (uint32_t{p[2]} << 8) | p[3];
+  };
+  if (be32(header) != 0x00000801) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(path, ": not an IDX labels file (magic ", be32(header), ", expected 2049)"));
+  }
+  return static_cast<int64_t>(be32(header + 4));
+}
+
+}  // namespace
+
+absl::StatusOr<int64_t> ScheduleSamples(const LocalRunOptions& o) {
+  if (o.lr_cooldown <= 0) return 0;
+  if (o.lr_schedule_samples > 0) return o.lr_schedule_samples;
+  // What the workers will run: --worker_flags come last on their command lines, so they win.
+  int64_t epochs = o.epochs;
+  if (absl::Status s = LastPositiveFlag(o.worker_flags, "epochs", &epochs); !s.ok()) return s;
+  int64_t train_size = 0;
+  if (o.dataset == "synthetic") {
+    train_size = 32768;  // dion-worker's default
+    if (absl::Status s = LastPositiveFlag(o.worker_flags, "synthetic_train_samples", &train_size);
+        !s.ok()) {
+      return s;
+    }
+  } else {
+    absl::StatusOr<int64_t> size = IdxLabelCount(o.data_dir, "train-labels-idx1-ubyte");
+    if (!size.ok()) return size.status();
+    train_size = *size;
+  }
+  return epochs * train_size;
+}
+
+std::vector<std::string> ShardFlags(const LocalRunOptions& o, int index,
+                                    const std::string& checkpoint_dir) {
+  std::vector<std::string> flags = {
+      absl::StrCat("--listen=127.0.0.1:", o.base_port > 0 ? o.base_port + index : 0),
+      absl::StrCat(
+          "--metrics_listen=",
+          o.metrics_base_port > 0 ? absl::StrCat("127.0.0.1:", o.metrics_base_port + index) : ""),
+      absl::StrCat("--shard_index=", index),
+      absl::StrCat("--num_shards=", o.shards),
+      absl::StrCat("--checkpoint_dir=", checkpoint_dir),
+      absl::StrCat("--staleness_policy=", o.staleness_policy),
+      absl::StrCat("--max_staleness=", o.max_staleness)};
+  if (o.lr_cooldown > 0 && o.lr_schedule_samples > 0) {
+    flags.push_back(absl::StrCat("--lr_schedule_samples=", o.lr_schedule_samples));
+    flags.push_back(absl::StrCat("--lr_cooldown_fraction=", o.lr_cooldown));
+    flags.push_back(absl::StrCat("--lr_final_scale=", o.lr_final_scale));
+  }
+  if (o.sync) {
+    flags.push_back(absl::StrCat("--target_workers=", o.workers));
+    flags.push_back("--target_samples=0");
+    flags.push_back(absl::StrCat("--batch_deadline=", absl::FormatDuration(o.sync_deadline)));
+    flags.push_back("--adaptive_batching=false");
+  } else {
+    flags.push_back(absl::StrCat("--target_samples=", o.target_samples));
+    flags.push_back(absl::StrCat("--target_workers=", o.target_workers));
+    flags.push_back(absl::StrCat("--batch_deadline=", absl::FormatDuration(o.batch_deadline)));
+    flags.push_back(absl::StrCat("--adaptive_batching=", o.adaptive_batching ? "true" : "false"));
+  }
+  flags.insert(flags.end(), o.server_flags.begin(), o.server_flags.end());
+  return flags;
+}
+
+std::vector<std::string> WorkerFlags(const LocalRunOptions& o, int index,
+                                     const std::vector<std::string>& shard_addresses,
+                                     const std::string& start_file) {
+  std::vector<std::string> flags = ModelAndDataFlags(o, shard_addresses);
+  for (std::string flag :
+       {absl::StrCat("--worker_index=", index), absl::StrCat("--num_workers=", o.workers),
+        absl::StrCat("--partition=", o.partition),
+        absl::StrCat("--dirichlet_alpha=", o.dirichlet_alpha), absl::StrCat("--epochs=", o.epochs),
+        absl::StrCat("--batch_size=", o.batch_size),
+        absl::StrCat("--lookahead=", o.lookahead),
+        absl::StrCat("--compression_rank_fraction=", o.compression_rank_fraction),
+        absl::StrCat("--seed=", o.seed * 1000 + static_cast<uint64_t>(index)),
+        absl::StrCat("--eval_interval=", absl::FormatDuration(o.eval_interval)),
+        absl::StrCat("--target_accuracy=", o.target_accuracy),
+        absl::StrCat("--snapshot_interval=", absl::FormatDuration(o.snapshot_interval)),
+        std::string("--progress_interval=1s")}) {
+    flags.push_back(std::move(flag));
+  }
+  if (!start_file.empty()) flags.push_back(absl::StrCat("--start_file=", start_file));
+  if (o.sync) {
+    flags.push_back("--max_in_flight=1");
+    flags.push_back("--synchronous");
+  }
+  if (o.metrics_base_port > 0) {
+    flags.push_back(
+        absl::StrCat("--metrics_listen=127.0.0.1:", o.metrics_base_port + o.shards + index));
+  }
+  flags.insert(flags.end(), o.worker_flags.begin(), o.worker_flags.end());
+  return flags;
+}
+
+std::vector<std::string> EvaluatorFlags(const LocalRunOptions& o,
+                                        const std::vector<std::string>& shard_addresses) {
+  std::vector<std::string> flags = ModelAndDataFlags(o, shard_addresses);
+  flags.push_back("--mode=evaluate");
+  flags.insert(flags.end(), o.worker_flags.begin(), o.worker_flags.end());
+  return flags;
+}
+
+absl::Status ValidateLocalRunOptions(const LocalRunOptions& o) {
+  // "--<flag>=<value> ...": every message names the flag, what it got and what it takes.
+  const auto bad = [](absl::string_view flag, const auto& value, absl::string_view expected) {
+    return absl::InvalidArgumentError(absl::StrCat("--", flag, "=", value, ": ", expected));
+  };
+  const auto positive = [](absl::Duration d) { return d > absl::ZeroDuration(); };
+  if (o.shards < 1) return bad("shards", o.shards, "expected >= 1");
+  if (o.workers < 1) return bad("workers", o.workers, "expected >= 1");
+  if (o.epochs < 1) return bad("epochs", o.epochs, "expected >= 1");
+  if (o.batch_size < 1) return bad("batch_size", o.batch_size, "expected >= 1");
+  if (!(o.rank_fraction > 0 && o.rank_fraction <= 1)) {
+    return bad("rank_fraction", o.rank_fraction, "expected a fraction in (0, 1]");
+  }
+  if (!(o.compression_rank_fraction >= 0 && o.compression_rank_fraction <= 1)) {
+    return bad("compression_rank_fraction", o.compression_rank_fraction,
+               "expected a fraction in [0, 1] (0: --rank_fraction)");
+  }
+  if (!(o.lr > 0)) return bad("lr", o.lr, "expected > 0");
+  if (!(o.adamw_lr > 0)) return bad("adamw_lr", o.adamw_lr, "expected > 0");
+  if (!(o.lr_cooldown >= 0 && o.lr_cooldown <= 1)) {
+    return bad("lr_cooldown", o.lr_cooldown, "expected a fraction of the run in [0, 1]");
+  }
+  if (!(o.lr_final_scale >= 0 && o.lr_final_scale <= 1)) {
+    return bad("lr_final_scale", o.lr_final_scale, "expected a multiplier in [0, 1]");
+  }
+  if (absl::Status s = ValidateLookahead(o.lookahead); !s.ok()) {
+    return absl::InvalidArgumentError(absl::StrCat("--", s.message()));
+  }
+  if (o.lr_schedule_samples < 0) {
+    return bad("lr_schedule_samples", o.lr_schedule_samples, "expected >= 0 (0: computed)");
+  }
+  if (o.dataset != "fashion-mnist" && o.dataset != "synthetic") {
+    return bad("dataset", o.dataset, "expected fashion-mnist or synthetic");
+  }
+  if (o.partition != "iid" && o.partition != "dirichlet") {
+    return bad("partition", o.partition, "expected iid or dirichlet");
+  }
+  if (o.partition == "dirichlet" && !(o.dirichlet_alpha > 0)) {
+    return bad("dirichlet_alpha", o.dirichlet_alpha, "expected > 0");
+  }
+  if (o.sync && o.partition != "iid") {
+    // Synchronous steps need the same number of steps on every worker: once the worker with
+    // the smallest partition is done, each step of the others would wait for sync_deadline.
+    return bad("partition", o.partition, "--sync needs iid (partitions of equal size)");
+  }
+  if (o.max_staleness < 0) return bad("max_staleness", o.max_staleness, "expected >= 0");
+  if (o.target_workers < 0 || o.target_workers > o.workers) {
+    return bad("target_workers", o.target_workers,
+               absl::StrCat("expected 0 (none) .. --workers (", o.workers,
+                            "); more would make every batch wait for the deadline"));
+  }
+  if (o.base_port < 0 || o.base_port + o.shards > 65536) {
+    return bad("base_port", o.base_port,
+               absl::StrCat("expected 0 or a port with base_port + shards <= 65536"));
+  }
+  if (o.metrics_base_port < 0 || o.metrics_base_port + o.shards + o.workers > 65536) {
+    return bad("metrics_base_port", o.metrics_base_port,
+               "expected 0 or a port with metrics_base_port + shards + workers <= 65536");
+  }
+  if (!o.prometheus_config.empty() && o.metrics_base_port == 0) {
+    return bad("prometheus_config", o.prometheus_config,
+               "needs --metrics_base_port (the ports the configuration scrapes)");
+  }
+  if (!(o.target_accuracy > 0 && o.target_accuracy <= 1)) {
+    return bad("target_accuracy", o.target_accuracy, "expected a fraction in (0, 1]");
+  }
+  if (o.snapshot_interval < absl::ZeroDuration()) {
+    return bad("snapshot_interval", absl::FormatDuration(o.snapshot_interval),
+               "expected >= 0 (0: off)");
+  }
+  for (const auto& [flag, value] : {std::pair{"stop_grace", o.stop_grace},
+                                    {"startup_timeout", o.startup_timeout},
+                                    {"evaluation_timeout", o.evaluation_timeout},
+                                    {"progress_interval", o.progress_interval},
+                                    {"sync_deadline", o.sync_deadline}}) {
+    if (!positive(value)) return bad(flag, absl::FormatDuration(value), "expected > 0");
+  }
+  if (o.server_binary.empty() || o.worker_binary.empty()) {
+    return absl::InvalidArgumentError("the dion-server and dion-worker paths must be set");
+  }
+  return absl::OkStatus();
+}
+
+std::string PrometheusConfig(const LocalRunOptions& o) {
+  std::string config = absl::StrCat(
+      "# Prometheus configuration for a `dion local` run (--shards=", o.shards,
+      " --workers=", o.workers, " --metrics_base_port=", o.metrics_base_port,
+      "), written by dion local.\n"
+      "#   prometheus --config.file=THIS_FILE --storage.tsdb.path=/tmp/dion-prometheus \\\n"
+      "#     --web.listen-address=127.0.0.1:9090\n"
+      "global:\n  scrape_interval: 5s\n  evaluation_interval: 5s\n");
+  if (!o.alert_rules.empty()) {
+    absl::StrAppend(&config, "\nrule_files:\n  - \"", o.alert_rules, "\"\n");
+  }
+  absl::StrAppend(&config, "\nscrape_configs:\n  - job_name: dion-ps\n    static_configs:\n");
+  for (int i = 0; i < o.shards; ++i) {
+    absl::StrAppend(&config, "      - targets: [\"127.0.0.1:", o.metrics_base_port + i,
+                    "\"]\n        labels: {shard: \"", i, "\"}\n");
+  }
+  absl::StrAppend(&config, "  - job_name: dion-worker\n    static_configs:\n");
+  for (int j = 0; j < o.workers; ++j) {
+    absl::StrAppend(&config, "      - targets: [\"127.0.0.1:", o.metrics_base_port + o.shards + j,
+                    "\"]\n        labels: {worker: \"", j, "\"}\n");
+  }
+  return config;
+}
+
+}  // namespace dion

@@ -1,0 +1,156 @@
+// What `dion local` (worker/local/local_run.h) makes of its workers' output: the parser of the
+// key=value progress lines dion-worker prints and their aggregation across workers (live
+// status, totals, curves). The end-of-run products are in worker/local/run_summary.h.
+//
+// A worker prints (worker/train/main.cc), every --progress_interval and once more at the end:
+//   progress worker=0 epoch=1 steps=120 samples=7680 elapsed_s=12.30 samples_per_s=1530.0
+//     loss=0.6123 pushes=.. accepted=.. refused=.. resyncs=.. reconnects=.. sent_bytes=..
+//     dense_bytes=.. mean_staleness=0.812 staleness_hist=a,b,...,i
+//     [test_loss=.. test_accuracy=0.8123 eval_elapsed_s=..]
+// ("final" instead of "progress" for the last one). Counters are cumulative per worker, so the
+// totals come from each worker's latest line. Unknown keys are ignored, so the worker may add
+// keys without breaking this parser.
+//
+// Times: `time_s` is seconds since the run started (the supervisor's clock). A worker's own
+// elapsed_s counts from its training start; the aggregate maps it onto the run's clock with the
+// offset seen on that worker's lines (arrival time - elapsed_s, the smallest seen).
+//
+// Thread-safety: none (the supervisor's thread owns a RunAggregate); the free functions are pure.
+#ifndef DION_WORKER_RUN_REPORT_H_
+#define DION_WORKER_RUN_REPORT_H_
+
+#include <cstdint>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "absl/strings/string_view.h"
+
+namespace dion {
+
+struct ProgressLine {
+  bool final = false;  // the "final" line after the last step
+  int worker = 0;
+  int epoch = 0;
+  int64_t steps = 0;
+  int64_t samples = 0;
+  double elapsed_s = 0;
+  double samples_per_s = 0;
+  double loss = 0;
+  int64_t pushes = 0;
+  int64_t accepted = 0;
+  int64_t refused = 0;
+  int64_t resyncs = 0;
+  int64_t reconnects = 0;
+  int64_t sent_bytes = 0;
+  int64_t dense_bytes = 0;
+  double mean_staleness = 0;
+  std::vector<int64_t> staleness_hist;  // one bin per tau 0.., the last one "and above"
+  // The worker's latest test-set evaluation (only on evaluating workers, after the first).
+  std::optional<double> test_loss;
+  std::optional<double> test_accuracy;  // in [0, 1]
+  std::optional<double> eval_elapsed_s;
+};
+
+// True for lines starting with "progress " or "final ".
+bool IsProgressLine(absl::string_view line);
+// InvalidArgument naming the key when a required key is missing or a value does not parse.
+absl::StatusOr<ProgressLine> ParseProgressLine(absl::string_view line);
+
+// `dion-worker --mode=evaluate` prints "evaluation samples=N test_loss=L test_accuracy=A".
+struct EvaluationResult {
+  int64_t samples = 0;
+  double test_loss = 0;
+  double test_accuracy = 0;
+};
+bool IsEvaluationLine(absl::string_view line);
+absl::StatusOr<EvaluationResult> ParseEvaluationLine(absl::string_view line);
+
+struct TrainLossPoint {
+  double time_s = 0;
+  double epochs = 0;
+  double loss = 0;  // mean over workers of their latest interval loss
+};
+
+struct EvalPoint {
+  double time_s = 0;
+  double epochs = 0;
+  double test_loss = 0;
+  double test_accuracy = 0;
+};
+
+// Sums over workers, from each worker's latest line.
+struct RunTotals {
+  int64_t samples = 0;
+  int64_t steps = 0;
+  int64_t pushes = 0;
+  int64_t accepted = 0;
+  int64_t refused = 0;
+  int64_t resyncs = 0;
+  int64_t reconnects = 0;
+  int64_t sent_bytes = 0;
+  int64_t dense_bytes = 0;
+  std::vector<int64_t> staleness_hist;  // summed bin by bin
+  double mean_staleness = 0;            // weighted by accepted pushes
+};
+
+// What the live progress line shows.
+struct LiveStatus {
+  double epochs = 0;                    // passes over the training set so far (see RunAggregate)
+  double samples_per_s = 0;             // sum over workers still training
+  double loss = 0;                      // mean over workers of their latest interval loss
+  std::optional<double> test_accuracy;  // the latest evaluation
+  int workers_reporting = 0;
+  int workers_finished = 0;
+  RunTotals totals;
+};
+
+// "1.23 GB", "512.0 kB", "17 B" (powers of 1000).
+std::string HumanBytes(int64_t bytes);
+// The progress line of `dion local`: "[  12.3s] epoch 1.52/12  21000 samples/s  loss 0.4123
+// test acc 85.12%  staleness 1.20  sent 120.3 MB / dense 351.2 MB", plus how many workers are
+// done once some are. `now_s`: seconds since the run started.
+std::string StatusLine(const LiveStatus& status, double now_s, int epochs, int workers);
+
+class RunAggregate {
+ public:
+  explicit RunAggregate(int num_workers);
+
+  // Size of the whole training set: epochs = samples of all workers / this. Unknown (0):
+  // epochs = the mean of the workers' current epoch numbers.
+  void SetTrainingSetSize(int64_t samples) { training_set_size_ = samples; }
+  // A parsed line of worker `line.worker` that arrived `now_s` seconds into the run. Lines of
+  // workers outside [0, num_workers) are ignored.
+  void Add(const ProgressLine& line, double now_s);
+
+  LiveStatus Live() const;
+  RunTotals Totals() const;
+  double Epochs() const;
+  const std::vector<TrainLossPoint>& train_loss() const { return train_loss_; }
+  // The evaluations of the lowest-index worker that evaluates (worker 0 by default), in order.
+  std::vector<EvalPoint> Evaluations() const;
+  // The first of Evaluations() with test_accuracy >= accuracy.
+  std::optional<EvalPoint> FirstReaching(double accuracy) const;
+  // When the worker started training / printed its final line, on the run's clock.
+  std::optional<double> TrainingStart(int worker) const;
+  std::optional<double> TrainingEnd(int worker) const;
+
+ private:
+  struct WorkerState {
+    std::optional<ProgressLine> latest;
+    std::optional<double> start_s;  // arrival - elapsed_s, smallest seen
+    std::optional<double> end_s;    // arrival of the final line
+    std::vector<EvalPoint> evaluations;
+  };
+  double EpochsAt(double time_s) const;
+
+  int64_t training_set_size_ = 0;
+  std::vector<WorkerState> workers_;
+  std::vector<TrainLossPoint> train_loss_;
+};
+
+}  // namespace dion
+
+#endif  // DION_WORKER_RUN_REPORT_H_

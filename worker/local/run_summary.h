@@ -1,0 +1,53 @@
+// The end of a `dion local` run (worker/local/local_run.h): the human-readable report, summary.json
+// and curves.svg, all computed from a RunSummary that the supervisor fills from its
+// RunAggregate (worker/local/run_report.h).
+//
+// Thread-safety: pure functions (WriteTextFile touches only its own path).
+#ifndef DION_WORKER_RUN_SUMMARY_H_
+#define DION_WORKER_RUN_SUMMARY_H_
+
+#include <cstdint>
+#include <optional>
+#include <string>
+#include <utility>
+#include <variant>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/strings/string_view.h"
+#include "worker/local/run_report.h"
+
+namespace dion {
+
+using ConfigValue = std::variant<std::string, int64_t, double, bool>;
+
+// Everything the end of a run reports; filled by the supervisor from a RunAggregate.
+struct RunSummary {
+  std::string status = "ok";  // "ok", "failed" (a child failed) or "interrupted"
+  std::vector<std::pair<std::string, ConfigValue>> config;  // the options, in flag order
+  std::optional<EvaluationResult> final_evaluation;         // the authoritative one, at the end
+  double wall_time_s = 0;      // start of the run to its end (the shards stopped)
+  double training_time_s = 0;  // first worker's start to the last worker's final line
+  double target_accuracy = 0.88;
+  std::optional<double> time_to_target_s;        // run start to the first evaluation reaching it
+  std::optional<double> train_time_to_target_s;  // the same from the evaluating worker's start
+  double epochs = 0;
+  RunTotals totals;
+  std::vector<TrainLossPoint> train_loss;
+  std::vector<EvalPoint> evaluations;
+  std::string run_dir;
+};
+
+// The human-readable report, one line each; the last is "test accuracy: NN.NN%" when there
+// is a final evaluation.
+std::vector<std::string> ReportLines(const RunSummary& summary);
+// summary.json: the summary as one JSON object (non-finite numbers as null).
+std::string SummaryJson(const RunSummary& summary);
+// curves.svg: training and test loss, and test accuracy, against time and against epochs.
+std::string CurvesSvg(const RunSummary& summary);
+// Writes `contents` to `path` (replacing it) through a temporary file and rename.
+absl::Status WriteTextFile(const std::string& path, absl::string_view contents);
+
+}  // namespace dion
+
+#endif  // DION_WORKER_RUN_SUMMARY_H_

@@ -1,0 +1,412 @@
+// dion-worker: one training worker of dion-ps (docs/worker.md).
+//
+//   dion-worker --shards=127.0.0.1:50051,127.0.0.1:50052 --worker_index=0 --num_workers=4
+//
+// trains the MLP on this worker's partition of Fashion-MNIST against the shards and prints a
+// progress line every --progress_interval (key=value pairs, so `dion local` and scripts can
+// read them). --mode=evaluate instead pulls the current weights once and prints the test-set
+// accuracy. Exit codes: 0 after training (or after SIGTERM / SIGINT: the current step ends,
+// accumulated gradients are flushed), 1 on a runtime error (a shard gone for good, data that
+// cannot be read), 2 for bad flags.
+#include <signal.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <cstdio>
+#include <cstdlib>
+#include <memory>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "absl/flags/flag.h"
+#include "absl/flags/parse.h"
+#include "absl/flags/usage.h"
+#include "absl/flags/usage_config.h"
+#include "absl/status/status.h"
+#include "absl/strings/match.h"
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+#include "absl/strings/str_join.h"
+#include "absl/strings/str_split.h"
+#include "absl/time/clock.h"
+#include "absl/time/time.h"
+#include "common/blas.h"
+#include "common/metrics_server.h"
+#include "worker/client/client.h"
+#include "worker/train/idx_loader.h"
+#include "worker/train/mlp.h"
+#include "worker/train/partition.h"
+#include "worker/train/synthetic_task.h"
+#include "worker/train/trainer.h"
+#include "worker/client/worker_metrics.h"
+
+ABSL_FLAG(std::string, shards, "127.0.0.1:50051",
+          "comma-separated host:port of every shard, in shard-index order");
+ABSL_FLAG(std::string, mode, "train",
+          "train: train on this worker's partition; evaluate: pull the weights once and print "
+          "the test-set accuracy");
+ABSL_FLAG(int, worker_index, 0, "this worker's index in [0, num_workers): picks its partition");
+ABSL_FLAG(int, num_workers, 1, "number of workers the training set is partitioned over");
+ABSL_FLAG(std::string, worker_id, "",
+          "unique id registered with the shards; default worker-<worker_index>");
+ABSL_FLAG(std::string, dataset, "fashion-mnist",
+          "fashion-mnist (IDX files in --data_dir) or synthetic (a seeded teacher MLP task)");
+ABSL_FLAG(std::string, data_dir, "/usr/share/datasets/fashion-mnist",
+          "directory with train-images-idx3-ubyte(.gz) etc. (Debian: dataset-fashion-mnist)");
+ABSL_FLAG(int64_t, synthetic_train_samples, 32768, "training samples of the synthetic task");
+ABSL_FLAG(int64_t, synthetic_test_samples, 4096, "test samples of the synthetic task");
+ABSL_FLAG(int, synthetic_input_dim, 16, "input dimension of the synthetic task");
+ABSL_FLAG(std::string, partition, "iid",
+          "how the training set is split across workers: iid or dirichlet (label skew)");
+ABSL_FLAG(double, dirichlet_alpha, 0.5,
+          "Dirichlet concentration of --partition=dirichlet; smaller means more skew");
+ABSL_FLAG(std::string, hidden_layers, "256,128",
+          "comma-separated hidden layer widths of the MLP (input and classes come from the data)");
+ABSL_FLAG(int, epochs, 5, "passes over this worker's partition");
+ABSL_FLAG(int, batch_size, 64, "samples per local step");
+ABSL_FLAG(int64_t, max_steps, 0, "stop after this many local steps; 0: no limit");
+ABSL_FLAG(bool, synchronous, false,
+          "after each local step, wait until the shards have applied it (the next version of "
+          "every parameter) before the next one; with shards that wait for every worker "
+          "(target_workers = number of workers) this is synchronous training");
+ABSL_FLAG(double, rank_fraction, 0.25,
+          "Dion rank of the hidden matrices as a fraction of min(m, n) (server side)");
+ABSL_FLAG(double, compression_rank_fraction, 0,
+          "rank of the pushed factors as a fraction of min(m, n); 0: same as --rank_fraction");
+ABSL_FLAG(double, lr, 0.02, "Dion learning rate of the hidden matrices");
+ABSL_FLAG(double, adamw_lr, 0.002, "AdamW learning rate of the biases and the output layer");
+ABSL_FLAG(double, weight_decay, 0.0, "decoupled weight decay of every parameter");
+ABSL_FLAG(double, momentum, 0.95, "Dion momentum mu");
+ABSL_FLAG(uint64_t, model_seed, 1, "seed of the initial weights (same on every worker)");
+ABSL_FLAG(uint64_t, seed, 0, "seed of the partition and shuffling; default 1 + worker_index");
+ABSL_FLAG(int, max_in_flight, 2,
+          "unacknowledged pushes per parameter; beyond that, local steps accumulate");
+ABSL_FLAG(absl::Duration, rpc_deadline, absl::Seconds(10), "deadline of every unary call");
+ABSL_FLAG(absl::Duration, give_up_after, absl::Seconds(60),
+          "how long a shard may stay unreachable before the worker exits with an error");
+ABSL_FLAG(bool, evaluate, false,
+          "evaluate on the test set every --eval_interval and at the end (default: worker 0 "
+          "does, the others do not; this flag forces it on)");
+ABSL_FLAG(bool, no_evaluate, false, "never evaluate, not even on worker 0");
+ABSL_FLAG(double, lookahead, 0,
+          "staleness compensation: compute each gradient at the replica extrapolated this many "
+          "versions ahead along its last step (X + k (X - X_prev)), in [0, 100]; 0: at the "
+          "replica as it is (docs/algorithm.md)");
+ABSL_FLAG(absl::Duration, eval_interval, absl::Seconds(10), "time between evaluations");
+ABSL_FLAG(double, target_accuracy, 0,
+          "with --snapshot_interval: the test accuracy whose first crossing is located between "
+          "two evaluations (a fraction in (0, 1]); 0: none");
+ABSL_FLAG(absl::Duration, snapshot_interval, absl::ZeroDuration(),
+          "with --target_accuracy: copy the weights this often between evaluations; when an "
+          "evaluation first reaches the target, the copies since the previous one are "
+          "evaluated too and printed (each at the time of its copy), up to the first that "
+          "reaches it. 0: off");
+ABSL_FLAG(absl::Duration, progress_interval, absl::Seconds(5),
+          "time between progress lines (each periodic evaluation also prints one)");
+ABSL_FLAG(std::string, start_file, "",
+          "after loading the data, connecting and printing 'training on ...', wait until this "
+          "file exists before the first step (dion local starts its workers together this way, "
+          "so that none trains while the others still load); empty: start at once");
+ABSL_FLAG(absl::Duration, start_timeout, absl::Minutes(5),
+          "how long to wait for --start_file before exiting with an error");
+ABSL_FLAG(std::string, metrics_listen, "",
+          "host:port serving this worker's Prometheus metrics at /metrics; empty: disabled");
+ABSL_FLAG(int, blas_threads, 1, "OpenBLAS threads per matrix product");
+
+namespace {
+
+struct Data {
+  dion::Dataset train;
+  dion::Dataset test;
+};
+
+absl::StatusOr<Data> LoadData() {
+  Data data;
+  const std::string dataset = absl::GetFlag(FLAGS_dataset);
+  if (dataset == "fashion-mnist") {
+    absl::StatusOr<dion::Dataset> train =
+        dion::LoadFashionMnist(absl::GetFlag(FLAGS_data_dir), /*train=*/true);
+    if (!train.ok()) return train.status();
+    absl::StatusOr<dion::Dataset> test =
+        dion::LoadFashionMnist(absl::GetFlag(FLAGS_data_dir), /*train=*/false);
+    if (!test.ok()) return test.status();
+    data.train = *std::move(train);
+    data.test = *std::move(test);
+    return data;
+  }
+  if (dataset == "synthetic") {
+    dion::TeacherOptions teacher;
+    teacher.input_dim = absl::GetFlag(FLAGS_synthetic_input_dim);
+    absl::StatusOr<dion::Dataset> train =
+        dion::MakeTeacherDataset(teacher, absl::GetFlag(FLAGS_synthetic_train_samples), 11);
+    if (!train.ok()) return train.status();
+    absl::StatusOr<dion::Dataset> test =
+        dion::MakeTeacherDataset(teacher, absl::GetFlag(FLAGS_synthetic_test_samples), 12);
+    if (!test.ok()) return test.status();
+    data.train = *std::move(train);
+    data.test = *std::move(test);
+    return data;
+  }
+  return absl::InvalidArgumentError(
+      absl::StrCat("--dataset must be fashion-mnist or synthetic, got '", dataset, "'"));
+}
+
+absl::StatusOr<dion::ModelTable> ModelFor(const dion::Dataset& train) {
+  dion::MlpOptions mlp;
+  mlp.layer_sizes = {static_cast<int>(train.dim())};
+  for (absl::string_view width : absl::StrSplit(absl::GetFlag(FLAGS_hidden_layers), ',',
+                                                absl::SkipEmpty())) {
+    int w = 0;
+    if (!absl::SimpleAtoi(width, &w) || w < 1) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "--hidden_layers must be positive integers separated by commas, got '",
+          absl::GetFlag(FLAGS_hidden_layers), "'"));
+    }
+    mlp.layer_sizes.push_back(w);
+  }
+  mlp.layer_sizes.push_back(train.num_classes);
+  mlp.dion.lr = absl::GetFlag(FLAGS_lr);
+  mlp.dion.mu = absl::GetFlag(FLAGS_momentum);
+  mlp.dion.weight_decay = absl::GetFlag(FLAGS_weight_decay);
+  mlp.dion.rank_fraction = absl::GetFlag(FLAGS_rank_fraction);
+  mlp.adamw.lr = absl::GetFlag(FLAGS_adamw_lr);
+  mlp.adamw.weight_decay = absl::GetFlag(FLAGS_weight_decay);
+  mlp.seed = absl::GetFlag(FLAGS_model_seed);
+  absl::StatusOr<std::vector<dion::ParamSpec>> specs = dion::ParameterTable(mlp);
+  if (!specs.ok()) return specs.status();
+  dion::ModelTable table;
+  table.model_name = absl::StrCat("mlp-", absl::StrJoin(mlp.layer_sizes, "-"));
+  for (dion::ParamSpec& spec : *specs) table.parameters.push_back({std::move(spec), {}});
+  return table;
+}
+
+std::string ProgressLine(const char* kind, int worker, const dion::TrainerProgress& p) {
+  const dion::ClientStats& c = p.client;
+  std::string line = absl::StrCat(
+      kind, " worker=", worker, " epoch=", p.epoch, " steps=", p.steps, " samples=", p.samples,
+      " elapsed_s=", absl::StrFormat("%.2f", p.elapsed_seconds),
+      " samples_per_s=", absl::StrFormat("%.1f", p.samples_per_second),
+      " loss=", absl::StrFormat("%.4f", p.train_loss), " pushes=", c.pushes,
+      " accepted=", c.accepted, " refused=", c.refused, " resyncs=", c.resyncs,
+      " reconnects=", c.reconnects, " sent_bytes=", c.sent_bytes,
+      " dense_bytes=", c.dense_bytes,
+      " mean_staleness=",
+      absl::StrFormat("%.3f", c.accepted > 0 ? static_cast<double>(c.staleness_sum) / c.accepted
+                                             : 0.0),
+      " staleness_hist=", absl::StrJoin(c.staleness, ","));
+  if (p.evaluation.has_value()) {
+    absl::StrAppend(&line, " test_loss=", absl::StrFormat("%.4f", p.evaluation->loss),
+                    " test_accuracy=", absl::StrFormat("%.4f", p.evaluation->accuracy),
+                    " eval_elapsed_s=", absl::StrFormat("%.4f", p.evaluation_elapsed_seconds));
+  }
+  return line;
+}
+
+// Polls for `path` until it exists (true), `stop` is set or `timeout` passes (false; the
+// timeout is reported on stderr).
+bool WaitForStartFile(const std::string& path, absl::Duration timeout,
+                      const std::atomic<bool>& stop) {
+  const absl::Time give_up = absl::Now() + timeout;
+  while (access(path.c_str(), F_OK) != 0) {
+    if (stop.load()) return false;
+    if (absl::Now() > give_up) {
+      std::fprintf(stderr,
+                   "dion-worker: %s did not appear within --start_timeout=%s; is the supervisor "
+                   "that creates it (dion local) still running?\n",
+                   path.c_str(), absl::FormatDuration(timeout).c_str());
+      return false;
+    }
+    absl::SleepFor(absl::Milliseconds(5));
+  }
+  return true;
+}
+
+int Fail(const char* what, const absl::Status& status) {
+  std::fprintf(stderr, "dion-worker: %s: %s\n", what, status.ToString().c_str());
+  return 1;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  absl::FlagsUsageConfig usage;
+  usage.contains_help_flags = [](absl::string_view path) {
+    return absl::EndsWith(path, "worker/train/main.cc");
+  };
+  absl::SetFlagsUsageConfig(usage);
+  absl::SetProgramUsageMessage(
+      "A dion-ps training worker.\n"
+      "  dion-worker --shards=HOST:PORT[,HOST:PORT...] --worker_index=I --num_workers=W\n"
+      "trains the MLP on partition I of W of Fashion-MNIST against the shards.");
+  std::vector<char*> positional = absl::ParseCommandLine(argc, argv);
+  if (positional.size() > 1) {
+    std::fprintf(stderr, "dion-worker: unexpected argument '%s' (all options are --flags)\n",
+                 positional[1]);
+    return 2;
+  }
+  const int worker_index = absl::GetFlag(FLAGS_worker_index);
+  const int num_workers = absl::GetFlag(FLAGS_num_workers);
+  const std::string mode = absl::GetFlag(FLAGS_mode);
+  if (num_workers < 1 || worker_index < 0 || worker_index >= num_workers ||
+      (mode != "train" && mode != "evaluate") || absl::GetFlag(FLAGS_blas_threads) < 1) {
+    std::fprintf(stderr,
+                 "dion-worker: bad flags: need 0 <= worker_index < num_workers, --mode train or "
+                 "evaluate, blas_threads >= 1 (got worker_index=%d num_workers=%d mode=%s)\n",
+                 worker_index, num_workers, mode.c_str());
+    return 2;
+  }
+  const double lookahead = absl::GetFlag(FLAGS_lookahead);
+  if (absl::Status s = dion::ValidateLookahead(lookahead); !s.ok()) {
+    std::fprintf(stderr, "dion-worker: bad flags: --%s\n", std::string(s.message()).c_str());
+    return 2;
+  }
+  const double target_accuracy = absl::GetFlag(FLAGS_target_accuracy);
+  const absl::Duration snapshot_interval = absl::GetFlag(FLAGS_snapshot_interval);
+  if (!(target_accuracy >= 0 && target_accuracy <= 1) ||
+      snapshot_interval < absl::ZeroDuration() ||
+      absl::GetFlag(FLAGS_start_timeout) <= absl::ZeroDuration()) {
+    std::fprintf(stderr,
+                 "dion-worker: bad flags: need --target_accuracy in [0, 1] (0: none), "
+                 "--snapshot_interval >= 0 and --start_timeout > 0 (got %g, %s and %s)\n",
+                 target_accuracy, absl::FormatDuration(snapshot_interval).c_str(),
+                 absl::FormatDuration(absl::GetFlag(FLAGS_start_timeout)).c_str());
+    return 2;
+  }
+  dion::SetBlasThreads(absl::GetFlag(FLAGS_blas_threads));
+
+  // SIGTERM / SIGINT end training after the current step (and a final flush). A handler that
+  // only sets a lock-free flag, not sigwait: OpenBLAS starts its threads before main, with the
+  // signals unblocked, so a process-directed SIGTERM could land on one of them and kill the
+  // process with the default action.
+  static std::atomic<int> stop_signal{0};
+  struct sigaction action = {};
+  action.sa_handler = [](int signal_number) { stop_signal.store(signal_number); };
+  sigemptyset(&action.sa_mask);
+  sigaction(SIGTERM, &action, nullptr);
+  sigaction(SIGINT, &action, nullptr);
+  // Static: the detached watcher below may still run while main returns.
+  static std::atomic<bool> stop{false};
+  // Until Connect returns, nothing has been computed or sent, so a stop request ends the process
+  // at once; otherwise a worker waiting for an unreachable shard would ignore SIGTERM for up to
+  // --give_up_after (and Kubernetes would kill it after its grace period).
+  static std::atomic<bool> connected{false};
+  std::thread([] {
+    while (stop_signal.load() == 0) absl::SleepFor(absl::Milliseconds(50));
+    const char* name = stop_signal.load() == SIGTERM ? "SIGTERM" : "SIGINT";
+    if (!connected.load()) {
+      std::fprintf(stderr, "dion-worker: %s received before the shards were reached; exiting\n",
+                   name);
+      std::fflush(stderr);
+      std::_Exit(0);
+    }
+    std::fprintf(stderr, "dion-worker: %s received, finishing the current step\n", name);
+    stop.store(true);
+  }).detach();
+
+  absl::StatusOr<Data> data = LoadData();
+  if (!data.ok()) return Fail("cannot load the data", data.status());
+  absl::StatusOr<dion::ModelTable> table = ModelFor(data->train);
+  if (!table.ok()) {
+    std::fprintf(stderr, "dion-worker: bad flags: %s\n",
+                 std::string(table.status().message()).c_str());
+    return 2;
+  }
+
+  dion::WorkerMetrics metrics;
+  std::unique_ptr<dion::MetricsServer> metrics_server;
+  if (!absl::GetFlag(FLAGS_metrics_listen).empty()) {
+    absl::StatusOr<std::unique_ptr<dion::MetricsServer>> started =
+        dion::MetricsServer::Start(absl::GetFlag(FLAGS_metrics_listen), metrics.registry());
+    if (!started.ok()) return Fail("cannot serve metrics", started.status());
+    metrics_server = *std::move(started);
+  }
+
+  dion::ClientOptions options;
+  options.shard_addresses =
+      absl::StrSplit(absl::GetFlag(FLAGS_shards), ',', absl::SkipEmpty());
+  options.worker_id = absl::GetFlag(FLAGS_worker_id).empty()
+                          ? absl::StrCat(mode == "evaluate" ? "evaluator-" : "worker-",
+                                         worker_index)
+                          : absl::GetFlag(FLAGS_worker_id);
+  const double rank_fraction = absl::GetFlag(FLAGS_rank_fraction);
+  options.compression_rank_fraction = absl::GetFlag(FLAGS_compression_rank_fraction) > 0
+                                          ? absl::GetFlag(FLAGS_compression_rank_fraction)
+                                          : rank_fraction;
+  options.max_in_flight = absl::GetFlag(FLAGS_max_in_flight);
+  options.track_last_step = lookahead > 0 && mode == "train";
+  options.rpc_deadline = absl::GetFlag(FLAGS_rpc_deadline);
+  options.reconnect.give_up_after = absl::GetFlag(FLAGS_give_up_after);
+  const uint64_t seed = absl::GetFlag(FLAGS_seed) != 0 ? absl::GetFlag(FLAGS_seed)
+                                                      : 1 + static_cast<uint64_t>(worker_index);
+  options.seed = seed;
+  options.metrics = &metrics;
+  absl::StatusOr<std::unique_ptr<dion::Client>> client = dion::Client::Connect(*table, options);
+  if (!client.ok()) return Fail("cannot connect to the shards", client.status());
+  connected.store(true);
+
+  if (mode == "evaluate") {
+    std::vector<dion::Matrix> weights;
+    (*client)->CopyWeights(&weights);
+    std::vector<const dion::Matrix*> views;
+    for (const dion::Matrix& w : weights) views.push_back(&w);
+    absl::StatusOr<dion::Evaluation> e = dion::Evaluate(views, data->test, 1000);
+    if (!e.ok()) return Fail("evaluation failed", e.status());
+    std::printf("evaluation samples=%lld test_loss=%.4f test_accuracy=%.4f\n",
+                static_cast<long long>(e->samples), e->loss, e->accuracy);
+    std::printf("test accuracy: %.2f%%\n", 100.0 * e->accuracy);
+    return 0;
+  }
+
+  absl::StatusOr<dion::PartitionKind> kind =
+      dion::ParsePartitionKind(absl::GetFlag(FLAGS_partition));
+  if (!kind.ok()) return Fail("bad --partition", kind.status());
+  dion::PartitionOptions partition;
+  partition.kind = *kind;
+  partition.alpha = absl::GetFlag(FLAGS_dirichlet_alpha);
+  partition.seed = absl::GetFlag(FLAGS_model_seed);  // the same split on every worker
+  absl::StatusOr<std::vector<int64_t>> indices = dion::PartitionIndices(
+      data->train.labels, data->train.num_classes, num_workers, worker_index, partition);
+  if (!indices.ok()) return Fail("cannot partition the training set", indices.status());
+  const dion::Dataset mine = dion::Subset(data->train, *indices);
+
+  dion::TrainerOptions trainer;
+  trainer.epochs = absl::GetFlag(FLAGS_epochs);
+  trainer.batch_size = absl::GetFlag(FLAGS_batch_size);
+  trainer.max_steps = absl::GetFlag(FLAGS_max_steps);
+  trainer.synchronous = absl::GetFlag(FLAGS_synchronous);
+  trainer.progress_interval = absl::GetFlag(FLAGS_progress_interval);
+  trainer.evaluate = !absl::GetFlag(FLAGS_no_evaluate) &&
+                     (absl::GetFlag(FLAGS_evaluate) || worker_index == 0);
+  trainer.eval_interval = absl::GetFlag(FLAGS_eval_interval);
+  trainer.target_accuracy = target_accuracy;
+  trainer.snapshot_interval = snapshot_interval;
+  trainer.lookahead = lookahead;
+  trainer.seed = seed;
+  std::fprintf(stderr,
+               "dion-worker: %s training on %lld of %lld samples (%s partition), %zu shard(s)\n",
+               options.worker_id.c_str(), static_cast<long long>(mine.size()),
+               static_cast<long long>(data->train.size()),
+               absl::GetFlag(FLAGS_partition).c_str(), options.shard_addresses.size());
+  data->train = dion::Dataset{};  // only `mine` is used from here on (~190 MB for Fashion-MNIST)
+  if (const std::string start_file = absl::GetFlag(FLAGS_start_file); !start_file.empty()) {
+    if (!WaitForStartFile(start_file, absl::GetFlag(FLAGS_start_timeout), stop)) {
+      if (stop.load()) return 0;  // stopped before the first step: nothing to flush
+      return 1;
+    }
+  }
+  absl::StatusOr<dion::TrainerProgress> result = dion::Train(
+      **client, mine, &data->test, trainer, &metrics,
+      [worker_index](const dion::TrainerProgress& p) {
+        std::printf("%s\n", ProgressLine(p.final ? "final" : "progress", worker_index, p).c_str());
+        std::fflush(stdout);
+      },
+      &stop);
+  if (!result.ok()) return Fail("training stopped", result.status());
+  if (result->evaluation.has_value()) {
+    std::printf("test accuracy: %.2f%%\n", 100.0 * result->evaluation->accuracy);
+  }
+  (*client)->Close();
+  return 0;
+}
