@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Builds the dion-server and dion-worker images of deploy/docker/Dockerfile without a Docker
 # engine or registry, runs them with podman on loopback and checks them (docs/deploy.md,
-# "Proof without Docker"; /work/shared/design/CONTAINERS.md):
+# "Proof without Docker"):
 #   1. base image: debootstrap a minimal Debian bookworm root from the apt archive this machine
 #      uses, import it as localhost/bookworm-min:latest (cached: skipped when it exists);
 #   2. podman build both targets with --build-arg BASE=localhost/bookworm-min:latest;
