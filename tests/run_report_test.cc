@@ -21,7 +21,7 @@ namespace {
 using testing::JsonReader;
 using testing::JsonValue;
 
-// The exact format of worker/train/main.cc's ProgressLine.
+// A line in the format of FormatProgressLine (worker/train/progress_line.h), numbers as given.
 std::string Line(const char* kind, int worker, int64_t samples, double elapsed, double loss,
                  int64_t sent, int64_t accepted, double staleness, const char* hist,
                  const char* evaluation = "") {

@@ -37,6 +37,35 @@ absl::Status WaitForNextVersions(Client& client, const std::vector<int64_t>& ver
 
 }  // namespace
 
+ProgressLine ToProgressLine(int worker, const TrainerProgress& p) {
+  const ClientStats& c = p.client;
+  ProgressLine line;
+  line.final = p.final;
+  line.worker = worker;
+  line.epoch = p.epoch;
+  line.steps = p.steps;
+  line.samples = p.samples;
+  line.elapsed_s = p.elapsed_seconds;
+  line.samples_per_s = p.samples_per_second;
+  line.loss = p.train_loss;
+  line.pushes = c.pushes;
+  line.accepted = c.accepted;
+  line.refused = c.refused;
+  line.resyncs = c.resyncs;
+  line.reconnects = c.reconnects;
+  line.sent_bytes = c.sent_bytes;
+  line.dense_bytes = c.dense_bytes;
+  line.mean_staleness =
+      c.accepted > 0 ? static_cast<double>(c.staleness_sum) / c.accepted : 0.0;
+  line.staleness_hist.assign(c.staleness.begin(), c.staleness.end());
+  if (p.evaluation.has_value()) {
+    line.test_loss = p.evaluation->loss;
+    line.test_accuracy = p.evaluation->accuracy;
+    line.eval_elapsed_s = p.evaluation_elapsed_seconds;
+  }
+  return line;
+}
+
 absl::StatusOr<TrainerProgress> Train(Client& client, const Dataset& train, const Dataset* test,
                                       const TrainerOptions& options, WorkerMetrics* metrics,
                                       const std::function<void(const TrainerProgress&)>& on_progress,

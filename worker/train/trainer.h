@@ -22,6 +22,7 @@
 #include "worker/train/dataset.h"
 #include "worker/train/lookahead.h"
 #include "worker/train/mlp.h"
+#include "worker/train/progress_line.h"
 #include "worker/client/worker_metrics.h"
 
 namespace dion {
@@ -77,6 +78,9 @@ struct TrainerProgress {
   ClientStats client;
   bool final = false;             // the report after the last step and the final Flush
 };
+
+// The progress line (worker/train/progress_line.h) that worker `worker` prints for `progress`.
+ProgressLine ToProgressLine(int worker, const TrainerProgress& progress);
 
 // Trains until `options.epochs` passes, `max_steps`, or `stop`; then flushes the client and
 // (when evaluating) evaluates once more, after waiting briefly for the replica to receive the
