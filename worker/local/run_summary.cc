@@ -88,6 +88,26 @@ std::string Percent(double fraction) { return absl::StrFormat("%.2f%%", 100.0 * 
 
 }  // namespace
 
+RunSummary SummarizeRun(const RunAggregate& run, int workers, double target_accuracy) {
+  RunSummary summary;
+  std::optional<double> first_start, last_end;
+  for (int j = 0; j < workers; ++j) {
+    if (auto s = run.TrainingStart(j)) first_start = std::min(first_start.value_or(*s), *s);
+    if (auto e = run.TrainingEnd(j)) last_end = std::max(last_end.value_or(*e), *e);
+  }
+  if (first_start && last_end) summary.training_time_s = *last_end - *first_start;
+  summary.target_accuracy = target_accuracy;
+  if (std::optional<EvalPoint> reached = run.FirstReaching(target_accuracy)) {
+    summary.time_to_target_s = reached->time_s;
+    summary.train_time_to_target_s = reached->time_s - first_start.value_or(0);
+  }
+  summary.epochs = run.Epochs();
+  summary.totals = run.Totals();
+  summary.train_loss = run.train_loss();
+  summary.evaluations = run.Evaluations();
+  return summary;
+}
+
 std::vector<std::string> ReportLines(const RunSummary& s) {
   std::vector<std::string> lines;
   const RunTotals& t = s.totals;
