@@ -174,7 +174,7 @@ bool LocalRun::FindFailure() {
       ReportFailure(c, "exited (status 0) while the workers still needed it");
       return true;
     }
-    if (c.role == Role::kWorker && !start_.ready(c.index)) {  // the others would wait for it to start
+    if (c.role == Role::kWorker && !start_.ready(c.index)) {  // the others would wait for it
       ReportFailure(c, "exited (status 0) before it was ready to train");
       return true;
     }
