@@ -1,6 +1,6 @@
 // The end of a `dion local` run (worker/local/local_run.h): the human-readable report, summary.json
-// and curves.svg, all computed from a RunSummary that the supervisor fills from its
-// RunAggregate (worker/local/run_report.h).
+// and curves.svg, all computed from a RunSummary (SummarizeRun makes one from the run's
+// RunAggregate, worker/local/run_report.h).
 //
 // Thread-safety: pure functions (WriteTextFile touches only its own path).
 #ifndef DION_WORKER_LOCAL_RUN_SUMMARY_H_
