@@ -21,7 +21,7 @@ namespace {
 using testing::JsonReader;
 using testing::JsonValue;
 
-// The exact format of worker/train/main.cc's ProgressLine.
+// A line in the format of FormatProgressLine (worker/train/progress_line.h), numbers as given.
 std::string Line(const char* kind, int worker, int64_t samples, double elapsed, double loss,
                  int64_t sent, int64_t accepted, double staleness, const char* hist,
                  const char* evaluation = "") {
@@ -165,6 +165,31 @@ TEST(RunAggregateTest, PlacesEvaluationsOnTheRunClockOnceEach) {
   EXPECT_DOUBLE_EQ(run.FirstReaching(0.88)->time_s, 14.0);
   EXPECT_FALSE(run.FirstReaching(0.95).has_value());
   EXPECT_DOUBLE_EQ(*run.Live().test_accuracy, 0.9);
+}
+
+TEST(SummarizeRunTest, TimesComeFromTheWorkersStartsAndEndsOnTheRunClock) {
+  RunAggregate run(2);
+  run.SetTrainingSetSize(400);
+  // Worker 0 starts at run time 10 (arrival 11 - elapsed 1), worker 1 at 12; worker 1 ends
+  // last, at 16.
+  run.Add(*ParseProgressLine(Line("progress", 0, 100, 1, 0.9, 1, 1, 0, "1",
+                                  " test_loss=0.6 test_accuracy=0.8 eval_elapsed_s=0.5")),
+          11.0);
+  run.Add(*ParseProgressLine(Line("progress", 1, 100, 1, 0.9, 1, 1, 0, "1")), 13.0);
+  run.Add(*ParseProgressLine(Line("final", 0, 200, 3, 0.5, 1, 1, 0, "1",
+                                  " test_loss=0.4 test_accuracy=0.9 eval_elapsed_s=2.5")),
+          13.5);
+  run.Add(*ParseProgressLine(Line("final", 1, 200, 4, 0.6, 1, 1, 0, "1")), 16.0);
+  const RunSummary s = SummarizeRun(run, 2, 0.88);
+  EXPECT_DOUBLE_EQ(s.training_time_s, 16.0 - 10.0);
+  EXPECT_DOUBLE_EQ(s.target_accuracy, 0.88);
+  ASSERT_TRUE(s.time_to_target_s.has_value());
+  EXPECT_DOUBLE_EQ(*s.time_to_target_s, 12.5);  // worker 0's start + its eval_elapsed_s
+  EXPECT_DOUBLE_EQ(*s.train_time_to_target_s, 2.5);
+  EXPECT_DOUBLE_EQ(s.epochs, 1.0);  // 400 samples of a 400-sample training set
+  EXPECT_EQ(s.totals.samples, 400);
+  EXPECT_EQ(s.evaluations.size(), 2u);
+  EXPECT_FALSE(SummarizeRun(run, 2, 0.95).time_to_target_s.has_value());
 }
 
 TEST(StatusLineTest, ShowsEpochRateLossAccuracyStalenessAndBytes) {

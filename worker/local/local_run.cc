@@ -1,7 +1,6 @@
 #include "worker/local/local_run.h"
 
 #include <signal.h>
-#include <sys/ioctl.h>
 #include <sys/signalfd.h>
 #include <unistd.h>
 
@@ -20,8 +19,10 @@
 #include "absl/time/clock.h"
 #include "worker/local/local_run_flags.h"
 #include "worker/local/process.h"
+#include "worker/local/progress_display.h"
 #include "worker/local/run_report.h"
 #include "worker/local/run_summary.h"
+#include "worker/local/start_barrier.h"
 
 namespace dion {
 namespace {
@@ -35,7 +36,6 @@ struct Child {
   int index;
   std::unique_ptr<ChildProcess> process;
   std::string address;  // shards: the bound gRPC address, from the start-up line
-  bool ready = false;   // workers: data loaded and connected ("training on ..." printed)
 };
 
 // The text after `marker` up to the next space or comma, if `line` contains marker.
@@ -57,18 +57,22 @@ std::string DefaultRunDir() {
 class LocalRun {
  public:
   LocalRun(const LocalRunOptions& options, int signal_fd)
-      : options_(options), signal_fd_(signal_fd), aggregate_(options.workers) {}
+      : options_(options),
+        signal_fd_(signal_fd),
+        run_dir_(options.run_dir.empty() ? DefaultRunDir() : options.run_dir),
+        start_(absl::StrCat(run_dir_, "/logs/.start"), options.workers),
+        aggregate_(options.workers),
+        display_(options.progress, options.progress_interval, options.epochs, options.workers) {}
 
   int Run();
 
  private:
-  double Now() const { return absl::ToDoubleSeconds(absl::Now() - start_); }
+  double Now() const { return absl::ToDoubleSeconds(absl::Now() - run_start_); }
   std::vector<ChildProcess*> Processes(std::optional<Role> role = std::nullopt) const;
   absl::Status Spawn(Role role, int index, std::vector<std::string> args);
   void OnLine(ChildProcess& process, const std::string& line);
-  // Prints a message on `stream`, first erasing the live line if one is shown.
-  void Say(FILE* stream, const std::string& message);
-  void ShowProgress(bool force);
+  void Say(FILE* stream, const std::string& message) { display_.Say(stream, message); }
+  void ShowProgress(bool force) { display_.Show(aggregate_, Now(), force); }
   // Checks every child; the first that failed (or a shard that exited early) is reported.
   bool FindFailure();
   void ReportFailure(const Child& child, const std::string& what);
@@ -82,21 +86,17 @@ class LocalRun {
   void StopAll();
   int Finish(const std::string& status);
   std::vector<std::string> ShardAddresses() const;
-  // The file whose creation starts every worker's training (dion-worker --start_file).
-  std::string StartFile() const { return absl::StrCat(run_dir_, "/logs/.start"); }
 
   const LocalRunOptions& options_;
   const int signal_fd_;
-  std::string run_dir_;
-  absl::Time start_ = absl::Now();
+  const std::string run_dir_;
+  StartBarrier start_;  // the start file that starts the workers' training together
+  absl::Time run_start_ = absl::Now();
   std::vector<Child> children_;
   RunAggregate aggregate_;
   std::optional<EvaluationResult> evaluation_;
+  ProgressDisplay display_;
   bool interrupted_ = false;
-  bool live_line_shown_ = false;
-  bool workers_started_ = false;  // StartFile() written (or attempted)
-  std::string start_error_;       // why StartFile() could not be written
-  absl::Time last_progress_ = absl::InfinitePast();
 };
 
 std::vector<ChildProcess*> LocalRun::Processes(std::optional<Role> role) const {
@@ -144,57 +144,11 @@ void LocalRun::OnLine(ChildProcess& process, const std::string& line) {
       if (auto of = Field(line, " of "); of && absl::SimpleAtoi(*of, &size)) {
         aggregate_.SetTrainingSetSize(size);
       }
-      // The worker now waits for the start file. Started together, no worker trains while the
-      // others still load and decompress the data set on the same cores, and the training
-      // clock (from the first worker's start) does not count their loading.
-      child->ready = true;
-      const bool all_ready = std::all_of(children_.begin(), children_.end(), [](const Child& c) {
-        return c.role != Role::kWorker || c.ready;
-      });
-      if (all_ready && !workers_started_) {
-        workers_started_ = true;
-        if (absl::Status s = WriteTextFile(StartFile(), ""); !s.ok()) {
-          start_error_ = std::string(s.message());  // FindFailure ends the run
-        }
-      }
+      start_.Ready(child->index);  // an error is reported by FindFailure
     }
   } else if (child->role == Role::kEvaluator && IsEvaluationLine(line)) {
     absl::StatusOr<EvaluationResult> parsed = ParseEvaluationLine(line);
     if (parsed.ok()) evaluation_ = *parsed;
-  }
-}
-
-void LocalRun::Say(FILE* stream, const std::string& message) {
-  if (live_line_shown_) {
-    std::fputs("\r\033[K", stdout);
-    std::fflush(stdout);
-    live_line_shown_ = false;
-  }
-  std::fprintf(stream, "%s\n", message.c_str());
-  std::fflush(stream);
-}
-
-void LocalRun::ShowProgress(bool force) {
-  using Progress = LocalRunOptions::Progress;
-  if (options_.progress == Progress::kQuiet) return;
-  const absl::Duration interval =
-      options_.progress == Progress::kLive ? absl::Milliseconds(500) : options_.progress_interval;
-  if (!force && absl::Now() - last_progress_ < interval) return;
-  last_progress_ = absl::Now();
-  const LiveStatus s = aggregate_.Live();
-  if (s.workers_reporting == 0 && !force) return;
-  std::string line = StatusLine(s, Now(), options_.epochs, options_.workers);
-  if (options_.progress == Progress::kLive) {
-    winsize size{};
-    if (ioctl(STDOUT_FILENO, TIOCGWINSZ, &size) == 0 && size.ws_col > 1 &&
-        line.size() >= size.ws_col) {
-      line.resize(size.ws_col - 1);  // a wrapped line could not be rewritten in place
-    }
-    std::printf("\r\033[K%s", line.c_str());
-    std::fflush(stdout);
-    live_line_shown_ = true;
-  } else {
-    Say(stdout, line);
   }
 }
 
@@ -220,13 +174,13 @@ bool LocalRun::FindFailure() {
       ReportFailure(c, "exited (status 0) while the workers still needed it");
       return true;
     }
-    if (c.role == Role::kWorker && !c.ready) {  // the others would wait for it to start
+    if (c.role == Role::kWorker && !start_.ready(c.index)) {  // the others would wait for it
       ReportFailure(c, "exited (status 0) before it was ready to train");
       return true;
     }
   }
-  if (!start_error_.empty()) {
-    Say(stderr, absl::StrCat("dion local: cannot start the workers: ", start_error_));
+  if (!start_.error().empty()) {
+    Say(stderr, absl::StrCat("dion local: cannot start the workers: ", start_.error()));
     return true;
   }
   return false;
@@ -271,11 +225,10 @@ std::vector<std::string> LocalRun::ShardAddresses() const {
 }
 
 absl::Status LocalRun::StartWorkers() {
-  std::error_code ignored;
-  fs::remove(StartFile(), ignored);  // a reused run directory's
+  start_.Reset();
   for (int j = 0; j < options_.workers; ++j) {
     absl::Status s =
-        Spawn(Role::kWorker, j, WorkerFlags(options_, j, ShardAddresses(), StartFile()));
+        Spawn(Role::kWorker, j, WorkerFlags(options_, j, ShardAddresses(), start_.path()));
     if (!s.ok()) return s;
   }
   return absl::OkStatus();
@@ -291,10 +244,7 @@ bool LocalRun::Supervise() {
         w->ReadAvailable([&](const std::string& line) { OnLine(*w, line); });
       }
       ShowProgress(/*force=*/true);
-      if (live_line_shown_) {  // keep the last status on screen above the report
-        std::fputs("\n", stdout);
-        live_line_shown_ = false;
-      }
+      display_.KeepLiveLine();  // the last status stays on screen above the report
       return true;
     }
     if (PumpOutput(
@@ -354,58 +304,47 @@ void LocalRun::StopAll() {
   StopChildren(Processes(Role::kShard), SIGTERM, options_.stop_grace, on_line, signal_fd_);
 }
 
+// The options as summary.json's "config", in flag order.
+std::vector<std::pair<std::string, ConfigValue>> SummaryConfig(const LocalRunOptions& o) {
+  return {{"shards", int64_t{o.shards}},
+          {"workers", int64_t{o.workers}},
+          {"dataset", o.dataset},
+          {"data_dir", o.data_dir},
+          {"partition", o.partition},
+          {"dirichlet_alpha", o.dirichlet_alpha},
+          {"epochs", int64_t{o.epochs}},
+          {"batch_size", int64_t{o.batch_size}},
+          {"rank_fraction", o.rank_fraction},
+          {"compression_rank_fraction", o.compression_rank_fraction},
+          {"lr", o.lr},
+          {"adamw_lr", o.adamw_lr},
+          {"lr_cooldown", o.lr_cooldown},
+          {"lr_final_scale", o.lr_final_scale},
+          {"lookahead", o.lookahead},
+          {"lr_schedule_samples", o.lr_schedule_samples},
+          {"seed", static_cast<int64_t>(o.seed)},
+          {"eval_interval", absl::FormatDuration(o.eval_interval)},
+          {"snapshot_interval", absl::FormatDuration(o.snapshot_interval)},
+          {"staleness_policy", o.staleness_policy},
+          {"max_staleness", o.max_staleness},
+          {"target_samples", o.target_samples},
+          {"target_workers", int64_t{o.target_workers}},
+          {"batch_deadline", absl::FormatDuration(o.batch_deadline)},
+          {"adaptive_batching", o.adaptive_batching},
+          {"sync", o.sync},
+          {"server_flags", absl::StrJoin(o.server_flags, " ")},
+          {"worker_flags", absl::StrJoin(o.worker_flags, " ")},
+          {"server_binary", o.server_binary},
+          {"worker_binary", o.worker_binary}};
+}
+
 int LocalRun::Finish(const std::string& status) {
-  RunSummary summary;
+  RunSummary summary = SummarizeRun(aggregate_, options_.workers, options_.target_accuracy);
   summary.status = status;
   summary.run_dir = run_dir_;
   summary.final_evaluation = evaluation_;
   summary.wall_time_s = Now();
-  std::optional<double> first_start, last_end;
-  for (int j = 0; j < options_.workers; ++j) {
-    if (auto s = aggregate_.TrainingStart(j)) first_start = std::min(first_start.value_or(*s), *s);
-    if (auto e = aggregate_.TrainingEnd(j)) last_end = std::max(last_end.value_or(*e), *e);
-  }
-  if (first_start && last_end) summary.training_time_s = *last_end - *first_start;
-  summary.target_accuracy = options_.target_accuracy;
-  if (std::optional<EvalPoint> reached = aggregate_.FirstReaching(options_.target_accuracy)) {
-    summary.time_to_target_s = reached->time_s;
-    summary.train_time_to_target_s = reached->time_s - first_start.value_or(0);
-  }
-  summary.epochs = aggregate_.Epochs();
-  summary.totals = aggregate_.Totals();
-  summary.train_loss = aggregate_.train_loss();
-  summary.evaluations = aggregate_.Evaluations();
-  const LocalRunOptions& o = options_;
-  summary.config = {{"shards", int64_t{o.shards}},
-                    {"workers", int64_t{o.workers}},
-                    {"dataset", o.dataset},
-                    {"data_dir", o.data_dir},
-                    {"partition", o.partition},
-                    {"dirichlet_alpha", o.dirichlet_alpha},
-                    {"epochs", int64_t{o.epochs}},
-                    {"batch_size", int64_t{o.batch_size}},
-                    {"rank_fraction", o.rank_fraction},
-                    {"compression_rank_fraction", o.compression_rank_fraction},
-                    {"lr", o.lr},
-                    {"adamw_lr", o.adamw_lr},
-                    {"lr_cooldown", o.lr_cooldown},
-                    {"lr_final_scale", o.lr_final_scale},
-                    {"lookahead", o.lookahead},
-                    {"lr_schedule_samples", o.lr_schedule_samples},
-                    {"seed", static_cast<int64_t>(o.seed)},
-                    {"eval_interval", absl::FormatDuration(o.eval_interval)},
-                    {"snapshot_interval", absl::FormatDuration(o.snapshot_interval)},
-                    {"staleness_policy", o.staleness_policy},
-                    {"max_staleness", o.max_staleness},
-                    {"target_samples", o.target_samples},
-                    {"target_workers", int64_t{o.target_workers}},
-                    {"batch_deadline", absl::FormatDuration(o.batch_deadline)},
-                    {"adaptive_batching", o.adaptive_batching},
-                    {"sync", o.sync},
-                    {"server_flags", absl::StrJoin(o.server_flags, " ")},
-                    {"worker_flags", absl::StrJoin(o.worker_flags, " ")},
-                    {"server_binary", o.server_binary},
-                    {"worker_binary", o.worker_binary}};
+  summary.config = SummaryConfig(options_);
   for (const auto& [file, contents] :
        {std::pair<std::string, std::string>{"summary.json", SummaryJson(summary)},
         {"curves.svg", CurvesSvg(summary)}}) {
@@ -421,7 +360,6 @@ int LocalRun::Finish(const std::string& status) {
 }
 
 int LocalRun::Run() {
-  run_dir_ = options_.run_dir.empty() ? DefaultRunDir() : options_.run_dir;
   std::error_code error;
   fs::create_directories(fs::path(run_dir_) / "logs", error);
   if (error) {

@@ -1,15 +1,7 @@
-// What `dion local` (worker/local/local_run.h) makes of its workers' output: the parser of the
-// key=value progress lines dion-worker prints and their aggregation across workers (live
-// status, totals, curves). The end-of-run products are in worker/local/run_summary.h.
-//
-// A worker prints (worker/train/main.cc), every --progress_interval and once more at the end:
-//   progress worker=0 epoch=1 steps=120 samples=7680 elapsed_s=12.30 samples_per_s=1530.0
-//     loss=0.6123 pushes=.. accepted=.. refused=.. resyncs=.. reconnects=.. sent_bytes=..
-//     dense_bytes=.. mean_staleness=0.812 staleness_hist=a,b,...,i
-//     [test_loss=.. test_accuracy=0.8123 eval_elapsed_s=..]
-// ("final" instead of "progress" for the last one). Counters are cumulative per worker, so the
-// totals come from each worker's latest line. Unknown keys are ignored, so the worker may add
-// keys without breaking this parser.
+// What `dion local` (worker/local/local_run.h) makes of its workers' progress lines
+// (worker/train/progress_line.h): their aggregation across workers (live status, totals,
+// curves). Counters are cumulative per worker, so the totals come from each worker's latest
+// line. The end-of-run products are in worker/local/run_summary.h.
 //
 // Times: `time_s` is seconds since the run started (the supervisor's clock). A worker's own
 // elapsed_s counts from its training start; the aggregate maps it onto the run's clock with the
@@ -27,46 +19,9 @@
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
+#include "worker/train/progress_line.h"
 
 namespace dion {
-
-struct ProgressLine {
-  bool final = false;  // the "final" line after the last step
-  int worker = 0;
-  int epoch = 0;
-  int64_t steps = 0;
-  int64_t samples = 0;
-  double elapsed_s = 0;
-  double samples_per_s = 0;
-  double loss = 0;
-  int64_t pushes = 0;
-  int64_t accepted = 0;
-  int64_t refused = 0;
-  int64_t resyncs = 0;
-  int64_t reconnects = 0;
-  int64_t sent_bytes = 0;
-  int64_t dense_bytes = 0;
-  double mean_staleness = 0;
-  std::vector<int64_t> staleness_hist;  // one bin per tau 0.., the last one "and above"
-  // The worker's latest test-set evaluation (only on evaluating workers, after the first).
-  std::optional<double> test_loss;
-  std::optional<double> test_accuracy;  // in [0, 1]
-  std::optional<double> eval_elapsed_s;
-};
-
-// True for lines starting with "progress " or "final ".
-bool IsProgressLine(absl::string_view line);
-// InvalidArgument naming the key when a required key is missing or a value does not parse.
-absl::StatusOr<ProgressLine> ParseProgressLine(absl::string_view line);
-
-// `dion-worker --mode=evaluate` prints "evaluation samples=N test_loss=L test_accuracy=A".
-struct EvaluationResult {
-  int64_t samples = 0;
-  double test_loss = 0;
-  double test_accuracy = 0;
-};
-bool IsEvaluationLine(absl::string_view line);
-absl::StatusOr<EvaluationResult> ParseEvaluationLine(absl::string_view line);
 
 struct TrainLossPoint {
   double time_s = 0;

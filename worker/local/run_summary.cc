@@ -88,6 +88,26 @@ std::string Percent(double fraction) { return absl::StrFormat("%.2f%%", 100.0 * 
 
 }  // namespace
 
+RunSummary SummarizeRun(const RunAggregate& run, int workers, double target_accuracy) {
+  RunSummary summary;
+  std::optional<double> first_start, last_end;
+  for (int j = 0; j < workers; ++j) {
+    if (auto s = run.TrainingStart(j)) first_start = std::min(first_start.value_or(*s), *s);
+    if (auto e = run.TrainingEnd(j)) last_end = std::max(last_end.value_or(*e), *e);
+  }
+  if (first_start && last_end) summary.training_time_s = *last_end - *first_start;
+  summary.target_accuracy = target_accuracy;
+  if (std::optional<EvalPoint> reached = run.FirstReaching(target_accuracy)) {
+    summary.time_to_target_s = reached->time_s;
+    summary.train_time_to_target_s = reached->time_s - first_start.value_or(0);
+  }
+  summary.epochs = run.Epochs();
+  summary.totals = run.Totals();
+  summary.train_loss = run.train_loss();
+  summary.evaluations = run.Evaluations();
+  return summary;
+}
+
 std::vector<std::string> ReportLines(const RunSummary& s) {
   std::vector<std::string> lines;
   const RunTotals& t = s.totals;
@@ -144,14 +164,11 @@ std::vector<std::string> ReportLines(const RunSummary& s) {
   return lines;
 }
 
-std::string SummaryJson(const RunSummary& s) {
-  JsonWriter j;
+namespace {
+
+void WriteConfig(const std::vector<std::pair<std::string, ConfigValue>>& config, JsonWriter& j) {
   j.Open('{');
-  j.Key("status");
-  j.String(s.status);
-  j.Key("config");
-  j.Open('{');
-  for (const auto& [key, value] : s.config) {
+  for (const auto& [key, value] : config) {
     j.Key(key);
     std::visit(
         [&j](const auto& v) {
@@ -164,23 +181,11 @@ std::string SummaryJson(const RunSummary& s) {
         value);
   }
   j.Close('}');
-  j.Key("final_test_accuracy");
-  j.Optional(s.final_evaluation ? std::optional(s.final_evaluation->test_accuracy) : std::nullopt);
-  j.Key("final_test_loss");
-  j.Optional(s.final_evaluation ? std::optional(s.final_evaluation->test_loss) : std::nullopt);
-  j.Key("wall_time_s");
-  j.Number(s.wall_time_s);
-  j.Key("training_time_s");
-  j.Number(s.training_time_s);
-  j.Key("target_accuracy");
-  j.Number(s.target_accuracy);
-  j.Key("time_to_target_s");
-  j.Optional(s.time_to_target_s);
-  j.Key("train_time_to_target_s");
-  j.Optional(s.train_time_to_target_s);
-  j.Key("epochs");
-  j.Number(s.epochs);
-  const RunTotals& t = s.totals;
+}
+
+// The counters, the compression ratio and the staleness distribution, as keys of the
+// enclosing object.
+void WriteTotals(const RunTotals& t, JsonWriter& j) {
   for (const auto& [key, value] : {std::pair<const char*, int64_t>{"samples", t.samples},
                                    {"steps", t.steps},
                                    {"pushes", t.pushes},
@@ -208,31 +213,62 @@ std::string SummaryJson(const RunSummary& s) {
   j.Open('[');
   for (int64_t c : t.staleness_hist) j.Number(accepted > 0 ? 100.0 * c / accepted : 0.0);
   j.Close(']');
-  // Curves: one object per point, time and epochs first.
-  const auto curve = [&j](const char* key, const auto& points, const auto& rest) {
-    j.Key(key);
-    j.Open('[');
-    for (const auto& point : points) {
-      j.Open('{');
-      j.Key("time_s");
-      j.Number(point.time_s);
-      j.Key("epochs");
-      j.Number(point.epochs);
-      rest(point);
-      j.Close('}');
-    }
-    j.Close(']');
-  };
-  curve("evaluations", s.evaluations, [&j](const EvalPoint& e) {
+}
+
+// A curve: one object per point, time and epochs first, then what `rest` writes.
+template <typename Point, typename Rest>
+void WriteCurve(const char* key, const std::vector<Point>& points, const Rest& rest,
+                JsonWriter& j) {
+  j.Key(key);
+  j.Open('[');
+  for (const Point& point : points) {
+    j.Open('{');
+    j.Key("time_s");
+    j.Number(point.time_s);
+    j.Key("epochs");
+    j.Number(point.epochs);
+    rest(point);
+    j.Close('}');
+  }
+  j.Close(']');
+}
+
+}  // namespace
+
+std::string SummaryJson(const RunSummary& s) {
+  JsonWriter j;
+  j.Open('{');
+  j.Key("status");
+  j.String(s.status);
+  j.Key("config");
+  WriteConfig(s.config, j);
+  j.Key("final_test_accuracy");
+  j.Optional(s.final_evaluation ? std::optional(s.final_evaluation->test_accuracy) : std::nullopt);
+  j.Key("final_test_loss");
+  j.Optional(s.final_evaluation ? std::optional(s.final_evaluation->test_loss) : std::nullopt);
+  j.Key("wall_time_s");
+  j.Number(s.wall_time_s);
+  j.Key("training_time_s");
+  j.Number(s.training_time_s);
+  j.Key("target_accuracy");
+  j.Number(s.target_accuracy);
+  j.Key("time_to_target_s");
+  j.Optional(s.time_to_target_s);
+  j.Key("train_time_to_target_s");
+  j.Optional(s.train_time_to_target_s);
+  j.Key("epochs");
+  j.Number(s.epochs);
+  WriteTotals(s.totals, j);
+  WriteCurve("evaluations", s.evaluations, [&j](const EvalPoint& e) {
     j.Key("test_loss");
     j.Number(e.test_loss);
     j.Key("test_accuracy");
     j.Number(e.test_accuracy);
-  });
-  curve("train_loss", s.train_loss, [&j](const TrainLossPoint& p) {
+  }, j);
+  WriteCurve("train_loss", s.train_loss, [&j](const TrainLossPoint& p) {
     j.Key("loss");
     j.Number(p.loss);
-  });
+  }, j);
   j.Key("run_dir");
   j.String(s.run_dir);
   j.Close('}');

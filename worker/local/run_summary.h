@@ -1,10 +1,10 @@
 // The end of a `dion local` run (worker/local/local_run.h): the human-readable report, summary.json
-// and curves.svg, all computed from a RunSummary that the supervisor fills from its
-// RunAggregate (worker/local/run_report.h).
+// and curves.svg, all computed from a RunSummary (SummarizeRun makes one from the run's
+// RunAggregate, worker/local/run_report.h).
 //
 // Thread-safety: pure functions (WriteTextFile touches only its own path).
-#ifndef DION_WORKER_RUN_SUMMARY_H_
-#define DION_WORKER_RUN_SUMMARY_H_
+#ifndef DION_WORKER_LOCAL_RUN_SUMMARY_H_
+#define DION_WORKER_LOCAL_RUN_SUMMARY_H_
 
 #include <cstdint>
 #include <optional>
@@ -21,7 +21,7 @@ namespace dion {
 
 using ConfigValue = std::variant<std::string, int64_t, double, bool>;
 
-// Everything the end of a run reports; filled by the supervisor from a RunAggregate.
+// Everything the end of a run reports.
 struct RunSummary {
   std::string status = "ok";  // "ok", "failed" (a child failed) or "interrupted"
   std::vector<std::pair<std::string, ConfigValue>> config;  // the options, in flag order
@@ -38,6 +38,11 @@ struct RunSummary {
   std::string run_dir;
 };
 
+// What the aggregate of a run's progress lines says: training time, time to target_accuracy
+// (the first evaluation reaching it), epochs, totals and curves. The caller fills in the rest
+// (status, config, final evaluation, wall time, run_dir).
+RunSummary SummarizeRun(const RunAggregate& run, int workers, double target_accuracy);
+
 // The human-readable report, one line each; the last is "test accuracy: NN.NN%" when there
 // is a final evaluation.
 std::vector<std::string> ReportLines(const RunSummary& summary);
@@ -50,4 +55,4 @@ absl::Status WriteTextFile(const std::string& path, absl::string_view contents);
 
 }  // namespace dion
 
-#endif  // DION_WORKER_RUN_SUMMARY_H_
+#endif  // DION_WORKER_LOCAL_RUN_SUMMARY_H_

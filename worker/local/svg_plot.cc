@@ -54,19 +54,35 @@ struct Range {
   bool empty() const { return !(lo <= hi); }
 };
 
-void RenderPanel(const PlotPanel& panel, double x0, double y0, double width, double height,
-                 std::string* svg) {
-  const double px0 = x0 + kLeft, px1 = x0 + width - kRight;
-  const double py0 = y0 + kTop, py1 = y0 + height - kBottom;  // py0 top, py1 bottom
+// A panel's plotting area in pixels, and the data range and ticks it shows.
+struct Frame {
+  double px0 = 0, px1 = 0, py0 = 0, py1 = 0;  // py0 top, py1 bottom
+  double xlo = 0, xhi = 1, ylo = 0, yhi = 1;
+  std::vector<double> xticks, yticks;
+  double X(double x) const { return px0 + (x - xlo) / (xhi - xlo) * (px1 - px0); }
+  double Y(double y) const { return py1 - (y - ylo) / (yhi - ylo) * (py1 - py0); }
+  // Where a point goes, with y clamped into the range.
+  double YClamped(double y) const { return Y(std::clamp(y, ylo, yhi)); }
+};
+
+constexpr double kLegendWidth = 150;
+double LegendHeight(const PlotPanel& panel) { return 8 + 16.0 * panel.series.size(); }
+
+void RenderTitleAndAxisLabels(const PlotPanel& panel, const Frame& f, double x0, double y0,
+                              double height, std::string* svg) {
   absl::StrAppendFormat(svg, "<g>\n<text x=\"%.1f\" y=\"%.1f\" class=\"title\">%s</text>\n",
-                        (px0 + px1) / 2, y0 + 20, Escape(panel.title));
+                        (f.px0 + f.px1) / 2, y0 + 20, Escape(panel.title));
   absl::StrAppendFormat(svg, "<text x=\"%.1f\" y=\"%.1f\" class=\"axis\">%s</text>\n",
-                        (px0 + px1) / 2, y0 + height - 8, Escape(panel.x_label));
+                        (f.px0 + f.px1) / 2, y0 + height - 8, Escape(panel.x_label));
+  const double mid_y = (f.py0 + f.py1) / 2;
   absl::StrAppendFormat(svg,
                         "<text x=\"%.1f\" y=\"%.1f\" class=\"axis\" "
                         "transform=\"rotate(-90 %.1f %.1f)\">%s</text>\n",
-                        x0 + 16, (py0 + py1) / 2, x0 + 16, (py0 + py1) / 2, Escape(panel.y_label));
+                        x0 + 16, mid_y, x0 + 16, mid_y, Escape(panel.y_label));
+}
 
+// The range of the finite points of every series.
+std::pair<Range, Range> DataRange(const PlotPanel& panel) {
   Range xr, yr;
   for (const PlotSeries& s : panel.series) {
     for (const auto& [x, y] : s.points) {
@@ -75,15 +91,11 @@ void RenderPanel(const PlotPanel& panel, double x0, double y0, double width, dou
       yr.Add(y);
     }
   }
-  absl::StrAppendFormat(svg,
-                        "<rect x=\"%.1f\" y=\"%.1f\" width=\"%.1f\" height=\"%.1f\" "
-                        "class=\"frame\"/>\n",
-                        px0, py0, px1 - px0, py1 - py0);
-  if (xr.empty()) {
-    absl::StrAppendFormat(svg, "<text x=\"%.1f\" y=\"%.1f\" class=\"axis\">no data</text>\n</g>\n",
-                          (px0 + px1) / 2, (py0 + py1) / 2);
-    return;
-  }
+  return {xr, yr};
+}
+
+// Sets the frame's range and ticks for data in xr x yr (not empty).
+void Scale(const PlotPanel& panel, Range xr, Range yr, Frame* f) {
   if (panel.y_range.has_value()) {
     yr.lo = panel.y_range->first;
     yr.hi = panel.y_range->second;
@@ -93,41 +105,49 @@ void RenderPanel(const PlotPanel& panel, double x0, double y0, double width, dou
     yr.hi += pad;
   }
   if (panel.x_from_zero) xr.lo = std::min(xr.lo, 0.0);
-  const std::vector<double> xt = NiceTicks(xr.lo, xr.hi, 6);
-  const std::vector<double> yt = NiceTicks(yr.lo, yr.hi, 5);
-  const double xlo = xt.front(), xhi = xt.back();
-  const double ylo = panel.y_range ? yr.lo : yt.front(), yhi = panel.y_range ? yr.hi : yt.back();
-  const auto X = [&](double x) { return px0 + (x - xlo) / (xhi - xlo) * (px1 - px0); };
-  const auto Y = [&](double y) { return py1 - (y - ylo) / (yhi - ylo) * (py1 - py0); };
+  f->xticks = NiceTicks(xr.lo, xr.hi, 6);
+  f->yticks = NiceTicks(yr.lo, yr.hi, 5);
+  f->xlo = f->xticks.front();
+  f->xhi = f->xticks.back();
+  f->ylo = panel.y_range ? yr.lo : f->yticks.front();
+  f->yhi = panel.y_range ? yr.hi : f->yticks.back();
+}
+
+void RenderGridAndTicks(const Frame& f, std::string* svg) {
+  const std::vector<double>& xt = f.xticks;
+  const std::vector<double>& yt = f.yticks;
   const double xstep = xt.size() > 1 ? xt[1] - xt[0] : 1, ystep = yt.size() > 1 ? yt[1] - yt[0] : 1;
   for (double t : xt) {
     absl::StrAppendFormat(svg,
                           "<line x1=\"%.1f\" y1=\"%.1f\" x2=\"%.1f\" y2=\"%.1f\" class=\"grid\"/>"
                           "<line x1=\"%.1f\" y1=\"%.1f\" x2=\"%.1f\" y2=\"%.1f\" class=\"tick\"/>"
                           "<text x=\"%.1f\" y=\"%.1f\" class=\"xtick\">%s</text>\n",
-                          X(t), py0, X(t), py1, X(t), py1, X(t), py1 + 5, X(t), py1 + 18,
-                          TickLabel(t, xstep));
+                          f.X(t), f.py0, f.X(t), f.py1, f.X(t), f.py1, f.X(t), f.py1 + 5, f.X(t),
+                          f.py1 + 18, TickLabel(t, xstep));
   }
   for (double t : yt) {
-    if (t < ylo - 1e-12 * std::fabs(ystep) || t > yhi + 1e-12 * std::fabs(ystep)) continue;
+    if (t < f.ylo - 1e-12 * std::fabs(ystep) || t > f.yhi + 1e-12 * std::fabs(ystep)) continue;
     absl::StrAppendFormat(svg,
                           "<line x1=\"%.1f\" y1=\"%.1f\" x2=\"%.1f\" y2=\"%.1f\" class=\"grid\"/>"
                           "<line x1=\"%.1f\" y1=\"%.1f\" x2=\"%.1f\" y2=\"%.1f\" class=\"tick\"/>"
                           "<text x=\"%.1f\" y=\"%.1f\" class=\"ytick\">%s</text>\n",
-                          px0, Y(t), px1, Y(t), px0 - 5, Y(t), px0, Y(t), px0 - 8, Y(t) + 4,
-                          TickLabel(t, ystep));
+                          f.px0, f.Y(t), f.px1, f.Y(t), f.px0 - 5, f.Y(t), f.px0, f.Y(t),
+                          f.px0 - 8, f.Y(t) + 4, TickLabel(t, ystep));
   }
-  // The legend goes into the corner that hides the fewest points.
-  const double legend_w = 150, legend_h = 8 + 16.0 * panel.series.size();
-  double lx = px1 - legend_w, ly = py0, fewest = std::numeric_limits<double>::infinity();
+}
+
+// The top-left corner of the legend: the corner of the frame where it hides the fewest points.
+std::pair<double, double> LegendCorner(const PlotPanel& panel, const Frame& f) {
+  const double legend_h = LegendHeight(panel);
+  double lx = f.px1 - kLegendWidth, ly = f.py0, fewest = std::numeric_limits<double>::infinity();
   for (const auto& [cx, cy] :
-       {std::pair{px1 - legend_w, py0}, std::pair{px1 - legend_w, py1 - legend_h},
-        std::pair{px0, py0}, std::pair{px0, py1 - legend_h}}) {
+       {std::pair{f.px1 - kLegendWidth, f.py0}, std::pair{f.px1 - kLegendWidth, f.py1 - legend_h},
+        std::pair{f.px0, f.py0}, std::pair{f.px0, f.py1 - legend_h}}) {
     double hidden = 0;
     for (const PlotSeries& s : panel.series) {
       for (const auto& [x, y] : s.points) {
-        const double sx = X(x), sy = Y(std::clamp(y, ylo, yhi));
-        hidden += sx >= cx && sx <= cx + legend_w && sy >= cy && sy <= cy + legend_h;
+        const double sx = f.X(x), sy = f.YClamped(y);
+        hidden += sx >= cx && sx <= cx + kLegendWidth && sy >= cy && sy <= cy + legend_h;
       }
     }
     if (hidden < fewest) {
@@ -136,27 +156,34 @@ void RenderPanel(const PlotPanel& panel, double x0, double y0, double width, dou
       ly = cy;
     }
   }
+  return {lx, ly};
+}
+
+// One polyline per series (and its markers), finite points only.
+void RenderSeries(const PlotPanel& panel, const Frame& f, std::string* svg) {
   for (const PlotSeries& s : panel.series) {
     std::string points;
     for (const auto& [x, y] : s.points) {
       if (!std::isfinite(x) || !std::isfinite(y)) continue;
-      absl::StrAppendFormat(&points, "%.1f,%.1f ", X(x), Y(std::clamp(y, ylo, yhi)));
+      absl::StrAppendFormat(&points, "%.1f,%.1f ", f.X(x), f.YClamped(y));
     }
     if (!points.empty()) points.pop_back();
     absl::StrAppendFormat(svg, "<polyline points=\"%s\" stroke=\"%s\" class=\"series\"/>\n", points,
                           Escape(s.color));
-    if (s.markers) {
-      for (const auto& [x, y] : s.points) {
-        if (!std::isfinite(x) || !std::isfinite(y)) continue;
-        absl::StrAppendFormat(svg, "<circle cx=\"%.1f\" cy=\"%.1f\" r=\"2.5\" fill=\"%s\"/>\n",
-                              X(x), Y(std::clamp(y, ylo, yhi)), Escape(s.color));
-      }
+    if (!s.markers) continue;
+    for (const auto& [x, y] : s.points) {
+      if (!std::isfinite(x) || !std::isfinite(y)) continue;
+      absl::StrAppendFormat(svg, "<circle cx=\"%.1f\" cy=\"%.1f\" r=\"2.5\" fill=\"%s\"/>\n",
+                            f.X(x), f.YClamped(y), Escape(s.color));
     }
   }
+}
+
+void RenderLegend(const PlotPanel& panel, double lx, double ly, std::string* svg) {
   absl::StrAppendFormat(svg,
                         "<rect x=\"%.1f\" y=\"%.1f\" width=\"%.1f\" height=\"%.1f\" "
                         "class=\"legendbox\"/>\n",
-                        lx + 2, ly + 2, legend_w - 4, legend_h - 4);
+                        lx + 2, ly + 2, kLegendWidth - 4, LegendHeight(panel) - 4);
   int legend_row = 0;
   for (const PlotSeries& s : panel.series) {
     const double row_y = ly + 16 + 16 * legend_row++;
@@ -167,6 +194,33 @@ void RenderPanel(const PlotPanel& panel, double x0, double y0, double width, dou
                           lx + 8, row_y - 4, lx + 26, row_y - 4, Escape(s.color), lx + 32, row_y,
                           Escape(s.label));
   }
+}
+
+// The panel in the width x height box at (x0, y0): labels, frame, then (with data) grid and
+// ticks, the series and the legend.
+void RenderPanel(const PlotPanel& panel, double x0, double y0, double width, double height,
+                 std::string* svg) {
+  Frame f;
+  f.px0 = x0 + kLeft;
+  f.px1 = x0 + width - kRight;
+  f.py0 = y0 + kTop;
+  f.py1 = y0 + height - kBottom;
+  RenderTitleAndAxisLabels(panel, f, x0, y0, height, svg);
+  absl::StrAppendFormat(svg,
+                        "<rect x=\"%.1f\" y=\"%.1f\" width=\"%.1f\" height=\"%.1f\" "
+                        "class=\"frame\"/>\n",
+                        f.px0, f.py0, f.px1 - f.px0, f.py1 - f.py0);
+  const auto [xr, yr] = DataRange(panel);
+  if (xr.empty()) {
+    absl::StrAppendFormat(svg, "<text x=\"%.1f\" y=\"%.1f\" class=\"axis\">no data</text>\n</g>\n",
+                          (f.px0 + f.px1) / 2, (f.py0 + f.py1) / 2);
+    return;
+  }
+  Scale(panel, xr, yr, &f);
+  RenderGridAndTicks(f, svg);
+  const auto [lx, ly] = LegendCorner(panel, f);
+  RenderSeries(panel, f, svg);
+  RenderLegend(panel, lx, ly, svg);
   *svg += "</g>\n";
 }
 

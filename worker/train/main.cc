@@ -182,28 +182,6 @@ absl::StatusOr<dion::ModelTable> ModelFor(const dion::Dataset& train) {
   return table;
 }
 
-std::string ProgressLine(const char* kind, int worker, const dion::TrainerProgress& p) {
-  const dion::ClientStats& c = p.client;
-  std::string line = absl::StrCat(
-      kind, " worker=", worker, " epoch=", p.epoch, " steps=", p.steps, " samples=", p.samples,
-      " elapsed_s=", absl::StrFormat("%.2f", p.elapsed_seconds),
-      " samples_per_s=", absl::StrFormat("%.1f", p.samples_per_second),
-      " loss=", absl::StrFormat("%.4f", p.train_loss), " pushes=", c.pushes,
-      " accepted=", c.accepted, " refused=", c.refused, " resyncs=", c.resyncs,
-      " reconnects=", c.reconnects, " sent_bytes=", c.sent_bytes,
-      " dense_bytes=", c.dense_bytes,
-      " mean_staleness=",
-      absl::StrFormat("%.3f", c.accepted > 0 ? static_cast<double>(c.staleness_sum) / c.accepted
-                                             : 0.0),
-      " staleness_hist=", absl::StrJoin(c.staleness, ","));
-  if (p.evaluation.has_value()) {
-    absl::StrAppend(&line, " test_loss=", absl::StrFormat("%.4f", p.evaluation->loss),
-                    " test_accuracy=", absl::StrFormat("%.4f", p.evaluation->accuracy),
-                    " eval_elapsed_s=", absl::StrFormat("%.4f", p.evaluation_elapsed_seconds));
-  }
-  return line;
-}
-
 // Polls for `path` until it exists (true), `stop` is set or `timeout` passes (false; the
 // timeout is reported on stderr).
 bool WaitForStartFile(const std::string& path, absl::Duration timeout,
@@ -353,8 +331,7 @@ int main(int argc, char** argv) {
     for (const dion::Matrix& w : weights) views.push_back(&w);
     absl::StatusOr<dion::Evaluation> e = dion::Evaluate(views, data->test, 1000);
     if (!e.ok()) return Fail("evaluation failed", e.status());
-    std::printf("evaluation samples=%lld test_loss=%.4f test_accuracy=%.4f\n",
-                static_cast<long long>(e->samples), e->loss, e->accuracy);
+    std::printf("%s\n", dion::FormatEvaluationLine({e->samples, e->loss, e->accuracy}).c_str());
     std::printf("test accuracy: %.2f%%\n", 100.0 * e->accuracy);
     return 0;
   }
@@ -399,7 +376,8 @@ int main(int argc, char** argv) {
   absl::StatusOr<dion::TrainerProgress> result = dion::Train(
       **client, mine, &data->test, trainer, &metrics,
       [worker_index](const dion::TrainerProgress& p) {
-        std::printf("%s\n", ProgressLine(p.final ? "final" : "progress", worker_index, p).c_str());
+        const std::string line = dion::FormatProgressLine(dion::ToProgressLine(worker_index, p));
+        std::printf("%s\n", line.c_str());
         std::fflush(stdout);
       },
       &stop);

@@ -35,12 +35,8 @@ absl::Status WaitForNextVersions(Client& client, const std::vector<int64_t>& ver
   return s;
 }
 
-}  // namespace
-
-absl::StatusOr<TrainerProgress> Train(Client& client, const Dataset& train, const Dataset* test,
-                                      const TrainerOptions& options, WorkerMetrics* metrics,
-                                      const std::function<void(const TrainerProgress&)>& on_progress,
-                                      const std::atomic<bool>* stop) {
+absl::Status ValidateOptions(const Client& client, const Dataset& train, const Dataset* test,
+                             const TrainerOptions& options) {
   if (options.epochs < 1 || options.batch_size < 1 || options.eval_batch_size < 1) {
     return absl::InvalidArgumentError(absl::StrCat(
         "epochs, batch_size and eval_batch_size must be >= 1, got ", options.epochs, ", ",
@@ -63,167 +59,242 @@ absl::StatusOr<TrainerProgress> Train(Client& client, const Dataset& train, cons
   if (options.evaluate && (test == nullptr || test->size() == 0)) {
     return absl::InvalidArgumentError("evaluation asked for, but there is no test set");
   }
-  const absl::Time start = absl::Now();
-  std::mt19937_64 shuffle(options.seed);
-  std::vector<int64_t> order(train.size());
+  return absl::OkStatus();
+}
+
+// One Train call: the loop over epochs and mini-batches, and what runs between the steps
+// (progress reports, evaluations, the time-to-target copies).
+class TrainingRun {
+ public:
+  TrainingRun(Client& client, const Dataset& train, const Dataset* test,
+              const TrainerOptions& options, WorkerMetrics* metrics,
+              const std::function<void(const TrainerProgress&)>& on_progress)
+      : client_(client),
+        train_(train),
+        test_(test),
+        options_(options),
+        metrics_(metrics),
+        on_progress_(on_progress),
+        start_(absl::Now()),
+        versions_(client.specs().size()),
+        last_report_(start_),
+        last_eval_(start_),
+        search_(options.evaluate ? options.target_accuracy : 0, options.snapshot_interval,
+                start_) {}
+
+  absl::StatusOr<TrainerProgress> Run(const std::atomic<bool>* stop);
+
+ private:
+  // One local step on the samples `batch` of the training set.
+  absl::Status Step(absl::Span<const int64_t> batch);
+  // After a step that ended at `now`: an evaluation when one is due, else a weight copy and
+  // a progress report when due.
+  absl::Status AfterStep(absl::Time now);
+  // The final Flush and evaluation, and the final report.
+  absl::Status Finish();
+  // Evaluates the replica as it is now (and reports it when `report_it`), then lets the
+  // time-to-target search run: when this is the first evaluation at the target, the copies
+  // since the previous one are evaluated and reported first.
+  absl::Status EvaluateReplica(bool report_it);
+  // Evaluates `weights` (copied at `copied`) and makes it the latest evaluation.
+  absl::StatusOr<double> EvaluateWeights(const std::vector<Matrix>& weights, absl::Time copied);
+  // Reports at `now` and starts a new interval for the rates and the mean loss.
+  void Report(absl::Time now);
+  // A report between two regular ones (a copy's evaluation): the rates keep accumulating.
+  void ReportEvaluation();
+
+  Client& client_;
+  const Dataset& train_;
+  const Dataset* const test_;
+  const TrainerOptions& options_;
+  WorkerMetrics* const metrics_;
+  const std::function<void(const TrainerProgress&)>& on_progress_;
+  const absl::Time start_;
+
+  // Buffers reused from step to step.
+  std::vector<Matrix> weights_;
+  std::vector<Matrix> gradients_;
+  std::vector<int64_t> versions_;  // synchronous: the versions the step's gradients are at
+  MlpWorkspace workspace_;
+  Matrix X_;
+  std::vector<int> labels_;
+
+  TrainerProgress progress_;
+  absl::Time last_report_;
+  int64_t samples_at_report_ = 0;
+  double loss_sum_ = 0;  // over the steps since the last report
+  int64_t loss_steps_ = 0;
+  absl::Time last_eval_;
+  TimeToTargetSearch search_;
+};
+
+absl::StatusOr<TrainerProgress> TrainingRun::Run(const std::atomic<bool>* stop) {
+  std::mt19937_64 shuffle(options_.seed);
+  std::vector<int64_t> order(train_.size());
   std::iota(order.begin(), order.end(), 0);
-
-  std::vector<Matrix> weights;
-  std::vector<Matrix> gradients;
-  std::vector<int64_t> versions(client.specs().size());  // synchronous: the step's versions
-  MlpWorkspace workspace;
-  Matrix X;
-  std::vector<int> labels;
-
-  TrainerProgress progress;
-  absl::Time last_report = start;
-  int64_t samples_at_report = 0;
-  double loss_sum = 0;
-  int64_t loss_steps = 0;
-  absl::Time last_eval = start;
-
-  const auto report = [&](absl::Time now) {
-    progress.elapsed_seconds = absl::ToDoubleSeconds(now - start);
-    const double interval = absl::ToDoubleSeconds(now - last_report);
-    if (interval > 0) {
-      progress.samples_per_second = (progress.samples - samples_at_report) / interval;
-    }
-    if (loss_steps > 0) progress.train_loss = loss_sum / loss_steps;
-    progress.client = client.stats();
-    if (metrics != nullptr) metrics->SetSamplesPerSecond(progress.samples_per_second);
-    last_report = now;
-    samples_at_report = progress.samples;
-    loss_sum = 0;
-    loss_steps = 0;
-    if (on_progress) on_progress(progress);
-  };
-  // A report between two regular ones (a snapshot's evaluation): the rates keep accumulating.
-  const auto report_evaluation = [&]() {
-    progress.elapsed_seconds = absl::ToDoubleSeconds(absl::Now() - start);
-    progress.client = client.stats();
-    if (on_progress) on_progress(progress);
-  };
-
-  // Weight copies since the last evaluation, while the target is not reached yet.
-  struct Snapshot {
-    absl::Time time;
-    std::vector<Matrix> weights;
-  };
-  const bool snapshots = options.evaluate && options.target_accuracy > 0 &&
-                         options.snapshot_interval > absl::ZeroDuration();
-  bool target_reached = false;
-  std::vector<Snapshot> snapshot_pool;  // copies in use: [0, snapshots_taken)
-  int snapshots_taken = 0;
-  absl::Time last_snapshot = start;
-  absl::Duration snapshot_every = options.snapshot_interval;  // doubles when the pool fills up
-
-  // Evaluates `evaluated` (copied at `copied`) and makes it the latest evaluation.
-  const auto evaluate_weights = [&](const std::vector<Matrix>& evaluated,
-                                    absl::Time copied) -> absl::StatusOr<double> {
-    absl::StatusOr<Evaluation> e =
-        Evaluate(Views(evaluated), *test, options.eval_batch_size, &workspace);
-    if (!e.ok()) return e.status();
-    progress.evaluation = *e;
-    progress.evaluation_elapsed_seconds = absl::ToDoubleSeconds(copied - start);
-    if (metrics != nullptr) metrics->SetEvaluation(e->loss, e->accuracy);
-    return e->accuracy;
-  };
-  // Evaluates the replica as it is now (and reports it when `report_it`). When it is the first
-  // evaluation to reach the target, the snapshots since the previous one are evaluated and
-  // reported first, up to the first that reaches it.
-  const auto evaluate = [&](bool report_it) -> absl::Status {
-    const absl::Time copied = absl::Now();
-    client.CopyWeights(&weights);
-    absl::StatusOr<double> accuracy = evaluate_weights(weights, copied);
-    if (!accuracy.ok()) return accuracy.status();
-    if (snapshots && !target_reached && *accuracy >= options.target_accuracy) {
-      target_reached = true;
-      const Evaluation live = *progress.evaluation;
-      for (int i = 0; i < snapshots_taken; ++i) {
-        absl::StatusOr<double> a = evaluate_weights(snapshot_pool[i].weights,
-                                                    snapshot_pool[i].time);
-        if (!a.ok()) return a.status();
-        report_evaluation();
-        if (*a >= options.target_accuracy) break;
-      }
-      progress.evaluation = live;
-      progress.evaluation_elapsed_seconds = absl::ToDoubleSeconds(copied - start);
-      if (metrics != nullptr) metrics->SetEvaluation(live.loss, live.accuracy);
-      snapshot_pool.clear();  // not needed any more
-    }
-    snapshots_taken = 0;
-    snapshot_every = options.snapshot_interval;
-    last_snapshot = copied;
-    if (report_it) report(absl::Now());
-    return absl::OkStatus();
-  };
-
   bool done = false;
-  for (int epoch = 1; epoch <= options.epochs && !done; ++epoch) {
-    progress.epoch = epoch;
+  for (int epoch = 1; epoch <= options_.epochs && !done; ++epoch) {
+    progress_.epoch = epoch;
     std::shuffle(order.begin(), order.end(), shuffle);
-    for (int64_t begin = 0; begin < train.size() && !done; begin += options.batch_size) {
-      const int64_t end = std::min<int64_t>(begin + options.batch_size, train.size());
-      GatherBatch(train, absl::MakeConstSpan(order).subspan(begin, end - begin), &X, &labels);
-      if (options.synchronous) {
-        for (int i = 0; i < static_cast<int>(versions.size()); ++i) versions[i] = client.version(i);
+    for (int64_t begin = 0; begin < train_.size() && !done; begin += options_.batch_size) {
+      const int64_t end = std::min<int64_t>(begin + options_.batch_size, train_.size());
+      if (absl::Status s = Step(absl::MakeConstSpan(order).subspan(begin, end - begin));
+          !s.ok()) {
+        return s;
       }
-      client.CopyWeights(&weights, options.lookahead);
-      absl::StatusOr<float> loss =
-          LossAndGradients(Views(weights), X, labels, &gradients, &workspace);
-      if (!loss.ok()) return loss.status();
-      if (absl::Status s = client.Submit(gradients, end - begin, *loss); !s.ok()) return s;
-      if (options.synchronous) {
-        if (absl::Status s = WaitForNextVersions(client, versions, options.flush_timeout);
-            !s.ok()) {
-          return s;
-        }
-      }
-      ++progress.steps;
-      progress.samples += end - begin;
-      loss_sum += *loss;
-      ++loss_steps;
-      const absl::Time now = absl::Now();
-      if (options.evaluate && options.eval_interval > absl::ZeroDuration() &&
-          now - last_eval >= options.eval_interval) {
-        // Report every evaluation, not only the latest at the next progress interval: the
-        // accuracy curve and the time to the target accuracy are read from these lines.
-        if (absl::Status s = evaluate(/*report_it=*/true); !s.ok()) return s;
-        last_eval = now;
-      } else {
-        if (snapshots && !target_reached && now - last_snapshot >= snapshot_every) {
-          if (snapshots_taken == kMaxSnapshots) {
-            // Keep every other copy and copy half as often, so that the copies still span the
-            // whole time since the evaluation (the target is most likely crossed late in it).
-            for (int i = 1; 2 * i < kMaxSnapshots; ++i) {
-              std::swap(snapshot_pool[i], snapshot_pool[2 * i]);
-            }
-            snapshots_taken = kMaxSnapshots / 2;
-            snapshot_every *= 2;
-          }
-          if (snapshots_taken == static_cast<int>(snapshot_pool.size())) {
-            snapshot_pool.emplace_back();
-          }
-          snapshot_pool[snapshots_taken].time = now;
-          client.CopyWeights(&snapshot_pool[snapshots_taken].weights);
-          ++snapshots_taken;
-          last_snapshot = now;
-        }
-        if (now - last_report >= options.progress_interval) report(now);
-      }
-      done = (options.max_steps > 0 && progress.steps >= options.max_steps) ||
+      if (absl::Status s = AfterStep(absl::Now()); !s.ok()) return s;
+      done = (options_.max_steps > 0 && progress_.steps >= options_.max_steps) ||
              (stop != nullptr && stop->load());
     }
   }
-  if (absl::Status s = client.Flush(options.flush_timeout); !s.ok()) return s;
-  if (options.evaluate) {
-    // The last pushes are applied by now; give the broadcasts a moment to arrive.
-    absl::SleepFor(absl::Milliseconds(200));
-    if (absl::Status s = evaluate(/*report_it=*/false); !s.ok()) return s;
+  if (absl::Status s = Finish(); !s.ok()) return s;
+  return progress_;
+}
+
+absl::Status TrainingRun::Step(absl::Span<const int64_t> batch) {
+  GatherBatch(train_, batch, &X_, &labels_);
+  if (options_.synchronous) {
+    for (int i = 0; i < static_cast<int>(versions_.size()); ++i) versions_[i] = client_.version(i);
   }
-  progress.final = true;
-  report(absl::Now());
-  return progress;
+  client_.CopyWeights(&weights_, options_.lookahead);
+  absl::StatusOr<float> loss =
+      LossAndGradients(Views(weights_), X_, labels_, &gradients_, &workspace_);
+  if (!loss.ok()) return loss.status();
+  const int64_t samples = static_cast<int64_t>(batch.size());
+  if (absl::Status s = client_.Submit(gradients_, samples, *loss); !s.ok()) return s;
+  if (options_.synchronous) {
+    if (absl::Status s = WaitForNextVersions(client_, versions_, options_.flush_timeout);
+        !s.ok()) {
+      return s;
+    }
+  }
+  ++progress_.steps;
+  progress_.samples += samples;
+  loss_sum_ += *loss;
+  ++loss_steps_;
+  return absl::OkStatus();
+}
+
+absl::Status TrainingRun::AfterStep(absl::Time now) {
+  if (options_.evaluate && options_.eval_interval > absl::ZeroDuration() &&
+      now - last_eval_ >= options_.eval_interval) {
+    // Every evaluation is reported, not only the latest at the next progress interval: the
+    // accuracy curve and the time to the target accuracy are read from these lines.
+    if (absl::Status s = EvaluateReplica(/*report_it=*/true); !s.ok()) return s;
+    last_eval_ = now;
+    return absl::OkStatus();
+  }
+  if (search_.CopyDue(now)) client_.CopyWeights(&search_.NewCopy(now));
+  if (now - last_report_ >= options_.progress_interval) Report(now);
+  return absl::OkStatus();
+}
+
+absl::Status TrainingRun::Finish() {
+  if (absl::Status s = client_.Flush(options_.flush_timeout); !s.ok()) return s;
+  if (options_.evaluate) {
+    // The last pushes are applied by now; give their broadcasts a moment to arrive.
+    absl::SleepFor(absl::Milliseconds(200));
+    if (absl::Status s = EvaluateReplica(/*report_it=*/false); !s.ok()) return s;
+  }
+  progress_.final = true;
+  Report(absl::Now());
+  return absl::OkStatus();
+}
+
+absl::Status TrainingRun::EvaluateReplica(bool report_it) {
+  const absl::Time copied = absl::Now();
+  client_.CopyWeights(&weights_);
+  absl::StatusOr<double> accuracy = EvaluateWeights(weights_, copied);
+  if (!accuracy.ok()) return accuracy.status();
+  const Evaluation live = *progress_.evaluation;
+  absl::StatusOr<int> copies_evaluated = search_.AfterEvaluation(
+      copied, *accuracy,
+      [this](const std::vector<Matrix>& weights, absl::Time t) -> absl::StatusOr<double> {
+        absl::StatusOr<double> a = EvaluateWeights(weights, t);
+        if (a.ok()) ReportEvaluation();
+        return a;
+      });
+  if (!copies_evaluated.ok()) return copies_evaluated.status();
+  if (*copies_evaluated > 0) {  // the replica's evaluation is the latest again
+    progress_.evaluation = live;
+    progress_.evaluation_elapsed_seconds = absl::ToDoubleSeconds(copied - start_);
+    if (metrics_ != nullptr) metrics_->SetEvaluation(live.loss, live.accuracy);
+  }
+  if (report_it) Report(absl::Now());
+  return absl::OkStatus();
+}
+
+absl::StatusOr<double> TrainingRun::EvaluateWeights(const std::vector<Matrix>& weights,
+                                                    absl::Time copied) {
+  absl::StatusOr<Evaluation> e = Evaluate(Views(weights), *test_, options_.eval_batch_size,
+                                          &workspace_);
+  if (!e.ok()) return e.status();
+  progress_.evaluation = *e;
+  progress_.evaluation_elapsed_seconds = absl::ToDoubleSeconds(copied - start_);
+  if (metrics_ != nullptr) metrics_->SetEvaluation(e->loss, e->accuracy);
+  return e->accuracy;
+}
+
+void TrainingRun::Report(absl::Time now) {
+  progress_.elapsed_seconds = absl::ToDoubleSeconds(now - start_);
+  const double interval = absl::ToDoubleSeconds(now - last_report_);
+  if (interval > 0) {
+    progress_.samples_per_second = (progress_.samples - samples_at_report_) / interval;
+  }
+  if (loss_steps_ > 0) progress_.train_loss = loss_sum_ / loss_steps_;
+  progress_.client = client_.stats();
+  if (metrics_ != nullptr) metrics_->SetSamplesPerSecond(progress_.samples_per_second);
+  last_report_ = now;
+  samples_at_report_ = progress_.samples;
+  loss_sum_ = 0;
+  loss_steps_ = 0;
+  if (on_progress_) on_progress_(progress_);
+}
+
+void TrainingRun::ReportEvaluation() {
+  progress_.elapsed_seconds = absl::ToDoubleSeconds(absl::Now() - start_);
+  progress_.client = client_.stats();
+  if (on_progress_) on_progress_(progress_);
+}
+
+}  // namespace
+
+ProgressLine ToProgressLine(int worker, const TrainerProgress& p) {
+  const ClientStats& c = p.client;
+  ProgressLine line;
+  line.final = p.final;
+  line.worker = worker;
+  line.epoch = p.epoch;
+  line.steps = p.steps;
+  line.samples = p.samples;
+  line.elapsed_s = p.elapsed_seconds;
+  line.samples_per_s = p.samples_per_second;
+  line.loss = p.train_loss;
+  line.pushes = c.pushes;
+  line.accepted = c.accepted;
+  line.refused = c.refused;
+  line.resyncs = c.resyncs;
+  line.reconnects = c.reconnects;
+  line.sent_bytes = c.sent_bytes;
+  line.dense_bytes = c.dense_bytes;
+  line.mean_staleness =
+      c.accepted > 0 ? static_cast<double>(c.staleness_sum) / c.accepted : 0.0;
+  line.staleness_hist.assign(c.staleness.begin(), c.staleness.end());
+  if (p.evaluation.has_value()) {
+    line.test_loss = p.evaluation->loss;
+    line.test_accuracy = p.evaluation->accuracy;
+    line.eval_elapsed_s = p.evaluation_elapsed_seconds;
+  }
+  return line;
+}
+
+absl::StatusOr<TrainerProgress> Train(Client& client, const Dataset& train, const Dataset* test,
+                                      const TrainerOptions& options, WorkerMetrics* metrics,
+                                      const std::function<void(const TrainerProgress&)>& on_progress,
+                                      const std::atomic<bool>* stop) {
+  if (absl::Status s = ValidateOptions(client, train, test, options); !s.ok()) return s;
+  TrainingRun run(client, train, test, options, metrics, on_progress);
+  return run.Run(stop);
 }
 
 }  // namespace dion

@@ -7,8 +7,8 @@
 //
 // Thread-safety: Train runs on the calling thread; `stop` may be set from any thread (a
 // signal handler) and ends the loop after the current step.
-#ifndef DION_WORKER_TRAINER_H_
-#define DION_WORKER_TRAINER_H_
+#ifndef DION_WORKER_TRAIN_TRAINER_H_
+#define DION_WORKER_TRAIN_TRAINER_H_
 
 #include <atomic>
 #include <cstdint>
@@ -22,12 +22,11 @@
 #include "worker/train/dataset.h"
 #include "worker/train/lookahead.h"
 #include "worker/train/mlp.h"
+#include "worker/train/progress_line.h"
+#include "worker/train/time_to_target.h"
 #include "worker/client/worker_metrics.h"
 
 namespace dion {
-
-// Weight copies kept between two evaluations (TrainerOptions::snapshot_interval).
-inline constexpr int kMaxSnapshots = 64;
 
 struct TrainerOptions {
   int epochs = 1;                                       // passes over the partition (>= 1)
@@ -38,13 +37,11 @@ struct TrainerOptions {
   bool evaluate = false;                                // evaluate on the test set
   absl::Duration eval_interval = absl::Seconds(10);     // between evaluations; also at the end
   int eval_batch_size = 1000;
-  // Locating the target accuracy at a finer grain than eval_interval without evaluating that
-  // often: between evaluations, copy the weights every snapshot_interval (a copy, no
-  // evaluation); when an evaluation first reaches target_accuracy, evaluate the copies taken
-  // since the previous evaluation, oldest first, and report each (at the time it was copied)
-  // up to the first that reaches the target. Off unless both are > 0. At most kMaxSnapshots
-  // copies are kept: when they fill up, every other one is dropped and the interval doubles
-  // until the next evaluation. The search stalls training for one evaluation per copy.
+  // When evaluating, the first time target_accuracy is reached is located at the grain of
+  // snapshot_interval rather than eval_interval (TimeToTargetSearch, time_to_target.h): the
+  // weights are copied that often between evaluations, and the copies evaluated when an
+  // evaluation first reaches the target are reported each at the time it was copied. Off
+  // unless both are > 0. The search stalls training for one evaluation per copy.
   double target_accuracy = 0;
   absl::Duration snapshot_interval = absl::ZeroDuration();
   // Staleness compensation: compute each local step's gradient at the replica extrapolated
@@ -78,6 +75,9 @@ struct TrainerProgress {
   bool final = false;             // the report after the last step and the final Flush
 };
 
+// The progress line (worker/train/progress_line.h) that worker `worker` prints for `progress`.
+ProgressLine ToProgressLine(int worker, const TrainerProgress& progress);
+
 // Trains until `options.epochs` passes, `max_steps`, or `stop`; then flushes the client and
 // (when evaluating) evaluates once more, after waiting briefly for the replica to receive the
 // last versions. on_progress runs every progress_interval and after every evaluation
@@ -90,4 +90,4 @@ absl::StatusOr<TrainerProgress> Train(Client& client, const Dataset& train, cons
 
 }  // namespace dion
 
-#endif  // DION_WORKER_TRAINER_H_
+#endif  // DION_WORKER_TRAIN_TRAINER_H_
