@@ -189,7 +189,15 @@ class Client {
  private:
   struct Parameter;
   Client(const ModelTable& table, const ClientOptions& options, Layout layout);
+  // Connect's steps after validation: the links, registration with every shard, the initial
+  // weights, then the links' streams.
   absl::Status Start(const ModelTable& table);
+  void CreateLinks(const ModelTable& table);
+  // Registers the model with shard `s` (retried while it is unavailable) and checks that it
+  // is shard `s` of the listed count and places the parameters where this client does.
+  absl::Status RegisterWith(int s);
+  // Pulls every parameter shard `s` owns into the replicas.
+  absl::Status PullInitialWeights(int s);
   // Takes and sends the next contribution of `p` if one is due. REQUIRES: p.accumulator_mu.
   void MaybeSend(Parameter& p);
   Parameter* Find(absl::string_view name) const;
