@@ -2,7 +2,7 @@
 """The installed client package, used as a program outside the tree would (ctest client_package).
 
   client_package_test.py --build_dir DIR --source_root DIR --server BIN --cxx COMPILER
-                         [--cmake BIN] [--launcher LAUNCHER]
+                         [--cmake BIN] [--launcher LAUNCHER] [--generator NAME]
 
 In a temporary directory (outside the source and build trees):
   1. `cmake --install <build_dir> --component client` into a fresh prefix;
@@ -94,7 +94,7 @@ def check_header_compile(compile_process):
 def build_example(args, prefix, tmp):
     build = os.path.join(tmp, "example-build")
     configure = [args.cmake, "-S", os.path.join(args.source_root, "worker", "client", "example"),
-                 "-B", build, "-G", "Ninja", "-DCMAKE_BUILD_TYPE=Release",
+                 "-B", build, "-G", args.generator, "-DCMAKE_BUILD_TYPE=Release",
                  f"-DCMAKE_CXX_COMPILER={args.cxx}", f"-DCMAKE_PREFIX_PATH={prefix}",
                  "-DCMAKE_FIND_USE_PACKAGE_REGISTRY=OFF"]
     if args.launcher:
@@ -155,6 +155,7 @@ def main():
     parser.add_argument("--cxx", required=True)
     parser.add_argument("--cmake", default="cmake")
     parser.add_argument("--launcher", default="")
+    parser.add_argument("--generator", default="Ninja")
     args = parser.parse_args()
     started = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="dion-client-package-") as tmp:
