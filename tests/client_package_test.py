@@ -62,7 +62,10 @@ def start_header_compile(args, include_root, tmp):
     unit = os.path.join(tmp, "only_client_h.cc")
     with open(unit, "w", encoding="utf-8") as f:
         f.write('#include "worker/client/client.h"\n'
-                "int main() { return dion::CompressionRank(dion::ParamSpec{}, 0.5) > 0 ? 0 : 1; }\n")
+                "int main() {\n"
+                "  dion::ClientOptions options;\n"
+                "  return options.max_in_flight > 0 ? 0 : 1;\n"
+                "}\n")
     eigen = subprocess.run(["pkg-config", "--cflags-only-I", "eigen3"], capture_output=True,
                            text=True, timeout=60, check=True)
     command = [args.cxx, "-std=c++20", "-fsyntax-only", "-H", f"-I{include_root}",

@@ -95,7 +95,8 @@ AckOutcome Classify(int shard, const v1::PushAck& ack, const std::string& worker
       out.refused = true;  // restored either way: nothing is lost, even on a fatal error
       out.resync = code == absl::StatusCode::kOutOfRange;
       if (!RefusedNotApplied(code)) {
-        out.fatal = absl::Status(code, absl::StrCat("shard ", shard, " rejected a contribution to '",
+        out.fatal = absl::Status(code, absl::StrCat("shard ", shard,
+                                                    " rejected a contribution to '",
                                                     ack.parameter(), "': ", ack.message()));
       }
       break;
