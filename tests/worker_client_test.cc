@@ -25,6 +25,7 @@
 #include "tests/fake_shard.h"
 #include "tests/reference.h"
 #include "tests/server_test_util.h"
+#include "worker/client/gradient_accumulator.h"
 
 namespace dion {
 namespace {

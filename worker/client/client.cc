@@ -13,6 +13,7 @@
 #include "absl/time/clock.h"
 #include "common/wire.h"
 #include "worker/client/client_parameter.h"
+#include "worker/client/shard_link.h"
 
 namespace dion {
 
@@ -54,6 +55,60 @@ bool RefusedNotApplied(absl::StatusCode code) {
     default:
       return false;
   }
+}
+
+// How an acknowledgement settles its contribution: dropped (applied, or applied before),
+// restored into the residual (certainly not applied), or dropped with its fate unknown (a fatal
+// error).
+struct AckOutcome {
+  WorkerPushResult result = WorkerPushResult::kAccepted;
+  bool refused = false;  // restored into the residual
+  bool unknown = false;  // dropped without knowing whether it was applied
+  bool resync = false;   // the shard is behind the base version: pull the parameter
+  absl::Status fatal;    // the client cannot go on
+};
+
+AckOutcome Classify(int shard, const v1::PushAck& ack, const std::string& worker_id) {
+  AckOutcome out;
+  switch (ack.result()) {
+    case v1::PUSH_RESULT_ACCEPTED: break;
+    case v1::PUSH_RESULT_DUPLICATE: out.result = WorkerPushResult::kDuplicate; break;
+    case v1::PUSH_RESULT_STALE:
+      out.result = WorkerPushResult::kStale;
+      out.refused = true;
+      break;
+    case v1::PUSH_RESULT_REJECTED: {
+      out.result = WorkerPushResult::kRejected;
+      const absl::StatusCode code = StatusCodeOf(ack.status_code());
+      if (code == absl::StatusCode::kDataLoss) {
+        // Older than the shard's dedup window: not applied now, maybe applied before. Restoring
+        // could apply it twice, so it is dropped, and the run stops: this client keeps fewer
+        // than kMaxUnacknowledgedSpan sequences open, so another process uses this worker id
+        // or sequence numbers were reused (first_sequence).
+        out.unknown = true;
+        out.fatal = absl::DataLossError(absl::StrCat(
+            "shard ", shard, " cannot tell whether contribution ", ack.sequence(), " to '",
+            ack.parameter(), "' was applied (", ack.message(), "); it was dropped. Is worker id '",
+            worker_id, "' used by two processes, or were sequence numbers reused?"));
+        break;
+      }
+      out.refused = true;  // restored either way: nothing is lost, even on a fatal error
+      out.resync = code == absl::StatusCode::kOutOfRange;
+      if (!RefusedNotApplied(code)) {
+        out.fatal = absl::Status(code, absl::StrCat("shard ", shard,
+                                                    " rejected a contribution to '",
+                                                    ack.parameter(), "': ", ack.message()));
+      }
+      break;
+    }
+    default:
+      out.result = WorkerPushResult::kRejected;
+      out.unknown = true;
+      out.fatal = absl::DataLossError(absl::StrCat(
+          "shard ", shard, " answered contribution ", ack.sequence(), " to '", ack.parameter(),
+          "' with unknown result ", static_cast<int>(ack.result()), "; it was dropped"));
+  }
+  return out;
 }
 
 }  // namespace
@@ -119,6 +174,28 @@ Client::Parameter* Client::Find(absl::string_view name) const {
 }
 
 absl::Status Client::Start(const ModelTable& table) {
+  CreateLinks(table);
+  // Register everywhere (shards may still be starting: retry while they are unavailable),
+  // check each address serves the index it is listed at, and that the layouts agree.
+  for (int s = 0; s < static_cast<int>(links_.size()); ++s) {
+    if (absl::Status registered = RegisterWith(s); !registered.ok()) return registered;
+  }
+  // The initial weights, then the subscriptions (which only send what changed since).
+  for (int s = 0; s < static_cast<int>(links_.size()); ++s) {
+    if (absl::Status pulled = PullInitialWeights(s); !pulled.ok()) return pulled;
+  }
+  for (const auto& p : parameters_) {
+    MutexLock lock(&p->replica_mu);
+    if (!p->replica.has_value()) {
+      return absl::FailedPreconditionError(absl::StrCat(
+          "shard ", p->shard, " did not send '", specs_[p->index].name, "' when pulled"));
+    }
+  }
+  for (auto& link : links_) link->Start();
+  return absl::OkStatus();
+}
+
+void Client::CreateLinks(const ModelTable& table) {
   const v1::RegisterModelRequest registration = RegistrationOf(table, options_.worker_id);
   const int num_shards = static_cast<int>(options_.shard_addresses.size());
   for (int s = 0; s < num_shards; ++s) {
@@ -148,61 +225,53 @@ absl::Status Client::Start(const ModelTable& table) {
     callbacks.on_give_up = [this](const absl::Status& status) { Fail(status); };
     links_.push_back(std::make_unique<ShardLink>(std::move(link), registration, callbacks));
   }
+}
 
-  // Register everywhere (shards may still be starting: retry while they are unavailable),
-  // check each address serves the index it is listed at, and that the layouts agree.
-  for (int s = 0; s < num_shards; ++s) {
-    Backoff backoff(options_.reconnect, MixSeed(options_.seed, 0x22, s));
-    absl::StatusOr<v1::RegisterModelResponse> response = links_[s]->Register();
-    while (!response.ok() && Retryable(response.status()) && !backoff.Expired(absl::Now())) {
-      absl::SleepFor(backoff.NextDelay());
-      response = links_[s]->Register();
-    }
-    if (!response.ok()) return response.status();
-    if (static_cast<int>(response->shard_index()) != s ||
-        static_cast<int>(response->layout().num_shards()) != num_shards) {
+absl::Status Client::RegisterWith(int s) {
+  const int num_shards = static_cast<int>(options_.shard_addresses.size());
+  Backoff backoff(options_.reconnect, MixSeed(options_.seed, 0x22, s));
+  absl::StatusOr<v1::RegisterModelResponse> response = links_[s]->Register();
+  while (!response.ok() && Retryable(response.status()) && !backoff.Expired(absl::Now())) {
+    absl::SleepFor(backoff.NextDelay());
+    response = links_[s]->Register();
+  }
+  if (!response.ok()) return response.status();
+  if (static_cast<int>(response->shard_index()) != s ||
+      static_cast<int>(response->layout().num_shards()) != num_shards) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        options_.shard_addresses[s], " is shard ", response->shard_index(), " of ",
+        response->layout().num_shards(), ", but it is listed as shard ", s, " of ", num_shards,
+        "; list the addresses in shard-index order"));
+  }
+  for (const v1::Layout::Placement& placement : response->layout().placements()) {
+    if (layout_.ShardOf(placement.parameter()) != static_cast<int>(placement.shard())) {
       return absl::FailedPreconditionError(absl::StrCat(
-          options_.shard_addresses[s], " is shard ", response->shard_index(), " of ",
-          response->layout().num_shards(), ", but it is listed as shard ", s, " of ", num_shards,
-          "; list the addresses in shard-index order"));
-    }
-    for (const v1::Layout::Placement& placement : response->layout().placements()) {
-      if (layout_.ShardOf(placement.parameter()) != static_cast<int>(placement.shard())) {
-        return absl::FailedPreconditionError(absl::StrCat(
-            "shard ", s, " places '", placement.parameter(), "' on shard ", placement.shard(),
-            ", this client computes shard ", layout_.ShardOf(placement.parameter())));
-      }
+          "shard ", s, " places '", placement.parameter(), "' on shard ", placement.shard(),
+          ", this client computes shard ", layout_.ShardOf(placement.parameter())));
     }
   }
-  // The initial weights, then the subscriptions (which only send what changed since).
-  for (int s = 0; s < num_shards; ++s) {
-    absl::StatusOr<std::vector<v1::ParameterValue>> values = links_[s]->Pull({});
-    if (!values.ok()) return values.status();
-    for (const v1::ParameterValue& value : *values) {
-      const Parameter* found = Find(value.parameter());
-      const int i = found != nullptr ? found->index : -1;
-      if (i < 0 || parameters_[i]->shard != s) {
-        return absl::FailedPreconditionError(
-            absl::StrCat("shard ", s, " sent '", value.parameter(),
-                         "', which this client does not place there"));
-      }
-      absl::StatusOr<Matrix> X = TensorToMatrix(value.value(), specs_[i].shape, value.parameter());
-      if (!X.ok()) return X.status();
-      Parameter& p = *parameters_[i];
-      MutexLock lock(&p.replica_mu);
-      if (absl::Status st = p.replica.Set(value.version(), *X, value.checksum()); !st.ok()) {
-        return st;
-      }
+  return absl::OkStatus();
+}
+
+absl::Status Client::PullInitialWeights(int s) {
+  absl::StatusOr<std::vector<v1::ParameterValue>> values = links_[s]->Pull({});
+  if (!values.ok()) return values.status();
+  for (const v1::ParameterValue& value : *values) {
+    const Parameter* found = Find(value.parameter());
+    const int i = found != nullptr ? found->index : -1;
+    if (i < 0 || parameters_[i]->shard != s) {
+      return absl::FailedPreconditionError(
+          absl::StrCat("shard ", s, " sent '", value.parameter(),
+                       "', which this client does not place there"));
+    }
+    absl::StatusOr<Matrix> X = TensorToMatrix(value.value(), specs_[i].shape, value.parameter());
+    if (!X.ok()) return X.status();
+    Parameter& p = *parameters_[i];
+    MutexLock lock(&p.replica_mu);
+    if (absl::Status st = p.replica.Set(value.version(), *X, value.checksum()); !st.ok()) {
+      return st;
     }
   }
-  for (const auto& p : parameters_) {
-    MutexLock lock(&p->replica_mu);
-    if (!p->replica.has_value()) {
-      return absl::FailedPreconditionError(absl::StrCat(
-          "shard ", p->shard, " did not send '", specs_[p->index].name, "' when pulled"));
-    }
-  }
-  for (auto& link : links_) link->Start();
   return absl::OkStatus();
 }
 
@@ -301,50 +370,8 @@ void Client::OnAck(int shard, const v1::PushAck& ack) {
   Parameter* p = Find(ack.parameter());
   // Nothing of this shard's is in flight for a name it does not own.
   if (p == nullptr || p->shard != shard) return;
-  // How the contribution is settled: dropped (applied, or applied before), restored into the
-  // residual (certainly not applied), or dropped with its fate unknown (a fatal error).
-  bool refused = false;
-  bool unknown = false;
-  bool resync = false;
-  absl::Status fatal;
-  WorkerPushResult result = WorkerPushResult::kAccepted;
-  switch (ack.result()) {
-    case v1::PUSH_RESULT_ACCEPTED: break;
-    case v1::PUSH_RESULT_DUPLICATE: result = WorkerPushResult::kDuplicate; break;
-    case v1::PUSH_RESULT_STALE:
-      result = WorkerPushResult::kStale;
-      refused = true;
-      break;
-    case v1::PUSH_RESULT_REJECTED: {
-      result = WorkerPushResult::kRejected;
-      const absl::StatusCode code = StatusCodeOf(ack.status_code());
-      if (code == absl::StatusCode::kDataLoss) {
-        // Older than the shard's dedup window: not applied now, maybe applied before. Restoring
-        // could apply it twice, so it is dropped, and the run stops: this client keeps fewer
-        // than kMaxUnacknowledgedSpan sequences open, so another process uses this worker id
-        // or sequence numbers were reused (first_sequence).
-        unknown = true;
-        fatal = absl::DataLossError(absl::StrCat(
-            "shard ", shard, " cannot tell whether contribution ", ack.sequence(), " to '",
-            ack.parameter(), "' was applied (", ack.message(), "); it was dropped. Is worker id '",
-            options_.worker_id, "' used by two processes, or were sequence numbers reused?"));
-        break;
-      }
-      refused = true;  // restored either way: nothing is lost, even on a fatal error
-      resync = code == absl::StatusCode::kOutOfRange;
-      if (!RefusedNotApplied(code)) {
-        fatal = absl::Status(code, absl::StrCat("shard ", shard, " rejected a contribution to '",
-                                                ack.parameter(), "': ", ack.message()));
-      }
-      break;
-    }
-    default:
-      result = WorkerPushResult::kRejected;
-      unknown = true;
-      fatal = absl::DataLossError(absl::StrCat(
-          "shard ", shard, " answered contribution ", ack.sequence(), " to '", ack.parameter(),
-          "' with unknown result ", static_cast<int>(ack.result()), "; it was dropped"));
-  }
+  const AckOutcome outcome = Classify(shard, ack, options_.worker_id);
+  const bool refused = outcome.refused;
   absl::Time taken;
   {
     MutexLock lock(&p->accumulator_mu);
@@ -362,10 +389,10 @@ void Client::OnAck(int shard, const v1::PushAck& ack) {
       return;
     }
     taken = done->taken;
-    if (options_.on_acknowledged && !unknown) {
+    if (options_.on_acknowledged && !outcome.unknown) {
       options_.on_acknowledged(done->contribution, refused);
     }
-    if (!fatal.ok()) Fail(fatal);
+    if (!outcome.fatal.ok()) Fail(outcome.fatal);
     // An accepted push frees its slot for what accumulated meanwhile. A refused one goes out
     // again with the next Submit or Flush, not from here: when the replica lags the shard by
     // more than its staleness bound (a subscription in backoff), re-sending at once would be
@@ -374,22 +401,22 @@ void Client::OnAck(int shard, const v1::PushAck& ack) {
   }
   {
     MutexLock lock(&mu_);
-    if (result == WorkerPushResult::kAccepted) {
+    if (outcome.result == WorkerPushResult::kAccepted) {
       ++stats_.accepted;
       const int64_t tau = std::max<int64_t>(0, ack.staleness());
       ++stats_.staleness[std::min<int64_t>(tau, ClientStats::kStalenessBins - 1)];
       stats_.staleness_sum += tau;
     }
-    if (result == WorkerPushResult::kDuplicate) ++stats_.duplicates;
+    if (outcome.result == WorkerPushResult::kDuplicate) ++stats_.duplicates;
     if (refused) ++stats_.refused;
   }
   if (options_.metrics != nullptr) {
-    options_.metrics->RecordAck(result, absl::ToDoubleSeconds(absl::Now() - taken));
+    options_.metrics->RecordAck(outcome.result, absl::ToDoubleSeconds(absl::Now() - taken));
     if (refused) options_.metrics->RecordRefused();
   }
   // Before the resync, which can block on a pull for up to rpc_deadline (and signals itself).
   NotifyChange();
-  if (resync) Resync(*p, "rejected_version");
+  if (outcome.resync) Resync(*p, "rejected_version");
 }
 
 absl::Status Client::Flush(absl::Duration timeout) {

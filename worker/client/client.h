@@ -62,20 +62,29 @@
 #include "common/layout.h"
 #include "common/matrix.h"
 #include "common/model_table.h"
+#include "common/contribution.h"
 #include "common/mutex.h"
+#include "common/param_spec.h"
 #include "worker/client/backoff.h"
-#include "worker/client/gradient_accumulator.h"
-#include "worker/client/replica.h"
-#include "worker/client/shard_link.h"
 #include "worker/client/worker_metrics.h"
 
 namespace dion {
+
+// Wire messages and the link to one shard: defined by the library's private headers, so that a
+// program including this header does not compile against gRPC or the generated protocol code.
+namespace v1 {
+class ParameterVersion;
+class PushAck;
+class VersionUpdate;
+}  // namespace v1
+class ShardLink;
 
 struct ClientOptions {
   std::vector<std::string> shard_addresses;  // host:port of shard 0, 1, ... in order
   std::string worker_id;                     // unique per worker; registered with every shard
   double compression_rank_fraction = 0.25;   // rank rw: CompressionRank below
-  // Unacknowledged pushes per parameter, in [1, kMaxUnacknowledgedSpan].
+  // Unacknowledged pushes per parameter, in [1, kMaxUnacknowledgedSpan] (2048, defined in the
+  // library's gradient_accumulator.h).
   int max_in_flight = 2;
   absl::Duration rpc_deadline = absl::Seconds(10);  // every unary call
   // A Push stream whose oldest push stays unacknowledged this long is re-opened (the shard
@@ -180,7 +189,15 @@ class Client {
  private:
   struct Parameter;
   Client(const ModelTable& table, const ClientOptions& options, Layout layout);
+  // Connect's steps after validation: the links, registration with every shard, the initial
+  // weights, then the links' streams.
   absl::Status Start(const ModelTable& table);
+  void CreateLinks(const ModelTable& table);
+  // Registers the model with shard `s` (retried while it is unavailable) and checks that it
+  // is shard `s` of the listed count and places the parameters where this client does.
+  absl::Status RegisterWith(int s);
+  // Pulls every parameter shard `s` owns into the replicas.
+  absl::Status PullInitialWeights(int s);
   // Takes and sends the next contribution of `p` if one is due. REQUIRES: p.accumulator_mu.
   void MaybeSend(Parameter& p);
   Parameter* Find(absl::string_view name) const;

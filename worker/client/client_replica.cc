@@ -11,6 +11,7 @@
 #include "absl/time/clock.h"
 #include "common/wire.h"
 #include "worker/client/client_parameter.h"
+#include "worker/client/shard_link.h"
 
 namespace dion {
 

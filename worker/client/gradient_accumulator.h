@@ -1,6 +1,6 @@
 // The worker side of one parameter's pushes: accumulates local gradients, cuts them into
 // contributions, and keeps every contribution until the shard has acknowledged it, so that
-// nothing is lost (DION.md section 4).
+// nothing is lost (docs/protocol.md, Push).
 //
 // Units: the accumulator holds *sums* of per-sample gradients (each local step adds
 // G * samples, G being the step's mean gradient). A contribution carries the mean over its

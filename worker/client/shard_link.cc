@@ -1,6 +1,9 @@
 #include "worker/client/shard_link.h"
 
+#include <optional>
 #include <utility>
+
+#include "absl/functional/function_ref.h"
 
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
@@ -199,8 +202,9 @@ absl::Status ShardLink::Reregister(Backoff& backoff) {
   return registered.status();
 }
 
-void ShardLink::PushLoop() {
-  Backoff backoff(options_.reconnect, options_.seed);
+void ShardLink::ReconnectLoop(uint64_t seed, const char* what,
+                              absl::FunctionRef<std::optional<StreamEnd>(bool reopened)> run) {
+  Backoff backoff(options_.reconnect, seed);
   bool first = true;
   while (!stopping()) {
     if (!first) {
@@ -208,152 +212,160 @@ void ShardLink::PushLoop() {
       if (absl::IsCancelled(registered)) return;
       if (!registered.ok()) continue;
     }
-    grpc::ClientContext context;
-    uint64_t generation;
-    {
-      MutexLock lock(&mu_);
-      if (stopping_ || gave_up_) return;
-      push_context_ = &context;
-      push_broken_ = false;
-      // on_push_stream_opened queues every unacknowledged contribution again, except those
-      // queued from here on (they carry this generation).
-      outbox_.clear();
-      unacknowledged_.clear();
-      generation = ++generation_;
-    }
-    std::unique_ptr<grpc::ClientReaderWriter<v1::Contribution, v1::PushAck>> stream =
-        stub_->Push(&context);
-    if (!first && callbacks_.on_reconnect) callbacks_.on_reconnect();
+    const std::optional<StreamEnd> end = run(/*reopened=*/!first);
+    if (!end.has_value() || stopping()) return;
     first = false;
-    if (callbacks_.on_push_stream_opened) callbacks_.on_push_stream_opened(generation);
-    const absl::Time opened = absl::Now();
-    int64_t acks = 0;  // read by this thread after the reader is joined
-    std::thread reader([&] {
-      v1::PushAck ack;
-      while (stream->Read(&ack)) {
-        ++acks;
-        {
-          MutexLock lock(&mu_);
-          if (!unacknowledged_.empty()) unacknowledged_.pop_front();
-        }
-        callbacks_.on_ack(ack);
-      }
-      MutexLock lock(&mu_);
-      push_broken_ = true;
-      cv_.SignalAll();
-    });
-    bool ack_timed_out = false;
-    bool write_failed = false;
-    while (true) {
-      v1::Contribution next;
-      {
-        MutexLock lock(&mu_);
-        while (!stopping_ && !gave_up_ && !push_broken_) {
-          // The oldest unacknowledged write bounds the wait: a shard that stopped answering
-          // (or a connection that died without a reset) must not hold the in-flight pushes.
-          if (!unacknowledged_.empty()) {
-            const absl::Duration left =
-                unacknowledged_.front() + options_.ack_timeout - absl::Now();
-            if (left <= absl::ZeroDuration()) {
-              ack_timed_out = true;
-              break;
-            }
-            if (!outbox_.empty()) break;
-            cv_.WaitWithTimeout(&mu_, left);
-          } else {
-            if (!outbox_.empty()) break;
-            cv_.Wait(&mu_);
-          }
-        }
-        if (stopping_ || gave_up_ || push_broken_ || ack_timed_out) break;
-        next = std::move(outbox_.front());
-        outbox_.pop_front();
-        unacknowledged_.push_back(absl::Now());
-      }
-      if (!stream->Write(next)) {
-        write_failed = true;
-        break;
-      }
-    }
-    // Cancel only a stream that is still up (stop, ack timeout): cancelling one the shard ended
-    // would replace the shard's status, which says why, with CANCELLED.
-    bool broken;
-    {
-      MutexLock lock(&mu_);
-      broken = push_broken_;
-    }
-    if (!broken && !write_failed) context.TryCancel();
-    reader.join();
-    absl::Status status = FromGrpc(stream->Finish());
-    if (ack_timed_out) {
-      status = absl::DeadlineExceededError(absl::StrCat(
-          "a push stayed unacknowledged for ", absl::FormatDuration(options_.ack_timeout)));
-    }
-    {
-      MutexLock lock(&mu_);
-      push_context_ = nullptr;
-    }
-    if (stopping()) return;
-    // Re-sending cannot fix these: the same contributions would fail again until give_up_after,
-    // and the error would then blame an outage.
-    if (!ack_timed_out && IsPermanentStreamError(status.code())) {
-      GiveUp(absl::Status(
-          status.code(),
-          absl::StrCat("shard ", options_.shard_index, " at ", options_.address,
-                       " ended the Push stream with ", absl::StatusCodeToString(status.code()),
-                       ": ", status.message(),
-                       status.code() == absl::StatusCode::kResourceExhausted
-                           ? " (a contribution is larger than the gRPC message limit: raise "
-                             "--max_message_bytes on the shards and the workers, or lower the "
-                             "rank fraction)"
-                           : "")));
-      return;
-    }
-    // A stream that timed out without a single acknowledgement made no progress: it does not
-    // end the outage, so a shard that accepts streams but never answers is given up on.
-    if (absl::Now() - opened >= kHealthyStream && (!ack_timed_out || acks > 0)) {
-      backoff.Reset(absl::Now());
-    }
-    if (!WaitToRetry(backoff, status, "the Push stream")) return;
+    if (end->healthy) backoff.Reset(absl::Now());
+    if (!WaitToRetry(backoff, end->status, what)) return;
   }
 }
 
+void ShardLink::PushLoop() {
+  ReconnectLoop(options_.seed, "the Push stream",
+                [this](bool reopened) { return RunPushStream(reopened); });
+}
+
 void ShardLink::SubscribeLoop() {
-  Backoff backoff(options_.reconnect, options_.seed ^ 0x5u);
-  bool first = true;
-  while (!stopping()) {
-    if (!first) {
-      const absl::Status registered = Reregister(backoff);
-      if (absl::IsCancelled(registered)) return;
-      if (!registered.ok()) continue;
-    }
-    grpc::ClientContext context;
-    v1::SubscribeRequest request;
-    request.set_worker_id(options_.worker_id);
-    if (callbacks_.have) {
-      for (v1::ParameterVersion& held : callbacks_.have()) *request.add_have() = std::move(held);
-    }
+  ReconnectLoop(options_.seed ^ 0x5u, "the Subscribe stream",
+                [this](bool reopened) { return RunSubscribeStream(reopened); });
+}
+
+uint64_t ShardLink::BeginPushStream(grpc::ClientContext* context) {
+  MutexLock lock(&mu_);
+  if (stopping_ || gave_up_) return 0;
+  push_context_ = context;
+  push_broken_ = false;
+  // on_push_stream_opened queues every unacknowledged contribution again, except those queued
+  // from here on (they carry this generation).
+  outbox_.clear();
+  unacknowledged_.clear();
+  return ++generation_;
+}
+
+void ShardLink::ReadAcks(PushStream& stream, int64_t* acks) {
+  v1::PushAck ack;
+  while (stream.Read(&ack)) {
+    ++*acks;
     {
       MutexLock lock(&mu_);
-      if (stopping_ || gave_up_) return;
-      subscribe_context_ = &context;
+      if (!unacknowledged_.empty()) unacknowledged_.pop_front();
     }
-    std::unique_ptr<grpc::ClientReader<v1::VersionUpdate>> reader =
-        stub_->Subscribe(&context, request);
-    if (!first && callbacks_.on_reconnect) callbacks_.on_reconnect();
-    first = false;
-    const absl::Time opened = absl::Now();
-    v1::VersionUpdate update;
-    while (reader->Read(&update)) callbacks_.on_update(update);
-    const absl::Status status = FromGrpc(reader->Finish());
-    {
-      MutexLock lock(&mu_);
-      subscribe_context_ = nullptr;
-    }
-    if (stopping()) return;
-    if (absl::Now() - opened >= kHealthyStream) backoff.Reset(absl::Now());
-    if (!WaitToRetry(backoff, status, "the Subscribe stream")) return;
+    callbacks_.on_ack(ack);
   }
+  MutexLock lock(&mu_);
+  push_broken_ = true;
+  cv_.SignalAll();
+}
+
+ShardLink::NextPush ShardLink::TakeNextPush(v1::Contribution* next) {
+  MutexLock lock(&mu_);
+  while (!stopping_ && !gave_up_ && !push_broken_) {
+    // The oldest unacknowledged write bounds the wait: a shard that stopped answering (or a
+    // connection that died without a reset) must not hold the in-flight pushes.
+    if (!unacknowledged_.empty()) {
+      const absl::Duration left = unacknowledged_.front() + options_.ack_timeout - absl::Now();
+      if (left <= absl::ZeroDuration()) return NextPush::kAckTimedOut;
+      if (!outbox_.empty()) break;
+      cv_.WaitWithTimeout(&mu_, left);
+    } else {
+      if (!outbox_.empty()) break;
+      cv_.Wait(&mu_);
+    }
+  }
+  if (stopping_ || gave_up_ || push_broken_) return NextPush::kStreamEnded;
+  *next = std::move(outbox_.front());
+  outbox_.pop_front();
+  unacknowledged_.push_back(absl::Now());
+  return NextPush::kWrite;
+}
+
+ShardLink::NextPush ShardLink::WritePushes(PushStream& stream) {
+  while (true) {
+    v1::Contribution next;
+    const NextPush taken = TakeNextPush(&next);
+    if (taken != NextPush::kWrite) return taken;
+    if (!stream.Write(next)) return NextPush::kWriteFailed;
+  }
+}
+
+std::optional<ShardLink::StreamEnd> ShardLink::RunPushStream(bool reopened) {
+  grpc::ClientContext context;
+  const uint64_t generation = BeginPushStream(&context);
+  if (generation == 0) return std::nullopt;
+  std::unique_ptr<PushStream> stream = stub_->Push(&context);
+  if (reopened && callbacks_.on_reconnect) callbacks_.on_reconnect();
+  if (callbacks_.on_push_stream_opened) callbacks_.on_push_stream_opened(generation);
+  const absl::Time opened = absl::Now();
+  int64_t acks = 0;  // read by this thread after the reader is joined
+  std::thread reader([&] { ReadAcks(*stream, &acks); });
+  const NextPush ended = WritePushes(*stream);
+  // Cancel only a stream that is still up (stop, ack timeout): cancelling one the shard ended
+  // would replace the shard's status, which says why, with CANCELLED.
+  bool broken;
+  {
+    MutexLock lock(&mu_);
+    broken = push_broken_;
+  }
+  if (!broken && ended != NextPush::kWriteFailed) context.TryCancel();
+  reader.join();
+  absl::Status status = FromGrpc(stream->Finish());
+  {
+    MutexLock lock(&mu_);
+    push_context_ = nullptr;
+  }
+  const bool ack_timed_out = ended == NextPush::kAckTimedOut;
+  if (ack_timed_out) {
+    status = absl::DeadlineExceededError(absl::StrCat(
+        "a push stayed unacknowledged for ", absl::FormatDuration(options_.ack_timeout)));
+  } else if (IsPermanentStreamError(status.code()) && !stopping()) {
+    GiveUpOnPushStream(status);
+    return std::nullopt;
+  }
+  // A stream that timed out without a single acknowledgement made no progress: it does not end
+  // the outage, so a shard that accepts streams but never answers is given up on.
+  const bool healthy = absl::Now() - opened >= kHealthyStream && (!ack_timed_out || acks > 0);
+  return StreamEnd{std::move(status), healthy};
+}
+
+void ShardLink::GiveUpOnPushStream(const absl::Status& status) {
+  // Re-sending cannot fix these: the same contributions would fail again until give_up_after,
+  // and the error would then blame an outage.
+  GiveUp(absl::Status(
+      status.code(),
+      absl::StrCat("shard ", options_.shard_index, " at ", options_.address,
+                   " ended the Push stream with ", absl::StatusCodeToString(status.code()), ": ",
+                   status.message(),
+                   status.code() == absl::StatusCode::kResourceExhausted
+                       ? " (a contribution is larger than the gRPC message limit: raise "
+                         "--max_message_bytes on the shards and the workers, or lower the "
+                         "rank fraction)"
+                       : "")));
+}
+
+std::optional<ShardLink::StreamEnd> ShardLink::RunSubscribeStream(bool reopened) {
+  grpc::ClientContext context;
+  v1::SubscribeRequest request;
+  request.set_worker_id(options_.worker_id);
+  if (callbacks_.have) {
+    for (v1::ParameterVersion& held : callbacks_.have()) *request.add_have() = std::move(held);
+  }
+  {
+    MutexLock lock(&mu_);
+    if (stopping_ || gave_up_) return std::nullopt;
+    subscribe_context_ = &context;
+  }
+  std::unique_ptr<grpc::ClientReader<v1::VersionUpdate>> reader =
+      stub_->Subscribe(&context, request);
+  if (reopened && callbacks_.on_reconnect) callbacks_.on_reconnect();
+  const absl::Time opened = absl::Now();
+  v1::VersionUpdate update;
+  while (reader->Read(&update)) callbacks_.on_update(update);
+  absl::Status status = FromGrpc(reader->Finish());
+  {
+    MutexLock lock(&mu_);
+    subscribe_context_ = nullptr;
+  }
+  return StreamEnd{std::move(status), absl::Now() - opened >= kHealthyStream};
 }
 
 }  // namespace dion

@@ -29,6 +29,7 @@
 #include <deque>
 #include <functional>
 #include <memory>
+#include <optional>
 #include <string>
 #include <thread>
 #include <utility>
@@ -36,6 +37,7 @@
 
 #include "absl/base/thread_annotations.h"
 #include "absl/container/flat_hash_set.h"
+#include "absl/functional/function_ref.h"
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"
@@ -95,10 +97,36 @@ class ShardLink {
   const ShardLinkOptions& options() const { return options_; }
 
  private:
+  using PushStream = grpc::ClientReaderWriter<v1::Contribution, v1::PushAck>;
+  // How one stream ended: its status and whether it lived long enough (and made progress) to
+  // end the outage, which resets the backoff.
+  struct StreamEnd {
+    absl::Status status;
+    bool healthy = false;
+  };
+  // Why WritePushes stopped writing.
+  enum class NextPush { kWrite, kStreamEnded, kAckTimedOut, kWriteFailed };
+
+  // The thread body shared by the Push and Subscribe streams: runs `run` (reopened: false the
+  // first time) until stopping or giving up; between runs it re-registers the model and waits
+  // out the backoff. `run` returns nullopt when the link stops or gave up.
+  void ReconnectLoop(uint64_t seed, const char* what,
+                     absl::FunctionRef<std::optional<StreamEnd>(bool reopened)> run);
   void PushLoop();
   void SubscribeLoop();
-  // Opens a new Push stream, with backoff; false when stopping or after giving up.
-  bool OpenPushStream(Backoff& backoff, bool first);
+  // One Push stream from opening to its end; the reader thread hands acks to on_ack.
+  std::optional<StreamEnd> RunPushStream(bool reopened);
+  // Starts a new stream generation with `context` cancellable by Stop and an empty queue;
+  // 0 when stopping or after giving up.
+  uint64_t BeginPushStream(grpc::ClientContext* context) ABSL_LOCKS_EXCLUDED(mu_);
+  void ReadAcks(PushStream& stream, int64_t* acks) ABSL_LOCKS_EXCLUDED(mu_);
+  // Writes queued contributions until the stream ends, an ack times out or a write fails.
+  NextPush WritePushes(PushStream& stream) ABSL_LOCKS_EXCLUDED(mu_);
+  // Waits for the next queued contribution (kWrite, moved into `next`) or the end.
+  NextPush TakeNextPush(v1::Contribution* next) ABSL_LOCKS_EXCLUDED(mu_);
+  // The shard ended the Push stream with an error re-sending cannot fix.
+  void GiveUpOnPushStream(const absl::Status& status);
+  std::optional<StreamEnd> RunSubscribeStream(bool reopened);
   // Sleeps for the backoff's next delay or until Stop; false when the outage budget is spent
   // (after reporting it) or when stopping.
   bool WaitToRetry(Backoff& backoff, const absl::Status& last_error, const char* what);
