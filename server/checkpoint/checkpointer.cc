@@ -192,7 +192,8 @@ absl::StatusOr<ShardCheckpoint> Checkpointer::LoadNewest() const {
   for (const CheckpointInfo& info : *checkpoints) {
     absl::StatusOr<CheckpointManifest> manifest = ValidateCheckpoint(info.path);
     absl::StatusOr<ShardCheckpoint> checkpoint =
-        manifest.ok() ? ReadShardCheckpoint(info, *manifest) : absl::StatusOr<ShardCheckpoint>(manifest.status());
+        manifest.ok() ? ReadShardCheckpoint(info, *manifest)
+                      : absl::StatusOr<ShardCheckpoint>(manifest.status());
     if (checkpoint.ok()) {
       checkpoint->skipped = std::move(skipped);
       return checkpoint;
