@@ -58,7 +58,8 @@ struct Json {
   }
 };
 
-// A strict RFC 8259 parser, small because manifests are small; nesting limited to 32.
+// A strict RFC 8259 parser over a TextCursor, small because manifests are small; nesting
+// limited to 32.
 class JsonParser {
  public:
   explicit JsonParser(absl::string_view s) : in_(s, TextCursor::kJsonSpace) {}
