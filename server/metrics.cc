@@ -74,18 +74,11 @@ const prometheus::Histogram::BucketBoundaries& BatchBuckets() {
   return *bounds;
 }
 
-prometheus::Counter* AddCounter(prometheus::Registry& r, const char* name, const char* help) {
-  return &prometheus::BuildCounter().Name(name).Help(help).Register(r).Add({});
-}
-prometheus::Gauge* AddGauge(prometheus::Registry& r, const char* name, const char* help) {
-  return &prometheus::BuildGauge().Name(name).Help(help).Register(r).Add({});
-}
-
 }  // namespace
 
 // References into families owned by the registry (stable: Family::Add returns a reference to
 // a metric that lives until removed, and nothing here removes). The constructor registers the
-// families group by group, in the order a scrape lists them.
+// families group by group, in a fixed order.
 struct ShardMetrics::Families {
   explicit Families(prometheus::Registry& r) {
     AddPushFamilies(r);
@@ -133,13 +126,22 @@ struct ShardMetrics::Families {
     for (size_t i = 0; i < kOutcomes.size(); ++i) {
       pushes[i] = &results.Add({{"result", OutcomeLabel(kOutcomes[i])}});
     }
-    nonfinite_pushes = AddCounter(r, "dion_nonfinite_pushes_total",
-                                  "Pushes rejected because a value or the loss was NaN or Inf "
-                                  "(also counted in dion_pushes_total{result=\"rejected\"}).");
-    received_bytes = AddCounter(r, "dion_received_bytes_total",
-                                "Serialized gRPC request payload bytes received.");
-    sent_bytes =
-        AddCounter(r, "dion_sent_bytes_total", "Serialized gRPC response payload bytes sent.");
+    nonfinite_pushes = &prometheus::BuildCounter()
+                            .Name("dion_nonfinite_pushes_total")
+                            .Help("Pushes rejected because a value or the loss was NaN or Inf "
+                                  "(also counted in dion_pushes_total{result=\"rejected\"}).")
+                            .Register(r)
+                            .Add({});
+    received_bytes = &prometheus::BuildCounter()
+                          .Name("dion_received_bytes_total")
+                          .Help("Serialized gRPC request payload bytes received.")
+                          .Register(r)
+                          .Add({});
+    sent_bytes = &prometheus::BuildCounter()
+                      .Name("dion_sent_bytes_total")
+                      .Help("Serialized gRPC response payload bytes sent.")
+                      .Register(r)
+                      .Add({});
     staleness = &prometheus::BuildHistogram()
                      .Name("dion_push_staleness")
                      .Help("Staleness tau of pushed contributions (current version minus base "
@@ -189,31 +191,56 @@ struct ShardMetrics::Families {
   // The open streams: connected workers and how long their pushes waited, subscribers and
   // how they fell behind.
   void AddStreamFamilies(prometheus::Registry& r) {
-    connected_workers =
-        AddGauge(r, "dion_connected_workers", "Workers with an open push stream.");
-    backpressure_seconds = AddCounter(r, "dion_push_backpressure_seconds_total",
-                                      "Time pushes waited because their parameter already had "
-                                      "max_pending_batches closed batches waiting for a step.");
-    subscribers = AddGauge(r, "dion_subscribers", "Open subscribe streams.");
-    subscriber_lag_events = AddCounter(r, "dion_subscriber_lag_events_total",
-                                       "Times a subscriber's update queue was full: the queue "
-                                       "was dropped and full values sent instead.");
-    full_value_fallbacks = AddCounter(r, "dion_broadcast_full_value_fallbacks_total",
-                                      "Full values sent to subscribers in place of updates they "
-                                      "missed or could not apply (initial values excluded).");
-    lagging_subscribers = AddGauge(r, "dion_lagging_subscribers",
-                                   "Subscribers that still owe full values after their queue "
-                                   "overflowed.");
+    connected_workers = &prometheus::BuildGauge()
+                             .Name("dion_connected_workers")
+                             .Help("Workers with an open push stream.")
+                             .Register(r)
+                             .Add({});
+    backpressure_seconds = &prometheus::BuildCounter()
+                                .Name("dion_push_backpressure_seconds_total")
+                                .Help("Time pushes waited because their parameter already had "
+                                      "max_pending_batches closed batches waiting for a step.")
+                                .Register(r)
+                                .Add({});
+    subscribers = &prometheus::BuildGauge()
+                       .Name("dion_subscribers")
+                       .Help("Open subscribe streams.")
+                       .Register(r)
+                       .Add({});
+    subscriber_lag_events = &prometheus::BuildCounter()
+                                 .Name("dion_subscriber_lag_events_total")
+                                 .Help("Times a subscriber's update queue was full: the queue "
+                                       "was dropped and full values sent instead.")
+                                 .Register(r)
+                                 .Add({});
+    full_value_fallbacks = &prometheus::BuildCounter()
+                                .Name("dion_broadcast_full_value_fallbacks_total")
+                                .Help("Full values sent to subscribers in place of updates they "
+                                      "missed or could not apply (initial values excluded).")
+                                .Register(r)
+                                .Add({});
+    lagging_subscribers = &prometheus::BuildGauge()
+                               .Name("dion_lagging_subscribers")
+                               .Help("Subscribers that still owe full values after their queue "
+                                     "overflowed.")
+                               .Register(r)
+                               .Add({});
   }
 
   // How training goes: the last orthogonality error and the workers' loss.
   void AddTrainingFamilies(prometheus::Registry& r) {
-    orthogonality_error = AddGauge(r, "dion_orthogonality_error",
-                                   "Last measured orthogonality error of a Dion step's "
-                                   "orthonormalized factor, ||P^T P - I||_max.");
-    worker_loss = AddGauge(r, "dion_worker_loss",
-                           "Sample-weighted mean of the training loss reported by the "
-                           "workers in the last batch.");
+    orthogonality_error = &prometheus::BuildGauge()
+                               .Name("dion_orthogonality_error")
+                               .Help("Last measured orthogonality error of a Dion step's "
+                                     "orthonormalized factor, ||P^T P - I||_max.")
+                               .Register(r)
+                               .Add({});
+    worker_loss = &prometheus::BuildGauge()
+                       .Name("dion_worker_loss")
+                       .Help("Sample-weighted mean of the training loss reported by the "
+                             "workers in the last batch.")
+                       .Register(r)
+                       .Add({});
   }
 
   void AddCheckpointFamilies(prometheus::Registry& r) {
