@@ -1,28 +1,16 @@
 #include "server/metrics.h"
 
-#include <netdb.h>
-#include <sys/socket.h>
-#include <unistd.h>
-
 #include <array>
-#include <atomic>
-#include <chrono>
-#include <cmath>
-#include <sstream>
-#include <stdexcept>
-#include <thread>
-#include <utility>
-#include <vector>
+#include <cstdint>
+#include <memory>
+#include <string>
 
-#include "absl/status/status.h"
-#include "absl/strings/str_cat.h"
+#include "common/metrics_text.h"
 #include "common/mutex.h"
 #include "prometheus/counter.h"
-#include "prometheus/exposer.h"
 #include "prometheus/gauge.h"
 #include "prometheus/histogram.h"
 #include "prometheus/registry.h"
-#include "prometheus/text_serializer.h"
 
 namespace dion {
 namespace {
@@ -88,9 +76,18 @@ const prometheus::Histogram::BucketBoundaries& BatchBuckets() {
 
 }  // namespace
 
-// References into families owned by registry_ (stable: Family::Add returns a reference to a
-// metric that lives until removed, and nothing here removes).
+// References into families owned by the registry (stable: Family::Add returns a reference to
+// a metric that lives until removed, and nothing here removes). The constructor registers the
+// families group by group, in a fixed order.
 struct ShardMetrics::Families {
+  explicit Families(prometheus::Registry& r) {
+    AddPushFamilies(r);
+    AddStepFamilies(r);
+    AddStreamFamilies(r);
+    AddTrainingFamilies(r);
+    AddCheckpointFamilies(r);
+  }
+
   std::array<prometheus::Counter*, kOutcomes.size()> pushes{};
   prometheus::Counter* received_bytes = nullptr;
   prometheus::Counter* sent_bytes = nullptr;
@@ -118,141 +115,153 @@ struct ShardMetrics::Families {
   // a lock here costs nothing measurable.
   Mutex version_mu;
   std::array<int64_t, kKinds.size()> highest_version ABSL_GUARDED_BY(version_mu){};
-};
 
-ShardMetrics::ShardMetrics()
-    : registry_(std::make_shared<prometheus::Registry>()), families_(std::make_unique<Families>()) {
-  prometheus::Registry& r = *registry_;
-  Families& f = *families_;
-
-  auto& pushes = prometheus::BuildCounter()
-                     .Name("dion_pushes_total")
-                     .Help("Contributions pushed to this shard, by acknowledgement result.")
-                     .Register(r);
-  for (size_t i = 0; i < kOutcomes.size(); ++i) {
-    f.pushes[i] = &pushes.Add({{"result", OutcomeLabel(kOutcomes[i])}});
-  }
-
-  f.nonfinite_pushes = &prometheus::BuildCounter()
+ private:
+  // What arrives on the push streams: results, payload bytes, staleness.
+  void AddPushFamilies(prometheus::Registry& r) {
+    auto& results = prometheus::BuildCounter()
+                        .Name("dion_pushes_total")
+                        .Help("Contributions pushed to this shard, by acknowledgement result.")
+                        .Register(r);
+    for (size_t i = 0; i < kOutcomes.size(); ++i) {
+      pushes[i] = &results.Add({{"result", OutcomeLabel(kOutcomes[i])}});
+    }
+    nonfinite_pushes = &prometheus::BuildCounter()
                             .Name("dion_nonfinite_pushes_total")
                             .Help("Pushes rejected because a value or the loss was NaN or Inf "
                                   "(also counted in dion_pushes_total{result=\"rejected\"}).")
                             .Register(r)
                             .Add({});
-  f.received_bytes = &prometheus::BuildCounter()
+    received_bytes = &prometheus::BuildCounter()
                           .Name("dion_received_bytes_total")
                           .Help("Serialized gRPC request payload bytes received.")
                           .Register(r)
                           .Add({});
-  f.sent_bytes = &prometheus::BuildCounter()
+    sent_bytes = &prometheus::BuildCounter()
                       .Name("dion_sent_bytes_total")
                       .Help("Serialized gRPC response payload bytes sent.")
                       .Register(r)
                       .Add({});
-
-  f.staleness = &prometheus::BuildHistogram()
+    staleness = &prometheus::BuildHistogram()
                      .Name("dion_push_staleness")
                      .Help("Staleness tau of pushed contributions (current version minus base "
                            "version, in versions).")
                      .Register(r)
                      .Add({}, StalenessBuckets());
-  f.batch_contributions = &prometheus::BuildHistogram()
+  }
+
+  // Batches and optimizer steps: batch sizes, phase times, steps and versions per kind.
+  void AddStepFamilies(prometheus::Registry& r) {
+    batch_contributions = &prometheus::BuildHistogram()
                                .Name("dion_batch_contributions")
                                .Help("Contributions combined in each closed batch.")
                                .Register(r)
                                .Add({}, BatchBuckets());
-
-  // 1e-4 s .. ~13 s in factors of 2: an aggregate of small factors takes ~100 us, a Dion step
-  // on a large matrix seconds.
-  const auto phase_buckets = ExponentialBuckets(1e-4, 2.0, 15.0);
-  auto& phases = prometheus::BuildHistogram()
-                     .Name("dion_step_phase_duration_seconds")
-                     .Help("Wall time of each phase of an optimizer step.")
-                     .Register(r);
-  for (size_t i = 0; i < kPhases.size(); ++i) {
-    f.phase_duration[i] = &phases.Add({{"phase", PhaseLabel(kPhases[i])}}, phase_buckets);
-  }
-
-  auto& steps = prometheus::BuildCounter()
-                    .Name("dion_steps_total")
-                    .Help("Optimizer steps applied, by optimizer kind.")
-                    .Register(r);
-  auto& versions = prometheus::BuildGauge()
-                       .Name("dion_parameter_version")
-                       .Help("Highest parameter version reached, by optimizer kind.")
+    // 1e-4 s .. ~13 s in factors of 2: an aggregate of small factors takes ~100 us, a Dion
+    // step on a large matrix seconds.
+    const auto phase_buckets = ExponentialBuckets(1e-4, 2.0, 15.0);
+    auto& phases = prometheus::BuildHistogram()
+                       .Name("dion_step_phase_duration_seconds")
+                       .Help("Wall time of each phase of an optimizer step.")
                        .Register(r);
-  auto& failed_steps = prometheus::BuildCounter()
-                           .Name("dion_failed_steps_total")
-                           .Help("Closed batches the store refused to apply (the step did not "
-                                 "happen; a bug if ever non-zero), by optimizer kind.")
-                           .Register(r);
-  for (size_t i = 0; i < kKinds.size(); ++i) {
-    const std::string kind(OptimizerKindName(kKinds[i]));
-    f.steps[i] = &steps.Add({{"kind", kind}});
-    f.parameter_version[i] = &versions.Add({{"kind", kind}});
-    f.failed_steps[i] = &failed_steps.Add({{"kind", kind}});
+    for (size_t i = 0; i < kPhases.size(); ++i) {
+      phase_duration[i] = &phases.Add({{"phase", PhaseLabel(kPhases[i])}}, phase_buckets);
+    }
+    auto& step_counts = prometheus::BuildCounter()
+                            .Name("dion_steps_total")
+                            .Help("Optimizer steps applied, by optimizer kind.")
+                            .Register(r);
+    auto& versions = prometheus::BuildGauge()
+                         .Name("dion_parameter_version")
+                         .Help("Highest parameter version reached, by optimizer kind.")
+                         .Register(r);
+    auto& failed = prometheus::BuildCounter()
+                       .Name("dion_failed_steps_total")
+                       .Help("Closed batches the store refused to apply (the step did not "
+                             "happen; a bug if ever non-zero), by optimizer kind.")
+                       .Register(r);
+    for (size_t i = 0; i < kKinds.size(); ++i) {
+      const std::string kind(OptimizerKindName(kKinds[i]));
+      steps[i] = &step_counts.Add({{"kind", kind}});
+      parameter_version[i] = &versions.Add({{"kind", kind}});
+      failed_steps[i] = &failed.Add({{"kind", kind}});
+    }
   }
 
-  f.connected_workers = &prometheus::BuildGauge()
+  // The open streams: connected workers and how long their pushes waited, subscribers and
+  // how they fell behind.
+  void AddStreamFamilies(prometheus::Registry& r) {
+    connected_workers = &prometheus::BuildGauge()
                              .Name("dion_connected_workers")
                              .Help("Workers with an open push stream.")
                              .Register(r)
                              .Add({});
-  f.backpressure_seconds = &prometheus::BuildCounter()
+    backpressure_seconds = &prometheus::BuildCounter()
                                 .Name("dion_push_backpressure_seconds_total")
                                 .Help("Time pushes waited because their parameter already had "
                                       "max_pending_batches closed batches waiting for a step.")
                                 .Register(r)
                                 .Add({});
-  f.subscribers = &prometheus::BuildGauge()
+    subscribers = &prometheus::BuildGauge()
                        .Name("dion_subscribers")
                        .Help("Open subscribe streams.")
                        .Register(r)
                        .Add({});
-  f.subscriber_lag_events = &prometheus::BuildCounter()
+    subscriber_lag_events = &prometheus::BuildCounter()
                                  .Name("dion_subscriber_lag_events_total")
                                  .Help("Times a subscriber's update queue was full: the queue "
                                        "was dropped and full values sent instead.")
                                  .Register(r)
                                  .Add({});
-  f.full_value_fallbacks = &prometheus::BuildCounter()
+    full_value_fallbacks = &prometheus::BuildCounter()
                                 .Name("dion_broadcast_full_value_fallbacks_total")
                                 .Help("Full values sent to subscribers in place of updates they "
                                       "missed or could not apply (initial values excluded).")
                                 .Register(r)
                                 .Add({});
-  f.lagging_subscribers = &prometheus::BuildGauge()
+    lagging_subscribers = &prometheus::BuildGauge()
                                .Name("dion_lagging_subscribers")
                                .Help("Subscribers that still owe full values after their queue "
                                      "overflowed.")
                                .Register(r)
                                .Add({});
-  f.orthogonality_error = &prometheus::BuildGauge()
+  }
+
+  // How training goes: the last orthogonality error and the workers' loss.
+  void AddTrainingFamilies(prometheus::Registry& r) {
+    orthogonality_error = &prometheus::BuildGauge()
                                .Name("dion_orthogonality_error")
                                .Help("Last measured orthogonality error of a Dion step's "
                                      "orthonormalized factor, ||P^T P - I||_max.")
                                .Register(r)
                                .Add({});
-  f.worker_loss = &prometheus::BuildGauge()
+    worker_loss = &prometheus::BuildGauge()
                        .Name("dion_worker_loss")
                        .Help("Sample-weighted mean of the training loss reported by the "
                              "workers in the last batch.")
                        .Register(r)
                        .Add({});
+  }
 
-  auto& checkpoints = prometheus::BuildCounter()
-                          .Name("dion_checkpoints_total")
-                          .Help("Checkpoints attempted, by result.")
-                          .Register(r);
-  f.checkpoints_ok = &checkpoints.Add({{"result", "ok"}});
-  f.checkpoints_error = &checkpoints.Add({{"result", "error"}});
-  // 1 ms .. ~130 s: tiny test models to multi-GB shards on a slow disk.
-  f.checkpoint_duration = &prometheus::BuildHistogram()
+  void AddCheckpointFamilies(prometheus::Registry& r) {
+    auto& checkpoints = prometheus::BuildCounter()
+                            .Name("dion_checkpoints_total")
+                            .Help("Checkpoints attempted, by result.")
+                            .Register(r);
+    checkpoints_ok = &checkpoints.Add({{"result", "ok"}});
+    checkpoints_error = &checkpoints.Add({{"result", "error"}});
+    // 1 ms .. ~130 s: tiny test models to multi-GB shards on a slow disk.
+    checkpoint_duration = &prometheus::BuildHistogram()
                                .Name("dion_checkpoint_duration_seconds")
                                .Help("Wall time of writing one checkpoint.")
                                .Register(r)
                                .Add({}, ExponentialBuckets(1e-3, 2.0, 150.0));
-}
+  }
+};
+
+ShardMetrics::ShardMetrics()
+    : registry_(std::make_shared<prometheus::Registry>()),
+      families_(std::make_unique<Families>(*registry_)) {}
 
 ShardMetrics::~ShardMetrics() = default;
 
@@ -326,10 +335,6 @@ void ShardMetrics::RecordCheckpoint(bool ok, double seconds) {
 
 std::shared_ptr<prometheus::Registry> ShardMetrics::registry() const { return registry_; }
 
-std::string ShardMetrics::Serialize() const {
-  std::ostringstream out;
-  prometheus::TextSerializer().Serialize(out, registry_->Collect());
-  return out.str();
-}
+std::string ShardMetrics::Serialize() const { return SerializeMetrics(*registry_); }
 
 }  // namespace dion

@@ -15,12 +15,14 @@
 #include <filesystem>
 #include <fstream>
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "server/checkpoint/checkpoint_dir.h"
+#include "server/checkpoint/checkpoint_reader.h"
 #include "server/batcher.h"
 #include "server/clock.h"
 #include "server/parameter_store.h"
@@ -322,6 +324,80 @@ TEST_F(CheckpointerTest, IntactFilesWithAnUnknownFormatAreSkipped) {
   EXPECT_EQ(loaded->path, first);
   ASSERT_EQ(loaded->skipped.size(), 1u);
   EXPECT_TRUE(absl::StrContains(loaded->skipped[0], "v9")) << loaded->skipped[0];
+}
+
+// `json` (a manifest as SerializeManifest writes it: one metadata key per line) with the
+// value of `key` replaced, or with its line removed if `value` is nullopt.
+std::string EditMetadata(std::string json, const std::string& key,
+                         std::optional<std::string> value) {
+  const std::string prefix = absl::StrCat("\"", key, "\": \"");
+  const size_t at = json.find(prefix);
+  EXPECT_NE(at, std::string::npos) << key;
+  if (at == std::string::npos) return json;
+  if (!value.has_value()) {
+    const size_t line = json.rfind('\n', at) + 1;
+    return json.erase(line, json.find('\n', at) + 1 - line);
+  }
+  const size_t from = at + prefix.size();
+  return json.replace(from, json.find('"', from) - from, *value);
+}
+
+TEST_F(CheckpointerTest, ReadingNamesTheMetadataThatDisagreesWithTheFiles) {
+  Shard shard = NewShard(&clock_);
+  Train(shard);
+  const std::string dir =
+      Checkpointer(Options()).Write(*shard.store, shard.batcher_views()).value();
+  const CheckpointInfo info = ListCheckpoints(root_).value().front();
+  ASSERT_EQ(info.path, dir);
+  const std::string manifest_path = dir + "/manifest.json";
+  std::ifstream in(manifest_path);
+  const std::string original((std::istreambuf_iterator<char>(in)),
+                             std::istreambuf_iterator<char>());
+  in.close();
+  const auto read_with = [&](const std::string& key, std::optional<std::string> value) {
+    std::ofstream(manifest_path, std::ios::trunc) << EditMetadata(original, key, value);
+    absl::StatusOr<CheckpointManifest> manifest = ValidateCheckpoint(dir);
+    EXPECT_TRUE(manifest.ok()) << manifest.status();
+    return manifest.ok() ? ReadShardCheckpoint(info, *manifest)
+                         : absl::StatusOr<ShardCheckpoint>(manifest.status());
+  };
+
+  const struct {
+    const char* key;
+    const char* value;
+    std::string message;
+  } cases[] = {
+      {"model_name", "other",
+       dir + "/model_table.textproto: model 'ckpt-mlp', the manifest says 'other'"},
+      {"initial_value_checksums", "-",
+       dir + "/manifest.json: 1 initial_value_checksums for 6 parameters"},
+      {"parameters", "5", dir + "/manifest.json: 5 parameters recorded, but shard 0 owns 6"},
+      {"parameter.1.name", "tall", dir + "/manifest.json: parameter 1 is 'tall', expected 'wide'"},
+      {"parameter.0.version", "-1",
+       dir + "/manifest.json: parameter 'tall' has a negative counter"},
+      {"parameter.0.step", "x",
+       dir + "/manifest.json: metadata 'parameter.0.step' is 'x', expected an integer"},
+      {"parameter.0.checksum", "0000000000000000", dir + "/tall.X.npy: weights checksum "},
+  };
+  for (const auto& c : cases) {
+    SCOPED_TRACE(c.key);
+    absl::StatusOr<ShardCheckpoint> read = read_with(c.key, std::string(c.value));
+    EXPECT_EQ(read.status().code(), absl::StatusCode::kDataLoss);
+    EXPECT_TRUE(absl::StrContains(read.status().message(), c.message)) << read.status();
+  }
+  absl::StatusOr<ShardCheckpoint> no_shard = read_with("shard_index", std::nullopt);
+  EXPECT_TRUE(absl::StrContains(no_shard.status().message(),
+                                dir + "/manifest.json: metadata 'shard_index' is missing"))
+      << no_shard.status();
+
+  // A checkpoint from before the lr schedule has no samples_applied: it reads as 0.
+  absl::StatusOr<ShardCheckpoint> unedited = read_with("parameter.0.name", "tall");
+  ASSERT_TRUE(unedited.ok()) << unedited.status();
+  ASSERT_GT(unedited->parameters[0].samples_applied, 0);
+  absl::StatusOr<ShardCheckpoint> old = read_with("parameter.0.samples_applied", std::nullopt);
+  ASSERT_TRUE(old.ok()) << old.status();
+  EXPECT_EQ(old->parameters[0].samples_applied, 0);
+  EXPECT_EQ(old->parameters[1].samples_applied, unedited->parameters[1].samples_applied);
 }
 
 TEST_F(CheckpointerTest, KeepsTheNewestAndContinuesTheSequence) {

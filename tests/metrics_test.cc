@@ -24,8 +24,12 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
 #include "absl/strings/string_view.h"
+#include "common/metrics_text.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
+#include "prometheus/counter.h"
+#include "prometheus/gauge.h"
+#include "prometheus/registry.h"
 #include "tests/http_get.h"
 
 namespace dion {
@@ -381,6 +385,33 @@ TEST(ShardMetricsTest, NamesFollowPrometheusConventions) {
     }
   }
   EXPECT_GT(labels_seen, 0);
+}
+
+// --- SerializeMetrics: the text both ShardMetrics and WorkerMetrics return ---------------
+
+TEST(SerializeMetricsTest, PrintsEveryFamilyOfTheRegistryWithHelpTypeAndValues) {
+  prometheus::Registry registry;
+  EXPECT_EQ(SerializeMetrics(registry), "");
+  auto& counters = prometheus::BuildCounter().Name("demo_total").Help("Demo.").Register(registry);
+  counters.Add({{"k", "a"}}).Increment(3);
+  counters.Add({{"k", "b"}});
+  prometheus::BuildGauge().Name("demo_level").Help("Level.").Register(registry).Add({}).Set(2.5);
+
+  const std::string text = SerializeMetrics(registry);
+  EXPECT_THAT(text, HasSubstr("# HELP demo_total Demo.\n# TYPE demo_total counter\n"));
+  EXPECT_THAT(text, HasSubstr("# HELP demo_level Level.\n# TYPE demo_level gauge\n"));
+  EXPECT_EQ(Sample(text, "demo_total{k=\"a\"}"), 3);
+  EXPECT_EQ(Sample(text, "demo_total{k=\"b\"}"), 0);
+  EXPECT_EQ(Sample(text, "demo_level"), 2.5);
+  EXPECT_EQ(ParseSamples(text).size(), 3u);
+}
+
+TEST(SerializeMetricsTest, ShardMetricsSerializeIsItsRegistrysText) {
+  ShardMetrics metrics;
+  metrics.RecordPush(PushOutcome::kDuplicate);
+  metrics.SetWorkerLoss(0.75);
+  EXPECT_EQ(metrics.Serialize(), SerializeMetrics(*metrics.registry()));
+  EXPECT_EQ(Sample(metrics.Serialize(), "dion_pushes_total{result=\"duplicate\"}"), 1);
 }
 
 // --- MetricsServer over loopback ------------------------------------------------------------

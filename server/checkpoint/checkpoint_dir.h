@@ -12,14 +12,14 @@
 // in (which tensors, which metadata) is the caller's business; this layer only guarantees that
 // what it restores is exactly what was committed.
 //
-// The manifest and its checksum (FNV-1a 64) are defined in server/checkpoint/checkpoint_manifest.h.
+// The manifest and its checksum (FNV-1a 64): server/checkpoint/checkpoint_manifest.h.
 //
 // Thread-safety: a CheckpointWriter is used by one thread at a time. The free functions are
 // safe to call concurrently with each other, but RemoveStaleTemporaries and PruneCheckpoints
 // delete directories and must not run while a writer of the same root is between Begin and
 // Commit (call them at start-up and after Commit).
-#ifndef DION_COMMON_CHECKPOINT_DIR_H_
-#define DION_COMMON_CHECKPOINT_DIR_H_
+#ifndef DION_SERVER_CHECKPOINT_DIR_H_
+#define DION_SERVER_CHECKPOINT_DIR_H_
 
 #include <cstdint>
 #include <memory>
@@ -118,4 +118,4 @@ absl::StatusOr<int> PruneCheckpoints(const std::string& root, int keep_last);
 
 }  // namespace dion
 
-#endif  // DION_COMMON_CHECKPOINT_DIR_H_
+#endif  // DION_SERVER_CHECKPOINT_DIR_H_

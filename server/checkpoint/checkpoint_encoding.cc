@@ -1,7 +1,10 @@
 #include "server/checkpoint/checkpoint_encoding.h"
 
+#include <algorithm>
 #include <cstdint>
+#include <type_traits>
 #include <utility>
+#include <variant>
 
 #include "absl/status/status.h"
 #include "absl/strings/numbers.h"
@@ -17,6 +20,46 @@ constexpr absl::string_view kDedupHeader =
     "<accepted sequences above the floor>...\n";
 
 }  // namespace
+
+std::string TensorFile(absl::string_view stem, absl::string_view suffix) {
+  return absl::StrCat(stem, ".", suffix, ".npy");
+}
+
+std::string ParameterKey(size_t i, absl::string_view field) {
+  return absl::StrCat("parameter.", i, ".", field);
+}
+
+std::vector<StateTensor> StateTensors(const ParamSpec& spec, OptimizerState& state) {
+  const int64_t m = spec.rows(), n = spec.cols();
+  return std::visit(
+      [&](auto& s) -> std::vector<StateTensor> {
+        using T = std::decay_t<decltype(s)>;
+        if constexpr (std::is_same_v<T, DionState>) {
+          return {{"M", &s.M, m, n}, {"Q", &s.Q, std::min(m, n), spec.rank()}};
+        } else if constexpr (std::is_same_v<T, AdamWState>) {
+          return {{"adam_m", &s.m, m, n}, {"adam_v", &s.v, m, n}};
+        } else if constexpr (std::is_same_v<T, LionState>) {
+          return {{"lion_m", &s.m, m, n}};
+        } else {
+          return {{"M", &s.M, m, n}};
+        }
+      },
+      state);
+}
+
+OptimizerState EmptyState(OptimizerKind kind) {
+  switch (kind) {
+    case OptimizerKind::kDion: return DionState{};
+    case OptimizerKind::kAdamW: return AdamWState{};
+    case OptimizerKind::kLion: return LionState{};
+    case OptimizerKind::kMuon: return MuonState{};
+  }
+  return AdamWState{};
+}
+
+int64_t StateStep(const OptimizerState& state) {
+  return std::visit([](const auto& s) { return s.step; }, state);
+}
 
 std::string Escape(absl::string_view name) {
   static constexpr char kHex[] = "0123456789ABCDEF";

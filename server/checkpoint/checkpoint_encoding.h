@@ -1,5 +1,18 @@
-// The text encodings inside a shard checkpoint (server/checkpoint/checkpointer.h): names escaped into
-// file names and comma lists, and the batchers' dedup state (dedup.txt).
+// The layout and text encodings of a shard checkpoint directory (written by
+// server/checkpoint/checkpointer.h, read by server/checkpoint/checkpoint_reader.h):
+//   manifest.json           server/checkpoint/checkpoint_manifest.h; metadata keys below
+//   model_table.textproto   the dion.v1.RegisterModelRequest of the model, without initial
+//                           values (every hyper-parameter explicit; doubles print exactly)
+//   dedup.txt               the batchers' dedup state (below)
+//   <stem>.<tensor>.npy     per owned parameter: X, then StateTensors(); float32, 1-D
+//                           parameters as 1-D arrays. <stem> is FileStem(parameter name); the
+//                           real name is in the metadata, so a stem is never decoded.
+// Metadata: format, sequence, shard_index, num_shards, model_name, workers (escaped, comma
+// separated), initial_value_checksums (per table parameter: 16 hex digits or "-"),
+// parameters (count) and per owned parameter i, in table order, ParameterKey(i, field) for
+// name, file (the stem), optimizer, version, step (the optimizer's update count, Adam's t),
+// contributions_applied, samples_applied (absent in old checkpoints, read as 0) and checksum
+// (WeightsChecksum of X, hex).
 //
 // Escape writes every byte outside [A-Za-z0-9_.-] (and a leading '.') as '+' and two
 // upper-case hex digits: '%' is not a legal manifest file name, and the result never contains
@@ -16,14 +29,40 @@
 #define DION_SERVER_CHECKPOINT_ENCODING_H_
 
 #include <cstddef>
+#include <cstdint>
 #include <string>
 #include <vector>
 
 #include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
+#include "common/matrix.h"
+#include "common/param_spec.h"
 #include "server/batcher.h"
+#include "server/stepper.h"
 
 namespace dion {
+
+inline constexpr absl::string_view kShardCheckpointFormat = "dion-ps.shard-checkpoint.v1";
+inline constexpr absl::string_view kModelTableFile = "model_table.textproto";
+inline constexpr absl::string_view kDedupFile = "dedup.txt";
+
+// "<stem>.<suffix>.npy" and "parameter.<i>.<field>".
+std::string TensorFile(absl::string_view stem, absl::string_view suffix);
+std::string ParameterKey(size_t i, absl::string_view field);
+
+// One tensor of an optimizer state: its file suffix, where it lives and its shape.
+struct StateTensor {
+  absl::string_view suffix;
+  Matrix* matrix;
+  int64_t rows, cols;
+};
+// The tensors of `state`, which holds the optimizer state of `spec`: M Q (Dion), adam_m adam_v
+// (AdamW), lion_m (Lion), M (Muon). Every tensor has the parameter's shape except Dion's Q
+// (min(m, n) x r). The pointers alias `state`.
+std::vector<StateTensor> StateTensors(const ParamSpec& spec, OptimizerState& state);
+// An empty state of the optimizer `kind`, and the update count of a state.
+OptimizerState EmptyState(OptimizerKind kind);
+int64_t StateStep(const OptimizerState& state);
 
 // Leaves room for the longest suffix (".adam_m.npy") within the 255-character name limit.
 inline constexpr size_t kMaxFileStem = 200;

@@ -9,6 +9,7 @@
 #include "absl/strings/ascii.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
+#include "server/checkpoint/text_cursor.h"
 
 namespace dion {
 namespace {
@@ -57,111 +58,84 @@ struct Json {
   }
 };
 
-// A strict RFC 8259 parser, small because manifests are small; nesting limited to 32.
+// A strict RFC 8259 parser over a TextCursor, small because manifests are small; nesting
+// limited to 32.
 class JsonParser {
  public:
-  explicit JsonParser(absl::string_view s) : s_(s) {}
+  explicit JsonParser(absl::string_view s) : in_(s, TextCursor::kJsonSpace) {}
 
   absl::Status ParseDocument(Json* out) {
     if (absl::Status status = Value(out, 0); !status.ok()) return status;
-    SkipSpace();
-    return pos_ == s_.size() ? absl::OkStatus() : Fail("trailing text after the JSON value");
+    in_.SkipSpace();
+    return in_.AtEnd() ? absl::OkStatus() : Fail("trailing text after the JSON value");
   }
 
  private:
   absl::Status Fail(absl::string_view what) const {
-    return absl::DataLossError(absl::StrCat("invalid JSON at byte ", pos_, ": ", what));
-  }
-  void SkipSpace() {
-    while (pos_ < s_.size() &&
-           (s_[pos_] == ' ' || s_[pos_] == '\n' || s_[pos_] == '\r' || s_[pos_] == '\t')) {
-      ++pos_;
-    }
-  }
-  bool Consume(char c) {
-    SkipSpace();
-    if (pos_ < s_.size() && s_[pos_] == c) {
-      ++pos_;
-      return true;
-    }
-    return false;
-  }
-  bool ConsumeWord(absl::string_view word) {
-    if (s_.substr(pos_, word.size()) != word) return false;
-    pos_ += word.size();
-    return true;
+    return absl::DataLossError(absl::StrCat("invalid JSON at byte ", in_.pos(), ": ", what));
   }
 
   absl::Status Value(Json* out, int depth) {
     if (depth > 32) return Fail("nested too deeply");
-    SkipSpace();
-    if (pos_ >= s_.size()) return Fail("unexpected end");
-    const char c = s_[pos_];
-    if (c == '{') {
-      ++pos_;
+    in_.SkipSpace();
+    if (in_.AtEnd()) return Fail("unexpected end");
+    if (in_.Consume('{')) {
       out->kind = Json::Kind::kObject;
-      if (Consume('}')) return absl::OkStatus();
+      if (in_.ConsumeToken('}')) return absl::OkStatus();
       do {
-        SkipSpace();
+        in_.SkipSpace();
         std::string key;
         if (absl::Status s = String(&key); !s.ok()) return s;
-        if (!Consume(':')) return Fail("expected ':'");
+        if (!in_.ConsumeToken(':')) return Fail("expected ':'");
         out->keys.push_back(std::move(key));
         out->values.emplace_back();
         if (absl::Status s = Value(&out->values.back(), depth + 1); !s.ok()) return s;
-      } while (Consume(','));
-      return Consume('}') ? absl::OkStatus() : Fail("expected ',' or '}'");
+      } while (in_.ConsumeToken(','));
+      return in_.ConsumeToken('}') ? absl::OkStatus() : Fail("expected ',' or '}'");
     }
-    if (c == '[') {
-      ++pos_;
+    if (in_.Consume('[')) {
       out->kind = Json::Kind::kArray;
-      if (Consume(']')) return absl::OkStatus();
+      if (in_.ConsumeToken(']')) return absl::OkStatus();
       do {
         out->items.emplace_back();
         if (absl::Status s = Value(&out->items.back(), depth + 1); !s.ok()) return s;
-      } while (Consume(','));
-      return Consume(']') ? absl::OkStatus() : Fail("expected ',' or ']'");
+      } while (in_.ConsumeToken(','));
+      return in_.ConsumeToken(']') ? absl::OkStatus() : Fail("expected ',' or ']'");
     }
-    if (c == '"') {
+    if (in_.Peek() == '"') {
       out->kind = Json::Kind::kString;
       return String(&out->text);
     }
     for (absl::string_view word : {"true", "false"}) {
-      if (ConsumeWord(word)) {
+      if (in_.Consume(word)) {
         out->kind = Json::Kind::kBool;
         out->text = std::string(word);
         return absl::OkStatus();
       }
     }
-    if (ConsumeWord("null")) return absl::OkStatus();
+    if (in_.Consume("null")) return absl::OkStatus();
     out->kind = Json::Kind::kNumber;
     return Number(&out->text);
   }
 
   absl::Status Number(std::string* out) {
-    const size_t start = pos_;
-    auto digits = [&] {
-      const size_t from = pos_;
-      while (pos_ < s_.size() && absl::ascii_isdigit(static_cast<unsigned char>(s_[pos_]))) ++pos_;
-      return pos_ > from;
-    };
-    if (pos_ < s_.size() && s_[pos_] == '-') ++pos_;
-    if (!digits()) return Fail("expected a value");
-    if (pos_ < s_.size() && s_[pos_] == '.' && (++pos_, !digits())) return Fail("bad number");
-    if (pos_ < s_.size() && (s_[pos_] == 'e' || s_[pos_] == 'E')) {
-      ++pos_;
-      if (pos_ < s_.size() && (s_[pos_] == '+' || s_[pos_] == '-')) ++pos_;
-      if (!digits()) return Fail("bad number exponent");
+    const size_t start = in_.pos();
+    in_.Consume('-');
+    if (in_.ConsumeDigits().empty()) return Fail("expected a value");
+    if (in_.Consume('.') && in_.ConsumeDigits().empty()) return Fail("bad number");
+    if (in_.Consume('e') || in_.Consume('E')) {
+      if (!in_.Consume('+')) in_.Consume('-');
+      if (in_.ConsumeDigits().empty()) return Fail("bad number exponent");
     }
-    *out = std::string(s_.substr(start, pos_ - start));
+    *out = std::string(in_.text().substr(start, in_.pos() - start));
     return absl::OkStatus();
   }
 
   absl::Status Hex4(uint32_t* out) {
-    if (pos_ + 4 > s_.size()) return Fail("truncated \\u escape");
+    if (in_.remaining() < 4) return Fail("truncated \\u escape");
     *out = 0;
     for (int i = 0; i < 4; ++i) {
-      const char h = s_[pos_++];
+      const char h = in_.Next();
       const int v = absl::ascii_isdigit(h) ? h - '0'
                     : (h >= 'a' && h <= 'f') ? h - 'a' + 10
                     : (h >= 'A' && h <= 'F') ? h - 'A' + 10 : -1;
@@ -172,19 +146,18 @@ class JsonParser {
   }
 
   absl::Status String(std::string* out) {
-    if (pos_ >= s_.size() || s_[pos_] != '"') return Fail("expected a string");
-    ++pos_;
+    if (!in_.Consume('"')) return Fail("expected a string");
     while (true) {
-      if (pos_ >= s_.size()) return Fail("unterminated string");
-      const char c = s_[pos_++];
+      if (in_.AtEnd()) return Fail("unterminated string");
+      const char c = in_.Next();
       if (c == '"') return absl::OkStatus();
       if (static_cast<unsigned char>(c) < 0x20) return Fail("raw control character in string");
       if (c != '\\') {
         out->push_back(c);
         continue;
       }
-      if (pos_ >= s_.size()) return Fail("unterminated escape");
-      const char e = s_[pos_++];
+      if (in_.AtEnd()) return Fail("unterminated escape");
+      const char e = in_.Next();
       switch (e) {
         case '"': case '\\': case '/': out->push_back(e); break;
         case 'b': out->push_back('\b'); break;
@@ -197,7 +170,7 @@ class JsonParser {
           if (absl::Status s = Hex4(&cp); !s.ok()) return s;
           if (cp >= 0xD800 && cp < 0xDC00) {  // high surrogate: a low one must follow
             uint32_t low = 0;
-            if (!ConsumeWord("\\u")) return Fail("unpaired surrogate");
+            if (!in_.Consume("\\u")) return Fail("unpaired surrogate");
             if (absl::Status s = Hex4(&low); !s.ok()) return s;
             if (low < 0xDC00 || low >= 0xE000) return Fail("unpaired surrogate");
             cp = 0x10000 + ((cp - 0xD800) << 10) + (low - 0xDC00);
@@ -230,8 +203,7 @@ class JsonParser {
     }
   }
 
-  absl::string_view s_;
-  size_t pos_ = 0;
+  TextCursor in_;
 };
 
 }  // namespace

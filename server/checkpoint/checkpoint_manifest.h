@@ -1,7 +1,7 @@
 // The manifest of one checkpoint directory: its version, the caller's metadata, and every
-// file's name, size and checksum, stored as manifest.json. server/checkpoint/checkpoint_dir.h writes and
-// validates checkpoints with it; this file only says what a manifest is and how it reads and
-// writes as JSON, and touches no file system.
+// file's name, size and checksum, stored as manifest.json. What a manifest is and how it reads
+// and writes as JSON; server/checkpoint/checkpoint_dir.h writes and validates checkpoints with
+// it. No file system access here.
 //
 // Checksum: FNV-1a 64 (offset basis 0xcbf29ce484222325, prime 0x100000001b3, one byte at a
 // time) over each file's complete bytes, recorded as 16 lower-case hex digits. Chosen because
@@ -11,8 +11,8 @@
 // Thread-safety: Fnv1a64, ManifestFile and CheckpointManifest are plain values: one thread at
 // a time per object, any number of objects concurrently. The free functions keep no state and
 // are safe to call concurrently.
-#ifndef DION_COMMON_CHECKPOINT_MANIFEST_H_
-#define DION_COMMON_CHECKPOINT_MANIFEST_H_
+#ifndef DION_SERVER_CHECKPOINT_MANIFEST_H_
+#define DION_SERVER_CHECKPOINT_MANIFEST_H_
 
 #include <cstdint>
 #include <map>
@@ -66,4 +66,4 @@ absl::StatusOr<CheckpointManifest> ParseManifest(absl::string_view json,
 
 }  // namespace dion
 
-#endif  // DION_COMMON_CHECKPOINT_MANIFEST_H_
+#endif  // DION_SERVER_CHECKPOINT_MANIFEST_H_

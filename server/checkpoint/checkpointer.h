@@ -1,7 +1,7 @@
-// Checkpoints of one shard: every owned parameter's X and optimizer state (as .npy tensors:
-// X, M, Q for Dion; m, v for AdamW; m for Lion; M for Muon), its version and counters, the
-// batchers' dedup state, the model table and the shard's identity, in one directory per
-// checkpoint written atomically by server/checkpoint/checkpoint_dir.h.
+// Checkpoints of one shard: every owned parameter's X and optimizer state, its version and
+// counters, the batchers' dedup state, the model table and the shard's identity, in one
+// directory per checkpoint (layout: server/checkpoint/checkpoint_encoding.h) written
+// atomically by server/checkpoint/checkpoint_dir.h; numbering, pruning and restoring.
 //
 // Consistency: the caller (the shard) must flush the batchers and stop steps while a
 // checkpoint is taken, so that no accepted contribution is both unapplied and marked as seen.
@@ -11,14 +11,13 @@
 #define DION_SERVER_CHECKPOINTER_H_
 
 #include <cstdint>
-#include <optional>
 #include <string>
 #include <vector>
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "server/batcher.h"
-#include "common/model_table.h"
+#include "server/checkpoint/checkpoint_reader.h"
 #include "server/parameter_store.h"
 
 namespace dion {
@@ -26,24 +25,6 @@ namespace dion {
 struct CheckpointerOptions {
   std::string root;      // directory holding ckpt-* directories; created if missing
   int keep_last = 3;     // older complete checkpoints are deleted after a successful write
-};
-
-// What a shard needs to restore: a model, the parameters' snapshots and the dedup state.
-struct ShardCheckpoint {
-  std::string path;                          // the checkpoint directory
-  uint64_t sequence = 0;                     // the checkpoint's number (monotonic per shard)
-  int shard_index = 0;
-  int num_shards = 1;
-  ModelTable table;                          // the registered model, without initial values
-  // Per table parameter: the checksum of its explicit initial value, or nullopt. The values
-  // themselves are not kept (a shard does not hold them); ParameterStore::RegisterRestoredModel
-  // keeps the model's identity with these.
-  std::vector<std::optional<uint64_t>> initial_value_checksums;
-  std::vector<ParameterSnapshot> parameters; // owned parameters, with optimizer state
-  // Dedup state per parameter, same order as `parameters`.
-  std::vector<std::vector<WorkerDedupState>> dedup;
-  std::vector<std::string> workers;          // registered workers
-  std::vector<std::string> skipped;          // newer checkpoints skipped, with the reason
 };
 
 class Checkpointer {

@@ -12,10 +12,10 @@
 #include <optional>
 #include <utility>
 
-#include "absl/strings/ascii.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
+#include "server/checkpoint/text_cursor.h"
 
 namespace dion {
 
@@ -62,56 +62,31 @@ absl::StatusOr<int64_t> DataBytes(NpyDtype dtype, absl::Span<const int64_t> shap
   return bytes;
 }
 
-// --- Header dict parser: the Python-literal subset numpy writes. ---
-
 struct HeaderDict {
   std::optional<std::string> descr;
   std::optional<bool> fortran_order;
   std::optional<std::vector<int64_t>> shape;
 };
 
+// The dict of a .npy header: the Python-literal subset numpy writes.
 class DictParser {
  public:
-  DictParser(absl::string_view text, absl::string_view source) : text_(text), source_(source) {}
+  DictParser(absl::string_view text, absl::string_view source) : in_(text), source_(source) {}
 
   absl::StatusOr<HeaderDict> Parse() {
     HeaderDict dict;
-    if (!Consume('{')) return Error("expected '{'");
-    while (true) {
-      if (Consume('}')) break;
-      std::string key;
-      if (!ParseString(&key)) return Error("expected a quoted key");
-      if (!Consume(':')) return Error(absl::StrCat("expected ':' after '", key, "'"));
-      if (key == "descr") {
-        std::string descr;
-        if (!ParseString(&descr)) {
-          // A list here is a structured dtype.
-          return Invalid(source_, "unsupported dtype (not a simple type string); expected "
-                                  "'<f4', '<f8' or '<i8'");
-        }
-        dict.descr = std::move(descr);
-      } else if (key == "fortran_order") {
-        if (ConsumeWord("True")) {
-          dict.fortran_order = true;
-        } else if (ConsumeWord("False")) {
-          dict.fortran_order = false;
-        } else {
-          return Error("expected True or False for 'fortran_order'");
-        }
-      } else if (key == "shape") {
-        std::vector<int64_t> shape;
-        if (!ParseIntTuple(&shape)) return Error("expected a tuple of integers for 'shape'");
-        dict.shape = std::move(shape);
-      } else {
-        return Error(absl::StrCat("unexpected key '", key,
-                                  "'; expected only 'descr', 'fortran_order', 'shape'"));
-      }
-      if (Consume(',')) continue;
-      if (Consume('}')) break;
+    if (!in_.ConsumeToken('{')) return Error("expected '{'");
+    while (!in_.ConsumeToken('}')) {
+      std::optional<std::string> key = QuotedString();
+      if (!key) return Error("expected a quoted key");
+      if (!in_.ConsumeToken(':')) return Error(absl::StrCat("expected ':' after '", *key, "'"));
+      if (absl::Status s = Value(*key, dict); !s.ok()) return s;
+      if (in_.ConsumeToken(',')) continue;
+      if (in_.ConsumeToken('}')) break;
       return Error("expected ',' or '}'");
     }
-    SkipSpace();
-    if (pos_ != text_.size()) return Error("unexpected text after '}'");
+    in_.SkipSpace();
+    if (!in_.AtEnd()) return Error("unexpected text after '}'");
     if (!dict.descr) return Error("missing key 'descr'");
     if (!dict.fortran_order) return Error("missing key 'fortran_order'");
     if (!dict.shape) return Error("missing key 'shape'");
@@ -120,67 +95,66 @@ class DictParser {
 
  private:
   absl::Status Error(absl::string_view what) {
-    return DataLoss(source_, absl::StrCat("malformed header dict at byte ", pos_, ": ", what,
-                                          " in \"", text_, "\""));
-  }
-  void SkipSpace() {
-    while (pos_ < text_.size() && absl::ascii_isspace(static_cast<unsigned char>(text_[pos_]))) {
-      ++pos_;
-    }
-  }
-  bool Consume(char c) {
-    SkipSpace();
-    if (pos_ < text_.size() && text_[pos_] == c) {
-      ++pos_;
-      return true;
-    }
-    return false;
-  }
-  bool ConsumeWord(absl::string_view word) {
-    SkipSpace();
-    if (text_.substr(pos_, word.size()) != word) return false;
-    pos_ += word.size();
-    return true;
-  }
-  // 'abc' or "abc" without escapes (numpy never writes any in these fields).
-  bool ParseString(std::string* out) {
-    SkipSpace();
-    if (pos_ >= text_.size() || (text_[pos_] != '\'' && text_[pos_] != '"')) return false;
-    const char quote = text_[pos_];
-    const size_t end = text_.find(quote, pos_ + 1);
-    if (end == absl::string_view::npos) return false;
-    absl::string_view body = text_.substr(pos_ + 1, end - pos_ - 1);
-    if (body.find('\\') != absl::string_view::npos) return false;
-    *out = std::string(body);
-    pos_ = end + 1;
-    return true;
-  }
-  // (), (n,), (a, b), (a, b,) with non-negative decimal integers (an 'L' suffix is accepted,
-  // as Python 2 numpy wrote it).
-  bool ParseIntTuple(std::vector<int64_t>* out) {
-    if (!Consume('(')) return false;
-    while (true) {
-      if (Consume(')')) return true;
-      SkipSpace();
-      const size_t start = pos_;
-      while (pos_ < text_.size() && absl::ascii_isdigit(static_cast<unsigned char>(text_[pos_]))) {
-        ++pos_;
-      }
-      int64_t value = 0;
-      if (pos_ == start || !absl::SimpleAtoi(text_.substr(start, pos_ - start), &value)) {
-        return false;
-      }
-      if (pos_ < text_.size() && text_[pos_] == 'L') ++pos_;
-      out->push_back(value);
-      if (Consume(',')) continue;
-      if (Consume(')')) return true;
-      return false;
-    }
+    return DataLoss(source_, absl::StrCat("malformed header dict at byte ", in_.pos(), ": ", what,
+                                          " in \"", in_.text(), "\""));
   }
 
-  absl::string_view text_;
+  // The value of `key`, stored into `dict`.
+  absl::Status Value(absl::string_view key, HeaderDict& dict) {
+    if (key == "descr") {
+      dict.descr = QuotedString();
+      if (!dict.descr) {
+        // A list here is a structured dtype.
+        return Invalid(source_, "unsupported dtype (not a simple type string); expected "
+                                "'<f4', '<f8' or '<i8'");
+      }
+    } else if (key == "fortran_order") {
+      if (in_.ConsumeToken("True")) {
+        dict.fortran_order = true;
+      } else if (in_.ConsumeToken("False")) {
+        dict.fortran_order = false;
+      } else {
+        return Error("expected True or False for 'fortran_order'");
+      }
+    } else if (key == "shape") {
+      dict.shape = IntTuple();
+      if (!dict.shape) return Error("expected a tuple of integers for 'shape'");
+    } else {
+      return Error(absl::StrCat("unexpected key '", key,
+                                "'; expected only 'descr', 'fortran_order', 'shape'"));
+    }
+    return absl::OkStatus();
+  }
+
+  // 'abc' or "abc" without escapes (numpy never writes any in these fields).
+  std::optional<std::string> QuotedString() {
+    in_.SkipSpace();
+    std::optional<absl::string_view> body = in_.ConsumeRawQuoted("'\"");
+    if (!body) return std::nullopt;
+    return std::string(*body);
+  }
+
+  // (), (n,), (a, b), (a, b,) with non-negative decimal integers (an 'L' suffix is accepted,
+  // as Python 2 numpy wrote it).
+  std::optional<std::vector<int64_t>> IntTuple() {
+    if (!in_.ConsumeToken('(')) return std::nullopt;
+    std::vector<int64_t> out;
+    while (!in_.ConsumeToken(')')) {
+      in_.SkipSpace();
+      int64_t value = 0;
+      const absl::string_view digits = in_.ConsumeDigits();
+      if (digits.empty() || !absl::SimpleAtoi(digits, &value)) return std::nullopt;
+      in_.Consume('L');
+      out.push_back(value);
+      if (in_.ConsumeToken(',')) continue;
+      if (in_.ConsumeToken(')')) break;
+      return std::nullopt;
+    }
+    return out;
+  }
+
+  TextCursor in_;
   absl::string_view source_;
-  size_t pos_ = 0;
 };
 
 struct ParsedHeader {

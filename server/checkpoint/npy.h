@@ -14,8 +14,8 @@
 //
 // Thread-safety: free functions on caller-owned values; safe to call concurrently on
 // different files.
-#ifndef DION_COMMON_NPY_H_
-#define DION_COMMON_NPY_H_
+#ifndef DION_SERVER_CHECKPOINT_NPY_H_
+#define DION_SERVER_CHECKPOINT_NPY_H_
 
 #include <cstdint>
 #include <string>
@@ -92,4 +92,4 @@ absl::StatusOr<Matrix> ReadNpyMatrix(const std::string& path, bool allow_float64
 
 }  // namespace dion
 
-#endif  // DION_COMMON_NPY_H_
+#endif  // DION_SERVER_CHECKPOINT_NPY_H_

@@ -2,13 +2,12 @@
 
 #include <array>
 #include <atomic>
-#include <sstream>
 
+#include "common/metrics_text.h"
 #include "prometheus/counter.h"
 #include "prometheus/gauge.h"
 #include "prometheus/histogram.h"
 #include "prometheus/registry.h"
-#include "prometheus/text_serializer.h"
 
 namespace dion {
 
@@ -122,10 +121,6 @@ void WorkerMetrics::SetEvaluation(double loss, double accuracy) {
 
 std::shared_ptr<prometheus::Registry> WorkerMetrics::registry() const { return registry_; }
 
-std::string WorkerMetrics::Serialize() const {
-  std::ostringstream out;
-  prometheus::TextSerializer().Serialize(out, registry_->Collect());
-  return out.str();
-}
+std::string WorkerMetrics::Serialize() const { return SerializeMetrics(*registry_); }
 
 }  // namespace dion
