@@ -57,7 +57,8 @@ ABSL_FLAG(int, target_workers, dion::defaults::kTargetWorkers,
           "close a batch once this many distinct workers contributed (K); 0: no worker target");
 ABSL_FLAG(absl::Duration, batch_deadline, dion::defaults::kBatchDeadline,
           "close a batch this long after its first contribution; 'inf' disables the deadline");
-ABSL_FLAG(int, max_batch_contributions, 1024, "close a batch once it holds this many contributions");
+ABSL_FLAG(int, max_batch_contributions, 1024,
+          "close a batch once it holds this many contributions");
 ABSL_FLAG(bool, adaptive_batching, dion::defaults::kAdaptiveBatching,
           "adapt the sample target and K to the measured arrival rate and step time");
 ABSL_FLAG(std::string, staleness_policy, dion::defaults::kStalenessPolicy,

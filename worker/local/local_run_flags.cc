@@ -204,74 +204,33 @@ std::vector<std::string> EvaluatorFlags(const LocalRunOptions& o,
   return flags;
 }
 
-absl::Status ValidateLocalRunOptions(const LocalRunOptions& o) {
-  // "--<flag>=<value> ...": every message names the flag, what it got and what it takes.
-  const auto bad = [](absl::string_view flag, const auto& value, absl::string_view expected) {
-    return absl::InvalidArgumentError(absl::StrCat("--", flag, "=", value, ": ", expected));
-  };
-  const auto positive = [](absl::Duration d) { return d > absl::ZeroDuration(); };
-  if (o.shards < 1) return bad("shards", o.shards, "expected >= 1");
-  if (o.workers < 1) return bad("workers", o.workers, "expected >= 1");
-  if (o.epochs < 1) return bad("epochs", o.epochs, "expected >= 1");
-  if (o.batch_size < 1) return bad("batch_size", o.batch_size, "expected >= 1");
-  if (!(o.rank_fraction > 0 && o.rank_fraction <= 1)) {
-    return bad("rank_fraction", o.rank_fraction, "expected a fraction in (0, 1]");
-  }
-  if (!(o.compression_rank_fraction >= 0 && o.compression_rank_fraction <= 1)) {
-    return bad("compression_rank_fraction", o.compression_rank_fraction,
-               "expected a fraction in [0, 1] (0: --rank_fraction)");
-  }
-  if (!(o.lr > 0)) return bad("lr", o.lr, "expected > 0");
-  if (!(o.adamw_lr > 0)) return bad("adamw_lr", o.adamw_lr, "expected > 0");
-  if (!(o.lr_cooldown >= 0 && o.lr_cooldown <= 1)) {
-    return bad("lr_cooldown", o.lr_cooldown, "expected a fraction of the run in [0, 1]");
-  }
-  if (!(o.lr_final_scale >= 0 && o.lr_final_scale <= 1)) {
-    return bad("lr_final_scale", o.lr_final_scale, "expected a multiplier in [0, 1]");
-  }
-  if (absl::Status s = ValidateLookahead(o.lookahead); !s.ok()) {
-    return absl::InvalidArgumentError(absl::StrCat("--", s.message()));
-  }
-  if (o.lr_schedule_samples < 0) {
-    return bad("lr_schedule_samples", o.lr_schedule_samples, "expected >= 0 (0: computed)");
-  }
-  if (o.dataset != "fashion-mnist" && o.dataset != "synthetic") {
-    return bad("dataset", o.dataset, "expected fashion-mnist or synthetic");
-  }
-  if (o.partition != "iid" && o.partition != "dirichlet") {
-    return bad("partition", o.partition, "expected iid or dirichlet");
-  }
-  if (o.partition == "dirichlet" && !(o.dirichlet_alpha > 0)) {
-    return bad("dirichlet_alpha", o.dirichlet_alpha, "expected > 0");
-  }
-  if (o.sync && o.partition != "iid") {
-    // Synchronous steps need the same number of steps on every worker: once the worker with
-    // the smallest partition is done, each step of the others would wait for sync_deadline.
-    return bad("partition", o.partition, "--sync needs iid (partitions of equal size)");
-  }
-  if (o.max_staleness < 0) return bad("max_staleness", o.max_staleness, "expected >= 0");
-  if (o.target_workers < 0 || o.target_workers > o.workers) {
-    return bad("target_workers", o.target_workers,
-               absl::StrCat("expected 0 (none) .. --workers (", o.workers,
-                            "); more would make every batch wait for the deadline"));
-  }
+namespace {
+
+// "--<flag>=<value>: <expected>": every message names the flag, what it got and what it takes.
+template <typename T>
+absl::Status Bad(absl::string_view flag, const T& value, absl::string_view expected) {
+  return absl::InvalidArgumentError(absl::StrCat("--", flag, "=", value, ": ", expected));
+}
+
+// The ports, the report's settings and the timeouts of ValidateLocalRunOptions.
+absl::Status ValidatePortsAndTimes(const LocalRunOptions& o) {
   if (o.base_port < 0 || o.base_port + o.shards > 65536) {
-    return bad("base_port", o.base_port,
+    return Bad("base_port", o.base_port,
                absl::StrCat("expected 0 or a port with base_port + shards <= 65536"));
   }
   if (o.metrics_base_port < 0 || o.metrics_base_port + o.shards + o.workers > 65536) {
-    return bad("metrics_base_port", o.metrics_base_port,
+    return Bad("metrics_base_port", o.metrics_base_port,
                "expected 0 or a port with metrics_base_port + shards + workers <= 65536");
   }
   if (!o.prometheus_config.empty() && o.metrics_base_port == 0) {
-    return bad("prometheus_config", o.prometheus_config,
+    return Bad("prometheus_config", o.prometheus_config,
                "needs --metrics_base_port (the ports the configuration scrapes)");
   }
   if (!(o.target_accuracy > 0 && o.target_accuracy <= 1)) {
-    return bad("target_accuracy", o.target_accuracy, "expected a fraction in (0, 1]");
+    return Bad("target_accuracy", o.target_accuracy, "expected a fraction in (0, 1]");
   }
   if (o.snapshot_interval < absl::ZeroDuration()) {
-    return bad("snapshot_interval", absl::FormatDuration(o.snapshot_interval),
+    return Bad("snapshot_interval", absl::FormatDuration(o.snapshot_interval),
                "expected >= 0 (0: off)");
   }
   for (const auto& [flag, value] : {std::pair{"stop_grace", o.stop_grace},
@@ -279,8 +238,62 @@ absl::Status ValidateLocalRunOptions(const LocalRunOptions& o) {
                                     {"evaluation_timeout", o.evaluation_timeout},
                                     {"progress_interval", o.progress_interval},
                                     {"sync_deadline", o.sync_deadline}}) {
-    if (!positive(value)) return bad(flag, absl::FormatDuration(value), "expected > 0");
+    if (value <= absl::ZeroDuration()) {
+      return Bad(flag, absl::FormatDuration(value), "expected > 0");
+    }
   }
+  return absl::OkStatus();
+}
+
+}  // namespace
+
+absl::Status ValidateLocalRunOptions(const LocalRunOptions& o) {
+  if (o.shards < 1) return Bad("shards", o.shards, "expected >= 1");
+  if (o.workers < 1) return Bad("workers", o.workers, "expected >= 1");
+  if (o.epochs < 1) return Bad("epochs", o.epochs, "expected >= 1");
+  if (o.batch_size < 1) return Bad("batch_size", o.batch_size, "expected >= 1");
+  if (!(o.rank_fraction > 0 && o.rank_fraction <= 1)) {
+    return Bad("rank_fraction", o.rank_fraction, "expected a fraction in (0, 1]");
+  }
+  if (!(o.compression_rank_fraction >= 0 && o.compression_rank_fraction <= 1)) {
+    return Bad("compression_rank_fraction", o.compression_rank_fraction,
+               "expected a fraction in [0, 1] (0: --rank_fraction)");
+  }
+  if (!(o.lr > 0)) return Bad("lr", o.lr, "expected > 0");
+  if (!(o.adamw_lr > 0)) return Bad("adamw_lr", o.adamw_lr, "expected > 0");
+  if (!(o.lr_cooldown >= 0 && o.lr_cooldown <= 1)) {
+    return Bad("lr_cooldown", o.lr_cooldown, "expected a fraction of the run in [0, 1]");
+  }
+  if (!(o.lr_final_scale >= 0 && o.lr_final_scale <= 1)) {
+    return Bad("lr_final_scale", o.lr_final_scale, "expected a multiplier in [0, 1]");
+  }
+  if (absl::Status s = ValidateLookahead(o.lookahead); !s.ok()) {
+    return absl::InvalidArgumentError(absl::StrCat("--", s.message()));
+  }
+  if (o.lr_schedule_samples < 0) {
+    return Bad("lr_schedule_samples", o.lr_schedule_samples, "expected >= 0 (0: computed)");
+  }
+  if (o.dataset != "fashion-mnist" && o.dataset != "synthetic") {
+    return Bad("dataset", o.dataset, "expected fashion-mnist or synthetic");
+  }
+  if (o.partition != "iid" && o.partition != "dirichlet") {
+    return Bad("partition", o.partition, "expected iid or dirichlet");
+  }
+  if (o.partition == "dirichlet" && !(o.dirichlet_alpha > 0)) {
+    return Bad("dirichlet_alpha", o.dirichlet_alpha, "expected > 0");
+  }
+  if (o.sync && o.partition != "iid") {
+    // Synchronous steps need the same number of steps on every worker: once the worker with
+    // the smallest partition is done, each step of the others would wait for sync_deadline.
+    return Bad("partition", o.partition, "--sync needs iid (partitions of equal size)");
+  }
+  if (o.max_staleness < 0) return Bad("max_staleness", o.max_staleness, "expected >= 0");
+  if (o.target_workers < 0 || o.target_workers > o.workers) {
+    return Bad("target_workers", o.target_workers,
+               absl::StrCat("expected 0 (none) .. --workers (", o.workers,
+                            "); more would make every batch wait for the deadline"));
+  }
+  if (absl::Status s = ValidatePortsAndTimes(o); !s.ok()) return s;
   if (o.server_binary.empty() || o.worker_binary.empty()) {
     return absl::InvalidArgumentError("the dion-server and dion-worker paths must be set");
   }

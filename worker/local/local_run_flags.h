@@ -1,11 +1,12 @@
-// The command lines of the children of `dion local` (worker/local/local_run.h): how the options map
-// onto dion-server and dion-worker flags (docs/server.md, dion-worker --help).
+// The command lines of the children of `dion local` (worker/local/local_run.h): how the options
+// map onto dion-server and dion-worker flags (docs/server.md, dion-worker --help).
 //
 // The children get the topology (ports, indices, counts, paths), what the report reads, and
 // every other option only when it differs from the children's own default
 // (common/training_defaults.h). Pass-through flags (options.server_flags / worker_flags) come
-// last, so they override what is derived here (Abseil flags: the last occurrence wins). ValidateLocalRunOptions (declared in
-// worker/local/local_run.h) is defined here too, next to the use of each option.
+// last, so they override what is derived here (Abseil flags: the last occurrence wins).
+// ValidateLocalRunOptions (declared in worker/local/local_run.h) is defined here too, next to
+// the use of each option.
 //
 // Thread-safety: pure functions.
 #ifndef DION_WORKER_LOCAL_RUN_FLAGS_H_

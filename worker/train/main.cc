@@ -53,7 +53,8 @@ ABSL_FLAG(std::string, dataset, dion::defaults::kDataset,
           "fashion-mnist (IDX files in --data_dir) or synthetic (a seeded teacher MLP task)");
 ABSL_FLAG(std::string, data_dir, dion::defaults::kDataDir,
           "directory with train-images-idx3-ubyte(.gz) etc. (Debian: dataset-fashion-mnist)");
-ABSL_FLAG(int64_t, synthetic_train_samples, dion::defaults::kSyntheticTrainSamples, "training samples of the synthetic task");
+ABSL_FLAG(int64_t, synthetic_train_samples, dion::defaults::kSyntheticTrainSamples,
+          "training samples of the synthetic task");
 ABSL_FLAG(int64_t, synthetic_test_samples, 4096, "test samples of the synthetic task");
 ABSL_FLAG(int, synthetic_input_dim, 16, "input dimension of the synthetic task");
 ABSL_FLAG(std::string, partition, dion::defaults::kPartition,
@@ -74,8 +75,10 @@ ABSL_FLAG(double, rank_fraction, dion::defaults::kRankFraction,
 ABSL_FLAG(double, compression_rank_fraction, dion::defaults::kCompressionRankFraction,
           "rank of the pushed factors as a fraction of min(m, n); 0: same as --rank_fraction");
 ABSL_FLAG(double, lr, dion::defaults::kLr, "Dion learning rate of the hidden matrices");
-ABSL_FLAG(double, adamw_lr, dion::defaults::kAdamwLr, "AdamW learning rate of the biases and the output layer");
-ABSL_FLAG(double, weight_decay, dion::defaults::kWeightDecay, "decoupled weight decay of every parameter");
+ABSL_FLAG(double, adamw_lr, dion::defaults::kAdamwLr,
+          "AdamW learning rate of the biases and the output layer");
+ABSL_FLAG(double, weight_decay, dion::defaults::kWeightDecay,
+          "decoupled weight decay of every parameter");
 ABSL_FLAG(double, momentum, dion::defaults::kMomentum, "Dion momentum mu");
 ABSL_FLAG(uint64_t, model_seed, dion::defaults::kModelSeed,
           "seed of the initial weights and the partition (same on every worker)");
