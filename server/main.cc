@@ -12,17 +12,14 @@
 
 #include <cstdio>
 #include <string>
-#include <vector>
 
 #include "absl/flags/flag.h"
-#include "absl/flags/parse.h"
-#include "absl/flags/usage.h"
-#include "absl/flags/usage_config.h"
-#include "absl/strings/match.h"
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
 #include "absl/time/time.h"
 #include "common/blas.h"
+#include "common/cli.h"
+#include "common/training_defaults.h"
 #include "server/dion_server.h"
 #include "server/staleness.h"
 
@@ -49,25 +46,26 @@ ABSL_FLAG(int64_t, lr_schedule_samples, 0,
           "samples each parameter sees over the whole run (e.g. epochs x training-set size); "
           "with it the learning rates fall linearly over the run's last --lr_cooldown_fraction "
           "to --lr_final_scale of their value; 0: constant learning rates");
-ABSL_FLAG(double, lr_cooldown_fraction, 0.2,
+ABSL_FLAG(double, lr_cooldown_fraction, dion::defaults::kLrCooldownFraction,
           "fraction of --lr_schedule_samples at the end of the run over which the learning "
           "rates fall, in [0, 1]");
-ABSL_FLAG(double, lr_final_scale, 0.1,
+ABSL_FLAG(double, lr_final_scale, dion::defaults::kLrFinalScale,
           "learning-rate multiplier at the end of the cooldown and after it, in [0, 1]");
-ABSL_FLAG(int64_t, target_samples, 0,
+ABSL_FLAG(int64_t, target_samples, dion::defaults::kTargetSamples,
           "close a batch once its contributions hold this many samples; 0: no sample target");
-ABSL_FLAG(int, target_workers, 0,
+ABSL_FLAG(int, target_workers, dion::defaults::kTargetWorkers,
           "close a batch once this many distinct workers contributed (K); 0: no worker target");
-ABSL_FLAG(absl::Duration, batch_deadline, absl::Milliseconds(50),
+ABSL_FLAG(absl::Duration, batch_deadline, dion::defaults::kBatchDeadline,
           "close a batch this long after its first contribution; 'inf' disables the deadline");
-ABSL_FLAG(int, max_batch_contributions, 1024, "close a batch once it holds this many contributions");
-ABSL_FLAG(bool, adaptive_batching, true,
+ABSL_FLAG(int, max_batch_contributions, 1024,
+          "close a batch once it holds this many contributions");
+ABSL_FLAG(bool, adaptive_batching, dion::defaults::kAdaptiveBatching,
           "adapt the sample target and K to the measured arrival rate and step time");
-ABSL_FLAG(std::string, staleness_policy, "inverse",
+ABSL_FLAG(std::string, staleness_policy, dion::defaults::kStalenessPolicy,
           "weight of a contribution with staleness tau: none (1), inverse (1 / (1 + tau)) or "
           "exp (exp(-tau / tau0))");
 ABSL_FLAG(double, staleness_tau0, 4.0, "decay constant tau0 of the exp staleness policy (> 0)");
-ABSL_FLAG(int64_t, max_staleness, 16,
+ABSL_FLAG(int64_t, max_staleness, dion::defaults::kMaxStaleness,
           "contributions with staleness above this are refused (STALE) so the worker resyncs");
 ABSL_FLAG(int64_t, max_message_bytes, 64 << 20,
           "largest message a client may send; larger ones end the call with RESOURCE_EXHAUSTED");
@@ -126,28 +124,14 @@ absl::StatusOr<dion::ServerOptions> OptionsFromFlags() {
 }  // namespace
 
 int main(int argc, char** argv) {
-  // --help lists the flags of this file (absl's default looks for a file named after the binary).
-  absl::FlagsUsageConfig usage;
-  usage.contains_help_flags = [](absl::string_view path) {
-    return absl::EndsWith(path, "server/main.cc");
-  };
-  absl::SetFlagsUsageConfig(usage);
-  absl::SetProgramUsageMessage(
-      "One shard of the dion-ps parameter server.\n"
-      "  dion-server --listen=127.0.0.1:50051 --metrics_listen=127.0.0.1:9091 "
-      "--checkpoint_dir=DIR\nstarts a single shard that waits for a model to be registered.");
-  std::vector<char*> positional = absl::ParseCommandLine(argc, argv);
-  if (positional.size() > 1) {
-    std::fprintf(stderr, "dion-server: unexpected argument '%s' (all options are --flags)\n",
-                 positional[1]);
-    return 2;
-  }
+  dion::ParseCommandLineOrExit(
+      argc, argv,
+      {"dion-server", "server/main.cc",
+       "One shard of the dion-ps parameter server.\n"
+       "  dion-server --listen=127.0.0.1:50051 --metrics_listen=127.0.0.1:9091 "
+       "--checkpoint_dir=DIR\nstarts a single shard that waits for a model to be registered."});
   absl::StatusOr<dion::ServerOptions> options = OptionsFromFlags();
-  if (!options.ok()) {
-    std::fprintf(stderr, "dion-server: bad flags: %s\n",
-                 std::string(options.status().message()).c_str());
-    return 2;
-  }
+  if (!options.ok()) return dion::BadFlags("dion-server", options.status().message());
   dion::SetBlasThreads(absl::GetFlag(FLAGS_blas_threads));
 
   // Block the termination signals in every thread (gRPC's included, created below) and wait

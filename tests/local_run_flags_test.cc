@@ -173,6 +173,10 @@ TEST(WorkerFlagsTest, PassModelDataSeedsAndPassThroughLast) {
   o.workers = 4;
   o.shards = 2;
   o.seed = 7;
+  o.epochs = 3;  // values other than the workers' defaults, which are not passed
+  o.batch_size = 32;
+  o.lr = 0.05;
+  o.adamw_lr = 0.005;
   o.lookahead = 2.5;
   o.target_accuracy = 0.85;
   o.snapshot_interval = absl::Milliseconds(250);
@@ -208,6 +212,85 @@ TEST(WorkerFlagsTest, PassModelDataSeedsAndPassThroughLast) {
     EXPECT_TRUE(Has(e, flag)) << flag;
   }
   EXPECT_FALSE(Has(e, "--worker_index=3"));
+}
+
+// The name of each "--name=value" or "--name" in `flags`.
+std::vector<std::string> FlagNames(const std::vector<std::string>& flags) {
+  std::vector<std::string> names;
+  for (const std::string& flag : flags) names.push_back(flag.substr(2, flag.find('=') - 2));
+  return names;
+}
+
+// With no option changed the children get the topology and what the report reads, and keep
+// their own defaults (common/training_defaults.h) for everything else.
+TEST(ChildFlagsTest, DefaultOptionsLeaveTheTrainingSettingsToTheChildren) {
+  LocalRunOptions o = Options();
+  o.lr_schedule_samples = 720000;
+  EXPECT_EQ(FlagNames(ShardFlags(o, 1, "/c")),
+            (std::vector<std::string>{"listen", "metrics_listen", "shard_index", "num_shards",
+                                      "checkpoint_dir", "lr_schedule_samples"}));
+  EXPECT_EQ(FlagNames(WorkerFlags(o, 2, {"a:1", "b:2"}, "/s")),
+            (std::vector<std::string>{"shards", "worker_index", "num_workers", "eval_interval",
+                                      "target_accuracy", "snapshot_interval",
+                                      "progress_interval", "start_file"}));
+  EXPECT_EQ(FlagNames(EvaluatorFlags(o, {"a:1"})),
+            (std::vector<std::string>{"shards", "mode"}));
+
+  // Each changed option reaches the children, whatever it is changed to.
+  o.dataset = "synthetic";
+  o.data_dir = "/data";
+  o.partition = "dirichlet";
+  o.dirichlet_alpha = 0.1;
+  o.rank_fraction = 0.5;
+  o.compression_rank_fraction = 0;
+  o.lookahead = 0;
+  o.lr_cooldown = 0.5;
+  o.lr_final_scale = 0;
+  o.target_samples = 0;
+  o.batch_deadline = absl::InfiniteDuration();
+  o.staleness_policy = "none";
+  o.max_staleness = 0;
+  const std::vector<std::string> worker = WorkerFlags(o, 0, {"a:1"});
+  for (const char* flag : {"--dataset=synthetic", "--data_dir=/data", "--partition=dirichlet",
+                           "--dirichlet_alpha=0.1", "--rank_fraction=0.5",
+                           "--compression_rank_fraction=0", "--lookahead=0"}) {
+    EXPECT_TRUE(Has(worker, flag)) << flag;
+  }
+  const std::vector<std::string> shard = ShardFlags(o, 0, "/c");
+  for (const char* flag : {"--lr_cooldown_fraction=0.5", "--lr_final_scale=0",
+                           "--target_samples=0", "--batch_deadline=inf",
+                           "--staleness_policy=none", "--max_staleness=0"}) {
+    EXPECT_TRUE(Has(shard, flag)) << flag;
+  }
+}
+
+TEST(CommandLinesTest, ListsEveryChildWithItsBinaryAndFlags) {
+  LocalRunOptions o = Options();
+  o.server_binary = "/opt/bin/dion-server";
+  o.worker_binary = "/opt/bin/dion-worker";
+  o.shards = 2;
+  o.workers = 3;
+  o.base_port = 7000;
+  o.run_dir = "/runs/r";
+  const std::string lines = CommandLines(o);
+  EXPECT_TRUE(absl::StrContains(
+      lines, "shard 1: /opt/bin/dion-server --listen=127.0.0.1:7001 --metrics_listen= "
+             "--shard_index=1 --num_shards=2 --checkpoint_dir=/runs/r/shard-1/checkpoints\n"))
+      << lines;
+  EXPECT_TRUE(absl::StrContains(lines, "worker 2: /opt/bin/dion-worker "
+                                       "--shards=127.0.0.1:7000,127.0.0.1:7001 --worker_index=2 "))
+      << lines;
+  EXPECT_TRUE(absl::StrContains(lines, "--start_file=/runs/r/logs/.start")) << lines;
+  EXPECT_TRUE(absl::StrContains(
+      lines, "evaluator: /opt/bin/dion-worker --shards=127.0.0.1:7000,127.0.0.1:7001 "
+             "--mode=evaluate\n"))
+      << lines;
+  EXPECT_EQ(std::count(lines.begin(), lines.end(), '\n'), 2 + 3 + 1) << lines;
+  o.base_port = 0;  // ports picked at start
+  o.run_dir.clear();
+  EXPECT_TRUE(absl::StrContains(CommandLines(o), "--shards=127.0.0.1:<port-of-shard-0>,"
+                                                 "127.0.0.1:<port-of-shard-1> "));
+  EXPECT_TRUE(absl::StrContains(CommandLines(o), "--checkpoint_dir=<run_dir>/shard-0/"));
 }
 
 TEST(ValidateLocalRunOptionsTest, NamesTheFirstBadOption) {

@@ -10,6 +10,8 @@ cannot know:
   - the shard count agrees everywhere: StatefulSet replicas == DION_NUM_SHARDS == number of
     DION_SHARDS addresses, which name dion-ps-<i>.<serviceName>:<grpc port> in index order;
   - the worker count agrees: Job completions == parallelism == DION_NUM_WORKERS, Indexed;
+  - the shards' learning-rate cooldown spans the run: DION_LR_SCHEDULE_SAMPLES == DION_EPOCHS x
+    the Fashion-MNIST training set;
   - every --flag in the containers' args is a flag of the binary, every $(VAR) is defined
     (ConfigMap or env), every ConfigMap key is used by some container;
   - security: pod runAsNonRoot with a non-zero uid; each container readOnlyRootFilesystem,
@@ -26,6 +28,7 @@ import sys
 from collections import defaultdict
 
 NAME, COMPONENT = "app.kubernetes.io/name", "app.kubernetes.io/component"
+FASHION_MNIST_TRAIN_SAMPLES = 60000
 
 
 def flags_of(help_text):
@@ -85,6 +88,14 @@ def check_overlay(file, objects, server_flags, worker_flags, fail):
         fail(f"{file}: Job completionMode {spec.get('completionMode')}, completions "
              f"{spec.get('completions')}, parallelism {spec.get('parallelism')}, "
              f"DION_NUM_WORKERS {data.get('DION_NUM_WORKERS')}: must be Indexed and all equal")
+
+    # The cooldown's horizon: the samples the shards apply over the whole run.
+    epochs, horizon = data.get("DION_EPOCHS", ""), data.get("DION_LR_SCHEDULE_SAMPLES", "")
+    if not (epochs.isdigit() and horizon.isdigit() and
+            int(horizon) == int(epochs) * FASHION_MNIST_TRAIN_SAMPLES):
+        fail(f"{file}: DION_LR_SCHEDULE_SAMPLES {horizon!r} must be DION_EPOCHS {epochs!r} x "
+             f"{FASHION_MNIST_TRAIN_SAMPLES} (the training set), or the learning rates cool "
+             "down at the wrong time")
 
     used_keys = set()
     for obj, flags, component in ((sts, server_flags, "shard"), (job, worker_flags, "worker")):

@@ -6,23 +6,28 @@
 // `dion local` (worker/local/local_run.h) finds dion-server and dion-worker next to itself: in the
 // build tree build/worker/dion -> build/server/dion-server and build/worker/dion-worker; in an
 // installed layout all three in one directory; --server_binary / --worker_binary override.
+// The alert rules for --prometheus_config: <bin>/../share/dion-ps/prometheus/rules in an
+// installed layout, else those of the source tree it was built from (DION_SOURCE_DIR).
+// `dion local --dry_run` prints the children's command lines and exits.
 // Exit codes: 0 after a complete run; 1 when a child failed or the run could not be set up;
 // 2 for bad flags or an unknown subcommand; 130 after SIGINT / SIGTERM (the children were
 // stopped and the shards wrote a final checkpoint).
 #include <unistd.h>
 
 #include <cstdio>
+#include <fstream>
 #include <string>
 #include <vector>
 
 #include "absl/flags/flag.h"
-#include "absl/flags/parse.h"
-#include "absl/flags/usage.h"
-#include "absl/flags/usage_config.h"
+#include "absl/status/statusor.h"
 #include "absl/strings/match.h"
+#include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
 #include "absl/time/time.h"
+#include "common/cli.h"
 #include "worker/local/local_run.h"
+#include "worker/local/local_run_flags.h"
 
 namespace {
 const dion::LocalRunOptions kDefaults;
@@ -127,6 +132,9 @@ ABSL_FLAG(absl::Duration, stop_grace, kDefaults.stop_grace,
           "how long a child may take to stop after SIGTERM before it is killed");
 ABSL_FLAG(absl::Duration, evaluation_timeout, kDefaults.evaluation_timeout,
           "how long the final evaluation may take");
+ABSL_FLAG(bool, dry_run, false,
+          "print the command lines of the shards, workers and final evaluation (and write "
+          "--prometheus_config), then exit without starting anything");
 
 namespace {
 
@@ -148,21 +156,9 @@ std::string SelfExe() {
   return n > 0 ? std::string(path, static_cast<size_t>(n)) : std::string();
 }
 
-int Local(int argc, char** argv) {
-  absl::FlagsUsageConfig usage;
-  usage.contains_help_flags = [](absl::string_view path) {
-    return absl::EndsWith(path, "worker/local/dion_main.cc");
-  };
-  absl::SetFlagsUsageConfig(usage);
-  absl::SetProgramUsageMessage(
-      "dion local: train on this machine (dion-server shards and dion-worker processes on "
-      "127.0.0.1).\n  dion local [--flags]");
-  std::vector<char*> positional = absl::ParseCommandLine(argc, argv);
-  if (positional.size() > 1) {
-    std::fprintf(stderr, "dion local: unexpected argument '%s' (all options are --flags)\n",
-                 positional[1]);
-    return 2;
-  }
+// The options of the parsed flags, except the binaries' paths and the alert rules.
+// InvalidArgument for a bad --progress.
+absl::StatusOr<dion::LocalRunOptions> OptionsFromFlags() {
   dion::LocalRunOptions o;
   o.shards = absl::GetFlag(FLAGS_shards);
   o.workers = absl::GetFlag(FLAGS_workers);
@@ -210,12 +206,53 @@ int Local(int argc, char** argv) {
   } else if (progress == "quiet") {
     o.progress = dion::LocalRunOptions::Progress::kQuiet;
   } else {
-    std::fprintf(stderr,
-                 "dion local: bad flags: --progress must be auto, live, lines or quiet, "
-                 "got '%s'\n",
-                 progress.c_str());
-    return 2;
+    return absl::InvalidArgumentError(absl::StrCat(
+        "--progress must be auto, live, lines or quiet, got '", progress, "'"));
   }
+  return o;
+}
+
+// The alert rules of an installed layout (<prefix>/bin/dion, <prefix>/share/dion-ps/...), else
+// those of the source tree this binary was built from; empty when neither is readable.
+std::string FindAlertRules(const std::string& self) {
+  absl::StatusOr<std::string> installed =
+      dion::FindSiblingFile(self, {DION_DATA_FROM_BIN "/prometheus/rules/dion-alerts.yml"});
+  if (installed.ok()) return *installed;
+  const std::string source = DION_SOURCE_DIR "/deploy/prometheus/rules/dion-alerts.yml";
+  return access(source.c_str(), R_OK) == 0 ? source : std::string();
+}
+
+// --dry_run: what RunLocal would start, after the same checks; writes --prometheus_config.
+int DryRun(dion::LocalRunOptions o) {
+  if (absl::Status s = dion::ValidateLocalRunOptions(o); !s.ok()) {
+    return dion::BadFlags("dion local", s.message());
+  }
+  absl::StatusOr<int64_t> samples = dion::ScheduleSamples(o);
+  if (!samples.ok()) {
+    return dion::BadFlags("dion local", absl::StrCat("cannot work out the lr cooldown's horizon: ",
+                                                     samples.status().message()));
+  }
+  o.lr_schedule_samples = *samples;
+  if (!o.prometheus_config.empty()) {
+    std::ofstream out(o.prometheus_config);
+    out << dion::PrometheusConfig(o);
+    if (!out.flush()) {
+      std::fprintf(stderr, "dion local: cannot write %s\n", o.prometheus_config.c_str());
+      return 1;
+    }
+  }
+  std::printf("%s", dion::CommandLines(o).c_str());
+  return 0;
+}
+
+int Local(int argc, char** argv) {
+  dion::ParseCommandLineOrExit(
+      argc, argv,
+      {"dion local", "worker/local/dion_main.cc",
+       "dion local: train on this machine (dion-server shards and dion-worker processes on "
+       "127.0.0.1).\n  dion local [--flags]"});
+  absl::StatusOr<dion::LocalRunOptions> o = OptionsFromFlags();
+  if (!o.ok()) return dion::BadFlags("dion local", o.status().message());
 
   const std::string self = SelfExe();
   absl::StatusOr<std::string> server = dion::FindSiblingBinary(
@@ -230,16 +267,11 @@ int Local(int argc, char** argv) {
       return 1;
     }
   }
-  o.server_binary = *server;
-  o.worker_binary = *worker;
-  if (!o.prometheus_config.empty()) {
-    // The alert rules of the source tree (build tree: build/worker/dion) or of an install.
-    absl::StatusOr<std::string> rules = dion::FindSiblingFile(
-        self, {"../../deploy/prometheus/rules/dion-alerts.yml",
-               "../share/dion-ps/prometheus/rules/dion-alerts.yml"});
-    if (rules.ok()) o.alert_rules = *rules;
-  }
-  return dion::RunLocal(o);
+  o->server_binary = *server;
+  o->worker_binary = *worker;
+  if (!o->prometheus_config.empty()) o->alert_rules = FindAlertRules(self);
+  if (absl::GetFlag(FLAGS_dry_run)) return DryRun(*std::move(o));
+  return dion::RunLocal(*o);
 }
 
 }  // namespace

@@ -31,6 +31,7 @@
 
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"
+#include "common/training_defaults.h"
 
 namespace dion {
 
@@ -44,50 +45,44 @@ struct LocalRunOptions {
   std::vector<std::string> server_flags;  // appended to every dion-server command line
   std::vector<std::string> worker_flags;  // appended to every dion-worker command line
 
-  // Model, data and optimizer (passed to the workers, which register the model).
-  std::string dataset = "fashion-mnist";  // or "synthetic"
-  std::string data_dir = "/usr/share/datasets/fashion-mnist";
-  std::string partition = "iid";  // or "dirichlet"
-  double dirichlet_alpha = 0.5;
-  int epochs = 12;
-  // 256-sample local steps and rank-1/16 pushes do less work per sample than 128 and 1/4 (the
-  // compression's three products shrink with both); they need ~15% more samples to 88% but
-  // train ~40% more samples/s (docs/benchmarks.md, "Bigger local steps, smaller pushes").
-  int batch_size = 256;
-  double rank_fraction = 0.25;  // Dion rank of the hidden matrices / min(m, n)
-  // Rank of the pushed gradient factors / min(m, n) (error feedback keeps the rest on the
-  // worker); 0: rank_fraction.
-  double compression_rank_fraction = 0.0625;
-  // Tuned for 512-sample shard batches (twice the rates that suit 128-sample batches;
-  // docs/benchmarks.md, "Learning rates doubled").
-  double lr = 0.014;            // Dion
-  double adamw_lr = 0.0014;     // biases and the output layer
-  // Workers compute gradients at the replica extrapolated this many versions ahead along its
-  // last step (dion-worker --lookahead; docs/worker.md). 0: at the replica as it is.
-  double lookahead = 8;
-  uint64_t seed = 1;            // model init and partition; worker j shuffles with seed*1000+j
-  absl::Duration eval_interval = absl::Seconds(2);  // worker 0's periodic evaluations
-  // Worker 0 copies its weights this often between evaluations; the first evaluation at
-  // target_accuracy is then located among the copies (dion-worker --snapshot_interval), so
-  // the time to target has this grain rather than eval_interval's. 0: eval_interval's grain.
+  // Model, data, optimizer, lr cooldown, batching and staleness. The defaults are the
+  // binaries' own (common/training_defaults.h): a child gets such a flag only when its value
+  // differs from the default (local_run_flags.h).
+  std::string dataset = defaults::kDataset;
+  std::string data_dir = defaults::kDataDir;
+  std::string partition = defaults::kPartition;
+  double dirichlet_alpha = defaults::kDirichletAlpha;
+  int epochs = defaults::kEpochs;
+  int batch_size = defaults::kBatchSize;
+  double rank_fraction = defaults::kRankFraction;
+  double compression_rank_fraction = defaults::kCompressionRankFraction;  // 0: rank_fraction
+  double lr = defaults::kLr;             // Dion
+  double adamw_lr = defaults::kAdamwLr;  // biases and the output layer
+  double lookahead = defaults::kLookahead;  // dion-worker --lookahead; 0: off
+  // Model init and partition (dion-worker --model_seed); worker j shuffles with seed*1000+j.
+  uint64_t seed = defaults::kModelSeed;
+
+  // What the report reads from worker 0: evaluations this often, and copies of its weights this
+  // often between them, among which the first evaluation at target_accuracy is located
+  // (dion-worker --snapshot_interval), so the time to target has this grain rather than
+  // eval_interval's. 0: eval_interval's grain.
+  absl::Duration eval_interval = absl::Seconds(2);
   absl::Duration snapshot_interval = absl::Milliseconds(150);
 
   // Learning-rate cooldown (passed to the shards): over the last lr_cooldown of the run's
   // samples every learning rate falls linearly to lr_final_scale of its value (0: constant).
-  double lr_cooldown = 0.2;
-  double lr_final_scale = 0.1;
+  double lr_cooldown = defaults::kLrCooldownFraction;
+  double lr_final_scale = defaults::kLrFinalScale;
   // Samples each parameter sees over the run; 0: epochs x training-set size (ScheduleSamples).
   int64_t lr_schedule_samples = 0;
 
   // Batching and staleness (passed to the shards).
-  std::string staleness_policy = "inverse";
-  int64_t max_staleness = 16;
-  // The defaults average about 4 contributions of 128 samples per step: on Fashion-MNIST
-  // with 4 workers this ends less noisy than the shards' adaptive rule (docs/benchmarks.md).
-  int64_t target_samples = 512;
-  int target_workers = 0;
-  absl::Duration batch_deadline = absl::Milliseconds(50);
-  bool adaptive_batching = false;
+  std::string staleness_policy = defaults::kStalenessPolicy;
+  int64_t max_staleness = defaults::kMaxStaleness;
+  int64_t target_samples = defaults::kTargetSamples;
+  int target_workers = defaults::kTargetWorkers;
+  absl::Duration batch_deadline = defaults::kBatchDeadline;
+  bool adaptive_batching = defaults::kAdaptiveBatching;
   // Synchronous setting: every batch waits for all workers (target_workers = workers, no
   // sample target, no adaptation, deadline sync_deadline), one push in flight per worker.
   bool sync = false;

@@ -5,6 +5,7 @@
 #include <cerrno>
 #include <cstring>
 #include <filesystem>
+#include <type_traits>
 
 #include "absl/status/status.h"
 #include "absl/strings/match.h"
@@ -12,21 +13,39 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "absl/time/time.h"
+#include "common/training_defaults.h"
 #include "worker/train/lookahead.h"
 
 namespace dion {
 namespace {
 
+// Appends "--<name>=<value>" to `flags` when `value` differs from `default_value`, the
+// child's own default: what the user did not change is left to the child.
+template <typename T, typename D>
+void AddIfChanged(std::vector<std::string>* flags, absl::string_view name, const T& value,
+                  const D& default_value) {
+  if (value == T(default_value)) return;
+  if constexpr (std::is_same_v<T, absl::Duration>) {
+    flags->push_back(absl::StrCat("--", name, "=", absl::FormatDuration(value)));
+  } else if constexpr (std::is_same_v<T, bool>) {
+    flags->push_back(absl::StrCat("--", name, "=", value ? "true" : "false"));
+  } else {
+    flags->push_back(absl::StrCat("--", name, "=", value));
+  }
+}
+
 // What the workers and the evaluator share: where the shards are, the model and the data.
 std::vector<std::string> ModelAndDataFlags(const LocalRunOptions& o,
                                            const std::vector<std::string>& shard_addresses) {
-  return {absl::StrCat("--shards=", absl::StrJoin(shard_addresses, ",")),
-          absl::StrCat("--dataset=", o.dataset),
-          absl::StrCat("--data_dir=", o.data_dir),
-          absl::StrCat("--rank_fraction=", o.rank_fraction),
-          absl::StrCat("--lr=", o.lr),
-          absl::StrCat("--adamw_lr=", o.adamw_lr),
-          absl::StrCat("--model_seed=", o.seed)};
+  std::vector<std::string> flags = {
+      absl::StrCat("--shards=", absl::StrJoin(shard_addresses, ","))};
+  AddIfChanged(&flags, "dataset", o.dataset, defaults::kDataset);
+  AddIfChanged(&flags, "data_dir", o.data_dir, defaults::kDataDir);
+  AddIfChanged(&flags, "rank_fraction", o.rank_fraction, defaults::kRankFraction);
+  AddIfChanged(&flags, "lr", o.lr, defaults::kLr);
+  AddIfChanged(&flags, "adamw_lr", o.adamw_lr, defaults::kAdamwLr);
+  AddIfChanged(&flags, "model_seed", o.seed, defaults::kModelSeed);
+  return flags;
 }
 
 }  // namespace
@@ -94,7 +113,7 @@ absl::StatusOr<int64_t> ScheduleSamples(const LocalRunOptions& o) {
   if (absl::Status s = LastPositiveFlag(o.worker_flags, "epochs", &epochs); !s.ok()) return s;
   int64_t train_size = 0;
   if (o.dataset == "synthetic") {
-    train_size = 32768;  // dion-worker's default
+    train_size = defaults::kSyntheticTrainSamples;
     if (absl::Status s = LastPositiveFlag(o.worker_flags, "synthetic_train_samples", &train_size);
         !s.ok()) {
       return s;
@@ -116,13 +135,13 @@ std::vector<std::string> ShardFlags(const LocalRunOptions& o, int index,
           o.metrics_base_port > 0 ? absl::StrCat("127.0.0.1:", o.metrics_base_port + index) : ""),
       absl::StrCat("--shard_index=", index),
       absl::StrCat("--num_shards=", o.shards),
-      absl::StrCat("--checkpoint_dir=", checkpoint_dir),
-      absl::StrCat("--staleness_policy=", o.staleness_policy),
-      absl::StrCat("--max_staleness=", o.max_staleness)};
+      absl::StrCat("--checkpoint_dir=", checkpoint_dir)};
+  AddIfChanged(&flags, "staleness_policy", o.staleness_policy, defaults::kStalenessPolicy);
+  AddIfChanged(&flags, "max_staleness", o.max_staleness, defaults::kMaxStaleness);
   if (o.lr_cooldown > 0 && o.lr_schedule_samples > 0) {
     flags.push_back(absl::StrCat("--lr_schedule_samples=", o.lr_schedule_samples));
-    flags.push_back(absl::StrCat("--lr_cooldown_fraction=", o.lr_cooldown));
-    flags.push_back(absl::StrCat("--lr_final_scale=", o.lr_final_scale));
+    AddIfChanged(&flags, "lr_cooldown_fraction", o.lr_cooldown, defaults::kLrCooldownFraction);
+    AddIfChanged(&flags, "lr_final_scale", o.lr_final_scale, defaults::kLrFinalScale);
   }
   if (o.sync) {
     flags.push_back(absl::StrCat("--target_workers=", o.workers));
@@ -130,10 +149,10 @@ std::vector<std::string> ShardFlags(const LocalRunOptions& o, int index,
     flags.push_back(absl::StrCat("--batch_deadline=", absl::FormatDuration(o.sync_deadline)));
     flags.push_back("--adaptive_batching=false");
   } else {
-    flags.push_back(absl::StrCat("--target_samples=", o.target_samples));
-    flags.push_back(absl::StrCat("--target_workers=", o.target_workers));
-    flags.push_back(absl::StrCat("--batch_deadline=", absl::FormatDuration(o.batch_deadline)));
-    flags.push_back(absl::StrCat("--adaptive_batching=", o.adaptive_batching ? "true" : "false"));
+    AddIfChanged(&flags, "target_samples", o.target_samples, defaults::kTargetSamples);
+    AddIfChanged(&flags, "target_workers", o.target_workers, defaults::kTargetWorkers);
+    AddIfChanged(&flags, "batch_deadline", o.batch_deadline, defaults::kBatchDeadline);
+    AddIfChanged(&flags, "adaptive_batching", o.adaptive_batching, defaults::kAdaptiveBatching);
   }
   flags.insert(flags.end(), o.server_flags.begin(), o.server_flags.end());
   return flags;
@@ -143,15 +162,22 @@ std::vector<std::string> WorkerFlags(const LocalRunOptions& o, int index,
                                      const std::vector<std::string>& shard_addresses,
                                      const std::string& start_file) {
   std::vector<std::string> flags = ModelAndDataFlags(o, shard_addresses);
+  flags.push_back(absl::StrCat("--worker_index=", index));
+  flags.push_back(absl::StrCat("--num_workers=", o.workers));
+  AddIfChanged(&flags, "partition", o.partition, defaults::kPartition);
+  AddIfChanged(&flags, "dirichlet_alpha", o.dirichlet_alpha, defaults::kDirichletAlpha);
+  AddIfChanged(&flags, "epochs", o.epochs, defaults::kEpochs);
+  AddIfChanged(&flags, "batch_size", o.batch_size, defaults::kBatchSize);
+  AddIfChanged(&flags, "lookahead", o.lookahead, defaults::kLookahead);
+  AddIfChanged(&flags, "compression_rank_fraction", o.compression_rank_fraction,
+               defaults::kCompressionRankFraction);
+  if (o.seed != defaults::kModelSeed) {  // the worker's own default, spelled out
+    flags.push_back(absl::StrCat("--seed=", o.seed * 1000 + static_cast<uint64_t>(index)));
+  }
+  // What the report reads (worker/local/run_report.h): a progress line a second, worker 0's
+  // evaluations and the snapshots that locate the time to target_accuracy.
   for (std::string flag :
-       {absl::StrCat("--worker_index=", index), absl::StrCat("--num_workers=", o.workers),
-        absl::StrCat("--partition=", o.partition),
-        absl::StrCat("--dirichlet_alpha=", o.dirichlet_alpha), absl::StrCat("--epochs=", o.epochs),
-        absl::StrCat("--batch_size=", o.batch_size),
-        absl::StrCat("--lookahead=", o.lookahead),
-        absl::StrCat("--compression_rank_fraction=", o.compression_rank_fraction),
-        absl::StrCat("--seed=", o.seed * 1000 + static_cast<uint64_t>(index)),
-        absl::StrCat("--eval_interval=", absl::FormatDuration(o.eval_interval)),
+       {absl::StrCat("--eval_interval=", absl::FormatDuration(o.eval_interval)),
         absl::StrCat("--target_accuracy=", o.target_accuracy),
         absl::StrCat("--snapshot_interval=", absl::FormatDuration(o.snapshot_interval)),
         std::string("--progress_interval=1s")}) {
@@ -178,74 +204,33 @@ std::vector<std::string> EvaluatorFlags(const LocalRunOptions& o,
   return flags;
 }
 
-absl::Status ValidateLocalRunOptions(const LocalRunOptions& o) {
-  // "--<flag>=<value> ...": every message names the flag, what it got and what it takes.
-  const auto bad = [](absl::string_view flag, const auto& value, absl::string_view expected) {
-    return absl::InvalidArgumentError(absl::StrCat("--", flag, "=", value, ": ", expected));
-  };
-  const auto positive = [](absl::Duration d) { return d > absl::ZeroDuration(); };
-  if (o.shards < 1) return bad("shards", o.shards, "expected >= 1");
-  if (o.workers < 1) return bad("workers", o.workers, "expected >= 1");
-  if (o.epochs < 1) return bad("epochs", o.epochs, "expected >= 1");
-  if (o.batch_size < 1) return bad("batch_size", o.batch_size, "expected >= 1");
-  if (!(o.rank_fraction > 0 && o.rank_fraction <= 1)) {
-    return bad("rank_fraction", o.rank_fraction, "expected a fraction in (0, 1]");
-  }
-  if (!(o.compression_rank_fraction >= 0 && o.compression_rank_fraction <= 1)) {
-    return bad("compression_rank_fraction", o.compression_rank_fraction,
-               "expected a fraction in [0, 1] (0: --rank_fraction)");
-  }
-  if (!(o.lr > 0)) return bad("lr", o.lr, "expected > 0");
-  if (!(o.adamw_lr > 0)) return bad("adamw_lr", o.adamw_lr, "expected > 0");
-  if (!(o.lr_cooldown >= 0 && o.lr_cooldown <= 1)) {
-    return bad("lr_cooldown", o.lr_cooldown, "expected a fraction of the run in [0, 1]");
-  }
-  if (!(o.lr_final_scale >= 0 && o.lr_final_scale <= 1)) {
-    return bad("lr_final_scale", o.lr_final_scale, "expected a multiplier in [0, 1]");
-  }
-  if (absl::Status s = ValidateLookahead(o.lookahead); !s.ok()) {
-    return absl::InvalidArgumentError(absl::StrCat("--", s.message()));
-  }
-  if (o.lr_schedule_samples < 0) {
-    return bad("lr_schedule_samples", o.lr_schedule_samples, "expected >= 0 (0: computed)");
-  }
-  if (o.dataset != "fashion-mnist" && o.dataset != "synthetic") {
-    return bad("dataset", o.dataset, "expected fashion-mnist or synthetic");
-  }
-  if (o.partition != "iid" && o.partition != "dirichlet") {
-    return bad("partition", o.partition, "expected iid or dirichlet");
-  }
-  if (o.partition == "dirichlet" && !(o.dirichlet_alpha > 0)) {
-    return bad("dirichlet_alpha", o.dirichlet_alpha, "expected > 0");
-  }
-  if (o.sync && o.partition != "iid") {
-    // Synchronous steps need the same number of steps on every worker: once the worker with
-    // the smallest partition is done, each step of the others would wait for sync_deadline.
-    return bad("partition", o.partition, "--sync needs iid (partitions of equal size)");
-  }
-  if (o.max_staleness < 0) return bad("max_staleness", o.max_staleness, "expected >= 0");
-  if (o.target_workers < 0 || o.target_workers > o.workers) {
-    return bad("target_workers", o.target_workers,
-               absl::StrCat("expected 0 (none) .. --workers (", o.workers,
-                            "); more would make every batch wait for the deadline"));
-  }
+namespace {
+
+// "--<flag>=<value>: <expected>": every message names the flag, what it got and what it takes.
+template <typename T>
+absl::Status Bad(absl::string_view flag, const T& value, absl::string_view expected) {
+  return absl::InvalidArgumentError(absl::StrCat("--", flag, "=", value, ": ", expected));
+}
+
+// The ports, the report's settings and the timeouts of ValidateLocalRunOptions.
+absl::Status ValidatePortsAndTimes(const LocalRunOptions& o) {
   if (o.base_port < 0 || o.base_port + o.shards > 65536) {
-    return bad("base_port", o.base_port,
+    return Bad("base_port", o.base_port,
                absl::StrCat("expected 0 or a port with base_port + shards <= 65536"));
   }
   if (o.metrics_base_port < 0 || o.metrics_base_port + o.shards + o.workers > 65536) {
-    return bad("metrics_base_port", o.metrics_base_port,
+    return Bad("metrics_base_port", o.metrics_base_port,
                "expected 0 or a port with metrics_base_port + shards + workers <= 65536");
   }
   if (!o.prometheus_config.empty() && o.metrics_base_port == 0) {
-    return bad("prometheus_config", o.prometheus_config,
+    return Bad("prometheus_config", o.prometheus_config,
                "needs --metrics_base_port (the ports the configuration scrapes)");
   }
   if (!(o.target_accuracy > 0 && o.target_accuracy <= 1)) {
-    return bad("target_accuracy", o.target_accuracy, "expected a fraction in (0, 1]");
+    return Bad("target_accuracy", o.target_accuracy, "expected a fraction in (0, 1]");
   }
   if (o.snapshot_interval < absl::ZeroDuration()) {
-    return bad("snapshot_interval", absl::FormatDuration(o.snapshot_interval),
+    return Bad("snapshot_interval", absl::FormatDuration(o.snapshot_interval),
                "expected >= 0 (0: off)");
   }
   for (const auto& [flag, value] : {std::pair{"stop_grace", o.stop_grace},
@@ -253,12 +238,89 @@ absl::Status ValidateLocalRunOptions(const LocalRunOptions& o) {
                                     {"evaluation_timeout", o.evaluation_timeout},
                                     {"progress_interval", o.progress_interval},
                                     {"sync_deadline", o.sync_deadline}}) {
-    if (!positive(value)) return bad(flag, absl::FormatDuration(value), "expected > 0");
+    if (value <= absl::ZeroDuration()) {
+      return Bad(flag, absl::FormatDuration(value), "expected > 0");
+    }
   }
+  return absl::OkStatus();
+}
+
+}  // namespace
+
+absl::Status ValidateLocalRunOptions(const LocalRunOptions& o) {
+  if (o.shards < 1) return Bad("shards", o.shards, "expected >= 1");
+  if (o.workers < 1) return Bad("workers", o.workers, "expected >= 1");
+  if (o.epochs < 1) return Bad("epochs", o.epochs, "expected >= 1");
+  if (o.batch_size < 1) return Bad("batch_size", o.batch_size, "expected >= 1");
+  if (!(o.rank_fraction > 0 && o.rank_fraction <= 1)) {
+    return Bad("rank_fraction", o.rank_fraction, "expected a fraction in (0, 1]");
+  }
+  if (!(o.compression_rank_fraction >= 0 && o.compression_rank_fraction <= 1)) {
+    return Bad("compression_rank_fraction", o.compression_rank_fraction,
+               "expected a fraction in [0, 1] (0: --rank_fraction)");
+  }
+  if (!(o.lr > 0)) return Bad("lr", o.lr, "expected > 0");
+  if (!(o.adamw_lr > 0)) return Bad("adamw_lr", o.adamw_lr, "expected > 0");
+  if (!(o.lr_cooldown >= 0 && o.lr_cooldown <= 1)) {
+    return Bad("lr_cooldown", o.lr_cooldown, "expected a fraction of the run in [0, 1]");
+  }
+  if (!(o.lr_final_scale >= 0 && o.lr_final_scale <= 1)) {
+    return Bad("lr_final_scale", o.lr_final_scale, "expected a multiplier in [0, 1]");
+  }
+  if (absl::Status s = ValidateLookahead(o.lookahead); !s.ok()) {
+    return absl::InvalidArgumentError(absl::StrCat("--", s.message()));
+  }
+  if (o.lr_schedule_samples < 0) {
+    return Bad("lr_schedule_samples", o.lr_schedule_samples, "expected >= 0 (0: computed)");
+  }
+  if (o.dataset != "fashion-mnist" && o.dataset != "synthetic") {
+    return Bad("dataset", o.dataset, "expected fashion-mnist or synthetic");
+  }
+  if (o.partition != "iid" && o.partition != "dirichlet") {
+    return Bad("partition", o.partition, "expected iid or dirichlet");
+  }
+  if (o.partition == "dirichlet" && !(o.dirichlet_alpha > 0)) {
+    return Bad("dirichlet_alpha", o.dirichlet_alpha, "expected > 0");
+  }
+  if (o.sync && o.partition != "iid") {
+    // Synchronous steps need the same number of steps on every worker: once the worker with
+    // the smallest partition is done, each step of the others would wait for sync_deadline.
+    return Bad("partition", o.partition, "--sync needs iid (partitions of equal size)");
+  }
+  if (o.max_staleness < 0) return Bad("max_staleness", o.max_staleness, "expected >= 0");
+  if (o.target_workers < 0 || o.target_workers > o.workers) {
+    return Bad("target_workers", o.target_workers,
+               absl::StrCat("expected 0 (none) .. --workers (", o.workers,
+                            "); more would make every batch wait for the deadline"));
+  }
+  if (absl::Status s = ValidatePortsAndTimes(o); !s.ok()) return s;
   if (o.server_binary.empty() || o.worker_binary.empty()) {
     return absl::InvalidArgumentError("the dion-server and dion-worker paths must be set");
   }
   return absl::OkStatus();
+}
+
+std::string CommandLines(const LocalRunOptions& o) {
+  std::vector<std::string> addresses;
+  std::string lines;
+  const std::string run_dir = o.run_dir.empty() ? "<run_dir>" : o.run_dir;
+  for (int i = 0; i < o.shards; ++i) {
+    addresses.push_back(o.base_port > 0 ? absl::StrCat("127.0.0.1:", o.base_port + i)
+                                        : absl::StrCat("127.0.0.1:<port-of-shard-", i, ">"));
+    absl::StrAppend(&lines, "shard ", i, ": ", o.server_binary, " ",
+                    absl::StrJoin(ShardFlags(o, i, absl::StrCat(run_dir, "/shard-", i,
+                                                                "/checkpoints")),
+                                  " "),
+                    "\n");
+  }
+  for (int j = 0; j < o.workers; ++j) {
+    absl::StrAppend(&lines, "worker ", j, ": ", o.worker_binary, " ",
+                    absl::StrJoin(WorkerFlags(o, j, addresses, run_dir + "/logs/.start"), " "),
+                    "\n");
+  }
+  absl::StrAppend(&lines, "evaluator: ", o.worker_binary, " ",
+                  absl::StrJoin(EvaluatorFlags(o, addresses), " "), "\n");
+  return lines;
 }
 
 std::string PrometheusConfig(const LocalRunOptions& o) {

@@ -1,9 +1,12 @@
-// The command lines of the children of `dion local` (worker/local/local_run.h): how the options map
-// onto dion-server and dion-worker flags (docs/server.md, dion-worker --help).
+// The command lines of the children of `dion local` (worker/local/local_run.h): how the options
+// map onto dion-server and dion-worker flags (docs/server.md, dion-worker --help).
 //
-// Pass-through flags (options.server_flags / worker_flags) come last, so they override what is
-// derived here (Abseil flags: the last occurrence wins). ValidateLocalRunOptions (declared in
-// worker/local/local_run.h) is defined here too, next to the use of each option.
+// The children get the topology (ports, indices, counts, paths), what the report reads, and
+// every other option only when it differs from the children's own default
+// (common/training_defaults.h). Pass-through flags (options.server_flags / worker_flags) come
+// last, so they override what is derived here (Abseil flags: the last occurrence wins).
+// ValidateLocalRunOptions (declared in worker/local/local_run.h) is defined here too, next to
+// the use of each option.
 //
 // Thread-safety: pure functions.
 #ifndef DION_WORKER_LOCAL_RUN_FLAGS_H_
@@ -45,6 +48,14 @@ std::vector<std::string> WorkerFlags(const LocalRunOptions& options, int index,
 // workers (the model table must match the registered one).
 std::vector<std::string> EvaluatorFlags(const LocalRunOptions& options,
                                         const std::vector<std::string>& shard_addresses);
+
+// The command lines `dion local` starts, one a line: "shard <i>: <server_binary> <flags>",
+// "worker <j>: <worker_binary> <flags>", "evaluator: <worker_binary> <flags>". Shards listen on
+// base_port + i, or on a port each picks at start, shown as 127.0.0.1:<port-of-shard-i>;
+// checkpoints and the start file go under run_dir, shown as <run_dir> when it is empty (the
+// run picks it then).
+// options.lr_schedule_samples must be resolved by ScheduleSamples. For `dion local --dry_run`.
+std::string CommandLines(const LocalRunOptions& options);
 
 // A Prometheus configuration for the run's metrics ports, in the format of
 // deploy/prometheus/prometheus-local.yml: 5 s scrape and evaluation interval, job dion-ps with

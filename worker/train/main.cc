@@ -20,11 +20,7 @@
 #include <vector>
 
 #include "absl/flags/flag.h"
-#include "absl/flags/parse.h"
-#include "absl/flags/usage.h"
-#include "absl/flags/usage_config.h"
 #include "absl/status/status.h"
-#include "absl/strings/match.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
@@ -33,7 +29,9 @@
 #include "absl/time/clock.h"
 #include "absl/time/time.h"
 #include "common/blas.h"
+#include "common/cli.h"
 #include "common/metrics_server.h"
+#include "common/training_defaults.h"
 #include "worker/client/client.h"
 #include "worker/train/idx_loader.h"
 #include "worker/train/mlp.h"
@@ -51,36 +49,42 @@ ABSL_FLAG(int, worker_index, 0, "this worker's index in [0, num_workers): picks 
 ABSL_FLAG(int, num_workers, 1, "number of workers the training set is partitioned over");
 ABSL_FLAG(std::string, worker_id, "",
           "unique id registered with the shards; default worker-<worker_index>");
-ABSL_FLAG(std::string, dataset, "fashion-mnist",
+ABSL_FLAG(std::string, dataset, dion::defaults::kDataset,
           "fashion-mnist (IDX files in --data_dir) or synthetic (a seeded teacher MLP task)");
-ABSL_FLAG(std::string, data_dir, "/usr/share/datasets/fashion-mnist",
+ABSL_FLAG(std::string, data_dir, dion::defaults::kDataDir,
           "directory with train-images-idx3-ubyte(.gz) etc. (Debian: dataset-fashion-mnist)");
-ABSL_FLAG(int64_t, synthetic_train_samples, 32768, "training samples of the synthetic task");
+ABSL_FLAG(int64_t, synthetic_train_samples, dion::defaults::kSyntheticTrainSamples,
+          "training samples of the synthetic task");
 ABSL_FLAG(int64_t, synthetic_test_samples, 4096, "test samples of the synthetic task");
 ABSL_FLAG(int, synthetic_input_dim, 16, "input dimension of the synthetic task");
-ABSL_FLAG(std::string, partition, "iid",
+ABSL_FLAG(std::string, partition, dion::defaults::kPartition,
           "how the training set is split across workers: iid or dirichlet (label skew)");
-ABSL_FLAG(double, dirichlet_alpha, 0.5,
+ABSL_FLAG(double, dirichlet_alpha, dion::defaults::kDirichletAlpha,
           "Dirichlet concentration of --partition=dirichlet; smaller means more skew");
-ABSL_FLAG(std::string, hidden_layers, "256,128",
+ABSL_FLAG(std::string, hidden_layers, dion::defaults::kHiddenLayers,
           "comma-separated hidden layer widths of the MLP (input and classes come from the data)");
-ABSL_FLAG(int, epochs, 5, "passes over this worker's partition");
-ABSL_FLAG(int, batch_size, 64, "samples per local step");
+ABSL_FLAG(int, epochs, dion::defaults::kEpochs, "passes over this worker's partition");
+ABSL_FLAG(int, batch_size, dion::defaults::kBatchSize, "samples per local step");
 ABSL_FLAG(int64_t, max_steps, 0, "stop after this many local steps; 0: no limit");
 ABSL_FLAG(bool, synchronous, false,
           "after each local step, wait until the shards have applied it (the next version of "
           "every parameter) before the next one; with shards that wait for every worker "
           "(target_workers = number of workers) this is synchronous training");
-ABSL_FLAG(double, rank_fraction, 0.25,
+ABSL_FLAG(double, rank_fraction, dion::defaults::kRankFraction,
           "Dion rank of the hidden matrices as a fraction of min(m, n) (server side)");
-ABSL_FLAG(double, compression_rank_fraction, 0,
+ABSL_FLAG(double, compression_rank_fraction, dion::defaults::kCompressionRankFraction,
           "rank of the pushed factors as a fraction of min(m, n); 0: same as --rank_fraction");
-ABSL_FLAG(double, lr, 0.02, "Dion learning rate of the hidden matrices");
-ABSL_FLAG(double, adamw_lr, 0.002, "AdamW learning rate of the biases and the output layer");
-ABSL_FLAG(double, weight_decay, 0.0, "decoupled weight decay of every parameter");
-ABSL_FLAG(double, momentum, 0.95, "Dion momentum mu");
-ABSL_FLAG(uint64_t, model_seed, 1, "seed of the initial weights (same on every worker)");
-ABSL_FLAG(uint64_t, seed, 0, "seed of the partition and shuffling; default 1 + worker_index");
+ABSL_FLAG(double, lr, dion::defaults::kLr, "Dion learning rate of the hidden matrices");
+ABSL_FLAG(double, adamw_lr, dion::defaults::kAdamwLr,
+          "AdamW learning rate of the biases and the output layer");
+ABSL_FLAG(double, weight_decay, dion::defaults::kWeightDecay,
+          "decoupled weight decay of every parameter");
+ABSL_FLAG(double, momentum, dion::defaults::kMomentum, "Dion momentum mu");
+ABSL_FLAG(uint64_t, model_seed, dion::defaults::kModelSeed,
+          "seed of the initial weights and the partition (same on every worker)");
+ABSL_FLAG(uint64_t, seed, 0,
+          "seed of this worker's shuffling and push compression; 0: model_seed * 1000 + "
+          "worker_index");
 ABSL_FLAG(int, max_in_flight, 2,
           "unacknowledged pushes per parameter; beyond that, local steps accumulate");
 ABSL_FLAG(absl::Duration, rpc_deadline, absl::Seconds(10), "deadline of every unary call");
@@ -90,7 +94,7 @@ ABSL_FLAG(bool, evaluate, false,
           "evaluate on the test set every --eval_interval and at the end (default: worker 0 "
           "does, the others do not; this flag forces it on)");
 ABSL_FLAG(bool, no_evaluate, false, "never evaluate, not even on worker 0");
-ABSL_FLAG(double, lookahead, 0,
+ABSL_FLAG(double, lookahead, dion::defaults::kLookahead,
           "staleness compensation: compute each gradient at the replica extrapolated this many "
           "versions ahead along its last step (X + k (X - X_prev)), in [0, 100]; 0: at the "
           "replica as it is (docs/algorithm.md)");
@@ -206,91 +210,191 @@ int Fail(const char* what, const absl::Status& status) {
   return 1;
 }
 
-}  // namespace
-
-int main(int argc, char** argv) {
-  absl::FlagsUsageConfig usage;
-  usage.contains_help_flags = [](absl::string_view path) {
-    return absl::EndsWith(path, "worker/train/main.cc");
-  };
-  absl::SetFlagsUsageConfig(usage);
-  absl::SetProgramUsageMessage(
-      "A dion-ps training worker.\n"
-      "  dion-worker --shards=HOST:PORT[,HOST:PORT...] --worker_index=I --num_workers=W\n"
-      "trains the MLP on partition I of W of Fashion-MNIST against the shards.");
-  std::vector<char*> positional = absl::ParseCommandLine(argc, argv);
-  if (positional.size() > 1) {
-    std::fprintf(stderr, "dion-worker: unexpected argument '%s' (all options are --flags)\n",
-                 positional[1]);
-    return 2;
-  }
+// The checks that need no data: InvalidArgument naming what is wrong.
+absl::Status CheckFlags() {
   const int worker_index = absl::GetFlag(FLAGS_worker_index);
   const int num_workers = absl::GetFlag(FLAGS_num_workers);
   const std::string mode = absl::GetFlag(FLAGS_mode);
   if (num_workers < 1 || worker_index < 0 || worker_index >= num_workers ||
       (mode != "train" && mode != "evaluate") || absl::GetFlag(FLAGS_blas_threads) < 1) {
-    std::fprintf(stderr,
-                 "dion-worker: bad flags: need 0 <= worker_index < num_workers, --mode train or "
-                 "evaluate, blas_threads >= 1 (got worker_index=%d num_workers=%d mode=%s)\n",
-                 worker_index, num_workers, mode.c_str());
-    return 2;
+    return absl::InvalidArgumentError(absl::StrCat(
+        "need 0 <= worker_index < num_workers, --mode train or evaluate, blas_threads >= 1 "
+        "(got worker_index=", worker_index, " num_workers=", num_workers, " mode=", mode, ")"));
   }
-  const double lookahead = absl::GetFlag(FLAGS_lookahead);
-  if (absl::Status s = dion::ValidateLookahead(lookahead); !s.ok()) {
-    std::fprintf(stderr, "dion-worker: bad flags: --%s\n", std::string(s.message()).c_str());
-    return 2;
+  if (absl::Status s = dion::ValidateLookahead(absl::GetFlag(FLAGS_lookahead)); !s.ok()) {
+    return absl::InvalidArgumentError(absl::StrCat("--", s.message()));
   }
   const double target_accuracy = absl::GetFlag(FLAGS_target_accuracy);
   const absl::Duration snapshot_interval = absl::GetFlag(FLAGS_snapshot_interval);
   if (!(target_accuracy >= 0 && target_accuracy <= 1) ||
       snapshot_interval < absl::ZeroDuration() ||
       absl::GetFlag(FLAGS_start_timeout) <= absl::ZeroDuration()) {
-    std::fprintf(stderr,
-                 "dion-worker: bad flags: need --target_accuracy in [0, 1] (0: none), "
-                 "--snapshot_interval >= 0 and --start_timeout > 0 (got %g, %s and %s)\n",
-                 target_accuracy, absl::FormatDuration(snapshot_interval).c_str(),
-                 absl::FormatDuration(absl::GetFlag(FLAGS_start_timeout)).c_str());
-    return 2;
+    return absl::InvalidArgumentError(absl::StrFormat(
+        "need --target_accuracy in [0, 1] (0: none), --snapshot_interval >= 0 and "
+        "--start_timeout > 0 (got %g, %s and %s)",
+        target_accuracy, absl::FormatDuration(snapshot_interval),
+        absl::FormatDuration(absl::GetFlag(FLAGS_start_timeout))));
   }
-  dion::SetBlasThreads(absl::GetFlag(FLAGS_blas_threads));
+  return absl::OkStatus();
+}
 
-  // SIGTERM / SIGINT end training after the current step (and a final flush). A handler that
-  // only sets a lock-free flag, not sigwait: OpenBLAS starts its threads before main, with the
-  // signals unblocked, so a process-directed SIGTERM could land on one of them and kill the
-  // process with the default action.
-  static std::atomic<int> stop_signal{0};
+// SIGTERM / SIGINT set g_stop (training ends after the current step and a final flush), or
+// end the process at once (status 0) before g_connected: until Connect returns nothing has
+// been computed or sent, and a worker waiting for an unreachable shard would otherwise ignore
+// SIGTERM for up to --give_up_after (and Kubernetes would kill it after its grace period).
+// Static: the detached watcher may still run while main returns.
+std::atomic<int> g_stop_signal{0};
+std::atomic<bool> g_stop{false};
+std::atomic<bool> g_connected{false};
+
+// A handler that only sets a lock-free flag, not sigwait: OpenBLAS starts its threads before
+// main, with the signals unblocked, so a process-directed SIGTERM could land on one of them and
+// kill the process with the default action. A detached thread watches the flag.
+void HandleStopSignals() {
   struct sigaction action = {};
-  action.sa_handler = [](int signal_number) { stop_signal.store(signal_number); };
+  action.sa_handler = [](int signal_number) { g_stop_signal.store(signal_number); };
   sigemptyset(&action.sa_mask);
   sigaction(SIGTERM, &action, nullptr);
   sigaction(SIGINT, &action, nullptr);
-  // Static: the detached watcher below may still run while main returns.
-  static std::atomic<bool> stop{false};
-  // Until Connect returns, nothing has been computed or sent, so a stop request ends the process
-  // at once; otherwise a worker waiting for an unreachable shard would ignore SIGTERM for up to
-  // --give_up_after (and Kubernetes would kill it after its grace period).
-  static std::atomic<bool> connected{false};
   std::thread([] {
-    while (stop_signal.load() == 0) absl::SleepFor(absl::Milliseconds(50));
-    const char* name = stop_signal.load() == SIGTERM ? "SIGTERM" : "SIGINT";
-    if (!connected.load()) {
+    while (g_stop_signal.load() == 0) absl::SleepFor(absl::Milliseconds(50));
+    const char* name = g_stop_signal.load() == SIGTERM ? "SIGTERM" : "SIGINT";
+    if (!g_connected.load()) {
       std::fprintf(stderr, "dion-worker: %s received before the shards were reached; exiting\n",
                    name);
       std::fflush(stderr);
       std::_Exit(0);
     }
     std::fprintf(stderr, "dion-worker: %s received, finishing the current step\n", name);
-    stop.store(true);
+    g_stop.store(true);
   }).detach();
+}
+
+// This worker's shuffling seed: --seed, or model_seed * 1000 + worker_index.
+uint64_t WorkerSeed() {
+  if (absl::GetFlag(FLAGS_seed) != 0) return absl::GetFlag(FLAGS_seed);
+  return absl::GetFlag(FLAGS_model_seed) * 1000 +
+         static_cast<uint64_t>(absl::GetFlag(FLAGS_worker_index));
+}
+
+dion::ClientOptions ClientOptionsFromFlags(dion::WorkerMetrics* metrics) {
+  const std::string mode = absl::GetFlag(FLAGS_mode);
+  dion::ClientOptions options;
+  options.shard_addresses =
+      absl::StrSplit(absl::GetFlag(FLAGS_shards), ',', absl::SkipEmpty());
+  options.worker_id = absl::GetFlag(FLAGS_worker_id).empty()
+                          ? absl::StrCat(mode == "evaluate" ? "evaluator-" : "worker-",
+                                         absl::GetFlag(FLAGS_worker_index))
+                          : absl::GetFlag(FLAGS_worker_id);
+  options.compression_rank_fraction = absl::GetFlag(FLAGS_compression_rank_fraction) > 0
+                                          ? absl::GetFlag(FLAGS_compression_rank_fraction)
+                                          : absl::GetFlag(FLAGS_rank_fraction);
+  options.max_in_flight = absl::GetFlag(FLAGS_max_in_flight);
+  options.track_last_step = absl::GetFlag(FLAGS_lookahead) > 0 && mode == "train";
+  options.rpc_deadline = absl::GetFlag(FLAGS_rpc_deadline);
+  options.reconnect.give_up_after = absl::GetFlag(FLAGS_give_up_after);
+  options.seed = WorkerSeed();
+  options.metrics = metrics;
+  return options;
+}
+
+dion::TrainerOptions TrainerOptionsFromFlags() {
+  dion::TrainerOptions trainer;
+  trainer.epochs = absl::GetFlag(FLAGS_epochs);
+  trainer.batch_size = absl::GetFlag(FLAGS_batch_size);
+  trainer.max_steps = absl::GetFlag(FLAGS_max_steps);
+  trainer.synchronous = absl::GetFlag(FLAGS_synchronous);
+  trainer.progress_interval = absl::GetFlag(FLAGS_progress_interval);
+  trainer.evaluate = !absl::GetFlag(FLAGS_no_evaluate) &&
+                     (absl::GetFlag(FLAGS_evaluate) || absl::GetFlag(FLAGS_worker_index) == 0);
+  trainer.eval_interval = absl::GetFlag(FLAGS_eval_interval);
+  trainer.target_accuracy = absl::GetFlag(FLAGS_target_accuracy);
+  trainer.snapshot_interval = absl::GetFlag(FLAGS_snapshot_interval);
+  trainer.lookahead = absl::GetFlag(FLAGS_lookahead);
+  trainer.seed = WorkerSeed();
+  return trainer;
+}
+
+// --mode=evaluate: the test-set accuracy of the shards' current weights.
+int EvaluateOnce(dion::Client& client, const dion::Dataset& test) {
+  std::vector<dion::Matrix> weights;
+  client.CopyWeights(&weights);
+  std::vector<const dion::Matrix*> views;
+  for (const dion::Matrix& w : weights) views.push_back(&w);
+  absl::StatusOr<dion::Evaluation> e = dion::Evaluate(views, test, 1000);
+  if (!e.ok()) return Fail("evaluation failed", e.status());
+  std::printf("%s\n", dion::FormatEvaluationLine({e->samples, e->loss, e->accuracy}).c_str());
+  std::printf("test accuracy: %.2f%%\n", 100.0 * e->accuracy);
+  return 0;
+}
+
+// This worker's partition of the training set (the same split on every worker: model_seed).
+absl::StatusOr<dion::Dataset> MyPartition(const dion::Dataset& train, dion::PartitionKind kind) {
+  dion::PartitionOptions partition;
+  partition.kind = kind;
+  partition.alpha = absl::GetFlag(FLAGS_dirichlet_alpha);
+  partition.seed = absl::GetFlag(FLAGS_model_seed);
+  absl::StatusOr<std::vector<int64_t>> indices = dion::PartitionIndices(
+      train.labels, train.num_classes, absl::GetFlag(FLAGS_num_workers),
+      absl::GetFlag(FLAGS_worker_index), partition);
+  if (!indices.ok()) return indices.status();
+  return dion::Subset(train, *indices);
+}
+
+// --mode=train: waits for --start_file, trains on this worker's partition of data.train,
+// prints progress lines.
+int TrainOnPartition(dion::Client& client, const dion::ClientOptions& options, Data& data,
+                     dion::WorkerMetrics& metrics) {
+  absl::StatusOr<dion::PartitionKind> kind =
+      dion::ParsePartitionKind(absl::GetFlag(FLAGS_partition));
+  if (!kind.ok()) return Fail("bad --partition", kind.status());
+  absl::StatusOr<dion::Dataset> mine = MyPartition(data.train, *kind);
+  if (!mine.ok()) return Fail("cannot partition the training set", mine.status());
+  std::fprintf(stderr,
+               "dion-worker: %s training on %lld of %lld samples (%s partition), %zu shard(s)\n",
+               options.worker_id.c_str(), static_cast<long long>(mine->size()),
+               static_cast<long long>(data.train.size()),
+               absl::GetFlag(FLAGS_partition).c_str(), options.shard_addresses.size());
+  data.train = dion::Dataset{};  // only `mine` is used from here on (~190 MB for Fashion-MNIST)
+  if (const std::string start_file = absl::GetFlag(FLAGS_start_file); !start_file.empty()) {
+    if (!WaitForStartFile(start_file, absl::GetFlag(FLAGS_start_timeout), g_stop)) {
+      return g_stop.load() ? 0 : 1;  // stopped before the first step: nothing to flush
+    }
+  }
+  const int worker_index = absl::GetFlag(FLAGS_worker_index);
+  absl::StatusOr<dion::TrainerProgress> result = dion::Train(
+      client, *mine, &data.test, TrainerOptionsFromFlags(), &metrics,
+      [worker_index](const dion::TrainerProgress& p) {
+        const std::string line = dion::FormatProgressLine(dion::ToProgressLine(worker_index, p));
+        std::printf("%s\n", line.c_str());
+        std::fflush(stdout);
+      },
+      &g_stop);
+  if (!result.ok()) return Fail("training stopped", result.status());
+  if (result->evaluation.has_value()) {
+    std::printf("test accuracy: %.2f%%\n", 100.0 * result->evaluation->accuracy);
+  }
+  client.Close();
+  return 0;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  dion::ParseCommandLineOrExit(
+      argc, argv,
+      {"dion-worker", "worker/train/main.cc",
+       "A dion-ps training worker.\n"
+       "  dion-worker --shards=HOST:PORT[,HOST:PORT...] --worker_index=I --num_workers=W\n"
+       "trains the MLP on partition I of W of Fashion-MNIST against the shards."});
+  if (absl::Status s = CheckFlags(); !s.ok()) return dion::BadFlags("dion-worker", s.message());
+  dion::SetBlasThreads(absl::GetFlag(FLAGS_blas_threads));
+  HandleStopSignals();
 
   absl::StatusOr<Data> data = LoadData();
   if (!data.ok()) return Fail("cannot load the data", data.status());
   absl::StatusOr<dion::ModelTable> table = ModelFor(data->train);
-  if (!table.ok()) {
-    std::fprintf(stderr, "dion-worker: bad flags: %s\n",
-                 std::string(table.status().message()).c_str());
-    return 2;
-  }
+  if (!table.ok()) return dion::BadFlags("dion-worker", table.status().message());
 
   dion::WorkerMetrics metrics;
   std::unique_ptr<dion::MetricsServer> metrics_server;
@@ -300,91 +404,11 @@ int main(int argc, char** argv) {
     if (!started.ok()) return Fail("cannot serve metrics", started.status());
     metrics_server = *std::move(started);
   }
-
-  dion::ClientOptions options;
-  options.shard_addresses =
-      absl::StrSplit(absl::GetFlag(FLAGS_shards), ',', absl::SkipEmpty());
-  options.worker_id = absl::GetFlag(FLAGS_worker_id).empty()
-                          ? absl::StrCat(mode == "evaluate" ? "evaluator-" : "worker-",
-                                         worker_index)
-                          : absl::GetFlag(FLAGS_worker_id);
-  const double rank_fraction = absl::GetFlag(FLAGS_rank_fraction);
-  options.compression_rank_fraction = absl::GetFlag(FLAGS_compression_rank_fraction) > 0
-                                          ? absl::GetFlag(FLAGS_compression_rank_fraction)
-                                          : rank_fraction;
-  options.max_in_flight = absl::GetFlag(FLAGS_max_in_flight);
-  options.track_last_step = lookahead > 0 && mode == "train";
-  options.rpc_deadline = absl::GetFlag(FLAGS_rpc_deadline);
-  options.reconnect.give_up_after = absl::GetFlag(FLAGS_give_up_after);
-  const uint64_t seed = absl::GetFlag(FLAGS_seed) != 0 ? absl::GetFlag(FLAGS_seed)
-                                                      : 1 + static_cast<uint64_t>(worker_index);
-  options.seed = seed;
-  options.metrics = &metrics;
+  const dion::ClientOptions options = ClientOptionsFromFlags(&metrics);
   absl::StatusOr<std::unique_ptr<dion::Client>> client = dion::Client::Connect(*table, options);
   if (!client.ok()) return Fail("cannot connect to the shards", client.status());
-  connected.store(true);
+  g_connected.store(true);
 
-  if (mode == "evaluate") {
-    std::vector<dion::Matrix> weights;
-    (*client)->CopyWeights(&weights);
-    std::vector<const dion::Matrix*> views;
-    for (const dion::Matrix& w : weights) views.push_back(&w);
-    absl::StatusOr<dion::Evaluation> e = dion::Evaluate(views, data->test, 1000);
-    if (!e.ok()) return Fail("evaluation failed", e.status());
-    std::printf("%s\n", dion::FormatEvaluationLine({e->samples, e->loss, e->accuracy}).c_str());
-    std::printf("test accuracy: %.2f%%\n", 100.0 * e->accuracy);
-    return 0;
-  }
-
-  absl::StatusOr<dion::PartitionKind> kind =
-      dion::ParsePartitionKind(absl::GetFlag(FLAGS_partition));
-  if (!kind.ok()) return Fail("bad --partition", kind.status());
-  dion::PartitionOptions partition;
-  partition.kind = *kind;
-  partition.alpha = absl::GetFlag(FLAGS_dirichlet_alpha);
-  partition.seed = absl::GetFlag(FLAGS_model_seed);  // the same split on every worker
-  absl::StatusOr<std::vector<int64_t>> indices = dion::PartitionIndices(
-      data->train.labels, data->train.num_classes, num_workers, worker_index, partition);
-  if (!indices.ok()) return Fail("cannot partition the training set", indices.status());
-  const dion::Dataset mine = dion::Subset(data->train, *indices);
-
-  dion::TrainerOptions trainer;
-  trainer.epochs = absl::GetFlag(FLAGS_epochs);
-  trainer.batch_size = absl::GetFlag(FLAGS_batch_size);
-  trainer.max_steps = absl::GetFlag(FLAGS_max_steps);
-  trainer.synchronous = absl::GetFlag(FLAGS_synchronous);
-  trainer.progress_interval = absl::GetFlag(FLAGS_progress_interval);
-  trainer.evaluate = !absl::GetFlag(FLAGS_no_evaluate) &&
-                     (absl::GetFlag(FLAGS_evaluate) || worker_index == 0);
-  trainer.eval_interval = absl::GetFlag(FLAGS_eval_interval);
-  trainer.target_accuracy = target_accuracy;
-  trainer.snapshot_interval = snapshot_interval;
-  trainer.lookahead = lookahead;
-  trainer.seed = seed;
-  std::fprintf(stderr,
-               "dion-worker: %s training on %lld of %lld samples (%s partition), %zu shard(s)\n",
-               options.worker_id.c_str(), static_cast<long long>(mine.size()),
-               static_cast<long long>(data->train.size()),
-               absl::GetFlag(FLAGS_partition).c_str(), options.shard_addresses.size());
-  data->train = dion::Dataset{};  // only `mine` is used from here on (~190 MB for Fashion-MNIST)
-  if (const std::string start_file = absl::GetFlag(FLAGS_start_file); !start_file.empty()) {
-    if (!WaitForStartFile(start_file, absl::GetFlag(FLAGS_start_timeout), stop)) {
-      if (stop.load()) return 0;  // stopped before the first step: nothing to flush
-      return 1;
-    }
-  }
-  absl::StatusOr<dion::TrainerProgress> result = dion::Train(
-      **client, mine, &data->test, trainer, &metrics,
-      [worker_index](const dion::TrainerProgress& p) {
-        const std::string line = dion::FormatProgressLine(dion::ToProgressLine(worker_index, p));
-        std::printf("%s\n", line.c_str());
-        std::fflush(stdout);
-      },
-      &stop);
-  if (!result.ok()) return Fail("training stopped", result.status());
-  if (result->evaluation.has_value()) {
-    std::printf("test accuracy: %.2f%%\n", 100.0 * result->evaluation->accuracy);
-  }
-  (*client)->Close();
-  return 0;
+  if (absl::GetFlag(FLAGS_mode) == "evaluate") return EvaluateOnce(**client, data->test);
+  return TrainOnPartition(**client, options, *data, metrics);
 }
