@@ -2,7 +2,7 @@
 // (grpc.health.v1) and server reflection, and the Prometheus endpoint. Used by the dion-server
 // binary (server/main.cc) and by the integration tests, which start it on 127.0.0.1:0.
 //
-// Shutdown order (SYSTEM.md graceful shutdown): health NOT_SERVING, the shard refuses new
+// Shutdown order (docs/server.md, "Shutdown"): health NOT_SERVING, the shard refuses new
 // contributions and ends the subscriptions, gRPC stops accepting calls and waits up to
 // `shutdown_grace` for running ones, then the shard applies every accepted contribution and
 // writes a last checkpoint.

@@ -1,4 +1,5 @@
-// AdamW and Lion against the formulas of DION.md section 3, evaluated in double in the test.
+// AdamW and Lion against their formulas (docs/algorithm.md, "Other optimizers on the same
+// server"), evaluated in double in the test.
 #include "common/elementwise_optimizers.h"
 
 #include <gtest/gtest.h>
@@ -36,7 +37,7 @@ struct ReferenceAdamW {
   int t = 0;
 };
 
-// DION.md section 3, literally, in double.
+// The AdamW formula of docs/algorithm.md, literally, in double.
 void ReferenceAdamWStep(MatrixD& X, const MatrixD& G, ReferenceAdamW& s, const AdamWConfig& c) {
   s.t += 1;
   for (Eigen::Index i = 0; i < X.rows(); ++i) {

@@ -93,7 +93,7 @@ LowRankFactors PlantedFactors(uint64_t seed) {
 // server's order, by worker and sequence, but not as one stacked GEMM), so the two differ by
 // float rounding (~1e-7 per step), not by any formula. Every contribution has rank 16 >= r:
 // a batch of one contribution never leaves M rank-deficient (P = M Q would then have columns
-// of pure rounding noise, scaled up by the column normalisation: 1-3% apart, issue #3).
+// of pure rounding noise, scaled up by the column normalisation: 1-3% apart).
 TEST(ServerServiceTest, ConcurrentClientsMatchCommonDionAppliedToTheSameBatches) {
   ServerOptions options = TestServerOptions();
   options.shard.batcher.target_workers = 0;

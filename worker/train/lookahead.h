@@ -12,7 +12,7 @@
 
 namespace dion {
 
-// The largest lookahead accepted: far beyond any useful value (4 is dion local's), small
+// The largest lookahead accepted: far beyond any useful value (8 is the default), small
 // enough that the extrapolation stays a float.
 inline constexpr double kMaxLookahead = 100;
 

@@ -8,8 +8,9 @@
 // Each weight is an out x in Matrix, each bias a 1 x out Matrix, and a layer computes
 // Z = A W^T + b on a batch A with one sample per row.
 //
-// Optimizers (DION.md section 3): hidden weights use Dion; biases and the output head use
-// AdamW, since Dion on the head "runs without error but performs poorly".
+// Optimizers (docs/algorithm.md, "Other optimizers on the same server"): hidden weights use
+// Dion; biases and the output head use AdamW, since Dion on the head "runs without error but
+// performs poorly".
 //
 // Thread-safety: the functions are stateless apart from their workspace and gradient
 // outputs; concurrent calls are safe if each uses its own workspace and grads (the
