@@ -2,11 +2,12 @@
 
 namespace dion {
 
-absl::string_view PushResultName(PushResult result) {
-  switch (result) {
-    case PushResult::kAccepted: return "accepted";
-    case PushResult::kDuplicate: return "duplicate";
-    case PushResult::kStale: return "stale";
+absl::string_view PushOutcomeName(PushOutcome outcome) {
+  switch (outcome) {
+    case PushOutcome::kAccepted: return "accepted";
+    case PushOutcome::kDuplicate: return "duplicate";
+    case PushOutcome::kStale: return "stale";
+    case PushOutcome::kRejected: return "rejected";
   }
   return "unknown";
 }

@@ -43,14 +43,17 @@ inline bool SummationOrderLess(const Contribution& a, const Contribution& b) {
   return std::tie(a.worker_id, a.sequence) < std::tie(b.worker_id, b.sequence);
 }
 
-// How the batcher judged a contribution.
-enum class PushResult {
+// How a push ended: the batcher's verdict (accepted, duplicate, stale), or rejected with an
+// error before or by it. The one outcome the shard counts, the metrics label and the service
+// maps to the wire.
+enum class PushOutcome {
   kAccepted,   // in a batch; will be applied exactly once
   kDuplicate,  // this (worker, parameter, sequence) was accepted before; ignored
   kStale,      // staleness above max_staleness; refused, nothing kept
+  kRejected,   // refused with an error status (bad input, shutdown); nothing kept
 };
 
-absl::string_view PushResultName(PushResult result);
+absl::string_view PushOutcomeName(PushOutcome outcome);
 
 // One accepted contribution with its staleness and its weight in the batch mean.
 struct WeightedContribution {

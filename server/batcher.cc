@@ -81,7 +81,7 @@ absl::StatusOr<OfferResult> Batcher::Offer(Contribution contribution) {
         break;
       case SequenceWindow::State::kSeen:
         ++stats_.duplicate;
-        result.result = PushResult::kDuplicate;
+        result.result = PushOutcome::kDuplicate;
         return result;
       case SequenceWindow::State::kUnknown:
         // Neither DUPLICATE (the worker would drop data that may never have been applied) nor
@@ -99,7 +99,7 @@ absl::StatusOr<OfferResult> Batcher::Offer(Contribution contribution) {
   }
   if (staleness_.Refuses(result.staleness)) {
     ++stats_.stale;
-    result.result = PushResult::kStale;
+    result.result = PushOutcome::kStale;
     return result;
   }
 
@@ -108,7 +108,7 @@ absl::StatusOr<OfferResult> Batcher::Offer(Contribution contribution) {
   }
   window->second.Insert(contribution.sequence);
   ++stats_.accepted;
-  result.result = PushResult::kAccepted;
+  result.result = PushOutcome::kAccepted;
   // exp with a tiny tau0 can underflow to 0; keep the weight positive so the mean is defined.
   result.weight =
       std::max(staleness_.Weight(result.staleness), std::numeric_limits<double>::min());

@@ -1,5 +1,5 @@
 // The batcher of one parameter: collects validated contributions into the batch of the next
-// step (DION.md sections 5 and 6).
+// step (docs/server.md, "Batching", "Staleness policies" and "Dedup").
 //
 // For each contribution it
 //   - refuses a base version from the future (OutOfRange, nothing changes);
@@ -80,7 +80,7 @@ struct BatchTargets {
 };
 
 struct OfferResult {
-  PushResult result = PushResult::kAccepted;
+  PushOutcome result = PushOutcome::kAccepted;
   int64_t version = 0;     // version() when the contribution was judged
   int64_t staleness = 0;   // tau
   double weight = 0.0;     // w(tau) (before the sample count and normalisation); 0 unless accepted

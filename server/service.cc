@@ -19,11 +19,12 @@ namespace {
 // quarter of the time left).
 constexpr absl::Duration kPullDeadlineMargin = absl::Milliseconds(250);
 
-v1::PushResult ToProto(PushResult result) {
+v1::PushResult ToProto(PushOutcome result) {
   switch (result) {
-    case PushResult::kAccepted: return v1::PUSH_RESULT_ACCEPTED;
-    case PushResult::kDuplicate: return v1::PUSH_RESULT_DUPLICATE;
-    case PushResult::kStale: return v1::PUSH_RESULT_STALE;
+    case PushOutcome::kAccepted: return v1::PUSH_RESULT_ACCEPTED;
+    case PushOutcome::kDuplicate: return v1::PUSH_RESULT_DUPLICATE;
+    case PushOutcome::kStale: return v1::PUSH_RESULT_STALE;
+    case PushOutcome::kRejected: return v1::PUSH_RESULT_REJECTED;
   }
   return v1::PUSH_RESULT_UNSPECIFIED;
 }
@@ -124,21 +125,23 @@ v1::PushAck ParameterServerService::Judge(const v1::Contribution& request) {
   ack.set_result(ToProto(reply->result));
   ack.set_current_version(reply->applied_version);
   switch (reply->result) {
-    case PushResult::kAccepted:
+    case PushOutcome::kAccepted:
       ack.set_staleness(reply->staleness);
       break;
-    case PushResult::kDuplicate:
+    case PushOutcome::kDuplicate:
       ack.set_message(absl::StrCat("sequence ", request.sequence(), " of worker '",
                                    request.worker_id(), "' for '", request.parameter(),
                                    "' was accepted before; not applied again"));
       break;
-    case PushResult::kStale:
+    case PushOutcome::kStale:
       ack.set_staleness(reply->staleness);
       ack.set_message(absl::StrCat(
           "staleness ", reply->staleness, " (version of the open batch ", reply->batch_version,
           " - base_version ", request.base_version(), ") exceeds max_staleness ",
           shard_->options().batcher.staleness.max_staleness,
           "; restore the contribution into the residual and resync"));
+      break;
+    case PushOutcome::kRejected:  // Push answers an error status instead
       break;
   }
   return ack;

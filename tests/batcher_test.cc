@@ -43,7 +43,7 @@ BatcherOptions OnlyDeadline(absl::Duration deadline = absl::Seconds(1)) {
 OfferResult Accept(Batcher& batcher, Contribution c) {
   absl::StatusOr<OfferResult> result = batcher.Offer(std::move(c));
   EXPECT_TRUE(result.ok()) << result.status();
-  EXPECT_EQ(result->result, PushResult::kAccepted);
+  EXPECT_EQ(result->result, PushOutcome::kAccepted);
   return *std::move(result);
 }
 
@@ -134,12 +134,12 @@ TEST(Batcher, DuplicateSequenceIsAcknowledgedAndAppliedOnce) {
   Accept(batcher, Make("w", 7, 0, 1));
   const absl::StatusOr<OfferResult> again = batcher.Offer(Make("w", 7, 0, 1));
   ASSERT_TRUE(again.ok());
-  EXPECT_EQ(again->result, PushResult::kDuplicate);
+  EXPECT_EQ(again->result, PushOutcome::kDuplicate);
   // A duplicate of a contribution already in a closed batch is still a duplicate.
   const std::optional<Batch> batch = batcher.Flush();
   ASSERT_TRUE(batch.has_value());
   EXPECT_EQ(batch->entries.size(), 1u);
-  EXPECT_EQ(batcher.Offer(Make("w", 7, 1, 1))->result, PushResult::kDuplicate);
+  EXPECT_EQ(batcher.Offer(Make("w", 7, 1, 1))->result, PushOutcome::kDuplicate);
   const BatcherStats stats = batcher.stats();
   EXPECT_EQ(stats.accepted, 1);
   EXPECT_EQ(stats.duplicate, 2);
@@ -174,7 +174,7 @@ TEST(Batcher, StaleContributionIsRefusedAndChangesNothing) {
 
   const absl::StatusOr<OfferResult> stale = batcher.Offer(Make("w", 1, 0, 10));  // tau 3 > 2
   ASSERT_TRUE(stale.ok());
-  EXPECT_EQ(stale->result, PushResult::kStale);
+  EXPECT_EQ(stale->result, PushOutcome::kStale);
   EXPECT_EQ(stale->version, 3);
   EXPECT_EQ(stale->staleness, 3);
   EXPECT_FALSE(stale->closed.has_value());
@@ -192,7 +192,7 @@ TEST(Batcher, StaleContributionIsRefusedAndChangesNothing) {
     EXPECT_EQ(after_dedup[i].seen, before_dedup[i].seen);
   }
   // Not remembered: the same sequence computed against a fresh version is accepted.
-  EXPECT_EQ(batcher.Offer(Make("w", 1, 2, 10))->result, PushResult::kAccepted);
+  EXPECT_EQ(batcher.Offer(Make("w", 1, 2, 10))->result, PushOutcome::kAccepted);
 }
 
 TEST(Batcher, RefusesBaseVersionFromTheFutureWithOutOfRange) {
@@ -364,10 +364,10 @@ TEST(Batcher, DedupStateSurvivesExportAndImport) {
   Batcher restored(kParameter, OnlyDeadline(), 0, &clock);
   restored.ImportDedup(batcher.ExportDedup());
   for (uint64_t s : {0, 1, 2, 9}) {
-    EXPECT_EQ(restored.Offer(Make("a", s, 0, 1))->result, PushResult::kDuplicate) << s;
+    EXPECT_EQ(restored.Offer(Make("a", s, 0, 1))->result, PushOutcome::kDuplicate) << s;
   }
-  EXPECT_EQ(restored.Offer(Make("b", 4, 0, 1))->result, PushResult::kDuplicate);
-  EXPECT_EQ(restored.Offer(Make("a", 3, 0, 1))->result, PushResult::kAccepted);
+  EXPECT_EQ(restored.Offer(Make("b", 4, 0, 1))->result, PushOutcome::kDuplicate);
+  EXPECT_EQ(restored.Offer(Make("a", 3, 0, 1))->result, PushOutcome::kAccepted);
 }
 
 // Before the fix, a sequence the window's floor was forced past without it ever arriving was
@@ -398,7 +398,7 @@ TEST(Batcher, SequenceBelowAForcedDedupFloorIsRefusedDataLossNotDuplicate) {
   EXPECT_EQ(batcher.ExportDedup()[0].seen, before_dedup[0].seen);
   EXPECT_EQ(batcher.Offer(Make("w", 5, 0, 1)).status().code(), absl::StatusCode::kDataLoss);
   // Sequences of the window are still judged normally; other workers are unaffected.
-  EXPECT_EQ(batcher.Offer(Make("w", 20, 0, 1))->result, PushResult::kDuplicate);
+  EXPECT_EQ(batcher.Offer(Make("w", 20, 0, 1))->result, PushOutcome::kDuplicate);
   Accept(batcher, Make("w", 14, 0, 1));
   Accept(batcher, Make("other", 5, 0, 1));
 }
@@ -415,7 +415,7 @@ TEST(Batcher, ForcedDedupFloorSurvivesExportAndImport) {
   Batcher restored(kParameter, options, 0, &clock);
   restored.ImportDedup(exported);
   EXPECT_EQ(restored.Offer(Make("w", 1, 0, 1)).status().code(), absl::StatusCode::kDataLoss);
-  EXPECT_EQ(restored.Offer(Make("w", 30, 0, 1))->result, PushResult::kDuplicate);
+  EXPECT_EQ(restored.Offer(Make("w", 30, 0, 1))->result, PushOutcome::kDuplicate);
 }
 
 // --adaptive_batching defaults to true (server/main.cc); the option struct must agree, or a
@@ -457,8 +457,8 @@ TEST(Batcher, ConcurrentRetriesAreAcceptedExactlyOnce) {
         for (int attempt = 0; attempt < 2; ++attempt) {
           absl::StatusOr<OfferResult> r = batcher.Offer(Make(absl::StrCat("w", t), s, 0, 1));
           ASSERT_TRUE(r.ok()) << r.status();
-          if (r->result == PushResult::kAccepted) ++accepted;
-          if (r->result == PushResult::kDuplicate) ++duplicates;
+          if (r->result == PushOutcome::kAccepted) ++accepted;
+          if (r->result == PushOutcome::kDuplicate) ++duplicates;
           if (r->closed) {
             MutexLock lock(&mu);
             in_batches += static_cast<int64_t>(r->closed->entries.size());
