@@ -64,7 +64,7 @@ grpc::Status ParameterServerService::RegisterModel(grpc::ServerContext* context,
       return ToGrpcStatus(s);
     }
   }
-  absl::StatusOr<ModelInfo> model = shard_->store().model();
+  absl::StatusOr<ModelInfo> model = shard_->model();
   if (!model.ok()) return ToGrpcStatus(model.status());
   response->set_newly_registered(*newly);
   LayoutToProto(model->layout, response->mutable_layout());
@@ -75,7 +75,7 @@ grpc::Status ParameterServerService::RegisterModel(grpc::ServerContext* context,
 grpc::Status ParameterServerService::GetLayout(grpc::ServerContext* context,
                                                const v1::GetLayoutRequest* request,
                                                v1::GetLayoutResponse* response) {
-  absl::StatusOr<ModelInfo> model = shard_->store().model();
+  absl::StatusOr<ModelInfo> model = shard_->model();
   if (!model.ok()) return ToGrpcStatus(model.status());
   response->set_model_name(model->model_name);
   LayoutToProto(model->layout, response->mutable_layout());
@@ -111,12 +111,12 @@ v1::PushAck ParameterServerService::Judge(const v1::Contribution& request) {
     ack.set_status_code(static_cast<int32_t>(status.code()));
     ack.set_message(std::string(status.message()));
     // The applied version, as for every other result; 0 for a parameter this shard lacks.
-    ack.set_current_version(shard_->store().Version(request.parameter()).value_or(0));
+    ack.set_current_version(shard_->Version(request.parameter()).value_or(0));
     return ack;
   };
   // The spec first: it decides how a dense gradient's shape is read, and a missing model or
   // an unknown parameter is the more useful answer than a complaint about the payload.
-  absl::StatusOr<const ParamSpec*> spec = shard_->store().FindSpec(request.parameter());
+  absl::StatusOr<const ParamSpec*> spec = shard_->FindSpec(request.parameter());
   if (!spec.ok()) return reject(spec.status(), false);
   absl::StatusOr<Contribution> contribution = ContributionFromProto(request, *spec);
   if (!contribution.ok()) return reject(contribution.status(), false);
@@ -184,9 +184,9 @@ grpc::Status ParameterServerService::Subscribe(grpc::ServerContext* context,
   if (!subscription.ok()) return ToGrpcStatus(subscription.status());
   absl::flat_hash_map<std::string, std::vector<int64_t>> shapes;
   for (const std::string& parameter : (*subscription)->parameters()) {
-    absl::StatusOr<ParamSpec> spec = shard_->store().Spec(parameter);
+    absl::StatusOr<const ParamSpec*> spec = shard_->FindSpec(parameter);
     if (!spec.ok()) return ToGrpcStatus(spec.status());
-    shapes[parameter] = spec->shape;
+    shapes[parameter] = (*spec)->shape;
   }
   v1::VersionUpdate message;
   while (!context->IsCancelled()) {
@@ -216,10 +216,10 @@ grpc::Status ParameterServerService::Pull(grpc::ServerContext* context,
   std::vector<std::string> parameters(request->parameters().begin(),
                                       request->parameters().end());
   if (parameters.empty()) {
-    if (!shard_->store().model_registered()) {
+    if (!shard_->model_registered()) {
       return grpc::Status(grpc::StatusCode::FAILED_PRECONDITION, "no model is registered");
     }
-    parameters = shard_->store().OwnedParameters();
+    parameters = shard_->OwnedParameters();
   }
   if (request->min_version() < 0) {
     return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT,
@@ -228,7 +228,7 @@ grpc::Status ParameterServerService::Pull(grpc::ServerContext* context,
   }
   // Every name is checked before anything is sent, so a bad request sends nothing.
   for (const std::string& parameter : parameters) {
-    if (absl::StatusOr<ParamSpec> spec = shard_->store().Spec(parameter); !spec.ok()) {
+    if (absl::StatusOr<const ParamSpec*> spec = shard_->FindSpec(parameter); !spec.ok()) {
       return ToGrpcStatus(spec.status());
     }
   }

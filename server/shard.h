@@ -140,6 +140,20 @@ class Shard {
   absl::StatusOr<ParameterSnapshot> Snapshot(absl::string_view parameter,
                                              bool include_state) const;
 
+  // What the service needs of the store, with ParameterStore's codes and contracts.
+  bool model_registered() const { return store_->model_registered(); }
+  absl::StatusOr<ModelInfo> model() const { return store_->model(); }
+  // Owned parameters in table order; empty before registration.
+  std::vector<std::string> OwnedParameters() const { return store_->OwnedParameters(); }
+  // The spec of an owned parameter; it lives as long as the shard.
+  absl::StatusOr<const ParamSpec*> FindSpec(absl::string_view parameter) const {
+    return store_->FindSpec(parameter);
+  }
+  // The latest applied version of an owned parameter.
+  absl::StatusOr<int64_t> Version(absl::string_view parameter) const {
+    return store_->Version(parameter);
+  }
+
   // Waits until `parameter` has reached at least `min_version` (applied) or `deadline` passes,
   // and returns the version reached. Errors: the store's codes for an unknown / foreign
   // parameter or no model (FailedPrecondition); DeadlineExceeded naming the parameter, the
@@ -166,7 +180,7 @@ class Shard {
   // checkpoint's status.
   absl::Status Shutdown() ABSL_LOCKS_EXCLUDED(gate_);
 
-  const ParameterStore& store() const { return *store_; }
+  const ParameterStore& store() const { return *store_; }  // tests and tools
   const Broadcaster& broadcaster() const { return *broadcaster_; }
   const ShardOptions& options() const { return options_; }
 
