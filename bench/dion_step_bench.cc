@@ -76,6 +76,21 @@ double Seconds(F&& f) {
   return std::chrono::duration<double>(Clock::now() - start).count();
 }
 
+// DionStep's phases, timed from outside through its phase_end callback.
+struct PhaseSeconds {
+  double power = 0, ortho = 0, update = 0;  // the rest of a step is in no phase here
+  Clock::time_point lap = Clock::now();
+
+  void End(DionPhase phase) {
+    const Clock::time_point now = Clock::now();
+    const double seconds = std::chrono::duration<double>(now - lap).count();
+    lap = now;
+    if (phase == DionPhase::kPowerIteration) power += seconds;
+    if (phase == DionPhase::kOrthonormalize) ortho += seconds;
+    if (phase == DionPhase::kUpdate) update += seconds;
+  }
+};
+
 double Median(std::vector<double> v) {
   if (v.empty()) return NAN;
   std::sort(v.begin(), v.end());
@@ -121,8 +136,8 @@ struct Row {
   double step_min = 0, gemm_min = 0, gemm_rep_median = 0;
   double gemm_pq = 0, gemm_btp = 0, gemm_m = 0, gemm_x = 0;
   double finite = 0, factor_checks = 0, b_pass = 0, ortho = 0, colnorm = 0;
-  // The step's own phase timers (DionStepResult), medians: where inside DionStep the time
-  // goes, to compare with the isolated timings above.
+  // The step's phases (timed through DionStep's phase_end), medians: where inside DionStep
+  // the time goes, to compare with the isolated timings above.
   double in_power = 0, in_ortho = 0, in_update = 0, in_rest = 0;
   int ortho_fallback_steps = 0;  // timed steps whose orthonormalization fell back
   std::string ortho_used;        // method(s) the timed steps reported
@@ -165,7 +180,11 @@ Row BenchDion(int64_t n, int r, double fraction, int reps, const DionConfig& con
     const double t_b = Seconds([&] { B.noalias() = state.M + G; });
 
     absl::StatusOr<DionStepResult> result;
-    const double t_step = Seconds([&] { result = DionStep(X, G, state, config); });
+    PhaseSeconds phases;
+    const double t_step = Seconds([&] {
+      phases.lap = Clock::now();
+      result = DionStep(X, G, state, config, false, [&](DionPhase p) { phases.End(p); });
+    });
     if (!result.ok() || !all_finite) {
       absl::FPrintF(stderr, "DionStep failed at n=%d r=%d: %s\n", n, r,
                     result.status().ToString());
@@ -198,11 +217,10 @@ Row BenchDion(int64_t n, int r, double fraction, int reps, const DionConfig& con
     b_pass.push_back(t_b);
     ortho.push_back(t_ortho);
     colnorm.push_back(t_colnorm);
-    in_power.push_back(result->power_iteration_seconds);
-    in_ortho.push_back(result->orthonormalize_seconds);
-    in_update.push_back(result->update_seconds);
-    in_rest.push_back(t_step - result->power_iteration_seconds - result->orthonormalize_seconds -
-                      result->update_seconds);
+    in_power.push_back(phases.power);
+    in_ortho.push_back(phases.ortho);
+    in_update.push_back(phases.update);
+    in_rest.push_back(t_step - phases.power - phases.ortho - phases.update);
     if (result->ortho.fallbacks > 0) ++row.ortho_fallback_steps;
     const std::string name(OrthoMethodName(result->ortho.used));
     if (std::find(used.begin(), used.end(), name) == used.end()) used.push_back(name);

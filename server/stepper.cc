@@ -117,6 +117,18 @@ Matrix WeightedMeanGradient(const std::vector<const WeightedContribution*>& entr
   return G;
 }
 
+// Where the time of a Dion phase is added up; nullptr for time outside the report's phases.
+absl::Duration* PhaseTotal(StepReport& report, DionPhase phase) {
+  switch (phase) {
+    case DionPhase::kPowerIteration: return &report.power_iteration;
+    case DionPhase::kOrthonormalize: return &report.orthonormalize;
+    case DionPhase::kUpdate: return &report.update;
+    case DionPhase::kMomentum:  // DionStep only; the stepper folds into M itself
+    case DionPhase::kDiagnostic: return nullptr;
+  }
+  return nullptr;
+}
+
 }  // namespace
 
 OptimizerState InitOptimizerState(const ParamSpec& spec, uint64_t seed) {
@@ -159,10 +171,14 @@ absl::StatusOr<StepReport> ApplyWeightedStep(const ParamSpec& spec,
     FoldLowRankIntoMomentum(ordered, dion.M);
     const absl::Time folded = absl::Now();
     report.aggregate = folded - start;
-    DionStepResult result = DionStepFromMomentum(X, dion, spec.dion, measure_ortho_error);
-    report.power_iteration = absl::Seconds(result.power_iteration_seconds);
-    report.orthonormalize = absl::Seconds(result.orthonormalize_seconds);
-    report.update = absl::Seconds(result.update_seconds);
+    absl::Time lap = folded;
+    const auto phase_end = [&](DionPhase phase) {
+      const absl::Time now = absl::Now();
+      if (absl::Duration* total = PhaseTotal(report, phase)) *total += now - lap;
+      lap = now;
+    };
+    DionStepResult result =
+        DionStepFromMomentum(X, dion, spec.dion, measure_ortho_error, phase_end);
     report.ortho = result.ortho;
     report.ortho_error = result.ortho_error;
     if (result.applied) {
