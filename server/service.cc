@@ -118,7 +118,9 @@ v1::PushAck ParameterServerService::Judge(const v1::Contribution& request) {
   // an unknown parameter is the more useful answer than a complaint about the payload.
   absl::StatusOr<const ParamSpec*> spec = shard_->FindSpec(request.parameter());
   if (!spec.ok()) return reject(spec.status(), false);
-  absl::StatusOr<Contribution> contribution = ContributionFromProto(request, *spec);
+  // Structure only: Shard::Push validates the values, once.
+  absl::StatusOr<Contribution> contribution =
+      ContributionFromProto(request, *spec, PayloadValues::kLeaveToValidation);
   if (!contribution.ok()) return reject(contribution.status(), false);
   absl::StatusOr<PushReply> reply = shard_->Push(*std::move(contribution));
   if (!reply.ok()) return reject(reply.status(), true);

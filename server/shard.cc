@@ -184,11 +184,12 @@ absl::StatusOr<PushReply> Shard::Push(Contribution contribution) {
     accounting_.Count(source, reply->result, loss);
     return reply;
   }
-  if (absl::Status s = store_->ValidateContribution(contribution); !s.ok()) return refuse(s);
+  absl::StatusOr<ValidatedContribution> valid = store_->Validate(std::move(contribution));
+  if (!valid.ok()) return refuse(valid.status());
   // Read before the offer: the batcher's version is never behind it then, whereas a batch this
   // contribution closes may be applied before a later read.
   const int64_t applied_version = store_->Version(parameter).value_or(0);
-  absl::StatusOr<OfferResult> offer = lane->batcher->Offer(std::move(contribution));
+  absl::StatusOr<OfferResult> offer = lane->batcher->Offer(*std::move(valid));
   if (!offer.ok()) return refuse(offer.status());
   accounting_.Count(source, offer->result, loss);
   if (metrics_ != nullptr && offer->result != PushOutcome::kDuplicate) {

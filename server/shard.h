@@ -121,7 +121,7 @@ class Shard {
   absl::StatusOr<bool> RegisterModel(const ModelTable& table) ABSL_LOCKS_EXCLUDED(gate_);
   absl::Status RegisterWorker(absl::string_view worker_id);
 
-  // Validates a contribution (ParameterStore::ValidateContribution codes) and offers it to
+  // Validates a contribution (ParameterStore::Validate codes) and offers it to
   // its parameter's batcher; a batch it completes goes to the compute pool. Waits first while
   // the parameter has max_pending_batches closed batches waiting (backpressure, file comment).
   // Unavailable once shutdown began. Every outcome, errors included, is counted (Status(),

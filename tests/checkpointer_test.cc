@@ -120,8 +120,10 @@ std::vector<PushOutcome> PushToAll(Shard& shard, const std::string& worker, uint
     const ParamSpec spec = shard.store->Spec(owned[i]).value();
     Contribution c =
         MakeContribution(spec, worker, sequence, shard.store->Version(owned[i]).value());
-    EXPECT_TRUE(shard.store->ValidateContribution(c).ok());
-    absl::StatusOr<OfferResult> offered = shard.batchers[i]->Offer(std::move(c));
+    absl::StatusOr<ValidatedContribution> valid = shard.store->Validate(std::move(c));
+    EXPECT_TRUE(valid.ok()) << valid.status();
+    if (!valid.ok()) continue;
+    absl::StatusOr<OfferResult> offered = shard.batchers[i]->Offer(*std::move(valid));
     EXPECT_TRUE(offered.ok()) << offered.status();
     if (!offered.ok()) continue;
     results.push_back(offered->result);
