@@ -150,6 +150,38 @@ struct Row {
   double Rest() const { return finite + factor_checks + b_pass + ortho + colnorm; }
 };
 
+// Per-repetition timings of BenchDion, seconds.
+struct Samples {
+  std::vector<double> step, gemm, pq, btp, gm, gx, finite, checks, b_pass, ortho, colnorm;
+  std::vector<double> in_power, in_ortho, in_update, in_rest;
+};
+
+// The medians of `s`, and the minima of the noise checks, into `row`.
+void Summarise(const Samples& s, Row& row) {
+  const auto min_of = [](const std::vector<double>& v) {
+    return *std::min_element(v.begin(), v.end());
+  };
+  row.step = Median(s.step);
+  row.step_min = min_of(s.step);
+  row.gemm_min = min_of(s.pq) + min_of(s.btp) + min_of(s.gm) + min_of(s.gx);
+  row.gemm_rep_median = Median(s.gemm);
+  row.gemm_pq = Median(s.pq);
+  row.gemm_btp = Median(s.btp);
+  row.gemm_m = Median(s.gm);
+  row.gemm_x = Median(s.gx);
+  // The brief's GEMM-bound: the sum of the four medians (robust to one slow call).
+  row.gemm = row.gemm_pq + row.gemm_btp + row.gemm_m + row.gemm_x;
+  row.finite = Median(s.finite);
+  row.factor_checks = Median(s.checks);
+  row.b_pass = Median(s.b_pass);
+  row.ortho = Median(s.ortho);
+  row.colnorm = Median(s.colnorm);
+  row.in_power = Median(s.in_power);
+  row.in_ortho = Median(s.in_ortho);
+  row.in_update = Median(s.in_update);
+  row.in_rest = Median(s.in_rest);
+}
+
 Row BenchDion(int64_t n, int r, double fraction, int reps, const DionConfig& config,
               uint64_t seed) {
   Row row;
@@ -169,8 +201,7 @@ Row BenchDion(int64_t n, int r, double fraction, int reps, const DionConfig& con
   Matrix B(n, n), Q0(n, r), P(n, r), Po(n, r), R(n, r), Qn(n, r);
   Matrix Mg = Matrix::Zero(n, n), Xg = X;
 
-  std::vector<double> step, gemm, pq, btp, gm, gx, finite, checks, b_pass, ortho, colnorm;
-  std::vector<double> in_power, in_ortho, in_update, in_rest;
+  Samples samples;
   std::vector<std::string> used;
   for (int rep = -1; rep < reps; ++rep) {  // rep -1 is the warm-up
     FillGradient(G, MixSeed(seed, 4, rep + 1));
@@ -206,47 +237,26 @@ Row BenchDion(int64_t n, int r, double fraction, int reps, const DionConfig& con
     const double t_x = Seconds([&] { Gemm(Trans::kNo, Trans::kYes, -scale, Po, Qn, decay, Xg); });
     if (rep < 0) continue;
 
-    step.push_back(t_step);
-    pq.push_back(t_pq);
-    btp.push_back(t_btp);
-    gm.push_back(t_m);
-    gx.push_back(t_x);
-    gemm.push_back(t_pq + t_btp + t_m + t_x);
-    finite.push_back(t_finite);
-    checks.push_back(t_checks);
-    b_pass.push_back(t_b);
-    ortho.push_back(t_ortho);
-    colnorm.push_back(t_colnorm);
-    in_power.push_back(phases.power);
-    in_ortho.push_back(phases.ortho);
-    in_update.push_back(phases.update);
-    in_rest.push_back(t_step - phases.power - phases.ortho - phases.update);
+    samples.step.push_back(t_step);
+    samples.pq.push_back(t_pq);
+    samples.btp.push_back(t_btp);
+    samples.gm.push_back(t_m);
+    samples.gx.push_back(t_x);
+    samples.gemm.push_back(t_pq + t_btp + t_m + t_x);
+    samples.finite.push_back(t_finite);
+    samples.checks.push_back(t_checks);
+    samples.b_pass.push_back(t_b);
+    samples.ortho.push_back(t_ortho);
+    samples.colnorm.push_back(t_colnorm);
+    samples.in_power.push_back(phases.power);
+    samples.in_ortho.push_back(phases.ortho);
+    samples.in_update.push_back(phases.update);
+    samples.in_rest.push_back(t_step - phases.power - phases.ortho - phases.update);
     if (result->ortho.fallbacks > 0) ++row.ortho_fallback_steps;
     const std::string name(OrthoMethodName(result->ortho.used));
     if (std::find(used.begin(), used.end(), name) == used.end()) used.push_back(name);
   }
-  const auto min_of = [](const std::vector<double>& v) {
-    return *std::min_element(v.begin(), v.end());
-  };
-  row.step = Median(step);
-  row.step_min = min_of(step);
-  row.gemm_min = min_of(pq) + min_of(btp) + min_of(gm) + min_of(gx);
-  row.gemm_rep_median = Median(gemm);
-  row.gemm_pq = Median(pq);
-  row.gemm_btp = Median(btp);
-  row.gemm_m = Median(gm);
-  row.gemm_x = Median(gx);
-  // The brief's GEMM-bound: the sum of the four medians (robust to one slow call).
-  row.gemm = row.gemm_pq + row.gemm_btp + row.gemm_m + row.gemm_x;
-  row.finite = Median(finite);
-  row.factor_checks = Median(checks);
-  row.b_pass = Median(b_pass);
-  row.ortho = Median(ortho);
-  row.colnorm = Median(colnorm);
-  row.in_power = Median(in_power);
-  row.in_ortho = Median(in_ortho);
-  row.in_update = Median(in_update);
-  row.in_rest = Median(in_rest);
+  Summarise(samples, row);
   row.ortho_used = absl::StrJoin(used, "+");
   return row;
 }
@@ -302,7 +312,7 @@ void PrintMarkdown(const std::vector<Row>& rows, int threads, absl::string_view 
 
 void PrintPhases(const std::vector<Row>& rows) {
   absl::PrintF(
-      "\nInside the step (DionStepResult phase timers, medians, ms) next to the same work timed "
+      "\nInside the step (phases timed through phase_end, medians, ms) next to the same work timed "
       "alone\n\n");
   absl::PrintF(
       "| n | r | power iteration: B Q, B^T P, checks, colnorm | alone | orthonormalize | alone | "
