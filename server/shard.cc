@@ -16,7 +16,9 @@ namespace {
 // contribution of a batch anyway, this only bounds the damage of a missed wake-up.
 constexpr absl::Duration kIdleDeadlinePoll = absl::Seconds(1);
 
-bool Periodic(absl::Duration d) { return d > absl::ZeroDuration() && d != absl::InfiniteDuration(); }
+bool Periodic(absl::Duration d) {
+  return d > absl::ZeroDuration() && d != absl::InfiniteDuration();
+}
 
 }  // namespace
 
@@ -145,10 +147,6 @@ absl::StatusOr<bool> Shard::RegisterModel(const ModelTable& table) {
   return newly;
 }
 
-absl::Status Shard::RegisterWorker(absl::string_view worker_id) {
-  return store_->RegisterWorker(worker_id);
-}
-
 void Shard::WaitForRoom(absl::string_view parameter) {
   StepQueue::LaneId lane;
   {
@@ -248,11 +246,6 @@ absl::StatusOr<std::unique_ptr<Subscription>> Shard::Subscribe(
     }
   }
   return broadcaster_->Subscribe(std::move(parameters), have);
-}
-
-absl::StatusOr<ParameterSnapshot> Shard::Snapshot(absl::string_view parameter,
-                                                  bool include_state) const {
-  return store_->Snapshot(parameter, include_state);
 }
 
 absl::StatusOr<int64_t> Shard::WaitForVersion(absl::string_view parameter, int64_t min_version,

@@ -119,7 +119,9 @@ class Shard {
 
   // ParameterStore::RegisterModel, and the batchers of the owned parameters when new.
   absl::StatusOr<bool> RegisterModel(const ModelTable& table) ABSL_LOCKS_EXCLUDED(gate_);
-  absl::Status RegisterWorker(absl::string_view worker_id);
+  absl::Status RegisterWorker(absl::string_view worker_id) {
+    return store_->RegisterWorker(worker_id);
+  }
 
   // Validates a contribution (ParameterStore::Validate codes) and offers it to
   // its parameter's batcher; a batch it completes goes to the compute pool. Waits first while
@@ -138,7 +140,9 @@ class Shard {
       ABSL_LOCKS_EXCLUDED(gate_);
 
   absl::StatusOr<ParameterSnapshot> Snapshot(absl::string_view parameter,
-                                             bool include_state) const;
+                                             bool include_state) const {
+    return store_->Snapshot(parameter, include_state);
+  }
 
   // What the service needs of the store, with ParameterStore's codes and contracts.
   bool model_registered() const { return store_->model_registered(); }
