@@ -76,6 +76,21 @@ double Seconds(F&& f) {
   return std::chrono::duration<double>(Clock::now() - start).count();
 }
 
+// DionStep's phases, timed from outside through its phase_end callback.
+struct PhaseSeconds {
+  double power = 0, ortho = 0, update = 0;  // the rest of a step is in no phase here
+  Clock::time_point lap = Clock::now();
+
+  void End(DionPhase phase) {
+    const Clock::time_point now = Clock::now();
+    const double seconds = std::chrono::duration<double>(now - lap).count();
+    lap = now;
+    if (phase == DionPhase::kPowerIteration) power += seconds;
+    if (phase == DionPhase::kOrthonormalize) ortho += seconds;
+    if (phase == DionPhase::kUpdate) update += seconds;
+  }
+};
+
 double Median(std::vector<double> v) {
   if (v.empty()) return NAN;
   std::sort(v.begin(), v.end());
@@ -121,8 +136,8 @@ struct Row {
   double step_min = 0, gemm_min = 0, gemm_rep_median = 0;
   double gemm_pq = 0, gemm_btp = 0, gemm_m = 0, gemm_x = 0;
   double finite = 0, factor_checks = 0, b_pass = 0, ortho = 0, colnorm = 0;
-  // The step's own phase timers (DionStepResult), medians: where inside DionStep the time
-  // goes, to compare with the isolated timings above.
+  // The step's phases (timed through DionStep's phase_end), medians: where inside DionStep
+  // the time goes, to compare with the isolated timings above.
   double in_power = 0, in_ortho = 0, in_update = 0, in_rest = 0;
   int ortho_fallback_steps = 0;  // timed steps whose orthonormalization fell back
   std::string ortho_used;        // method(s) the timed steps reported
@@ -134,6 +149,38 @@ struct Row {
   double MinRatio() const { return step_min / gemm_min; }
   double Rest() const { return finite + factor_checks + b_pass + ortho + colnorm; }
 };
+
+// Per-repetition timings of BenchDion, seconds.
+struct Samples {
+  std::vector<double> step, gemm, pq, btp, gm, gx, finite, checks, b_pass, ortho, colnorm;
+  std::vector<double> in_power, in_ortho, in_update, in_rest;
+};
+
+// The medians of `s`, and the minima of the noise checks, into `row`.
+void Summarise(const Samples& s, Row& row) {
+  const auto min_of = [](const std::vector<double>& v) {
+    return *std::min_element(v.begin(), v.end());
+  };
+  row.step = Median(s.step);
+  row.step_min = min_of(s.step);
+  row.gemm_min = min_of(s.pq) + min_of(s.btp) + min_of(s.gm) + min_of(s.gx);
+  row.gemm_rep_median = Median(s.gemm);
+  row.gemm_pq = Median(s.pq);
+  row.gemm_btp = Median(s.btp);
+  row.gemm_m = Median(s.gm);
+  row.gemm_x = Median(s.gx);
+  // The brief's GEMM-bound: the sum of the four medians (robust to one slow call).
+  row.gemm = row.gemm_pq + row.gemm_btp + row.gemm_m + row.gemm_x;
+  row.finite = Median(s.finite);
+  row.factor_checks = Median(s.checks);
+  row.b_pass = Median(s.b_pass);
+  row.ortho = Median(s.ortho);
+  row.colnorm = Median(s.colnorm);
+  row.in_power = Median(s.in_power);
+  row.in_ortho = Median(s.in_ortho);
+  row.in_update = Median(s.in_update);
+  row.in_rest = Median(s.in_rest);
+}
 
 Row BenchDion(int64_t n, int r, double fraction, int reps, const DionConfig& config,
               uint64_t seed) {
@@ -154,8 +201,7 @@ Row BenchDion(int64_t n, int r, double fraction, int reps, const DionConfig& con
   Matrix B(n, n), Q0(n, r), P(n, r), Po(n, r), R(n, r), Qn(n, r);
   Matrix Mg = Matrix::Zero(n, n), Xg = X;
 
-  std::vector<double> step, gemm, pq, btp, gm, gx, finite, checks, b_pass, ortho, colnorm;
-  std::vector<double> in_power, in_ortho, in_update, in_rest;
+  Samples samples;
   std::vector<std::string> used;
   for (int rep = -1; rep < reps; ++rep) {  // rep -1 is the warm-up
     FillGradient(G, MixSeed(seed, 4, rep + 1));
@@ -165,7 +211,11 @@ Row BenchDion(int64_t n, int r, double fraction, int reps, const DionConfig& con
     const double t_b = Seconds([&] { B.noalias() = state.M + G; });
 
     absl::StatusOr<DionStepResult> result;
-    const double t_step = Seconds([&] { result = DionStep(X, G, state, config); });
+    PhaseSeconds phases;
+    const double t_step = Seconds([&] {
+      phases.lap = Clock::now();
+      result = DionStep(X, G, state, config, false, [&](DionPhase p) { phases.End(p); });
+    });
     if (!result.ok() || !all_finite) {
       absl::FPrintF(stderr, "DionStep failed at n=%d r=%d: %s\n", n, r,
                     result.status().ToString());
@@ -187,48 +237,26 @@ Row BenchDion(int64_t n, int r, double fraction, int reps, const DionConfig& con
     const double t_x = Seconds([&] { Gemm(Trans::kNo, Trans::kYes, -scale, Po, Qn, decay, Xg); });
     if (rep < 0) continue;
 
-    step.push_back(t_step);
-    pq.push_back(t_pq);
-    btp.push_back(t_btp);
-    gm.push_back(t_m);
-    gx.push_back(t_x);
-    gemm.push_back(t_pq + t_btp + t_m + t_x);
-    finite.push_back(t_finite);
-    checks.push_back(t_checks);
-    b_pass.push_back(t_b);
-    ortho.push_back(t_ortho);
-    colnorm.push_back(t_colnorm);
-    in_power.push_back(result->power_iteration_seconds);
-    in_ortho.push_back(result->orthonormalize_seconds);
-    in_update.push_back(result->update_seconds);
-    in_rest.push_back(t_step - result->power_iteration_seconds - result->orthonormalize_seconds -
-                      result->update_seconds);
+    samples.step.push_back(t_step);
+    samples.pq.push_back(t_pq);
+    samples.btp.push_back(t_btp);
+    samples.gm.push_back(t_m);
+    samples.gx.push_back(t_x);
+    samples.gemm.push_back(t_pq + t_btp + t_m + t_x);
+    samples.finite.push_back(t_finite);
+    samples.checks.push_back(t_checks);
+    samples.b_pass.push_back(t_b);
+    samples.ortho.push_back(t_ortho);
+    samples.colnorm.push_back(t_colnorm);
+    samples.in_power.push_back(phases.power);
+    samples.in_ortho.push_back(phases.ortho);
+    samples.in_update.push_back(phases.update);
+    samples.in_rest.push_back(t_step - phases.power - phases.ortho - phases.update);
     if (result->ortho.fallbacks > 0) ++row.ortho_fallback_steps;
     const std::string name(OrthoMethodName(result->ortho.used));
     if (std::find(used.begin(), used.end(), name) == used.end()) used.push_back(name);
   }
-  const auto min_of = [](const std::vector<double>& v) {
-    return *std::min_element(v.begin(), v.end());
-  };
-  row.step = Median(step);
-  row.step_min = min_of(step);
-  row.gemm_min = min_of(pq) + min_of(btp) + min_of(gm) + min_of(gx);
-  row.gemm_rep_median = Median(gemm);
-  row.gemm_pq = Median(pq);
-  row.gemm_btp = Median(btp);
-  row.gemm_m = Median(gm);
-  row.gemm_x = Median(gx);
-  // The brief's GEMM-bound: the sum of the four medians (robust to one slow call).
-  row.gemm = row.gemm_pq + row.gemm_btp + row.gemm_m + row.gemm_x;
-  row.finite = Median(finite);
-  row.factor_checks = Median(checks);
-  row.b_pass = Median(b_pass);
-  row.ortho = Median(ortho);
-  row.colnorm = Median(colnorm);
-  row.in_power = Median(in_power);
-  row.in_ortho = Median(in_ortho);
-  row.in_update = Median(in_update);
-  row.in_rest = Median(in_rest);
+  Summarise(samples, row);
   row.ortho_used = absl::StrJoin(used, "+");
   return row;
 }
@@ -284,7 +312,7 @@ void PrintMarkdown(const std::vector<Row>& rows, int threads, absl::string_view 
 
 void PrintPhases(const std::vector<Row>& rows) {
   absl::PrintF(
-      "\nInside the step (DionStepResult phase timers, medians, ms) next to the same work timed "
+      "\nInside the step (phases timed through phase_end, medians, ms) next to the same work timed "
       "alone\n\n");
   absl::PrintF(
       "| n | r | power iteration: B Q, B^T P, checks, colnorm | alone | orthonormalize | alone | "

@@ -11,13 +11,17 @@
 #include <cstdint>
 #include <string>
 #include <tuple>
+#include <utility>
 #include <variant>
 #include <vector>
 
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
 #include "absl/time/time.h"
 #include "common/compressor.h"
 #include "common/matrix.h"
+#include "common/param_spec.h"
 
 namespace dion {
 
@@ -36,25 +40,80 @@ struct Contribution {
   const Matrix& gradient() const { return std::get<Matrix>(payload); }
 };
 
+// Entries of a contribution, or of P R^T (bounded by r max|P| max|R|), above this magnitude
+// are refused: no real gradient is that large, and below it the batch mean, the momentum and
+// AdamW's squared gradient stay finite in float32.
+inline constexpr double kMaxContributionMagnitude = 1e18;
+
+// What a contribution is validated against: its parameter's spec and current version, and
+// whether its worker is registered.
+struct ContributionContext {
+  const ParamSpec& spec;
+  int64_t version = 0;
+  bool worker_registered = false;
+};
+
+// Whether `contribution`'s payload fits `spec`: low-rank factors for Dion (P m x r, R n x r,
+// 1 <= r <= min(m, n)), a dense m x n gradient otherwise; every entry finite (else a
+// NonFiniteError) and within kMaxContributionMagnitude. InvalidArgument naming the parameter
+// and what was expected.
+absl::Status ValidatePayload(const ParamSpec& spec, const Contribution& contribution);
+
+// Every check a contribution gets, in this order: worker id non-empty (InvalidArgument) and
+// registered (FailedPrecondition), sample_count > 0 (InvalidArgument), 0 <= base_version <=
+// context.version (OutOfRange), then ValidatePayload.
+absl::Status CheckContribution(const Contribution& contribution,
+                               const ContributionContext& context);
+
+// A contribution that passed CheckContribution. Only Validate makes one, so the batcher and
+// the step take it without checking again. Thread-safety: a plain value.
+class ValidatedContribution {
+ public:
+  const Contribution& operator*() const { return contribution_; }
+  const Contribution* operator->() const { return &contribution_; }
+
+ private:
+  friend absl::StatusOr<ValidatedContribution> Validate(Contribution contribution,
+                                                        const ContributionContext& context);
+  explicit ValidatedContribution(Contribution contribution)
+      : contribution_(std::move(contribution)) {}
+  Contribution contribution_;
+};
+
+// CheckContribution, and the contribution as validated.
+absl::StatusOr<ValidatedContribution> Validate(Contribution contribution,
+                                               const ContributionContext& context);
+
+// InvalidArgument carrying a payload that IsNonFiniteError recognises, so a shard can count
+// pushes refused for NaN or Inf apart from other bad input.
+absl::Status NonFiniteError(std::string message);
+bool IsNonFiniteError(const absl::Status& status);
+
 // The order in which a batch is summed: by worker id, then sequence. Float sums depend on the
 // order of their terms; this one makes a step a function of the batch's contents, not of the
 // order in which the network delivered its pushes.
 inline bool SummationOrderLess(const Contribution& a, const Contribution& b) {
   return std::tie(a.worker_id, a.sequence) < std::tie(b.worker_id, b.sequence);
 }
+inline bool SummationOrderLess(const ValidatedContribution& a, const ValidatedContribution& b) {
+  return SummationOrderLess(*a, *b);
+}
 
-// How the batcher judged a contribution.
-enum class PushResult {
+// How a push ended: the batcher's verdict (accepted, duplicate, stale), or rejected with an
+// error before or by it. The one outcome the shard counts, the metrics label and the service
+// maps to the wire.
+enum class PushOutcome {
   kAccepted,   // in a batch; will be applied exactly once
   kDuplicate,  // this (worker, parameter, sequence) was accepted before; ignored
   kStale,      // staleness above max_staleness; refused, nothing kept
+  kRejected,   // refused with an error status (bad input, shutdown); nothing kept
 };
 
-absl::string_view PushResultName(PushResult result);
+absl::string_view PushOutcomeName(PushOutcome outcome);
 
 // One accepted contribution with its staleness and its weight in the batch mean.
 struct WeightedContribution {
-  Contribution contribution;
+  ValidatedContribution contribution;
   int64_t staleness = 0;  // tau = batch version - base_version
   double weight = 0.0;    // samples * w(tau), normalised so a batch's weights sum to 1
 };

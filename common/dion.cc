@@ -1,7 +1,6 @@
 #include "common/dion.h"
 
 #include <algorithm>
-#include <chrono>
 #include <cmath>
 
 #include "absl/strings/str_cat.h"
@@ -13,14 +12,6 @@ namespace {
 
 bool IsFiniteNumber(double x) { return std::isfinite(x); }
 
-// Seconds elapsed since `start`, and restarts it.
-double Lap(std::chrono::steady_clock::time_point& start) {
-  const auto now = std::chrono::steady_clock::now();
-  const double seconds = std::chrono::duration<double>(now - start).count();
-  start = now;
-  return seconds;
-}
-
 // Q = R / (||R_col||_2 + eps). One row-wise broadcast: filling Q column by column through a
 // row-major matrix cost 87-126 ms at 4096 x 1024 against ~12 ms (dion_step_bench phases).
 void ColumnNormalize(const Matrix& R, double eps, Matrix& Q) {
@@ -28,6 +19,20 @@ void ColumnNormalize(const Matrix& R, double eps, Matrix& Q) {
       (R.colwise().norm().cast<double>().array() + eps).cast<float>().matrix();
   Q = (R.array().rowwise() / denominators.array()).matrix();
 }
+
+// The error feedback: M = B - (1 - mu) P R^T, in place in B's buffer (on X^T when transposed).
+void ErrorFeedback(Matrix& B, const Matrix& P, const Matrix& R, double mu, bool transposed) {
+  const float alpha = static_cast<float>(-(1.0 - mu));
+  if (transposed) {
+    Gemm(Trans::kNo, Trans::kYes, alpha, R, P, 1.0f, B);
+  } else {
+    Gemm(Trans::kNo, Trans::kYes, alpha, P, R, 1.0f, B);
+  }
+}
+
+// A power iteration that cannot go on: a zero P (B zero, or its rows orthogonal to Q) would
+// have orthonormalization invent a direction and zero Q for good; NaN/Inf spread.
+bool Degenerate(const Matrix& P) { return !AllFinite(P) || (P.array() == 0.0f).all(); }
 
 }  // namespace
 
@@ -89,67 +94,63 @@ void ApplyLowRankUpdate(MatrixRef X, float decay, float scale, ConstMatrixRef P,
   }
 }
 
+// Algorithm 1 of the paper from B = M + G, which state.M holds on entry (docs/algorithm.md,
+// "One step"). Dion keeps P on the tall side; for a wide X it works on X^T, which for
+// row-major storage is only a transposed GEMM operand, never a copy.
 DionStepResult DionStepFromMomentum(MatrixRef X, DionState& state, const DionConfig& config,
-                                    bool measure_ortho_error) {
+                                    bool measure_ortho_error, DionPhaseEnd phase_end) {
   const int64_t m = X.rows(), n = X.cols();
-  const int rank = static_cast<int>(state.Q.cols());
+  const double lr = config.lr, mu = config.mu, eps = config.eps;
   DionStepResult result;
-  // Dion always runs with P on the tall side; for a wide X it works on X^T, which for
-  // row-major storage is just a transposed GEMM operand, never a copy.
   result.transposed = DionTransposed(m, n);
-  result.decay = static_cast<float>(1.0 - config.lr * config.weight_decay);
-  result.scale = static_cast<float>(config.lr * std::sqrt(static_cast<double>(m) / n));
-  const Trans b_op = result.transposed ? Trans::kYes : Trans::kNo;     // B_alg = op(M)
-  const Trans bt_op = result.transposed ? Trans::kNo : Trans::kYes;    // B_alg^T
-  Matrix& B = state.M;  // holds B = M + G on entry
+  result.decay = static_cast<float>(1.0 - lr * config.weight_decay);
+  result.scale = static_cast<float>(lr * std::sqrt(static_cast<double>(m) / n));
+  const Trans B_op = result.transposed ? Trans::kYes : Trans::kNo;   // B of the algorithm
+  const Trans Bt_op = result.transposed ? Trans::kNo : Trans::kYes;  // its transpose
+  Matrix& B = state.M;
+  Matrix& P = result.P;
+  Matrix& Q = result.Q;
+  Matrix R(std::min(m, n), state.Q.cols());
+  P.resize(std::max(m, n), state.Q.cols());
 
-  Matrix R(std::min(m, n), rank);
-  result.P.resize(std::max(m, n), rank);
-  const Matrix* Q_in = &state.Q;
-  auto clock = std::chrono::steady_clock::now();
+  const Matrix* Q_prev = &state.Q;  // warm start
   for (int it = 0; it < config.power_iters; ++it) {
-    Gemm(b_op, Trans::kNo, 1.0f, B, *Q_in, 0.0f, result.P);  // P = B Q
-    // A zero B (or one whose rows are orthogonal to Q) gives P = 0; orthonormalizing that
-    // would invent a direction and zero Q for good. Skip the update, keep everything in M.
-    if (!AllFinite(result.P) || (result.P.array() == 0.0f).all()) break;
-    result.power_iteration_seconds += Lap(clock);
-    result.ortho = Orthonormalize(result.P, config.ortho);
-    result.orthonormalize_seconds += Lap(clock);
+    Gemm(B_op, Trans::kNo, 1.0f, B, *Q_prev, 0.0f, P);  // P = B Q
+    if (Degenerate(P)) break;
+    phase_end(DionPhase::kPowerIteration);
+    result.ortho = Orthonormalize(P, config.ortho);      // P = Orthonormalize(P)
+    phase_end(DionPhase::kOrthonormalize);
     if (!result.ortho.ok) break;
-    Gemm(bt_op, Trans::kNo, 1.0f, B, result.P, 0.0f, R);  // R = B^T P
+    Gemm(Bt_op, Trans::kNo, 1.0f, B, P, 0.0f, R);        // R = B^T P
     if (!AllFinite(R)) break;
-    ColumnNormalize(R, config.eps, result.Q);  // Q = colnorm(R)
-    result.power_iteration_seconds += Lap(clock);
-    Q_in = &result.Q;
+    ColumnNormalize(R, eps, Q);                          // Q = R / (||R_col|| + eps)
+    phase_end(DionPhase::kPowerIteration);
+    Q_prev = &Q;
     result.applied = it + 1 == config.power_iters;
   }
   ++state.step;
   if (!result.applied) {
     // No update: M keeps B (nothing is lost), Q is unchanged, only the decay applies.
-    result.P.setZero();
-    result.Q = state.Q;
+    P.setZero();
+    Q = state.Q;
     X *= result.decay;
     return result;
   }
   if (measure_ortho_error) {
-    result.ortho_error = OrthogonalityError(result.P);
-    Lap(clock);  // a diagnostic, not part of any phase
+    result.ortho_error = OrthogonalityError(P);
+    phase_end(DionPhase::kDiagnostic);
   }
-  // Error feedback in place: M = B - (1 - mu) P R^T (transposed for a wide X).
-  const float keep = static_cast<float>(-(1.0 - config.mu));
-  if (result.transposed) {
-    Gemm(Trans::kNo, Trans::kYes, keep, R, result.P, 1.0f, B);
-  } else {
-    Gemm(Trans::kNo, Trans::kYes, keep, result.P, R, 1.0f, B);
-  }
-  state.Q = result.Q;
-  ApplyLowRankUpdate(X, result.decay, result.scale, result.P, result.Q, result.transposed);
-  result.update_seconds = Lap(clock);
+  ErrorFeedback(B, P, R, mu, result.transposed);  // M = B - (1 - mu) P R^T
+  state.Q = Q;
+  // X = (1 - lr wd) X - lr sqrt(m/n) P Q^T
+  ApplyLowRankUpdate(X, result.decay, result.scale, P, Q, result.transposed);
+  phase_end(DionPhase::kUpdate);
   return result;
 }
 
 absl::StatusOr<DionStepResult> DionStep(MatrixRef X, ConstMatrixRef G, DionState& state,
-                                        const DionConfig& config, bool measure_ortho_error) {
+                                        const DionConfig& config, bool measure_ortho_error,
+                                        DionPhaseEnd phase_end) {
   const int64_t m = X.rows(), n = X.cols();
   if (G.rows() != m || G.cols() != n) {
     return absl::InvalidArgumentError(absl::StrCat("gradient shape [", G.rows(), ", ", G.cols(),
@@ -167,7 +168,8 @@ absl::StatusOr<DionStepResult> DionStep(MatrixRef X, ConstMatrixRef G, DionState
     return absl::InvalidArgumentError("gradient contains NaN or Inf; step refused, state unchanged");
   }
   state.M += G;  // B = M + G, in place
-  return DionStepFromMomentum(X, state, config, measure_ortho_error);
+  phase_end(DionPhase::kMomentum);
+  return DionStepFromMomentum(X, state, config, measure_ortho_error, phase_end);
 }
 
 }  // namespace dion

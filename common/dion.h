@@ -9,6 +9,7 @@
 
 #include <cstdint>
 
+#include "absl/functional/function_ref.h"
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "common/matrix.h"
@@ -59,24 +60,32 @@ struct DionStepResult {
   Matrix Q;              // short x r, the new state Q
   OrthoReport ortho;     // what the orthonormalization did
   double ortho_error = -1.0;  // ||P^T P - I||_max if measure_ortho_error was set, else -1
-  // Wall time of the step's phases, for the server's step-phase metrics.
-  double power_iteration_seconds = 0;  // the B Q and B^T P products
-  double orthonormalize_seconds = 0;
-  double update_seconds = 0;           // error feedback and the weight update
 };
+
+// The phases of one step, for callers that time them (the step reads no clock). DionStep
+// first ends kMomentum (checks and B = M + G); then each power iteration ends kPowerIteration
+// (P = B Q), kOrthonormalize, kPowerIteration (R = B^T P, Q = colnorm(R)); then kDiagnostic
+// when the orthogonality error is measured, and kUpdate (error feedback and the weight
+// update). A step that stops early ends fewer phases.
+enum class DionPhase { kMomentum, kPowerIteration, kOrthonormalize, kDiagnostic, kUpdate };
+// Called at the end of each phase, on the stepping thread.
+using DionPhaseEnd = absl::FunctionRef<void(DionPhase)>;
+inline void IgnoreDionPhase(DionPhase) {}
 
 // One Dion step on X given the gradient G (both m x n): B = M + G and the rest of the
 // update. Non-finite G is refused with InvalidArgument and nothing changes. The step is
 // done in place: no m x n temporary is allocated.
 absl::StatusOr<DionStepResult> DionStep(MatrixRef X, ConstMatrixRef G, DionState& state,
                                         const DionConfig& config,
-                                        bool measure_ortho_error = false);
+                                        bool measure_ortho_error = false,
+                                        DionPhaseEnd phase_end = IgnoreDionPhase);
 
 // The same step when the gradient has already been added into state.M (so M holds B), as
 // the server does when it folds low-rank contributions into M with one GEMM.
 // REQUIRES: state.M finite.
 DionStepResult DionStepFromMomentum(MatrixRef X, DionState& state, const DionConfig& config,
-                                    bool measure_ortho_error = false);
+                                    bool measure_ortho_error = false,
+                                    DionPhaseEnd phase_end = IgnoreDionPhase);
 
 // Applies a step to a replica of X: X = decay X - scale P Q^T, or X = decay X - scale Q P^T
 // when `transposed` (P tall x r, Q short x r). This is the very GEMM DionStep uses, so a

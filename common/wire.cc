@@ -7,7 +7,6 @@
 #include <utility>
 #include <vector>
 
-#include "absl/strings/cord.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 
@@ -23,14 +22,6 @@ std::string ShapeString(absl::Span<const int64_t> shape) {
   return absl::StrCat("[", absl::StrJoin(shape, ", "), "]");
 }
 
-constexpr absl::string_view kNonFinitePayload = "dion.v1/non-finite";
-
-absl::Status NonFiniteError(std::string message) {
-  absl::Status status = absl::InvalidArgumentError(std::move(message));
-  status.SetPayload(kNonFinitePayload, absl::Cord("1"));
-  return status;
-}
-
 absl::Status CheckFinite(const Matrix& M, absl::string_view what) {
   if (M.allFinite()) return absl::OkStatus();
   for (int64_t i = 0; i < M.rows(); ++i) {
@@ -42,6 +33,49 @@ absl::Status CheckFinite(const Matrix& M, absl::string_view what) {
     }
   }
   return absl::OkStatus();
+}
+
+// The tensor rule of the file comment; `expected_shape` (unless empty) must match exactly, and
+// the values are checked for NaN and Inf only with PayloadValues::kCheck.
+absl::StatusOr<Matrix> DecodeTensor(const v1::Tensor& tensor,
+                                    absl::Span<const int64_t> expected_shape,
+                                    absl::string_view what, PayloadValues values) {
+  const auto& shape = tensor.shape();
+  if (!expected_shape.empty() &&
+      !std::equal(shape.begin(), shape.end(), expected_shape.begin(), expected_shape.end())) {
+    return absl::InvalidArgumentError(absl::StrCat(what, ": shape ", ShapeString(shape),
+                                                   ", expected ", ShapeString(expected_shape)));
+  }
+  if (shape.empty() || shape.size() > 2) {
+    return absl::InvalidArgumentError(absl::StrCat(what, ": shape ", ShapeString(shape),
+                                                   " must have 1 or 2 dimensions"));
+  }
+  int64_t elements = 1;
+  for (int64_t d : shape) {
+    if (d < 1) {
+      return absl::InvalidArgumentError(
+          absl::StrCat(what, ": shape ", ShapeString(shape), " has a dimension < 1"));
+    }
+    if (d > kMaxElements / elements) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          what, ": shape ", ShapeString(shape), " has more than 2^31 - 1 elements"));
+    }
+    elements *= d;
+  }
+  const int64_t expected_bytes = 4 * elements;
+  if (static_cast<int64_t>(tensor.data().size()) != expected_bytes) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        what, ": ", tensor.data().size(), " bytes of data for shape ", ShapeString(shape),
+        ", expected ", expected_bytes, " (float32)"));
+  }
+  const int64_t rows = shape.size() == 2 ? shape[0] : 1;
+  const int64_t cols = shape[shape.size() - 1];
+  Matrix M(rows, cols);
+  std::memcpy(M.data(), tensor.data().data(), expected_bytes);
+  if (values == PayloadValues::kCheck) {
+    if (absl::Status s = CheckFinite(M, what); !s.ok()) return s;
+  }
+  return M;
 }
 
 absl::StatusOr<OrthoMethod> OrthoMethodFromProto(v1::OrthoMethod method) {
@@ -145,51 +179,14 @@ std::optional<OptimizerKind> HyperparameterKind(const v1::ParameterSpec& proto) 
 
 }  // namespace
 
-bool IsNonFiniteError(const absl::Status& status) {
-  return status.GetPayload(kNonFinitePayload).has_value();
-}
-
 absl::StatusOr<Matrix> TensorToMatrix(const v1::Tensor& tensor, absl::string_view what) {
-  const auto& shape = tensor.shape();
-  if (shape.empty() || shape.size() > 2) {
-    return absl::InvalidArgumentError(absl::StrCat(what, ": shape ", ShapeString(shape),
-                                                   " must have 1 or 2 dimensions"));
-  }
-  int64_t elements = 1;
-  for (int64_t d : shape) {
-    if (d < 1) {
-      return absl::InvalidArgumentError(
-          absl::StrCat(what, ": shape ", ShapeString(shape), " has a dimension < 1"));
-    }
-    if (d > kMaxElements / elements) {
-      return absl::InvalidArgumentError(absl::StrCat(
-          what, ": shape ", ShapeString(shape), " has more than 2^31 - 1 elements"));
-    }
-    elements *= d;
-  }
-  const int64_t expected_bytes = 4 * elements;
-  if (static_cast<int64_t>(tensor.data().size()) != expected_bytes) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        what, ": ", tensor.data().size(), " bytes of data for shape ", ShapeString(shape),
-        ", expected ", expected_bytes, " (float32)"));
-  }
-  const int64_t rows = shape.size() == 2 ? shape[0] : 1;
-  const int64_t cols = shape[shape.size() - 1];
-  Matrix M(rows, cols);
-  std::memcpy(M.data(), tensor.data().data(), expected_bytes);
-  if (absl::Status s = CheckFinite(M, what); !s.ok()) return s;
-  return M;
+  return DecodeTensor(tensor, {}, what, PayloadValues::kCheck);
 }
 
 absl::StatusOr<Matrix> TensorToMatrix(const v1::Tensor& tensor,
                                       absl::Span<const int64_t> expected_shape,
                                       absl::string_view what) {
-  if (!std::equal(tensor.shape().begin(), tensor.shape().end(), expected_shape.begin(),
-                  expected_shape.end())) {
-    return absl::InvalidArgumentError(absl::StrCat(what, ": shape ", ShapeString(tensor.shape()),
-                                                   ", expected ", ShapeString(expected_shape)));
-  }
-  return TensorToMatrix(tensor, what);
+  return DecodeTensor(tensor, expected_shape, what, PayloadValues::kCheck);
 }
 
 void MatrixToTensor(ConstMatrixRef M, v1::Tensor* tensor) {
@@ -366,7 +363,7 @@ void LayoutToProto(const Layout& layout, v1::Layout* proto) {
 }
 
 absl::StatusOr<Contribution> ContributionFromProto(const v1::Contribution& proto,
-                                                   const ParamSpec* spec) {
+                                                   const ParamSpec* spec, PayloadValues values) {
   const std::string where =
       absl::StrCat("contribution ", proto.sequence(), " of worker '", proto.worker_id(),
                    "' to '", proto.parameter(), "'");
@@ -382,9 +379,11 @@ absl::StatusOr<Contribution> ContributionFromProto(const v1::Contribution& proto
   }
   switch (proto.payload_case()) {
     case v1::Contribution::kFactors: {
-      absl::StatusOr<Matrix> P = TensorToMatrix(proto.factors().p(), absl::StrCat(where, ", P"));
+      absl::StatusOr<Matrix> P =
+          DecodeTensor(proto.factors().p(), {}, absl::StrCat(where, ", P"), values);
       if (!P.ok()) return P.status();
-      absl::StatusOr<Matrix> R = TensorToMatrix(proto.factors().r(), absl::StrCat(where, ", R"));
+      absl::StatusOr<Matrix> R =
+          DecodeTensor(proto.factors().r(), {}, absl::StrCat(where, ", R"), values);
       if (!R.ok()) return R.status();
       if (proto.factors().p().shape_size() != 2 || proto.factors().r().shape_size() != 2) {
         return absl::InvalidArgumentError(
@@ -400,9 +399,8 @@ absl::StatusOr<Contribution> ContributionFromProto(const v1::Contribution& proto
     }
     case v1::Contribution::kGradient: {
       absl::StatusOr<Matrix> G =
-          spec != nullptr
-              ? TensorToMatrix(proto.gradient(), spec->shape, absl::StrCat(where, ", gradient"))
-              : TensorToMatrix(proto.gradient(), absl::StrCat(where, ", gradient"));
+          DecodeTensor(proto.gradient(), spec != nullptr ? spec->shape : std::vector<int64_t>{},
+                       absl::StrCat(where, ", gradient"), values);
       if (!G.ok()) return G.status();
       c.payload = *std::move(G);
       break;

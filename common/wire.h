@@ -28,16 +28,13 @@
 
 namespace dion {
 
-// Tensors. Entries must be finite: a NaN or Inf (or a contribution's non-finite loss) is
-// InvalidArgument carrying a payload that IsNonFiniteError recognises, so a shard can count
-// non-finite pushes apart from other bad input.
+// Tensors. Entries must be finite: a NaN or Inf (or a contribution's non-finite loss) is a
+// NonFiniteError (common/contribution.h), so a shard can count non-finite pushes apart.
 absl::StatusOr<Matrix> TensorToMatrix(const v1::Tensor& tensor, absl::string_view what);
 // The same, and the tensor's shape must equal `expected_shape` exactly.
 absl::StatusOr<Matrix> TensorToMatrix(const v1::Tensor& tensor,
                                       absl::Span<const int64_t> expected_shape,
                                       absl::string_view what);
-// Whether `status` is the refusal of a NaN or Inf (see above).
-bool IsNonFiniteError(const absl::Status& status);
 // Writes M with shape {rows, cols}.
 void MatrixToTensor(ConstMatrixRef M, v1::Tensor* tensor);
 // Writes M with the given shape. REQUIRES: the product of `shape` equals M.size().
@@ -57,12 +54,17 @@ void ParameterToProto(const ParamSpec& spec, v1::ParameterSpec* proto);
 absl::StatusOr<ModelTable> ModelTableFromProto(const v1::RegisterModelRequest& request);
 void LayoutToProto(const Layout& layout, v1::Layout* proto);
 
-// A pushed contribution. Checks what the message alone can tell: tensors well formed and
-// finite, factors 2-D with equally many columns, a payload present, loss finite. When `spec`
-// is given, a dense gradient must have exactly spec->shape (so {1, n} is not accepted for a
-// 1-D {n} parameter); everything else about the spec is ParameterStore's to check.
+// Whether decoding a contribution checks its tensors' values for NaN and Inf. A shard decodes
+// with kLeaveToValidation: its validation (common/contribution.h) scans the values once.
+enum class PayloadValues { kCheck, kLeaveToValidation };
+
+// A pushed contribution. Checks what the message alone can tell: tensors well formed (and
+// finite with kCheck), factors 2-D with equally many columns, a payload present, loss finite.
+// When `spec` is given, a dense gradient must have exactly spec->shape (so {1, n} is not
+// accepted for a 1-D {n} parameter); everything else about the spec is validation's to check.
 absl::StatusOr<Contribution> ContributionFromProto(const v1::Contribution& proto,
-                                                   const ParamSpec* spec = nullptr);
+                                                   const ParamSpec* spec = nullptr,
+                                                   PayloadValues values = PayloadValues::kCheck);
 // For clients and tests. A dense gradient is written with shape {rows, cols}, or with
 // `gradient_shape` when it is not empty.
 void ContributionToProto(const Contribution& contribution, v1::Contribution* proto,

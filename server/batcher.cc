@@ -53,15 +53,12 @@ Batcher::Batcher(std::string parameter, const BatcherOptions& options, int64_t v
       clock_(clock),
       version_(version) {}
 
-absl::StatusOr<OfferResult> Batcher::Offer(Contribution contribution) {
+absl::StatusOr<OfferResult> Batcher::Offer(ValidatedContribution validated) {
+  const Contribution& contribution = *validated;
   if (contribution.parameter != parameter_) {
     return absl::InvalidArgumentError(absl::StrCat("contribution for '", contribution.parameter,
                                                    "' offered to the batcher of '", parameter_,
                                                    "'"));
-  }
-  if (contribution.sample_count <= 0) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "sample_count must be > 0, got ", contribution.sample_count));
   }
   const absl::Time now = clock_->Now();
   MutexLock lock(&mu_);
@@ -81,7 +78,7 @@ absl::StatusOr<OfferResult> Batcher::Offer(Contribution contribution) {
         break;
       case SequenceWindow::State::kSeen:
         ++stats_.duplicate;
-        result.result = PushResult::kDuplicate;
+        result.result = PushOutcome::kDuplicate;
         return result;
       case SequenceWindow::State::kUnknown:
         // Neither DUPLICATE (the worker would drop data that may never have been applied) nor
@@ -99,7 +96,7 @@ absl::StatusOr<OfferResult> Batcher::Offer(Contribution contribution) {
   }
   if (staleness_.Refuses(result.staleness)) {
     ++stats_.stale;
-    result.result = PushResult::kStale;
+    result.result = PushOutcome::kStale;
     return result;
   }
 
@@ -108,7 +105,7 @@ absl::StatusOr<OfferResult> Batcher::Offer(Contribution contribution) {
   }
   window->second.Insert(contribution.sequence);
   ++stats_.accepted;
-  result.result = PushResult::kAccepted;
+  result.result = PushOutcome::kAccepted;
   // exp with a tiny tau0 can underflow to 0; keep the weight positive so the mean is defined.
   result.weight =
       std::max(staleness_.Weight(result.staleness), std::numeric_limits<double>::min());
@@ -118,7 +115,7 @@ absl::StatusOr<OfferResult> Batcher::Offer(Contribution contribution) {
   last_seen_[contribution.worker_id] = now;
   open_samples_ += contribution.sample_count;
   const double raw_weight = static_cast<double>(contribution.sample_count) * result.weight;
-  open_.push_back({std::move(contribution), result.staleness, raw_weight});
+  open_.push_back({std::move(validated), result.staleness, raw_weight});
 
   if (std::optional<CloseReason> reason = ShouldCloseLocked(now)) {
     result.closed = CloseLocked(*reason, now);

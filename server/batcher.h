@@ -1,5 +1,5 @@
 // The batcher of one parameter: collects validated contributions into the batch of the next
-// step (DION.md sections 5 and 6).
+// step (docs/server.md, "Batching", "Staleness policies" and "Dedup").
 //
 // For each contribution it
 //   - refuses a base version from the future (OutOfRange, nothing changes);
@@ -80,7 +80,7 @@ struct BatchTargets {
 };
 
 struct OfferResult {
-  PushResult result = PushResult::kAccepted;
+  PushOutcome result = PushOutcome::kAccepted;
   int64_t version = 0;     // version() when the contribution was judged
   int64_t staleness = 0;   // tau
   double weight = 0.0;     // w(tau) (before the sample count and normalisation); 0 unless accepted
@@ -115,11 +115,10 @@ class Batcher {
   Batcher(const Batcher&) = delete;
   Batcher& operator=(const Batcher&) = delete;
 
-  // Judges a contribution already validated against the parameter (server/parameter_store.h).
-  // Errors, with nothing changed: InvalidArgument for another parameter or sample_count <= 0,
-  // OutOfRange for base_version > version() or < 0 and for a sequence whose dedup state is
-  // unknown (below a forced floor of its worker's window; the message says so).
-  absl::StatusOr<OfferResult> Offer(Contribution contribution) ABSL_LOCKS_EXCLUDED(mu_);
+  // Judges a validated contribution. Errors, with nothing changed: InvalidArgument for another
+  // parameter, OutOfRange for base_version > version(), DataLoss for a sequence whose dedup
+  // state is unknown (below a forced floor of its worker's window; the message says so).
+  absl::StatusOr<OfferResult> Offer(ValidatedContribution validated) ABSL_LOCKS_EXCLUDED(mu_);
 
   // Whether `sequence` of `worker_id` was accepted before (what Offer would answer DUPLICATE).
   // Read-only: lets a shard that no longer accepts anything still tell a client that a re-sent
@@ -150,7 +149,7 @@ class Batcher {
 
  private:
   struct OpenContribution {
-    Contribution contribution;
+    ValidatedContribution contribution;
     int64_t staleness;
     double raw_weight;  // sample_count * w(tau)
   };

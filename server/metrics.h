@@ -33,6 +33,7 @@
 
 #include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
+#include "common/contribution.h"
 #include "common/metrics_server.h"
 #include "common/param_spec.h"
 
@@ -43,7 +44,6 @@ class Exposer;
 
 namespace dion {
 
-enum class PushOutcome { kAccepted, kDuplicate, kStale, kRejected };
 enum class StepPhase { kAggregate, kPowerIteration, kOrthonormalize, kUpdate, kBroadcast };
 
 class ShardMetrics {

@@ -258,33 +258,20 @@ absl::StatusOr<int64_t> ParameterStore::Version(absl::string_view parameter) con
 absl::Status ParameterStore::ValidateContribution(const Contribution& contribution) const {
   absl::StatusOr<Parameter*> found = Find(contribution.parameter);
   if (!found.ok()) return found.status();
-  const Parameter& parameter = **found;
-  return CheckContribution(parameter.spec, contribution,
-                           parameter.version.load(std::memory_order_acquire));
+  return CheckContribution(contribution, Context(**found, contribution.worker_id));
 }
 
-absl::Status ParameterStore::CheckContribution(const ParamSpec& spec,
-                                               const Contribution& contribution,
-                                               int64_t version) const {
-  if (contribution.worker_id.empty()) {
-    return absl::InvalidArgumentError("worker_id must not be empty");
-  }
-  if (!worker_registered(contribution.worker_id)) {
-    return absl::FailedPreconditionError(
-        absl::StrCat("worker '", contribution.worker_id,
-                     "' is not registered; call RegisterModel with its worker_id first"));
-  }
-  if (contribution.sample_count <= 0) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("parameter '", spec.name, "': sample_count must be > 0, got ",
-                     contribution.sample_count));
-  }
-  if (contribution.base_version < 0 || contribution.base_version > version) {
-    return absl::OutOfRangeError(absl::StrCat(
-        "parameter '", spec.name, "': base_version ", contribution.base_version,
-        " is outside [0, ", version, "], the current version"));
-  }
-  return ValidatePayload(spec, contribution);
+absl::StatusOr<ValidatedContribution> ParameterStore::Validate(Contribution contribution) const {
+  absl::StatusOr<Parameter*> found = Find(contribution.parameter);
+  if (!found.ok()) return found.status();
+  const ContributionContext context = Context(**found, contribution.worker_id);
+  return dion::Validate(std::move(contribution), context);
+}
+
+ContributionContext ParameterStore::Context(const Parameter& parameter,
+                                            absl::string_view worker_id) const {
+  return {parameter.spec, parameter.version.load(std::memory_order_acquire),
+          worker_registered(worker_id)};
 }
 
 absl::StatusOr<StepOutcome> ParameterStore::ApplyBatch(const Batch& batch) {
@@ -299,7 +286,7 @@ absl::StatusOr<StepOutcome> ParameterStore::ApplyBatch(const Batch& batch) {
   double weight_sum = 0;
   absl::flat_hash_set<absl::string_view> workers;
   for (const WeightedContribution& entry : batch.entries) {
-    const Contribution& c = entry.contribution;
+    const Contribution& c = *entry.contribution;
     if (c.parameter != batch.parameter) {
       return absl::InvalidArgumentError(absl::StrCat("a batch of '", batch.parameter,
                                                      "' holds a contribution for '", c.parameter,
@@ -309,7 +296,6 @@ absl::StatusOr<StepOutcome> ParameterStore::ApplyBatch(const Batch& batch) {
       return absl::InvalidArgumentError(absl::StrCat(
           "parameter '", batch.parameter, "': weight ", entry.weight, " is not positive"));
     }
-    if (absl::Status s = CheckContribution(parameter.spec, c, batch.version); !s.ok()) return s;
     weight_sum += entry.weight;
     stats.samples += c.sample_count;
     stats.mean_loss += static_cast<double>(c.sample_count) * c.loss;

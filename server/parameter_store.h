@@ -2,18 +2,18 @@
 // registered model table and the workers allowed to push.
 //
 // Flow: RegisterModel (once; identical tables again are fine) -> RegisterWorker -> for every
-// contribution ValidateContribution (no state change, precise status) -> the batcher ->
-// ApplyBatch on each closed batch, in order -> the VersionUpdate goes to the broadcaster.
+// contribution Validate (no state change, precise status) -> the batcher -> ApplyBatch on each
+// closed batch, in order -> the VersionUpdate goes to the broadcaster.
 //
 // Versions: each parameter starts at version 0 and ApplyBatch adds one. A batch names the
 // version it applies to; applying it to any other version is refused.
 //
-// Status codes of ValidateContribution (and, where they apply, ApplyBatch / Snapshot):
+// Status codes of Validate (and, where they apply, ApplyBatch / Snapshot):
 //   FailedPrecondition  no model registered; worker not registered; parameter owned by another
 //                       shard; a batch for another version than the current one
 //   NotFound            parameter not in the model
 //   InvalidArgument     empty worker id; sample_count <= 0; payload of the wrong kind, shape or
-//                       rank; NaN / Inf / magnitude (server/stepper.h)
+//                       rank; NaN / Inf / magnitude (common/contribution.h)
 //   OutOfRange          base_version < 0 or above the current version
 //
 // Thread-safety: safe for concurrent use. Each parameter has its own mutex; a step of one
@@ -143,15 +143,19 @@ class ParameterStore {
       ABSL_LOCKS_EXCLUDED(mu_);
   absl::StatusOr<int64_t> Version(absl::string_view parameter) const ABSL_LOCKS_EXCLUDED(mu_);
 
-  // Checks a contribution against the model, the worker registry, the parameter's spec and
-  // current version (codes in the file comment). Changes nothing.
+  // The one validation of a contribution: against the model, the worker registry, the
+  // parameter's spec and current version (CheckContribution; codes in the file comment).
+  // Changes nothing.
+  absl::StatusOr<ValidatedContribution> Validate(Contribution contribution) const
+      ABSL_LOCKS_EXCLUDED(mu_);
+  // The same checks without keeping the contribution.
   absl::Status ValidateContribution(const Contribution& contribution) const
       ABSL_LOCKS_EXCLUDED(mu_);
 
   // Applies a closed batch: the weighted mean of its contributions with the parameter's
-  // optimizer, version + 1, new checksum. Every entry is validated again as by
-  // ValidateContribution (against the batch's version), the weights must be positive and sum
-  // to 1, and the batch version must equal the current version; on any error nothing changes.
+  // optimizer, version + 1, new checksum. Checks the batch's own invariants only (its entries
+  // are validated by type): non-empty, every entry of this parameter, weights positive and
+  // summing to 1, the batch version equal to the current version. On error nothing changes.
   absl::StatusOr<StepOutcome> ApplyBatch(const Batch& batch) ABSL_LOCKS_EXCLUDED(mu_);
 
   // X (and with include_state the optimizer state) of an owned parameter, consistent with
@@ -199,10 +203,9 @@ class ParameterStore {
   // The owned parameter called `name`: FailedPrecondition without a model or for a parameter
   // of another shard, NotFound for an unknown name. The pointer lives as long as the store.
   absl::StatusOr<Parameter*> Find(absl::string_view name) const ABSL_LOCKS_EXCLUDED(mu_);
-  // Everything ValidateContribution checks once the parameter is found, with `version` as the
-  // newest acceptable base version.
-  absl::Status CheckContribution(const ParamSpec& spec, const Contribution& contribution,
-                                 int64_t version) const ABSL_LOCKS_EXCLUDED(mu_);
+  // What a contribution to `parameter` from `worker_id` is validated against.
+  ContributionContext Context(const Parameter& parameter, absl::string_view worker_id) const
+      ABSL_LOCKS_EXCLUDED(mu_);
 
   const StoreOptions options_;
   mutable Mutex mu_;

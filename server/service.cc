@@ -19,11 +19,12 @@ namespace {
 // quarter of the time left).
 constexpr absl::Duration kPullDeadlineMargin = absl::Milliseconds(250);
 
-v1::PushResult ToProto(PushResult result) {
+v1::PushResult ToProto(PushOutcome result) {
   switch (result) {
-    case PushResult::kAccepted: return v1::PUSH_RESULT_ACCEPTED;
-    case PushResult::kDuplicate: return v1::PUSH_RESULT_DUPLICATE;
-    case PushResult::kStale: return v1::PUSH_RESULT_STALE;
+    case PushOutcome::kAccepted: return v1::PUSH_RESULT_ACCEPTED;
+    case PushOutcome::kDuplicate: return v1::PUSH_RESULT_DUPLICATE;
+    case PushOutcome::kStale: return v1::PUSH_RESULT_STALE;
+    case PushOutcome::kRejected: return v1::PUSH_RESULT_REJECTED;
   }
   return v1::PUSH_RESULT_UNSPECIFIED;
 }
@@ -63,7 +64,7 @@ grpc::Status ParameterServerService::RegisterModel(grpc::ServerContext* context,
       return ToGrpcStatus(s);
     }
   }
-  absl::StatusOr<ModelInfo> model = shard_->store().model();
+  absl::StatusOr<ModelInfo> model = shard_->model();
   if (!model.ok()) return ToGrpcStatus(model.status());
   response->set_newly_registered(*newly);
   LayoutToProto(model->layout, response->mutable_layout());
@@ -74,7 +75,7 @@ grpc::Status ParameterServerService::RegisterModel(grpc::ServerContext* context,
 grpc::Status ParameterServerService::GetLayout(grpc::ServerContext* context,
                                                const v1::GetLayoutRequest* request,
                                                v1::GetLayoutResponse* response) {
-  absl::StatusOr<ModelInfo> model = shard_->store().model();
+  absl::StatusOr<ModelInfo> model = shard_->model();
   if (!model.ok()) return ToGrpcStatus(model.status());
   response->set_model_name(model->model_name);
   LayoutToProto(model->layout, response->mutable_layout());
@@ -110,35 +111,39 @@ v1::PushAck ParameterServerService::Judge(const v1::Contribution& request) {
     ack.set_status_code(static_cast<int32_t>(status.code()));
     ack.set_message(std::string(status.message()));
     // The applied version, as for every other result; 0 for a parameter this shard lacks.
-    ack.set_current_version(shard_->store().Version(request.parameter()).value_or(0));
+    ack.set_current_version(shard_->Version(request.parameter()).value_or(0));
     return ack;
   };
   // The spec first: it decides how a dense gradient's shape is read, and a missing model or
   // an unknown parameter is the more useful answer than a complaint about the payload.
-  absl::StatusOr<const ParamSpec*> spec = shard_->store().FindSpec(request.parameter());
+  absl::StatusOr<const ParamSpec*> spec = shard_->FindSpec(request.parameter());
   if (!spec.ok()) return reject(spec.status(), false);
-  absl::StatusOr<Contribution> contribution = ContributionFromProto(request, *spec);
+  // Structure only: Shard::Push validates the values, once.
+  absl::StatusOr<Contribution> contribution =
+      ContributionFromProto(request, *spec, PayloadValues::kLeaveToValidation);
   if (!contribution.ok()) return reject(contribution.status(), false);
   absl::StatusOr<PushReply> reply = shard_->Push(*std::move(contribution));
   if (!reply.ok()) return reject(reply.status(), true);
   ack.set_result(ToProto(reply->result));
   ack.set_current_version(reply->applied_version);
   switch (reply->result) {
-    case PushResult::kAccepted:
+    case PushOutcome::kAccepted:
       ack.set_staleness(reply->staleness);
       break;
-    case PushResult::kDuplicate:
+    case PushOutcome::kDuplicate:
       ack.set_message(absl::StrCat("sequence ", request.sequence(), " of worker '",
                                    request.worker_id(), "' for '", request.parameter(),
                                    "' was accepted before; not applied again"));
       break;
-    case PushResult::kStale:
+    case PushOutcome::kStale:
       ack.set_staleness(reply->staleness);
       ack.set_message(absl::StrCat(
           "staleness ", reply->staleness, " (version of the open batch ", reply->batch_version,
           " - base_version ", request.base_version(), ") exceeds max_staleness ",
           shard_->options().batcher.staleness.max_staleness,
           "; restore the contribution into the residual and resync"));
+      break;
+    case PushOutcome::kRejected:  // Push answers an error status instead
       break;
   }
   return ack;
@@ -181,9 +186,9 @@ grpc::Status ParameterServerService::Subscribe(grpc::ServerContext* context,
   if (!subscription.ok()) return ToGrpcStatus(subscription.status());
   absl::flat_hash_map<std::string, std::vector<int64_t>> shapes;
   for (const std::string& parameter : (*subscription)->parameters()) {
-    absl::StatusOr<ParamSpec> spec = shard_->store().Spec(parameter);
+    absl::StatusOr<const ParamSpec*> spec = shard_->FindSpec(parameter);
     if (!spec.ok()) return ToGrpcStatus(spec.status());
-    shapes[parameter] = spec->shape;
+    shapes[parameter] = (*spec)->shape;
   }
   v1::VersionUpdate message;
   while (!context->IsCancelled()) {
@@ -213,10 +218,10 @@ grpc::Status ParameterServerService::Pull(grpc::ServerContext* context,
   std::vector<std::string> parameters(request->parameters().begin(),
                                       request->parameters().end());
   if (parameters.empty()) {
-    if (!shard_->store().model_registered()) {
+    if (!shard_->model_registered()) {
       return grpc::Status(grpc::StatusCode::FAILED_PRECONDITION, "no model is registered");
     }
-    parameters = shard_->store().OwnedParameters();
+    parameters = shard_->OwnedParameters();
   }
   if (request->min_version() < 0) {
     return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT,
@@ -225,7 +230,7 @@ grpc::Status ParameterServerService::Pull(grpc::ServerContext* context,
   }
   // Every name is checked before anything is sent, so a bad request sends nothing.
   for (const std::string& parameter : parameters) {
-    if (absl::StatusOr<ParamSpec> spec = shard_->store().Spec(parameter); !spec.ok()) {
+    if (absl::StatusOr<const ParamSpec*> spec = shard_->FindSpec(parameter); !spec.ok()) {
       return ToGrpcStatus(spec.status());
     }
   }

@@ -16,16 +16,9 @@ namespace {
 // contribution of a batch anyway, this only bounds the damage of a missed wake-up.
 constexpr absl::Duration kIdleDeadlinePoll = absl::Seconds(1);
 
-int64_t PushCounts::*CountField(PushResult result) {
-  switch (result) {
-    case PushResult::kAccepted: return &PushCounts::accepted;
-    case PushResult::kDuplicate: return &PushCounts::duplicate;
-    case PushResult::kStale: return &PushCounts::stale;
-  }
-  return &PushCounts::rejected;
+bool Periodic(absl::Duration d) {
+  return d > absl::ZeroDuration() && d != absl::InfiniteDuration();
 }
-
-bool Periodic(absl::Duration d) { return d > absl::ZeroDuration() && d != absl::InfiniteDuration(); }
 
 }  // namespace
 
@@ -56,7 +49,10 @@ absl::Status ValidateShardOptions(const ShardOptions& options) {
 }
 
 Shard::Shard(const ShardOptions& options, ShardMetrics* metrics)
-    : options_(options), metrics_(metrics) {}
+    : options_(options),
+      metrics_(metrics),
+      steps_(options.compute_threads, options.max_pending_batches),
+      accounting_(metrics) {}
 
 absl::StatusOr<std::unique_ptr<Shard>> Shard::Create(const ShardOptions& options,
                                                      ShardMetrics* metrics) {
@@ -93,9 +89,6 @@ absl::Status Shard::Start() {
     if (absl::Status s = RestoreFromCheckpoint(); !s.ok()) return s;
   }
 
-  for (int i = 0; i < options_.compute_threads; ++i) {
-    compute_threads_.emplace_back([this] { ComputeLoop(); });
-  }
   deadline_thread_ = std::thread([this] { DeadlineLoop(); });
   if (checkpointer_ != nullptr && Periodic(options_.checkpoint_interval)) {
     checkpoint_thread_ = std::thread([this] { CheckpointLoop(); });
@@ -134,7 +127,8 @@ void Shard::CreateLanesLocked() {
     auto lane = std::make_unique<Lane>();
     lane->batcher = std::make_unique<Batcher>(name, options_.batcher, version, options_.clock);
     lane->optimizer = spec.optimizer;
-    lane->next_version = version;  // no other thread sees the lane yet
+    lane->steps = steps_.AddLane(
+        version, [this, l = lane.get()](Batch batch) { return ApplyOne(l, std::move(batch)); });
     lane_order_.push_back(lane.get());
     lanes_.emplace(name, std::move(lane));
   }
@@ -153,32 +147,19 @@ absl::StatusOr<bool> Shard::RegisterModel(const ModelTable& table) {
   return newly;
 }
 
-absl::Status Shard::RegisterWorker(absl::string_view worker_id) {
-  return store_->RegisterWorker(worker_id);
-}
-
 void Shard::WaitForRoom(absl::string_view parameter) {
-  Lane* lane;
+  StepQueue::LaneId lane;
   {
     ReaderMutexLock lock(&gate_);
     if (shutting_down_) return;
     auto it = lanes_.find(parameter);
     if (it == lanes_.end()) return;  // Push refuses it
-    lane = it->second.get();  // lanes live as long as the shard
+    lane = it->second->steps;
   }
-  const auto room = [&]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(queue_mu_) {
-    return stop_compute_ || waits_released_ ||
-           static_cast<int64_t>(lane->pending.size()) < options_.max_pending_batches;
-  };
-  absl::Time start;
-  {
-    MutexLock lock(&queue_mu_);
-    if (room()) return;
-    ++backpressure_waits_;
-    start = absl::Now();
-    while (!room()) room_cv_.Wait(&queue_mu_);
+  const std::optional<absl::Duration> waited = steps_.WaitForRoom(lane);
+  if (waited.has_value() && metrics_ != nullptr) {
+    metrics_->RecordBackpressure(absl::ToDoubleSeconds(*waited));
   }
-  if (metrics_ != nullptr) metrics_->RecordBackpressure(absl::ToDoubleSeconds(absl::Now() - start));
 }
 
 absl::StatusOr<PushReply> Shard::Push(Contribution contribution) {
@@ -188,55 +169,54 @@ absl::StatusOr<PushReply> Shard::Push(Contribution contribution) {
   const double loss = contribution.loss;
   ReaderMutexLock lock(&gate_);
   auto lane_it = lanes_.find(parameter);
-  const bool known_parameter = lane_it != lanes_.end();
-  const bool known_worker = store_->worker_registered(worker_id);
-  absl::Status status;
-  if (shutting_down_) {
-    // Dedup before refusing: a re-sent contribution that is already in must be answered
-    // DUPLICATE, or the client restores it into its residual and it is applied twice.
-    if (known_parameter &&
-        lane_it->second->batcher->AlreadyAccepted(worker_id, contribution.sequence)) {
-      Count(worker_id, parameter, true, known_worker, &PushCounts::duplicate, loss);
-      PushReply reply;
-      reply.result = PushResult::kDuplicate;
-      reply.applied_version = store_->Version(parameter).value_or(0);
-      reply.batch_version = lane_it->second->batcher->version();
-      return reply;
-    }
-    status = absl::UnavailableError("the shard is shutting down; retry on the restarted shard");
-  } else {
-    status = store_->ValidateContribution(contribution);
-  }
-  if (!status.ok()) {
-    Count(worker_id, parameter, known_parameter, known_worker, &PushCounts::rejected, loss);
+  Lane* lane = lane_it == lanes_.end() ? nullptr : lane_it->second.get();
+  const PushSource source{worker_id, store_->worker_registered(worker_id), parameter,
+                          lane != nullptr};
+  const auto refuse = [&](const absl::Status& status) {
+    accounting_.Count(source, PushOutcome::kRejected, loss);
     return status;
+  };
+  if (shutting_down_) {
+    absl::StatusOr<PushReply> reply = RefuseDuringShutdown(lane, contribution);
+    if (!reply.ok()) return refuse(reply.status());
+    accounting_.Count(source, reply->result, loss);
+    return reply;
   }
-  Lane* lane = lane_it->second.get();
+  absl::StatusOr<ValidatedContribution> valid = store_->Validate(std::move(contribution));
+  if (!valid.ok()) return refuse(valid.status());
   // Read before the offer: the batcher's version is never behind it then, whereas a batch this
   // contribution closes may be applied before a later read.
   const int64_t applied_version = store_->Version(parameter).value_or(0);
-  absl::StatusOr<OfferResult> offer = lane->batcher->Offer(std::move(contribution));
-  if (!offer.ok()) {
-    Count(worker_id, parameter, true, known_worker, &PushCounts::rejected, loss);
-    return offer.status();
-  }
-  Count(worker_id, parameter, true, known_worker, CountField(offer->result), loss);
-  if (metrics_ != nullptr && offer->result != PushResult::kDuplicate) {
+  absl::StatusOr<OfferResult> offer = lane->batcher->Offer(*std::move(valid));
+  if (!offer.ok()) return refuse(offer.status());
+  accounting_.Count(source, offer->result, loss);
+  if (metrics_ != nullptr && offer->result != PushOutcome::kDuplicate) {
     metrics_->RecordStaleness(offer->staleness);
   }
-  PushReply reply;
-  reply.result = offer->result;
-  reply.applied_version = applied_version;
-  reply.batch_version = offer->version;
-  reply.staleness = offer->staleness;
-  if (offer->closed.has_value()) {
-    Enqueue(lane, *std::move(offer->closed));
-  } else if (offer->result == PushResult::kAccepted) {
+  const PushReply reply{offer->result, applied_version, offer->version, offer->staleness};
+  HandOver(lane, *offer);
+  return reply;
+}
+
+absl::StatusOr<PushReply> Shard::RefuseDuringShutdown(const Lane* lane,
+                                                      const Contribution& c) const {
+  // Dedup before refusing: a re-sent contribution that is already in must be answered
+  // DUPLICATE, or the client restores it into its residual and it is applied twice.
+  if (lane == nullptr || !lane->batcher->AlreadyAccepted(c.worker_id, c.sequence)) {
+    return absl::UnavailableError("the shard is shutting down; retry on the restarted shard");
+  }
+  return PushReply{PushOutcome::kDuplicate, store_->Version(c.parameter).value_or(0),
+                   lane->batcher->version(), 0};
+}
+
+void Shard::HandOver(Lane* lane, OfferResult& offer) {
+  if (offer.closed.has_value()) {
+    steps_.Enqueue(lane->steps, *std::move(offer.closed));
+  } else if (offer.result == PushOutcome::kAccepted) {
     if (std::optional<absl::Time> deadline = lane->batcher->NextDeadline()) {
       WakeDeadlineThread(*deadline);
     }
   }
-  return reply;
 }
 
 void Shard::CountRejected(absl::string_view worker_id, absl::string_view parameter) {
@@ -245,27 +225,8 @@ void Shard::CountRejected(absl::string_view worker_id, absl::string_view paramet
     ReaderMutexLock lock(&gate_);
     known_parameter = lanes_.contains(parameter);
   }
-  Count(worker_id, parameter, known_parameter, store_->worker_registered(worker_id),
-        &PushCounts::rejected, 0.0);
-}
-
-void Shard::Count(absl::string_view worker_id, absl::string_view parameter, bool known_parameter,
-                  bool known_worker, int64_t PushCounts::*field, double loss) {
-  if (metrics_ != nullptr) {
-    metrics_->RecordPush(field == &PushCounts::accepted    ? PushOutcome::kAccepted
-                         : field == &PushCounts::duplicate ? PushOutcome::kDuplicate
-                         : field == &PushCounts::stale     ? PushOutcome::kStale
-                                                           : PushOutcome::kRejected);
-  }
-  MutexLock lock(&counts_mu_);
-  ++(total_counts_.*field);
-  // Only names the shard knows get their own entry, so bad input cannot grow these maps.
-  if (known_parameter) ++(parameter_counts_[parameter].*field);
-  if (known_worker) {
-    ShardStatus::Worker& worker = worker_counts_[worker_id];
-    ++(worker.pushes.*field);
-    if (field == &PushCounts::accepted) worker.last_loss = loss;
-  }
+  accounting_.Count({worker_id, store_->worker_registered(worker_id), parameter, known_parameter},
+                    PushOutcome::kRejected, 0.0);
 }
 
 absl::StatusOr<std::unique_ptr<Subscription>> Shard::Subscribe(
@@ -285,11 +246,6 @@ absl::StatusOr<std::unique_ptr<Subscription>> Shard::Subscribe(
     }
   }
   return broadcaster_->Subscribe(std::move(parameters), have);
-}
-
-absl::StatusOr<ParameterSnapshot> Shard::Snapshot(absl::string_view parameter,
-                                                  bool include_state) const {
-  return store_->Snapshot(parameter, include_state);
 }
 
 absl::StatusOr<int64_t> Shard::WaitForVersion(absl::string_view parameter, int64_t min_version,
@@ -322,125 +278,75 @@ ShardStatus Shard::Status() const {
   if (model.ok()) status.model_name = model->model_name;
   const std::vector<ParameterStatus> parameters = store_->Statuses();
   const std::vector<std::string> workers = store_->workers();
-  {
-    MutexLock lock(&counts_mu_);
-    status.pushes = total_counts_;
-    for (const ParameterStatus& p : parameters) {
-      auto it = parameter_counts_.find(p.parameter);
-      status.parameters.push_back(
-          {p, it == parameter_counts_.end() ? PushCounts{} : it->second});
-    }
-    for (const std::string& worker_id : workers) {
-      auto it = worker_counts_.find(worker_id);
-      ShardStatus::Worker worker =
-          it == worker_counts_.end() ? ShardStatus::Worker{} : it->second;
-      worker.worker_id = worker_id;
-      status.workers.push_back(std::move(worker));
-    }
+  const PushTally tally = accounting_.Tally();
+  status.pushes = tally.total;
+  for (const ParameterStatus& p : parameters) {
+    auto it = tally.parameters.find(p.parameter);
+    status.parameters.push_back({p, it == tally.parameters.end() ? PushCounts{} : it->second});
   }
-  std::sort(status.workers.begin(), status.workers.end(),
-            [](const auto& a, const auto& b) { return a.worker_id < b.worker_id; });
+  for (const std::string& worker_id : workers) {  // sorted by id
+    auto it = tally.workers.find(worker_id);
+    const WorkerPushCounts counts = it == tally.workers.end() ? WorkerPushCounts{} : it->second;
+    status.workers.push_back({worker_id, counts.pushes, counts.last_loss});
+  }
   status.subscribers = broadcaster_->subscribers();
-  {
-    MutexLock lock(&queue_mu_);
-    status.failed_steps = failed_steps_;
-    status.pending_batches = outstanding_;
-    status.max_pending_batches_seen = max_pending_seen_;
-    status.backpressure_waits = backpressure_waits_;
-  }
+  const StepQueueStats steps = steps_.stats();
+  status.failed_steps = steps.failed;
+  status.pending_batches = steps.pending;
+  status.max_pending_batches_seen = steps.max_pending_seen;
+  status.backpressure_waits = steps.backpressure_waits;
   return status;
 }
 
-void Shard::Enqueue(Lane* lane, Batch batch) {
-  MutexLock lock(&queue_mu_);
-  const int64_t version = batch.version;
-  lane->pending.emplace(version, std::move(batch));
-  max_pending_seen_ = std::max(max_pending_seen_, static_cast<int64_t>(lane->pending.size()));
-  ++outstanding_;
-  // Concurrent pushes can hand over batches out of order; only the next version may start.
-  if (!lane->scheduled && lane->pending.begin()->first == lane->next_version) {
-    lane->scheduled = true;
-    ready_.push_back(lane);
-    work_cv_.Signal();
-  }
-}
-
-void Shard::ComputeLoop() {
-  MutexLock lock(&queue_mu_);
-  while (true) {
-    while (ready_.empty() && !stop_compute_) work_cv_.Wait(&queue_mu_);
-    if (ready_.empty()) return;  // stopping and nothing left
-    Lane* lane = ready_.front();
-    ready_.pop_front();
-    auto first = lane->pending.begin();
-    Batch batch = std::move(first->second);
-    lane->pending.erase(first);
-    room_cv_.SignalAll();
-    const int64_t version = batch.version;
-    queue_mu_.Unlock();
-    ApplyOne(lane, std::move(batch));
-    queue_mu_.Lock();
-    // Advance even after a failure so the lane never wedges; ApplyBatch then refuses the
-    // following batches of this parameter too, which failed_steps_ makes visible.
-    lane->next_version = version + 1;
-    --outstanding_;
-    if (!lane->pending.empty() && lane->pending.begin()->first == lane->next_version) {
-      ready_.push_back(lane);
-      work_cv_.Signal();
-    } else {
-      lane->scheduled = false;
-    }
-    if (outstanding_ == 0) idle_cv_.SignalAll();
-  }
-}
-
-void Shard::ApplyOne(Lane* lane, Batch batch) {
+absl::Status Shard::ApplyOne(const Lane* lane, Batch batch) {
   const absl::Time start = absl::Now();
   absl::StatusOr<StepOutcome> outcome = store_->ApplyBatch(batch);
   if (!outcome.ok()) {
     std::fprintf(stderr, "dion-server: step of '%s' at version %lld failed: %s\n",
                  batch.parameter.c_str(), static_cast<long long>(batch.version),
                  outcome.status().ToString().c_str());
-    {
-      MutexLock lock(&queue_mu_);
-      ++failed_steps_;
-    }
     if (metrics_ != nullptr) metrics_->RecordFailedStep(lane->optimizer);
-    return;
+    return outcome.status();
   }
   {
     // The store holds the new version already; wake Pulls waiting for it.
     MutexLock lock(&version_mu_);
     version_cv_.SignalAll();
   }
-  const StepStats& stats = outcome->stats;
   const int64_t version = outcome->update.version;
   const absl::Time published = absl::Now();
   broadcaster_->Publish(std::move(outcome->update));
   const absl::Time end = absl::Now();
   lane->batcher->ReportStepDuration(published - start);
+  RecordStep(*lane, outcome->stats, version, end - published);
+  return absl::OkStatus();
+}
+
+void Shard::RecordStep(const Lane& lane, const StepStats& stats, int64_t version,
+                       absl::Duration broadcast) {
   if (metrics_ == nullptr) return;
   metrics_->RecordBatch(stats.contributions);
   metrics_->RecordPhase(StepPhase::kAggregate, absl::ToDoubleSeconds(stats.report.aggregate));
-  if (lane->optimizer == OptimizerKind::kDion) {
+  if (lane.optimizer == OptimizerKind::kDion) {
     metrics_->RecordPhase(StepPhase::kPowerIteration,
                           absl::ToDoubleSeconds(stats.report.power_iteration));
     metrics_->RecordPhase(StepPhase::kOrthonormalize,
                           absl::ToDoubleSeconds(stats.report.orthonormalize));
   }
   metrics_->RecordPhase(StepPhase::kUpdate, absl::ToDoubleSeconds(stats.report.update));
-  metrics_->RecordPhase(StepPhase::kBroadcast, absl::ToDoubleSeconds(end - published));
-  metrics_->RecordStep(lane->optimizer, version);
+  metrics_->RecordPhase(StepPhase::kBroadcast, absl::ToDoubleSeconds(broadcast));
+  metrics_->RecordStep(lane.optimizer, version);
   if (stats.report.ortho_error >= 0) metrics_->SetOrthogonalityError(stats.report.ortho_error);
   metrics_->SetWorkerLoss(stats.mean_loss);
 }
 
 void Shard::FlushAndDrain() {
   for (Lane* lane : lane_order_) {
-    if (std::optional<Batch> batch = lane->batcher->Flush()) Enqueue(lane, *std::move(batch));
+    if (std::optional<Batch> batch = lane->batcher->Flush()) {
+      steps_.Enqueue(lane->steps, *std::move(batch));
+    }
   }
-  MutexLock lock(&queue_mu_);
-  while (outstanding_ > 0) idle_cv_.Wait(&queue_mu_);
+  steps_.Drain();
 }
 
 void Shard::Drain() {
@@ -478,11 +384,7 @@ void Shard::BeginShutdown() {
     MutexLock lock(&gate_);
     shutting_down_ = true;
   }
-  {
-    MutexLock lock(&queue_mu_);
-    waits_released_ = true;
-    room_cv_.SignalAll();
-  }
+  steps_.ReleaseWaiters();
   {
     MutexLock lock(&version_mu_);
     versions_closed_ = true;
@@ -515,14 +417,7 @@ absl::Status Shard::Shutdown() {
       FlushAndDrain();
     }
   }
-  {
-    MutexLock lock(&queue_mu_);
-    stop_compute_ = true;
-    work_cv_.SignalAll();
-    room_cv_.SignalAll();
-  }
-  for (std::thread& thread : compute_threads_) thread.join();
-  compute_threads_.clear();
+  steps_.Stop();
   return status;
 }
 
@@ -534,20 +429,23 @@ void Shard::WakeDeadlineThread(absl::Time deadline) {
   }
 }
 
+absl::Time Shard::CloseDueBatches() {
+  absl::Time earliest = absl::InfiniteFuture();
+  ReaderMutexLock lock(&gate_);
+  for (Lane* lane : lane_order_) {
+    if (std::optional<Batch> batch = lane->batcher->CloseIfDue()) {
+      steps_.Enqueue(lane->steps, *std::move(batch));
+    }
+    if (std::optional<absl::Time> deadline = lane->batcher->NextDeadline()) {
+      earliest = std::min(earliest, *deadline);
+    }
+  }
+  return earliest;
+}
+
 void Shard::DeadlineLoop() {
   while (true) {
-    absl::Time earliest = absl::InfiniteFuture();
-    {
-      ReaderMutexLock lock(&gate_);
-      for (Lane* lane : lane_order_) {
-        if (std::optional<Batch> batch = lane->batcher->CloseIfDue()) {
-          Enqueue(lane, *std::move(batch));
-        }
-        if (std::optional<absl::Time> deadline = lane->batcher->NextDeadline()) {
-          earliest = std::min(earliest, *deadline);
-        }
-      }
-    }
+    const absl::Time earliest = CloseDueBatches();
     MutexLock lock(&deadline_mu_);
     if (stop_threads_) return;
     if (deadline_poke_) {  // a batch opened while we were scanning

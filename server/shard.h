@@ -1,33 +1,28 @@
 // One parameter-server shard, below the network: the parameter store, one batcher per owned
-// parameter, a compute pool that applies closed batches, the broadcaster, and the optional
-// metrics and checkpointer (SYSTEM.md "Inside a shard").
+// parameter, the step queue that applies closed batches (server/step_queue.h), the
+// broadcaster, push accounting, and the optional metrics and checkpointer (docs/server.md,
+// "Step pipeline").
 //
 // Flow of a contribution: Push (on the caller's thread: validate, offer to the parameter's
-// batcher) -> a closed batch goes to the compute pool -> one compute thread applies it
+// batcher) -> a closed batch goes to the step queue -> a compute thread applies it
 // (ParameterStore::ApplyBatch) -> the new version goes to the broadcaster. Steps never run on
-// the caller's thread. Closed batches of one parameter are applied strictly in version order,
-// one at a time; different parameters step in parallel on up to `compute_threads` threads.
-// A deadline thread closes batches whose deadline passed (Batcher::CloseIfDue).
+// the caller's thread. A deadline thread closes batches whose deadline passed.
 //
 // Checkpoints: Checkpoint() stops new contributions, closes every open batch, waits until all
 // closed batches are applied and writes the store and the batchers' dedup state, so that no
-// contribution is both acknowledged and missing from the checkpoint. Pushes wait while a
-// checkpoint is written. Create() restores the newest valid checkpoint; a background thread
-// checkpoints every `checkpoint_interval`, and Shutdown() takes a last one.
+// contribution is both acknowledged and missing from the checkpoint. Pushes wait meanwhile.
+// Create() restores the newest valid checkpoint; a background thread checkpoints every
+// `checkpoint_interval`, and Shutdown() takes a last one.
 //
 // Backpressure: a Push whose parameter already has `max_pending_batches` closed batches waiting
-// for the compute pool waits (holding no lock of the shard) until one is taken, so workers
-// faster than the steps are slowed down (their stream is not read; HTTP/2 flow control does
-// the rest) instead of growing the shard's memory without bound (docs/benchmarks.md, push
-// throughput).
+// waits (holding no lock of the shard) until one is taken, so workers faster than the steps
+// are slowed down instead of growing the shard's memory without bound.
 //
-// Thread-safety: safe for concurrent use.
+// Thread-safety: safe for concurrent use. Lock order: checkpoint_mu_ before gate_.
 #ifndef DION_SERVER_SHARD_H_
 #define DION_SERVER_SHARD_H_
 
 #include <cstdint>
-#include <deque>
-#include <map>
 #include <memory>
 #include <string>
 #include <thread>
@@ -46,6 +41,8 @@
 #include "common/contribution.h"
 #include "common/model_table.h"
 #include "server/parameter_store.h"
+#include "server/push_accounting.h"
+#include "server/step_queue.h"
 
 namespace dion {
 
@@ -71,7 +68,7 @@ absl::Status ValidateShardOptions(const ShardOptions& options);
 
 // How a contribution was judged.
 struct PushReply {
-  PushResult result = PushResult::kAccepted;
+  PushOutcome result = PushOutcome::kAccepted;  // never kRejected (that is an error status)
   // The parameter's latest applied version when the contribution was judged (what a replica
   // can hold; PushAck.current_version).
   int64_t applied_version = 0;
@@ -79,13 +76,6 @@ struct PushReply {
   // tau = batch_version - base_version.
   int64_t batch_version = 0;
   int64_t staleness = 0;  // tau, for accepted and stale contributions
-};
-
-struct PushCounts {
-  int64_t accepted = 0;
-  int64_t duplicate = 0;
-  int64_t stale = 0;
-  int64_t rejected = 0;
 };
 
 struct ShardStatus {
@@ -129,9 +119,11 @@ class Shard {
 
   // ParameterStore::RegisterModel, and the batchers of the owned parameters when new.
   absl::StatusOr<bool> RegisterModel(const ModelTable& table) ABSL_LOCKS_EXCLUDED(gate_);
-  absl::Status RegisterWorker(absl::string_view worker_id);
+  absl::Status RegisterWorker(absl::string_view worker_id) {
+    return store_->RegisterWorker(worker_id);
+  }
 
-  // Validates a contribution (ParameterStore::ValidateContribution codes) and offers it to
+  // Validates a contribution (ParameterStore::Validate codes) and offers it to
   // its parameter's batcher; a batch it completes goes to the compute pool. Waits first while
   // the parameter has max_pending_batches closed batches waiting (backpressure, file comment).
   // Unavailable once shutdown began. Every outcome, errors included, is counted (Status(),
@@ -139,7 +131,7 @@ class Shard {
   absl::StatusOr<PushReply> Push(Contribution contribution) ABSL_LOCKS_EXCLUDED(gate_);
   // Counts a contribution the caller refused before Push (e.g. it could not be decoded).
   void CountRejected(absl::string_view worker_id, absl::string_view parameter)
-      ABSL_LOCKS_EXCLUDED(gate_, counts_mu_);
+      ABSL_LOCKS_EXCLUDED(gate_);
 
   // Follows `parameters` (empty: every owned parameter). FailedPrecondition before a model is
   // registered, NotFound / FailedPrecondition for a parameter not in the model / not owned.
@@ -148,7 +140,23 @@ class Shard {
       ABSL_LOCKS_EXCLUDED(gate_);
 
   absl::StatusOr<ParameterSnapshot> Snapshot(absl::string_view parameter,
-                                             bool include_state) const;
+                                             bool include_state) const {
+    return store_->Snapshot(parameter, include_state);
+  }
+
+  // What the service needs of the store, with ParameterStore's codes and contracts.
+  bool model_registered() const { return store_->model_registered(); }
+  absl::StatusOr<ModelInfo> model() const { return store_->model(); }
+  // Owned parameters in table order; empty before registration.
+  std::vector<std::string> OwnedParameters() const { return store_->OwnedParameters(); }
+  // The spec of an owned parameter; it lives as long as the shard.
+  absl::StatusOr<const ParamSpec*> FindSpec(absl::string_view parameter) const {
+    return store_->FindSpec(parameter);
+  }
+  // The latest applied version of an owned parameter.
+  absl::StatusOr<int64_t> Version(absl::string_view parameter) const {
+    return store_->Version(parameter);
+  }
 
   // Waits until `parameter` has reached at least `min_version` (applied) or `deadline` passes,
   // and returns the version reached. Errors: the store's codes for an unknown / foreign
@@ -158,11 +166,11 @@ class Shard {
   absl::StatusOr<int64_t> WaitForVersion(absl::string_view parameter, int64_t min_version,
                                          absl::Time deadline) const
       ABSL_LOCKS_EXCLUDED(version_mu_);
-  ShardStatus Status() const ABSL_LOCKS_EXCLUDED(gate_, counts_mu_);
+  ShardStatus Status() const;
 
   // Closes every open batch and waits until every closed batch is applied (for tests and
   // tools; pushes continue meanwhile).
-  void Drain() ABSL_LOCKS_EXCLUDED(gate_, queue_mu_);
+  void Drain() ABSL_LOCKS_EXCLUDED(gate_);
 
   // Writes a checkpoint now (see the file comment) and returns its directory.
   // FailedPrecondition without a checkpoint directory or before a model is registered.
@@ -170,25 +178,22 @@ class Shard {
 
   // Refuses new contributions (Unavailable), also those waiting for room in their parameter's
   // backlog, and closes every subscription. Idempotent.
-  void BeginShutdown() ABSL_LOCKS_EXCLUDED(gate_, queue_mu_);
+  void BeginShutdown() ABSL_LOCKS_EXCLUDED(gate_);
   // BeginShutdown, applies every accepted contribution, writes a last checkpoint (when
   // configured and a model is registered) and stops the threads. Idempotent; returns the
   // checkpoint's status.
-  absl::Status Shutdown() ABSL_LOCKS_EXCLUDED(gate_, queue_mu_);
+  absl::Status Shutdown() ABSL_LOCKS_EXCLUDED(gate_);
 
-  const ParameterStore& store() const { return *store_; }
+  const ParameterStore& store() const { return *store_; }  // tests and tools
   const Broadcaster& broadcaster() const { return *broadcaster_; }
   const ShardOptions& options() const { return options_; }
 
  private:
-  // One owned parameter: its batcher and the closed batches waiting for the compute pool.
+  // One owned parameter: its batcher and its lane in the step queue.
   struct Lane {
     std::unique_ptr<Batcher> batcher;
     OptimizerKind optimizer = OptimizerKind::kAdamW;
-    // Guarded by Shard::queue_mu_.
-    std::map<int64_t, Batch> pending;  // by version
-    int64_t next_version = 0;          // the version the next applied batch must have
-    bool scheduled = false;            // in ready_ or being applied
+    StepQueue::LaneId steps = 0;
   };
 
   Shard(const ShardOptions& options, ShardMetrics* metrics);
@@ -196,22 +201,27 @@ class Shard {
   absl::Status Start() ABSL_LOCKS_EXCLUDED(gate_);
   absl::Status RestoreFromCheckpoint() ABSL_EXCLUSIVE_LOCKS_REQUIRED(gate_);
   void CreateLanesLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(gate_);
-  // Hands a closed batch to the compute pool.
-  void Enqueue(Lane* lane, Batch batch) ABSL_LOCKS_EXCLUDED(queue_mu_);
   // Backpressure: returns once `parameter` has fewer than max_pending_batches closed batches
   // waiting, or at once for an unknown parameter or during shutdown.
-  void WaitForRoom(absl::string_view parameter) ABSL_LOCKS_EXCLUDED(gate_, queue_mu_);
-  // Flushes every batcher and waits until the compute pool is idle. REQUIRES: gate_ held
+  void WaitForRoom(absl::string_view parameter) ABSL_LOCKS_EXCLUDED(gate_);
+  // The answer to a push while shutting down: DUPLICATE when it is already in, else Unavailable.
+  absl::StatusOr<PushReply> RefuseDuringShutdown(const Lane* lane, const Contribution& c) const
+      ABSL_SHARED_LOCKS_REQUIRED(gate_);
+  // Hands the batch `offer` closed to the step queue, or wakes the deadline thread for the
+  // batch it opened.
+  void HandOver(Lane* lane, OfferResult& offer) ABSL_SHARED_LOCKS_REQUIRED(gate_);
+  // Flushes every batcher and waits until the step queue is idle. REQUIRES: gate_ held
   // (shared or exclusive; exclusive guarantees nothing new arrives).
-  void FlushAndDrain() ABSL_SHARED_LOCKS_REQUIRED(gate_) ABSL_LOCKS_EXCLUDED(queue_mu_);
+  void FlushAndDrain() ABSL_SHARED_LOCKS_REQUIRED(gate_);
   absl::StatusOr<std::string> CheckpointLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(gate_);
-  void ApplyOne(Lane* lane, Batch batch);
-  void Count(absl::string_view worker_id, absl::string_view parameter, bool known_parameter,
-             bool known_worker, int64_t PushCounts::*field, double loss)
-      ABSL_LOCKS_EXCLUDED(counts_mu_);
+  // Applies one closed batch of `lane` (on a compute thread) and publishes the new version.
+  absl::Status ApplyOne(const Lane* lane, Batch batch);
+  void RecordStep(const Lane& lane, const StepStats& stats, int64_t version,
+                  absl::Duration broadcast);
 
-  void ComputeLoop() ABSL_LOCKS_EXCLUDED(queue_mu_);
   void DeadlineLoop() ABSL_LOCKS_EXCLUDED(gate_, deadline_mu_);
+  // Closes the batches whose deadline passed and returns the earliest deadline left.
+  absl::Time CloseDueBatches() ABSL_LOCKS_EXCLUDED(gate_);
   void CheckpointLoop() ABSL_LOCKS_EXCLUDED(deadline_mu_);
   void WakeDeadlineThread(absl::Time deadline) ABSL_LOCKS_EXCLUDED(deadline_mu_);
 
@@ -219,6 +229,8 @@ class Shard {
   ShardMetrics* const metrics_;
   std::unique_ptr<ParameterStore> store_;
   std::unique_ptr<Broadcaster> broadcaster_;
+  StepQueue steps_;
+  PushAccounting accounting_;
 
   // Shared by every Push and by the deadline thread while they offer and enqueue; exclusive
   // for registration, checkpoints and the start of shutdown, which must see no contribution
@@ -227,21 +239,6 @@ class Shard {
   absl::flat_hash_map<std::string, std::unique_ptr<Lane>> lanes_ ABSL_GUARDED_BY(gate_);
   std::vector<Lane*> lane_order_ ABSL_GUARDED_BY(gate_);  // store's OwnedParameters() order
   bool shutting_down_ ABSL_GUARDED_BY(gate_) = false;
-
-  // The compute pool.
-  mutable Mutex queue_mu_;
-  CondVar work_cv_;  // ready_ non-empty or stop_compute_
-  CondVar idle_cv_;  // outstanding_ reached 0
-  CondVar room_cv_;  // a lane's pending shrank, waits_released_ or stop_compute_
-  std::deque<Lane*> ready_ ABSL_GUARDED_BY(queue_mu_);
-  int64_t outstanding_ ABSL_GUARDED_BY(queue_mu_) = 0;  // enqueued, not yet applied
-  bool stop_compute_ ABSL_GUARDED_BY(queue_mu_) = false;
-  // Set by BeginShutdown: waiting pushes go on, to be refused, rather than wait for the backlog.
-  bool waits_released_ ABSL_GUARDED_BY(queue_mu_) = false;
-  int64_t failed_steps_ ABSL_GUARDED_BY(queue_mu_) = 0;
-  int64_t max_pending_seen_ ABSL_GUARDED_BY(queue_mu_) = 0;
-  int64_t backpressure_waits_ ABSL_GUARDED_BY(queue_mu_) = 0;
-  std::vector<std::thread> compute_threads_;
 
   // WaitForVersion sleeps on version_cv_; every applied step and the start of shutdown wake
   // it. Versions themselves are read from the store (atomics) under version_mu_, after the
@@ -264,12 +261,6 @@ class Shard {
   std::unique_ptr<Checkpointer> checkpointer_ ABSL_PT_GUARDED_BY(checkpoint_mu_);
   Mutex shutdown_mu_;
   bool shut_down_ ABSL_GUARDED_BY(shutdown_mu_) = false;
-
-  mutable Mutex counts_mu_;
-  PushCounts total_counts_ ABSL_GUARDED_BY(counts_mu_);
-  absl::flat_hash_map<std::string, PushCounts> parameter_counts_ ABSL_GUARDED_BY(counts_mu_);
-  absl::flat_hash_map<std::string, ShardStatus::Worker> worker_counts_
-      ABSL_GUARDED_BY(counts_mu_);
 };
 
 }  // namespace dion

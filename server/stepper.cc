@@ -11,71 +11,6 @@
 namespace dion {
 namespace {
 
-// InvalidArgument naming the first non-finite entry of M, or the first above the limit.
-absl::Status CheckEntries(const Matrix& M, absl::string_view parameter, absl::string_view what,
-                          double limit) {
-  if (M.allFinite() && (M.size() == 0 || M.cwiseAbs().maxCoeff() <= limit)) {
-    return absl::OkStatus();
-  }
-  for (int64_t i = 0; i < M.rows(); ++i) {
-    for (int64_t j = 0; j < M.cols(); ++j) {
-      const float x = M(i, j);
-      if (!std::isfinite(x)) {
-        return absl::InvalidArgumentError(absl::StrCat("parameter '", parameter, "': ", what,
-                                                       " has a non-finite entry ", x, " at (",
-                                                       i, ", ", j, ")"));
-      }
-      if (std::abs(x) > limit) {
-        return absl::InvalidArgumentError(absl::StrCat(
-            "parameter '", parameter, "': ", what, " entry ", x, " at (", i, ", ", j,
-            ") exceeds the magnitude limit ", limit));
-      }
-    }
-  }
-  return absl::OkStatus();
-}
-
-absl::Status CheckLowRank(const ParamSpec& spec, const LowRankFactors& f) {
-  const int64_t m = spec.rows(), n = spec.cols();
-  const int64_t r = f.P.cols();
-  const auto error = [&](auto&&... parts) {
-    return absl::InvalidArgumentError(absl::StrCat("parameter '", spec.name, "': ", parts...));
-  };
-  if (f.P.rows() != m) {
-    return error("P has ", f.P.rows(), " rows, expected m = ", m, " (P is m x r for an ", m,
-                 " x ", n, " parameter)");
-  }
-  if (f.R.rows() != n) {
-    return error("R has ", f.R.rows(), " rows, expected n = ", n, " (R is n x r for an ", m,
-                 " x ", n, " parameter)");
-  }
-  if (f.R.cols() != r) {
-    return error("P has ", r, " columns but R has ", f.R.cols(), "; both must have rank r");
-  }
-  if (r < 1 || r > std::min(m, n)) {
-    return error("rank ", r, " is outside [1, min(m, n) = ", std::min(m, n), "]");
-  }
-  if (absl::Status s = CheckEntries(f.P, spec.name, "P", HUGE_VAL); !s.ok()) return s;
-  if (absl::Status s = CheckEntries(f.R, spec.name, "R", HUGE_VAL); !s.ok()) return s;
-  // Bound on every entry of P R^T, summed over the rank.
-  const double bound = static_cast<double>(r) * f.P.cwiseAbs().maxCoeff() *
-                       f.R.cwiseAbs().maxCoeff();
-  if (bound > kMaxContributionMagnitude) {
-    return error("P R^T may reach ", bound, ", above the magnitude limit ",
-                 kMaxContributionMagnitude);
-  }
-  return absl::OkStatus();
-}
-
-absl::Status CheckDense(const ParamSpec& spec, const Matrix& G) {
-  if (G.rows() != spec.rows() || G.cols() != spec.cols()) {
-    return absl::InvalidArgumentError(absl::StrCat("parameter '", spec.name, "': gradient is ",
-                                                   G.rows(), " x ", G.cols(), ", expected ",
-                                                   spec.rows(), " x ", spec.cols()));
-  }
-  return CheckEntries(G, spec.name, "gradient", kMaxContributionMagnitude);
-}
-
 // The batch's entries in SummationOrderLess order. Batcher batches already are (a pointer
 // sort of a few entries, against the step's GEMMs); this keeps the guarantee for any caller.
 std::vector<const WeightedContribution*> CanonicalOrder(
@@ -85,7 +20,7 @@ std::vector<const WeightedContribution*> CanonicalOrder(
   for (const WeightedContribution& e : entries) ordered.push_back(&e);
   std::sort(ordered.begin(), ordered.end(),
             [](const WeightedContribution* a, const WeightedContribution* b) {
-              return SummationOrderLess(a->contribution, b->contribution);
+              return SummationOrderLess(*a->contribution, *b->contribution);
             });
   return ordered;
 }
@@ -94,12 +29,12 @@ std::vector<const WeightedContribution*> CanonicalOrder(
 void FoldLowRankIntoMomentum(const std::vector<const WeightedContribution*>& entries,
                              Matrix& M) {
   int64_t total_rank = 0;
-  for (const WeightedContribution* e : entries) total_rank += e->contribution.factors().P.cols();
+  for (const WeightedContribution* e : entries) total_rank += e->contribution->factors().P.cols();
   Matrix P_stack(M.rows(), total_rank);
   Matrix R_stack(M.cols(), total_rank);
   int64_t column = 0;
   for (const WeightedContribution* e : entries) {
-    const LowRankFactors& f = e->contribution.factors();
+    const LowRankFactors& f = e->contribution->factors();
     const int64_t r = f.P.cols();
     P_stack.middleCols(column, r) = static_cast<float>(e->weight) * f.P;
     R_stack.middleCols(column, r) = f.R;
@@ -112,9 +47,21 @@ Matrix WeightedMeanGradient(const std::vector<const WeightedContribution*>& entr
                             int64_t rows, int64_t cols) {
   Matrix G = Matrix::Zero(rows, cols);
   for (const WeightedContribution* e : entries) {
-    G.noalias() += static_cast<float>(e->weight) * e->contribution.gradient();
+    G.noalias() += static_cast<float>(e->weight) * e->contribution->gradient();
   }
   return G;
+}
+
+// Where the time of a Dion phase is added up; nullptr for time outside the report's phases.
+absl::Duration* PhaseTotal(StepReport& report, DionPhase phase) {
+  switch (phase) {
+    case DionPhase::kPowerIteration: return &report.power_iteration;
+    case DionPhase::kOrthonormalize: return &report.orthonormalize;
+    case DionPhase::kUpdate: return &report.update;
+    case DionPhase::kMomentum:  // DionStep only; the stepper folds into M itself
+    case DionPhase::kDiagnostic: return nullptr;
+  }
+  return nullptr;
 }
 
 }  // namespace
@@ -130,23 +77,6 @@ OptimizerState InitOptimizerState(const ParamSpec& spec, uint64_t seed) {
   return InitAdamWState(m, n);
 }
 
-absl::Status ValidatePayload(const ParamSpec& spec, const Contribution& contribution) {
-  if (spec.optimizer == OptimizerKind::kDion) {
-    if (!contribution.is_low_rank()) {
-      return absl::InvalidArgumentError(absl::StrCat(
-          "parameter '", spec.name, "' uses dion: send low-rank factors (P, R), not a dense "
-          "gradient"));
-    }
-    return CheckLowRank(spec, contribution.factors());
-  }
-  if (contribution.is_low_rank()) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "parameter '", spec.name, "' uses ", OptimizerKindName(spec.optimizer),
-        ": send a dense gradient, not low-rank factors"));
-  }
-  return CheckDense(spec, contribution.gradient());
-}
-
 absl::StatusOr<StepReport> ApplyWeightedStep(const ParamSpec& spec,
                                              const std::vector<WeightedContribution>& entries,
                                              MatrixRef X, OptimizerState& state,
@@ -159,10 +89,14 @@ absl::StatusOr<StepReport> ApplyWeightedStep(const ParamSpec& spec,
     FoldLowRankIntoMomentum(ordered, dion.M);
     const absl::Time folded = absl::Now();
     report.aggregate = folded - start;
-    DionStepResult result = DionStepFromMomentum(X, dion, spec.dion, measure_ortho_error);
-    report.power_iteration = absl::Seconds(result.power_iteration_seconds);
-    report.orthonormalize = absl::Seconds(result.orthonormalize_seconds);
-    report.update = absl::Seconds(result.update_seconds);
+    absl::Time lap = folded;
+    const auto phase_end = [&](DionPhase phase) {
+      const absl::Time now = absl::Now();
+      if (absl::Duration* total = PhaseTotal(report, phase)) *total += now - lap;
+      lap = now;
+    };
+    DionStepResult result =
+        DionStepFromMomentum(X, dion, spec.dion, measure_ortho_error, phase_end);
     report.ortho = result.ortho;
     report.ortho_error = result.ortho_error;
     if (result.applied) {

@@ -36,16 +36,6 @@ using OptimizerState = std::variant<DionState, AdamWState, LionState, MuonState>
 // The starting state of the spec's optimizer; a Dion parameter's Q is drawn from `seed`.
 OptimizerState InitOptimizerState(const ParamSpec& spec, uint64_t seed);
 
-// Entries of a contribution, or of P R^T (bounded by r max|P| max|R|), above this magnitude
-// are refused: no real gradient is that large, and below it the batch mean, the momentum and
-// AdamW's squared gradient stay finite in float32.
-inline constexpr double kMaxContributionMagnitude = 1e18;
-
-// Whether `contribution`'s payload fits `spec`: low-rank factors for Dion (P m x r, R n x r,
-// 1 <= r <= min(m, n)), a dense m x n gradient otherwise; every entry finite and within
-// kMaxContributionMagnitude. InvalidArgument naming the parameter and what was expected.
-absl::Status ValidatePayload(const ParamSpec& spec, const Contribution& contribution);
-
 struct StepReport {
   std::optional<LowRankStep> low_rank_step;  // set when a Dion step was applied
   OrthoReport ortho;                         // Dion only
@@ -60,7 +50,7 @@ struct StepReport {
 // Applies the weighted mean of `entries` to (X, state) with the spec's optimizer. The mean is
 // summed in (worker_id, sequence) order, so the result does not depend on the order of
 // `entries`: the same batch gives the same bits however its pushes arrived.
-// REQUIRES: entries non-empty, each passing ValidatePayload(spec, .), weights > 0 summing to 1,
+// REQUIRES: entries non-empty, each validated for this parameter, weights > 0 summing to 1,
 // state holding the spec's optimizer state. On error nothing has changed.
 absl::StatusOr<StepReport> ApplyWeightedStep(const ParamSpec& spec,
                                              const std::vector<WeightedContribution>& entries,

@@ -6,6 +6,7 @@
 
 #include <algorithm>
 #include <atomic>
+#include <limits>
 #include <string>
 #include <thread>
 #include <utility>
@@ -19,8 +20,8 @@ namespace {
 
 constexpr char kParameter[] = "fc1.weight";
 
-Contribution Make(const std::string& worker, uint64_t sequence, int64_t base_version,
-                  int64_t samples) {
+Contribution MakeRaw(const std::string& worker, uint64_t sequence, int64_t base_version,
+                     int64_t samples) {
   Contribution c;
   c.worker_id = worker;
   c.sequence = sequence;
@@ -29,6 +30,22 @@ Contribution Make(const std::string& worker, uint64_t sequence, int64_t base_ver
   c.sample_count = samples;
   c.payload = Matrix::Constant(1, 2, static_cast<float>(sequence));
   return c;
+}
+
+// `c` validated as a shard validates a push (for a 1 x 2 AdamW parameter of its name, worker
+// registered, any base version): the only way to offer it.
+absl::StatusOr<ValidatedContribution> ValidFor(Contribution c) {
+  ParamSpec spec;
+  spec.name = c.parameter;
+  spec.shape = {2};
+  spec.optimizer = OptimizerKind::kAdamW;
+  return Validate(std::move(c), {spec, std::numeric_limits<int64_t>::max(), true});
+}
+
+// MakeRaw, validated. REQUIRES: valid (the test aborts otherwise).
+ValidatedContribution Make(const std::string& worker, uint64_t sequence, int64_t base_version,
+                           int64_t samples) {
+  return ValidFor(MakeRaw(worker, sequence, base_version, samples)).value();
 }
 
 // Fixed targets: adaptation (on by default) would change them as batches close.
@@ -40,10 +57,10 @@ BatcherOptions OnlyDeadline(absl::Duration deadline = absl::Seconds(1)) {
 }
 
 // Offers and expects the contribution accepted, returning the result.
-OfferResult Accept(Batcher& batcher, Contribution c) {
+OfferResult Accept(Batcher& batcher, ValidatedContribution c) {
   absl::StatusOr<OfferResult> result = batcher.Offer(std::move(c));
   EXPECT_TRUE(result.ok()) << result.status();
-  EXPECT_EQ(result->result, PushResult::kAccepted);
+  EXPECT_EQ(result->result, PushOutcome::kAccepted);
   return *std::move(result);
 }
 
@@ -134,12 +151,12 @@ TEST(Batcher, DuplicateSequenceIsAcknowledgedAndAppliedOnce) {
   Accept(batcher, Make("w", 7, 0, 1));
   const absl::StatusOr<OfferResult> again = batcher.Offer(Make("w", 7, 0, 1));
   ASSERT_TRUE(again.ok());
-  EXPECT_EQ(again->result, PushResult::kDuplicate);
+  EXPECT_EQ(again->result, PushOutcome::kDuplicate);
   // A duplicate of a contribution already in a closed batch is still a duplicate.
   const std::optional<Batch> batch = batcher.Flush();
   ASSERT_TRUE(batch.has_value());
   EXPECT_EQ(batch->entries.size(), 1u);
-  EXPECT_EQ(batcher.Offer(Make("w", 7, 1, 1))->result, PushResult::kDuplicate);
+  EXPECT_EQ(batcher.Offer(Make("w", 7, 1, 1))->result, PushOutcome::kDuplicate);
   const BatcherStats stats = batcher.stats();
   EXPECT_EQ(stats.accepted, 1);
   EXPECT_EQ(stats.duplicate, 2);
@@ -174,7 +191,7 @@ TEST(Batcher, StaleContributionIsRefusedAndChangesNothing) {
 
   const absl::StatusOr<OfferResult> stale = batcher.Offer(Make("w", 1, 0, 10));  // tau 3 > 2
   ASSERT_TRUE(stale.ok());
-  EXPECT_EQ(stale->result, PushResult::kStale);
+  EXPECT_EQ(stale->result, PushOutcome::kStale);
   EXPECT_EQ(stale->version, 3);
   EXPECT_EQ(stale->staleness, 3);
   EXPECT_FALSE(stale->closed.has_value());
@@ -192,7 +209,7 @@ TEST(Batcher, StaleContributionIsRefusedAndChangesNothing) {
     EXPECT_EQ(after_dedup[i].seen, before_dedup[i].seen);
   }
   // Not remembered: the same sequence computed against a fresh version is accepted.
-  EXPECT_EQ(batcher.Offer(Make("w", 1, 2, 10))->result, PushResult::kAccepted);
+  EXPECT_EQ(batcher.Offer(Make("w", 1, 2, 10))->result, PushOutcome::kAccepted);
 }
 
 TEST(Batcher, RefusesBaseVersionFromTheFutureWithOutOfRange) {
@@ -202,7 +219,8 @@ TEST(Batcher, RefusesBaseVersionFromTheFutureWithOutOfRange) {
   ASSERT_FALSE(future.ok());
   EXPECT_EQ(future.status().code(), absl::StatusCode::kOutOfRange);
   EXPECT_NE(future.status().message().find("base_version 5"), absl::string_view::npos);
-  EXPECT_EQ(batcher.Offer(Make("w", 0, -1, 1)).status().code(), absl::StatusCode::kOutOfRange);
+  // A negative base version cannot even be offered: validation refuses it.
+  EXPECT_EQ(ValidFor(MakeRaw("w", 0, -1, 1)).status().code(), absl::StatusCode::kOutOfRange);
   EXPECT_EQ(batcher.stats().accepted, 0);
   EXPECT_TRUE(batcher.ExportDedup().empty());
   // The sequence was not consumed.
@@ -212,11 +230,12 @@ TEST(Batcher, RefusesBaseVersionFromTheFutureWithOutOfRange) {
 TEST(Batcher, RefusesNonPositiveSampleCountAndForeignParameter) {
   FakeClock clock;
   Batcher batcher(kParameter, OnlyDeadline(), 0, &clock);
-  EXPECT_EQ(batcher.Offer(Make("w", 0, 0, 0)).status().code(),
-            absl::StatusCode::kInvalidArgument);
-  Contribution other = Make("w", 0, 0, 1);
+  // A non-positive sample count cannot even be offered: validation refuses it.
+  EXPECT_EQ(ValidFor(MakeRaw("w", 0, 0, 0)).status().code(), absl::StatusCode::kInvalidArgument);
+  Contribution other = MakeRaw("w", 0, 0, 1);
   other.parameter = "other";
-  EXPECT_EQ(batcher.Offer(std::move(other)).status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(batcher.Offer(ValidFor(std::move(other)).value()).status().code(),
+            absl::StatusCode::kInvalidArgument);
   EXPECT_EQ(batcher.stats().accepted, 0);
 }
 
@@ -251,15 +270,15 @@ TEST(Batcher, EntriesAndWeightsDoNotDependOnArrivalOrder) {
   options.staleness.kind = StalenessKind::kInverse;
   // At version 6, raw weights 1/3, 1/4, 1/6 and 3/7: summed first to last they give
   // 1.1785714285714284, last to first 1.1785714285714286.
-  const std::vector<Contribution> pushes = {Make("b", 7, 4, 1), Make("a", 9, 3, 1),
+  const std::vector<ValidatedContribution> pushes = {Make("b", 7, 4, 1), Make("a", 9, 3, 1),
                                             Make("a", 8, 1, 1), Make("c", 1, 0, 3)};
   std::vector<Batch> batches;
   for (bool reversed : {false, true}) {
     Batcher batcher(kParameter, options, 0, &clock);
     AdvanceVersions(batcher, 6);
-    std::vector<Contribution> order = pushes;
+    std::vector<ValidatedContribution> order = pushes;
     if (reversed) std::reverse(order.begin(), order.end());
-    for (const Contribution& c : order) Accept(batcher, c);
+    for (const ValidatedContribution& c : order) Accept(batcher, c);
     batches.push_back(*batcher.Flush());
   }
   const std::vector<std::pair<std::string, uint64_t>> expected = {
@@ -267,8 +286,8 @@ TEST(Batcher, EntriesAndWeightsDoNotDependOnArrivalOrder) {
   for (const Batch& batch : batches) {
     ASSERT_EQ(batch.entries.size(), expected.size());
     for (size_t i = 0; i < expected.size(); ++i) {
-      EXPECT_EQ(batch.entries[i].contribution.worker_id, expected[i].first) << i;
-      EXPECT_EQ(batch.entries[i].contribution.sequence, expected[i].second) << i;
+      EXPECT_EQ(batch.entries[i].contribution->worker_id, expected[i].first) << i;
+      EXPECT_EQ(batch.entries[i].contribution->sequence, expected[i].second) << i;
     }
   }
   for (size_t i = 0; i < expected.size(); ++i) {
@@ -364,10 +383,10 @@ TEST(Batcher, DedupStateSurvivesExportAndImport) {
   Batcher restored(kParameter, OnlyDeadline(), 0, &clock);
   restored.ImportDedup(batcher.ExportDedup());
   for (uint64_t s : {0, 1, 2, 9}) {
-    EXPECT_EQ(restored.Offer(Make("a", s, 0, 1))->result, PushResult::kDuplicate) << s;
+    EXPECT_EQ(restored.Offer(Make("a", s, 0, 1))->result, PushOutcome::kDuplicate) << s;
   }
-  EXPECT_EQ(restored.Offer(Make("b", 4, 0, 1))->result, PushResult::kDuplicate);
-  EXPECT_EQ(restored.Offer(Make("a", 3, 0, 1))->result, PushResult::kAccepted);
+  EXPECT_EQ(restored.Offer(Make("b", 4, 0, 1))->result, PushOutcome::kDuplicate);
+  EXPECT_EQ(restored.Offer(Make("a", 3, 0, 1))->result, PushOutcome::kAccepted);
 }
 
 // Before the fix, a sequence the window's floor was forced past without it ever arriving was
@@ -398,7 +417,7 @@ TEST(Batcher, SequenceBelowAForcedDedupFloorIsRefusedDataLossNotDuplicate) {
   EXPECT_EQ(batcher.ExportDedup()[0].seen, before_dedup[0].seen);
   EXPECT_EQ(batcher.Offer(Make("w", 5, 0, 1)).status().code(), absl::StatusCode::kDataLoss);
   // Sequences of the window are still judged normally; other workers are unaffected.
-  EXPECT_EQ(batcher.Offer(Make("w", 20, 0, 1))->result, PushResult::kDuplicate);
+  EXPECT_EQ(batcher.Offer(Make("w", 20, 0, 1))->result, PushOutcome::kDuplicate);
   Accept(batcher, Make("w", 14, 0, 1));
   Accept(batcher, Make("other", 5, 0, 1));
 }
@@ -415,7 +434,7 @@ TEST(Batcher, ForcedDedupFloorSurvivesExportAndImport) {
   Batcher restored(kParameter, options, 0, &clock);
   restored.ImportDedup(exported);
   EXPECT_EQ(restored.Offer(Make("w", 1, 0, 1)).status().code(), absl::StatusCode::kDataLoss);
-  EXPECT_EQ(restored.Offer(Make("w", 30, 0, 1))->result, PushResult::kDuplicate);
+  EXPECT_EQ(restored.Offer(Make("w", 30, 0, 1))->result, PushOutcome::kDuplicate);
 }
 
 // --adaptive_batching defaults to true (server/main.cc); the option struct must agree, or a
@@ -457,8 +476,8 @@ TEST(Batcher, ConcurrentRetriesAreAcceptedExactlyOnce) {
         for (int attempt = 0; attempt < 2; ++attempt) {
           absl::StatusOr<OfferResult> r = batcher.Offer(Make(absl::StrCat("w", t), s, 0, 1));
           ASSERT_TRUE(r.ok()) << r.status();
-          if (r->result == PushResult::kAccepted) ++accepted;
-          if (r->result == PushResult::kDuplicate) ++duplicates;
+          if (r->result == PushOutcome::kAccepted) ++accepted;
+          if (r->result == PushOutcome::kDuplicate) ++duplicates;
           if (r->closed) {
             MutexLock lock(&mu);
             in_batches += static_cast<int64_t>(r->closed->entries.size());

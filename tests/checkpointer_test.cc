@@ -115,15 +115,17 @@ Contribution MakeContribution(const ParamSpec& spec, const std::string& worker, 
 
 // Offers one contribution of `worker` with `sequence` to every parameter (based on the
 // parameter's current version) and applies every batch that closes. Returns the results.
-std::vector<PushResult> PushToAll(Shard& shard, const std::string& worker, uint64_t sequence) {
-  std::vector<PushResult> results;
+std::vector<PushOutcome> PushToAll(Shard& shard, const std::string& worker, uint64_t sequence) {
+  std::vector<PushOutcome> results;
   const std::vector<std::string> owned = shard.store->OwnedParameters();
   for (size_t i = 0; i < owned.size(); ++i) {
     const ParamSpec spec = shard.store->Spec(owned[i]).value();
     Contribution c =
         MakeContribution(spec, worker, sequence, shard.store->Version(owned[i]).value());
-    EXPECT_TRUE(shard.store->ValidateContribution(c).ok());
-    absl::StatusOr<OfferResult> offered = shard.batchers[i]->Offer(std::move(c));
+    absl::StatusOr<ValidatedContribution> valid = shard.store->Validate(std::move(c));
+    EXPECT_TRUE(valid.ok()) << valid.status();
+    if (!valid.ok()) continue;
+    absl::StatusOr<OfferResult> offered = shard.batchers[i]->Offer(*std::move(valid));
     EXPECT_TRUE(offered.ok()) << offered.status();
     if (!offered.ok()) continue;
     results.push_back(offered->result);
@@ -247,7 +249,7 @@ TEST_F(CheckpointerTest, RoundTripIsBitIdenticalAndKeepsTrainingIdentically) {
   // Both continue identically: a replayed sequence is a duplicate on both, and the same new
   // contributions give bit-identical weights and state.
   for (Shard* shard : {&original, &restored}) {
-    for (PushResult r : PushToAll(*shard, "w1 (spare)", 7)) EXPECT_EQ(r, PushResult::kDuplicate);
+    for (PushOutcome r : PushToAll(*shard, "w1 (spare)", 7)) EXPECT_EQ(r, PushOutcome::kDuplicate);
     PushToAll(*shard, "w0", 3);
     PushToAll(*shard, "w1 (spare)", 8);
   }

@@ -81,13 +81,27 @@ Contribution Dense(const std::string& parameter, int64_t rows, int64_t cols,
   return c;
 }
 
+// `c` checked as the store checks a push (against its parameter's spec in TestModel, worker
+// registered, any base version): the only way to make a batch entry.
+absl::StatusOr<ValidatedContribution> ValidFor(Contribution c) {
+  for (const ParameterDefinition& p : TestModel().parameters) {
+    if (p.spec.name == c.parameter) {
+      return Validate(std::move(c), {p.spec, std::numeric_limits<int64_t>::max(), true});
+    }
+  }
+  return absl::NotFoundError(absl::StrCat("no parameter '", c.parameter, "' in TestModel"));
+}
+
+// REQUIRES: `c` passes ValidFor (the test aborts otherwise).
+ValidatedContribution Valid(Contribution c) { return ValidFor(std::move(c)).value(); }
+
 Batch SingleBatch(Contribution c, int64_t version) {
   Batch batch;
   batch.parameter = c.parameter;
   batch.version = version;
   batch.samples = c.sample_count;
   batch.workers = 1;
-  batch.entries.push_back({std::move(c), 0, 1.0});
+  batch.entries.push_back({Valid(std::move(c)), 0, 1.0});
   return batch;
 }
 
@@ -278,8 +292,9 @@ std::vector<BadCase> BadCases() {
 
 class BadContribution : public ::testing::TestWithParam<BadCase> {};
 
-// Validation answers the precise code; applying the same contribution in a batch is refused
-// too and leaves every parameter's X, state and version bit-identical.
+// Validation answers the precise code and leaves every parameter's X, state and version
+// bit-identical; the contribution cannot become a batch entry either (entries are
+// ValidatedContributions, which only validation makes).
 TEST_P(BadContribution, IsRefusedWithPreciseStatusAndChangesNothing) {
   const BadCase& c = GetParam();
   auto store = RegisteredStore();
@@ -291,8 +306,8 @@ TEST_P(BadContribution, IsRefusedWithPreciseStatusAndChangesNothing) {
   EXPECT_EQ(status.code(), c.code) << status;
   EXPECT_NE(status.message().find(c.message_part), absl::string_view::npos) << status;
 
-  const absl::StatusOr<StepOutcome> applied = store->ApplyBatch(SingleBatch(c.contribution, 0));
-  EXPECT_FALSE(applied.ok());
+  const absl::StatusOr<ValidatedContribution> entry = store->Validate(c.contribution);
+  EXPECT_EQ(entry.status().code(), c.code) << entry.status();
   int i = 0;
   for (const std::string& name : store->OwnedParameters()) {
     ExpectBitIdentical(StateBits(*store->Snapshot(name, true)), before[i++]);
@@ -311,14 +326,18 @@ TEST(ParameterStore, BatchForAnotherVersionIsRefusedAndChangesNothing) {
   ExpectBitIdentical(StateBits(*store->Snapshot("tall", true)), before);
 }
 
+// A batch's invariants are ApplyBatch's to check (its entries are validated by type): one
+// entry of another parameter, or a weight that is not positive, and nothing is applied.
 TEST(ParameterStore, BatchWithOneBadEntryAppliesNone) {
   auto store = RegisteredStore();
   const auto before = StateBits(*store->Snapshot("tall", true));
   Batch batch = SingleBatch(LowRank("tall", 48, 32, 2), 0);
   batch.entries[0].weight = 0.5;
-  Contribution bad = LowRank("tall", 48, 32, 2, "w1");
-  std::get<LowRankFactors>(bad.payload).R(0, 0) = std::numeric_limits<float>::quiet_NaN();
-  batch.entries.push_back({bad, 0, 0.5});
+  batch.entries.push_back({Valid(Dense("bias", 1, 32, "w1")), 0, 0.5});
+  const absl::Status foreign = store->ApplyBatch(batch).status();
+  EXPECT_EQ(foreign.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_NE(foreign.message().find("holds a contribution for 'bias'"), absl::string_view::npos);
+  batch.entries[1] = {Valid(LowRank("tall", 48, 32, 2, "w1")), 0, 0.0};
   EXPECT_EQ(store->ApplyBatch(batch).status().code(), absl::StatusCode::kInvalidArgument);
   ExpectBitIdentical(StateBits(*store->Snapshot("tall", true)), before);
 }
@@ -356,8 +375,9 @@ TEST(ParameterStore, LowRankBatchEqualsDionStepOnTheDenseWeightedMean) {
         const int64_t base = (w == 2 && step > 0) ? step - 1 : step;
         Contribution c = LowRank(name, m, n, ranks[w], absl::StrCat("w", w), step, base,
                                  samples[w]);
-        ASSERT_TRUE(store->ValidateContribution(c).ok());
-        absl::StatusOr<OfferResult> offered = batcher.Offer(std::move(c));
+        absl::StatusOr<ValidatedContribution> valid = store->Validate(std::move(c));
+        ASSERT_TRUE(valid.ok()) << valid.status();
+        absl::StatusOr<OfferResult> offered = batcher.Offer(*std::move(valid));
         ASSERT_TRUE(offered.ok());
         if (offered->closed) batch = std::move(offered->closed);
       }
@@ -365,7 +385,7 @@ TEST(ParameterStore, LowRankBatchEqualsDionStepOnTheDenseWeightedMean) {
 
       MatrixD G = MatrixD::Zero(m, n);
       for (const WeightedContribution& e : batch->entries) {
-        const LowRankFactors& f = e.contribution.factors();
+        const LowRankFactors& f = e.contribution->factors();
         G += e.weight * f.P.cast<double>() * f.R.cast<double>().transpose();
       }
       if (step > 0) {
@@ -410,7 +430,7 @@ TEST(ParameterStore, ABatchGivesTheSameBitsWhateverTheOrderItsPushesArrivedIn) {
         Contribution c =
             dion ? LowRank(name, spec.rows(), spec.cols(), 2 + w, worker, sequence, step)
                  : Dense(name, spec.rows(), spec.cols(), worker, sequence, step);
-        batch.entries.push_back({std::move(c), 0, weights[w]});
+        batch.entries.push_back({Valid(std::move(c)), 0, weights[w]});
       }
       Batch backwards = batch;
       std::reverse(backwards.entries.begin(), backwards.entries.end());
@@ -479,7 +499,7 @@ TEST(ParameterStore, DenseBatchEqualsTheCommonStepOnTheWeightedMean) {
         Contribution c = Dense(name, spec.rows(), spec.cols(), absl::StrCat("w", w),
                                10 * step + w, step);
         G += weights[w] * c.gradient().cast<double>();
-        batch.entries.push_back({std::move(c), 0, weights[w]});
+        batch.entries.push_back({Valid(std::move(c)), 0, weights[w]});
       }
       const Matrix Gf = G.cast<float>();
       const absl::Status ref_status = DenseReferenceStep(spec, Gf, X_ref, state_ref);
@@ -587,7 +607,7 @@ TEST(ParameterStore, CountsVersionsStepsAndAppliedContributions) {
   auto store = RegisteredStore();
   Batch batch = SingleBatch(Dense("bias", 1, 32, "w0", 0), 0);
   batch.entries[0].weight = 0.5;
-  batch.entries.push_back({Dense("bias", 1, 32, "w1", 0), 0, 0.5});
+  batch.entries.push_back({Valid(Dense("bias", 1, 32, "w1", 0)), 0, 0.5});
   ASSERT_TRUE(store->ApplyBatch(batch).ok());
   ASSERT_TRUE(store->ApplyBatch(SingleBatch(Dense("bias", 1, 32, "w0", 1, 1), 1)).ok());
   for (const ParameterStatus& status : store->Statuses()) {

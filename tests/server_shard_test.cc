@@ -55,7 +55,7 @@ TEST(ShardTest, SlowSubscriberIsSentTheFullValueInsteadOfAGrowingQueue) {
   // Holds version 0 already: no initial full value.
   auto subscription = shard->Subscribe({"w"}, {{"w", 0}}).value();
   for (int k = 0; k < 20; ++k) {
-    ASSERT_EQ(shard->Push(Factors(k, "w", 32, 24)).value().result, PushResult::kAccepted);
+    ASSERT_EQ(shard->Push(Factors(k, "w", 32, 24)).value().result, PushOutcome::kAccepted);
   }
   shard->Drain();
   EXPECT_GE(subscription->lag_events(), 1);
@@ -136,8 +136,8 @@ TEST(ShardTest, CheckpointRestoresWeightsStateVersionsAndDedupBitForBit) {
     ExpectSameState(restored->Snapshot(p, true).value(), before[i++]);
   }
   // Dedup survived: sequence 3 of "w" was accepted before the checkpoint.
-  EXPECT_EQ(restored->Push(Factors(3, "w", 32, 24, 3)).value().result, PushResult::kDuplicate);
-  EXPECT_EQ(restored->Push(Factors(7, "w", 32, 24, 3)).value().result, PushResult::kAccepted);
+  EXPECT_EQ(restored->Push(Factors(3, "w", 32, 24, 3)).value().result, PushOutcome::kDuplicate);
+  EXPECT_EQ(restored->Push(Factors(7, "w", 32, 24, 3)).value().result, PushOutcome::kAccepted);
   // And the steps go on from the restored version.
   restored->Drain();
   EXPECT_EQ(restored->Snapshot("w", false).value().version, 4);
@@ -179,8 +179,8 @@ TEST(ShardTest, TruncatedNewestCheckpointIsSkippedAndThePreviousOneRestored) {
   auto restored = Shard::Create(options).value();
   ExpectSameState(restored->Snapshot("w", true).value(), at_first);
   // The dedup state is the first checkpoint's: 1 was accepted before it, 3 only after.
-  EXPECT_EQ(restored->Push(Factors(1, "w", 32, 24, 2)).value().result, PushResult::kDuplicate);
-  EXPECT_EQ(restored->Push(Factors(3, "w", 32, 24, 2)).value().result, PushResult::kAccepted);
+  EXPECT_EQ(restored->Push(Factors(1, "w", 32, 24, 2)).value().result, PushOutcome::kDuplicate);
+  EXPECT_EQ(restored->Push(Factors(3, "w", 32, 24, 2)).value().result, PushOutcome::kAccepted);
   restored->Drain();
   EXPECT_EQ(restored->Snapshot("w", false).value().version, 3);
   restored.reset();
@@ -247,8 +247,8 @@ TEST(ShardTest, ForcedDedupFloorSurvivesACheckpoint) {
   auto restored = Shard::Create(options).value();
   absl::StatusOr<PushReply> old = restored->Push(Factors(3, "w", 32, 24));
   EXPECT_EQ(old.status().code(), absl::StatusCode::kDataLoss) << old.status();
-  EXPECT_EQ(restored->Push(Factors(20, "w", 32, 24)).value().result, PushResult::kDuplicate);
-  EXPECT_EQ(restored->Push(Factors(14, "w", 32, 24)).value().result, PushResult::kAccepted);
+  EXPECT_EQ(restored->Push(Factors(20, "w", 32, 24)).value().result, PushOutcome::kDuplicate);
+  EXPECT_EQ(restored->Push(Factors(14, "w", 32, 24)).value().result, PushOutcome::kAccepted);
   restored.reset();
   std::filesystem::remove_all(options.checkpoint_dir);
 }
@@ -267,12 +267,12 @@ TEST(ShardTest, PushesAfterShutdownBeganAreRefusedUnavailable) {
 // A new sequence is still refused.
 TEST(ShardTest, AResentAcceptedPushIsADuplicateEvenWhileShuttingDown) {
   auto shard = RegisteredShard(TestShardOptions());
-  ASSERT_EQ(shard->Push(Factors(1, "w", 32, 24)).value().result, PushResult::kAccepted);
+  ASSERT_EQ(shard->Push(Factors(1, "w", 32, 24)).value().result, PushOutcome::kAccepted);
   shard->Drain();
   shard->BeginShutdown();
   absl::StatusOr<PushReply> again = shard->Push(Factors(1, "w", 32, 24));
   ASSERT_TRUE(again.ok()) << again.status();
-  EXPECT_EQ(again->result, PushResult::kDuplicate);
+  EXPECT_EQ(again->result, PushOutcome::kDuplicate);
   EXPECT_EQ(again->applied_version, 1);
   EXPECT_EQ(shard->Push(Factors(2, "w", 32, 24)).status().code(),
             absl::StatusCode::kUnavailable);
@@ -306,7 +306,7 @@ TEST(ShardTest, PushesWaitWhileTheirParametersBacklogIsFullAndNothingIsLost) {
         Contribution c = Factors(k, "big", 256, 256);
         c.worker_id = absl::StrCat("w", t);
         absl::StatusOr<PushReply> reply = shard->Push(std::move(c));
-        EXPECT_TRUE(reply.ok() && reply->result == PushResult::kAccepted)
+        EXPECT_TRUE(reply.ok() && reply->result == PushOutcome::kAccepted)
             << (reply.ok() ? "not accepted" : reply.status().ToString());
       }
     });
@@ -342,7 +342,7 @@ TEST(ShardTest, BeginShutdownReleasesAPushWaitingForRoomWithoutWaitingForTheBack
   ASSERT_TRUE(shard->RegisterWorker("w0").ok());
   // Batch 1 goes to the compute thread, batch 2 fills the lane's one pending slot.
   for (int k = 0; k < 2; ++k) {
-    ASSERT_EQ(shard->Push(Factors(k, "big", 1536, 1536)).value().result, PushResult::kAccepted);
+    ASSERT_EQ(shard->Push(Factors(k, "big", 1536, 1536)).value().result, PushOutcome::kAccepted);
   }
   // The second push may itself have waited, if it came before the compute thread took batch 1.
   const int64_t waits_before = shard->Status().backpressure_waits;
