@@ -49,6 +49,7 @@ if [ "$tsan" = 1 ]; then
   tsan_targets=(batcher_test parameter_store_test server_shard_test server_service_test
                 server_bad_input_test server_concurrency_test server_protocol_test
                 server_metrics_endpoint_test server_slow_subscriber_test server_binary_test
+                step_queue_test push_accounting_test
                 backoff_test gradient_accumulator_test replica_test worker_client_test
                 worker_training_test)
   stage "ThreadSanitizer build (${tsan_targets[*]})"
@@ -62,7 +63,8 @@ if [ "$tsan" = 1 ]; then
   # runs of WorkerClient.NeverSendsASequenceTwiceOnOnePushStream on a quiet machine). On the
   # caller's thread the same memsets stay visible and ordered. tests/tsan.supp says more.
   export OPENBLAS_NUM_THREADS=1
-  tsan_tests='^(Batcher|ParameterStore|Shard|Server|Backoff|GradientAccumulator|Replica'
+  tsan_tests='^(Batcher|ParameterStore|Shard|Server|StepQueue|PushAccounting|Backoff'
+  tsan_tests+='|GradientAccumulator|Replica'
   tsan_tests+='|WorkerClient|WorkerTraining)'
   ctest --test-dir build-tsan --output-on-failure -j "$jobs" --timeout 600 -R "$tsan_tests" \
     -L 'unit|integration'

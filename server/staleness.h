@@ -1,4 +1,4 @@
-// How much a contribution computed against an old version counts (DION.md section 5).
+// How much a contribution computed against an old version counts (docs/server.md, "Staleness policies").
 //
 // tau = current version - base version. Policies: none (w = 1), inverse (w = 1 / (1 + tau),
 // Zhang et al. 2016) and exp (w = exp(-tau / tau0)). Any contribution with

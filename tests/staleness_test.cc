@@ -1,4 +1,5 @@
-// Staleness weights and refusal (server/staleness.h) against the formulas of DION.md section 5.
+// Staleness weights and refusal (server/staleness.h) against the formulas of docs/server.md,
+// "Staleness policies".
 #include "server/staleness.h"
 
 #include <gtest/gtest.h>
