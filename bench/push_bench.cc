@@ -349,114 +349,117 @@ MessageCosts TimeMessageCosts(int n, int rank, int reps) {
   return c;
 }
 
-int Main() {
-  const absl::Duration max_runtime = absl::GetFlag(FLAGS_max_runtime);
-  std::thread([max_runtime] {
-    absl::SleepFor(max_runtime);
-    Die(absl::StrCat("gave up after --max_runtime=", absl::FormatDuration(max_runtime)));
-  }).detach();
+// Which runs --runs asks for.
+struct RunKinds {
+  bool echo = false, unbounded = false, bounded = false;
+};
 
+std::vector<int> ParseClientCounts() {
   std::vector<int> counts;
   for (absl::string_view s : absl::StrSplit(absl::GetFlag(FLAGS_clients), ',')) {
     int c = 0;
     if (!absl::SimpleAtoi(s, &c) || c < 1) Die(absl::StrCat("bad --clients entry '", s, "'"));
     counts.push_back(c);
   }
-  const int n = absl::GetFlag(FLAGS_n);
-  const int rank = DionRank(n, n, absl::GetFlag(FLAGS_rank_fraction), 1);
-  const int reps = std::max(1, absl::GetFlag(FLAGS_reps));
-  bool echo = false, unbounded = false, bounded_runs = false;
+  return counts;
+}
+
+RunKinds ParseRunKinds() {
+  RunKinds kinds;
   for (absl::string_view run : absl::StrSplit(absl::GetFlag(FLAGS_runs), ',')) {
     if (run == "echo") {
-      echo = true;
+      kinds.echo = true;
     } else if (run == "unbounded") {
-      unbounded = true;
+      kinds.unbounded = true;
     } else if (run == "bounded") {
-      bounded_runs = true;
+      kinds.bounded = true;
     } else {
       Die(absl::StrCat("unknown --runs entry '", run, "' (echo, unbounded, bounded)"));
     }
   }
-  SetBlasThreads(absl::GetFlag(FLAGS_blas_threads));
-  const double payload = 2.0 * n * rank * sizeof(float);
-  const size_t message_bytes = Prototype("bench-0", n, rank, 1).ByteSizeLong();
+  return kinds;
+}
 
-  const int64_t max_backlog = absl::GetFlag(FLAGS_max_backlog);
-  if (max_backlog < 1) Die("--max_backlog must be >= 1");
-  const double load_before = LoadAverage();
-  const MessageCosts costs = TimeMessageCosts(n, rank, 50);
+// Every run of every repetition, [count index][rep], interleaved so that load from other
+// processes hits each kind alike.
+struct AllRuns {
+  std::vector<std::vector<RunResult>> echo, dion, bounded;  // dion: no backlog bound
+};
 
-  // [count index][rep]: echo, dion unbounded, dion with the backlog bound.
-  std::vector<std::vector<RunResult>> base(counts.size()), dion(counts.size()),
-      bounded(counts.size());
-  const auto log = [](const char* what, int rep, int clients, const RunResult& d) {
-    std::fprintf(stderr,
-                 "rep %d clients %d %s: %.0f pushes/s, applied %.0f/s, %.1f steps/s, "
-                 "%.1f per step, step %.1f ms, busy %.2f, backlog %lld, drain %.2f s, "
-                 "refused %lld\n",
-                 rep, clients, what, d.pushes_per_s, d.applied_per_s, d.steps_per_s, d.per_step,
-                 d.step_ms, d.busy, static_cast<long long>(d.backlog), d.drain_s,
-                 static_cast<long long>(d.refused));
-  };
+void LogRun(const char* what, int rep, int clients, const RunResult& d) {
+  std::fprintf(stderr,
+               "rep %d clients %d %s: %.0f pushes/s, applied %.0f/s, %.1f steps/s, "
+               "%.1f per step, step %.1f ms, busy %.2f, backlog %lld, drain %.2f s, "
+               "refused %lld\n",
+               rep, clients, what, d.pushes_per_s, d.applied_per_s, d.steps_per_s, d.per_step,
+               d.step_ms, d.busy, static_cast<long long>(d.backlog), d.drain_s,
+               static_cast<long long>(d.refused));
+}
+
+AllRuns RunAll(const std::vector<int>& counts, const RunKinds& kinds, int rank, int reps) {
+  AllRuns all;
+  all.echo.resize(counts.size());
+  all.dion.resize(counts.size());
+  all.bounded.resize(counts.size());
   for (int rep = 0; rep < reps; ++rep) {
     for (size_t i = 0; i < counts.size(); ++i) {
-      if (echo) {
-        base[i].push_back(RunEcho(counts[i], rank));
+      if (kinds.echo) {
+        all.echo[i].push_back(RunEcho(counts[i], rank));
         std::fprintf(stderr, "rep %d clients %d echo: %.0f msgs/s\n", rep, counts[i],
-                     base[i].back().pushes_per_s);
+                     all.echo[i].back().pushes_per_s);
       }
-      if (unbounded) {
-        dion[i].push_back(RunDion(counts[i], rank, /*bounded=*/false));
-        log("dion", rep, counts[i], dion[i].back());
+      if (kinds.unbounded) {
+        all.dion[i].push_back(RunDion(counts[i], rank, /*bounded=*/false));
+        LogRun("dion", rep, counts[i], all.dion[i].back());
       }
-      if (bounded_runs) {
-        bounded[i].push_back(RunDion(counts[i], rank, /*bounded=*/true));
-        log("dion bounded", rep, counts[i], bounded[i].back());
+      if (kinds.bounded) {
+        all.bounded[i].push_back(RunDion(counts[i], rank, /*bounded=*/true));
+        LogRun("dion bounded", rep, counts[i], all.bounded[i].back());
       }
     }
   }
+  return all;
+}
 
-  const auto med = [](const std::vector<RunResult>& runs, auto field) {
-    std::vector<double> v;
-    for (const RunResult& r : runs) v.push_back(field(r));
-    return Median(v);
-  };
+template <typename Field>
+double MedianOf(const std::vector<RunResult>& runs, Field field) {
+  std::vector<double> v;
+  for (const RunResult& r : runs) v.push_back(field(r));
+  return Median(v);
+}
+
+// Paired per repetition: both runs saw about the same load from other processes.
+double PairedRatio(const std::vector<RunResult>& a, const std::vector<RunResult>& b) {
+  std::vector<double> v;
+  for (size_t k = 0; k < std::min(a.size(), b.size()); ++k) {
+    v.push_back(a[k].pushes_per_s / b[k].pushes_per_s);
+  }
+  return Median(v);
+}
+
+void PrintThroughput(const std::vector<int>& counts, const AllRuns& all, double payload,
+                     int64_t max_backlog) {
   const auto pushes = [](const RunResult& r) { return r.pushes_per_s; };
-  // Paired per repetition: both runs saw about the same load from other processes.
-  const auto ratio = [](const std::vector<RunResult>& a, const std::vector<RunResult>& b) {
-    std::vector<double> v;
-    for (size_t k = 0; k < std::min(a.size(), b.size()); ++k) {
-      v.push_back(a[k].pushes_per_s / b[k].pushes_per_s);
-    }
-    return Median(v);
-  };
-  std::printf("push_bench: %d x %d Dion parameter, rank %d; payload %.0f bytes (P + R), message "
-              "%zu bytes; window %d per client; %s measured after %s warm-up; median of %d; "
-              "MB = 1e6 bytes of payload; load average %.1f -> %.1f\n\n",
-              n, n, rank, payload, message_bytes, absl::GetFlag(FLAGS_window),
-              absl::FormatDuration(absl::GetFlag(FLAGS_duration)).c_str(),
-              absl::FormatDuration(absl::GetFlag(FLAGS_warmup)).c_str(), reps, load_before,
-              LoadAverage());
   std::printf("| clients | echo msgs/s | echo MB/s | dion pushes/s (unbounded) | MB/s | "
               "dion / echo | dion applied/s (unbounded) | dion pushes/s (backlog <= %lld) | "
               "MB/s | bounded / echo |\n|---|---|---|---|---|---|---|---|---|---|\n",
               static_cast<long long>(max_backlog));
   for (size_t i = 0; i < counts.size(); ++i) {
-    const double e = med(base[i], pushes);
-    const double d = med(dion[i], pushes);
-    const double b = med(bounded[i], pushes);
+    const double e = MedianOf(all.echo[i], pushes);
+    const double d = MedianOf(all.dion[i], pushes);
+    const double b = MedianOf(all.bounded[i], pushes);
     std::printf("| %d | %s | %s | %s | %s | %s | %s | %s | %s | %s |\n", counts[i],
                 Fmt(e).c_str(), Fmt(e * payload / 1e6, 1).c_str(), Fmt(d).c_str(),
-                Fmt(d * payload / 1e6, 1).c_str(), Fmt(ratio(dion[i], base[i]), 3).c_str(),
-                Fmt(med(dion[i], [](const RunResult& r) { return r.applied_per_s; })).c_str(),
+                Fmt(d * payload / 1e6, 1).c_str(),
+                Fmt(PairedRatio(all.dion[i], all.echo[i]), 3).c_str(),
+                Fmt(MedianOf(all.dion[i], [](const RunResult& r) { return r.applied_per_s; }))
+                    .c_str(),
                 Fmt(b).c_str(), Fmt(b * payload / 1e6, 1).c_str(),
-                Fmt(ratio(bounded[i], base[i]), 3).c_str());
+                Fmt(PairedRatio(all.bounded[i], all.echo[i]), 3).c_str());
   }
-  std::printf("\nPer contribution, timed alone on one thread (median of 50, us): serialize %.0f, "
-              "parse %.0f (echo and dion), decode to matrices %.0f and validate %.0f (dion "
-              "handler), fold into M %.0f (dion step, %d BLAS thread(s))\n",
-              costs.serialize, costs.parse, costs.decode, costs.validate, costs.fold,
-              absl::GetFlag(FLAGS_blas_threads));
+}
+
+void PrintServerSide(const std::vector<int>& counts, const AllRuns& all, int64_t max_backlog) {
   std::printf("\nServer side of the dion runs (medians; step and phases in ms per step; busy = "
               "step time / window):\n\n"
               "| clients | backlog bound | applied/s | steps/s | contributions / step | step ms | "
@@ -464,9 +467,9 @@ int Main() {
               "backlog at end | shutdown drain s | refused |\n"
               "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n");
   for (size_t i = 0; i < counts.size(); ++i) {
-    for (const auto* runs : {&dion[i], &bounded[i]}) {
+    for (const auto* runs : {&all.dion[i], &all.bounded[i]}) {
       if (runs->empty()) continue;
-      const auto f = [&](auto field, int digits) { return Fmt(med(*runs, field), digits); };
+      const auto f = [&](auto field, int digits) { return Fmt(MedianOf(*runs, field), digits); };
       const auto phase = [&](const char* name) {
         return f([name](const RunResult& r) {
                    return r.phase_ms.contains(name) ? r.phase_ms.at(name) : NAN;
@@ -474,7 +477,7 @@ int Main() {
       };
       std::printf(
           "| %d | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s |\n",
-          counts[i], runs == &dion[i] ? "none" : absl::StrCat(max_backlog).c_str(),
+          counts[i], runs == &all.dion[i] ? "none" : absl::StrCat(max_backlog).c_str(),
           f([](const RunResult& r) { return r.applied_per_s; }, 0).c_str(),
           f([](const RunResult& r) { return r.steps_per_s; }, 1).c_str(),
           f([](const RunResult& r) { return r.per_step; }, 1).c_str(),
@@ -487,6 +490,43 @@ int Main() {
           f([](const RunResult& r) { return static_cast<double>(r.refused); }, 0).c_str());
     }
   }
+}
+
+int Main() {
+  const absl::Duration max_runtime = absl::GetFlag(FLAGS_max_runtime);
+  std::thread([max_runtime] {
+    absl::SleepFor(max_runtime);
+    Die(absl::StrCat("gave up after --max_runtime=", absl::FormatDuration(max_runtime)));
+  }).detach();
+
+  const std::vector<int> counts = ParseClientCounts();
+  const RunKinds kinds = ParseRunKinds();
+  const int n = absl::GetFlag(FLAGS_n);
+  const int rank = DionRank(n, n, absl::GetFlag(FLAGS_rank_fraction), 1);
+  const int reps = std::max(1, absl::GetFlag(FLAGS_reps));
+  SetBlasThreads(absl::GetFlag(FLAGS_blas_threads));
+  const double payload = 2.0 * n * rank * sizeof(float);
+  const size_t message_bytes = Prototype("bench-0", n, rank, 1).ByteSizeLong();
+  const int64_t max_backlog = absl::GetFlag(FLAGS_max_backlog);
+  if (max_backlog < 1) Die("--max_backlog must be >= 1");
+  const double load_before = LoadAverage();
+  const MessageCosts costs = TimeMessageCosts(n, rank, 50);
+
+  const AllRuns all = RunAll(counts, kinds, rank, reps);
+  std::printf("push_bench: %d x %d Dion parameter, rank %d; payload %.0f bytes (P + R), message "
+              "%zu bytes; window %d per client; %s measured after %s warm-up; median of %d; "
+              "MB = 1e6 bytes of payload; load average %.1f -> %.1f\n\n",
+              n, n, rank, payload, message_bytes, absl::GetFlag(FLAGS_window),
+              absl::FormatDuration(absl::GetFlag(FLAGS_duration)).c_str(),
+              absl::FormatDuration(absl::GetFlag(FLAGS_warmup)).c_str(), reps, load_before,
+              LoadAverage());
+  PrintThroughput(counts, all, payload, max_backlog);
+  std::printf("\nPer contribution, timed alone on one thread (median of 50, us): serialize %.0f, "
+              "parse %.0f (echo and dion), decode to matrices %.0f and validate %.0f (dion "
+              "handler), fold into M %.0f (dion step, %d BLAS thread(s))\n",
+              costs.serialize, costs.parse, costs.decode, costs.validate, costs.fold,
+              absl::GetFlag(FLAGS_blas_threads));
+  PrintServerSide(counts, all, max_backlog);
   return 0;
 }
 
