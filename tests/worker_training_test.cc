@@ -1,6 +1,6 @@
 // End to end inside one process: two shards on 127.0.0.1, two workers training the MLP on the
-// synthetic teacher task through the client library (worker/train/trainer.h), and the worker metrics
-// they export.
+// synthetic teacher task through the client library (worker/train/trainer.h), and the worker
+// metrics they export.
 #include <gtest/gtest.h>
 
 #include <atomic>
@@ -47,10 +47,9 @@ constexpr double kFinalLossBound = 1.3;
 constexpr int64_t kMaxShardSteps = 600;
 constexpr double kFinalLossBound = 1.0;
 #endif
-TEST(WorkerTraining, TwoWorkersLearnTheTeacherTaskThroughTwoShards) {
-  constexpr double kTargetLoss = 0.8;
-  std::vector<std::unique_ptr<DionServer>> servers;
-  std::vector<std::string> addresses;
+// Two shards on 127.0.0.1 that close a batch at 2 workers or after 20 ms.
+absl::Status StartTwoShards(std::vector<std::unique_ptr<DionServer>>* servers,
+                            std::vector<std::string>* addresses) {
   for (int s = 0; s < 2; ++s) {
     ServerOptions options = testing::TestServerOptions();
     options.shard.store.shard_index = s;
@@ -59,13 +58,15 @@ TEST(WorkerTraining, TwoWorkersLearnTheTeacherTaskThroughTwoShards) {
     options.shard.batcher.deadline = absl::Milliseconds(20);
     options.shard.batcher.staleness.max_staleness = 64;
     absl::StatusOr<std::unique_ptr<DionServer>> server = DionServer::Start(options);
-    ASSERT_TRUE(server.ok()) << server.status();
-    addresses.push_back((*server)->address());
-    servers.push_back(*std::move(server));
+    if (!server.ok()) return server.status();
+    addresses->push_back((*server)->address());
+    servers->push_back(*std::move(server));
   }
-  TeacherOptions teacher;  // 16-32-10
-  const Dataset train = MakeTeacherDataset(teacher, 16384, 11).value();
-  const Dataset test = MakeTeacherDataset(teacher, 2048, 12).value();
+  return absl::OkStatus();
+}
+
+// The 16-64-64-10 student MLP of the teacher task: Dion on the hidden matrices, AdamW on the rest.
+ModelTable StudentTable() {
   MlpOptions mlp;
   mlp.layer_sizes = {16, 64, 64, 10};
   mlp.dion.lr = 0.02;
@@ -77,6 +78,18 @@ TEST(WorkerTraining, TwoWorkersLearnTheTeacherTaskThroughTwoShards) {
   table.model_name = "teacher-student";
   const std::vector<ParamSpec> specs = ParameterTable(mlp).value();
   for (const ParamSpec& spec : specs) table.parameters.push_back({spec, {}});
+  return table;
+}
+
+TEST(WorkerTraining, TwoWorkersLearnTheTeacherTaskThroughTwoShards) {
+  constexpr double kTargetLoss = 0.8;
+  std::vector<std::unique_ptr<DionServer>> servers;
+  std::vector<std::string> addresses;
+  ASSERT_TRUE(StartTwoShards(&servers, &addresses).ok());
+  TeacherOptions teacher;  // 16-32-10
+  const Dataset train = MakeTeacherDataset(teacher, 16384, 11).value();
+  const Dataset test = MakeTeacherDataset(teacher, 2048, 12).value();
+  const ModelTable table = StudentTable();
 
   const auto partitions = PartitionAll(train.labels, train.num_classes, 2, {}).value();
   std::vector<WorkerMetrics> metrics(2);
