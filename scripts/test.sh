@@ -45,13 +45,13 @@ if [ "$tsan" = 1 ]; then
   # the whole server (gRPC handlers, compute pool, broadcaster) from concurrent clients; the
   # worker client tests drive the client's link threads (acks, subscription, reconnects).
   # worker_training_test trains through two shards and two clients: every thread of the
-  # system at once.
+  # system at once. wal_log_file_test: the log's group commit (8 appending threads).
   tsan_targets=(batcher_test parameter_store_test server_shard_test server_service_test
                 server_bad_input_test server_concurrency_test server_protocol_test
                 server_metrics_endpoint_test server_slow_subscriber_test server_binary_test
                 step_queue_test push_accounting_test
                 backoff_test gradient_accumulator_test replica_test worker_client_test
-                worker_training_test)
+                worker_training_test wal_log_file_test)
   stage "ThreadSanitizer build (${tsan_targets[*]})"
   cmake -S . -B build-tsan -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo \
     -DDION_SANITIZE=thread -DDION_BUILD_BENCH=OFF >/dev/null
@@ -65,7 +65,7 @@ if [ "$tsan" = 1 ]; then
   export OPENBLAS_NUM_THREADS=1
   tsan_tests='^(Batcher|ParameterStore|Shard|Server|StepQueue|PushAccounting|Backoff'
   tsan_tests+='|GradientAccumulator|Replica'
-  tsan_tests+='|WorkerClient|WorkerTraining)'
+  tsan_tests+='|WorkerClient|WorkerTraining|WalLogFile)'
   ctest --test-dir build-tsan --output-on-failure -j "$jobs" --timeout 600 -R "$tsan_tests" \
     -L 'unit|integration'
 fi
