@@ -55,8 +55,9 @@ absl::Status CheckLowRank(const ParamSpec& spec, const LowRankFactors& f) {
   if (r < 1 || r > std::min(m, n)) {
     return error("rank ", r, " is outside [1, min(m, n) = ", std::min(m, n), "]");
   }
-  if (absl::Status s = CheckEntries(f.P, spec.name, "P", HUGE_VAL); !s.ok()) return s;
-  if (absl::Status s = CheckEntries(f.R, spec.name, "R", HUGE_VAL); !s.ok()) return s;
+  const double limit = kMaxContributionMagnitude;
+  if (absl::Status s = CheckEntries(f.P, spec.name, "P", limit); !s.ok()) return s;
+  if (absl::Status s = CheckEntries(f.R, spec.name, "R", limit); !s.ok()) return s;
   // Bound on every entry of P R^T, summed over the rank.
   const double bound = static_cast<double>(r) * f.P.cwiseAbs().maxCoeff() *
                        f.R.cwiseAbs().maxCoeff();

@@ -40,8 +40,8 @@ struct Contribution {
   const Matrix& gradient() const { return std::get<Matrix>(payload); }
 };
 
-// Entries of a contribution, or of P R^T (bounded by r max|P| max|R|), above this magnitude
-// are refused: no real gradient is that large, and below it the batch mean, the momentum and
+// Entries of a contribution (every entry of P, of R and of a dense gradient), or of P R^T
+// (bounded by r max|P| max|R|), above this magnitude are refused: no real gradient is that large, and below it the batch mean, the momentum and
 // AdamW's squared gradient stay finite in float32.
 inline constexpr double kMaxContributionMagnitude = 1e18;
 

@@ -90,6 +90,32 @@ TEST(Validate, NaNAndInfAreNonFiniteErrorsAndHugeValuesAreNot) {
   EXPECT_FALSE(IsNonFiniteError(huge_status));
 }
 
+// Before the fix only the bound r max|P| max|R| was checked for factors, so a P entry of 3e38
+// with a tiny R passed although every entry above 1e18 is documented as refused.
+TEST(Validate, EveryPayloadEntryAboveTheMagnitudeLimitIsRefused) {
+  const ParamSpec dion = Spec(OptimizerKind::kDion, {8, 6});
+  for (const bool in_p : {true, false}) {
+    Contribution c = Factors(8, 6, 2);
+    LowRankFactors& f = std::get<LowRankFactors>(c.payload);
+    f.P.setConstant(in_p ? 1e-30f : 1.0f);
+    f.R.setConstant(in_p ? 1.0f : 1e-30f);
+    (in_p ? f.P : f.R)(1, 1) = 3e38f;  // r max|P| max|R| = 6e8, far below the limit
+    const absl::Status status = Validate(c, {dion, 2, true}).status();
+    EXPECT_EQ(status.code(), absl::StatusCode::kInvalidArgument) << in_p;
+    EXPECT_NE(status.message().find(in_p ? "P entry" : "R entry"), absl::string_view::npos)
+        << status;
+    EXPECT_NE(status.message().find("exceeds the magnitude limit"), absl::string_view::npos)
+        << status;
+  }
+  const ParamSpec adamw = Spec(OptimizerKind::kAdamW, {3, 5});
+  Contribution dense = Dense(3, 5);
+  std::get<Matrix>(dense.payload)(2, 4) = 2e18f;
+  EXPECT_EQ(Validate(dense, {adamw, 2, true}).status().code(),
+            absl::StatusCode::kInvalidArgument);
+  std::get<Matrix>(dense.payload)(2, 4) = 9e17f;  // at or below the limit is fine
+  EXPECT_TRUE(Validate(dense, {adamw, 2, true}).ok());
+}
+
 TEST(Validate, ThePayloadKindFollowsTheOptimizer) {
   EXPECT_NE(CheckContribution(Dense(8, 6), {Spec(OptimizerKind::kDion, {8, 6}), 2, true})
                 .message()
