@@ -53,6 +53,16 @@ Batcher::Batcher(std::string parameter, const BatcherOptions& options, int64_t v
       clock_(clock),
       version_(version) {}
 
+uint64_t SequenceHorizon(uint64_t highest, uint64_t window, absl::Time now) {
+  constexpr uint64_t kMax = std::numeric_limits<uint64_t>::max();
+  const int64_t micros = std::max<int64_t>(absl::ToUnixMicros(now), 0);
+  const uint64_t clock = static_cast<uint64_t>(micros);
+  const uint64_t by_clock =
+      clock > kMax - kSequenceClockSlackMicros ? kMax : clock + kSequenceClockSlackMicros;
+  const uint64_t by_window = highest > kMax - window ? kMax : highest + window;
+  return std::max(by_clock, by_window);
+}
+
 absl::StatusOr<OfferResult> Batcher::Offer(ValidatedContribution validated) {
   const Contribution& contribution = *validated;
   if (contribution.parameter != parameter_) {
@@ -72,6 +82,16 @@ absl::StatusOr<OfferResult> Batcher::Offer(ValidatedContribution validated) {
   result.staleness = version_ - contribution.base_version;
 
   auto window = dedup_.find(contribution.worker_id);
+  const uint64_t highest = window == dedup_.end() ? 0 : window->second.highest();
+  const uint64_t horizon = SequenceHorizon(highest, options_.dedup_window, now);
+  if (contribution.sequence > horizon) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "parameter '", parameter_, "': sequence ", contribution.sequence, " of worker '",
+        contribution.worker_id, "' is beyond the sequence horizon ", horizon,
+        " (the larger of its highest accepted sequence ", highest, " + the dedup window ",
+        options_.dedup_window, " and the shard's clock in Unix microseconds + one day); "
+        "nothing was recorded"));
+  }
   if (window != dedup_.end()) {
     switch (window->second.Lookup(contribution.sequence)) {
       case SequenceWindow::State::kNew:

@@ -8,6 +8,9 @@
 //     that the window cannot tell whether it was accepted;
 //   - computes tau = version() - base_version and answers STALE when tau > max_staleness;
 //   - otherwise accepts it with raw weight sample_count * w(tau) and records the sequence.
+//   - refuses (InvalidArgument, nothing recorded) a sequence above the sequence horizon
+//     SequenceHorizon(): accepting it would force the dedup floor so far that every later
+//     sequence of the worker would be unknown (a lock-out);
 // Only accepted sequences are remembered: a contribution refused as stale and retried with
 // the same sequence is judged again, so a lost STALE ack can never turn into a DUPLICATE that
 // would make the worker drop its residual.
@@ -71,6 +74,16 @@ struct BatcherOptions {
 
 // InvalidArgument naming the field; also when no closing rule is active at all.
 absl::Status ValidateBatcherOptions(const BatcherOptions& options);
+
+// How far past the shard's clock (in Unix microseconds) a sequence may lie: workers number
+// from the wall clock by default (worker/client/client.h first_sequence), with clocks that may
+// run ahead of the shard's.
+inline constexpr uint64_t kSequenceClockSlackMicros = uint64_t{86'400'000'000};  // one day
+
+// The highest sequence a worker may push for a parameter: max(highest + window, clock in Unix
+// microseconds + kSequenceClockSlackMicros), saturating, where `highest` is the highest sequence
+// accepted from it for the parameter (0 when none). Anything above is refused.
+uint64_t SequenceHorizon(uint64_t highest, uint64_t window, absl::Time now);
 
 // The targets in force (after adaptation).
 struct BatchTargets {

@@ -45,6 +45,13 @@ class SequenceWindow {
   // Records `sequence` as accepted. REQUIRES: Lookup(sequence) == kNew.
   void Insert(uint64_t sequence);
 
+  // The highest accepted sequence (floor - 1 when the set above the floor is empty), or 0 when
+  // nothing was accepted.
+  uint64_t highest() const {
+    if (!seen_.empty()) return *seen_.rbegin();
+    return floor_ > 0 ? floor_ - 1 : 0;
+  }
+
   uint64_t window() const { return window_; }
   // For checkpoints: the floor, the forced floor (<= floor; 0 if never forced) and the
   // accepted sequences above the floor.

@@ -422,6 +422,60 @@ TEST(Batcher, SequenceBelowAForcedDedupFloorIsRefusedDataLossNotDuplicate) {
   Accept(batcher, Make("other", 5, 0, 1));
 }
 
+TEST(Batcher, SequenceHorizonIsTheLargerOfWindowAndClockBoundsAndSaturates) {
+  const absl::Time epoch = absl::UnixEpoch();
+  EXPECT_EQ(SequenceHorizon(0, 8, epoch), kSequenceClockSlackMicros);
+  EXPECT_EQ(SequenceHorizon(kSequenceClockSlackMicros, 8, epoch), kSequenceClockSlackMicros + 8);
+  EXPECT_EQ(SequenceHorizon(5, 8, epoch + absl::Microseconds(1000)),
+            1000 + kSequenceClockSlackMicros);
+  const uint64_t top = std::numeric_limits<uint64_t>::max();
+  EXPECT_EQ(SequenceHorizon(top - 3, 8, epoch), top);
+  EXPECT_EQ(SequenceHorizon(0, 8, absl::InfinitePast()), kSequenceClockSlackMicros);
+}
+
+// Before the fix 2^64-1 was accepted and forced the floor to the top: every later sequence was
+// DataLoss. Now it is refused, nothing is recorded, and the worker goes on.
+TEST(Batcher, SequenceBeyondTheHorizonIsRefusedAndNothingIsRecorded) {
+  FakeClock clock;
+  BatcherOptions options = OnlyDeadline();
+  options.dedup_window = 8;
+  Batcher batcher(kParameter, options, 0, &clock);
+  // Make with a payload of ones (Make's payload is the sequence, above the magnitude limit).
+  const auto Seq = [](const std::string& worker, uint64_t sequence) {
+    Contribution c = MakeRaw(worker, sequence, 0, 1);
+    c.payload = Matrix(Matrix::Ones(1, 2));
+    return ValidFor(std::move(c)).value();
+  };
+  const uint64_t horizon = kSequenceClockSlackMicros;  // clock at the Unix epoch
+  const absl::StatusOr<OfferResult> fresh = batcher.Offer(Seq("new", horizon + 1));
+  EXPECT_EQ(fresh.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_TRUE(batcher.ExportDedup().empty());  // not even a window for the new worker
+  Accept(batcher, Seq("w", 0));
+  const BatcherStats before = batcher.stats();
+  const auto before_dedup = batcher.ExportDedup();
+  for (uint64_t s : {std::numeric_limits<uint64_t>::max(), horizon + 1}) {
+    const absl::StatusOr<OfferResult> far = batcher.Offer(Seq("w", s));
+    ASSERT_FALSE(far.ok()) << s;
+    EXPECT_EQ(far.status().code(), absl::StatusCode::kInvalidArgument);
+    EXPECT_NE(far.status().message().find("beyond the sequence horizon"),
+              absl::string_view::npos) << far.status();
+  }
+  EXPECT_EQ(batcher.stats().accepted, before.accepted);
+  EXPECT_EQ(batcher.stats().open_contributions, before.open_contributions);
+  ASSERT_EQ(batcher.ExportDedup().size(), 1u);
+  EXPECT_EQ(batcher.ExportDedup()[0].floor, before_dedup[0].floor);
+  EXPECT_EQ(batcher.ExportDedup()[0].forced_floor, before_dedup[0].forced_floor);
+  Accept(batcher, Seq("w", 1));
+  // Up to the horizon a jump (a worker restarted with wall-clock sequences) is still accepted,
+  // and then moves the horizon by the window.
+  Accept(batcher, Seq("w", horizon));
+  Accept(batcher, Seq("w", horizon + 8));
+  EXPECT_EQ(batcher.Offer(Seq("w", horizon + 17)).status().code(),
+            absl::StatusCode::kInvalidArgument);
+  clock.Advance(absl::Microseconds(100));
+  Accept(batcher, Seq("w", horizon + 100));
+}
+
 TEST(Batcher, ForcedDedupFloorSurvivesExportAndImport) {
   FakeClock clock;
   BatcherOptions options = OnlyDeadline();

@@ -1,6 +1,7 @@
 // Protocol details through gRPC on loopback: GetLayout marks explicit initial values,
 // PushAck.current_version is the applied version for every result, a sequence below a forced
 // dedup floor is REJECTED (never DUPLICATE), and Pull with min_version waits for a version.
+#include <limits>
 #include <gtest/gtest.h>
 
 #include <future>
@@ -143,6 +144,30 @@ TEST(ServerProtocolTest, PushAckCurrentVersionIsTheAppliedVersionForEveryResult)
 
 // ---------------------------------------------------------------------------------------------
 // Dedup window
+
+// Before the fix sequence 2^64-1 was accepted, forced the dedup floor to the top of the range
+// and every later sequence of the worker for that parameter was DATA_LOSS for good.
+TEST(ServerProtocolTest, SequenceBeyondTheHorizonIsRefusedAndDoesNotLockTheWorkerOut) {
+  auto server = DionServer::Start(TestServerOptions()).value();
+  auto stub = Connect(server->address());
+  Register(*stub, "w0");
+  const uint64_t top = std::numeric_limits<uint64_t>::max();
+  const std::vector<v1::PushAck> acks = PushAll(*stub, {W(5, 0), W(top, 0), W(6, 0), W(top, 0)});
+  ASSERT_EQ(acks.size(), 4u);
+  EXPECT_EQ(acks[0].result(), v1::PUSH_RESULT_ACCEPTED);
+  EXPECT_EQ(acks[1].result(), v1::PUSH_RESULT_REJECTED);
+  EXPECT_EQ(acks[1].status_code(), static_cast<int>(grpc::StatusCode::INVALID_ARGUMENT));
+  for (const char* part : {"sequence 18446744073709551615", "beyond the sequence horizon",
+                           "highest accepted sequence 5", "nothing was recorded"}) {
+    EXPECT_TRUE(absl::StrContains(acks[1].message(), part)) << part << ": " << acks[1].message();
+  }
+  EXPECT_EQ(acks[2].result(), v1::PUSH_RESULT_ACCEPTED) << acks[2].message();
+  EXPECT_EQ(acks[3].result(), v1::PUSH_RESULT_REJECTED);
+  server->shard().Drain();
+  const v1::StatusResponse status = GetStatus(*stub);
+  EXPECT_EQ(testing::FindParameter(status, "w")->contributions_applied(), 2);
+  EXPECT_EQ(status.pushes().rejected(), 2);
+}
 
 // Before the fix the retry of sequence 3 (which never arrived) was answered DUPLICATE, and a
 // worker treating that as "accepted" lost the contribution.
