@@ -89,6 +89,16 @@ bool IsNonFiniteError(const absl::Status& status) {
   return status.GetPayload(kNonFinitePayload).has_value();
 }
 
+absl::Status ValidateWorkerId(absl::string_view worker_id) {
+  if (worker_id.empty()) return absl::InvalidArgumentError("worker_id must not be empty");
+  if (worker_id.size() > kMaxWorkerIdBytes) {
+    return absl::InvalidArgumentError(absl::StrCat("worker_id is ", worker_id.size(),
+                                                   " bytes long, above the limit of ",
+                                                   kMaxWorkerIdBytes, " bytes"));
+  }
+  return absl::OkStatus();
+}
+
 absl::Status ValidatePayload(const ParamSpec& spec, const Contribution& contribution) {
   if (spec.optimizer == OptimizerKind::kDion) {
     if (!contribution.is_low_rank()) {
@@ -109,9 +119,7 @@ absl::Status ValidatePayload(const ParamSpec& spec, const Contribution& contribu
 absl::Status CheckContribution(const Contribution& contribution,
                                const ContributionContext& context) {
   const ParamSpec& spec = context.spec;
-  if (contribution.worker_id.empty()) {
-    return absl::InvalidArgumentError("worker_id must not be empty");
-  }
+  if (absl::Status s = ValidateWorkerId(contribution.worker_id); !s.ok()) return s;
   if (!context.worker_registered) {
     return absl::FailedPreconditionError(
         absl::StrCat("worker '", contribution.worker_id,

@@ -45,6 +45,14 @@ struct Contribution {
 // AdamW's squared gradient stay finite in float32.
 inline constexpr double kMaxContributionMagnitude = 1e18;
 
+// Bytes a worker_id may have: ids are kept per worker and reported by Status, so their size is
+// bounded like everything else a client can make the shard keep.
+inline constexpr size_t kMaxWorkerIdBytes = 256;
+
+// InvalidArgument unless 1 <= worker_id.size() <= kMaxWorkerIdBytes (the message names the
+// length and the limit). Every path that takes a worker id (push, registration) checks it.
+absl::Status ValidateWorkerId(absl::string_view worker_id);
+
 // What a contribution is validated against: its parameter's spec and current version, and
 // whether its worker is registered.
 struct ContributionContext {
@@ -59,7 +67,7 @@ struct ContributionContext {
 // and what was expected.
 absl::Status ValidatePayload(const ParamSpec& spec, const Contribution& contribution);
 
-// Every check a contribution gets, in this order: worker id non-empty (InvalidArgument) and
+// Every check a contribution gets, in this order: worker id valid (ValidateWorkerId) and
 // registered (FailedPrecondition), sample_count > 0 (InvalidArgument), 0 <= base_version <=
 // context.version (OutOfRange), then ValidatePayload.
 absl::Status CheckContribution(const Contribution& contribution,

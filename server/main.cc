@@ -30,6 +30,9 @@ ABSL_FLAG(std::string, metrics_listen, "127.0.0.1:9091",
           "host:port serving Prometheus metrics at /metrics; empty disables them");
 ABSL_FLAG(int, shard_index, 0, "this shard's index in [0, num_shards)");
 ABSL_FLAG(int, num_shards, 1, "number of shards the model is spread over (same on every shard)");
+ABSL_FLAG(int, max_workers, 4096,
+          "distinct worker ids this shard tracks (>= 1); registering a new one beyond is "
+          "RESOURCE_EXHAUSTED");
 ABSL_FLAG(std::string, checkpoint_dir, "",
           "directory of checkpoints (one ckpt-* directory each); the newest valid one is "
           "restored at start; empty disables checkpoints");
@@ -90,6 +93,7 @@ absl::StatusOr<dion::ServerOptions> OptionsFromFlags() {
   dion::ShardOptions& shard = options.shard;
   shard.store.shard_index = absl::GetFlag(FLAGS_shard_index);
   shard.store.num_shards = absl::GetFlag(FLAGS_num_shards);
+  shard.store.max_workers = absl::GetFlag(FLAGS_max_workers);
   shard.compute_threads = absl::GetFlag(FLAGS_compute_threads);
   shard.max_pending_batches = absl::GetFlag(FLAGS_max_pending_batches);
   shard.store.lr_schedule.total_samples = absl::GetFlag(FLAGS_lr_schedule_samples);

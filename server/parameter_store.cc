@@ -93,6 +93,10 @@ absl::Status ValidateStoreOptions(const StoreOptions& options) {
                                                    options.num_shards, "), got ",
                                                    options.shard_index));
   }
+  if (options.max_workers < 1) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("max_workers must be >= 1, got ", options.max_workers));
+  }
   return ValidateLrSchedule(options.lr_schedule);
 }
 
@@ -179,11 +183,17 @@ absl::StatusOr<bool> ParameterStore::RegisterWithFingerprint(const ModelTable& t
 }
 
 absl::Status ParameterStore::RegisterWorker(absl::string_view worker_id) {
-  if (worker_id.empty()) return absl::InvalidArgumentError("worker_id must not be empty");
+  if (absl::Status s = ValidateWorkerId(worker_id); !s.ok()) return s;
   MutexLock lock(&mu_);
   if (model_ == nullptr) {
     return absl::FailedPreconditionError(
         absl::StrCat("cannot register worker '", worker_id, "': no model is registered"));
+  }
+  if (!workers_.contains(worker_id) &&
+      workers_.size() >= static_cast<size_t>(options_.max_workers)) {
+    return absl::ResourceExhaustedError(absl::StrCat(
+        "cannot register worker '", worker_id, "': this shard already tracks ",
+        workers_.size(), " workers, the limit (--max_workers)"));
   }
   workers_.insert(std::string(worker_id));
   return absl::OkStatus();

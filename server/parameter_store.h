@@ -53,6 +53,8 @@ struct StoreOptions {
   int num_shards = 1;                // shards the model is spread over
   bool measure_ortho_error = true;   // ||P^T P - I||_max every Dion step (one m r^2 product)
   LrSchedule lr_schedule;            // default: constant lr
+  // Distinct workers RegisterWorker accepts (>= 1); a new one beyond is ResourceExhausted.
+  int max_workers = 4096;
 };
 
 absl::Status ValidateStoreOptions(const StoreOptions& options);
@@ -125,8 +127,9 @@ class ParameterStore {
   absl::StatusOr<bool> RegisterRestoredModel(
       const ModelTable& table, const std::vector<std::optional<uint64_t>>& initial_value_checksums)
       ABSL_LOCKS_EXCLUDED(mu_);
-  // Allows `worker_id` to push. FailedPrecondition before a model is registered,
-  // InvalidArgument for an empty id. Registering again is fine.
+  // Allows `worker_id` to push. InvalidArgument for an id ValidateWorkerId refuses,
+  // FailedPrecondition before a model is registered, ResourceExhausted for a new id when
+  // max_workers are registered (nothing recorded then). Registering again is fine.
   absl::Status RegisterWorker(absl::string_view worker_id) ABSL_LOCKS_EXCLUDED(mu_);
 
   bool model_registered() const ABSL_LOCKS_EXCLUDED(mu_);

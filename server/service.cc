@@ -9,6 +9,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
 #include "absl/time/time.h"
+#include "common/contribution.h"
 #include "server/metrics.h"
 #include "server/wire.h"
 
@@ -55,6 +56,9 @@ grpc::Status ParameterServerService::RegisterModel(grpc::ServerContext* context,
                                                    const v1::RegisterModelRequest* request,
                                                    v1::RegisterModelResponse* response) {
   if (metrics_ != nullptr) metrics_->RecordReceivedBytes(request->ByteSizeLong());
+  if (!request->worker_id().empty()) {
+    if (absl::Status s = ValidateWorkerId(request->worker_id()); !s.ok()) return ToGrpcStatus(s);
+  }
   absl::StatusOr<ModelTable> table = ModelTableFromProto(*request);
   if (!table.ok()) return ToGrpcStatus(table.status());
   absl::StatusOr<bool> newly = shard_->RegisterModel(*table);

@@ -69,6 +69,18 @@ TEST(Validate, ChecksTheScalarFieldsBeforeThePayloadInTheDocumentedOrder) {
   EXPECT_NE(shape.message().find("expected 3 x 5"), absl::string_view::npos);
 }
 
+TEST(Validate, WorkerIdsAreNonEmptyAndAtMost256Bytes) {
+  EXPECT_TRUE(ValidateWorkerId(std::string(kMaxWorkerIdBytes, 'w')).ok());
+  EXPECT_EQ(ValidateWorkerId("").code(), absl::StatusCode::kInvalidArgument);
+  const absl::Status overlong = ValidateWorkerId(std::string(kMaxWorkerIdBytes + 1, 'w'));
+  EXPECT_EQ(overlong.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(overlong.message(), "worker_id is 257 bytes long, above the limit of 256 bytes");
+  const ParamSpec spec = Spec(OptimizerKind::kAdamW, {3, 5});
+  Contribution c = Dense(3, 5);
+  c.worker_id = std::string(300, 'w');
+  EXPECT_EQ(Validate(c, {spec, 2, true}).status().code(), absl::StatusCode::kInvalidArgument);
+}
+
 TEST(Validate, NaNAndInfAreNonFiniteErrorsAndHugeValuesAreNot) {
   const ParamSpec dense = Spec(OptimizerKind::kAdamW, {3, 5});
   Contribution nan = Dense(3, 5);

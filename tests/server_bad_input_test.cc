@@ -78,6 +78,11 @@ std::vector<BadPush> BadPushes() {
       [](v1::Contribution& c) { c.set_worker_id("stranger"); });
   add("EmptyWorker", grpc::StatusCode::INVALID_ARGUMENT, "worker_id",
       [](v1::Contribution& c) { c.set_worker_id(""); });
+  add("OverlongWorker", grpc::StatusCode::INVALID_ARGUMENT,
+      "worker_id is 257 bytes long, above the limit of 256 bytes",
+      [](v1::Contribution& c) { c.set_worker_id(std::string(257, 'w')); });
+  add("HugeEntryInP", grpc::StatusCode::INVALID_ARGUMENT, "exceeds the magnitude limit",
+      [](v1::Contribution& c) { SetFloat(c.mutable_factors()->mutable_p(), 3, 3e38f); });
   add("NoPayload", grpc::StatusCode::INVALID_ARGUMENT, "neither",
       [](v1::Contribution& c) { c.clear_factors(); });
   add("DenseGradientForDion", grpc::StatusCode::INVALID_ARGUMENT, "low-rank factors",
@@ -163,6 +168,48 @@ TEST_F(ServerBadInputTest, EveryMalformedContributionIsRejectedWithItsCodeAndCha
   EXPECT_EQ(Fingerprint(), before);
   EXPECT_EQ(GetStatus(*stub_).pushes().rejected(), static_cast<int64_t>(cases.size()));
   EXPECT_EQ(GetStatus(*stub_).pushes().accepted(), 0);
+}
+
+grpc::Status RegisterAs(v1::ParameterServer::Stub& stub, const std::string& worker_id) {
+  grpc::ClientContext context;
+  v1::RegisterModelResponse response;
+  return stub.RegisterModel(&context, testing::TestModelRequest(worker_id), &response);
+}
+
+// Before the fix a worker_id of any length was registered and kept (and reported by Status).
+TEST_F(ServerBadInputTest, OverlongWorkerIdIsRefusedByRegisterModelAndNothingIsRegistered) {
+  const grpc::Status overlong = RegisterAs(*stub_, std::string(10000, 'w'));
+  EXPECT_EQ(overlong.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+  EXPECT_NE(overlong.error_message().find("10000 bytes long, above the limit of 256 bytes"),
+            std::string::npos)
+      << overlong.error_message();
+  EXPECT_FALSE(GetStatus(*stub_).model_registered());
+  EXPECT_TRUE(RegisterAs(*stub_, std::string(256, 'w')).ok());
+  EXPECT_EQ(GetStatus(*stub_).workers_size(), 1);
+}
+
+// Before the fix a shard registered every new worker id it was sent, without bound.
+TEST(ServerWorkerLimitTest, ANewWorkerBeyondMaxWorkersIsResourceExhaustedAndNotRecorded) {
+  ServerOptions options = TestServerOptions();
+  options.shard.store.max_workers = 2;
+  auto server = DionServer::Start(options).value();
+  auto stub = Connect(server->address());
+  ASSERT_TRUE(RegisterAs(*stub, "w0").ok());
+  ASSERT_TRUE(RegisterAs(*stub, "w1").ok());
+  const grpc::Status third = RegisterAs(*stub, "w2");
+  EXPECT_EQ(third.error_code(), grpc::StatusCode::RESOURCE_EXHAUSTED);
+  EXPECT_NE(third.error_message().find("already tracks 2 workers"), std::string::npos)
+      << third.error_message();
+  EXPECT_TRUE(RegisterAs(*stub, "w1").ok());  // registering again is fine at the limit
+  const v1::StatusResponse status = GetStatus(*stub);
+  ASSERT_EQ(status.workers_size(), 2);
+  // w2 was not recorded: its push is refused as unregistered.
+  const std::vector<v1::PushAck> acks = testing::PushAll(
+      *stub, {FactorsContribution("w2", 1, "w", 0, 1, RandomFactors(32, 24, 2, 1))});
+  ASSERT_EQ(acks.size(), 1u);
+  EXPECT_EQ(acks[0].status_code(), grpc::StatusCode::FAILED_PRECONDITION);
+  options.shard.store.max_workers = 0;
+  EXPECT_EQ(DionServer::Start(options).status().code(), absl::StatusCode::kInvalidArgument);
 }
 
 TEST_F(ServerBadInputTest, DuplicateSequenceIsAcknowledgedAsDuplicateAndAppliedOnce) {
