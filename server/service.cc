@@ -50,7 +50,19 @@ grpc::Status ToGrpcStatus(const absl::Status& status) {
 
 ParameterServerService::ParameterServerService(Shard* shard, ShardMetrics* metrics,
                                                const ServiceOptions& options)
-    : shard_(shard), metrics_(metrics), options_(options) {}
+    : shard_(shard), metrics_(metrics), options_(options) {
+  // Method 2 of dion.v1.ParameterServer (in proto order) is Push; its handler stays synchronous.
+  constexpr int kPushMethod = 2;
+  MarkMethodStreamed(
+      kPushMethod,
+      new grpc::internal::BidiStreamingHandler<ParameterServerService, grpc::ByteBuffer,
+                                               grpc::ByteBuffer>(
+          [](ParameterServerService* service, grpc::ServerContext* context,
+             grpc::ServerReaderWriter<grpc::ByteBuffer, grpc::ByteBuffer>* stream) {
+            return service->PushBytes(context, stream);
+          },
+          this));
+}
 
 grpc::Status ParameterServerService::RegisterModel(grpc::ServerContext* context,
                                                    const v1::RegisterModelRequest* request,
@@ -153,19 +165,33 @@ v1::PushAck ParameterServerService::Judge(const v1::Contribution& request) {
   return ack;
 }
 
-grpc::Status ParameterServerService::Push(
-    grpc::ServerContext* context, grpc::ServerReaderWriter<v1::PushAck, v1::Contribution>* stream) {
+grpc::Status ParameterServerService::PushBytes(
+    grpc::ServerContext* context,
+    grpc::ServerReaderWriter<grpc::ByteBuffer, grpc::ByteBuffer>* stream) {
   AddPushStreams(1);
   struct Closer {
     ParameterServerService* service;
     ~Closer() { service->AddPushStreams(-1); }
   } closer{this};
-  v1::Contribution request;
-  while (stream->Read(&request)) {
+  grpc::ByteBuffer bytes;
+  for (int64_t position = 1; stream->Read(&bytes); ++position) {
+    v1::Contribution request;
+    if (!grpc::SerializationTraits<v1::Contribution>::Deserialize(&bytes, &request).ok()) {
+      return grpc::Status(
+          grpc::StatusCode::INVALID_ARGUMENT,
+          absl::StrCat("message ", position, " of the push stream (counting from 1) is not a "
+                       "valid dion.v1.Contribution (e.g. a string field that is not UTF-8); "
+                       "the stream ends here, messages after it were not read"));
+    }
     if (metrics_ != nullptr) metrics_->RecordReceivedBytes(request.ByteSizeLong());
     v1::PushAck ack = Judge(request);
     if (metrics_ != nullptr) metrics_->RecordSentBytes(ack.ByteSizeLong());
-    if (!stream->Write(ack)) {
+    grpc::ByteBuffer reply;
+    bool own_buffer = false;
+    if (!grpc::SerializationTraits<v1::PushAck>::Serialize(ack, &reply, &own_buffer).ok()) {
+      return grpc::Status(grpc::StatusCode::INTERNAL, "could not serialise a PushAck");
+    }
+    if (!stream->Write(reply)) {
       return grpc::Status(grpc::StatusCode::CANCELLED,
                           "the client went away before its acknowledgement was sent");
     }

@@ -11,11 +11,13 @@
 //     had as a call and whose message says what was wrong: NOT_FOUND unknown parameter;
 //     FAILED_PRECONDITION no model registered, worker not registered, parameter of another
 //     shard; INVALID_ARGUMENT wrong shape or rank, NaN/Inf, sample_count <= 0, empty worker id,
-//     missing payload; OUT_OF_RANGE base_version < 0 or from the future; DATA_LOSS a sequence
+//     missing payload, a sequence beyond the sequence horizon; OUT_OF_RANGE base_version < 0 or from the future; DATA_LOSS a sequence
 //     older than the dedup window (its fate unknown); UNAVAILABLE the shard is shutting down.
 //     Only transport-level failures end the stream: a message above the configured maximum
 //     size ends the call with RESOURCE_EXHAUSTED (enforced by gRPC itself, before the handler
-//     sees it); an empty stream ends OK with no acks; a client that goes away ends it
+//     sees it); a message that does not parse as a Contribution (e.g. a worker_id that is not
+//     UTF-8) ends it with INVALID_ARGUMENT naming its 1-based position in the stream (PushBytes);
+//     an empty stream ends OK with no acks; a client that goes away ends it
 //     CANCELLED. Every contribution answered before that is settled (its ack says how),
 //     and nothing half-judged remains.
 //   - Subscribe ends with UNAVAILABLE when the shard shuts down; the subscriber resubscribes
@@ -65,8 +67,7 @@ class ParameterServerService final : public v1::ParameterServer::Service {
                              v1::RegisterModelResponse* response) override;
   grpc::Status GetLayout(grpc::ServerContext* context, const v1::GetLayoutRequest* request,
                          v1::GetLayoutResponse* response) override;
-  grpc::Status Push(grpc::ServerContext* context,
-                    grpc::ServerReaderWriter<v1::PushAck, v1::Contribution>* stream) override;
+  // Push is served by PushBytes (the generated typed handler is replaced in the constructor).
   grpc::Status Subscribe(grpc::ServerContext* context, const v1::SubscribeRequest* request,
                          grpc::ServerWriter<v1::VersionUpdate>* writer) override;
   grpc::Status Pull(grpc::ServerContext* context, const v1::PullRequest* request,
@@ -78,6 +79,11 @@ class ParameterServerService final : public v1::ParameterServer::Service {
   int64_t push_streams() const { return push_streams_.load(); }
 
  private:
+  // Push over raw messages, parsed here: gRPC's typed Read() answers false both at the end of
+  // the stream and for a message that does not parse, and only the latter is an error
+  // (INVALID_ARGUMENT naming the message's 1-based position in the stream).
+  grpc::Status PushBytes(grpc::ServerContext* context,
+                         grpc::ServerReaderWriter<grpc::ByteBuffer, grpc::ByteBuffer>* stream);
   // Judges one contribution and says how in the ack.
   v1::PushAck Judge(const v1::Contribution& request);
   void AddPushStreams(int64_t delta);

@@ -241,6 +241,26 @@ TEST_F(ServerBadInputTest, OversizeMessageEndsTheStreamWithResourceExhausted) {
   EXPECT_EQ(Fingerprint(), before);
 }
 
+// Before the fix the server stopped reading at a message that did not parse and ended the
+// stream OK, so the client never learned that it and the messages after it were not judged.
+TEST_F(ServerBadInputTest, UnparsableMessageEndsTheStreamInvalidArgumentNamingItsPosition) {
+  Register(*stub_, "w0");
+  const v1::Contribution good = FactorsContribution("w0", 1, "w", 0, 1, RandomFactors(32, 24, 2, 1));
+  v1::Contribution bad = FactorsContribution("w0", 2, "w", 0, 1, RandomFactors(32, 24, 2, 2));
+  bad.set_worker_id(std::string("w\xff\xfe", 3));  // proto3 strings must be UTF-8
+  v1::Contribution after = FactorsContribution("w0", 3, "w", 0, 1, RandomFactors(32, 24, 2, 3));
+  grpc::Status status;
+  const std::vector<v1::PushAck> acks = testing::PushAll(*stub_, {good, bad, after}, &status);
+  EXPECT_EQ(status.error_code(), grpc::StatusCode::INVALID_ARGUMENT) << status.error_message();
+  EXPECT_NE(status.error_message().find("message 2 of the push stream (counting from 1)"),
+            std::string::npos)
+      << status.error_message();
+  ASSERT_EQ(acks.size(), 1u);
+  EXPECT_EQ(acks[0].result(), v1::PUSH_RESULT_ACCEPTED);
+  server_->shard().Drain();
+  EXPECT_EQ(GetStatus(*stub_).pushes().accepted(), 1);  // nothing after the bad one was judged
+}
+
 TEST_F(ServerBadInputTest, EmptyStreamEndsOkWithoutAcks) {
   Register(*stub_, "w0");
   grpc::Status status;
