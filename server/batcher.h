@@ -3,14 +3,14 @@
 //
 // For each contribution it
 //   - refuses a base version from the future (OutOfRange, nothing changes);
+//   - refuses (InvalidArgument, nothing recorded) a sequence above SequenceHorizon():
+//     accepting it would force the dedup floor so far that every later sequence of the worker
+//     would be unknown (a lock-out);
 //   - answers DUPLICATE when (worker, sequence) was accepted before (server/sequence_window.h),
 //     and refuses (DataLoss, nothing changes) a sequence so far below the dedup window
 //     that the window cannot tell whether it was accepted;
 //   - computes tau = version() - base_version and answers STALE when tau > max_staleness;
 //   - otherwise accepts it with raw weight sample_count * w(tau) and records the sequence.
-//   - refuses (InvalidArgument, nothing recorded) a sequence above the sequence horizon
-//     SequenceHorizon(): accepting it would force the dedup floor so far that every later
-//     sequence of the worker would be unknown (a lock-out);
 // Only accepted sequences are remembered: a contribution refused as stale and retried with
 // the same sequence is judged again, so a lost STALE ack can never turn into a DUPLICATE that
 // would make the worker drop its residual.
