@@ -265,12 +265,6 @@ absl::StatusOr<int64_t> ParameterStore::Version(absl::string_view parameter) con
   return (*p)->version.load(std::memory_order_acquire);
 }
 
-absl::Status ParameterStore::ValidateContribution(const Contribution& contribution) const {
-  absl::StatusOr<Parameter*> found = Find(contribution.parameter);
-  if (!found.ok()) return found.status();
-  return CheckContribution(contribution, Context(**found, contribution.worker_id));
-}
-
 absl::StatusOr<ValidatedContribution> ParameterStore::Validate(Contribution contribution) const {
   absl::StatusOr<Parameter*> found = Find(contribution.parameter);
   if (!found.ok()) return found.status();

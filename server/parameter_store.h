@@ -138,7 +138,7 @@ class ParameterStore {
   absl::StatusOr<ModelInfo> model() const ABSL_LOCKS_EXCLUDED(mu_);
   // Names of the parameters this shard owns, in table order (empty before registration).
   std::vector<std::string> OwnedParameters() const ABSL_LOCKS_EXCLUDED(mu_);
-  // The spec of an owned parameter (codes as ValidateContribution).
+  // The spec of an owned parameter (codes as Validate).
   absl::StatusOr<ParamSpec> Spec(absl::string_view parameter) const ABSL_LOCKS_EXCLUDED(mu_);
   // The same without a copy (the push path): the spec lives as long as the store, since a
   // registered model never changes.
@@ -150,9 +150,6 @@ class ParameterStore {
   // parameter's spec and current version (CheckContribution; codes in the file comment).
   // Changes nothing.
   absl::StatusOr<ValidatedContribution> Validate(Contribution contribution) const
-      ABSL_LOCKS_EXCLUDED(mu_);
-  // The same checks without keeping the contribution.
-  absl::Status ValidateContribution(const Contribution& contribution) const
       ABSL_LOCKS_EXCLUDED(mu_);
 
   // Applies a closed batch: the weighted mean of its contributions with the parameter's

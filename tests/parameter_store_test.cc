@@ -225,7 +225,7 @@ TEST(ParameterStore, OwnsOnlyTheParametersOfItsShard) {
 
 TEST(ParameterStore, PushBeforeRegistrationIsFailedPrecondition) {
   auto store = *ParameterStore::Create(StoreOptions{});
-  const absl::Status status = store->ValidateContribution(LowRank("tall", 48, 32, 2));
+  const absl::Status status = store->Validate(LowRank("tall", 48, 32, 2)).status();
   EXPECT_EQ(status.code(), absl::StatusCode::kFailedPrecondition);
   EXPECT_NE(status.message().find("no model is registered"), absl::string_view::npos);
   EXPECT_EQ(store->RegisterWorker("w0").code(), absl::StatusCode::kFailedPrecondition);
@@ -302,7 +302,7 @@ TEST_P(BadContribution, IsRefusedWithPreciseStatusAndChangesNothing) {
   for (const std::string& name : store->OwnedParameters()) {
     before.push_back(StateBits(*store->Snapshot(name, true)));
   }
-  const absl::Status status = store->ValidateContribution(c.contribution);
+  const absl::Status status = store->Validate(c.contribution).status();
   EXPECT_EQ(status.code(), c.code) << status;
   EXPECT_NE(status.message().find(c.message_part), absl::string_view::npos) << status;
 
@@ -654,7 +654,7 @@ TEST(ParameterStore, ConcurrentStepsOnDistinctParameters) {
         Contribution c = spec.optimizer == OptimizerKind::kDion
                              ? LowRank(name, spec.rows(), spec.cols(), 2, "w0", step, step)
                              : Dense(name, spec.rows(), spec.cols(), "w0", step, step);
-        ASSERT_TRUE(store->ValidateContribution(c).ok());
+        ASSERT_TRUE(store->Validate(c).ok());
         ASSERT_TRUE(store->ApplyBatch(SingleBatch(std::move(c), step)).ok());
       }
     });
