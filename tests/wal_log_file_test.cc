@@ -320,6 +320,39 @@ TEST_F(WalLogFile, IntervalModeSyncsInTheBackgroundAndNoneNever) {
   EXPECT_EQ(log->payloads.size(), 20u);
 }
 
+// Write orders records without syncing; WaitDurable then syncs them all at once in kAlways
+// mode and not at all in the others.
+TEST_F(WalLogFile, WriteDefersTheSyncToWaitDurable) {
+  {
+    std::unique_ptr<LogWriter> writer = OpenWriter(LogSync::Always());
+    uint64_t end = 0;
+    for (int i = 0; i < 5; ++i) {
+      absl::StatusOr<uint64_t> e = writer->Write(Payload(10, i));
+      ASSERT_TRUE(e.ok()) << e.status();
+      EXPECT_GT(*e, end);
+      end = *e;
+    }
+    EXPECT_EQ(end, writer->end_offset());
+    EXPECT_EQ(writer->syncs(), 0u);
+    ASSERT_TRUE(writer->WaitDurable(end).ok());
+    EXPECT_EQ(writer->syncs(), 1u);
+    ASSERT_TRUE(writer->WaitDurable(end).ok());  // already durable: no second sync
+    EXPECT_EQ(writer->syncs(), 1u);
+  }
+  {
+    std::unique_ptr<LogWriter> writer = OpenWriter(LogSync::None());
+    absl::StatusOr<uint64_t> e = writer->Write("n");
+    ASSERT_TRUE(e.ok());
+    ASSERT_TRUE(writer->WaitDurable(*e).ok());
+    EXPECT_EQ(writer->syncs(), 0u);
+  }
+  absl::StatusOr<LogContents> log = ReadLog(path_, RecoverMode::kStrict);
+  ASSERT_TRUE(log.ok()) << log.status();
+  ASSERT_EQ(log->payloads.size(), 6u);
+  EXPECT_EQ(log->payloads[0], Payload(10, 0));
+  EXPECT_EQ(log->payloads[5], "n");
+}
+
 // 8 threads x 200 appends with kAlways: every record is readable exactly once, each thread's
 // records in its order, and group commit makes the fdatasyncs fewer than the appends. Whether
 // appends overlap depends on scheduling, so a run without any shared sync is retried (twice);

@@ -106,17 +106,29 @@ LogWriter::~LogWriter() {
   ::close(fd_);
 }
 
-absl::StatusOr<uint64_t> LogWriter::Append(absl::string_view payload) {
-  if (payload.size() > kMaxLogPayloadBytes) {
-    return absl::InvalidArgumentError(absl::StrCat("log record of ", payload.size(),
-                                                   " bytes exceeds the maximum of ",
-                                                   kMaxLogPayloadBytes, " (", path_, ")"));
-  }
+namespace {
+
+// One framed record: length, checksum, payload (server/wal/log_format.h).
+std::string FrameRecord(absl::string_view payload) {
   std::string record(kLogRecordHeaderBytes + payload.size(), '\0');
   PutLittleEndian32(static_cast<uint32_t>(payload.size()), record.data());
   PutLittleEndian32(LogRecordChecksum(record.data(), payload), record.data() + 4);
   std::copy(payload.begin(), payload.end(), record.begin() + kLogRecordHeaderBytes);
+  return record;
+}
 
+}  // namespace
+
+absl::Status LogWriter::CheckPayload(absl::string_view payload) const {
+  if (payload.size() <= kMaxLogPayloadBytes) return absl::OkStatus();
+  return absl::InvalidArgumentError(absl::StrCat("log record of ", payload.size(),
+                                                 " bytes exceeds the maximum of ",
+                                                 kMaxLogPayloadBytes, " (", path_, ")"));
+}
+
+absl::StatusOr<uint64_t> LogWriter::Append(absl::string_view payload) {
+  if (absl::Status s = CheckPayload(payload); !s.ok()) return s;
+  const std::string record = FrameRecord(payload);
   MutexLock lock(&mu_);
   const uint64_t offset = written_;
   if (absl::Status s = WriteLocked(record); !s.ok()) return s;
@@ -124,6 +136,21 @@ absl::StatusOr<uint64_t> LogWriter::Append(absl::string_view payload) {
     if (absl::Status s = SyncThroughLocked(written_); !s.ok()) return s;
   }
   return offset;
+}
+
+absl::StatusOr<uint64_t> LogWriter::Write(absl::string_view payload) {
+  if (absl::Status s = CheckPayload(payload); !s.ok()) return s;
+  const std::string record = FrameRecord(payload);
+  MutexLock lock(&mu_);
+  if (absl::Status s = WriteLocked(record); !s.ok()) return s;
+  return written_;
+}
+
+absl::Status LogWriter::WaitDurable(uint64_t end) {
+  MutexLock lock(&mu_);
+  if (!status_.ok()) return BrokenLocked();
+  if (sync_.mode != LogSync::Mode::kAlways) return absl::OkStatus();
+  return SyncThroughLocked(std::min(end, written_));
 }
 
 absl::Status LogWriter::Sync() {

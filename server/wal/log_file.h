@@ -58,6 +58,14 @@ class LogWriter {
   // failed write or fdatasync; FailedPrecondition once the writer is broken.
   absl::StatusOr<uint64_t> Append(absl::string_view payload);
 
+  // Appends one record without waiting for the disk, whatever the mode, and returns the
+  // file's end offset after it; WaitDurable(end) then waits as Append would. Lets a caller
+  // order records under its own lock and wait for the sync outside it.
+  absl::StatusOr<uint64_t> Write(absl::string_view payload);
+  // kAlways: returns once every byte before `end` is on disk (group commit, as Append).
+  // kInterval, kNone: returns at once. The writer's error once it is broken.
+  absl::Status WaitDurable(uint64_t end);
+
   // Makes every record appended so far durable, whatever the mode.
   absl::Status Sync();
 
@@ -69,6 +77,7 @@ class LogWriter {
 
  private:
   LogWriter(std::string path, int fd, uint64_t size, LogSync sync);
+  absl::Status CheckPayload(absl::string_view payload) const;
   absl::Status WriteLocked(absl::string_view bytes) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // Returns once `end` is synced (leading a sync or waiting for one), or the error.
   absl::Status SyncThroughLocked(uint64_t end) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
