@@ -351,6 +351,19 @@ absl::StatusOr<ModelTable> ModelTableFromProto(const v1::RegisterModelRequest& r
   return table;
 }
 
+void ModelTableToProto(const ModelTable& table, v1::RegisterModelRequest* request) {
+  request->set_model_name(table.model_name);
+  request->clear_parameters();
+  for (const ParameterDefinition& definition : table.parameters) {
+    v1::ParameterSpec* proto = request->add_parameters();
+    ParameterToProto(definition.spec, proto);
+    if (definition.initial_value.has_value()) {
+      MatrixToTensor(*definition.initial_value, definition.spec.shape,
+                     proto->mutable_initial_value());
+    }
+  }
+}
+
 void LayoutToProto(const Layout& layout, v1::Layout* proto) {
   proto->Clear();
   proto->set_num_shards(layout.num_shards());

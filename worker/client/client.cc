@@ -21,16 +21,8 @@ namespace {
 
 v1::RegisterModelRequest RegistrationOf(const ModelTable& table, const std::string& worker_id) {
   v1::RegisterModelRequest request;
-  request.set_model_name(table.model_name);
+  ModelTableToProto(table, &request);
   request.set_worker_id(worker_id);
-  for (const ParameterDefinition& definition : table.parameters) {
-    v1::ParameterSpec* proto = request.add_parameters();
-    ParameterToProto(definition.spec, proto);
-    if (definition.initial_value.has_value()) {
-      MatrixToTensor(*definition.initial_value, definition.spec.shape,
-                     proto->mutable_initial_value());
-    }
-  }
   return request;
 }
 
