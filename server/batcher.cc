@@ -46,11 +46,12 @@ absl::Status ValidateBatcherOptions(const BatcherOptions& options) {
 }
 
 Batcher::Batcher(std::string parameter, const BatcherOptions& options, int64_t version,
-                 const Clock* clock)
+                 const Clock* clock, BatchJournal* journal)
     : parameter_(std::move(parameter)),
       options_(options),
       staleness_(options.staleness),
       clock_(clock),
+      journal_(journal),
       version_(version) {}
 
 uint64_t SequenceHorizon(uint64_t highest, uint64_t window, absl::Time now) {
@@ -120,27 +121,98 @@ absl::StatusOr<OfferResult> Batcher::Offer(ValidatedContribution validated) {
     return result;
   }
 
-  if (window == dedup_.end()) {
-    window = dedup_.emplace(contribution.worker_id, SequenceWindow(options_.dedup_window)).first;
+  if (journal_ != nullptr) {
+    absl::StatusOr<uint64_t> end = journal_->Accepted(contribution);
+    if (!end.ok()) return end.status();
+    result.journal_end = *end;
   }
-  window->second.Insert(contribution.sequence);
   ++stats_.accepted;
   result.result = PushOutcome::kAccepted;
   // exp with a tiny tau0 can underflow to 0; keep the weight positive so the mean is defined.
   result.weight =
       std::max(staleness_.Weight(result.staleness), std::numeric_limits<double>::min());
+  AddOpenLocked(std::move(validated), result.staleness, result.weight, now);
 
+  if (std::optional<CloseReason> reason = ShouldCloseLocked(now)) {
+    result.closed = CloseLocked(*reason, now, &result.journal_end);
+  }
+  return result;
+}
+
+void Batcher::AddOpenLocked(ValidatedContribution validated, int64_t staleness, double weight,
+                            absl::Time now) {
+  const Contribution& contribution = *validated;
+  auto window = dedup_.find(contribution.worker_id);
+  if (window == dedup_.end()) {
+    window = dedup_.emplace(contribution.worker_id, SequenceWindow(options_.dedup_window)).first;
+  }
+  window->second.Insert(contribution.sequence);
   if (open_.empty()) opened_ = now;
   ++open_workers_[contribution.worker_id];
   last_seen_[contribution.worker_id] = now;
   open_samples_ += contribution.sample_count;
-  const double raw_weight = static_cast<double>(contribution.sample_count) * result.weight;
-  open_.push_back({std::move(validated), result.staleness, raw_weight});
+  const double raw_weight = static_cast<double>(contribution.sample_count) * weight;
+  open_.push_back({std::move(validated), staleness, raw_weight});
+}
 
-  if (std::optional<CloseReason> reason = ShouldCloseLocked(now)) {
-    result.closed = CloseLocked(*reason, now);
+absl::Status Batcher::Restore(ValidatedContribution validated) {
+  const Contribution& c = *validated;
+  const absl::Time now = clock_->Now();
+  MutexLock lock(&mu_);
+  const auto refuse = [&](absl::string_view why) {
+    return absl::DataLossError(absl::StrCat("log replay of parameter '", parameter_,
+                                            "': contribution ", c.sequence, " of worker '",
+                                            c.worker_id, "' ", why));
+  };
+  if (c.parameter != parameter_) return refuse(absl::StrCat("is for '", c.parameter, "'"));
+  if (c.base_version < 0 || c.base_version > version_) {
+    return refuse(absl::StrCat("has base_version ", c.base_version, " outside [0, ", version_,
+                               "]"));
   }
-  return result;
+  auto window = dedup_.find(c.worker_id);
+  if (window != dedup_.end() &&
+      window->second.Lookup(c.sequence) != SequenceWindow::State::kNew) {
+    return refuse("was accepted twice");
+  }
+  ++stats_.accepted;
+  const int64_t staleness = version_ - c.base_version;
+  const double weight =
+      std::max(staleness_.Weight(staleness), std::numeric_limits<double>::min());
+  AddOpenLocked(std::move(validated), staleness, weight, now);
+  return absl::OkStatus();
+}
+
+absl::StatusOr<Batch> Batcher::RestoreClose(const LoggedBatch& logged) {
+  const absl::Time now = clock_->Now();
+  MutexLock lock(&mu_);
+  const auto refuse = [&](absl::string_view why) {
+    return absl::DataLossError(absl::StrCat("log replay of parameter '", parameter_,
+                                            "': the batch of version ", logged.version, " ",
+                                            why));
+  };
+  if (logged.parameter != parameter_) return refuse(absl::StrCat("is for '", logged.parameter, "'"));
+  if (logged.version != version_) {
+    return refuse(absl::StrCat("was logged while the parameter is at version ", version_));
+  }
+  if (logged.members.size() != open_.size() || open_.empty()) {
+    return refuse(absl::StrCat("has ", logged.members.size(), " members, the log accepted ",
+                               open_.size(), " contributions since the previous batch"));
+  }
+  Batch batch = CloseLocked(logged.reason, now, nullptr, /*record=*/false);
+  for (size_t i = 0; i < batch.entries.size(); ++i) {
+    WeightedContribution& entry = batch.entries[i];
+    const LoggedBatch::Member& member = logged.members[i];
+    if (entry.contribution->worker_id != member.worker_id ||
+        entry.contribution->sequence != member.sequence) {
+      return refuse(absl::StrCat("lists contribution ", member.sequence, " of worker '",
+                                 member.worker_id, "' at position ", i, ", the log accepted ",
+                                 entry.contribution->sequence, " of '",
+                                 entry.contribution->worker_id, "'"));
+    }
+    entry.staleness = member.staleness;
+    entry.weight = member.weight;
+  }
+  return batch;
 }
 
 std::optional<Batch> Batcher::CloseIfDue() {
@@ -260,7 +332,8 @@ std::optional<CloseReason> Batcher::ShouldCloseLocked(absl::Time now) const {
   return std::nullopt;
 }
 
-Batch Batcher::CloseLocked(CloseReason reason, absl::Time now) {
+Batch Batcher::CloseLocked(CloseReason reason, absl::Time now, uint64_t* journal_end,
+                           bool record) {
   Batch batch;
   batch.parameter = parameter_;
   batch.version = version_;
@@ -298,6 +371,10 @@ Batch Batcher::CloseLocked(CloseReason reason, absl::Time now) {
                  [&](const auto& entry) { return now - entry.second > options_.worker_idle; });
   ++version_;
   ++stats_.batches;
+  if (journal_ != nullptr && record) {
+    absl::StatusOr<uint64_t> end = journal_->Closed(batch);
+    if (end.ok() && journal_end != nullptr) *journal_end = std::max(*journal_end, *end);
+  }
   return batch;
 }
 

@@ -85,6 +85,36 @@ inline constexpr uint64_t kSequenceClockSlackMicros = uint64_t{86'400'000'000}; 
 // accepted from it for the parameter (0 when none). Anything above is refused.
 uint64_t SequenceHorizon(uint64_t highest, uint64_t window, absl::Time now);
 
+// Where a batcher records what it accepts and how its batches close (the shard's write-ahead
+// log, server/shard_log.h). Called under the batcher's lock, so one parameter's records are in
+// the order of its batcher's decisions. Implementations must be thread-safe: batchers of
+// different parameters call concurrently.
+class BatchJournal {
+ public:
+  virtual ~BatchJournal() = default;
+  // Before an accepted contribution changes any state; an error refuses the contribution with
+  // nothing changed. Returns the log offset that must be durable before the acceptance is
+  // acknowledged.
+  virtual absl::StatusOr<uint64_t> Accepted(const Contribution& contribution) = 0;
+  // When a batch closes (entries in summation order, final weights). Returns the log offset
+  // that must be durable before the batch's step is published.
+  virtual absl::StatusOr<uint64_t> Closed(const Batch& batch) = 0;
+};
+
+// A closed batch as a journal recorded it, for recovery: everything but the contributions.
+struct LoggedBatch {
+  struct Member {
+    std::string worker_id;
+    uint64_t sequence = 0;
+    int64_t staleness = 0;
+    double weight = 0.0;
+  };
+  std::string parameter;
+  int64_t version = 0;
+  CloseReason reason = CloseReason::kFlush;
+  std::vector<Member> members;  // summation order
+};
+
 // The targets in force (after adaptation).
 struct BatchTargets {
   int64_t samples = 0;  // 0: none
@@ -98,6 +128,8 @@ struct OfferResult {
   int64_t staleness = 0;   // tau
   double weight = 0.0;     // w(tau) (before the sample count and normalisation); 0 unless accepted
   std::optional<Batch> closed;  // the batch this contribution completed, if it did
+  // With a journal: the log offset to wait for (BatchJournal) before acknowledging; 0 without.
+  uint64_t journal_end = 0;
 };
 
 struct BatcherStats {
@@ -120,17 +152,18 @@ struct WorkerDedupState {
 
 class Batcher {
  public:
-  // `version` is the parameter's current version. REQUIRES: ValidateBatcherOptions(options)
-  // ok; clock outlives the batcher.
+  // `version` is the parameter's current version. `journal` may be null (nothing recorded).
+  // REQUIRES: ValidateBatcherOptions(options) ok; clock and journal outlive the batcher.
   Batcher(std::string parameter, const BatcherOptions& options, int64_t version,
-          const Clock* clock);
+          const Clock* clock, BatchJournal* journal = nullptr);
 
   Batcher(const Batcher&) = delete;
   Batcher& operator=(const Batcher&) = delete;
 
   // Judges a validated contribution. Errors, with nothing changed: InvalidArgument for another
   // parameter, OutOfRange for base_version > version(), DataLoss for a sequence whose dedup
-  // state is unknown (below a forced floor of its worker's window; the message says so).
+  // state is unknown (below a forced floor of its worker's window; the message says so), the
+  // journal's error when it cannot record an accepted contribution.
   absl::StatusOr<OfferResult> Offer(ValidatedContribution validated) ABSL_LOCKS_EXCLUDED(mu_);
 
   // Whether `sequence` of `worker_id` was accepted before (what Offer would answer DUPLICATE).
@@ -156,6 +189,14 @@ class Batcher {
   BatcherStats stats() const ABSL_LOCKS_EXCLUDED(mu_);
   const std::string& parameter() const { return parameter_; }
 
+  // Recovery from a journal: Restore re-accepts a contribution the log says was accepted (no
+  // journal call, no closing rule), RestoreClose closes the open batch as the log recorded it,
+  // with the logged weights. DataLoss when the log disagrees with the batcher's state (a
+  // sequence seen twice, a base version outside [0, version()], another version or other
+  // members); the batcher is then unusable.
+  absl::Status Restore(ValidatedContribution contribution) ABSL_LOCKS_EXCLUDED(mu_);
+  absl::StatusOr<Batch> RestoreClose(const LoggedBatch& logged) ABSL_LOCKS_EXCLUDED(mu_);
+
   // Dedup state for checkpoints, sorted by worker id; Import replaces it.
   std::vector<WorkerDedupState> ExportDedup() const ABSL_LOCKS_EXCLUDED(mu_);
   void ImportDedup(const std::vector<WorkerDedupState>& state) ABSL_LOCKS_EXCLUDED(mu_);
@@ -171,12 +212,20 @@ class Batcher {
   // The reason the open batch must close now, if any.
   std::optional<CloseReason> ShouldCloseLocked(absl::Time now) const
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
-  Batch CloseLocked(CloseReason reason, absl::Time now) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Closes the open batch and, with `record`, records it in the journal (if any);
+  // *journal_end, when not null, is raised to the offset the journal returned. A journal error
+  // is not returned: the journal is broken then, and waiting for its durability reports it.
+  Batch CloseLocked(CloseReason reason, absl::Time now, uint64_t* journal_end = nullptr,
+                    bool record = true) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Adds an accepted contribution to the open batch and records its sequence.
+  void AddOpenLocked(ValidatedContribution validated, int64_t staleness, double weight,
+                     absl::Time now) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
 
   const std::string parameter_;
   const BatcherOptions options_;
   const StalenessPolicy staleness_;
   const Clock* const clock_;
+  BatchJournal* const journal_;  // may be null
 
   mutable Mutex mu_;
   int64_t version_ ABSL_GUARDED_BY(mu_);
