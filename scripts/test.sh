@@ -6,6 +6,8 @@
 # Usage: scripts/test.sh [--no-setup] [--no-asan] [--no-tsan]
 #   Build trees: build/ (Release), build-asan/ (ASan+UBSan, every test) and build-tsan/
 #   (ThreadSanitizer: the concurrency-relevant tests only). JOBS=N sets parallelism.
+#   The `fault` test (SIGKILLs a shard 10 times under load, tests/wal_fault_test.cc, ~10 s)
+#   runs in the Release and ASan trees, capped by its own ctest TIMEOUT (150 s).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -15,7 +17,7 @@ for arg in "$@"; do
     --no-setup) setup=0 ;;
     --no-asan) asan=0 ;;
     --no-tsan) tsan=0 ;;
-    -h|--help) sed -n '2,9p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,11p' "$0"; exit 0 ;;
     *) echo "test.sh: unknown argument '$arg' (expected --no-setup, --no-asan, --no-tsan)" >&2
        exit 2 ;;
   esac
@@ -45,13 +47,14 @@ if [ "$tsan" = 1 ]; then
   # the whole server (gRPC handlers, compute pool, broadcaster) from concurrent clients; the
   # worker client tests drive the client's link threads (acks, subscription, reconnects).
   # worker_training_test trains through two shards and two clients: every thread of the
-  # system at once. wal_log_file_test: the log's group commit (8 appending threads).
+  # system at once. wal_log_file_test: the log's group commit (8 appending threads);
+  # shard_wal_test: the shard writing its log from pushes, deadlines and compute threads.
   tsan_targets=(batcher_test parameter_store_test server_shard_test server_service_test
                 server_bad_input_test server_concurrency_test server_protocol_test
                 server_metrics_endpoint_test server_slow_subscriber_test server_binary_test
                 step_queue_test push_accounting_test
                 backoff_test gradient_accumulator_test replica_test worker_client_test
-                worker_training_test wal_log_file_test)
+                worker_training_test wal_log_file_test shard_wal_test)
   stage "ThreadSanitizer build (${tsan_targets[*]})"
   cmake -S . -B build-tsan -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo \
     -DDION_SANITIZE=thread -DDION_BUILD_BENCH=OFF >/dev/null
@@ -65,7 +68,7 @@ if [ "$tsan" = 1 ]; then
   export OPENBLAS_NUM_THREADS=1
   tsan_tests='^(Batcher|ParameterStore|Shard|Server|StepQueue|PushAccounting|Backoff'
   tsan_tests+='|GradientAccumulator|Replica'
-  tsan_tests+='|WorkerClient|WorkerTraining|WalLogFile)'
+  tsan_tests+='|WorkerClient|WorkerTraining|WalLogFile|ShardWal)'
   ctest --test-dir build-tsan --output-on-failure -j "$jobs" --timeout 600 -R "$tsan_tests" \
     -L 'unit|integration'
 fi

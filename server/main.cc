@@ -21,6 +21,7 @@
 #include "common/cli.h"
 #include "common/training_defaults.h"
 #include "server/dion_server.h"
+#include "server/shard_log.h"
 #include "server/staleness.h"
 
 ABSL_FLAG(std::string, listen, "127.0.0.1:50051",
@@ -39,6 +40,23 @@ ABSL_FLAG(std::string, checkpoint_dir, "",
 ABSL_FLAG(absl::Duration, checkpoint_interval, absl::Minutes(10),
           "time between background checkpoints (e.g. 30s, 10m); 0 checkpoints only on shutdown");
 ABSL_FLAG(int, checkpoint_keep, 3, "number of complete checkpoints kept");
+ABSL_FLAG(bool, wal, true,
+          "keep a write-ahead log (needs --checkpoint_dir): a registration, a new worker and an "
+          "accepted contribution are on disk before they are acknowledged, and a restart "
+          "replays them on top of the newest checkpoint; --nowal: a crash loses everything "
+          "since the last checkpoint");
+ABSL_FLAG(std::string, wal_dir, "",
+          "directory of the write-ahead log (wal-<checkpoint>.log files); empty: "
+          "<checkpoint_dir>/wal. Put it on the same durable volume as the checkpoints");
+ABSL_FLAG(std::string, wal_sync, "always",
+          "when the log reaches the disk: 'always' (an acknowledged contribution is on disk; "
+          "concurrent pushes share one fdatasync), 'interval:<duration>' (e.g. interval:100ms; "
+          "a machine crash loses up to that much acknowledged work, a process crash nothing), "
+          "'none' (the OS writes back; a machine crash loses what it had not written)");
+ABSL_FLAG(std::string, wal_recover, "strict",
+          "at start, a corrupt record before the end of the log: 'strict' refuses to start, "
+          "naming the file and offset; 'truncate' drops that record and everything after it "
+          "(a torn last record is always cut)");
 ABSL_FLAG(int, compute_threads, 2,
           "threads applying optimizer steps (different parameters step in parallel)");
 ABSL_FLAG(int, blas_threads, 1, "OpenBLAS threads per matrix product");
@@ -82,6 +100,31 @@ ABSL_FLAG(absl::Duration, shutdown_grace, absl::Seconds(5),
 
 namespace {
 
+absl::Status WalOptionsFromFlags(dion::ShardOptions& shard) {
+  if (!absl::GetFlag(FLAGS_wal)) return absl::OkStatus();
+  if (shard.checkpoint_dir.empty()) {
+    if (!absl::GetFlag(FLAGS_wal_dir).empty()) {
+      return absl::InvalidArgumentError(
+          "--wal_dir needs --checkpoint_dir: checkpoints are what truncate the log");
+    }
+    return absl::OkStatus();  // no durability asked for at all
+  }
+  shard.wal_dir = absl::GetFlag(FLAGS_wal_dir).empty()
+                      ? absl::StrCat(shard.checkpoint_dir, "/wal")
+                      : absl::GetFlag(FLAGS_wal_dir);
+  absl::StatusOr<dion::LogSync> sync = dion::ParseLogSync(absl::GetFlag(FLAGS_wal_sync));
+  if (!sync.ok()) return sync.status();
+  shard.wal_sync = *sync;
+  const std::string recover = absl::GetFlag(FLAGS_wal_recover);
+  if (recover != "strict" && recover != "truncate") {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "--wal_recover must be 'strict' or 'truncate', got '", recover, "'"));
+  }
+  shard.wal_recover =
+      recover == "strict" ? dion::RecoverMode::kStrict : dion::RecoverMode::kTruncate;
+  return absl::OkStatus();
+}
+
 absl::StatusOr<dion::ServerOptions> OptionsFromFlags() {
   dion::ServerOptions options;
   options.listen = absl::GetFlag(FLAGS_listen);
@@ -102,6 +145,7 @@ absl::StatusOr<dion::ServerOptions> OptionsFromFlags() {
   shard.checkpoint_dir = absl::GetFlag(FLAGS_checkpoint_dir);
   shard.checkpoint_interval = absl::GetFlag(FLAGS_checkpoint_interval);
   shard.checkpoint_keep_last = absl::GetFlag(FLAGS_checkpoint_keep);
+  if (absl::Status s = WalOptionsFromFlags(shard); !s.ok()) return s;
   shard.broadcaster.queue_capacity = absl::GetFlag(FLAGS_broadcast_queue);
 
   dion::BatcherOptions& batcher = shard.batcher;
@@ -152,7 +196,8 @@ int main(int argc, char** argv) {
     return 1;
   }
   std::fprintf(stderr,
-               "dion-server: shard %d of %d serving gRPC on %s, metrics on %s, checkpoints %s\n",
+               "dion-server: shard %d of %d serving gRPC on %s, metrics on %s, checkpoints %s, "
+               "write-ahead log %s\n",
                options->shard.store.shard_index, options->shard.store.num_shards,
                (*server)->address().c_str(),
                options->metrics_listen.empty()
@@ -162,7 +207,8 @@ int main(int argc, char** argv) {
                                   ":", (*server)->metrics_port())
                          .c_str(),
                options->shard.checkpoint_dir.empty() ? "disabled"
-                                                     : options->shard.checkpoint_dir.c_str());
+                                                     : options->shard.checkpoint_dir.c_str(),
+               options->shard.wal_dir.empty() ? "disabled" : options->shard.wal_dir.c_str());
 
   int signal_number = 0;
   sigwait(&signals, &signal_number);

@@ -45,6 +45,14 @@ absl::Status ValidateShardOptions(const ShardOptions& options) {
     return absl::InvalidArgumentError("checkpoint_interval must not be negative");
   }
   if (options.clock == nullptr) return absl::InvalidArgumentError("clock must be set");
+  if (!options.wal_dir.empty() && options.checkpoint_dir.empty()) {
+    return absl::InvalidArgumentError(
+        "a write-ahead log needs a checkpoint directory (checkpoints are what truncate it)");
+  }
+  if (options.wal_sync.mode == LogSync::Mode::kInterval &&
+      options.wal_sync.interval <= absl::ZeroDuration()) {
+    return absl::InvalidArgumentError("the write-ahead log's sync interval must be > 0");
+  }
   return absl::OkStatus();
 }
 
@@ -59,6 +67,8 @@ absl::StatusOr<std::unique_ptr<Shard>> Shard::Create(const ShardOptions& options
   if (absl::Status s = ValidateShardOptions(options); !s.ok()) return s;
   std::unique_ptr<Shard> shard(new Shard(options, metrics));
   if (absl::Status s = shard->Start(); !s.ok()) return s;
+  MutexLock lock(&shard->shutdown_mu_);
+  shard->started_ = true;
   return shard;
 }
 
@@ -81,12 +91,21 @@ absl::Status Shard::Start() {
   };
   broadcaster_ = std::make_unique<Broadcaster>(options_.broadcaster, std::move(source), metrics_);
 
+  if (!options_.wal_dir.empty()) {
+    log_ = std::make_unique<ShardLog>(
+        ShardLogOptions{options_.wal_dir, options_.wal_sync, options_.wal_recover});
+  }
   if (!options_.checkpoint_dir.empty()) {
     MutexLock checkpoint_lock(&checkpoint_mu_);
     checkpointer_ = std::make_unique<Checkpointer>(
         CheckpointerOptions{options_.checkpoint_dir, options_.checkpoint_keep_last});
     MutexLock lock(&gate_);
-    if (absl::Status s = RestoreFromCheckpoint(); !s.ok()) return s;
+    absl::StatusOr<uint64_t> restored = RestoreFromCheckpoint();
+    if (!restored.ok()) return restored.status();
+    if (!options_.wal_dir.empty()) {
+      if (absl::Status s = ReplayLog(*restored); !s.ok()) return s;
+    }
+    AttachStepsLocked();
   }
 
   deadline_thread_ = std::thread([this] { DeadlineLoop(); });
@@ -94,44 +113,6 @@ absl::Status Shard::Start() {
     checkpoint_thread_ = std::thread([this] { CheckpointLoop(); });
   }
   return absl::OkStatus();
-}
-
-absl::Status Shard::RestoreFromCheckpoint() {
-  checkpoint_mu_.AssertHeld();
-  absl::StatusOr<ShardCheckpoint> checkpoint = checkpointer_->LoadNewest();
-  if (absl::IsNotFound(checkpoint.status())) return absl::OkStatus();  // a fresh start
-  if (!checkpoint.ok()) return checkpoint.status();
-  for (const std::string& skipped : checkpoint->skipped) {
-    std::fprintf(stderr, "dion-server: skipped checkpoint: %s\n", skipped.c_str());
-  }
-  if (absl::Status s = Checkpointer::RestoreInto(*checkpoint, *store_); !s.ok()) return s;
-  CreateLanesLocked();
-  for (size_t i = 0; i < checkpoint->parameters.size() && i < checkpoint->dedup.size(); ++i) {
-    auto it = lanes_.find(checkpoint->parameters[i].spec.name);
-    if (it == lanes_.end()) {
-      return absl::DataLossError(absl::StrCat("checkpoint ", checkpoint->path,
-                                              " has dedup state of unknown parameter '",
-                                              checkpoint->parameters[i].spec.name, "'"));
-    }
-    it->second->batcher->ImportDedup(checkpoint->dedup[i]);
-  }
-  std::fprintf(stderr, "dion-server: restored checkpoint %s (%zu parameters)\n",
-               checkpoint->path.c_str(), checkpoint->parameters.size());
-  return absl::OkStatus();
-}
-
-void Shard::CreateLanesLocked() {
-  for (const std::string& name : store_->OwnedParameters()) {
-    const ParamSpec spec = store_->Spec(name).value();
-    const int64_t version = store_->Version(name).value();
-    auto lane = std::make_unique<Lane>();
-    lane->batcher = std::make_unique<Batcher>(name, options_.batcher, version, options_.clock);
-    lane->optimizer = spec.optimizer;
-    lane->steps = steps_.AddLane(
-        version, [this, l = lane.get()](Batch batch) { return ApplyOne(l, std::move(batch)); });
-    lane_order_.push_back(lane.get());
-    lanes_.emplace(name, std::move(lane));
-  }
 }
 
 Shard::~Shard() {
@@ -143,8 +124,20 @@ Shard::~Shard() {
 absl::StatusOr<bool> Shard::RegisterModel(const ModelTable& table) {
   MutexLock lock(&gate_);
   absl::StatusOr<bool> newly = store_->RegisterModel(table);
-  if (newly.ok() && *newly) CreateLanesLocked();
+  if (!newly.ok() || !*newly) return newly;
+  CreateLanesLocked(/*attach_steps=*/true);
+  if (log_ != nullptr) {
+    if (absl::Status s = log_->LogModel(table); !s.ok()) return s;
+  }
   return newly;
+}
+
+absl::Status Shard::RegisterWorker(absl::string_view worker_id) {
+  ReaderMutexLock lock(&gate_);  // excludes a log rotation
+  const bool known = store_->worker_registered(worker_id);
+  if (absl::Status s = store_->RegisterWorker(worker_id); !s.ok()) return s;
+  if (log_ == nullptr || known) return absl::OkStatus();
+  return log_->LogWorker(worker_id);
 }
 
 void Shard::WaitForRoom(absl::string_view parameter) {
@@ -164,6 +157,19 @@ void Shard::WaitForRoom(absl::string_view parameter) {
 
 absl::StatusOr<PushReply> Shard::Push(Contribution contribution) {
   WaitForRoom(contribution.parameter);
+  uint64_t durable_end = 0;
+  absl::StatusOr<PushReply> reply = Judge(std::move(contribution), &durable_end);
+  if (!reply.ok() || durable_end == 0) return reply;
+  // Outside every lock of the shard: concurrent pushes share the log's fdatasync.
+  if (absl::Status s = log_->WaitDurable(durable_end); !s.ok()) {
+    return absl::UnavailableError(absl::StrCat(
+        "the write-ahead log could not make the contribution durable, so it is not "
+        "acknowledged; restart the shard once its disk is fixed: ", s.message()));
+  }
+  return reply;
+}
+
+absl::StatusOr<PushReply> Shard::Judge(Contribution contribution, uint64_t* durable_end) {
   const std::string worker_id = contribution.worker_id;
   const std::string parameter = contribution.parameter;
   const double loss = contribution.loss;
@@ -194,6 +200,11 @@ absl::StatusOr<PushReply> Shard::Push(Contribution contribution) {
     metrics_->RecordStaleness(offer->staleness);
   }
   const PushReply reply{offer->result, applied_version, offer->version, offer->staleness};
+  if (log_ != nullptr && offer->result != PushOutcome::kStale) {
+    // A duplicate's original may still be on its way to the disk: wait for everything.
+    *durable_end = offer->result == PushOutcome::kAccepted ? offer->journal_end
+                                                           : log_->end_offset();
+  }
   HandOver(lane, *offer);
   return reply;
 }
@@ -295,11 +306,24 @@ ShardStatus Shard::Status() const {
   status.pending_batches = steps.pending;
   status.max_pending_batches_seen = steps.max_pending_seen;
   status.backpressure_waits = steps.backpressure_waits;
+  status.wal = log_ != nullptr;
+  if (log_ != nullptr) status.wal_syncs = log_->syncs();
+  status.wal_replayed = replayed_;
   return status;
 }
 
 absl::Status Shard::ApplyOne(const Lane* lane, Batch batch) {
   const absl::Time start = absl::Now();
+  if (log_ != nullptr) {
+    // The batch's record must be durable before its version can reach anyone.
+    if (absl::Status s = log_->WaitDurable(log_->end_offset()); !s.ok()) {
+      std::fprintf(stderr, "dion-server: step of '%s' at version %lld not applied: %s\n",
+                   batch.parameter.c_str(), static_cast<long long>(batch.version),
+                   s.ToString().c_str());
+      if (metrics_ != nullptr) metrics_->RecordFailedStep(lane->optimizer);
+      return s;
+    }
+  }
   absl::StatusOr<StepOutcome> outcome = store_->ApplyBatch(batch);
   if (!outcome.ok()) {
     std::fprintf(stderr, "dion-server: step of '%s' at version %lld failed: %s\n",
@@ -354,31 +378,6 @@ void Shard::Drain() {
   FlushAndDrain();
 }
 
-absl::StatusOr<std::string> Shard::Checkpoint() {
-  MutexLock checkpoint_lock(&checkpoint_mu_);
-  MutexLock lock(&gate_);
-  return CheckpointLocked();
-}
-
-absl::StatusOr<std::string> Shard::CheckpointLocked() {
-  checkpoint_mu_.AssertHeld();
-  if (checkpointer_ == nullptr) {
-    return absl::FailedPreconditionError("checkpoints are disabled (no checkpoint directory)");
-  }
-  if (!store_->model_registered()) {
-    return absl::FailedPreconditionError("no model is registered; nothing to checkpoint");
-  }
-  const absl::Time start = absl::Now();
-  FlushAndDrain();
-  std::vector<const Batcher*> batchers;
-  for (const Lane* lane : lane_order_) batchers.push_back(lane->batcher.get());
-  absl::StatusOr<std::string> path = checkpointer_->Write(*store_, batchers);
-  if (metrics_ != nullptr) {
-    metrics_->RecordCheckpoint(path.ok(), absl::ToDoubleSeconds(absl::Now() - start));
-  }
-  return path;
-}
-
 void Shard::BeginShutdown() {
   {
     MutexLock lock(&gate_);
@@ -409,11 +408,12 @@ absl::Status Shard::Shutdown() {
   {
     MutexLock checkpoint_lock(&checkpoint_mu_);
     MutexLock lock(&gate_);
-    if (checkpointer_ != nullptr && store_->model_registered()) {
+    // A shard that never started accepted nothing, and its lanes may have no steps attached.
+    if (started_ && checkpointer_ != nullptr && store_->model_registered()) {
       absl::StatusOr<std::string> path = CheckpointLocked();  // flushes and drains first
       status = path.status();
       if (path.ok()) std::fprintf(stderr, "dion-server: checkpoint %s\n", path->c_str());
-    } else {
+    } else if (started_) {
       FlushAndDrain();
     }
   }
@@ -467,25 +467,6 @@ void Shard::DeadlineLoop() {
     deadline_wake_ = absl::InfiniteFuture();
     deadline_poke_ = false;
     if (stop_threads_) return;
-  }
-}
-
-void Shard::CheckpointLoop() {
-  while (true) {
-    {
-      MutexLock lock(&deadline_mu_);
-      const absl::Time until = absl::Now() + options_.checkpoint_interval;
-      while (!stop_threads_ && absl::Now() < until) {
-        deadline_cv_.WaitWithTimeout(&deadline_mu_, until - absl::Now());
-      }
-      if (stop_threads_) return;
-    }
-    if (!store_->model_registered()) continue;
-    absl::StatusOr<std::string> path = Checkpoint();
-    if (!path.ok()) {
-      std::fprintf(stderr, "dion-server: periodic checkpoint failed: %s\n",
-                   path.status().ToString().c_str());
-    }
   }
 }
 

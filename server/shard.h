@@ -14,6 +14,12 @@
 // Create() restores the newest valid checkpoint; a background thread checkpoints every
 // `checkpoint_interval`, and Shutdown() takes a last one.
 //
+// Write-ahead log (with `wal_dir`, server/shard_log.h): a registration, a new worker and an
+// accepted contribution are durable (per `wal_sync`) before they are acknowledged, and a closed
+// batch before its step is applied; Create() replays the log on top of the restored
+// checkpoint, and a checkpoint starts a new log. If the log cannot be written, the shard
+// acknowledges nothing more (Unavailable) and applies no further step: restart it.
+//
 // Backpressure: a Push whose parameter already has `max_pending_batches` closed batches waiting
 // waits (holding no lock of the shard) until one is taken, so workers faster than the steps
 // are slowed down instead of growing the shard's memory without bound.
@@ -42,6 +48,7 @@
 #include "common/model_table.h"
 #include "server/parameter_store.h"
 #include "server/push_accounting.h"
+#include "server/shard_log.h"
 #include "server/step_queue.h"
 
 namespace dion {
@@ -61,6 +68,10 @@ struct ShardOptions {
   // Background checkpoint period; zero or infinite: only on Shutdown() and Checkpoint().
   absl::Duration checkpoint_interval = absl::Minutes(10);
   const Clock* clock = Clock::Real(); // for the batchers' deadlines and rates
+  // Write-ahead log directory; empty: no log. Needs checkpoint_dir (checkpoints truncate it).
+  std::string wal_dir;
+  LogSync wal_sync = LogSync::Always();
+  RecoverMode wal_recover = RecoverMode::kStrict;
 };
 
 // InvalidArgument naming the field.
@@ -102,6 +113,9 @@ struct ShardStatus {
   // max_pending_batches plus at most one per concurrent Push.
   int64_t max_pending_batches_seen = 0;
   int64_t backpressure_waits = 0;     // pushes that waited for their parameter's backlog
+  bool wal = false;                   // a write-ahead log is kept
+  uint64_t wal_syncs = 0;             // its fdatasyncs since the start
+  LogReplayStats wal_replayed;        // what the start replayed
 };
 
 class Shard {
@@ -119,9 +133,8 @@ class Shard {
 
   // ParameterStore::RegisterModel, and the batchers of the owned parameters when new.
   absl::StatusOr<bool> RegisterModel(const ModelTable& table) ABSL_LOCKS_EXCLUDED(gate_);
-  absl::Status RegisterWorker(absl::string_view worker_id) {
-    return store_->RegisterWorker(worker_id);
-  }
+  // ParameterStore::RegisterWorker; a new worker is logged (when there is a log) first.
+  absl::Status RegisterWorker(absl::string_view worker_id) ABSL_LOCKS_EXCLUDED(gate_);
 
   // Validates a contribution (ParameterStore::Validate codes) and offers it to
   // its parameter's batcher; a batch it completes goes to the compute pool. Waits first while
@@ -194,13 +207,28 @@ class Shard {
     std::unique_ptr<Batcher> batcher;
     OptimizerKind optimizer = OptimizerKind::kAdamW;
     StepQueue::LaneId steps = 0;
+    bool attached = false;  // `steps` is set
   };
 
   Shard(const ShardOptions& options, ShardMetrics* metrics);
 
   absl::Status Start() ABSL_LOCKS_EXCLUDED(gate_);
-  absl::Status RestoreFromCheckpoint() ABSL_EXCLUSIVE_LOCKS_REQUIRED(gate_);
-  void CreateLanesLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(gate_);
+  // Restores the newest valid checkpoint (if any) and returns its number (0: none).
+  absl::StatusOr<uint64_t> RestoreFromCheckpoint() ABSL_EXCLUSIVE_LOCKS_REQUIRED(gate_);
+  // Replays the write-ahead log after checkpoint `checkpoint` and opens it for appending
+  // (server/shard_persistence.cc).
+  absl::Status ReplayLog(uint64_t checkpoint) ABSL_EXCLUSIVE_LOCKS_REQUIRED(gate_);
+  LogReplayHandler ReplayHandlerLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(gate_);
+  // Creates the lanes of the owned parameters that have none; with `attach_steps` also their
+  // step-queue lanes (at the parameters' versions then; a replay attaches after it).
+  void CreateLanesLocked(bool attach_steps) ABSL_EXCLUSIVE_LOCKS_REQUIRED(gate_);
+  void AttachStepsLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(gate_);
+  // Judges a contribution (Push without the wait for the log); *durable_end is the log offset
+  // to wait for before answering (0: none).
+  absl::StatusOr<PushReply> Judge(Contribution contribution, uint64_t* durable_end)
+      ABSL_LOCKS_EXCLUDED(gate_);
+  // After a checkpoint: a new log file, and the logs of pruned checkpoints removed.
+  absl::Status RotateLog() ABSL_EXCLUSIVE_LOCKS_REQUIRED(checkpoint_mu_, gate_);
   // Backpressure: returns once `parameter` has fewer than max_pending_batches closed batches
   // waiting, or at once for an unknown parameter or during shutdown.
   void WaitForRoom(absl::string_view parameter) ABSL_LOCKS_EXCLUDED(gate_);
@@ -228,6 +256,8 @@ class Shard {
   const ShardOptions options_;
   ShardMetrics* const metrics_;
   std::unique_ptr<ParameterStore> store_;
+  std::unique_ptr<ShardLog> log_;  // null without a write-ahead log; set once in Start()
+  LogReplayStats replayed_;        // set once in Start()
   std::unique_ptr<Broadcaster> broadcaster_;
   StepQueue steps_;
   PushAccounting accounting_;
@@ -261,6 +291,9 @@ class Shard {
   std::unique_ptr<Checkpointer> checkpointer_ ABSL_PT_GUARDED_BY(checkpoint_mu_);
   Mutex shutdown_mu_;
   bool shut_down_ ABSL_GUARDED_BY(shutdown_mu_) = false;
+  // Start() completed. A shard whose start failed (e.g. a log it could not replay) is
+  // destroyed without a last checkpoint, which would bury the state it could not restore.
+  bool started_ ABSL_GUARDED_BY(shutdown_mu_) = false;
 };
 
 }  // namespace dion

@@ -548,5 +548,104 @@ TEST(Batcher, ConcurrentRetriesAreAcceptedExactlyOnce) {
   EXPECT_EQ(batcher.stats().accepted, 800);
 }
 
+// A journal that records what the batcher reports, and can be told to fail.
+class RecordingJournal : public BatchJournal {
+ public:
+  absl::StatusOr<uint64_t> Accepted(const Contribution& c) override {
+    if (fail) return absl::UnavailableError("disk full");
+    accepted.push_back(c.sequence);
+    return ++end;
+  }
+  absl::StatusOr<uint64_t> Closed(const Batch& batch) override {
+    closed.push_back(Logged(batch));
+    return ++end;
+  }
+  static LoggedBatch Logged(const Batch& batch) {
+    LoggedBatch logged{batch.parameter, batch.version, batch.reason, {}};
+    for (const WeightedContribution& e : batch.entries) {
+      logged.members.push_back(
+          {e.contribution->worker_id, e.contribution->sequence, e.staleness, e.weight});
+    }
+    return logged;
+  }
+  bool fail = false;
+  uint64_t end = 0;
+  std::vector<uint64_t> accepted;
+  std::vector<LoggedBatch> closed;
+};
+
+TEST(Batcher, JournalRecordsAcceptedContributionsAndClosedBatchesBeforeTheAck) {
+  FakeClock clock;
+  RecordingJournal journal;
+  BatcherOptions options = OnlyDeadline();
+  options.target_samples = 3;
+  Batcher batcher(kParameter, options, 0, &clock, &journal);
+  EXPECT_EQ(Accept(batcher, Make("w0", 0, 0, 1)).journal_end, 1u);
+  EXPECT_EQ(batcher.Offer(Make("w0", 0, 0, 1)).value().result, PushOutcome::kDuplicate);
+  const OfferResult third = Accept(batcher, Make("w1", 5, 0, 2));
+  ASSERT_TRUE(third.closed.has_value());
+  EXPECT_EQ(third.journal_end, 3u);  // its record, then the batch's
+  EXPECT_EQ(journal.accepted, (std::vector<uint64_t>{0, 5}));
+  ASSERT_EQ(journal.closed.size(), 1u);
+  EXPECT_EQ(journal.closed[0].version, 0);
+  ASSERT_EQ(journal.closed[0].members.size(), 2u);
+  EXPECT_EQ(journal.closed[0].members[1].worker_id, "w1");
+  EXPECT_DOUBLE_EQ(journal.closed[0].members[1].weight, 2.0 / 3.0);
+
+  // A journal that cannot record refuses the contribution, and nothing changes.
+  journal.fail = true;
+  absl::StatusOr<OfferResult> refused = batcher.Offer(Make("w0", 1, 0, 1));
+  EXPECT_EQ(refused.status().code(), absl::StatusCode::kUnavailable);
+  EXPECT_FALSE(batcher.AlreadyAccepted("w0", 1));
+  EXPECT_EQ(batcher.stats().open_contributions, 0);
+  journal.fail = false;
+  EXPECT_EQ(Accept(batcher, Make("w0", 1, 0, 1)).result, PushOutcome::kAccepted);
+}
+
+TEST(Batcher, RestoreRebuildsTheBatchesAsLoggedAndRefusesWhatDisagrees) {
+  FakeClock clock;
+  RecordingJournal journal;
+  BatcherOptions options = OnlyDeadline();
+  options.target_samples = 3;
+  options.staleness.kind = StalenessKind::kInverse;  // the second batch has tau = 1
+  Batcher original(kParameter, options, 0, &clock, &journal);
+  std::vector<Batch> applied;
+  for (uint64_t s = 0; s < 7; ++s) {
+    OfferResult r = Accept(original, Make(s % 2 ? "w1" : "w0", s, 0, 1));
+    if (r.closed) applied.push_back(*std::move(r.closed));
+  }
+  ASSERT_EQ(journal.closed.size(), 2u);
+
+  // Replayed into a fresh batcher (different options: the logged weights win).
+  BatcherOptions other = options;
+  other.staleness.kind = StalenessKind::kNone;
+  Batcher replayed(kParameter, other, 0, &clock, &journal);
+  size_t next_batch = 0;
+  for (uint64_t s = 0; s < 7; ++s) {
+    ASSERT_TRUE(replayed.Restore(Make(s % 2 ? "w1" : "w0", s, 0, 1)).ok());
+    if (s == 2 || s == 5) {
+      absl::StatusOr<Batch> b = replayed.RestoreClose(journal.closed[next_batch]);
+      ASSERT_TRUE(b.ok()) << b.status();
+      const Batch& want = applied[next_batch++];
+      EXPECT_EQ(b->version, want.version);
+      ASSERT_EQ(b->entries.size(), want.entries.size());
+      for (size_t i = 0; i < want.entries.size(); ++i) {
+        EXPECT_EQ(b->entries[i].contribution->sequence, want.entries[i].contribution->sequence);
+        EXPECT_EQ(b->entries[i].weight, want.entries[i].weight);  // bit for bit
+      }
+    }
+  }
+  EXPECT_EQ(journal.closed.size(), 2u) << "a replay must not be journaled again";
+  EXPECT_EQ(replayed.version(), 2);
+  EXPECT_EQ(replayed.stats().open_contributions, 1);
+  EXPECT_TRUE(replayed.AlreadyAccepted("w0", 6));
+
+  // A sequence replayed twice, and a batch whose members are not the open ones: DataLoss.
+  EXPECT_EQ(replayed.Restore(Make("w0", 6, 0, 1)).code(), absl::StatusCode::kDataLoss);
+  LoggedBatch wrong = journal.closed[1];
+  wrong.version = 2;
+  EXPECT_EQ(replayed.RestoreClose(wrong).status().code(), absl::StatusCode::kDataLoss);
+}
+
 }  // namespace
 }  // namespace dion

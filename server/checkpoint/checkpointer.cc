@@ -180,6 +180,16 @@ absl::StatusOr<std::string> Checkpointer::Write(const ParameterStore& store,
   return path;
 }
 
+absl::StatusOr<uint64_t> Checkpointer::OldestKept() const {
+  absl::StatusOr<std::vector<CheckpointInfo>> checkpoints = ListCheckpoints(options_.root);
+  if (!checkpoints.ok()) return checkpoints.status();
+  uint64_t oldest = 0;
+  for (const CheckpointInfo& info : *checkpoints) {
+    if (oldest == 0 || info.version < oldest) oldest = info.version;
+  }
+  return oldest;
+}
+
 absl::StatusOr<ShardCheckpoint> Checkpointer::LoadNewest() const {
   absl::StatusOr<std::vector<CheckpointInfo>> checkpoints = ListCheckpoints(options_.root);
   if (!checkpoints.ok()) return checkpoints.status();

@@ -37,6 +37,11 @@ class Checkpointer {
   absl::StatusOr<std::string> Write(const ParameterStore& store,
                                     const std::vector<const Batcher*>& batchers);
 
+  // The number of the last checkpoint Write wrote (0 before any), and of the oldest complete
+  // checkpoint under root after pruning (0 when there is none).
+  uint64_t last_written() const { return next_sequence_ == 0 ? 0 : next_sequence_ - 1; }
+  absl::StatusOr<uint64_t> OldestKept() const;
+
   // The newest valid checkpoint under root. NotFound when there is none (fresh start);
   // DataLoss when checkpoints exist but none is valid (the message lists why).
   absl::StatusOr<ShardCheckpoint> LoadNewest() const;

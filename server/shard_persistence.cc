@@ -1,0 +1,176 @@
+// Shard: what survives a restart. Restoring the newest checkpoint, replaying the write-ahead
+// log on top of it, writing checkpoints and starting a new log after each (server/shard.h).
+#include <cstdio>
+#include <utility>
+
+#include "absl/strings/str_cat.h"
+#include "absl/time/clock.h"
+#include "server/checkpoint/checkpointer.h"
+#include "server/metrics.h"
+#include "server/shard.h"
+
+namespace dion {
+
+absl::StatusOr<uint64_t> Shard::RestoreFromCheckpoint() {
+  checkpoint_mu_.AssertHeld();
+  absl::StatusOr<ShardCheckpoint> checkpoint = checkpointer_->LoadNewest();
+  if (absl::IsNotFound(checkpoint.status())) return 0;  // a fresh start
+  if (!checkpoint.ok()) return checkpoint.status();
+  for (const std::string& skipped : checkpoint->skipped) {
+    std::fprintf(stderr, "dion-server: skipped checkpoint: %s\n", skipped.c_str());
+  }
+  if (absl::Status s = Checkpointer::RestoreInto(*checkpoint, *store_); !s.ok()) return s;
+  CreateLanesLocked(/*attach_steps=*/false);
+  for (size_t i = 0; i < checkpoint->parameters.size() && i < checkpoint->dedup.size(); ++i) {
+    auto it = lanes_.find(checkpoint->parameters[i].spec.name);
+    if (it == lanes_.end()) {
+      return absl::DataLossError(absl::StrCat("checkpoint ", checkpoint->path,
+                                              " has dedup state of unknown parameter '",
+                                              checkpoint->parameters[i].spec.name, "'"));
+    }
+    it->second->batcher->ImportDedup(checkpoint->dedup[i]);
+  }
+  std::fprintf(stderr, "dion-server: restored checkpoint %s (%zu parameters)\n",
+               checkpoint->path.c_str(), checkpoint->parameters.size());
+  return checkpoint->sequence;
+}
+
+void Shard::CreateLanesLocked(bool attach_steps) {
+  for (const std::string& name : store_->OwnedParameters()) {
+    if (lanes_.contains(name)) continue;
+    const ParamSpec spec = store_->Spec(name).value();
+    const int64_t version = store_->Version(name).value();
+    auto lane = std::make_unique<Lane>();
+    lane->batcher =
+        std::make_unique<Batcher>(name, options_.batcher, version, options_.clock, log_.get());
+    lane->optimizer = spec.optimizer;
+    lane_order_.push_back(lane.get());
+    lanes_.emplace(name, std::move(lane));
+  }
+  if (attach_steps) AttachStepsLocked();
+}
+
+void Shard::AttachStepsLocked() {
+  for (Lane* lane : lane_order_) {
+    if (lane->attached) continue;
+    const int64_t version = store_->Version(lane->batcher->parameter()).value();
+    lane->steps =
+        steps_.AddLane(version, [this, lane](Batch batch) { return ApplyOne(lane, std::move(batch)); });
+    lane->attached = true;
+  }
+}
+
+absl::Status Shard::ReplayLog(uint64_t checkpoint) {
+  absl::StatusOr<LogReplayStats> stats = log_->ReplayAndOpen(checkpoint, ReplayHandlerLocked());
+  if (!stats.ok()) return stats.status();
+  replayed_ = *stats;
+  if (stats->records > 0 || stats->bytes_cut > 0) {
+    std::fprintf(stderr,
+                 "dion-server: replayed %lld write-ahead log records (%lld contributions, %lld "
+                 "batches) from %zu file(s) after checkpoint %llu; cut %llu bytes\n",
+                 static_cast<long long>(stats->records),
+                 static_cast<long long>(stats->contributions),
+                 static_cast<long long>(stats->batches), stats->files.size(),
+                 static_cast<unsigned long long>(checkpoint),
+                 static_cast<unsigned long long>(stats->bytes_cut));
+  }
+  return absl::OkStatus();
+}
+
+// Each record does what its acknowledgement did the first time, minus the journal and the
+// network: a batch is applied on this thread, before anyone can subscribe.
+LogReplayHandler Shard::ReplayHandlerLocked() {
+  const auto lane_of = [this](const std::string& parameter) -> absl::StatusOr<Lane*> {
+    gate_.AssertHeld();
+    auto it = lanes_.find(parameter);
+    if (it != lanes_.end()) return it->second.get();
+    return absl::DataLossError(
+        absl::StrCat("a record of parameter '", parameter, "', which this shard does not own"));
+  };
+  LogReplayHandler handler;
+  handler.model = [this](const ModelTable& table) -> absl::Status {
+    gate_.AssertHeld();
+    absl::StatusOr<bool> newly = store_->RegisterModel(table);
+    if (!newly.ok()) return newly.status();
+    if (*newly) CreateLanesLocked(/*attach_steps=*/false);
+    return absl::OkStatus();
+  };
+  handler.worker = [this](const std::string& worker_id) {
+    return store_->RegisterWorker(worker_id);
+  };
+  handler.contribution = [this, lane_of](Contribution c) -> absl::Status {
+    absl::StatusOr<Lane*> lane = lane_of(c.parameter);
+    if (!lane.ok()) return lane.status();
+    absl::StatusOr<ValidatedContribution> valid = store_->Validate(std::move(c));
+    if (!valid.ok()) return valid.status();
+    return (*lane)->batcher->Restore(*std::move(valid));
+  };
+  handler.batch = [this, lane_of](const LoggedBatch& logged) -> absl::Status {
+    absl::StatusOr<Lane*> lane = lane_of(logged.parameter);
+    if (!lane.ok()) return lane.status();
+    absl::StatusOr<Batch> batch = (*lane)->batcher->RestoreClose(logged);
+    if (!batch.ok()) return batch.status();
+    return store_->ApplyBatch(*batch).status();
+  };
+  return handler;
+}
+
+absl::StatusOr<std::string> Shard::Checkpoint() {
+  MutexLock checkpoint_lock(&checkpoint_mu_);
+  MutexLock lock(&gate_);
+  return CheckpointLocked();
+}
+
+absl::StatusOr<std::string> Shard::CheckpointLocked() {
+  checkpoint_mu_.AssertHeld();
+  if (checkpointer_ == nullptr) {
+    return absl::FailedPreconditionError("checkpoints are disabled (no checkpoint directory)");
+  }
+  if (!store_->model_registered()) {
+    return absl::FailedPreconditionError("no model is registered; nothing to checkpoint");
+  }
+  const absl::Time start = absl::Now();
+  FlushAndDrain();
+  std::vector<const Batcher*> batchers;
+  for (const Lane* lane : lane_order_) batchers.push_back(lane->batcher.get());
+  absl::StatusOr<std::string> path = checkpointer_->Write(*store_, batchers);
+  if (path.ok() && log_ != nullptr) {
+    if (absl::Status s = RotateLog(); !s.ok()) path = s;
+  }
+  if (metrics_ != nullptr) {
+    metrics_->RecordCheckpoint(path.ok(), absl::ToDoubleSeconds(absl::Now() - start));
+  }
+  return path;
+}
+
+void Shard::CheckpointLoop() {
+  while (true) {
+    {
+      MutexLock lock(&deadline_mu_);
+      const absl::Time until = absl::Now() + options_.checkpoint_interval;
+      while (!stop_threads_ && absl::Now() < until) {
+        deadline_cv_.WaitWithTimeout(&deadline_mu_, until - absl::Now());
+      }
+      if (stop_threads_) return;
+    }
+    if (!store_->model_registered()) continue;
+    absl::StatusOr<std::string> path = Checkpoint();
+    if (!path.ok()) {
+      std::fprintf(stderr, "dion-server: periodic checkpoint failed: %s\n",
+                   path.status().ToString().c_str());
+    }
+  }
+}
+
+absl::Status Shard::RotateLog() {
+  if (absl::Status s = log_->Rotate(checkpointer_->last_written()); !s.ok()) return s;
+  absl::StatusOr<uint64_t> oldest = checkpointer_->OldestKept();
+  absl::Status pruned = oldest.ok() ? log_->Prune(*oldest) : oldest.status();
+  if (!pruned.ok()) {  // only disk space is at stake
+    std::fprintf(stderr, "dion-server: old write-ahead logs not removed: %s\n",
+                 pruned.ToString().c_str());
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace dion

@@ -1,0 +1,280 @@
+// The shard's write-ahead log (server/shard_log.h) through Shard::Create: a shard process that
+// dies without any shutdown (a forked child ending with _exit, as a kill -9 would leave the
+// files) comes back with every acknowledged registration, worker and contribution; the batches
+// it had applied are replayed bit for bit, the contributions of its open batches are open
+// again, and the dedup windows answer DUPLICATE for what was acknowledged. A torn last record
+// is cut; a corrupt record in the middle refuses to start (or is dropped with kTruncate).
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <filesystem>
+#include <fstream>
+#include <iterator>
+#include <string>
+#include <vector>
+
+#include "absl/strings/match.h"
+#include "absl/strings/str_cat.h"
+#include "gtest/gtest.h"
+#include "server/shard.h"
+#include "server/shard_log.h"
+#include "server/wal/log_reader.h"
+#include "server/wire.h"
+#include "tests/server_test_util.h"
+
+namespace dion {
+namespace {
+
+namespace fs = std::filesystem;
+
+ShardOptions WalOptions(const std::string& root) {
+  ShardOptions options = testing::TestServerOptions().shard;
+  options.checkpoint_dir = root + "/ckpt";
+  options.wal_dir = root + "/wal";
+  options.batcher.target_workers = 0;
+  options.batcher.target_samples = 3;  // three contributions per batch; the rest stay open
+  options.batcher.adaptive = false;
+  return options;
+}
+
+std::string FreshRoot(const std::string& name) {
+  const std::string root = absl::StrCat(::testing::TempDir(), "/shard-wal-", name, "-", getpid());
+  fs::remove_all(root);
+  fs::create_directories(root);
+  return root;
+}
+
+Contribution Factors(const std::string& worker, uint64_t sequence, const std::string& parameter,
+                     int64_t m, int64_t n, int64_t base) {
+  Contribution c;
+  c.worker_id = worker;
+  c.sequence = sequence;
+  c.parameter = parameter;
+  c.base_version = base;
+  c.sample_count = 1;
+  c.payload = testing::RandomFactors(m, n, 2, sequence * 31 + m + worker.size());
+  return c;
+}
+
+Contribution Dense(uint64_t sequence) {
+  Contribution c;
+  c.worker_id = "w1";
+  c.sequence = sequence;
+  c.parameter = "b";
+  c.sample_count = 2;
+  Matrix G(1, 24);
+  for (int64_t j = 0; j < 24; ++j) G(0, j) = 0.01f * static_cast<float>(j - 11);
+  c.payload = G;
+  return c;
+}
+
+const std::vector<std::string> kParameters = {"w", "v", "b"};
+
+// Every parameter's value and optimizer state, serialised (bit-exact).
+std::vector<std::string> State(const Shard& shard) {
+  std::vector<std::string> state;
+  for (const std::string& p : kParameters) {
+    v1::ParameterValue proto;
+    SnapshotToProto(shard.Snapshot(p, true).value(), &proto);
+    state.push_back(proto.SerializeAsString());
+  }
+  return state;
+}
+
+// The pushes of the scenario: 7 into "w" from two workers (2 batches + 1 open contribution),
+// 4 into "v" (1 batch + 1 open), 1 dense into "b" (open). Returns false on any surprise.
+bool PushScenario(Shard& shard) {
+  if (!shard.RegisterModel(ModelTableFromProto(testing::TestModelRequest()).value()).ok() ||
+      !shard.RegisterWorker("w0").ok() || !shard.RegisterWorker("w1").ok()) {
+    return false;
+  }
+  for (int k = 0; k < 7; ++k) {  // base 0: the input must not depend on the steps' timing
+    absl::StatusOr<PushReply> r = shard.Push(Factors(k % 2 ? "w1" : "w0", k, "w", 32, 24, 0));
+    if (!r.ok() || r->result != PushOutcome::kAccepted) return false;
+  }
+  for (int k = 0; k < 4; ++k) {
+    absl::StatusOr<PushReply> r = shard.Push(Factors("w0", k, "v", 12, 20, 0));
+    if (!r.ok() || r->result != PushOutcome::kAccepted) return false;
+  }
+  absl::StatusOr<PushReply> r = shard.Push(Dense(0));
+  if (!r.ok() || r->result != PushOutcome::kAccepted) return false;
+  const absl::Time deadline = absl::Now() + absl::Seconds(30);
+  return shard.WaitForVersion("w", 2, deadline).ok() && shard.WaitForVersion("v", 1, deadline).ok();
+}
+
+void WriteFile(const std::string& path, const std::string& bytes) {
+  std::ofstream(path, std::ios::binary) << bytes;
+}
+
+std::string ReadFile(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  return std::string(std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>());
+}
+
+// Runs `body` in a forked child that ends with _exit, skipping every destructor and shutdown:
+// what it leaves on disk is what a kill -9 would. Returns the child's exit status.
+template <typename Body>
+int RunAndDie(Body body) {
+  const pid_t pid = fork();
+  if (pid == 0) _exit(body() ? 0 : 3);
+  int status = 0;
+  waitpid(pid, &status, 0);
+  return WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+}
+
+// The child: the scenario, its state written to <root>/before.<i>, optionally a checkpoint
+// after the first half of "w".
+bool ScenarioThenDie(const std::string& root, bool checkpoint_midway) {
+  absl::StatusOr<std::unique_ptr<Shard>> shard = Shard::Create(WalOptions(root));
+  if (!shard.ok()) return false;
+  if (!PushScenario(**shard)) {
+    (void)shard->release();
+    return false;
+  }
+  if (checkpoint_midway) {
+    if (!(*shard)->Checkpoint().ok()) return false;
+    for (int k = 7; k < 9; ++k) {  // after the checkpoint: one more batch-worth into "w"
+      const int64_t base = (*shard)->Version("w").value();
+      if (!(*shard)->Push(Factors("w0", k, "w", 32, 24, base)).ok()) return false;
+    }
+  }
+  const std::vector<std::string> state = State(**shard);
+  for (size_t i = 0; i < state.size(); ++i) WriteFile(absl::StrCat(root, "/before.", i), state[i]);
+  (void)shard->release();  // no destructor, no shutdown, no last checkpoint: the caller _exits
+  return true;
+}
+
+std::string LogPath(const std::string& root, uint64_t checkpoint) {
+  return absl::StrCat(root, "/wal/", LogFileName(checkpoint));
+}
+
+TEST(ShardWal, AcknowledgedWorkSurvivesAKillBeforeTheFirstCheckpoint) {
+  const std::string root = FreshRoot("first");
+  ASSERT_EQ(RunAndDie([&] { return ScenarioThenDie(root, false); }), 0);
+  ASSERT_FALSE(fs::exists(root + "/ckpt") && !fs::is_empty(root + "/ckpt"))
+      << "the child must not have checkpointed";
+
+  auto shard = Shard::Create(WalOptions(root)).value();
+  ASSERT_TRUE(shard->model_registered()) << "the registration was acknowledged";
+  const std::vector<std::string> state = State(*shard);
+  for (size_t i = 0; i < state.size(); ++i) {
+    EXPECT_TRUE(state[i] == ReadFile(absl::StrCat(root, "/before.", i)))
+        << kParameters[i] << " differs from the killed shard's";
+  }
+  const ShardStatus status = shard->Status();
+  EXPECT_EQ(status.wal_replayed.contributions, 12);
+  EXPECT_EQ(status.wal_replayed.batches, 3);
+  EXPECT_EQ(status.workers.size(), 2u);
+  // Acknowledged contributions, applied or still open, are known: re-sent, they are DUPLICATE.
+  EXPECT_EQ(shard->Push(Factors("w0", 6, "w", 32, 24, 0)).value().result, PushOutcome::kDuplicate);
+  EXPECT_EQ(shard->Push(Factors("w1", 1, "w", 32, 24, 0)).value().result, PushOutcome::kDuplicate);
+  EXPECT_EQ(shard->Push(Dense(0)).value().result, PushOutcome::kDuplicate);
+
+  // The open contributions were not lost: after a drain the shard equals one never killed.
+  shard->Drain();
+  const std::vector<std::string> recovered = State(*shard);
+  EXPECT_EQ(shard->Snapshot("w", false).value().contributions_applied, 7);
+  EXPECT_EQ(shard->Snapshot("b", false).value().version, 1);
+  shard.reset();
+  const std::string reference_root = FreshRoot("reference");
+  auto reference = Shard::Create(WalOptions(reference_root)).value();
+  ASSERT_TRUE(PushScenario(*reference));
+  reference->Drain();
+  const std::vector<std::string> expected = State(*reference);
+  for (size_t i = 0; i < expected.size(); ++i) {
+    EXPECT_TRUE(recovered[i] == expected[i]) << kParameters[i] << " differs from the reference";
+  }
+  reference.reset();
+  fs::remove_all(root);
+  fs::remove_all(reference_root);
+}
+
+TEST(ShardWal, TheLogAfterACheckpointIsReplayedOnTopOfIt) {
+  const std::string root = FreshRoot("checkpointed");
+  ASSERT_EQ(RunAndDie([&] { return ScenarioThenDie(root, true); }), 0);
+  // The checkpoint started wal-1 and removed wal-0, whose records it holds.
+  EXPECT_TRUE(fs::exists(LogPath(root, 1)));
+  EXPECT_FALSE(fs::exists(LogPath(root, 0)));
+
+  auto shard = Shard::Create(WalOptions(root)).value();
+  const std::vector<std::string> state = State(*shard);
+  for (size_t i = 0; i < state.size(); ++i) {
+    EXPECT_TRUE(state[i] == ReadFile(absl::StrCat(root, "/before.", i))) << kParameters[i];
+  }
+  // Only what followed the checkpoint was replayed: two contributions, no batch closed yet...
+  EXPECT_EQ(shard->Status().wal_replayed.contributions, 2);
+  // ...and both are known.
+  EXPECT_EQ(shard->Push(Factors("w0", 8, "w", 32, 24, 0)).value().result, PushOutcome::kDuplicate);
+  shard->Drain();
+  EXPECT_EQ(shard->Snapshot("w", false).value().contributions_applied, 9);
+  shard.reset();
+  fs::remove_all(root);
+}
+
+TEST(ShardWal, TornLastRecordIsCutAndACorruptMiddleRecordRefusesToStart) {
+  const std::string root = FreshRoot("damaged");
+  ASSERT_EQ(RunAndDie([&] { return ScenarioThenDie(root, false); }), 0);
+  const std::string log = LogPath(root, 0);
+  const absl::StatusOr<LogContents> contents = ReadLog(log, RecoverMode::kStrict);
+  ASSERT_TRUE(contents.ok()) << contents.status();
+  ASSERT_GE(contents->offsets.size(), 10u);
+  const std::string original = ReadFile(log);
+
+  // A bit flipped inside the fifth record: refused, naming the file and the offset.
+  std::string flipped = original;
+  const uint64_t victim = contents->offsets[4];
+  flipped[victim + 12] ^= 0x10;
+  WriteFile(log, flipped);
+  absl::StatusOr<std::unique_ptr<Shard>> refused = Shard::Create(WalOptions(root));
+  ASSERT_FALSE(refused.ok());
+  EXPECT_EQ(refused.status().code(), absl::StatusCode::kDataLoss);
+  EXPECT_TRUE(absl::StrContains(refused.status().message(), log)) << refused.status();
+  EXPECT_TRUE(absl::StrContains(refused.status().message(), absl::StrCat(victim)))
+      << refused.status();
+  // Nothing was changed by the refusal: the file is as it was.
+  EXPECT_EQ(ReadFile(log), flipped);
+
+  // kTruncate drops the corrupt record and everything after it, and starts.
+  ShardOptions truncate = WalOptions(root);
+  truncate.wal_recover = RecoverMode::kTruncate;
+  {
+    auto shard = Shard::Create(truncate).value();
+    EXPECT_EQ(shard->Status().wal_replayed.records, 4);
+    EXPECT_EQ(fs::file_size(log), victim);
+  }
+
+  // A torn last record (a kill in the middle of an append) is cut without a word.
+  fs::remove_all(root + "/ckpt");  // the shutdown above checkpointed; start from the log again
+  fs::remove_all(root + "/wal");
+  fs::create_directories(root + "/wal");
+  WriteFile(log, original.substr(0, original.size() - 5));
+  {
+    auto shard = Shard::Create(WalOptions(root)).value();
+    const LogReplayStats replayed = shard->Status().wal_replayed;
+    EXPECT_EQ(replayed.records, static_cast<int64_t>(contents->offsets.size()) - 1);
+    EXPECT_EQ(replayed.bytes_cut, original.size() - 5 - contents->offsets.back());
+    // The last record was the dense contribution to "b": never acknowledged, so not there.
+    EXPECT_EQ(shard->Push(Dense(0)).value().result, PushOutcome::kAccepted);
+  }
+  fs::remove_all(root);
+}
+
+TEST(ShardWal, OptionsAndSyncModesAreChecked) {
+  ShardOptions options = WalOptions(FreshRoot("options"));
+  options.checkpoint_dir.clear();
+  EXPECT_EQ(Shard::Create(options).status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(ParseLogSync("always").value().mode, LogSync::Mode::kAlways);
+  EXPECT_EQ(ParseLogSync("none").value().mode, LogSync::Mode::kNone);
+  absl::StatusOr<LogSync> interval = ParseLogSync("interval:100ms");
+  ASSERT_TRUE(interval.ok());
+  EXPECT_EQ(interval->mode, LogSync::Mode::kInterval);
+  EXPECT_EQ(interval->interval, absl::Milliseconds(100));
+  for (const char* bad : {"", "sometimes", "interval:", "interval:0s", "interval:-1s"}) {
+    absl::StatusOr<LogSync> parsed = ParseLogSync(bad);
+    EXPECT_EQ(parsed.status().code(), absl::StatusCode::kInvalidArgument) << bad;
+    EXPECT_TRUE(absl::StrContains(parsed.status().message(), "interval:100ms")) << bad;
+  }
+}
+
+}  // namespace
+}  // namespace dion

@@ -1,0 +1,282 @@
+// Fault test (ctest label `fault`): 4 workers push into 2 real dion-server processes with the
+// write-ahead log on (the default) and a 1 s checkpoint timer; shard 1 is killed with SIGKILL
+// at random moments, 10 times, and restarted on the same directories and port. Each worker
+// re-sends a contribution (same sequence) until it is acknowledged, as the client library does,
+// and logs every ACCEPTED or DUPLICATE ack. At the end every acknowledged contribution is
+// applied exactly once: each shard's contributions_applied and samples_applied equal the acked
+// totals of the parameters it owns. Then shard 1 is killed once more and a fresh process replays
+// its log: its weights and optimizer state equal the ones the killed process served.
+//
+// Bounded: about 10 x 0.5 s of kills plus restarts; the ctest timeout is 150 s.
+#include <gtest/gtest.h>
+
+#include <atomic>
+#include <filesystem>
+#include <map>
+#include <memory>
+#include <random>
+#include <set>
+#include <string>
+#include <thread>
+#include <tuple>
+#include <vector>
+
+#include "absl/strings/str_cat.h"
+#include "absl/synchronization/mutex.h"
+#include "tests/server_process.h"
+#include "tests/server_test_util.h"
+
+namespace dion {
+namespace {
+
+namespace fs = std::filesystem;
+using testing::ServerProcess;
+
+constexpr int kWorkers = 4;
+constexpr int kKills = 10;
+
+std::vector<std::string> ShardFlags(int index, const std::string& root, const std::string& listen) {
+  return {absl::StrCat("--listen=", listen), "--metrics_listen=",
+          absl::StrCat("--shard_index=", index), "--num_shards=2",
+          absl::StrCat("--checkpoint_dir=", root, "/shard", index), "--checkpoint_interval=1s",
+          "--max_staleness=1000000", "--batch_deadline=20ms", "--shutdown_grace=1s",
+          "--allow_optimizer_state_pull=true"};
+}
+
+// One shard process and its fixed address (a restart listens on the same port).
+struct Shard {
+  int index = 0;
+  std::string root;
+  std::string address;
+  std::unique_ptr<ServerProcess> process;
+
+  bool Start(const std::string& listen) {
+    process = std::make_unique<ServerProcess>(DION_SERVER_BINARY, ShardFlags(index, root, listen));
+    address = process->WaitForAddress(absl::Seconds(30));
+    return !address.empty();
+  }
+};
+
+// What the workers had acknowledged: (worker, parameter, sequence) -> samples.
+struct AckLog {
+  absl::Mutex mu;
+  std::map<std::tuple<std::string, std::string, uint64_t>, int64_t> acked ABSL_GUARDED_BY(mu);
+  int64_t duplicates ABSL_GUARDED_BY(mu) = 0;
+  int64_t retries ABSL_GUARDED_BY(mu) = 0;
+};
+
+v1::Contribution MakeContribution(const std::string& worker, const std::string& parameter,
+                                  uint64_t sequence, int64_t base, int64_t samples) {
+  if (parameter == "b") {
+    Contribution c;
+    c.worker_id = worker;
+    c.sequence = sequence;
+    c.parameter = parameter;
+    c.base_version = base;
+    c.sample_count = samples;
+    Matrix G(1, 24);
+    for (int64_t j = 0; j < 24; ++j) G(0, j) = 1e-3f * static_cast<float>((j + sequence) % 7);
+    c.payload = G;
+    v1::Contribution proto;
+    ContributionToProto(c, &proto, {24});
+    return proto;
+  }
+  const int64_t m = parameter == "w" ? 32 : 12, n = parameter == "w" ? 24 : 20;
+  return testing::FactorsContribution(worker, sequence, parameter, base, samples,
+                                      testing::RandomFactors(m, n, 2, sequence * 7 + m));
+}
+
+// Sends one contribution to `address` until it is acknowledged ACCEPTED or DUPLICATE, each
+// attempt on a new channel and stream (the shard may be dead or restarting). Returns the ack,
+// or an ack with PUSH_RESULT_UNSPECIFIED after `give_up`.
+v1::PushAck PushUntilAcked(const std::string& address, const std::string& worker,
+                           const v1::Contribution& contribution, absl::Time give_up,
+                           AckLog& log) {
+  v1::PushAck ack;
+  for (int attempt = 0; absl::Now() < give_up; ++attempt) {
+    if (attempt > 0) {
+      absl::MutexLock lock(&log.mu);
+      ++log.retries;
+      absl::SleepFor(absl::Milliseconds(20));
+    }
+    auto stub = testing::Connect(address);
+    {
+      grpc::ClientContext context;
+      testing::SetDeadline(context, absl::Seconds(5));
+      v1::RegisterModelResponse response;
+      if (!stub->RegisterModel(&context, testing::TestModelRequest(worker), &response).ok()) {
+        continue;
+      }
+    }
+    grpc::ClientContext context;
+    testing::SetDeadline(context, absl::Seconds(5));
+    auto stream = stub->Push(&context);
+    if (!stream->Write(contribution) || !stream->Read(&ack)) {
+      context.TryCancel();
+      stream->Finish().IgnoreError();
+      continue;
+    }
+    stream->WritesDone();
+    stream->Finish().IgnoreError();
+    if (ack.result() == v1::PUSH_RESULT_ACCEPTED || ack.result() == v1::PUSH_RESULT_DUPLICATE) {
+      return ack;
+    }
+    // REJECTED while shutting down or restarting (UNAVAILABLE): retry; anything else is a bug.
+    if (ack.status_code() != static_cast<int>(grpc::StatusCode::UNAVAILABLE)) return ack;
+  }
+  ack.set_result(v1::PUSH_RESULT_UNSPECIFIED);
+  return ack;
+}
+
+// Pushes round-robin over the three parameters until `stop`; every contribution is retried
+// until acknowledged. Returns false (with `error`) on an ack that is neither.
+void RunWorker(int w, const std::vector<Shard*>& owner_of_w_v_b, std::atomic<bool>& stop,
+               AckLog& log, std::string& error) {
+  const std::string worker = absl::StrCat("w", w);
+  const std::vector<std::string> parameters = {"w", "v", "b"};
+  std::map<std::string, uint64_t> next_sequence;
+  std::map<std::string, int64_t> version;
+  std::mt19937 rng(w);
+  for (int k = 0; !stop.load(); ++k) {
+    const size_t p = k % parameters.size();
+    const std::string& parameter = parameters[p];
+    const uint64_t sequence = next_sequence[parameter]++;
+    const int64_t samples = 1 + static_cast<int64_t>(rng() % 4);
+    const v1::Contribution c =
+        MakeContribution(worker, parameter, sequence, version[parameter], samples);
+    const v1::PushAck ack = PushUntilAcked(owner_of_w_v_b[p]->address, worker, c,
+                                           absl::Now() + absl::Seconds(60), log);
+    if (ack.result() != v1::PUSH_RESULT_ACCEPTED && ack.result() != v1::PUSH_RESULT_DUPLICATE) {
+      error = absl::StrCat(worker, " ", parameter, " ", sequence, ": ack ",
+                           v1::PushResult_Name(ack.result()), " ", ack.message());
+      return;
+    }
+    version[parameter] = ack.current_version();
+    absl::MutexLock lock(&log.mu);
+    log.acked[{worker, parameter, sequence}] = samples;
+    if (ack.result() == v1::PUSH_RESULT_DUPLICATE) ++log.duplicates;
+  }
+}
+
+// The parameter's value and optimizer state, serialised; "" if three attempts fail (the first
+// call to a restarted process may meet the killed one's dead connection).
+std::string StateBytes(const std::string& address, const std::string& parameter) {
+  for (int attempt = 0; attempt < 3; ++attempt) {
+    auto stub = testing::Connect(address);
+    grpc::ClientContext context;
+    testing::SetDeadline(context, absl::Seconds(10));
+    v1::PullRequest request;
+    request.add_parameters(parameter);
+    request.set_include_optimizer_state(true);
+    auto reader = stub->Pull(&context, request);
+    v1::ParameterValue value;
+    const bool read = reader->Read(&value);
+    if (reader->Finish().ok() && read) return value.SerializeAsString();
+    absl::SleepFor(absl::Milliseconds(100));
+  }
+  return "";
+}
+
+TEST(WalFault, EveryAcknowledgedContributionIsAppliedExactlyOnceAcrossTenKills) {
+  const std::string root = absl::StrCat(::testing::TempDir(), "/wal-fault-", getpid());
+  fs::remove_all(root);
+  Shard shards[2];
+  for (int i = 0; i < 2; ++i) {
+    shards[i].index = i;
+    shards[i].root = root;
+    ASSERT_TRUE(shards[i].Start("127.0.0.1:0")) << shards[i].process->log();
+  }
+  // Who owns what: the layout every process computes from the table.
+  v1::RegisterModelResponse layout;
+  {
+    auto stub = testing::Connect(shards[0].address);
+    grpc::ClientContext context;
+    testing::SetDeadline(context);
+    ASSERT_TRUE(stub->RegisterModel(&context, testing::TestModelRequest("w0"), &layout).ok());
+  }
+  std::map<std::string, int> owner;
+  for (const v1::Layout::Placement& p : layout.layout().placements()) owner[p.parameter()] = p.shard();
+  ASSERT_EQ(owner.size(), 3u);
+  std::vector<Shard*> owners = {&shards[owner["w"]], &shards[owner["v"]], &shards[owner["b"]]};
+
+  AckLog log;
+  std::atomic<bool> stop{false};
+  std::vector<std::string> errors(kWorkers);
+  std::vector<std::thread> workers;
+  for (int w = 0; w < kWorkers; ++w) {
+    workers.emplace_back([&, w] { RunWorker(w, owners, stop, log, errors[w]); });
+  }
+  std::mt19937 rng(20261206);
+  for (int kill = 0; kill < kKills; ++kill) {
+    absl::SleepFor(absl::Milliseconds(200 + rng() % 500));
+    shards[1].process->Signal(SIGKILL);
+    EXPECT_FALSE(shards[1].process->WaitForExit(absl::Seconds(10)).has_value())
+        << "killed by a signal, not exited";
+    const std::string address = shards[1].address;
+    ASSERT_TRUE(shards[1].Start(address)) << "restart " << kill << ":\n"
+                                          << shards[1].process->log();
+    ASSERT_EQ(shards[1].address, address);
+  }
+  absl::SleepFor(absl::Milliseconds(300));
+  stop = true;
+  for (std::thread& t : workers) t.join();
+  for (const std::string& e : errors) EXPECT_EQ(e, "");
+
+  // The acked totals per parameter.
+  std::map<std::string, int64_t> contributions, samples;
+  {
+    absl::MutexLock lock(&log.mu);
+    for (const auto& [key, n] : log.acked) {
+      ++contributions[std::get<1>(key)];
+      samples[std::get<1>(key)] += n;
+    }
+    std::printf("acked %zu contributions (%lld answered DUPLICATE), %lld retries over %d kills\n",
+                log.acked.size(), static_cast<long long>(log.duplicates),
+                static_cast<long long>(log.retries), kKills);
+  }
+  ASSERT_GT(contributions["w"], 30);
+  // Everything acked is applied once the open batches' 20 ms deadline passed.
+  for (Shard& shard : shards) {
+    auto stub = testing::Connect(shard.address);
+    v1::StatusResponse status;
+    const absl::Time deadline = absl::Now() + absl::Seconds(30);
+    bool settled = false;
+    while (!settled && absl::Now() < deadline) {
+      status = testing::GetStatus(*stub);
+      settled = true;
+      for (const v1::ParameterStatus& p : status.parameters()) {
+        settled &= p.contributions_applied() >= contributions[p.parameter()];
+      }
+      if (!settled) absl::SleepFor(absl::Milliseconds(50));
+    }
+    for (const v1::ParameterStatus& p : status.parameters()) {
+      SCOPED_TRACE(p.parameter());
+      EXPECT_EQ(p.contributions_applied(), contributions[p.parameter()]);
+      EXPECT_EQ(p.samples_applied(), samples[p.parameter()]);
+    }
+  }
+
+  // A fresh process replaying shard 1's log serves exactly what the killed one served.
+  auto stub = testing::Connect(shards[1].address);
+  const v1::StatusResponse status = testing::GetStatus(*stub);
+  std::map<std::string, std::string> before;
+  for (const v1::ParameterStatus& p : status.parameters()) {
+    before[p.parameter()] = StateBytes(shards[1].address, p.parameter());
+    ASSERT_NE(before[p.parameter()], "") << p.parameter();
+  }
+  shards[1].process->Signal(SIGKILL);
+  shards[1].process->WaitForExit(absl::Seconds(10));
+  ASSERT_TRUE(shards[1].Start(shards[1].address)) << shards[1].process->log();
+  for (const auto& [parameter, bytes] : before) {
+    EXPECT_TRUE(StateBytes(shards[1].address, parameter) == bytes)
+        << parameter << " differs after replay";
+  }
+  for (Shard& shard : shards) {
+    shard.process->Signal(SIGTERM);
+    EXPECT_EQ(shard.process->WaitForExit(absl::Seconds(30)), 0) << shard.process->log();
+  }
+  fs::remove_all(root);
+}
+
+}  // namespace
+}  // namespace dion
