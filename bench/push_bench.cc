@@ -29,13 +29,19 @@
 // at the end of the window and how long Shutdown took to apply it. Before the runs, the
 // per-contribution work of each side is timed alone on one thread.
 //
+// bounded_wal runs are bounded runs with the shard's write-ahead log on (--wal_sync, its
+// checkpoints and log in a fresh directory under --wal_root): what durability costs, paired
+// with the bounded run of the same repetition.
+//
 // Output: markdown tables of medians on stdout; per-run figures and progress on stderr.
 #include <grpcpp/grpcpp.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
+#include <filesystem>
 #include <functional>
 #include <map>
 #include <memory>
@@ -60,6 +66,7 @@
 #include "bench/push_load.h"
 #include "dion/v1/dion.grpc.pb.h"
 #include "server/dion_server.h"
+#include "server/shard_log.h"
 #include "server/stepper.h"
 
 ABSL_FLAG(std::string, clients, "1,4,8", "Comma-separated numbers of concurrent clients");
@@ -83,8 +90,12 @@ ABSL_FLAG(int64_t, max_backlog, 128,
 ABSL_FLAG(int64_t, unbounded_cap, 8192,
           "Safety cap on the backlog of the unbounded runs (~0.5 MB of factors each); a run "
           "that reaches it says so");
-ABSL_FLAG(std::string, runs, "echo,unbounded,bounded",
+ABSL_FLAG(std::string, runs, "echo,unbounded,bounded,bounded_wal",
           "Which runs to do per client count and repetition (comma-separated subset)");
+ABSL_FLAG(std::string, wal_root, "",
+          "bounded_wal runs: directory for the checkpoints and the write-ahead log (one "
+          "subdirectory per run, removed after it); empty: the system's temporary directory");
+ABSL_FLAG(std::string, wal_sync, "always", "bounded_wal runs: the shard's --wal_sync");
 ABSL_FLAG(absl::Duration, max_runtime, absl::Minutes(20), "Abort the bench after this long");
 
 namespace dion {
@@ -176,6 +187,7 @@ struct RunResult {
   int64_t backlog = 0;
   double drain_s = 0;
   std::map<std::string, double> phase_ms;  // mean per step
+  double wal_syncs = 0, accepted_total = 0;  // whole run, warm-up included
 };
 
 // Starts the clients, warms up, counts over the window, stops the clients.
@@ -223,9 +235,28 @@ RunResult Measure(std::vector<std::unique_ptr<PushClient>>& clients,
   return r;
 }
 
-// bounded false: the backlog is limited only by --unbounded_cap.
-RunResult RunDion(int num_clients, int rank, bool bounded) {
+// Where a bounded_wal run keeps its checkpoints and log; removed after the run.
+std::string WalRunRoot() {
+  static int runs = 0;
+  const std::string root = absl::GetFlag(FLAGS_wal_root).empty()
+                               ? std::filesystem::temp_directory_path().string()
+                               : absl::GetFlag(FLAGS_wal_root);
+  return absl::StrCat(root, "/push_bench-", getpid(), "-", runs++);
+}
+
+// bounded false: the backlog is limited only by --unbounded_cap. wal: the shard keeps a
+// write-ahead log (--wal_sync) in a fresh directory, with checkpoints only at shutdown.
+RunResult RunDion(int num_clients, int rank, bool bounded, bool wal = false) {
   ServerOptions options;
+  std::string wal_root;
+  if (wal) {
+    wal_root = WalRunRoot();
+    options.shard.checkpoint_dir = wal_root + "/checkpoints";
+    options.shard.wal_dir = wal_root + "/checkpoints/wal";
+    absl::StatusOr<LogSync> sync = ParseLogSync(absl::GetFlag(FLAGS_wal_sync));
+    if (!sync.ok()) Die(sync.status().ToString());
+    options.shard.wal_sync = *sync;
+  }
   options.listen = "127.0.0.1:0";
   options.metrics_listen = "";
   options.shard.compute_threads = absl::GetFlag(FLAGS_compute_threads);
@@ -267,9 +298,15 @@ RunResult RunDion(int num_clients, int rank, bool bounded) {
                  static_cast<long long>(cap));
   }
   gate.reset();
+  const ShardStatus end_status = s.shard().Status();
+  r.wal_syncs = static_cast<double>(end_status.wal_syncs);
+  for (const ShardStatus::Parameter& p : end_status.parameters) {
+    r.accepted_total += static_cast<double>(p.pushes.accepted);
+  }
   const absl::Time start = absl::Now();
   if (absl::Status st = s.Shutdown(); !st.ok()) Die(st.ToString());  // applies the backlog
   r.drain_s = absl::ToDoubleSeconds(absl::Now() - start);
+  if (wal) std::filesystem::remove_all(wal_root);
   return r;
 }
 
@@ -351,7 +388,7 @@ MessageCosts TimeMessageCosts(int n, int rank, int reps) {
 
 // Which runs --runs asks for.
 struct RunKinds {
-  bool echo = false, unbounded = false, bounded = false;
+  bool echo = false, unbounded = false, bounded = false, bounded_wal = false;
 };
 
 std::vector<int> ParseClientCounts() {
@@ -373,8 +410,11 @@ RunKinds ParseRunKinds() {
       kinds.unbounded = true;
     } else if (run == "bounded") {
       kinds.bounded = true;
+    } else if (run == "bounded_wal") {
+      kinds.bounded_wal = true;
     } else {
-      Die(absl::StrCat("unknown --runs entry '", run, "' (echo, unbounded, bounded)"));
+      Die(absl::StrCat("unknown --runs entry '", run,
+                       "' (echo, unbounded, bounded, bounded_wal)"));
     }
   }
   return kinds;
@@ -384,6 +424,7 @@ RunKinds ParseRunKinds() {
 // processes hits each kind alike.
 struct AllRuns {
   std::vector<std::vector<RunResult>> echo, dion, bounded;  // dion: no backlog bound
+  std::vector<std::vector<RunResult>> bounded_wal;
 };
 
 void LogRun(const char* what, int rep, int clients, const RunResult& d) {
@@ -401,6 +442,7 @@ AllRuns RunAll(const std::vector<int>& counts, const RunKinds& kinds, int rank, 
   all.echo.resize(counts.size());
   all.dion.resize(counts.size());
   all.bounded.resize(counts.size());
+  all.bounded_wal.resize(counts.size());
   for (int rep = 0; rep < reps; ++rep) {
     for (size_t i = 0; i < counts.size(); ++i) {
       if (kinds.echo) {
@@ -415,6 +457,10 @@ AllRuns RunAll(const std::vector<int>& counts, const RunKinds& kinds, int rank, 
       if (kinds.bounded) {
         all.bounded[i].push_back(RunDion(counts[i], rank, /*bounded=*/true));
         LogRun("dion bounded", rep, counts[i], all.bounded[i].back());
+      }
+      if (kinds.bounded_wal) {
+        all.bounded_wal[i].push_back(RunDion(counts[i], rank, /*bounded=*/true, /*wal=*/true));
+        LogRun("dion bounded wal", rep, counts[i], all.bounded_wal[i].back());
       }
     }
   }
@@ -456,6 +502,24 @@ void PrintThroughput(const std::vector<int>& counts, const AllRuns& all, double 
                     .c_str(),
                 Fmt(b).c_str(), Fmt(b * payload / 1e6, 1).c_str(),
                 Fmt(PairedRatio(all.bounded[i], all.echo[i]), 3).c_str());
+  }
+}
+
+void PrintWal(const std::vector<int>& counts, const AllRuns& all) {
+  const auto pushes = [](const RunResult& r) { return r.pushes_per_s; };
+  std::printf("\nWrite-ahead log (--wal_sync=%s), backlog bound as above:\n\n"
+              "| clients | pushes/s without log | pushes/s with log | with / without (paired) | "
+              "acks per fdatasync |\n|---|---|---|---|---|\n",
+              absl::GetFlag(FLAGS_wal_sync).c_str());
+  for (size_t i = 0; i < counts.size(); ++i) {
+    std::printf("| %d | %s | %s | %s | %s |\n", counts[i],
+                Fmt(MedianOf(all.bounded[i], pushes)).c_str(),
+                Fmt(MedianOf(all.bounded_wal[i], pushes)).c_str(),
+                Fmt(PairedRatio(all.bounded_wal[i], all.bounded[i]), 3).c_str(),
+                Fmt(MedianOf(all.bounded_wal[i],
+                             [](const RunResult& r) { return r.accepted_total / r.wal_syncs; }),
+                    1)
+                    .c_str());
   }
 }
 
@@ -521,6 +585,7 @@ int Main() {
               absl::FormatDuration(absl::GetFlag(FLAGS_warmup)).c_str(), reps, load_before,
               LoadAverage());
   PrintThroughput(counts, all, payload, max_backlog);
+  if (kinds.bounded && kinds.bounded_wal) PrintWal(counts, all);
   std::printf("\nPer contribution, timed alone on one thread (median of 50, us): serialize %.0f, "
               "parse %.0f (echo and dion), decode to matrices %.0f and validate %.0f (dion "
               "handler), fold into M %.0f (dion step, %d BLAS thread(s))\n",
