@@ -147,6 +147,9 @@ struct Batch {
   CloseReason reason = CloseReason::kFlush;
   absl::Time opened;    // arrival of the first contribution
   absl::Time closed;
+  // The shard's write-ahead log offset that must be durable before the step is applied (0:
+  // no log).
+  uint64_t journal_end = 0;
 };
 
 }  // namespace dion

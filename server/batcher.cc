@@ -373,7 +373,13 @@ Batch Batcher::CloseLocked(CloseReason reason, absl::Time now, uint64_t* journal
   ++stats_.batches;
   if (journal_ != nullptr && record) {
     absl::StatusOr<uint64_t> end = journal_->Closed(batch);
-    if (end.ok() && journal_end != nullptr) *journal_end = std::max(*journal_end, *end);
+    if (end.ok()) {
+      batch.journal_end = *end;
+      if (journal_end != nullptr) *journal_end = std::max(*journal_end, *end);
+    } else {
+      // The log is broken: the step must not be applied; waiting for its end reports why.
+      batch.journal_end = std::numeric_limits<uint64_t>::max();
+    }
   }
   return batch;
 }

@@ -11,6 +11,7 @@
 #include "absl/time/time.h"
 #include "common/contribution.h"
 #include "server/metrics.h"
+#include "server/push_ack_writer.h"
 #include "server/wire.h"
 
 namespace dion {
@@ -115,7 +116,8 @@ void ParameterServerService::AddPushStreams(int64_t delta) {
   if (metrics_ != nullptr) metrics_->SetConnectedWorkers(now);
 }
 
-v1::PushAck ParameterServerService::Judge(const v1::Contribution& request) {
+v1::PushAck ParameterServerService::Judge(const v1::Contribution& request,
+                                          uint64_t* durable_end) {
   v1::PushAck ack;
   ack.set_sequence(request.sequence());
   ack.set_parameter(request.parameter());
@@ -138,8 +140,9 @@ v1::PushAck ParameterServerService::Judge(const v1::Contribution& request) {
   absl::StatusOr<Contribution> contribution =
       ContributionFromProto(request, *spec, PayloadValues::kLeaveToValidation);
   if (!contribution.ok()) return reject(contribution.status(), false);
-  absl::StatusOr<PushReply> reply = shard_->Push(*std::move(contribution));
+  absl::StatusOr<PushReply> reply = shard_->Submit(*std::move(contribution));
   if (!reply.ok()) return reject(reply.status(), true);
+  *durable_end = reply->durable_end;
   ack.set_result(ToProto(reply->result));
   ack.set_current_version(reply->applied_version);
   switch (reply->result) {
@@ -173,10 +176,12 @@ grpc::Status ParameterServerService::PushBytes(
     ParameterServerService* service;
     ~Closer() { service->AddPushStreams(-1); }
   } closer{this};
+  PushAckWriter acks(shard_, stream, metrics_);
   grpc::ByteBuffer bytes;
   for (int64_t position = 1; stream->Read(&bytes); ++position) {
     v1::Contribution request;
     if (!grpc::SerializationTraits<v1::Contribution>::Deserialize(&bytes, &request).ok()) {
+      acks.Finish();  // the acks of the messages before it first
       return grpc::Status(
           grpc::StatusCode::INVALID_ARGUMENT,
           absl::StrCat("message ", position, " of the push stream (counting from 1) is not a "
@@ -184,17 +189,13 @@ grpc::Status ParameterServerService::PushBytes(
                        "the stream ends here, messages after it were not read"));
     }
     if (metrics_ != nullptr) metrics_->RecordReceivedBytes(request.ByteSizeLong());
-    v1::PushAck ack = Judge(request);
-    if (metrics_ != nullptr) metrics_->RecordSentBytes(ack.ByteSizeLong());
-    grpc::ByteBuffer reply;
-    bool own_buffer = false;
-    if (!grpc::SerializationTraits<v1::PushAck>::Serialize(ack, &reply, &own_buffer).ok()) {
-      return grpc::Status(grpc::StatusCode::INTERNAL, "could not serialise a PushAck");
-    }
-    if (!stream->Write(reply)) {
-      return grpc::Status(grpc::StatusCode::CANCELLED,
-                          "the client went away before its acknowledgement was sent");
-    }
+    uint64_t durable_end = 0;
+    v1::PushAck ack = Judge(request, &durable_end);
+    if (!acks.Add(std::move(ack), durable_end)) break;
+  }
+  if (!acks.Finish()) {
+    return grpc::Status(grpc::StatusCode::CANCELLED,
+                        "the client went away before its acknowledgements were sent");
   }
   if (context->IsCancelled()) {
     return grpc::Status(grpc::StatusCode::CANCELLED, "the client cancelled the push stream");

@@ -84,8 +84,9 @@ class ParameterServerService final : public v1::ParameterServer::Service {
   // (INVALID_ARGUMENT naming the message's 1-based position in the stream).
   grpc::Status PushBytes(grpc::ServerContext* context,
                          grpc::ServerReaderWriter<grpc::ByteBuffer, grpc::ByteBuffer>* stream);
-  // Judges one contribution and says how in the ack.
-  v1::PushAck Judge(const v1::Contribution& request);
+  // Judges one contribution and says how in the ack, which may be sent once the log is
+  // durable through *durable_end (Shard::Submit).
+  v1::PushAck Judge(const v1::Contribution& request, uint64_t* durable_end);
   void AddPushStreams(int64_t delta);
 
   Shard* const shard_;

@@ -156,20 +156,25 @@ void Shard::WaitForRoom(absl::string_view parameter) {
 }
 
 absl::StatusOr<PushReply> Shard::Push(Contribution contribution) {
-  WaitForRoom(contribution.parameter);
-  uint64_t durable_end = 0;
-  absl::StatusOr<PushReply> reply = Judge(std::move(contribution), &durable_end);
-  if (!reply.ok() || durable_end == 0) return reply;
+  absl::StatusOr<PushReply> reply = Submit(std::move(contribution));
+  if (!reply.ok()) return reply;
+  if (absl::Status s = WaitDurable(reply->durable_end); !s.ok()) return s;
+  return reply;
+}
+
+absl::Status Shard::WaitDurable(uint64_t end) {
+  if (log_ == nullptr || end == 0) return absl::OkStatus();
   // Outside every lock of the shard: concurrent pushes share the log's fdatasync.
-  if (absl::Status s = log_->WaitDurable(durable_end); !s.ok()) {
+  if (absl::Status s = log_->WaitDurable(end); !s.ok()) {
     return absl::UnavailableError(absl::StrCat(
         "the write-ahead log could not make the contribution durable, so it is not "
         "acknowledged; restart the shard once its disk is fixed: ", s.message()));
   }
-  return reply;
+  return absl::OkStatus();
 }
 
-absl::StatusOr<PushReply> Shard::Judge(Contribution contribution, uint64_t* durable_end) {
+absl::StatusOr<PushReply> Shard::Submit(Contribution contribution) {
+  WaitForRoom(contribution.parameter);
   const std::string worker_id = contribution.worker_id;
   const std::string parameter = contribution.parameter;
   const double loss = contribution.loss;
@@ -199,11 +204,11 @@ absl::StatusOr<PushReply> Shard::Judge(Contribution contribution, uint64_t* dura
   if (metrics_ != nullptr && offer->result != PushOutcome::kDuplicate) {
     metrics_->RecordStaleness(offer->staleness);
   }
-  const PushReply reply{offer->result, applied_version, offer->version, offer->staleness};
+  PushReply reply{offer->result, applied_version, offer->version, offer->staleness};
   if (log_ != nullptr && offer->result != PushOutcome::kStale) {
     // A duplicate's original may still be on its way to the disk: wait for everything.
-    *durable_end = offer->result == PushOutcome::kAccepted ? offer->journal_end
-                                                           : log_->end_offset();
+    reply.durable_end = offer->result == PushOutcome::kAccepted ? offer->journal_end
+                                                                : log_->end_offset();
   }
   HandOver(lane, *offer);
   return reply;
@@ -314,9 +319,9 @@ ShardStatus Shard::Status() const {
 
 absl::Status Shard::ApplyOne(const Lane* lane, Batch batch) {
   const absl::Time start = absl::Now();
-  if (log_ != nullptr) {
+  if (log_ != nullptr && batch.journal_end > 0) {
     // The batch's record must be durable before its version can reach anyone.
-    if (absl::Status s = log_->WaitDurable(log_->end_offset()); !s.ok()) {
+    if (absl::Status s = WaitDurable(batch.journal_end); !s.ok()) {
       std::fprintf(stderr, "dion-server: step of '%s' at version %lld not applied: %s\n",
                    batch.parameter.c_str(), static_cast<long long>(batch.version),
                    s.ToString().c_str());

@@ -87,6 +87,9 @@ struct PushReply {
   // tau = batch_version - base_version.
   int64_t batch_version = 0;
   int64_t staleness = 0;  // tau, for accepted and stale contributions
+  // Submit only: the write-ahead log offset that must be durable before this reply may be
+  // sent (WaitDurable); 0 when nothing needs to be.
+  uint64_t durable_end = 0;
 };
 
 struct ShardStatus {
@@ -141,7 +144,14 @@ class Shard {
   // the parameter has max_pending_batches closed batches waiting (backpressure, file comment).
   // Unavailable once shutdown began. Every outcome, errors included, is counted (Status(),
   // metrics).
+  // Submit, then WaitDurable: the reply may be sent when this returns.
   absl::StatusOr<PushReply> Push(Contribution contribution) ABSL_LOCKS_EXCLUDED(gate_);
+  // Push without the wait for the log: the reply may only be sent after
+  // WaitDurable(reply.durable_end) succeeded (server/push_ack_writer.h).
+  absl::StatusOr<PushReply> Submit(Contribution contribution) ABSL_LOCKS_EXCLUDED(gate_);
+  // Returns once the log is durable through `end` (at once without a log, or for 0);
+  // Unavailable, saying that nothing is acknowledged, when the log cannot be written.
+  absl::Status WaitDurable(uint64_t end);
   // Counts a contribution the caller refused before Push (e.g. it could not be decoded).
   void CountRejected(absl::string_view worker_id, absl::string_view parameter)
       ABSL_LOCKS_EXCLUDED(gate_);
@@ -223,10 +233,6 @@ class Shard {
   // step-queue lanes (at the parameters' versions then; a replay attaches after it).
   void CreateLanesLocked(bool attach_steps) ABSL_EXCLUSIVE_LOCKS_REQUIRED(gate_);
   void AttachStepsLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(gate_);
-  // Judges a contribution (Push without the wait for the log); *durable_end is the log offset
-  // to wait for before answering (0: none).
-  absl::StatusOr<PushReply> Judge(Contribution contribution, uint64_t* durable_end)
-      ABSL_LOCKS_EXCLUDED(gate_);
   // After a checkpoint: a new log file, and the logs of pruned checkpoints removed.
   absl::Status RotateLog() ABSL_EXCLUSIVE_LOCKS_REQUIRED(checkpoint_mu_, gate_);
   // Backpressure: returns once `parameter` has fewer than max_pending_batches closed batches
