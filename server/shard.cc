@@ -44,6 +44,9 @@ absl::Status ValidateShardOptions(const ShardOptions& options) {
   if (options.checkpoint_interval < absl::ZeroDuration()) {
     return absl::InvalidArgumentError("checkpoint_interval must not be negative");
   }
+  if (options.restore_cut != 0 && options.checkpoint_dir.empty()) {
+    return absl::InvalidArgumentError("restore_cut needs a checkpoint directory");
+  }
   if (options.clock == nullptr) return absl::InvalidArgumentError("clock must be set");
   return absl::OkStatus();
 }
@@ -85,6 +88,7 @@ absl::Status Shard::Start() {
     MutexLock checkpoint_lock(&checkpoint_mu_);
     checkpointer_ = std::make_unique<Checkpointer>(
         CheckpointerOptions{options_.checkpoint_dir, options_.checkpoint_keep_last});
+    cuts_ = &checkpointer_->cuts();
     MutexLock lock(&gate_);
     if (absl::Status s = RestoreFromCheckpoint(); !s.ok()) return s;
   }
@@ -98,7 +102,8 @@ absl::Status Shard::Start() {
 
 absl::Status Shard::RestoreFromCheckpoint() {
   checkpoint_mu_.AssertHeld();
-  absl::StatusOr<ShardCheckpoint> checkpoint = checkpointer_->LoadNewest();
+  absl::StatusOr<ShardCheckpoint> checkpoint =
+      checkpointer_->Load(options_.restore_run_id, options_.restore_cut);
   if (absl::IsNotFound(checkpoint.status())) return absl::OkStatus();  // a fresh start
   if (!checkpoint.ok()) return checkpoint.status();
   for (const std::string& skipped : checkpoint->skipped) {
@@ -115,8 +120,9 @@ absl::Status Shard::RestoreFromCheckpoint() {
     }
     it->second->batcher->ImportDedup(checkpoint->dedup[i]);
   }
-  std::fprintf(stderr, "dion-server: restored checkpoint %s (%zu parameters)\n",
-               checkpoint->path.c_str(), checkpoint->parameters.size());
+  std::fprintf(stderr, "dion-server: restored checkpoint %s (%zu parameters; run '%s', cut %s)\n",
+               checkpoint->path.c_str(), checkpoint->parameters.size(),
+               checkpoint->tag.run_id.c_str(), absl::StrCat(checkpoint->tag.cut).c_str());
   return absl::OkStatus();
 }
 
@@ -295,6 +301,7 @@ ShardStatus Shard::Status() const {
   status.pending_batches = steps.pending;
   status.max_pending_batches_seen = steps.max_pending_seen;
   status.backpressure_waits = steps.backpressure_waits;
+  if (cuts_ != nullptr) status.newest_cut = cuts_->newest();
   return status;
 }
 
@@ -360,7 +367,7 @@ absl::StatusOr<std::string> Shard::Checkpoint() {
   return CheckpointLocked();
 }
 
-absl::StatusOr<std::string> Shard::CheckpointLocked() {
+absl::StatusOr<std::string> Shard::CheckpointLocked(const CutTag& cut) {
   checkpoint_mu_.AssertHeld();
   if (checkpointer_ == nullptr) {
     return absl::FailedPreconditionError("checkpoints are disabled (no checkpoint directory)");
@@ -372,7 +379,7 @@ absl::StatusOr<std::string> Shard::CheckpointLocked() {
   FlushAndDrain();
   std::vector<const Batcher*> batchers;
   for (const Lane* lane : lane_order_) batchers.push_back(lane->batcher.get());
-  absl::StatusOr<std::string> path = checkpointer_->Write(*store_, batchers);
+  absl::StatusOr<std::string> path = checkpointer_->Write(*store_, batchers, cut);
   if (metrics_ != nullptr) {
     metrics_->RecordCheckpoint(path.ok(), absl::ToDoubleSeconds(absl::Now() - start));
   }

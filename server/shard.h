@@ -11,8 +11,9 @@
 // Checkpoints: Checkpoint() stops new contributions, closes every open batch, waits until all
 // closed batches are applied and writes the store and the batchers' dedup state, so that no
 // contribution is both acknowledged and missing from the checkpoint. Pushes wait meanwhile.
-// Create() restores the newest valid checkpoint; a background thread checkpoints every
-// `checkpoint_interval`, and Shutdown() takes a last one.
+// Create() restores the newest valid checkpoint (or the cut options.restore_cut); a background
+// thread checkpoints every `checkpoint_interval`, and Shutdown() takes a last one.
+// CheckpointCut() writes a coordinated checkpoint (server/checkpoint/checkpoint_cut.h).
 //
 // Backpressure: a Push whose parameter already has `max_pending_batches` closed batches waiting
 // waits (holding no lock of the shard) until one is taken, so workers faster than the steps
@@ -37,6 +38,7 @@
 #include "common/mutex.h"
 #include "server/batcher.h"
 #include "server/broadcaster.h"
+#include "server/checkpoint/checkpoint_cut.h"
 #include "server/clock.h"
 #include "common/contribution.h"
 #include "common/model_table.h"
@@ -60,6 +62,10 @@ struct ShardOptions {
   int checkpoint_keep_last = 3;       // complete checkpoints kept
   // Background checkpoint period; zero or infinite: only on Shutdown() and Checkpoint().
   absl::Duration checkpoint_interval = absl::Minutes(10);
+  // Restore the coordinated checkpoint of this cut (>= 1; needs checkpoint_dir) instead of the
+  // newest, and of this run id (empty: the only run that has the cut); start fails if absent.
+  uint64_t restore_cut = 0;
+  std::string restore_run_id;
   const Clock* clock = Clock::Real(); // for the batchers' deadlines and rates
 };
 
@@ -102,6 +108,7 @@ struct ShardStatus {
   // max_pending_batches plus at most one per concurrent Push.
   int64_t max_pending_batches_seen = 0;
   int64_t backpressure_waits = 0;     // pushes that waited for their parameter's backlog
+  CutTag newest_cut;                  // of the newest coordinated checkpoint; empty: none
 };
 
 class Shard {
@@ -175,6 +182,12 @@ class Shard {
   // Writes a checkpoint now (see the file comment) and returns its directory.
   // FailedPrecondition without a checkpoint directory or before a model is registered.
   absl::StatusOr<std::string> Checkpoint() ABSL_LOCKS_EXCLUDED(checkpoint_mu_, gate_);
+  // Writes the coordinated checkpoint `cut` now, as Checkpoint(), and says what it holds.
+  // InvalidArgument for a bad run id or cut 0 (ValidateCutRequest); FailedPrecondition as
+  // Checkpoint(), and for a cut below the newest of its run id (naming both); the newest cut
+  // of its run id again is answered with that checkpoint (already_written), writing nothing.
+  absl::StatusOr<CutCheckpoint> CheckpointCut(const CutTag& cut)
+      ABSL_LOCKS_EXCLUDED(checkpoint_mu_, gate_);
 
   // Refuses new contributions (Unavailable), also those waiting for room in their parameter's
   // backlog, and closes every subscription. Idempotent.
@@ -213,7 +226,9 @@ class Shard {
   // Flushes every batcher and waits until the step queue is idle. REQUIRES: gate_ held
   // (shared or exclusive; exclusive guarantees nothing new arrives).
   void FlushAndDrain() ABSL_SHARED_LOCKS_REQUIRED(gate_);
-  absl::StatusOr<std::string> CheckpointLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(gate_);
+  // Checkpointer::Write with `cut`, after FlushAndDrain.
+  absl::StatusOr<std::string> CheckpointLocked(const CutTag& cut = {})
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(gate_);
   // Applies one closed batch of `lane` (on a compute thread) and publishes the new version.
   absl::Status ApplyOne(const Lane* lane, Batch batch);
   void RecordStep(const Lane& lane, const StepStats& stats, int64_t version,
@@ -259,6 +274,7 @@ class Shard {
   // Serialises checkpoints; guards the checkpointer.
   Mutex checkpoint_mu_ ABSL_ACQUIRED_BEFORE(gate_);
   std::unique_ptr<Checkpointer> checkpointer_ ABSL_PT_GUARDED_BY(checkpoint_mu_);
+  const CutIndex* cuts_ = nullptr;  // the checkpointer's (thread-safe); set once in Start()
   Mutex shutdown_mu_;
   bool shut_down_ ABSL_GUARDED_BY(shutdown_mu_) = false;
 };
