@@ -46,8 +46,9 @@ ABSL_FLAG(uint64_t, restore_cut, 0,
           "restore the coordinated checkpoint of this cut instead of the newest checkpoint, so "
           "that every shard restarts from the same cut (docs/deploy.md, \"Restoring all shards "
           "to the same cut\"); the server refuses to start, naming the cuts it has, when the cut "
-          "is not in --checkpoint_dir. Remove the flag once the shards have checkpointed again. "
-          "0: the newest valid checkpoint");
+          "is not in --checkpoint_dir. The restored state is checkpointed at once; remove the "
+          "flag after that start, or every restart goes back to this cut. 0: the newest valid "
+          "checkpoint");
 ABSL_FLAG(std::string, restore_run_id, "",
           "with --restore_cut: the run id of the cut to restore; empty: the only run that has "
           "that cut");

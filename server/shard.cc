@@ -123,7 +123,8 @@ absl::Status Shard::RestoreFromCheckpoint() {
   std::fprintf(stderr, "dion-server: restored checkpoint %s (%zu parameters; run '%s', cut %s)\n",
                checkpoint->path.c_str(), checkpoint->parameters.size(),
                checkpoint->tag.run_id.c_str(), absl::StrCat(checkpoint->tag.cut).c_str());
-  return absl::OkStatus();
+  // A restored cut is checkpointed at once: the newest checkpoint is then this state.
+  return options_.restore_cut == 0 ? absl::OkStatus() : CheckpointLocked().status();
 }
 
 void Shard::CreateLanesLocked() {

@@ -11,8 +11,9 @@
 // Checkpoints: Checkpoint() stops new contributions, closes every open batch, waits until all
 // closed batches are applied and writes the store and the batchers' dedup state, so that no
 // contribution is both acknowledged and missing from the checkpoint. Pushes wait meanwhile.
-// Create() restores the newest valid checkpoint (or the cut options.restore_cut); a background
-// thread checkpoints every `checkpoint_interval`, and Shutdown() takes a last one.
+// Create() restores the newest valid checkpoint (or the cut options.restore_cut, which it then
+// checkpoints at once); a background thread checkpoints every `checkpoint_interval`, and
+// Shutdown() takes a last one.
 // CheckpointCut() writes a coordinated checkpoint (server/checkpoint/checkpoint_cut.h).
 //
 // Backpressure: a Push whose parameter already has `max_pending_batches` closed batches waiting
@@ -64,6 +65,7 @@ struct ShardOptions {
   absl::Duration checkpoint_interval = absl::Minutes(10);
   // Restore the coordinated checkpoint of this cut (>= 1; needs checkpoint_dir) instead of the
   // newest, and of this run id (empty: the only run that has the cut); start fails if absent.
+  // The restored state is checkpointed at once, so it is the newest checkpoint from then on.
   uint64_t restore_cut = 0;
   std::string restore_run_id;
   const Clock* clock = Clock::Real(); // for the batchers' deadlines and rates

@@ -170,6 +170,7 @@ TEST_F(ServerCheckpointCutTest, RestoresAnOlderCutWhileNewerCheckpointsArePresen
   }
   ServerOptions options = Options();
   options.shard.restore_cut = 1;
+  const size_t before = Checkpoints();
   {
     auto server = DionServer::Start(options).value();
     auto stub = Connect(server->address());
@@ -177,6 +178,11 @@ TEST_F(ServerCheckpointCutTest, RestoresAnOlderCutWhileNewerCheckpointsArePresen
     ExpectSame(at_cut_1, PullAll(*stub));
     // The newest cut on disk is still 2: a coordinator's next cut is 3.
     EXPECT_EQ(GetStatus(*stub).checkpoint_cut(), 2u);
+    // The restored state was checkpointed at start: the newest checkpoint holds it, so a
+    // crash now and a restart without --restore_cut come back to cut 1's weights.
+    const std::vector<CheckpointInfo> present = ListCheckpoints(dir_).value();
+    ASSERT_EQ(present.size(), before + 1);
+    EXPECT_EQ(ValidateCheckpoint(present[0].path).value().metadata.at("parameter.0.version"), "2");
   }
   // A cut that is not there: the server does not start and says which cuts exist.
   options.shard.restore_cut = 7;
