@@ -20,6 +20,7 @@
 #include "common/blas.h"
 #include "common/cli.h"
 #include "common/training_defaults.h"
+#include "server/checkpoint/checkpoint_cut.h"
 #include "server/dion_server.h"
 #include "server/shard_log.h"
 #include "server/staleness.h"
@@ -39,7 +40,6 @@ ABSL_FLAG(std::string, checkpoint_dir, "",
           "restored at start; empty disables checkpoints");
 ABSL_FLAG(absl::Duration, checkpoint_interval, absl::Minutes(10),
           "time between background checkpoints (e.g. 30s, 10m); 0 checkpoints only on shutdown");
-ABSL_FLAG(int, checkpoint_keep, 3, "number of complete checkpoints kept");
 ABSL_FLAG(bool, wal, true,
           "keep a write-ahead log (needs --checkpoint_dir): a registration, a new worker and an "
           "accepted contribution are on disk before they are acknowledged, and a restart "
@@ -57,6 +57,19 @@ ABSL_FLAG(std::string, wal_recover, "strict",
           "at start, a corrupt record before the end of the log: 'strict' refuses to start, "
           "naming the file and offset; 'truncate' drops that record and everything after it "
           "(a torn last record is always cut)");
+ABSL_FLAG(int, checkpoint_keep, 3,
+          "number of complete checkpoints kept; the newest this many coordinated checkpoints "
+          "(written by the Checkpoint RPC, e.g. from `dion checkpoint`) are kept besides");
+ABSL_FLAG(uint64_t, restore_cut, 0,
+          "restore the coordinated checkpoint of this cut instead of the newest checkpoint, so "
+          "that every shard restarts from the same cut (docs/deploy.md, \"Restoring all shards "
+          "to the same cut\"); the server refuses to start, naming the cuts it has, when the cut "
+          "is not in --checkpoint_dir. The restored state is checkpointed at once; remove the "
+          "flag after that start, or every restart goes back to this cut. 0: the newest valid "
+          "checkpoint");
+ABSL_FLAG(std::string, restore_run_id, "",
+          "with --restore_cut: the run id of the cut to restore; empty: the only run that has "
+          "that cut");
 ABSL_FLAG(int, compute_threads, 2,
           "threads applying optimizer steps (different parameters step in parallel)");
 ABSL_FLAG(int, blas_threads, 1, "OpenBLAS threads per matrix product");
@@ -146,6 +159,14 @@ absl::StatusOr<dion::ServerOptions> OptionsFromFlags() {
   shard.checkpoint_interval = absl::GetFlag(FLAGS_checkpoint_interval);
   shard.checkpoint_keep_last = absl::GetFlag(FLAGS_checkpoint_keep);
   if (absl::Status s = WalOptionsFromFlags(shard); !s.ok()) return s;
+  shard.restore_cut = absl::GetFlag(FLAGS_restore_cut);
+  shard.restore_run_id = absl::GetFlag(FLAGS_restore_run_id);
+  if (!shard.restore_run_id.empty()) {
+    if (shard.restore_cut == 0) {
+      return absl::InvalidArgumentError("--restore_run_id needs --restore_cut");
+    }
+    if (absl::Status s = dion::ValidateRunId(shard.restore_run_id); !s.ok()) return s;
+  }
   shard.broadcaster.queue_capacity = absl::GetFlag(FLAGS_broadcast_queue);
 
   dion::BatcherOptions& batcher = shard.batcher;

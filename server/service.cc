@@ -1,6 +1,7 @@
 #include "server/service.h"
 
 #include <algorithm>
+#include <filesystem>
 #include <string>
 #include <utility>
 #include <vector>
@@ -330,6 +331,26 @@ grpc::Status ParameterServerService::Status(grpc::ServerContext* context,
   }
   CountsToProto(status.pushes, response->mutable_pushes());
   response->set_subscribers(status.subscribers);
+  response->set_checkpoint_run_id(status.newest_cut.run_id);
+  response->set_checkpoint_cut(status.newest_cut.cut);
+  return grpc::Status::OK;
+}
+
+grpc::Status ParameterServerService::Checkpoint(grpc::ServerContext* context,
+                                                const v1::CheckpointRequest* request,
+                                                v1::CheckpointResponse* response) {
+  absl::StatusOr<CutCheckpoint> written =
+      shard_->CheckpointCut(CutTag{request->run_id(), request->cut()});
+  if (!written.ok()) return ToGrpcStatus(written.status());
+  response->set_directory(std::filesystem::path(written->path).filename().string());
+  response->set_run_id(written->tag.run_id);
+  response->set_cut(written->tag.cut);
+  for (const auto& [parameter, version] : written->versions) {
+    v1::ParameterVersion* proto = response->add_versions();
+    proto->set_parameter(parameter);
+    proto->set_version(version);
+  }
+  response->set_already_written(written->already_written);
   return grpc::Status::OK;
 }
 

@@ -26,6 +26,9 @@
 //     DEADLINE_EXCEEDED shortly before the call's deadline, UNAVAILABLE at shutdown,
 //     INVALID_ARGUMENT for a negative min_version.
 //   - PushAck.current_version is the parameter's applied version for every result.
+//   - Checkpoint (admin): INVALID_ARGUMENT for a malformed run id or cut 0;
+//     FAILED_PRECONDITION without a checkpoint directory or model, or for a cut below the
+//     newest of its run id; OK with already_written for that newest cut again.
 //
 // Thread-safety: safe for concurrent use (gRPC calls handlers from many threads).
 #ifndef DION_SERVER_SERVICE_H_
@@ -74,6 +77,9 @@ class ParameterServerService final : public v1::ParameterServer::Service {
                     grpc::ServerWriter<v1::ParameterValue>* writer) override;
   grpc::Status Status(grpc::ServerContext* context, const v1::StatusRequest* request,
                       v1::StatusResponse* response) override;
+  // Shard::CheckpointCut, with its codes (proto/dion/v1/dion.proto).
+  grpc::Status Checkpoint(grpc::ServerContext* context, const v1::CheckpointRequest* request,
+                          v1::CheckpointResponse* response) override;
 
   // Open Push streams (the connected-workers gauge).
   int64_t push_streams() const { return push_streams_.load(); }

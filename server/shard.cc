@@ -44,6 +44,9 @@ absl::Status ValidateShardOptions(const ShardOptions& options) {
   if (options.checkpoint_interval < absl::ZeroDuration()) {
     return absl::InvalidArgumentError("checkpoint_interval must not be negative");
   }
+  if (options.restore_cut != 0 && options.checkpoint_dir.empty()) {
+    return absl::InvalidArgumentError("restore_cut needs a checkpoint directory");
+  }
   if (options.clock == nullptr) return absl::InvalidArgumentError("clock must be set");
   if (!options.wal_dir.empty() && options.checkpoint_dir.empty()) {
     return absl::InvalidArgumentError(
@@ -99,13 +102,19 @@ absl::Status Shard::Start() {
     MutexLock checkpoint_lock(&checkpoint_mu_);
     checkpointer_ = std::make_unique<Checkpointer>(
         CheckpointerOptions{options_.checkpoint_dir, options_.checkpoint_keep_last});
+    cuts_ = &checkpointer_->cuts();
     MutexLock lock(&gate_);
     absl::StatusOr<uint64_t> restored = RestoreFromCheckpoint();
     if (!restored.ok()) return restored.status();
-    if (!options_.wal_dir.empty()) {
+    // A restored cut abandons what followed it, the log included: its state is checkpointed
+    // at once (which starts a new log), so the newest checkpoint is then this state.
+    if (log_ != nullptr && options_.restore_cut == 0) {
       if (absl::Status s = ReplayLog(*restored); !s.ok()) return s;
     }
     AttachStepsLocked();
+    if (options_.restore_cut != 0) {
+      if (absl::Status s = CheckpointLocked().status(); !s.ok()) return s;
+    }
   }
 
   deadline_thread_ = std::thread([this] { DeadlineLoop(); });
@@ -314,6 +323,7 @@ ShardStatus Shard::Status() const {
   status.wal = log_ != nullptr;
   if (log_ != nullptr) status.wal_syncs = log_->syncs();
   status.wal_replayed = replayed_;
+  if (cuts_ != nullptr) status.newest_cut = cuts_->newest();
   return status;
 }
 

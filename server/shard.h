@@ -11,8 +11,10 @@
 // Checkpoints: Checkpoint() stops new contributions, closes every open batch, waits until all
 // closed batches are applied and writes the store and the batchers' dedup state, so that no
 // contribution is both acknowledged and missing from the checkpoint. Pushes wait meanwhile.
-// Create() restores the newest valid checkpoint; a background thread checkpoints every
-// `checkpoint_interval`, and Shutdown() takes a last one.
+// Create() restores the newest valid checkpoint (or the cut options.restore_cut, which it then
+// checkpoints at once); a background thread checkpoints every `checkpoint_interval`, and
+// Shutdown() takes a last one.
+// CheckpointCut() writes a coordinated checkpoint (server/checkpoint/checkpoint_cut.h).
 //
 // Write-ahead log (with `wal_dir`, server/shard_log.h): a registration, a new worker and an
 // accepted contribution are durable (per `wal_sync`) before they are acknowledged, and a closed
@@ -43,6 +45,7 @@
 #include "common/mutex.h"
 #include "server/batcher.h"
 #include "server/broadcaster.h"
+#include "server/checkpoint/checkpoint_cut.h"
 #include "server/clock.h"
 #include "common/contribution.h"
 #include "common/model_table.h"
@@ -67,6 +70,11 @@ struct ShardOptions {
   int checkpoint_keep_last = 3;       // complete checkpoints kept
   // Background checkpoint period; zero or infinite: only on Shutdown() and Checkpoint().
   absl::Duration checkpoint_interval = absl::Minutes(10);
+  // Restore the coordinated checkpoint of this cut (>= 1; needs checkpoint_dir) instead of the
+  // newest, and of this run id (empty: the only run that has the cut); start fails if absent.
+  // The restored state is checkpointed at once, so it is the newest checkpoint from then on.
+  uint64_t restore_cut = 0;
+  std::string restore_run_id;
   const Clock* clock = Clock::Real(); // for the batchers' deadlines and rates
   // Write-ahead log directory; empty: no log. Needs checkpoint_dir (checkpoints truncate it).
   std::string wal_dir;
@@ -119,6 +127,7 @@ struct ShardStatus {
   bool wal = false;                   // a write-ahead log is kept
   uint64_t wal_syncs = 0;             // its fdatasyncs since the start
   LogReplayStats wal_replayed;        // what the start replayed
+  CutTag newest_cut;                  // of the newest coordinated checkpoint; empty: none
 };
 
 class Shard {
@@ -198,6 +207,12 @@ class Shard {
   // Writes a checkpoint now (see the file comment) and returns its directory.
   // FailedPrecondition without a checkpoint directory or before a model is registered.
   absl::StatusOr<std::string> Checkpoint() ABSL_LOCKS_EXCLUDED(checkpoint_mu_, gate_);
+  // Writes the coordinated checkpoint `cut` now, as Checkpoint(), and says what it holds.
+  // InvalidArgument for a bad run id or cut 0 (ValidateCutRequest); FailedPrecondition as
+  // Checkpoint(), and for a cut below the newest of its run id (naming both); the newest cut
+  // of its run id again is answered with that checkpoint (already_written), writing nothing.
+  absl::StatusOr<CutCheckpoint> CheckpointCut(const CutTag& cut)
+      ABSL_LOCKS_EXCLUDED(checkpoint_mu_, gate_);
 
   // Refuses new contributions (Unavailable), also those waiting for room in their parameter's
   // backlog, and closes every subscription. Idempotent.
@@ -247,7 +262,9 @@ class Shard {
   // Flushes every batcher and waits until the step queue is idle. REQUIRES: gate_ held
   // (shared or exclusive; exclusive guarantees nothing new arrives).
   void FlushAndDrain() ABSL_SHARED_LOCKS_REQUIRED(gate_);
-  absl::StatusOr<std::string> CheckpointLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(gate_);
+  // Checkpointer::Write with `cut`, after FlushAndDrain.
+  absl::StatusOr<std::string> CheckpointLocked(const CutTag& cut = {})
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(gate_);
   // Applies one closed batch of `lane` (on a compute thread) and publishes the new version.
   absl::Status ApplyOne(const Lane* lane, Batch batch);
   void RecordStep(const Lane& lane, const StepStats& stats, int64_t version,
@@ -295,6 +312,7 @@ class Shard {
   // Serialises checkpoints; guards the checkpointer.
   Mutex checkpoint_mu_ ABSL_ACQUIRED_BEFORE(gate_);
   std::unique_ptr<Checkpointer> checkpointer_ ABSL_PT_GUARDED_BY(checkpoint_mu_);
+  const CutIndex* cuts_ = nullptr;  // the checkpointer's (thread-safe); set once in Start()
   Mutex shutdown_mu_;
   bool shut_down_ ABSL_GUARDED_BY(shutdown_mu_) = false;
   // Start() completed. A shard whose start failed (e.g. a log it could not replay) is

@@ -13,7 +13,8 @@ namespace dion {
 
 absl::StatusOr<uint64_t> Shard::RestoreFromCheckpoint() {
   checkpoint_mu_.AssertHeld();
-  absl::StatusOr<ShardCheckpoint> checkpoint = checkpointer_->LoadNewest();
+  absl::StatusOr<ShardCheckpoint> checkpoint =
+      checkpointer_->Load(options_.restore_run_id, options_.restore_cut);
   if (absl::IsNotFound(checkpoint.status())) return 0;  // a fresh start
   if (!checkpoint.ok()) return checkpoint.status();
   for (const std::string& skipped : checkpoint->skipped) {
@@ -30,8 +31,9 @@ absl::StatusOr<uint64_t> Shard::RestoreFromCheckpoint() {
     }
     it->second->batcher->ImportDedup(checkpoint->dedup[i]);
   }
-  std::fprintf(stderr, "dion-server: restored checkpoint %s (%zu parameters)\n",
-               checkpoint->path.c_str(), checkpoint->parameters.size());
+  std::fprintf(stderr, "dion-server: restored checkpoint %s (%zu parameters; run '%s', cut %s)\n",
+               checkpoint->path.c_str(), checkpoint->parameters.size(),
+               checkpoint->tag.run_id.c_str(), absl::StrCat(checkpoint->tag.cut).c_str());
   return checkpoint->sequence;
 }
 
@@ -121,7 +123,7 @@ absl::StatusOr<std::string> Shard::Checkpoint() {
   return CheckpointLocked();
 }
 
-absl::StatusOr<std::string> Shard::CheckpointLocked() {
+absl::StatusOr<std::string> Shard::CheckpointLocked(const CutTag& cut) {
   checkpoint_mu_.AssertHeld();
   if (checkpointer_ == nullptr) {
     return absl::FailedPreconditionError("checkpoints are disabled (no checkpoint directory)");
@@ -133,7 +135,7 @@ absl::StatusOr<std::string> Shard::CheckpointLocked() {
   FlushAndDrain();
   std::vector<const Batcher*> batchers;
   for (const Lane* lane : lane_order_) batchers.push_back(lane->batcher.get());
-  absl::StatusOr<std::string> path = checkpointer_->Write(*store_, batchers);
+  absl::StatusOr<std::string> path = checkpointer_->Write(*store_, batchers, cut);
   if (path.ok() && log_ != nullptr) {
     if (absl::Status s = RotateLog(); !s.ok()) path = s;
   }

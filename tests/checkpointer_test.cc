@@ -483,5 +483,127 @@ TEST_F(CheckpointerTest, NumpyLoadsEveryTensor) {
   EXPECT_EQ(std::system(command.c_str()), 0) << command;
 }
 
+// ---- Coordinated checkpoints (server/checkpoint/checkpoint_cut.h).
+
+std::string ManifestMetadata(const std::string& dir, const std::string& key) {
+  const CheckpointManifest manifest = ValidateCheckpoint(dir).value();
+  auto it = manifest.metadata.find(key);
+  return it == manifest.metadata.end() ? "<absent>" : it->second;
+}
+
+TEST_F(CheckpointerTest, CutCheckpointsAreTaggedAndOwnCheckpointsCarryTheLastRunId) {
+  Shard shard = NewShard(&clock_);
+  Checkpointer checkpointer(Options());
+  const std::string plain = checkpointer.Write(*shard.store, shard.batcher_views()).value();
+  EXPECT_EQ(ManifestMetadata(plain, "run_id"), "<absent>");
+  EXPECT_EQ(ManifestMetadata(plain, "cut"), "<absent>");
+  EXPECT_EQ(checkpointer.cuts().newest().cut, 0u);
+
+  Train(shard);
+  const std::string cut =
+      checkpointer.Write(*shard.store, shard.batcher_views(), CutTag{"run-a.1", 7}).value();
+  EXPECT_EQ(ManifestMetadata(cut, "run_id"), "run-a.1");
+  EXPECT_EQ(ManifestMetadata(cut, "cut"), "7");
+  const std::string own = checkpointer.Write(*shard.store, shard.batcher_views()).value();
+  EXPECT_EQ(ManifestMetadata(own, "run_id"), "run-a.1");
+  EXPECT_EQ(ManifestMetadata(own, "cut"), "<absent>");
+
+  // What Status reports and a repeated request is answered with, also after a restart.
+  const Checkpointer restarted(Options());
+  for (const Checkpointer* c : std::vector<const Checkpointer*>{&checkpointer, &restarted}) {
+    EXPECT_EQ(c->cuts().newest().run_id, "run-a.1");
+    EXPECT_EQ(c->cuts().newest().cut, 7u);
+    EXPECT_EQ(c->cuts().last_run_id(), "run-a.1");
+    absl::StatusOr<std::optional<CutCheckpoint>> again = c->cuts().Check({"run-a.1", 7});
+    ASSERT_TRUE(again.ok()) << again.status();
+    ASSERT_TRUE(again->has_value());
+    EXPECT_EQ((*again)->path, cut);
+    EXPECT_TRUE((*again)->already_written);
+    ASSERT_EQ((*again)->versions.size(), shard.store->OwnedParameters().size());
+    EXPECT_EQ((*again)->versions[0].first, "tall");
+    EXPECT_EQ((*again)->versions[0].second, 3);  // Train made three steps
+  }
+  EXPECT_EQ(Checkpointer(Options()).LoadNewest().value().tag.run_id, "run-a.1");
+}
+
+TEST_F(CheckpointerTest, CutsOnlyGrowPerRunId) {
+  Shard shard = NewShard(&clock_);
+  Checkpointer checkpointer(Options(5));
+  ASSERT_TRUE(checkpointer.Write(*shard.store, shard.batcher_views(), {"r", 4}).ok());
+  absl::StatusOr<std::string> lower = checkpointer.Write(*shard.store, shard.batcher_views(),
+                                                         {"r", 3});
+  EXPECT_EQ(lower.status().code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_TRUE(absl::StrContains(lower.status().message(), "cut 3")) << lower.status();
+  EXPECT_TRUE(absl::StrContains(lower.status().message(), "cut 4")) << lower.status();
+  EXPECT_EQ(checkpointer.cuts().Check({"r", 3}).status().code(),
+            absl::StatusCode::kFailedPrecondition);
+  EXPECT_EQ(checkpointer.Write(*shard.store, shard.batcher_views(), {"r", 4}).status().code(),
+            absl::StatusCode::kAlreadyExists);
+  EXPECT_EQ(ListCheckpoints(root_).value().size(), 1u);  // refusals wrote nothing
+  // Another run id has its own sequence; cut 0 and bad run ids are not requests.
+  EXPECT_TRUE(checkpointer.Write(*shard.store, shard.batcher_views(), {"other", 1}).ok());
+  EXPECT_EQ(checkpointer.cuts().newest().run_id, "other");
+  EXPECT_FALSE(checkpointer.cuts().Check({"r", 5}).value().has_value());
+  for (const CutTag& bad : {CutTag{"", 2}, CutTag{"a/b", 2}, CutTag{std::string(129, 'x'), 2}}) {
+    EXPECT_EQ(ValidateCutRequest(bad).code(), absl::StatusCode::kInvalidArgument) << bad.run_id;
+    EXPECT_EQ(checkpointer.Write(*shard.store, shard.batcher_views(), bad).status().code(),
+              absl::StatusCode::kInvalidArgument);
+  }
+  EXPECT_TRUE(ValidateCutRequest({std::string(128, 'x'), 1}).ok());
+  EXPECT_EQ(ValidateCutRequest({"r", 0}).code(), absl::StatusCode::kInvalidArgument);
+}
+
+TEST_F(CheckpointerTest, LoadCutRestoresThatCutWithNewerOnesPresent) {
+  Shard shard = NewShard(&clock_);
+  Checkpointer checkpointer(Options(/*keep_last=*/2));
+  PushToAll(shard, "w0", 0);
+  PushToAll(shard, "w1 (spare)", 0);
+  ASSERT_TRUE(checkpointer.Write(*shard.store, shard.batcher_views(), {"r", 1}).ok());
+  PushToAll(shard, "w0", 1);
+  PushToAll(shard, "w1 (spare)", 1);
+  ASSERT_TRUE(checkpointer.Write(*shard.store, shard.batcher_views(), {"r", 2}).ok());
+  std::vector<ParameterSnapshot> at_cut_2;
+  for (const std::string& name : shard.store->OwnedParameters()) {
+    at_cut_2.push_back(shard.store->Snapshot(name, true).value());
+  }
+  // Training goes on; the shard's own checkpoints and a newer cut follow. With keep_last 2,
+  // retention keeps the two newest checkpoints and the two newest cuts (2 and 3).
+  for (uint64_t sequence = 2; sequence < 6; ++sequence) {
+    PushToAll(shard, "w0", sequence);
+    PushToAll(shard, "w1 (spare)", sequence);
+    ASSERT_TRUE(checkpointer.Write(*shard.store, shard.batcher_views()).ok());
+    if (sequence == 3) {
+      ASSERT_TRUE(checkpointer.Write(*shard.store, shard.batcher_views(), {"r", 3}).ok());
+    }
+  }
+  EXPECT_EQ(ListCheckpoints(root_).value().size(), 4u);
+  EXPECT_EQ(DescribeCuts(ListCuts(root_).value()), "run r: cuts 2, 3");
+
+  absl::StatusOr<ShardCheckpoint> loaded = Checkpointer(Options()).Load("", 2);
+  ASSERT_TRUE(loaded.ok()) << loaded.status();
+  EXPECT_EQ(loaded->tag.cut, 2u);
+  EXPECT_EQ(loaded->tag.run_id, "r");
+  auto restored = ParameterStore::Create(StoreOptions{}).value();
+  ASSERT_TRUE(Checkpointer::RestoreInto(*loaded, *restored).ok());
+  for (const ParameterSnapshot& expected : at_cut_2) {
+    EXPECT_EQ(expected.version, 2);
+    ExpectSameParameter(expected, restored->Snapshot(expected.spec.name, true).value());
+  }
+  EXPECT_GT(Checkpointer(Options()).LoadNewest().value().parameters[0].version, 2);
+
+  // A cut that is not there names what is.
+  absl::Status missing = Checkpointer(Options()).LoadCut("", 1).status();
+  EXPECT_EQ(missing.code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_TRUE(absl::StrContains(missing.message(), "run r: cuts 2, 3")) << missing;
+  EXPECT_EQ(Checkpointer(Options()).LoadCut("other", 2).status().code(),
+            absl::StatusCode::kFailedPrecondition);
+  // Two runs with the same cut: the run id must be named (keep_last 3 keeps r's cut 2).
+  ASSERT_TRUE(Checkpointer(Options(3)).Write(*shard.store, shard.batcher_views(), {"s", 2}).ok());
+  absl::Status ambiguous = Checkpointer(Options()).LoadCut("", 2).status();
+  EXPECT_EQ(ambiguous.code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_TRUE(absl::StrContains(ambiguous.message(), "r, s")) << ambiguous;
+  EXPECT_EQ(Checkpointer(Options()).LoadCut("r", 2).value().tag.run_id, "r");
+}
+
 }  // namespace
 }  // namespace dion

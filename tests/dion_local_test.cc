@@ -158,6 +158,25 @@ TEST(DionLocalTest, TrainsTheSyntheticTaskAndWritesReportSummaryPlotAndLogs) {
   }
   EXPECT_EQ(histogram_total, summary->Get("accepted")->number);
   EXPECT_GE(summary->Get("evaluations")->array.size(), 1u);
+
+  // The coordinated checkpoint at the end: cut 1 of run local-run on both shards, printed,
+  // in summary.json and in each shard's manifest metadata.
+  EXPECT_EQ(summary->Get("config")->Get("run_id")->string, "local-run");
+  EXPECT_EQ(summary->Get("checkpoint")->Get("run_id")->string, "local-run");
+  EXPECT_EQ(summary->Get("checkpoint")->Get("cut")->number, 1);
+  EXPECT_TRUE(absl::StrContains(run.output, "cut 1 of run local-run on all 2 shards"))
+      << run.output;
+  for (const char* shard : {"/shard-0/checkpoints", "/shard-1/checkpoints"}) {
+    int tagged = 0;
+    for (const auto& entry : fs::directory_iterator(run_dir + shard)) {
+      const std::string manifest = ReadFile(entry.path().string() + "/manifest.json");
+      if (absl::StrContains(manifest, "\"cut\": \"1\"") &&
+          absl::StrContains(manifest, "\"run_id\": \"local-run\"")) {
+        ++tagged;
+      }
+    }
+    EXPECT_EQ(tagged, 1) << shard;
+  }
   EXPECT_GE(summary->Get("train_loss")->array.size(), 2u);
 
   // curves.svg: a well-formed SVG document with curves.

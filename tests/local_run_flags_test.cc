@@ -346,6 +346,16 @@ TEST(ValidateLocalRunOptionsTest, NamesTheFirstBadOption) {
   EXPECT_NE(message(o).find("--snapshot_interval=-1ms"), std::string::npos) << message(o);
   o.snapshot_interval = absl::ZeroDuration();  // off: the evaluations' grain
   EXPECT_TRUE(ValidateLocalRunOptions(o).ok());
+  // The run id of the coordinated checkpoint at the end: refused before the run, not after.
+  o = Options();
+  o.run_id = "my run";
+  EXPECT_NE(message(o).find("--run_id=my run"), std::string::npos) << message(o);
+  o.run_id = std::string(129, 'r');
+  EXPECT_NE(message(o).find("1-128 bytes"), std::string::npos) << message(o);
+  o.run_id = std::string(128, 'r');
+  EXPECT_TRUE(ValidateLocalRunOptions(o).ok());
+  o.run_id = "exp-3.b_1";
+  EXPECT_TRUE(ValidateLocalRunOptions(o).ok());
 }
 
 // The configuration lists every metrics port once, under the job and label of its process, in

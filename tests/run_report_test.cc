@@ -3,6 +3,7 @@
 // (worker/local/run_report.h, worker/local/svg_plot.h).
 #include "worker/local/run_report.h"
 
+#include <algorithm>
 #include <cmath>
 #include <limits>
 #include <string>
@@ -278,9 +279,29 @@ TEST(SummaryJsonTest, IsValidJsonHoldingTheFiguresAndCurves) {
   ASSERT_EQ(v->Get("train_loss")->array.size(), 3u);
   EXPECT_DOUBLE_EQ(v->Get("train_loss")->array[2].Get("loss")->number, 0.5);
 
+  EXPECT_EQ(v->Get("checkpoint")->type, JsonValue::Type::kNull);  // none taken
+
   RunSummary empty;
   empty.status = "failed";
   ASSERT_TRUE(JsonReader::Parse(SummaryJson(empty), &error).has_value()) << error;
+}
+
+TEST(SummaryJsonTest, RecordsTheCoordinatedCheckpointAndTheReportNamesIt) {
+  RunSummary summary = ExampleSummary();
+  summary.checkpoint = RunCheckpoint{"local-20261206-101500", 3};
+  std::string error;
+  std::optional<JsonValue> v = JsonReader::Parse(SummaryJson(summary), &error);
+  ASSERT_TRUE(v.has_value()) << error;
+  EXPECT_EQ(v->Get("checkpoint")->Get("run_id")->string, "local-20261206-101500");
+  EXPECT_EQ(v->Get("checkpoint")->Get("cut")->number, 3);
+  const std::vector<std::string> lines = ReportLines(summary);
+  EXPECT_NE(std::find_if(lines.begin(), lines.end(),
+                         [](const std::string& line) {
+                           return line.find("cut 3 of run local-20261206-101500") !=
+                                      std::string::npos &&
+                                  line.find("--restore_cut=3") != std::string::npos;
+                         }),
+            lines.end());
 }
 
 int Count(const std::string& text, const std::string& what) {

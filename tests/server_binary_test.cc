@@ -114,5 +114,27 @@ TEST(ServerBinaryTest, SigtermExitsZeroWithACheckpointThatASecondProcessRestores
   std::filesystem::remove_all(dir);
 }
 
+// --restore_cut of a cut the directory does not have: exit 1, naming the wanted cut and the
+// ones present (here none); --restore_run_id without --restore_cut is a bad flag (exit 2).
+TEST(ServerBinaryTest, RestoreCutThatIsAbsentRefusesToStartNamingTheCutsPresent) {
+  const std::string dir = absl::StrCat(::testing::TempDir(), "/bin-cut-", getpid());
+  std::filesystem::create_directories(dir);
+  ServerProcess absent({"--listen=127.0.0.1:0", "--metrics_listen=", "--checkpoint_dir=" + dir,
+                        "--restore_cut=3"});
+  ASSERT_TRUE(absent.started());
+  EXPECT_EQ(absent.WaitForExit(absl::Seconds(30)), 1) << absent.log();
+  EXPECT_NE(absent.log().find("no checkpoint of cut 3 under " + dir), std::string::npos)
+      << absent.log();
+  EXPECT_NE(absent.log().find("coordinated checkpoints there: none"), std::string::npos)
+      << absent.log();
+  ServerProcess bad({"--listen=127.0.0.1:0", "--metrics_listen=", "--checkpoint_dir=" + dir,
+                     "--restore_run_id=r"});
+  ASSERT_TRUE(bad.started());
+  EXPECT_EQ(bad.WaitForExit(absl::Seconds(30)), 2) << bad.log();
+  EXPECT_NE(bad.log().find("--restore_run_id needs --restore_cut"), std::string::npos)
+      << bad.log();
+  std::filesystem::remove_all(dir);
+}
+
 }  // namespace
 }  // namespace dion

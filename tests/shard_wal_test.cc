@@ -259,6 +259,46 @@ TEST(ShardWal, TornLastRecordIsCutAndACorruptMiddleRecordRefusesToStart) {
   fs::remove_all(root);
 }
 
+// Restoring an older coordinated cut abandons the log written after it: the restored state is
+// the cut's, not the cut's plus a replay of what followed, and a later plain restart keeps it.
+TEST(ShardWal, RestoringACutDoesNotReplayTheLogThatFollowedIt) {
+  const std::string root = FreshRoot("cut");
+  ASSERT_EQ(RunAndDie([&] {
+              absl::StatusOr<std::unique_ptr<Shard>> shard = Shard::Create(WalOptions(root));
+              if (!shard.ok()) return false;
+              bool ok = PushScenario(**shard) && (*shard)->CheckpointCut({"run", 1}).ok();
+              const std::vector<std::string> state = State(**shard);
+              for (size_t i = 0; i < state.size(); ++i) {
+                WriteFile(absl::StrCat(root, "/cut1.", i), state[i]);
+              }
+              for (int k = 7; ok && k < 13; ++k) {  // two more batches of "w", logged only
+                ok = (*shard)->Push(Factors("w0", k, "w", 32, 24, 0)).ok();
+              }
+              ok = ok && (*shard)->WaitForVersion("w", 5, absl::Now() + absl::Seconds(30)).ok();
+              (void)shard->release();
+              return ok;
+            }),
+            0);
+  ShardOptions options = WalOptions(root);
+  options.restore_cut = 1;
+  {
+    auto shard = Shard::Create(options).value();
+    const std::vector<std::string> state = State(*shard);
+    for (size_t i = 0; i < state.size(); ++i) {
+      EXPECT_TRUE(state[i] == ReadFile(absl::StrCat(root, "/cut1.", i))) << kParameters[i];
+    }
+    EXPECT_EQ(shard->Status().wal_replayed.records, 0);
+    // Sequence 7 was only in the abandoned log: it is new again.
+    EXPECT_EQ(shard->Push(Factors("w0", 7, "w", 32, 24, 0)).value().result,
+              PushOutcome::kAccepted);
+  }
+  // A plain restart now starts from the checkpoint the restore and the shutdown wrote.
+  auto again = Shard::Create(WalOptions(root)).value();
+  EXPECT_EQ(again->Snapshot("w", false).value().contributions_applied, 8);  // 7 at the cut + 7
+  again.reset();
+  fs::remove_all(root);
+}
+
 TEST(ShardWal, OptionsAndSyncModesAreChecked) {
   ShardOptions options = WalOptions(FreshRoot("options"));
   options.checkpoint_dir.clear();

@@ -363,7 +363,8 @@ absl::StatusOr<int> RemoveStaleTemporaries(const std::string& root) {
   return static_cast<int>(stale.size());
 }
 
-absl::StatusOr<int> PruneCheckpoints(const std::string& root, int keep_last) {
+absl::StatusOr<int> PruneCheckpoints(const std::string& root, int keep_last,
+                                     absl::Span<const uint64_t> also_keep) {
   if (keep_last < 1) {
     return absl::InvalidArgumentError(
         absl::StrCat("keep_last must be >= 1 (the newest checkpoint is never deleted), got ",
@@ -373,6 +374,8 @@ absl::StatusOr<int> PruneCheckpoints(const std::string& root, int keep_last) {
   if (!checkpoints.ok()) return checkpoints.status();
   int deleted = 0;
   for (size_t i = keep_last; i < checkpoints->size(); ++i) {
+    const uint64_t version = (*checkpoints)[i].version;
+    if (std::find(also_keep.begin(), also_keep.end(), version) != also_keep.end()) continue;
     if (absl::Status s = DeleteCheckpointDir(root, (*checkpoints)[i].path); !s.ok()) return s;
     ++deleted;
   }

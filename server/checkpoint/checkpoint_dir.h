@@ -111,10 +111,12 @@ absl::StatusOr<RestorePoint> FindNewestValidCheckpoint(const std::string& root);
 // Deletes ckpt-*.tmp-* directories left by crashed or aborted writers; returns how many.
 absl::StatusOr<int> RemoveStaleTemporaries(const std::string& root);
 
-// Retention: keeps the keep_last (>= 1) newest complete checkpoints by version and deletes
-// the older ones; returns how many were deleted. A directory is first renamed to a .tmp- name
-// and then removed, so a crash mid-delete never leaves something that looks complete.
-absl::StatusOr<int> PruneCheckpoints(const std::string& root, int keep_last);
+// Retention: keeps the keep_last (>= 1) newest complete checkpoints by version, and those
+// whose version is in `also_keep`, and deletes the others; returns how many were deleted. A
+// directory is first renamed to a .tmp- name and then removed, so a crash mid-delete never
+// leaves something that looks complete.
+absl::StatusOr<int> PruneCheckpoints(const std::string& root, int keep_last,
+                                     absl::Span<const uint64_t> also_keep = {});
 
 }  // namespace dion
 

@@ -12,7 +12,7 @@
 // parameters (count) and per owned parameter i, in table order, ParameterKey(i, field) for
 // name, file (the stem), optimizer, version, step (the optimizer's update count, Adam's t),
 // contributions_applied, samples_applied (absent in old checkpoints, read as 0) and checksum
-// (WeightsChecksum of X, hex).
+// (WeightsChecksum of X, hex); run_id and cut when set (server/checkpoint/checkpoint_cut.h).
 //
 // Escape writes every byte outside [A-Za-z0-9_.-] (and a leading '.') as '+' and two
 // upper-case hex digits: '%' is not a legal manifest file name, and the result never contains

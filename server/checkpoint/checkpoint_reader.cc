@@ -313,6 +313,9 @@ absl::StatusOr<ShardCheckpoint> ReadShardCheckpoint(const CheckpointInfo& info,
   ShardCheckpoint checkpoint;
   checkpoint.path = info.path;
   checkpoint.sequence = info.version;
+  absl::StatusOr<CutTag> tag = ReadCutTag(manifest);
+  if (!tag.ok()) return reader.Error(kManifestFileName, tag.status().message());
+  checkpoint.tag = *std::move(tag);
   if (absl::Status s = ReadIdentity(reader, checkpoint); !s.ok()) return s;
   absl::StatusOr<ModelTable> table = ReadModelTable(reader);
   if (!table.ok()) return table.status();

@@ -15,6 +15,7 @@
 #include "absl/status/statusor.h"
 #include "common/model_table.h"
 #include "server/batcher.h"
+#include "server/checkpoint/checkpoint_cut.h"
 #include "server/checkpoint/checkpoint_dir.h"
 #include "server/checkpoint/checkpoint_manifest.h"
 #include "server/parameter_store.h"
@@ -25,6 +26,7 @@ namespace dion {
 struct ShardCheckpoint {
   std::string path;                          // the checkpoint directory
   uint64_t sequence = 0;                     // the checkpoint's number (monotonic per shard)
+  CutTag tag;                                // run id and cut (server/checkpoint/checkpoint_cut.h)
   int shard_index = 0;
   int num_shards = 1;
   ModelTable table;                          // the registered model, without initial values

@@ -4,6 +4,7 @@
 #include <cstdint>
 #include <memory>
 #include <optional>
+#include <set>
 #include <string>
 #include <utility>
 #include <vector>
@@ -83,6 +84,31 @@ absl::StatusOr<uint64_t> NextSequence(const std::string& root, uint64_t next_seq
   return sequence;
 }
 
+// The tag of the checkpoint Write(..., cut) is asked for (see Checkpointer::Write).
+absl::StatusOr<CutTag> TagFor(const CutTag& cut, const CutIndex& cuts) {
+  if (cut.cut == 0) return CutTag{cuts.last_run_id(), 0};
+  if (absl::Status s = ValidateCutRequest(cut); !s.ok()) return s;
+  absl::StatusOr<std::optional<CutCheckpoint>> earlier = cuts.Check(cut);
+  if (!earlier.ok()) return earlier.status();
+  if (earlier->has_value()) {
+    return absl::AlreadyExistsError(absl::StrCat("cut ", cut.cut, " of run ", cut.run_id,
+                                                 " was already written: ", (*earlier)->path));
+  }
+  return cut;
+}
+
+void SetCutMetadata(const CutTag& tag, CheckpointWriter& w) {
+  if (!tag.run_id.empty()) w.SetMetadata(kRunIdKey, tag.run_id);
+  if (tag.cut != 0) w.SetMetadata(kCutKey, absl::StrCat(tag.cut));
+}
+
+std::vector<std::pair<std::string, int64_t>> Versions(
+    const std::vector<ParameterSnapshot>& snapshots) {
+  std::vector<std::pair<std::string, int64_t>> versions;
+  for (const ParameterSnapshot& s : snapshots) versions.emplace_back(s.spec.name, s.version);
+  return versions;
+}
+
 absl::Status AddModelTable(const ModelInfo& model, CheckpointWriter& w) {
   v1::RegisterModelRequest request;
   request.set_model_name(model.model_name);
@@ -137,11 +163,16 @@ absl::Status AddParameter(size_t i, ParameterSnapshot& s, absl::string_view stem
 
 }  // namespace
 
-Checkpointer::Checkpointer(CheckpointerOptions options) : options_(std::move(options)) {}
+Checkpointer::Checkpointer(CheckpointerOptions options) : options_(std::move(options)) {
+  cuts_.Load(options_.root);
+}
 
 absl::StatusOr<std::string> Checkpointer::Write(const ParameterStore& store,
-                                                const std::vector<const Batcher*>& batchers) {
+                                                const std::vector<const Batcher*>& batchers,
+                                                const CutTag& cut) {
   if (absl::Status s = CheckOptions(options_); !s.ok()) return s;
+  absl::StatusOr<CutTag> tag = TagFor(cut, cuts_);
+  if (!tag.ok()) return tag.status();
   absl::StatusOr<ModelInfo> model = store.model();
   if (!model.ok()) return model.status();
   absl::StatusOr<ShardState> state = TakeShardState(store, batchers);
@@ -158,6 +189,7 @@ absl::StatusOr<std::string> Checkpointer::Write(const ParameterStore& store,
     return s;
   }
   SetShardMetadata(*sequence, store, *model, state->snapshots.size(), w);
+  SetCutMetadata(*tag, w);
   absl::flat_hash_set<std::string> stems;
   for (size_t i = 0; i < state->snapshots.size(); ++i) {
     ParameterSnapshot& s = state->snapshots[i];
@@ -171,12 +203,8 @@ absl::StatusOr<std::string> Checkpointer::Write(const ParameterStore& store,
   absl::StatusOr<std::string> path = w.Commit();
   if (!path.ok()) return path.status();
   next_sequence_ = *sequence + 1;
-  if (absl::StatusOr<int> pruned = PruneCheckpoints(options_.root, options_.keep_last);
-      !pruned.ok()) {
-    return absl::Status(pruned.status().code(),
-                        absl::StrCat("checkpoint ", *path, " was written, but removing old ones "
-                                     "failed: ", pruned.status().message()));
-  }
+  cuts_.Record({*path, *sequence, *tag, Versions(state->snapshots), false});
+  if (absl::Status s = Prune(*path); !s.ok()) return s;
   return path;
 }
 
@@ -190,16 +218,30 @@ absl::StatusOr<uint64_t> Checkpointer::OldestKept() const {
   return oldest;
 }
 
-absl::StatusOr<ShardCheckpoint> Checkpointer::LoadNewest() const {
-  absl::StatusOr<std::vector<CheckpointInfo>> checkpoints = ListCheckpoints(options_.root);
-  if (!checkpoints.ok()) return checkpoints.status();
-  if (checkpoints->empty()) {
-    return absl::NotFoundError(absl::StrCat("no checkpoint under ", options_.root));
+absl::Status Checkpointer::Prune(const std::string& written) {
+  const std::vector<uint64_t> coordinated = cuts_.NewestSequences(options_.keep_last);
+  absl::StatusOr<int> pruned = PruneCheckpoints(options_.root, options_.keep_last, coordinated);
+  absl::StatusOr<std::vector<CheckpointInfo>> present =
+      pruned.ok() ? ListCheckpoints(options_.root)
+                  : absl::StatusOr<std::vector<CheckpointInfo>>(pruned.status());
+  if (!present.ok()) {
+    return absl::Status(present.status().code(),
+                        absl::StrCat("checkpoint ", written, " was written, but removing old ones "
+                                     "failed: ", present.status().message()));
   }
-  // As FindNewestValidCheckpoint, but a checkpoint whose files are intact and whose content
-  // does not parse is skipped as well.
+  cuts_.KeepOnly(*present);
+  return absl::OkStatus();
+}
+
+namespace {
+
+// The first of `candidates` (newest first) that is valid. As FindNewestValidCheckpoint, but a
+// checkpoint whose files are intact and whose content does not parse is skipped as well.
+// DataLoss "no valid <what>: <reasons>" when none is.
+absl::StatusOr<ShardCheckpoint> LoadFirstValid(const std::vector<CheckpointInfo>& candidates,
+                                               absl::string_view what) {
   std::vector<std::string> skipped;
-  for (const CheckpointInfo& info : *checkpoints) {
+  for (const CheckpointInfo& info : candidates) {
     absl::StatusOr<CheckpointManifest> manifest = ValidateCheckpoint(info.path);
     absl::StatusOr<ShardCheckpoint> checkpoint =
         manifest.ok() ? ReadShardCheckpoint(info, *manifest)
@@ -210,8 +252,50 @@ absl::StatusOr<ShardCheckpoint> Checkpointer::LoadNewest() const {
     }
     skipped.push_back(absl::StrCat("skipped ", info.path, ": ", checkpoint.status().message()));
   }
-  return absl::DataLossError(absl::StrCat("no valid checkpoint under ", options_.root, ": ",
-                                          absl::StrJoin(skipped, "; ")));
+  return absl::DataLossError(
+      absl::StrCat("no valid ", what, ": ", absl::StrJoin(skipped, "; ")));
+}
+
+}  // namespace
+
+absl::StatusOr<ShardCheckpoint> Checkpointer::LoadNewest() const {
+  absl::StatusOr<std::vector<CheckpointInfo>> checkpoints = ListCheckpoints(options_.root);
+  if (!checkpoints.ok()) return checkpoints.status();
+  if (checkpoints->empty()) {
+    return absl::NotFoundError(absl::StrCat("no checkpoint under ", options_.root));
+  }
+  return LoadFirstValid(*checkpoints, absl::StrCat("checkpoint under ", options_.root));
+}
+
+absl::StatusOr<ShardCheckpoint> Checkpointer::LoadCut(absl::string_view run_id,
+                                                      uint64_t cut) const {
+  if (cut == 0) return absl::InvalidArgumentError("the cut to restore must be >= 1");
+  if (!run_id.empty()) {
+    if (absl::Status s = ValidateRunId(run_id); !s.ok()) return s;
+  }
+  absl::StatusOr<std::vector<CutEntry>> cuts = ListCuts(options_.root);
+  if (!cuts.ok()) return cuts.status();
+  const std::string wanted =
+      absl::StrCat("cut ", cut, run_id.empty() ? "" : absl::StrCat(" of run ", run_id));
+  std::vector<CheckpointInfo> candidates;  // newest first
+  std::set<std::string> runs;
+  for (const CutEntry& entry : *cuts) {
+    if (entry.tag.cut != cut || (!run_id.empty() && entry.tag.run_id != run_id)) continue;
+    candidates.push_back(entry.info);
+    runs.insert(entry.tag.run_id);
+  }
+  if (candidates.empty()) {
+    return absl::FailedPreconditionError(
+        absl::StrCat("no checkpoint of ", wanted, " under ", options_.root,
+                     "; coordinated checkpoints there: ", DescribeCuts(*cuts)));
+  }
+  if (runs.size() > 1) {
+    return absl::FailedPreconditionError(
+        absl::StrCat("cut ", cut, " exists for several runs under ", options_.root, " (",
+                     absl::StrJoin(runs, ", "), "): name the run id"));
+  }
+  return LoadFirstValid(candidates, absl::StrCat("checkpoint of ", wanted, " under ",
+                                                 options_.root));
 }
 
 absl::Status Checkpointer::RestoreInto(const ShardCheckpoint& checkpoint, ParameterStore& store) {

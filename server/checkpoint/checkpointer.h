@@ -6,7 +6,12 @@
 // Consistency: the caller (the shard) must flush the batchers and stop steps while a
 // checkpoint is taken, so that no accepted contribution is both unapplied and marked as seen.
 //
-// Thread-safety: not safe for concurrent use; the shard serialises calls.
+// Coordinated checkpoints carry a run id and a cut (server/checkpoint/checkpoint_cut.h);
+// retention keeps the keep_last newest checkpoints and, besides, the keep_last newest
+// coordinated ones, so that a cut every shard has survives the shards' own checkpoints.
+//
+// Thread-safety: not safe for concurrent use; the shard serialises calls. cuts() is the
+// exception: it may be read from any thread at any time.
 #ifndef DION_SERVER_CHECKPOINTER_H_
 #define DION_SERVER_CHECKPOINTER_H_
 
@@ -16,7 +21,9 @@
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
+#include "absl/strings/string_view.h"
 #include "server/batcher.h"
+#include "server/checkpoint/checkpoint_cut.h"
 #include "server/checkpoint/checkpoint_reader.h"
 #include "server/parameter_store.h"
 
@@ -33,9 +40,14 @@ class Checkpointer {
 
   // Writes a checkpoint of everything the store owns plus the given batchers' dedup state
   // (batchers in the store's OwnedParameters() order). Returns the directory written.
+  // With cut.cut == 0 the checkpoint carries cuts().last_run_id() and no cut; otherwise it is
+  // the coordinated checkpoint `cut` (ValidateCutRequest: InvalidArgument), which must be new
+  // for its run id: FailedPrecondition for a lower cut, AlreadyExists for the same one (ask
+  // cuts().Check() first to answer a repeated request).
   // REQUIRES: the store has a registered model; no step runs concurrently (see above).
   absl::StatusOr<std::string> Write(const ParameterStore& store,
-                                    const std::vector<const Batcher*>& batchers);
+                                    const std::vector<const Batcher*>& batchers,
+                                    const CutTag& cut = {});
 
   // The number of the last checkpoint Write wrote (0 before any), and of the oldest complete
   // checkpoint under root after pruning (0 when there is none).
@@ -45,6 +57,18 @@ class Checkpointer {
   // The newest valid checkpoint under root. NotFound when there is none (fresh start);
   // DataLoss when checkpoints exist but none is valid (the message lists why).
   absl::StatusOr<ShardCheckpoint> LoadNewest() const;
+  // The newest valid checkpoint of `cut` (>= 1) and `run_id` (empty: whichever run has that
+  // cut, which must be one). FailedPrecondition naming the cuts present when there is none, or
+  // naming the runs when several have the cut; DataLoss when every copy is damaged;
+  // InvalidArgument for cut 0 or a malformed run id.
+  absl::StatusOr<ShardCheckpoint> LoadCut(absl::string_view run_id, uint64_t cut) const;
+  // LoadCut when cut >= 1, else LoadNewest.
+  absl::StatusOr<ShardCheckpoint> Load(absl::string_view run_id, uint64_t cut) const {
+    return cut == 0 ? LoadNewest() : LoadCut(run_id, cut);
+  }
+
+  // The coordinated checkpoints written or found under root. Thread-safe.
+  const CutIndex& cuts() const { return cuts_; }
 
   // Registers the checkpoint's model and workers in an empty store and restores every
   // parameter (the caller imports checkpoint.dedup into its batchers). FailedPrecondition if the
@@ -52,8 +76,12 @@ class Checkpointer {
   static absl::Status RestoreInto(const ShardCheckpoint& checkpoint, ParameterStore& store);
 
  private:
+  // Deletes what retention does not keep (see the file comment).
+  absl::Status Prune(const std::string& written);
+
   CheckpointerOptions options_;
   uint64_t next_sequence_ = 0;
+  CutIndex cuts_;
 };
 
 }  // namespace dion

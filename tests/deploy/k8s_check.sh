@@ -4,10 +4,10 @@
 # by deploy/tools/install_validators.sh) and checks what is specific to dion-ps
 # (k8s_consistency.py: shard/worker counts, flags, security, probes, selectors).
 #
-#   k8s_check.sh SOURCE_ROOT DION_SERVER DION_WORKER
+#   k8s_check.sh SOURCE_ROOT DION_SERVER DION_WORKER DION
 # No network: the validator must already be installed (scripts/setup.sh does it).
 set -euo pipefail
-root="$1" server="$2" worker="$3"
+root="$1" server="$2" worker="$3" dion="$4"
 tmp="$(mktemp -d)"
 trap 'rm -rf "$tmp"' EXIT
 kubectl="${KUBECTL:-kubectl}"
@@ -32,5 +32,6 @@ done
 node "$root/deploy/tools/validate_k8s.mjs" --json "$tmp/rendered.json" "${overlays[@]}"
 "$server" --help > "$tmp/server-help.txt" 2>&1 || true
 "$worker" --help > "$tmp/worker-help.txt" 2>&1 || true
+"$dion" checkpoint --help > "$tmp/checkpoint-help.txt" 2>&1 || true
 /usr/bin/python3 "$root/tests/deploy/k8s_consistency.py" "$tmp/rendered.json" \
-  "$tmp/server-help.txt" "$tmp/worker-help.txt"
+  "$tmp/server-help.txt" "$tmp/worker-help.txt" "$tmp/checkpoint-help.txt"

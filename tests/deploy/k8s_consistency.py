@@ -1,11 +1,11 @@
 #!/usr/bin/python3
 """dion-ps-specific checks of rendered Kubernetes overlays (part of ctest deploy_k8s).
 
-  k8s_consistency.py RENDERED.json SERVER_HELP.txt WORKER_HELP.txt
+  k8s_consistency.py RENDERED.json SERVER_HELP.txt WORKER_HELP.txt CHECKPOINT_HELP.txt
 
 RENDERED.json: the --json output of deploy/tools/validate_k8s.mjs for the overlays
-(schema validity is checked there). *_HELP.txt: the --help output of dion-server and
-dion-worker, for their flag names. Per rendered file (one overlay), checks what the schemas
+(schema validity is checked there). *_HELP.txt: the --help output of dion-server,
+dion-worker and `dion checkpoint`, for their flag names. Per rendered file (one overlay), checks what the schemas
 cannot know:
   - the shard count agrees everywhere: StatefulSet replicas == DION_NUM_SHARDS == number of
     DION_SHARDS addresses, which name dion-ps-<i>.<serviceName>:<grpc port> in index order;
@@ -17,6 +17,9 @@ cannot know:
   - security: pod runAsNonRoot with a non-zero uid; each container readOnlyRootFilesystem,
     allowPrivilegeEscalation false, capabilities drop ALL, resource requests and limits;
   - shards have native gRPC readiness and liveness probes on their gRPC port;
+  - the CronJob dion-checkpoint runs `dion checkpoint` (from the worker image) against
+    DION_SHARDS on a valid 5-field schedule, one run at a time (concurrencyPolicy Forbid),
+    with no retry within a run, and the NetworkPolicy lets it reach the shards' gRPC port;
   - selectors of the Services, the PodDisruptionBudget and the NetworkPolicies match the pods
     they are meant for; pods carry the labels and the "metrics" port name that
     deploy/prometheus/prometheus.yml discovers; all namespaced objects are in one namespace.
@@ -39,11 +42,41 @@ def matches(selector, labels):
     return all(labels.get(k) == v for k, v in (selector or {}).items())
 
 
+def template(obj):
+    spec = obj["spec"]
+    return (spec["jobTemplate"]["spec"] if obj["kind"] == "CronJob" else spec)["template"]
+
+
 def pod_spec(obj):
-    return obj["spec"]["template"]["spec"]
+    return template(obj)["spec"]
 
 
-def check_overlay(file, objects, server_flags, worker_flags, fail):
+def checkpoint_flags_of(help_text):
+    return set(re.findall(r"^\s+--(\w+)\s", help_text, re.M))
+
+
+CRON_FIELD = r"(\*|\d+(-\d+)?)(/\d+)?(,(\*|\d+(-\d+)?)(/\d+)?)*"
+
+
+def check_cronjob(file, cron, worker_image, fail):
+    where = f"{file} CronJob/{cron['metadata']['name']}"
+    spec = cron["spec"]
+    if not re.fullmatch(r"\s*".join([CRON_FIELD] * 5), spec.get("schedule", "").strip()):
+        fail(f"{where}: schedule {spec.get('schedule')!r} is not a 5-field cron expression")
+    if spec.get("concurrencyPolicy") != "Forbid":
+        fail(f"{where}: concurrencyPolicy must be Forbid (one coordinated checkpoint at a time)")
+    if spec["jobTemplate"]["spec"].get("backoffLimit") != 0:
+        fail(f"{where}: backoffLimit must be 0 (a retry asks for the next cut: the next run's job)")
+    c = pod_spec(cron)["containers"][0]
+    if c.get("command", [])[-1:] != ["checkpoint"] or not c["command"][0].endswith("/dion") or \
+            c.get("image") != worker_image:
+        fail(f"{where}: must run `dion checkpoint` from the worker image, runs "
+             f"{c.get('command')} from {c.get('image')}")
+    if "--shards=$(DION_SHARDS)" not in c.get("args", []):
+        fail(f"{where}: args {c.get('args')} must include --shards=$(DION_SHARDS)")
+
+
+def check_overlay(file, objects, server_flags, worker_flags, checkpoint_flags, fail):
     by_kind = defaultdict(list)
     for o in objects:
         by_kind[o["kind"]].append(o)
@@ -57,7 +90,8 @@ def check_overlay(file, objects, server_flags, worker_flags, fail):
 
     sts, job, config = one("StatefulSet", "dion-ps"), one("Job", "dion-worker"), \
         one("ConfigMap", "dion-ps-config")
-    if not (sts and job and config):
+    cron = one("CronJob", "dion-checkpoint")
+    if not (sts and job and config and cron):
         return
     data = config.get("data", {})
 
@@ -97,11 +131,14 @@ def check_overlay(file, objects, server_flags, worker_flags, fail):
              f"{FASHION_MNIST_TRAIN_SAMPLES} (the training set), or the learning rates cool "
              "down at the wrong time")
 
+    check_cronjob(file, cron, pod_spec(job)["containers"][0].get("image"), fail)
+
     used_keys = set()
-    for obj, flags, component in ((sts, server_flags, "shard"), (job, worker_flags, "worker")):
+    for obj, flags, component in ((sts, server_flags, "shard"), (job, worker_flags, "worker"),
+                                  (cron, checkpoint_flags, "checkpointer")):
         ps = pod_spec(obj)
         where = f"{file} {obj['kind']}/{obj['metadata']['name']}"
-        labels = obj["spec"]["template"]["metadata"].get("labels", {})
+        labels = template(obj)["metadata"].get("labels", {})
         if labels.get(NAME) != "dion-ps" or labels.get(COMPONENT) != component:
             fail(f"{where}: pod labels {labels} lack {NAME}=dion-ps, {COMPONENT}={component}")
         selector = obj["spec"].get("selector", {}).get("matchLabels")
@@ -124,7 +161,8 @@ def check_overlay(file, objects, server_flags, worker_flags, fail):
             for part in ("requests", "limits"):
                 if not {"cpu", "memory"} <= set(res.get(part, {})):
                     fail(f"{cw}: resources.{part} needs cpu and memory")
-            if not any(p.get("name") == "metrics" for p in c.get("ports", [])):
+            if component != "checkpointer" and \
+                    not any(p.get("name") == "metrics" for p in c.get("ports", [])):
                 fail(f"{cw}: no port named 'metrics' (Prometheus discovers it by name)")
             env = {e["name"] for e in c.get("env", [])}
             from_config = any(ef.get("configMapRef", {}).get("name") == "dion-ps-config"
@@ -150,8 +188,10 @@ def check_overlay(file, objects, server_flags, worker_flags, fail):
         fail(f"{file}: ConfigMap keys used by no container: {sorted(unused)}")
 
     # Selectors of Services, PDB, NetworkPolicies.
-    shard_labels = sts["spec"]["template"]["metadata"]["labels"]
-    worker_labels = job["spec"]["template"]["metadata"]["labels"]
+    shard_labels = template(sts)["metadata"]["labels"]
+    worker_labels = template(job)["metadata"]["labels"]
+    checkpointer_labels = template(cron)["metadata"]["labels"]
+    checkpointer_admitted = False
     for svc in by_kind["Service"]:
         if not matches(svc["spec"].get("selector"), shard_labels):
             fail(f"{file}: Service {svc['metadata']['name']} does not select the shards")
@@ -170,35 +210,43 @@ def check_overlay(file, objects, server_flags, worker_flags, fail):
                     for peer in rule.get("from", []):
                         peer_labels = peer.get("podSelector", {}).get("matchLabels", {})
                         grpc_rule = any(p.get("port") == "grpc" for p in rule.get("ports", []))
-                        if grpc_rule and not (component == "shard" and
-                                              matches(peer_labels, worker_labels)):
+                        to_shard = component == "shard"
+                        if grpc_rule and to_shard and matches(peer_labels, checkpointer_labels):
+                            checkpointer_admitted = True
+                        elif grpc_rule and not (to_shard and matches(peer_labels, worker_labels)):
                             fail(f"{file}: NetworkPolicy {np_['metadata']['name']}: gRPC "
-                                 f"open to {peer_labels}, only workers -> shards is allowed")
+                                 f"open to {peer_labels}, only workers and the checkpointer "
+                                 "-> shards are allowed")
                         if not grpc_rule and peer_labels.get(NAME) != "prometheus":
                             fail(f"{file}: NetworkPolicy {np_['metadata']['name']}: "
                                  f"{rule.get('ports')} open to {peer_labels}")
     if not all(covered.values()):
         fail(f"{file}: NetworkPolicies cover {covered}: shards and workers both need one")
+    if not checkpointer_admitted:
+        fail(f"{file}: no NetworkPolicy lets the CronJob's pods ({checkpointer_labels}) reach "
+             "the shards' gRPC port")
 
 
 def main(argv):
-    if len(argv) != 4:
+    if len(argv) != 5:
         print(__doc__.strip().splitlines()[2].strip(), file=sys.stderr)
         return 2
     with open(argv[1]) as f:
         rendered = json.load(f)
     server_flags = flags_of(open(argv[2]).read())
     worker_flags = flags_of(open(argv[3]).read())
+    checkpoint_flags = checkpoint_flags_of(open(argv[4]).read())
     failures = []
-    if len(server_flags) < 10 or len(worker_flags) < 10:
+    if len(server_flags) < 10 or len(worker_flags) < 10 or "shards" not in checkpoint_flags:
         failures.append(f"could not read the flags from --help ({len(server_flags)} server, "
-                        f"{len(worker_flags)} worker)")
+                        f"{len(worker_flags)} worker, {sorted(checkpoint_flags)} checkpoint)")
     by_file = defaultdict(list)
     for entry in rendered:
         by_file[entry["file"]].append(entry["object"])
     for file, objects in sorted(by_file.items()):
         before = len(failures)
-        check_overlay(file, objects, server_flags, worker_flags, failures.append)
+        check_overlay(file, objects, server_flags, worker_flags, checkpoint_flags,
+                      failures.append)
         print(f"{'ok  ' if len(failures) == before else 'FAIL'} {file}: {len(objects)} objects")
     for f in failures:
         print(f"FAIL {f}")

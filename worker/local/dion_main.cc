@@ -1,6 +1,7 @@
 // dion: the dion-ps command line.
 //
 //   dion local [--flags]   train on this machine: shards and workers as child processes
+//   dion checkpoint --shards=host:port,...   a coordinated checkpoint of running shards
 //   dion help              this text
 //
 // `dion local` (worker/local/local_run.h) finds dion-server and dion-worker next to itself: in the
@@ -23,9 +24,11 @@
 #include "absl/status/statusor.h"
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
 #include "absl/time/time.h"
 #include "common/cli.h"
+#include "worker/local/coordinated_checkpoint.h"
 #include "worker/local/local_run.h"
 #include "worker/local/local_run_flags.h"
 
@@ -132,6 +135,10 @@ ABSL_FLAG(absl::Duration, stop_grace, kDefaults.stop_grace,
           "how long a child may take to stop after SIGTERM before it is killed");
 ABSL_FLAG(absl::Duration, evaluation_timeout, kDefaults.evaluation_timeout,
           "how long the final evaluation may take");
+ABSL_FLAG(std::string, run_id, "",
+          "run id of the coordinated checkpoint the shards take at the end of the run (printed "
+          "at the start, in summary.json; dion-server --restore_cut restores it); 1-128 bytes "
+          "of [A-Za-z0-9._-]; default: local-<name of the run directory>");
 ABSL_FLAG(bool, dry_run, false,
           "print the command lines of the shards, workers and final evaluation (and write "
           "--prometheus_config), then exit without starting anything");
@@ -143,8 +150,12 @@ constexpr const char* kUsage =
     "  dion local [--flags]   train on this machine: starts --shards dion-server and --workers\n"
     "                         dion-worker processes on 127.0.0.1, shows progress, and ends with\n"
     "                         a report, run_dir/summary.json and run_dir/curves.svg\n"
+    "  dion checkpoint --shards=host:port,... [--run_id=ID]\n"
+    "                         a coordinated checkpoint of running shards: every shard writes\n"
+    "                         the same cut (dion-server --restore_cut restores it)\n"
     "  dion help              this text\n"
-    "`dion local --help` lists the flags of `dion local` with their defaults.";
+    "`dion local --help` lists the flags of `dion local` with their defaults;\n"
+    "`dion checkpoint --help` those of `dion checkpoint`.";
 
 std::vector<std::string> SplitFlags(const std::string& text) {
   return absl::StrSplit(text, absl::ByAnyChar(" \t\n"), absl::SkipEmpty());
@@ -154,6 +165,19 @@ std::string SelfExe() {
   char path[4096];
   const ssize_t n = readlink("/proc/self/exe", path, sizeof(path) - 1);
   return n > 0 ? std::string(path, static_cast<size_t>(n)) : std::string();
+}
+
+// LocalRunOptions::checkpoint: `dion checkpoint` in this process.
+absl::StatusOr<dion::LocalRunOptions::TakenCheckpoint> TakeCheckpoint(
+    const std::vector<std::string>& shards, const std::string& run_id) {
+  absl::StatusOr<dion::CoordinatedCheckpoint> taken =
+      dion::TakeCoordinatedCheckpoint({shards, run_id});
+  if (!taken.ok()) return taken.status();
+  std::vector<std::string> lines = taken->Lines();
+  if (!taken->status.ok()) {
+    return absl::Status(taken->status.code(), absl::StrJoin(lines, "\n  "));
+  }
+  return dion::LocalRunOptions::TakenCheckpoint{{taken->run_id, taken->cut}, std::move(lines)};
 }
 
 // The options of the parsed flags, except the binaries' paths and the alert rules.
@@ -198,6 +222,8 @@ absl::StatusOr<dion::LocalRunOptions> OptionsFromFlags() {
   o.startup_timeout = absl::GetFlag(FLAGS_startup_timeout);
   o.stop_grace = absl::GetFlag(FLAGS_stop_grace);
   o.evaluation_timeout = absl::GetFlag(FLAGS_evaluation_timeout);
+  o.run_id = absl::GetFlag(FLAGS_run_id);
+  o.checkpoint = TakeCheckpoint;
   const std::string progress = absl::GetFlag(FLAGS_progress);
   if (progress == "live" || (progress == "auto" && isatty(STDOUT_FILENO))) {
     o.progress = dion::LocalRunOptions::Progress::kLive;
@@ -283,6 +309,9 @@ int main(int argc, char** argv) {
     std::vector<char*> args = {argv[0]};
     for (int i = 2; i < argc; ++i) args.push_back(argv[i]);
     return Local(static_cast<int>(args.size()), args.data());
+  }
+  if (command == "checkpoint") {
+    return dion::CheckpointCommand(std::vector<std::string>(argv + 2, argv + argc));
   }
   if (command == "help" || command == "--help" || command == "-h") {
     std::printf("%s\n", kUsage);

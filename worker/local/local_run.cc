@@ -11,6 +11,7 @@
 #include <optional>
 
 #include "absl/status/status.h"
+#include "absl/strings/ascii.h"
 #include "absl/strings/match.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
@@ -46,6 +47,18 @@ std::optional<std::string> Field(absl::string_view line, absl::string_view marke
   return std::string(rest.substr(0, rest.find_first_of(" ,")));
 }
 
+// "local-" + the run directory's name, with bytes outside [A-Za-z0-9._-] as '-', at most
+// 128 bytes (a run id, server/checkpoint/checkpoint_cut.h).
+std::string DefaultRunId(const std::string& run_dir) {
+  fs::path dir = fs::path(run_dir).lexically_normal();
+  if (dir.filename().empty()) dir = dir.parent_path();  // a trailing '/'
+  std::string id = absl::StrCat("local-", dir.filename().string());
+  for (char& c : id) {
+    if (!absl::ascii_isalnum(static_cast<unsigned char>(c)) && c != '.' && c != '_') c = '-';
+  }
+  return id.substr(0, 128);
+}
+
 std::string DefaultRunDir() {
   const std::string base =
       absl::StrCat("runs/", absl::FormatTime("%Y%m%d-%H%M%S", absl::Now(), absl::LocalTimeZone()));
@@ -60,6 +73,7 @@ class LocalRun {
       : options_(options),
         signal_fd_(signal_fd),
         run_dir_(options.run_dir.empty() ? DefaultRunDir() : options.run_dir),
+        run_id_(options.run_id.empty() ? DefaultRunId(run_dir_) : options.run_id),
         start_(absl::StrCat(run_dir_, "/logs/.start"), options.workers),
         aggregate_(options.workers),
         display_(options.progress, options.progress_interval, options.epochs, options.workers) {}
@@ -78,6 +92,8 @@ class LocalRun {
   void ReportFailure(const Child& child, const std::string& what);
   absl::Status StartShards();
   absl::Status StartWorkers();
+  // The coordinated checkpoint (LocalRunOptions::checkpoint); false when it failed.
+  bool Checkpoint();
   // Returns false when interrupted or a child failed.
   bool Supervise();
   bool Evaluate();
@@ -90,6 +106,8 @@ class LocalRun {
   const LocalRunOptions& options_;
   const int signal_fd_;
   const std::string run_dir_;
+  const std::string run_id_;
+  std::optional<RunCheckpoint> checkpoint_;
   StartBarrier start_;  // the start file that starts the workers' training together
   absl::Time run_start_ = absl::Now();
   std::vector<Child> children_;
@@ -287,6 +305,18 @@ bool LocalRun::Evaluate() {
   return true;
 }
 
+bool LocalRun::Checkpoint() {
+  absl::StatusOr<LocalRunOptions::TakenCheckpoint> taken =
+      options_.checkpoint(ShardAddresses(), run_id_);
+  if (!taken.ok()) {
+    Say(stderr, absl::StrCat("dion local: coordinated checkpoint: ", taken.status().message()));
+    return false;
+  }
+  for (const std::string& line : taken->lines) Say(stdout, absl::StrCat("dion local: ", line));
+  checkpoint_ = taken->cut;
+  return true;
+}
+
 void LocalRun::Interrupt() {
   signalfd_siginfo info;
   while (read(signal_fd_, &info, sizeof(info)) == sizeof(info)) {
@@ -345,6 +375,8 @@ int LocalRun::Finish(const std::string& status) {
   summary.final_evaluation = evaluation_;
   summary.wall_time_s = Now();
   summary.config = SummaryConfig(options_);
+  summary.config.emplace_back("run_id", run_id_);
+  summary.checkpoint = checkpoint_;
   for (const auto& [file, contents] :
        {std::pair<std::string, std::string>{"summary.json", SummaryJson(summary)},
         {"curves.svg", CurvesSvg(summary)}}) {
@@ -380,9 +412,9 @@ int LocalRun::Run() {
                                  : ""));
   }
   Say(stdout,
-      absl::StrFormat("dion local: %d shard(s), %d worker(s), %s, %d epoch(s)%s; run directory %s",
-                      options_.shards, options_.workers, options_.dataset, options_.epochs,
-                      options_.sync ? ", synchronous" : "", run_dir_));
+      absl::StrFormat("dion local: %d shard(s), %d worker(s), %s, %d epoch(s)%s; run directory "
+                      "%s, run id %s", options_.shards, options_.workers, options_.dataset,
+                      options_.epochs, options_.sync ? ", synchronous" : "", run_dir_, run_id_));
   bool ok = true;
   if (absl::Status s = StartShards(); !s.ok()) {
     if (!interrupted_ && !absl::IsAborted(s) && !absl::IsDeadlineExceeded(s)) {
@@ -400,6 +432,7 @@ int LocalRun::Run() {
     }
   }
   ok = ok && Supervise() && Evaluate();
+  if (ok && options_.checkpoint != nullptr) ok = Checkpoint();
   if (interrupted_) {
     Say(stderr,
         "dion local: interrupted; stopping the workers, then the shards (they write a "
@@ -451,39 +484,6 @@ int RunLocal(const LocalRunOptions& options) {
   const int code = LocalRun(resolved, signal_fd).Run();
   close(signal_fd);
   return code;
-}
-
-namespace {
-
-// The first of `candidates` (relative to the directory of self_exe) that is a regular file
-// `access` allows `mode` on.
-absl::StatusOr<std::string> FindNextTo(const std::string& self_exe,
-                                       const std::vector<std::string>& candidates, int mode) {
-  const fs::path dir = fs::path(self_exe).parent_path();
-  std::vector<std::string> looked;
-  for (const std::string& candidate : candidates) {
-    const fs::path path = (dir / candidate).lexically_normal();
-    if (fs::is_regular_file(path) && access(path.c_str(), mode) == 0) return path.string();
-    looked.push_back(path.string());
-  }
-  return absl::NotFoundError(absl::StrCat("not found in ", absl::StrJoin(looked, ", ")));
-}
-
-}  // namespace
-
-absl::StatusOr<std::string> FindSiblingBinary(const std::string& self_exe,
-                                              const std::string& override_path,
-                                              const std::vector<std::string>& candidates) {
-  if (!override_path.empty()) {
-    if (access(override_path.c_str(), X_OK) == 0) return override_path;
-    return absl::NotFoundError(absl::StrCat(override_path, " is not an executable file"));
-  }
-  return FindNextTo(self_exe, candidates, X_OK);
-}
-
-absl::StatusOr<std::string> FindSiblingFile(const std::string& self_exe,
-                                            const std::vector<std::string>& candidates) {
-  return FindNextTo(self_exe, candidates, R_OK);
 }
 
 }  // namespace dion

@@ -10,7 +10,9 @@
 //   3. The workers start against all shards; their progress lines are aggregated.
 //   4. When every worker has finished, `dion-worker --mode=evaluate` pulls the final weights
 //      once: that is the reported final test accuracy.
-//   5. The shards get SIGTERM and write a last checkpoint into run_dir/shard-N/checkpoints.
+//   5. A coordinated checkpoint of all shards with `run_id` (options.checkpoint, see
+//      LocalRunOptions), then the shards get SIGTERM and write a last checkpoint into
+//      run_dir/shard-N/checkpoints.
 //   6. The report goes to stdout; run_dir/summary.json and run_dir/curves.svg are written.
 //
 // Failures: a child that exits with a non-zero status or is killed (or a shard that exits at
@@ -26,12 +28,14 @@
 #define DION_WORKER_LOCAL_RUN_H_
 
 #include <cstdint>
+#include <functional>
 #include <string>
 #include <vector>
 
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"
 #include "common/training_defaults.h"
+#include "worker/local/run_summary.h"
 
 namespace dion {
 
@@ -103,6 +107,20 @@ struct LocalRunOptions {
   absl::Duration startup_timeout = absl::Seconds(30);   // for a shard to report its address
   absl::Duration stop_grace = absl::Seconds(30);        // SIGTERM to SIGKILL
   absl::Duration evaluation_timeout = absl::Seconds(120);
+
+  // The coordinated checkpoint at the end of the run (after the final evaluation): `checkpoint`
+  // gets the shards' addresses and the run id and returns the cut they all wrote and the lines
+  // to print, or the error (the run then fails). Null: none is taken. The `dion` binary sets
+  // it to `dion checkpoint` (worker/local/coordinated_checkpoint.h), so that this library
+  // links no gRPC. run_id empty: "local-" + the run directory's name.
+  std::string run_id;
+  struct TakenCheckpoint {
+    RunCheckpoint cut;
+    std::vector<std::string> lines;  // one per shard
+  };
+  std::function<absl::StatusOr<TakenCheckpoint>(const std::vector<std::string>& shards,
+                                                const std::string& run_id)>
+      checkpoint;
 };
 
 // InvalidArgument naming the first option out of range.

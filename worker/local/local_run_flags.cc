@@ -298,6 +298,13 @@ absl::Status ValidateLocalRunOptions(const LocalRunOptions& o) {
                absl::StrCat("expected 0 (none) .. --workers (", o.workers,
                             "); more would make every batch wait for the deadline"));
   }
+  // The rule of server/checkpoint/checkpoint_cut.h, checked here so a run does not fail at its
+  // end; empty: the default run id.
+  if (o.run_id.size() > 128 ||
+      o.run_id.find_first_not_of("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
+                                 "0123456789._-") != std::string::npos) {
+    return Bad("run_id", o.run_id, "expected 1-128 bytes of [A-Za-z0-9._-]");
+  }
   if (absl::Status s = ValidatePortsAndTimes(o); !s.ok()) return s;
   if (o.server_binary.empty() || o.worker_binary.empty()) {
     return absl::InvalidArgumentError("the dion-server and dion-worker paths must be set");

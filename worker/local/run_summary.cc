@@ -157,6 +157,11 @@ std::vector<std::string> ReportLines(const RunSummary& s) {
   row("pushes", absl::StrFormat("%d accepted, %d refused, %d resyncs, %d reconnects", t.accepted,
                                 t.refused, t.resyncs, t.reconnects));
   row("run directory", absl::StrCat(s.run_dir, " (summary.json, curves.svg, logs/)"));
+  if (s.checkpoint.has_value()) {
+    row("checkpoint", absl::StrCat("cut ", s.checkpoint->cut, " of run ", s.checkpoint->run_id,
+                                   " on every shard (dion-server --restore_cut=",
+                                   s.checkpoint->cut, ")"));
+  }
   if (s.final_evaluation.has_value()) {
     lines.push_back(
         absl::StrFormat("test accuracy: %.2f%%", 100.0 * s.final_evaluation->test_accuracy));
@@ -271,6 +276,17 @@ std::string SummaryJson(const RunSummary& s) {
   }, j);
   j.Key("run_dir");
   j.String(s.run_dir);
+  j.Key("checkpoint");  // the coordinated one at the end: {"run_id", "cut"}, or null
+  if (s.checkpoint.has_value()) {
+    j.Open('{');
+    j.Key("run_id");
+    j.String(s.checkpoint->run_id);
+    j.Key("cut");
+    j.Int(static_cast<int64_t>(s.checkpoint->cut));
+    j.Close('}');
+  } else {
+    j.Null();
+  }
   j.Close('}');
   return j.Take();
 }

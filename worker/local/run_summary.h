@@ -21,6 +21,13 @@ namespace dion {
 
 using ConfigValue = std::variant<std::string, int64_t, double, bool>;
 
+// The coordinated checkpoint taken at the end of the run (`dion checkpoint`): every shard
+// holds `cut` of `run_id`, which dion-server --restore_cut=<cut> restores.
+struct RunCheckpoint {
+  std::string run_id;
+  uint64_t cut = 0;
+};
+
 // Everything the end of a run reports.
 struct RunSummary {
   std::string status = "ok";  // "ok", "failed" (a child failed) or "interrupted"
@@ -36,6 +43,7 @@ struct RunSummary {
   std::vector<TrainLossPoint> train_loss;
   std::vector<EvalPoint> evaluations;
   std::string run_dir;
+  std::optional<RunCheckpoint> checkpoint;  // none when it was not taken or failed
 };
 
 // What the aggregate of a run's progress lines says: training time, time to target_accuracy

@@ -1,0 +1,63 @@
+// `dion checkpoint`: one coordinated checkpoint of every shard (docs/deploy.md, "Restoring all
+// shards to the same cut"). Reads each shard's newest cut with Status, picks cut = the maximum
+// plus one, and asks every shard at once for a checkpoint of that cut with the same run id
+// (the Checkpoint RPC, proto/dion/v1/dion.proto). No gRPC type appears here.
+//
+// Thread-safety: TakeCoordinatedCheckpoint keeps no state and is safe to call concurrently.
+#ifndef DION_WORKER_LOCAL_COORDINATED_CHECKPOINT_H_
+#define DION_WORKER_LOCAL_COORDINATED_CHECKPOINT_H_
+
+#include <cstdint>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "absl/time/time.h"
+
+namespace dion {
+
+struct CoordinatedCheckpointOptions {
+  std::vector<std::string> shards;  // host:port of every shard
+  // The run id; empty: the one the shards report (they must agree), or a new one
+  // ("run-<UTC date>-<time>") when none reports one.
+  std::string run_id;
+  absl::Duration deadline = absl::Seconds(60);  // per call
+};
+
+// What one shard answered.
+struct ShardCut {
+  std::string address;
+  int shard_index = -1;  // from its Status; -1 when Status failed
+  absl::Status status;   // of the Status call, then of the Checkpoint call
+  std::string directory;
+  bool already_written = false;
+  std::vector<std::pair<std::string, int64_t>> versions;
+};
+
+struct CoordinatedCheckpoint {
+  std::string run_id;
+  uint64_t cut = 0;  // 0: not asked (a Status call failed, or the run ids disagree)
+  std::vector<ShardCut> shards;  // in the order of the options' shards
+  absl::Status status;           // OK when every shard wrote (or had) the cut
+
+  // One line per shard, then a summary line.
+  std::vector<std::string> Lines() const;
+};
+
+// Takes the checkpoint. InvalidArgument (and nothing is called) for no shards, an empty or
+// duplicate address or a deadline <= 0; every other failure is in the result (a malformed
+// run id is the shards' INVALID_ARGUMENT).
+absl::StatusOr<CoordinatedCheckpoint> TakeCoordinatedCheckpoint(
+    const CoordinatedCheckpointOptions& options);
+
+// `dion checkpoint [--shards=host:port,...] [--run_id=ID] [--deadline=60s]` with `args` the
+// arguments after the subcommand: prints CoordinatedCheckpoint::Lines() on stdout and returns
+// the exit code, 0 only when every shard wrote (or had) the cut; 1 when one did not; 2 for bad
+// arguments. (Parsed here, not by Abseil flags: `dion local` owns --shards as a count.)
+int CheckpointCommand(const std::vector<std::string>& args);
+
+}  // namespace dion
+
+#endif  // DION_WORKER_LOCAL_COORDINATED_CHECKPOINT_H_
