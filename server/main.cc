@@ -82,8 +82,10 @@ ABSL_FLAG(int64_t, max_message_bytes, 64 << 20,
 ABSL_FLAG(int, broadcast_queue, 64,
           "versions buffered per subscriber; a subscriber that falls further behind gets full "
           "values instead");
-ABSL_FLAG(bool, allow_optimizer_state_pull, true,
-          "let Pull return optimizer state (include_optimizer_state); an admin operation");
+ABSL_FLAG(bool, allow_optimizer_state_pull, false,
+          "let Pull return optimizer state (include_optimizer_state: Dion's momentum, AdamW's "
+          "moments, ...); an admin operation, off by default; when off such a Pull is "
+          "PERMISSION_DENIED");
 ABSL_FLAG(absl::Duration, shutdown_grace, absl::Seconds(5),
           "on SIGTERM/SIGINT, how long running calls get to finish before they are cancelled");
 

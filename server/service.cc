@@ -306,7 +306,8 @@ grpc::Status ParameterServerService::HandlePull(grpc::ServerContext* context,
                                                 grpc::ServerWriter<v1::ParameterValue>* writer) {
   if (request->include_optimizer_state() && !options_.allow_optimizer_state) {
     return grpc::Status(grpc::StatusCode::PERMISSION_DENIED,
-                        "optimizer state is an admin operation, disabled on this server");
+                        "Pull with include_optimizer_state is an admin operation, disabled on "
+                        "this shard; start it with --allow_optimizer_state_pull to allow it");
   }
   std::vector<std::string> parameters(request->parameters().begin(),
                                       request->parameters().end());

@@ -60,9 +60,9 @@ grpc::Status GuardHandler(absl::string_view method, absl::FunctionRef<grpc::Stat
 inline constexpr int64_t kMaxPullMessageBytes = (int64_t{1} << 31) - (int64_t{1} << 20);
 
 struct ServiceOptions {
-  // Whether Pull may return optimizer state (include_optimizer_state). An admin operation;
-  // PERMISSION_DENIED when false.
-  bool allow_optimizer_state = true;
+  // Whether Pull may return optimizer state (include_optimizer_state). An admin operation,
+  // off by default (dion-server --allow_optimizer_state_pull); PERMISSION_DENIED when false.
+  bool allow_optimizer_state = false;
   // How often an idle Subscribe handler, or a Pull waiting for min_version, checks whether its
   // client went away.
   absl::Duration subscribe_poll = absl::Milliseconds(100);

@@ -127,6 +127,30 @@ TEST(PullOverGrpc, AParameterTooLargeForOneMessageIsRefusedBeforeAnythingIsSent)
   EXPECT_EQ(pull({"w"}, true, &values).error_code(), grpc::StatusCode::RESOURCE_EXHAUSTED);
 }
 
+TEST(OptimizerStatePull, IsRefusedByDefaultNamingTheFlagAndValuesStillFlow) {
+  ServerOptions options = TestServerOptions();
+  ASSERT_FALSE(options.service.allow_optimizer_state);  // the default
+  auto server = DionServer::Start(options).value();
+  auto stub = Connect(server->address());
+  testing::Register(*stub, "w0");
+  grpc::ClientContext context;
+  SetDeadline(context);
+  v1::PullRequest request;
+  request.add_parameters("w");
+  request.set_include_optimizer_state(true);
+  auto reader = stub->Pull(&context, request);
+  v1::ParameterValue value;
+  EXPECT_FALSE(reader->Read(&value));
+  const grpc::Status status = reader->Finish();
+  EXPECT_EQ(status.error_code(), grpc::StatusCode::PERMISSION_DENIED);
+  EXPECT_NE(status.error_message().find("--allow_optimizer_state_pull"), std::string::npos)
+      << status.error_message();
+  // Values without state are not affected.
+  const v1::ParameterValue w = testing::PullOne(*stub, "w");
+  EXPECT_EQ(w.optimizer_state_case(), v1::ParameterValue::OPTIMIZER_STATE_NOT_SET);
+  EXPECT_EQ(w.value().shape_size(), 2);
+}
+
 #if defined(__SANITIZE_ADDRESS__) || defined(__SANITIZE_THREAD__)
 #define DION_UNDER_SANITIZER 1
 #elif defined(__has_feature)
