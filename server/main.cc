@@ -11,6 +11,7 @@
 #include <signal.h>
 
 #include <cstdio>
+#include <optional>
 #include <string>
 
 #include "absl/flags/flag.h"
@@ -22,6 +23,7 @@
 #include "common/training_defaults.h"
 #include "server/dion_server.h"
 #include "server/memory_budget.h"
+#include "server/plaintext_warning.h"
 #include "server/staleness.h"
 
 ABSL_FLAG(std::string, listen, "127.0.0.1:50051",
@@ -107,6 +109,9 @@ absl::StatusOr<dion::ServerOptions> OptionsFromFlags() {
       absl::GetFlag(FLAGS_max_state_bytes), {.physical_bytes = dion::PhysicalMemoryBytes()});
   shard.store.max_state_bytes = budget.bytes;
   std::fprintf(stderr, "dion-server: %s\n", budget.description.c_str());
+  if (std::optional<std::string> warning = dion::PlaintextWarning(options.listen, /*tls=*/false)) {
+    std::fprintf(stderr, "dion-server: %s\n", warning->c_str());
+  }
   shard.compute_threads = absl::GetFlag(FLAGS_compute_threads);
   shard.max_pending_batches = absl::GetFlag(FLAGS_max_pending_batches);
   shard.store.lr_schedule.total_samples = absl::GetFlag(FLAGS_lr_schedule_samples);
