@@ -205,14 +205,15 @@ absl::Status ParameterStore::CheckStateBudget(const ModelTable& table,
     const ParamSpec& spec = definition.spec;
     if (layout.ShardOf(spec.name) != options_.shard_index) continue;
     const int64_t bytes = StateBytes(spec);
-    needed = std::min(kNoStateBudget, needed + bytes);
+    needed = std::min(kNoStateBudget, needed + bytes + kParameterOverheadBytes);
     ++owned;
     if (largest == nullptr || bytes > StateBytes(*largest)) largest = &spec;
   }
   if (needed <= options_.max_state_bytes) return absl::OkStatus();
   return absl::ResourceExhaustedError(absl::StrCat(
       "model '", table.model_name, "' needs ", needed, " bytes of parameter and optimizer state "
-      "on shard ", options_.shard_index, " (", owned, " owned parameters; the largest, '",
+      "on shard ", options_.shard_index, " (", owned, " owned parameters, ",
+      kParameterOverheadBytes, " bytes of bookkeeping each included; the largest, '",
       largest->name, "' ", absl::StrJoin(largest->shape, " x "), " ",
       OptimizerKindName(largest->optimizer), ", needs ", StateBytes(*largest),
       " bytes), above this shard's budget of ", options_.max_state_bytes,

@@ -51,6 +51,10 @@ namespace dion {
 
 // StoreOptions::max_state_bytes without a budget.
 inline constexpr int64_t kNoStateBudget = int64_t{1} << 62;
+// What the budget counts for each owned parameter besides its matrices: name, spec, locks,
+// its batcher, dedup windows and metrics series. Measured ~2.7 KB (RSS growth of a shard
+// registering 100,000 one-element parameters, docs/server.md "Memory"), rounded up.
+inline constexpr int64_t kParameterOverheadBytes = 4096;
 
 struct StoreOptions {
   int shard_index = 0;               // this shard, in [0, num_shards)
@@ -59,8 +63,9 @@ struct StoreOptions {
   LrSchedule lr_schedule;            // default: constant lr
   // Distinct workers RegisterWorker accepts (>= 1); a new one beyond is ResourceExhausted.
   int max_workers = 4096;
-  // Bytes of X and optimizer state (StateBytes) the owned parameters of a table may take
-  // (>= 1); a larger table is ResourceExhausted before anything is allocated. dion-server
+  // Bytes of X and optimizer state (StateBytes, plus kParameterOverheadBytes each) the owned
+  // parameters of a table may take (>= 1); a larger table is ResourceExhausted before
+  // anything is allocated. dion-server
   // sets it from --max_state_bytes; the default here is no budget.
   int64_t max_state_bytes = kNoStateBudget;
 };
@@ -130,7 +135,8 @@ class ParameterStore {
   // when newly registered, false when the identical table was registered before.
   // InvalidArgument for an invalid table, FailedPrecondition (first mismatch) for a different one,
   // ResourceExhausted (naming the bytes needed, the budget and the largest parameter) when the
-  // owned parameters' StateBytes exceed max_state_bytes: nothing is allocated or registered then.
+  // owned parameters' StateBytes (plus kParameterOverheadBytes each) exceed max_state_bytes:
+  // nothing is allocated or registered then.
   absl::StatusOr<bool> RegisterModel(const ModelTable& table) ABSL_LOCKS_EXCLUDED(mu_);
   // Checkpoint restore (server/checkpoint/checkpointer.h): registers `table`, which carries no initial
   // values, under the identity of the original table, whose explicit initial values are known
@@ -215,7 +221,7 @@ class ParameterStore {
       ABSL_LOCKS_EXCLUDED(registration_mu_, mu_);
 
   // ResourceExhausted when the parameters of `table` that `layout` gives this shard need more
-  // than max_state_bytes (StateBytes). Allocates nothing.
+  // than max_state_bytes (StateBytes + kParameterOverheadBytes each). Allocates nothing.
   absl::Status CheckStateBudget(const ModelTable& table, const Layout& layout) const;
 
   // The owned parameter called `name`: FailedPrecondition without a model or for a parameter

@@ -53,7 +53,9 @@ std::unique_ptr<ParameterStore> Store(int64_t max_state_bytes, int shard_index =
 
 int64_t TotalStateBytes(const ModelTable& table) {
   int64_t total = 0;
-  for (const ParameterDefinition& d : table.parameters) total += StateBytes(d.spec);
+  for (const ParameterDefinition& d : table.parameters) {
+    total += StateBytes(d.spec) + kParameterOverheadBytes;
+  }
   return total;
 }
 
@@ -100,7 +102,7 @@ TEST(StateBudget, OnlyTheParametersOfThisShardCount) {
     ASSERT_TRUE(probe->RegisterModel(table).ok());
     int64_t owned = 0;
     for (const std::string& name : probe->OwnedParameters()) {
-      owned += StateBytes(probe->Spec(name).value());
+      owned += StateBytes(probe->Spec(name).value()) + kParameterOverheadBytes;
     }
     ASSERT_LT(owned, TotalStateBytes(table));
     EXPECT_TRUE(Store(owned, shard, 2)->RegisterModel(table).ok()) << shard;
@@ -121,6 +123,23 @@ TEST(StateBudget, AHugeDionParameterIsRefusedBeforeAllocation) {
   auto store = Store(int64_t{1} << 30);
   EXPECT_EQ(store->RegisterModel(table).status().code(), absl::StatusCode::kResourceExhausted);
   EXPECT_FALSE(store->model_registered());
+}
+
+// A table of many tiny parameters costs the shard more than its floats: each is counted with
+// its bookkeeping, so a message full of one-element parameters cannot bypass the budget.
+TEST(StateBudget, EachParameterCountsItsBookkeeping) {
+  ModelTable table;
+  table.model_name = "many";
+  for (int i = 0; i < 1000; ++i) {
+    table.parameters.push_back(Definition(absl::StrCat("p", i), {1}, OptimizerKind::kAdamW, i));
+  }
+  const int64_t floats_only = 1000 * StateBytes(table.parameters[0].spec);  // 12 KB
+  auto store = Store(1000 * kParameterOverheadBytes);
+  absl::StatusOr<bool> registered = store->RegisterModel(table);
+  EXPECT_EQ(registered.status().code(), absl::StatusCode::kResourceExhausted);
+  EXPECT_NE(registered.status().message().find("bookkeeping"), absl::string_view::npos);
+  EXPECT_LT(floats_only, 1000 * kParameterOverheadBytes);
+  EXPECT_TRUE(Store(floats_only + 1000 * kParameterOverheadBytes)->RegisterModel(table).ok());
 }
 
 TEST(StateBudget, ABudgetBelowOneByteIsRefusedAtCreation) {

@@ -203,15 +203,16 @@ TEST(ServerBinaryTest, SigtermExitsZeroWithACheckpointThatASecondProcessRestores
 // The flags of docs/server.md "Memory" and the optimizer-state default, through the binary:
 // the budget is logged and enforced, optimizer state is refused unless allowed.
 TEST(ServerBinaryTest, EnforcesItsStateBudgetAndRefusesOptimizerStateByDefault) {
-  ServerProcess server({"--listen=127.0.0.1:0", "--metrics_listen=", "--max_state_bytes=4096"});
+  ServerProcess server({"--listen=127.0.0.1:0", "--metrics_listen=", "--max_state_bytes=8192"});
   ASSERT_TRUE(server.started());
   const std::string address = server.WaitForAddress(absl::Seconds(20));
   ASSERT_FALSE(address.empty()) << server.log();
-  EXPECT_NE(server.log().find("state budget 4096 bytes (--max_state_bytes)"), std::string::npos)
+  EXPECT_NE(server.log().find("state budget 8192 bytes (--max_state_bytes)"), std::string::npos)
       << server.log();
   auto stub = Connect(address);
   {
-    // TestModelRequest's "w" alone is 32 x 24 Dion: X and M are 6144 bytes.
+    // TestModelRequest's "w" alone is 32 x 24 Dion: X and M are 6144 bytes, plus Q and 4096
+    // bytes of bookkeeping; "b" below is 288 bytes plus its bookkeeping.
     grpc::ClientContext context;
     testing::SetDeadline(context);
     v1::RegisterModelResponse response;
