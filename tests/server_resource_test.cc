@@ -3,8 +3,10 @@
 // call UNKNOWN or changes the shard.
 #include <gtest/gtest.h>
 #include <sys/resource.h>
+#include <unistd.h>
 
 #include <cstdio>
+#include <filesystem>
 #include <fstream>
 #include <new>
 #include <stdexcept>
@@ -93,6 +95,30 @@ TEST(StateBudgetOverGrpc, ATinyRequestForGibibytesIsRefusedAndRegistersNothing) 
   EXPECT_EQ(GetLayout(*stub).error_code(), grpc::StatusCode::FAILED_PRECONDITION);
   const grpc::Status small = RegisterTable(*stub, OneDionParameter(64, 32));
   EXPECT_TRUE(small.ok()) << small.error_message();
+}
+
+// A shard restarted with a budget below its checkpoint's state refuses to start rather than
+// restoring past its budget (docs/server.md, "Memory").
+TEST(StateBudgetOverGrpc, ACheckpointOverTheBudgetIsNotRestored) {
+  const std::string dir = absl::StrCat(::testing::TempDir(), "/budget-restore-", getpid());
+  ServerOptions options = TestServerOptions();
+  options.shard.checkpoint_dir = dir;
+  {
+    auto server = DionServer::Start(options).value();
+    auto stub = Connect(server->address());
+    testing::Register(*stub, "w0");
+    stub.reset();
+    ASSERT_TRUE(server->Shutdown().ok());  // writes the checkpoint
+  }
+  options.shard.store.max_state_bytes = kParameterOverheadBytes;  // below any one parameter
+  absl::StatusOr<std::unique_ptr<DionServer>> refused = DionServer::Start(options);
+  EXPECT_EQ(refused.status().code(), absl::StatusCode::kResourceExhausted) << refused.status();
+  options.shard.store.max_state_bytes = kNoStateBudget;
+  absl::StatusOr<std::unique_ptr<DionServer>> restored = DionServer::Start(options);
+  ASSERT_TRUE(restored.ok()) << restored.status();
+  EXPECT_TRUE((*restored)->shard().model_registered());
+  restored->reset();
+  std::filesystem::remove_all(dir);
 }
 
 TEST(PullOverGrpc, AParameterTooLargeForOneMessageIsRefusedBeforeAnythingIsSent) {
