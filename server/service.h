@@ -26,6 +26,9 @@
 //     DEADLINE_EXCEEDED shortly before the call's deadline, UNAVAILABLE at shutdown,
 //     INVALID_ARGUMENT for a negative min_version.
 //   - PushAck.current_version is the parameter's applied version for every result.
+//   - No call ends UNKNOWN from an exception (GuardHandler): an allocation that fails ends it
+//     RESOURCE_EXHAUSTED, any other exception INTERNAL. A Pull of a parameter whose value does
+//     not fit max_pull_message_bytes is RESOURCE_EXHAUSTED before anything is sent.
 //
 // Thread-safety: safe for concurrent use (gRPC calls handlers from many threads).
 #ifndef DION_SERVER_SERVICE_H_
