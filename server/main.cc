@@ -11,6 +11,7 @@
 #include <signal.h>
 
 #include <cstdio>
+#include <optional>
 #include <string>
 
 #include "absl/flags/flag.h"
@@ -23,6 +24,8 @@
 #include "server/checkpoint/checkpoint_cut.h"
 #include "server/dion_server.h"
 #include "server/shard_log.h"
+#include "server/memory_budget.h"
+#include "server/plaintext_warning.h"
 #include "server/staleness.h"
 
 ABSL_FLAG(std::string, listen, "127.0.0.1:50051",
@@ -35,6 +38,12 @@ ABSL_FLAG(int, num_shards, 1, "number of shards the model is spread over (same o
 ABSL_FLAG(int, max_workers, 4096,
           "distinct worker ids this shard tracks (>= 1); registering a new one beyond is "
           "RESOURCE_EXHAUSTED");
+ABSL_FLAG(int64_t, max_state_bytes, 0,
+          "bytes of parameter and optimizer state (X, Dion M and Q, AdamW m and v, ...) this "
+          "shard may hold; RegisterModel of a table whose parameters on this shard need more is "
+          "RESOURCE_EXHAUSTED and allocates nothing. 0: half the memory limit (the cgroup "
+          "memory limit when there is one, else physical memory), leaving the rest for batches, "
+          "steps, broadcasts, Pull and gRPC");
 ABSL_FLAG(std::string, checkpoint_dir, "",
           "directory of checkpoints (one ckpt-* directory each); the newest valid one is "
           "restored at start; empty disables checkpoints");
@@ -106,8 +115,10 @@ ABSL_FLAG(int64_t, max_message_bytes, 64 << 20,
 ABSL_FLAG(int, broadcast_queue, 64,
           "versions buffered per subscriber; a subscriber that falls further behind gets full "
           "values instead");
-ABSL_FLAG(bool, allow_optimizer_state_pull, true,
-          "let Pull return optimizer state (include_optimizer_state); an admin operation");
+ABSL_FLAG(bool, allow_optimizer_state_pull, false,
+          "let Pull return optimizer state (include_optimizer_state: Dion's momentum, AdamW's "
+          "moments, ...); an admin operation, off by default; when off such a Pull is "
+          "PERMISSION_DENIED");
 ABSL_FLAG(absl::Duration, shutdown_grace, absl::Seconds(5),
           "on SIGTERM/SIGINT, how long running calls get to finish before they are cancelled");
 
@@ -150,6 +161,13 @@ absl::StatusOr<dion::ServerOptions> OptionsFromFlags() {
   shard.store.shard_index = absl::GetFlag(FLAGS_shard_index);
   shard.store.num_shards = absl::GetFlag(FLAGS_num_shards);
   shard.store.max_workers = absl::GetFlag(FLAGS_max_workers);
+  const dion::StateBudget budget = dion::ResolveStateBudget(
+      absl::GetFlag(FLAGS_max_state_bytes), {.physical_bytes = dion::PhysicalMemoryBytes()});
+  shard.store.max_state_bytes = budget.bytes;
+  std::fprintf(stderr, "dion-server: %s\n", budget.description.c_str());
+  if (std::optional<std::string> warning = dion::PlaintextWarning(options.listen, /*tls=*/false)) {
+    std::fprintf(stderr, "dion-server: %s\n", warning->c_str());
+  }
   shard.compute_threads = absl::GetFlag(FLAGS_compute_threads);
   shard.max_pending_batches = absl::GetFlag(FLAGS_max_pending_batches);
   shard.store.lr_schedule.total_samples = absl::GetFlag(FLAGS_lr_schedule_samples);

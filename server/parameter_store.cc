@@ -6,6 +6,7 @@
 
 #include "absl/container/flat_hash_set.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
 #include "common/rng.h"
 #include "common/checksum.h"
 
@@ -93,11 +94,27 @@ absl::Status ValidateStoreOptions(const StoreOptions& options) {
                                                    options.num_shards, "), got ",
                                                    options.shard_index));
   }
+  if (options.max_state_bytes < 1) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("max_state_bytes must be >= 1, got ", options.max_state_bytes));
+  }
   if (options.max_workers < 1) {
     return absl::InvalidArgumentError(
         absl::StrCat("max_workers must be >= 1, got ", options.max_workers));
   }
   return ValidateLrSchedule(options.lr_schedule);
+}
+
+int64_t StateBytes(const ParamSpec& spec) {
+  const int64_t m = spec.rows(), n = spec.cols();
+  int64_t floats = m * n;  // X
+  switch (spec.optimizer) {
+    case OptimizerKind::kDion: floats += m * n + std::min(m, n) * spec.rank(); break;
+    case OptimizerKind::kAdamW: floats += 2 * m * n; break;
+    case OptimizerKind::kLion: floats += m * n; break;
+    case OptimizerKind::kMuon: floats += m * n; break;
+  }
+  return floats * static_cast<int64_t>(sizeof(float));
 }
 
 uint64_t DionStateSeed(const ParamSpec& spec) {
@@ -139,6 +156,9 @@ absl::StatusOr<bool> ParameterStore::RegisterRestoredModel(
 
 absl::StatusOr<bool> ParameterStore::RegisterWithFingerprint(const ModelTable& table,
                                                              ModelFingerprint fingerprint) {
+  // One registration builds state at a time, so concurrent calls cannot each allocate a
+  // budget's worth; the later ones find the model registered.
+  MutexLock registering(&registration_mu_);
   {
     ReaderMutexLock lock(&mu_);
     if (model_ != nullptr) {
@@ -150,6 +170,7 @@ absl::StatusOr<bool> ParameterStore::RegisterWithFingerprint(const ModelTable& t
   }
   absl::StatusOr<Layout> layout = Layout::Compute(fingerprint.specs, options_.num_shards);
   if (!layout.ok()) return layout.status();
+  if (absl::Status s = CheckStateBudget(table, *layout); !s.ok()) return s;
 
   // Build the state outside the lock: initial values and Dion's Q can take a while.
   auto model = std::make_unique<Model>();
@@ -171,15 +192,32 @@ absl::StatusOr<bool> ParameterStore::RegisterWithFingerprint(const ModelTable& t
   model->layout = *std::move(layout);
 
   MutexLock lock(&mu_);
-  if (model_ != nullptr) {
-    // Another registration won the race; answer as if it had come first.
-    if (absl::Status s = CompareModelTables(model_->fingerprint, model->fingerprint); !s.ok()) {
-      return s;
-    }
-    return false;
-  }
-  model_ = std::move(model);
+  model_ = std::move(model);  // registration_mu_: nobody registered since the check above
   return true;
+}
+
+absl::Status ParameterStore::CheckStateBudget(const ModelTable& table,
+                                              const Layout& layout) const {
+  int64_t needed = 0;  // saturates at kNoStateBudget: no sum of specs overflows
+  int owned = 0;
+  const ParamSpec* largest = nullptr;
+  for (const ParameterDefinition& definition : table.parameters) {
+    const ParamSpec& spec = definition.spec;
+    if (layout.ShardOf(spec.name) != options_.shard_index) continue;
+    const int64_t bytes = StateBytes(spec);
+    needed = std::min(kNoStateBudget, needed + bytes + kParameterOverheadBytes);
+    ++owned;
+    if (largest == nullptr || bytes > StateBytes(*largest)) largest = &spec;
+  }
+  if (needed <= options_.max_state_bytes) return absl::OkStatus();
+  return absl::ResourceExhaustedError(absl::StrCat(
+      "model '", table.model_name, "' needs ", needed, " bytes of parameter and optimizer state "
+      "on shard ", options_.shard_index, " (", owned, " owned parameters, ",
+      kParameterOverheadBytes, " bytes of bookkeeping each included; the largest, '",
+      largest->name, "' ", absl::StrJoin(largest->shape, " x "), " ",
+      OptimizerKindName(largest->optimizer), ", needs ", StateBytes(*largest),
+      " bytes), above this shard's budget of ", options_.max_state_bytes,
+      " bytes (--max_state_bytes); nothing was registered"));
 }
 
 absl::Status ParameterStore::RegisterWorker(absl::string_view worker_id) {

@@ -15,6 +15,7 @@
 //   InvalidArgument     empty worker id; sample_count <= 0; payload of the wrong kind, shape or
 //                       rank; NaN / Inf / magnitude (common/contribution.h)
 //   OutOfRange          base_version < 0 or above the current version
+//   ResourceExhausted   (RegisterModel, RegisterWorker) the state budget or max_workers
 //
 // Thread-safety: safe for concurrent use. Each parameter has its own mutex; a step of one
 // parameter does not block pushes or steps of another, and validation reads the version
@@ -48,6 +49,13 @@
 
 namespace dion {
 
+// StoreOptions::max_state_bytes without a budget.
+inline constexpr int64_t kNoStateBudget = int64_t{1} << 62;
+// What the budget counts for each owned parameter besides its matrices: name, spec, locks,
+// its batcher, dedup windows and metrics series. Measured ~2.7 KB (RSS growth of a shard
+// registering 100,000 one-element parameters, docs/server.md "Memory"), rounded up.
+inline constexpr int64_t kParameterOverheadBytes = 4096;
+
 struct StoreOptions {
   int shard_index = 0;               // this shard, in [0, num_shards)
   int num_shards = 1;                // shards the model is spread over
@@ -55,9 +63,18 @@ struct StoreOptions {
   LrSchedule lr_schedule;            // default: constant lr
   // Distinct workers RegisterWorker accepts (>= 1); a new one beyond is ResourceExhausted.
   int max_workers = 4096;
+  // Bytes of X and optimizer state (StateBytes, plus kParameterOverheadBytes each) the owned
+  // parameters of a table may take (>= 1); a larger table is ResourceExhausted before
+  // anything is allocated. dion-server
+  // sets it from --max_state_bytes; the default here is no budget.
+  int64_t max_state_bytes = kNoStateBudget;
 };
 
 absl::Status ValidateStoreOptions(const StoreOptions& options);
+
+// The bytes RegisterModel allocates for a parameter of `spec` (float32): X plus the optimizer
+// state (Dion M and Q, AdamW m and v, Lion m, Muon M). At most ~26 GB (2^31 elements, AdamW).
+int64_t StateBytes(const ParamSpec& spec);
 
 // The seed of a Dion parameter's starting Q: the parameter's seed mixed with its name, so two
 // parameters of one shape do not start from the same Q.
@@ -116,7 +133,10 @@ class ParameterStore {
 
   // Registers the model and creates the state of the parameters this shard owns. Returns true
   // when newly registered, false when the identical table was registered before.
-  // InvalidArgument for an invalid table, FailedPrecondition (first mismatch) for a different one.
+  // InvalidArgument for an invalid table, FailedPrecondition (first mismatch) for a different one,
+  // ResourceExhausted (naming the bytes needed, the budget and the largest parameter) when the
+  // owned parameters' StateBytes (plus kParameterOverheadBytes each) exceed max_state_bytes:
+  // nothing is allocated or registered then.
   absl::StatusOr<bool> RegisterModel(const ModelTable& table) ABSL_LOCKS_EXCLUDED(mu_);
   // Checkpoint restore (server/checkpoint/checkpointer.h): registers `table`, which carries no initial
   // values, under the identity of the original table, whose explicit initial values are known
@@ -198,7 +218,11 @@ class ParameterStore {
   // RegisterModel with the identity `fingerprint` (Fingerprint(table) unless restoring).
   absl::StatusOr<bool> RegisterWithFingerprint(const ModelTable& table,
                                                ModelFingerprint fingerprint)
-      ABSL_LOCKS_EXCLUDED(mu_);
+      ABSL_LOCKS_EXCLUDED(registration_mu_, mu_);
+
+  // ResourceExhausted when the parameters of `table` that `layout` gives this shard need more
+  // than max_state_bytes (StateBytes + kParameterOverheadBytes each). Allocates nothing.
+  absl::Status CheckStateBudget(const ModelTable& table, const Layout& layout) const;
 
   // The owned parameter called `name`: FailedPrecondition without a model or for a parameter
   // of another shard, NotFound for an unknown name. The pointer lives as long as the store.
@@ -208,6 +232,8 @@ class ParameterStore {
       ABSL_LOCKS_EXCLUDED(mu_);
 
   const StoreOptions options_;
+  // Held across a whole registration (state is built outside mu_); acquired before mu_.
+  Mutex registration_mu_ ABSL_ACQUIRED_BEFORE(mu_);
   mutable Mutex mu_;
   std::unique_ptr<const Model> model_ ABSL_GUARDED_BY(mu_);
   absl::flat_hash_set<std::string> workers_ ABSL_GUARDED_BY(mu_);

@@ -2,6 +2,8 @@
 
 #include <algorithm>
 #include <filesystem>
+#include <exception>
+#include <new>
 #include <string>
 #include <utility>
 #include <vector>
@@ -13,6 +15,7 @@
 #include "common/contribution.h"
 #include "server/metrics.h"
 #include "server/push_ack_writer.h"
+#include "server/parameter_store.h"
 #include "server/wire.h"
 
 namespace dion {
@@ -21,6 +24,18 @@ namespace {
 // How much earlier than the call's deadline a Pull with min_version gives up (at most a
 // quarter of the time left).
 constexpr absl::Duration kPullDeadlineMargin = absl::Milliseconds(250);
+
+// ResourceExhausted when the ParameterValue of `spec` (with its optimizer state when asked)
+// is above `max_bytes`, checked before the shard copies anything for it.
+absl::Status CheckFitsOneMessage(const ParamSpec& spec, bool include_state, int64_t max_bytes) {
+  const int64_t bytes =
+      include_state ? StateBytes(spec) : spec.size() * static_cast<int64_t>(sizeof(float));
+  if (bytes <= max_bytes) return absl::OkStatus();
+  return absl::ResourceExhaustedError(
+      absl::StrCat("parameter '", spec.name, "' is ", bytes, " bytes",
+                   include_state ? " with its optimizer state" : "", ", above the ", max_bytes,
+                   " bytes one Pull message can carry"));
+}
 
 v1::PushResult ToProto(PushOutcome result) {
   switch (result) {
@@ -50,6 +65,23 @@ grpc::Status ToGrpcStatus(const absl::Status& status) {
   return grpc::Status(grpc_code, std::string(status.message()));
 }
 
+grpc::Status GuardHandler(absl::string_view method, absl::FunctionRef<grpc::Status()> body) {
+  try {
+    return body();
+  } catch (const std::bad_alloc& e) {
+    return grpc::Status(
+        grpc::StatusCode::RESOURCE_EXHAUSTED,
+        absl::StrCat(method, ": the shard could not allocate the memory this call needs (",
+                     e.what(), ")"));
+  } catch (const std::exception& e) {
+    return grpc::Status(grpc::StatusCode::INTERNAL,
+                        absl::StrCat(method, ": internal error: ", e.what()));
+  } catch (...) {
+    return grpc::Status(grpc::StatusCode::INTERNAL,
+                        absl::StrCat(method, ": internal error: an exception of unknown type"));
+  }
+}
+
 ParameterServerService::ParameterServerService(Shard* shard, ShardMetrics* metrics,
                                                const ServiceOptions& options)
     : shard_(shard), metrics_(metrics), options_(options) {
@@ -61,7 +93,7 @@ ParameterServerService::ParameterServerService(Shard* shard, ShardMetrics* metri
                                                grpc::ByteBuffer>(
           [](ParameterServerService* service, grpc::ServerContext* context,
              grpc::ServerReaderWriter<grpc::ByteBuffer, grpc::ByteBuffer>* stream) {
-            return service->PushBytes(context, stream);
+            return GuardHandler("Push", [&] { return service->PushBytes(context, stream); });
           },
           this));
 }
@@ -69,6 +101,37 @@ ParameterServerService::ParameterServerService(Shard* shard, ShardMetrics* metri
 grpc::Status ParameterServerService::RegisterModel(grpc::ServerContext* context,
                                                    const v1::RegisterModelRequest* request,
                                                    v1::RegisterModelResponse* response) {
+  return GuardHandler("RegisterModel",
+                      [&] { return HandleRegisterModel(context, request, response); });
+}
+
+grpc::Status ParameterServerService::GetLayout(grpc::ServerContext* context,
+                                               const v1::GetLayoutRequest* request,
+                                               v1::GetLayoutResponse* response) {
+  return GuardHandler("GetLayout", [&] { return HandleGetLayout(context, request, response); });
+}
+
+grpc::Status ParameterServerService::Subscribe(grpc::ServerContext* context,
+                                               const v1::SubscribeRequest* request,
+                                               grpc::ServerWriter<v1::VersionUpdate>* writer) {
+  return GuardHandler("Subscribe", [&] { return HandleSubscribe(context, request, writer); });
+}
+
+grpc::Status ParameterServerService::Pull(grpc::ServerContext* context,
+                                          const v1::PullRequest* request,
+                                          grpc::ServerWriter<v1::ParameterValue>* writer) {
+  return GuardHandler("Pull", [&] { return HandlePull(context, request, writer); });
+}
+
+grpc::Status ParameterServerService::Status(grpc::ServerContext* context,
+                                            const v1::StatusRequest* request,
+                                            v1::StatusResponse* response) {
+  return GuardHandler("Status", [&] { return HandleStatus(context, request, response); });
+}
+
+grpc::Status ParameterServerService::HandleRegisterModel(grpc::ServerContext* context,
+                                                         const v1::RegisterModelRequest* request,
+                                                         v1::RegisterModelResponse* response) {
   if (metrics_ != nullptr) metrics_->RecordReceivedBytes(request->ByteSizeLong());
   if (!request->worker_id().empty()) {
     if (absl::Status s = ValidateWorkerId(request->worker_id()); !s.ok()) return ToGrpcStatus(s);
@@ -90,9 +153,9 @@ grpc::Status ParameterServerService::RegisterModel(grpc::ServerContext* context,
   return grpc::Status::OK;
 }
 
-grpc::Status ParameterServerService::GetLayout(grpc::ServerContext* context,
-                                               const v1::GetLayoutRequest* request,
-                                               v1::GetLayoutResponse* response) {
+grpc::Status ParameterServerService::HandleGetLayout(grpc::ServerContext* context,
+                                                     const v1::GetLayoutRequest* request,
+                                                     v1::GetLayoutResponse* response) {
   absl::StatusOr<ModelInfo> model = shard_->model();
   if (!model.ok()) return ToGrpcStatus(model.status());
   response->set_model_name(model->model_name);
@@ -204,9 +267,9 @@ grpc::Status ParameterServerService::PushBytes(
   return grpc::Status::OK;
 }
 
-grpc::Status ParameterServerService::Subscribe(grpc::ServerContext* context,
-                                               const v1::SubscribeRequest* request,
-                                               grpc::ServerWriter<v1::VersionUpdate>* writer) {
+grpc::Status ParameterServerService::HandleSubscribe(
+    grpc::ServerContext* context, const v1::SubscribeRequest* request,
+    grpc::ServerWriter<v1::VersionUpdate>* writer) {
   absl::flat_hash_map<std::string, int64_t> have;
   for (const v1::ParameterVersion& held : request->have()) {
     have[held.parameter()] = held.version();
@@ -240,12 +303,13 @@ grpc::Status ParameterServerService::Subscribe(grpc::ServerContext* context,
   return grpc::Status(grpc::StatusCode::CANCELLED, "the subscriber went away");
 }
 
-grpc::Status ParameterServerService::Pull(grpc::ServerContext* context,
-                                          const v1::PullRequest* request,
-                                          grpc::ServerWriter<v1::ParameterValue>* writer) {
+grpc::Status ParameterServerService::HandlePull(grpc::ServerContext* context,
+                                                const v1::PullRequest* request,
+                                                grpc::ServerWriter<v1::ParameterValue>* writer) {
   if (request->include_optimizer_state() && !options_.allow_optimizer_state) {
     return grpc::Status(grpc::StatusCode::PERMISSION_DENIED,
-                        "optimizer state is an admin operation, disabled on this server");
+                        "Pull with include_optimizer_state is an admin operation, disabled on "
+                        "this shard; start it with --allow_optimizer_state_pull to allow it");
   }
   std::vector<std::string> parameters(request->parameters().begin(),
                                       request->parameters().end());
@@ -262,8 +326,13 @@ grpc::Status ParameterServerService::Pull(grpc::ServerContext* context,
   }
   // Every name is checked before anything is sent, so a bad request sends nothing.
   for (const std::string& parameter : parameters) {
-    if (absl::StatusOr<const ParamSpec*> spec = shard_->FindSpec(parameter); !spec.ok()) {
-      return ToGrpcStatus(spec.status());
+    absl::StatusOr<const ParamSpec*> spec = shard_->FindSpec(parameter);
+    if (!spec.ok()) return ToGrpcStatus(spec.status());
+    if (absl::Status s = CheckFitsOneMessage(**spec, request->include_optimizer_state(),
+                                             std::min(options_.max_pull_message_bytes,
+                                                      kMaxPullMessageBytes));
+        !s.ok()) {
+      return ToGrpcStatus(s);
     }
   }
   if (request->min_version() > 0) {
@@ -304,9 +373,9 @@ grpc::Status ParameterServerService::Pull(grpc::ServerContext* context,
   return grpc::Status::OK;
 }
 
-grpc::Status ParameterServerService::Status(grpc::ServerContext* context,
-                                            const v1::StatusRequest* request,
-                                            v1::StatusResponse* response) {
+grpc::Status ParameterServerService::HandleStatus(grpc::ServerContext* context,
+                                                  const v1::StatusRequest* request,
+                                                  v1::StatusResponse* response) {
   const ShardStatus status = shard_->Status();
   response->set_shard_index(status.shard_index);
   response->set_num_shards(status.num_shards);
@@ -339,6 +408,12 @@ grpc::Status ParameterServerService::Status(grpc::ServerContext* context,
 grpc::Status ParameterServerService::Checkpoint(grpc::ServerContext* context,
                                                 const v1::CheckpointRequest* request,
                                                 v1::CheckpointResponse* response) {
+  return GuardHandler("Checkpoint", [&] { return HandleCheckpoint(context, request, response); });
+}
+
+grpc::Status ParameterServerService::HandleCheckpoint(grpc::ServerContext* context,
+                                                      const v1::CheckpointRequest* request,
+                                                      v1::CheckpointResponse* response) {
   absl::StatusOr<CutCheckpoint> written =
       shard_->CheckpointCut(CutTag{request->run_id(), request->cut()});
   if (!written.ok()) return ToGrpcStatus(written.status());

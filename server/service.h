@@ -29,6 +29,9 @@
 //   - Checkpoint (admin): INVALID_ARGUMENT for a malformed run id or cut 0;
 //     FAILED_PRECONDITION without a checkpoint directory or model, or for a cut below the
 //     newest of its run id; OK with already_written for that newest cut again.
+//   - No call ends UNKNOWN from an exception (GuardHandler): an allocation that fails ends it
+//     RESOURCE_EXHAUSTED, any other exception INTERNAL. A Pull of a parameter whose value does
+//     not fit max_pull_message_bytes is RESOURCE_EXHAUSTED before anything is sent.
 //
 // Thread-safety: safe for concurrent use (gRPC calls handlers from many threads).
 #ifndef DION_SERVER_SERVICE_H_
@@ -39,7 +42,9 @@
 
 #include <grpcpp/grpcpp.h>
 
+#include "absl/functional/function_ref.h"
 #include "absl/status/status.h"
+#include "absl/strings/string_view.h"
 #include "absl/time/time.h"
 #include "dion/v1/dion.grpc.pb.h"
 #include "server/shard.h"
@@ -51,13 +56,25 @@ class ShardMetrics;
 // The one conversion of an absl::Status into a grpc::Status (same code, same message).
 grpc::Status ToGrpcStatus(const absl::Status& status);
 
+// Runs the body of the handler of `method` so that no exception leaves it (gRPC would end the
+// call UNKNOWN): std::bad_alloc ends it RESOURCE_EXHAUSTED, any other exception INTERNAL, both
+// with a message naming the method and the exception.
+grpc::Status GuardHandler(absl::string_view method, absl::FunctionRef<grpc::Status()> body);
+
+// The largest ParameterValue Pull sends: a protobuf message must stay below 2 GiB; 1 MiB is
+// left for the name, shape and counters.
+inline constexpr int64_t kMaxPullMessageBytes = (int64_t{1} << 31) - (int64_t{1} << 20);
+
 struct ServiceOptions {
-  // Whether Pull may return optimizer state (include_optimizer_state). An admin operation;
-  // PERMISSION_DENIED when false.
-  bool allow_optimizer_state = true;
+  // Whether Pull may return optimizer state (include_optimizer_state). An admin operation,
+  // off by default (dion-server --allow_optimizer_state_pull); PERMISSION_DENIED when false.
+  bool allow_optimizer_state = false;
   // How often an idle Subscribe handler, or a Pull waiting for min_version, checks whether its
   // client went away.
   absl::Duration subscribe_poll = absl::Milliseconds(100);
+  // A Pull of a parameter whose value (with optimizer state when asked) is larger is
+  // RESOURCE_EXHAUSTED before anything is sent; at most kMaxPullMessageBytes counts.
+  int64_t max_pull_message_bytes = kMaxPullMessageBytes;
 };
 
 class ParameterServerService final : public v1::ParameterServer::Service {
@@ -90,6 +107,20 @@ class ParameterServerService final : public v1::ParameterServer::Service {
   // (INVALID_ARGUMENT naming the message's 1-based position in the stream).
   grpc::Status PushBytes(grpc::ServerContext* context,
                          grpc::ServerReaderWriter<grpc::ByteBuffer, grpc::ByteBuffer>* stream);
+  // The handlers' bodies; the public handlers run them through GuardHandler.
+  grpc::Status HandleRegisterModel(grpc::ServerContext* context,
+                                   const v1::RegisterModelRequest* request,
+                                   v1::RegisterModelResponse* response);
+  grpc::Status HandleGetLayout(grpc::ServerContext* context, const v1::GetLayoutRequest* request,
+                               v1::GetLayoutResponse* response);
+  grpc::Status HandleSubscribe(grpc::ServerContext* context, const v1::SubscribeRequest* request,
+                               grpc::ServerWriter<v1::VersionUpdate>* writer);
+  grpc::Status HandlePull(grpc::ServerContext* context, const v1::PullRequest* request,
+                          grpc::ServerWriter<v1::ParameterValue>* writer);
+  grpc::Status HandleStatus(grpc::ServerContext* context, const v1::StatusRequest* request,
+                            v1::StatusResponse* response);
+  grpc::Status HandleCheckpoint(grpc::ServerContext* context, const v1::CheckpointRequest* request,
+                                v1::CheckpointResponse* response);
   // Judges one contribution and says how in the ack, which may be sent once the log is
   // durable through *durable_end (Shard::Submit).
   v1::PushAck Judge(const v1::Contribution& request, uint64_t* durable_end);

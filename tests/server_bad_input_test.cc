@@ -109,6 +109,7 @@ class ServerBadInputTest : public ::testing::Test {
   void SetUp() override {
     ServerOptions options = TestServerOptions();
     options.max_message_bytes = 64 << 10;
+    options.service.allow_optimizer_state = true;  // Fingerprint() compares the momentum too
     server_ = DionServer::Start(options).value();
     stub_ = Connect(server_->address());
   }

@@ -45,7 +45,8 @@ TEST(ServerBinaryTest, SigtermExitsZeroWithACheckpointThatASecondProcessRestores
   const std::vector<std::string> flags = {
       "--listen=127.0.0.1:0", "--metrics_listen=", absl::StrCat("--checkpoint_dir=", dir),
       "--checkpoint_interval=0", "--target_workers=1", "--batch_deadline=inf",
-      "--shutdown_grace=2s", "--lr_schedule_samples=4", "--lr_cooldown_fraction=1"};
+      "--shutdown_grace=2s", "--lr_schedule_samples=4", "--lr_cooldown_fraction=1",
+      "--allow_optimizer_state_pull"};  // the restore is compared state and all
 
   v1::ParameterValue before;
   {
@@ -134,6 +135,51 @@ TEST(ServerBinaryTest, RestoreCutThatIsAbsentRefusesToStartNamingTheCutsPresent)
   EXPECT_NE(bad.log().find("--restore_run_id needs --restore_cut"), std::string::npos)
       << bad.log();
   std::filesystem::remove_all(dir);
+}
+
+// The flags of docs/server.md "Memory" and the optimizer-state default, through the binary:
+// the budget is logged and enforced, optimizer state is refused unless allowed.
+TEST(ServerBinaryTest, EnforcesItsStateBudgetAndRefusesOptimizerStateByDefault) {
+  ServerProcess server({"--listen=127.0.0.1:0", "--metrics_listen=", "--max_state_bytes=8192"});
+  ASSERT_TRUE(server.started());
+  const std::string address = server.WaitForAddress(absl::Seconds(20));
+  ASSERT_FALSE(address.empty()) << server.log();
+  EXPECT_NE(server.log().find("state budget 8192 bytes (--max_state_bytes)"), std::string::npos)
+      << server.log();
+  auto stub = Connect(address);
+  {
+    // TestModelRequest's "w" alone is 32 x 24 Dion: X and M are 6144 bytes, plus Q and 4096
+    // bytes of bookkeeping; "b" below is 288 bytes plus its bookkeeping.
+    grpc::ClientContext context;
+    testing::SetDeadline(context);
+    v1::RegisterModelResponse response;
+    const grpc::Status status =
+        stub->RegisterModel(&context, testing::TestModelRequest("w0"), &response);
+    EXPECT_EQ(status.error_code(), grpc::StatusCode::RESOURCE_EXHAUSTED) << status.error_message();
+  }
+  v1::RegisterModelRequest small;
+  small.set_model_name("small");
+  v1::ParameterSpec* b = small.add_parameters();
+  b->set_name("b");
+  b->add_shape(24);
+  b->set_optimizer(v1::OPTIMIZER_KIND_ADAMW);
+  {
+    grpc::ClientContext context;
+    testing::SetDeadline(context);
+    v1::RegisterModelResponse response;
+    const grpc::Status status = stub->RegisterModel(&context, small, &response);
+    ASSERT_TRUE(status.ok()) << status.error_message();
+  }
+  grpc::ClientContext context;
+  testing::SetDeadline(context);
+  v1::PullRequest request;
+  request.set_include_optimizer_state(true);
+  auto reader = stub->Pull(&context, request);
+  v1::ParameterValue value;
+  EXPECT_FALSE(reader->Read(&value));
+  const grpc::Status status = reader->Finish();
+  EXPECT_EQ(status.error_code(), grpc::StatusCode::PERMISSION_DENIED) << status.error_message();
+  EXPECT_NE(status.error_message().find("--allow_optimizer_state_pull"), std::string::npos);
 }
 
 }  // namespace

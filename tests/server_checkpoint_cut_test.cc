@@ -57,6 +57,7 @@ class ServerCheckpointCutTest : public ::testing::Test {
   ServerOptions Options() const {
     ServerOptions options = TestServerOptions();
     options.shard.checkpoint_dir = dir_;
+    options.service.allow_optimizer_state = true;  // restores are compared state and all
     return options;
   }
   size_t Checkpoints() const { return ListCheckpoints(dir_).value().size(); }

@@ -100,6 +100,7 @@ TEST(ServerServiceTest, ConcurrentClientsMatchCommonDionAppliedToTheSameBatches)
   options.shard.batcher.target_samples = 4;
   options.shard.batcher.adaptive = false;  // a fixed target, so batches group several pushes
   options.shard.batcher.deadline = absl::Milliseconds(20);  // closes the last, partial batch
+  options.service.allow_optimizer_state = true;  // the replay starts from the pulled M
   auto server = DionServer::Start(options).value();
   auto stub = Connect(server->address());
   constexpr int kClients = 4, kPushes = 12;
@@ -239,6 +240,7 @@ TEST(ServerServiceTest, SubscriberApplyingLowRankStepsMatchesChecksumsAcross100V
 TEST(ServerServiceTest, PushAboveMaxStalenessIsRefusedAndNothingIsApplied) {
   ServerOptions options = TestServerOptions();
   options.shard.batcher.staleness.max_staleness = 2;
+  options.service.allow_optimizer_state = true;  // "nothing is applied" includes the momentum
   auto server = DionServer::Start(options).value();
   auto stub = Connect(server->address());
   Register(*stub, "w0");
@@ -286,6 +288,7 @@ TEST(ServerServiceTest, GracefulShutdownCheckpointsAndARestartResumes) {
   options.shard.checkpoint_dir = dir;
   options.shard.batcher.target_workers = 0;
   options.shard.batcher.target_samples = 1000;  // nothing closes before the shutdown
+  options.service.allow_optimizer_state = true;  // the restored state is pulled
   auto server = DionServer::Start(options).value();
   auto stub = Connect(server->address());
   Register(*stub, "w0");
