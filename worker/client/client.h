@@ -20,10 +20,12 @@
 // E, warm-started Qw, rank rw = CompressionRank(spec, compression_rank_fraction)); other
 // parameters are sent dense. Each parameter has at most max_in_flight unacknowledged pushes;
 // while that many are out, further steps accumulate locally instead of queueing messages, so a
-// slow link automatically means more local steps per push. A push the shard refuses (stale, or
-// rejected as not applied) is restored into the residual and goes out again with the next
-// Submit or Flush (not straight from the refusal, which could loop at network speed): nothing
-// is lost.
+// slow link automatically means more local steps per push. A push the shard rejects as not
+// applied (shard unavailable, shutting down, restarted) is restored into the residual and goes
+// out again with the next Submit or Flush (not straight from the refusal, which could loop at
+// network speed), keeping its original base version: the shard bounds and weights its true
+// staleness. A push answered STALE is older than the shard's max_staleness, the bound above
+// which gradients are not applied: it is dropped and its samples counted (stale_dropped).
 // When a Push stream is re-opened, what is in flight is sent again with its sequence, once per
 // stream; DUPLICATE answers after such a retry mean "applied before". A push whose fate the
 // shard cannot tell (REJECTED DATA_LOSS, older than its dedup window) is dropped rather than
@@ -79,6 +81,13 @@ class VersionUpdate;
 }  // namespace v1
 class ShardLink;
 
+// How an acknowledged push was settled (ClientOptions::on_acknowledged).
+enum class PushFate {
+  kApplied,       // ACCEPTED, or DUPLICATE (applied before)
+  kRestored,      // rejected as not applied: back in the residual, re-sent with its base version
+  kDroppedStale,  // STALE: older than the shard's max_staleness; dropped
+};
+
 struct ClientOptions {
   std::vector<std::string> shard_addresses;  // host:port of shard 0, 1, ... in order
   std::string worker_id;                     // unique per worker; registered with every shard
@@ -103,10 +112,10 @@ struct ClientOptions {
   uint64_t first_sequence = 0;
   WorkerMetrics* metrics = nullptr;          // optional; not owned
   // Optional observer of every acknowledged contribution (payload in the mean units of the
-  // wire) and whether it was restored into the residual (not called for one whose fate is
-  // unknown, see above). Runs on a link thread with the parameter's accumulator locked: keep
-  // it short. For monitoring and tests.
-  std::function<void(const Contribution&, bool refused)> on_acknowledged;
+  // wire) and how it was settled (not called for one whose fate is unknown, see above). Runs
+  // on a link thread with the parameter's accumulator locked: keep it short. For monitoring
+  // and tests.
+  std::function<void(const Contribution&, PushFate)> on_acknowledged;
 };
 
 // Counters since Connect (also exported through WorkerMetrics when set).
@@ -114,7 +123,9 @@ struct ClientStats {
   int64_t pushes = 0;            // contributions sent (first sends, not re-sends)
   int64_t accepted = 0;
   int64_t duplicates = 0;
-  int64_t refused = 0;           // stale or rejected-as-not-applied, restored
+  int64_t refused = 0;           // rejected as not applied, restored into the residual
+  int64_t stale_dropped = 0;     // answered STALE, dropped (PushFate::kDroppedStale)
+  int64_t stale_dropped_samples = 0;  // the samples those carried
   int64_t resyncs = 0;           // full pulls after a gap, mismatch or version going back
   int64_t reconnects = 0;
   int64_t local_steps = 0;       // Submit calls

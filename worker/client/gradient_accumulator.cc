@@ -53,12 +53,13 @@ absl::Status GradientAccumulator::Accumulate(ConstMatrixRef G, int64_t samples, 
   return absl::OkStatus();
 }
 
+bool GradientAccumulator::SpanFull() const {
+  return !in_flight_.empty() && next_sequence_ - in_flight_.begin()->first >= kMaxUnacknowledgedSpan;
+}
+
 const Contribution* GradientAccumulator::Take(const std::string& worker_id,
                                               int64_t current_version, absl::Time now) {
-  if (pending_samples_ <= 0) return nullptr;
-  if (!in_flight_.empty() && next_sequence_ - in_flight_.begin()->first >= kMaxUnacknowledgedSpan) {
-    return nullptr;
-  }
+  if (pending_samples_ <= 0 || SpanFull()) return nullptr;
   const float inverse_samples = 1.0f / static_cast<float>(pending_samples_);
   Contribution c;
   if (compressor_.has_value()) {
@@ -73,11 +74,20 @@ const Contribution* GradientAccumulator::Take(const std::string& worker_id,
     c.payload = Matrix(dense_sum_ * inverse_samples);
     dense_sum_.setZero();
   }
+  return Seal(std::move(c), pending_samples_, worker_id, current_version, now);
+}
+
+const Contribution* GradientAccumulator::Seal(Contribution c, int64_t samples,
+                                              const std::string& worker_id,
+                                              int64_t current_version, absl::Time now) {
   c.worker_id = worker_id;
   c.sequence = next_sequence_++;
   c.parameter = spec_.name;
-  c.base_version = pending_base_version_ >= 0 ? pending_base_version_ : current_version;
-  c.sample_count = pending_samples_;
+  // Restored contributions keep their age; a base above the replica's version belongs to a
+  // history the shard went back from (see Take).
+  c.base_version = pending_base_version_ >= 0 ? std::min(pending_base_version_, current_version)
+                                              : current_version;
+  c.sample_count = samples;
   c.loss = pending_loss_samples_ > 0
                ? pending_loss_sum_ / static_cast<double>(pending_loss_samples_)
                : 0.0;
@@ -99,17 +109,21 @@ absl::Status GradientAccumulator::PutBack(const Contribution& c) {
     dense_sum_ += c.gradient() * samples;
   }
   pending_samples_ += c.sample_count;
+  // It keeps its age: the next contribution is as old as the oldest thing it carries.
+  pending_base_version_ = pending_base_version_ < 0
+                              ? c.base_version
+                              : std::min(pending_base_version_, c.base_version);
   return absl::OkStatus();
 }
 
 absl::StatusOr<GradientAccumulator::Acknowledged> GradientAccumulator::Acknowledge(
-    uint64_t sequence, bool refused) {
+    uint64_t sequence, AckAction action) {
   auto it = in_flight_.find(sequence);
   if (it == in_flight_.end()) {
     return absl::NotFoundError(absl::StrCat("'", spec_.name, "': sequence ", sequence,
                                             " is not in flight"));
   }
-  if (refused) {
+  if (action == AckAction::kRestore) {
     if (absl::Status s = PutBack(it->second.contribution); !s.ok()) {
       in_flight_.erase(it);  // settled (lost, and the caller says so): never answered twice
       return s;
