@@ -189,6 +189,88 @@ TEST(GradientAccumulator, StaleContributionIsDroppedNotRestored) {
             1e-5);
 }
 
+// TakeWhole, for a worker about to exit: the pending samples and the whole residual go out as
+// a full-rank factorisation; afterwards nothing is left, and what was taken is, to float
+// rounding, the double-precision sum of the steps.
+void CheckTakeWholeCarriesEverything(int64_t m, int64_t n) {
+  GradientAccumulator acc(Spec("w", {m, n}, OptimizerKind::kDion), 2, 1, 0);
+  Rng rng(11);
+  MatrixD total = MatrixD::Zero(m, n);
+  MatrixD taken = MatrixD::Zero(m, n);
+  for (int step = 0; step < 5; ++step) {
+    Matrix G(m, n);
+    rng.FillNormal(G);
+    ASSERT_TRUE(acc.Accumulate(G, 3, 0.0, step).ok());
+    total += ToDouble(G) * 3.0;
+    if (step % 2 == 1) {  // the compressed pushes leave a residual behind
+      std::optional<Contribution> c = TakeCopy(acc, "w", step, absl::Now());
+      ASSERT_TRUE(c.has_value());
+      taken += SumUnits(*c);
+    }
+  }
+  ASSERT_GT(acc.Outstanding().norm(), 0.0f);
+  ASSERT_GT(acc.pending_samples(), 0);
+  ASSERT_TRUE(acc.HasAnythingToFlush());
+  std::optional<Contribution> whole;
+  if (const Contribution* c = acc.TakeWhole("w", 5, absl::Now(), /*max_rank=*/1000)) whole = *c;
+  ASSERT_TRUE(whole.has_value());
+  EXPECT_EQ(whole->sample_count, 3);  // the pending step's (step 4)
+  EXPECT_EQ(whole->base_version, 4);
+  ASSERT_TRUE(whole->is_low_rank());
+  EXPECT_EQ(whole->factors().P.cols(), std::min(m, n));  // full rank, within [1, min(m, n)]
+  taken += SumUnits(*whole);
+  EXPECT_EQ(acc.Outstanding().norm(), 0.0f);
+  EXPECT_EQ(acc.pending_samples(), 0);
+  EXPECT_FALSE(acc.HasAnythingToFlush());
+  EXPECT_EQ(acc.TakeWhole("w", 5, absl::Now(), 1000), nullptr);
+  // The full-rank payload is exact up to R / S * S: a few float roundings of each entry.
+  EXPECT_LT(testing::RelativeError(taken, total), 1e-5);
+}
+
+TEST(GradientAccumulator, TakeWholeCarriesTheWholeResidualOfATallMatrix) {
+  CheckTakeWholeCarriesEverything(12, 5);
+}
+
+TEST(GradientAccumulator, TakeWholeCarriesTheWholeResidualOfAWideMatrix) {
+  CheckTakeWholeCarriesEverything(4, 9);
+}
+
+// Only a residual left (every step already pushed): it goes out with sample_count 1; a rank
+// cap splits it into blocks, and a refused block comes back and goes out again.
+TEST(GradientAccumulator, TakeWholeSplitsAResidualIntoBlocksAndRestoresARefusedOne) {
+  const int64_t m = 10, n = 7;
+  GradientAccumulator acc(Spec("w", {m, n}, OptimizerKind::kDion), 2, 1, 0);
+  Matrix G(m, n);
+  Rng(13).FillNormal(G);
+  ASSERT_TRUE(acc.Accumulate(G, 4, 0.0, 0).ok());
+  std::optional<Contribution> first = TakeCopy(acc, "w", 0, absl::Now());
+  ASSERT_TRUE(first.has_value());
+  ASSERT_TRUE(acc.Acknowledge(first->sequence, AckAction::kRelease).ok());
+  MatrixD sent = SumUnits(*first);
+  const MatrixD residual = ToDouble(acc.Outstanding());
+  ASSERT_GT(residual.norm(), 0.0);
+  std::vector<Contribution> blocks;
+  while (const Contribution* c = acc.TakeWhole("w", 2, absl::Now(), /*max_rank=*/3)) {
+    blocks.push_back(*c);
+    ASSERT_LE(blocks.size(), 10u);
+  }
+  ASSERT_EQ(blocks.size(), 3u);  // 7 columns in blocks of 3, 3, 1
+  EXPECT_EQ(blocks[0].factors().P.cols(), 3);
+  EXPECT_EQ(blocks[2].factors().P.cols(), 1);
+  for (const Contribution& b : blocks) EXPECT_EQ(b.sample_count, 1);
+  // The middle block is refused (the shard was restarting): it is back in E, and only it.
+  ASSERT_TRUE(acc.Acknowledge(blocks[1].sequence, AckAction::kRestore).ok());
+  EXPECT_LT(testing::RelativeError(ToDouble(acc.Outstanding()), SumUnits(blocks[1])), 1e-6);
+  EXPECT_EQ(acc.pending_samples(), 1);
+  std::optional<Contribution> again;
+  if (const Contribution* c = acc.TakeWhole("w", 2, absl::Now(), 3)) again = *c;
+  ASSERT_TRUE(again.has_value());
+  EXPECT_EQ(again->sample_count, 1);
+  EXPECT_EQ(acc.Outstanding().norm(), 0.0f);
+  sent += SumUnits(blocks[0]) + SumUnits(blocks[2]) + SumUnits(*again);
+  EXPECT_LT(testing::RelativeError(sent, ToDouble(G) * 4.0), 1e-5);
+}
+
 TEST(GradientAccumulator, SecondAcknowledgementOfASequenceIsNotFound) {
   GradientAccumulator acc(Spec("b", {2}, OptimizerKind::kAdamW), 0, 1, 0);
   ASSERT_TRUE(acc.Accumulate(Matrix::Ones(1, 2), 1, 0.0, 0).ok());

@@ -315,6 +315,123 @@ TEST(WorkerClient, StalePushesAreDroppedAndCountedAndNothingElseIsLost) {
   EXPECT_TRUE(server->Shutdown().ok());
 }
 
+// FlushAll, as a worker does before it exits: after it, nothing is left in the residuals, and
+// what the shard applied is, to float rounding, the sum of every gradient submitted; the
+// shard's sample count is the submitted samples plus one per residual-only push.
+TEST(WorkerClient, FlushAllPushesTheResidualsSoTheShardAppliesEverything) {
+  std::unique_ptr<DionServer> server = StartServer(TestServerOptions());
+  ASSERT_NE(server, nullptr);
+  const ModelTable table = TestTable();
+  const std::vector<ParamSpec> specs = table.specs();
+  std::vector<MatrixD> applied;
+  for (const ParamSpec& s : specs) applied.push_back(MatrixD::Zero(s.rows(), s.cols()));
+  std::vector<int64_t> applied_samples(specs.size(), 0);
+  Mutex mu;
+  ClientOptions client_options = TestClientOptions({server->address()}, "w0");
+  client_options.on_acknowledged = [&](const Contribution& c, PushFate fate) {
+    if (fate != PushFate::kApplied) return;
+    int i = 0;
+    while (specs[i].name != c.parameter) ++i;
+    const double s = static_cast<double>(c.sample_count);
+    MatrixD sum = c.is_low_rank()
+                      ? MatrixD(c.factors().P.cast<double>() *
+                                c.factors().R.cast<double>().transpose() * s)
+                      : MatrixD(c.gradient().cast<double>() * s);
+    MutexLock lock(&mu);
+    applied[i] += sum;
+    applied_samples[i] += c.sample_count;
+  };
+  absl::StatusOr<std::unique_ptr<Client>> client = Client::Connect(table, client_options);
+  ASSERT_TRUE(client.ok()) << client.status();
+  std::vector<MatrixD> total;
+  for (const ParamSpec& s : specs) total.push_back(MatrixD::Zero(s.rows(), s.cols()));
+  int64_t total_samples = 0;
+  for (int step = 0; step < 12; ++step) {
+    std::vector<Matrix> G = RandomGradients(specs, 300 + step);
+    const int64_t samples = 5 + step % 4;
+    for (size_t i = 0; i < specs.size(); ++i) {
+      total[i] += G[i].cast<double>() * static_cast<double>(samples);
+    }
+    total_samples += samples;
+    ASSERT_TRUE((*client)->Submit(G, samples, 1.0).ok());
+  }
+  ASSERT_TRUE((*client)->Flush(absl::Seconds(20)).ok());
+  const int w = IndexOf(**client, "w"), v = IndexOf(**client, "v");
+  ASSERT_GT((*client)->Outstanding(w).norm(), 0.0f) << "rank-compressed pushes leave a residual";
+  ASSERT_GT((*client)->Outstanding(v).norm(), 0.0f);
+
+  FlushReport report;
+  const absl::Status flushed = (*client)->FlushAll(absl::Seconds(20), &report);
+  ASSERT_TRUE(flushed.ok()) << flushed;
+  EXPECT_EQ(report.residuals, 2);  // "w" (tall) and "v" (wide)
+  EXPECT_GT(report.residual_norm, 0.0);
+  EXPECT_EQ(report.residual_only_pushes, 2);  // Flush had sent every step already
+  EXPECT_EQ(report.pushes, 2);
+  EXPECT_EQ(report.unacknowledged, 0);
+  EXPECT_EQ(report.unsettled_samples, 0);
+  EXPECT_EQ(report.unsettled_norm, 0.0);
+  (*client)->Close();
+  std::vector<MatrixD> outstanding;
+  for (size_t i = 0; i < specs.size(); ++i) {
+    outstanding.push_back((*client)->Outstanding(i).cast<double>());
+  }
+  MutexLock lock(&mu);
+  for (size_t i = 0; i < specs.size(); ++i) {
+    EXPECT_EQ(outstanding[i].norm(), 0.0) << specs[i].name;
+    // float32 sums of 12 steps; the full-rank push is exact up to R / S * S: 1e-5 relative.
+    EXPECT_LT(testing::RelativeError(applied[i], total[i]), 1e-5) << specs[i].name;
+  }
+  EXPECT_EQ(applied_samples[IndexOf(**client, "b")], total_samples);
+  EXPECT_EQ(applied_samples[w], total_samples + 1);
+  EXPECT_EQ(applied_samples[v], total_samples + 1);
+  // The shard's own count of applied samples agrees, once its batches have been applied.
+  const auto shard_samples = [&](int i) {
+    for (const ShardStatus::Parameter& p : server->shard().Status().parameters) {
+      if (p.status.parameter == specs[i].name) return p.status.samples_applied;
+    }
+    return int64_t{-1};
+  };
+  for (size_t i = 0; i < specs.size(); ++i) {
+    EXPECT_TRUE(WaitUntil([&] { return shard_samples(i) == applied_samples[i]; }))
+        << specs[i].name << ": shard applied " << shard_samples(i) << " samples, the client "
+        << "saw " << applied_samples[i] << " accepted";
+  }
+  EXPECT_TRUE(server->Shutdown().ok());
+}
+
+// A shard that stops answering: FlushAll gives up at its timeout and reports what is lost.
+TEST(WorkerClient, FlushAllReportsWhatIsLostWhenTheShardDoesNotAnswer) {
+  // State the judge uses is declared before the fake shard, so it outlives the server's
+  // handlers, which may still be in the judge while the fake shuts down.
+  std::atomic<bool> hang{false};
+  std::unique_ptr<testing::FakeShard> fake = StartFake();
+  ASSERT_NE(fake, nullptr);
+  fake->SetJudge([&](const v1::Contribution& c) {
+    const absl::Time until = absl::Now() + absl::Seconds(30);  // bounded: the fake shuts down
+    while (hang.load() && absl::Now() < until) absl::SleepFor(absl::Milliseconds(5));
+    return testing::FakeShard::Ack(c, v1::PUSH_RESULT_ACCEPTED);
+  });
+  absl::StatusOr<std::unique_ptr<Client>> client =
+      ConnectToFake(*fake, TestClientOptions({fake->address()}, "w0"));
+  ASSERT_TRUE(client.ok()) << client.status();
+  ASSERT_TRUE((*client)->Submit(RandomGradients((*client)->specs(), 1), 8, 1.0).ok());
+  ASSERT_TRUE((*client)->Flush(absl::Seconds(20)).ok());
+  const int w = IndexOf(**client, "w");
+  const double residual = (*client)->Outstanding(w).norm();
+  ASSERT_GT(residual, 0.0);
+  hang.store(true);  // every push from now on goes unanswered
+  FlushReport report;
+  const absl::Status flushed = (*client)->FlushAll(absl::Milliseconds(500), &report);
+  hang.store(false);
+  EXPECT_TRUE(absl::IsDeadlineExceeded(flushed)) << flushed;
+  EXPECT_EQ(report.residuals, 2);
+  EXPECT_EQ(report.unacknowledged, 2);  // the residuals of "w" and "v", in flight
+  EXPECT_EQ(report.unsettled_samples, 2);
+  // At least the residual of "w" (float rounding of the full-rank payload: 1e-5 relative).
+  EXPECT_GE(report.unsettled_norm, residual * (1 - 1e-5));
+  (*client)->Close();
+}
+
 // The pushes of "b" the fake received, in order.
 std::vector<testing::FakeShard::Received> PushesOf(const testing::FakeShard& fake,
                                                    const std::string& parameter) {

@@ -351,19 +351,24 @@ absl::Status Client::Submit(absl::Span<const Matrix> gradients, int64_t samples,
   return absl::OkStatus();
 }
 
-void Client::MaybeSend(Parameter& p) {
+bool Client::MaybeSend(Parameter& p, bool whole) {
   p.accumulator_mu.AssertHeld();  // every caller holds it (Parameter is incomplete in client.h)
   GradientAccumulator& acc = p.accumulator;
-  if (acc.in_flight() >= options_.max_in_flight) return;
-  if (acc.pending_samples() <= 0) return;
+  if (acc.in_flight() >= options_.max_in_flight) return false;
+  if (whole ? !acc.HasAnythingToFlush() : acc.pending_samples() <= 0) return false;
   const int local_steps = acc.pending_steps();
   int64_t base_version;
   {
     MutexLock lock(&p.replica_mu);
     base_version = p.replica.version();
   }
-  const Contribution* contribution = acc.Take(options_.worker_id, base_version, absl::Now());
-  if (contribution == nullptr) return;
+  const ParamSpec& spec = specs_[p.index];
+  // A full-rank block costs 4 (m + n) bytes per column; half the message limit leaves room.
+  const int64_t max_rank = options_.max_message_bytes / 2 / (4 * (spec.rows() + spec.cols()));
+  const Contribution* contribution =
+      whole ? acc.TakeWhole(options_.worker_id, base_version, absl::Now(), max_rank)
+            : acc.Take(options_.worker_id, base_version, absl::Now());
+  if (contribution == nullptr) return false;
   v1::Contribution message;
   ContributionToProto(*contribution, &message, specs_[p.index].shape);
   const int64_t bytes = static_cast<int64_t>(message.ByteSizeLong());
@@ -376,6 +381,7 @@ void Client::MaybeSend(Parameter& p) {
     stats_.dense_bytes += dense;
   }
   if (options_.metrics != nullptr) options_.metrics->RecordPush(local_steps, bytes, dense);
+  return true;
 }
 
 void Client::ResendInFlight(int shard, uint64_t generation) {

@@ -11,6 +11,7 @@
 //     absl::Status s = (*client)->Submit(gradients, batch_size, loss);
 //   }
 //   (*client)->Flush(absl::Seconds(30));                // push what is left, wait for acks
+//   (*client)->FlushAll(absl::Seconds(5));              // before exiting: the residuals too
 //
 // Connect registers the model on every shard (idempotent: every worker may do it), checks that
 // each address serves the shard index it is listed at and that the layouts agree, pulls the
@@ -138,6 +139,23 @@ struct ClientStats {
   int64_t staleness_sum = 0;
 };
 
+// What Client::FlushAll pushed and what it could not. Norms are Frobenius norms, over all
+// parameters together, in the accumulators' sum units (sums over samples of the gradients).
+struct FlushReport {
+  int residuals = 0;              // Dion parameters whose residual E was non-zero at the start
+  double residual_norm = 0;       // the norm of those residuals
+  int64_t pushes = 0;             // contributions taken while flushing
+  // Pushes that carried only a residual, with sample_count 1 each (the smallest the protocol
+  // allows: E's samples were counted by the pushes that left it behind).
+  int64_t residual_only_pushes = 0;
+  int64_t stale_dropped_samples = 0;  // dropped as stale while flushing
+  // Left when FlushAll returned (all 0 after OkStatus): pushes still unacknowledged, and the
+  // samples and norm of everything neither applied nor dropped (in flight, pending, residuals).
+  int64_t unacknowledged = 0;
+  int64_t unsettled_samples = 0;
+  double unsettled_norm = 0;
+};
+
 // The rank of the factors (P, R) pushed for a Dion parameter of shape m x n at
 // `compression_rank_fraction`: fraction * min(m, n) rounded, at least 1, and at most the
 // break-even rank floor(m n / (m + n)), above which (m + n) r floats would cost more than the
@@ -176,6 +194,12 @@ class Client {
   // re-sent), or `timeout` (DeadlineExceeded). The fatal error, or FailedPrecondition once
   // closed, as for Submit (also when it happens during the wait).
   absl::Status Flush(absl::Duration timeout);
+  // For a worker about to exit (SIGTERM): like Flush, and each Dion parameter's residual E goes
+  // out whole too, as a full-rank factorisation (GradientAccumulator::TakeWhole; split into
+  // several pushes when one would exceed max_message_bytes / 2), so nothing accumulated is
+  // lost. OkStatus once everything was applied (or dropped as stale); else the error Flush
+  // would return. `report` (optional) says what was pushed and, on an error, what is lost.
+  absl::Status FlushAll(absl::Duration timeout, FlushReport* report = nullptr);
   // Waits until the replica version of every parameter i is above `versions[i]` (table order,
   // one per parameter): OkStatus; the client's fatal error if it fails meanwhile, else
   // FailedPrecondition if it is closed meanwhile; DeadlineExceeded naming the first
@@ -209,8 +233,15 @@ class Client {
   absl::Status RegisterWith(int s);
   // Pulls every parameter shard `s` owns into the replicas.
   absl::Status PullInitialWeights(int s);
-  // Takes and sends the next contribution of `p` if one is due. REQUIRES: p.accumulator_mu.
-  void MaybeSend(Parameter& p);
+  // Takes and sends the next contribution of `p` if one is due (`whole`: with its residual,
+  // GradientAccumulator::TakeWhole); whether one was sent. REQUIRES: p.accumulator_mu.
+  bool MaybeSend(Parameter& p, bool whole = false);
+  // Flush and FlushAll: sends (`whole`: residuals too) and waits until nothing is unsettled.
+  // Counts in `residual_only_pushes` the pushes that carried nothing but a residual.
+  absl::Status FlushUntilSettled(absl::Duration timeout, bool whole,
+                                 int64_t* residual_only_pushes);
+  // What FlushAll leaves unsettled, into `report`.
+  void CountUnsettled(FlushReport& report) const;
   Parameter* Find(absl::string_view name) const;
   void OnAck(int shard, const v1::PushAck& ack);
   void OnUpdate(int shard, v1::VersionUpdate& update);

@@ -54,7 +54,8 @@ absl::Status GradientAccumulator::Accumulate(ConstMatrixRef G, int64_t samples, 
 }
 
 bool GradientAccumulator::SpanFull() const {
-  return !in_flight_.empty() && next_sequence_ - in_flight_.begin()->first >= kMaxUnacknowledgedSpan;
+  return !in_flight_.empty() &&
+         next_sequence_ - in_flight_.begin()->first >= kMaxUnacknowledgedSpan;
 }
 
 const Contribution* GradientAccumulator::Take(const std::string& worker_id,
@@ -75,6 +76,54 @@ const Contribution* GradientAccumulator::Take(const std::string& worker_id,
     dense_sum_.setZero();
   }
   return Seal(std::move(c), pending_samples_, worker_id, current_version, now);
+}
+
+bool GradientAccumulator::HasAnythingToFlush() const {
+  return pending_samples_ > 0 ||
+         (compressor_.has_value() && !(compressor_->residual().array() == 0.0f).all());
+}
+
+LowRankFactors GradientAccumulator::TakeResidualBlock(int64_t max_rank) {
+  Matrix E = compressor_->TakeResidual();
+  const int64_t m = E.rows(), n = E.cols();
+  const bool tall = n <= m;  // P holds E's columns (R = I), else R holds its rows (P = I)
+  const int64_t k = tall ? n : m;
+  const auto line_is_zero = [&](int64_t i) {
+    return tall ? (E.col(i).array() == 0.0f).all() : (E.row(i).array() == 0.0f).all();
+  };
+  int64_t first = 0;
+  while (first < k && line_is_zero(first)) ++first;
+  if (first == k) return LowRankFactors{Matrix::Zero(m, 1), Matrix::Zero(n, 1)};  // E is zero
+  const int64_t r = std::min(k - first, std::max<int64_t>(1, max_rank));
+  LowRankFactors f;
+  if (tall) {
+    f.P = E.middleCols(first, r);
+    f.R = Matrix::Zero(n, r);
+    for (int64_t j = 0; j < r; ++j) f.R(first + j, j) = 1.0f;
+    E.middleCols(first, r).setZero();
+  } else {
+    f.P = Matrix::Zero(m, r);
+    for (int64_t j = 0; j < r; ++j) f.P(first + j, j) = 1.0f;
+    f.R = E.middleRows(first, r).transpose();
+    E.middleRows(first, r).setZero();
+  }
+  // The rest goes back into the (now zero) residual unchanged: E was finite, so this cannot
+  // fail, and 0 + x is exact.
+  if (first + r < k) (void)compressor_->Accumulate(E);
+  return f;
+}
+
+const Contribution* GradientAccumulator::TakeWhole(const std::string& worker_id,
+                                                   int64_t current_version, absl::Time now,
+                                                   int64_t max_rank) {
+  if (!compressor_.has_value()) return Take(worker_id, current_version, now);
+  if (!HasAnythingToFlush() || SpanFull()) return nullptr;
+  LowRankFactors f = TakeResidualBlock(max_rank);
+  const int64_t samples = pending_samples_ > 0 ? pending_samples_ : 1;
+  f.R *= 1.0f / static_cast<float>(samples);  // the mean over the contribution's samples
+  Contribution c;
+  c.payload = std::move(f);
+  return Seal(std::move(c), samples, worker_id, current_version, now);
 }
 
 const Contribution* GradientAccumulator::Seal(Contribution c, int64_t samples,
@@ -143,6 +192,26 @@ std::vector<const Contribution*> GradientAccumulator::InFlight() const {
 
 Matrix GradientAccumulator::Outstanding() const {
   return compressor_.has_value() ? compressor_->residual() : dense_sum_;
+}
+
+Matrix GradientAccumulator::Unsettled() const {
+  Matrix sum = Outstanding();
+  for (const auto& [sequence, sent] : in_flight_) {
+    const Contribution& c = sent.contribution;
+    const float samples = static_cast<float>(c.sample_count);
+    if (c.is_low_rank()) {
+      Gemm(Trans::kNo, Trans::kYes, samples, c.factors().P, c.factors().R, 1.0f, sum);
+    } else {
+      sum += c.gradient() * samples;
+    }
+  }
+  return sum;
+}
+
+int64_t GradientAccumulator::unsettled_samples() const {
+  int64_t samples = pending_samples_;
+  for (const auto& [sequence, sent] : in_flight_) samples += sent.contribution.sample_count;
+  return samples;
 }
 
 double GradientAccumulator::compression_ratio() const {

@@ -92,6 +92,19 @@ class GradientAccumulator {
   // push).
   const Contribution* Take(const std::string& worker_id, int64_t current_version,
                            absl::Time now);
+  // Like Take, but for a worker about to exit: the contribution carries the pending samples
+  // and, for a Dion matrix, the residual E exactly, as a full-rank factorisation (P = E,
+  // R = I / S when n <= m; P = I, R = E^T / S otherwise), at most `max_rank` >= 1 columns of it
+  // (the first non-zero ones; the rest stays in E for the next call, so a matrix whose whole
+  // factorisation would exceed the message limit goes out in parts). S is the pending sample
+  // count, or 1 when only the residual is left: E's samples were counted by the contributions
+  // that left it behind, and 1 is the smallest count the protocol allows. Null when nothing is
+  // pending and E is zero, or as for Take. Dense parameters: the same as Take.
+  const Contribution* TakeWhole(const std::string& worker_id, int64_t current_version,
+                                absl::Time now, int64_t max_rank);
+  // True when TakeWhole would have something to send (pending samples or a non-zero E).
+  bool HasAnythingToFlush() const;
+
   // The shard acknowledged `sequence`; `action` says how it settles (AckAction). Returns the
   // contribution and when it was taken, or NotFound for a sequence not in flight (e.g.
   // acknowledged twice after a re-send). A contribution to restore that cannot be put back
@@ -107,6 +120,10 @@ class GradientAccumulator {
   // Sum of everything that is neither in flight nor accepted, in sum units: the compressor's
   // residual plus (dense) the gradient sum not taken yet. For tests and metrics.
   Matrix Outstanding() const;
+  // Everything not settled yet, in sum units: Outstanding() plus every in-flight payload * S,
+  // and the samples pending or in flight: what a worker exiting now would lose.
+  Matrix Unsettled() const;
+  int64_t unsettled_samples() const;
   const ParamSpec& spec() const { return spec_; }
   // Numbers sent per contribution vs a dense gradient: rows * cols / numbers in the payload.
   double compression_ratio() const;
@@ -118,6 +135,8 @@ class GradientAccumulator {
   const Contribution* Seal(Contribution c, int64_t samples, const std::string& worker_id,
                            int64_t current_version, absl::Time now);
   bool SpanFull() const;
+  // The next full-rank block of E (TakeWhole), removed from E; zero rank-1 factors when E is 0.
+  LowRankFactors TakeResidualBlock(int64_t max_rank);
 
   ParamSpec spec_;
   std::optional<LowRankCompressor> compressor_;  // Dion parameters
