@@ -89,4 +89,10 @@ absl::Status LowRankCompressor::Restore(const LowRankFactors& factors) {
   return absl::OkStatus();
 }
 
+Matrix LowRankCompressor::TakeResidual() {
+  Matrix E = Matrix::Zero(E_.rows(), E_.cols());
+  E.swap(E_);
+  return E;
+}
+
 }  // namespace dion

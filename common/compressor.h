@@ -50,6 +50,10 @@ class LowRankCompressor {
   // factors are refused with InvalidArgument and E is unchanged.
   absl::Status Restore(const LowRankFactors& factors);
 
+  // Returns E and sets it to zero (a worker about to exit sends its residual whole); Qw is
+  // kept.
+  Matrix TakeResidual();
+
   const Matrix& residual() const { return E_; }
   int rank() const { return rank_; }
   int64_t rows() const { return E_.rows(); }

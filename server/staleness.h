@@ -2,7 +2,7 @@
 //
 // tau = current version - base version. Policies: none (w = 1), inverse (w = 1 / (1 + tau),
 // Zhang et al. 2016) and exp (w = exp(-tau / tau0)). Any contribution with
-// tau > max_staleness is refused, so the worker resyncs and re-sends its residual.
+// tau > max_staleness is refused (STALE); the worker drops it (docs/protocol.md, Push).
 //
 // Thread-safety: immutable after construction; safe for concurrent use.
 #ifndef DION_SERVER_STALENESS_H_

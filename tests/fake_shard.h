@@ -46,6 +46,8 @@ class FakeShard final : public v1::ParameterServer::Service {
     int stream;  // 1, 2, ... in the order the Push streams were opened
     std::string parameter;
     uint64_t sequence;
+    int64_t base_version;
+    int64_t sample_count;
   };
 
   explicit FakeShard(ModelTable table) : table_(std::move(table)) {
@@ -196,7 +198,8 @@ class FakeShard final : public v1::ParameterServer::Service {
       Judge judge;
       {
         MutexLock lock(&mu_);
-        received_.push_back({number, c.parameter(), c.sequence()});
+        received_.push_back(
+            {number, c.parameter(), c.sequence(), c.base_version(), c.sample_count()});
         judge = judge_;
       }
       if (break_after > 0 && read >= break_after) {

@@ -1,5 +1,6 @@
 // The worker's push bookkeeping (worker/client/gradient_accumulator.h): nothing is lost whatever the
-// shard answers, checked against a plain double-precision sum of the gradients.
+// shard answers (except what it refuses as stale, which is dropped and accounted), checked
+// against a plain double-precision sum of the gradients; restored contributions keep their age.
 #include "worker/client/gradient_accumulator.h"
 
 #include <gtest/gtest.h>
@@ -39,14 +40,15 @@ MatrixD SumUnits(const Contribution& c) {
   return ToDouble(c.gradient()) * s;
 }
 
-// Random answers from the shard: accepted, refused (restored), or left in flight until a
-// later round. Checks sum(accepted) + sum(in flight) + outstanding == sum(G * samples).
+// Random answers from the shard: accepted, restored (rejected as not applied), dropped as
+// stale, or left in flight until a later round. Checks sum(accepted) + sum(dropped as stale) +
+// sum(in flight) + outstanding == sum(G * samples).
 void CheckNothingIsLost(OptimizerKind kind, int64_t m, int64_t n, int rank) {
   GradientAccumulator acc(Spec("p", {m, n}, kind), rank, /*seed=*/3, /*first_sequence=*/100);
   Rng rng(7);
   MatrixD total = MatrixD::Zero(m, n);
-  MatrixD accepted = MatrixD::Zero(m, n);
-  int refused = 0;
+  MatrixD settled = MatrixD::Zero(m, n);  // accepted and dropped as stale
+  int restored = 0, dropped = 0;
   for (int step = 0; step < 60; ++step) {
     const int64_t samples = 1 + step % 5;
     Matrix G(m, n);
@@ -57,22 +59,28 @@ void CheckNothingIsLost(OptimizerKind kind, int64_t m, int64_t n, int rank) {
     // Answer the oldest in-flight contribution every other step.
     if (step % 2 == 1 && acc.in_flight() > 0) {
       const uint64_t sequence = acc.InFlight().front()->sequence;
-      const bool refuse = rng.Uniform() < 0.4;
-      absl::StatusOr<GradientAccumulator::Acknowledged> done = acc.Acknowledge(sequence, refuse);
+      const double u = rng.Uniform();
+      const AckAction action = u < 0.3   ? AckAction::kRestore
+                               : u < 0.45 ? AckAction::kDropStale
+                                          : AckAction::kRelease;
+      absl::StatusOr<GradientAccumulator::Acknowledged> done = acc.Acknowledge(sequence, action);
       ASSERT_TRUE(done.ok()) << done.status();
-      if (refuse) {
-        ++refused;
+      if (action == AckAction::kRestore) {
+        ++restored;
       } else {
-        accepted += SumUnits(done->contribution);
+        dropped += action == AckAction::kDropStale;
+        settled += SumUnits(done->contribution);
       }
     }
   }
   MatrixD in_flight = MatrixD::Zero(m, n);
   for (const Contribution* c : acc.InFlight()) in_flight += SumUnits(*c);
-  const MatrixD accounted = accepted + in_flight + ToDouble(acc.Outstanding());
+  const MatrixD accounted = settled + in_flight + ToDouble(acc.Outstanding());
   // float32 rounding of ~100 accumulations of O(1) entries: 1e-5 relative is ~10x margin.
-  EXPECT_LT(testing::RelativeError(accounted, total), 1e-5) << "refused " << refused;
-  EXPECT_GT(refused, 3);  // the test exercised restoring
+  EXPECT_LT(testing::RelativeError(accounted, total), 1e-5)
+      << "restored " << restored << ", dropped " << dropped;
+  EXPECT_GT(restored, 3);  // the test exercised restoring
+  EXPECT_GT(dropped, 1);   // and dropping
 }
 
 TEST(GradientAccumulator, NothingIsLostForALowRankMatrix) {
@@ -101,27 +109,175 @@ TEST(GradientAccumulator, PayloadIsTheMeanOverItsSamples) {
   EXPECT_EQ(acc.pending_samples(), 0);
 }
 
-TEST(GradientAccumulator, RestoredContributionIsResentAsFreshWithTheCurrentVersion) {
+TEST(GradientAccumulator, RestoredContributionKeepsItsOriginalBaseVersion) {
   GradientAccumulator acc(Spec("b", {2}, OptimizerKind::kAdamW), 0, 1, 50);
   ASSERT_TRUE(acc.Accumulate(Matrix::Constant(1, 2, 1.0f), 8, 0.0, 3).ok());
   std::optional<Contribution> first = TakeCopy(acc, "w", 3, absl::Now());
   ASSERT_TRUE(first.has_value());
   EXPECT_EQ(first->sequence, 50u);
-  ASSERT_TRUE(acc.Acknowledge(50, /*refused=*/true).ok());
+  ASSERT_TRUE(acc.Acknowledge(50, AckAction::kRestore).ok());  // e.g. the shard was restarting
   EXPECT_EQ(acc.pending_samples(), 8);
+  // Alone, it goes out again as old as it is, whatever version the replica has reached.
   std::optional<Contribution> again = TakeCopy(acc, "w", 11, absl::Now());
   ASSERT_TRUE(again.has_value());
-  EXPECT_EQ(again->sequence, 51u);     // a new sequence: the old one was refused, not applied
-  EXPECT_EQ(again->base_version, 11);  // refused for staleness: goes out as fresh
+  EXPECT_EQ(again->sequence, 51u);    // a new sequence: the old one was not applied
+  EXPECT_EQ(again->base_version, 3);  // its own, not 11
   EXPECT_NEAR(again->gradient()(0, 1), 1.0, 1e-6);
+  // Restored again and carried with newer steps: the contribution is as old as its oldest part.
+  ASSERT_TRUE(acc.Acknowledge(51, AckAction::kRestore).ok());
+  ASSERT_TRUE(acc.Accumulate(Matrix::Constant(1, 2, 4.0f), 8, 0.0, 12).ok());
+  std::optional<Contribution> merged = TakeCopy(acc, "w", 13, absl::Now());
+  ASSERT_TRUE(merged.has_value());
+  EXPECT_EQ(merged->base_version, 3);  // min(3, 12)
+  EXPECT_EQ(merged->sample_count, 16);
+  EXPECT_NEAR(merged->gradient()(0, 0), (1.0 * 8 + 4.0 * 8) / 16, 1e-6);
+}
+
+TEST(GradientAccumulator, RestoredLowRankContributionKeepsTheOldestBaseVersion) {
+  GradientAccumulator acc(Spec("w", {8, 6}, OptimizerKind::kDion), 2, 1, 0);
+  Rng rng(5);
+  Matrix G(8, 6);
+  rng.FillNormal(G);
+  ASSERT_TRUE(acc.Accumulate(G, 4, 0.0, 7).ok());
+  std::optional<Contribution> first = TakeCopy(acc, "w", 7, absl::Now());
+  ASSERT_TRUE(first.has_value());
+  ASSERT_TRUE(acc.Acknowledge(first->sequence, AckAction::kRestore).ok());
+  rng.FillNormal(G);
+  ASSERT_TRUE(acc.Accumulate(G, 4, 0.0, 9).ok());
+  std::optional<Contribution> next = TakeCopy(acc, "w", 10, absl::Now());
+  ASSERT_TRUE(next.has_value());
+  EXPECT_EQ(next->base_version, 7);
+  EXPECT_EQ(next->sample_count, 8);
+}
+
+// A shard restarted from an older checkpoint went back to a version below the contribution's
+// base: the replica follows it back, and a base from the abandoned history is capped at the
+// replica's version (the shard would refuse it as OUT_OF_RANGE on every re-send).
+TEST(GradientAccumulator, BaseVersionIsCappedAtAReplicaThatWentBack) {
+  GradientAccumulator acc(Spec("b", {2}, OptimizerKind::kAdamW), 0, 1, 0);
+  ASSERT_TRUE(acc.Accumulate(Matrix::Ones(1, 2), 8, 0.0, 40).ok());
+  std::optional<Contribution> first = TakeCopy(acc, "w", 40, absl::Now());
+  ASSERT_TRUE(first.has_value());
+  ASSERT_TRUE(acc.Acknowledge(first->sequence, AckAction::kRestore).ok());
+  std::optional<Contribution> again = TakeCopy(acc, "w", 25, absl::Now());
+  ASSERT_TRUE(again.has_value());
+  EXPECT_EQ(again->base_version, 25);
+}
+
+// STALE: older than the shard's max_staleness. Re-sent with its true base it would be refused
+// for ever; it is dropped, and nothing of it comes back.
+TEST(GradientAccumulator, StaleContributionIsDroppedNotRestored) {
+  GradientAccumulator acc(Spec("w", {6, 4}, OptimizerKind::kDion), 4, 1, 0);
+  Rng rng(9);
+  Matrix G(6, 4);
+  rng.FillNormal(G);
+  ASSERT_TRUE(acc.Accumulate(G, 8, 0.0, 2).ok());
+  std::optional<Contribution> c = TakeCopy(acc, "w", 2, absl::Now());
+  ASSERT_TRUE(c.has_value());
+  const MatrixD residual_before = ToDouble(acc.Outstanding());
+  absl::StatusOr<GradientAccumulator::Acknowledged> done =
+      acc.Acknowledge(c->sequence, AckAction::kDropStale);
+  ASSERT_TRUE(done.ok()) << done.status();
+  EXPECT_EQ(done->contribution.sample_count, 8);
+  EXPECT_EQ(acc.pending_samples(), 0);
+  EXPECT_EQ(acc.in_flight(), 0);
+  EXPECT_TRUE(ToDouble(acc.Outstanding()) == residual_before);  // E unchanged: nothing put back
+  EXPECT_FALSE(TakeCopy(acc, "w", 30, absl::Now()).has_value());
+  // What was dropped plus what stays is the step, to float rounding.
+  EXPECT_LT(testing::RelativeError(SumUnits(done->contribution) + residual_before,
+                                   ToDouble(G) * 8.0),
+            1e-5);
+}
+
+// TakeWhole, for a worker about to exit: the pending samples and the whole residual go out as
+// a full-rank factorisation; afterwards nothing is left, and what was taken is, to float
+// rounding, the double-precision sum of the steps.
+void CheckTakeWholeCarriesEverything(int64_t m, int64_t n) {
+  GradientAccumulator acc(Spec("w", {m, n}, OptimizerKind::kDion), 2, 1, 0);
+  Rng rng(11);
+  MatrixD total = MatrixD::Zero(m, n);
+  MatrixD taken = MatrixD::Zero(m, n);
+  for (int step = 0; step < 5; ++step) {
+    Matrix G(m, n);
+    rng.FillNormal(G);
+    ASSERT_TRUE(acc.Accumulate(G, 3, 0.0, step).ok());
+    total += ToDouble(G) * 3.0;
+    if (step % 2 == 1) {  // the compressed pushes leave a residual behind
+      std::optional<Contribution> c = TakeCopy(acc, "w", step, absl::Now());
+      ASSERT_TRUE(c.has_value());
+      taken += SumUnits(*c);
+    }
+  }
+  ASSERT_GT(acc.Outstanding().norm(), 0.0f);
+  ASSERT_GT(acc.pending_samples(), 0);
+  ASSERT_TRUE(acc.HasAnythingToFlush());
+  std::optional<Contribution> whole;
+  if (const Contribution* c = acc.TakeWhole("w", 5, absl::Now(), /*max_rank=*/1000)) whole = *c;
+  ASSERT_TRUE(whole.has_value());
+  EXPECT_EQ(whole->sample_count, 3);  // the pending step's (step 4)
+  EXPECT_EQ(whole->base_version, 4);
+  ASSERT_TRUE(whole->is_low_rank());
+  EXPECT_EQ(whole->factors().P.cols(), std::min(m, n));  // full rank, within [1, min(m, n)]
+  taken += SumUnits(*whole);
+  EXPECT_EQ(acc.Outstanding().norm(), 0.0f);
+  EXPECT_EQ(acc.pending_samples(), 0);
+  EXPECT_FALSE(acc.HasAnythingToFlush());
+  EXPECT_EQ(acc.TakeWhole("w", 5, absl::Now(), 1000), nullptr);
+  // The full-rank payload is exact up to R / S * S: a few float roundings of each entry.
+  EXPECT_LT(testing::RelativeError(taken, total), 1e-5);
+}
+
+TEST(GradientAccumulator, TakeWholeCarriesTheWholeResidualOfATallMatrix) {
+  CheckTakeWholeCarriesEverything(12, 5);
+}
+
+TEST(GradientAccumulator, TakeWholeCarriesTheWholeResidualOfAWideMatrix) {
+  CheckTakeWholeCarriesEverything(4, 9);
+}
+
+// Only a residual left (every step already pushed): it goes out with sample_count 1; a rank
+// cap splits it into blocks, and a refused block comes back and goes out again.
+TEST(GradientAccumulator, TakeWholeSplitsAResidualIntoBlocksAndRestoresARefusedOne) {
+  const int64_t m = 10, n = 7;
+  GradientAccumulator acc(Spec("w", {m, n}, OptimizerKind::kDion), 2, 1, 0);
+  Matrix G(m, n);
+  Rng(13).FillNormal(G);
+  ASSERT_TRUE(acc.Accumulate(G, 4, 0.0, 0).ok());
+  std::optional<Contribution> first = TakeCopy(acc, "w", 0, absl::Now());
+  ASSERT_TRUE(first.has_value());
+  ASSERT_TRUE(acc.Acknowledge(first->sequence, AckAction::kRelease).ok());
+  MatrixD sent = SumUnits(*first);
+  const MatrixD residual = ToDouble(acc.Outstanding());
+  ASSERT_GT(residual.norm(), 0.0);
+  std::vector<Contribution> blocks;
+  while (const Contribution* c = acc.TakeWhole("w", 2, absl::Now(), /*max_rank=*/3)) {
+    blocks.push_back(*c);
+    ASSERT_LE(blocks.size(), 10u);
+  }
+  ASSERT_EQ(blocks.size(), 3u);  // 7 columns in blocks of 3, 3, 1
+  EXPECT_EQ(blocks[0].factors().P.cols(), 3);
+  EXPECT_EQ(blocks[2].factors().P.cols(), 1);
+  for (const Contribution& b : blocks) EXPECT_EQ(b.sample_count, 1);
+  // The middle block is refused (the shard was restarting): it is back in E, and only it.
+  ASSERT_TRUE(acc.Acknowledge(blocks[1].sequence, AckAction::kRestore).ok());
+  EXPECT_LT(testing::RelativeError(ToDouble(acc.Outstanding()), SumUnits(blocks[1])), 1e-6);
+  EXPECT_EQ(acc.pending_samples(), 1);
+  std::optional<Contribution> again;
+  if (const Contribution* c = acc.TakeWhole("w", 2, absl::Now(), 3)) again = *c;
+  ASSERT_TRUE(again.has_value());
+  EXPECT_EQ(again->sample_count, 1);
+  EXPECT_EQ(acc.Outstanding().norm(), 0.0f);
+  sent += SumUnits(blocks[0]) + SumUnits(blocks[2]) + SumUnits(*again);
+  EXPECT_LT(testing::RelativeError(sent, ToDouble(G) * 4.0), 1e-5);
 }
 
 TEST(GradientAccumulator, SecondAcknowledgementOfASequenceIsNotFound) {
   GradientAccumulator acc(Spec("b", {2}, OptimizerKind::kAdamW), 0, 1, 0);
   ASSERT_TRUE(acc.Accumulate(Matrix::Ones(1, 2), 1, 0.0, 0).ok());
   ASSERT_TRUE(TakeCopy(acc, "w", 0, absl::Now()).has_value());
-  ASSERT_TRUE(acc.Acknowledge(0, false).ok());
-  EXPECT_EQ(acc.Acknowledge(0, true).status().code(), absl::StatusCode::kNotFound);
+  ASSERT_TRUE(acc.Acknowledge(0, AckAction::kRelease).ok());
+  EXPECT_EQ(acc.Acknowledge(0, AckAction::kRestore).status().code(),
+            absl::StatusCode::kNotFound);
   EXPECT_EQ(acc.pending_samples(), 0);  // the duplicate answer restored nothing
 }
 
@@ -155,7 +311,7 @@ TEST(GradientAccumulator, ZeroResidualStillCarriesItsSamples) {
   EXPECT_EQ(c->factors().R.norm(), 0.0f);
   EXPECT_EQ(acc.pending_samples(), 0);
   // Refused, it restores nothing but its samples.
-  ASSERT_TRUE(acc.Acknowledge(c->sequence, /*refused=*/true).ok());
+  ASSERT_TRUE(acc.Acknowledge(c->sequence, AckAction::kRestore).ok());
   EXPECT_EQ(acc.pending_samples(), 8);
   EXPECT_EQ(acc.Outstanding().norm(), 0.0f);
 }
@@ -173,9 +329,9 @@ TEST(GradientAccumulator, StopsTakingBeforeTheUnacknowledgedSpanReachesTheDedupW
   EXPECT_FALSE(TakeCopy(acc, "w", 0, absl::Now()).has_value());
   EXPECT_EQ(acc.pending_samples(), 1);  // kept for later, not lost
   // An acknowledgement of a newer one does not help: the oldest is still open.
-  ASSERT_TRUE(acc.Acknowledge(1000 + kMaxUnacknowledgedSpan - 1, false).ok());
+  ASSERT_TRUE(acc.Acknowledge(1000 + kMaxUnacknowledgedSpan - 1, AckAction::kRelease).ok());
   EXPECT_FALSE(TakeCopy(acc, "w", 0, absl::Now()).has_value());
-  ASSERT_TRUE(acc.Acknowledge(1000, false).ok());
+  ASSERT_TRUE(acc.Acknowledge(1000, AckAction::kRelease).ok());
   std::optional<Contribution> next = TakeCopy(acc, "w", 0, absl::Now());
   ASSERT_TRUE(next.has_value());
   EXPECT_EQ(next->sequence, 1000 + kMaxUnacknowledgedSpan);

@@ -1,5 +1,6 @@
 // The dion-worker binary (DION_WORKER_BINARY) as a process: how it answers bad flags and a stop
-// request before it has reached its shards, and how it waits for --start_file.
+// request before it has reached its shards, how it waits for --start_file, and how SIGTERM in
+// training flushes everything it accumulated.
 #include <netinet/in.h>
 #include <signal.h>
 #include <stdlib.h>
@@ -12,7 +13,10 @@
 #include <vector>
 
 #include "absl/strings/match.h"
+#include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_split.h"
+#include "absl/strings/strip.h"
 #include "absl/time/clock.h"
 #include "gtest/gtest.h"
 #include "server/dion_server.h"
@@ -220,6 +224,68 @@ TEST_F(WorkerBinaryWithShardTest, SigtermWhileWaitingForTheStartFileExitsAtOnce)
   const ExitStatus status = (*worker)->TryWait().value();
   EXPECT_TRUE(status.ok()) << status.ToString() << "\n" << output;
   EXPECT_FALSE(absl::StrContains(output, "final worker=")) << output;
+}
+
+// The number after `key=` on the line of `text` that starts with `line_start`; -1 if absent.
+int64_t FieldOf(const std::string& text, const std::string& line_start, const std::string& key) {
+  for (absl::string_view line : absl::StrSplit(text, '\n')) {
+    if (!absl::StartsWith(line, line_start)) continue;
+    for (absl::string_view field : absl::StrSplit(line, ' ')) {
+      int64_t value;
+      if (absl::ConsumePrefix(&field, key + "=") && absl::SimpleAtoi(field, &value)) return value;
+    }
+  }
+  return -1;
+}
+
+// SIGTERM in the middle of training: the worker ends its step, pushes what it accumulated and
+// every Dion matrix's residual whole, waits for the acknowledgements, says so, and exits 0.
+// The shard has then applied every sample the worker trained on: each dense parameter exactly
+// those, each Dion matrix those plus at most one for a push that carried only its residual.
+TEST_F(WorkerBinaryWithShardTest, SigtermFlushesTheResidualsBeforeExiting) {
+  absl::StatusOr<std::unique_ptr<ChildProcess>> worker =
+      SpawnWorker(server_->port(), scratch_,
+                  {"--synthetic_train_samples=65536", "--epochs=100", "--batch_size=32",
+                   "--progress_interval=100ms", "--no_evaluate", "--flush_timeout=10s"});
+  ASSERT_TRUE(worker.ok()) << worker.status();
+  std::string output;
+  ASSERT_TRUE(PumpUntilReady(**worker, &output)) << output;
+  const LineHandler collect = Collector(&output);
+  const absl::Time give_up = absl::Now() + absl::Seconds(20);
+  while (!absl::StrContains(output, "progress worker=") && (*worker)->running() &&
+         absl::Now() < give_up) {
+    PumpOutput({worker->get()}, absl::Milliseconds(50), collect);
+  }
+  ASSERT_TRUE(absl::StrContains(output, "progress worker=")) << output;
+  (*worker)->Signal(SIGTERM);
+  ASSERT_TRUE(WaitForExit(**worker, absl::Seconds(30), &output)) << output;
+  const ExitStatus status = (*worker)->TryWait().value();
+  EXPECT_TRUE(status.ok()) << status.ToString() << "\n" << output;
+  EXPECT_TRUE(absl::StrContains(output, "flushed before exiting")) << output;
+  EXPECT_TRUE(absl::StrContains(output, "nothing accumulated is lost")) << output;
+  EXPECT_FALSE(absl::StrContains(output, "the residuals of 0 Dion")) << output;
+  const int64_t samples = FieldOf(output, "final worker=0", "samples");
+  ASSERT_GT(samples, 0) << output;
+
+  // The acknowledged pushes are applied by the shard's compute pool shortly after.
+  std::string last;
+  bool all = false;
+  const absl::Time deadline = absl::Now() + absl::Seconds(20);
+  while (!all && absl::Now() < deadline) {
+    all = true;
+    last.clear();
+    const ShardStatus shard = server_->shard().Status();
+    ASSERT_FALSE(shard.parameters.empty());
+    for (const ShardStatus::Parameter& p : shard.parameters) {
+      const int64_t applied = p.status.samples_applied;
+      const bool dion = p.status.optimizer == OptimizerKind::kDion;
+      all = all && (applied == samples || (dion && applied == samples + 1));
+      absl::StrAppend(&last, p.status.parameter, (dion ? " (dion)" : ""), ": ", applied, "; ");
+    }
+    if (!all) absl::SleepFor(absl::Milliseconds(20));
+  }
+  EXPECT_TRUE(all) << "the worker trained on " << samples << " samples; the shard applied "
+                   << last << "\n" << output;
 }
 
 // A start file that never appears ends the worker with an error naming it, after --start_timeout.

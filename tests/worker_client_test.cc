@@ -1,6 +1,7 @@
 // The worker's client library (worker/client/client.h) against in-process shards on 127.0.0.1:
-// replica in step with the shard, refused pushes restored (nothing lost), resync after a
-// shard restarts from an older checkpoint, reconnect after an outage, giving up, bad input.
+// replica in step with the shard, refused pushes restored with their age (nothing lost), stale
+// ones dropped and counted, resync after a shard restarts from an older checkpoint, reconnect
+// after an outage, giving up, bad input.
 // Timing-dependent faults (a stream breaking while a push is taken, an update arriving during
 // a resync, a shard that hangs) are scripted with a fake shard (tests/fake_shard.h).
 #include "worker/client/client.h"
@@ -251,21 +252,25 @@ TEST(WorkerClient, CloseWakesWaitersAndLaterCallsAreRefused) {
   EXPECT_TRUE(server->Shutdown().ok());
 }
 
-TEST(WorkerClient, RefusedPushesAreRestoredSoNothingIsLost) {
+// With max_staleness 0, pushes taken on the same base version go stale: they are dropped
+// (their true age is above the bound, so re-sending would be refused again), counted, and
+// everything else is applied or still in the residual.
+TEST(WorkerClient, StalePushesAreDroppedAndCountedAndNothingElseIsLost) {
   ServerOptions options = TestServerOptions();
   options.shard.batcher.staleness.max_staleness = 0;  // anything computed on an old version
   std::unique_ptr<DionServer> server = StartServer(options);
   ASSERT_NE(server, nullptr);
   const ModelTable table = TestTable();
   const std::vector<ParamSpec> specs = table.specs();
-  // Accepted contributions, in sum units (payload * samples), per parameter.
-  std::vector<MatrixD> accepted;
-  for (const ParamSpec& s : specs) accepted.push_back(MatrixD::Zero(s.rows(), s.cols()));
+  // Applied and dropped contributions, in sum units (payload * samples), per parameter.
+  std::vector<MatrixD> settled;
+  for (const ParamSpec& s : specs) settled.push_back(MatrixD::Zero(s.rows(), s.cols()));
+  int64_t dropped_samples = 0;
   Mutex mu;
   ClientOptions client_options = TestClientOptions({server->address()}, "w0");
   client_options.max_in_flight = 3;  // several pushes on one base version: later ones go stale
-  client_options.on_acknowledged = [&](const Contribution& c, bool refused) {
-    if (refused) return;
+  client_options.on_acknowledged = [&](const Contribution& c, PushFate fate) {
+    if (fate == PushFate::kRestored) return;
     int i = 0;
     while (specs[i].name != c.parameter) ++i;
     const double s = static_cast<double>(c.sample_count);
@@ -274,7 +279,8 @@ TEST(WorkerClient, RefusedPushesAreRestoredSoNothingIsLost) {
                                 c.factors().R.cast<double>().transpose() * s)
                       : MatrixD(c.gradient().cast<double>() * s);
     MutexLock lock(&mu);
-    accepted[i] += sum;
+    settled[i] += sum;
+    if (fate == PushFate::kDroppedStale) dropped_samples += c.sample_count;
   };
   absl::StatusOr<std::unique_ptr<Client>> client = Client::Connect(table, client_options);
   ASSERT_TRUE(client.ok()) << client.status();
@@ -289,7 +295,9 @@ TEST(WorkerClient, RefusedPushesAreRestoredSoNothingIsLost) {
     ASSERT_TRUE((*client)->Submit(G, samples, 1.0).ok());
   }
   ASSERT_TRUE((*client)->Flush(absl::Seconds(30)).ok());
-  EXPECT_GT((*client)->stats().refused, 0) << "max_staleness 0 should refuse some pushes";
+  const ClientStats stats = (*client)->stats();
+  EXPECT_GT(stats.stale_dropped, 0) << "max_staleness 0 should refuse some pushes";
+  EXPECT_EQ(stats.refused, 0) << "a STALE push is dropped, not restored";
   (*client)->Close();  // no acknowledgement arrives after this
   // Outstanding() takes the accumulator's lock, which the observer holds while it takes `mu`:
   // read it before taking `mu`.
@@ -298,12 +306,214 @@ TEST(WorkerClient, RefusedPushesAreRestoredSoNothingIsLost) {
     outstanding.push_back((*client)->Outstanding(i).cast<double>());
   }
   MutexLock lock(&mu);
+  EXPECT_EQ(stats.stale_dropped_samples, dropped_samples);
   for (size_t i = 0; i < specs.size(); ++i) {
-    const MatrixD accounted = accepted[i] + outstanding[i];
+    const MatrixD accounted = settled[i] + outstanding[i];
     // float32 sums of ~30 steps of O(0.1 * 10) entries; 1e-5 relative leaves 10x margin.
     EXPECT_LT(testing::RelativeError(accounted, total[i]), 1e-5) << specs[i].name;
   }
   EXPECT_TRUE(server->Shutdown().ok());
+}
+
+// FlushAll, as a worker does before it exits: after it, nothing is left in the residuals, and
+// what the shard applied is, to float rounding, the sum of every gradient submitted; the
+// shard's sample count is the submitted samples plus one per residual-only push.
+TEST(WorkerClient, FlushAllPushesTheResidualsSoTheShardAppliesEverything) {
+  std::unique_ptr<DionServer> server = StartServer(TestServerOptions());
+  ASSERT_NE(server, nullptr);
+  const ModelTable table = TestTable();
+  const std::vector<ParamSpec> specs = table.specs();
+  std::vector<MatrixD> applied;
+  for (const ParamSpec& s : specs) applied.push_back(MatrixD::Zero(s.rows(), s.cols()));
+  std::vector<int64_t> applied_samples(specs.size(), 0);
+  Mutex mu;
+  ClientOptions client_options = TestClientOptions({server->address()}, "w0");
+  client_options.on_acknowledged = [&](const Contribution& c, PushFate fate) {
+    if (fate != PushFate::kApplied) return;
+    int i = 0;
+    while (specs[i].name != c.parameter) ++i;
+    const double s = static_cast<double>(c.sample_count);
+    MatrixD sum = c.is_low_rank()
+                      ? MatrixD(c.factors().P.cast<double>() *
+                                c.factors().R.cast<double>().transpose() * s)
+                      : MatrixD(c.gradient().cast<double>() * s);
+    MutexLock lock(&mu);
+    applied[i] += sum;
+    applied_samples[i] += c.sample_count;
+  };
+  absl::StatusOr<std::unique_ptr<Client>> client = Client::Connect(table, client_options);
+  ASSERT_TRUE(client.ok()) << client.status();
+  std::vector<MatrixD> total;
+  for (const ParamSpec& s : specs) total.push_back(MatrixD::Zero(s.rows(), s.cols()));
+  int64_t total_samples = 0;
+  for (int step = 0; step < 12; ++step) {
+    std::vector<Matrix> G = RandomGradients(specs, 300 + step);
+    const int64_t samples = 5 + step % 4;
+    for (size_t i = 0; i < specs.size(); ++i) {
+      total[i] += G[i].cast<double>() * static_cast<double>(samples);
+    }
+    total_samples += samples;
+    ASSERT_TRUE((*client)->Submit(G, samples, 1.0).ok());
+  }
+  ASSERT_TRUE((*client)->Flush(absl::Seconds(20)).ok());
+  const int w = IndexOf(**client, "w"), v = IndexOf(**client, "v");
+  ASSERT_GT((*client)->Outstanding(w).norm(), 0.0f) << "rank-compressed pushes leave a residual";
+  ASSERT_GT((*client)->Outstanding(v).norm(), 0.0f);
+
+  FlushReport report;
+  const absl::Status flushed = (*client)->FlushAll(absl::Seconds(20), &report);
+  ASSERT_TRUE(flushed.ok()) << flushed;
+  EXPECT_EQ(report.residuals, 2);  // "w" (tall) and "v" (wide)
+  EXPECT_GT(report.residual_norm, 0.0);
+  EXPECT_EQ(report.residual_only_pushes, 2);  // Flush had sent every step already
+  EXPECT_EQ(report.pushes, 2);
+  EXPECT_EQ(report.unacknowledged, 0);
+  EXPECT_EQ(report.unsettled_samples, 0);
+  EXPECT_EQ(report.unsettled_norm, 0.0);
+  (*client)->Close();
+  std::vector<MatrixD> outstanding;
+  for (size_t i = 0; i < specs.size(); ++i) {
+    outstanding.push_back((*client)->Outstanding(i).cast<double>());
+  }
+  MutexLock lock(&mu);
+  for (size_t i = 0; i < specs.size(); ++i) {
+    EXPECT_EQ(outstanding[i].norm(), 0.0) << specs[i].name;
+    // float32 sums of 12 steps; the full-rank push is exact up to R / S * S: 1e-5 relative.
+    EXPECT_LT(testing::RelativeError(applied[i], total[i]), 1e-5) << specs[i].name;
+  }
+  EXPECT_EQ(applied_samples[IndexOf(**client, "b")], total_samples);
+  EXPECT_EQ(applied_samples[w], total_samples + 1);
+  EXPECT_EQ(applied_samples[v], total_samples + 1);
+  // The shard's own count of applied samples agrees, once its batches have been applied.
+  const auto shard_samples = [&](int i) {
+    for (const ShardStatus::Parameter& p : server->shard().Status().parameters) {
+      if (p.status.parameter == specs[i].name) return p.status.samples_applied;
+    }
+    return int64_t{-1};
+  };
+  for (size_t i = 0; i < specs.size(); ++i) {
+    EXPECT_TRUE(WaitUntil([&] { return shard_samples(i) == applied_samples[i]; }))
+        << specs[i].name << ": shard applied " << shard_samples(i) << " samples, the client "
+        << "saw " << applied_samples[i] << " accepted";
+  }
+  EXPECT_TRUE(server->Shutdown().ok());
+}
+
+// A shard that stops answering: FlushAll gives up at its timeout and reports what is lost.
+TEST(WorkerClient, FlushAllReportsWhatIsLostWhenTheShardDoesNotAnswer) {
+  // State the judge uses is declared before the fake shard, so it outlives the server's
+  // handlers, which may still be in the judge while the fake shuts down.
+  std::atomic<bool> hang{false};
+  std::unique_ptr<testing::FakeShard> fake = StartFake();
+  ASSERT_NE(fake, nullptr);
+  fake->SetJudge([&](const v1::Contribution& c) {
+    const absl::Time until = absl::Now() + absl::Seconds(30);  // bounded: the fake shuts down
+    while (hang.load() && absl::Now() < until) absl::SleepFor(absl::Milliseconds(5));
+    return testing::FakeShard::Ack(c, v1::PUSH_RESULT_ACCEPTED);
+  });
+  absl::StatusOr<std::unique_ptr<Client>> client =
+      ConnectToFake(*fake, TestClientOptions({fake->address()}, "w0"));
+  ASSERT_TRUE(client.ok()) << client.status();
+  ASSERT_TRUE((*client)->Submit(RandomGradients((*client)->specs(), 1), 8, 1.0).ok());
+  ASSERT_TRUE((*client)->Flush(absl::Seconds(20)).ok());
+  const int w = IndexOf(**client, "w");
+  const double residual = (*client)->Outstanding(w).norm();
+  ASSERT_GT(residual, 0.0);
+  hang.store(true);  // every push from now on goes unanswered
+  FlushReport report;
+  const absl::Status flushed = (*client)->FlushAll(absl::Milliseconds(500), &report);
+  hang.store(false);
+  EXPECT_TRUE(absl::IsDeadlineExceeded(flushed)) << flushed;
+  EXPECT_EQ(report.residuals, 2);
+  EXPECT_EQ(report.unacknowledged, 2);  // the residuals of "w" and "v", in flight
+  EXPECT_EQ(report.unsettled_samples, 2);
+  // At least the residual of "w" (float rounding of the full-rank payload: 1e-5 relative).
+  EXPECT_GE(report.unsettled_norm, residual * (1 - 1e-5));
+  (*client)->Close();
+}
+
+// The pushes of "b" the fake received, in order.
+std::vector<testing::FakeShard::Received> PushesOf(const testing::FakeShard& fake,
+                                                   const std::string& parameter) {
+  std::vector<testing::FakeShard::Received> out;
+  for (const testing::FakeShard::Received& r : fake.received()) {
+    if (r.parameter == parameter) out.push_back(r);
+  }
+  return out;
+}
+
+// A push rejected as not applied (the shard is shutting down) keeps its age: after the replica
+// moved on, the next push carries it with the new step and the oldest base version of the two,
+// so the shard bounds and weights its real staleness.
+TEST(WorkerClient, RestoredPushIsResentWithItsOriginalBaseVersion) {
+  // State the judge uses is declared before the fake shard, so it outlives the server's
+  // handlers, which may still be in the judge while the fake shuts down.
+  std::atomic<bool> rejected{false};
+  std::unique_ptr<testing::FakeShard> fake = StartFake();
+  ASSERT_NE(fake, nullptr);
+  fake->SetJudge([&](const v1::Contribution& c) {
+    if (c.parameter() == "b" && !rejected.exchange(true)) {
+      return testing::FakeShard::Ack(c, v1::PUSH_RESULT_REJECTED,
+                                     static_cast<int>(absl::StatusCode::kUnavailable),
+                                     "the shard is shutting down");
+    }
+    return testing::FakeShard::Ack(c, v1::PUSH_RESULT_ACCEPTED);
+  });
+  absl::StatusOr<std::unique_ptr<Client>> client =
+      ConnectToFake(*fake, TestClientOptions({fake->address()}, "w0"));
+  ASSERT_TRUE(client.ok()) << client.status();
+  const int b = IndexOf(**client, "b");
+  ASSERT_TRUE((*client)->Submit(RandomGradients((*client)->specs(), 1), 8, 1.0).ok());
+  ASSERT_TRUE(WaitUntil([&] { return (*client)->stats().refused == 1; }));
+  Matrix X5(1, 24);
+  Rng(5).FillNormal(X5);
+  fake->Broadcast(VersionUpdate{"b", 5, WeightsChecksum(X5), X5});
+  ASSERT_TRUE(WaitUntil([&] { return (*client)->version(b) == 5; }));
+  ASSERT_TRUE((*client)->Submit(RandomGradients((*client)->specs(), 2), 6, 1.0).ok());
+  ASSERT_TRUE((*client)->Flush(absl::Seconds(20)).ok()) << (*client)->status();
+  (*client)->Close();
+  const std::vector<testing::FakeShard::Received> pushes = PushesOf(*fake, "b");
+  ASSERT_EQ(pushes.size(), 2u);
+  EXPECT_EQ(pushes[0].base_version, 0);
+  EXPECT_EQ(pushes[0].sample_count, 8);
+  EXPECT_EQ(pushes[1].base_version, 0) << "re-sent as fresh: its staleness would be hidden";
+  EXPECT_EQ(pushes[1].sample_count, 8 + 6);
+  EXPECT_NE(pushes[1].sequence, pushes[0].sequence);
+}
+
+// A STALE push is dropped and counted; it is not sent again, and what follows carries only the
+// new steps.
+TEST(WorkerClient, StalePushIsDroppedAndNotSentAgain) {
+  std::atomic<bool> stale{false};
+  std::unique_ptr<testing::FakeShard> fake = StartFake();
+  ASSERT_NE(fake, nullptr);
+  fake->SetJudge([&](const v1::Contribution& c) {
+    if (c.parameter() == "b" && !stale.exchange(true)) {
+      return testing::FakeShard::Ack(c, v1::PUSH_RESULT_STALE, 0, "tau 20 > max_staleness 16");
+    }
+    return testing::FakeShard::Ack(c, v1::PUSH_RESULT_ACCEPTED);
+  });
+  ClientOptions options = TestClientOptions({fake->address()}, "w0");
+  std::atomic<int> dropped_b{0};
+  options.on_acknowledged = [&](const Contribution& c, PushFate fate) {
+    dropped_b += c.parameter == "b" && fate == PushFate::kDroppedStale;
+  };
+  absl::StatusOr<std::unique_ptr<Client>> client = ConnectToFake(*fake, options);
+  ASSERT_TRUE(client.ok()) << client.status();
+  const int b = IndexOf(**client, "b");
+  ASSERT_TRUE((*client)->Submit(RandomGradients((*client)->specs(), 1), 8, 1.0).ok());
+  ASSERT_TRUE(WaitUntil([&] { return (*client)->stats().stale_dropped == 1; }));
+  EXPECT_EQ((*client)->Outstanding(b).norm(), 0.0f);  // nothing of it kept
+  ASSERT_TRUE((*client)->Submit(RandomGradients((*client)->specs(), 2), 6, 1.0).ok());
+  ASSERT_TRUE((*client)->Flush(absl::Seconds(20)).ok()) << (*client)->status();
+  const ClientStats stats = (*client)->stats();
+  (*client)->Close();
+  EXPECT_EQ(dropped_b.load(), 1);
+  EXPECT_EQ(stats.stale_dropped_samples, 8);
+  EXPECT_EQ(stats.refused, 0);
+  const std::vector<testing::FakeShard::Received> pushes = PushesOf(*fake, "b");
+  ASSERT_EQ(pushes.size(), 2u);
+  EXPECT_EQ(pushes[1].sample_count, 6);
 }
 
 TEST(WorkerClient, ResyncsWhenTheShardRestartsFromAnOlderCheckpoint) {
@@ -588,8 +798,8 @@ TEST(WorkerClient, AnswerOlderThanTheDedupWindowIsFatalAndNotRestored) {
   });
   ClientOptions options = TestClientOptions({fake->address()}, "w0");
   int restored = 0;
-  options.on_acknowledged = [&](const Contribution& c, bool refused) {
-    restored += c.parameter == "b" && refused;
+  options.on_acknowledged = [&](const Contribution& c, PushFate fate) {
+    restored += c.parameter == "b" && fate == PushFate::kRestored;
   };
   absl::StatusOr<std::unique_ptr<Client>> client = ConnectToFake(*fake, options);
   ASSERT_TRUE(client.ok()) << client.status();
@@ -625,8 +835,8 @@ TEST(WorkerClient, ResyncDoesNotUndoAnUpdateThatArrivedDuringItsPull) {
   });
   ClientOptions options = TestClientOptions({fake->address()}, "w0");
   std::atomic<int> accepted_b{0};
-  options.on_acknowledged = [&](const Contribution& c, bool refused) {
-    if (c.parameter == "b" && !refused) ++accepted_b;
+  options.on_acknowledged = [&](const Contribution& c, PushFate fate) {
+    if (c.parameter == "b" && fate == PushFate::kApplied) ++accepted_b;
   };
   absl::StatusOr<std::unique_ptr<Client>> client = ConnectToFake(*fake, options);
   ASSERT_TRUE(client.ok()) << client.status();
@@ -812,29 +1022,30 @@ TEST(WorkerClient, RefusedPushWaitsForTheNextStepInsteadOfLoopingAtNetworkSpeed)
   std::unique_ptr<testing::FakeShard> fake = StartFake();
   ASSERT_NE(fake, nullptr);
   fake->SetJudge([&](const v1::Contribution& c) {
-    // "b" is stale while the replica lags (it cannot catch up here: nothing is broadcast).
-    const bool stale = c.parameter() == "b" && refuse.load();
-    return testing::FakeShard::Ack(c, stale ? v1::PUSH_RESULT_STALE : v1::PUSH_RESULT_ACCEPTED);
+    // "b" is refused as not applied while the shard shuts down (for as long as the test says).
+    if (c.parameter() == "b" && refuse.load()) {
+      return testing::FakeShard::Ack(c, v1::PUSH_RESULT_REJECTED,
+                                     static_cast<int>(absl::StatusCode::kUnavailable),
+                                     "the shard is shutting down");
+    }
+    return testing::FakeShard::Ack(c, v1::PUSH_RESULT_ACCEPTED);
   });
   absl::StatusOr<std::unique_ptr<Client>> client =
       ConnectToFake(*fake, TestClientOptions({fake->address()}, "w0"));
   ASSERT_TRUE(client.ok()) << client.status();
-  const auto pushes_of_b = [&] {
-    int n = 0;
-    for (const testing::FakeShard::Received& r : fake->received()) n += r.parameter == "b";
-    return n;
-  };
+  const auto pushes_of_b = [&] { return PushesOf(*fake, "b").size(); };
   ASSERT_TRUE((*client)->Submit(RandomGradients((*client)->specs(), 1), 8, 1.0).ok());
   ASSERT_TRUE(WaitUntil([&] { return (*client)->stats().refused >= 1; }));
   absl::SleepFor(absl::Milliseconds(300));
   // One push per local step: re-sending from the refusal itself would have sent hundreds.
-  EXPECT_EQ(pushes_of_b(), 1);
+  EXPECT_EQ(pushes_of_b(), 1u);
   ASSERT_TRUE((*client)->Submit(RandomGradients((*client)->specs(), 2), 8, 1.0).ok());
   ASSERT_TRUE(WaitUntil([&] { return (*client)->stats().refused >= 2; }));
-  EXPECT_EQ(pushes_of_b(), 2);
+  EXPECT_EQ(pushes_of_b(), 2u);
   refuse.store(false);
   EXPECT_TRUE((*client)->Flush(absl::Seconds(20)).ok()) << (*client)->status();
-  EXPECT_EQ(pushes_of_b(), 3);  // both steps' samples in the one push Flush took
+  EXPECT_EQ(pushes_of_b(), 3u);  // both steps' samples in the one push Flush took
+  EXPECT_EQ(PushesOf(*fake, "b").back().sample_count, 16);
   (*client)->Close();
 }
 

@@ -1,5 +1,6 @@
 // Client: connecting to the shards, the push path (accumulate, compress, send, handle the
-// acknowledgement), Flush, failure and Close. The replica side is in client_replica.cc.
+// acknowledgement), failure and Close. The replica side is in client_replica.cc, the flushes in
+// client_flush.cc.
 #include "worker/client/client.h"
 
 #include <algorithm>
@@ -49,12 +50,12 @@ bool RefusedNotApplied(absl::StatusCode code) {
   }
 }
 
-// How an acknowledgement settles its contribution: dropped (applied, or applied before),
-// restored into the residual (certainly not applied), or dropped with its fate unknown (a fatal
-// error).
+// How an acknowledgement settles its contribution: released (applied, or applied before),
+// restored into the residual (certainly not applied), dropped as stale, or released with its
+// fate unknown (a fatal error).
 struct AckOutcome {
   WorkerPushResult result = WorkerPushResult::kAccepted;
-  bool refused = false;  // restored into the residual
+  AckAction action = AckAction::kRelease;
   bool unknown = false;  // dropped without knowing whether it was applied
   bool resync = false;   // the shard is behind the base version: pull the parameter
   absl::Status fatal;    // the client cannot go on
@@ -66,8 +67,9 @@ AckOutcome Classify(int shard, const v1::PushAck& ack, const std::string& worker
     case v1::PUSH_RESULT_ACCEPTED: break;
     case v1::PUSH_RESULT_DUPLICATE: out.result = WorkerPushResult::kDuplicate; break;
     case v1::PUSH_RESULT_STALE:
+      // Re-sent with its true base it would be refused again: dropped (docs/protocol.md, Push).
       out.result = WorkerPushResult::kStale;
-      out.refused = true;
+      out.action = AckAction::kDropStale;
       break;
     case v1::PUSH_RESULT_REJECTED: {
       out.result = WorkerPushResult::kRejected;
@@ -84,7 +86,7 @@ AckOutcome Classify(int shard, const v1::PushAck& ack, const std::string& worker
             worker_id, "' used by two processes, or were sequence numbers reused?"));
         break;
       }
-      out.refused = true;  // restored either way: nothing is lost, even on a fatal error
+      out.action = AckAction::kRestore;  // either way: nothing is lost, even on a fatal error
       out.resync = code == absl::StatusCode::kOutOfRange;
       if (!RefusedNotApplied(code)) {
         out.fatal = absl::Status(code, absl::StrCat("shard ", shard,
@@ -101,6 +103,32 @@ AckOutcome Classify(int shard, const v1::PushAck& ack, const std::string& worker
           "' with unknown result ", static_cast<int>(ack.result()), "; it was dropped"));
   }
   return out;
+}
+
+PushFate FateOf(AckAction action) {
+  switch (action) {
+    case AckAction::kRestore: return PushFate::kRestored;
+    case AckAction::kDropStale: return PushFate::kDroppedStale;
+    case AckAction::kRelease: break;
+  }
+  return PushFate::kApplied;
+}
+
+// Adds one acknowledgement of a contribution of `samples` samples to `stats`.
+void CountAck(const AckOutcome& outcome, const v1::PushAck& ack, int64_t samples,
+              ClientStats& stats) {
+  if (outcome.result == WorkerPushResult::kAccepted) {
+    ++stats.accepted;
+    const int64_t tau = std::max<int64_t>(0, ack.staleness());
+    ++stats.staleness[std::min<int64_t>(tau, ClientStats::kStalenessBins - 1)];
+    stats.staleness_sum += tau;
+  }
+  if (outcome.result == WorkerPushResult::kDuplicate) ++stats.duplicates;
+  if (outcome.action == AckAction::kRestore) ++stats.refused;
+  if (outcome.action == AckAction::kDropStale) {
+    ++stats.stale_dropped;
+    stats.stale_dropped_samples += samples;
+  }
 }
 
 }  // namespace
@@ -315,19 +343,24 @@ absl::Status Client::Submit(absl::Span<const Matrix> gradients, int64_t samples,
   return absl::OkStatus();
 }
 
-void Client::MaybeSend(Parameter& p) {
+bool Client::MaybeSend(Parameter& p, bool whole) {
   p.accumulator_mu.AssertHeld();  // every caller holds it (Parameter is incomplete in client.h)
   GradientAccumulator& acc = p.accumulator;
-  if (acc.in_flight() >= options_.max_in_flight) return;
-  if (acc.pending_samples() <= 0) return;
+  if (acc.in_flight() >= options_.max_in_flight) return false;
+  if (whole ? !acc.HasAnythingToFlush() : acc.pending_samples() <= 0) return false;
   const int local_steps = acc.pending_steps();
   int64_t base_version;
   {
     MutexLock lock(&p.replica_mu);
     base_version = p.replica.version();
   }
-  const Contribution* contribution = acc.Take(options_.worker_id, base_version, absl::Now());
-  if (contribution == nullptr) return;
+  const ParamSpec& spec = specs_[p.index];
+  // A full-rank block costs 4 (m + n) bytes per column; half the message limit leaves room.
+  const int64_t max_rank = options_.max_message_bytes / 2 / (4 * (spec.rows() + spec.cols()));
+  const Contribution* contribution =
+      whole ? acc.TakeWhole(options_.worker_id, base_version, absl::Now(), max_rank)
+            : acc.Take(options_.worker_id, base_version, absl::Now());
+  if (contribution == nullptr) return false;
   v1::Contribution message;
   ContributionToProto(*contribution, &message, specs_[p.index].shape);
   const int64_t bytes = static_cast<int64_t>(message.ByteSizeLong());
@@ -340,6 +373,7 @@ void Client::MaybeSend(Parameter& p) {
     stats_.dense_bytes += dense;
   }
   if (options_.metrics != nullptr) options_.metrics->RecordPush(local_steps, bytes, dense);
+  return true;
 }
 
 void Client::ResendInFlight(int shard, uint64_t generation) {
@@ -363,12 +397,13 @@ void Client::OnAck(int shard, const v1::PushAck& ack) {
   // Nothing of this shard's is in flight for a name it does not own.
   if (p == nullptr || p->shard != shard) return;
   const AckOutcome outcome = Classify(shard, ack, options_.worker_id);
-  const bool refused = outcome.refused;
+  const AckAction action = outcome.action;
   absl::Time taken;
+  int64_t samples;
   {
     MutexLock lock(&p->accumulator_mu);
     absl::StatusOr<GradientAccumulator::Acknowledged> done =
-        p->accumulator.Acknowledge(ack.sequence(), refused);
+        p->accumulator.Acknowledge(ack.sequence(), action);
     // Not in flight (answered already): nothing to settle.
     if (absl::IsNotFound(done.status())) return;
     p->queued_in.erase(ack.sequence());
@@ -381,57 +416,29 @@ void Client::OnAck(int shard, const v1::PushAck& ack) {
       return;
     }
     taken = done->taken;
+    samples = done->contribution.sample_count;
     if (options_.on_acknowledged && !outcome.unknown) {
-      options_.on_acknowledged(done->contribution, refused);
+      options_.on_acknowledged(done->contribution, FateOf(action));
     }
     if (!outcome.fatal.ok()) Fail(outcome.fatal);
-    // An accepted push frees its slot for what accumulated meanwhile. A refused one goes out
-    // again with the next Submit or Flush, not from here: when the replica lags the shard by
-    // more than its staleness bound (a subscription in backoff), re-sending at once would be
-    // refused again, in a loop as fast as the network (and the compressor) can go.
-    if (!refused && Usable().ok()) MaybeSend(*p);  // not after Close either
+    // A settled push frees its slot for what accumulated meanwhile. A restored one goes out
+    // again with the next Submit or Flush, not from here: a shard that keeps refusing (shutting
+    // down, or behind the base version until the resync below) would otherwise be sent the
+    // same gradient in a loop as fast as the network (and the compressor) can go.
+    if (action != AckAction::kRestore && Usable().ok()) MaybeSend(*p);  // not after Close
   }
   {
     MutexLock lock(&mu_);
-    if (outcome.result == WorkerPushResult::kAccepted) {
-      ++stats_.accepted;
-      const int64_t tau = std::max<int64_t>(0, ack.staleness());
-      ++stats_.staleness[std::min<int64_t>(tau, ClientStats::kStalenessBins - 1)];
-      stats_.staleness_sum += tau;
-    }
-    if (outcome.result == WorkerPushResult::kDuplicate) ++stats_.duplicates;
-    if (refused) ++stats_.refused;
+    CountAck(outcome, ack, samples, stats_);
   }
   if (options_.metrics != nullptr) {
     options_.metrics->RecordAck(outcome.result, absl::ToDoubleSeconds(absl::Now() - taken));
-    if (refused) options_.metrics->RecordRefused();
+    if (action == AckAction::kRestore) options_.metrics->RecordRefused();
+    if (action == AckAction::kDropStale) options_.metrics->RecordStaleDropped(samples);
   }
   // Before the resync, which can block on a pull for up to rpc_deadline (and signals itself).
   NotifyChange();
   if (outcome.resync) Resync(*p, "rejected_version");
-}
-
-absl::Status Client::Flush(absl::Duration timeout) {
-  const absl::Time deadline = absl::Now() + timeout;
-  while (true) {
-    const uint64_t seen = ChangeCount();
-    if (absl::Status s = Usable(); !s.ok()) return s;
-    int outstanding = 0;
-    for (auto& p : parameters_) {
-      MutexLock lock(&p->accumulator_mu);
-      MaybeSend(*p);
-      outstanding += p->accumulator.in_flight() + (p->accumulator.pending_samples() > 0);
-    }
-    if (outstanding == 0) return absl::OkStatus();
-    if (absl::Now() >= deadline) {
-      return absl::DeadlineExceededError(absl::StrCat(
-          outstanding, " pushes (or pending accumulations) still unacknowledged after ",
-          absl::FormatDuration(timeout)));
-    }
-    // Acknowledgements and failures wake this up; the cap is a safety net, so that a change
-    // nothing announces can delay the flush by at most 50 ms.
-    WaitForChange(seen, std::min(deadline, absl::Now() + absl::Milliseconds(50)));
-  }
 }
 
 ClientStats Client::stats() const {
@@ -467,12 +474,6 @@ void Client::Close() {
   }
   NotifyChange();  // waiters return now, not at their deadlines
   for (auto& link : links_) link->Stop();
-}
-
-Matrix Client::Outstanding(int index) const {
-  const Parameter& p = *parameters_.at(index);
-  MutexLock lock(&p.accumulator_mu);
-  return p.accumulator.Outstanding();
 }
 
 }  // namespace dion

@@ -11,6 +11,7 @@
 //     absl::Status s = (*client)->Submit(gradients, batch_size, loss);
 //   }
 //   (*client)->Flush(absl::Seconds(30));                // push what is left, wait for acks
+//   (*client)->FlushAll(absl::Seconds(5));              // before exiting: the residuals too
 //
 // Connect registers the model on every shard (idempotent: every worker may do it), checks that
 // each address serves the shard index it is listed at and that the layouts agree, pulls the
@@ -20,10 +21,12 @@
 // E, warm-started Qw, rank rw = CompressionRank(spec, compression_rank_fraction)); other
 // parameters are sent dense. Each parameter has at most max_in_flight unacknowledged pushes;
 // while that many are out, further steps accumulate locally instead of queueing messages, so a
-// slow link automatically means more local steps per push. A push the shard refuses (stale, or
-// rejected as not applied) is restored into the residual and goes out again with the next
-// Submit or Flush (not straight from the refusal, which could loop at network speed): nothing
-// is lost.
+// slow link automatically means more local steps per push. A push the shard rejects as not
+// applied (shard unavailable, shutting down, restarted) is restored into the residual and goes
+// out again with the next Submit or Flush (not straight from the refusal, which could loop at
+// network speed), keeping its original base version: the shard bounds and weights its true
+// staleness. A push answered STALE is older than the shard's max_staleness, the bound above
+// which gradients are not applied: it is dropped and its samples counted (stale_dropped).
 // When a Push stream is re-opened, what is in flight is sent again with its sequence, once per
 // stream; DUPLICATE answers after such a retry mean "applied before". A push whose fate the
 // shard cannot tell (REJECTED DATA_LOSS, older than its dedup window) is dropped rather than
@@ -79,6 +82,13 @@ class VersionUpdate;
 }  // namespace v1
 class ShardLink;
 
+// How an acknowledged push was settled (ClientOptions::on_acknowledged).
+enum class PushFate {
+  kApplied,       // ACCEPTED, or DUPLICATE (applied before)
+  kRestored,      // rejected as not applied: back in the residual, re-sent with its base version
+  kDroppedStale,  // STALE: older than the shard's max_staleness; dropped
+};
+
 struct ClientOptions {
   std::vector<std::string> shard_addresses;  // host:port of shard 0, 1, ... in order
   std::string worker_id;                     // unique per worker; registered with every shard
@@ -103,10 +113,10 @@ struct ClientOptions {
   uint64_t first_sequence = 0;
   WorkerMetrics* metrics = nullptr;          // optional; not owned
   // Optional observer of every acknowledged contribution (payload in the mean units of the
-  // wire) and whether it was restored into the residual (not called for one whose fate is
-  // unknown, see above). Runs on a link thread with the parameter's accumulator locked: keep
-  // it short. For monitoring and tests.
-  std::function<void(const Contribution&, bool refused)> on_acknowledged;
+  // wire) and how it was settled (not called for one whose fate is unknown, see above). Runs
+  // on a link thread with the parameter's accumulator locked: keep it short. For monitoring
+  // and tests.
+  std::function<void(const Contribution&, PushFate)> on_acknowledged;
 };
 
 // Counters since Connect (also exported through WorkerMetrics when set).
@@ -114,7 +124,9 @@ struct ClientStats {
   int64_t pushes = 0;            // contributions sent (first sends, not re-sends)
   int64_t accepted = 0;
   int64_t duplicates = 0;
-  int64_t refused = 0;           // stale or rejected-as-not-applied, restored
+  int64_t refused = 0;           // rejected as not applied, restored into the residual
+  int64_t stale_dropped = 0;     // answered STALE, dropped (PushFate::kDroppedStale)
+  int64_t stale_dropped_samples = 0;  // the samples those carried
   int64_t resyncs = 0;           // full pulls after a gap, mismatch or version going back
   int64_t reconnects = 0;
   int64_t local_steps = 0;       // Submit calls
@@ -125,6 +137,23 @@ struct ClientStats {
   static constexpr int kStalenessBins = 9;
   std::array<int64_t, kStalenessBins> staleness{};
   int64_t staleness_sum = 0;
+};
+
+// What Client::FlushAll pushed and what it could not. Norms are Frobenius norms, over all
+// parameters together, in the accumulators' sum units (sums over samples of the gradients).
+struct FlushReport {
+  int residuals = 0;              // Dion parameters whose residual E was non-zero at the start
+  double residual_norm = 0;       // the norm of those residuals
+  int64_t pushes = 0;             // contributions taken while flushing
+  // Pushes that carried only a residual, with sample_count 1 each (the smallest the protocol
+  // allows: E's samples were counted by the pushes that left it behind).
+  int64_t residual_only_pushes = 0;
+  int64_t stale_dropped_samples = 0;  // dropped as stale while flushing
+  // Left when FlushAll returned (all 0 after OkStatus): pushes still unacknowledged, and the
+  // samples and norm of everything neither applied nor dropped (in flight, pending, residuals).
+  int64_t unacknowledged = 0;
+  int64_t unsettled_samples = 0;
+  double unsettled_norm = 0;
 };
 
 // The rank of the factors (P, R) pushed for a Dion parameter of shape m x n at
@@ -165,6 +194,12 @@ class Client {
   // re-sent), or `timeout` (DeadlineExceeded). The fatal error, or FailedPrecondition once
   // closed, as for Submit (also when it happens during the wait).
   absl::Status Flush(absl::Duration timeout);
+  // For a worker about to exit (SIGTERM): like Flush, and each Dion parameter's residual E goes
+  // out whole too, as a full-rank factorisation (GradientAccumulator::TakeWhole; split into
+  // several pushes when one would exceed max_message_bytes / 2), so nothing accumulated is
+  // lost. OkStatus once everything was applied (or dropped as stale); else the error Flush
+  // would return. `report` (optional) says what was pushed and, on an error, what is lost.
+  absl::Status FlushAll(absl::Duration timeout, FlushReport* report = nullptr);
   // Waits until the replica version of every parameter i is above `versions[i]` (table order,
   // one per parameter): OkStatus; the client's fatal error if it fails meanwhile, else
   // FailedPrecondition if it is closed meanwhile; DeadlineExceeded naming the first
@@ -198,8 +233,15 @@ class Client {
   absl::Status RegisterWith(int s);
   // Pulls every parameter shard `s` owns into the replicas.
   absl::Status PullInitialWeights(int s);
-  // Takes and sends the next contribution of `p` if one is due. REQUIRES: p.accumulator_mu.
-  void MaybeSend(Parameter& p);
+  // Takes and sends the next contribution of `p` if one is due (`whole`: with its residual,
+  // GradientAccumulator::TakeWhole); whether one was sent. REQUIRES: p.accumulator_mu.
+  bool MaybeSend(Parameter& p, bool whole = false);
+  // Flush and FlushAll: sends (`whole`: residuals too) and waits until nothing is unsettled.
+  // Counts in `residual_only_pushes` the pushes that carried nothing but a residual.
+  absl::Status FlushUntilSettled(absl::Duration timeout, bool whole,
+                                 int64_t* residual_only_pushes);
+  // What FlushAll leaves unsettled, into `report`.
+  void CountUnsettled(FlushReport& report) const;
   Parameter* Find(absl::string_view name) const;
   void OnAck(int shard, const v1::PushAck& ack);
   void OnUpdate(int shard, v1::VersionUpdate& update);

@@ -53,12 +53,14 @@ absl::Status GradientAccumulator::Accumulate(ConstMatrixRef G, int64_t samples, 
   return absl::OkStatus();
 }
 
+bool GradientAccumulator::SpanFull() const {
+  return !in_flight_.empty() &&
+         next_sequence_ - in_flight_.begin()->first >= kMaxUnacknowledgedSpan;
+}
+
 const Contribution* GradientAccumulator::Take(const std::string& worker_id,
                                               int64_t current_version, absl::Time now) {
-  if (pending_samples_ <= 0) return nullptr;
-  if (!in_flight_.empty() && next_sequence_ - in_flight_.begin()->first >= kMaxUnacknowledgedSpan) {
-    return nullptr;
-  }
+  if (pending_samples_ <= 0 || SpanFull()) return nullptr;
   const float inverse_samples = 1.0f / static_cast<float>(pending_samples_);
   Contribution c;
   if (compressor_.has_value()) {
@@ -73,11 +75,68 @@ const Contribution* GradientAccumulator::Take(const std::string& worker_id,
     c.payload = Matrix(dense_sum_ * inverse_samples);
     dense_sum_.setZero();
   }
+  return Seal(std::move(c), pending_samples_, worker_id, current_version, now);
+}
+
+bool GradientAccumulator::HasAnythingToFlush() const {
+  return pending_samples_ > 0 ||
+         (compressor_.has_value() && !(compressor_->residual().array() == 0.0f).all());
+}
+
+LowRankFactors GradientAccumulator::TakeResidualBlock(int64_t max_rank) {
+  Matrix E = compressor_->TakeResidual();
+  const int64_t m = E.rows(), n = E.cols();
+  const bool tall = n <= m;  // P holds E's columns (R = I), else R holds its rows (P = I)
+  const int64_t k = tall ? n : m;
+  const auto line_is_zero = [&](int64_t i) {
+    return tall ? (E.col(i).array() == 0.0f).all() : (E.row(i).array() == 0.0f).all();
+  };
+  int64_t first = 0;
+  while (first < k && line_is_zero(first)) ++first;
+  if (first == k) return LowRankFactors{Matrix::Zero(m, 1), Matrix::Zero(n, 1)};  // E is zero
+  const int64_t r = std::min(k - first, std::max<int64_t>(1, max_rank));
+  LowRankFactors f;
+  if (tall) {
+    f.P = E.middleCols(first, r);
+    f.R = Matrix::Zero(n, r);
+    for (int64_t j = 0; j < r; ++j) f.R(first + j, j) = 1.0f;
+    E.middleCols(first, r).setZero();
+  } else {
+    f.P = Matrix::Zero(m, r);
+    for (int64_t j = 0; j < r; ++j) f.P(first + j, j) = 1.0f;
+    f.R = E.middleRows(first, r).transpose();
+    E.middleRows(first, r).setZero();
+  }
+  // The rest goes back into the (now zero) residual unchanged: E was finite, so this cannot
+  // fail, and 0 + x is exact.
+  if (first + r < k) (void)compressor_->Accumulate(E);
+  return f;
+}
+
+const Contribution* GradientAccumulator::TakeWhole(const std::string& worker_id,
+                                                   int64_t current_version, absl::Time now,
+                                                   int64_t max_rank) {
+  if (!compressor_.has_value()) return Take(worker_id, current_version, now);
+  if (!HasAnythingToFlush() || SpanFull()) return nullptr;
+  LowRankFactors f = TakeResidualBlock(max_rank);
+  const int64_t samples = pending_samples_ > 0 ? pending_samples_ : 1;
+  f.R *= 1.0f / static_cast<float>(samples);  // the mean over the contribution's samples
+  Contribution c;
+  c.payload = std::move(f);
+  return Seal(std::move(c), samples, worker_id, current_version, now);
+}
+
+const Contribution* GradientAccumulator::Seal(Contribution c, int64_t samples,
+                                              const std::string& worker_id,
+                                              int64_t current_version, absl::Time now) {
   c.worker_id = worker_id;
   c.sequence = next_sequence_++;
   c.parameter = spec_.name;
-  c.base_version = pending_base_version_ >= 0 ? pending_base_version_ : current_version;
-  c.sample_count = pending_samples_;
+  // Restored contributions keep their age; a base above the replica's version belongs to a
+  // history the shard went back from (see Take).
+  c.base_version = pending_base_version_ >= 0 ? std::min(pending_base_version_, current_version)
+                                              : current_version;
+  c.sample_count = samples;
   c.loss = pending_loss_samples_ > 0
                ? pending_loss_sum_ / static_cast<double>(pending_loss_samples_)
                : 0.0;
@@ -99,17 +158,21 @@ absl::Status GradientAccumulator::PutBack(const Contribution& c) {
     dense_sum_ += c.gradient() * samples;
   }
   pending_samples_ += c.sample_count;
+  // It keeps its age: the next contribution is as old as the oldest thing it carries.
+  pending_base_version_ = pending_base_version_ < 0
+                              ? c.base_version
+                              : std::min(pending_base_version_, c.base_version);
   return absl::OkStatus();
 }
 
 absl::StatusOr<GradientAccumulator::Acknowledged> GradientAccumulator::Acknowledge(
-    uint64_t sequence, bool refused) {
+    uint64_t sequence, AckAction action) {
   auto it = in_flight_.find(sequence);
   if (it == in_flight_.end()) {
     return absl::NotFoundError(absl::StrCat("'", spec_.name, "': sequence ", sequence,
                                             " is not in flight"));
   }
-  if (refused) {
+  if (action == AckAction::kRestore) {
     if (absl::Status s = PutBack(it->second.contribution); !s.ok()) {
       in_flight_.erase(it);  // settled (lost, and the caller says so): never answered twice
       return s;
@@ -129,6 +192,26 @@ std::vector<const Contribution*> GradientAccumulator::InFlight() const {
 
 Matrix GradientAccumulator::Outstanding() const {
   return compressor_.has_value() ? compressor_->residual() : dense_sum_;
+}
+
+Matrix GradientAccumulator::Unsettled() const {
+  Matrix sum = Outstanding();
+  for (const auto& [sequence, sent] : in_flight_) {
+    const Contribution& c = sent.contribution;
+    const float samples = static_cast<float>(c.sample_count);
+    if (c.is_low_rank()) {
+      Gemm(Trans::kNo, Trans::kYes, samples, c.factors().P, c.factors().R, 1.0f, sum);
+    } else {
+      sum += c.gradient() * samples;
+    }
+  }
+  return sum;
+}
+
+int64_t GradientAccumulator::unsettled_samples() const {
+  int64_t samples = pending_samples_;
+  for (const auto& [sequence, sent] : in_flight_) samples += sent.contribution.sample_count;
+  return samples;
 }
 
 double GradientAccumulator::compression_ratio() const {

@@ -1,6 +1,6 @@
 // The worker side of one parameter's pushes: accumulates local gradients, cuts them into
 // contributions, and keeps every contribution until the shard has acknowledged it, so that
-// nothing is lost (docs/protocol.md, Push).
+// nothing is lost that the shard may still apply (docs/protocol.md, Push).
 //
 // Units: the accumulator holds *sums* of per-sample gradients (each local step adds
 // G * samples, G being the step's mean gradient). A contribution carries the mean over its
@@ -11,12 +11,23 @@
 // with R already divided by S; what rank-rw factors did not capture stays in E. Other
 // parameters carry their dense mean gradient and keep no residual.
 //
+// Ages: a contribution's base_version is the oldest base version of what it carries: the
+// local steps and the contributions restored into it (a restored contribution keeps its
+// original base_version, so the shard bounds and weights its true staleness). Acknowledgements
+// settle a contribution one of three ways (AckAction): released (applied, or its fate is out
+// of the worker's hands), restored (certainly not applied and may be applied later: shard
+// unavailable, shutting down or restarted), or dropped as stale. STALE means the content is
+// older than the shard's max_staleness, the bound above which gradients are not applied; with
+// its true base it would be refused again on every re-send, so it is dropped (the client
+// counts its samples) and never re-sent.
+//
 // Adaptive local accumulation: the client takes a contribution only while fewer than
 // max_in_flight are unacknowledged; until then local steps keep accumulating here, so the
 // number of local steps per push grows by itself when the link is slow.
 //
-// Invariant (tested): sum of accepted payloads * S + in-flight payloads * S + residual (+ the
-// not yet taken dense sum) == sum over local steps of G * samples, to float rounding.
+// Invariant (tested): sum of released payloads * S + dropped-as-stale payloads * S + in-flight
+// payloads * S + residual (+ the not yet taken dense sum) == sum over local steps of
+// G * samples, to float rounding.
 //
 // Thread-safety: not safe for concurrent use; the client holds one lock per accumulator.
 #ifndef DION_WORKER_GRADIENT_ACCUMULATOR_H_
@@ -43,6 +54,13 @@ namespace dion {
 // the shard could only answer that it cannot tell whether it was applied.
 inline constexpr uint64_t kMaxUnacknowledgedSpan = 2048;
 
+// How an acknowledgement settles a contribution in flight.
+enum class AckAction {
+  kRelease,    // applied (ACCEPTED, DUPLICATE), or dropped with its fate unknown
+  kRestore,    // certainly not applied: back into the residual, keeping its base_version
+  kDropStale,  // refused as STALE: dropped, never re-sent
+};
+
 class GradientAccumulator {
  public:
   // `compression_rank` is the worker's rank rw for a Dion parameter (clamped into
@@ -63,38 +81,62 @@ class GradientAccumulator {
 
   // Cuts the next contribution (sequence numbers increase by one) from everything accumulated
   // and records it as in flight at `now`. Its base_version is the oldest base version of the
-  // local steps in it, or `current_version` when it only re-sends restored contributions
-  // (which were refused for being too old: they go out again as fresh). When the compressor
-  // captures nothing (a zero residual), the contribution has zero rank-1 factors: it still
-  // carries the samples, whose mean gradient is zero, so nothing stays pending for ever.
-  // Null when nothing is pending, or when taking one more would put kMaxUnacknowledgedSpan
-  // sequences between the oldest unacknowledged one and the new one. The pointer stays valid
-  // until that sequence is acknowledged (no copy of the factors per push).
+  // local steps and restored contributions in it, capped at `current_version` (the replica's
+  // version: only above it when the replica went back with a shard restarted from an older
+  // checkpoint, where a base from the abandoned future would be refused as OUT_OF_RANGE
+  // forever). When the compressor captures nothing (a zero residual), the contribution has
+  // zero rank-1 factors: it still carries the samples, whose mean gradient is zero, so nothing
+  // stays pending for ever. Null when nothing is pending, or when taking one more would put
+  // kMaxUnacknowledgedSpan sequences between the oldest unacknowledged one and the new one.
+  // The pointer stays valid until that sequence is acknowledged (no copy of the factors per
+  // push).
   const Contribution* Take(const std::string& worker_id, int64_t current_version,
                            absl::Time now);
+  // Like Take, but for a worker about to exit: the contribution carries the pending samples
+  // and, for a Dion matrix, the residual E exactly, as a full-rank factorisation (P = E,
+  // R = I / S when n <= m; P = I, R = E^T / S otherwise), at most `max_rank` >= 1 columns of it
+  // (the first non-zero ones; the rest stays in E for the next call, so a matrix whose whole
+  // factorisation would exceed the message limit goes out in parts). S is the pending sample
+  // count, or 1 when only the residual is left: E's samples were counted by the contributions
+  // that left it behind, and 1 is the smallest count the protocol allows. Null when nothing is
+  // pending and E is zero, or as for Take. Dense parameters: the same as Take.
+  const Contribution* TakeWhole(const std::string& worker_id, int64_t current_version,
+                                absl::Time now, int64_t max_rank);
+  // True when TakeWhole would have something to send (pending samples or a non-zero E).
+  bool HasAnythingToFlush() const;
 
-  // The shard acknowledged `sequence`: accepted / duplicate drop it from in flight;
-  // `refused` (stale, or rejected as not applied) puts it back into the residual. Returns the
+  // The shard acknowledged `sequence`; `action` says how it settles (AckAction). Returns the
   // contribution and when it was taken, or NotFound for a sequence not in flight (e.g.
-  // acknowledged twice after a re-send). A refused contribution that cannot be put back
+  // acknowledged twice after a re-send). A contribution to restore that cannot be put back
   // (non-finite once scaled) gives the compressor's error and is dropped from in flight.
   struct Acknowledged {
     Contribution contribution;
     absl::Time taken;
   };
-  absl::StatusOr<Acknowledged> Acknowledge(uint64_t sequence, bool refused);
+  absl::StatusOr<Acknowledged> Acknowledge(uint64_t sequence, AckAction action);
   // Every in-flight contribution, oldest first (to resend on a new stream, same sequences).
   std::vector<const Contribution*> InFlight() const;
 
   // Sum of everything that is neither in flight nor accepted, in sum units: the compressor's
   // residual plus (dense) the gradient sum not taken yet. For tests and metrics.
   Matrix Outstanding() const;
+  // Everything not settled yet, in sum units: Outstanding() plus every in-flight payload * S,
+  // and the samples pending or in flight: what a worker exiting now would lose.
+  Matrix Unsettled() const;
+  int64_t unsettled_samples() const;
   const ParamSpec& spec() const { return spec_; }
   // Numbers sent per contribution vs a dense gradient: rows * cols / numbers in the payload.
   double compression_ratio() const;
 
  private:
   absl::Status PutBack(const Contribution& contribution);
+  // Records `c`, filled with a payload, as the next sequence in flight with `samples` samples
+  // and resets what is pending. Take's and TakeWhole's common end.
+  const Contribution* Seal(Contribution c, int64_t samples, const std::string& worker_id,
+                           int64_t current_version, absl::Time now);
+  bool SpanFull() const;
+  // The next full-rank block of E (TakeWhole), removed from E; zero rank-1 factors when E is 0.
+  LowRankFactors TakeResidualBlock(int64_t max_rank);
 
   ParamSpec spec_;
   std::optional<LowRankCompressor> compressor_;  // Dion parameters
@@ -105,7 +147,7 @@ class GradientAccumulator {
   int64_t pending_samples_ = 0;
   double pending_loss_sum_ = 0.0;                // sum of loss * samples of fresh steps
   int64_t pending_loss_samples_ = 0;             // samples of fresh steps
-  int64_t pending_base_version_ = -1;            // oldest base version since the last Take
+  int64_t pending_base_version_ = -1;            // oldest base version of what is pending
   struct Sent {
     Contribution contribution;
     absl::Time taken;

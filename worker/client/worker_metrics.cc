@@ -22,6 +22,7 @@ struct WorkerMetrics::Families {
   prometheus::Histogram* latency;
   std::array<prometheus::Counter*, 4> pushes;
   prometheus::Counter* refused;
+  prometheus::Counter* stale_dropped_samples;
   prometheus::Family<prometheus::Counter>* resyncs;
   prometheus::Counter* reconnects;
   prometheus::Gauge* loss;
@@ -73,6 +74,11 @@ WorkerMetrics::WorkerMetrics()
   f.refused = &BuildCounter().Name("dion_worker_refused_pushes_total")
                    .Help("Pushes refused by a shard and restored into the residual")
                    .Register(r).Add({});
+  f.stale_dropped_samples =
+      &BuildCounter().Name("dion_worker_stale_dropped_samples_total")
+           .Help("Samples of pushes answered STALE (older than the shard's max_staleness), "
+                 "dropped")
+           .Register(r).Add({});
   f.resyncs = &BuildCounter().Name("dion_worker_resyncs_total")
                    .Help("Full pulls of a parameter, by reason").Register(r);
   f.reconnects = &BuildCounter().Name("dion_worker_reconnects_total")
@@ -109,6 +115,9 @@ void WorkerMetrics::RecordAck(WorkerPushResult result, double latency_seconds) {
   families_->latency->Observe(latency_seconds);
 }
 void WorkerMetrics::RecordRefused() { families_->refused->Increment(); }
+void WorkerMetrics::RecordStaleDropped(int64_t samples) {
+  families_->stale_dropped_samples->Increment(static_cast<double>(samples));
+}
 void WorkerMetrics::RecordResync(absl::string_view reason) {
   families_->resyncs->Add({{"reason", std::string(reason)}}).Increment();
 }

@@ -14,6 +14,8 @@
 //   dion_worker_push_latency_seconds                histogram, push taken -> acknowledged
 //   dion_worker_pushes_total{result="accepted|duplicate|stale|rejected"}   counter
 //   dion_worker_refused_pushes_total                counter, restored into the residual
+//   dion_worker_stale_dropped_samples_total         counter, samples of pushes answered STALE
+//                                                   (older than max_staleness: dropped)
 //   dion_worker_resyncs_total{reason="gap|checksum_mismatch|went_back|rejected_version"}
 //   dion_worker_reconnects_total                    counter, streams re-opened
 //   dion_worker_training_loss                       gauge, mean loss of the last push round
@@ -50,6 +52,7 @@ class WorkerMetrics {
   void RecordPush(int local_steps, int64_t bytes, int64_t dense_bytes);
   void RecordAck(WorkerPushResult result, double latency_seconds);
   void RecordRefused();
+  void RecordStaleDropped(int64_t samples);
   void RecordResync(absl::string_view reason);
   void RecordReconnect();
   void SetTrainingLoss(double loss);

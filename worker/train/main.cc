@@ -6,8 +6,9 @@
 // progress line every --progress_interval (key=value pairs, so `dion local` and scripts can
 // read them). --mode=evaluate instead pulls the current weights once and prints the test-set
 // accuracy. Exit codes: 0 after training (or after SIGTERM / SIGINT: the current step ends,
-// accumulated gradients are flushed), 1 on a runtime error (a shard gone for good, data that
-// cannot be read), 2 for bad flags.
+// accumulated gradients and the residuals are flushed for up to --flush_timeout, and what could
+// not be is reported), 1 on a runtime error (a shard gone for good, data that cannot be read),
+// 2 for bad flags.
 #include <signal.h>
 #include <unistd.h>
 
@@ -88,6 +89,11 @@ ABSL_FLAG(uint64_t, seed, 0,
 ABSL_FLAG(int, max_in_flight, 2,
           "unacknowledged pushes per parameter; beyond that, local steps accumulate");
 ABSL_FLAG(absl::Duration, rpc_deadline, absl::Seconds(10), "deadline of every unary call");
+ABSL_FLAG(absl::Duration, flush_timeout, absl::Seconds(5),
+          "after SIGTERM / SIGINT: how long to wait for the last pushes, which carry every "
+          "accumulated gradient and each Dion matrix's error-feedback residual whole, to be "
+          "acknowledged before exiting (what is still unacknowledged then is lost, and logged); "
+          "keep it below the pod's termination grace period");
 ABSL_FLAG(absl::Duration, give_up_after, absl::Seconds(60),
           "how long a shard may stay unreachable before the worker exits with an error");
 ABSL_FLAG(bool, evaluate, false,
@@ -312,7 +318,32 @@ dion::TrainerOptions TrainerOptionsFromFlags() {
   trainer.snapshot_interval = absl::GetFlag(FLAGS_snapshot_interval);
   trainer.lookahead = absl::GetFlag(FLAGS_lookahead);
   trainer.seed = WorkerSeed();
+  trainer.stop_flush_timeout = absl::GetFlag(FLAGS_flush_timeout);
   return trainer;
+}
+
+// After SIGTERM / SIGINT: what the final flush pushed, or what was lost.
+void ReportStopFlush(const dion::TrainerProgress::StopFlush& flush) {
+  const dion::FlushReport& r = flush.report;
+  if (flush.status.ok()) {
+    std::fprintf(stderr,
+                 "dion-worker: flushed before exiting: %lld push(es) acknowledged, carrying the "
+                 "residuals of %d Dion matrix(es) whole (norm %.4g); nothing accumulated is "
+                 "lost\n",
+                 static_cast<long long>(r.pushes), r.residuals, r.residual_norm);
+  } else {
+    std::fprintf(stderr,
+                 "dion-worker: could not flush before exiting (%s): %lld push(es) "
+                 "unacknowledged; %lld sample(s) of gradients and residuals of norm %.4g "
+                 "(residuals before the flush: norm %.4g) are lost\n",
+                 flush.status.ToString().c_str(), static_cast<long long>(r.unacknowledged),
+                 static_cast<long long>(r.unsettled_samples), r.unsettled_norm,
+                 r.residual_norm);
+  }
+  if (r.stale_dropped_samples > 0) {
+    std::fprintf(stderr, "dion-worker: %lld sample(s) were answered STALE while flushing and "
+                 "dropped\n", static_cast<long long>(r.stale_dropped_samples));
+  }
 }
 
 // --mode=evaluate: the test-set accuracy of the shards' current weights.
@@ -371,6 +402,7 @@ int TrainOnPartition(dion::Client& client, const dion::ClientOptions& options, D
       },
       &g_stop);
   if (!result.ok()) return Fail("training stopped", result.status());
+  if (result->stop_flush.has_value()) ReportStopFlush(*result->stop_flush);
   if (result->evaluation.has_value()) {
     std::printf("test accuracy: %.2f%%\n", 100.0 * result->evaluation->accuracy);
   }

@@ -90,8 +90,8 @@ class TrainingRun {
   // After a step that ended at `now`: an evaluation when one is due, else a weight copy and
   // a progress report when due.
   absl::Status AfterStep(absl::Time now);
-  // The final Flush and evaluation, and the final report.
-  absl::Status Finish();
+  // The final Flush (FlushAll when `stopped`) and evaluation, and the final report.
+  absl::Status Finish(bool stopped);
   // Evaluates the replica as it is now (and reports it when `report_it`), then lets the
   // time-to-target search run: when this is the first evaluation at the target, the copies
   // since the previous one are evaluated and reported first.
@@ -133,6 +133,7 @@ absl::StatusOr<TrainerProgress> TrainingRun::Run(const std::atomic<bool>* stop) 
   std::vector<int64_t> order(train_.size());
   std::iota(order.begin(), order.end(), 0);
   bool done = false;
+  bool stopped = false;
   for (int epoch = 1; epoch <= options_.epochs && !done; ++epoch) {
     progress_.epoch = epoch;
     std::shuffle(order.begin(), order.end(), shuffle);
@@ -143,11 +144,11 @@ absl::StatusOr<TrainerProgress> TrainingRun::Run(const std::atomic<bool>* stop) 
         return s;
       }
       if (absl::Status s = AfterStep(absl::Now()); !s.ok()) return s;
-      done = (options_.max_steps > 0 && progress_.steps >= options_.max_steps) ||
-             (stop != nullptr && stop->load());
+      stopped = stop != nullptr && stop->load();
+      done = (options_.max_steps > 0 && progress_.steps >= options_.max_steps) || stopped;
     }
   }
-  if (absl::Status s = Finish(); !s.ok()) return s;
+  if (absl::Status s = Finish(stopped); !s.ok()) return s;
   return progress_;
 }
 
@@ -189,8 +190,16 @@ absl::Status TrainingRun::AfterStep(absl::Time now) {
   return absl::OkStatus();
 }
 
-absl::Status TrainingRun::Finish() {
-  if (absl::Status s = client_.Flush(options_.flush_timeout); !s.ok()) return s;
+absl::Status TrainingRun::Finish(bool stopped) {
+  if (stopped) {
+    // The process is about to end: the residuals go too, for a bounded time; what could not
+    // be pushed is the caller's to report, not a reason to skip the final report.
+    TrainerProgress::StopFlush flush;
+    flush.status = client_.FlushAll(options_.stop_flush_timeout, &flush.report);
+    progress_.stop_flush = std::move(flush);
+  } else if (absl::Status s = client_.Flush(options_.flush_timeout); !s.ok()) {
+    return s;
+  }
   if (options_.evaluate) {
     // The last pushes are applied by now; give their broadcasts a moment to arrive.
     absl::SleepFor(absl::Milliseconds(200));

@@ -54,6 +54,9 @@ struct TrainerOptions {
   double lookahead = 0;
   uint64_t seed = 1;                                    // shuffling
   absl::Duration flush_timeout = absl::Seconds(60);     // final Flush; a synchronous step
+  // Stopped by `stop` (SIGTERM): the final flush is Client::FlushAll (the residuals E go out
+  // whole, nothing accumulated is lost) and waits this long for the acknowledgements.
+  absl::Duration stop_flush_timeout = absl::Seconds(5);
   // Synchronous steps: after each Submit, flush and wait (up to flush_timeout) until every
   // parameter's replica version has moved past the one the step's gradients were computed at.
   // With shards that close a batch only when every worker contributed (dion local --sync) this
@@ -73,14 +76,22 @@ struct TrainerProgress {
   double evaluation_elapsed_seconds = 0;  // when the evaluated weights were copied
   ClientStats client;
   bool final = false;             // the report after the last step and the final Flush
+  // After a stop: what Client::FlushAll pushed and left, and its status (not an error of
+  // Train: the caller reports what was lost).
+  struct StopFlush {
+    absl::Status status;
+    FlushReport report;
+  };
+  std::optional<StopFlush> stop_flush;
 };
 
 // The progress line (worker/train/progress_line.h) that worker `worker` prints for `progress`.
 ProgressLine ToProgressLine(int worker, const TrainerProgress& progress);
 
-// Trains until `options.epochs` passes, `max_steps`, or `stop`; then flushes the client and
-// (when evaluating) evaluates once more, after waiting briefly for the replica to receive the
-// last versions. on_progress runs every progress_interval and after every evaluation
+// Trains until `options.epochs` passes, `max_steps`, or `stop`; then flushes the client (after
+// `stop`: with the residuals, for stop_flush_timeout, reported in TrainerProgress::stop_flush)
+// and (when evaluating) evaluates once more, after waiting briefly for the replica to receive
+// the last versions. on_progress runs every progress_interval and after every evaluation
 // (snapshot evaluations included, in time order). Errors: the client's (Unavailable after a
 // shard is gone for good, ...), or InvalidArgument for options or data that do not fit the model.
 absl::StatusOr<TrainerProgress> Train(Client& client, const Dataset& train, const Dataset* test,
