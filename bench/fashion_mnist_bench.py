@@ -18,6 +18,10 @@ processes hits every configuration alike):
             wait for their own push to be applied before their next local step
   sb        (not run by default) the default with the shards on OpenBLAS's SandyBridge kernel
             and the workers on the one OpenBLAS picks for the CPU (mixed CPU models)
+  sball     (not run by default) every process on the SandyBridge kernel: what that kernel's
+            speed alone costs, to tell it apart from mixing kernels in sb
+A configuration's token env:NAME=VALUE sets NAME in the environment of `dion local` (so of
+every process it starts) instead of passing a flag.
 
 Each `dion local` run writes summary.json; this script reads it and reports, per configuration,
 the medians over the repetitions of: final test accuracy, time to the target accuracy (dion
@@ -61,6 +65,7 @@ CONFIGS = {
     "sync4": ["--sync"],
     "w4wait": ["--worker_flags=--synchronous"],
     "sb": ["--shard_env=OPENBLAS_CORETYPE=SandyBridge"],
+    "sball": ["env:OPENBLAS_CORETYPE=SandyBridge"],
 }
 
 
@@ -106,9 +111,15 @@ def run_dion(args, name, flags, run_dir):
                f"--data_dir={args.data_dir}"]
     if args.eval_interval:
         command.append(f"--eval_interval={args.eval_interval}")
-    command += flags
+    env = dict(os.environ)
+    for token in flags:
+        if token.startswith("env:"):
+            key, _, value = token[len("env:"):].partition("=")
+            env[key] = value
+        else:
+            command.append(token)
     started = time.monotonic()
-    result = subprocess.run(command, capture_output=True, text=True)
+    result = subprocess.run(command, capture_output=True, text=True, env=env)
     if result.returncode != 0:
         raise RuntimeError(f"{name}: {' '.join(command)} exited {result.returncode}:\n"
                            + result.stdout[-3000:] + result.stderr[-3000:])
