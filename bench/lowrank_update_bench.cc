@@ -122,7 +122,8 @@ int Main() {
   }
   absl::PrintF("OpenBLAS threads: %d; %d repetitions, medians\n\n", absl::GetFlag(FLAGS_threads),
                reps);
-  absl::PrintF("| X (m x n) | r | OpenBLAS sgemm ms | kernel ms | kernel / sgemm | kernel GFLOP/s |\n");
+  absl::PrintF(
+      "| X (m x n) | r | OpenBLAS sgemm ms | kernel ms | kernel / sgemm | kernel GFLOP/s |\n");
   absl::PrintF("|---|---|---|---|---|---|\n");
   for (const Row& row : rows) {
     const double flops = 2.0 * row.m * row.n * row.r;

@@ -79,7 +79,9 @@ void LowRankUpdate(MatrixRef X, float decay, float scale, ConstMatrixRef A, Cons
     for (; i + kTileRows <= m; i += kTileRows) {
       Tile<kTileRows>(A.data() + i * lda, lda, strip, r, decay, scale, x + i * ldx, ldx, cols);
     }
-    for (; i < m; ++i) Tile<1>(A.data() + i * lda, lda, strip, r, decay, scale, x + i * ldx, ldx, cols);
+    for (; i < m; ++i) {
+      Tile<1>(A.data() + i * lda, lda, strip, r, decay, scale, x + i * ldx, ldx, cols);
+    }
   }
 }
 
