@@ -16,6 +16,12 @@ processes hits every configuration alike):
   sync8     8 workers, `--sync` (every batch waits for all workers)
   w2, sync4, w4wait (not run by default) 2 workers; 4 synchronous workers; 4 workers that each
             wait for their own push to be applied before their next local step
+  sb        (not run by default) the default with the shards on OpenBLAS's SandyBridge kernel
+            and the workers on the one OpenBLAS picks for the CPU (mixed CPU models)
+  sball     (not run by default) every process on the SandyBridge kernel: what that kernel's
+            speed alone costs, to tell it apart from mixing kernels in sb
+A configuration's token env:NAME=VALUE sets NAME in the environment of `dion local` (so of
+every process it starts) instead of passing a flag.
 
 Each `dion local` run writes summary.json; this script reads it and reports, per configuration,
 the medians over the repetitions of: final test accuracy, time to the target accuracy (dion
@@ -58,6 +64,8 @@ CONFIGS = {
     "w2": ["--workers=2"],
     "sync4": ["--sync"],
     "w4wait": ["--worker_flags=--synchronous"],
+    "sb": ["--shard_env=OPENBLAS_CORETYPE=SandyBridge"],
+    "sball": ["env:OPENBLAS_CORETYPE=SandyBridge"],
 }
 
 
@@ -103,9 +111,15 @@ def run_dion(args, name, flags, run_dir):
                f"--data_dir={args.data_dir}"]
     if args.eval_interval:
         command.append(f"--eval_interval={args.eval_interval}")
-    command += flags
+    env = dict(os.environ)
+    for token in flags:
+        if token.startswith("env:"):
+            key, _, value = token[len("env:"):].partition("=")
+            env[key] = value
+        else:
+            command.append(token)
     started = time.monotonic()
-    result = subprocess.run(command, capture_output=True, text=True)
+    result = subprocess.run(command, capture_output=True, text=True, env=env)
     if result.returncode != 0:
         raise RuntimeError(f"{name}: {' '.join(command)} exited {result.returncode}:\n"
                            + result.stdout[-3000:] + result.stderr[-3000:])
@@ -209,6 +223,9 @@ def main():
                    "samples": s["samples"], "steps": s["steps"], "pushes": s["pushes"],
                    "sent_bytes": s["sent_bytes"], "dense_bytes": s["dense_bytes"],
                    "mean_staleness": s["mean_staleness"], "refused": s["refused"],
+                   "resyncs": s["resyncs"],
+                   "received_bytes": s.get("received_bytes"),
+                   "wire_bytes": s.get("wire_bytes"), "wire_dense_bytes": s.get("wire_dense_bytes"),
                    "epochs_to_target": next((e["epochs"] for e in s["evaluations"]
                                              if e["test_accuracy"] >= args.target), None)}
             # The accuracy after the same number of samples as the sync run is the final one:
@@ -222,14 +239,16 @@ def main():
                   f"{args.target:.0%} {fmt(row['train_time_to_target_s'], '{:.1f}')} s "
                   f"(ratio to torch {fmt(row.get('ratio_to_torch'), '{:.2f}')}), "
                   f"{row['sent_bytes'] / 1e9:.2f} GB sent / {row['dense_bytes'] / 1e9:.2f} GB "
-                  f"dense, wall {row['wall_time_s']:.1f} s", flush=True)
+                  f"dense, {row['resyncs']} resyncs in {row['pushes']} pushes, "
+                  f"wall {row['wall_time_s']:.1f} s", flush=True)
 
     print()
     print(f"medians over {args.reps} repetition(s); dion local --epochs={args.epochs} "
           f"{' '.join(extra)}; torch {threads} thread(s)")
     print(f"| config | final accuracy | train time to {args.target:.0%} (s) | / PyTorch | "
-          f"epochs to {args.target:.0%} | GB sent | dense / sent | samples/s | mean staleness |")
-    print("|" + "---|" * 9)
+          f"epochs to {args.target:.0%} | GB sent | dense / sent | GB received | "
+          f"dense / (sent + received) | samples/s | mean staleness | resyncs |")
+    print("|" + "---|" * 12)
     for name in (["torch"] if not args.no_torch else []) + names:
         rows = [r for r in runs if r["config"] == name]
         accuracy = median([r["final_test_accuracy"] for r in rows])
@@ -240,16 +259,21 @@ def main():
             epochs += f" ({reached} of {len(rows)} reached it)"
         if name == "torch":
             print(f"| PyTorch, {threads} thread(s) | {accuracy:.4f} | {fmt(to_target, '{:.1f}')}"
-                  f" | 1 | {epochs} | - | - | - | - |")
+                  f" | 1 | {epochs} | - | - | - | - | - | - | - |")
             continue
         ratio = median([r.get("ratio_to_torch") for r in rows])
         sent = median([r["sent_bytes"] / 1e9 for r in rows])
         dense_ratio = median([r["dense_bytes"] / r["sent_bytes"] for r in rows])
         rate = median([r["samples"] / r["train_time_s"] for r in rows])
         staleness = median([r["mean_staleness"] for r in rows])
+        resyncs = median([r["resyncs"] for r in rows])
+        received = median([r["received_bytes"] / 1e9 for r in rows if r.get("received_bytes")])
+        wire_ratio = median([r["wire_dense_bytes"] / r["wire_bytes"] for r in rows
+                             if r.get("wire_bytes")])
         print(f"| {name} `{' '.join(CONFIGS[name]) or '(defaults)'}` | {accuracy:.4f} | "
               f"{fmt(to_target, '{:.1f}')} | {fmt(ratio, '{:.2f}')} | {epochs} | {sent:.2f} | "
-              f"{dense_ratio:.2f} | {rate:.0f} | {staleness:.2f} |")
+              f"{dense_ratio:.2f} | {fmt(received, '{:.2f}')} | {fmt(wire_ratio, '{:.2f}')} | "
+              f"{rate:.0f} | {staleness:.2f} | {resyncs:.0f} |")
     if "sync8" in names:
         s = median([r["final_test_accuracy"] for r in runs if r["config"] == "sync8"])
         for name in ("w8", "w8b"):

@@ -14,7 +14,8 @@
 // measured side by side with a throwaway timing loop) and still certain to detect a change of
 // any single word, because XOR and multiplication by an odd number are bijections.
 // It compares bit patterns, so +0.0 and -0.0 differ: replicas must reproduce the server's
-// arithmetic, which ApplyLowRankUpdate guarantees on the same build.
+// arithmetic, which ApplyLowRankUpdate guarantees on any CPU (common/lowrank_update.h), so a
+// mismatch means a copy that really differs (a lost or corrupted update), not another CPU.
 //
 // Thread-safety: a pure function.
 #ifndef DION_COMMON_CHECKSUM_H_

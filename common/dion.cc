@@ -5,6 +5,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "common/blas.h"
+#include "common/lowrank_update.h"
 #include "common/rng.h"
 
 namespace dion {
@@ -86,11 +87,11 @@ DionState InitDionState(int64_t m, int64_t n, int rank, uint64_t seed) {
 
 void ApplyLowRankUpdate(MatrixRef X, float decay, float scale, ConstMatrixRef P,
                         ConstMatrixRef Q, bool transposed) {
-  // One GEMM does both the decoupled decay (beta) and the update (alpha).
+  // Not a BLAS GEMM: its bits depend on the CPU model (lowrank_update.h).
   if (transposed) {
-    Gemm(Trans::kNo, Trans::kYes, -scale, Q, P, decay, X);  // X^T = decay X^T - scale P Q^T
+    LowRankUpdate(X, decay, scale, Q, P);  // X^T = decay X^T - scale P Q^T
   } else {
-    Gemm(Trans::kNo, Trans::kYes, -scale, P, Q, decay, X);
+    LowRankUpdate(X, decay, scale, P, Q);
   }
 }
 

@@ -88,8 +88,9 @@ DionStepResult DionStepFromMomentum(MatrixRef X, DionState& state, const DionCon
                                     DionPhaseEnd phase_end = IgnoreDionPhase);
 
 // Applies a step to a replica of X: X = decay X - scale P Q^T, or X = decay X - scale Q P^T
-// when `transposed` (P tall x r, Q short x r). This is the very GEMM DionStep uses, so a
-// replica at the previous version reproduces the server's X bit for bit on the same build.
+// when `transposed` (P tall x r, Q short x r). DionStep updates X with exactly this call, and
+// its arithmetic is the same bits on every CPU and build (common/lowrank_update.h), so a
+// replica at the previous version reproduces the server's X bit for bit wherever it runs.
 void ApplyLowRankUpdate(MatrixRef X, float decay, float scale, ConstMatrixRef P,
                         ConstMatrixRef Q, bool transposed);
 

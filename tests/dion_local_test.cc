@@ -152,6 +152,11 @@ TEST(DionLocalTest, TrainsTheSyntheticTaskAndWritesReportSummaryPlotAndLogs) {
   EXPECT_NEAR(summary->Get("epochs")->number, 8.0, 1e-9);
   EXPECT_GT(summary->Get("sent_bytes")->number, 0);
   EXPECT_GT(summary->Get("dense_bytes")->number, summary->Get("sent_bytes")->number);
+  // The other direction: every worker received at least the initial full values.
+  EXPECT_GT(summary->Get("received_bytes")->number, 0);
+  EXPECT_GT(summary->Get("received_dense_bytes")->number, 0);
+  EXPECT_EQ(summary->Get("wire_bytes")->number,
+            summary->Get("sent_bytes")->number + summary->Get("received_bytes")->number);
   double histogram_total = 0;
   for (const JsonValue& bin : summary->Get("staleness_histogram")->array) {
     histogram_total += bin.number;

@@ -356,6 +356,25 @@ TEST(ValidateLocalRunOptionsTest, NamesTheFirstBadOption) {
   EXPECT_TRUE(ValidateLocalRunOptions(o).ok());
   o.run_id = "exp-3.b_1";
   EXPECT_TRUE(ValidateLocalRunOptions(o).ok());
+  for (const char* bad : {"OPENBLAS_CORETYPE", "=SandyBridge", ""}) {
+    o = Options();
+    o.shard_env = {"A=1", bad};
+    EXPECT_NE(message(o).find(absl::StrCat("--shard_env=", bad, ": expected NAME=VALUE")),
+              std::string::npos)
+        << message(o);
+  }
+  o.shard_env = {"OPENBLAS_CORETYPE=SandyBridge", "EMPTY="};
+  EXPECT_TRUE(ValidateLocalRunOptions(o).ok());
+}
+
+// --shard_env reaches the shards' command lines, not the workers'.
+TEST(CommandLinesTest, ShowsTheShardEnvironmentOnTheShardLinesOnly) {
+  LocalRunOptions o = Options();
+  o.shard_env = {"OPENBLAS_CORETYPE=SandyBridge"};
+  const std::string lines = CommandLines(o);
+  EXPECT_TRUE(absl::StrContains(lines, "shard 0: OPENBLAS_CORETYPE=SandyBridge "));
+  EXPECT_TRUE(absl::StrContains(lines, "shard 1: OPENBLAS_CORETYPE=SandyBridge "));
+  EXPECT_FALSE(absl::StrContains(lines, "worker 0: OPENBLAS_CORETYPE"));
 }
 
 // The configuration lists every metrics port once, under the job and label of its process, in

@@ -26,6 +26,8 @@ ProgressLine Sample() {
   p.reconnects = 2;
   p.sent_bytes = 123456;
   p.dense_bytes = 999999;
+  p.received_bytes = 4567;
+  p.received_dense_bytes = 89012;
   p.mean_staleness = 0.8123;
   p.staleness_hist = {1, 2, 3, 4, 5, 6, 7, 8, 9};
   return p;
@@ -35,8 +37,8 @@ TEST(ProgressLineFormat, WritesEveryKeyInOrderWithItsPrecision) {
   EXPECT_EQ(FormatProgressLine(Sample()),
             "progress worker=3 epoch=2 steps=120 samples=7680 elapsed_s=12.30 "
             "samples_per_s=1530.0 loss=0.6123 pushes=300 accepted=290 refused=4 resyncs=1 "
-            "reconnects=2 sent_bytes=123456 dense_bytes=999999 mean_staleness=0.812 "
-            "staleness_hist=1,2,3,4,5,6,7,8,9");
+            "reconnects=2 sent_bytes=123456 dense_bytes=999999 received_bytes=4567 "
+            "received_dense_bytes=89012 mean_staleness=0.812 staleness_hist=1,2,3,4,5,6,7,8,9");
   ProgressLine p = Sample();
   p.final = true;
   p.test_loss = 0.41;
@@ -65,6 +67,8 @@ void ExpectSameLine(const ProgressLine& a, const ProgressLine& b) {
   EXPECT_EQ(a.reconnects, b.reconnects);
   EXPECT_EQ(a.sent_bytes, b.sent_bytes);
   EXPECT_EQ(a.dense_bytes, b.dense_bytes);
+  EXPECT_EQ(a.received_bytes, b.received_bytes);
+  EXPECT_EQ(a.received_dense_bytes, b.received_dense_bytes);
   EXPECT_NEAR(a.mean_staleness, b.mean_staleness, 5e-4);
   EXPECT_EQ(a.staleness_hist, b.staleness_hist);
   ASSERT_EQ(a.test_loss.has_value(), b.test_loss.has_value());

@@ -3,6 +3,8 @@
 
 #include <gtest/gtest.h>
 
+#include <cmath>
+
 #include "common/checksum.h"
 #include "common/dion.h"
 #include "common/rng.h"
@@ -155,6 +157,29 @@ TEST(Replica, ChecksumMismatchIsReported) {
   VersionUpdate update = Step(2, X0, false, 5, &X1);
   update.checksum ^= 1;  // the server's weights differ from what this copy computes
   EXPECT_EQ(*replica.Apply(update), ReplicaEvent::kChecksumMismatch);
+}
+
+// The checksum's job now that every CPU computes the same step: a copy that really differs
+// from the server's (here one element off by one ulp, as a flipped bit or a lost update would
+// leave it) is caught by the next low-rank step, and a full value repairs it.
+TEST(Replica, ACopyThatReallyDivergedIsCaughtAndRepairedByAFullValue) {
+  for (bool transposed : {false, true}) {
+    const int64_t m = transposed ? 5 : 9, n = transposed ? 9 : 5;
+    Replica replica(Spec(m, n));
+    const Matrix X0 = Random(m, n, 2);
+    Matrix diverged = X0;
+    diverged(m / 2, n / 2) = std::nextafter(diverged(m / 2, n / 2), 10.0f);
+    ASSERT_TRUE(replica.Set(1, diverged, WeightsChecksum(diverged)).ok());
+    Matrix X1, X2;
+    const ReplicaEvent event = *replica.Apply(Step(2, X0, transposed, 5, &X1));
+    EXPECT_EQ(event, ReplicaEvent::kChecksumMismatch);
+    EXPECT_TRUE(NeedsResync(event));
+    EXPECT_FALSE(replica.in_sync());
+    ASSERT_EQ(*replica.Apply(Full(2, X1)), ReplicaEvent::kReplaced);
+    EXPECT_TRUE(replica.in_sync());
+    EXPECT_EQ(*replica.Apply(Step(3, X1, transposed, 7, &X2)), ReplicaEvent::kApplied);
+    EXPECT_EQ(WeightsChecksum(replica.value()), WeightsChecksum(X2));
+  }
 }
 
 TEST(Replica, OlderFullValueMeansTheShardWentBack) {

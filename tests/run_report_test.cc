@@ -30,7 +30,8 @@ std::string Line(const char* kind, int worker, int64_t samples, double elapsed, 
                       " samples=", samples, " elapsed_s=", elapsed,
                       " samples_per_s=1000.0 loss=", loss, " pushes=", accepted,
                       " accepted=", accepted, " refused=0 resyncs=0 reconnects=0 sent_bytes=", sent,
-                      " dense_bytes=", 3 * sent, " mean_staleness=", staleness,
+                      " dense_bytes=", 3 * sent, " received_bytes=", 2 * sent,
+                      " received_dense_bytes=", 10 * sent, " mean_staleness=", staleness,
                       " staleness_hist=", hist, evaluation);
 }
 
@@ -38,7 +39,8 @@ TEST(ProgressLineTest, ParsesEveryKeyOfALineWithoutEvaluation) {
   absl::StatusOr<ProgressLine> p = ParseProgressLine(
       "progress worker=3 epoch=2 steps=120 samples=7680 elapsed_s=12.30 samples_per_s=1530.5 "
       "loss=0.6123 pushes=300 accepted=290 refused=4 resyncs=1 reconnects=2 sent_bytes=123456 "
-      "dense_bytes=999999 mean_staleness=0.812 staleness_hist=1,2,3,4,5,6,7,8,9");
+      "dense_bytes=999999 received_bytes=4567 received_dense_bytes=89012 mean_staleness=0.812 "
+      "staleness_hist=1,2,3,4,5,6,7,8,9");
   ASSERT_TRUE(p.ok()) << p.status();
   EXPECT_FALSE(p->final);
   EXPECT_EQ(p->worker, 3);
@@ -55,6 +57,23 @@ TEST(ProgressLineTest, ParsesEveryKeyOfALineWithoutEvaluation) {
   EXPECT_EQ(p->reconnects, 2);
   EXPECT_EQ(p->sent_bytes, 123456);
   EXPECT_EQ(p->dense_bytes, 999999);
+  EXPECT_EQ(p->received_bytes, 4567);
+  EXPECT_EQ(p->received_dense_bytes, 89012);
+  // An older worker's line, without the received side, still parses (as 0 received).
+  absl::StatusOr<ProgressLine> old = ParseProgressLine(
+      "progress worker=3 epoch=2 steps=120 samples=7680 elapsed_s=12.30 samples_per_s=1530.5 "
+      "loss=0.6123 pushes=300 accepted=290 refused=4 resyncs=1 reconnects=2 sent_bytes=123456 "
+      "dense_bytes=999999 mean_staleness=0.812 staleness_hist=1,2,3,4,5,6,7,8,9");
+  ASSERT_TRUE(old.ok()) << old.status();
+  EXPECT_EQ(old->received_bytes, 0);
+  EXPECT_EQ(old->sent_bytes, 123456);
+  EXPECT_FALSE(ParseProgressLine(
+                   "progress worker=3 epoch=2 steps=120 samples=7680 elapsed_s=12.30 "
+                   "samples_per_s=1530.5 loss=0.6123 pushes=300 accepted=290 refused=4 "
+                   "resyncs=1 reconnects=2 sent_bytes=123456 dense_bytes=999999 "
+                   "received_bytes=x received_dense_bytes=1 mean_staleness=0.812 "
+                   "staleness_hist=1,2,3,4,5,6,7,8,9")
+                   .ok());
   EXPECT_DOUBLE_EQ(p->mean_staleness, 0.812);
   EXPECT_EQ(p->staleness_hist, (std::vector<int64_t>{1, 2, 3, 4, 5, 6, 7, 8, 9}));
   EXPECT_FALSE(p->test_accuracy.has_value());
@@ -120,6 +139,8 @@ TEST(RunAggregateTest, SumsTheLatestLineOfEachWorker) {
   EXPECT_EQ(t.samples, 500);  // 300 (latest of worker 0) + 200
   EXPECT_EQ(t.sent_bytes, 250);
   EXPECT_EQ(t.dense_bytes, 750);
+  EXPECT_EQ(t.received_bytes, 500);
+  EXPECT_EQ(t.received_dense_bytes, 2500);
   EXPECT_EQ(t.accepted, 50);
   EXPECT_EQ(t.staleness_hist, (std::vector<int64_t>{12, 18, 20}));
   // Weighted by accepted pushes: (0.5 * 20 + 2.0 * 30) / 50.
@@ -201,14 +222,16 @@ TEST(StatusLineTest, ShowsEpochRateLossAccuracyStalenessAndBytes) {
   s.totals.mean_staleness = 1.2;
   s.totals.sent_bytes = 120'300'000;
   s.totals.dense_bytes = 351'200'000;
+  s.totals.received_bytes = 80'100'000;
+  s.totals.received_dense_bytes = 848'800'000;
   EXPECT_EQ(StatusLine(s, 12.34, 12, 4),
             "[  12.3s] epoch 1.52/12  21000 samples/s  loss 0.4123  test acc -  staleness 1.20  "
-            "sent 120.3 MB / dense 351.2 MB");
+            "sent 120.3 MB + received 80.1 MB / dense 1.20 GB");
   s.test_accuracy = 0.85123;
   s.workers_finished = 3;
   EXPECT_EQ(StatusLine(s, 12.34, 12, 4),
             "[  12.3s] epoch 1.52/12  21000 samples/s  loss 0.4123  test acc 85.12%  staleness "
-            "1.20  sent 120.3 MB / dense 351.2 MB  (3/4 workers done)");
+            "1.20  sent 120.3 MB + received 80.1 MB / dense 1.20 GB  (3/4 workers done)");
 }
 
 RunSummary ExampleSummary() {
@@ -227,6 +250,8 @@ RunSummary ExampleSummary() {
   s.totals.accepted = 100;
   s.totals.sent_bytes = 1000;
   s.totals.dense_bytes = 3000;
+  s.totals.received_bytes = 500;
+  s.totals.received_dense_bytes = 5000;
   s.totals.staleness_hist = {50, 30, 20};
   s.totals.mean_staleness = std::numeric_limits<double>::quiet_NaN();  // written as null
   s.train_loss = {{1, 0.1, 2.0}, {2, 0.2, 1.0}, {3, 0.3, 0.5}};
@@ -242,7 +267,14 @@ TEST(ReportTest, EndsWithTheTestAccuracyLineAndStatesTheFigures) {
   std::string all;
   for (const std::string& line : lines) absl::StrAppend(&all, line, "\n");
   EXPECT_TRUE(absl::StrContains(all, "30.5 s since start")) << all;
-  EXPECT_TRUE(absl::StrContains(all, "1.0 kB sent vs 3.0 kB dense: 3.00x less")) << all;
+  // Both ways: 1000 + 500 bytes against 3000 + 5000 dense; then each direction.
+  EXPECT_TRUE(absl::StrContains(
+      all, "bytes on the wire      1.5 kB vs 8.0 kB dense: 5.33x less (18.8% of dense) both ways"))
+      << all;
+  EXPECT_TRUE(absl::StrContains(all, "pushes sent          1.0 kB vs 3.0 kB dense: 3.00x less"))
+      << all;
+  EXPECT_TRUE(absl::StrContains(all, "versions received    500 B vs 5.0 kB dense: 10.00x less"))
+      << all;
   EXPECT_TRUE(absl::StrContains(all, "0: 50.0%  1: 30.0%  >=2: 20.0%")) << all;
 
   RunSummary never = ExampleSummary();
@@ -266,6 +298,12 @@ TEST(SummaryJsonTest, IsValidJsonHoldingTheFiguresAndCurves) {
   EXPECT_DOUBLE_EQ(v->Get("dense_to_sent_ratio")->number, 3.0);
   EXPECT_EQ(v->Get("mean_staleness")->type, JsonValue::Type::kNull);
   EXPECT_EQ(v->Get("sent_bytes")->number, 1000);
+  EXPECT_EQ(v->Get("received_bytes")->number, 500);
+  EXPECT_EQ(v->Get("received_dense_bytes")->number, 5000);
+  EXPECT_EQ(v->Get("wire_bytes")->number, 1500);
+  EXPECT_EQ(v->Get("wire_dense_bytes")->number, 8000);
+  EXPECT_DOUBLE_EQ(v->Get("dense_to_received_ratio")->number, 10.0);
+  EXPECT_NEAR(v->Get("dense_to_wire_ratio")->number, 8000.0 / 1500, 1e-9);  // 10 digits
   const JsonValue* config = v->Get("config");
   ASSERT_NE(config, nullptr);
   EXPECT_EQ(config->Get("workers")->number, 4);

@@ -185,6 +185,11 @@ TEST(WorkerClient, ReplicaFollowsTheShardBitForBit) {
   EXPECT_GT(stats.accepted, 0);
   EXPECT_GT(stats.dense_bytes, 0);
   EXPECT_EQ(stats.resyncs, 0);
+  // The broadcast direction: at least every parameter's first full value, counted dense.
+  int64_t first_values_dense = 0;
+  for (const ParamSpec& spec : client->specs()) first_values_dense += 4 * spec.size();
+  EXPECT_GT(stats.received_bytes, 0);
+  EXPECT_GE(stats.received_dense_bytes, first_values_dense);
   client->Close();
   EXPECT_TRUE(server->Shutdown().ok());
 }

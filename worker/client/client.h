@@ -130,8 +130,13 @@ struct ClientStats {
   int64_t resyncs = 0;           // full pulls after a gap, mismatch or version going back
   int64_t reconnects = 0;
   int64_t local_steps = 0;       // Submit calls
-  int64_t sent_bytes = 0;        // payload bytes of first sends
-  int64_t dense_bytes = 0;       // what dense float32 gradients would have cost
+  int64_t sent_bytes = 0;        // payload bytes of first sends (serialized Contribution)
+  int64_t dense_bytes = 0;       // what dense float32 gradients for those pushes would cost
+  // The other direction: serialized bytes of the versions the shards broadcast (low-rank steps
+  // and full values) and of the full values pulled to resync, and what one dense float32
+  // value per such message would cost.
+  int64_t received_bytes = 0;
+  int64_t received_dense_bytes = 0;
   // Staleness tau of accepted pushes, as the shards reported it: a histogram with one bin per
   // value 0 .. kStalenessBins - 2 and a last bin for everything above.
   static constexpr int kStalenessBins = 9;
@@ -248,6 +253,8 @@ class Client {
   // Pulls the parameter and replaces the replica, unless the replica changed meanwhile and is
   // in sync (an update that arrived during the pull is at least as new).
   void Resync(Parameter& p, const char* reason);
+  // Counts `bytes` received for p (a broadcast version or a pulled value) in the stats.
+  void CountReceived(const Parameter& p, int64_t bytes);
   // Queues the in-flight pushes of `shard` on its Push stream of `generation`.
   void ResendInFlight(int shard, uint64_t generation);
   void Fail(const absl::Status& status);

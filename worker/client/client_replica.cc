@@ -41,6 +41,7 @@ void Client::OnUpdate(int shard, v1::VersionUpdate& message) {
   }
   Parameter* p = Find(update->parameter);
   if (p == nullptr) return;
+  CountReceived(*p, static_cast<int64_t>(message.ByteSizeLong()));
   absl::StatusOr<ReplicaEvent> event;
   {
     MutexLock lock(&p->replica_mu);
@@ -76,6 +77,7 @@ void Client::Resync(Parameter& p, const char* reason) {
   // out of sync is left out of Have(), so a resubscription brings its full value as well.
   if (!values.ok() || values->size() != 1) return;
   const v1::ParameterValue& value = values->front();
+  CountReceived(p, static_cast<int64_t>(value.ByteSizeLong()));
   absl::StatusOr<Matrix> X = TensorToMatrix(value.value(), specs_[p.index].shape, name);
   if (!X.ok()) return;
   MutexLock lock(&p.replica_mu);
@@ -85,6 +87,16 @@ void Client::Resync(Parameter& p, const char* reason) {
   if (p.replica.changes() != changes_before && p.replica.in_sync()) return;
   (void)p.replica.Set(value.version(), *X, value.checksum());
   NotifyChange();  // the change lock is a leaf: fine under the replica lock
+}
+
+void Client::CountReceived(const Parameter& p, int64_t bytes) {
+  const int64_t dense = 4 * specs_[p.index].size();
+  {
+    MutexLock lock(&mu_);
+    stats_.received_bytes += bytes;
+    stats_.received_dense_bytes += dense;
+  }
+  if (options_.metrics != nullptr) options_.metrics->RecordReceived(bytes, dense);
 }
 
 std::vector<v1::ParameterVersion> Client::Have(int shard) const {

@@ -18,6 +18,8 @@ struct WorkerMetrics::Families {
   prometheus::Histogram* push_bytes;
   prometheus::Counter* sent_bytes;
   prometheus::Counter* dense_bytes;
+  prometheus::Counter* received_bytes;
+  prometheus::Counter* received_dense_bytes;
   prometheus::Gauge* compression_ratio;
   prometheus::Histogram* latency;
   std::array<prometheus::Counter*, 4> pushes;
@@ -59,6 +61,14 @@ WorkerMetrics::WorkerMetrics()
   f.dense_bytes = &BuildCounter().Name("dion_worker_dense_equivalent_bytes_total")
                        .Help("Bytes dense float32 gradients would have cost for the same pushes")
                        .Register(r).Add({});
+  f.received_bytes = &BuildCounter().Name("dion_worker_received_bytes_total")
+                          .Help("Payload bytes of versions received: broadcasts (low-rank "
+                                "steps and full values) and values pulled to resync")
+                          .Register(r).Add({});
+  f.received_dense_bytes =
+      &BuildCounter().Name("dion_worker_received_dense_equivalent_bytes_total")
+           .Help("Bytes one dense float32 value per version received would have cost")
+           .Register(r).Add({});
   f.compression_ratio = &BuildGauge().Name("dion_worker_compression_ratio")
                              .Help("Dense-equivalent bytes / sent bytes, since start")
                              .Register(r).Add({});
@@ -108,6 +118,11 @@ void WorkerMetrics::RecordPush(int local_steps, int64_t bytes, int64_t dense_byt
   const int64_t sent = f.sent_total.fetch_add(bytes) + bytes;
   const int64_t dense = f.dense_total.fetch_add(dense_bytes) + dense_bytes;
   if (sent > 0) f.compression_ratio->Set(static_cast<double>(dense) / sent);
+}
+
+void WorkerMetrics::RecordReceived(int64_t bytes, int64_t dense_bytes) {
+  families_->received_bytes->Increment(static_cast<double>(bytes));
+  families_->received_dense_bytes->Increment(static_cast<double>(dense_bytes));
 }
 
 void WorkerMetrics::RecordAck(WorkerPushResult result, double latency_seconds) {

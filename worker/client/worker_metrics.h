@@ -11,6 +11,10 @@
 //   dion_worker_dense_equivalent_bytes_total        counter, what dense float32 gradients for
 //                                                   the same pushes would have cost
 //   dion_worker_compression_ratio                   gauge, dense / sent bytes so far
+//   dion_worker_received_bytes_total                counter, payload bytes of the versions
+//                                                   received (broadcasts) and pulled (resyncs)
+//   dion_worker_received_dense_equivalent_bytes_total  counter, one dense float32 value for
+//                                                   each of them
 //   dion_worker_push_latency_seconds                histogram, push taken -> acknowledged
 //   dion_worker_pushes_total{result="accepted|duplicate|stale|rejected"}   counter
 //   dion_worker_refused_pushes_total                counter, restored into the residual
@@ -50,6 +54,8 @@ class WorkerMetrics {
   void SetSamplesPerSecond(double rate);
   // One contribution sent: local steps in it, payload bytes, dense-equivalent bytes.
   void RecordPush(int local_steps, int64_t bytes, int64_t dense_bytes);
+  // One version received (a broadcast or a pulled value): payload bytes, dense-equivalent bytes.
+  void RecordReceived(int64_t bytes, int64_t dense_bytes);
   void RecordAck(WorkerPushResult result, double latency_seconds);
   void RecordRefused();
   void RecordStaleDropped(int64_t samples);

@@ -49,6 +49,10 @@ ABSL_FLAG(std::string, server_flags, "",
 ABSL_FLAG(std::string, worker_flags, "",
           "extra dion-worker flags, separated by spaces (e.g. '--hidden_layers=512,256 "
           "--momentum=0.9'), also given to the final evaluation; see dion-worker --help");
+ABSL_FLAG(std::vector<std::string>, shard_env, {},
+          "NAME=VALUE[,NAME=VALUE...] set in the environment of the dion-server processes "
+          "only, e.g. OPENBLAS_CORETYPE=SandyBridge to run the shards on another OpenBLAS "
+          "kernel than the workers, as on a cluster of mixed CPU models");
 // Model, data, optimizer.
 ABSL_FLAG(std::string, dataset, kDefaults.dataset,
           "fashion-mnist (IDX files in --data_dir) or synthetic (a seeded teacher task)");
@@ -188,6 +192,7 @@ absl::StatusOr<dion::LocalRunOptions> OptionsFromFlags() {
   o.workers = absl::GetFlag(FLAGS_workers);
   o.server_flags = SplitFlags(absl::GetFlag(FLAGS_server_flags));
   o.worker_flags = SplitFlags(absl::GetFlag(FLAGS_worker_flags));
+  o.shard_env = absl::GetFlag(FLAGS_shard_env);
   o.dataset = absl::GetFlag(FLAGS_dataset);
   o.data_dir = absl::GetFlag(FLAGS_data_dir);
   o.partition = absl::GetFlag(FLAGS_partition);

@@ -134,6 +134,7 @@ absl::Status LocalRun::Spawn(Role role, int index, std::vector<std::string> args
   spec.binary = role == Role::kShard ? options_.server_binary : options_.worker_binary;
   spec.args = std::move(args);
   spec.log_path = absl::StrCat(run_dir_, "/logs/", name, ".log");
+  if (role == Role::kShard) spec.env = options_.shard_env;
   absl::StatusOr<std::unique_ptr<ChildProcess>> process = ChildProcess::Spawn(spec);
   if (!process.ok()) return process.status();
   children_.push_back({role, index, *std::move(process), ""});

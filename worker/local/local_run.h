@@ -48,6 +48,9 @@ struct LocalRunOptions {
   std::string worker_binary;              // path of dion-worker
   std::vector<std::string> server_flags;  // appended to every dion-server command line
   std::vector<std::string> worker_flags;  // appended to every dion-worker command line
+  // "NAME=VALUE" set in the environment of the dion-server processes only, e.g.
+  // OPENBLAS_CORETYPE=SandyBridge: shards on another BLAS kernel than the workers.
+  std::vector<std::string> shard_env;
 
   // Model, data, optimizer, lr cooldown, batching and staleness. The defaults are the
   // binaries' own (common/training_defaults.h): a child gets such a flag only when its value

@@ -305,6 +305,11 @@ absl::Status ValidateLocalRunOptions(const LocalRunOptions& o) {
                                  "0123456789._-") != std::string::npos) {
     return Bad("run_id", o.run_id, "expected 1-128 bytes of [A-Za-z0-9._-]");
   }
+  for (const std::string& entry : o.shard_env) {
+    if (entry.empty() || entry.front() == '=' || entry.find('=') == std::string::npos) {
+      return Bad("shard_env", entry, "expected NAME=VALUE");
+    }
+  }
   if (absl::Status s = ValidatePortsAndTimes(o); !s.ok()) return s;
   if (o.server_binary.empty() || o.worker_binary.empty()) {
     return absl::InvalidArgumentError("the dion-server and dion-worker paths must be set");
@@ -316,10 +321,11 @@ std::string CommandLines(const LocalRunOptions& o) {
   std::vector<std::string> addresses;
   std::string lines;
   const std::string run_dir = o.run_dir.empty() ? "<run_dir>" : o.run_dir;
+  const std::string shard_env = absl::StrJoin(o.shard_env, " ") + (o.shard_env.empty() ? "" : " ");
   for (int i = 0; i < o.shards; ++i) {
     addresses.push_back(o.base_port > 0 ? absl::StrCat("127.0.0.1:", o.base_port + i)
                                         : absl::StrCat("127.0.0.1:<port-of-shard-", i, ">"));
-    absl::StrAppend(&lines, "shard ", i, ": ", o.server_binary, " ",
+    absl::StrAppend(&lines, "shard ", i, ": ", shard_env, o.server_binary, " ",
                     absl::StrJoin(ShardFlags(o, i, absl::StrCat(run_dir, "/shard-", i,
                                                                 "/checkpoints")),
                                   " "),

@@ -7,10 +7,12 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <cstring>
 #include <utility>
 
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
 
@@ -33,6 +35,25 @@ void WriteAll(int fd, const char* data, size_t size) {
     data += n;
     size -= static_cast<size_t>(n);
   }
+}
+
+// The supervisor's environment with `extra` ("NAME=VALUE") added, replacing variables of the
+// same names; null-terminated, pointing into environ and `extra`.
+std::vector<char*> ChildEnvironment(const std::vector<std::string>& extra) {
+  std::vector<char*> envp;
+  for (char** e = environ; *e != nullptr; ++e) {
+    const absl::string_view entry(*e);
+    const size_t equals = entry.find('=');
+    const absl::string_view prefix = entry.substr(0, equals + 1);  // "NAME="
+    const bool replaced =
+        equals != absl::string_view::npos &&
+        std::any_of(extra.begin(), extra.end(),
+                    [&](const std::string& s) { return absl::StartsWith(s, prefix); });
+    if (!replaced) envp.push_back(*e);
+  }
+  for (const std::string& entry : extra) envp.push_back(const_cast<char*>(entry.c_str()));
+  envp.push_back(nullptr);
+  return envp;
 }
 
 }  // namespace
@@ -78,9 +99,10 @@ absl::StatusOr<std::unique_ptr<ChildProcess>> ChildProcess::Spawn(const ChildSpe
   for (const std::string& arg : spec.args) argv.push_back(const_cast<char*>(arg.c_str()));
   argv.push_back(nullptr);
 
+  std::vector<char*> envp = ChildEnvironment(spec.env);
   pid_t pid = 0;
   const int error =
-      posix_spawn(&pid, spec.binary.c_str(), &actions, &attributes, argv.data(), environ);
+      posix_spawn(&pid, spec.binary.c_str(), &actions, &attributes, argv.data(), envp.data());
   posix_spawn_file_actions_destroy(&actions);
   posix_spawnattr_destroy(&attributes);
   close(pipe_fds[1]);

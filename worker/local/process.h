@@ -48,6 +48,9 @@ struct ChildSpec {
   std::vector<std::string> args;  // argv[1..]; argv[0] is `binary`
   std::string log_path;           // created or truncated; everything the child prints
   size_t tail_lines = 20;         // lines kept for Tail()
+  // "NAME=VALUE" entries set in the child's environment on top of the supervisor's (an entry
+  // replaces the supervisor's variable of that name).
+  std::vector<std::string> env;
 };
 
 class ChildProcess {

@@ -19,10 +19,12 @@ std::string HumanBytes(int64_t bytes) {
 std::string StatusLine(const LiveStatus& s, double now_s, int epochs, int workers) {
   std::string line = absl::StrFormat(
       "[%6.1fs] epoch %.2f/%d  %.0f samples/s  loss %.4f  test acc %s  staleness %.2f  "
-      "sent %s / dense %s",
+      "sent %s + received %s / dense %s",
       now_s, s.epochs, epochs, s.samples_per_s, s.loss,
       s.test_accuracy ? absl::StrFormat("%.2f%%", 100 * *s.test_accuracy) : std::string("-"),
-      s.totals.mean_staleness, HumanBytes(s.totals.sent_bytes), HumanBytes(s.totals.dense_bytes));
+      s.totals.mean_staleness, HumanBytes(s.totals.sent_bytes),
+      HumanBytes(s.totals.received_bytes),
+      HumanBytes(s.totals.dense_bytes + s.totals.received_dense_bytes));
   if (s.workers_finished > 0) {
     absl::StrAppend(&line, "  (", s.workers_finished, "/", workers, " workers done)");
   }
@@ -103,6 +105,8 @@ RunTotals RunAggregate::Totals() const {
     t.reconnects += p.reconnects;
     t.sent_bytes += p.sent_bytes;
     t.dense_bytes += p.dense_bytes;
+    t.received_bytes += p.received_bytes;
+    t.received_dense_bytes += p.received_dense_bytes;
     staleness_weighted += p.mean_staleness * static_cast<double>(p.accepted);
     if (t.staleness_hist.size() < p.staleness_hist.size()) {
       t.staleness_hist.resize(p.staleness_hist.size(), 0);

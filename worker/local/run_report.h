@@ -45,8 +45,10 @@ struct RunTotals {
   int64_t refused = 0;
   int64_t resyncs = 0;
   int64_t reconnects = 0;
-  int64_t sent_bytes = 0;
-  int64_t dense_bytes = 0;
+  int64_t sent_bytes = 0;            // pushes' payload
+  int64_t dense_bytes = 0;           // the pushes as dense gradients
+  int64_t received_bytes = 0;        // versions received by the workers (broadcasts, pulls)
+  int64_t received_dense_bytes = 0;  // those versions as dense values
   std::vector<int64_t> staleness_hist;  // summed bin by bin
   double mean_staleness = 0;            // weighted by accepted pushes
 };
@@ -65,8 +67,9 @@ struct LiveStatus {
 // "1.23 GB", "512.0 kB", "17 B" (powers of 1000).
 std::string HumanBytes(int64_t bytes);
 // The progress line of `dion local`: "[  12.3s] epoch 1.52/12  21000 samples/s  loss 0.4123
-// test acc 85.12%  staleness 1.20  sent 120.3 MB / dense 351.2 MB", plus how many workers are
-// done once some are. `now_s`: seconds since the run started.
+// test acc 85.12%  staleness 1.20  sent 120.3 MB + received 80.1 MB / dense 1.2 GB" (the
+// workers' pushes and the versions they received, against dense float32 both ways), plus how
+// many workers are done once some are. `now_s`: seconds since the run started.
 std::string StatusLine(const LiveStatus& status, double now_s, int epochs, int workers);
 
 class RunAggregate {

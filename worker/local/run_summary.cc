@@ -135,14 +135,20 @@ std::vector<std::string> ReportLines(const RunSummary& s) {
                     ? std::string("not reached (no periodic evaluations)")
                     : absl::StrCat("not reached (best periodic evaluation ", Percent(best), ")"));
   }
-  if (t.sent_bytes > 0) {
-    row("bytes on the wire",
-        absl::StrFormat("%s sent vs %s dense: %.2fx less (%.1f%% of dense)",
-                        HumanBytes(t.sent_bytes), HumanBytes(t.dense_bytes),
-                        static_cast<double>(t.dense_bytes) / t.sent_bytes,
-                        100.0 * t.sent_bytes / std::max<int64_t>(1, t.dense_bytes)));
-  } else {
-    row("bytes on the wire", "nothing sent");
+  // Both ways: pushes sent, and versions received (broadcast low-rank steps and full values,
+  // resync pulls), each against dense float32 (serialized message bytes, not gRPC framing).
+  const auto versus = [](int64_t bytes, int64_t dense) {
+    return absl::StrFormat("%s vs %s dense: %.2fx less (%.1f%% of dense)", HumanBytes(bytes),
+                           HumanBytes(dense), static_cast<double>(dense) / bytes,
+                           100.0 * bytes / std::max<int64_t>(1, dense));
+  };
+  const int64_t wire = t.sent_bytes + t.received_bytes;
+  row("bytes on the wire",
+      wire > 0 ? absl::StrCat(versus(wire, t.dense_bytes + t.received_dense_bytes), " both ways")
+               : std::string("nothing sent or received"));
+  if (t.sent_bytes > 0) row("  pushes sent", versus(t.sent_bytes, t.dense_bytes));
+  if (t.received_bytes > 0) {
+    row("  versions received", versus(t.received_bytes, t.received_dense_bytes));
   }
   int64_t accepted = 0;
   for (int64_t c : t.staleness_hist) accepted += c;
@@ -199,13 +205,24 @@ void WriteTotals(const RunTotals& t, JsonWriter& j) {
                                    {"resyncs", t.resyncs},
                                    {"reconnects", t.reconnects},
                                    {"sent_bytes", t.sent_bytes},
-                                   {"dense_bytes", t.dense_bytes}}) {
+                                   {"dense_bytes", t.dense_bytes},
+                                   {"received_bytes", t.received_bytes},
+                                   {"received_dense_bytes", t.received_dense_bytes},
+                                   {"wire_bytes", t.sent_bytes + t.received_bytes},
+                                   {"wire_dense_bytes",
+                                    t.dense_bytes + t.received_dense_bytes}}) {
     j.Key(key);
     j.Int(value);
   }
+  const auto ratio = [](int64_t dense, int64_t bytes) {
+    return bytes > 0 ? std::optional(static_cast<double>(dense) / bytes) : std::nullopt;
+  };
   j.Key("dense_to_sent_ratio");
-  j.Optional(t.sent_bytes > 0 ? std::optional(static_cast<double>(t.dense_bytes) / t.sent_bytes)
-                              : std::nullopt);
+  j.Optional(ratio(t.dense_bytes, t.sent_bytes));
+  j.Key("dense_to_received_ratio");
+  j.Optional(ratio(t.received_dense_bytes, t.received_bytes));
+  j.Key("dense_to_wire_ratio");
+  j.Optional(ratio(t.dense_bytes + t.received_dense_bytes, t.sent_bytes + t.received_bytes));
   j.Key("mean_staleness");
   j.Number(t.mean_staleness);
   int64_t accepted = 0;

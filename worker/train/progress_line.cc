@@ -43,6 +43,10 @@ class LineReader {
     }
     if (!ok) Fail(key);
   }
+  // A key that older writers do not print: *out keeps its value when the key is absent.
+  void GetIfPresent(absl::string_view key, int64_t* out) {
+    if (values_.contains(key)) Get(key, out);
+  }
   void GetOptional(absl::string_view key, std::optional<double>* out) {
     if (!values_.contains(key)) return;
     double v = 0;
@@ -84,7 +88,8 @@ std::string FormatProgressLine(const ProgressLine& p) {
       " loss=", absl::StrFormat("%.4f", p.loss), " pushes=", p.pushes,
       " accepted=", p.accepted, " refused=", p.refused, " resyncs=", p.resyncs,
       " reconnects=", p.reconnects, " sent_bytes=", p.sent_bytes,
-      " dense_bytes=", p.dense_bytes,
+      " dense_bytes=", p.dense_bytes, " received_bytes=", p.received_bytes,
+      " received_dense_bytes=", p.received_dense_bytes,
       " mean_staleness=", absl::StrFormat("%.3f", p.mean_staleness),
       " staleness_hist=", absl::StrJoin(p.staleness_hist, ","));
   if (p.test_loss.has_value()) {
@@ -125,6 +130,8 @@ absl::StatusOr<ProgressLine> ParseProgressLine(absl::string_view line) {
   r.Get("reconnects", &p.reconnects);
   r.Get("sent_bytes", &p.sent_bytes);
   r.Get("dense_bytes", &p.dense_bytes);
+  r.GetIfPresent("received_bytes", &p.received_bytes);  // since the bytes counted both ways
+  r.GetIfPresent("received_dense_bytes", &p.received_dense_bytes);
   r.Get("mean_staleness", &p.mean_staleness);
   r.GetOptional("test_loss", &p.test_loss);
   r.GetOptional("test_accuracy", &p.test_accuracy);

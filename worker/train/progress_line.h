@@ -6,7 +6,8 @@
 // "progress"), on one line:
 //   progress worker=0 epoch=1 steps=120 samples=7680 elapsed_s=12.30 samples_per_s=1530.0
 //     loss=0.6123 pushes=.. accepted=.. refused=.. resyncs=.. reconnects=.. sent_bytes=..
-//     dense_bytes=.. mean_staleness=0.812 staleness_hist=a,b,...,i
+//     dense_bytes=.. received_bytes=.. received_dense_bytes=.. mean_staleness=0.812
+//     staleness_hist=a,b,...,i
 //     [test_loss=.. test_accuracy=0.8123 eval_elapsed_s=..]
 // Counters are cumulative. The parser ignores unknown keys, so keys may be added without
 // breaking older readers.
@@ -42,8 +43,11 @@ struct ProgressLine {
   int64_t refused = 0;
   int64_t resyncs = 0;
   int64_t reconnects = 0;
-  int64_t sent_bytes = 0;
-  int64_t dense_bytes = 0;
+  // Bytes on the wire both ways, and what dense float32 would have cost (ClientStats):
+  int64_t sent_bytes = 0;            // pushes' payload
+  int64_t dense_bytes = 0;           // the pushes as dense gradients
+  int64_t received_bytes = 0;        // versions received (broadcasts, resync pulls); 0 when
+  int64_t received_dense_bytes = 0;  // absent (an older worker); those versions as dense
   double mean_staleness = 0;            // over accepted pushes
   std::vector<int64_t> staleness_hist;  // one bin per tau 0.., the last one "and above"
   // The worker's latest test-set evaluation (only on evaluating workers, after the first);

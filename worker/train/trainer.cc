@@ -286,6 +286,8 @@ ProgressLine ToProgressLine(int worker, const TrainerProgress& p) {
   line.reconnects = c.reconnects;
   line.sent_bytes = c.sent_bytes;
   line.dense_bytes = c.dense_bytes;
+  line.received_bytes = c.received_bytes;
+  line.received_dense_bytes = c.received_dense_bytes;
   line.mean_staleness =
       c.accepted > 0 ? static_cast<double>(c.staleness_sum) / c.accepted : 0.0;
   line.staleness_hist.assign(c.staleness.begin(), c.staleness.end());
