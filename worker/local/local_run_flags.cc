@@ -135,12 +135,7 @@ std::vector<std::string> ShardFlags(const LocalRunOptions& o, int index,
           o.metrics_base_port > 0 ? absl::StrCat("127.0.0.1:", o.metrics_base_port + index) : ""),
       absl::StrCat("--shard_index=", index),
       absl::StrCat("--num_shards=", o.shards),
-      absl::StrCat("--checkpoint_dir=", checkpoint_dir),
-      // The write-ahead log without a wait for the disk per ack: a killed shard loses nothing
-      // (the page cache survives it), a crash of this machine up to 100 ms. With 'always' every
-      // ack waits for an fdatasync (~4-8 ms here) and workers push fewer, larger contributions.
-      // --server_flags=--wal_sync=always overrides it.
-      "--wal_sync=interval:100ms"};
+      absl::StrCat("--checkpoint_dir=", checkpoint_dir)};
   AddIfChanged(&flags, "staleness_policy", o.staleness_policy, defaults::kStalenessPolicy);
   AddIfChanged(&flags, "max_staleness", o.max_staleness, defaults::kMaxStaleness);
   if (o.lr_cooldown > 0 && o.lr_schedule_samples > 0) {
