@@ -50,7 +50,7 @@ TEST(ShardFlagsTest, PassesAddressCheckpointsStalenessAndBatching) {
        {"--listen=127.0.0.1:7002", "--metrics_listen=127.0.0.1:9002", "--shard_index=2",
         "--num_shards=3", "--checkpoint_dir=/r/shard-2/checkpoints", "--staleness_policy=exp",
         "--max_staleness=5", "--target_samples=256", "--target_workers=2", "--batch_deadline=20ms",
-        "--adaptive_batching=true"}) {
+        "--adaptive_batching=true", "--wal_sync=interval:100ms"}) {
     EXPECT_TRUE(Has(f, flag)) << flag;
   }
   EXPECT_EQ(f.back(), "--compute_threads=1");  // pass-through last: it overrides
@@ -228,7 +228,7 @@ TEST(ChildFlagsTest, DefaultOptionsLeaveTheTrainingSettingsToTheChildren) {
   o.lr_schedule_samples = 720000;
   EXPECT_EQ(FlagNames(ShardFlags(o, 1, "/c")),
             (std::vector<std::string>{"listen", "metrics_listen", "shard_index", "num_shards",
-                                      "checkpoint_dir", "lr_schedule_samples"}));
+                                      "checkpoint_dir", "wal_sync", "lr_schedule_samples"}));
   EXPECT_EQ(FlagNames(WorkerFlags(o, 2, {"a:1", "b:2"}, "/s")),
             (std::vector<std::string>{"shards", "worker_index", "num_workers", "eval_interval",
                                       "target_accuracy", "snapshot_interval",
@@ -275,7 +275,8 @@ TEST(CommandLinesTest, ListsEveryChildWithItsBinaryAndFlags) {
   const std::string lines = CommandLines(o);
   EXPECT_TRUE(absl::StrContains(
       lines, "shard 1: /opt/bin/dion-server --listen=127.0.0.1:7001 --metrics_listen= "
-             "--shard_index=1 --num_shards=2 --checkpoint_dir=/runs/r/shard-1/checkpoints\n"))
+             "--shard_index=1 --num_shards=2 --checkpoint_dir=/runs/r/shard-1/checkpoints "
+             "--wal_sync=interval:100ms\n"))
       << lines;
   EXPECT_TRUE(absl::StrContains(lines, "worker 2: /opt/bin/dion-worker "
                                        "--shards=127.0.0.1:7000,127.0.0.1:7001 --worker_index=2 "))
