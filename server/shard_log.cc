@@ -267,11 +267,11 @@ absl::Status ShardLog::Rotate(uint64_t checkpoint) {
   return absl::OkStatus();  // `old` syncs and closes as the last reference goes
 }
 
-absl::Status ShardLog::Prune(uint64_t oldest_kept_checkpoint) {
+absl::Status ShardLog::Prune(uint64_t floor) {
   absl::StatusOr<std::map<uint64_t, std::string>> files = ListLogFiles(options_.dir);
   if (!files.ok()) return files.status();
   for (const auto& [checkpoint, path] : *files) {
-    if (checkpoint >= oldest_kept_checkpoint) break;
+    if (checkpoint >= floor) break;
     std::error_code error;
     if (!fs::remove(path, error) && error) {
       return absl::UnavailableError(

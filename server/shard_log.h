@@ -3,8 +3,8 @@
 //
 // Files: <dir>/wal-<N>.log holds the records written after checkpoint N (N = 0: no checkpoint
 // yet), so the newest checkpoint N plus the files wal-K, K >= N, in order, are the shard's whole
-// state. A checkpoint starts a new file (Rotate); a file goes when its checkpoint is pruned
-// (Prune).
+// state. A checkpoint starts a new file (Rotate); the shard keeps the files of its two newest
+// checkpoints (Prune).
 //
 // Records: a registration (before RegisterModel is acknowledged), a worker id (before it
 // counts as registered), every accepted contribution (before ACCEPTED is sent) and every closed
@@ -100,8 +100,8 @@ class ShardLog : public BatchJournal {
   // After checkpoint `checkpoint` was written with nothing pending: later records go to a new
   // wal-<checkpoint>.log. REQUIRES: no record is written concurrently.
   absl::Status Rotate(uint64_t checkpoint) ABSL_LOCKS_EXCLUDED(mu_);
-  // Deletes wal-K for K < `oldest_kept_checkpoint` (their checkpoints are gone).
-  absl::Status Prune(uint64_t oldest_kept_checkpoint) ABSL_LOCKS_EXCLUDED(mu_);
+  // Deletes wal-K for K < `floor`.
+  absl::Status Prune(uint64_t floor) ABSL_LOCKS_EXCLUDED(mu_);
 
   const ShardLogOptions& options() const { return options_; }
 

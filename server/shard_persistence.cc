@@ -166,8 +166,10 @@ void Shard::CheckpointLoop() {
 
 absl::Status Shard::RotateLog() {
   if (absl::Status s = log_->Rotate(checkpointer_->last_written()); !s.ok()) return s;
-  absl::StatusOr<uint64_t> oldest = checkpointer_->OldestKept();
-  absl::Status pruned = oldest.ok() ? log_->Prune(*oldest) : oldest.status();
+  // The logs of the two newest checkpoints stay: a damaged newest checkpoint falls back to the
+  // previous one and replays both; older logs only cost disk.
+  absl::StatusOr<uint64_t> floor = checkpointer_->SecondNewest();
+  absl::Status pruned = floor.ok() ? log_->Prune(*floor) : floor.status();
   if (!pruned.ok()) {  // only disk space is at stake
     std::fprintf(stderr, "dion-server: old write-ahead logs not removed: %s\n",
                  pruned.ToString().c_str());

@@ -207,6 +207,12 @@ TEST(ShardWal, TheLogAfterACheckpointIsReplayedOnTopOfIt) {
   EXPECT_EQ(shard->Push(Factors("w0", 8, "w", 32, 24, 0)).value().result, PushOutcome::kDuplicate);
   shard->Drain();
   EXPECT_EQ(shard->Snapshot("w", false).value().contributions_applied, 9);
+  // Logs stay for the two newest checkpoints (a fallback to the older one needs both).
+  ASSERT_TRUE(shard->Checkpoint().ok());  // 2
+  ASSERT_TRUE(shard->Checkpoint().ok());  // 3
+  EXPECT_FALSE(fs::exists(LogPath(root, 1)));
+  EXPECT_TRUE(fs::exists(LogPath(root, 2)));
+  EXPECT_TRUE(fs::exists(LogPath(root, 3)));
   shard.reset();
   fs::remove_all(root);
 }

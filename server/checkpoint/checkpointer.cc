@@ -208,14 +208,11 @@ absl::StatusOr<std::string> Checkpointer::Write(const ParameterStore& store,
   return path;
 }
 
-absl::StatusOr<uint64_t> Checkpointer::OldestKept() const {
+absl::StatusOr<uint64_t> Checkpointer::SecondNewest() const {
   absl::StatusOr<std::vector<CheckpointInfo>> checkpoints = ListCheckpoints(options_.root);
-  if (!checkpoints.ok()) return checkpoints.status();
-  uint64_t oldest = 0;
-  for (const CheckpointInfo& info : *checkpoints) {
-    if (oldest == 0 || info.version < oldest) oldest = info.version;
-  }
-  return oldest;
+  if (!checkpoints.ok()) return checkpoints.status();  // newest first
+  if (checkpoints->empty()) return 0;
+  return (*checkpoints)[std::min<size_t>(1, checkpoints->size() - 1)].version;
 }
 
 absl::Status Checkpointer::Prune(const std::string& written) {

@@ -49,10 +49,11 @@ class Checkpointer {
                                     const std::vector<const Batcher*>& batchers,
                                     const CutTag& cut = {});
 
-  // The number of the last checkpoint Write wrote (0 before any), and of the oldest complete
-  // checkpoint under root after pruning (0 when there is none).
+  // The number of the last checkpoint Write wrote (0 before any), and of the second-newest
+  // complete checkpoint under root (the newest when there is one, 0 when there is none): the
+  // write-ahead logs from it on are what a fallback to it needs.
   uint64_t last_written() const { return next_sequence_ == 0 ? 0 : next_sequence_ - 1; }
-  absl::StatusOr<uint64_t> OldestKept() const;
+  absl::StatusOr<uint64_t> SecondNewest() const;
 
   // The newest valid checkpoint under root. NotFound when there is none (fresh start);
   // DataLoss when checkpoints exist but none is valid (the message lists why).
