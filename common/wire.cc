@@ -353,14 +353,11 @@ absl::StatusOr<ModelTable> ModelTableFromProto(const v1::RegisterModelRequest& r
 
 void ModelTableToProto(const ModelTable& table, v1::RegisterModelRequest* request) {
   request->set_model_name(table.model_name);
-  request->clear_parameters();
-  for (const ParameterDefinition& definition : table.parameters) {
+  for (const ParameterDefinition& d : table.parameters) {
     v1::ParameterSpec* proto = request->add_parameters();
-    ParameterToProto(definition.spec, proto);
-    if (definition.initial_value.has_value()) {
-      MatrixToTensor(*definition.initial_value, definition.spec.shape,
-                     proto->mutable_initial_value());
-    }
+    ParameterToProto(d.spec, proto);
+    if (!d.initial_value.has_value()) continue;
+    MatrixToTensor(*d.initial_value, d.spec.shape, proto->mutable_initial_value());
   }
 }
 

@@ -52,7 +52,8 @@ absl::StatusOr<ParameterDefinition> ParameterFromProto(const v1::ParameterSpec& 
 void ParameterToProto(const ParamSpec& spec, v1::ParameterSpec* proto);
 // The whole table, validated with ValidateModelTable.
 absl::StatusOr<ModelTable> ModelTableFromProto(const v1::RegisterModelRequest& request);
-// The table's name, specs and explicit initial values; leaves worker_id as it is.
+// Sets the table's name and appends its specs and explicit initial values to `request`'s
+// parameters (empty in every caller); leaves worker_id as it is.
 void ModelTableToProto(const ModelTable& table, v1::RegisterModelRequest* request);
 void LayoutToProto(const Layout& layout, v1::Layout* proto);
 

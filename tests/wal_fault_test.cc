@@ -177,6 +177,43 @@ std::string StateBytes(const std::string& address, const std::string& parameter)
   return "";
 }
 
+// Every acknowledged contribution is applied exactly once: each shard's contributions_applied
+// and samples_applied equal the acked totals of its parameters, once the open batches' 20 ms
+// deadline has passed.
+void ExpectEveryAckAppliedOnce(AckLog& log, Shard (&shards)[2]) {
+  std::map<std::string, int64_t> contributions, samples;
+  {
+    absl::MutexLock lock(&log.mu);
+    for (const auto& [key, n] : log.acked) {
+      ++contributions[std::get<1>(key)];
+      samples[std::get<1>(key)] += n;
+    }
+    std::printf("acked %zu contributions (%lld answered DUPLICATE), %lld retries over %d kills\n",
+                log.acked.size(), static_cast<long long>(log.duplicates),
+                static_cast<long long>(log.retries), kKills);
+  }
+  ASSERT_GT(contributions["w"], 30);
+  for (Shard& shard : shards) {
+    auto stub = testing::Connect(shard.address);
+    v1::StatusResponse status;
+    const absl::Time deadline = absl::Now() + absl::Seconds(30);
+    bool settled = false;
+    while (!settled && absl::Now() < deadline) {
+      status = testing::GetStatus(*stub);
+      settled = true;
+      for (const v1::ParameterStatus& p : status.parameters()) {
+        settled &= p.contributions_applied() >= contributions[p.parameter()];
+      }
+      if (!settled) absl::SleepFor(absl::Milliseconds(50));
+    }
+    for (const v1::ParameterStatus& p : status.parameters()) {
+      SCOPED_TRACE(p.parameter());
+      EXPECT_EQ(p.contributions_applied(), contributions[p.parameter()]);
+      EXPECT_EQ(p.samples_applied(), samples[p.parameter()]);
+    }
+  }
+}
+
 TEST(WalFault, EveryAcknowledgedContributionIsAppliedExactlyOnceAcrossTenKills) {
   const std::string root = absl::StrCat(::testing::TempDir(), "/wal-fault-", getpid());
   fs::remove_all(root);
@@ -222,39 +259,7 @@ TEST(WalFault, EveryAcknowledgedContributionIsAppliedExactlyOnceAcrossTenKills) 
   for (std::thread& t : workers) t.join();
   for (const std::string& e : errors) EXPECT_EQ(e, "");
 
-  // The acked totals per parameter.
-  std::map<std::string, int64_t> contributions, samples;
-  {
-    absl::MutexLock lock(&log.mu);
-    for (const auto& [key, n] : log.acked) {
-      ++contributions[std::get<1>(key)];
-      samples[std::get<1>(key)] += n;
-    }
-    std::printf("acked %zu contributions (%lld answered DUPLICATE), %lld retries over %d kills\n",
-                log.acked.size(), static_cast<long long>(log.duplicates),
-                static_cast<long long>(log.retries), kKills);
-  }
-  ASSERT_GT(contributions["w"], 30);
-  // Everything acked is applied once the open batches' 20 ms deadline passed.
-  for (Shard& shard : shards) {
-    auto stub = testing::Connect(shard.address);
-    v1::StatusResponse status;
-    const absl::Time deadline = absl::Now() + absl::Seconds(30);
-    bool settled = false;
-    while (!settled && absl::Now() < deadline) {
-      status = testing::GetStatus(*stub);
-      settled = true;
-      for (const v1::ParameterStatus& p : status.parameters()) {
-        settled &= p.contributions_applied() >= contributions[p.parameter()];
-      }
-      if (!settled) absl::SleepFor(absl::Milliseconds(50));
-    }
-    for (const v1::ParameterStatus& p : status.parameters()) {
-      SCOPED_TRACE(p.parameter());
-      EXPECT_EQ(p.contributions_applied(), contributions[p.parameter()]);
-      EXPECT_EQ(p.samples_applied(), samples[p.parameter()]);
-    }
-  }
+  ExpectEveryAckAppliedOnce(log, shards);
 
   // A fresh process replaying shard 1's log serves exactly what the killed one served.
   auto stub = testing::Connect(shards[1].address);
