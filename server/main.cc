@@ -109,7 +109,8 @@ ABSL_FLAG(std::string, staleness_policy, dion::defaults::kStalenessPolicy,
           "exp (exp(-tau / tau0))");
 ABSL_FLAG(double, staleness_tau0, 4.0, "decay constant tau0 of the exp staleness policy (> 0)");
 ABSL_FLAG(int64_t, max_staleness, dion::defaults::kMaxStaleness,
-          "contributions with staleness above this are refused (STALE) so the worker resyncs");
+          "contributions with staleness above this are refused (STALE) and dropped by the worker "
+          "(docs/protocol.md)");
 ABSL_FLAG(int64_t, max_message_bytes, 64 << 20,
           "largest message a client may send; larger ones end the call with RESOURCE_EXHAUSTED");
 ABSL_FLAG(int, broadcast_queue, 64,

@@ -224,7 +224,7 @@ v1::PushAck ParameterServerService::Judge(const v1::Contribution& request,
           "staleness ", reply->staleness, " (version of the open batch ", reply->batch_version,
           " - base_version ", request.base_version(), ") exceeds max_staleness ",
           shard_->options().batcher.staleness.max_staleness,
-          "; restore the contribution into the residual and resync"));
+          "; it is not applied: drop it, and resync if the replica lags"));
       break;
     case PushOutcome::kRejected:  // Push answers an error status instead
       break;
