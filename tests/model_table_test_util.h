@@ -26,6 +26,19 @@ inline ParameterDefinition Definition(const std::string& name, std::vector<int64
   return d;
 }
 
+// Tall and wide Dion matrices (the wide one runs on X^T), and one parameter per other
+// optimizer.
+inline ModelTable EveryOptimizerTable(const std::string& model_name) {
+  ModelTable table;
+  table.model_name = model_name;
+  table.parameters = {Definition("tall", {48, 32}, OptimizerKind::kDion, 1),
+                      Definition("wide", {24, 40}, OptimizerKind::kDion, 2),
+                      Definition("bias", {32}, OptimizerKind::kAdamW, 3),
+                      Definition("scale", {16}, OptimizerKind::kLion, 4),
+                      Definition("muon", {16, 24}, OptimizerKind::kMuon, 5)};
+  return table;
+}
+
 }  // namespace dion::testing
 
 #endif  // DION_TESTS_MODEL_TABLE_TEST_UTIL_H_

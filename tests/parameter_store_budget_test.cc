@@ -16,16 +16,7 @@ namespace {
 
 using testing::Definition;
 
-ModelTable EveryOptimizer() {
-  ModelTable table;
-  table.model_name = "budget";
-  table.parameters = {Definition("tall", {48, 32}, OptimizerKind::kDion, 1),
-                      Definition("wide", {24, 40}, OptimizerKind::kDion, 2),
-                      Definition("bias", {32}, OptimizerKind::kAdamW, 3),
-                      Definition("scale", {16}, OptimizerKind::kLion, 4),
-                      Definition("muon", {16, 24}, OptimizerKind::kMuon, 5)};
-  return table;
-}
+ModelTable EveryOptimizer() { return testing::EveryOptimizerTable("budget"); }
 
 // Bytes of every matrix a snapshot with state holds: what the store allocated.
 int64_t AllocatedBytes(const ParameterSnapshot& snapshot) {

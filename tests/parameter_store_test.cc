@@ -27,18 +27,7 @@ using testing::Definition;
 using testing::GaussianD;
 using testing::MaxRelativeError;
 
-// Tall and wide Dion matrices (the wide one runs on X^T), and one parameter per other
-// optimizer.
-ModelTable TestModel() {
-  ModelTable table;
-  table.model_name = "test-mlp";
-  table.parameters = {Definition("tall", {48, 32}, OptimizerKind::kDion, 1),
-                      Definition("wide", {24, 40}, OptimizerKind::kDion, 2),
-                      Definition("bias", {32}, OptimizerKind::kAdamW, 3),
-                      Definition("scale", {16}, OptimizerKind::kLion, 4),
-                      Definition("muon", {16, 24}, OptimizerKind::kMuon, 5)};
-  return table;
-}
+ModelTable TestModel() { return testing::EveryOptimizerTable("test-mlp"); }
 
 std::unique_ptr<ParameterStore> RegisteredStore(const ModelTable& table = TestModel()) {
   auto store = ParameterStore::Create(StoreOptions{});
