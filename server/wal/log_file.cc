@@ -2,6 +2,7 @@
 
 #include <fcntl.h>
 #include <sys/stat.h>
+#include <sys/uio.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -18,15 +19,25 @@ absl::Status Errno(absl::string_view what, const std::string& path) {
   return absl::ErrnoToStatus(errno, absl::StrCat(what, " ", path));
 }
 
-// Writes all of `bytes` at `offset`; on error returns the errno status (some bytes may be
+// Writes `header` then `payload` at `offset` with pwritev (no copy of the payload into one
+// buffer), resuming after short writes; on error returns the errno status (some bytes may be
 // written).
-absl::Status PwriteAll(int fd, absl::string_view bytes, uint64_t offset, const std::string& path) {
-  while (!bytes.empty()) {
-    ssize_t n = ::pwrite(fd, bytes.data(), bytes.size(), static_cast<off_t>(offset));
+absl::Status PwritevAll(int fd, absl::string_view header, absl::string_view payload,
+                        uint64_t offset, const std::string& path) {
+  iovec parts[2] = {{const_cast<char*>(header.data()), header.size()},
+                    {const_cast<char*>(payload.data()), payload.size()}};
+  int first = 0;
+  while (first < 2) {
+    const ssize_t n = ::pwritev(fd, parts + first, 2 - first, static_cast<off_t>(offset));
     if (n < 0 && errno == EINTR) continue;
     if (n < 0) return Errno("write", path);
-    bytes.remove_prefix(static_cast<size_t>(n));
     offset += static_cast<uint64_t>(n);
+    size_t done = static_cast<size_t>(n);
+    while (first < 2 && done >= parts[first].iov_len) done -= parts[first++].iov_len;
+    if (first < 2) {
+      parts[first].iov_base = static_cast<char*>(parts[first].iov_base) + done;
+      parts[first].iov_len -= done;
+    }
   }
   return absl::OkStatus();
 }
@@ -45,7 +56,7 @@ absl::Status SyncParentDirectory(const std::string& path) {
 
 // Writes the file header of a new (empty) log and makes it and its directory entry durable.
 absl::Status InitializeEmptyLog(int fd, const std::string& path) {
-  if (absl::Status s = PwriteAll(fd, LogFileHeader(), 0, path); !s.ok()) return s;
+  if (absl::Status s = PwritevAll(fd, LogFileHeader(), "", 0, path); !s.ok()) return s;
   if (::fdatasync(fd) != 0) return Errno("fdatasync", path);
   return SyncParentDirectory(path);
 }
@@ -108,13 +119,13 @@ LogWriter::~LogWriter() {
 
 namespace {
 
-// One framed record: length, checksum, payload (server/wal/log_format.h).
-std::string FrameRecord(absl::string_view payload) {
-  std::string record(kLogRecordHeaderBytes + payload.size(), '\0');
-  PutLittleEndian32(static_cast<uint32_t>(payload.size()), record.data());
-  PutLittleEndian32(LogRecordChecksum(record.data(), payload), record.data() + 4);
-  std::copy(payload.begin(), payload.end(), record.begin() + kLogRecordHeaderBytes);
-  return record;
+// A record's header: length, then the checksum over it and the payload
+// (server/wal/log_format.h).
+std::string RecordHeader(absl::string_view payload) {
+  std::string header(kLogRecordHeaderBytes, '\0');
+  PutLittleEndian32(static_cast<uint32_t>(payload.size()), header.data());
+  PutLittleEndian32(LogRecordChecksum(header.data(), payload), header.data() + 4);
+  return header;
 }
 
 }  // namespace
@@ -128,10 +139,10 @@ absl::Status LogWriter::CheckPayload(absl::string_view payload) const {
 
 absl::StatusOr<uint64_t> LogWriter::Append(absl::string_view payload) {
   if (absl::Status s = CheckPayload(payload); !s.ok()) return s;
-  const std::string record = FrameRecord(payload);
+  const std::string header = RecordHeader(payload);
   MutexLock lock(&mu_);
   const uint64_t offset = written_;
-  if (absl::Status s = WriteLocked(record); !s.ok()) return s;
+  if (absl::Status s = WriteLocked(header, payload); !s.ok()) return s;
   if (sync_.mode == LogSync::Mode::kAlways) {
     if (absl::Status s = SyncThroughLocked(written_); !s.ok()) return s;
   }
@@ -140,9 +151,9 @@ absl::StatusOr<uint64_t> LogWriter::Append(absl::string_view payload) {
 
 absl::StatusOr<uint64_t> LogWriter::Write(absl::string_view payload) {
   if (absl::Status s = CheckPayload(payload); !s.ok()) return s;
-  const std::string record = FrameRecord(payload);
+  const std::string header = RecordHeader(payload);
   MutexLock lock(&mu_);
-  if (absl::Status s = WriteLocked(record); !s.ok()) return s;
+  if (absl::Status s = WriteLocked(header, payload); !s.ok()) return s;
   return written_;
 }
 
@@ -175,14 +186,14 @@ absl::Status LogWriter::BrokenLocked() const {
                                                     status_.message()));
 }
 
-absl::Status LogWriter::WriteLocked(absl::string_view bytes) {
+absl::Status LogWriter::WriteLocked(absl::string_view header, absl::string_view payload) {
   if (!status_.ok()) return BrokenLocked();
-  absl::Status s = PwriteAll(fd_, bytes, written_, path_);
+  absl::Status s = PwritevAll(fd_, header, payload, written_, path_);
   if (!s.ok()) {
     status_ = s;
     return s;
   }
-  written_ += bytes.size();
+  written_ += header.size() + payload.size();
   return absl::OkStatus();
 }
 

@@ -78,7 +78,9 @@ class LogWriter {
  private:
   LogWriter(std::string path, int fd, uint64_t size, LogSync sync);
   absl::Status CheckPayload(absl::string_view payload) const;
-  absl::Status WriteLocked(absl::string_view bytes) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Writes one record (header, payload) at the end; breaks the writer on an error.
+  absl::Status WriteLocked(absl::string_view header, absl::string_view payload)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // Returns once `end` is synced (leading a sync or waiting for one), or the error.
   absl::Status SyncThroughLocked(uint64_t end) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   absl::Status BrokenLocked() const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
