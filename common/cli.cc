@@ -52,8 +52,9 @@ bool AsksForUsage(int argc, char** argv) {
 
 void ParseCommandLineOrExit(int argc, char** argv, const CommandLineSpec& spec) {
   absl::FlagsUsageConfig usage;
+  // The binary's own flags, and the TLS client flags of the binaries that link them.
   usage.contains_help_flags = [file = spec.flags_file](absl::string_view path) {
-    return absl::EndsWith(path, file);
+    return absl::EndsWith(path, file) || absl::EndsWith(path, "common/tls_flags.cc");
   };
   absl::SetFlagsUsageConfig(usage);
   absl::SetProgramUsageMessage(spec.usage);

@@ -49,6 +49,17 @@ absl::Status ValidateServerOptions(const ServerOptions& options) {
 
 absl::StatusOr<std::unique_ptr<DionServer>> DionServer::Start(const ServerOptions& options) {
   if (absl::Status s = ValidateServerOptions(options); !s.ok()) return s;
+  // Credentials and tokens first: a typo in a file name fails before the shard restores.
+  absl::StatusOr<std::shared_ptr<grpc::ServerCredentials>> credentials =
+      MakeServerCredentials(options.tls);
+  if (!credentials.ok()) return credentials.status();
+  ServiceOptions service = options.service;
+  if (!options.auth_tokens_file.empty()) {
+    absl::StatusOr<std::unique_ptr<TokenAuthenticator>> tokens =
+        TokenAuthenticator::Create(options.auth_tokens_file, options.auth_reload_interval);
+    if (!tokens.ok()) return tokens.status();
+    service.tokens = *std::move(tokens);
+  }
   std::unique_ptr<DionServer> server(new DionServer(options));
   server->metrics_ = std::make_unique<ShardMetrics>();
   absl::StatusOr<std::unique_ptr<Shard>> shard =
@@ -56,12 +67,12 @@ absl::StatusOr<std::unique_ptr<DionServer>> DionServer::Start(const ServerOption
   if (!shard.ok()) return shard.status();
   server->shard_ = *std::move(shard);
   server->service_ = std::make_unique<ParameterServerService>(
-      server->shard_.get(), server->metrics_.get(), options.service);
+      server->shard_.get(), server->metrics_.get(), service);
 
   grpc::EnableDefaultHealthCheckService(true);
   grpc::reflection::InitProtoReflectionServerBuilderPlugin();
   grpc::ServerBuilder builder;
-  builder.AddListeningPort(options.listen, grpc::InsecureServerCredentials(), &server->port_);
+  builder.AddListeningPort(options.listen, *credentials, &server->port_);
   builder.SetMaxReceiveMessageSize(static_cast<int>(options.max_message_bytes));
   // Accept the workers' keepalive pings (every 20 s, also without active calls: worker/
   // shard_link.cc); gRPC's default would answer pings more often than every 5 min with GOAWAY.

@@ -21,6 +21,7 @@
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"
 #include "common/mutex.h"
+#include "common/tls.h"
 #include "server/metrics.h"
 #include "server/service.h"
 #include "server/shard.h"
@@ -32,7 +33,10 @@ struct ServerOptions {
   std::string metrics_listen = "127.0.0.1:9091";   // Prometheus host:port; empty: disabled
   int64_t max_message_bytes = 64 << 20;            // largest message a client may send
   absl::Duration shutdown_grace = absl::Seconds(5);  // running calls get this long to finish
-  ServiceOptions service;
+  TlsServerConfig tls;           // TLS on the gRPC port (common/tls.h); plaintext when unset
+  std::string auth_tokens_file;  // bearer tokens with roles (server/auth.h); empty: none
+  absl::Duration auth_reload_interval = absl::Seconds(1);  // how often the file is checked
+  ServiceOptions service;        // service.tokens is set by Start from auth_tokens_file
   ShardOptions shard;
 };
 

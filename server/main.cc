@@ -120,6 +120,21 @@ ABSL_FLAG(bool, allow_optimizer_state_pull, false,
           "let Pull return optimizer state (include_optimizer_state: Dion's momentum, AdamW's "
           "moments, ...); an admin operation, off by default; when off such a Pull is "
           "PERMISSION_DENIED");
+ABSL_FLAG(std::string, tls_cert_file, "",
+          "PEM certificate chain of this shard: serve TLS only (with --tls_key_file); the files "
+          "are re-read when they change (--tls_reload_interval), so a rotated Kubernetes "
+          "Secret takes effect without a restart");
+ABSL_FLAG(std::string, tls_key_file, "", "PEM private key of --tls_cert_file");
+ABSL_FLAG(std::string, tls_client_ca_file, "",
+          "PEM CA certificates: require every client to present a certificate that chains to "
+          "one of them (mutual TLS); needs --tls_cert_file");
+ABSL_FLAG(absl::Duration, tls_reload_interval, absl::Seconds(10),
+          "how often the TLS files are checked for changes (at least 1s)");
+ABSL_FLAG(std::string, auth_tokens_file, "",
+          "bearer tokens with roles, one '<token> <role> [<name>] [workers=<id>,...]' a line "
+          "(roles: worker, reader, admin; docs/server.md, \"Security\"); with it every call "
+          "needs a token (UNAUTHENTICATED without, PERMISSION_DENIED for a role that may not "
+          "make it); re-read when it changes. Health checking needs no token");
 ABSL_FLAG(absl::Duration, shutdown_grace, absl::Seconds(5),
           "on SIGTERM/SIGINT, how long running calls get to finish before they are cancelled");
 
@@ -157,6 +172,11 @@ absl::StatusOr<dion::ServerOptions> OptionsFromFlags() {
   options.max_message_bytes = absl::GetFlag(FLAGS_max_message_bytes);
   options.shutdown_grace = absl::GetFlag(FLAGS_shutdown_grace);
   options.service.allow_optimizer_state = absl::GetFlag(FLAGS_allow_optimizer_state_pull);
+  options.tls.cert_file = absl::GetFlag(FLAGS_tls_cert_file);
+  options.tls.key_file = absl::GetFlag(FLAGS_tls_key_file);
+  options.tls.client_ca_file = absl::GetFlag(FLAGS_tls_client_ca_file);
+  options.tls.reload_interval = absl::GetFlag(FLAGS_tls_reload_interval);
+  options.auth_tokens_file = absl::GetFlag(FLAGS_auth_tokens_file);
 
   dion::ShardOptions& shard = options.shard;
   shard.store.shard_index = absl::GetFlag(FLAGS_shard_index);
@@ -166,7 +186,8 @@ absl::StatusOr<dion::ServerOptions> OptionsFromFlags() {
       absl::GetFlag(FLAGS_max_state_bytes), {.physical_bytes = dion::PhysicalMemoryBytes()});
   shard.store.max_state_bytes = budget.bytes;
   std::fprintf(stderr, "dion-server: %s\n", budget.description.c_str());
-  if (std::optional<std::string> warning = dion::PlaintextWarning(options.listen, /*tls=*/false)) {
+  if (std::optional<std::string> warning =
+          dion::PlaintextWarning(options.listen, !options.tls.cert_file.empty())) {
     std::fprintf(stderr, "dion-server: %s\n", warning->c_str());
   }
   shard.compute_threads = absl::GetFlag(FLAGS_compute_threads);
@@ -236,10 +257,14 @@ int main(int argc, char** argv) {
     return 1;
   }
   std::fprintf(stderr,
-               "dion-server: shard %d of %d serving gRPC on %s, metrics on %s, checkpoints %s, "
-               "write-ahead log %s\n",
+               "dion-server: shard %d of %d serving gRPC on %s, %s%s, metrics on %s, "
+               "checkpoints %s, write-ahead log %s\n",
                options->shard.store.shard_index, options->shard.store.num_shards,
                (*server)->address().c_str(),
+               options->tls.cert_file.empty()        ? "plaintext"
+               : options->tls.client_ca_file.empty() ? "TLS"
+                                                     : "mutual TLS",
+               options->auth_tokens_file.empty() ? "" : " with tokens",
                options->metrics_listen.empty()
                    ? "disabled"
                    : absl::StrCat(options->metrics_listen.substr(

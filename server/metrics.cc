@@ -103,6 +103,8 @@ struct ShardMetrics::Families {
   prometheus::Gauge* connected_workers = nullptr;
   prometheus::Counter* backpressure_seconds = nullptr;
   prometheus::Counter* nonfinite_pushes = nullptr;
+  prometheus::Counter* auth_unauthenticated = nullptr;
+  prometheus::Counter* auth_denied = nullptr;
   prometheus::Gauge* subscribers = nullptr;
   prometheus::Gauge* orthogonality_error = nullptr;
   prometheus::Gauge* worker_loss = nullptr;
@@ -132,6 +134,14 @@ struct ShardMetrics::Families {
                                   "(also counted in dion_pushes_total{result=\"rejected\"}).")
                             .Register(r)
                             .Add({});
+    auto& auth = prometheus::BuildCounter()
+                     .Name("dion_auth_failures_total")
+                     .Help("Calls refused by token authentication (--auth_tokens_file), by "
+                           "reason: unauthenticated (no or unknown token) or "
+                           "permission_denied (the token's role may not make the call).")
+                     .Register(r);
+    auth_unauthenticated = &auth.Add({{"reason", "unauthenticated"}});
+    auth_denied = &auth.Add({{"reason", "permission_denied"}});
     received_bytes = &prometheus::BuildCounter()
                           .Name("dion_received_bytes_total")
                           .Help("Serialized gRPC request payload bytes received.")
@@ -270,6 +280,11 @@ void ShardMetrics::RecordPush(PushOutcome outcome) {
 }
 
 void ShardMetrics::RecordNonFinitePush() { families_->nonfinite_pushes->Increment(); }
+
+void ShardMetrics::RecordAuthFailure(absl::string_view reason) {
+  (reason == "unauthenticated" ? families_->auth_unauthenticated : families_->auth_denied)
+      ->Increment();
+}
 
 // Counter::Increment ignores negative amounts, so a bogus size cannot make a counter go down.
 void ShardMetrics::RecordReceivedBytes(int64_t bytes) {

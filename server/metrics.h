@@ -57,6 +57,9 @@ class ShardMetrics {
   void RecordPush(PushOutcome outcome);
   // A push REJECTED for NaN or Inf values (also counted by RecordPush as rejected).
   void RecordNonFinitePush();
+  // A call refused by token authentication; `reason` is "unauthenticated" or
+  // "permission_denied".
+  void RecordAuthFailure(absl::string_view reason);
   void RecordReceivedBytes(int64_t bytes);
   void RecordSentBytes(int64_t bytes);
   void RecordStaleness(int64_t tau);

@@ -98,47 +98,117 @@ ParameterServerService::ParameterServerService(Shard* shard, ShardMetrics* metri
           this));
 }
 
+grpc::Status ParameterServerService::Authorize(const grpc::ServerContext& context,
+                                               absl::string_view method,
+                                               std::initializer_list<Role> allowed,
+                                               Principal* principal) {
+  if (options_.tokens == nullptr) {
+    *principal = Principal{Role::kAdmin, "anyone", {}};
+    return grpc::Status::OK;
+  }
+  absl::StatusOr<Principal> who = options_.tokens->Authenticate(context);
+  if (!who.ok()) {
+    if (metrics_ != nullptr) metrics_->RecordAuthFailure("unauthenticated");
+    return grpc::Status(grpc::StatusCode::UNAUTHENTICATED,
+                        absl::StrCat(method, ": ", who.status().message()));
+  }
+  for (Role role : allowed) {
+    if (who->role == role) {
+      *principal = *std::move(who);
+      return grpc::Status::OK;
+    }
+  }
+  if (metrics_ != nullptr) metrics_->RecordAuthFailure("permission_denied");
+  return grpc::Status(grpc::StatusCode::PERMISSION_DENIED,
+                      absl::StrCat(method, " is not allowed for role ", RoleName(who->role),
+                                   " (token '", who->name, "')"));
+}
+
 grpc::Status ParameterServerService::RegisterModel(grpc::ServerContext* context,
                                                    const v1::RegisterModelRequest* request,
                                                    v1::RegisterModelResponse* response) {
-  return GuardHandler("RegisterModel",
-                      [&] { return HandleRegisterModel(context, request, response); });
+  return GuardHandler("RegisterModel", [&] {
+    Principal caller;
+    grpc::Status s = Authorize(*context, "RegisterModel", {Role::kWorker, Role::kAdmin}, &caller);
+    return s.ok() ? HandleRegisterModel(caller, request, response) : s;
+  });
 }
 
 grpc::Status ParameterServerService::GetLayout(grpc::ServerContext* context,
                                                const v1::GetLayoutRequest* request,
                                                v1::GetLayoutResponse* response) {
-  return GuardHandler("GetLayout", [&] { return HandleGetLayout(context, request, response); });
+  return GuardHandler("GetLayout", [&] {
+    Principal caller;
+    grpc::Status s = Authorize(*context, "GetLayout",
+                               {Role::kWorker, Role::kReader, Role::kAdmin}, &caller);
+    return s.ok() ? HandleGetLayout(context, request, response) : s;
+  });
 }
 
 grpc::Status ParameterServerService::Subscribe(grpc::ServerContext* context,
                                                const v1::SubscribeRequest* request,
                                                grpc::ServerWriter<v1::VersionUpdate>* writer) {
-  return GuardHandler("Subscribe", [&] { return HandleSubscribe(context, request, writer); });
+  return GuardHandler("Subscribe", [&] {
+    Principal caller;
+    grpc::Status s = Authorize(*context, "Subscribe", {Role::kWorker, Role::kAdmin}, &caller);
+    return s.ok() ? HandleSubscribe(context, request, writer) : s;
+  });
 }
 
 grpc::Status ParameterServerService::Pull(grpc::ServerContext* context,
                                           const v1::PullRequest* request,
                                           grpc::ServerWriter<v1::ParameterValue>* writer) {
-  return GuardHandler("Pull", [&] { return HandlePull(context, request, writer); });
+  return GuardHandler("Pull", [&] {
+    Principal caller;
+    grpc::Status s =
+        Authorize(*context, "Pull", {Role::kWorker, Role::kReader, Role::kAdmin}, &caller);
+    return s.ok() ? HandlePull(context, caller, request, writer) : s;
+  });
 }
 
 grpc::Status ParameterServerService::Status(grpc::ServerContext* context,
                                             const v1::StatusRequest* request,
                                             v1::StatusResponse* response) {
-  return GuardHandler("Status", [&] { return HandleStatus(context, request, response); });
+  return GuardHandler("Status", [&] {
+    Principal caller;
+    grpc::Status s =
+        Authorize(*context, "Status", {Role::kWorker, Role::kReader, Role::kAdmin}, &caller);
+    return s.ok() ? HandleStatus(context, request, response) : s;
+  });
 }
 
-grpc::Status ParameterServerService::HandleRegisterModel(grpc::ServerContext* context,
+grpc::Status ParameterServerService::HandleRegisterModel(const Principal& caller,
                                                          const v1::RegisterModelRequest* request,
                                                          v1::RegisterModelResponse* response) {
   if (metrics_ != nullptr) metrics_->RecordReceivedBytes(request->ByteSizeLong());
   if (!request->worker_id().empty()) {
     if (absl::Status s = ValidateWorkerId(request->worker_id()); !s.ok()) return ToGrpcStatus(s);
+    if (!caller.MayActAs(request->worker_id())) {
+      return grpc::Status(grpc::StatusCode::PERMISSION_DENIED,
+                          absl::StrCat("RegisterModel: token '", caller.name,
+                                       "' may not act as worker '", request->worker_id(), "'"));
+    }
   }
   absl::StatusOr<ModelTable> table = ModelTableFromProto(*request);
   if (!table.ok()) return ToGrpcStatus(table.status());
+  // A worker may join the registered table, not register one: before an admin has, it is
+  // told to retry (workers may start before the registering one); a different table is
+  // refused as a registration it may not make.
+  if (caller.role != Role::kAdmin && !shard_->model_registered()) {
+    return grpc::Status(grpc::StatusCode::UNAVAILABLE,
+                        absl::StrCat("RegisterModel: no model is registered yet, and token '",
+                                     caller.name, "' (role ", RoleName(caller.role),
+                                     ") may only join a registered one; retry once an admin "
+                                     "token has registered the table"));
+  }
   absl::StatusOr<bool> newly = shard_->RegisterModel(*table);
+  if (!newly.ok() && caller.role != Role::kAdmin && absl::IsFailedPrecondition(newly.status())) {
+    return grpc::Status(grpc::StatusCode::PERMISSION_DENIED,
+                        absl::StrCat("RegisterModel: the table differs from the registered one (",
+                                     newly.status().message(), "); registering a new table "
+                                     "needs the admin role (token '", caller.name, "' has role ",
+                                     RoleName(caller.role), ")"));
+  }
   if (!newly.ok()) return ToGrpcStatus(newly.status());
   if (!request->worker_id().empty()) {
     if (absl::Status s = shard_->RegisterWorker(request->worker_id()); !s.ok()) {
@@ -180,7 +250,8 @@ void ParameterServerService::AddPushStreams(int64_t delta) {
   if (metrics_ != nullptr) metrics_->SetConnectedWorkers(now);
 }
 
-v1::PushAck ParameterServerService::Judge(const v1::Contribution& request,
+v1::PushAck ParameterServerService::Judge(const Principal& caller,
+                                          const v1::Contribution& request,
                                           uint64_t* durable_end) {
   v1::PushAck ack;
   ack.set_sequence(request.sequence());
@@ -196,6 +267,13 @@ v1::PushAck ParameterServerService::Judge(const v1::Contribution& request,
     ack.set_current_version(shard_->Version(request.parameter()).value_or(0));
     return ack;
   };
+  if (!caller.MayActAs(request.worker_id())) {
+    if (metrics_ != nullptr) metrics_->RecordAuthFailure("permission_denied");
+    return reject(absl::PermissionDeniedError(absl::StrCat(
+                      "token '", caller.name, "' may not push as worker '", request.worker_id(),
+                      "'")),
+                  false);
+  }
   // The spec first: it decides how a dense gradient's shape is read, and a missing model or
   // an unknown parameter is the more useful answer than a complaint about the payload.
   absl::StatusOr<const ParamSpec*> spec = shard_->FindSpec(request.parameter());
@@ -235,6 +313,11 @@ v1::PushAck ParameterServerService::Judge(const v1::Contribution& request,
 grpc::Status ParameterServerService::PushBytes(
     grpc::ServerContext* context,
     grpc::ServerReaderWriter<grpc::ByteBuffer, grpc::ByteBuffer>* stream) {
+  Principal caller;
+  if (grpc::Status s = Authorize(*context, "Push", {Role::kWorker, Role::kAdmin}, &caller);
+      !s.ok()) {
+    return s;
+  }
   AddPushStreams(1);
   struct Closer {
     ParameterServerService* service;
@@ -254,7 +337,7 @@ grpc::Status ParameterServerService::PushBytes(
     }
     if (metrics_ != nullptr) metrics_->RecordReceivedBytes(request.ByteSizeLong());
     uint64_t durable_end = 0;
-    v1::PushAck ack = Judge(request, &durable_end);
+    v1::PushAck ack = Judge(caller, request, &durable_end);
     if (!acks.Add(std::move(ack), durable_end)) break;
   }
   if (!acks.Finish()) {
@@ -304,8 +387,15 @@ grpc::Status ParameterServerService::HandleSubscribe(
 }
 
 grpc::Status ParameterServerService::HandlePull(grpc::ServerContext* context,
+                                                const Principal& caller,
                                                 const v1::PullRequest* request,
                                                 grpc::ServerWriter<v1::ParameterValue>* writer) {
+  if (request->include_optimizer_state() && caller.role != Role::kAdmin) {
+    return grpc::Status(grpc::StatusCode::PERMISSION_DENIED,
+                        absl::StrCat("Pull with include_optimizer_state needs the admin role "
+                                     "(token '", caller.name, "' has role ",
+                                     RoleName(caller.role), ")"));
+  }
   if (request->include_optimizer_state() && !options_.allow_optimizer_state) {
     return grpc::Status(grpc::StatusCode::PERMISSION_DENIED,
                         "Pull with include_optimizer_state is an admin operation, disabled on "
@@ -408,7 +498,11 @@ grpc::Status ParameterServerService::HandleStatus(grpc::ServerContext* context,
 grpc::Status ParameterServerService::Checkpoint(grpc::ServerContext* context,
                                                 const v1::CheckpointRequest* request,
                                                 v1::CheckpointResponse* response) {
-  return GuardHandler("Checkpoint", [&] { return HandleCheckpoint(context, request, response); });
+  return GuardHandler("Checkpoint", [&] {
+    Principal caller;
+    grpc::Status s = Authorize(*context, "Checkpoint", {Role::kAdmin}, &caller);
+    return s.ok() ? HandleCheckpoint(context, request, response) : s;
+  });
 }
 
 grpc::Status ParameterServerService::HandleCheckpoint(grpc::ServerContext* context,

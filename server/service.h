@@ -29,6 +29,12 @@
 //   - Checkpoint (admin): INVALID_ARGUMENT for a malformed run id or cut 0;
 //     FAILED_PRECONDITION without a checkpoint directory or model, or for a cut below the
 //     newest of its run id; OK with already_written for that newest cut again.
+//   - With tokens (ServiceOptions::tokens, server/auth.h) every call of this service is
+//     authenticated first: UNAUTHENTICATED without a valid bearer token, PERMISSION_DENIED
+//     when its role may not make the call, both before the request changes anything. A Push
+//     stream is authenticated when it opens; a contribution as a worker id its token does not
+//     list is answered REJECTED with PERMISSION_DENIED. Health checking and reflection are
+//     other services and need no token (probes).
 //   - No call ends UNKNOWN from an exception (GuardHandler): an allocation that fails ends it
 //     RESOURCE_EXHAUSTED, any other exception INTERNAL. A Pull of a parameter whose value does
 //     not fit max_pull_message_bytes is RESOURCE_EXHAUSTED before anything is sent.
@@ -39,6 +45,8 @@
 
 #include <atomic>
 #include <cstdint>
+#include <initializer_list>
+#include <memory>
 
 #include <grpcpp/grpcpp.h>
 
@@ -47,6 +55,7 @@
 #include "absl/strings/string_view.h"
 #include "absl/time/time.h"
 #include "dion/v1/dion.grpc.pb.h"
+#include "server/auth.h"
 #include "server/shard.h"
 
 namespace dion {
@@ -75,6 +84,8 @@ struct ServiceOptions {
   // A Pull of a parameter whose value (with optimizer state when asked) is larger is
   // RESOURCE_EXHAUSTED before anything is sent; at most kMaxPullMessageBytes counts.
   int64_t max_pull_message_bytes = kMaxPullMessageBytes;
+  // Bearer tokens with roles (server/auth.h); null: no tokens, every caller is admin.
+  std::shared_ptr<TokenAuthenticator> tokens;
 };
 
 class ParameterServerService final : public v1::ParameterServer::Service {
@@ -107,15 +118,20 @@ class ParameterServerService final : public v1::ParameterServer::Service {
   // (INVALID_ARGUMENT naming the message's 1-based position in the stream).
   grpc::Status PushBytes(grpc::ServerContext* context,
                          grpc::ServerReaderWriter<grpc::ByteBuffer, grpc::ByteBuffer>* stream);
+  // The caller's principal when its role is one of `allowed` (every caller is an admin
+  // without tokens); UNAUTHENTICATED or PERMISSION_DENIED naming `method` otherwise.
+  grpc::Status Authorize(const grpc::ServerContext& context, absl::string_view method,
+                         std::initializer_list<Role> allowed, Principal* principal);
   // The handlers' bodies; the public handlers run them through GuardHandler.
-  grpc::Status HandleRegisterModel(grpc::ServerContext* context,
+  grpc::Status HandleRegisterModel(const Principal& caller,
                                    const v1::RegisterModelRequest* request,
                                    v1::RegisterModelResponse* response);
   grpc::Status HandleGetLayout(grpc::ServerContext* context, const v1::GetLayoutRequest* request,
                                v1::GetLayoutResponse* response);
   grpc::Status HandleSubscribe(grpc::ServerContext* context, const v1::SubscribeRequest* request,
                                grpc::ServerWriter<v1::VersionUpdate>* writer);
-  grpc::Status HandlePull(grpc::ServerContext* context, const v1::PullRequest* request,
+  grpc::Status HandlePull(grpc::ServerContext* context, const Principal& caller,
+                          const v1::PullRequest* request,
                           grpc::ServerWriter<v1::ParameterValue>* writer);
   grpc::Status HandleStatus(grpc::ServerContext* context, const v1::StatusRequest* request,
                             v1::StatusResponse* response);
@@ -123,7 +139,8 @@ class ParameterServerService final : public v1::ParameterServer::Service {
                                 v1::CheckpointResponse* response);
   // Judges one contribution and says how in the ack, which may be sent once the log is
   // durable through *durable_end (Shard::Submit).
-  v1::PushAck Judge(const v1::Contribution& request, uint64_t* durable_end);
+  v1::PushAck Judge(const Principal& caller, const v1::Contribution& request,
+                    uint64_t* durable_end);
   void AddPushStreams(int64_t delta);
 
   Shard* const shard_;

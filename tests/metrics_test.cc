@@ -93,6 +93,7 @@ const std::vector<Documented>& DocumentedMetrics() {
       {"dion_connected_workers", "gauge"},
       {"dion_push_backpressure_seconds_total", "counter"},
       {"dion_nonfinite_pushes_total", "counter"},
+      {"dion_auth_failures_total", "counter"},
       {"dion_subscribers", "gauge"},
       {"dion_orthogonality_error", "gauge"},
       {"dion_worker_loss", "gauge"},

@@ -12,6 +12,7 @@
 #include "absl/container/flat_hash_map.h"
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
+#include "common/tls.h"
 #include "common/wire.h"
 #include "worker/client/client_parameter.h"
 #include "worker/client/shard_link.h"
@@ -156,7 +157,11 @@ absl::StatusOr<std::unique_ptr<Client>> Client::Connect(const ModelTable& table,
   absl::StatusOr<Layout> layout =
       Layout::Compute(table.specs(), static_cast<int>(options.shard_addresses.size()));
   if (!layout.ok()) return layout.status();
+  absl::StatusOr<std::shared_ptr<grpc::ChannelCredentials>> credentials =
+      MakeChannelCredentials(options.tls);
+  if (!credentials.ok()) return credentials.status();
   std::unique_ptr<Client> client(new Client(table, options, *std::move(layout)));
+  client->credentials_ = *std::move(credentials);
   if (absl::Status s = client->Start(table); !s.ok()) return s;
   return client;
 }
@@ -227,6 +232,8 @@ void Client::CreateLinks(const ModelTable& table) {
     link.ack_timeout = options_.ack_timeout;
     link.reconnect = options_.reconnect;
     link.max_message_bytes = options_.max_message_bytes;
+    link.credentials = credentials_;
+    link.tls = options_.tls;
     link.seed = MixSeed(options_.seed, 0x11, static_cast<uint64_t>(s));
     ShardLinkCallbacks callbacks;
     callbacks.on_ack = [this, s](const v1::PushAck& ack) { OnAck(s, ack); };

@@ -68,8 +68,13 @@
 #include "common/contribution.h"
 #include "common/mutex.h"
 #include "common/param_spec.h"
+#include "common/tls_config.h"
 #include "worker/client/backoff.h"
 #include "worker/client/worker_metrics.h"
+
+namespace grpc {
+class ChannelCredentials;
+}  // namespace grpc
 
 namespace dion {
 
@@ -107,6 +112,9 @@ struct ClientOptions {
   // doubles the replicas' memory.
   bool track_last_step = false;
   int64_t max_message_bytes = 64 << 20;
+  // TLS and the bearer token of the connections to the shards (common/tls_config.h); the
+  // default is plaintext without a token.
+  TlsClientConfig tls;
   uint64_t seed = 1;                         // compressor warm starts and jitter
   // First sequence number of every parameter. 0 picks the wall clock in microseconds, so a
   // worker restarted with the same id never reuses a sequence the shard has already seen.
@@ -274,6 +282,8 @@ class Client {
   Layout layout_;
   std::vector<std::unique_ptr<Parameter>> parameters_;  // table order
   absl::flat_hash_map<std::string, int> index_of_;      // name -> table index
+  // Of options_.tls, made once by Connect and shared by the links.
+  std::shared_ptr<grpc::ChannelCredentials> credentials_;
   std::vector<std::unique_ptr<ShardLink>> links_;
 
   mutable Mutex mu_;

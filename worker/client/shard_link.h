@@ -42,6 +42,7 @@
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"
 #include "common/mutex.h"
+#include "common/tls_config.h"
 #include "dion/v1/dion.grpc.pb.h"
 #include "worker/client/backoff.h"
 
@@ -57,6 +58,10 @@ struct ShardLinkOptions {
   BackoffOptions reconnect;
   int64_t max_message_bytes = 64 << 20;             // largest message accepted from the shard
   uint64_t seed = 0;                                // jitter stream
+  // The channel's credentials (common/tls.h; null: plaintext) and the TLS settings they were
+  // made of (for the name override).
+  std::shared_ptr<grpc::ChannelCredentials> credentials;
+  TlsClientConfig tls;
 };
 
 struct ShardLinkCallbacks {

@@ -32,6 +32,7 @@
 #include "common/blas.h"
 #include "common/cli.h"
 #include "common/metrics_server.h"
+#include "common/tls_flags.h"
 #include "common/training_defaults.h"
 #include "worker/client/client.h"
 #include "worker/train/idx_loader.h"
@@ -299,6 +300,7 @@ dion::ClientOptions ClientOptionsFromFlags(dion::WorkerMetrics* metrics) {
   options.track_last_step = absl::GetFlag(FLAGS_lookahead) > 0 && mode == "train";
   options.rpc_deadline = absl::GetFlag(FLAGS_rpc_deadline);
   options.reconnect.give_up_after = absl::GetFlag(FLAGS_give_up_after);
+  options.tls = dion::TlsClientConfigFromFlags();
   options.seed = WorkerSeed();
   options.metrics = metrics;
   return options;

@@ -1,0 +1,208 @@
+#include "server/auth.h"
+
+#include <sys/stat.h>
+
+#include <fstream>
+#include <iostream>
+#include <sstream>
+#include <utility>
+
+#include "absl/container/flat_hash_set.h"
+#include "absl/strings/match.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_split.h"
+#include "absl/strings/strip.h"
+#include "absl/time/clock.h"
+
+namespace dion {
+namespace {
+
+constexpr size_t kMinTokenLength = 16;
+
+// Equal in a time that depends only on the lengths, not on where the first difference is.
+bool ConstantTimeEquals(absl::string_view a, absl::string_view b) {
+  unsigned char diff = a.size() == b.size() ? 0 : 1;
+  const size_t n = a.size();
+  for (size_t i = 0; i < n; ++i) {
+    const unsigned char other = i < b.size() ? static_cast<unsigned char>(b[i]) : 0;
+    diff |= static_cast<unsigned char>(a[i]) ^ other;
+  }
+  return diff == 0;
+}
+
+absl::StatusOr<Role> ParseRole(absl::string_view word) {
+  if (word == "worker") return Role::kWorker;
+  if (word == "reader") return Role::kReader;
+  if (word == "admin") return Role::kAdmin;
+  return absl::InvalidArgumentError(
+      absl::StrCat("unknown role '", word, "' (expected worker, reader or admin)"));
+}
+
+// One line's fields after the token: role [name] [workers=a,b].
+absl::StatusOr<Principal> ParsePrincipal(const std::vector<absl::string_view>& fields,
+                                         int line) {
+  absl::StatusOr<Role> role = ParseRole(fields[1]);
+  if (!role.ok()) return role.status();
+  Principal p;
+  p.role = *role;
+  p.name = absl::StrCat("line ", line);
+  for (size_t i = 2; i < fields.size(); ++i) {
+    absl::string_view f = fields[i];
+    if (absl::ConsumePrefix(&f, "workers=")) {
+      if (!p.worker_ids.empty() || f.empty()) {
+        return absl::InvalidArgumentError("workers= must appear once, with at least one id");
+      }
+      for (absl::string_view id : absl::StrSplit(f, ',')) {
+        if (id.empty()) return absl::InvalidArgumentError("workers= holds an empty worker id");
+        p.worker_ids.emplace_back(id);
+      }
+    } else if (i == 2) {
+      p.name = std::string(f);
+    } else {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "unexpected field '", f, "' (expected: <token> <role> [<name>] [workers=<ids>])"));
+    }
+  }
+  return p;
+}
+
+}  // namespace
+
+absl::string_view RoleName(Role role) {
+  switch (role) {
+    case Role::kWorker: return "worker";
+    case Role::kReader: return "reader";
+    case Role::kAdmin: return "admin";
+  }
+  return "?";
+}
+
+bool Principal::MayActAs(absl::string_view worker_id) const {
+  if (worker_ids.empty()) return true;
+  for (const std::string& id : worker_ids) {
+    if (id == worker_id) return true;
+  }
+  return false;
+}
+
+absl::StatusOr<std::vector<TokenEntry>> ParseTokens(absl::string_view text,
+                                                    absl::string_view file) {
+  std::vector<TokenEntry> entries;
+  absl::flat_hash_set<std::string> seen;
+  int line_number = 0;
+  for (absl::string_view line : absl::StrSplit(text, '\n')) {
+    ++line_number;
+    line = line.substr(0, line.find('#'));
+    std::vector<absl::string_view> fields =
+        absl::StrSplit(line, absl::ByAnyChar(" \t\r"), absl::SkipEmpty());
+    if (fields.empty()) continue;
+    const auto error = [&](absl::string_view what) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("auth_tokens_file '", file, "' line ", line_number, ": ", what));
+    };
+    if (fields.size() < 2) return error("expected '<token> <role> [<name>] [workers=<ids>]'");
+    if (fields[0].size() < kMinTokenLength) {
+      return error(absl::StrCat("the token is shorter than ", kMinTokenLength, " characters"));
+    }
+    if (!seen.insert(std::string(fields[0])).second) return error("the token appears twice");
+    absl::StatusOr<Principal> principal = ParsePrincipal(fields, line_number);
+    if (!principal.ok()) return error(principal.status().message());
+    entries.push_back({std::string(fields[0]), *std::move(principal)});
+  }
+  return entries;
+}
+
+absl::StatusOr<std::unique_ptr<TokenAuthenticator>> TokenAuthenticator::Create(
+    std::string path, absl::Duration reload_interval) {
+  std::unique_ptr<TokenAuthenticator> auth(
+      new TokenAuthenticator(std::move(path), reload_interval));
+  Stamp stamp;
+  std::vector<TokenEntry> entries;
+  if (absl::Status s = auth->Load(&stamp, &entries); !s.ok()) return s;
+  MutexLock lock(&auth->mu_);
+  auth->stamp_ = stamp;
+  auth->checked_ = absl::Now();
+  auth->entries_ = std::make_shared<const std::vector<TokenEntry>>(std::move(entries));
+  return auth;
+}
+
+TokenAuthenticator::Stamp TokenAuthenticator::StatOf(const std::string& path) {
+  Stamp stamp;
+  struct stat st {};
+  if (stat(path.c_str(), &st) != 0) return stamp;
+  stamp.mtime_ns = int64_t{st.st_mtim.tv_sec} * 1000000000 + st.st_mtim.tv_nsec;
+  stamp.size = st.st_size;
+  stamp.inode = static_cast<int64_t>(st.st_ino);
+  return stamp;
+}
+
+absl::Status TokenAuthenticator::Load(Stamp* stamp, std::vector<TokenEntry>* entries) const {
+  *stamp = StatOf(path_);
+  std::ifstream in(path_, std::ios::binary);
+  if (!in) {
+    return absl::InvalidArgumentError(absl::StrCat("auth_tokens_file: cannot read '", path_, "'"));
+  }
+  std::stringstream text;
+  text << in.rdbuf();
+  absl::StatusOr<std::vector<TokenEntry>> parsed = ParseTokens(text.str(), path_);
+  if (!parsed.ok()) return parsed.status();
+  *entries = *std::move(parsed);
+  return absl::OkStatus();
+}
+
+void TokenAuthenticator::MaybeReload() {
+  Stamp stamp;
+  {
+    MutexLock lock(&mu_);
+    const absl::Time now = absl::Now();
+    if (now - checked_ < reload_interval_) return;
+    checked_ = now;
+    stamp = StatOf(path_);
+    if (stamp == stamp_) return;
+  }
+  std::vector<TokenEntry> entries;
+  absl::Status loaded = Load(&stamp, &entries);
+  MutexLock lock(&mu_);
+  if (stamp == stamp_) return;  // another call reloaded it meanwhile
+  stamp_ = stamp;  // an invalid version is reported once, not at every check
+  if (!loaded.ok()) {
+    ++reload_errors_;
+    std::cerr << "dion-server: keeping the previous tokens: " << loaded.message() << std::endl;
+    return;
+  }
+  entries_ = std::make_shared<const std::vector<TokenEntry>>(std::move(entries));
+  ++reloads_;
+}
+
+absl::StatusOr<Principal> TokenAuthenticator::AuthenticateToken(absl::string_view token) {
+  MaybeReload();
+  std::shared_ptr<const std::vector<TokenEntry>> entries;
+  {
+    MutexLock lock(&mu_);
+    entries = entries_;
+  }
+  const TokenEntry* found = nullptr;
+  for (const TokenEntry& e : *entries) {  // every entry, whichever matches
+    if (ConstantTimeEquals(token, e.token)) found = &e;
+  }
+  if (found == nullptr) return absl::UnauthenticatedError("unknown bearer token");
+  return found->principal;
+}
+
+absl::StatusOr<Principal> TokenAuthenticator::Authenticate(const grpc::ServerContext& context) {
+  const auto& metadata = context.client_metadata();
+  auto it = metadata.find("authorization");
+  if (it == metadata.end()) {
+    return absl::UnauthenticatedError(
+        "this shard requires a bearer token: send 'authorization: Bearer <token>' metadata "
+        "(dion-worker --token_file)");
+  }
+  absl::string_view value(it->second.data(), it->second.size());
+  if (!absl::ConsumePrefix(&value, "Bearer ")) {
+    return absl::UnauthenticatedError(
+        "the authorization metadata must be 'Bearer <token>'");
+  }
+  return AuthenticateToken(value);
+}
+
+}  // namespace dion

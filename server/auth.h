@@ -1,0 +1,102 @@
+// Bearer tokens with roles (dion-server --auth_tokens_file): who may call what.
+//
+// The tokens file has one token a line: `<token> <role> [<name>] [workers=<id>,<id>,...]`;
+// `#` starts a comment, blank lines are skipped. Roles:
+//   worker  RegisterModel of the table already registered, GetLayout, Push, Subscribe, Pull of
+//           values, Status. With `workers=` it may register and push only as those worker ids.
+//   reader  GetLayout, Pull of values, Status.
+//   admin   everything: registering a new table, Pull with optimizer state, Checkpoint.
+// Clients send `authorization: Bearer <token>` metadata. A call without a token or with an
+// unknown one is UNAUTHENTICATED; a known token whose role may not make the call is
+// PERMISSION_DENIED. Tokens are compared in constant time (in the token's length) and never
+// logged; errors name the token's `name` (or its line) instead.
+//
+// The file is re-read when its modification time, size or inode changes (checked at most once
+// per reload interval, on the calls themselves): an edit, or Kubernetes swapping a mounted
+// Secret, takes effect without a restart. A file that became invalid keeps the last good table
+// and is reported once (stderr and `reload_errors`).
+//
+// Thread-safety: TokenAuthenticator is safe for concurrent use.
+#ifndef DION_SERVER_AUTH_H_
+#define DION_SERVER_AUTH_H_
+
+#include <atomic>
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include <grpcpp/grpcpp.h>
+
+#include "absl/status/statusor.h"
+#include "absl/strings/string_view.h"
+#include "absl/time/time.h"
+#include "common/mutex.h"
+
+namespace dion {
+
+enum class Role { kWorker, kReader, kAdmin };
+
+absl::string_view RoleName(Role role);
+
+struct Principal {
+  Role role = Role::kReader;
+  std::string name;                     // for messages; "line N" when the file gives none
+  std::vector<std::string> worker_ids;  // empty: any worker id (role worker or admin)
+
+  // Whether this principal may act as `worker_id` (register it, push as it).
+  bool MayActAs(absl::string_view worker_id) const;
+};
+
+struct TokenEntry {
+  std::string token;
+  Principal principal;
+};
+
+// Parses a tokens file's text. InvalidArgument naming the line for an unknown role, a
+// duplicate token, a token shorter than 16 characters, or a malformed `workers=`.
+absl::StatusOr<std::vector<TokenEntry>> ParseTokens(absl::string_view text,
+                                                    absl::string_view file);
+
+class TokenAuthenticator {
+ public:
+  // Reads and parses `path`; errors as ParseTokens, or the file cannot be read.
+  static absl::StatusOr<std::unique_ptr<TokenAuthenticator>> Create(
+      std::string path, absl::Duration reload_interval = absl::Seconds(1));
+
+  // The principal of the call's bearer token. UNAUTHENTICATED (saying what is missing) for a
+  // call without `authorization: Bearer ...` metadata or with an unknown token.
+  absl::StatusOr<Principal> Authenticate(const grpc::ServerContext& context);
+  absl::StatusOr<Principal> AuthenticateToken(absl::string_view token);
+
+  int64_t reloads() const { return reloads_.load(); }
+  int64_t reload_errors() const { return reload_errors_.load(); }
+
+ private:
+  struct Stamp {
+    int64_t mtime_ns = 0, size = -1, inode = 0;
+    bool operator==(const Stamp& o) const {
+      return mtime_ns == o.mtime_ns && size == o.size && inode == o.inode;
+    }
+  };
+
+  TokenAuthenticator(std::string path, absl::Duration reload_interval)
+      : path_(std::move(path)), reload_interval_(reload_interval) {}
+  // Re-reads the file when it changed and the interval has passed.
+  void MaybeReload() ABSL_LOCKS_EXCLUDED(mu_);
+  static Stamp StatOf(const std::string& path);  // size -1 when stat fails
+  absl::Status Load(Stamp* stamp, std::vector<TokenEntry>* entries) const;
+
+  const std::string path_;
+  const absl::Duration reload_interval_;
+  Mutex mu_;
+  absl::Time checked_ ABSL_GUARDED_BY(mu_);
+  Stamp stamp_ ABSL_GUARDED_BY(mu_);
+  std::shared_ptr<const std::vector<TokenEntry>> entries_ ABSL_GUARDED_BY(mu_);
+  std::atomic<int64_t> reloads_{0};
+  std::atomic<int64_t> reload_errors_{0};
+};
+
+}  // namespace dion
+
+#endif  // DION_SERVER_AUTH_H_
