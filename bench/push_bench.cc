@@ -31,7 +31,9 @@
 //
 // bounded_wal runs are bounded runs with the shard's write-ahead log on (--wal_sync, its
 // checkpoints and log in a fresh directory under --wal_root): what durability costs, paired
-// with the bounded run of the same repetition.
+// with the bounded run of the same repetition. bounded_tls runs are bounded runs over TLS with
+// a bearer token on every call (a throwaway CA made with the openssl command, as `dion local`
+// makes it), paired with the bounded run likewise.
 //
 // Output: markdown tables of medians on stdout; per-run figures and progress on stderr.
 #include <grpcpp/grpcpp.h>
@@ -45,6 +47,7 @@
 #include <functional>
 #include <map>
 #include <memory>
+#include <optional>
 #include <string>
 #include <thread>
 #include <vector>
@@ -64,10 +67,12 @@
 #include "common/rng.h"
 #include "common/wire.h"
 #include "bench/push_load.h"
+#include "common/tls.h"
 #include "dion/v1/dion.grpc.pb.h"
 #include "server/dion_server.h"
 #include "server/shard_log.h"
 #include "server/stepper.h"
+#include "worker/local/local_security.h"
 
 ABSL_FLAG(std::string, clients, "1,4,8", "Comma-separated numbers of concurrent clients");
 ABSL_FLAG(int, reps, 3, "Repetitions of every configuration (figures are medians)");
@@ -246,8 +251,22 @@ std::string WalRunRoot() {
 
 // bounded false: the backlog is limited only by --unbounded_cap. wal: the shard keeps a
 // write-ahead log (--wal_sync) in a fresh directory, with checkpoints only at shutdown.
-RunResult RunDion(int num_clients, int rank, bool bounded, bool wal = false) {
+RunResult RunDion(int num_clients, int rank, bool bounded, bool wal = false,
+                  const LocalSecurity* tls = nullptr) {
   ServerOptions options;
+  std::shared_ptr<grpc::ChannelCredentials> credentials;
+  if (tls != nullptr) {  // TLS, and every client sends an admin token
+    options.tls.cert_file = tls->server_cert_file;
+    options.tls.key_file = tls->server_key_file;
+    options.auth_tokens_file = tls->tokens_file;
+    TlsClientConfig client;
+    client.ca_file = tls->ca_file;
+    client.token_file = tls->admin_token_file;
+    absl::StatusOr<std::shared_ptr<grpc::ChannelCredentials>> made =
+        MakeChannelCredentials(client);
+    if (!made.ok()) Die(made.status().ToString());
+    credentials = *made;
+  }
   std::string wal_root;
   if (wal) {
     wal_root = WalRunRoot();
@@ -279,7 +298,7 @@ RunResult RunDion(int num_clients, int rank, bool bounded, bool wal = false) {
     const std::string worker = absl::StrCat("bench-", i);
     clients.push_back(std::make_unique<PushClient>(
         s.address(), /*echo=*/false, Prototype(worker, absl::GetFlag(FLAGS_n), rank, 100 + i),
-        absl::GetFlag(FLAGS_window), gate.get(), applied_version));
+        absl::GetFlag(FLAGS_window), gate.get(), applied_version, credentials));
     grpc::Status registered = clients.back()->Register(ModelRequest(worker));
     if (!registered.ok()) Die(absl::StrCat("RegisterModel: ", registered.error_message()));
   }
@@ -389,6 +408,7 @@ MessageCosts TimeMessageCosts(int n, int rank, int reps) {
 // Which runs --runs asks for.
 struct RunKinds {
   bool echo = false, unbounded = false, bounded = false, bounded_wal = false;
+  bool bounded_tls = false;
 };
 
 std::vector<int> ParseClientCounts() {
@@ -412,9 +432,11 @@ RunKinds ParseRunKinds() {
       kinds.bounded = true;
     } else if (run == "bounded_wal") {
       kinds.bounded_wal = true;
+    } else if (run == "bounded_tls") {
+      kinds.bounded_tls = true;
     } else {
       Die(absl::StrCat("unknown --runs entry '", run,
-                       "' (echo, unbounded, bounded, bounded_wal)"));
+                       "' (echo, unbounded, bounded, bounded_wal, bounded_tls)"));
     }
   }
   return kinds;
@@ -424,7 +446,7 @@ RunKinds ParseRunKinds() {
 // processes hits each kind alike.
 struct AllRuns {
   std::vector<std::vector<RunResult>> echo, dion, bounded;  // dion: no backlog bound
-  std::vector<std::vector<RunResult>> bounded_wal;
+  std::vector<std::vector<RunResult>> bounded_wal, bounded_tls;
 };
 
 void LogRun(const char* what, int rep, int clients, const RunResult& d) {
@@ -443,6 +465,15 @@ AllRuns RunAll(const std::vector<int>& counts, const RunKinds& kinds, int rank, 
   all.dion.resize(counts.size());
   all.bounded.resize(counts.size());
   all.bounded_wal.resize(counts.size());
+  all.bounded_tls.resize(counts.size());
+  std::optional<LocalSecurity> tls;
+  const std::string tls_root = absl::StrCat(std::filesystem::temp_directory_path().string(),
+                                            "/push_bench-tls-", getpid());
+  if (kinds.bounded_tls) {
+    absl::StatusOr<LocalSecurity> made = CreateLocalSecurity(tls_root, 1);
+    if (!made.ok()) Die(made.status().ToString());
+    tls = *std::move(made);
+  }
   for (int rep = 0; rep < reps; ++rep) {
     for (size_t i = 0; i < counts.size(); ++i) {
       if (kinds.echo) {
@@ -462,8 +493,14 @@ AllRuns RunAll(const std::vector<int>& counts, const RunKinds& kinds, int rank, 
         all.bounded_wal[i].push_back(RunDion(counts[i], rank, /*bounded=*/true, /*wal=*/true));
         LogRun("dion bounded wal", rep, counts[i], all.bounded_wal[i].back());
       }
+      if (kinds.bounded_tls) {
+        all.bounded_tls[i].push_back(
+            RunDion(counts[i], rank, /*bounded=*/true, /*wal=*/false, &*tls));
+        LogRun("dion bounded tls", rep, counts[i], all.bounded_tls[i].back());
+      }
     }
   }
+  if (kinds.bounded_tls) std::filesystem::remove_all(tls_root);
   return all;
 }
 
@@ -502,6 +539,19 @@ void PrintThroughput(const std::vector<int>& counts, const AllRuns& all, double 
                     .c_str(),
                 Fmt(b).c_str(), Fmt(b * payload / 1e6, 1).c_str(),
                 Fmt(PairedRatio(all.bounded[i], all.echo[i]), 3).c_str());
+  }
+}
+
+void PrintTls(const std::vector<int>& counts, const AllRuns& all) {
+  const auto pushes = [](const RunResult& r) { return r.pushes_per_s; };
+  std::printf("\nTLS and a bearer token on every call (ECDSA P-256 certificate), backlog bound "
+              "as above:\n\n| clients | pushes/s plaintext | pushes/s TLS + token | "
+              "TLS / plaintext (paired) |\n|---|---|---|---|\n");
+  for (size_t i = 0; i < counts.size(); ++i) {
+    std::printf("| %d | %s | %s | %s |\n", counts[i],
+                Fmt(MedianOf(all.bounded[i], pushes)).c_str(),
+                Fmt(MedianOf(all.bounded_tls[i], pushes)).c_str(),
+                Fmt(PairedRatio(all.bounded_tls[i], all.bounded[i]), 3).c_str());
   }
 }
 
@@ -586,6 +636,7 @@ int Main() {
               LoadAverage());
   PrintThroughput(counts, all, payload, max_backlog);
   if (kinds.bounded && kinds.bounded_wal) PrintWal(counts, all);
+  if (kinds.bounded && kinds.bounded_tls) PrintTls(counts, all);
   std::printf("\nPer contribution, timed alone on one thread (median of 50, us): serialize %.0f, "
               "parse %.0f (echo and dion), decode to matrices %.0f and validate %.0f (dion "
               "handler), fold into M %.0f (dion step, %d BLAS thread(s))\n",

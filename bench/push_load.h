@@ -25,15 +25,19 @@
 
 namespace dion::bench {
 
-// A channel with no message size limits and a TCP connection of its own.
-inline std::shared_ptr<grpc::Channel> NewChannel(const std::string& address) {
+// A channel with no message size limits and a TCP connection of its own; plaintext unless
+// `credentials` is given.
+inline std::shared_ptr<grpc::Channel> NewChannel(
+    const std::string& address,
+    std::shared_ptr<grpc::ChannelCredentials> credentials = nullptr) {
   grpc::ChannelArguments args;
   args.SetMaxReceiveMessageSize(-1);
   args.SetMaxSendMessageSize(-1);
   // Channels with equal arguments to one address otherwise share a subchannel, i.e. one TCP
   // connection; every client gets its own, as separate worker processes would.
   args.SetInt(GRPC_ARG_USE_LOCAL_SUBCHANNEL_POOL, 1);
-  return grpc::CreateCustomChannel(address, grpc::InsecureChannelCredentials(), args);
+  return grpc::CreateCustomChannel(
+      address, credentials != nullptr ? credentials : grpc::InsecureChannelCredentials(), args);
 }
 
 // Bounds the backlog of a dion run: contributions sent but not yet applied by a step. Without
@@ -113,9 +117,11 @@ class PushClient {
   using PushStream = grpc::ClientReaderWriter<v1::Contribution, v1::PushAck>;
 
   // `gate` (may be null) is passed before every write; `base_version` gives its base version.
+  // `credentials`: TLS and a token (common/tls.h); null: plaintext.
   PushClient(const std::string& address, bool echo, v1::Contribution message, int window,
-             BacklogGate* gate, std::function<int64_t()> base_version)
-      : channel_(NewChannel(address)),
+             BacklogGate* gate, std::function<int64_t()> base_version,
+             std::shared_ptr<grpc::ChannelCredentials> credentials = nullptr)
+      : channel_(NewChannel(address, std::move(credentials))),
         message_(std::move(message)),
         window_(window),
         gate_(gate),

@@ -22,6 +22,8 @@ build_packages=(
 )
 packages=(
   "${build_packages[@]}" git
+  # dion local's throwaway CA and certificates (worker/local/local_security.h).
+  openssl
   libgtest-dev libgmock-dev libbenchmark-dev
   dataset-fashion-mnist python3 python3-numpy
   # deploy/ checks (ctest -L deploy): promtool and the prometheus server (prometheus, ~100 MB),

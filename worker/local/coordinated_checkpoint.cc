@@ -17,6 +17,7 @@
 #include "absl/strings/str_split.h"
 #include "absl/strings/strip.h"
 #include "absl/time/clock.h"
+#include "common/tls.h"
 #include "dion/v1/dion.grpc.pb.h"
 
 namespace dion {
@@ -102,10 +103,15 @@ absl::StatusOr<CoordinatedCheckpoint> TakeCoordinatedCheckpoint(
     const CoordinatedCheckpointOptions& options) {
   if (absl::Status s = Validate(options); !s.ok()) return s;
   const size_t n = options.shards.size();
+  absl::StatusOr<std::shared_ptr<grpc::ChannelCredentials>> credentials =
+      MakeChannelCredentials(options.tls);
+  if (!credentials.ok()) return credentials.status();
+  grpc::ChannelArguments args;
+  AddTlsChannelArguments(options.tls, &args);
   std::vector<std::unique_ptr<v1::ParameterServer::Stub>> stubs;
   for (const std::string& address : options.shards) {
-    stubs.push_back(v1::ParameterServer::NewStub(
-        grpc::CreateChannel(address, grpc::InsecureChannelCredentials())));
+    stubs.push_back(
+        v1::ParameterServer::NewStub(grpc::CreateCustomChannel(address, *credentials, args)));
   }
   CoordinatedCheckpoint result;
   result.shards.resize(n);
@@ -187,6 +193,9 @@ constexpr char kCheckpointUsage[] =
     "  --run_id    1-128 bytes of [A-Za-z0-9._-]; default: the run id the shards report, or a\n"
     "              new run-<UTC date>-<time> when none has one\n"
     "  --deadline  per call (Status, Checkpoint); a checkpoint of a large shard takes seconds\n"
+    "  --tls_ca_file, --tls_cert_file, --tls_key_file, --tls_server_name, --token_file\n"
+    "              as dion-worker's: TLS to the shards and the bearer token (Checkpoint needs\n"
+    "              an admin token on shards started with --auth_tokens_file)\n"
     "Exit codes: 0 when every shard wrote (or already had) the cut; 1 otherwise; 2 for bad "
     "arguments.";
 
@@ -212,6 +221,16 @@ int CheckpointCommand(const std::vector<std::string>& args) {
       options.shards = absl::StrSplit(flag.second, ',', absl::SkipWhitespace());
     } else if (flag.first == "run_id") {
       options.run_id = flag.second;
+    } else if (flag.first == "tls_ca_file") {
+      options.tls.ca_file = flag.second;
+    } else if (flag.first == "tls_cert_file") {
+      options.tls.cert_file = flag.second;
+    } else if (flag.first == "tls_key_file") {
+      options.tls.key_file = flag.second;
+    } else if (flag.first == "tls_server_name") {
+      options.tls.server_name = flag.second;
+    } else if (flag.first == "token_file") {
+      options.tls.token_file = flag.second;
     } else if (flag.first == "deadline") {
       if (!absl::ParseDuration(flag.second, &options.deadline)) {
         return bad(absl::StrCat("--deadline: '", flag.second, "' is not a duration (e.g. 60s)"));

@@ -15,6 +15,7 @@
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"
+#include "common/tls_config.h"
 
 namespace dion {
 
@@ -24,6 +25,7 @@ struct CoordinatedCheckpointOptions {
   // ("run-<UTC date>-<time>") when none reports one.
   std::string run_id;
   absl::Duration deadline = absl::Seconds(60);  // per call
+  TlsClientConfig tls;  // TLS and the (admin) token; plaintext by default
 };
 
 // What one shard answered.
@@ -52,7 +54,8 @@ struct CoordinatedCheckpoint {
 absl::StatusOr<CoordinatedCheckpoint> TakeCoordinatedCheckpoint(
     const CoordinatedCheckpointOptions& options);
 
-// `dion checkpoint [--shards=host:port,...] [--run_id=ID] [--deadline=60s]` with `args` the
+// `dion checkpoint [--shards=host:port,...] [--run_id=ID] [--deadline=60s] [--tls_ca_file=F]
+// [--tls_cert_file=F --tls_key_file=F] [--tls_server_name=N] [--token_file=F]` with `args` the
 // arguments after the subcommand: prints CoordinatedCheckpoint::Lines() on stdout and returns
 // the exit code, 0 only when every shard wrote (or had) the cut; 1 when one did not; 2 for bad
 // arguments. (Parsed here, not by Abseil flags: `dion local` owns --shards as a count.)

@@ -143,6 +143,10 @@ ABSL_FLAG(std::string, run_id, "",
           "run id of the coordinated checkpoint the shards take at the end of the run (printed "
           "at the start, in summary.json; dion-server --restore_cut restores it); 1-128 bytes "
           "of [A-Za-z0-9._-]; default: local-<name of the run directory>");
+ABSL_FLAG(bool, insecure, false,
+          "run the shards in plaintext without tokens; by default the run creates a throwaway "
+          "CA, a certificate for the shards and a token per process in <run_dir>/security "
+          "(with the openssl command) and runs with TLS and tokens, as a cluster should");
 ABSL_FLAG(bool, dry_run, false,
           "print the command lines of the shards, workers and final evaluation (and write "
           "--prometheus_config), then exit without starting anything");
@@ -173,9 +177,13 @@ std::string SelfExe() {
 
 // LocalRunOptions::checkpoint: `dion checkpoint` in this process.
 absl::StatusOr<dion::LocalRunOptions::TakenCheckpoint> TakeCheckpoint(
-    const std::vector<std::string>& shards, const std::string& run_id) {
-  absl::StatusOr<dion::CoordinatedCheckpoint> taken =
-      dion::TakeCoordinatedCheckpoint({shards, run_id});
+    const std::vector<std::string>& shards, const std::string& run_id,
+    const dion::TlsClientConfig& tls) {
+  dion::CoordinatedCheckpointOptions options;
+  options.shards = shards;
+  options.run_id = run_id;
+  options.tls = tls;
+  absl::StatusOr<dion::CoordinatedCheckpoint> taken = dion::TakeCoordinatedCheckpoint(options);
   if (!taken.ok()) return taken.status();
   std::vector<std::string> lines = taken->Lines();
   if (!taken->status.ok()) {
@@ -228,6 +236,7 @@ absl::StatusOr<dion::LocalRunOptions> OptionsFromFlags() {
   o.stop_grace = absl::GetFlag(FLAGS_stop_grace);
   o.evaluation_timeout = absl::GetFlag(FLAGS_evaluation_timeout);
   o.run_id = absl::GetFlag(FLAGS_run_id);
+  o.insecure = absl::GetFlag(FLAGS_insecure);
   o.checkpoint = TakeCheckpoint;
   const std::string progress = absl::GetFlag(FLAGS_progress);
   if (progress == "live" || (progress == "auto" && isatty(STDOUT_FILENO))) {

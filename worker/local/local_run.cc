@@ -19,6 +19,7 @@
 #include "absl/strings/str_join.h"
 #include "absl/time/clock.h"
 #include "worker/local/local_run_flags.h"
+#include "worker/local/local_security.h"
 #include "worker/local/process.h"
 #include "worker/local/progress_display.h"
 #include "worker/local/run_report.h"
@@ -94,6 +95,7 @@ class LocalRun {
   absl::Status StartWorkers();
   // The coordinated checkpoint (LocalRunOptions::checkpoint); false when it failed.
   bool Checkpoint();
+  TlsClientConfig CheckpointTls() const;
   // Returns false when interrupted or a child failed.
   bool Supervise();
   bool Evaluate();
@@ -108,6 +110,7 @@ class LocalRun {
   const std::string run_dir_;
   const std::string run_id_;
   std::optional<RunCheckpoint> checkpoint_;
+  std::optional<LocalSecurity> security_;  // unless options_.insecure
   StartBarrier start_;  // the start file that starts the workers' training together
   absl::Time run_start_ = absl::Now();
   std::vector<Child> children_;
@@ -135,6 +138,12 @@ absl::Status LocalRun::Spawn(Role role, int index, std::vector<std::string> args
   spec.args = std::move(args);
   spec.log_path = absl::StrCat(run_dir_, "/logs/", name, ".log");
   if (role == Role::kShard) spec.env = options_.shard_env;
+  if (security_.has_value()) {
+    std::vector<std::string> secure = role == Role::kShard    ? security_->ServerFlags()
+                                      : role == Role::kWorker ? security_->WorkerFlags(index)
+                                                              : security_->WorkerFlags(-1);
+    spec.args.insert(spec.args.end(), secure.begin(), secure.end());
+  }
   absl::StatusOr<std::unique_ptr<ChildProcess>> process = ChildProcess::Spawn(spec);
   if (!process.ok()) return process.status();
   children_.push_back({role, index, *std::move(process), ""});
@@ -306,9 +315,18 @@ bool LocalRun::Evaluate() {
   return true;
 }
 
+TlsClientConfig LocalRun::CheckpointTls() const {
+  TlsClientConfig tls;
+  if (security_.has_value()) {
+    tls.ca_file = security_->ca_file;
+    tls.token_file = security_->admin_token_file;
+  }
+  return tls;
+}
+
 bool LocalRun::Checkpoint() {
   absl::StatusOr<LocalRunOptions::TakenCheckpoint> taken =
-      options_.checkpoint(ShardAddresses(), run_id_);
+      options_.checkpoint(ShardAddresses(), run_id_, CheckpointTls());
   if (!taken.ok()) {
     Say(stderr, absl::StrCat("dion local: coordinated checkpoint: ", taken.status().message()));
     return false;
@@ -333,40 +351,6 @@ void LocalRun::StopAll() {
   workers.insert(workers.end(), evaluator.begin(), evaluator.end());
   StopChildren(workers, SIGTERM, options_.stop_grace, on_line, signal_fd_);
   StopChildren(Processes(Role::kShard), SIGTERM, options_.stop_grace, on_line, signal_fd_);
-}
-
-// The options as summary.json's "config", in flag order.
-std::vector<std::pair<std::string, ConfigValue>> SummaryConfig(const LocalRunOptions& o) {
-  return {{"shards", int64_t{o.shards}},
-          {"workers", int64_t{o.workers}},
-          {"dataset", o.dataset},
-          {"data_dir", o.data_dir},
-          {"partition", o.partition},
-          {"dirichlet_alpha", o.dirichlet_alpha},
-          {"epochs", int64_t{o.epochs}},
-          {"batch_size", int64_t{o.batch_size}},
-          {"rank_fraction", o.rank_fraction},
-          {"compression_rank_fraction", o.compression_rank_fraction},
-          {"lr", o.lr},
-          {"adamw_lr", o.adamw_lr},
-          {"lr_cooldown", o.lr_cooldown},
-          {"lr_final_scale", o.lr_final_scale},
-          {"lookahead", o.lookahead},
-          {"lr_schedule_samples", o.lr_schedule_samples},
-          {"seed", static_cast<int64_t>(o.seed)},
-          {"eval_interval", absl::FormatDuration(o.eval_interval)},
-          {"snapshot_interval", absl::FormatDuration(o.snapshot_interval)},
-          {"staleness_policy", o.staleness_policy},
-          {"max_staleness", o.max_staleness},
-          {"target_samples", o.target_samples},
-          {"target_workers", int64_t{o.target_workers}},
-          {"batch_deadline", absl::FormatDuration(o.batch_deadline)},
-          {"adaptive_batching", o.adaptive_batching},
-          {"sync", o.sync},
-          {"server_flags", absl::StrJoin(o.server_flags, " ")},
-          {"worker_flags", absl::StrJoin(o.worker_flags, " ")},
-          {"server_binary", o.server_binary},
-          {"worker_binary", o.worker_binary}};
 }
 
 int LocalRun::Finish(const std::string& status) {
@@ -412,10 +396,22 @@ int LocalRun::Run() {
                                  ? " (without alert rules: dion-alerts.yml not found)"
                                  : ""));
   }
+  if (!options_.insecure) {
+    absl::StatusOr<LocalSecurity> security = CreateLocalSecurity(run_dir_, options_.workers);
+    if (!security.ok()) {
+      Say(stderr, absl::StrCat("dion local: ", security.status().message()));
+      return 1;
+    }
+    security_ = *std::move(security);
+  }
   Say(stdout,
       absl::StrFormat("dion local: %d shard(s), %d worker(s), %s, %d epoch(s)%s; run directory "
-                      "%s, run id %s", options_.shards, options_.workers, options_.dataset,
-                      options_.epochs, options_.sync ? ", synchronous" : "", run_dir_, run_id_));
+                      "%s, run id %s; %s", options_.shards, options_.workers, options_.dataset,
+                      options_.epochs, options_.sync ? ", synchronous" : "", run_dir_, run_id_,
+                      security_.has_value()
+                          ? absl::StrCat("TLS and tokens from a throwaway CA in ",
+                                         security_->dir)
+                          : std::string("plaintext without tokens (--insecure)")));
   bool ok = true;
   if (absl::Status s = StartShards(); !s.ok()) {
     if (!interrupted_ && !absl::IsAborted(s) && !absl::IsDeadlineExceeded(s)) {

@@ -34,6 +34,7 @@
 
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"
+#include "common/tls_config.h"
 #include "common/training_defaults.h"
 #include "worker/local/run_summary.h"
 
@@ -110,6 +111,9 @@ struct LocalRunOptions {
   absl::Duration startup_timeout = absl::Seconds(30);   // for a shard to report its address
   absl::Duration stop_grace = absl::Seconds(30);        // SIGTERM to SIGKILL
   absl::Duration evaluation_timeout = absl::Seconds(120);
+  // Plaintext without tokens instead of the run's throwaway CA, TLS and tokens
+  // (worker/local/local_security.h).
+  bool insecure = false;
 
   // The coordinated checkpoint at the end of the run (after the final evaluation): `checkpoint`
   // gets the shards' addresses and the run id and returns the cut they all wrote and the lines
@@ -121,8 +125,10 @@ struct LocalRunOptions {
     RunCheckpoint cut;
     std::vector<std::string> lines;  // one per shard
   };
+  // `tls` holds the run's CA and an admin token, or nothing with `insecure`.
   std::function<absl::StatusOr<TakenCheckpoint>(const std::vector<std::string>& shards,
-                                                const std::string& run_id)>
+                                                const std::string& run_id,
+                                                const TlsClientConfig& tls)>
       checkpoint;
 };
 

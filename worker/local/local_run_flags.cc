@@ -365,4 +365,39 @@ std::string PrometheusConfig(const LocalRunOptions& o) {
   return config;
 }
 
+// The options as summary.json's "config", in flag order.
+std::vector<std::pair<std::string, ConfigValue>> SummaryConfig(const LocalRunOptions& o) {
+  return {{"shards", int64_t{o.shards}},
+          {"workers", int64_t{o.workers}},
+          {"dataset", o.dataset},
+          {"data_dir", o.data_dir},
+          {"partition", o.partition},
+          {"dirichlet_alpha", o.dirichlet_alpha},
+          {"epochs", int64_t{o.epochs}},
+          {"batch_size", int64_t{o.batch_size}},
+          {"rank_fraction", o.rank_fraction},
+          {"compression_rank_fraction", o.compression_rank_fraction},
+          {"lr", o.lr},
+          {"adamw_lr", o.adamw_lr},
+          {"lr_cooldown", o.lr_cooldown},
+          {"lr_final_scale", o.lr_final_scale},
+          {"lookahead", o.lookahead},
+          {"lr_schedule_samples", o.lr_schedule_samples},
+          {"seed", static_cast<int64_t>(o.seed)},
+          {"eval_interval", absl::FormatDuration(o.eval_interval)},
+          {"snapshot_interval", absl::FormatDuration(o.snapshot_interval)},
+          {"staleness_policy", o.staleness_policy},
+          {"max_staleness", o.max_staleness},
+          {"target_samples", o.target_samples},
+          {"target_workers", int64_t{o.target_workers}},
+          {"batch_deadline", absl::FormatDuration(o.batch_deadline)},
+          {"adaptive_batching", o.adaptive_batching},
+          {"sync", o.sync},
+          {"insecure", o.insecure},
+          {"server_flags", absl::StrJoin(o.server_flags, " ")},
+          {"worker_flags", absl::StrJoin(o.worker_flags, " ")},
+          {"server_binary", o.server_binary},
+          {"worker_binary", o.worker_binary}};
+}
+
 }  // namespace dion

@@ -14,10 +14,12 @@
 
 #include <cstdint>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "absl/status/statusor.h"
 #include "worker/local/local_run.h"
+#include "worker/local/run_summary.h"
 
 namespace dion {
 
@@ -64,6 +66,9 @@ std::string CommandLines(const LocalRunOptions& options);
 // and options.alert_rules in rule_files when it is set.
 // REQUIRES: ValidateLocalRunOptions(options) ok and options.metrics_base_port > 0.
 std::string PrometheusConfig(const LocalRunOptions& options);
+
+// The options as summary.json's "config", in flag order.
+std::vector<std::pair<std::string, ConfigValue>> SummaryConfig(const LocalRunOptions& options);
 
 }  // namespace dion
 
