@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
-# ctest deploy_k8s: renders every overlay of deploy/k8s with `kubectl kustomize`, validates
-# the objects offline against the Kubernetes schemas (deploy/tools/validate_k8s.mjs, installed
-# by deploy/tools/install_validators.sh) and checks what is specific to dion-ps
-# (k8s_consistency.py: shard/worker counts, flags, security, probes, selectors).
+# ctest deploy_k8s: renders every overlay of deploy/k8s and the optional cert-manager example
+# (deploy/k8s/cert-manager) with `kubectl kustomize`, validates the objects offline against the
+# Kubernetes and cert-manager schemas (deploy/tools/validate_k8s.mjs, installed by
+# deploy/tools/install_validators.sh) and checks what is specific to dion-ps
+# (k8s_consistency.py: shard/worker counts, flags, security, probes, selectors, the mounted
+# TLS and token Secrets, the certificate's names).
 #
 #   k8s_check.sh SOURCE_ROOT DION_SERVER DION_WORKER DION
 # No network: the validator must already be installed (scripts/setup.sh does it).
@@ -29,9 +31,14 @@ for dir in "$root"/deploy/k8s/overlays/*/; do
 done
 [ "${#overlays[@]}" -ge 2 ] || { echo "FAIL expected at least the small and large overlays"; exit 1; }
 
+"$kubectl" kustomize "$root/deploy/k8s/cert-manager" > "$tmp/cert-manager.yaml"
+echo "ok   kubectl kustomize cert-manager: $(grep -c '^kind:' "$tmp/cert-manager.yaml") objects"
+
 node "$root/deploy/tools/validate_k8s.mjs" --json "$tmp/rendered.json" "${overlays[@]}"
+node "$root/deploy/tools/validate_k8s.mjs" --json "$tmp/cert-manager.json" "$tmp/cert-manager.yaml"
 "$server" --help > "$tmp/server-help.txt" 2>&1 || true
 "$worker" --help > "$tmp/worker-help.txt" 2>&1 || true
 "$dion" checkpoint --help > "$tmp/checkpoint-help.txt" 2>&1 || true
 /usr/bin/python3 "$root/tests/deploy/k8s_consistency.py" "$tmp/rendered.json" \
-  "$tmp/server-help.txt" "$tmp/worker-help.txt" "$tmp/checkpoint-help.txt"
+  "$tmp/server-help.txt" "$tmp/worker-help.txt" "$tmp/checkpoint-help.txt" \
+  "$tmp/cert-manager.json"
