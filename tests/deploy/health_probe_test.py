@@ -10,7 +10,8 @@ TLS, TLS requiring client certificates) and runs the probe as the kubelet would,
 exit code: SERVING through TLS with the right CA and the Service name the certificate is for,
 and a failure for a foreign CA, a name the certificate does not cover (a shard's own name:
 hence --tls_server_name=dion-ps on the workers), plaintext against TLS, a missing or foreign
-client certificate when one is required, and NOT_SERVING. Needs python3-grpcio and the openssl
+client certificate when one is required, a server presenting the client-only certificate, and
+NOT_SERVING. Needs python3-grpcio and the openssl
 command; ~5 s.
 """
 import argparse
@@ -95,9 +96,16 @@ def main():
                    "--server_name=dion-ps")
             expect("mTLS server, the shard's certificate as client certificate", s, 0,
                    f"--ca={ca}", "--server_name=dion-ps", f"--cert={crt}", f"--key={key}")
+            expect("mTLS server, the workers' client certificate", s, 0, f"--ca={ca}",
+                   "--server_name=dion-ps", f"--cert={f('client.crt')}",
+                   f"--key={f('client.key')}")
             expect("mTLS server, a foreign client certificate", s, 1, f"--ca={ca}",
                    "--server_name=dion-ps", f"--cert={os.path.join(foreign, 'tls.crt')}",
                    f"--key={os.path.join(foreign, 'tls.key')}")
+        client_pair = [(read(f("client.key")), read(f("client.crt")))]
+        with HealthServer(SERVING, grpc.ssl_server_credentials(client_pair)) as s:
+            expect("TLS, a server presenting the client-only certificate", s, 1, f"--ca={ca}",
+                   "--server_name=dion-ps-client")
         with HealthServer(NOT_SERVING, tls) as s:
             expect("TLS, NOT_SERVING", s, 1, f"--ca={ca}", "--server_name=dion-ps")
 

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# ctest deploy_k8s: renders every overlay of deploy/k8s and the optional cert-manager example
+# ctest deploy_k8s: renders every overlay of deploy/k8s, each also with the optional mTLS
+# component (deploy/k8s/components/mtls), and the optional cert-manager example
 # (deploy/k8s/cert-manager) with `kubectl kustomize`, validates the objects offline against the
 # Kubernetes and cert-manager schemas (deploy/tools/validate_k8s.mjs, installed by
 # deploy/tools/install_validators.sh) and checks what is specific to dion-ps
@@ -28,8 +29,19 @@ for dir in "$root"/deploy/k8s/overlays/*/; do
   "$kubectl" kustomize "$dir" > "$tmp/$name.yaml"
   echo "ok   kubectl kustomize overlays/$name: $(grep -c '^kind:' "$tmp/$name.yaml") objects"
   overlays+=("$tmp/$name.yaml")
+  # The overlay with client certificates: a kustomization of its own in $tmp (kustomize takes
+  # only relative paths).
+  mkdir -p "$tmp/$name-mtls"
+  rel="$(realpath --relative-to="$tmp/$name-mtls" "$root/deploy/k8s")"
+  printf '%s\n' "apiVersion: kustomize.config.k8s.io/v1beta1" "kind: Kustomization" \
+    "resources: [$rel/overlays/$name]" "components: [$rel/components/mtls]" \
+    > "$tmp/$name-mtls/kustomization.yaml"
+  "$kubectl" kustomize "$tmp/$name-mtls" > "$tmp/$name-mtls.yaml"
+  echo "ok   kubectl kustomize overlays/$name + components/mtls:" \
+       "$(grep -c '^kind:' "$tmp/$name-mtls.yaml") objects"
+  overlays+=("$tmp/$name-mtls.yaml")
 done
-[ "${#overlays[@]}" -ge 2 ] || { echo "FAIL expected at least the small and large overlays"; exit 1; }
+[ "${#overlays[@]}" -ge 4 ] || { echo "FAIL expected at least the small and large overlays"; exit 1; }
 
 "$kubectl" kustomize "$root/deploy/k8s/cert-manager" > "$tmp/cert-manager.yaml"
 echo "ok   kubectl kustomize cert-manager: $(grep -c '^kind:' "$tmp/cert-manager.yaml") objects"

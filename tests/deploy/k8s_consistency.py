@@ -24,7 +24,10 @@ deploy/k8s/cert-manager. Per rendered file (one overlay), checks what the schema
     volume mounted read-only as a whole directory (no subPath: the kubelet then updates it in
     place when the Secret changes), readable by the pod's group only; a pod mounts exactly
     the keys it needs (no worker sees the shards' key or another role's token); no Secret
-    object is rendered (applying one would overwrite the real Secrets);
+    object is rendered (applying one would overwrite the real Secrets). With client
+    certificates (deploy/k8s/components/mtls: the shards have --tls_client_ca_file), all
+    or nothing: the workers and the CronJob present the certificate of the Secret
+    dion-client-tls and the shards' probes present the shards' own (MTLS_FILES, PROBE_MTLS);
   - shards have startup, readiness and liveness probes that run
     deploy/image/grpc_health_check.py over TLS against their gRPC port, trusting the mounted
     ca.crt and checking the certificate for the headless Service's name;
@@ -37,7 +40,8 @@ deploy/k8s/cert-manager. Per rendered file (one overlay), checks what the schema
 And for the cert-manager example: its Certificate writes the Secret dion-tls, is valid for the
 headless Service's name of every overlay (which workers and the CronJob check with
 --tls_server_name), for server and client auth, and is issued by a CA Issuer whose CA
-certificate the example also makes.
+certificate the example also makes; the client Certificate dion-client-tls comes from the same
+issuer, for client auth.
 Python 3 standard library only. Exit 0 when all hold, 1 otherwise.
 """
 import json
@@ -80,6 +84,17 @@ SECRET_FILES = {
     "checkpointer": {"tls_ca_file": ("dion-tls", "ca.crt"),
                      "token_file": ("dion-tokens", "admin-token")},
 }
+# With client certificates (the shards' args have --tls_client_ca_file, from
+# deploy/k8s/components/mtls), in addition: the clients' own certificate.
+MTLS_FILES = {
+    "shard": {"tls_client_ca_file": ("dion-tls", "ca.crt")},
+    "worker": {"tls_cert_file": ("dion-client-tls", "tls.crt"),
+               "tls_key_file": ("dion-client-tls", "tls.key")},
+    "checkpointer": {"tls_cert_file": ("dion-client-tls", "tls.crt"),
+                     "tls_key_file": ("dion-client-tls", "tls.key")},
+}
+# ... and the shards' probe presents the shards' certificate.
+PROBE_MTLS = {"--cert": ("dion-tls", "tls.crt"), "--key": ("dion-tls", "tls.key")}
 # Clients check the shards' one certificate for the headless Service's name, not for the
 # shard's host name (gRPC accepts no wildcard *.dion-ps over a one-label name).
 CLIENT_COMPONENTS = ("worker", "checkpointer")
@@ -113,24 +128,29 @@ def secret_files(ps, c):
     return found
 
 
-def check_secret_mounts(where, ps, c, component, service, fail):
-    """The flags of SECRET_FILES[component] name mounted Secret files, and nothing else of a
-    Secret is mounted."""
+def check_secret_mounts(where, ps, c, component, service, mtls, fail):
+    """The flags of SECRET_FILES[component] (and MTLS_FILES with client certificates) name
+    mounted Secret files, and nothing else of a Secret is mounted."""
     files = secret_files(ps, c)
     args = dict(re.match(r"--(\w+)=(.*)", a).groups() for a in c.get("args", [])
                 if re.match(r"--(\w+)=", a))
-    wanted = dict(SECRET_FILES[component])
-    probe = c.get("readinessProbe", {}).get("exec", {}).get("command", [])
-    probe_ca = next((a.split("=", 1)[1] for a in probe if a.startswith("--ca=")), None)
+    wanted = dict(SECRET_FILES[component], **(MTLS_FILES[component] if mtls else {}))
     if component == "shard":
-        wanted["probe --ca"] = PROBE_CA
-        args["probe --ca"] = probe_ca
+        probe_files = {"--ca": PROBE_CA, **(PROBE_MTLS if mtls else {})}
+        for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
+            command = c.get(probe, {}).get("exec", {}).get("command", [])
+            for option, secret_key in probe_files.items():
+                name = f"{probe} {option}"
+                wanted[name] = secret_key
+                args[name] = next((a.split("=", 1)[1] for a in command
+                                   if a.startswith(option + "=")), None)
     group = ps.get("securityContext", {}).get("fsGroup")
     for flag, (secret, key) in wanted.items():
         path = args.get(flag)
         got = files.get(path)
         if path is None:
-            fail(f"{where}: --{flag} is not set; it must name {key} of the Secret {secret}")
+            fail(f"{where}: {flag if ' ' in flag else '--' + flag} is not set; it must name "
+                 f"{key} of the Secret {secret}")
         elif got is None or got[:2] != (secret, key):
             fail(f"{where}: --{flag}={path} is not {key} of the Secret {secret} "
                  f"(mounted Secret files: {sorted(files)})")
@@ -187,7 +207,12 @@ def check_cert_manager(objects, overlays, fail):
                     for c in certs):
         fail(f"cert-manager: Certificate dion-tls must be issued by a CA Issuer of the example "
              f"whose CA Certificate it makes (issuerRef {spec['issuerRef']})")
-    print(f"ok   cert-manager: Certificate dion-tls valid for {names}")
+    client = [c for c in certs if c["spec"].get("secretName") == "dion-client-tls"]
+    if len(client) != 1 or "client auth" not in client[0]["spec"].get("usages", []) or \
+            client[0]["spec"]["issuerRef"] != spec["issuerRef"]:
+        fail("cert-manager: expected one Certificate for the Secret dion-client-tls (the mTLS "
+             "component's), for client auth, from the issuer of dion-tls")
+    print(f"ok   cert-manager: Certificate dion-tls valid for {names}, dion-client-tls")
 
 
 CRON_FIELD = r"(\*|\d+(-\d+)?)(/\d+)?(,(\*|\d+(-\d+)?)(/\d+)?)*"
@@ -271,6 +296,10 @@ def check_overlay(file, objects, server_flags, worker_flags, checkpoint_flags, f
 
     check_cronjob(file, cron, pod_spec(job)["containers"][0].get("image"), fail)
 
+    # Client certificates are all or nothing: the shards require them exactly when the clients
+    # have one (check_secret_mounts then expects MTLS_FILES of every component).
+    mtls = any(a.startswith("--tls_client_ca_file=")
+               for a in pod_spec(sts)["containers"][0].get("args", []))
     used_keys = set()
     for obj, flags, component in ((sts, server_flags, "shard"), (job, worker_flags, "worker"),
                                   (cron, checkpoint_flags, "checkpointer")):
@@ -316,7 +345,7 @@ def check_overlay(file, objects, server_flags, worker_flags, checkpoint_flags, f
                         used_keys.add(var)
                     else:
                         fail(f"{cw}: $({var}) in {arg!r} is defined nowhere")
-            check_secret_mounts(cw, ps, c, component, sts["spec"]["serviceName"], fail)
+            check_secret_mounts(cw, ps, c, component, sts["spec"]["serviceName"], mtls, fail)
             if component == "shard":
                 check_probes(cw, c, grpc_port, sts["spec"]["serviceName"], fail)
     unused = set(data) - used_keys
