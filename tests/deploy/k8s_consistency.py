@@ -148,14 +148,14 @@ def check_secret_mounts(where, ps, c, component, service, mtls, fail):
     for flag, (secret, key) in wanted.items():
         path = args.get(flag)
         got = files.get(path)
+        shown = flag if " " in flag else "--" + flag  # a probe's option is "<probe> --<name>"
         if path is None:
-            fail(f"{where}: {flag if ' ' in flag else '--' + flag} is not set; it must name "
-                 f"{key} of the Secret {secret}")
+            fail(f"{where}: {shown} is not set; it must name {key} of the Secret {secret}")
         elif got is None or got[:2] != (secret, key):
-            fail(f"{where}: --{flag}={path} is not {key} of the Secret {secret} "
+            fail(f"{where}: {shown}={path} is not {key} of the Secret {secret} "
                  f"(mounted Secret files: {sorted(files)})")
         elif got[3]:
-            fail(f"{where}: --{flag}={path}: {got[3]}")
+            fail(f"{where}: {shown}={path}: {got[3]}")
         elif got[2] & 0o007 or not (got[2] & 0o040 and group):
             fail(f"{where}: {path} has mode {got[2]:#o} with fsGroup {group}: it must be "
                  "readable by the pod's fsGroup and by no other user")
@@ -180,7 +180,6 @@ def check_probes(where, c, grpc_port, service, fail):
                  f"--server_name={service}, runs {command}")
         elif c[probe].get("timeoutSeconds", 1) < 2:
             fail(f"{where}: {probe} timeoutSeconds must leave the probe's Python time to start")
-
 
 
 def check_cert_manager(objects, overlays, fail):
