@@ -48,8 +48,10 @@ echo "ok   kubectl kustomize cert-manager: $(grep -c '^kind:' "$tmp/cert-manager
 
 node "$root/deploy/tools/validate_k8s.mjs" --json "$tmp/rendered.json" "${overlays[@]}"
 node "$root/deploy/tools/validate_k8s.mjs" --json "$tmp/cert-manager.json" "$tmp/cert-manager.yaml"
-"$server" --help > "$tmp/server-help.txt" 2>&1 || true
-"$worker" --help > "$tmp/worker-help.txt" 2>&1 || true
+# --helpfull: flags defined outside the binary's main file (common/tls_flags.cc) are not in
+# --help.
+"$server" --helpfull > "$tmp/server-help.txt" 2>&1 || true
+"$worker" --helpfull > "$tmp/worker-help.txt" 2>&1 || true
 "$dion" checkpoint --help > "$tmp/checkpoint-help.txt" 2>&1 || true
 /usr/bin/python3 "$root/tests/deploy/k8s_consistency.py" "$tmp/rendered.json" \
   "$tmp/server-help.txt" "$tmp/worker-help.txt" "$tmp/checkpoint-help.txt" \

@@ -5,9 +5,9 @@
       CERT_MANAGER.json
 
 RENDERED.json: the --json output of deploy/tools/validate_k8s.mjs for the overlays
-(schema validity is checked there). *_HELP.txt: the --help output of dion-server,
-dion-worker and `dion checkpoint`, for their flag names. CERT_MANAGER.json: the same output for
-deploy/k8s/cert-manager. Per rendered file (one overlay), checks what the schemas cannot know:
+(schema validity is checked there). *_HELP.txt: the --helpfull output of dion-server and
+dion-worker and the --help output of `dion checkpoint`, for their flag names.
+CERT_MANAGER.json: the same output as RENDERED.json for deploy/k8s/cert-manager. Per rendered file (one overlay), checks what the schemas cannot know:
   - the shard count agrees everywhere: StatefulSet replicas == DION_NUM_SHARDS == number of
     DION_SHARDS addresses, which name dion-ps-<i>.<serviceName>:<grpc port> in index order;
   - the worker count agrees: Job completions == parallelism == DION_NUM_WORKERS, Indexed;
@@ -20,7 +20,7 @@ deploy/k8s/cert-manager. Per rendered file (one overlay), checks what the schema
   - TLS and tokens (SECRET_FILES): the shards serve TLS with tls.crt and tls.key of the Secret
     dion-tls and admit the tokens of the Secret dion-tokens; workers and the CronJob trust its
     ca.crt, check the certificate for the headless Service's name (--tls_server_name) and send
-    the worker and the admin token. Every such flag names a file of a Secret
+    the worker and the admin token (the register container: the admin token). Every such flag names a file of a Secret
     volume mounted read-only as a whole directory (no subPath: the kubelet then updates it in
     place when the Secret changes), readable by the pod's group only; a pod mounts exactly
     the keys it needs (no worker sees the shards' key or another role's token); no Secret
@@ -31,6 +31,10 @@ deploy/k8s/cert-manager. Per rendered file (one overlay), checks what the schema
   - shards have startup, readiness and liveness probes that run
     deploy/image/grpc_health_check.py over TLS against their gRPC port, trusting the mounted
     ca.crt and checking the certificate for the headless Service's name;
+  - the worker pods' one initContainer (the register container) registers the model with the
+    admin token before the worker trains with a worker token: `--mode=evaluate` and every
+    argument of the worker but its per-process ones (PER_PROCESS_FLAGS), so that both define
+    the same model;
   - the CronJob dion-checkpoint runs `dion checkpoint` (from the worker image) against
     DION_SHARDS on a valid 5-field schedule, one run at a time (concurrencyPolicy Forbid),
     with no retry within a run, and the NetworkPolicy lets it reach the shards' gRPC port;
@@ -71,7 +75,11 @@ def pod_spec(obj):
 
 
 def checkpoint_flags_of(help_text):
-    return set(re.findall(r"^\s+--(\w+)\s", help_text, re.M))
+    """The flags `dion checkpoint --help` lists, one or several a line ("  --a, --b  text")."""
+    flags = set()
+    for m in re.finditer(r"^\s+(--\w+(?:,\s*--\w+)*)(?:\s|$)", help_text, re.M):
+        flags.update(re.findall(r"--(\w+)", m.group(1)))
+    return flags
 
 
 # What each component's args must point at: flag -> (Secret, key) of a mounted Secret volume.
@@ -83,6 +91,8 @@ SECRET_FILES = {
                "token_file": ("dion-tokens", "worker-token")},
     "checkpointer": {"tls_ca_file": ("dion-tls", "ca.crt"),
                      "token_file": ("dion-tokens", "admin-token")},
+    "registrar": {"tls_ca_file": ("dion-tls", "ca.crt"),
+                  "token_file": ("dion-tokens", "admin-token")},
 }
 # With client certificates (the shards' args have --tls_client_ca_file, from
 # deploy/k8s/components/mtls), in addition: the clients' own certificate.
@@ -92,12 +102,14 @@ MTLS_FILES = {
                "tls_key_file": ("dion-client-tls", "tls.key")},
     "checkpointer": {"tls_cert_file": ("dion-client-tls", "tls.crt"),
                      "tls_key_file": ("dion-client-tls", "tls.key")},
+    "registrar": {"tls_cert_file": ("dion-client-tls", "tls.crt"),
+                  "tls_key_file": ("dion-client-tls", "tls.key")},
 }
 # ... and the shards' probe presents the shards' certificate.
 PROBE_MTLS = {"--cert": ("dion-tls", "tls.crt"), "--key": ("dion-tls", "tls.key")}
 # Clients check the shards' one certificate for the headless Service's name, not for the
 # shard's host name (gRPC accepts no wildcard *.dion-ps over a one-label name).
-CLIENT_COMPONENTS = ("worker", "checkpointer")
+CLIENT_COMPONENTS = ("worker", "checkpointer", "registrar")
 # The shards' probes also read the CA certificate.
 PROBE_CA = ("dion-tls", "ca.crt")
 PROBE_SCRIPT = "/usr/local/bin/grpc_health_check.py"
@@ -235,6 +247,63 @@ def check_cronjob(file, cron, worker_image, fail):
         fail(f"{where}: args {c.get('args')} must include --shards=$(DION_SHARDS)")
 
 
+def check_container(cw, ps, c, role, flags, data, fail):
+    """Security context, resources, metrics port, flags and $(VAR)s of one container; returns
+    the ConfigMap keys it uses."""
+    used = set()
+    sc = c.get("securityContext", {})
+    if sc.get("readOnlyRootFilesystem") is not True or \
+            sc.get("allowPrivilegeEscalation") is not False or \
+            sc.get("capabilities", {}).get("drop") != ["ALL"]:
+        fail(f"{cw}: securityContext {sc} needs readOnlyRootFilesystem, no privilege "
+             "escalation, drop ALL")
+    res = c.get("resources", {})
+    for part in ("requests", "limits"):
+        if not {"cpu", "memory"} <= set(res.get(part, {})):
+            fail(f"{cw}: resources.{part} needs cpu and memory")
+    if role in ("shard", "worker") and \
+            not any(p.get("name") == "metrics" for p in c.get("ports", [])):
+        fail(f"{cw}: no port named 'metrics' (Prometheus discovers it by name)")
+    env = {e["name"] for e in c.get("env", [])}
+    from_config = any(ef.get("configMapRef", {}).get("name") == "dion-ps-config"
+                      for ef in c.get("envFrom", []))
+    for arg in c.get("args", []):
+        m = re.match(r"--(\w+)=", arg)
+        if not m or m.group(1) not in flags:
+            fail(f"{cw}: argument {arg!r} is not a flag of the binary")
+        for var in re.findall(r"\$\((\w+)\)", arg):
+            if var in env:
+                continue
+            if from_config and var in data:
+                used.add(var)
+            else:
+                fail(f"{cw}: $({var}) in {arg!r} is defined nowhere")
+    return used
+
+
+# Worker flags that differ between the register container and the worker it registers for.
+PER_PROCESS_FLAGS = {"worker_index", "num_workers", "epochs", "metrics_listen", "token_file",
+                     "worker_id", "mode"}
+
+
+def check_registrar(where, ps, fail):
+    """One register container, `--mode=evaluate`, with the worker's every other argument (so it
+    registers the same model: an overlay's model flag must reach both)."""
+    init = ps.get("initContainers", [])
+    if len(init) != 1:
+        fail(f"{where}: expected one register initContainer, found {len(init)}")
+        return
+    worker_args, register_args = ps["containers"][0].get("args", []), init[0].get("args", [])
+    if "--mode=evaluate" not in register_args:
+        fail(f"{where}: the register container must run --mode=evaluate, runs {register_args}")
+    missing = [a for a in worker_args
+               if re.match(r"--(\w+)", a).group(1) not in PER_PROCESS_FLAGS and
+               a not in register_args]
+    if missing:
+        fail(f"{where}: the register container lacks the worker's {missing}: it would register "
+             "another model than the workers train")
+
+
 def check_overlay(file, objects, server_flags, worker_flags, checkpoint_flags, fail):
     by_kind = defaultdict(list)
     for o in objects:
@@ -315,37 +384,17 @@ def check_overlay(file, objects, server_flags, worker_flags, checkpoint_flags, f
             fail(f"{where}: pod securityContext needs runAsNonRoot and a non-zero runAsUser")
         if ps.get("automountServiceAccountToken") is not False:
             fail(f"{where}: automountServiceAccountToken should be false")
-        for c in ps["containers"]:
+        containers = [(c, component) for c in ps["containers"]]
+        if obj is job:
+            containers += [(c, "registrar") for c in ps.get("initContainers", [])]
+            check_registrar(where, ps, fail)
+        elif ps.get("initContainers"):
+            fail(f"{where}: has initContainers; only the workers' register container is expected")
+        for c, role in containers:
             cw = f"{where} container {c['name']}"
-            sc = c.get("securityContext", {})
-            if sc.get("readOnlyRootFilesystem") is not True or \
-                    sc.get("allowPrivilegeEscalation") is not False or \
-                    sc.get("capabilities", {}).get("drop") != ["ALL"]:
-                fail(f"{cw}: securityContext {sc} needs readOnlyRootFilesystem, no privilege "
-                     "escalation, drop ALL")
-            res = c.get("resources", {})
-            for part in ("requests", "limits"):
-                if not {"cpu", "memory"} <= set(res.get(part, {})):
-                    fail(f"{cw}: resources.{part} needs cpu and memory")
-            if component != "checkpointer" and \
-                    not any(p.get("name") == "metrics" for p in c.get("ports", [])):
-                fail(f"{cw}: no port named 'metrics' (Prometheus discovers it by name)")
-            env = {e["name"] for e in c.get("env", [])}
-            from_config = any(ef.get("configMapRef", {}).get("name") == "dion-ps-config"
-                              for ef in c.get("envFrom", []))
-            for arg in c.get("args", []):
-                m = re.match(r"--(\w+)=", arg)
-                if not m or m.group(1) not in flags:
-                    fail(f"{cw}: argument {arg!r} is not a flag of the binary")
-                for var in re.findall(r"\$\((\w+)\)", arg):
-                    if var in env:
-                        continue
-                    if from_config and var in data:
-                        used_keys.add(var)
-                    else:
-                        fail(f"{cw}: $({var}) in {arg!r} is defined nowhere")
-            check_secret_mounts(cw, ps, c, component, sts["spec"]["serviceName"], mtls, fail)
-            if component == "shard":
+            used_keys |= check_container(cw, ps, c, role, flags, data, fail)
+            check_secret_mounts(cw, ps, c, role, sts["spec"]["serviceName"], mtls, fail)
+            if role == "shard":
                 check_probes(cw, c, grpc_port, sts["spec"]["serviceName"], fail)
     unused = set(data) - used_keys
     if unused:
