@@ -6,7 +6,7 @@
 #   --with-bench   also install the optional packages used by bench/ (python3-torch, numpy)
 #   --with-deploy  also install what deploy/image/build_and_smoke.sh needs to build and run the
 #                  container images without a Docker engine (podman, buildah, debootstrap,
-#                  runc, python3-grpcio; ~150 MB)
+#                  runc; ~150 MB; python3-grpcio, which it also needs, is in the default set)
 #   --build-only   only what compiling dion-server and dion-worker needs (the container build
 #                  stage, deploy/docker/Dockerfile): no test, CI or deploy-check tools
 # Besides Debian packages, the default installs the offline Kubernetes schema validator for
@@ -27,11 +27,11 @@ packages=(
   libgtest-dev libgmock-dev libbenchmark-dev
   dataset-fashion-mnist python3 python3-numpy
   # deploy/ checks (ctest -L deploy): promtool and the prometheus server (prometheus, ~100 MB),
-  # yamllint.
-  prometheus yamllint
+  # yamllint, python3-grpcio (deploy_health_probe: the shards' TLS health probe).
+  prometheus yamllint python3-grpcio
 )
 bench_packages=(python3-torch)
-deploy_packages=(podman buildah debootstrap runc uidmap python3-grpcio)
+deploy_packages=(podman buildah debootstrap runc uidmap)
 
 with_bench=0; with_deploy=0; build_only=0
 for arg in "$@"; do

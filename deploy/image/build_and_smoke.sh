@@ -8,7 +8,8 @@
 #   3. inspect: non-root user, exec-form entrypoint, no compiler in the runtime image;
 #   4. run dion-server from its image on 127.0.0.1 the way deploy/k8s runs it (read-only root,
 #      all capabilities dropped, no new privileges, checkpoints on a volume) and pass the gRPC
-#      health check (deploy/image/grpc_health_check.py);
+#      health check (deploy/image/grpc_health_check.py), from outside and with the copy in the
+#      image (deploy/k8s's exec probe);
 #   5. train 200 steps with dion-worker from its image against it (synthetic task), check the
 #      shard's /metrics shows the versions advancing;
 #   6. podman stop (SIGTERM to the shard, PID 1 of its container): exit code 0, a final
@@ -174,6 +175,8 @@ remove_containers  # left over by an interrupted run
   || fail "podman run dion-server"
 "$python" "$root/deploy/image/grpc_health_check.py" "127.0.0.1:$grpc_port" --wait 60 \
   || { "${podman[@]}" logs dion-smoke-server; fail "gRPC health check"; }
+"${podman[@]}" exec dion-smoke-server /usr/bin/python3 /usr/local/bin/grpc_health_check.py \
+  "127.0.0.1:$grpc_port" || fail "the image's own probe (deploy/k8s exec probe)"
 end
 
 # ---- 5. train against it from the worker image ----------------------------------------------

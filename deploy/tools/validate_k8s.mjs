@@ -3,8 +3,10 @@
 //   node deploy/tools/validate_k8s.mjs [--json OUT.json] RENDERED.yaml...
 //
 // Uses the npm package kubernetes-models (JSON-schema validators generated from the
-// Kubernetes OpenAPI, installed by deploy/tools/install_validators.sh into
-// $DION_DEPLOY_TOOLS, default ~/.cache/dion-ps/deploy-tools). Two checks per object:
+// Kubernetes OpenAPI) and, for the cert-manager.io kinds of deploy/k8s/cert-manager,
+// @kubernetes-models/cert-manager (generated from cert-manager's CRDs), installed by
+// deploy/tools/install_validators.sh into $DION_DEPLOY_TOOLS, default
+// ~/.cache/dion-ps/deploy-tools. Two checks per object:
 //   1. kubernetes-models' own validate(): types, required fields, enums, formats;
 //   2. unknown fields, which those schemas let through (they have no
 //      additionalProperties: false): every key of the object must be a property of its type,
@@ -22,8 +24,10 @@ import { pathToFileURL } from "node:url";
 const toolsDir = process.env.DION_DEPLOY_TOOLS ||
     join(process.env.XDG_CACHE_HOME || join(homedir(), ".cache"), "dion-ps", "deploy-tools");
 const modules = join(toolsDir, "node_modules");
-if (!existsSync(join(modules, "kubernetes-models")) || !existsSync(join(modules, "yaml"))) {
-  console.error(`validate_k8s: kubernetes-models or yaml not found in ${modules}; ` +
+// The model packages, tried in this order for an object's apiVersion and kind.
+const modelPackages = ["kubernetes-models", "@kubernetes-models/cert-manager"];
+if (!modelPackages.every((p) => existsSync(join(modules, p))) || !existsSync(join(modules, "yaml"))) {
+  console.error(`validate_k8s: ${modelPackages.join(", ")} or yaml not found in ${modules}; ` +
                 "run deploy/tools/install_validators.sh");
   process.exit(2);
 }
@@ -129,8 +133,9 @@ for (const file of args) {
       continue;
     }
     const groupVersion = obj.apiVersion.includes("/") ? obj.apiVersion : `v1`;
-    const base = join(modules, "kubernetes-models", groupVersion, obj.kind);
-    if (!existsSync(base + ".js")) {
+    const base = modelPackages.map((p) => join(modules, p, groupVersion, obj.kind))
+        .find((b) => existsSync(b + ".js"));
+    if (!base) {
       problems.push(`${where}: no schema for ${obj.apiVersion} ${obj.kind}`);
       continue;
     }
@@ -146,7 +151,8 @@ for (const file of args) {
 }
 if (jsonOut) writeFileSync(jsonOut, JSON.stringify(objects, null, 1));
 for (const p of problems) console.log(`FAIL ${p}`);
-const version = JSON.parse(readFileSync(join(modules, "kubernetes-models", "package.json"))).version;
-console.log(`validate_k8s: ${checked} objects checked against kubernetes-models ${version}, ` +
+const versions = modelPackages.map((p) =>
+    `${p} ${JSON.parse(readFileSync(join(modules, p, "package.json"))).version}`);
+console.log(`validate_k8s: ${checked} objects checked against ${versions.join(", ")}, ` +
             `${problems.length} problems`);
 process.exit(problems.length ? 1 : 0);

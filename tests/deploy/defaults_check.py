@@ -99,8 +99,22 @@ def config_data(path):
 
 
 def container_args(path):
+    """The items of the `args:` lists of a manifest (not the flags of a probe's command)."""
+    found, indent = [], None
     with open(path) as f:
-        return re.findall(r"^\s+- (--\S+)$", f.read(), re.M)
+        for line in f:
+            m = re.match(r"^(\s*)args:\s*$", line)
+            if m:
+                indent = len(m.group(1))
+                continue
+            if indent is None or re.match(r"^\s*(#.*)?$", line):
+                continue
+            item = re.match(r"^(\s*)- (--\S+)$", line)
+            if item and len(item.group(1)) >= indent:
+                found.append(item.group(2))
+            elif len(line) - len(line.lstrip()) <= indent:
+                indent = None
+    return found
 
 
 def added_args(kustomization):

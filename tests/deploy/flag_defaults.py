@@ -9,20 +9,22 @@ value is the binary's own default unless a user chose another. Python 3 standard
 import re
 import subprocess
 
-# Not training settings: topology, resources, paths, timeouts, durability, and what `dion
-# local`'s report reads from worker 0 (its evaluations and the snapshots that locate the time
-# to a target accuracy).
+# Not training settings: topology, resources, paths, timeouts, durability, transport security
+# and credentials (TLS certificates, tokens), and what `dion local`'s report reads from worker
+# 0 (its evaluations and the snapshots that locate the time to a target accuracy).
 TOPOLOGY = {
     "dion-server": {
         "listen", "metrics_listen", "shard_index", "num_shards", "checkpoint_dir",
         "checkpoint_interval", "checkpoint_keep", "compute_threads", "blas_threads",
         "shutdown_grace", "max_message_bytes", "broadcast_queue", "lr_schedule_samples",
-        "wal", "wal_dir", "wal_sync", "wal_recover"},
+        "wal", "wal_dir", "wal_sync", "wal_recover",
+        "tls_cert_file", "tls_key_file", "tls_client_ca_file", "auth_tokens_file"},
     "dion-worker": {
         "shards", "worker_index", "num_workers", "worker_id", "mode", "data_dir",
         "metrics_listen", "blas_threads", "give_up_after", "rpc_deadline", "start_file",
         "start_timeout", "progress_interval", "eval_interval", "target_accuracy",
-        "snapshot_interval", "evaluate", "no_evaluate"},
+        "snapshot_interval", "evaluate", "no_evaluate",
+        "tls_ca_file", "tls_cert_file", "tls_key_file", "token_file", "tls_server_name"},
 }
 
 
