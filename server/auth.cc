@@ -13,6 +13,7 @@
 #include "absl/strings/str_split.h"
 #include "absl/strings/strip.h"
 #include "absl/time/clock.h"
+#include "absl/time/time.h"
 
 namespace dion {
 namespace {
@@ -56,11 +57,18 @@ absl::StatusOr<Principal> ParsePrincipal(const std::vector<absl::string_view>& f
         if (id.empty()) return absl::InvalidArgumentError("workers= holds an empty worker id");
         p.worker_ids.emplace_back(id);
       }
+    } else if (absl::ConsumePrefix(&f, "expires=")) {
+      std::string error;
+      if (!absl::ParseTime(absl::RFC3339_full, f, &p.expires, &error)) {
+        return absl::InvalidArgumentError(absl::StrCat(
+            "expires= must be an RFC 3339 time such as 2027-01-31T00:00:00Z, got '", f, "'"));
+      }
     } else if (i == 2) {
       p.name = std::string(f);
     } else {
       return absl::InvalidArgumentError(absl::StrCat(
-          "unexpected field '", f, "' (expected: <token> <role> [<name>] [workers=<ids>])"));
+          "unexpected field '", f,
+          "' (expected: <token> <role> [<name>] [workers=<ids>] [expires=<time>])"));
     }
   }
   return p;
@@ -186,6 +194,12 @@ absl::StatusOr<Principal> TokenAuthenticator::AuthenticateToken(absl::string_vie
     if (ConstantTimeEquals(token, e.token)) found = &e;
   }
   if (found == nullptr) return absl::UnauthenticatedError("unknown bearer token");
+  if (absl::Now() >= found->principal.expires) {
+    return absl::UnauthenticatedError(
+        absl::StrCat("the bearer token '", found->principal.name, "' expired at ",
+                     absl::FormatTime(absl::RFC3339_sec, found->principal.expires,
+                                      absl::UTCTimeZone())));
+  }
   return found->principal;
 }
 

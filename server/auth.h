@@ -1,7 +1,9 @@
 // Bearer tokens with roles (dion-server --auth_tokens_file): who may call what.
 //
-// The tokens file has one token a line: `<token> <role> [<name>] [workers=<id>,<id>,...]`;
-// `#` starts a comment, blank lines are skipped. Roles:
+// The tokens file has one token a line:
+//   `<token> <role> [<name>] [workers=<id>,<id>,...] [expires=<RFC 3339 time>]`;
+// `#` starts a comment, blank lines are skipped. A token past its `expires` time is
+// UNAUTHENTICATED, as an unknown one. Roles:
 //   worker  RegisterModel of the table already registered, GetLayout, Push, Subscribe, Pull of
 //           values, Status. With `workers=` it may register and push only as those worker ids.
 //   reader  GetLayout, Pull of values, Status.
@@ -43,6 +45,7 @@ struct Principal {
   Role role = Role::kReader;
   std::string name;                     // for messages; "line N" when the file gives none
   std::vector<std::string> worker_ids;  // empty: any worker id (role worker or admin)
+  absl::Time expires = absl::InfiniteFuture();
 
   // Whether this principal may act as `worker_id` (register it, push as it).
   bool MayActAs(absl::string_view worker_id) const;

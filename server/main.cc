@@ -131,7 +131,8 @@ ABSL_FLAG(std::string, tls_client_ca_file, "",
 ABSL_FLAG(absl::Duration, tls_reload_interval, absl::Seconds(10),
           "how often the TLS files are checked for changes (at least 1s)");
 ABSL_FLAG(std::string, auth_tokens_file, "",
-          "bearer tokens with roles, one '<token> <role> [<name>] [workers=<id>,...]' a line "
+          "bearer tokens with roles, one '<token> <role> [<name>] [workers=<id>,...] "
+          "[expires=<RFC 3339 time>]' a line "
           "(roles: worker, reader, admin; docs/server.md, \"Security\"); with it every call "
           "needs a token (UNAUTHENTICATED without, PERMISSION_DENIED for a role that may not "
           "make it); re-read when it changes. Health checking needs no token");

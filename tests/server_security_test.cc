@@ -34,6 +34,7 @@ constexpr char kAdmin[] = "admin-token-0123456789abcdef";
 constexpr char kWorker[] = "worker-token-0123456789abcdef";
 constexpr char kWorkerW1[] = "worker1-token-0123456789abcdef";
 constexpr char kReader[] = "reader-token-0123456789abcdef";
+constexpr char kExpired[] = "expired-token-0123456789abcdef";
 
 void WriteFile(const std::string& path, const std::string& text) {
   std::ofstream(path, std::ios::trunc) << text;
@@ -98,7 +99,8 @@ class SecurityTest : public ::testing::Test {
       tokens_file_ = F("tokens.txt");
       WriteFile(tokens_file_, absl::StrCat(kAdmin, " admin ops\n", kWorker, " worker any\n",
                                            kWorkerW1, " worker w1 workers=w1\n", kReader,
-                                           " reader dashboards\n"));
+                                           " reader dashboards\n", kExpired,
+                                           " admin old expires=2020-01-01T00:00:00Z\n"));
       options.auth_tokens_file = tokens_file_;
       options.auth_reload_interval = absl::Milliseconds(10);
     }
@@ -253,7 +255,12 @@ TEST_F(SecurityTest, EachRoleGetsTheDocumentedCodeForEachCall) {
   auto reader = Stub("ca", false, kReader);
   auto admin = Stub("ca", false, kAdmin);
   using grpc::StatusCode;
-  for (auto* stub : {none.get(), unknown.get()}) {
+  auto expired = Stub("ca", false, kExpired);
+  const grpc::Status expired_status = CallStatus(*expired);
+  EXPECT_EQ(expired_status.error_code(), StatusCode::UNAUTHENTICATED);
+  EXPECT_NE(expired_status.error_message().find("expired at 2020-01-01"), std::string::npos)
+      << expired_status.error_message();
+  for (auto* stub : {none.get(), unknown.get(), expired.get()}) {
     EXPECT_EQ(CallStatus(*stub).error_code(), StatusCode::UNAUTHENTICATED);
     EXPECT_EQ(CallRegister(*stub, "w0").error_code(), StatusCode::UNAUTHENTICATED);
     EXPECT_EQ(CallLayout(*stub).error_code(), StatusCode::UNAUTHENTICATED);
@@ -399,6 +406,11 @@ TEST(TokensFile, MalformedLinesAreRefusedNamingTheLine) {
   EXPECT_FALSE(code("abcdefghijklmnopq worker w workers=a,,b\n").ok());
   EXPECT_FALSE(code("abcdefghijklmnopq worker w extra\n").ok());
   EXPECT_FALSE(code("abcdefghijklmnopq\n").ok());
+  EXPECT_FALSE(code("abcdefghijklmnopq reader r expires=tomorrow\n").ok());
+  absl::StatusOr<std::vector<TokenEntry>> dated =
+      ParseTokens("abcdefghijklmnopq reader r expires=2027-01-31T12:00:00Z\n", "f");
+  ASSERT_TRUE(dated.ok()) << dated.status();
+  EXPECT_EQ((*dated)[0].principal.expires, absl::FromUnixSeconds(1801396800));
   absl::StatusOr<std::vector<TokenEntry>> parsed =
       ParseTokens("abcdefghijklmnopq worker w workers=a,b\n", "f");
   ASSERT_TRUE(parsed.ok());
