@@ -121,7 +121,9 @@ ABSL_FLAG(bool, allow_optimizer_state_pull, false,
           "moments, ...); an admin operation, off by default; when off such a Pull is "
           "PERMISSION_DENIED");
 ABSL_FLAG(absl::Duration, shutdown_grace, absl::Seconds(5),
-          "on SIGTERM/SIGINT, how long running calls get to finish before they are cancelled");
+          "on SIGTERM/SIGINT, how long running calls get to finish before they are cancelled; "
+          "with the write-ahead log, also the deadline of the last checkpoint, which is left "
+          "to the log (replayed at the next start) when it cannot be written by then");
 
 namespace {
 
