@@ -4,15 +4,21 @@
 // A Shard (server/shard.h, in process, no gRPC) owns --params Dion parameters of n x n
 // (default 10 of 1024 x 1024: ~88 MB of X and optimizer state, the figure docs/server.md
 // quotes), with the write-ahead log on (--wal_sync, default always) in --dir. --clients
-// threads push rank n/16 contributions in a closed loop (Shard::Push: accepted and durable,
+// threads push rank n/16 contributions at --rate each (Shard::Push: accepted and durable,
 // what an ACCEPTED ack waits for) round-robin over the parameters, while another thread
 // writes a checkpoint, pauses --pause, and so on, for --seconds. A push counts as "during a
 // checkpoint" when it started or ended while one was being taken (Shard::Checkpoint running).
+// The big pushes' latency includes backpressure (waiting for their parameter's steps), which a
+// checkpoint slows down by taking CPU and disk; a probe thread therefore also pushes, one at a
+// time, into a 16-element AdamW parameter whose steps cost nothing: its latency is what a
+// checkpoint makes a push wait for directly (the shard's locks, the log's syncs).
 // Then Shutdown (deadline --shutdown_grace), timed. The same source builds against older commits (it uses only the
-// Shard's public API; before the deadline argument of Shutdown, drop it), so blocking and
-// non-blocking checkpoints compare on the same machine.
+// Shard's public API; before the deadline argument of Shutdown and longest_checkpoint_cut,
+// drop both: the cut was the whole checkpoint then), so blocking and non-blocking checkpoints
+// compare on the same machine.
 //
-//   build/bench/checkpoint_stall_bench [--params=10] [--n=1024] [--clients=4] [--seconds=10]
+//   build/bench/checkpoint_stall_bench [--params=10] [--n=1024] [--clients=4] [--rate=10]
+//       [--seconds=10]
 //       [--pause=500ms] [--wal_sync=always] [--dir=/tmp] [--shutdown_grace=inf]
 //
 // Output: a markdown table on stdout; progress on stderr.
@@ -42,6 +48,7 @@
 ABSL_FLAG(int, params, 10, "Dion parameters of n x n");
 ABSL_FLAG(int, n, 1024, "Each parameter is n x n");
 ABSL_FLAG(int, clients, 4, "Pushing threads");
+ABSL_FLAG(double, rate, 10, "Pushes per second of each client (0: as fast as acks come)");
 ABSL_FLAG(double, seconds, 10, "How long the clients push");
 ABSL_FLAG(absl::Duration, pause, absl::Milliseconds(500), "Pause between checkpoints");
 ABSL_FLAG(std::string, wal_sync, "always", "always, interval:<duration> or none");
@@ -70,6 +77,11 @@ ModelTable Table() {
     p->mutable_init()->set_kind(v1::INIT_KIND_KAIMING);
     p->set_seed(static_cast<uint64_t>(i + 1));
   }
+  v1::ParameterSpec* probe = request.add_parameters();
+  probe->set_name("probe");
+  probe->add_shape(16);
+  probe->set_optimizer(v1::OPTIMIZER_KIND_ADAMW);
+  probe->mutable_init()->set_kind(v1::INIT_KIND_ZEROS);
   absl::StatusOr<ModelTable> table = ModelTableFromProto(request);
   if (!table.ok()) Die(table.status().ToString());
   return *table;
@@ -100,6 +112,25 @@ Summary Summarize(std::vector<double> ms) {
   return s;
 }
 
+void Probe(Shard& shard, absl::Time until, std::vector<Sample>& samples) {
+  Matrix G(1, 16);
+  for (int64_t j = 0; j < 16; ++j) G(0, j) = 0.01f * static_cast<float>(j - 8);
+  for (uint64_t k = 0; absl::Now() < until; ++k) {
+    Contribution c;
+    c.worker_id = "probe";
+    c.sequence = k;
+    c.parameter = "probe";
+    c.base_version = shard.Version(c.parameter).value_or(0);
+    c.sample_count = 32;
+    c.payload = G;
+    const absl::Time start = absl::Now();
+    absl::StatusOr<PushReply> reply = shard.Push(std::move(c));
+    if (!reply.ok()) Die(reply.status().ToString());
+    samples.push_back({start, absl::Now()});
+    absl::SleepFor(absl::Milliseconds(1));
+  }
+}
+
 void Client(Shard& shard, int id, absl::Time until, std::vector<Sample>& samples) {
   const int n = absl::GetFlag(FLAGS_n);
   const int r = std::max(1, n / 16);
@@ -108,7 +139,11 @@ void Client(Shard& shard, int id, absl::Time until, std::vector<Sample>& samples
   rng.FillNormal(f.P, 1.0 / std::sqrt(static_cast<double>(r)));
   rng.FillNormal(f.R);
   const std::string worker = absl::StrCat("client", id);
+  const double rate = absl::GetFlag(FLAGS_rate);
+  const absl::Duration period = rate > 0 ? absl::Seconds(1 / rate) : absl::ZeroDuration();
+  absl::Time next = absl::Now();
   for (uint64_t k = 0; absl::Now() < until; ++k) {
+    next += period;
     Contribution c;
     c.worker_id = worker;
     c.sequence = k;
@@ -120,6 +155,7 @@ void Client(Shard& shard, int id, absl::Time until, std::vector<Sample>& samples
     absl::StatusOr<PushReply> reply = shard.Push(std::move(c));
     if (!reply.ok()) Die(reply.status().ToString());
     samples.push_back({start, absl::Now()});
+    absl::SleepFor(next - absl::Now());
   }
 }
 
@@ -147,10 +183,13 @@ int Main() {
   for (int i = 0; i < clients; ++i) {
     if (!shard.RegisterWorker(absl::StrCat("client", i)).ok()) Die("worker registration failed");
   }
+  if (!shard.RegisterWorker("probe").ok()) Die("worker registration failed");
 
   const absl::Time until = absl::Now() + absl::Seconds(absl::GetFlag(FLAGS_seconds));
   std::vector<std::vector<Sample>> samples(clients);
+  std::vector<Sample> probes;
   std::vector<std::thread> threads;
+  threads.emplace_back([&] { Probe(shard, until, probes); });
   for (int i = 0; i < clients; ++i) {
     threads.emplace_back([&, i] { Client(shard, i, until, samples[i]); });
   }
@@ -165,17 +204,22 @@ int Main() {
   }
   for (std::thread& t : threads) t.join();
 
-  std::vector<double> during, between;
-  for (const std::vector<Sample>& client : samples) {
-    for (const Sample& s : client) {
-      const bool overlaps = std::any_of(checkpoints.begin(), checkpoints.end(), [&](const Interval& c) {
-        return s.end >= c.start && s.start <= c.end;
-      });
+  const auto split = [&](const std::vector<Sample>& all, std::vector<double>& during,
+                         std::vector<double>& between) {
+    for (const Sample& s : all) {
+      const bool overlaps = std::any_of(checkpoints.begin(), checkpoints.end(),
+                                        [&](const Interval& c) {
+                                          return s.end >= c.start && s.start <= c.end;
+                                        });
       (overlaps ? during : between).push_back(absl::ToDoubleMilliseconds(s.end - s.start));
     }
-  }
+  };
+  std::vector<double> during, between, probe_during, probe_between;
+  for (const std::vector<Sample>& client : samples) split(client, during, between);
+  split(probes, probe_during, probe_between);
   std::vector<double> checkpoint_ms;
   for (const Interval& c : checkpoints) checkpoint_ms.push_back(absl::ToDoubleMilliseconds(c.end - c.start));
+  const absl::Duration longest_cut = shard.Status().longest_checkpoint_cut;
   const absl::Time shutdown_start = absl::Now();
   if (absl::Status s = shard.Shutdown(shutdown_start + absl::GetFlag(FLAGS_shutdown_grace));
       !s.ok()) {
@@ -185,12 +229,20 @@ int Main() {
   created->reset();
   std::filesystem::remove_all(root);
 
-  const Summary d = Summarize(during), b = Summarize(between), c = Summarize(checkpoint_ms);
-  std::printf("| pushes | during checkpoints: n / p50 / p99 / max ms | between: n / p50 / p99 / "
-              "max ms | checkpoints: n / median / max ms | shutdown ms |\n|---|---|---|---|---|\n");
-  std::printf("| %zu | %zu / %.2f / %.2f / %.2f | %zu / %.2f / %.2f / %.2f | %zu / %.0f / %.0f | %.0f |\n",
-              d.count + b.count, d.count, d.p50_ms, d.p99_ms, d.max_ms, b.count, b.p50_ms,
-              b.p99_ms, b.max_ms, c.count, c.p50_ms, c.max_ms, shutdown_ms);
+  const Summary c = Summarize(checkpoint_ms);
+  std::printf("| pushes | n during checkpoints / between | during: p50 / p99 / max ms | between: "
+              "p50 / p99 / max ms |\n|---|---|---|---|\n");
+  const auto row = [](const char* name, const std::vector<double>& in,
+                      const std::vector<double>& out) {
+    const Summary d = Summarize(in), b = Summarize(out);
+    std::printf("| %s | %zu / %zu | %.2f / %.2f / %.2f | %.2f / %.2f / %.2f |\n", name, d.count,
+                b.count, d.p50_ms, d.p99_ms, d.max_ms, b.p50_ms, b.p99_ms, b.max_ms);
+  };
+  row("probe", probe_during, probe_between);
+  row("big", during, between);
+  std::printf("\ncheckpoints: %zu, median %.0f ms, max %.0f ms; longest cut %.3f ms; "
+              "shutdown %.0f ms\n", c.count, c.p50_ms, c.max_ms,
+              absl::ToDoubleMilliseconds(longest_cut), shutdown_ms);
   return 0;
 }
 

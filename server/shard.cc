@@ -326,6 +326,7 @@ ShardStatus Shard::Status() const {
   if (log_ != nullptr) status.wal_syncs = log_->syncs();
   status.wal_replayed = replayed_;
   if (cuts_ != nullptr) status.newest_cut = cuts_->newest();
+  status.longest_checkpoint_cut = absl::Nanoseconds(longest_cut_ns_.load());
   return status;
 }
 

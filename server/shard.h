@@ -136,6 +136,9 @@ struct ShardStatus {
   uint64_t wal_syncs = 0;             // its fdatasyncs since the start
   LogReplayStats wal_replayed;        // what the start replayed
   CutTag newest_cut;                  // of the newest coordinated checkpoint; empty: none
+  // The longest a checkpoint's cut held new contributions off since the start (waiting for
+  // the gate included): what a checkpoint can make a push wait.
+  absl::Duration longest_checkpoint_cut = absl::ZeroDuration();
 };
 
 class Shard {
@@ -341,6 +344,7 @@ class Shard {
   const CutIndex* cuts_ = nullptr;  // the checkpointer's (thread-safe); set once in Start()
   // A checkpoint being written gives up at this time (absl::ToUnixNanos); Shutdown lowers it.
   std::atomic<int64_t> write_deadline_ns_{INT64_MAX};
+  std::atomic<int64_t> longest_cut_ns_{0};  // ShardStatus::longest_checkpoint_cut
   Mutex shutdown_mu_;
   bool shut_down_ ABSL_GUARDED_BY(shutdown_mu_) = false;
   // Start() completed. A shard whose start failed (e.g. a log it could not replay) is

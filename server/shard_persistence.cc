@@ -163,6 +163,7 @@ absl::StatusOr<CheckpointContents> Shard::TakeCut(
   }
   CheckpointContents contents;
   std::vector<SnapshotSlot*> slots;
+  const absl::Time cut_start = absl::Now();
   {
     MutexLock lock(&gate_);  // no contribution, batch or worker is being recorded now
     for (Lane* lane : lane_order_) {
@@ -175,6 +176,10 @@ absl::StatusOr<CheckpointContents> Shard::TakeCut(
     }
     contents.workers = store_->workers();
     if (log_ != nullptr) log_->SwitchTo(std::move(next), sequence);
+  }
+  const int64_t cut_ns = absl::ToInt64Nanoseconds(absl::Now() - cut_start);
+  int64_t longest = longest_cut_ns_.load();
+  while (cut_ns > longest && !longest_cut_ns_.compare_exchange_weak(longest, cut_ns)) {
   }
   // The records before the cut are in files the checkpoint does not cover until it is
   // committed: make them durable (a crash before the commit replays them).

@@ -216,7 +216,10 @@ absl::StatusOr<std::string> Checkpointer::WriteContents(uint64_t sequence,
   absl::flat_hash_set<std::string> stems;
   std::vector<std::pair<std::string, int64_t>> versions;
   for (size_t i = 0; i < owned.size(); ++i) {
-    if (absl::Status s = contents.keep_going(); !s.ok()) return s;
+    if (absl::Status s = contents.keep_going(); !s.ok()) {
+      w.Abandon();  // out of time: the next checkpoint removes the directory
+      return s;
+    }
     absl::StatusOr<ParameterSnapshot> s = contents.parameter(i);
     if (!s.ok()) return s.status();
     if (s->spec.name != owned[i]) {

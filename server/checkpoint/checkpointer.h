@@ -44,8 +44,8 @@ struct CheckpointContents {
   // Parameter i (OwnedParameters() order, with optimizer state) at the cut; asked for once
   // each, in order, and written before the next is asked for.
   std::function<absl::StatusOr<ParameterSnapshot>(size_t i)> parameter;
-  // Asked before each parameter; an error abandons the checkpoint (nothing is committed) and
-  // is returned.
+  // Asked before each parameter; an error abandons the checkpoint (nothing is committed; its
+  // temporary directory is left for the next write to remove) and is returned.
   std::function<absl::Status()> keep_going = [] { return absl::OkStatus(); };
 };
 
