@@ -19,7 +19,7 @@
 //
 //   build/bench/checkpoint_stall_bench [--params=10] [--n=1024] [--clients=4] [--rate=10]
 //       [--seconds=10]
-//       [--pause=500ms] [--wal_sync=always] [--dir=/tmp] [--shutdown_grace=inf]
+//       [--pause=500ms] [--wal_sync=always] [--dir=DIR] [--shutdown_grace=inf]
 //
 // Output: a markdown table on stdout; progress on stderr.
 #include <unistd.h>
