@@ -110,14 +110,15 @@ absl::Status DionServer::Shutdown() {
   MutexLock lock(&mu_);
   if (shut_down_) return shutdown_status_;
   shut_down_ = true;
+  const absl::Time deadline = absl::Now() + options_.shutdown_grace;  // the shard's too
   if (server_ != nullptr) {
     server_->GetHealthCheckService()->SetServingStatus(false);
     // Subscriptions end and pushes are refused first, so the calls below can finish.
     shard_->BeginShutdown();
-    server_->Shutdown(absl::ToChronoTime(absl::Now() + options_.shutdown_grace));
+    server_->Shutdown(absl::ToChronoTime(deadline));
     server_->Wait();
   }
-  if (shard_ != nullptr) shutdown_status_ = shard_->Shutdown();
+  if (shard_ != nullptr) shutdown_status_ = shard_->Shutdown(deadline);
   metrics_server_.reset();
   return shutdown_status_;
 }

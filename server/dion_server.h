@@ -5,7 +5,8 @@
 // Shutdown order (docs/server.md, "Shutdown"): health NOT_SERVING, the shard refuses new
 // contributions and ends the subscriptions, gRPC stops accepting calls and waits up to
 // `shutdown_grace` for running ones, then the shard applies every accepted contribution and
-// writes a last checkpoint.
+// writes a last checkpoint (with a write-ahead log: by `shutdown_grace` after the start of
+// Shutdown, or not at all, the log holding it).
 //
 // Thread-safety: safe for concurrent use.
 #ifndef DION_SERVER_DION_SERVER_H_

@@ -137,7 +137,9 @@ ABSL_FLAG(std::string, auth_tokens_file, "",
           "needs a token (UNAUTHENTICATED without, PERMISSION_DENIED for a role that may not "
           "make it); re-read when it changes. Health checking needs no token");
 ABSL_FLAG(absl::Duration, shutdown_grace, absl::Seconds(5),
-          "on SIGTERM/SIGINT, how long running calls get to finish before they are cancelled");
+          "on SIGTERM/SIGINT, how long running calls get to finish before they are cancelled; "
+          "with the write-ahead log, also the deadline of the last checkpoint, which is left "
+          "to the log (replayed at the next start) when it cannot be written by then");
 
 namespace {
 

@@ -4,8 +4,9 @@
 // The memory limit is the container's cgroup limit when there is one (v2 memory.max, else v1
 // memory.limit_in_bytes; "max", a missing or unreadable file, or a value at or above physical
 // memory means none), else physical memory. The budget is kStateFractionOfMemory of it: the
-// rest is for batches waiting for a step, step temporaries, broadcasts, Pull and checkpoint
-// copies of one parameter at a time, and gRPC.
+// rest is for batches waiting for a step, step temporaries, broadcasts, Pull copies of one
+// parameter at a time, gRPC, and while a checkpoint is written the copies of the parameters
+// that step meanwhile (up to the whole state; server/snapshot_slot.h).
 //
 // Thread-safety: free functions without shared state.
 #ifndef DION_SERVER_MEMORY_BUDGET_H_

@@ -103,15 +103,17 @@ absl::Status Shard::Start() {
     checkpointer_ = std::make_unique<Checkpointer>(
         CheckpointerOptions{options_.checkpoint_dir, options_.checkpoint_keep_last});
     cuts_ = &checkpointer_->cuts();
-    MutexLock lock(&gate_);
-    absl::StatusOr<uint64_t> restored = RestoreFromCheckpoint();
-    if (!restored.ok()) return restored.status();
-    // A restored cut abandons what followed it, the log included: its state is checkpointed
-    // at once (which starts a new log), so the newest checkpoint is then this state.
-    if (log_ != nullptr && options_.restore_cut == 0) {
-      if (absl::Status s = ReplayLog(*restored); !s.ok()) return s;
+    {
+      MutexLock lock(&gate_);
+      absl::StatusOr<uint64_t> restored = RestoreFromCheckpoint();
+      if (!restored.ok()) return restored.status();
+      // A restored cut abandons what followed it, the log included: its state is checkpointed
+      // at once (which starts a new log), so the newest checkpoint is then this state.
+      if (log_ != nullptr && options_.restore_cut == 0) {
+        if (absl::Status s = ReplayLog(*restored); !s.ok()) return s;
+      }
+      AttachStepsLocked();
     }
-    AttachStepsLocked();
     if (options_.restore_cut != 0) {
       if (absl::Status s = CheckpointLocked().status(); !s.ok()) return s;
     }
@@ -324,11 +326,13 @@ ShardStatus Shard::Status() const {
   if (log_ != nullptr) status.wal_syncs = log_->syncs();
   status.wal_replayed = replayed_;
   if (cuts_ != nullptr) status.newest_cut = cuts_->newest();
+  status.longest_checkpoint_cut = absl::Nanoseconds(longest_cut_ns_.load());
   return status;
 }
 
 absl::Status Shard::ApplyOne(const Lane* lane, Batch batch) {
   const absl::Time start = absl::Now();
+  lane->snapshot->BeforeStep(batch.version);  // a checkpoint's copy of the version it changes
   if (log_ != nullptr && batch.journal_end > 0) {
     // The batch's record must be durable before its version can reach anyone.
     if (absl::Status s = WaitDurable(batch.journal_end); !s.ok()) {
@@ -336,6 +340,7 @@ absl::Status Shard::ApplyOne(const Lane* lane, Batch batch) {
                    batch.parameter.c_str(), static_cast<long long>(batch.version),
                    s.ToString().c_str());
       if (metrics_ != nullptr) metrics_->RecordFailedStep(lane->optimizer);
+      lane->snapshot->StepFailed(batch.version, s);
       return s;
     }
   }
@@ -345,8 +350,10 @@ absl::Status Shard::ApplyOne(const Lane* lane, Batch batch) {
                  batch.parameter.c_str(), static_cast<long long>(batch.version),
                  outcome.status().ToString().c_str());
     if (metrics_ != nullptr) metrics_->RecordFailedStep(lane->optimizer);
+    lane->snapshot->StepFailed(batch.version, outcome.status());
     return outcome.status();
   }
+  lane->snapshot->AfterStep(outcome->update.version);
   {
     // The store holds the new version already; wake Pulls waiting for it.
     MutexLock lock(&version_mu_);
@@ -407,11 +414,15 @@ void Shard::BeginShutdown() {
   broadcaster_->Shutdown();
 }
 
-absl::Status Shard::Shutdown() {
+absl::Status Shard::Shutdown(absl::Time deadline) {
   MutexLock shutdown_lock(&shutdown_mu_);
   if (shut_down_) return absl::OkStatus();
   shut_down_ = true;
   BeginShutdown();
+  // With a log, a checkpoint under way (and the last one) may be abandoned at the deadline.
+  if (log_ != nullptr && deadline != absl::InfiniteFuture()) {
+    write_deadline_ns_.store(absl::ToUnixNanos(deadline));
+  }
   {
     MutexLock lock(&deadline_mu_);
     stop_threads_ = true;
@@ -422,13 +433,11 @@ absl::Status Shard::Shutdown() {
   absl::Status status;
   {
     MutexLock checkpoint_lock(&checkpoint_mu_);
-    MutexLock lock(&gate_);
     // A shard that never started accepted nothing, and its lanes may have no steps attached.
     if (started_ && checkpointer_ != nullptr && store_->model_registered()) {
-      absl::StatusOr<std::string> path = CheckpointLocked();  // flushes and drains first
-      status = path.status();
-      if (path.ok()) std::fprintf(stderr, "dion-server: checkpoint %s\n", path->c_str());
+      status = LastCheckpoint();
     } else if (started_) {
+      ReaderMutexLock lock(&gate_);
       FlushAndDrain();
     }
   }

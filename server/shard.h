@@ -8,12 +8,16 @@
 // (ParameterStore::ApplyBatch) -> the new version goes to the broadcaster. Steps never run on
 // the caller's thread. A deadline thread closes batches whose deadline passed.
 //
-// Checkpoints: Checkpoint() stops new contributions, closes every open batch, waits until all
-// closed batches are applied and writes the store and the batchers' dedup state, so that no
-// contribution is both acknowledged and missing from the checkpoint. Pushes wait meanwhile.
-// Create() restores the newest valid checkpoint (or the cut options.restore_cut, which it then
-// checkpoints at once); a background thread checkpoints every `checkpoint_interval`, and
-// Shutdown() takes a last one.
+// Checkpoints (docs/server.md, "Checkpoints"): a checkpoint is cut at one instant, with new
+// contributions held off for that instant only: every open batch is closed, every parameter is
+// held at the version it has once the batches closed so far are applied
+// (server/snapshot_slot.h), the dedup windows and workers are copied, and the write-ahead log
+// starts the file of the checkpoint, which thus holds exactly what follows the cut. The
+// parameters are then copied and written one by one while pushes and steps go on, so no
+// contribution is both acknowledged and missing from the checkpoint and its log. The same
+// holds without a log, minus the log. Create() restores the newest valid checkpoint (or the
+// cut options.restore_cut, which it then checkpoints at once); a background thread
+// checkpoints every `checkpoint_interval`, and Shutdown() takes a last one.
 // CheckpointCut() writes a coordinated checkpoint (server/checkpoint/checkpoint_cut.h).
 //
 // Write-ahead log (with `wal_dir`, server/shard_log.h): a registration, a new worker and an
@@ -26,11 +30,14 @@
 // waits (holding no lock of the shard) until one is taken, so workers faster than the steps
 // are slowed down instead of growing the shard's memory without bound.
 //
-// Thread-safety: safe for concurrent use. Lock order: checkpoint_mu_ before gate_.
+// Thread-safety: safe for concurrent use. Lock order: checkpoint_mu_ before gate_; a lane's
+// snapshot slot before the store.
 #ifndef DION_SERVER_SHARD_H_
 #define DION_SERVER_SHARD_H_
 
+#include <atomic>
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <string>
 #include <thread>
@@ -46,17 +53,18 @@
 #include "server/batcher.h"
 #include "server/broadcaster.h"
 #include "server/checkpoint/checkpoint_cut.h"
+#include "server/checkpoint/checkpointer.h"
 #include "server/clock.h"
 #include "common/contribution.h"
 #include "common/model_table.h"
 #include "server/parameter_store.h"
 #include "server/push_accounting.h"
 #include "server/shard_log.h"
+#include "server/snapshot_slot.h"
 #include "server/step_queue.h"
 
 namespace dion {
 
-class Checkpointer;
 class ShardMetrics;
 
 struct ShardOptions {
@@ -128,6 +136,9 @@ struct ShardStatus {
   uint64_t wal_syncs = 0;             // its fdatasyncs since the start
   LogReplayStats wal_replayed;        // what the start replayed
   CutTag newest_cut;                  // of the newest coordinated checkpoint; empty: none
+  // The longest a checkpoint's cut held new contributions off since the start (waiting for
+  // the gate included): what a checkpoint can make a push wait.
+  absl::Duration longest_checkpoint_cut = absl::ZeroDuration();
 };
 
 class Shard {
@@ -219,8 +230,11 @@ class Shard {
   void BeginShutdown() ABSL_LOCKS_EXCLUDED(gate_);
   // BeginShutdown, applies every accepted contribution, writes a last checkpoint (when
   // configured and a model is registered) and stops the threads. Idempotent; returns the
-  // checkpoint's status.
-  absl::Status Shutdown() ABSL_LOCKS_EXCLUDED(gate_);
+  // checkpoint's status. With a write-ahead log, a checkpoint still being written at
+  // `deadline` (the periodic one under way, then the last one) is abandoned: the log, made
+  // durable, holds what it would have held, and the status is OK.
+  absl::Status Shutdown(absl::Time deadline = absl::InfiniteFuture())
+      ABSL_LOCKS_EXCLUDED(gate_, checkpoint_mu_);
 
   const ParameterStore& store() const { return *store_; }  // tests and tools
   const Broadcaster& broadcaster() const { return *broadcaster_; }
@@ -233,6 +247,7 @@ class Shard {
     OptimizerKind optimizer = OptimizerKind::kAdamW;
     StepQueue::LaneId steps = 0;
     bool attached = false;  // `steps` is set
+    std::unique_ptr<SnapshotSlot> snapshot;  // holds the parameter for a checkpoint
   };
 
   Shard(const ShardOptions& options, ShardMetrics* metrics);
@@ -248,8 +263,22 @@ class Shard {
   // step-queue lanes (at the parameters' versions then; a replay attaches after it).
   void CreateLanesLocked(bool attach_steps) ABSL_EXCLUSIVE_LOCKS_REQUIRED(gate_);
   void AttachStepsLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(gate_);
-  // After a checkpoint: a new log file, and the logs of pruned checkpoints removed.
-  absl::Status RotateLog() ABSL_EXCLUSIVE_LOCKS_REQUIRED(checkpoint_mu_, gate_);
+  // The cut of checkpoint `sequence` (file comment): its contents, whose parameters are taken
+  // from the lanes' snapshot slots (until `keep_going` fails), and the log's switch to
+  // wal-<sequence>.log. Holds gate_ for the cut only (server/shard_persistence.cc).
+  absl::StatusOr<CheckpointContents> TakeCut(uint64_t sequence,
+                                                   std::function<absl::Status()> keep_going)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(checkpoint_mu_) ABSL_LOCKS_EXCLUDED(gate_);
+  // Shutdown's checkpoint: CheckpointLocked, or with a log, past write_deadline_, nothing more
+  // than making the log durable (the status is OK then).
+  absl::Status LastCheckpoint() ABSL_EXCLUSIVE_LOCKS_REQUIRED(checkpoint_mu_)
+      ABSL_LOCKS_EXCLUDED(gate_);
+  // Releases what the slots hold for an abandoned checkpoint.
+  void DisarmSnapshots() ABSL_LOCKS_EXCLUDED(gate_);
+  // After a checkpoint: the logs of pruned checkpoints removed.
+  void PruneLogs() ABSL_EXCLUSIVE_LOCKS_REQUIRED(checkpoint_mu_);
+  // DeadlineExceeded once write_deadline_ has passed.
+  absl::Status KeepWriting() const;
   // Backpressure: returns once `parameter` has fewer than max_pending_batches closed batches
   // waiting, or at once for an unknown parameter or during shutdown.
   void WaitForRoom(absl::string_view parameter) ABSL_LOCKS_EXCLUDED(gate_);
@@ -262,9 +291,9 @@ class Shard {
   // Flushes every batcher and waits until the step queue is idle. REQUIRES: gate_ held
   // (shared or exclusive; exclusive guarantees nothing new arrives).
   void FlushAndDrain() ABSL_SHARED_LOCKS_REQUIRED(gate_);
-  // Checkpointer::Write with `cut`, after FlushAndDrain.
+  // Writes a checkpoint with `cut` (file comment) and returns its directory.
   absl::StatusOr<std::string> CheckpointLocked(const CutTag& cut = {})
-      ABSL_EXCLUSIVE_LOCKS_REQUIRED(gate_);
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(checkpoint_mu_) ABSL_LOCKS_EXCLUDED(gate_);
   // Applies one closed batch of `lane` (on a compute thread) and publishes the new version.
   absl::Status ApplyOne(const Lane* lane, Batch batch);
   void RecordStep(const Lane& lane, const StepStats& stats, int64_t version,
@@ -313,6 +342,9 @@ class Shard {
   Mutex checkpoint_mu_ ABSL_ACQUIRED_BEFORE(gate_);
   std::unique_ptr<Checkpointer> checkpointer_ ABSL_PT_GUARDED_BY(checkpoint_mu_);
   const CutIndex* cuts_ = nullptr;  // the checkpointer's (thread-safe); set once in Start()
+  // A checkpoint being written gives up at this time (absl::ToUnixNanos); Shutdown lowers it.
+  std::atomic<int64_t> write_deadline_ns_{INT64_MAX};
+  std::atomic<int64_t> longest_cut_ns_{0};  // ShardStatus::longest_checkpoint_cut
   Mutex shutdown_mu_;
   bool shut_down_ ABSL_GUARDED_BY(shutdown_mu_) = false;
   // Start() completed. A shard whose start failed (e.g. a log it could not replay) is

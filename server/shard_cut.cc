@@ -11,7 +11,6 @@ namespace dion {
 absl::StatusOr<CutCheckpoint> Shard::CheckpointCut(const CutTag& cut) {
   if (absl::Status s = ValidateCutRequest(cut); !s.ok()) return s;
   MutexLock checkpoint_lock(&checkpoint_mu_);
-  MutexLock lock(&gate_);
   if (checkpointer_ != nullptr) {  // a refusal or a repeat before the batches are flushed
     absl::StatusOr<std::optional<CutCheckpoint>> earlier = cuts_->Check(cut);
     if (!earlier.ok()) return earlier.status();

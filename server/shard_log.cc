@@ -171,6 +171,7 @@ absl::StatusOr<LogReplayStats> ShardLog::ReplayAndOpen(uint64_t checkpoint,
   }
   LogReplayStats stats;
   std::string last_path = absl::StrCat(options_.dir, "/", LogFileName(checkpoint));
+  uint64_t last_number = checkpoint;
   for (auto it = first; it != files->end(); ++it) {
     const bool last = std::next(it) == files->end();
     absl::StatusOr<uint64_t> valid_end =
@@ -179,11 +180,13 @@ absl::StatusOr<LogReplayStats> ShardLog::ReplayAndOpen(uint64_t checkpoint,
     stats.files.push_back(it->second);
     if (absl::Status s = TruncateTo(it->second, *valid_end); !s.ok()) return s;
     last_path = it->second;
+    last_number = it->first;
   }
   absl::StatusOr<std::unique_ptr<LogWriter>> writer = LogWriter::Open(last_path, options_.sync);
   if (!writer.ok()) return writer.status();
   MutexLock lock(&mu_);
   writer_ = *std::move(writer);
+  file_number_ = last_number;
   return stats;
 }
 
@@ -226,45 +229,103 @@ absl::StatusOr<uint64_t> ShardLog::Closed(const Batch& batch) {
 }
 
 absl::Status ShardLog::WaitDurable(uint64_t end) {
-  absl::StatusOr<std::shared_ptr<LogWriter>> w = writer();
-  if (!w.ok()) return w.status();
-  return (*w)->WaitDurable(end);
+  std::vector<std::shared_ptr<LogWriter>> older;  // retired files holding bytes before `end`
+  std::shared_ptr<LogWriter> current;
+  uint64_t base = 0;
+  {
+    MutexLock lock(&mu_);
+    for (const Segment& segment : retired_) {
+      if (segment.base < end) older.push_back(segment.writer);
+    }
+    if (writer_ == nullptr && older.empty()) return closed_;
+    current = writer_;
+    base = base_;
+  }
+  for (const std::shared_ptr<LogWriter>& w : older) {
+    if (absl::Status s = w->Sync(); !s.ok()) return s;
+  }
+  if (current == nullptr || end <= base) return absl::OkStatus();
+  return current->WaitDurable(end - base);
 }
 
 uint64_t ShardLog::end_offset() const {
-  absl::StatusOr<std::shared_ptr<LogWriter>> w = writer();
-  return w.ok() ? (*w)->end_offset() : 0;
+  absl::StatusOr<Segment> w = writer();
+  return w.ok() ? w->base + w->writer->end_offset() : 0;
 }
 
 absl::Status ShardLog::health() const {
-  absl::StatusOr<std::shared_ptr<LogWriter>> w = writer();
+  absl::StatusOr<Segment> w = writer();
   if (!w.ok()) return w.status();
-  return (*w)->WaitDurable(0);  // never syncs: 0 is always durable; reports a broken writer
+  return w->writer->WaitDurable(0);  // never syncs: 0 is always durable; reports a broken writer
 }
 
 uint64_t ShardLog::syncs() const {
   MutexLock lock(&mu_);
-  return retired_syncs_ + (writer_ == nullptr ? 0 : writer_->syncs());
+  uint64_t syncs = retired_syncs_ + (writer_ == nullptr ? 0 : writer_->syncs());
+  for (const Segment& segment : retired_) syncs += segment.writer->syncs();
+  return syncs;
+}
+
+absl::StatusOr<uint64_t> ShardLog::NextFileNumber() const {
+  absl::StatusOr<std::map<uint64_t, std::string>> files = ListLogFiles(options_.dir);
+  uint64_t next = 0;
+  if (files.ok() && !files->empty()) next = files->rbegin()->first + 1;
+  MutexLock lock(&mu_);
+  if (writer_ != nullptr) next = std::max(next, file_number_ + 1);
+  return next;
+}
+
+absl::StatusOr<std::unique_ptr<LogWriter>> ShardLog::OpenNext(uint64_t checkpoint) const {
+  std::error_code error;
+  fs::create_directories(options_.dir, error);
+  const std::string path = absl::StrCat(options_.dir, "/", LogFileName(checkpoint));
+  fs::remove(path, error);  // a leftover of an earlier run with the same number holds nothing
+  return LogWriter::Open(path, options_.sync);
+}
+
+void ShardLog::SwitchTo(std::unique_ptr<LogWriter> next, uint64_t checkpoint) {
+  MutexLock lock(&mu_);
+  if (writer_ != nullptr) {
+    const uint64_t end = base_ + writer_->end_offset();
+    retired_.push_back({std::move(writer_), base_});
+    base_ = end;
+  }
+  writer_ = std::move(next);
+  file_number_ = checkpoint;
+}
+
+absl::Status ShardLog::SyncRetired() {
+  std::vector<Segment> retired;
+  {
+    MutexLock lock(&mu_);
+    retired = retired_;
+  }
+  for (const Segment& segment : retired) {
+    if (absl::Status s = segment.writer->Sync(); !s.ok()) return s;
+  }
+  MutexLock lock(&mu_);
+  for (const Segment& segment : retired) {
+    retired_syncs_ += segment.writer->syncs();
+    retired_.erase(std::find_if(retired_.begin(), retired_.end(), [&](const Segment& s) {
+      return s.writer == segment.writer;
+    }));
+  }
+  return absl::OkStatus();  // each file closes as the last reference to its writer goes
 }
 
 absl::Status ShardLog::Rotate(uint64_t checkpoint) {
-  const std::string path = absl::StrCat(options_.dir, "/", LogFileName(checkpoint));
-  std::error_code error;
-  fs::remove(path, error);  // a leftover of an earlier run with the same number holds nothing
-  absl::StatusOr<std::unique_ptr<LogWriter>> writer = LogWriter::Open(path, options_.sync);
-  std::shared_ptr<LogWriter> old;
-  MutexLock lock(&mu_);
-  old = std::move(writer_);
-  if (old != nullptr) retired_syncs_ += old->syncs();
+  absl::StatusOr<std::unique_ptr<LogWriter>> writer = OpenNext(checkpoint);
   if (!writer.ok()) {
+    MutexLock lock(&mu_);
     // Records appended to the old file would be ignored after the new checkpoint: accept none.
+    if (writer_ != nullptr) retired_.push_back({std::move(writer_), base_});
     closed_ = absl::UnavailableError(absl::StrCat(
         "the write-ahead log could not start a new file after a checkpoint, so nothing more is "
         "accepted; restart the shard: ", writer.status().message()));
     return closed_;
   }
-  writer_ = *std::move(writer);
-  return absl::OkStatus();  // `old` syncs and closes as the last reference goes
+  SwitchTo(*std::move(writer), checkpoint);
+  return SyncRetired();
 }
 
 absl::Status ShardLog::Prune(uint64_t floor) {
@@ -281,22 +342,22 @@ absl::Status ShardLog::Prune(uint64_t floor) {
   return absl::OkStatus();
 }
 
-absl::StatusOr<std::shared_ptr<LogWriter>> ShardLog::writer() const {
+absl::StatusOr<ShardLog::Segment> ShardLog::writer() const {
   MutexLock lock(&mu_);
   if (writer_ == nullptr) return closed_;
-  return writer_;
+  return Segment{writer_, base_};
 }
 
 absl::StatusOr<uint64_t> ShardLog::Write(const std::string& record) {
-  absl::StatusOr<std::shared_ptr<LogWriter>> w = writer();
+  absl::StatusOr<Segment> w = writer();
   if (!w.ok()) return w.status();
-  absl::StatusOr<uint64_t> end = (*w)->Write(record);
+  absl::StatusOr<uint64_t> end = w->writer->Write(record);
   if (!end.ok()) {
     return absl::UnavailableError(absl::StrCat("the write-ahead log cannot be written, so "
                                                "nothing more is accepted; restart the shard "
                                                "once the disk is fixed: ", end.status().message()));
   }
-  return end;
+  return w->base + *end;
 }
 
 }  // namespace dion

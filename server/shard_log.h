@@ -1,10 +1,15 @@
 // The shard's write-ahead log (docs/server.md, "Write-ahead log"): what the shard acknowledged
 // since its last checkpoint, as records (proto/dion/v1/wal.proto) in log files of server/wal/.
 //
-// Files: <dir>/wal-<N>.log holds the records written after checkpoint N (N = 0: no checkpoint
-// yet), so the newest checkpoint N plus the files wal-K, K >= N, in order, are the shard's whole
-// state. A checkpoint starts a new file (Rotate); the shard keeps the files of its two newest
-// checkpoints (Prune).
+// Files: <dir>/wal-<N>.log holds the records written after the cut of checkpoint N (N = 0: no
+// checkpoint yet), so the newest checkpoint N plus the files wal-K, K >= N, in order, are the
+// shard's whole state. A checkpoint starts a new file at its cut (OpenNext, then SwitchTo while
+// no record is written), before the checkpoint itself is written; the shard keeps the files of
+// its two newest checkpoints (Prune).
+//
+// Offsets (Write's results, WaitDurable, end_offset) count across files: a file starts where
+// the one before it ended, so a record written to a file that was switched away from is still
+// waited for in that file (its writer is kept until SyncRetired made it durable).
 //
 // Records: a registration (before RegisterModel is acknowledged), a worker id (before it
 // counts as registered), every accepted contribution (before ACCEPTED is sent) and every closed
@@ -89,16 +94,28 @@ class ShardLog : public BatchJournal {
       ABSL_LOCKS_EXCLUDED(mu_);
   absl::StatusOr<uint64_t> Closed(const Batch& batch) override ABSL_LOCKS_EXCLUDED(mu_);
 
-  // LogWriter::WaitDurable on the current file; WaitDurable(end_offset()) covers everything
-  // written so far.
+  // Returns once every record ending at or before `end` is durable (LogWriter::WaitDurable on
+  // the file holding it; files switched away from are synced whole); WaitDurable(end_offset())
+  // covers everything written so far.
   absl::Status WaitDurable(uint64_t end) ABSL_LOCKS_EXCLUDED(mu_);
   uint64_t end_offset() const ABSL_LOCKS_EXCLUDED(mu_);
   // OK, or the error that broke the writer (every later record fails with it).
   absl::Status health() const ABSL_LOCKS_EXCLUDED(mu_);
   uint64_t syncs() const ABSL_LOCKS_EXCLUDED(mu_);
 
-  // After checkpoint `checkpoint` was written with nothing pending: later records go to a new
-  // wal-<checkpoint>.log. REQUIRES: no record is written concurrently.
+  // A number above every log file in the directory and the open one: what the next
+  // checkpoint's number must be at least, so that its file is new.
+  absl::StatusOr<uint64_t> NextFileNumber() const ABSL_LOCKS_EXCLUDED(mu_);
+  // Creates wal-<checkpoint>.log (a leftover of that name holds nothing and is replaced), ready
+  // for SwitchTo. Disk work: call it before holding records off.
+  absl::StatusOr<std::unique_ptr<LogWriter>> OpenNext(uint64_t checkpoint) const;
+  // Later records go to `next`, OpenNext(checkpoint)'s writer; the current file is kept until SyncRetired. REQUIRES: no record
+  // is written concurrently (the shard holds its gate).
+  void SwitchTo(std::unique_ptr<LogWriter> next, uint64_t checkpoint) ABSL_LOCKS_EXCLUDED(mu_);
+  // Makes the files switched away from durable and closes them. Their error, if any; they are
+  // kept then, so that every WaitDurable on them reports it.
+  absl::Status SyncRetired() ABSL_LOCKS_EXCLUDED(mu_);
+  // OpenNext and SwitchTo at once; on an error nothing more is accepted (every record fails).
   absl::Status Rotate(uint64_t checkpoint) ABSL_LOCKS_EXCLUDED(mu_);
   // Deletes wal-K for K < `floor`.
   absl::Status Prune(uint64_t floor) ABSL_LOCKS_EXCLUDED(mu_);
@@ -106,13 +123,21 @@ class ShardLog : public BatchJournal {
   const ShardLogOptions& options() const { return options_; }
 
  private:
+  // A file's writer and the offset its byte 0 has in the count across files.
+  struct Segment {
+    std::shared_ptr<LogWriter> writer;
+    uint64_t base = 0;
+  };
   // The open writer, or why there is none.
-  absl::StatusOr<std::shared_ptr<LogWriter>> writer() const ABSL_LOCKS_EXCLUDED(mu_);
+  absl::StatusOr<Segment> writer() const ABSL_LOCKS_EXCLUDED(mu_);
   absl::StatusOr<uint64_t> Write(const std::string& record) ABSL_LOCKS_EXCLUDED(mu_);
 
   const ShardLogOptions options_;
   mutable Mutex mu_;
   std::shared_ptr<LogWriter> writer_ ABSL_GUARDED_BY(mu_);
+  uint64_t base_ ABSL_GUARDED_BY(mu_) = 0;        // writer_'s byte 0 across files
+  uint64_t file_number_ ABSL_GUARDED_BY(mu_) = 0;  // writer_ is wal-<file_number_>.log
+  std::vector<Segment> retired_ ABSL_GUARDED_BY(mu_);  // switched away from, not yet synced
   uint64_t retired_syncs_ ABSL_GUARDED_BY(mu_) = 0;  // syncs of files rotated away
   absl::Status closed_ ABSL_GUARDED_BY(mu_) =         // why writer_ is null
       absl::FailedPreconditionError("the write-ahead log is not open yet");

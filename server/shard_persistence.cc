@@ -1,7 +1,11 @@
 // Shard: what survives a restart. Restoring the newest checkpoint, replaying the write-ahead
 // log on top of it, writing checkpoints and starting a new log after each (server/shard.h).
+#include <cstdint>
 #include <cstdio>
+#include <functional>
+#include <optional>
 #include <utility>
+#include <vector>
 
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
@@ -46,6 +50,7 @@ void Shard::CreateLanesLocked(bool attach_steps) {
     lane->batcher =
         std::make_unique<Batcher>(name, options_.batcher, version, options_.clock, log_.get());
     lane->optimizer = spec.optimizer;
+    lane->snapshot = std::make_unique<SnapshotSlot>(store_.get(), name);
     lane_order_.push_back(lane.get());
     lanes_.emplace(name, std::move(lane));
   }
@@ -119,12 +124,10 @@ LogReplayHandler Shard::ReplayHandlerLocked() {
 
 absl::StatusOr<std::string> Shard::Checkpoint() {
   MutexLock checkpoint_lock(&checkpoint_mu_);
-  MutexLock lock(&gate_);
   return CheckpointLocked();
 }
 
 absl::StatusOr<std::string> Shard::CheckpointLocked(const CutTag& cut) {
-  checkpoint_mu_.AssertHeld();
   if (checkpointer_ == nullptr) {
     return absl::FailedPreconditionError("checkpoints are disabled (no checkpoint directory)");
   }
@@ -132,17 +135,95 @@ absl::StatusOr<std::string> Shard::CheckpointLocked(const CutTag& cut) {
     return absl::FailedPreconditionError("no model is registered; nothing to checkpoint");
   }
   const absl::Time start = absl::Now();
-  FlushAndDrain();
-  std::vector<const Batcher*> batchers;
-  for (const Lane* lane : lane_order_) batchers.push_back(lane->batcher.get());
-  absl::StatusOr<std::string> path = checkpointer_->Write(*store_, batchers, cut);
-  if (path.ok() && log_ != nullptr) {
-    if (absl::Status s = RotateLog(); !s.ok()) path = s;
-  }
+  absl::StatusOr<uint64_t> at_least = log_ != nullptr ? log_->NextFileNumber() : 0;
+  absl::StatusOr<uint64_t> sequence =
+      at_least.ok() ? checkpointer_->ReserveSequence(*at_least) : at_least;
+  absl::StatusOr<CheckpointContents> contents =
+      sequence.ok() ? TakeCut(*sequence, [this] { return KeepWriting(); })
+                    : absl::StatusOr<CheckpointContents>(sequence.status());
+  absl::StatusOr<std::string> path =
+      contents.ok() ? checkpointer_->WriteContents(*sequence, *store_, *contents, cut)
+                    : absl::StatusOr<std::string>(contents.status());
+  DisarmSnapshots();  // what an error left held
+  if (path.ok() && log_ != nullptr) PruneLogs();
   if (metrics_ != nullptr) {
     metrics_->RecordCheckpoint(path.ok(), absl::ToDoubleSeconds(absl::Now() - start));
   }
   return path;
+}
+
+absl::StatusOr<CheckpointContents> Shard::TakeCut(
+    uint64_t sequence, std::function<absl::Status()> keep_going) {
+  // The new log file is created (and synced) before the cut, so the cut holds no disk work.
+  std::unique_ptr<LogWriter> next;
+  if (log_ != nullptr) {
+    absl::StatusOr<std::unique_ptr<LogWriter>> opened = log_->OpenNext(sequence);
+    if (!opened.ok()) return opened.status();
+    next = *std::move(opened);
+  }
+  CheckpointContents contents;
+  std::vector<SnapshotSlot*> slots;
+  const absl::Time cut_start = absl::Now();
+  {
+    MutexLock lock(&gate_);  // no contribution, batch or worker is being recorded now
+    for (Lane* lane : lane_order_) {
+      if (std::optional<Batch> batch = lane->batcher->Flush()) {
+        steps_.Enqueue(lane->steps, *std::move(batch));
+      }
+      lane->snapshot->Arm(lane->batcher->version());
+      contents.dedup.push_back(lane->batcher->ExportDedup());
+      slots.push_back(lane->snapshot.get());
+    }
+    contents.workers = store_->workers();
+    if (log_ != nullptr) log_->SwitchTo(std::move(next), sequence);
+  }
+  const int64_t cut_ns = absl::ToInt64Nanoseconds(absl::Now() - cut_start);
+  int64_t longest = longest_cut_ns_.load();
+  while (cut_ns > longest && !longest_cut_ns_.compare_exchange_weak(longest, cut_ns)) {
+  }
+  // The records before the cut are in files the checkpoint does not cover until it is
+  // committed: make them durable (a crash before the commit replays them).
+  if (log_ != nullptr) {
+    if (absl::Status s = log_->SyncRetired(); !s.ok()) return s;
+  }
+  contents.parameter = [slots = std::move(slots),
+                        keep_going](size_t i) -> absl::StatusOr<ParameterSnapshot> {
+    return slots.at(i)->Take(keep_going);
+  };
+  contents.keep_going = std::move(keep_going);
+  return contents;
+}
+
+absl::Status Shard::LastCheckpoint() {
+  // The cut closes every open batch and the write waits until each is applied: nothing
+  // accepted is left out. No contribution arrives after the cut (shutting down).
+  absl::StatusOr<std::string> path =
+      KeepWriting().ok() ? CheckpointLocked() : absl::StatusOr<std::string>(KeepWriting());
+  if (path.ok()) {
+    std::fprintf(stderr, "dion-server: checkpoint %s\n", path->c_str());
+    return absl::OkStatus();
+  }
+  if (log_ == nullptr || !absl::IsDeadlineExceeded(path.status())) return path.status();
+  std::fprintf(stderr,
+               "dion-server: no last checkpoint: it could not be written before the shutdown "
+               "deadline; the write-ahead log holds everything since the newest checkpoint "
+               "and is replayed at the next start\n");
+  return log_->WaitDurable(log_->end_offset());
+}
+
+void Shard::DisarmSnapshots() {
+  ReaderMutexLock lock(&gate_);
+  for (Lane* lane : lane_order_) lane->snapshot->Disarm();
+}
+
+absl::Status Shard::KeepWriting() const {
+  const int64_t deadline = write_deadline_ns_.load();
+  if (deadline == INT64_MAX || absl::ToUnixNanos(absl::Now()) < deadline) {
+    return absl::OkStatus();
+  }
+  return absl::DeadlineExceededError(
+      "the checkpoint was not written before the shutdown deadline (--shutdown_grace); it is "
+      "abandoned and the write-ahead log holds what it would have held");
 }
 
 void Shard::CheckpointLoop() {
@@ -164,8 +245,7 @@ void Shard::CheckpointLoop() {
   }
 }
 
-absl::Status Shard::RotateLog() {
-  if (absl::Status s = log_->Rotate(checkpointer_->last_written()); !s.ok()) return s;
+void Shard::PruneLogs() {
   // The logs of the two newest checkpoints stay: a damaged newest checkpoint falls back to the
   // previous one and replays both; older logs only cost disk.
   absl::StatusOr<uint64_t> floor = checkpointer_->SecondNewest();
@@ -174,7 +254,6 @@ absl::Status Shard::RotateLog() {
     std::fprintf(stderr, "dion-server: old write-ahead logs not removed: %s\n",
                  pruned.ToString().c_str());
   }
-  return absl::OkStatus();
 }
 
 }  // namespace dion

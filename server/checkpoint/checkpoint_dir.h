@@ -67,6 +67,9 @@ class CheckpointWriter {
   absl::StatusOr<std::string> Commit();
   // Removes the temporary directory. Idempotent.
   void Abort();
+  // Stops without removing the temporary directory, which is never restored and is removed by
+  // the next RemoveStaleTemporaries (a shutdown out of time has no time for the removal).
+  void Abandon() { finished_ = true; }
 
   const std::string& temp_path() const { return temp_path_; }
   uint64_t version() const { return manifest_.version; }

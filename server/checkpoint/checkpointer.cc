@@ -102,13 +102,6 @@ void SetCutMetadata(const CutTag& tag, CheckpointWriter& w) {
   if (tag.cut != 0) w.SetMetadata(kCutKey, absl::StrCat(tag.cut));
 }
 
-std::vector<std::pair<std::string, int64_t>> Versions(
-    const std::vector<ParameterSnapshot>& snapshots) {
-  std::vector<std::pair<std::string, int64_t>> versions;
-  for (const ParameterSnapshot& s : snapshots) versions.emplace_back(s.spec.name, s.version);
-  return versions;
-}
-
 absl::Status AddModelTable(const ModelInfo& model, CheckpointWriter& w) {
   v1::RegisterModelRequest request;
   request.set_model_name(model.model_name);
@@ -122,7 +115,8 @@ absl::Status AddModelTable(const ModelInfo& model, CheckpointWriter& w) {
 
 // The shard-wide metadata keys (server/checkpoint/checkpoint_encoding.h).
 void SetShardMetadata(uint64_t sequence, const ParameterStore& store, const ModelInfo& model,
-                      size_t parameters, CheckpointWriter& w) {
+                      const std::vector<std::string>& registered, size_t parameters,
+                      CheckpointWriter& w) {
   w.SetMetadata("format", kShardCheckpointFormat);
   w.SetMetadata("sequence", absl::StrCat(sequence));
   w.SetMetadata("shard_index", absl::StrCat(store.options().shard_index));
@@ -134,7 +128,7 @@ void SetShardMetadata(uint64_t sequence, const ParameterStore& store, const Mode
   }
   w.SetMetadata("initial_value_checksums", absl::StrJoin(checksums, ","));
   std::vector<std::string> workers;
-  for (const std::string& worker : store.workers()) workers.push_back(Escape(worker));
+  for (const std::string& worker : registered) workers.push_back(Escape(worker));
   w.SetMetadata("workers", absl::StrJoin(workers, ","));
   w.SetMetadata("parameters", absl::StrCat(parameters));
 }
@@ -171,39 +165,80 @@ absl::StatusOr<std::string> Checkpointer::Write(const ParameterStore& store,
                                                 const std::vector<const Batcher*>& batchers,
                                                 const CutTag& cut) {
   if (absl::Status s = CheckOptions(options_); !s.ok()) return s;
+  if (absl::StatusOr<CutTag> tag = TagFor(cut, cuts_); !tag.ok()) return tag.status();
+  if (absl::StatusOr<ModelInfo> model = store.model(); !model.ok()) return model.status();
+  absl::StatusOr<ShardState> state = TakeShardState(store, batchers);
+  if (!state.ok()) return state.status();
+  absl::StatusOr<uint64_t> sequence = ReserveSequence();
+  if (!sequence.ok()) return sequence.status();
+  CheckpointContents contents;
+  contents.workers = store.workers();
+  contents.dedup = std::move(state->dedup);
+  contents.parameter = [&state](size_t i) -> absl::StatusOr<ParameterSnapshot> {
+    return std::move(state->snapshots[i]);
+  };
+  return WriteContents(*sequence, store, contents, cut);
+}
+
+absl::StatusOr<uint64_t> Checkpointer::ReserveSequence(uint64_t at_least) {
+  if (absl::Status s = CheckOptions(options_); !s.ok()) return s;
+  absl::StatusOr<uint64_t> sequence = NextSequence(options_.root, next_sequence_);
+  if (!sequence.ok()) return sequence.status();
+  const uint64_t reserved = std::max(*sequence, at_least);
+  next_sequence_ = reserved + 1;
+  return reserved;
+}
+
+absl::StatusOr<std::string> Checkpointer::WriteContents(uint64_t sequence,
+                                                        const ParameterStore& store,
+                                                        const CheckpointContents& contents,
+                                                        const CutTag& cut) {
+  if (absl::Status s = CheckOptions(options_); !s.ok()) return s;
   absl::StatusOr<CutTag> tag = TagFor(cut, cuts_);
   if (!tag.ok()) return tag.status();
   absl::StatusOr<ModelInfo> model = store.model();
   if (!model.ok()) return model.status();
-  absl::StatusOr<ShardState> state = TakeShardState(store, batchers);
-  if (!state.ok()) return state.status();
-  absl::StatusOr<uint64_t> sequence = NextSequence(options_.root, next_sequence_);
-  if (!sequence.ok()) return sequence.status();
-
+  const std::vector<std::string> owned = store.OwnedParameters();
+  if (contents.dedup.size() != owned.size()) {
+    return absl::InvalidArgumentError(absl::StrCat(contents.dedup.size(), " dedup states for ",
+                                                   owned.size(), " owned parameters"));
+  }
   absl::StatusOr<std::unique_ptr<CheckpointWriter>> writer =
-      CheckpointWriter::Begin(options_.root, *sequence);
+      CheckpointWriter::Begin(options_.root, sequence);
   if (!writer.ok()) return writer.status();
   CheckpointWriter& w = **writer;
   if (absl::Status s = AddModelTable(*model, w); !s.ok()) return s;
-  if (absl::Status s = w.AddFile(kDedupFile, SerializeDedupState(state->dedup)); !s.ok()) {
+  if (absl::Status s = w.AddFile(kDedupFile, SerializeDedupState(contents.dedup)); !s.ok()) {
     return s;
   }
-  SetShardMetadata(*sequence, store, *model, state->snapshots.size(), w);
+  SetShardMetadata(sequence, store, *model, contents.workers, owned.size(), w);
   SetCutMetadata(*tag, w);
   absl::flat_hash_set<std::string> stems;
-  for (size_t i = 0; i < state->snapshots.size(); ++i) {
-    ParameterSnapshot& s = state->snapshots[i];
-    const std::string stem = FileStem(s.spec.name);
-    if (!stems.insert(stem).second) {
-      return absl::InternalError(absl::StrCat("file name clash for parameter '", s.spec.name, "'"));
+  std::vector<std::pair<std::string, int64_t>> versions;
+  for (size_t i = 0; i < owned.size(); ++i) {
+    if (absl::Status s = contents.keep_going(); !s.ok()) {
+      w.Abandon();  // out of time: the next checkpoint removes the directory
+      return s;
     }
-    if (absl::Status st = AddParameter(i, s, stem, w); !st.ok()) return st;
+    absl::StatusOr<ParameterSnapshot> s = contents.parameter(i);
+    if (!s.ok()) return s.status();
+    if (s->spec.name != owned[i]) {
+      return absl::InvalidArgumentError(absl::StrCat("parameter ", i, " must be '", owned[i],
+                                                     "', got '", s->spec.name, "'"));
+    }
+    const std::string stem = FileStem(s->spec.name);
+    if (!stems.insert(stem).second) {
+      return absl::InternalError(absl::StrCat("file name clash for parameter '", s->spec.name, "'"));
+    }
+    if (absl::Status st = AddParameter(i, *s, stem, w); !st.ok()) return st;
+    versions.emplace_back(s->spec.name, s->version);
   }
 
   absl::StatusOr<std::string> path = w.Commit();
   if (!path.ok()) return path.status();
-  next_sequence_ = *sequence + 1;
-  cuts_.Record({*path, *sequence, *tag, Versions(state->snapshots), false});
+  last_written_ = sequence;
+  next_sequence_ = std::max(next_sequence_, sequence + 1);
+  cuts_.Record({*path, sequence, *tag, std::move(versions), false});
   if (absl::Status s = Prune(*path); !s.ok()) return s;
   return path;
 }

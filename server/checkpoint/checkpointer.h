@@ -3,8 +3,10 @@
 // directory per checkpoint (layout: server/checkpoint/checkpoint_encoding.h) written
 // atomically by server/checkpoint/checkpoint_dir.h; numbering, pruning and restoring.
 //
-// Consistency: the caller (the shard) must flush the batchers and stop steps while a
-// checkpoint is taken, so that no accepted contribution is both unapplied and marked as seen.
+// Consistency: Write(store, batchers) reads the live store, so the caller must flush the
+// batchers and stop steps meanwhile, so that no accepted contribution is both unapplied and
+// marked as seen. WriteContents writes what the caller took at one cut (CheckpointContents),
+// parameter by parameter, while the shard goes on (server/snapshot_slot.h).
 //
 // Coordinated checkpoints carry a run id and a cut (server/checkpoint/checkpoint_cut.h);
 // retention keeps the keep_last newest checkpoints and, besides, the keep_last newest
@@ -16,6 +18,7 @@
 #define DION_SERVER_CHECKPOINTER_H_
 
 #include <cstdint>
+#include <functional>
 #include <string>
 #include <vector>
 
@@ -34,6 +37,18 @@ struct CheckpointerOptions {
   int keep_last = 3;     // older complete checkpoints are deleted after a successful write
 };
 
+// A checkpoint's content, taken by the caller at one cut.
+struct CheckpointContents {
+  std::vector<std::string> workers;                  // registered at the cut
+  std::vector<std::vector<WorkerDedupState>> dedup;  // OwnedParameters() order
+  // Parameter i (OwnedParameters() order, with optimizer state) at the cut; asked for once
+  // each, in order, and written before the next is asked for.
+  std::function<absl::StatusOr<ParameterSnapshot>(size_t i)> parameter;
+  // Asked before each parameter; an error abandons the checkpoint (nothing is committed; its
+  // temporary directory is left for the next write to remove) and is returned.
+  std::function<absl::Status()> keep_going = [] { return absl::OkStatus(); };
+};
+
 class Checkpointer {
  public:
   explicit Checkpointer(CheckpointerOptions options);
@@ -49,10 +64,21 @@ class Checkpointer {
                                     const std::vector<const Batcher*>& batchers,
                                     const CutTag& cut = {});
 
+  // A number for the next checkpoint, above every checkpoint under root, every number this
+  // checkpointer wrote or reserved, and at least `at_least`; it is used up even if the write
+  // of it fails. Removes temporaries left by an interrupted write first.
+  absl::StatusOr<uint64_t> ReserveSequence(uint64_t at_least = 0);
+  // Writes checkpoint `sequence` (ReserveSequence) of `contents`; the model and the shard's
+  // identity come from `store`. Cut and errors as Write; DeadlineExceeded or whatever
+  // contents.keep_going returned when it stopped the write.
+  absl::StatusOr<std::string> WriteContents(uint64_t sequence, const ParameterStore& store,
+                                            const CheckpointContents& contents,
+                                            const CutTag& cut = {});
+
   // The number of the last checkpoint Write wrote (0 before any), and of the second-newest
   // complete checkpoint under root (the newest when there is one, 0 when there is none): the
   // write-ahead logs from it on are what a fallback to it needs.
-  uint64_t last_written() const { return next_sequence_ == 0 ? 0 : next_sequence_ - 1; }
+  uint64_t last_written() const { return last_written_; }
   absl::StatusOr<uint64_t> SecondNewest() const;
 
   // The newest valid checkpoint under root. NotFound when there is none (fresh start);
@@ -81,7 +107,8 @@ class Checkpointer {
   absl::Status Prune(const std::string& written);
 
   CheckpointerOptions options_;
-  uint64_t next_sequence_ = 0;
+  uint64_t next_sequence_ = 0;  // above every number written or reserved
+  uint64_t last_written_ = 0;
   CutIndex cuts_;
 };
 
