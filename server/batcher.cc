@@ -6,6 +6,7 @@
 #include <utility>
 
 #include "absl/strings/str_cat.h"
+#include "server/dp_noise.h"
 
 namespace dion {
 
@@ -212,6 +213,7 @@ absl::StatusOr<Batch> Batcher::RestoreClose(const LoggedBatch& logged) {
     entry.staleness = member.staleness;
     entry.weight = member.weight;
   }
+  batch.noise_seed = logged.noise_seed;
   return batch;
 }
 
@@ -342,6 +344,7 @@ Batch Batcher::CloseLocked(CloseReason reason, absl::Time now, uint64_t* journal
   batch.reason = reason;
   batch.opened = opened_;
   batch.closed = now;
+  if (options_.draw_noise_seeds && record) batch.noise_seed = DrawNoiseSeed();
   // By (worker, sequence), not arrival: the weights' sum (and the step's sums after it) then
   // do not depend on how the network interleaved the pushes.
   std::sort(open_.begin(), open_.end(), [](const OpenContribution& a, const OpenContribution& b) {

@@ -69,6 +69,9 @@ struct BatcherOptions {
   double smoothing = 0.2;       // adaptive: EWMA factor in (0, 1] for rate and step duration
   absl::Duration worker_idle = absl::Seconds(10);  // adaptive: a worker counts as live this long
   uint64_t dedup_window = 4096; // sequences remembered per worker (sequence_window.h)
+  // Give every closed batch a fresh Batch::noise_seed (server/dp_noise.h), recorded in the
+  // journal with it: the shard's differentially private mode. Off: noise_seed stays 0.
+  bool draw_noise_seeds = false;
   StalenessOptions staleness;
 };
 
@@ -113,6 +116,7 @@ struct LoggedBatch {
   int64_t version = 0;
   CloseReason reason = CloseReason::kFlush;
   std::vector<Member> members;  // summation order
+  uint64_t noise_seed = 0;      // Batch::noise_seed
 };
 
 // The targets in force (after adaptation).

@@ -106,6 +106,7 @@ struct ShardMetrics::Families {
   prometheus::Gauge* subscribers = nullptr;
   prometheus::Gauge* orthogonality_error = nullptr;
   prometheus::Gauge* worker_loss = nullptr;
+  prometheus::Gauge* dp_epsilon = nullptr;
   prometheus::Counter* checkpoints_ok = nullptr;
   prometheus::Counter* checkpoints_error = nullptr;
   prometheus::Histogram* checkpoint_duration = nullptr;
@@ -241,6 +242,12 @@ struct ShardMetrics::Families {
                              "workers in the last batch.")
                        .Register(r)
                        .Add({});
+    dp_epsilon = &prometheus::BuildGauge()
+                      .Name("dion_dp_epsilon")
+                      .Help("Differential privacy: epsilon of the (epsilon, --dp_delta) this "
+                            "shard's applied batches have spent (0 when the mode is off).")
+                      .Register(r)
+                      .Add({});
   }
 
   void AddCheckpointFamilies(prometheus::Registry& r) {
@@ -327,6 +334,7 @@ void ShardMetrics::SetOrthogonalityError(double error) {
   families_->orthogonality_error->Set(error);
 }
 void ShardMetrics::SetWorkerLoss(double loss) { families_->worker_loss->Set(loss); }
+void ShardMetrics::SetPrivacySpent(double epsilon) { families_->dp_epsilon->Set(epsilon); }
 
 void ShardMetrics::RecordCheckpoint(bool ok, double seconds) {
   (ok ? families_->checkpoints_ok : families_->checkpoints_error)->Increment();

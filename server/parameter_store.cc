@@ -102,6 +102,7 @@ absl::Status ValidateStoreOptions(const StoreOptions& options) {
     return absl::InvalidArgumentError(
         absl::StrCat("max_workers must be >= 1, got ", options.max_workers));
   }
+  if (absl::Status s = ValidateDpOptions(options.dp); !s.ok()) return s;
   return ValidateLrSchedule(options.lr_schedule);
 }
 
@@ -360,9 +361,20 @@ absl::StatusOr<StepOutcome> ParameterStore::ApplyBatch(const Batch& batch) {
   }
   const double lr_scale = LrScale(options_.lr_schedule,
                                   parameter.samples_applied.load(std::memory_order_relaxed));
-  absl::StatusOr<StepReport> report =
-      ApplyWeightedStep(WithLrScaled(parameter.spec, lr_scale), batch.entries, parameter.X,
-                        parameter.state, options_.measure_ortho_error);
+  std::optional<StepNoise> noise;
+  if (options_.dp.enabled()) {
+    if (batch.noise_seed == 0) {
+      return absl::FailedPreconditionError(absl::StrCat(
+          "parameter '", batch.parameter, "': the batch of version ", batch.version,
+          " has no noise seed, but differential privacy is on"));
+    }
+    noise = StepNoise{BatchNoiseStddev(batch.entries, options_.dp.noise_multiplier,
+                                       options_.dp.clip),
+                      batch.noise_seed};
+  }
+  absl::StatusOr<StepReport> report = ApplyWeightedStep(
+      WithLrScaled(parameter.spec, lr_scale), batch.entries, parameter.X, parameter.state,
+      options_.measure_ortho_error, noise.has_value() ? &*noise : nullptr);
   if (!report.ok()) return report.status();
   parameter.samples_applied.store(
       parameter.samples_applied.load(std::memory_order_relaxed) + stats.samples,

@@ -128,6 +128,14 @@ struct ShardStatus {
   uint64_t wal_syncs = 0;             // its fdatasyncs since the start
   LogReplayStats wal_replayed;        // what the start replayed
   CutTag newest_cut;                  // of the newest coordinated checkpoint; empty: none
+  // Differential privacy (server/dp_noise.h), when on: steps are the owned parameters'
+  // versions summed (batches applied since registration), spent what the accountant says.
+  struct Privacy {
+    DpOptions options;
+    int64_t steps = 0;
+    PrivacySpent spent;
+  };
+  std::optional<Privacy> privacy;
 };
 
 class Shard {
@@ -269,6 +277,8 @@ class Shard {
   absl::Status ApplyOne(const Lane* lane, Batch batch);
   void RecordStep(const Lane& lane, const StepStats& stats, int64_t version,
                   absl::Duration broadcast);
+  // ShardStatus::privacy from the owned parameters' statuses. REQUIRES: dp enabled.
+  ShardStatus::Privacy PrivacyOf(const std::vector<ParameterStatus>& parameters) const;
 
   void DeadlineLoop() ABSL_LOCKS_EXCLUDED(gate_, deadline_mu_);
   // Closes the batches whose deadline passed and returns the earliest deadline left.

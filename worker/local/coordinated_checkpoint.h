@@ -8,6 +8,7 @@
 #define DION_WORKER_LOCAL_COORDINATED_CHECKPOINT_H_
 
 #include <cstdint>
+#include <optional>
 #include <string>
 #include <utility>
 #include <vector>
@@ -26,6 +27,16 @@ struct CoordinatedCheckpointOptions {
   absl::Duration deadline = absl::Seconds(60);  // per call
 };
 
+// A shard's differential privacy (StatusResponse.privacy, docs/privacy.md).
+struct ShardPrivacy {
+  double noise_multiplier = 0;
+  double clip = 0;
+  double sampling_rate = 0;
+  double delta = 0;
+  int64_t steps = 0;
+  double epsilon = 0;
+};
+
 // What one shard answered.
 struct ShardCut {
   std::string address;
@@ -34,6 +45,7 @@ struct ShardCut {
   std::string directory;
   bool already_written = false;
   std::vector<std::pair<std::string, int64_t>> versions;
+  std::optional<ShardPrivacy> privacy;  // from its Status; none when it adds no noise
 };
 
 struct CoordinatedCheckpoint {

@@ -108,6 +108,7 @@ class LocalRun {
   const std::string run_dir_;
   const std::string run_id_;
   std::optional<RunCheckpoint> checkpoint_;
+  std::optional<RunPrivacy> privacy_;  // read with the checkpoint's Status calls
   StartBarrier start_;  // the start file that starts the workers' training together
   absl::Time run_start_ = absl::Now();
   std::vector<Child> children_;
@@ -315,6 +316,7 @@ bool LocalRun::Checkpoint() {
   }
   for (const std::string& line : taken->lines) Say(stdout, absl::StrCat("dion local: ", line));
   checkpoint_ = taken->cut;
+  privacy_ = taken->privacy;
   return true;
 }
 
@@ -363,6 +365,8 @@ std::vector<std::pair<std::string, ConfigValue>> SummaryConfig(const LocalRunOpt
           {"batch_deadline", absl::FormatDuration(o.batch_deadline)},
           {"adaptive_batching", o.adaptive_batching},
           {"sync", o.sync},
+          {"dp_clip", o.dp_clip},
+          {"dp_noise_multiplier", o.dp_noise_multiplier},
           {"server_flags", absl::StrJoin(o.server_flags, " ")},
           {"worker_flags", absl::StrJoin(o.worker_flags, " ")},
           {"server_binary", o.server_binary},
@@ -378,6 +382,7 @@ int LocalRun::Finish(const std::string& status) {
   summary.config = SummaryConfig(options_);
   summary.config.emplace_back("run_id", run_id_);
   summary.checkpoint = checkpoint_;
+  summary.privacy = privacy_;
   for (const auto& [file, contents] :
        {std::pair<std::string, std::string>{"summary.json", SummaryJson(summary)},
         {"curves.svg", CurvesSvg(summary)}}) {
