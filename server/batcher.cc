@@ -6,7 +6,6 @@
 #include <utility>
 
 #include "absl/strings/str_cat.h"
-#include "server/dp_noise.h"
 
 namespace dion {
 
@@ -17,6 +16,7 @@ absl::Status ValidateBatcherOptions(const BatcherOptions& options) {
   if (options.target_samples < 0) {
     return error("target_samples must be >= 0, got ", options.target_samples);
   }
+  if (absl::Status s = ValidateDpOptions(options.dp); !s.ok()) return s;
   if (options.target_workers < 0) {
     return error("target_workers must be >= 0, got ", options.target_workers);
   }
@@ -214,6 +214,7 @@ absl::StatusOr<Batch> Batcher::RestoreClose(const LoggedBatch& logged) {
     entry.weight = member.weight;
   }
   batch.noise_seed = logged.noise_seed;
+  batch.noise_stddev = logged.noise_stddev;
   return batch;
 }
 
@@ -344,7 +345,6 @@ Batch Batcher::CloseLocked(CloseReason reason, absl::Time now, uint64_t* journal
   batch.reason = reason;
   batch.opened = opened_;
   batch.closed = now;
-  if (options_.draw_noise_seeds && record) batch.noise_seed = DrawNoiseSeed();
   // By (worker, sequence), not arrival: the weights' sum (and the step's sums after it) then
   // do not depend on how the network interleaved the pushes.
   std::sort(open_.begin(), open_.end(), [](const OpenContribution& a, const OpenContribution& b) {
@@ -361,6 +361,11 @@ Batch Batcher::CloseLocked(CloseReason reason, absl::Time now, uint64_t* journal
   open_.clear();
   open_workers_.clear();
   open_samples_ = 0;
+  if (options_.dp.enabled() && record) {  // a replay takes both from the log (RestoreClose)
+    batch.noise_seed = DrawNoiseSeed();
+    batch.noise_stddev =
+        BatchNoiseStddev(batch.entries, options_.dp.noise_multiplier, options_.dp.clip);
+  }
 
   if (last_close_.has_value() && now > *last_close_) {
     const double sample_rate =

@@ -51,6 +51,7 @@
 #include "common/mutex.h"
 #include "absl/time/time.h"
 #include "server/clock.h"
+#include "server/dp_noise.h"
 #include "common/contribution.h"
 #include "server/sequence_window.h"
 #include "server/staleness.h"
@@ -69,9 +70,10 @@ struct BatcherOptions {
   double smoothing = 0.2;       // adaptive: EWMA factor in (0, 1] for rate and step duration
   absl::Duration worker_idle = absl::Seconds(10);  // adaptive: a worker counts as live this long
   uint64_t dedup_window = 4096; // sequences remembered per worker (sequence_window.h)
-  // Give every closed batch a fresh Batch::noise_seed (server/dp_noise.h), recorded in the
-  // journal with it: the shard's differentially private mode. Off: noise_seed stays 0.
-  bool draw_noise_seeds = false;
+  // Differential privacy (server/dp_noise.h): when enabled, every closed batch gets a fresh
+  // Batch::noise_seed and its noise_stddev (BatchNoiseStddev), recorded in the journal with
+  // it. Off: noise_seed stays 0.
+  DpOptions dp;
   StalenessOptions staleness;
 };
 
@@ -117,6 +119,7 @@ struct LoggedBatch {
   CloseReason reason = CloseReason::kFlush;
   std::vector<Member> members;  // summation order
   uint64_t noise_seed = 0;      // Batch::noise_seed
+  double noise_stddev = 0.0;    // Batch::noise_stddev
 };
 
 // The targets in force (after adaptation).

@@ -8,9 +8,9 @@
 // N(0, (sigma C W_max)^2) per entry: the Gaussian mechanism with noise multiplier sigma on
 // that sensitivity. Sample counts, staleness and thus the weights are treated as public.
 //
-// The noise of a batch is a function of the batch's seed alone (drawn from std::random_device
-// when the batch closes, logged in the write-ahead log with the batch), so replaying the log
-// reproduces the step bit for bit.
+// The batcher fixes a batch's noise when it closes (BatcherOptions::dp): a seed drawn from
+// std::random_device and the stddev below, both logged in the write-ahead log with the batch,
+// so replaying the log reproduces the step bit for bit.
 //
 // Thread-safety: pure functions, safe for concurrent use.
 #ifndef DION_SERVER_DP_NOISE_H_

@@ -163,7 +163,7 @@ absl::StatusOr<dion::ServerOptions> OptionsFromFlags() {
   shard.store.shard_index = absl::GetFlag(FLAGS_shard_index);
   shard.store.num_shards = absl::GetFlag(FLAGS_num_shards);
   shard.store.max_workers = absl::GetFlag(FLAGS_max_workers);
-  shard.store.dp = dion::DpOptionsFromFlags();
+  shard.batcher.dp = dion::DpOptionsFromFlags();
   const dion::StateBudget budget = dion::ResolveStateBudget(
       absl::GetFlag(FLAGS_max_state_bytes), {.physical_bytes = dion::PhysicalMemoryBytes()});
   shard.store.max_state_bytes = budget.bytes;

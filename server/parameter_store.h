@@ -43,7 +43,6 @@
 #include "common/contribution.h"
 #include "common/layout.h"
 #include "common/model_table.h"
-#include "server/dp_noise.h"
 #include "server/stepper.h"
 #include "common/version_update.h"
 #include "server/lr_schedule.h"
@@ -69,9 +68,6 @@ struct StoreOptions {
   // anything is allocated. dion-server
   // sets it from --max_state_bytes; the default here is no budget.
   int64_t max_state_bytes = kNoStateBudget;
-  // Differential privacy (server/dp_noise.h): with noise_multiplier > 0 every applied batch
-  // gets noise of BatchNoiseStddev from its noise_seed, and a batch without a seed is refused.
-  DpOptions dp;
 };
 
 absl::Status ValidateStoreOptions(const StoreOptions& options);

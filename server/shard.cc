@@ -324,7 +324,7 @@ ShardStatus Shard::Status() const {
   if (log_ != nullptr) status.wal_syncs = log_->syncs();
   status.wal_replayed = replayed_;
   if (cuts_ != nullptr) status.newest_cut = cuts_->newest();
-  if (options_.store.dp.enabled()) status.privacy = PrivacyOf(parameters);
+  if (options_.batcher.dp.enabled()) status.privacy = PrivacyOf(parameters);
   return status;
 }
 
@@ -378,7 +378,7 @@ void Shard::RecordStep(const Lane& lane, const StepStats& stats, int64_t version
   metrics_->RecordStep(lane.optimizer, version);
   if (stats.report.ortho_error >= 0) metrics_->SetOrthogonalityError(stats.report.ortho_error);
   metrics_->SetWorkerLoss(stats.mean_loss);
-  if (!options_.store.dp.enabled()) return;
+  if (!options_.batcher.dp.enabled()) return;
   metrics_->SetPrivacySpent(PrivacyOf(store_->Statuses()).spent.epsilon);
 }
 

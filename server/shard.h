@@ -128,7 +128,7 @@ struct ShardStatus {
   uint64_t wal_syncs = 0;             // its fdatasyncs since the start
   LogReplayStats wal_replayed;        // what the start replayed
   CutTag newest_cut;                  // of the newest coordinated checkpoint; empty: none
-  // Differential privacy (server/dp_noise.h), when on: steps are the owned parameters'
+  // Differential privacy (options.batcher.dp), when on: steps are the owned parameters'
   // versions summed (batches applied since registration), spent what the accountant says.
   struct Privacy {
     DpOptions options;

@@ -54,6 +54,7 @@ LoggedBatch BatchFromProto(const v1::WalBatch& proto, absl::StatusOr<CloseReason
   batch.version = proto.version();
   batch.reason = *reason;
   batch.noise_seed = proto.noise_seed();
+  batch.noise_stddev = proto.noise_stddev();
   batch.members.reserve(proto.members_size());
   for (const v1::WalBatch::Member& m : proto.members()) {
     batch.members.push_back({m.worker_id(), m.sequence(), m.staleness(), m.weight()});
@@ -217,6 +218,7 @@ absl::StatusOr<uint64_t> ShardLog::Closed(const Batch& batch) {
   proto->set_version(batch.version);
   proto->set_reason(std::string(CloseReasonName(batch.reason)));
   proto->set_noise_seed(batch.noise_seed);
+  proto->set_noise_stddev(batch.noise_stddev);
   for (const WeightedContribution& entry : batch.entries) {
     v1::WalBatch::Member* m = proto->add_members();
     m->set_worker_id(entry.contribution->worker_id);

@@ -38,15 +38,13 @@ absl::StatusOr<uint64_t> Shard::RestoreFromCheckpoint() {
 }
 
 void Shard::CreateLanesLocked(bool attach_steps) {
-  BatcherOptions batcher = options_.batcher;
-  batcher.draw_noise_seeds = options_.store.dp.enabled();  // the store refuses seedless batches
   for (const std::string& name : store_->OwnedParameters()) {
     if (lanes_.contains(name)) continue;
     const ParamSpec spec = store_->Spec(name).value();
     const int64_t version = store_->Version(name).value();
     auto lane = std::make_unique<Lane>();
     lane->batcher =
-        std::make_unique<Batcher>(name, batcher, version, options_.clock, log_.get());
+        std::make_unique<Batcher>(name, options_.batcher, version, options_.clock, log_.get());
     lane->optimizer = spec.optimizer;
     lane_order_.push_back(lane.get());
     lanes_.emplace(name, std::move(lane));

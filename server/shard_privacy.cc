@@ -9,7 +9,7 @@ namespace dion {
 
 ShardStatus::Privacy Shard::PrivacyOf(const std::vector<ParameterStatus>& parameters) const {
   ShardStatus::Privacy privacy;
-  privacy.options = options_.store.dp;
+  privacy.options = options_.batcher.dp;
   // Every parameter starts at version 0 and each applied batch adds one: the steps survive
   // restarts with the checkpoints.
   for (const ParameterStatus& p : parameters) privacy.steps += p.version;

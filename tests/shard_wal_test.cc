@@ -29,7 +29,7 @@ namespace fs = std::filesystem;
 
 ShardOptions WalOptions(const std::string& root, const DpOptions& dp = {}) {
   ShardOptions options = testing::TestServerOptions().shard;
-  options.store.dp = dp;
+  options.batcher.dp = dp;
   options.checkpoint_dir = root + "/ckpt";
   options.wal_dir = root + "/wal";
   options.batcher.target_workers = 0;
