@@ -112,8 +112,8 @@ struct ShardMetrics::Families {
   prometheus::Histogram* checkpoint_duration = nullptr;
 
   // The version gauge shows the highest version per kind; "read max, then Set" must be one
-  // step or two racing steps could leave the lower version showing. Steps are per batch, so
-  // a lock here costs nothing measurable.
+  // step or two racing steps could leave the lower version showing (the same for
+  // dp_epsilon). Steps are per batch, so a lock here costs nothing measurable.
   Mutex version_mu;
   std::array<int64_t, kKinds.size()> highest_version ABSL_GUARDED_BY(version_mu){};
 
@@ -334,7 +334,11 @@ void ShardMetrics::SetOrthogonalityError(double error) {
   families_->orthogonality_error->Set(error);
 }
 void ShardMetrics::SetWorkerLoss(double loss) { families_->worker_loss->Set(loss); }
-void ShardMetrics::SetPrivacySpent(double epsilon) { families_->dp_epsilon->Set(epsilon); }
+void ShardMetrics::SetPrivacySpent(double epsilon) {
+  // Steps of different parameters end concurrently: only the largest value may stay.
+  MutexLock lock(&families_->version_mu);
+  if (epsilon > families_->dp_epsilon->Value()) families_->dp_epsilon->Set(epsilon);
+}
 
 void ShardMetrics::RecordCheckpoint(bool ok, double seconds) {
   (ok ? families_->checkpoints_ok : families_->checkpoints_error)->Increment();

@@ -80,8 +80,8 @@ class ShardMetrics {
   void SetSubscribers(int64_t n);
   void SetOrthogonalityError(double error);
   void SetWorkerLoss(double loss);
-  // Differential privacy: epsilon of the (epsilon, delta) spent so far (+Inf is exported as
-  // such).
+  // Differential privacy: epsilon of the (epsilon, delta) spent so far; the gauge only moves
+  // up (concurrent steps may report out of order).
   void SetPrivacySpent(double epsilon);
   void RecordCheckpoint(bool ok, double seconds);
 

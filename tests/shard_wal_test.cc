@@ -16,6 +16,7 @@
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "gtest/gtest.h"
+#include "server/metrics.h"
 #include "server/shard.h"
 #include "server/shard_log.h"
 #include "server/wal/log_reader.h"
@@ -249,6 +250,26 @@ TEST(ShardWal, NoisyStepsOfTheDifferentiallyPrivateModeReplayBitForBit) {
   plain.reset();
   fs::remove_all(root);
   fs::remove_all(plain_root);
+}
+
+// The accountant's epsilon is exported as the gauge dion_dp_epsilon after each step.
+TEST(ShardWal, PrivacySpentIsExportedAsAGauge) {
+  const DpOptions dp{.noise_multiplier = 2.0, .clip = 1.0, .delta = 1e-6, .sampling_rate = 0.25};
+  const std::string root = FreshRoot("dp-metrics");
+  ShardMetrics metrics;
+  auto shard = Shard::Create(WalOptions(root, dp), &metrics).value();
+  ASSERT_TRUE(PushScenario(*shard));
+  shard->Drain();
+  const int64_t steps = shard->Status().privacy->steps;
+  EXPECT_EQ(steps, 6);  // "w" 2 batches + 1 drained, "v" 1 + 1 drained, "b" 1 drained
+  const std::string text = metrics.Serialize();
+  const size_t at = text.find("\ndion_dp_epsilon ");
+  ASSERT_NE(at, std::string::npos) << text;
+  const double exported = std::stod(text.substr(at + 17));
+  const double expected = EpsilonAfter(dp.mechanism(), steps).epsilon;
+  EXPECT_NEAR(exported, expected, 1e-9 * expected);
+  shard.reset();
+  fs::remove_all(root);
 }
 
 // The mode off, whatever its other settings: the same bits as a shard without the options.
