@@ -72,6 +72,7 @@ absl::StatusOr<OfferResult> Batcher::Offer(ValidatedContribution validated) {
                                                    "' offered to the batcher of '", parameter_,
                                                    "'"));
   }
+  if (absl::Status s = CheckClipped(contribution, options_.dp); !s.ok()) return s;
   const absl::Time now = clock_->Now();
   MutexLock lock(&mu_);
   if (contribution.base_version < 0 || contribution.base_version > version_) {

@@ -3,6 +3,8 @@
 //
 // For each contribution it
 //   - refuses a base version from the future (OutOfRange, nothing changes);
+//   - with differential privacy on, refuses a payload above the clip (InvalidArgument,
+//     nothing recorded: CheckClipped in server/dp_noise.h);
 //   - refuses (InvalidArgument, nothing recorded) a sequence above SequenceHorizon():
 //     accepting it would force the dedup floor so far that every later sequence of the worker
 //     would be unknown (a lock-out);

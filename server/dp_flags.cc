@@ -9,7 +9,8 @@ ABSL_FLAG(double, dp_noise_multiplier, 0.0,
           "needs workers started with the same --dp_clip. 0: off");
 ABSL_FLAG(double, dp_clip, 0.0,
           "differential privacy: the clip norm C the workers apply (their --dp_clip); scales the "
-          "noise. Required when --dp_noise_multiplier > 0");
+          "noise, and a contribution of larger Frobenius norm is refused (INVALID_ARGUMENT). "
+          "Required when --dp_noise_multiplier > 0");
 ABSL_FLAG(double, dp_delta, 1e-5,
           "differential privacy: the delta of the (epsilon, delta) the accountant reports in "
           "Status and as dion_dp_epsilon");

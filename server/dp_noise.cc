@@ -6,6 +6,7 @@
 
 #include "absl/container/flat_hash_map.h"
 #include "absl/strings/str_cat.h"
+#include "common/privacy/clip.h"
 
 namespace dion {
 namespace {
@@ -37,6 +38,16 @@ absl::Status ValidateDpOptions(const DpOptions& o) {
     return absl::InvalidArgumentError(absl::StrCat("differential privacy: ", s.message()));
   }
   return absl::OkStatus();
+}
+
+absl::Status CheckClipped(const Contribution& c, const DpOptions& options) {
+  if (!options.enabled()) return absl::OkStatus();
+  const double norm = c.is_low_rank() ? FrobeniusNorm(c.factors()) : FrobeniusNorm(c.gradient());
+  if (norm <= options.clip * (1 + 1e-4)) return absl::OkStatus();
+  return absl::InvalidArgumentError(absl::StrCat(
+      "parameter '", c.parameter, "': contribution ", c.sequence, " of worker '", c.worker_id,
+      "' has norm ", norm, ", above the differential-privacy clip ", options.clip,
+      " (start the worker with --dp_clip=", options.clip, "); nothing was recorded"));
 }
 
 double BatchNoiseStddev(const std::vector<WeightedContribution>& entries, double noise_multiplier,

@@ -41,6 +41,11 @@ struct DpOptions {
 // InvalidArgument naming the field; DP off (sigma 0) with any clip is valid.
 absl::Status ValidateDpOptions(const DpOptions& options);
 
+// With the mode on: InvalidArgument when the contribution's payload has Frobenius norm above
+// the clip C (with a relative float tolerance of 1e-4): a worker that does not clip to C
+// would void the sensitivity bound. OK when the mode is off.
+absl::Status CheckClipped(const Contribution& contribution, const DpOptions& options);
+
 // sigma * C * W_max of the file comment. REQUIRES: entries non-empty.
 double BatchNoiseStddev(const std::vector<WeightedContribution>& entries, double noise_multiplier,
                         double clip);

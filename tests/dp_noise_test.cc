@@ -66,6 +66,27 @@ TEST(DpNoise, StddevScalesWithTheLargestWeightOneWorkerHolds) {
   EXPECT_DOUBLE_EQ(BatchNoiseStddev(entries, 2.0, 0.5), 1.0);
 }
 
+TEST(DpNoise, ContributionsAboveTheClipAreRefusedWithTheModeOn) {
+  Contribution dense;
+  dense.worker_id = "w";
+  dense.parameter = "p";
+  dense.payload = Matrix::Constant(2, 2, 1.0f);  // norm 2
+  Contribution factors = dense;
+  Matrix P = Matrix::Zero(3, 1), R = Matrix::Zero(4, 1);
+  P(0, 0) = 3.0f;
+  R(1, 0) = 1.0f;
+  factors.payload = LowRankFactors{P, R};  // P R^T has norm 3
+  const DpOptions off;
+  EXPECT_TRUE(CheckClipped(dense, off).ok());
+  EXPECT_EQ(CheckClipped(dense, {.noise_multiplier = 1.0, .clip = 1.9}).code(),
+            absl::StatusCode::kInvalidArgument);
+  EXPECT_TRUE(CheckClipped(dense, {.noise_multiplier = 1.0, .clip = 2.0}).ok());
+  const absl::Status refused = CheckClipped(factors, {.noise_multiplier = 1.0, .clip = 2.9});
+  EXPECT_EQ(refused.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_NE(refused.message().find("--dp_clip"), std::string::npos) << refused;
+  EXPECT_TRUE(CheckClipped(factors, {.noise_multiplier = 1.0, .clip = 3.0}).ok());
+}
+
 TEST(DpNoise, OptionsAreChecked) {
   EXPECT_TRUE(ValidateDpOptions({}).ok());
   EXPECT_TRUE(ValidateDpOptions({.noise_multiplier = 1.0, .clip = 1.0}).ok());

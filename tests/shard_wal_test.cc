@@ -223,7 +223,8 @@ TEST(ShardWal, TheLogAfterACheckpointIsReplayedOnTopOfIt) {
 // Differential privacy (server/dp_noise.h): each batch's noise comes from a seed logged with
 // the batch, so the noisy steps replay bit for bit; the noise did change the weights.
 TEST(ShardWal, NoisyStepsOfTheDifferentiallyPrivateModeReplayBitForBit) {
-  const DpOptions dp{.noise_multiplier = 1.0, .clip = 0.5, .delta = 1e-5, .sampling_rate = 0.5};
+  // A clip above every payload of the scenario (the shard refuses any above it).
+  const DpOptions dp{.noise_multiplier = 1e-3, .clip = 1e3, .delta = 1e-5, .sampling_rate = 0.5};
   const std::string root = FreshRoot("dp");
   ASSERT_EQ(RunAndDie([&] { return ScenarioThenDie(root, false, dp); }), 0);
   auto shard = Shard::Create(WalOptions(root, dp)).value();
@@ -254,7 +255,7 @@ TEST(ShardWal, NoisyStepsOfTheDifferentiallyPrivateModeReplayBitForBit) {
 
 // The accountant's epsilon is exported as the gauge dion_dp_epsilon after each step.
 TEST(ShardWal, PrivacySpentIsExportedAsAGauge) {
-  const DpOptions dp{.noise_multiplier = 2.0, .clip = 1.0, .delta = 1e-6, .sampling_rate = 0.25};
+  const DpOptions dp{.noise_multiplier = 2.0, .clip = 1e3, .delta = 1e-6, .sampling_rate = 0.25};
   const std::string root = FreshRoot("dp-metrics");
   ShardMetrics metrics;
   auto shard = Shard::Create(WalOptions(root, dp), &metrics).value();
