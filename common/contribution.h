@@ -150,6 +150,11 @@ struct Batch {
   // The shard's write-ahead log offset that must be durable before the step is applied (0:
   // no log).
   uint64_t journal_end = 0;
+  // Differential privacy (server/dp_noise.h): the seed and standard deviation of the noise
+  // added to this batch's aggregate, fixed when the batch closes and logged with it, so a
+  // replay applies the same noise whatever the options then; seed 0: no noise.
+  uint64_t noise_seed = 0;
+  double noise_stddev = 0.0;
 };
 
 }  // namespace dion

@@ -16,6 +16,7 @@ absl::Status ValidateBatcherOptions(const BatcherOptions& options) {
   if (options.target_samples < 0) {
     return error("target_samples must be >= 0, got ", options.target_samples);
   }
+  if (absl::Status s = ValidateDpOptions(options.dp); !s.ok()) return s;
   if (options.target_workers < 0) {
     return error("target_workers must be >= 0, got ", options.target_workers);
   }
@@ -71,6 +72,7 @@ absl::StatusOr<OfferResult> Batcher::Offer(ValidatedContribution validated) {
                                                    "' offered to the batcher of '", parameter_,
                                                    "'"));
   }
+  if (absl::Status s = CheckClipped(contribution, options_.dp); !s.ok()) return s;
   const absl::Time now = clock_->Now();
   MutexLock lock(&mu_);
   if (contribution.base_version < 0 || contribution.base_version > version_) {
@@ -212,6 +214,8 @@ absl::StatusOr<Batch> Batcher::RestoreClose(const LoggedBatch& logged) {
     entry.staleness = member.staleness;
     entry.weight = member.weight;
   }
+  batch.noise_seed = logged.noise_seed;
+  batch.noise_stddev = logged.noise_stddev;
   return batch;
 }
 
@@ -358,6 +362,11 @@ Batch Batcher::CloseLocked(CloseReason reason, absl::Time now, uint64_t* journal
   open_.clear();
   open_workers_.clear();
   open_samples_ = 0;
+  if (options_.dp.enabled() && record) {  // a replay takes both from the log (RestoreClose)
+    batch.noise_seed = DrawNoiseSeed();
+    batch.noise_stddev =
+        BatchNoiseStddev(batch.entries, options_.dp.noise_multiplier, options_.dp.clip);
+  }
 
   if (last_close_.has_value() && now > *last_close_) {
     const double sample_rate =

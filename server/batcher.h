@@ -3,6 +3,8 @@
 //
 // For each contribution it
 //   - refuses a base version from the future (OutOfRange, nothing changes);
+//   - with differential privacy on, refuses a payload above the clip (InvalidArgument,
+//     nothing recorded: CheckClipped in server/dp_noise.h);
 //   - refuses (InvalidArgument, nothing recorded) a sequence above SequenceHorizon():
 //     accepting it would force the dedup floor so far that every later sequence of the worker
 //     would be unknown (a lock-out);
@@ -51,6 +53,7 @@
 #include "common/mutex.h"
 #include "absl/time/time.h"
 #include "server/clock.h"
+#include "server/dp_noise.h"
 #include "common/contribution.h"
 #include "server/sequence_window.h"
 #include "server/staleness.h"
@@ -69,6 +72,10 @@ struct BatcherOptions {
   double smoothing = 0.2;       // adaptive: EWMA factor in (0, 1] for rate and step duration
   absl::Duration worker_idle = absl::Seconds(10);  // adaptive: a worker counts as live this long
   uint64_t dedup_window = 4096; // sequences remembered per worker (sequence_window.h)
+  // Differential privacy (server/dp_noise.h): when enabled, every closed batch gets a fresh
+  // Batch::noise_seed and its noise_stddev (BatchNoiseStddev), recorded in the journal with
+  // it. Off: noise_seed stays 0.
+  DpOptions dp;
   StalenessOptions staleness;
 };
 
@@ -113,6 +120,8 @@ struct LoggedBatch {
   int64_t version = 0;
   CloseReason reason = CloseReason::kFlush;
   std::vector<Member> members;  // summation order
+  uint64_t noise_seed = 0;      // Batch::noise_seed
+  double noise_stddev = 0.0;    // Batch::noise_stddev
 };
 
 // The targets in force (after adaptation).

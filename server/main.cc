@@ -23,6 +23,7 @@
 #include "common/training_defaults.h"
 #include "server/checkpoint/checkpoint_cut.h"
 #include "server/dion_server.h"
+#include "server/dp_flags.h"
 #include "server/shard_log.h"
 #include "server/memory_budget.h"
 #include "server/plaintext_warning.h"
@@ -185,6 +186,7 @@ absl::StatusOr<dion::ServerOptions> OptionsFromFlags() {
   shard.store.shard_index = absl::GetFlag(FLAGS_shard_index);
   shard.store.num_shards = absl::GetFlag(FLAGS_num_shards);
   shard.store.max_workers = absl::GetFlag(FLAGS_max_workers);
+  shard.batcher.dp = dion::DpOptionsFromFlags();
   const dion::StateBudget budget = dion::ResolveStateBudget(
       absl::GetFlag(FLAGS_max_state_bytes), {.physical_bytes = dion::PhysicalMemoryBytes()});
   shard.store.max_state_bytes = budget.bytes;

@@ -108,13 +108,14 @@ struct ShardMetrics::Families {
   prometheus::Gauge* subscribers = nullptr;
   prometheus::Gauge* orthogonality_error = nullptr;
   prometheus::Gauge* worker_loss = nullptr;
+  prometheus::Gauge* dp_epsilon = nullptr;
   prometheus::Counter* checkpoints_ok = nullptr;
   prometheus::Counter* checkpoints_error = nullptr;
   prometheus::Histogram* checkpoint_duration = nullptr;
 
   // The version gauge shows the highest version per kind; "read max, then Set" must be one
-  // step or two racing steps could leave the lower version showing. Steps are per batch, so
-  // a lock here costs nothing measurable.
+  // step or two racing steps could leave the lower version showing (the same for
+  // dp_epsilon). Steps are per batch, so a lock here costs nothing measurable.
   Mutex version_mu;
   std::array<int64_t, kKinds.size()> highest_version ABSL_GUARDED_BY(version_mu){};
 
@@ -251,6 +252,12 @@ struct ShardMetrics::Families {
                              "workers in the last batch.")
                        .Register(r)
                        .Add({});
+    dp_epsilon = &prometheus::BuildGauge()
+                      .Name("dion_dp_epsilon")
+                      .Help("Differential privacy: epsilon of the (epsilon, --dp_delta) this "
+                            "shard's applied batches have spent (0 when the mode is off).")
+                      .Register(r)
+                      .Add({});
   }
 
   void AddCheckpointFamilies(prometheus::Registry& r) {
@@ -342,6 +349,11 @@ void ShardMetrics::SetOrthogonalityError(double error) {
   families_->orthogonality_error->Set(error);
 }
 void ShardMetrics::SetWorkerLoss(double loss) { families_->worker_loss->Set(loss); }
+void ShardMetrics::SetPrivacySpent(double epsilon) {
+  // Steps of different parameters end concurrently: only the largest value may stay.
+  MutexLock lock(&families_->version_mu);
+  if (epsilon > families_->dp_epsilon->Value()) families_->dp_epsilon->Set(epsilon);
+}
 
 void ShardMetrics::RecordCheckpoint(bool ok, double seconds) {
   (ok ? families_->checkpoints_ok : families_->checkpoints_error)->Increment();

@@ -21,6 +21,8 @@
 //   dion_orthogonality_error                                        gauge, last measured
 //   dion_worker_loss                                                gauge, last batch's mean
 //   dion_checkpoints_total{result="ok|error"}, dion_checkpoint_duration_seconds
+//   dion_dp_epsilon                                                 gauge, privacy spent
+//                                                                   (docs/privacy.md)
 //
 // Thread-safety: safe for concurrent use (prometheus-cpp metrics are atomic; RecordStep also
 // takes a short internal lock so the version gauge only ever moves up).
@@ -81,6 +83,9 @@ class ShardMetrics {
   void SetSubscribers(int64_t n);
   void SetOrthogonalityError(double error);
   void SetWorkerLoss(double loss);
+  // Differential privacy: epsilon of the (epsilon, delta) spent so far; the gauge only moves
+  // up (concurrent steps may report out of order).
+  void SetPrivacySpent(double epsilon);
   void RecordCheckpoint(bool ok, double seconds);
 
   std::shared_ptr<prometheus::Registry> registry() const;

@@ -347,6 +347,11 @@ absl::StatusOr<StepOutcome> ParameterStore::ApplyBatch(const Batch& batch) {
     return absl::InvalidArgumentError(absl::StrCat(
         "parameter '", batch.parameter, "': batch weights sum to ", weight_sum, ", expected 1"));
   }
+  if (!(batch.noise_stddev >= 0 && std::isfinite(batch.noise_stddev))) {
+    return absl::InvalidArgumentError(absl::StrCat("parameter '", batch.parameter,
+                                                   "': noise stddev ", batch.noise_stddev,
+                                                   " is not finite and >= 0"));
+  }
   stats.contributions = static_cast<int>(batch.entries.size());
   stats.workers = static_cast<int>(workers.size());
   stats.mean_loss /= static_cast<double>(stats.samples);
@@ -360,9 +365,11 @@ absl::StatusOr<StepOutcome> ParameterStore::ApplyBatch(const Batch& batch) {
   }
   const double lr_scale = LrScale(options_.lr_schedule,
                                   parameter.samples_applied.load(std::memory_order_relaxed));
-  absl::StatusOr<StepReport> report =
-      ApplyWeightedStep(WithLrScaled(parameter.spec, lr_scale), batch.entries, parameter.X,
-                        parameter.state, options_.measure_ortho_error);
+  std::optional<StepNoise> noise;  // differential privacy, fixed when the batch closed
+  if (batch.noise_seed != 0) noise = StepNoise{batch.noise_stddev, batch.noise_seed};
+  absl::StatusOr<StepReport> report = ApplyWeightedStep(
+      WithLrScaled(parameter.spec, lr_scale), batch.entries, parameter.X, parameter.state,
+      options_.measure_ortho_error, noise.has_value() ? &*noise : nullptr);
   if (!report.ok()) return report.status();
   parameter.samples_applied.store(
       parameter.samples_applied.load(std::memory_order_relaxed) + stats.samples,

@@ -54,6 +54,16 @@ void CountsToProto(const PushCounts& counts, v1::PushCounts* proto) {
   proto->set_rejected(counts.rejected);
 }
 
+void PrivacyToProto(const ShardStatus::Privacy& privacy, v1::PrivacyStatus* proto) {
+  proto->set_noise_multiplier(privacy.options.noise_multiplier);
+  proto->set_clip(privacy.options.clip);
+  proto->set_sampling_rate(privacy.options.sampling_rate);
+  proto->set_delta(privacy.options.delta);
+  proto->set_steps(privacy.steps);
+  proto->set_epsilon(privacy.spent.epsilon);
+  proto->set_rdp_order(privacy.spent.order);
+}
+
 }  // namespace
 
 grpc::Status ToGrpcStatus(const absl::Status& status) {
@@ -413,6 +423,7 @@ grpc::Status ParameterServerService::HandleStatus(grpc::ServerContext* context,
   response->set_subscribers(status.subscribers);
   response->set_checkpoint_run_id(status.newest_cut.run_id);
   response->set_checkpoint_cut(status.newest_cut.cut);
+  if (status.privacy.has_value()) PrivacyToProto(*status.privacy, response->mutable_privacy());
   return grpc::Status::OK;
 }
 

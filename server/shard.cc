@@ -327,6 +327,7 @@ ShardStatus Shard::Status() const {
   status.wal_replayed = replayed_;
   if (cuts_ != nullptr) status.newest_cut = cuts_->newest();
   status.longest_checkpoint_cut = absl::Nanoseconds(longest_cut_ns_.load());
+  if (options_.batcher.dp.enabled()) status.privacy = PrivacyOf(parameters);
   return status;
 }
 
@@ -384,6 +385,8 @@ void Shard::RecordStep(const Lane& lane, const StepStats& stats, int64_t version
   metrics_->RecordStep(lane.optimizer, version);
   if (stats.report.ortho_error >= 0) metrics_->SetOrthogonalityError(stats.report.ortho_error);
   metrics_->SetWorkerLoss(stats.mean_loss);
+  if (!options_.batcher.dp.enabled()) return;
+  metrics_->SetPrivacySpent(PrivacyOf(store_->Statuses()).spent.epsilon);
 }
 
 void Shard::FlushAndDrain() {

@@ -139,6 +139,14 @@ struct ShardStatus {
   // The longest a checkpoint's cut held new contributions off since the start (waiting for
   // the gate included): what a checkpoint can make a push wait.
   absl::Duration longest_checkpoint_cut = absl::ZeroDuration();
+  // Differential privacy (options.batcher.dp), when on: steps are the owned parameters'
+  // versions summed (batches applied since registration), spent what the accountant says.
+  struct Privacy {
+    DpOptions options;
+    int64_t steps = 0;
+    PrivacySpent spent;
+  };
+  std::optional<Privacy> privacy;
 };
 
 class Shard {
@@ -298,6 +306,8 @@ class Shard {
   absl::Status ApplyOne(const Lane* lane, Batch batch);
   void RecordStep(const Lane& lane, const StepStats& stats, int64_t version,
                   absl::Duration broadcast);
+  // ShardStatus::privacy from the owned parameters' statuses. REQUIRES: dp enabled.
+  ShardStatus::Privacy PrivacyOf(const std::vector<ParameterStatus>& parameters) const;
 
   void DeadlineLoop() ABSL_LOCKS_EXCLUDED(gate_, deadline_mu_);
   // Closes the batches whose deadline passed and returns the earliest deadline left.

@@ -53,6 +53,8 @@ LoggedBatch BatchFromProto(const v1::WalBatch& proto, absl::StatusOr<CloseReason
   batch.parameter = proto.parameter();
   batch.version = proto.version();
   batch.reason = *reason;
+  batch.noise_seed = proto.noise_seed();
+  batch.noise_stddev = proto.noise_stddev();
   batch.members.reserve(proto.members_size());
   for (const v1::WalBatch::Member& m : proto.members()) {
     batch.members.push_back({m.worker_id(), m.sequence(), m.staleness(), m.weight()});
@@ -218,6 +220,8 @@ absl::StatusOr<uint64_t> ShardLog::Closed(const Batch& batch) {
   proto->set_parameter(batch.parameter);
   proto->set_version(batch.version);
   proto->set_reason(std::string(CloseReasonName(batch.reason)));
+  proto->set_noise_seed(batch.noise_seed);
+  proto->set_noise_stddev(batch.noise_stddev);
   for (const WeightedContribution& entry : batch.entries) {
     v1::WalBatch::Member* m = proto->add_members();
     m->set_worker_id(entry.contribution->worker_id);

@@ -7,6 +7,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
 #include "common/blas.h"
+#include "server/dp_noise.h"
 
 namespace dion {
 namespace {
@@ -80,13 +81,15 @@ OptimizerState InitOptimizerState(const ParamSpec& spec, uint64_t seed) {
 absl::StatusOr<StepReport> ApplyWeightedStep(const ParamSpec& spec,
                                              const std::vector<WeightedContribution>& entries,
                                              MatrixRef X, OptimizerState& state,
-                                             bool measure_ortho_error) {
+                                             bool measure_ortho_error,
+                                             const StepNoise* noise) {
   StepReport report;
   absl::Time start = absl::Now();
   const std::vector<const WeightedContribution*> ordered = CanonicalOrder(entries);
   if (spec.optimizer == OptimizerKind::kDion) {
     DionState& dion = std::get<DionState>(state);
     FoldLowRankIntoMomentum(ordered, dion.M);
+    if (noise != nullptr) AddGaussianNoise(dion.M, noise->stddev, noise->seed);
     const absl::Time folded = absl::Now();
     report.aggregate = folded - start;
     absl::Time lap = folded;
@@ -106,7 +109,8 @@ absl::StatusOr<StepReport> ApplyWeightedStep(const ParamSpec& spec,
     return report;
   }
 
-  const Matrix G = WeightedMeanGradient(ordered, spec.rows(), spec.cols());
+  Matrix G = WeightedMeanGradient(ordered, spec.rows(), spec.cols());
+  if (noise != nullptr) AddGaussianNoise(G, noise->stddev, noise->seed);
   const absl::Time averaged = absl::Now();
   report.aggregate = averaged - start;
   absl::Status status;

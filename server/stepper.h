@@ -6,6 +6,9 @@
 // the momentum with one GEMM, M += [w_1 P_1 | ... | w_k P_k] [R_1 | ... | R_k]^T, and the step
 // continues from the momentum (DionStepFromMomentum).
 // Element-wise optimizers and Muon: G = sum_i w_i G_i, then the common step.
+// Differential privacy: N(0, stddev^2) noise (server/dp_noise.h) is added to the weighted mean
+// before the optimizer sees it: to M right after the fold for Dion (M += mean + noise), to G
+// for the others.
 //
 // Thread-safety: the functions are safe for concurrent use on distinct parameters; the caller
 // serialises steps of one parameter (server/parameter_store.h holds its lock).
@@ -47,15 +50,23 @@ struct StepReport {
                                              // and the weight update)
 };
 
+// The noise of one step (server/dp_noise.h).
+struct StepNoise {
+  double stddev = 0.0;
+  uint64_t seed = 0;
+};
+
 // Applies the weighted mean of `entries` to (X, state) with the spec's optimizer. The mean is
 // summed in (worker_id, sequence) order, so the result does not depend on the order of
 // `entries`: the same batch gives the same bits however its pushes arrived.
 // REQUIRES: entries non-empty, each validated for this parameter, weights > 0 summing to 1,
-// state holding the spec's optimizer state. On error nothing has changed.
+// state holding the spec's optimizer state. With `noise` (may be null: none), the mean gets
+// that noise. On error nothing has changed.
 absl::StatusOr<StepReport> ApplyWeightedStep(const ParamSpec& spec,
                                              const std::vector<WeightedContribution>& entries,
                                              MatrixRef X, OptimizerState& state,
-                                             bool measure_ortho_error);
+                                             bool measure_ortho_error,
+                                             const StepNoise* noise = nullptr);
 
 }  // namespace dion
 

@@ -5,6 +5,7 @@
 
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <vector>
 
 #include "absl/time/clock.h"
@@ -335,6 +336,80 @@ TEST(GradientAccumulator, StopsTakingBeforeTheUnacknowledgedSpanReachesTheDedupW
   std::optional<Contribution> next = TakeCopy(acc, "w", 0, absl::Now());
   ASSERT_TRUE(next.has_value());
   EXPECT_EQ(next->sequence, 1000 + kMaxUnacknowledgedSpan);
+}
+
+// Differential privacy (set_clip): every contribution's payload, formed in double as the shard
+// would read it, has Frobenius norm <= C, however large the gradients, for Dion factors and
+// dense payloads, through Take and TakeWhole.
+void CheckEveryContributionIsClipped(OptimizerKind kind) {
+  const double clip = 1.5;
+  GradientAccumulator acc(Spec("p", {12, 7}, kind), 3, /*seed=*/5, /*first_sequence=*/1);
+  acc.set_clip(clip);
+  Rng rng(11);
+  int taken = 0;
+  const auto check = [&](const Contribution* c) {
+    if (c == nullptr) return;
+    ++taken;
+    const MatrixD payload = SumUnits(*c) / static_cast<double>(c->sample_count);
+    EXPECT_LE(payload.norm(), clip * (1 + 1e-5)) << "sequence " << c->sequence;
+    ASSERT_TRUE(acc.Acknowledge(c->sequence, AckAction::kRelease).ok());
+  };
+  for (int step = 0; step < 30; ++step) {
+    Matrix G(12, 7);
+    rng.FillNormal(G, /*stddev=*/10.0 * (1 + step % 4));  // norm ~ 90..360, far above C
+    ASSERT_TRUE(acc.Accumulate(G, 1 + step % 3, 0.0, step).ok());
+    if (step % 3 == 2) check(acc.Take("w", step, absl::Now()));
+  }
+  while (acc.HasAnythingToFlush()) check(acc.TakeWhole("w", 30, absl::Now(), 2));
+  EXPECT_GE(taken, 10);
+}
+
+TEST(GradientAccumulator, ClipBoundsEveryDionContributionsNorm) {
+  CheckEveryContributionIsClipped(OptimizerKind::kDion);
+}
+
+TEST(GradientAccumulator, ClipBoundsEveryDenseContributionsNorm) {
+  CheckEveryContributionIsClipped(OptimizerKind::kAdamW);
+}
+
+TEST(GradientAccumulator, OnlyClippedStepsEnterTheErrorFeedbackResidual) {
+  // Nothing taken: the residual is exactly sum_k s_k clip(G_k), the clip done here in double.
+  const double clip = 2.0;
+  GradientAccumulator acc(Spec("p", {9, 6}, OptimizerKind::kDion), 2, 1, 1);
+  acc.set_clip(clip);
+  Rng rng(3);
+  MatrixD expected = MatrixD::Zero(9, 6);
+  for (int step = 0; step < 5; ++step) {
+    Matrix G(9, 6);
+    rng.FillNormal(G, step == 2 ? 0.01 : 5.0);  // one step below the clip, kept as it is
+    const int64_t samples = 2 + step;
+    ASSERT_TRUE(acc.Accumulate(G, samples, 0.0, 0).ok());
+    const MatrixD g = ToDouble(G);
+    expected += g * std::min(1.0, clip / g.norm()) * static_cast<double>(samples);
+  }
+  EXPECT_LT((ToDouble(acc.Outstanding()) - expected).norm(), 1e-4 * expected.norm());
+}
+
+TEST(GradientAccumulator, ClipAboveEveryNormChangesNoBit) {
+  // A clip no step or payload reaches leaves every contribution bit-identical to no clip.
+  for (OptimizerKind kind : {OptimizerKind::kDion, OptimizerKind::kAdamW}) {
+    GradientAccumulator plain(Spec("p", {8, 5}, kind), 2, 9, 1);
+    GradientAccumulator clipped(Spec("p", {8, 5}, kind), 2, 9, 1);
+    clipped.set_clip(1e6);
+    Rng rng(4);
+    for (int step = 0; step < 6; ++step) {
+      Matrix G(8, 5);
+      rng.FillNormal(G);
+      ASSERT_TRUE(plain.Accumulate(G, 3, 0.0, step).ok());
+      ASSERT_TRUE(clipped.Accumulate(G, 3, 0.0, step).ok());
+      const Contribution* a = plain.Take("w", step, absl::Now());
+      const Contribution* b = clipped.Take("w", step, absl::Now());
+      ASSERT_TRUE(a != nullptr && b != nullptr);
+      EXPECT_EQ(SumUnits(*a), SumUnits(*b)) << "step " << step;
+      ASSERT_TRUE(plain.Acknowledge(a->sequence, AckAction::kRelease).ok());
+      ASSERT_TRUE(clipped.Acknowledge(b->sequence, AckAction::kRelease).ok());
+    }
+  }
 }
 
 }  // namespace

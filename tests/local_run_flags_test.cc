@@ -168,6 +168,24 @@ TEST(ShardFlagsTest, SyncMakesEveryBatchWaitForAllWorkers) {
   EXPECT_FALSE(Has(WorkerFlags(Options(), 0, {"a:1"}), "--synchronous"));
 }
 
+TEST(ChildFlagsTest, DifferentialPrivacyGoesToWorkersAndShards) {
+  LocalRunOptions o = Options();
+  EXPECT_FALSE(absl::StrContains(absl::StrJoin(ShardFlags(o, 0, "/c"), " "), "--dp_"));
+  EXPECT_FALSE(absl::StrContains(absl::StrJoin(WorkerFlags(o, 0, {"a:1"}), " "), "--dp_"));
+  o.dp_clip = 0.5;  // clipping alone: the workers clip, the shards add nothing
+  EXPECT_TRUE(Has(WorkerFlags(o, 1, {"a:1"}), "--dp_clip=0.5"));
+  EXPECT_FALSE(absl::StrContains(absl::StrJoin(ShardFlags(o, 0, "/c"), " "), "--dp_"));
+  o.dp_noise_multiplier = 1.5;
+  EXPECT_TRUE(Has(ShardFlags(o, 1, "/c"), "--dp_noise_multiplier=1.5"));
+  EXPECT_TRUE(Has(ShardFlags(o, 1, "/c"), "--dp_clip=0.5"));
+  EXPECT_TRUE(ValidateLocalRunOptions(o).ok());
+  o.dp_clip = 0;  // the noise is scaled by the clip: noise without one is refused
+  EXPECT_NE(ValidateLocalRunOptions(o).message().find("dp_clip"), std::string::npos);
+  o.dp_clip = -1;
+  o.dp_noise_multiplier = 0;
+  EXPECT_NE(ValidateLocalRunOptions(o).message().find("dp_clip"), std::string::npos);
+}
+
 TEST(WorkerFlagsTest, PassModelDataSeedsAndPassThroughLast) {
   LocalRunOptions o = Options();
   o.workers = 4;

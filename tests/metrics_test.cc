@@ -97,6 +97,7 @@ const std::vector<Documented>& DocumentedMetrics() {
       {"dion_subscribers", "gauge"},
       {"dion_orthogonality_error", "gauge"},
       {"dion_worker_loss", "gauge"},
+      {"dion_dp_epsilon", "gauge"},
       {"dion_checkpoints_total", "counter"},
       {"dion_checkpoint_duration_seconds", "histogram"},
   };
@@ -115,6 +116,17 @@ TEST(ShardMetricsTest, ExposesEveryDocumentedMetricWithHelpAndType) {
   }
   // Nothing undocumented sneaks in (a new metric must be added to the header and the docs).
   EXPECT_EQ(types.size(), DocumentedMetrics().size());
+}
+
+TEST(ShardMetricsTest, PrivacySpentOnlyMovesUp) {
+  // Steps of different parameters end concurrently and may report out of order.
+  ShardMetrics metrics;
+  EXPECT_EQ(Sample(metrics.Serialize(), "dion_dp_epsilon"), 0);
+  metrics.SetPrivacySpent(3.5);
+  metrics.SetPrivacySpent(2.0);
+  EXPECT_EQ(Sample(metrics.Serialize(), "dion_dp_epsilon"), 3.5);
+  metrics.SetPrivacySpent(4.25);
+  EXPECT_EQ(Sample(metrics.Serialize(), "dion_dp_epsilon"), 4.25);
 }
 
 TEST(ShardMetricsTest, EveryLabelValueExistsAtZeroBeforeAnyRecording) {

@@ -342,6 +342,29 @@ TEST(SummaryJsonTest, RecordsTheCoordinatedCheckpointAndTheReportNamesIt) {
             lines.end());
 }
 
+TEST(SummaryJsonTest, RecordsThePrivacySpentAndTheReportNamesIt) {
+  RunSummary summary = ExampleSummary();
+  std::string error;
+  std::optional<JsonValue> v = JsonReader::Parse(SummaryJson(summary), &error);
+  ASSERT_TRUE(v.has_value()) << error;
+  EXPECT_EQ(v->Get("privacy")->type, JsonValue::Type::kNull);  // the mode off
+  summary.privacy = RunPrivacy{.epsilon = 7.25, .delta = 1e-5, .noise_multiplier = 1.0,
+                               .clip = 0.5, .sampling_rate = 1.0, .steps = 655};
+  v = JsonReader::Parse(SummaryJson(summary), &error);
+  ASSERT_TRUE(v.has_value()) << error;
+  EXPECT_EQ(v->Get("privacy")->Get("epsilon")->number, 7.25);
+  EXPECT_EQ(v->Get("privacy")->Get("delta")->number, 1e-5);
+  EXPECT_EQ(v->Get("privacy")->Get("clip")->number, 0.5);
+  EXPECT_EQ(v->Get("privacy")->Get("steps")->number, 655);
+  const std::vector<std::string> lines = ReportLines(summary);
+  EXPECT_NE(std::find_if(lines.begin(), lines.end(),
+                         [](const std::string& line) {
+                           return line.find("epsilon 7.25, delta 1e-05") != std::string::npos &&
+                                  line.find("655 batches") != std::string::npos;
+                         }),
+            lines.end());
+}
+
 int Count(const std::string& text, const std::string& what) {
   int n = 0;
   for (size_t at = text.find(what); at != std::string::npos; at = text.find(what, at + 1)) ++n;

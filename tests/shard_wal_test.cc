@@ -16,6 +16,7 @@
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "gtest/gtest.h"
+#include "server/metrics.h"
 #include "server/shard.h"
 #include "server/shard_log.h"
 #include "server/wal/log_reader.h"
@@ -27,8 +28,9 @@ namespace {
 
 namespace fs = std::filesystem;
 
-ShardOptions WalOptions(const std::string& root) {
+ShardOptions WalOptions(const std::string& root, const DpOptions& dp = {}) {
   ShardOptions options = testing::TestServerOptions().shard;
+  options.batcher.dp = dp;
   options.checkpoint_dir = root + "/ckpt";
   options.wal_dir = root + "/wal";
   options.batcher.target_workers = 0;
@@ -124,8 +126,9 @@ int RunAndDie(Body body) {
 
 // The child: the scenario, its state written to <root>/before.<i>, optionally a checkpoint
 // after the first half of "w".
-bool ScenarioThenDie(const std::string& root, bool checkpoint_midway) {
-  absl::StatusOr<std::unique_ptr<Shard>> shard = Shard::Create(WalOptions(root));
+bool ScenarioThenDie(const std::string& root, bool checkpoint_midway,
+                     const DpOptions& dp = {}) {
+  absl::StatusOr<std::unique_ptr<Shard>> shard = Shard::Create(WalOptions(root, dp));
   if (!shard.ok()) return false;
   if (!PushScenario(**shard)) {
     (void)shard->release();
@@ -215,6 +218,78 @@ TEST(ShardWal, TheLogAfterACheckpointIsReplayedOnTopOfIt) {
   EXPECT_TRUE(fs::exists(LogPath(root, 3)));
   shard.reset();
   fs::remove_all(root);
+}
+
+// Differential privacy (server/dp_noise.h): each batch's noise comes from a seed logged with
+// the batch, so the noisy steps replay bit for bit; the noise did change the weights.
+TEST(ShardWal, NoisyStepsOfTheDifferentiallyPrivateModeReplayBitForBit) {
+  // A clip above every payload of the scenario (the shard refuses any above it).
+  const DpOptions dp{.noise_multiplier = 1e-3, .clip = 1e3, .delta = 1e-5, .sampling_rate = 0.5};
+  const std::string root = FreshRoot("dp");
+  ASSERT_EQ(RunAndDie([&] { return ScenarioThenDie(root, false, dp); }), 0);
+  auto shard = Shard::Create(WalOptions(root, dp)).value();
+  const std::vector<std::string> state = State(*shard);
+  for (size_t i = 0; i < state.size(); ++i) {
+    EXPECT_TRUE(state[i] == ReadFile(absl::StrCat(root, "/before.", i)))
+        << kParameters[i] << " differs from the killed shard's";
+  }
+  const ShardStatus status = shard->Status();
+  EXPECT_EQ(status.wal_replayed.batches, 3);
+  ASSERT_TRUE(status.privacy.has_value());
+  EXPECT_EQ(status.privacy->steps, 3);  // "w" at version 2, "v" at 1
+  EXPECT_EQ(status.privacy->spent.epsilon, EpsilonAfter(dp.mechanism(), 3).epsilon);
+  EXPECT_GT(status.privacy->spent.epsilon, 0.0);
+  shard.reset();
+
+  const std::string plain_root = FreshRoot("dp-off");
+  auto plain = Shard::Create(WalOptions(plain_root)).value();
+  ASSERT_TRUE(PushScenario(*plain));
+  EXPECT_FALSE(plain->Status().privacy.has_value());
+  const std::vector<std::string> noiseless = State(*plain);
+  EXPECT_FALSE(noiseless[0] == state[0]) << "the noise must change the steps of 'w'";
+  EXPECT_FALSE(noiseless[1] == state[1]) << "the noise must change the step of 'v'";
+  plain.reset();
+  fs::remove_all(root);
+  fs::remove_all(plain_root);
+}
+
+// The accountant's epsilon is exported as the gauge dion_dp_epsilon after each step.
+TEST(ShardWal, PrivacySpentIsExportedAsAGauge) {
+  const DpOptions dp{.noise_multiplier = 2.0, .clip = 1e3, .delta = 1e-6, .sampling_rate = 0.25};
+  const std::string root = FreshRoot("dp-metrics");
+  ShardMetrics metrics;
+  auto shard = Shard::Create(WalOptions(root, dp), &metrics).value();
+  ASSERT_TRUE(PushScenario(*shard));
+  shard->Drain();
+  const int64_t steps = shard->Status().privacy->steps;
+  EXPECT_EQ(steps, 6);  // "w" 2 batches + 1 drained, "v" 1 + 1 drained, "b" 1 drained
+  const std::string text = metrics.Serialize();
+  const size_t at = text.find("\ndion_dp_epsilon ");
+  ASSERT_NE(at, std::string::npos) << text;
+  const double exported = std::stod(text.substr(at + 17));
+  const double expected = EpsilonAfter(dp.mechanism(), steps).epsilon;
+  EXPECT_NEAR(exported, expected, 1e-9 * expected);
+  shard.reset();
+  fs::remove_all(root);
+}
+
+// The mode off, whatever its other settings: the same bits as a shard without the options.
+TEST(ShardWal, DifferentialPrivacyOffChangesNoBit) {
+  const std::string root = FreshRoot("dp-default"), off_root = FreshRoot("dp-zero");
+  auto absent = Shard::Create(WalOptions(root)).value();
+  auto off = Shard::Create(WalOptions(off_root, DpOptions{.noise_multiplier = 0.0, .clip = 0.5,
+                                                          .delta = 1e-3, .sampling_rate = 0.1}))
+                 .value();
+  ASSERT_TRUE(PushScenario(*absent));
+  ASSERT_TRUE(PushScenario(*off));
+  absent->Drain();
+  off->Drain();
+  const std::vector<std::string> a = State(*absent), b = State(*off);
+  for (size_t i = 0; i < a.size(); ++i) EXPECT_TRUE(a[i] == b[i]) << kParameters[i];
+  absent.reset();
+  off.reset();
+  fs::remove_all(root);
+  fs::remove_all(off_root);
 }
 
 TEST(ShardWal, TornLastRecordIsCutAndACorruptMiddleRecordRefusesToStart) {

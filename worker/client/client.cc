@@ -153,6 +153,10 @@ absl::StatusOr<std::unique_ptr<Client>> Client::Connect(const ModelTable& table,
     return absl::InvalidArgumentError(absl::StrCat(
         "compression_rank_fraction must be in (0, 1], got ", options.compression_rank_fraction));
   }
+  if (!(options.dp_clip >= 0.0 && std::isfinite(options.dp_clip))) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("dp_clip must be >= 0 and finite (0: off), got ", options.dp_clip));
+  }
   if (absl::Status s = ValidateModelTable(table); !s.ok()) return s;
   absl::StatusOr<Layout> layout =
       Layout::Compute(table.specs(), static_cast<int>(options.shard_addresses.size()));
@@ -179,6 +183,9 @@ Client::Client(const ModelTable& table, const ClientOptions& options, Layout lay
         CompressionRank(spec, options_.compression_rank_fraction),
         MixSeed(options_.seed, 0xC0, static_cast<uint64_t>(i)), first_sequence,
         options_.track_last_step));
+    Parameter& added = *parameters_.back();
+    MutexLock lock(&added.accumulator_mu);
+    added.accumulator.set_clip(options_.dp_clip);
   }
 }
 

@@ -116,6 +116,10 @@ struct ClientOptions {
   // default is plaintext without a token.
   TlsClientConfig tls;
   uint64_t seed = 1;                         // compressor warm starts and jitter
+  // Differential privacy (docs/privacy.md): clip every local step's gradient and every
+  // contribution to Frobenius norm dp_clip, per parameter, before compression and error
+  // feedback. 0: off (no clipping, bit-identical to a client without the option).
+  double dp_clip = 0.0;
   // First sequence number of every parameter. 0 picks the wall clock in microseconds, so a
   // worker restarted with the same id never reuses a sequence the shard has already seen.
   uint64_t first_sequence = 0;

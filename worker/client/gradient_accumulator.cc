@@ -6,6 +6,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "common/blas.h"
+#include "common/privacy/clip.h"
 
 namespace dion {
 
@@ -36,7 +37,13 @@ absl::Status GradientAccumulator::Accumulate(ConstMatrixRef G, int64_t samples, 
     return absl::InvalidArgumentError(
         absl::StrCat("gradient of '", spec_.name, "' contains NaN or Inf"));
   }
-  scaled_ = G * static_cast<float>(samples);
+  if (clip_ > 0) {
+    scaled_ = G;
+    ClipToNorm(scaled_, clip_);  // what enters the residual is clipped (file comment)
+    scaled_ *= static_cast<float>(samples);
+  } else {
+    scaled_ = G * static_cast<float>(samples);
+  }
   if (compressor_.has_value()) {
     if (absl::Status s = compressor_->Accumulate(scaled_); !s.ok()) {
       return absl::InvalidArgumentError(absl::StrCat("'", spec_.name, "': ", s.message()));
@@ -75,6 +82,7 @@ const Contribution* GradientAccumulator::Take(const std::string& worker_id,
     c.payload = Matrix(dense_sum_ * inverse_samples);
     dense_sum_.setZero();
   }
+  ClipPayload(c);
   return Seal(std::move(c), pending_samples_, worker_id, current_version, now);
 }
 
@@ -123,7 +131,18 @@ const Contribution* GradientAccumulator::TakeWhole(const std::string& worker_id,
   f.R *= 1.0f / static_cast<float>(samples);  // the mean over the contribution's samples
   Contribution c;
   c.payload = std::move(f);
+  ClipPayload(c);
   return Seal(std::move(c), samples, worker_id, current_version, now);
+}
+
+void GradientAccumulator::ClipPayload(Contribution& c) const {
+  if (clip_ <= 0) return;
+  // The excess is dropped with the scaled-down payload: nothing goes back into E.
+  if (c.is_low_rank()) {
+    ClipToNorm(std::get<LowRankFactors>(c.payload), clip_);
+  } else {
+    ClipToNorm(std::get<Matrix>(c.payload), clip_);
+  }
 }
 
 const Contribution* GradientAccumulator::Seal(Contribution c, int64_t samples,

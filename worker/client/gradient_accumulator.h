@@ -29,6 +29,14 @@
 // payloads * S + residual (+ the not yet taken dense sum) == sum over local steps of
 // G * samples, to float rounding.
 //
+// Differential privacy (set_clip, docs/privacy.md "Clipping"): with a clip C > 0, each local
+// step's mean gradient G is clipped to ||G||_F <= C before it enters the error-feedback
+// residual (so E only ever holds clipped steps), and each contribution's payload, the mean
+// over its samples that the shard receives, is clipped to ||payload||_F <= C after
+// compression. What the payload clip removes is dropped, never put back into E: an unclipped
+// remainder would otherwise leak out in a later contribution. The invariant above then holds
+// for the clipped steps, less what the payload clips dropped.
+//
 // Thread-safety: not safe for concurrent use; the client holds one lock per accumulator.
 #ifndef DION_WORKER_GRADIENT_ACCUMULATOR_H_
 #define DION_WORKER_GRADIENT_ACCUMULATOR_H_
@@ -73,6 +81,11 @@ class GradientAccumulator {
   // samples, computed against `base_version`. InvalidArgument (nothing changed) for a wrong
   // shape, samples <= 0 or non-finite G.
   absl::Status Accumulate(ConstMatrixRef G, int64_t samples, double loss, int64_t base_version);
+
+  // Clip norm C of the differentially private mode (file comment); 0, the default, is off.
+  // REQUIRES: clip >= 0, finite; set before the first Accumulate.
+  void set_clip(double clip) { clip_ = clip; }
+  double clip() const { return clip_; }
 
   // Local steps (and samples) accumulated since the last contribution was taken.
   int pending_steps() const { return pending_steps_; }
@@ -135,6 +148,8 @@ class GradientAccumulator {
   const Contribution* Seal(Contribution c, int64_t samples, const std::string& worker_id,
                            int64_t current_version, absl::Time now);
   bool SpanFull() const;
+  // The payload clip of the file comment (no-op when clip_ is 0).
+  void ClipPayload(Contribution& c) const;
   // The next full-rank block of E (TakeWhole), removed from E; zero rank-1 factors when E is 0.
   LowRankFactors TakeResidualBlock(int64_t max_rank);
 
@@ -143,6 +158,7 @@ class GradientAccumulator {
   Matrix dense_sum_;                             // the others: sum of G * samples since Take
   Matrix scaled_;                                // scratch: G * samples
   uint64_t next_sequence_;
+  double clip_ = 0.0;                            // 0: no clipping
   int pending_steps_ = 0;
   int64_t pending_samples_ = 0;
   double pending_loss_sum_ = 0.0;                // sum of loss * samples of fresh steps

@@ -128,6 +128,11 @@ absl::StatusOr<CoordinatedCheckpoint> TakeCoordinatedCheckpoint(
     shard.shard_index = static_cast<int>(status.shard_index());
     run_ids[i] = status.checkpoint_run_id();
     cuts[i] = status.checkpoint_cut();
+    if (status.has_privacy()) {
+      const v1::PrivacyStatus& p = status.privacy();
+      shard.privacy = ShardPrivacy{p.noise_multiplier(), p.clip(), p.sampling_rate(),
+                                   p.delta(), p.steps(), p.epsilon()};
+    }
   });
   const size_t unreachable = std::count_if(result.shards.begin(), result.shards.end(),
                                            [](const ShardCut& s) { return !s.status.ok(); });

@@ -8,6 +8,7 @@
 #define DION_WORKER_LOCAL_COORDINATED_CHECKPOINT_H_
 
 #include <cstdint>
+#include <optional>
 #include <string>
 #include <utility>
 #include <vector>
@@ -28,6 +29,16 @@ struct CoordinatedCheckpointOptions {
   TlsClientConfig tls;  // TLS and the (admin) token; plaintext by default
 };
 
+// A shard's differential privacy (StatusResponse.privacy, docs/privacy.md).
+struct ShardPrivacy {
+  double noise_multiplier = 0;
+  double clip = 0;
+  double sampling_rate = 0;
+  double delta = 0;
+  int64_t steps = 0;
+  double epsilon = 0;
+};
+
 // What one shard answered.
 struct ShardCut {
   std::string address;
@@ -36,6 +47,7 @@ struct ShardCut {
   std::string directory;
   bool already_written = false;
   std::vector<std::pair<std::string, int64_t>> versions;
+  std::optional<ShardPrivacy> privacy;  // from its Status; none when it adds no noise
 };
 
 struct CoordinatedCheckpoint {

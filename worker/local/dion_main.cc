@@ -15,8 +15,10 @@
 // stopped and the shards wrote a final checkpoint).
 #include <unistd.h>
 
+#include <algorithm>
 #include <cstdio>
 #include <fstream>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -28,6 +30,7 @@
 #include "absl/strings/str_split.h"
 #include "absl/time/time.h"
 #include "common/cli.h"
+#include "common/privacy/rdp_accountant.h"
 #include "worker/local/coordinated_checkpoint.h"
 #include "worker/local/local_run.h"
 #include "worker/local/local_run_flags.h"
@@ -114,6 +117,15 @@ ABSL_FLAG(bool, sync, kDefaults.sync,
           "for it before its next step; overrides the batching flags above");
 ABSL_FLAG(absl::Duration, sync_deadline, kDefaults.sync_deadline,
           "batch deadline under --sync: how long a batch waits for a missing worker");
+// Differential privacy (docs/privacy.md).
+ABSL_FLAG(double, dp_clip, kDefaults.dp_clip,
+          "differential privacy: every worker clips each local step's gradient and each pushed "
+          "contribution to this Frobenius norm C, per parameter (dion-worker --dp_clip); 0: off");
+ABSL_FLAG(double, dp_noise_multiplier, kDefaults.dp_noise_multiplier,
+          "differential privacy: every shard adds Gaussian noise of std sigma * C * (largest "
+          "weight of one worker in the batch) to each batch's aggregate, sigma being this value "
+          "(dion-server --dp_noise_multiplier, needs --dp_clip > 0); the report and summary.json "
+          "give the (epsilon, delta) spent. 0: off");
 // Where and how.
 ABSL_FLAG(std::string, run_dir, "",
           "run directory (logs/, shard-N/checkpoints/, summary.json, curves.svg); default "
@@ -175,6 +187,26 @@ std::string SelfExe() {
   return n > 0 ? std::string(path, static_cast<size_t>(n)) : std::string();
 }
 
+// The privacy the shards spent, composed (common/privacy/rdp_accountant.h) at the smallest
+// delta they report; none when no shard adds noise.
+std::optional<dion::RunPrivacy> ComposedPrivacy(const std::vector<dion::ShardCut>& shards) {
+  std::vector<dion::MechanismSteps> parts;
+  dion::RunPrivacy run;
+  for (const dion::ShardCut& shard : shards) {
+    if (!shard.privacy.has_value()) continue;
+    const dion::ShardPrivacy& p = *shard.privacy;
+    parts.push_back({p.sampling_rate, p.noise_multiplier, p.steps});
+    run.delta = parts.size() == 1 ? p.delta : std::min(run.delta, p.delta);
+    run.noise_multiplier = std::max(run.noise_multiplier, p.noise_multiplier);
+    run.clip = std::max(run.clip, p.clip);
+    run.sampling_rate = std::max(run.sampling_rate, p.sampling_rate);
+    run.steps += p.steps;
+  }
+  if (parts.empty()) return std::nullopt;
+  run.epsilon = dion::EpsilonOfComposition(parts, run.delta).epsilon;
+  return run;
+}
+
 // LocalRunOptions::checkpoint: `dion checkpoint` in this process.
 absl::StatusOr<dion::LocalRunOptions::TakenCheckpoint> TakeCheckpoint(
     const std::vector<std::string>& shards, const std::string& run_id,
@@ -189,7 +221,8 @@ absl::StatusOr<dion::LocalRunOptions::TakenCheckpoint> TakeCheckpoint(
   if (!taken->status.ok()) {
     return absl::Status(taken->status.code(), absl::StrJoin(lines, "\n  "));
   }
-  return dion::LocalRunOptions::TakenCheckpoint{{taken->run_id, taken->cut}, std::move(lines)};
+  return dion::LocalRunOptions::TakenCheckpoint{{taken->run_id, taken->cut}, std::move(lines),
+                                                ComposedPrivacy(taken->shards)};
 }
 
 // The options of the parsed flags, except the binaries' paths and the alert rules.
@@ -226,6 +259,8 @@ absl::StatusOr<dion::LocalRunOptions> OptionsFromFlags() {
   o.adaptive_batching = absl::GetFlag(FLAGS_adaptive_batching);
   o.sync = absl::GetFlag(FLAGS_sync);
   o.sync_deadline = absl::GetFlag(FLAGS_sync_deadline);
+  o.dp_clip = absl::GetFlag(FLAGS_dp_clip);
+  o.dp_noise_multiplier = absl::GetFlag(FLAGS_dp_noise_multiplier);
   o.run_dir = absl::GetFlag(FLAGS_run_dir);
   o.base_port = absl::GetFlag(FLAGS_base_port);
   o.metrics_base_port = absl::GetFlag(FLAGS_metrics_base_port);

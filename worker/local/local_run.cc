@@ -111,6 +111,7 @@ class LocalRun {
   const std::string run_id_;
   std::optional<RunCheckpoint> checkpoint_;
   std::optional<LocalSecurity> security_;  // unless options_.insecure
+  std::optional<RunPrivacy> privacy_;  // read with the checkpoint's Status calls
   StartBarrier start_;  // the start file that starts the workers' training together
   absl::Time run_start_ = absl::Now();
   std::vector<Child> children_;
@@ -333,6 +334,7 @@ bool LocalRun::Checkpoint() {
   }
   for (const std::string& line : taken->lines) Say(stdout, absl::StrCat("dion local: ", line));
   checkpoint_ = taken->cut;
+  privacy_ = taken->privacy;
   return true;
 }
 
@@ -362,6 +364,7 @@ int LocalRun::Finish(const std::string& status) {
   summary.config = SummaryConfig(options_);
   summary.config.emplace_back("run_id", run_id_);
   summary.checkpoint = checkpoint_;
+  summary.privacy = privacy_;
   for (const auto& [file, contents] :
        {std::pair<std::string, std::string>{"summary.json", SummaryJson(summary)},
         {"curves.svg", CurvesSvg(summary)}}) {

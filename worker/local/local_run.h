@@ -96,6 +96,11 @@ struct LocalRunOptions {
   bool sync = false;
   absl::Duration sync_deadline = absl::Seconds(10);
 
+  // Differential privacy (docs/privacy.md): workers clip to dp_clip (0: off), shards add noise
+  // with dp_noise_multiplier (0: off; needs dp_clip > 0).
+  double dp_clip = 0;
+  double dp_noise_multiplier = 0;
+
   // Where and how.
   std::string run_dir;            // empty: ./runs/<local time YYYYmmdd-HHMMSS>
   int base_port = 0;              // shard i listens on base_port + i; 0: free ports
@@ -124,6 +129,7 @@ struct LocalRunOptions {
   struct TakenCheckpoint {
     RunCheckpoint cut;
     std::vector<std::string> lines;  // one per shard
+    std::optional<RunPrivacy> privacy;  // from the shards' Status, when they add noise
   };
   // `tls` holds the run's CA and an admin token, or nothing with `insecure`.
   std::function<absl::StatusOr<TakenCheckpoint>(const std::vector<std::string>& shards,

@@ -3,6 +3,7 @@
 #include <zlib.h>
 
 #include <cerrno>
+#include <cmath>
 #include <cstring>
 #include <filesystem>
 #include <type_traits>
@@ -159,6 +160,10 @@ std::vector<std::string> ShardFlags(const LocalRunOptions& o, int index,
     AddIfChanged(&flags, "batch_deadline", o.batch_deadline, defaults::kBatchDeadline);
     AddIfChanged(&flags, "adaptive_batching", o.adaptive_batching, defaults::kAdaptiveBatching);
   }
+  if (o.dp_noise_multiplier > 0) {  // docs/privacy.md
+    flags.push_back(absl::StrCat("--dp_noise_multiplier=", o.dp_noise_multiplier));
+    flags.push_back(absl::StrCat("--dp_clip=", o.dp_clip));
+  }
   flags.insert(flags.end(), o.server_flags.begin(), o.server_flags.end());
   return flags;
 }
@@ -193,6 +198,7 @@ std::vector<std::string> WorkerFlags(const LocalRunOptions& o, int index,
     flags.push_back("--max_in_flight=1");
     flags.push_back("--synchronous");
   }
+  if (o.dp_clip > 0) flags.push_back(absl::StrCat("--dp_clip=", o.dp_clip));
   if (o.metrics_base_port > 0) {
     flags.push_back(
         absl::StrCat("--metrics_listen=127.0.0.1:", o.metrics_base_port + o.shards + index));
@@ -293,6 +299,15 @@ absl::Status ValidateLocalRunOptions(const LocalRunOptions& o) {
     return Bad("partition", o.partition, "--sync needs iid (partitions of equal size)");
   }
   if (o.max_staleness < 0) return Bad("max_staleness", o.max_staleness, "expected >= 0");
+  if (!(o.dp_clip >= 0 && std::isfinite(o.dp_clip))) {
+    return Bad("dp_clip", o.dp_clip, "expected a norm >= 0 (0: off)");
+  }
+  if (!(o.dp_noise_multiplier >= 0 && std::isfinite(o.dp_noise_multiplier))) {
+    return Bad("dp_noise_multiplier", o.dp_noise_multiplier, "expected >= 0 (0: off)");
+  }
+  if (o.dp_noise_multiplier > 0 && o.dp_clip == 0) {
+    return Bad("dp_clip", o.dp_clip, "expected > 0 with --dp_noise_multiplier: C scales the noise");
+  }
   if (o.target_workers < 0 || o.target_workers > o.workers) {
     return Bad("target_workers", o.target_workers,
                absl::StrCat("expected 0 (none) .. --workers (", o.workers,
@@ -393,6 +408,8 @@ std::vector<std::pair<std::string, ConfigValue>> SummaryConfig(const LocalRunOpt
           {"batch_deadline", absl::FormatDuration(o.batch_deadline)},
           {"adaptive_batching", o.adaptive_batching},
           {"sync", o.sync},
+          {"dp_clip", o.dp_clip},
+          {"dp_noise_multiplier", o.dp_noise_multiplier},
           {"insecure", o.insecure},
           {"server_flags", absl::StrJoin(o.server_flags, " ")},
           {"worker_flags", absl::StrJoin(o.worker_flags, " ")},

@@ -168,6 +168,13 @@ std::vector<std::string> ReportLines(const RunSummary& s) {
                                    " on every shard (dion-server --restore_cut=",
                                    s.checkpoint->cut, ")"));
   }
+  if (s.privacy.has_value()) {
+    const RunPrivacy& p = *s.privacy;
+    row("privacy", absl::StrFormat("(epsilon %.3g, delta %.3g) after %d batches; sigma %.3g, "
+                                   "clip %.3g, q %.3g (docs/privacy.md)",
+                                   p.epsilon, p.delta, p.steps, p.noise_multiplier, p.clip,
+                                   p.sampling_rate));
+  }
   if (s.final_evaluation.has_value()) {
     lines.push_back(
         absl::StrFormat("test accuracy: %.2f%%", 100.0 * s.final_evaluation->test_accuracy));
@@ -237,6 +244,29 @@ void WriteTotals(const RunTotals& t, JsonWriter& j) {
   j.Close(']');
 }
 
+// "privacy": {"epsilon", "delta", "noise_multiplier", "clip", "sampling_rate", "steps"}, or
+// null when the shards added no noise.
+void WritePrivacy(const std::optional<RunPrivacy>& privacy, JsonWriter& j) {
+  j.Key("privacy");
+  if (!privacy.has_value()) {
+    j.Null();
+    return;
+  }
+  j.Open('{');
+  for (const auto& [key, value] :
+       {std::pair<const char*, double>{"epsilon", privacy->epsilon},
+        {"delta", privacy->delta},
+        {"noise_multiplier", privacy->noise_multiplier},
+        {"clip", privacy->clip},
+        {"sampling_rate", privacy->sampling_rate}}) {
+    j.Key(key);
+    j.Number(value);
+  }
+  j.Key("steps");
+  j.Int(privacy->steps);
+  j.Close('}');
+}
+
 // A curve: one object per point, time and epochs first, then what `rest` writes.
 template <typename Point, typename Rest>
 void WriteCurve(const char* key, const std::vector<Point>& points, const Rest& rest,
@@ -304,6 +334,7 @@ std::string SummaryJson(const RunSummary& s) {
   } else {
     j.Null();
   }
+  WritePrivacy(s.privacy, j);
   j.Close('}');
   return j.Take();
 }

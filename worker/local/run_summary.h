@@ -28,6 +28,17 @@ struct RunCheckpoint {
   uint64_t cut = 0;
 };
 
+// The differential privacy the run spent (docs/privacy.md): every shard's applied batches
+// composed, as the shards' Status reported them at the end.
+struct RunPrivacy {
+  double epsilon = 0;
+  double delta = 0;
+  double noise_multiplier = 0;  // sigma (the largest over the shards)
+  double clip = 0;              // C
+  double sampling_rate = 0;     // q (the largest over the shards)
+  int64_t steps = 0;            // batches applied, all shards
+};
+
 // Everything the end of a run reports.
 struct RunSummary {
   std::string status = "ok";  // "ok", "failed" (a child failed) or "interrupted"
@@ -44,6 +55,7 @@ struct RunSummary {
   std::vector<EvalPoint> evaluations;
   std::string run_dir;
   std::optional<RunCheckpoint> checkpoint;  // none when it was not taken or failed
+  std::optional<RunPrivacy> privacy;        // none when the shards added no noise
 };
 
 // What the aggregate of a run's progress lines says: training time, time to target_accuracy

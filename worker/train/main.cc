@@ -89,6 +89,11 @@ ABSL_FLAG(uint64_t, seed, 0,
           "worker_index");
 ABSL_FLAG(int, max_in_flight, 2,
           "unacknowledged pushes per parameter; beyond that, local steps accumulate");
+ABSL_FLAG(double, dp_clip, 0.0,
+          "differential privacy (docs/privacy.md): clip each local step's gradient and each "
+          "pushed contribution to this Frobenius norm C, per parameter, before compression and "
+          "error feedback; the shards add the noise (their --dp_noise_multiplier and the same "
+          "--dp_clip). 0: off");
 ABSL_FLAG(absl::Duration, rpc_deadline, absl::Seconds(10), "deadline of every unary call");
 ABSL_FLAG(absl::Duration, flush_timeout, absl::Seconds(5),
           "after SIGTERM / SIGINT: how long to wait for the last pushes, which carry every "
@@ -297,6 +302,7 @@ dion::ClientOptions ClientOptionsFromFlags(dion::WorkerMetrics* metrics) {
                                           ? absl::GetFlag(FLAGS_compression_rank_fraction)
                                           : absl::GetFlag(FLAGS_rank_fraction);
   options.max_in_flight = absl::GetFlag(FLAGS_max_in_flight);
+  options.dp_clip = absl::GetFlag(FLAGS_dp_clip);
   options.track_last_step = absl::GetFlag(FLAGS_lookahead) > 0 && mode == "train";
   options.rpc_deadline = absl::GetFlag(FLAGS_rpc_deadline);
   options.reconnect.give_up_after = absl::GetFlag(FLAGS_give_up_after);
