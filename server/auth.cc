@@ -212,10 +212,15 @@ absl::StatusOr<Principal> TokenAuthenticator::Authenticate(const grpc::ServerCon
         "(dion-worker --token_file)");
   }
   absl::string_view value(it->second.data(), it->second.size());
-  if (!absl::ConsumePrefix(&value, "Bearer ")) {
-    return absl::UnauthenticatedError(
-        "the authorization metadata must be 'Bearer <token>'");
+  // The scheme is case-insensitive (RFC 6750 via RFC 7235); one or more spaces follow it.
+  constexpr absl::string_view kScheme = "bearer";
+  if (value.size() <= kScheme.size() ||
+      !absl::EqualsIgnoreCase(value.substr(0, kScheme.size()), kScheme) ||
+      value[kScheme.size()] != ' ') {
+    return absl::UnauthenticatedError("the authorization metadata must be 'Bearer <token>'");
   }
+  value.remove_prefix(kScheme.size());
+  while (!value.empty() && value.front() == ' ') value.remove_prefix(1);
   return AuthenticateToken(value);
 }
 

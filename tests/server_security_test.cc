@@ -345,6 +345,27 @@ TEST_F(SecurityTest, EditedTokensFileTakesEffectWithoutARestart) {
   EXPECT_TRUE(CallStatus(*Stub("ca", false, fresh)).ok());
 }
 
+TEST_F(SecurityTest, AuthorizationSchemeIsCaseInsensitiveAndNothingElseIsAccepted) {
+  StartShard(/*mutual=*/false, /*tokens=*/true);
+  auto stub = Stub("ca", false, "");  // metadata set by hand below
+  const auto status_with = [&](const std::string& authorization) {
+    grpc::ClientContext context;
+    SetDeadline(context, absl::Seconds(10));
+    context.AddMetadata("authorization", authorization);
+    v1::StatusResponse response;
+    return stub->Status(&context, v1::StatusRequest(), &response).error_code();
+  };
+  EXPECT_EQ(status_with(absl::StrCat("Bearer ", kReader)), grpc::StatusCode::OK);
+  EXPECT_EQ(status_with(absl::StrCat("bearer ", kReader)), grpc::StatusCode::OK);
+  EXPECT_EQ(status_with(absl::StrCat("BEARER   ", kReader)), grpc::StatusCode::OK);
+  EXPECT_EQ(status_with(absl::StrCat("Basic ", kReader)), grpc::StatusCode::UNAUTHENTICATED);
+  EXPECT_EQ(status_with(absl::StrCat("Bearer", kReader)), grpc::StatusCode::UNAUTHENTICATED);
+  EXPECT_EQ(status_with("Bearer "), grpc::StatusCode::UNAUTHENTICATED);
+  EXPECT_EQ(status_with(absl::StrCat("Bearer ", kReader, "x")),
+            grpc::StatusCode::UNAUTHENTICATED);
+  EXPECT_EQ(status_with(std::string(kReader).substr(0, 20)), grpc::StatusCode::UNAUTHENTICATED);
+}
+
 TEST_F(SecurityTest, HealthCheckingNeedsNoToken) {
   StartShard(/*mutual=*/false, /*tokens=*/true);
   TlsClientConfig tls;
