@@ -17,9 +17,16 @@ double LogAdd(double a, double b) {
   return hi + std::log1p(std::exp(lo - hi));
 }
 
-// log binom(n, k) through lgamma: exact enough (relative 1e-15) for n <= 512.
+// log Gamma(x) without std::lgamma's write of the global signgam (a data race between the
+// shards' compute threads); the sign is positive for the x >= 1 used here.
+double LogGamma(double x) {
+  int sign = 0;
+  return ::lgamma_r(x, &sign);
+}
+
+// log binom(n, k) through log Gamma: exact enough (relative 1e-15) for n <= 512.
 double LogBinomial(int n, int k) {
-  return std::lgamma(n + 1.0) - std::lgamma(k + 1.0) - std::lgamma(n - k + 1.0);
+  return LogGamma(n + 1.0) - LogGamma(k + 1.0) - LogGamma(n - k + 1.0);
 }
 
 }  // namespace
