@@ -71,6 +71,12 @@ class TokenFilePlugin final : public grpc::MetadataCredentialsPlugin {
     header_ = absl::StrCat("Bearer ", token);
     published_.store(true, std::memory_order_release);
   }
+  // gRPC may destroy the plugin on another of its threads: the same pairing, and the lock
+  // orders the destruction after the last GetMetadata.
+  ~TokenFilePlugin() override {
+    (void)published_.load(std::memory_order_acquire);
+    MutexLock lock(&mu_);
+  }
   bool IsBlocking() const override { return false; }
   const char* GetType() const override { return "dion-token-file"; }
 
