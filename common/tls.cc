@@ -1,11 +1,7 @@
 #include "common/tls.h"
 
-#include <sys/stat.h>
-
 #include <atomic>
-#include <fstream>
 #include <map>
-#include <sstream>
 #include <utility>
 
 #include <grpcpp/security/tls_certificate_provider.h>
@@ -16,22 +12,15 @@
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
+#include "common/file_stamp.h"
 #include "common/mutex.h"
 
 namespace dion {
 namespace {
 
-absl::StatusOr<std::string> ReadFile(const std::string& flag, const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  if (!in) return absl::InvalidArgumentError(absl::StrCat(flag, ": cannot read '", path, "'"));
-  std::stringstream text;
-  text << in.rdbuf();
-  return text.str();
-}
-
 // The file of `flag` holds PEM of `kind` ("CERTIFICATE", or "PRIVATE KEY" for any key type).
 absl::Status CheckPem(const std::string& flag, const std::string& path, absl::string_view kind) {
-  absl::StatusOr<std::string> text = ReadFile(flag, path);
+  absl::StatusOr<std::string> text = ReadWholeFile(flag, path);
   if (!text.ok()) return text.status();
   const bool found = kind == "CERTIFICATE"
                          ? absl::StrContains(*text, "-----BEGIN CERTIFICATE-----")
@@ -67,7 +56,7 @@ class TokenFilePlugin final : public grpc::MetadataCredentialsPlugin {
  public:
   TokenFilePlugin(std::string path, std::string token) : path_(std::move(path)) {
     MutexLock lock(&mu_);
-    Stat(&stamp_);
+    stamp_ = StampOf(path_);
     header_ = absl::StrCat("Bearer ", token);
     published_.store(true, std::memory_order_release);
   }
@@ -92,25 +81,11 @@ class TokenFilePlugin final : public grpc::MetadataCredentialsPlugin {
   }
 
  private:
-  struct Stamp {
-    int64_t mtime_ns = 0, size = -1, inode = 0;
-    bool operator==(const Stamp& o) const {
-      return mtime_ns == o.mtime_ns && size == o.size && inode == o.inode;
-    }
-  };
-  void Stat(Stamp* stamp) const {
-    struct stat st {};
-    if (stat(path_.c_str(), &st) != 0) return;
-    stamp->mtime_ns = int64_t{st.st_mtim.tv_sec} * 1000000000 + st.st_mtim.tv_nsec;
-    stamp->size = st.st_size;
-    stamp->inode = static_cast<int64_t>(st.st_ino);
-  }
   void MaybeReloadLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
     const absl::Time now = absl::Now();
     if (now - checked_ < absl::Seconds(1)) return;
     checked_ = now;
-    Stamp stamp;
-    Stat(&stamp);
+    const FileStamp stamp = StampOf(path_);
     if (stamp == stamp_) return;
     absl::StatusOr<std::string> token = ReadTokenFile(path_);
     if (!token.ok()) return;  // mid-rotation: keep the last good token, try again later
@@ -121,7 +96,7 @@ class TokenFilePlugin final : public grpc::MetadataCredentialsPlugin {
   const std::string path_;
   std::atomic<bool> published_{false};
   Mutex mu_;
-  Stamp stamp_ ABSL_GUARDED_BY(mu_);
+  FileStamp stamp_ ABSL_GUARDED_BY(mu_);
   absl::Time checked_ ABSL_GUARDED_BY(mu_) = absl::Now();
   std::string header_ ABSL_GUARDED_BY(mu_);
 };
@@ -129,7 +104,7 @@ class TokenFilePlugin final : public grpc::MetadataCredentialsPlugin {
 }  // namespace
 
 absl::StatusOr<std::string> ReadTokenFile(const std::string& path) {
-  absl::StatusOr<std::string> text = ReadFile("token_file", path);
+  absl::StatusOr<std::string> text = ReadWholeFile("token_file", path);
   if (!text.ok()) return text.status();
   std::string token(absl::StripAsciiWhitespace(text->substr(0, text->find('\n'))));
   if (token.empty()) {
@@ -198,13 +173,13 @@ absl::StatusOr<std::shared_ptr<grpc::ChannelCredentials>> MakeChannelCredentials
   // Read once, at start: gRPC's classic SSL credentials (a file watcher on the client side
   // showed handshakes that timed out after a reconnect under load, gRPC 1.51).
   grpc::SslCredentialsOptions options;
-  absl::StatusOr<std::string> ca = ReadFile("tls_ca_file", config.ca_file);
+  absl::StatusOr<std::string> ca = ReadWholeFile("tls_ca_file", config.ca_file);
   if (!ca.ok()) return ca.status();
   options.pem_root_certs = *ca;
   if (!config.cert_file.empty()) {
-    absl::StatusOr<std::string> cert = ReadFile("tls_cert_file", config.cert_file);
+    absl::StatusOr<std::string> cert = ReadWholeFile("tls_cert_file", config.cert_file);
     if (!cert.ok()) return cert.status();
-    absl::StatusOr<std::string> key = ReadFile("tls_key_file", config.key_file);
+    absl::StatusOr<std::string> key = ReadWholeFile("tls_key_file", config.key_file);
     if (!key.ok()) return key.status();
     options.pem_cert_chain = *cert;
     options.pem_private_key = *key;

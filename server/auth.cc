@@ -1,10 +1,6 @@
 #include "server/auth.h"
 
-#include <sys/stat.h>
-
-#include <fstream>
 #include <iostream>
-#include <sstream>
 #include <utility>
 
 #include "absl/container/flat_hash_set.h"
@@ -124,7 +120,7 @@ absl::StatusOr<std::unique_ptr<TokenAuthenticator>> TokenAuthenticator::Create(
     std::string path, absl::Duration reload_interval) {
   std::unique_ptr<TokenAuthenticator> auth(
       new TokenAuthenticator(std::move(path), reload_interval));
-  Stamp stamp;
+  FileStamp stamp;
   std::vector<TokenEntry> entries;
   if (absl::Status s = auth->Load(&stamp, &entries); !s.ok()) return s;
   MutexLock lock(&auth->mu_);
@@ -134,38 +130,25 @@ absl::StatusOr<std::unique_ptr<TokenAuthenticator>> TokenAuthenticator::Create(
   return auth;
 }
 
-TokenAuthenticator::Stamp TokenAuthenticator::StatOf(const std::string& path) {
-  Stamp stamp;
-  struct stat st {};
-  if (stat(path.c_str(), &st) != 0) return stamp;
-  stamp.mtime_ns = int64_t{st.st_mtim.tv_sec} * 1000000000 + st.st_mtim.tv_nsec;
-  stamp.size = st.st_size;
-  stamp.inode = static_cast<int64_t>(st.st_ino);
-  return stamp;
-}
-
-absl::Status TokenAuthenticator::Load(Stamp* stamp, std::vector<TokenEntry>* entries) const {
-  *stamp = StatOf(path_);
-  std::ifstream in(path_, std::ios::binary);
-  if (!in) {
-    return absl::InvalidArgumentError(absl::StrCat("auth_tokens_file: cannot read '", path_, "'"));
-  }
-  std::stringstream text;
-  text << in.rdbuf();
-  absl::StatusOr<std::vector<TokenEntry>> parsed = ParseTokens(text.str(), path_);
+absl::Status TokenAuthenticator::Load(FileStamp* stamp,
+                                      std::vector<TokenEntry>* entries) const {
+  *stamp = StampOf(path_);
+  absl::StatusOr<std::string> text = ReadWholeFile("auth_tokens_file", path_);
+  if (!text.ok()) return text.status();
+  absl::StatusOr<std::vector<TokenEntry>> parsed = ParseTokens(*text, path_);
   if (!parsed.ok()) return parsed.status();
   *entries = *std::move(parsed);
   return absl::OkStatus();
 }
 
 void TokenAuthenticator::MaybeReload() {
-  Stamp stamp;
+  FileStamp stamp;
   {
     MutexLock lock(&mu_);
     const absl::Time now = absl::Now();
     if (now - checked_ < reload_interval_) return;
     checked_ = now;
-    stamp = StatOf(path_);
+    stamp = StampOf(path_);
     if (stamp == stamp_) return;
   }
   std::vector<TokenEntry> entries;

@@ -33,6 +33,7 @@
 #include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
 #include "absl/time/time.h"
+#include "common/file_stamp.h"
 #include "common/mutex.h"
 
 namespace dion {
@@ -76,25 +77,17 @@ class TokenAuthenticator {
   int64_t reload_errors() const { return reload_errors_.load(); }
 
  private:
-  struct Stamp {
-    int64_t mtime_ns = 0, size = -1, inode = 0;
-    bool operator==(const Stamp& o) const {
-      return mtime_ns == o.mtime_ns && size == o.size && inode == o.inode;
-    }
-  };
-
   TokenAuthenticator(std::string path, absl::Duration reload_interval)
       : path_(std::move(path)), reload_interval_(reload_interval) {}
   // Re-reads the file when it changed and the interval has passed.
   void MaybeReload() ABSL_LOCKS_EXCLUDED(mu_);
-  static Stamp StatOf(const std::string& path);  // size -1 when stat fails
-  absl::Status Load(Stamp* stamp, std::vector<TokenEntry>* entries) const;
+  absl::Status Load(FileStamp* stamp, std::vector<TokenEntry>* entries) const;
 
   const std::string path_;
   const absl::Duration reload_interval_;
   Mutex mu_;
   absl::Time checked_ ABSL_GUARDED_BY(mu_);
-  Stamp stamp_ ABSL_GUARDED_BY(mu_);
+  FileStamp stamp_ ABSL_GUARDED_BY(mu_);
   std::shared_ptr<const std::vector<TokenEntry>> entries_ ABSL_GUARDED_BY(mu_);
   std::atomic<int64_t> reloads_{0};
   std::atomic<int64_t> reload_errors_{0};

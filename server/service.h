@@ -122,6 +122,10 @@ class ParameterServerService final : public v1::ParameterServer::Service {
   // without tokens); UNAUTHENTICATED or PERMISSION_DENIED naming `method` otherwise.
   grpc::Status Authorize(const grpc::ServerContext& context, absl::string_view method,
                          std::initializer_list<Role> allowed, Principal* principal);
+  // A public handler: GuardHandler around Authorize, then `body` with the caller.
+  grpc::Status Serve(const grpc::ServerContext& context, absl::string_view method,
+                     std::initializer_list<Role> allowed,
+                     absl::FunctionRef<grpc::Status(const Principal& caller)> body);
   // The handlers' bodies; the public handlers run them through GuardHandler.
   grpc::Status HandleRegisterModel(const Principal& caller,
                                    const v1::RegisterModelRequest* request,

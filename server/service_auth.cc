@@ -35,67 +35,61 @@ grpc::Status ParameterServerService::Authorize(const grpc::ServerContext& contex
                                    " (token '", who->name, "')"));
 }
 
+grpc::Status ParameterServerService::Serve(
+    const grpc::ServerContext& context, absl::string_view method,
+    std::initializer_list<Role> allowed,
+    absl::FunctionRef<grpc::Status(const Principal& caller)> body) {
+  return GuardHandler(method, [&] {
+    Principal caller;
+    grpc::Status s = Authorize(context, method, allowed, &caller);
+    return s.ok() ? body(caller) : s;
+  });
+}
+
 grpc::Status ParameterServerService::RegisterModel(grpc::ServerContext* context,
                                                    const v1::RegisterModelRequest* request,
                                                    v1::RegisterModelResponse* response) {
-  return GuardHandler("RegisterModel", [&] {
-    Principal caller;
-    grpc::Status s = Authorize(*context, "RegisterModel", {Role::kWorker, Role::kAdmin}, &caller);
-    return s.ok() ? HandleRegisterModel(caller, request, response) : s;
-  });
+  return Serve(*context, "RegisterModel", {Role::kWorker, Role::kAdmin},
+               [&](const Principal& caller) {
+                 return HandleRegisterModel(caller, request, response);
+               });
 }
 
 grpc::Status ParameterServerService::GetLayout(grpc::ServerContext* context,
                                                const v1::GetLayoutRequest* request,
                                                v1::GetLayoutResponse* response) {
-  return GuardHandler("GetLayout", [&] {
-    Principal caller;
-    grpc::Status s = Authorize(*context, "GetLayout",
-                               {Role::kWorker, Role::kReader, Role::kAdmin}, &caller);
-    return s.ok() ? HandleGetLayout(context, request, response) : s;
-  });
+  return Serve(*context, "GetLayout", {Role::kWorker, Role::kReader, Role::kAdmin},
+               [&](const Principal&) { return HandleGetLayout(context, request, response); });
 }
 
 grpc::Status ParameterServerService::Subscribe(grpc::ServerContext* context,
                                                const v1::SubscribeRequest* request,
                                                grpc::ServerWriter<v1::VersionUpdate>* writer) {
-  return GuardHandler("Subscribe", [&] {
-    Principal caller;
-    grpc::Status s = Authorize(*context, "Subscribe", {Role::kWorker, Role::kAdmin}, &caller);
-    return s.ok() ? HandleSubscribe(context, request, writer) : s;
-  });
+  return Serve(*context, "Subscribe", {Role::kWorker, Role::kAdmin},
+               [&](const Principal&) { return HandleSubscribe(context, request, writer); });
 }
 
 grpc::Status ParameterServerService::Pull(grpc::ServerContext* context,
                                           const v1::PullRequest* request,
                                           grpc::ServerWriter<v1::ParameterValue>* writer) {
-  return GuardHandler("Pull", [&] {
-    Principal caller;
-    grpc::Status s =
-        Authorize(*context, "Pull", {Role::kWorker, Role::kReader, Role::kAdmin}, &caller);
-    return s.ok() ? HandlePull(context, caller, request, writer) : s;
-  });
+  return Serve(*context, "Pull", {Role::kWorker, Role::kReader, Role::kAdmin},
+               [&](const Principal& caller) {
+                 return HandlePull(context, caller, request, writer);
+               });
 }
 
 grpc::Status ParameterServerService::Status(grpc::ServerContext* context,
                                             const v1::StatusRequest* request,
                                             v1::StatusResponse* response) {
-  return GuardHandler("Status", [&] {
-    Principal caller;
-    grpc::Status s =
-        Authorize(*context, "Status", {Role::kWorker, Role::kReader, Role::kAdmin}, &caller);
-    return s.ok() ? HandleStatus(context, request, response) : s;
-  });
+  return Serve(*context, "Status", {Role::kWorker, Role::kReader, Role::kAdmin},
+               [&](const Principal&) { return HandleStatus(context, request, response); });
 }
 
 grpc::Status ParameterServerService::Checkpoint(grpc::ServerContext* context,
                                                 const v1::CheckpointRequest* request,
                                                 v1::CheckpointResponse* response) {
-  return GuardHandler("Checkpoint", [&] {
-    Principal caller;
-    grpc::Status s = Authorize(*context, "Checkpoint", {Role::kAdmin}, &caller);
-    return s.ok() ? HandleCheckpoint(context, request, response) : s;
-  });
+  return Serve(*context, "Checkpoint", {Role::kAdmin},
+               [&](const Principal&) { return HandleCheckpoint(context, request, response); });
 }
 
 }  // namespace dion

@@ -21,10 +21,15 @@
 #include "server/checkpoint/checkpoint_dir.h"
 #include "server/shard.h"
 #include "server/wire.h"
+#include "tests/crash_test_util.h"
 #include "tests/server_test_util.h"
 
 namespace dion {
 namespace {
+
+using ::dion::testing::ReadFile;
+using ::dion::testing::RunAndDie;
+using ::dion::testing::WriteFile;
 
 namespace fs = std::filesystem;
 
@@ -86,24 +91,6 @@ std::vector<std::string> State(const Shard& shard) {
     state.push_back(proto.SerializeAsString());
   }
   return state;
-}
-
-void WriteFile(const std::string& path, const std::string& bytes) {
-  std::ofstream(path, std::ios::binary) << bytes;
-}
-
-std::string ReadFile(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  return std::string(std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>());
-}
-
-template <typename Body>
-int RunAndDie(Body body) {
-  const pid_t pid = fork();
-  if (pid == 0) _exit(body() ? 0 : 3);
-  int status = 0;
-  waitpid(pid, &status, 0);
-  return WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
 }
 
 bool Register(Shard& shard) {

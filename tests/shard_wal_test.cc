@@ -21,10 +21,15 @@
 #include "server/shard_log.h"
 #include "server/wal/log_reader.h"
 #include "server/wire.h"
+#include "tests/crash_test_util.h"
 #include "tests/server_test_util.h"
 
 namespace dion {
 namespace {
+
+using ::dion::testing::ReadFile;
+using ::dion::testing::RunAndDie;
+using ::dion::testing::WriteFile;
 
 namespace fs = std::filesystem;
 
@@ -102,26 +107,6 @@ bool PushScenario(Shard& shard) {
   if (!r.ok() || r->result != PushOutcome::kAccepted) return false;
   const absl::Time deadline = absl::Now() + absl::Seconds(30);
   return shard.WaitForVersion("w", 2, deadline).ok() && shard.WaitForVersion("v", 1, deadline).ok();
-}
-
-void WriteFile(const std::string& path, const std::string& bytes) {
-  std::ofstream(path, std::ios::binary) << bytes;
-}
-
-std::string ReadFile(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  return std::string(std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>());
-}
-
-// Runs `body` in a forked child that ends with _exit, skipping every destructor and shutdown:
-// what it leaves on disk is what a kill -9 would. Returns the child's exit status.
-template <typename Body>
-int RunAndDie(Body body) {
-  const pid_t pid = fork();
-  if (pid == 0) _exit(body() ? 0 : 3);
-  int status = 0;
-  waitpid(pid, &status, 0);
-  return WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
 }
 
 // The child: the scenario, its state written to <root>/before.<i>, optionally a checkpoint
