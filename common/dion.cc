@@ -7,6 +7,7 @@
 #include "common/blas.h"
 #include "common/lowrank_update.h"
 #include "common/rng.h"
+#include "common/row_reduce.h"
 
 namespace dion {
 namespace {
@@ -34,6 +35,14 @@ void ErrorFeedback(Matrix& B, const Matrix& P, const Matrix& R, double mu, bool 
 // A power iteration that cannot go on: a zero P (B zero, or its rows orthogonal to Q) would
 // have orthonormalization invent a direction and zero Q for good; NaN/Inf spread.
 bool Degenerate(const Matrix& P) { return !AllFinite(P) || (P.array() == 0.0f).all(); }
+
+// The starting Q: short_side x rank, N(0, 1) from Rng(seed).
+Matrix InitialQ(int64_t short_side, int rank, uint64_t seed) {
+  Matrix Q(short_side, rank);
+  Rng rng(seed);
+  rng.FillNormal(Q);
+  return Q;
+}
 
 }  // namespace
 
@@ -79,9 +88,7 @@ int DionRank(int64_t m, int64_t n, double rank_fraction, int rank_multiple_of) {
 DionState InitDionState(int64_t m, int64_t n, int rank, uint64_t seed) {
   DionState state;
   state.M = Matrix::Zero(m, n);
-  state.Q.resize(std::min(m, n), rank);
-  Rng rng(seed);
-  rng.FillNormal(state.Q);
+  state.Q = InitialQ(std::min(m, n), rank, seed);
   return state;
 }
 
@@ -95,12 +102,26 @@ void ApplyLowRankUpdate(MatrixRef X, float decay, float scale, ConstMatrixRef P,
   }
 }
 
+namespace {
+
+// The owners of a row-split parameter and this owner's rows (DionRowStepFromMomentum).
+struct StepSplit {
+  RowBlock block;
+  int64_t total_rows = 0;  // of the tall side
+  RowReducer* reducer = nullptr;
+};
+
 // Algorithm 1 of the paper from B = M + G, which state.M holds on entry (docs/algorithm.md,
-// "One step"). Dion keeps P on the tall side; for a wide X it works on X^T, which for
-// row-major storage is only a transposed GEMM operand, never a copy.
-DionStepResult DionStepFromMomentum(MatrixRef X, DionState& state, const DionConfig& config,
-                                    bool measure_ortho_error, DionPhaseEnd phase_end) {
-  const int64_t m = X.rows(), n = X.cols();
+// "One step"), for the whole m x n parameter or, with `split`, for one owner's rows of it
+// (X, M and P are then the owner's rows; "One matrix over many shards"). Dion keeps P on the
+// tall side; for a wide X it works on X^T, which for row-major storage is only a transposed
+// GEMM operand, never a copy. A reduction error returns before anything in X or state
+// changed (M still holds B).
+absl::StatusOr<DionStepResult> StepFromMomentum(MatrixRef X, DionState& state,
+                                                const DionConfig& config, int64_t m, int64_t n,
+                                                const StepSplit* split,
+                                                bool measure_ortho_error,
+                                                DionPhaseEnd phase_end) {
   const double lr = config.lr, mu = config.mu, eps = config.eps;
   DionStepResult result;
   result.transposed = DionTransposed(m, n);
@@ -112,23 +133,46 @@ DionStepResult DionStepFromMomentum(MatrixRef X, DionState& state, const DionCon
   Matrix& P = result.P;
   Matrix& Q = result.Q;
   Matrix R(std::min(m, n), state.Q.cols());
-  P.resize(std::max(m, n), state.Q.cols());
+  P.resize(result.transposed ? X.cols() : X.rows(), state.Q.cols());  // the (local) tall side
 
   const Matrix* Q_prev = &state.Q;  // warm start
   for (int it = 0; it < config.power_iters; ++it) {
     Gemm(B_op, Trans::kNo, 1.0f, B, *Q_prev, 0.0f, P);  // P = B Q
-    if (Degenerate(P)) break;
+    // Split: no local verdict; a zero or non-finite P fails the reduced orthonormalization.
+    if (split == nullptr && Degenerate(P)) break;
     phase_end(DionPhase::kPowerIteration);
-    result.ortho = Orthonormalize(P, config.ortho);      // P = Orthonormalize(P)
+    if (split == nullptr) {
+      result.ortho = Orthonormalize(P, config.ortho);    // P = Orthonormalize(P)
+    } else {
+      absl::StatusOr<OrthoReport> ortho = OrthonormalizeRows(
+          P, split->block, split->total_rows, config.ortho, *split->reducer);
+      if (!ortho.ok()) return ortho.status();
+      result.ortho = *ortho;
+    }
     phase_end(DionPhase::kOrthonormalize);
     if (!result.ortho.ok) break;
     Gemm(Bt_op, Trans::kNo, 1.0f, B, P, 0.0f, R);        // R = B^T P
+    if (split != nullptr) {
+      if (absl::Status s = split->reducer->AllReduce("R", R); !s.ok()) return s;
+    }
     if (!AllFinite(R)) break;
     ColumnNormalize(R, eps, Q);                          // Q = R / (||R_col|| + eps)
     phase_end(DionPhase::kPowerIteration);
     Q_prev = &Q;
     result.applied = it + 1 == config.power_iters;
   }
+  if (result.applied && measure_ortho_error) {
+    if (split == nullptr) {
+      result.ortho_error = OrthogonalityError(P);
+    } else {
+      absl::StatusOr<double> error =
+          OrthogonalityErrorRows(P, split->block, split->total_rows, *split->reducer);
+      if (!error.ok()) return error.status();
+      result.ortho_error = *error;
+    }
+    phase_end(DionPhase::kDiagnostic);
+  }
+  // Every reduction is done: from here on the step cannot fail.
   ++state.step;
   if (!result.applied) {
     // No update: M keeps B (nothing is lost), Q is unchanged, only the decay applies.
@@ -137,16 +181,57 @@ DionStepResult DionStepFromMomentum(MatrixRef X, DionState& state, const DionCon
     X *= result.decay;
     return result;
   }
-  if (measure_ortho_error) {
-    result.ortho_error = OrthogonalityError(P);
-    phase_end(DionPhase::kDiagnostic);
-  }
   ErrorFeedback(B, P, R, mu, result.transposed);  // M = B - (1 - mu) P R^T
   state.Q = Q;
   // X = (1 - lr wd) X - lr sqrt(m/n) P Q^T
   ApplyLowRankUpdate(X, result.decay, result.scale, P, Q, result.transposed);
   phase_end(DionPhase::kUpdate);
   return result;
+}
+
+}  // namespace
+
+DionStepResult DionStepFromMomentum(MatrixRef X, DionState& state, const DionConfig& config,
+                                    bool measure_ortho_error, DionPhaseEnd phase_end) {
+  // Without reductions the step cannot fail.
+  return *StepFromMomentum(X, state, config, X.rows(), X.cols(), nullptr, measure_ortho_error,
+                           phase_end);
+}
+
+absl::StatusOr<DionStepResult> DionRowStepFromMomentum(MatrixRef X, DionState& state,
+                                                       const DionConfig& config, int64_t rows,
+                                                       int64_t cols, RowBlock block,
+                                                       RowReducer& reducer,
+                                                       bool measure_ortho_error,
+                                                       DionPhaseEnd phase_end) {
+  if (absl::Status s = ValidateSplitOrthoMethod(config.ortho.method); !s.ok()) return s;
+  const int64_t tall = std::max(rows, cols), short_side = std::min(rows, cols);
+  const bool transposed = DionTransposed(rows, cols);
+  const int64_t block_rows = transposed ? rows : block.size();
+  const int64_t block_cols = transposed ? block.size() : cols;
+  if (block.begin < 0 || block.begin >= block.end || block.end > tall ||
+      X.rows() != block_rows || X.cols() != block_cols || state.M.rows() != block_rows ||
+      state.M.cols() != block_cols || state.Q.rows() != short_side || state.Q.cols() < 1 ||
+      state.Q.cols() > short_side) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        "row block [", block.begin, ", ", block.end, ") of a [", rows, ", ", cols,
+        "] parameter does not fit its state: X is [", X.rows(), ", ", X.cols(), "], M [",
+        state.M.rows(), ", ", state.M.cols(), "], Q [", state.Q.rows(), ", ", state.Q.cols(),
+        "]; expected a non-empty block within [0, ", tall, "), X and M [", block_rows, ", ",
+        block_cols, "] and Q [", short_side, ", r] with 1 <= r <= ", short_side));
+  }
+  const StepSplit split{block, tall, &reducer};
+  return StepFromMomentum(X, state, config, rows, cols, &split, measure_ortho_error,
+                          phase_end);
+}
+
+DionState InitDionRowState(int64_t rows, int64_t cols, RowBlock block, int rank,
+                           uint64_t seed) {
+  DionState state;
+  state.M = DionTransposed(rows, cols) ? Matrix::Zero(rows, block.size())
+                                       : Matrix::Zero(block.size(), cols);
+  state.Q = InitialQ(std::min(rows, cols), rank, seed);
+  return state;
 }
 
 absl::StatusOr<DionStepResult> DionStep(MatrixRef X, ConstMatrixRef G, DionState& state,

@@ -14,6 +14,7 @@
 #include "absl/status/statusor.h"
 #include "common/matrix.h"
 #include "common/orthonormalize.h"
+#include "common/row_reduce.h"
 
 namespace dion {
 
@@ -86,6 +87,30 @@ absl::StatusOr<DionStepResult> DionStep(MatrixRef X, ConstMatrixRef G, DionState
 DionStepResult DionStepFromMomentum(MatrixRef X, DionState& state, const DionConfig& config,
                                     bool measure_ortho_error = false,
                                     DionPhaseEnd phase_end = IgnoreDionPhase);
+
+// One owner's part of the step of a Dion parameter split by rows over several owners
+// (docs/algorithm.md, "One matrix over many shards"). The parameter is rows x cols; this owner
+// holds the rows `block` of its tall side: X and state.M are X[block, :] when rows >= cols and
+// X[:, block] otherwise (in X's orientation), state.Q is the whole short x r Q, the same on
+// every owner. Every owner calls this at the same time, with the same config and Q, after
+// folding the same batch into its M; the r x r and short x r products are summed through
+// `reducer` (OrthonormalizeRows; R = sum_s B_s^T P_s), everything else is local. The result
+// holds this owner's rows of P and the new Q: X[block] = decay X[block] - scale P Q^T (or its
+// transpose), with the scale of the whole parameter. Together the owners take the same step
+// as DionStepFromMomentum on the whole matrix, up to float rounding in the sums.
+// Errors, with X and state unchanged (M still holds B, so the step may be retried as is):
+// FailedPrecondition when the block, X, M or Q do not fit; InvalidArgument for the qr method
+// (ValidateSplitOrthoMethod); the reducer's error, which every owner gets.
+absl::StatusOr<DionStepResult> DionRowStepFromMomentum(MatrixRef X, DionState& state,
+                                                       const DionConfig& config, int64_t rows,
+                                                       int64_t cols, RowBlock block,
+                                                       RowReducer& reducer,
+                                                       bool measure_ortho_error = false,
+                                                       DionPhaseEnd phase_end = IgnoreDionPhase);
+
+// Fresh state of one owner's rows `block` of a rows x cols parameter: M = 0 of the block's
+// shape, and the same Q as InitDionState(rows, cols, rank, seed).
+DionState InitDionRowState(int64_t rows, int64_t cols, RowBlock block, int rank, uint64_t seed);
 
 // Applies a step to a replica of X: X = decay X - scale P Q^T, or X = decay X - scale Q P^T
 // when `transposed` (P tall x r, Q short x r). DionStep updates X with exactly this call, and

@@ -12,6 +12,7 @@
 
 #include "absl/status/statusor.h"
 #include "common/matrix.h"
+#include "common/row_reduce.h"
 
 namespace dion {
 
@@ -61,6 +62,31 @@ OrthoReport Orthonormalize(MatrixRef P, const OrthoOptions& options = {});
 // dev machine, i.e. 3% and ~13% of the GEMMs of a 4096 x 4096 Dion step. Sample it (every
 // N steps) rather than calling it every step; OrthoReport::estimated_error is free.
 double OrthogonalityError(ConstMatrixRef P);
+
+// Orthonormalization of a P split by rows over several owners (docs/algorithm.md, "One
+// matrix over many shards"): this owner holds the rows `block` of a P with `total_rows` rows
+// and r columns, and every owner calls OrthonormalizeRows at the same time with the same
+// options; the r x r Grams (and rcqr's k x r sketch) are summed through `reducer`, everything
+// else is local, and each owner ends with its rows of one P with orthonormal columns.
+// Methods: cqr, cqr2 and rcqr as Orthonormalize runs them, and auto with the same policy,
+// except that there is no Householder fallback (it would need all of P): when rcqr fails
+// too, report.ok is false and P is zero, as when every method fails in Orthonormalize. A
+// square P is done like any other (Orthonormalize uses Householder QR there). Every decision
+// (accept a pass, fall back) is taken from reduced values, so all owners take the same one.
+// Errors: kQr (InvalidArgument, ValidateSplitOrthoMethod), a block outside [0, total_rows),
+// or the reducer's error: the owners must then abandon the step, and P is unspecified.
+absl::StatusOr<OrthoReport> OrthonormalizeRows(MatrixRef P, RowBlock block, int64_t total_rows,
+                                               const OrthoOptions& options,
+                                               RowReducer& reducer);
+
+// OK for the methods OrthonormalizeRows runs; InvalidArgument for qr, naming the others.
+absl::Status ValidateSplitOrthoMethod(OrthoMethod method);
+
+// OrthogonalityError of the whole row-split P, every owner calling it together (one
+// reduction, tag "ortho_error"). Each owner's double Gram minus its share of the identity is
+// summed in float, which adds at most ~1e-7 to the error measured.
+absl::StatusOr<double> OrthogonalityErrorRows(ConstMatrixRef P, RowBlock block,
+                                              int64_t total_rows, RowReducer& reducer);
 
 }  // namespace dion
 

@@ -8,11 +8,28 @@
 #ifndef DION_COMMON_ROW_REDUCE_H_
 #define DION_COMMON_ROW_REDUCE_H_
 
+#include <cstdint>
+
 #include "absl/status/status.h"
 #include "absl/strings/string_view.h"
 #include "common/matrix.h"
 
 namespace dion {
+
+// The rows [begin, end) of the tall side (Dion's orientation: rows of X when rows >= cols,
+// columns of X otherwise) that one owner of a split parameter holds.
+struct RowBlock {
+  int64_t begin = 0;
+  int64_t end = 0;
+  int64_t size() const { return end - begin; }
+  bool operator==(const RowBlock& other) const {
+    return begin == other.begin && end == other.end;
+  }
+};
+
+// Contiguous, balanced blocks of `rows` rows over `owners`: the first rows % owners blocks
+// have one row more. REQUIRES 1 <= owners <= rows, 0 <= index < owners.
+RowBlock SplitRowBlock(int64_t rows, int owners, int index);
 
 class RowReducer {
  public:
