@@ -50,14 +50,16 @@ if [ "$tsan" = 1 ]; then
   # system at once. wal_log_file_test: the log's group commit (8 appending threads);
   # shard_wal_test: the shard writing its log from pushes, deadlines and compute threads;
   # shard_checkpoint_test: checkpoints cut and written while pushes and steps go on;
-  # server_security_test: token checks and tokens-file reloads from gRPC's handler threads.
+  # server_security_test: token checks and tokens-file reloads from gRPC's handler threads;
+  # dion_rows_test: the owners of a split matrix stepping on their own threads, summing
+  # through one in-process reduction group.
   tsan_targets=(batcher_test parameter_store_test server_shard_test server_service_test
                 server_bad_input_test server_concurrency_test server_protocol_test
                 server_metrics_endpoint_test server_slow_subscriber_test server_binary_test
                 step_queue_test push_accounting_test
                 backoff_test gradient_accumulator_test replica_test worker_client_test
                 worker_training_test wal_log_file_test shard_wal_test shard_checkpoint_test
-                server_security_test)
+                server_security_test dion_rows_test)
   stage "ThreadSanitizer build (${tsan_targets[*]})"
   cmake -S . -B build-tsan -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo \
     -DDION_SANITIZE=thread -DDION_BUILD_BENCH=OFF >/dev/null
@@ -71,7 +73,8 @@ if [ "$tsan" = 1 ]; then
   export OPENBLAS_NUM_THREADS=1
   tsan_tests='^(Batcher|ParameterStore|Shard|Server|StepQueue|PushAccounting|Backoff'
   tsan_tests+='|GradientAccumulator|Replica'
-  tsan_tests+='|WorkerClient|WorkerTraining|WalLogFile|ShardWal|SecurityTest)'
+  tsan_tests+='|WorkerClient|WorkerTraining|WalLogFile|ShardWal|SecurityTest'
+  tsan_tests+='|Split|OrthonormalizeRows|OrthogonalityErrorRows)'
   ctest --test-dir build-tsan --output-on-failure -j "$jobs" --timeout 600 -R "$tsan_tests" \
     -L 'unit|integration'
 fi

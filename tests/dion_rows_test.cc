@@ -116,7 +116,7 @@ TEST_P(OrthonormalizeRowsMatchesWhole, OwnersHoldTheRowsOfTheWholeResult) {
 }
 
 INSTANTIATE_TEST_SUITE_P(
-    Methods, OrthonormalizeRowsMatchesWhole,
+    SplitMethods, OrthonormalizeRowsMatchesWhole,
     ::testing::Values(OrthoCase{OrthoMethod::kCqr, 2}, OrthoCase{OrthoMethod::kCqr2, 100},
                       OrthoCase{OrthoMethod::kRcqr, 1e4}, OrthoCase{OrthoMethod::kAuto, 2},
                       OrthoCase{OrthoMethod::kAuto, 100},
@@ -211,7 +211,7 @@ TEST_P(SplitStepMatchesWhole, XMAndQAgreeAfterOneAndTwentySteps) {
 }
 
 INSTANTIATE_TEST_SUITE_P(
-    ShapesOwnersMethods, SplitStepMatchesWhole,
+    SplitShapes, SplitStepMatchesWhole,
     ::testing::Values(
         // tall: rows split; wide: Dion runs on X^T, so the columns of X are split
         StepCase{96, 64, 16, 3, OrthoMethod::kAuto}, StepCase{64, 96, 16, 3, OrthoMethod::kAuto},
