@@ -10,6 +10,7 @@
 //                  owner and summing: what a transport adds to is on top of this);
 //   reduce bytes   float bytes one owner contributes per step (expected 4 (r^2 + n r) per
 //                  Cholesky QR pass, the Gram and R);
+// One owner runs the whole-matrix step (DionStepFromMomentum, no reductions): the baseline.
 //   GEMM-bound ms  the four sgemm of the owner's rows, timed alone on one thread:
 //                  P = B Q, R = B^T P, M -= (1 - mu) P R^T, X = decay X - scale P Q^T;
 //   step / GEMM    the step over its own floor, and step(1) / step(k), the speed-up.
@@ -147,8 +148,11 @@ Row Measure(int owners, int64_t n, int rank, int reps, const DionConfig& config,
       threads.emplace_back([&, i] {
         ready.fetch_add(1);
         while (!go.load()) std::this_thread::yield();
-        const absl::StatusOr<DionStepResult> result = DionRowStepFromMomentum(
-            o[i].X, o[i].state, config, n, n, o[i].block, *timed[i]);
+        // One owner: the whole-matrix step, the code path of an unsplit parameter.
+        const absl::StatusOr<DionStepResult> result =
+            owners == 1 ? DionStepFromMomentum(o[i].X, o[i].state, config)
+                        : DionRowStepFromMomentum(o[i].X, o[i].state, config, n, n,
+                                                  o[i].block, *timed[i]);
         if (!result.ok() || !result->applied) {
           absl::FPrintF(stderr, "owner %d: step failed: %s\n", i, result.status().ToString());
           std::exit(1);
@@ -165,7 +169,7 @@ Row Measure(int owners, int64_t n, int rank, int reps, const DionConfig& config,
     double reduce = 0;
     for (const auto& t : timed) reduce = std::max(reduce, t->seconds);
     reduces.push_back(reduce);
-    bytes = timed[0]->bytes;
+    bytes = timed[0]->bytes;  // 0 for one owner: the whole-matrix step reduces nothing
     absl::FPrintF(stderr, "  %d owners, rep %d: step %.0f ms\n", owners, rep, 1e3 * steps.back());
   }
   Row row;
