@@ -26,6 +26,8 @@ inline constexpr double kRankFraction = 0.25;  // Dion rank of the hidden matric
 // batches; docs/benchmarks.md, "Learning rates doubled").
 inline constexpr double kLr = 0.014;        // Dion, hidden matrices
 inline constexpr double kAdamwLr = 0.0014;  // AdamW, biases and the output layer
+inline constexpr double kLionLr = 0.0003;   // Lion, where chosen (--hidden/other_optimizer)
+inline constexpr double kMuonLr = 0.02;     // Muon, hidden matrices where chosen
 inline constexpr double kMomentum = 0.95;
 inline constexpr double kWeightDecay = 0.0;
 inline constexpr uint64_t kModelSeed = 1;  // worker j shuffles with kModelSeed * 1000 + j

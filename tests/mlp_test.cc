@@ -116,6 +116,41 @@ TEST(MlpParameterTable, RefusesBadOptionsNamingTheField) {
   EXPECT_EQ((*table)[0].optimizer, OptimizerKind::kAdamW);
 }
 
+// The hidden weights can use AdamW, Lion or Muon instead of Dion, and the biases and the head
+// Lion instead of AdamW, each with its own hyper-parameters; Dion and Muon are refused for
+// the biases and the head, and the config of a chosen optimizer is validated.
+TEST(MlpParameterTable, OptimizersAreSelectablePerGroup) {
+  MlpOptions options;
+  options.layer_sizes = {20, 16, 8, 4};
+  options.hidden_optimizer = OptimizerKind::kMuon;
+  options.other_optimizer = OptimizerKind::kLion;
+  options.muon.lr = 0.03;
+  options.lion.lr = 2e-4;
+  absl::StatusOr<std::vector<ParamSpec>> table = ParameterTable(options);
+  ASSERT_TRUE(table.ok()) << table.status();
+  for (const ParamSpec& spec : *table) {
+    const bool hidden_weight = spec.name == "fc1.weight" || spec.name == "fc2.weight";
+    EXPECT_EQ(spec.optimizer, hidden_weight ? OptimizerKind::kMuon : OptimizerKind::kLion)
+        << spec.name;
+    if (hidden_weight) EXPECT_EQ(spec.muon.lr, 0.03) << spec.name;
+    if (!hidden_weight) EXPECT_EQ(spec.lion.lr, 2e-4) << spec.name;
+  }
+  options.hidden_optimizer = OptimizerKind::kLion;
+  table = ParameterTable(options);
+  ASSERT_TRUE(table.ok()) << table.status();
+  EXPECT_EQ((*table)[0].optimizer, OptimizerKind::kLion);
+
+  for (OptimizerKind refused : {OptimizerKind::kDion, OptimizerKind::kMuon}) {
+    options.other_optimizer = refused;
+    EXPECT_NE(ParameterTable(options).status().message().find("expected adamw or lion"),
+              absl::string_view::npos);
+  }
+  options.other_optimizer = OptimizerKind::kAdamW;
+  options.hidden_optimizer = OptimizerKind::kMuon;
+  options.muon.ns_steps = 0;
+  EXPECT_EQ(ParameterTable(options).status().code(), absl::StatusCode::kInvalidArgument);
+}
+
 TEST(MlpLoss, ZeroWeightsGiveLogOfTheClassCount) {
   MlpOptions options;
   options.layer_sizes = {6, 5, 4};

@@ -79,6 +79,15 @@ ABSL_FLAG(double, compression_rank_fraction, dion::defaults::kCompressionRankFra
 ABSL_FLAG(double, lr, dion::defaults::kLr, "Dion learning rate of the hidden matrices");
 ABSL_FLAG(double, adamw_lr, dion::defaults::kAdamwLr,
           "AdamW learning rate of the biases and the output layer");
+ABSL_FLAG(std::string, hidden_optimizer, "dion",
+          "optimizer of the hidden weight matrices: dion, adamw (at --adamw_lr), lion (at "
+          "--lion_lr) or muon (at --muon_lr), for comparisons");
+ABSL_FLAG(std::string, other_optimizer, "adamw",
+          "optimizer of the biases and the output layer: adamw (at --adamw_lr) or lion (at "
+          "--lion_lr)");
+ABSL_FLAG(double, lion_lr, dion::defaults::kLionLr, "Lion learning rate, where Lion is chosen");
+ABSL_FLAG(double, muon_lr, dion::defaults::kMuonLr,
+          "Muon learning rate of the hidden matrices with --hidden_optimizer=muon");
 ABSL_FLAG(double, weight_decay, dion::defaults::kWeightDecay,
           "decoupled weight decay of every parameter");
 ABSL_FLAG(double, momentum, dion::defaults::kMomentum, "Dion momentum mu");
@@ -169,6 +178,16 @@ absl::StatusOr<Data> LoadData() {
       absl::StrCat("--dataset must be fashion-mnist or synthetic, got '", dataset, "'"));
 }
 
+// The optimizer named by --<flag> (dion, adamw, lion, muon).
+absl::StatusOr<dion::OptimizerKind> OptimizerFlag(absl::string_view flag,
+                                                  absl::string_view name) {
+  absl::StatusOr<dion::OptimizerKind> kind = dion::ParseOptimizerKind(name);
+  if (!kind.ok()) {
+    return absl::InvalidArgumentError(absl::StrCat("--", flag, ": ", kind.status().message()));
+  }
+  return kind;
+}
+
 absl::StatusOr<dion::ModelTable> ModelFor(const dion::Dataset& train) {
   dion::MlpOptions mlp;
   mlp.layer_sizes = {static_cast<int>(train.dim())};
@@ -189,6 +208,19 @@ absl::StatusOr<dion::ModelTable> ModelFor(const dion::Dataset& train) {
   mlp.dion.rank_fraction = absl::GetFlag(FLAGS_rank_fraction);
   mlp.adamw.lr = absl::GetFlag(FLAGS_adamw_lr);
   mlp.adamw.weight_decay = absl::GetFlag(FLAGS_weight_decay);
+  mlp.lion.lr = absl::GetFlag(FLAGS_lion_lr);
+  mlp.lion.weight_decay = absl::GetFlag(FLAGS_weight_decay);
+  mlp.muon.lr = absl::GetFlag(FLAGS_muon_lr);
+  mlp.muon.mu = absl::GetFlag(FLAGS_momentum);
+  mlp.muon.weight_decay = absl::GetFlag(FLAGS_weight_decay);
+  absl::StatusOr<dion::OptimizerKind> hidden =
+      OptimizerFlag("hidden_optimizer", absl::GetFlag(FLAGS_hidden_optimizer));
+  if (!hidden.ok()) return hidden.status();
+  absl::StatusOr<dion::OptimizerKind> other =
+      OptimizerFlag("other_optimizer", absl::GetFlag(FLAGS_other_optimizer));
+  if (!other.ok()) return other.status();
+  mlp.hidden_optimizer = *hidden;
+  mlp.other_optimizer = *other;
   mlp.seed = absl::GetFlag(FLAGS_model_seed);
   absl::StatusOr<std::vector<dion::ParamSpec>> specs = dion::ParameterTable(mlp);
   if (!specs.ok()) return specs.status();

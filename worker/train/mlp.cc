@@ -174,10 +174,25 @@ absl::Status ValidateMlpOptions(const MlpOptions& options) {
           "mlp layer_sizes[", i, "] = ", options.layer_sizes[i], ": expected >= 1"));
     }
   }
-  if (options.layer_sizes.size() > 2) {
-    if (absl::Status s = ValidateDionConfig(options.dion); !s.ok()) return s;
+  if (options.other_optimizer != OptimizerKind::kAdamW &&
+      options.other_optimizer != OptimizerKind::kLion) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "mlp other_optimizer ", OptimizerKindName(options.other_optimizer),
+        ": expected adamw or lion for the biases and the output weight"));
   }
-  return ValidateAdamWConfig(options.adamw);
+  std::vector<OptimizerKind> used = {options.other_optimizer};
+  if (options.layer_sizes.size() > 2) used.push_back(options.hidden_optimizer);
+  for (OptimizerKind kind : used) {
+    absl::Status s;
+    switch (kind) {
+      case OptimizerKind::kDion: s = ValidateDionConfig(options.dion); break;
+      case OptimizerKind::kAdamW: s = ValidateAdamWConfig(options.adamw); break;
+      case OptimizerKind::kLion: s = ValidateLionConfig(options.lion); break;
+      case OptimizerKind::kMuon: s = ValidateMuonConfig(options.muon); break;
+    }
+    if (!s.ok()) return s;
+  }
+  return absl::OkStatus();
 }
 
 absl::StatusOr<std::vector<ParamSpec>> ParameterTable(const MlpOptions& options) {
@@ -191,17 +206,20 @@ absl::StatusOr<std::vector<ParamSpec>> ParameterTable(const MlpOptions& options)
     ParamSpec weight;
     weight.name = absl::StrCat("fc", l + 1, ".weight");
     weight.shape = {out, in};
-    weight.optimizer = head ? OptimizerKind::kAdamW : OptimizerKind::kDion;
+    weight.optimizer = head ? options.other_optimizer : options.hidden_optimizer;
     weight.dion = options.dion;
     weight.adamw = options.adamw;
+    weight.lion = options.lion;
+    weight.muon = options.muon;
     weight.init = {InitSpec::Kind::kKaiming, 1.0, MixSeed(options.seed, table.size())};
     table.push_back(weight);
 
     ParamSpec bias;
     bias.name = absl::StrCat("fc", l + 1, ".bias");
     bias.shape = {out};
-    bias.optimizer = OptimizerKind::kAdamW;
+    bias.optimizer = options.other_optimizer;
     bias.adamw = options.adamw;
+    bias.lion = options.lion;
     bias.init = {InitSpec::Kind::kZeros, 1.0, MixSeed(options.seed, table.size())};
     table.push_back(bias);
   }

@@ -10,7 +10,8 @@
 //
 // Optimizers (docs/algorithm.md, "Other optimizers on the same server"): hidden weights use
 // Dion; biases and the output head use AdamW, since Dion on the head "runs without error but
-// performs poorly".
+// performs poorly". For comparisons the hidden weights can use AdamW, Lion or Muon instead,
+// and the biases and the head Lion.
 //
 // Thread-safety: the functions are stateless apart from their workspace and gradient
 // outputs; concurrent calls are safe if each uses its own workspace and grads (the
@@ -27,6 +28,7 @@
 #include "common/dion.h"
 #include "common/elementwise_optimizers.h"
 #include "common/matrix.h"
+#include "common/muon.h"
 #include "common/param_spec.h"
 #include "worker/train/dataset.h"
 
@@ -41,12 +43,19 @@ struct MlpOptions {
   DionConfig dion;
   // Hyper-parameters of the biases and the output weight.
   AdamWConfig adamw;
+  // Optimizer of the hidden weights: Dion, AdamW, Lion or Muon.
+  OptimizerKind hidden_optimizer = OptimizerKind::kDion;
+  // Optimizer of the biases and the output weight: AdamW or Lion.
+  OptimizerKind other_optimizer = OptimizerKind::kAdamW;
+  LionConfig lion;  // of every parameter whose optimizer is Lion
+  MuonConfig muon;  // of the hidden weights when they use Muon
   // Parameter i (table order, from 0) is initialised from seed MixSeed(seed, i): weights
   // Kaiming N(0, 2 / fan_in), biases zero.
   uint64_t seed = 0;
 };
 
-// InvalidArgument naming the field if the layer sizes or either optimizer config is bad.
+// InvalidArgument naming the field if the layer sizes, an optimizer choice or the config of
+// an optimizer in use is bad.
 absl::Status ValidateMlpOptions(const MlpOptions& options);
 
 // The parameter table, in the order LossAndGradients expects; every spec passes
