@@ -158,6 +158,7 @@ absl::Status DionServer::StartPeers() {
     absl::StatusOr<std::unique_ptr<PeerChannels>> channels = MakePeerChannels(options_);
     if (!channels.ok()) return channels.status();
     peer_channels_ = *std::move(channels);
+    peer_channels_->Connect();
   }
   peer_env_ = PeerEnv{reduce_hub_.get(), peer_channels_.get(), options_.peer.timeout,
                       metrics_.get()};

@@ -350,6 +350,8 @@ struct ShardMetrics::Families {
                          .Help("Wall time of one owner's reduction (AllReduce) of a row-split "
                                "parameter's step, from its call to the sum, by tag.")
                          .Register(r);
+    // The tags of common/row_reduce.h are there from the start (dashboards see the series).
+    for (const char* tag : {"gram", "sketch", "R"}) PeerHistogram(tag);
     auto& failures = prometheus::BuildCounter()
                          .Name("dion_peer_reduction_failures_total")
                          .Help("Reductions of row-split parameters that failed (the step was "

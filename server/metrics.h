@@ -28,8 +28,8 @@
 //   dion_peer_reduction_failures_total{reason="timeout|invalid|unavailable|resource_exhausted|
 //                                      denied|aborted|other"}       counter
 //   dion_peer_sent_bytes_total, dion_peer_received_bytes_total      counters, ShardPeer payloads
-// (tag: the reduction's tag when it is 1-32 of [A-Za-z0-9_] and among the first 8 seen, else
-// "other", so a peer cannot grow the label set).
+// (tag: "gram", "sketch", "R" from the start; another tag of 1-32 of [A-Za-z0-9_] while there
+// are fewer than 8, else "other", so the label set stays bounded).
 //
 // Thread-safety: safe for concurrent use (prometheus-cpp metrics are atomic; RecordStep also
 // takes a short internal lock so the version gauge only ever moves up).

@@ -10,6 +10,20 @@
 #include "server/peer/reduce_wire.h"
 
 namespace dion {
+namespace {
+
+const char* ConnectivityName(grpc_connectivity_state state) {
+  switch (state) {
+    case GRPC_CHANNEL_IDLE: return "IDLE";
+    case GRPC_CHANNEL_CONNECTING: return "CONNECTING";
+    case GRPC_CHANNEL_READY: return "READY";
+    case GRPC_CHANNEL_TRANSIENT_FAILURE: return "TRANSIENT_FAILURE";
+    case GRPC_CHANNEL_SHUTDOWN: return "SHUTDOWN";
+  }
+  return "unknown";
+}
+
+}  // namespace
 
 GrpcRowReducer::GrpcRowReducer(std::string parameter, int64_t step,
                                std::vector<int> owner_shards, int index, const PeerEnv& env)
@@ -61,21 +75,15 @@ absl::Status GrpcRowReducer::ReduceAsFollower(const ReduceKey& key, absl::string
   v1::ReduceResponse response;
   grpc::ClientContext context;
   context.set_deadline(absl::ToChronoTime(absl::Now() + env_.timeout));
+  // A connection that is being (re)established, or a slow TLS handshake, gets the whole
+  // deadline rather than failing the step at once.
+  context.set_wait_for_ready(true);
   const grpc::Status status = (*stub)->Reduce(&context, request, &response);
   if (env_.metrics != nullptr) {
     env_.metrics->RecordPeerBytes(static_cast<int64_t>(request.ByteSizeLong()),
                                   static_cast<int64_t>(response.ByteSizeLong()));
   }
-  if (!status.ok()) {
-    std::string message = status.error_message();
-    if (status.error_code() == grpc::StatusCode::DEADLINE_EXCEEDED) {
-      absl::StrAppend(&message, " (no answer within --peer_timeout ",
-                      absl::FormatDuration(env_.timeout), ")");
-    } else if (status.error_code() == grpc::StatusCode::UNAVAILABLE) {
-      message = absl::StrCat("the leader is unreachable: ", message);
-    }
-    return absl::Status(static_cast<absl::StatusCode>(status.error_code()), message);
-  }
+  if (!status.ok()) return FromCallStatus(status);
   absl::StatusOr<Matrix> sum = ReduceTensorToMatrix(response.sum(), "the leader's sum");
   if (!sum.ok()) return absl::InternalError(sum.status().message());
   if (sum->rows() != part.rows() || sum->cols() != part.cols()) {
@@ -85,6 +93,24 @@ absl::Status GrpcRowReducer::ReduceAsFollower(const ReduceKey& key, absl::string
   }
   part = *sum;
   return absl::OkStatus();
+}
+
+absl::Status GrpcRowReducer::FromCallStatus(const grpc::Status& status) const {
+  if (status.error_code() == grpc::StatusCode::DEADLINE_EXCEEDED) {
+    const grpc_connectivity_state state =
+        env_.channels->channel(owner_shards_[0])->GetState(/*try_to_connect=*/false);
+    if (state != GRPC_CHANNEL_READY) {
+      return absl::UnavailableError(absl::StrCat(
+          "the leader could not be reached within --peer_timeout ",
+          absl::FormatDuration(env_.timeout), " (connection state ", ConnectivityName(state),
+          ")"));
+    }
+    return absl::DeadlineExceededError(absl::StrCat(
+        status.error_message(), " (no answer within --peer_timeout ",
+        absl::FormatDuration(env_.timeout), ")"));
+  }
+  return absl::Status(static_cast<absl::StatusCode>(status.error_code()),
+                      status.error_message());
 }
 
 absl::Status GrpcRowReducer::Annotate(const absl::Status& s, const ReduceKey& key,

@@ -2,15 +2,17 @@
 // parameter. Owner 0 leads: its reducer submits its part to this shard's ReduceHub in
 // process; every other owner sends its part to the leader's shard with ShardPeer.Reduce
 // (proto/dion/v1/peer.proto), deadline `timeout` (dion-server --peer_timeout), and receives
-// the sum. The k-th AllReduce of a reducer is round k of (parameter, step), so owners that make
-// the same calls in the same order meet in the same reductions. With one owner AllReduce
-// returns the part unchanged, without any call.
+// the sum. The call waits for a connection within its deadline (gRPC wait_for_ready), so a
+// slow handshake does not fail a step. The k-th AllReduce of a reducer is round k of
+// (parameter, step), so owners that make the same calls in the same order meet in the same
+// reductions. With one owner AllReduce returns the part unchanged, without any call.
 //
 // Errors keep the code the hub or gRPC gave (DEADLINE_EXCEEDED naming the missing owners,
-// INVALID_ARGUMENT, RESOURCE_EXHAUSTED, ABORTED, UNAVAILABLE for an unreachable leader,
-// UNAUTHENTICATED / PERMISSION_DENIED for a token the leader refuses, FAILED_PRECONDITION when
-// no peer addresses are configured) with a message naming this owner, the leader, the
-// parameter, step, round and tag. Any error means the step must be abandoned.
+// INVALID_ARGUMENT, RESOURCE_EXHAUSTED, ABORTED, UNAVAILABLE for a leader shutting down or
+// still unreachable at the deadline, UNAUTHENTICATED / PERMISSION_DENIED for a token the
+// leader refuses, FAILED_PRECONDITION when no peer addresses are configured) with a message
+// naming this owner, the leader, the parameter, step, round and tag. Any error means the step
+// must be abandoned.
 //
 // Thread-safety: one GrpcRowReducer is used from one thread at a time (RowReducer's contract);
 // distinct reducers share only the PeerEnv's hub, channels and metrics, which are thread-safe.
@@ -20,6 +22,8 @@
 #include <cstdint>
 #include <string>
 #include <vector>
+
+#include <grpcpp/grpcpp.h>
 
 #include "absl/status/status.h"
 #include "absl/strings/string_view.h"
@@ -59,6 +63,9 @@ class GrpcRowReducer final : public RowReducer {
  private:
   absl::Status ReduceAsLeader(const ReduceKey& key, absl::string_view tag, MatrixRef part);
   absl::Status ReduceAsFollower(const ReduceKey& key, absl::string_view tag, MatrixRef part);
+  // A failed call's status; a deadline passed while the leader was not connected is
+  // UNAVAILABLE (unreachable).
+  absl::Status FromCallStatus(const grpc::Status& status) const;
   // `s` with a message naming this owner, the leader and the reduction.
   absl::Status Annotate(const absl::Status& s, const ReduceKey& key, absl::string_view tag) const;
 

@@ -57,6 +57,12 @@ absl::StatusOr<std::unique_ptr<PeerChannels>> PeerChannels::Create(
   return channels;
 }
 
+void PeerChannels::Connect() const {
+  for (const std::shared_ptr<grpc::Channel>& channel : channels_) {
+    channel->GetState(/*try_to_connect=*/true);
+  }
+}
+
 absl::StatusOr<v1::ShardPeer::StubInterface*> PeerChannels::Stub(int shard) const {
   if (shard < 0 || shard >= size()) {
     return absl::FailedPreconditionError(absl::StrCat(

@@ -41,8 +41,13 @@ class PeerChannels {
   static absl::StatusOr<std::unique_ptr<PeerChannels>> Create(const PeerChannelOptions& options);
 
   int size() const { return static_cast<int>(addresses_.size()); }
+  // Starts connecting every channel (without waiting), so that the first reduction does not
+  // pay for the handshakes.
+  void Connect() const;
   // REQUIRES: 0 <= shard < size().
   const std::string& address(int shard) const { return addresses_[shard]; }
+  // REQUIRES: 0 <= shard < size(). E.g. to connect ahead of the first reduction.
+  const std::shared_ptr<grpc::Channel>& channel(int shard) const { return channels_[shard]; }
   // The stub of ShardPeer at `shard`; FailedPrecondition naming the flag when there is none.
   absl::StatusOr<v1::ShardPeer::StubInterface*> Stub(int shard) const;
 

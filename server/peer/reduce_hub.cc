@@ -290,4 +290,10 @@ int ReduceHub::pending() const {
   return static_cast<int>(pending_.size());
 }
 
+int ReduceHub::parts_arrived(const ReduceKey& key) const {
+  MutexLock lock(&mu_);
+  auto it = pending_.find(key);
+  return it == pending_.end() ? 0 : it->second->count;
+}
+
 }  // namespace dion

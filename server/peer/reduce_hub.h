@@ -95,7 +95,9 @@ class ReduceHub {
   // Fails every pending reduction with UNAVAILABLE and refuses new parts. Idempotent.
   void Shutdown() ABSL_LOCKS_EXCLUDED(mu_);
 
+  // Reductions gathering parts; the parts of `key` already here (0 when it is not pending).
   int pending() const ABSL_LOCKS_EXCLUDED(mu_);
+  int parts_arrived(const ReduceKey& key) const ABSL_LOCKS_EXCLUDED(mu_);
   const ReduceHubOptions& options() const { return options_; }
 
  private:
