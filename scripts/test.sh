@@ -60,6 +60,9 @@ if [ "$tsan" = 1 ]; then
                 backoff_test gradient_accumulator_test replica_test worker_client_test
                 worker_training_test wal_log_file_test shard_wal_test shard_checkpoint_test
                 server_security_test dion_rows_test)
+  # --- peer reductions (server/peer/): owners' threads, gRPC handlers waiting in the hub.
+  tsan_targets+=(peer_reduce_test)
+  # ---
   stage "ThreadSanitizer build (${tsan_targets[*]})"
   cmake -S . -B build-tsan -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo \
     -DDION_SANITIZE=thread -DDION_BUILD_BENCH=OFF >/dev/null
@@ -75,6 +78,9 @@ if [ "$tsan" = 1 ]; then
   tsan_tests+='|GradientAccumulator|Replica'
   tsan_tests+='|WorkerClient|WorkerTraining|WalLogFile|ShardWal|SecurityTest'
   tsan_tests+='|Split|OrthonormalizeRows|OrthogonalityErrorRows)'
+  # --- peer reductions (server/peer/).
+  tsan_tests+='|^Peer(Reduce|Security)Test'
+  # ---
   ctest --test-dir build-tsan --output-on-failure -j "$jobs" --timeout 600 -R "$tsan_tests" \
     -L 'unit|integration'
 fi

@@ -10,6 +10,7 @@
 #include "absl/strings/strip.h"
 #include "absl/time/clock.h"
 #include "absl/time/time.h"
+#include "server/metrics.h"
 
 namespace dion {
 namespace {
@@ -31,8 +32,9 @@ absl::StatusOr<Role> ParseRole(absl::string_view word) {
   if (word == "worker") return Role::kWorker;
   if (word == "reader") return Role::kReader;
   if (word == "admin") return Role::kAdmin;
+  if (word == "peer") return Role::kPeer;
   return absl::InvalidArgumentError(
-      absl::StrCat("unknown role '", word, "' (expected worker, reader or admin)"));
+      absl::StrCat("unknown role '", word, "' (expected worker, reader, admin or peer)"));
 }
 
 // One line's fields after the token: role [name] [workers=a,b].
@@ -77,6 +79,7 @@ absl::string_view RoleName(Role role) {
     case Role::kWorker: return "worker";
     case Role::kReader: return "reader";
     case Role::kAdmin: return "admin";
+    case Role::kPeer: return "peer";
   }
   return "?";
 }
@@ -205,6 +208,31 @@ absl::StatusOr<Principal> TokenAuthenticator::Authenticate(const grpc::ServerCon
   value.remove_prefix(kScheme.size());
   while (!value.empty() && value.front() == ' ') value.remove_prefix(1);
   return AuthenticateToken(value);
+}
+
+grpc::Status AuthorizeCall(TokenAuthenticator* tokens, ShardMetrics* metrics,
+                           const grpc::ServerContext& context, absl::string_view method,
+                           std::initializer_list<Role> allowed, Principal* principal) {
+  if (tokens == nullptr) {
+    *principal = Principal{Role::kAdmin, "anyone", {}};
+    return grpc::Status::OK;
+  }
+  absl::StatusOr<Principal> who = tokens->Authenticate(context);
+  if (!who.ok()) {
+    if (metrics != nullptr) metrics->RecordAuthFailure("unauthenticated");
+    return grpc::Status(grpc::StatusCode::UNAUTHENTICATED,
+                        absl::StrCat(method, ": ", who.status().message()));
+  }
+  for (Role role : allowed) {
+    if (who->role == role) {
+      *principal = *std::move(who);
+      return grpc::Status::OK;
+    }
+  }
+  if (metrics != nullptr) metrics->RecordAuthFailure("permission_denied");
+  return grpc::Status(grpc::StatusCode::PERMISSION_DENIED,
+                      absl::StrCat(method, " is not allowed for role ", RoleName(who->role),
+                                   " (token '", who->name, "')"));
 }
 
 }  // namespace dion

@@ -8,6 +8,8 @@
 //           values, Status. With `workers=` it may register and push only as those worker ids.
 //   reader  GetLayout, Pull of values, Status.
 //   admin   everything: registering a new table, Pull with optimizer state, Checkpoint.
+//   peer    ShardPeer.Reduce only (the shards' own service, server/peer/): what one shard
+//           presents to another (--peer_token_file); it may call nothing of ParameterServer.
 // Clients send `authorization: Bearer <token>` metadata. A call without a token or with an
 // unknown one is UNAUTHENTICATED; a known token whose role may not make the call is
 // PERMISSION_DENIED. Tokens are compared in constant time (in the token's length) and never
@@ -24,6 +26,7 @@
 
 #include <atomic>
 #include <cstdint>
+#include <initializer_list>
 #include <memory>
 #include <string>
 #include <vector>
@@ -38,7 +41,7 @@
 
 namespace dion {
 
-enum class Role { kWorker, kReader, kAdmin };
+enum class Role { kWorker, kReader, kAdmin, kPeer };
 
 absl::string_view RoleName(Role role);
 
@@ -92,6 +95,16 @@ class TokenAuthenticator {
   std::atomic<int64_t> reloads_{0};
   std::atomic<int64_t> reload_errors_{0};
 };
+
+class ShardMetrics;
+
+// Authorization of one call of a service, shared by the shard's services: the caller's
+// principal when its role is one of `allowed` (without tokens, every caller is an admin);
+// UNAUTHENTICATED or PERMISSION_DENIED naming `method` otherwise, counted in `metrics` (which
+// may be null).
+grpc::Status AuthorizeCall(TokenAuthenticator* tokens, ShardMetrics* metrics,
+                           const grpc::ServerContext& context, absl::string_view method,
+                           std::initializer_list<Role> allowed, Principal* principal);
 
 }  // namespace dion
 

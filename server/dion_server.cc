@@ -28,6 +28,55 @@ absl::Status CheckAddress(absl::string_view what, const std::string& address) {
   return absl::OkStatus();
 }
 
+// The peers' addresses, one per shard, and what their calls need (TLS trust, a token).
+absl::Status ValidatePeerOptions(const ServerOptions& options) {
+  const PeerOptions& peer = options.peer;
+  if (peer.timeout <= absl::ZeroDuration()) {
+    return absl::InvalidArgumentError(absl::StrCat("peer_timeout must be positive, got ",
+                                                   absl::FormatDuration(peer.timeout)));
+  }
+  if (peer.max_pending < 1) {
+    return absl::InvalidArgumentError("peer max_pending must be >= 1");
+  }
+  if (peer.addresses.empty()) return absl::OkStatus();
+  if (static_cast<int>(peer.addresses.size()) != options.shard.store.num_shards) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "peer_addresses lists ", peer.addresses.size(), " addresses; expected one per shard (",
+        options.shard.store.num_shards, ", num_shards)"));
+  }
+  if (!options.tls.cert_file.empty() && peer.tls_ca_file.empty() &&
+      options.tls.client_ca_file.empty()) {
+    return absl::InvalidArgumentError(
+        "peer_addresses on a TLS shard needs peer_tls_ca_file (the CA of the shards' "
+        "certificates) or tls_client_ca_file to verify the peers");
+  }
+  if (!peer.token_file.empty() && options.tls.cert_file.empty()) {
+    return absl::InvalidArgumentError(
+        "peer_token_file needs TLS (tls_cert_file): tokens are only sent over TLS");
+  }
+  if (!options.auth_tokens_file.empty() && peer.token_file.empty()) {
+    return absl::InvalidArgumentError(
+        "peer_addresses on a shard with auth_tokens_file needs peer_token_file (a token of "
+        "role peer listed in the peers' tokens files)");
+  }
+  return absl::OkStatus();
+}
+
+// The channels to the peers, with the shard's own TLS settings (docs/server.md, "Peers").
+absl::StatusOr<std::unique_ptr<PeerChannels>> MakePeerChannels(const ServerOptions& options) {
+  PeerChannelOptions channels;
+  channels.addresses = options.peer.addresses;
+  channels.max_message_bytes = options.max_message_bytes;
+  if (!options.tls.cert_file.empty()) {
+    channels.tls.ca_file = options.peer.tls_ca_file.empty() ? options.tls.client_ca_file
+                                                            : options.peer.tls_ca_file;
+    channels.tls.cert_file = options.tls.cert_file;
+    channels.tls.key_file = options.tls.key_file;
+    channels.tls.token_file = options.peer.token_file;
+  }
+  return PeerChannels::Create(channels);
+}
+
 }  // namespace
 
 absl::Status ValidateServerOptions(const ServerOptions& options) {
@@ -44,6 +93,7 @@ absl::Status ValidateServerOptions(const ServerOptions& options) {
   if (options.shutdown_grace < absl::ZeroDuration()) {
     return absl::InvalidArgumentError("shutdown_grace must not be negative");
   }
+  if (absl::Status s = ValidatePeerOptions(options); !s.ok()) return s;
   return ValidateShardOptions(options.shard);
 }
 
@@ -62,6 +112,7 @@ absl::StatusOr<std::unique_ptr<DionServer>> DionServer::Start(const ServerOption
   }
   std::unique_ptr<DionServer> server(new DionServer(options));
   server->metrics_ = std::make_unique<ShardMetrics>();
+  if (absl::Status s = server->StartPeers(); !s.ok()) return s;
   absl::StatusOr<std::unique_ptr<Shard>> shard =
       Shard::Create(options.shard, server->metrics_.get());
   if (!shard.ok()) return shard.status();
@@ -79,6 +130,9 @@ absl::StatusOr<std::unique_ptr<DionServer>> DionServer::Start(const ServerOption
   builder.AddChannelArgument(GRPC_ARG_HTTP2_MIN_RECV_PING_INTERVAL_WITHOUT_DATA_MS, 10000);
   builder.AddChannelArgument(GRPC_ARG_KEEPALIVE_PERMIT_WITHOUT_CALLS, 1);
   builder.RegisterService(server->service_.get());
+  server->peer_service_ = std::make_unique<ShardPeerService>(
+      server->reduce_hub_.get(), service.tokens, server->metrics_.get(), options.peer.timeout);
+  builder.RegisterService(server->peer_service_.get());
   server->server_ = builder.BuildAndStart();
   if (server->server_ == nullptr || server->port_ == 0) {
     return absl::UnavailableError(
@@ -93,6 +147,22 @@ absl::StatusOr<std::unique_ptr<DionServer>> DionServer::Start(const ServerOption
     server->metrics_server_ = *std::move(metrics);
   }
   return server;
+}
+
+absl::Status DionServer::StartPeers() {
+  ReduceHubOptions hub;
+  hub.max_part_bytes = options_.max_message_bytes;
+  hub.max_pending = options_.peer.max_pending;
+  reduce_hub_ = std::make_unique<ReduceHub>(hub);
+  if (!options_.peer.addresses.empty()) {
+    absl::StatusOr<std::unique_ptr<PeerChannels>> channels = MakePeerChannels(options_);
+    if (!channels.ok()) return channels.status();
+    peer_channels_ = *std::move(channels);
+    peer_channels_->Connect();
+  }
+  peer_env_ = PeerEnv{reduce_hub_.get(), peer_channels_.get(), options_.peer.timeout,
+                      metrics_.get()};
+  return absl::OkStatus();
 }
 
 DionServer::~DionServer() { Shutdown().IgnoreError(); }
@@ -113,6 +183,8 @@ absl::Status DionServer::Shutdown() {
   const absl::Time deadline = absl::Now() + options_.shutdown_grace;  // the shard's too
   if (server_ != nullptr) {
     server_->GetHealthCheckService()->SetServingStatus(false);
+    // Reductions waiting for parts end UNAVAILABLE now rather than at their deadlines.
+    reduce_hub_->Shutdown();
     // Subscriptions end and pushes are refused first, so the calls below can finish.
     shard_->BeginShutdown();
     server_->Shutdown(absl::ToChronoTime(deadline));

@@ -1,5 +1,7 @@
-// A shard served over gRPC: the Shard, its ParameterServer service, the gRPC health service
-// (grpc.health.v1) and server reflection, and the Prometheus endpoint. Used by the dion-server
+// A shard served over gRPC: the Shard, its ParameterServer service, its ShardPeer service and
+// the transport of the reductions of row-split parameters (server/peer/, docs/server.md,
+// "Peers"), the gRPC health service (grpc.health.v1) and server reflection, and the
+// Prometheus endpoint. Used by the dion-server
 // binary (server/main.cc) and by the integration tests, which start it on 127.0.0.1:0.
 //
 // Shutdown order (docs/server.md, "Shutdown"): health NOT_SERVING, the shard refuses new
@@ -14,6 +16,7 @@
 
 #include <memory>
 #include <string>
+#include <vector>
 
 #include <grpcpp/grpcpp.h>
 
@@ -24,10 +27,24 @@
 #include "common/mutex.h"
 #include "common/tls.h"
 #include "server/metrics.h"
+#include "server/peer/grpc_row_reducer.h"
+#include "server/peer/peer_channels.h"
+#include "server/peer/peer_service.h"
+#include "server/peer/reduce_hub.h"
 #include "server/service.h"
 #include "server/shard.h"
 
 namespace dion {
+
+// The other shards, for the reductions of row-split parameters (docs/server.md, "Peers").
+struct PeerOptions {
+  std::vector<std::string> addresses;  // every shard's host:port by index; empty: no peers
+  // CA the peers' certificates chain to, when the shard serves TLS; empty: tls.client_ca_file.
+  std::string tls_ca_file;
+  std::string token_file;  // bearer token (role peer) sent to peers; needed with tokens
+  absl::Duration timeout = absl::Seconds(5);  // a reduction's deadline
+  int max_pending = 64;                       // reductions this shard gathers at once
+};
 
 struct ServerOptions {
   std::string listen = "127.0.0.1:50051";          // gRPC host:port; port 0 picks a free one
@@ -38,6 +55,7 @@ struct ServerOptions {
   std::string auth_tokens_file;  // bearer tokens with roles (server/auth.h); empty: none
   absl::Duration auth_reload_interval = absl::Seconds(1);  // how often the file is checked
   ServiceOptions service;        // service.tokens is set by Start from auth_tokens_file
+  PeerOptions peer;
   ShardOptions shard;
 };
 
@@ -61,17 +79,26 @@ class DionServer {
   Shard& shard() { return *shard_; }
   ShardMetrics& metrics() { return *metrics_; }
   const ParameterServerService& service() const { return *service_; }
+  // What a GrpcRowReducer of this shard needs: its hub, the channels to the other shards (null
+  // without --peer_addresses), the timeout and the metrics. Valid while the server lives.
+  const PeerEnv& peer_env() const { return peer_env_; }
 
   // Graceful shutdown (file comment). Idempotent; returns the last checkpoint's status.
   absl::Status Shutdown() ABSL_LOCKS_EXCLUDED(mu_);
 
  private:
   explicit DionServer(const ServerOptions& options) : options_(options) {}
+  // The reduction hub and the channels to the peers (before the shard, which may use them).
+  absl::Status StartPeers();
 
   const ServerOptions options_;
   std::unique_ptr<ShardMetrics> metrics_;
+  std::unique_ptr<ReduceHub> reduce_hub_;
+  std::unique_ptr<PeerChannels> peer_channels_;  // null without peer addresses
+  PeerEnv peer_env_;
   std::unique_ptr<Shard> shard_;
   std::unique_ptr<ParameterServerService> service_;
+  std::unique_ptr<ShardPeerService> peer_service_;
   std::unique_ptr<grpc::Server> server_;
   std::unique_ptr<MetricsServer> metrics_server_;
   int port_ = 0;

@@ -13,6 +13,7 @@
 #include <cstdio>
 #include <optional>
 #include <string>
+#include <vector>
 
 #include "absl/flags/flag.h"
 #include "absl/status/status.h"
@@ -24,6 +25,7 @@
 #include "server/checkpoint/checkpoint_cut.h"
 #include "server/dion_server.h"
 #include "server/dp_flags.h"
+#include "server/peer/peer_channels.h"
 #include "server/shard_log.h"
 #include "server/memory_budget.h"
 #include "server/plaintext_warning.h"
@@ -134,9 +136,25 @@ ABSL_FLAG(absl::Duration, tls_reload_interval, absl::Seconds(10),
 ABSL_FLAG(std::string, auth_tokens_file, "",
           "bearer tokens with roles, one '<token> <role> [<name>] [workers=<id>,...] "
           "[expires=<RFC 3339 time>]' a line "
-          "(roles: worker, reader, admin; docs/server.md, \"Security\"); with it every call "
-          "needs a token (UNAUTHENTICATED without, PERMISSION_DENIED for a role that may not "
+          "(roles: worker, reader, admin, peer; docs/server.md, \"Security\"); with it every "
+          "call needs a token (UNAUTHENTICATED without, PERMISSION_DENIED for a role that may not "
           "make it); re-read when it changes. Health checking needs no token");
+ABSL_FLAG(std::string, peer_addresses, "",
+          "host:port of every shard's gRPC service, comma-separated in shard index order (its "
+          "own included; exactly --num_shards of them): how the owners of a row-split "
+          "parameter reach each other for the sums of its step (docs/server.md, \"Peers\"). "
+          "Empty: no peers, fine while no parameter is split");
+ABSL_FLAG(std::string, peer_tls_ca_file, "",
+          "PEM CA the peers' certificates must chain to when this shard serves TLS; empty: "
+          "--tls_client_ca_file. Peer calls present this shard's --tls_cert_file/--tls_key_file "
+          "(for peers with mutual TLS), so that certificate needs client authentication too");
+ABSL_FLAG(std::string, peer_token_file, "",
+          "file whose first line is the bearer token this shard sends to its peers; needed "
+          "with --auth_tokens_file, where the peers list it with role peer (needs TLS)");
+ABSL_FLAG(absl::Duration, peer_timeout, absl::Seconds(5),
+          "deadline of one reduction between the owners of a row-split parameter (> 0); an "
+          "owner whose part does not arrive in time fails the step for every owner with "
+          "DEADLINE_EXCEEDED naming it");
 ABSL_FLAG(absl::Duration, shutdown_grace, absl::Seconds(5),
           "on SIGTERM/SIGINT, how long running calls get to finish before they are cancelled; "
           "with the write-ahead log, also the deadline of the last checkpoint, which is left "
@@ -181,6 +199,14 @@ absl::StatusOr<dion::ServerOptions> OptionsFromFlags() {
   options.tls.client_ca_file = absl::GetFlag(FLAGS_tls_client_ca_file);
   options.tls.reload_interval = absl::GetFlag(FLAGS_tls_reload_interval);
   options.auth_tokens_file = absl::GetFlag(FLAGS_auth_tokens_file);
+  absl::StatusOr<std::vector<std::string>> peers =
+      dion::ParsePeerAddresses(absl::GetFlag(FLAGS_peer_addresses),
+                               absl::GetFlag(FLAGS_num_shards));
+  if (!peers.ok()) return peers.status();
+  options.peer.addresses = *std::move(peers);
+  options.peer.tls_ca_file = absl::GetFlag(FLAGS_peer_tls_ca_file);
+  options.peer.token_file = absl::GetFlag(FLAGS_peer_token_file);
+  options.peer.timeout = absl::GetFlag(FLAGS_peer_timeout);
 
   dion::ShardOptions& shard = options.shard;
   shard.store.shard_index = absl::GetFlag(FLAGS_shard_index);

@@ -4,6 +4,10 @@
 #include <cstdint>
 #include <memory>
 #include <string>
+#include <utility>
+#include <vector>
+
+#include "absl/strings/ascii.h"
 
 #include "common/metrics_text.h"
 #include "common/mutex.h"
@@ -74,6 +78,36 @@ const prometheus::Histogram::BucketBoundaries& BatchBuckets() {
   return *bounds;
 }
 
+// Peer reduction failures by reason; RecordPeerFailure maps status codes onto these.
+constexpr std::array<const char*, 7> kPeerFailureReasons = {
+    "timeout", "invalid", "unavailable", "resource_exhausted", "denied", "aborted", "other"};
+
+size_t PeerFailureIndex(absl::StatusCode code) {
+  switch (code) {
+    case absl::StatusCode::kDeadlineExceeded: return 0;
+    case absl::StatusCode::kInvalidArgument:
+    case absl::StatusCode::kFailedPrecondition:
+    case absl::StatusCode::kInternal: return 1;
+    case absl::StatusCode::kUnavailable: return 2;
+    case absl::StatusCode::kResourceExhausted: return 3;
+    case absl::StatusCode::kUnauthenticated:
+    case absl::StatusCode::kPermissionDenied: return 4;
+    case absl::StatusCode::kAborted: return 5;
+    default: return 6;
+  }
+}
+
+// A tag that may become a label value: 1-32 of [A-Za-z0-9_].
+bool IsLabelTag(absl::string_view tag) {
+  if (tag.empty() || tag.size() > 32) return false;
+  for (char c : tag) {
+    if (!absl::ascii_isalnum(static_cast<unsigned char>(c)) && c != '_') return false;
+  }
+  return true;
+}
+
+constexpr size_t kMaxPeerTags = 8;
+
 }  // namespace
 
 // References into families owned by the registry (stable: Family::Add returns a reference to
@@ -86,6 +120,7 @@ struct ShardMetrics::Families {
     AddStreamFamilies(r);
     AddTrainingFamilies(r);
     AddCheckpointFamilies(r);
+    AddPeerFamilies(r);
   }
 
   std::array<prometheus::Counter*, kOutcomes.size()> pushes{};
@@ -112,12 +147,45 @@ struct ShardMetrics::Families {
   prometheus::Counter* checkpoints_ok = nullptr;
   prometheus::Counter* checkpoints_error = nullptr;
   prometheus::Histogram* checkpoint_duration = nullptr;
+  prometheus::Family<prometheus::Histogram>* peer_duration = nullptr;
+  std::array<prometheus::Counter*, kPeerFailureReasons.size()> peer_failures{};
+  prometheus::Counter* peer_sent_bytes = nullptr;
+  prometheus::Counter* peer_received_bytes = nullptr;
 
   // The version gauge shows the highest version per kind; "read max, then Set" must be one
   // step or two racing steps could leave the lower version showing (the same for
   // dp_epsilon). Steps are per batch, so a lock here costs nothing measurable.
   Mutex version_mu;
   std::array<int64_t, kKinds.size()> highest_version ABSL_GUARDED_BY(version_mu){};
+
+  // The reduction-duration histogram of each tag seen (at most kMaxPeerTags, then "other").
+  Mutex peer_tags_mu;
+  std::vector<std::pair<std::string, prometheus::Histogram*>> peer_tags
+      ABSL_GUARDED_BY(peer_tags_mu);
+
+  prometheus::Histogram* FindPeerTag(absl::string_view label)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(peer_tags_mu) {
+    for (const auto& [name, histogram] : peer_tags) {
+      if (name == label) return histogram;
+    }
+    return nullptr;
+  }
+
+  prometheus::Histogram* PeerHistogram(absl::string_view tag) {
+    MutexLock lock(&peer_tags_mu);
+    absl::string_view label = IsLabelTag(tag) ? tag : "other";
+    if (prometheus::Histogram* h = FindPeerTag(label)) return h;
+    if (label != "other" &&
+        peer_tags.size() - (FindPeerTag("other") != nullptr ? 1 : 0) >= kMaxPeerTags) {
+      label = "other";
+      if (prometheus::Histogram* h = FindPeerTag(label)) return h;
+    }
+    // 1e-4 s .. ~13 s in factors of 2: a Gram matrix on loopback to a timeout of seconds.
+    peer_tags.emplace_back(std::string(label),
+                           &peer_duration->Add({{"tag", std::string(label)}},
+                                               ExponentialBuckets(1e-4, 2.0, 15.0)));
+    return peer_tags.back().second;
+  }
 
  private:
   // What arrives on the push streams: results, payload bytes, staleness.
@@ -274,6 +342,37 @@ struct ShardMetrics::Families {
                                .Register(r)
                                .Add({}, ExponentialBuckets(1e-3, 2.0, 150.0));
   }
+
+  // Shard-to-shard reductions of row-split parameters (server/peer/).
+  void AddPeerFamilies(prometheus::Registry& r) {
+    peer_duration = &prometheus::BuildHistogram()
+                         .Name("dion_peer_reduction_duration_seconds")
+                         .Help("Wall time of one owner's reduction (AllReduce) of a row-split "
+                               "parameter's step, from its call to the sum, by tag.")
+                         .Register(r);
+    // The tags of common/row_reduce.h are there from the start (dashboards see the series).
+    for (const char* tag : {"gram", "sketch", "R"}) PeerHistogram(tag);
+    auto& failures = prometheus::BuildCounter()
+                         .Name("dion_peer_reduction_failures_total")
+                         .Help("Reductions of row-split parameters that failed (the step was "
+                               "abandoned), by reason.")
+                         .Register(r);
+    for (size_t i = 0; i < kPeerFailureReasons.size(); ++i) {
+      peer_failures[i] = &failures.Add({{"reason", kPeerFailureReasons[i]}});
+    }
+    peer_sent_bytes = &prometheus::BuildCounter()
+                           .Name("dion_peer_sent_bytes_total")
+                           .Help("ShardPeer payload bytes this shard sent (parts as a "
+                                 "follower, sums as a leader).")
+                           .Register(r)
+                           .Add({});
+    peer_received_bytes = &prometheus::BuildCounter()
+                               .Name("dion_peer_received_bytes_total")
+                               .Help("ShardPeer payload bytes this shard received (sums as a "
+                                     "follower, parts as a leader).")
+                               .Register(r)
+                               .Add({});
+  }
 };
 
 ShardMetrics::ShardMetrics()
@@ -358,6 +457,19 @@ void ShardMetrics::SetPrivacySpent(double epsilon) {
 void ShardMetrics::RecordCheckpoint(bool ok, double seconds) {
   (ok ? families_->checkpoints_ok : families_->checkpoints_error)->Increment();
   families_->checkpoint_duration->Observe(seconds);
+}
+
+void ShardMetrics::RecordPeerReduction(absl::string_view tag, double seconds) {
+  families_->PeerHistogram(tag)->Observe(seconds);
+}
+
+void ShardMetrics::RecordPeerFailure(absl::StatusCode code) {
+  families_->peer_failures[PeerFailureIndex(code)]->Increment();
+}
+
+void ShardMetrics::RecordPeerBytes(int64_t sent, int64_t received) {
+  if (sent > 0) families_->peer_sent_bytes->Increment(static_cast<double>(sent));
+  if (received > 0) families_->peer_received_bytes->Increment(static_cast<double>(received));
 }
 
 std::shared_ptr<prometheus::Registry> ShardMetrics::registry() const { return registry_; }

@@ -23,6 +23,13 @@
 //   dion_checkpoints_total{result="ok|error"}, dion_checkpoint_duration_seconds
 //   dion_dp_epsilon                                                 gauge, privacy spent
 //                                                                   (docs/privacy.md)
+//   dion_peer_reduction_duration_seconds{tag}                       histogram, one owner's
+//                                                                   AllReduce of a split step
+//   dion_peer_reduction_failures_total{reason="timeout|invalid|unavailable|resource_exhausted|
+//                                      denied|aborted|other"}       counter
+//   dion_peer_sent_bytes_total, dion_peer_received_bytes_total      counters, ShardPeer payloads
+// (tag: "gram", "sketch", "R" from the start; another tag of 1-32 of [A-Za-z0-9_] while there
+// are fewer than 8, else "other", so the label set stays bounded).
 //
 // Thread-safety: safe for concurrent use (prometheus-cpp metrics are atomic; RecordStep also
 // takes a short internal lock so the version gauge only ever moves up).
@@ -33,6 +40,7 @@
 #include <memory>
 #include <string>
 
+#include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
 #include "common/contribution.h"
@@ -87,6 +95,14 @@ class ShardMetrics {
   // up (concurrent steps may report out of order).
   void SetPrivacySpent(double epsilon);
   void RecordCheckpoint(bool ok, double seconds);
+  // Shard-to-shard reductions of row-split parameters (server/peer/): one AllReduce that
+  // completed in `seconds`; one that failed with `code` (DEADLINE_EXCEEDED: timeout;
+  // INVALID_ARGUMENT, FAILED_PRECONDITION, INTERNAL: invalid; UNAVAILABLE: unavailable;
+  // RESOURCE_EXHAUSTED; UNAUTHENTICATED, PERMISSION_DENIED: denied; ABORTED; else other);
+  // ShardPeer payload bytes sent and received by this shard (either side of the call).
+  void RecordPeerReduction(absl::string_view tag, double seconds);
+  void RecordPeerFailure(absl::StatusCode code);
+  void RecordPeerBytes(int64_t sent, int64_t received);
 
   std::shared_ptr<prometheus::Registry> registry() const;
   // The text exposition format of everything registered (what /metrics serves).

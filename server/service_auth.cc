@@ -13,26 +13,7 @@ grpc::Status ParameterServerService::Authorize(const grpc::ServerContext& contex
                                                absl::string_view method,
                                                std::initializer_list<Role> allowed,
                                                Principal* principal) {
-  if (options_.tokens == nullptr) {
-    *principal = Principal{Role::kAdmin, "anyone", {}};
-    return grpc::Status::OK;
-  }
-  absl::StatusOr<Principal> who = options_.tokens->Authenticate(context);
-  if (!who.ok()) {
-    if (metrics_ != nullptr) metrics_->RecordAuthFailure("unauthenticated");
-    return grpc::Status(grpc::StatusCode::UNAUTHENTICATED,
-                        absl::StrCat(method, ": ", who.status().message()));
-  }
-  for (Role role : allowed) {
-    if (who->role == role) {
-      *principal = *std::move(who);
-      return grpc::Status::OK;
-    }
-  }
-  if (metrics_ != nullptr) metrics_->RecordAuthFailure("permission_denied");
-  return grpc::Status(grpc::StatusCode::PERMISSION_DENIED,
-                      absl::StrCat(method, " is not allowed for role ", RoleName(who->role),
-                                   " (token '", who->name, "')"));
+  return AuthorizeCall(options_.tokens.get(), metrics_, context, method, allowed, principal);
 }
 
 grpc::Status ParameterServerService::Serve(

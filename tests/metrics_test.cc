@@ -36,6 +36,7 @@ namespace dion {
 namespace {
 
 using ::testing::HasSubstr;
+using ::testing::Not;
 
 // Sample lines "name{labels} value" keyed by "name{labels}" (exactly as printed).
 std::map<std::string, double> ParseSamples(const std::string& text) {
@@ -100,6 +101,10 @@ const std::vector<Documented>& DocumentedMetrics() {
       {"dion_dp_epsilon", "gauge"},
       {"dion_checkpoints_total", "counter"},
       {"dion_checkpoint_duration_seconds", "histogram"},
+      {"dion_peer_reduction_duration_seconds", "histogram"},
+      {"dion_peer_reduction_failures_total", "counter"},
+      {"dion_peer_sent_bytes_total", "counter"},
+      {"dion_peer_received_bytes_total", "counter"},
   };
   return *list;
 }
@@ -116,6 +121,26 @@ TEST(ShardMetricsTest, ExposesEveryDocumentedMetricWithHelpAndType) {
   }
   // Nothing undocumented sneaks in (a new metric must be added to the header and the docs).
   EXPECT_EQ(types.size(), DocumentedMetrics().size());
+}
+
+TEST(ShardMetricsTest, PeerReductionTagsAreBoundedAndFailuresGroupedByReason) {
+  ShardMetrics metrics;
+  for (int i = 0; i < 20; ++i) metrics.RecordPeerReduction(absl::StrCat("tag", i), 0.01);
+  metrics.RecordPeerReduction("not a label!", 0.01);
+  const std::string text = metrics.Serialize();
+  // gram, sketch, R and the first 5 other well-formed tags keep their label; the rest (and
+  // malformed ones) are "other".
+  EXPECT_EQ(Sample(text, "dion_peer_reduction_duration_seconds_count{tag=\"gram\"}"), 0);
+  EXPECT_EQ(Sample(text, "dion_peer_reduction_duration_seconds_count{tag=\"tag4\"}"), 1);
+  EXPECT_THAT(text, Not(HasSubstr("tag=\"tag5\"")));
+  EXPECT_EQ(Sample(text, "dion_peer_reduction_duration_seconds_count{tag=\"other\"}"), 16);
+  metrics.RecordPeerFailure(absl::StatusCode::kDeadlineExceeded);
+  metrics.RecordPeerFailure(absl::StatusCode::kFailedPrecondition);
+  metrics.RecordPeerFailure(absl::StatusCode::kUnavailable);
+  const std::string after = metrics.Serialize();
+  EXPECT_EQ(Sample(after, "dion_peer_reduction_failures_total{reason=\"timeout\"}"), 1);
+  EXPECT_EQ(Sample(after, "dion_peer_reduction_failures_total{reason=\"invalid\"}"), 1);
+  EXPECT_EQ(Sample(after, "dion_peer_reduction_failures_total{reason=\"unavailable\"}"), 1);
 }
 
 TEST(ShardMetricsTest, PrivacySpentOnlyMovesUp) {
