@@ -35,6 +35,7 @@
 #include "server/peer/peer_channels.h"
 #include "server/peer/peer_service.h"
 #include "server/peer/reduce_hub.h"
+#include "bench/loopback_peers.h"
 
 ABSL_FLAG(int, reps, 15, "Timed reductions of each case (median), after 2 warm-up ones");
 ABSL_FLAG(std::string, owners, "2,4", "Comma-separated owner counts");
@@ -43,7 +44,6 @@ namespace dion {
 namespace {
 
 using Clock = std::chrono::steady_clock;
-constexpr int64_t kMaxMessage = int64_t{64} << 20;
 
 double Median(std::vector<double> v) {
   std::sort(v.begin(), v.end());
@@ -51,51 +51,9 @@ double Median(std::vector<double> v) {
   return v.size() % 2 == 1 ? v[h] : 0.5 * (v[h - 1] + v[h]);
 }
 
-// `owners` shards in this process: a hub, the ShardPeer service on 127.0.0.1:0, channels.
-struct Cluster {
-  explicit Cluster(int owners) {
-    std::vector<std::string> addresses;
-    for (int s = 0; s < owners; ++s) {
-      metrics.push_back(std::make_unique<ShardMetrics>());
-      ReduceHubOptions hub;
-      hub.max_part_bytes = kMaxMessage;
-      hubs.push_back(std::make_unique<ReduceHub>(hub));
-      services.push_back(std::make_unique<ShardPeerService>(hubs.back().get(), nullptr,
-                                                            metrics.back().get(),
-                                                            absl::Seconds(60)));
-      grpc::ServerBuilder builder;
-      int port = 0;
-      builder.AddListeningPort("127.0.0.1:0", grpc::InsecureServerCredentials(), &port);
-      builder.SetMaxReceiveMessageSize(static_cast<int>(kMaxMessage));
-      builder.RegisterService(services.back().get());
-      servers.push_back(builder.BuildAndStart());
-      addresses.push_back(absl::StrCat("127.0.0.1:", port));
-    }
-    PeerChannelOptions options;
-    options.addresses = addresses;
-    options.max_message_bytes = kMaxMessage;
-    channels = *PeerChannels::Create(options);
-    for (int s = 0; s < owners; ++s) {
-      channels->channel(s)->WaitForConnected(
-          absl::ToChronoTime(absl::Now() + absl::Seconds(10)));
-    }
-  }
-  ~Cluster() {
-    for (size_t s = 0; s < servers.size(); ++s) {
-      hubs[s]->Shutdown();
-      servers[s]->Shutdown();
-    }
-  }
-  std::vector<std::unique_ptr<ShardMetrics>> metrics;
-  std::vector<std::unique_ptr<ReduceHub>> hubs;
-  std::vector<std::unique_ptr<ShardPeerService>> services;
-  std::vector<std::unique_ptr<grpc::Server>> servers;
-  std::unique_ptr<PeerChannels> channels;
-};
-
 // One reduction of `rows` x `cols` parts among all owners, over gRPC or into hub 0 in process;
 // the slowest owner's seconds.
-double OneReduction(Cluster& cluster, int owners, int rows, int cols, int64_t step, bool grpc) {
+double OneReduction(LoopbackPeers& cluster, int owners, int rows, int cols, int64_t step, bool grpc) {
   std::vector<int> shards(owners);
   for (int k = 0; k < owners; ++k) shards[k] = k;
   std::vector<double> seconds(owners);
@@ -142,7 +100,7 @@ void Run() {
   std::printf("| --- | --- | --- | --- | --- | --- | --- |\n");
   for (absl::string_view o : absl::StrSplit(absl::GetFlag(FLAGS_owners), ',')) {
     const int owners = std::stoi(std::string(o));
-    Cluster cluster(owners);
+    LoopbackPeers cluster(owners);
     int64_t step = 0;
     for (const Shape& shape : shapes) {
       std::vector<double> over_grpc;

@@ -3,11 +3,13 @@
 //
 // For each owner count k, in one process, k threads each run one owner's step
 // (DionRowStepFromMomentum) on its rows of an n x n parameter, with one OpenBLAS thread each,
-// summing through an in-process LocalReduceGroup. A fresh gradient is folded into M before
+// summing over gRPC on loopback between k ShardPeer servers in the process (--transport=grpc,
+// the default: server/peer/, as shards do) or through an in-process LocalReduceGroup
+// (--transport=local). A fresh gradient is folded into M before
 // every repetition (outside the timed region). Per k it reports, as medians over repetitions:
 //   step ms        wall time from the common start to the last owner's return;
-//   reduce ms      the longest time an owner spent inside AllReduce (waiting for the slowest
-//                  owner and summing: what a transport adds to is on top of this);
+//   reduce ms      the longest time an owner spent inside AllReduce: waiting for the slowest
+//                  owner, the transport and the summing;
 //   reduce bytes   float bytes one owner contributes per step (expected 4 (r^2 + n r) per
 //                  Cholesky QR pass, the Gram and R);
 // One owner runs the whole-matrix step (DionStepFromMomentum, no reductions): the baseline.
@@ -38,6 +40,8 @@
 #include "common/matrix.h"
 #include "common/rng.h"
 #include "common/row_reduce.h"
+#include "bench/loopback_peers.h"
+#include "server/peer/grpc_row_reducer.h"
 
 ABSL_FLAG(int, n, 8192, "The parameter is n x n");
 ABSL_FLAG(int, rank, 512, "Dion rank r");
@@ -45,6 +49,9 @@ ABSL_FLAG(std::string, owners, "1,2,4", "Comma-separated owner counts");
 ABSL_FLAG(int, reps, 3, "Timed repetitions per owner count (median), after one warm-up step");
 ABSL_FLAG(std::string, method, "auto", "Orthonormalization method: auto, cqr, cqr2, rcqr");
 ABSL_FLAG(uint64_t, seed, 1, "Seed of X, the gradients and Q");
+ABSL_FLAG(std::string, transport, "grpc",
+          "How the owners sum: grpc (ShardPeer over loopback, as shards do) or local (in "
+          "process, no transport)");
 
 namespace dion {
 namespace {
@@ -119,7 +126,17 @@ struct Row {
   int64_t bytes = 0;
 };
 
-Row Measure(int owners, int64_t n, int rank, int reps, const DionConfig& config, uint64_t seed) {
+// Owner `owner`'s reducer over gRPC between `peers` for step `step`.
+std::unique_ptr<RowReducer> GrpcReducer(LoopbackPeers& peers, int owners, int owner,
+                                        int64_t step) {
+  std::vector<int> shards(static_cast<size_t>(owners));
+  for (int k = 0; k < owners; ++k) shards[static_cast<size_t>(k)] = k;
+  return std::make_unique<GrpcRowReducer>("bench", step, shards, owner,
+                                          peers.Env(owner, absl::Seconds(600)));
+}
+
+Row Measure(int owners, int64_t n, int rank, int reps, const DionConfig& config, uint64_t seed,
+            bool grpc) {
   std::vector<Owner> o(static_cast<size_t>(owners));
   for (int i = 0; i < owners; ++i) {
     o[i].block = SplitRowBlock(n, owners, i);
@@ -131,13 +148,18 @@ Row Measure(int owners, int64_t n, int rank, int reps, const DionConfig& config,
     rng.FillNormal(o[i].G);
   }
   LocalReduceGroup group(owners);
+  std::unique_ptr<LoopbackPeers> peers;
+  if (grpc && owners > 1) peers = std::make_unique<LoopbackPeers>(owners);
   std::vector<double> steps, reduces;
   int64_t bytes = 0;
   for (int rep = 0; rep <= reps; ++rep) {  // rep 0: warm-up
+    std::vector<std::unique_ptr<RowReducer>> inner;
     std::vector<std::unique_ptr<TimedReducer>> timed;
     for (int i = 0; i < owners; ++i) {
       o[i].state.M += o[i].G;
-      timed.push_back(std::make_unique<TimedReducer>(group.owner(i)));
+      if (peers != nullptr) inner.push_back(GrpcReducer(*peers, owners, i, rep));
+      timed.push_back(
+          std::make_unique<TimedReducer>(peers != nullptr ? *inner.back() : group.owner(i)));
     }
     std::atomic<int> ready{0};
     std::atomic<bool> go{false};
@@ -203,14 +225,22 @@ int Main() {
     }
     owner_counts.push_back(k);
   }
+  const std::string transport = absl::GetFlag(FLAGS_transport);
+  if (transport != "grpc" && transport != "local") {
+    absl::FPrintF(stderr, "--transport: '%s': expected grpc or local\n", transport);
+    return 2;
+  }
+  const bool grpc = transport == "grpc";
   SetBlasThreads(1);
   std::vector<Row> rows;
   for (int k : owner_counts) {
     absl::FPrintF(stderr, "%d owner(s) of a %d x %d parameter, r = %d\n", k, n, n, rank);
-    rows.push_back(Measure(k, n, rank, reps, config, absl::GetFlag(FLAGS_seed)));
+    rows.push_back(Measure(k, n, rank, reps, config, absl::GetFlag(FLAGS_seed), grpc));
   }
-  absl::PrintF("n = %d, r = %d, method %s, %d repetitions, 1 BLAS thread per owner, %u cores\n\n",
-               n, rank, absl::GetFlag(FLAGS_method), reps, std::thread::hardware_concurrency());
+  absl::PrintF(
+      "n = %d, r = %d, method %s, %d repetitions, 1 BLAS thread per owner, %u cores, sums %s\n\n",
+      n, rank, absl::GetFlag(FLAGS_method), reps, std::thread::hardware_concurrency(),
+      grpc ? "over gRPC on loopback" : "in process");
   absl::PrintF("| owners | rows per owner | step ms | reduce ms | reduce bytes / owner / step "
                "| GEMM-bound ms (own rows) | step / GEMM-bound | step(1) / step |\n");
   absl::PrintF("|---|---|---|---|---|---|---|---|\n");
