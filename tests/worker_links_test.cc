@@ -14,6 +14,7 @@
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
+#include <cstdlib>
 #include <functional>
 #include <string>
 #include <thread>
@@ -23,6 +24,7 @@
 #include "absl/strings/str_cat.h"
 #include "gtest/gtest.h"
 #include "worker/local/link_relay.h"
+#include "worker/local/local_run.h"
 #include "worker/local/worker_links.h"
 
 namespace dion {
@@ -126,6 +128,30 @@ TEST(ParseLinkRateTest, RefusesBytesUnitsAndRatesOutOfRange) {
     EXPECT_FALSE(ParseLinkRate(bad).ok()) << bad;
   }
   EXPECT_NE(ParseLinkRate("20mbps").status().message().find("20mbit"), std::string::npos);
+}
+
+TEST(LinkOptionsTest, DelayAndWorkerCountAreValidated) {
+  LocalRunOptions o;
+  o.server_binary = "/bin/true";
+  o.worker_binary = "/bin/true";
+  o.links = {20000000, absl::Milliseconds(10)};
+  EXPECT_TRUE(ValidateLocalRunOptions(o).ok());
+  o.links.delay = absl::Milliseconds(-1);
+  EXPECT_NE(ValidateLocalRunOptions(o).message().find("link_delay"), std::string::npos);
+  o.links.delay = absl::Seconds(11);
+  EXPECT_NE(ValidateLocalRunOptions(o).message().find("link_delay"), std::string::npos);
+  o.links.delay = absl::ZeroDuration();
+  o.workers = WorkerLinks::kMaxWorkers + 1;
+  EXPECT_NE(ValidateLocalRunOptions(o).message().find("workers"), std::string::npos);
+  o.links = {};  // no links: no limit of theirs
+  EXPECT_TRUE(ValidateLocalRunOptions(o).ok());
+}
+
+TEST(LinkAddressTest, GivesEachWorkerASlash30In198_18Slash15) {
+  EXPECT_EQ(LinkAddress(0, 0, true), "198.18.0.1");
+  EXPECT_EQ(LinkAddress(0, 0, false), "198.18.0.2");
+  EXPECT_EQ(LinkAddress(3, 2, true), "198.18.3.9");
+  EXPECT_EQ(LinkAddress(511, 63, false), "198.19.255.254");
 }
 
 TEST(LinkRelayTest, AddsTheDelayInEachDirectionAndCountsBytes) {
@@ -249,6 +275,18 @@ TEST(WorkerLinksTest, RemovesItsNamespacesWhenDestroyed) {
   EXPECT_EQ(access(path.c_str(), F_OK), 0);
   links.reset();
   EXPECT_NE(access(path.c_str(), F_OK), 0) << path << " is left";
+}
+
+TEST(WorkerLinksTest, RemovesLeftoversOfARunThatDied) {
+  if (!CheckLinkPrerequisites().ok()) GTEST_SKIP() << "needs root for links";
+  // What a run killed with SIGKILL leaves: a namespace of a slot whose lock nobody holds.
+  const std::string leftover = "/run/netns/dion-link-511-w0";
+  ASSERT_EQ(std::system("ip netns add dion-link-511-w0"), 0);
+  ASSERT_EQ(access(leftover.c_str(), F_OK), 0);
+  Listener target;
+  std::unique_ptr<WorkerLinks> links = CreateOrSkip({kRate, absl::ZeroDuration()}, target);
+  ASSERT_NE(links, nullptr);
+  EXPECT_NE(access(leftover.c_str(), F_OK), 0) << leftover << " is left";
 }
 
 }  // namespace

@@ -359,6 +359,12 @@ int Local(int argc, char** argv) {
   o->worker_binary = *worker;
   if (!o->prometheus_config.empty()) o->alert_rules = FindAlertRules(self);
   if (absl::GetFlag(FLAGS_dry_run)) return DryRun(*std::move(o));
+  if (o->links.enabled()) {  // before anything starts
+    if (absl::Status s = dion::CheckLinkPrerequisites(); !s.ok()) {
+      std::fprintf(stderr, "dion local: %s\n", std::string(s.message()).c_str());
+      return 1;
+    }
+  }
   return dion::RunLocal(*o);
 }
 

@@ -137,8 +137,12 @@ std::set<int> SlotsInUse(const std::string& ip) {
 // namespace's interfaces disappear some time after `ip netns del`.
 void RemoveSlot(const std::string& ip, int slot, int workers) {
   for (int j = 0; j < workers; ++j) {
-    (void)RunTool({ip, "link", "del", HostVeth(slot, j)});
-    (void)RunTool({ip, "netns", "del", NamespaceName(slot, j)});
+    if (access(absl::StrCat("/sys/class/net/", HostVeth(slot, j)).c_str(), F_OK) == 0) {
+      (void)RunTool({ip, "link", "del", HostVeth(slot, j)});
+    }
+    if (access(absl::StrCat("/run/netns/", NamespaceName(slot, j)).c_str(), F_OK) == 0) {
+      (void)RunTool({ip, "netns", "del", NamespaceName(slot, j)});
+    }
   }
 }
 
@@ -183,18 +187,26 @@ WorkerLinks::WorkerLinks(int workers, const LinkSpec& spec, std::string ip, std:
     : workers_(workers), spec_(spec), ip_(std::move(ip)), tc_(std::move(tc)), slot_(slot),
       lock_fd_(lock_fd) {}
 
-absl::StatusOr<std::unique_ptr<WorkerLinks>> WorkerLinks::Create(
-    int workers, const LinkSpec& spec, const std::vector<std::string>& shard_addresses) {
-  if (workers < 1 || workers > kMaxWorkers) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "--link_rate / --link_delay: ", workers, " workers; expected 1..", kMaxWorkers));
-  }
+absl::Status CheckLinkPrerequisites() {
   if (!HasNetworkCapabilities()) {
     return absl::FailedPreconditionError(
         "--link_rate / --link_delay need root (CAP_NET_ADMIN and CAP_SYS_ADMIN): they put each "
         "worker in a network namespace of its own behind a shaped veth pair; run dion local as "
         "root, or without them");
   }
+  for (const char* tool : {"ip", "tc"}) {
+    if (absl::StatusOr<std::string> found = FindTool(tool); !found.ok()) return found.status();
+  }
+  return absl::OkStatus();
+}
+
+absl::StatusOr<std::unique_ptr<WorkerLinks>> WorkerLinks::Create(
+    int workers, const LinkSpec& spec, const std::vector<std::string>& shard_addresses) {
+  if (workers < 1 || workers > kMaxWorkers) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "--link_rate / --link_delay: ", workers, " workers; expected 1..", kMaxWorkers));
+  }
+  if (absl::Status s = CheckLinkPrerequisites(); !s.ok()) return s;
   absl::StatusOr<std::string> ip = FindTool("ip");
   if (!ip.ok()) return ip.status();
   absl::StatusOr<std::string> tc = FindTool("tc");

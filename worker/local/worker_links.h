@@ -49,6 +49,10 @@ std::string FormatLinkRate(int64_t rate_bits);
 // else the namespace's side (a /30 per worker: 198.<18 + slot/256>.<slot%256>.<4 worker + 1|2>).
 std::string LinkAddress(int slot, int worker, bool root_side);
 
+// OK when this process can create links: root (CAP_NET_ADMIN and CAP_SYS_ADMIN) and iproute2's
+// `ip` and `tc`; else FailedPrecondition saying what is missing and what to do.
+absl::Status CheckLinkPrerequisites();
+
 class WorkerLinks {
  public:
   static constexpr int kMaxWorkers = 64;  // /30 subnets in a slot's /24
