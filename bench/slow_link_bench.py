@@ -126,8 +126,12 @@ def run_dion(args, rate, model, flags, work):
                "--progress=quiet"]
     if args.delay:
         command.append(f"--link_delay={args.delay}")
+    # Registration carries the initial weights (the wide model's 7.5 MB per shard): through a
+    # slow link on a loaded machine it can take longer than dion-worker's 10 s --rpc_deadline.
+    worker_flags = ["--rpc_deadline=60s"]
     if model != "default":
-        command.append(f"--worker_flags=--hidden_layers={MODELS[model]}")
+        worker_flags.append(f"--hidden_layers={MODELS[model]}")
+    command.append("--worker_flags=" + " ".join(worker_flags))
     command += flags
     started = time.monotonic()
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)

@@ -166,9 +166,9 @@ TEST(LinkRelayTest, AddsTheDelayInEachDirectionAndCountsBytes) {
   const double rtt = MedianRoundTrip(fd, kRounds);
   close(fd);
   echo.join();
-  // 2 x 15 ms; loopback and the scheduler add well under 10 ms even on a loaded machine.
+  // 2 x 15 ms; loopback and the scheduler add a few ms, up to ~10 ms at load 15 on 2 cores.
   EXPECT_GE(rtt, 0.030);
-  EXPECT_LT(rtt, 0.040);
+  EXPECT_LT(rtt, 0.050);
   EXPECT_EQ((*relay)->bytes_to_target(0), kRounds + 1);
   EXPECT_EQ((*relay)->bytes_from_target(0), kRounds + 1);
 }
@@ -264,7 +264,7 @@ TEST(WorkerLinksTest, DelayAddsTwiceItToTheRoundTrip) {
   echo.join();
   std::printf("round trip through a 10 ms link: %.2f ms (median of %d)\n", rtt * 1e3, kRounds);
   EXPECT_GE(rtt, 0.020);
-  EXPECT_LT(rtt, 0.030);
+  EXPECT_LT(rtt, 0.040);
 }
 
 TEST(WorkerLinksTest, RemovesItsNamespacesWhenDestroyed) {

@@ -19,6 +19,7 @@
 
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
+#include "absl/synchronization/mutex.h"
 
 namespace dion {
 namespace {
@@ -154,6 +155,17 @@ absl::StatusOr<std::unique_ptr<LinkRelay>> LinkRelay::Start(const std::vector<Ro
   return relay;
 }
 
+void LinkRelay::Note(const std::string& what) {
+  absl::MutexLock lock(&mutex_);
+  ++resets_;
+  last_reset_ = what;
+}
+
+std::string LinkRelay::Resets() const {
+  absl::MutexLock lock(&mutex_);
+  return resets_ == 0 ? "" : absl::StrCat(resets_, " (last: ", last_reset_, ")");
+}
+
 LinkRelay::~LinkRelay() {
   if (thread_.joinable()) {
     const char stop = 1;
@@ -172,10 +184,20 @@ std::optional<std::pair<int, int>> LinkRelay::Accept(const Listener& l) {
   const int a = accept4(l.fd, nullptr, nullptr, SOCK_CLOEXEC);
   if (a < 0) return std::nullopt;
   const sockaddr_in target = *ParseAddress(l.target);
-  const int b = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-  if (b < 0 || connect(b, reinterpret_cast<const sockaddr*>(&target), sizeof(target)) != 0) {
+  int b = -1;
+  int error = 0;
+  for (int attempt = 0; attempt < 20 && b < 0; ++attempt) {  // a shard busy accepting: retry
+    b = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    if (b >= 0 && connect(b, reinterpret_cast<const sockaddr*>(&target), sizeof(target)) != 0) {
+      error = errno;
+      close(b);
+      b = -1;
+      usleep(50000);
+    }
+  }
+  if (b < 0) {
     close(a);
-    if (b >= 0) close(b);
+    Note(absl::StrCat("cannot connect to ", l.target, ": ", std::strerror(error)));
     return std::nullopt;
   }
   const int one = 1;
@@ -222,9 +244,20 @@ void LinkRelay::Loop() {
       for (Direction* d : {&c->up, &c->down}) {
         const short in = fds[at++].revents;
         const short out = fds[at++].revents;
-        if (in != 0 && !d->in_closed && !ReadSide(*d, delay_ns_)) c->failed = true;
-        if (out & (POLLERR | POLLHUP)) c->failed = true;  // the peer is gone
-        if (!c->failed && !WriteSide(*d, after)) c->failed = true;
+        if (in != 0 && !d->in_closed && !ReadSide(*d, delay_ns_)) {
+          Note(absl::StrCat("read: ", std::strerror(errno)));
+          c->failed = true;
+        }
+        if (out & (POLLERR | POLLHUP)) {
+          Note(absl::StrCat(d == &c->up ? "target" : "link side", " gone with ", d->queued,
+                            " bytes queued (poll ", out, "; up ", c->up.in_closed ? "closed" : "open",
+                            ", down ", c->down.in_closed ? "closed" : "open", ")"));
+          c->failed = true;
+        }
+        if (!c->failed && !WriteSide(*d, after)) {
+          Note(absl::StrCat("write: ", std::strerror(errno)));
+          c->failed = true;
+        }
       }
     }
     connections.insert(connections.end(), accepted.begin(), accepted.end());

@@ -27,6 +27,8 @@
 #include <vector>
 
 #include "absl/status/statusor.h"
+#include "absl/base/thread_annotations.h"
+#include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
 
 namespace dion {
@@ -54,6 +56,9 @@ class LinkRelay {
   // Bytes read so far from the accepting side (to the target) and from the target side.
   int64_t bytes_to_target(int link) const { return counters_[2 * link].load(); }
   int64_t bytes_from_target(int link) const { return counters_[2 * link + 1].load(); }
+  // "" when no connection was reset by the relay; else how many and the last reason (a
+  // target that refused, a read or write error, a peer gone with bytes still queued).
+  std::string Resets() const;
 
  private:
   struct Listener {
@@ -62,14 +67,18 @@ class LinkRelay {
     int link;
   };
   LinkRelay(absl::Duration delay, int64_t max_queued, int links);
-  static std::optional<std::pair<int, int>> Accept(const Listener& l);
+  std::optional<std::pair<int, int>> Accept(const Listener& l);
   void Loop();
+  void Note(const std::string& what);
 
   const int64_t delay_ns_;
   const int64_t max_queued_;
   std::vector<Listener> listeners_;
   std::vector<std::string> bound_;
   std::unique_ptr<std::atomic<int64_t>[]> counters_;  // 2 per link
+  mutable absl::Mutex mutex_;
+  int64_t resets_ ABSL_GUARDED_BY(mutex_) = 0;
+  std::string last_reset_ ABSL_GUARDED_BY(mutex_);
   int wake_[2] = {-1, -1};  // a pipe: the destructor writes to stop the loop
   std::thread thread_;
 };

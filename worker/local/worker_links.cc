@@ -335,6 +335,9 @@ std::string WorkerLinks::ByteReport(const std::string& prefix) const {
     lines.push_back(absl::StrCat(prefix, "link of worker-", j, ": ", bytes_sent(j),
                                  " bytes sent, ", bytes_received(j), " bytes received"));
   }
+  if (relay_ != nullptr && !relay_->Resets().empty()) {
+    lines.push_back(absl::StrCat(prefix, "link relay reset connections: ", relay_->Resets()));
+  }
   return absl::StrJoin(lines, "\n");
 }
 
