@@ -64,8 +64,11 @@ def main():
     dist.init_process_group("gloo", init_method=f"tcp://{host}:{port}", rank=args.rank,
                             world_size=args.world_size)
     torch.manual_seed(args.seed)
+    # One gradient bucket: with several, the PowerSGD hook's collectives of different buckets
+    # reach gloo in different orders on different ranks ("op.preamble.length <= op.nbytes").
+    dist._DEFAULT_FIRST_BUCKET_BYTES = 256 << 20
     model = torch.nn.parallel.DistributedDataParallel(
-        mlp([int(h) for h in args.hidden.split(",")]))
+        mlp([int(h) for h in args.hidden.split(",")]), bucket_cap_mb=256)
     if args.powersgd_rank > 0:
         state = powerSGD.PowerSGDState(
             process_group=None, matrix_approximation_rank=args.powersgd_rank,

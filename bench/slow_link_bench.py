@@ -136,7 +136,7 @@ def run_dion(args, rate, model, flags, work):
     started = time.monotonic()
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
-        out, _ = process.communicate(timeout=args.time_limit + 60)
+        out, _ = process.communicate(timeout=args.limit + 45)
     except subprocess.TimeoutExpired:
         process.send_signal(signal.SIGINT)  # a partial report, the links removed
         out, _ = process.communicate()
@@ -166,7 +166,7 @@ def run_ddp(args, rate, model, powersgd_rank, work):
         master = f"{links.address(0, False)}:29500"
         flags = ["--master", master, "--hidden", MODELS[model], "--epochs", str(args.epochs),
                  "--batch_size", str(args.ddp_batch), "--lr", str(args.ddp_lr),
-                 "--eval_every", str(args.ddp_eval_every), "--time_limit", str(args.time_limit),
+                 "--eval_every", str(args.ddp_eval_every), "--time_limit", str(args.limit),
                  "--powersgd_rank", str(powersgd_rank), "--target", str(args.target)]
         ranks = []
         logs = tempfile.mkdtemp(prefix="ddp-", dir=work)
@@ -177,7 +177,7 @@ def run_ddp(args, rate, model, powersgd_rank, work):
                  os.path.join(HERE, "ddp_fashion_mnist.py"), "--rank", str(r)] + flags,
                 env=env, stdout=open(f"{logs}/rank-{r}.log", "w"), stderr=subprocess.STDOUT))
         started = time.monotonic()
-        ranks[0].wait(timeout=args.time_limit * 3 + 300)
+        ranks[0].wait(timeout=args.limit * 3 + 300)
         after = [links.counters(j) for j in range(4)]
         with open(f"{logs}/rank-0.log") as f:
             out = f.read()
@@ -218,8 +218,10 @@ def main():
     parser.add_argument("--delay", default="", help="one-way --link_delay of the dion runs")
     parser.add_argument("--epochs", type=int, default=12)
     parser.add_argument("--target", type=float, default=0.88)
-    parser.add_argument("--time_limit", type=float, default=180,
-                        help="training seconds after which a run is cut")
+    parser.add_argument("--time_limit", type=float, default=75,
+                        help="training seconds after which a run of the default model is cut")
+    parser.add_argument("--time_limit_wide", type=float, default=150,
+                        help="the same for the wide model (4x the compute per sample)")
     parser.add_argument("--ddp_batch", type=int, default=256,
                         help="per rank (tuned on loopback: 64, 128, 256, 512 -> 256)")
     parser.add_argument("--ddp_lr", type=float, default=4e-3)
@@ -237,6 +239,7 @@ def main():
     print(f"load {os.getloadavg()}", flush=True)
     for rate in args.rates.split(","):
         for model in args.models.split(","):
+            args.limit = args.time_limit_wide if model == "wide" else args.time_limit
             for system in args.systems.split(","):
                 if system in configs:
                     r = run_dion(args, rate, model, configs[system], work)
