@@ -24,6 +24,9 @@ packages=(
   "${build_packages[@]}" git
   # dion local's throwaway CA and certificates (worker/local/local_security.h).
   openssl
+  # dion local --link_rate / --link_delay: ip netns, veth pairs and tc tbf
+  # (worker/local/worker_links.h; tests/worker_links_test.cc runs them as root).
+  iproute2
   libgtest-dev libgmock-dev libbenchmark-dev
   dataset-fashion-mnist python3 python3-numpy
   # deploy/ checks (ctest -L deploy): promtool and the prometheus server (prometheus, ~100 MB),

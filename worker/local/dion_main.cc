@@ -159,6 +159,15 @@ ABSL_FLAG(bool, insecure, false,
           "run the shards in plaintext without tokens; by default the run creates a throwaway "
           "CA, a certificate for the shards and a token per process in <run_dir>/security "
           "(with the openssl command) and runs with TLS and tokens, as a cluster should");
+ABSL_FLAG(std::string, link_rate, "",
+          "run each worker behind a link of this rate per direction to the shards, e.g. 20mbit, "
+          "100mbit, 1gbit (decimal units as tc's): a network namespace per worker joined by a "
+          "veth pair shaped with tc tbf (needs root; docs/worker.md, \"Slow links\"). Empty: "
+          "loopback, unlimited");
+ABSL_FLAG(absl::Duration, link_delay, absl::ZeroDuration(),
+          "one-way delay added to each worker's link (both directions, so the RTT grows by "
+          "twice this), by a relay in front of the shards; works with or without --link_rate "
+          "(needs root). 0: none");
 ABSL_FLAG(bool, dry_run, false,
           "print the command lines of the shards, workers and final evaluation (and write "
           "--prometheus_config), then exit without starting anything");
@@ -272,6 +281,10 @@ absl::StatusOr<dion::LocalRunOptions> OptionsFromFlags() {
   o.evaluation_timeout = absl::GetFlag(FLAGS_evaluation_timeout);
   o.run_id = absl::GetFlag(FLAGS_run_id);
   o.insecure = absl::GetFlag(FLAGS_insecure);
+  absl::StatusOr<int64_t> link_rate = dion::ParseLinkRate(absl::GetFlag(FLAGS_link_rate));
+  if (!link_rate.ok()) return absl::InvalidArgumentError(absl::StrCat("--link_rate: ", link_rate.status().message()));
+  o.links.rate_bits = *link_rate;
+  o.links.delay = absl::GetFlag(FLAGS_link_delay);
   o.checkpoint = TakeCheckpoint;
   const std::string progress = absl::GetFlag(FLAGS_progress);
   if (progress == "live" || (progress == "auto" && isatty(STDOUT_FILENO))) {
@@ -346,6 +359,12 @@ int Local(int argc, char** argv) {
   o->worker_binary = *worker;
   if (!o->prometheus_config.empty()) o->alert_rules = FindAlertRules(self);
   if (absl::GetFlag(FLAGS_dry_run)) return DryRun(*std::move(o));
+  if (o->links.enabled()) {  // before anything starts
+    if (absl::Status s = dion::CheckLinkPrerequisites(); !s.ok()) {
+      std::fprintf(stderr, "dion local: %s\n", std::string(s.message()).c_str());
+      return 1;
+    }
+  }
   return dion::RunLocal(*o);
 }
 

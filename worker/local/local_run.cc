@@ -25,6 +25,7 @@
 #include "worker/local/run_report.h"
 #include "worker/local/run_summary.h"
 #include "worker/local/start_barrier.h"
+#include "worker/local/worker_links.h"
 
 namespace dion {
 namespace {
@@ -118,6 +119,7 @@ class LocalRun {
   RunAggregate aggregate_;
   std::optional<EvaluationResult> evaluation_;
   ProgressDisplay display_;
+  std::unique_ptr<WorkerLinks> links_;  // with options_.links enabled
   bool interrupted_ = false;
 };
 
@@ -145,6 +147,7 @@ absl::Status LocalRun::Spawn(Role role, int index, std::vector<std::string> args
                                                               : security_->WorkerFlags(-1);
     spec.args.insert(spec.args.end(), secure.begin(), secure.end());
   }
+  if (links_ != nullptr && role == Role::kWorker) links_->PutBehindLink(index, &spec);
   absl::StatusOr<std::unique_ptr<ChildProcess>> process = ChildProcess::Spawn(spec);
   if (!process.ok()) return process.status();
   children_.push_back({role, index, *std::move(process), ""});
@@ -255,9 +258,15 @@ std::vector<std::string> LocalRun::ShardAddresses() const {
 
 absl::Status LocalRun::StartWorkers() {
   start_.Reset();
+  if (options_.links.enabled()) {  // worker/local/worker_links.h
+    auto links = WorkerLinks::Create(options_.workers, options_.links, ShardAddresses());
+    if (!links.ok()) return links.status();
+    links_ = *std::move(links);
+    Say(stdout, "dion local: " + links_->Describe());
+  }
   for (int j = 0; j < options_.workers; ++j) {
-    absl::Status s =
-        Spawn(Role::kWorker, j, WorkerFlags(options_, j, ShardAddresses(), start_.path()));
+    const std::vector<std::string> shards = links_ ? links_->ShardAddresses(j) : ShardAddresses();
+    absl::Status s = Spawn(Role::kWorker, j, WorkerFlags(options_, j, shards, start_.path()));
     if (!s.ok()) return s;
   }
   return absl::OkStatus();
@@ -439,6 +448,8 @@ int LocalRun::Run() {
         "final checkpoint; a second Ctrl-C kills everything)");
   }
   StopAll();
+  if (links_ != nullptr) Say(stdout, links_->ByteReport("dion local: "));
+  links_.reset();  // removes the namespaces and veths
   for (const Child& c : children_) {  // a shard whose final checkpoint failed
     if (c.role == Role::kShard && ok && !c.process->TryWait().value_or(ExitStatus{}).ok()) {
       ReportFailure(c, absl::StrCat("stopped with ", c.process->TryWait()->ToString()));

@@ -37,6 +37,7 @@
 #include "common/tls_config.h"
 #include "common/training_defaults.h"
 #include "worker/local/run_summary.h"
+#include "worker/local/worker_links.h"
 
 namespace dion {
 
@@ -119,6 +120,9 @@ struct LocalRunOptions {
   // Plaintext without tokens instead of the run's throwaway CA, TLS and tokens
   // (worker/local/local_security.h).
   bool insecure = false;
+  // Each worker behind a link of this rate (both directions) and one-way delay to the shards
+  // (worker/local/worker_links.h; needs root). Not enabled: the workers use loopback.
+  LinkSpec links;
 
   // The coordinated checkpoint at the end of the run (after the final evaluation): `checkpoint`
   // gets the shards' addresses and the run id and returns the cut they all wrote and the lines

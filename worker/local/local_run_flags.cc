@@ -326,6 +326,13 @@ absl::Status ValidateLocalRunOptions(const LocalRunOptions& o) {
     }
   }
   if (absl::Status s = ValidatePortsAndTimes(o); !s.ok()) return s;
+  if (o.links.delay < absl::ZeroDuration() || o.links.delay > absl::Seconds(10)) {
+    return Bad("link_delay", absl::FormatDuration(o.links.delay), "expected 0 .. 10s one-way");
+  }
+  if (o.links.enabled() && o.workers > WorkerLinks::kMaxWorkers) {
+    return Bad("workers", o.workers,
+               absl::StrCat("expected <= ", WorkerLinks::kMaxWorkers, " with --link_rate / --link_delay"));
+  }
   if (o.server_binary.empty() || o.worker_binary.empty()) {
     return absl::InvalidArgumentError("the dion-server and dion-worker paths must be set");
   }
@@ -411,6 +418,8 @@ std::vector<std::pair<std::string, ConfigValue>> SummaryConfig(const LocalRunOpt
           {"dp_clip", o.dp_clip},
           {"dp_noise_multiplier", o.dp_noise_multiplier},
           {"insecure", o.insecure},
+          {"link_rate", o.links.rate_bits > 0 ? FormatLinkRate(o.links.rate_bits) : "0"},
+          {"link_delay", absl::FormatDuration(o.links.delay)},
           {"server_flags", absl::StrJoin(o.server_flags, " ")},
           {"worker_flags", absl::StrJoin(o.worker_flags, " ")},
           {"server_binary", o.server_binary},
