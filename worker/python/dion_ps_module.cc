@@ -209,7 +209,8 @@ class PyClient {
     return out;
   }
 
-  void Submit(const py::list& gradients, int64_t samples, double loss) {
+  // Returns the seconds Client::Submit itself took (bench/python_step_overhead.py compares).
+  double Submit(const py::list& gradients, int64_t samples, double loss) {
     const std::vector<ParamSpec>& specs = client_->specs();
     if (gradients.size() != specs.size()) {
       Raise(absl::InvalidArgumentError(absl::StrCat("submit got ", gradients.size(),
@@ -225,11 +226,15 @@ class PyClient {
                                                   specs[i].rows(), specs[i].cols()));
     }
     absl::Status status;
+    absl::Duration took;
     {
       py::gil_scoped_release release;
+      const absl::Time start = absl::Now();
       status = client_->Submit(absl::MakeConstSpan(views), samples, loss);
+      took = absl::Now() - start;
     }
     Check(status);
+    return absl::ToDoubleSeconds(took);
   }
 
   int64_t CopyWeightsInto(const py::list& outputs, double lookahead) {

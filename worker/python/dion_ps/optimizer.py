@@ -136,6 +136,7 @@ class RemoteOptimizer:
         self.sync_timeout = float(sync_timeout)
         self.worker_id = worker_id
         self._zeros = {}
+        self.last_submit_seconds = 0.0  # the C++ Client::Submit of the last step
         options = {
             "shards": list(shards), "worker_id": worker_id,
             "compression_rank_fraction": (compression_rank_fraction
@@ -169,7 +170,8 @@ class RemoteOptimizer:
         if samples is None or samples < 1:
             raise ValueError("step needs samples >= 1: pass samples= or set batch_size")
         before = self._client.versions() if self.synchronous else None
-        self._client.submit(self._gradients(), int(samples), _as_float(loss))
+        self.last_submit_seconds = self._client.submit(self._gradients(), int(samples),
+                                                       _as_float(loss))
         if before is not None:
             self._client.wait_for_versions_above(before, self.sync_timeout)
         self.refresh()

@@ -120,6 +120,7 @@ def parse_flags(argv):
     add("--progress_interval", default="5s")
     add("--start_file", default="")
     add("--flush_timeout", default="5s")
+    add("--give_up_after", default="120s", help="how long a shard may stay unreachable")
     add("--metrics_listen", default="")  # accepted; Python workers serve no metrics
     add("--torch_threads", type=int, default=1)
     for flag in ("tls_ca_file", "tls_cert_file", "tls_key_file", "tls_server_name",
@@ -148,7 +149,7 @@ def connect(flags, model, worker_id):
         seed=flags.seed or flags.model_seed * 1000 + flags.worker_index,
         tls_ca_file=flags.tls_ca_file, tls_cert_file=flags.tls_cert_file,
         tls_key_file=flags.tls_key_file, tls_server_name=flags.tls_server_name,
-        token_file=flags.token_file)
+        token_file=flags.token_file, give_up_after=seconds(flags.give_up_after))
 
 
 def wait_for_start_file(path, stop):
