@@ -89,6 +89,45 @@ def evaluate(model, x, y, batch=1000):
     return loss / len(x), correct / len(x)
 
 
+class FirstCrossing:
+    """Locates the first time the weights reach `target` test accuracy between two
+    evaluations, as dion-worker's --snapshot_interval does: copies of the weights every
+    `interval` seconds; when an evaluation first reaches the target, the copies since the
+    previous evaluation are searched by bisection for the first that reaches it."""
+
+    def __init__(self, model, target, interval):
+        self.model, self.target, self.interval = model, target, interval
+        self.copies = []  # (time, [parameter tensors])
+        self.done = not target or interval <= 0
+
+    def maybe_copy(self, now):
+        if not self.done and (not self.copies or now - self.copies[-1][0] >= self.interval):
+            self.copies.append((now, [p.detach().clone() for p in self.model.parameters()]))
+
+    def after_evaluation(self, accuracy, test):
+        """[(time, test_loss, accuracy)] of the copies evaluated, in time order (empty unless
+        this evaluation is the first to reach the target). Leaves the model's weights as the
+        copy last loaded: the caller reloads its own."""
+        if self.done or accuracy < self.target:
+            self.copies.clear()
+            return []
+        self.done = True
+        found, lo, hi = [], 0, len(self.copies)
+        while lo < hi:  # the copy at hi (or the evaluation itself) reaches the target
+            mid = (lo + hi) // 2
+            with torch.no_grad():
+                for p, c in zip(self.model.parameters(), self.copies[mid][1]):
+                    p.copy_(c)
+            test_loss, acc = evaluate(self.model, *test)
+            found.append((self.copies[mid][0], test_loss, acc))
+            if acc >= self.target:
+                hi = mid
+            else:
+                lo = mid + 1
+        self.copies.clear()
+        return sorted(found)
+
+
 def parse_flags(argv):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     add = p.add_argument
@@ -116,7 +155,8 @@ def parse_flags(argv):
     add("--dp_clip", type=float, default=0.0)
     add("--eval_interval", default="10s")
     add("--target_accuracy", type=float, default=0.0)
-    add("--snapshot_interval", default="0")  # accepted for dion local; evaluations only
+    add("--snapshot_interval", default="0",
+        help="with --target_accuracy: weight copies this often (at least 0.5s; FirstCrossing)")
     add("--progress_interval", default="5s")
     add("--start_file", default="")
     add("--flush_timeout", default="5s")
@@ -166,6 +206,8 @@ def train(flags, opt, model, data, test, stop):
     generator = torch.Generator().manual_seed(flags.seed or flags.model_seed * 1000 + me)
     reporter = ProgressReporter(me, opt, interval=seconds(flags.progress_interval))
     evaluating = me == 0
+    crossing = FirstCrossing(model, flags.target_accuracy,
+                             max(0.5, seconds(flags.snapshot_interval)) if evaluating else 0)
     eval_interval = seconds(flags.eval_interval)
     next_eval, steps = eval_interval, 0
     for epoch in range(1, flags.epochs + 1):
@@ -180,14 +222,23 @@ def train(flags, opt, model, data, test, stop):
             opt.zero_grad()
             steps += 1
             reporter.step(epoch, len(batch), loss.item())
-            if evaluating and reporter.elapsed() >= next_eval:
+            if not evaluating:
+                continue
+            if opt.lookahead:
+                opt.refresh(lookahead=0)
+            crossing.maybe_copy(reporter.elapsed())
+            if reporter.elapsed() >= next_eval:
                 copied_at = reporter.elapsed()
                 opt.refresh(lookahead=0)
                 test_loss, accuracy = evaluate(model, *test)
-                opt.refresh()
                 spent = reporter.elapsed() - copied_at
+                for when, found_loss, found_accuracy in crossing.after_evaluation(accuracy, test):
+                    reporter.evaluated(found_loss, found_accuracy, when)
                 reporter.evaluated(test_loss, accuracy, copied_at)
                 next_eval = reporter.elapsed() + max(eval_interval, 3 * spent)
+                opt.refresh()  # the bisection and lookahead 0 changed the weights
+            elif opt.lookahead:
+                opt.refresh()
     return reporter
 
 

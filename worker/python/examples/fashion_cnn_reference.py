@@ -15,7 +15,7 @@ import time
 import torch
 import torch.nn.functional as F
 
-from fashion_cnn import evaluate, load_fashion_mnist, make_model
+from fashion_cnn import FirstCrossing, evaluate, load_fashion_mnist, make_model
 
 
 def main(argv):
@@ -27,6 +27,9 @@ def main(argv):
     p.add_argument("--weight_decay", type=float, default=0.01)
     p.add_argument("--eval_interval", type=float, default=2.0, help="seconds")
     p.add_argument("--targets", default="0.88,0.90,0.91")
+    p.add_argument("--snapshot_interval", type=float, default=0.5,
+                   help="seconds between weight copies that locate the first crossing of the "
+                        "first target (FirstCrossing, as fashion_cnn.py)")
     p.add_argument("--model_seed", type=int, default=1)
     p.add_argument("--torch_threads", type=int, default=1)
     flags = p.parse_args(argv)
@@ -36,6 +39,7 @@ def main(argv):
     model = make_model(flags.model_seed)
     opt = torch.optim.AdamW(model.parameters(), lr=flags.lr, weight_decay=flags.weight_decay)
     targets = [float(t) for t in flags.targets.split(",")]
+    crossing = FirstCrossing(model, targets[0], flags.snapshot_interval)
     reached = {}
     best = accuracy = 0.0
     generator = torch.Generator().manual_seed(flags.model_seed)
@@ -52,15 +56,22 @@ def main(argv):
             opt.step()
             last = epoch == flags.epochs - 1 and step == steps_per_epoch - 1
             now = time.monotonic() - start
+            crossing.maybe_copy(now)
             if now >= next_eval or last:
                 _, accuracy = evaluate(model, *test)
                 spent = time.monotonic() - start - now
-                best = max(best, accuracy)
-                for t in targets:
-                    if accuracy >= t and t not in reached:
-                        reached[t] = now
+                weights = [p.detach().clone() for p in model.parameters()]
+                found = crossing.after_evaluation(accuracy, test)
+                with torch.no_grad():
+                    for p, w in zip(model.parameters(), weights):
+                        p.copy_(w)
+                for when, _, acc in found + [(now, None, accuracy)]:
+                    best = max(best, acc)
+                    for t in targets:
+                        if acc >= t and (t not in reached or when < reached[t]):
+                            reached[t] = when
                 print(f"eval elapsed_s={now:.2f} epoch={epoch + (step + 1) / steps_per_epoch:.2f}"
-                      f" test_accuracy={accuracy:.4f}", flush=True)
+                      f" test_accuracy={accuracy:.4f} located={found}", flush=True)
                 next_eval = time.monotonic() - start + max(flags.eval_interval, 3 * spent)
     times = " ".join(f"time_to_{t:g}={reached[t]:.1f}" if t in reached else f"time_to_{t:g}=-"
                      for t in targets)
