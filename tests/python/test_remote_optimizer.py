@@ -76,6 +76,8 @@ def test_training_through_two_shards_leaves_the_pulled_weights_in_the_model(two_
     train_steps(model, opt, 12)
     opt.flush(timeout=20)
     assert opt.stats()["accepted"] > 0 and opt.stats()["refused"] == 0
+    # Accepted pushes are applied when their batch closes (50 ms at the latest).
+    opt.wait_for_versions_above([0] * len(opt.names), timeout=20)
     # A second client pulls every parameter in full from the shards; the first one's replica
     # must reach the same versions and hold the same bits, and so must the torch weights.
     deadline = time.monotonic() + 20
