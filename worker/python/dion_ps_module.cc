@@ -189,7 +189,9 @@ class PyClient {
   PyClient(const std::string& model_name, const py::list& parameters, const py::dict& options) {
     auto table = std::make_shared<ModelTable>();
     table->model_name = model_name;
-    for (const py::handle& p : parameters) table->parameters.push_back(Definition(p.cast<py::dict>()));
+    for (const py::handle& p : parameters) {
+      table->parameters.push_back(Definition(p.cast<py::dict>()));
+    }
     ClientOptions client_options = Options(options);
     if (options.contains("record_acknowledged") && options["record_acknowledged"].cast<bool>()) {
       ledger_ = std::make_shared<AckLedger>(*table);
