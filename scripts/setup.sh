@@ -3,7 +3,8 @@
 # Idempotent and non-interactive; safe to run again. Must run as root (or via sudo).
 #
 # Usage: scripts/setup.sh [--with-bench] [--with-deploy] [--build-only]
-#   --with-bench   also install the optional packages used by bench/ (python3-torch, numpy)
+#   --with-bench   also install the optional packages used by bench/ (python3-torch, now in
+#                  the default set for the Python client's tests)
 #   --with-deploy  also install what deploy/image/build_and_smoke.sh needs to build and run the
 #                  container images without a Docker engine (podman, buildah, debootstrap,
 #                  runc; ~150 MB; python3-grpcio, which it also needs, is in the default set)
@@ -29,6 +30,8 @@ packages=(
   iproute2
   libgtest-dev libgmock-dev libbenchmark-dev
   dataset-fashion-mnist python3 python3-numpy
+  # dion_ps, the Python client (worker/python, docs/python.md) and its tests (tests/python).
+  python3-dev pybind11-dev python3-torch python3-pytest
   # deploy/ checks (ctest -L deploy): promtool and the prometheus server (prometheus, ~100 MB),
   # yamllint, python3-grpcio (deploy_health_probe: the shards' TLS health probe).
   prometheus yamllint python3-grpcio

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# Sets up, builds and runs every test of dion-ps: the Release build, then the same suite
-# under AddressSanitizer + UndefinedBehaviorSanitizer. This is README's test command and
-# exactly what CI runs (.ci/run).
+# Sets up, builds and runs every test of dion-ps: the Release build, the Python client's pytest
+# suite, then the same C++ suite under AddressSanitizer + UndefinedBehaviorSanitizer. This is
+# README's test command and exactly what CI runs (.ci/run).
 #
 # Usage: scripts/test.sh [--no-setup] [--no-asan] [--no-tsan]
 #   Build trees: build/ (Release), build-asan/ (ASan+UBSan, every test) and build-tsan/
@@ -32,6 +32,19 @@ cmake -S . -B build -G Ninja -DCMAKE_BUILD_TYPE=Release >/dev/null
 cmake --build build -j "$jobs"
 stage "Release tests"
 ctest --test-dir build --output-on-failure -j "$jobs" --timeout 300
+
+# ---- The Python client dion_ps (worker/python, docs/python.md): pytest against dion-server
+# shards spawned from build/, with the interpreter the extension was built for.
+stage "Python client tests (tests/python)"
+if [ ! -d build/python/dion_ps ] || [ ! -s build/python/interpreter ]; then
+  echo "test.sh: build/python/dion_ps was not built (pybind11-dev and python3-dev missing?" \
+       "scripts/setup.sh installs them)" >&2
+  exit 1
+fi
+python="$(cat build/python/interpreter)"
+DION_BUILD_DIR="$PWD/build" timeout 300 "$python" -m pytest tests/python -q \
+  -p no:cacheprovider -p no:hypothesispytest
+# ---- end of the Python client tests
 
 if [ "$asan" = 1 ]; then
   stage "AddressSanitizer + UBSan build"

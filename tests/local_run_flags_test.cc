@@ -385,6 +385,25 @@ TEST(ValidateLocalRunOptionsTest, NamesTheFirstBadOption) {
   EXPECT_TRUE(ValidateLocalRunOptions(o).ok());
 }
 
+// --worker_command: its words come before the flags of every worker and of the evaluator, and
+// the shards keep dion-server.
+TEST(CommandLinesTest, WorkerCommandStartsWorkersAndEvaluatorWithItsArguments) {
+  LocalRunOptions o = Options();
+  o.server_binary = "/opt/bin/dion-server";
+  o.worker_binary = "/usr/bin/python3";
+  o.worker_args = {"worker/python/examples/fashion_cnn.py"};
+  o.base_port = 7000;
+  const std::string lines = CommandLines(o);
+  EXPECT_TRUE(absl::StrContains(lines, "worker 1: /usr/bin/python3 "
+                                       "worker/python/examples/fashion_cnn.py --shards="))
+      << lines;
+  EXPECT_TRUE(absl::StrContains(lines, "evaluator: /usr/bin/python3 "
+                                       "worker/python/examples/fashion_cnn.py --shards="))
+      << lines;
+  EXPECT_TRUE(absl::StrContains(lines, "shard 0: /opt/bin/dion-server --listen=")) << lines;
+  EXPECT_FALSE(absl::StrContains(lines, "dion-server worker/python")) << lines;
+}
+
 // --shard_env reaches the shards' command lines, not the workers'.
 TEST(CommandLinesTest, ShowsTheShardEnvironmentOnTheShardLinesOnly) {
   LocalRunOptions o = Options();

@@ -655,6 +655,46 @@ TEST(WorkerClient, APushOverTheShardsMessageLimitFailsAtOnceNamingTheLimit) {
 }
 
 // Pushed factors never cost more than the dense gradient: (m + n) r <= m n. Values by hand.
+// The view-based calls a binding uses (Submit over ConstMatrixRef, CopyWeightsInto) behave as
+// the Matrix ones: the same replica bits, and a wrong view shape refused before anything is
+// written.
+TEST(WorkerClient, CopyWeightsIntoViewsWritesTheReplicaAndRefusesWrongShapes) {
+  ServerAndClient both = StartServerAndClient();
+  ASSERT_NE(both.client, nullptr);
+  Client& client = *both.client;
+  const std::vector<ParamSpec>& specs = client.specs();
+  const std::vector<Matrix> G = RandomGradients(specs, 3);
+  std::vector<ConstMatrixRef> views(G.begin(), G.end());
+  ASSERT_TRUE(client.Submit(absl::MakeConstSpan(views), 8, 1.0).ok());
+  ASSERT_TRUE(client.Flush(absl::Seconds(20)).ok());
+  std::vector<int64_t> zeros(specs.size(), 0);
+  ASSERT_TRUE(client.WaitForVersionsAbove(zeros, absl::Seconds(20)).ok());
+  ASSERT_TRUE(ReplicaMatchesServer(client, *both.server));
+  std::vector<Matrix> expected;
+  const int64_t versions = client.CopyWeights(&expected);
+  std::vector<Matrix> buffers;
+  for (const ParamSpec& s : specs) buffers.push_back(Matrix::Constant(s.rows(), s.cols(), 7));
+  std::vector<MatrixRef> out(buffers.begin(), buffers.end());
+  absl::StatusOr<int64_t> copied = client.CopyWeightsInto(absl::MakeSpan(out));
+  ASSERT_TRUE(copied.ok()) << copied.status();
+  EXPECT_EQ(*copied, versions);
+  for (size_t i = 0; i < specs.size(); ++i) {
+    EXPECT_TRUE(buffers[i] == expected[i]) << specs[i].name;
+  }
+  std::vector<Matrix> untouched = buffers;
+  for (Matrix& b : untouched) b.setConstant(7);
+  Matrix wrong = Matrix::Constant(specs.back().rows() + 1, specs.back().cols(), 7);
+  std::vector<MatrixRef> bad(untouched.begin(), untouched.end() - 1);
+  bad.emplace_back(wrong);  // the last view has the wrong shape
+  absl::StatusOr<int64_t> refused = client.CopyWeightsInto(absl::MakeSpan(bad));
+  EXPECT_EQ(refused.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_TRUE(absl::StrContains(refused.status().message(), specs.back().name))
+      << refused.status();
+  EXPECT_TRUE((untouched[0].array() == 7).all()) << "nothing is written before the check";
+  client.Close();
+  EXPECT_TRUE(both.server->Shutdown().ok());
+}
+
 TEST(WorkerClient, CompressionRankIsTheFractionCappedAtTheDenseBreakEven) {
   const auto spec = [](int64_t m, int64_t n) {
     ParamSpec s;

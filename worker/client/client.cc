@@ -310,6 +310,12 @@ absl::Status Client::PullInitialWeights(int s) {
 }
 
 absl::Status Client::Submit(absl::Span<const Matrix> gradients, int64_t samples, double loss) {
+  std::vector<ConstMatrixRef> views(gradients.begin(), gradients.end());
+  return Submit(absl::MakeConstSpan(views), samples, loss);
+}
+
+absl::Status Client::Submit(absl::Span<const ConstMatrixRef> gradients, int64_t samples,
+                            double loss) {
   if (absl::Status s = Usable(); !s.ok()) return s;
   if (gradients.size() != parameters_.size()) {
     return absl::InvalidArgumentError(absl::StrCat("Submit got ", gradients.size(),

@@ -197,6 +197,11 @@ class Client {
   // copy is extrapolated along the replica's last change, X + k (X - X_prev)
   // (Replica::Extrapolate): the point a trainer takes its gradient at. Evaluations pass 0.
   int64_t CopyWeights(std::vector<Matrix>* weights, double lookahead = 0) const;
+  // The same into caller-owned views (table order, each rows x cols), e.g. a binding's numpy
+  // arrays over a framework's tensors, so the weights are copied once. InvalidArgument (nothing
+  // written) for a wrong count or shape.
+  absl::StatusOr<int64_t> CopyWeightsInto(absl::Span<MatrixRef> weights,
+                                          double lookahead = 0) const;
   bool tracks_last_step() const { return options_.track_last_step; }
   // The replica's version of parameter `index` of the table.
   int64_t version(int index) const;
@@ -207,6 +212,8 @@ class Client {
   // (Unavailable after giving up on a shard, or a contribution a shard rejected as malformed)
   // once there is one; else FailedPrecondition after Close.
   absl::Status Submit(absl::Span<const Matrix> gradients, int64_t samples, double loss);
+  // The same over views of caller-owned memory (a binding's numpy arrays), without a copy.
+  absl::Status Submit(absl::Span<const ConstMatrixRef> gradients, int64_t samples, double loss);
   // Pushes everything accumulated and waits until every push is acknowledged (refused ones
   // re-sent), or `timeout` (DeadlineExceeded). The fatal error, or FailedPrecondition once
   // closed, as for Submit (also when it happens during the wait).

@@ -26,6 +26,29 @@ int64_t Client::CopyWeights(std::vector<Matrix>* weights, double lookahead) cons
   return versions;
 }
 
+absl::StatusOr<int64_t> Client::CopyWeightsInto(absl::Span<MatrixRef> weights,
+                                                double lookahead) const {
+  if (weights.size() != parameters_.size()) {
+    return absl::InvalidArgumentError(absl::StrCat("CopyWeightsInto got ", weights.size(),
+                                                   " views, expected ", parameters_.size(),
+                                                   " (one per parameter, in table order)"));
+  }
+  for (size_t i = 0; i < weights.size(); ++i) {
+    if (weights[i].rows() != specs_[i].rows() || weights[i].cols() != specs_[i].cols()) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "view of '", specs_[i].name, "' is ", weights[i].rows(), " x ", weights[i].cols(),
+          ", expected ", specs_[i].rows(), " x ", specs_[i].cols()));
+    }
+  }
+  int64_t versions = 0;
+  for (const auto& p : parameters_) {
+    MutexLock lock(&p->replica_mu);
+    p->replica.Extrapolate(lookahead, weights[p->index]);
+    versions += p->replica.version();
+  }
+  return versions;
+}
+
 int64_t Client::version(int index) const {
   const Parameter& p = *parameters_.at(index);
   MutexLock lock(&p.replica_mu);

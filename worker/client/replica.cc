@@ -35,6 +35,14 @@ void Replica::Extrapolate(double steps, Matrix* out) const {
   *out = X_ + static_cast<float>(steps) * last_step_;
 }
 
+void Replica::Extrapolate(double steps, MatrixRef out) const {
+  if (steps == 0 || !track_last_step_) {
+    out = X_;
+    return;
+  }
+  out = X_ + static_cast<float>(steps) * last_step_;
+}
+
 absl::Status Replica::Set(int64_t version, const Matrix& X, uint64_t checksum) {
   if (X.rows() != X_.rows() || X.cols() != X_.cols()) {
     return absl::InvalidArgumentError(absl::StrCat(

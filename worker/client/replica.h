@@ -67,6 +67,8 @@ class Replica {
   // (worker/train/trainer.h). steps = 0, or a replica that does not track its last step, gives
   // value().
   void Extrapolate(double steps, Matrix* out) const;
+  // The same into a view of the parameter's shape. REQUIRES: out is rows x cols.
+  void Extrapolate(double steps, MatrixRef out) const;
   bool tracks_last_step() const { return track_last_step_; }
 
  private:

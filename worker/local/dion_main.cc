@@ -17,6 +17,7 @@
 
 #include <algorithm>
 #include <cstdio>
+#include <cstdlib>
 #include <fstream>
 #include <optional>
 #include <string>
@@ -46,6 +47,12 @@ ABSL_FLAG(std::string, server_binary, "",
           "path of dion-server; default: ../server/dion-server (build tree) or dion-server next "
           "to this binary");
 ABSL_FLAG(std::string, worker_binary, "", "path of dion-worker; default: next to this binary");
+ABSL_FLAG(std::string, worker_command, "",
+          "run this command line (words separated by spaces; the first one is looked up in "
+          "PATH) instead of dion-worker for the workers and the final evaluation, with "
+          "dion-worker's flags appended: a program that takes them and prints dion-worker's "
+          "lines, e.g. '/usr/bin/python3 worker/python/examples/fashion_cnn.py', a PyTorch "
+          "CNN (docs/python.md); overrides --worker_binary");
 ABSL_FLAG(std::string, server_flags, "",
           "extra dion-server flags, separated by spaces (e.g. '--compute_threads=1 "
           "--checkpoint_interval=1m'); see dion-server --help");
@@ -188,6 +195,20 @@ constexpr const char* kUsage =
 
 std::vector<std::string> SplitFlags(const std::string& text) {
   return absl::StrSplit(text, absl::ByAnyChar(" \t\n"), absl::SkipEmpty());
+}
+
+// `name` if it contains a '/', else the first executable `name` in a directory of PATH.
+absl::StatusOr<std::string> FindInPath(const std::string& name) {
+  if (absl::StrContains(name, "/")) {
+    if (access(name.c_str(), X_OK) == 0) return name;
+    return absl::NotFoundError(absl::StrCat(name, " is not an executable file"));
+  }
+  const char* path = std::getenv("PATH");
+  for (absl::string_view dir : absl::StrSplit(path == nullptr ? "" : path, ':')) {
+    const std::string candidate = absl::StrCat(dir.empty() ? "." : dir, "/", name);
+    if (access(candidate.c_str(), X_OK) == 0) return candidate;
+  }
+  return absl::NotFoundError(absl::StrCat("no executable ", name, " in PATH"));
 }
 
 std::string SelfExe() {
@@ -345,8 +366,12 @@ int Local(int argc, char** argv) {
   const std::string self = SelfExe();
   absl::StatusOr<std::string> server = dion::FindSiblingBinary(
       self, absl::GetFlag(FLAGS_server_binary), {"../server/dion-server", "dion-server"});
+  const std::vector<std::string> command = SplitFlags(absl::GetFlag(FLAGS_worker_command));
   absl::StatusOr<std::string> worker =
-      dion::FindSiblingBinary(self, absl::GetFlag(FLAGS_worker_binary), {"dion-worker"});
+      command.empty()
+          ? dion::FindSiblingBinary(self, absl::GetFlag(FLAGS_worker_binary), {"dion-worker"})
+          : FindInPath(command[0]);
+  if (!command.empty()) o->worker_args.assign(command.begin() + 1, command.end());
   for (const auto& [name, found] : {std::pair{"dion-server", &server}, {"dion-worker", &worker}}) {
     if (!found->ok()) {
       std::fprintf(stderr, "dion local: cannot find %s: %s (use --%s_binary)\n", name,

@@ -138,6 +138,9 @@ absl::Status LocalRun::Spawn(Role role, int index, std::vector<std::string> args
   ChildSpec spec;
   spec.name = name;
   spec.binary = role == Role::kShard ? options_.server_binary : options_.worker_binary;
+  if (role != Role::kShard) {
+    args.insert(args.begin(), options_.worker_args.begin(), options_.worker_args.end());
+  }
   spec.args = std::move(args);
   spec.log_path = absl::StrCat(run_dir_, "/logs/", name, ".log");
   if (role == Role::kShard) spec.env = options_.shard_env;

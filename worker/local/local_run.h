@@ -48,6 +48,10 @@ struct LocalRunOptions {
   int workers = 4;
   std::string server_binary;              // path of dion-server (see FindSiblingBinary)
   std::string worker_binary;              // path of dion-worker
+  // Arguments before the flags of every worker and of the evaluator: with --worker_command
+  // (e.g. worker_binary python3 and {"fashion_cnn.py"}), a program that takes dion-worker's
+  // flags and prints its lines (docs/python.md, "dion local").
+  std::vector<std::string> worker_args;
   std::vector<std::string> server_flags;  // appended to every dion-server command line
   std::vector<std::string> worker_flags;  // appended to every dion-worker command line
   // "NAME=VALUE" set in the environment of the dion-server processes only, e.g.

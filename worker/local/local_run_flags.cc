@@ -353,12 +353,16 @@ std::string CommandLines(const LocalRunOptions& o) {
                                   " "),
                     "\n");
   }
+  const std::string worker_binary =
+      o.worker_args.empty()
+          ? o.worker_binary
+          : absl::StrCat(o.worker_binary, " ", absl::StrJoin(o.worker_args, " "));
   for (int j = 0; j < o.workers; ++j) {
-    absl::StrAppend(&lines, "worker ", j, ": ", o.worker_binary, " ",
+    absl::StrAppend(&lines, "worker ", j, ": ", worker_binary, " ",
                     absl::StrJoin(WorkerFlags(o, j, addresses, run_dir + "/logs/.start"), " "),
                     "\n");
   }
-  absl::StrAppend(&lines, "evaluator: ", o.worker_binary, " ",
+  absl::StrAppend(&lines, "evaluator: ", worker_binary, " ",
                   absl::StrJoin(EvaluatorFlags(o, addresses), " "), "\n");
   return lines;
 }

@@ -1,0 +1,80 @@
+"""Fixtures of the dion_ps tests: dion-server shards as child processes on 127.0.0.1.
+
+The build tree is DION_BUILD_DIR (default: build/ at the repository root); its python/
+directory, where the build puts the dion_ps package, is put on sys.path.
+"""
+import os
+import pathlib
+import re
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+ROOT = pathlib.Path(__file__).resolve().parents[2]
+BUILD = pathlib.Path(os.environ.get("DION_BUILD_DIR", ROOT / "build"))
+sys.path.insert(0, str(BUILD / "python"))
+SERVER = BUILD / "server" / "dion-server"
+
+
+class Shard:
+    """One dion-server process; stop() is bounded (SIGKILL after 10 s)."""
+
+    def __init__(self, directory, index=0, count=1, port=0):
+        self.directory = pathlib.Path(directory)
+        self.directory.mkdir(parents=True, exist_ok=True)
+        self.index, self.count = index, count
+        self.log = open(self.directory / "server.log", "w+")
+        self.process = subprocess.Popen(
+            [str(SERVER), f"--listen=127.0.0.1:{port}", "--metrics_listen=",
+             f"--shard_index={index}", f"--num_shards={count}",
+             f"--checkpoint_dir={self.directory / 'checkpoints'}", "--wal_sync=none"],
+            stdout=self.log, stderr=subprocess.STDOUT)
+        self.address = self._read_address()
+
+    def _read_address(self):
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline and self.process.poll() is None:
+            self.log.seek(0)
+            match = re.search(r"serving gRPC on (\S+?),", self.log.read())
+            if match:
+                return match.group(1)
+            time.sleep(0.02)
+        self.stop(signal.SIGKILL)
+        raise RuntimeError("dion-server did not start: "
+                           + (self.directory / "server.log").read_text())
+
+    def send(self, number):
+        self.process.send_signal(number)
+
+    def stop(self, sig=signal.SIGTERM):
+        if self.process.poll() is None:
+            self.process.send_signal(sig)
+            try:
+                self.process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        self.log.close()
+
+
+@pytest.fixture
+def two_shards(tmp_path):
+    """Two fresh shards (a shard holds one model), in shard-index order."""
+    base = tmp_path
+    shards = [Shard(base / f"shard-{i}", index=i, count=2) for i in range(2)]
+    yield [s.address for s in shards]
+    for s in shards:
+        s.stop()
+
+
+@pytest.fixture
+def one_shard(tmp_path):
+    """A shard of its own, for tests that stop, freeze or restart it."""
+    shard = Shard(tmp_path / "shard")
+    yield shard
+    if shard.process.poll() is None:
+        shard.send(signal.SIGCONT)
+    shard.stop(signal.SIGKILL)

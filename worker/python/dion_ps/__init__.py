@@ -1,0 +1,18 @@
+"""dion_ps: train a PyTorch model on the dion-ps shards (docs/python.md).
+
+    opt = dion_ps.RemoteOptimizer(model.named_parameters(),
+                                  shards=["127.0.0.1:7000", "127.0.0.1:7001"],
+                                  worker_id="w0", batch_size=128)
+    loss.backward(); opt.step(loss=loss); opt.zero_grad()
+"""
+from dion_ps.errors import (DataLossError, DeadlineExceededError, DionError,
+                            FailedPreconditionError, InvalidArgumentError,
+                            PermissionDeniedError, UnauthenticatedError, UnavailableError)
+from dion_ps.optimizer import RemoteOptimizer, as_matrix, parameter_table
+from dion_ps.progress import ProgressReporter
+
+__all__ = [
+    "RemoteOptimizer", "ProgressReporter", "parameter_table", "as_matrix", "DionError",
+    "InvalidArgumentError", "DeadlineExceededError", "FailedPreconditionError",
+    "UnavailableError", "PermissionDeniedError", "UnauthenticatedError", "DataLossError",
+]
