@@ -149,8 +149,11 @@ def run_dion(args, rate, model, flags, work):
             sent += int(words[-6])
             received += int(words[-3])
     workers = 4
-    return {"status": s["status"], "time_to_target_s": s.get("train_time_to_target_s"),
-            "final_test_accuracy": s["final_test_accuracy"],
+    cut = s["final_test_accuracy"] is None  # interrupted: no final evaluation
+    last = s["evaluations"][-1]["test_accuracy"] if s["evaluations"] else None
+    return {"status": "cut" if cut else s["status"],
+            "time_to_target_s": s.get("train_time_to_target_s"),
+            "final_test_accuracy": last if cut else s["final_test_accuracy"],
             "epochs": s["samples"] / 60000, "train_s": s["training_time_s"],
             "wall_s": time.monotonic() - started,
             "epochs_to_target": next((e["epochs"] for e in s["evaluations"]
@@ -250,7 +253,7 @@ def main():
                 r.update(rate=rate, model=model, system=system, load=os.getloadavg()[0])
                 results.append(r)
                 print(f"| {rate} | {model} | {system} | {fmt(r['time_to_target_s'])} | "
-                      f"{fmt(r['epochs_to_target'], 2)} | {r['final_test_accuracy']:.4f} | "
+                      f"{fmt(r['epochs_to_target'], 2)} | {fmt(r['final_test_accuracy'], 4)} | "
                       f"{fmt(r['epochs'], 2)} | {r['sent_per_worker'] / 1e6:.1f} | "
                       f"{r['received_per_worker'] / 1e6:.1f} | {r['status']} | "
                       f"{r['load']:.1f} |", flush=True)

@@ -184,20 +184,14 @@ std::optional<std::pair<int, int>> LinkRelay::Accept(const Listener& l) {
   const int a = accept4(l.fd, nullptr, nullptr, SOCK_CLOEXEC);
   if (a < 0) return std::nullopt;
   const sockaddr_in target = *ParseAddress(l.target);
-  int b = -1;
-  int error = 0;
-  for (int attempt = 0; attempt < 20 && b < 0; ++attempt) {  // a shard busy accepting: retry
-    b = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-    if (b >= 0 && connect(b, reinterpret_cast<const sockaddr*>(&target), sizeof(target)) != 0) {
-      error = errno;
-      close(b);
-      b = -1;
-      usleep(50000);
-    }
-  }
-  if (b < 0) {
+  // Non-blocking: the thread never waits on one connection. Until the connect completes,
+  // writes to b wait (EAGAIN) and are retried; a failed connect shows up as an error there.
+  const int b = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
+  if (b < 0 || (connect(b, reinterpret_cast<const sockaddr*>(&target), sizeof(target)) != 0 &&
+                errno != EINPROGRESS)) {
+    Note(absl::StrCat("cannot connect to ", l.target, ": ", std::strerror(errno)));
     close(a);
-    Note(absl::StrCat("cannot connect to ", l.target, ": ", std::strerror(error)));
+    if (b >= 0) close(b);
     return std::nullopt;
   }
   const int one = 1;
@@ -220,7 +214,11 @@ void LinkRelay::Loop() {
         const bool can_read = d->queued < max_queued_;
         fds.push_back({d->in_closed ? -1 : d->in, static_cast<short>(can_read ? POLLIN : 0), 0});
         fds.push_back({d->out_closed ? -1 : d->out, static_cast<short>(Due(*d, now) ? POLLOUT : 0), 0});
-        if (!d->queue.empty()) next_due = std::min(next_due, d->queue.front().due);
+        // A chunk already due waits for POLLOUT, not for a timeout (no spinning on a full
+        // socket buffer behind a slow link).
+        if (!d->queue.empty() && d->queue.front().due > now) {
+          next_due = std::min(next_due, d->queue.front().due);
+        }
       }
     }
     const int64_t wait = std::max<int64_t>(0, next_due - now);
