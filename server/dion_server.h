@@ -1,8 +1,8 @@
 // A shard served over gRPC: the Shard, its ParameterServer service, its ShardPeer service and
 // the transport of the reductions of row-split parameters (server/peer/, docs/server.md,
 // "Peers"), the gRPC health service (grpc.health.v1) and server reflection, and the
-// Prometheus endpoint. Used by the dion-server
-// binary (server/main.cc) and by the integration tests, which start it on 127.0.0.1:0.
+// Prometheus endpoint. Used by the dion-server binary (server/main.cc) and by the integration
+// tests, which start it on 127.0.0.1:0.
 //
 // Shutdown order (docs/server.md, "Shutdown"): health NOT_SERVING, the shard refuses new
 // contributions and ends the subscriptions, gRPC stops accepting calls and waits up to
