@@ -73,6 +73,7 @@ absl::StatusOr<std::unique_ptr<PeerChannels>> MakePeerChannels(const ServerOptio
     channels.tls.cert_file = options.tls.cert_file;
     channels.tls.key_file = options.tls.key_file;
     channels.tls.token_file = options.peer.token_file;
+    channels.tls.server_name = options.peer.tls_server_name;
   }
   return PeerChannels::Create(channels);
 }
@@ -158,7 +159,7 @@ absl::Status DionServer::StartPeers() {
     absl::StatusOr<std::unique_ptr<PeerChannels>> channels = MakePeerChannels(options_);
     if (!channels.ok()) return channels.status();
     peer_channels_ = *std::move(channels);
-    peer_channels_->Connect();
+    peer_channels_->Connect(options_.shard.store.shard_index);
   }
   peer_env_ = PeerEnv{reduce_hub_.get(), peer_channels_.get(), options_.peer.timeout,
                       metrics_.get()};

@@ -1,8 +1,8 @@
 // A shard served over gRPC: the Shard, its ParameterServer service, its ShardPeer service and
 // the transport of the reductions of row-split parameters (server/peer/, docs/server.md,
 // "Peers"), the gRPC health service (grpc.health.v1) and server reflection, and the
-// Prometheus endpoint. Used by the dion-server
-// binary (server/main.cc) and by the integration tests, which start it on 127.0.0.1:0.
+// Prometheus endpoint. Used by the dion-server binary (server/main.cc) and by the integration
+// tests, which start it on 127.0.0.1:0.
 //
 // Shutdown order (docs/server.md, "Shutdown"): health NOT_SERVING, the shard refuses new
 // contributions and ends the subscriptions, gRPC stops accepting calls and waits up to
@@ -41,6 +41,9 @@ struct PeerOptions {
   std::vector<std::string> addresses;  // every shard's host:port by index; empty: no peers
   // CA the peers' certificates chain to, when the shard serves TLS; empty: tls.client_ca_file.
   std::string tls_ca_file;
+  // Name the peers' certificates must carry instead of the host of their address (e.g. the
+  // headless Service name when one certificate serves every shard); empty: that host.
+  std::string tls_server_name;
   std::string token_file;  // bearer token (role peer) sent to peers; needed with tokens
   absl::Duration timeout = absl::Seconds(5);  // a reduction's deadline
   int max_pending = 64;                       // reductions this shard gathers at once

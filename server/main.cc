@@ -148,6 +148,10 @@ ABSL_FLAG(std::string, peer_tls_ca_file, "",
           "PEM CA the peers' certificates must chain to when this shard serves TLS; empty: "
           "--tls_client_ca_file. Peer calls present this shard's --tls_cert_file/--tls_key_file "
           "(for peers with mutual TLS), so that certificate needs client authentication too");
+ABSL_FLAG(std::string, peer_tls_server_name, "",
+          "name the peers' certificates must carry, instead of the host of each peer address "
+          "(e.g. the headless Service name when one certificate serves every shard, as in "
+          "deploy/k8s); empty: the host of the address");
 ABSL_FLAG(std::string, peer_token_file, "",
           "file whose first line is the bearer token this shard sends to its peers; needed "
           "with --auth_tokens_file, where the peers list it with role peer (needs TLS)");
@@ -205,6 +209,7 @@ absl::StatusOr<dion::ServerOptions> OptionsFromFlags() {
   if (!peers.ok()) return peers.status();
   options.peer.addresses = *std::move(peers);
   options.peer.tls_ca_file = absl::GetFlag(FLAGS_peer_tls_ca_file);
+  options.peer.tls_server_name = absl::GetFlag(FLAGS_peer_tls_server_name);
   options.peer.token_file = absl::GetFlag(FLAGS_peer_token_file);
   options.peer.timeout = absl::GetFlag(FLAGS_peer_timeout);
 

@@ -147,11 +147,7 @@ class PeerReduceTest : public ::testing::Test {
 };
 
 // Rounds of one step: (tag, rows, cols), like a Gram matrix, a sketch and R.
-struct Round {
-  const char* tag;
-  int rows;
-  int cols;
-};
+struct Round { const char* tag; int rows; int cols; };
 constexpr Round kRounds[] = {{"gram", 8, 8}, {"sketch", 12, 8}, {"R", 40, 8}};
 
 TEST_F(PeerReduceTest, SumIsTheOwnerOrderDoubleSumRoundedOnceWithTheSameBitsOnEveryOwner) {
@@ -227,11 +223,7 @@ TEST_F(PeerReduceTest, SplitDionStepOverGrpcMatchesTheWholeStep) {
 }
 
 TEST_F(PeerReduceTest, TwoParametersAndTwoStepsAtOnceDoNotMix) {
-  struct Group {
-    std::string parameter;
-    int64_t step;
-    std::vector<int> owner_shards;
-  };
+  struct Group { std::string parameter; int64_t step; std::vector<int> owner_shards; };
   // "v" is led by shard 2, "w" by shard 0; both steps of each run at the same time.
   const std::vector<Group> groups = {
       {"w", 1, {0, 1, 2}}, {"w", 2, {0, 1, 2}}, {"v", 1, {2, 0, 1}}, {"v", 2, {2, 0, 1}}};
@@ -488,10 +480,7 @@ class PeerSecurityTest : public ::testing::Test {
 std::string* PeerSecurityTest::dir_ = nullptr;
 
 TEST_F(PeerSecurityTest, FollowerNeedsARoleThatMayReduce) {
-  struct Case {
-    std::string token_file;
-    absl::StatusCode code;
-  };
+  struct Case { std::string token_file; absl::StatusCode code; };
   const Case cases[] = {{"", absl::StatusCode::kUnauthenticated},
                         {F("work.token"), absl::StatusCode::kPermissionDenied}};
   for (const Case& c : cases) {

@@ -16,14 +16,15 @@
 #                          authentication only, 90 days, same CA), for the Secret
 #                          dion-client-tls of deploy/k8s/components/mtls (optional mTLS).
 # OUT_DIR/tokens           dion-server --auth_tokens_file: one `<token> <role> <name>` a line.
-# OUT_DIR/worker-token, admin-token, reader-token
+# OUT_DIR/worker-token, admin-token, reader-token, peer-token
 #                          one token each (no newline), for dion-worker and `dion checkpoint`
-#                          --token_file; 256 random bits each, hex.
+#                          --token_file and the shards' --peer_token_file; 256 random bits
+#                          each, hex.
 # With an existing OUT_DIR/ca.crt and ca.key the CA is kept and only the certificates are
 # renewed; existing token files are kept too (rotation: docs/deploy.md). The files are created
 # mode 600. Prints the kubectl commands that make the Secrets from them.
 set -euo pipefail
-[ $# -ge 1 ] && [ $# -le 2 ] || { sed -n '2,24p' "$0" >&2; exit 2; }
+[ $# -ge 1 ] && [ $# -le 2 ] || { sed -n '2,25p' "$0" >&2; exit 2; }
 out="$1" service="${2:-dion-ps}"
 command -v openssl >/dev/null || { echo "make_secrets: openssl not found" >&2; exit 1; }
 mkdir -p "$out"
@@ -52,15 +53,15 @@ certificate() {  # name (file prefix), subject CN, extended key usage, extra ext
 certificate tls "$service" serverAuth,clientAuth "subjectAltName=DNS:$service"
 certificate client "$service-client" clientAuth ""
 
-for role in worker admin reader; do
+for role in worker admin reader peer; do
   if [ ! -s "$role-token" ]; then
     printf '%s' "$(openssl rand -hex 32)" > "$role-token"
   fi
 done
 if [ ! -s tokens ]; then
   {
-    echo "# dion-server --auth_tokens_file: <token> <role> [<name>]; roles worker, reader, admin."
-    for role in worker admin reader; do
+    echo "# dion-server --auth_tokens_file: <token> <role> [<name>]; roles worker, reader, admin, peer."
+    for role in worker admin reader peer; do
       echo "$(cat "$role-token") $role $role"
     done
   } > tokens
@@ -71,7 +72,8 @@ make_secrets: files in $out. Create the Secrets in the job's namespace (NS):
   kubectl -n NS create secret generic dion-tls --from-file=$out/tls.crt \\
       --from-file=$out/tls.key --from-file=$out/ca.crt
   kubectl -n NS create secret generic dion-tokens --from-file=$out/tokens \\
-      --from-file=$out/worker-token --from-file=$out/admin-token --from-file=$out/reader-token
+      --from-file=$out/worker-token --from-file=$out/admin-token --from-file=$out/reader-token \\
+      --from-file=$out/peer-token
 and, with client certificates (deploy/k8s/components/mtls):
   kubectl -n NS create secret generic dion-client-tls --from-file=tls.crt=$out/client.crt \\
       --from-file=tls.key=$out/client.key

@@ -57,9 +57,9 @@ absl::StatusOr<std::unique_ptr<PeerChannels>> PeerChannels::Create(
   return channels;
 }
 
-void PeerChannels::Connect() const {
-  for (const std::shared_ptr<grpc::Channel>& channel : channels_) {
-    channel->GetState(/*try_to_connect=*/true);
+void PeerChannels::Connect(int own_shard) const {
+  for (int shard = 0; shard < size(); ++shard) {
+    if (shard != own_shard) channels_[shard]->GetState(/*try_to_connect=*/true);
   }
 }
 

@@ -41,9 +41,9 @@ class PeerChannels {
   static absl::StatusOr<std::unique_ptr<PeerChannels>> Create(const PeerChannelOptions& options);
 
   int size() const { return static_cast<int>(addresses_.size()); }
-  // Starts connecting every channel (without waiting), so that the first reduction does not
-  // pay for the handshakes.
-  void Connect() const;
+  // Starts connecting the channel of every shard but `own_shard` (without waiting), so that
+  // the first reduction does not pay for the handshakes.
+  void Connect(int own_shard) const;
   // REQUIRES: 0 <= shard < size().
   const std::string& address(int shard) const { return addresses_[shard]; }
   // REQUIRES: 0 <= shard < size(). E.g. to connect ahead of the first reduction.

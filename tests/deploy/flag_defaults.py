@@ -18,7 +18,9 @@ TOPOLOGY = {
         "checkpoint_interval", "checkpoint_keep", "compute_threads", "blas_threads",
         "shutdown_grace", "max_message_bytes", "broadcast_queue", "lr_schedule_samples",
         "wal", "wal_dir", "wal_sync", "wal_recover",
-        "tls_cert_file", "tls_key_file", "tls_client_ca_file", "auth_tokens_file"},
+        "tls_cert_file", "tls_key_file", "tls_client_ca_file", "auth_tokens_file",
+        "peer_addresses", "peer_tls_ca_file", "peer_tls_server_name", "peer_token_file",
+        "peer_timeout"},
     "dion-worker": {
         "shards", "worker_index", "num_workers", "worker_id", "mode", "data_dir",
         "metrics_listen", "blas_threads", "give_up_after", "rpc_deadline", "start_file",

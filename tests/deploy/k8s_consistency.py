@@ -86,7 +86,9 @@ def checkpoint_flags_of(help_text):
 # These are also all the Secret keys the component's pods may mount.
 SECRET_FILES = {
     "shard": {"tls_cert_file": ("dion-tls", "tls.crt"), "tls_key_file": ("dion-tls", "tls.key"),
-              "auth_tokens_file": ("dion-tokens", "tokens")},
+              "auth_tokens_file": ("dion-tokens", "tokens"),
+              "peer_tls_ca_file": ("dion-tls", "ca.crt"),
+              "peer_token_file": ("dion-tokens", "peer-token")},
     "worker": {"tls_ca_file": ("dion-tls", "ca.crt"),
                "token_file": ("dion-tokens", "worker-token")},
     "checkpointer": {"tls_ca_file": ("dion-tls", "ca.crt"),
@@ -171,6 +173,11 @@ def check_secret_mounts(where, ps, c, component, service, mtls, fail):
         elif got[2] & 0o007 or not (got[2] & 0o040 and group):
             fail(f"{where}: {path} has mode {got[2]:#o} with fsGroup {group}: it must be "
                  "readable by the pod's fsGroup and by no other user")
+    if component == "shard" and (args.get("peer_tls_server_name") != service or
+                                 args.get("peer_addresses") != "$(DION_SHARDS)"):
+        fail(f"{where}: --peer_addresses={args.get('peer_addresses')} and "
+             f"--peer_tls_server_name={args.get('peer_tls_server_name')}: must be $(DION_SHARDS) "
+             f"(every shard, in index order) and {service}, the name of the shards' certificate")
     if component in CLIENT_COMPONENTS and args.get("tls_server_name") != service:
         fail(f"{where}: --tls_server_name={args.get('tls_server_name')}: must be the headless "
              f"Service's name {service}, the name of the shards' certificate")
@@ -405,6 +412,7 @@ def check_overlay(file, objects, server_flags, worker_flags, checkpoint_flags, f
     worker_labels = template(job)["metadata"]["labels"]
     checkpointer_labels = template(cron)["metadata"]["labels"]
     checkpointer_admitted = False
+    shards_admitted = False  # each other, for the reductions of row-split parameters
     for svc in by_kind["Service"]:
         if not matches(svc["spec"].get("selector"), shard_labels):
             fail(f"{file}: Service {svc['metadata']['name']} does not select the shards")
@@ -426,15 +434,20 @@ def check_overlay(file, objects, server_flags, worker_flags, checkpoint_flags, f
                         to_shard = component == "shard"
                         if grpc_rule and to_shard and matches(peer_labels, checkpointer_labels):
                             checkpointer_admitted = True
+                        elif grpc_rule and to_shard and matches(peer_labels, shard_labels):
+                            shards_admitted = True
                         elif grpc_rule and not (to_shard and matches(peer_labels, worker_labels)):
                             fail(f"{file}: NetworkPolicy {np_['metadata']['name']}: gRPC "
-                                 f"open to {peer_labels}, only workers and the checkpointer "
-                                 "-> shards are allowed")
+                                 f"open to {peer_labels}, only workers, the checkpointer and "
+                                 "shards -> shards are allowed")
                         if not grpc_rule and peer_labels.get(NAME) != "prometheus":
                             fail(f"{file}: NetworkPolicy {np_['metadata']['name']}: "
                                  f"{rule.get('ports')} open to {peer_labels}")
     if not all(covered.values()):
         fail(f"{file}: NetworkPolicies cover {covered}: shards and workers both need one")
+    if not shards_admitted:
+        fail(f"{file}: no NetworkPolicy lets the shards ({shard_labels}) reach each other's "
+             "gRPC port (their reductions of row-split parameters)")
     if not checkpointer_admitted:
         fail(f"{file}: no NetworkPolicy lets the CronJob's pods ({checkpointer_labels}) reach "
              "the shards' gRPC port")

@@ -76,7 +76,7 @@ def lay_out_mounts(pod, c, secrets_dir, mount_root):
     files = {"dion-tls": {"tls.crt": "tls.crt", "tls.key": "tls.key", "ca.crt": "ca.crt"},
              "dion-client-tls": {"tls.crt": "client.crt", "tls.key": "client.key"},
              "dion-tokens": {k: k for k in ("tokens", "worker-token", "admin-token",
-                                            "reader-token")}}
+                                            "reader-token", "peer-token")}}
     volumes = {v["name"]: v for v in pod.get("volumes", [])}
     for m in c.get("volumeMounts", []):
         secret = volumes.get(m["name"], {}).get("secret")  # not a PVC template, an emptyDir
