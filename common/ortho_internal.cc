@@ -86,6 +86,18 @@ std::shared_ptr<const Matrix> Sketch(int64_t k, int64_t m, uint64_t seed) {
   return Sketches().Get(k, m, seed);
 }
 
+double MaxAbsUpper(const MatrixD& D) {
+  double worst = 0.0;
+  for (Eigen::Index i = 0; i < D.rows(); ++i) {
+    for (Eigen::Index j = i; j < D.cols(); ++j) {
+      const double e = std::abs(D(i, j));
+      if (std::isnan(e)) return e;
+      worst = std::max(worst, e);
+    }
+  }
+  return worst;
+}
+
 // Estimated orthogonality error of P U^{-1}, where U^T U is the computed Cholesky factor of
 // the float32 Gram P^T P. The Gram and the factorisation carry an error dC ~ u ||P||^2, and
 // Q^T Q - I = U^{-T} dC U^{-1}, so the error is about u * cond(U^T U) = u * lmax / lmin,

@@ -44,6 +44,10 @@ int64_t SketchRows(int64_t r, double oversample);
 // through a small cache (ortho_internal.cc says why). Entries are immutable.
 std::shared_ptr<const Matrix> Sketch(int64_t k, int64_t m, uint64_t seed);
 
+// max |D_ij| over the upper triangle (j >= i) of a square D; NaN as soon as one is NaN. With
+// D = P^T P - I, the orthogonality error.
+double MaxAbsUpper(const MatrixD& D);
+
 // Estimated orthogonality error of P U^{-1}, where U^T U is the computed Cholesky factor of
 // the float32 Gram P^T P. The Gram and the factorisation carry an error dC ~ u ||P||^2, and
 // Q^T Q - I = U^{-T} dC U^{-1}, so the error is about u * cond(U^T U) = u * lmax / lmin,

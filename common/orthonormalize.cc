@@ -207,15 +207,8 @@ double OrthogonalityError(ConstMatrixRef P) {
     cblas_dsyrk(CblasRowMajor, CblasUpper, CblasTrans, static_cast<int>(r), static_cast<int>(m),
                 1.0, Pd.data(), static_cast<int>(r), 0.0, C.data(), static_cast<int>(r));
   }
-  double worst = 0.0;
-  for (Eigen::Index i = 0; i < r; ++i) {
-    for (Eigen::Index j = i; j < r; ++j) {
-      const double e = std::abs(C(i, j) - (i == j ? 1.0 : 0.0));
-      if (std::isnan(e)) return e;
-      worst = std::max(worst, e);
-    }
-  }
-  return worst;
+  C.diagonal().array() -= 1.0;
+  return ortho_internal::MaxAbsUpper(C);
 }
 
 }  // namespace dion

@@ -200,15 +200,7 @@ absl::StatusOr<double> OrthogonalityErrorRows(ConstMatrixRef P, RowBlock block,
   C.diagonal().array() -= share;
   Matrix deviation = C.cast<float>();
   if (absl::Status s = reducer.AllReduce("ortho_error", deviation); !s.ok()) return s;
-  double worst = 0.0;
-  for (Eigen::Index i = 0; i < r; ++i) {
-    for (Eigen::Index j = i; j < r; ++j) {
-      const double e = std::abs(static_cast<double>(deviation(i, j)));
-      if (std::isnan(e)) return e;
-      worst = std::max(worst, e);
-    }
-  }
-  return worst;
+  return ortho_internal::MaxAbsUpper(deviation.cast<double>());
 }
 
 }  // namespace dion
