@@ -37,6 +37,7 @@
 #include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
 #include "absl/strings/string_view.h"
+#include "bench/median.h"
 #include "common/blas.h"
 #include "common/dion.h"
 #include "common/matrix.h"
@@ -90,13 +91,6 @@ struct PhaseSeconds {
     if (phase == DionPhase::kUpdate) update += seconds;
   }
 };
-
-double Median(std::vector<double> v) {
-  if (v.empty()) return NAN;
-  std::sort(v.begin(), v.end());
-  const size_t h = v.size() / 2;
-  return v.size() % 2 == 1 ? v[h] : 0.5 * (v[h - 1] + v[h]);
-}
 
 std::vector<double> ParseDoubles(absl::string_view flag, absl::string_view text) {
   std::vector<double> out;

@@ -21,6 +21,7 @@
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_split.h"
 #include "absl/strings/string_view.h"
+#include "bench/median.h"
 #include "common/blas.h"
 #include "common/dion.h"
 #include "common/lowrank_update.h"
@@ -40,12 +41,6 @@ namespace dion {
 namespace {
 
 using Clock = std::chrono::steady_clock;
-
-double Median(std::vector<double> v) {
-  std::sort(v.begin(), v.end());
-  const size_t h = v.size() / 2;
-  return v.size() % 2 == 1 ? v[h] : 0.5 * (v[h - 1] + v[h]);
-}
 
 template <typename F>
 double SecondsPerCall(int calls, F&& f) {

@@ -35,6 +35,7 @@
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_split.h"
 #include "absl/strings/string_view.h"
+#include "bench/median.h"
 #include "common/blas.h"
 #include "common/matrix.h"
 #include "common/orthonormalize.h"
@@ -55,12 +56,6 @@ namespace {
 
 using Clock = std::chrono::steady_clock;
 using ColMatrix = Eigen::MatrixXf;  // column-major: Gram-Schmidt works column by column
-
-double Median(std::vector<double> v) {
-  std::sort(v.begin(), v.end());
-  const size_t h = v.size() / 2;
-  return v.size() % 2 == 1 ? v[h] : 0.5 * (v[h - 1] + v[h]);
-}
 
 // U diag(s) V^T with s_i = cond^(-i / (r - 1)), in double, rounded to float.
 Matrix MatrixWithCondition(int m, int r, double condition, uint64_t seed) {

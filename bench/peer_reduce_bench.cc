@@ -29,6 +29,7 @@
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_split.h"
 #include "absl/time/clock.h"
+#include "bench/median.h"
 #include "common/matrix.h"
 #include "server/metrics.h"
 #include "server/peer/grpc_row_reducer.h"
@@ -44,12 +45,6 @@ namespace dion {
 namespace {
 
 using Clock = std::chrono::steady_clock;
-
-double Median(std::vector<double> v) {
-  std::sort(v.begin(), v.end());
-  const size_t h = v.size() / 2;
-  return v.size() % 2 == 1 ? v[h] : 0.5 * (v[h - 1] + v[h]);
-}
 
 // One reduction of `rows` x `cols` parts among all owners, over gRPC or into hub 0 in process;
 // the slowest owner's seconds.

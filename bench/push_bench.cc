@@ -62,6 +62,7 @@
 #include "absl/strings/string_view.h"
 #include "absl/time/clock.h"
 #include "absl/time/time.h"
+#include "bench/median.h"
 #include "common/blas.h"
 #include "common/dion.h"
 #include "common/rng.h"
@@ -110,13 +111,6 @@ using bench::BacklogGate;
 using bench::EchoService;
 using bench::PushClient;
 constexpr char kParameter[] = "w";
-
-double Median(std::vector<double> v) {
-  if (v.empty()) return NAN;
-  std::sort(v.begin(), v.end());
-  const size_t h = v.size() / 2;
-  return v.size() % 2 == 1 ? v[h] : 0.5 * (v[h - 1] + v[h]);
-}
 
 [[noreturn]] void Die(absl::string_view what) {
   std::fprintf(stderr, "push_bench: %s\n", std::string(what).c_str());
