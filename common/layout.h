@@ -6,6 +6,13 @@
 // on the shard with the least total size so far, ties to the lowest shard index (greedy
 // "largest first", within 4/3 of the optimal maximum load).
 //
+// A Dion parameter whose spec asks for split_owners = k >= 2 is split over
+// owners = min(k, num_shards) shards (docs/algorithm.md, "One matrix over many shards"): its
+// tall side (rows when rows >= cols, else columns) is cut into owners contiguous blocks
+// (SplitRowBlock: the first ones one row larger), and block i, in row order, goes to the
+// least-loaded shard not yet holding a block of it (ties to the lowest index). It takes its
+// place in the size order as a whole parameter does.
+//
 // Thread-safety: plain value type.
 #ifndef DION_COMMON_LAYOUT_H_
 #define DION_COMMON_LAYOUT_H_
@@ -19,35 +26,64 @@
 #include "absl/strings/string_view.h"
 #include "absl/types/span.h"
 #include "common/param_spec.h"
+#include "common/row_reduce.h"
 
 namespace dion {
 
+// One owner of a split parameter and its rows of the tall side.
+struct RowOwner {
+  int shard = 0;
+  RowBlock rows;
+  bool operator==(const RowOwner& other) const {
+    return shard == other.shard && rows == other.rows;
+  }
+};
+
 struct Placement {
   std::string parameter;
-  int shard = 0;
-  int64_t size = 0;  // elements
+  int shard = 0;     // the owner; for a split parameter, the owner of the first rows
+  int64_t size = 0;  // elements of the whole parameter
+  // Empty for a whole parameter; else every owner in row order (split[0].shard == shard).
+  std::vector<RowOwner> split;
+
+  bool is_split() const { return !split.empty(); }
 };
 
 class Layout {
  public:
-  // Computes the layout of `table` over `num_shards`. InvalidArgument for num_shards < 1 or a
-  // repeated or empty name.
+  // Computes the layout of `table` over `num_shards`. InvalidArgument for num_shards < 1, a
+  // repeated or empty name, split_owners >= 2 on a parameter that is not a 2-D Dion one, or a
+  // split parameter whose tall side has fewer rows than its owners.
   static absl::StatusOr<Layout> Compute(absl::Span<const ParamSpec> table, int num_shards);
 
   int num_shards() const { return num_shards_; }
   // In the order of the table given to Compute.
   const std::vector<Placement>& placements() const { return placements_; }
-  // The owning shard, or -1 for a name not in the table.
+  // The owning shard (of a split parameter: the owner of its first rows), or -1 for a name not
+  // in the table.
   int ShardOf(absl::string_view parameter) const;
-  // Total elements per shard.
+  // The placement of `parameter`, or nullptr for a name not in the table.
+  const Placement* Find(absl::string_view parameter) const;
+  // Whether `shard` holds the whole parameter or a block of it.
+  bool Holds(absl::string_view parameter, int shard) const;
+  // Whether any parameter is split.
+  bool has_split() const { return has_split_; }
+  // Total elements per shard (a split parameter counts its blocks' elements on their owners).
   const std::vector<int64_t>& shard_sizes() const { return shard_sizes_; }
 
  private:
   int num_shards_ = 1;
   std::vector<Placement> placements_;
-  absl::flat_hash_map<std::string, int> shard_of_;
+  absl::flat_hash_map<std::string, size_t> index_of_;  // into placements_
   std::vector<int64_t> shard_sizes_;
+  bool has_split_ = false;
 };
+
+// OkStatus when no parameter of `layout` is split; else FailedPrecondition naming the first
+// split one. The shard's store and the worker's client serve whole parameters only: the
+// row-split step (common/dion.h, DionRowStepFromMomentum) and its transport between shards
+// (server/peer/) are not yet wired into batching, broadcast and checkpoints.
+absl::Status RefuseSplitParameters(const Layout& layout);
 
 }  // namespace dion
 

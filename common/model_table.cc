@@ -1,5 +1,6 @@
 #include "common/model_table.h"
 
+#include <algorithm>
 #include <utility>
 
 #include "absl/container/flat_hash_map.h"
@@ -92,6 +93,11 @@ absl::Status CompareParameters(const ParamSpec& a, const std::optional<uint64_t>
   if (a.init.scale != b.init.scale) {
     return Mismatch(a.name, "init.scale", absl::StrFormat("%.17g", a.init.scale),
                     absl::StrFormat("%.17g", b.init.scale));
+  }
+  // 0 and 1 both keep the parameter whole.
+  if (std::max(a.split_owners, 1) != std::max(b.split_owners, 1)) {
+    return Mismatch(a.name, "split_owners", absl::StrCat(a.split_owners),
+                    absl::StrCat(b.split_owners));
   }
   if (a.init.seed != b.init.seed) {
     return Mismatch(a.name, "seed", absl::StrCat(a.init.seed), absl::StrCat(b.init.seed));

@@ -63,6 +63,14 @@ absl::Status ValidateParamSpec(const ParamSpec& spec) {
     case OptimizerKind::kMuon: status = ValidateMuonConfig(spec.muon); break;
   }
   if (!status.ok()) return error(status.message());
+  if (spec.split_owners < 0 || spec.split_owners > kMaxSplitOwners) {
+    return error(absl::StrCat("split_owners must be in [0, ", kMaxSplitOwners, "], got ",
+                              spec.split_owners));
+  }
+  if (spec.split_owners >= 2 && spec.optimizer != OptimizerKind::kDion) {
+    return error(absl::StrCat("split_owners ", spec.split_owners, " is only for Dion parameters, ",
+                              "this one uses ", OptimizerKindName(spec.optimizer)));
+  }
   if (spec.init.kind == InitSpec::Kind::kNormal &&
       !(std::isfinite(spec.init.scale) && spec.init.scale >= 0)) {
     return error("init scale must be finite and >= 0");

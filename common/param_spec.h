@@ -37,6 +37,8 @@ struct InitSpec {
   uint64_t seed = 0;   // seed of the parameter's own random stream
 };
 
+inline constexpr int kMaxSplitOwners = 1 << 16;
+
 struct ParamSpec {
   std::string name;             // unique within a model, e.g. "fc1.weight"
   std::vector<int64_t> shape;   // 1-D {n} or 2-D {rows, cols}; every dimension >= 1
@@ -46,6 +48,9 @@ struct ParamSpec {
   LionConfig lion;              // used when optimizer == kLion
   MuonConfig muon;              // used when optimizer == kMuon
   InitSpec init;
+  // Over how many shards a Dion parameter is split by rows of its tall side (common/layout.h):
+  // 0 or 1 whole; k >= 2 over min(k, number of shards). At most kMaxSplitOwners.
+  int split_owners = 0;
 
   // The parameter viewed as a matrix: 2-D shapes as they are, a 1-D shape {n} as 1 x n.
   int64_t rows() const { return shape.size() == 2 ? shape[0] : 1; }
@@ -56,7 +61,8 @@ struct ParamSpec {
 };
 
 // Checks the name, the shape (1-D or 2-D, positive, at most 2^31 elements), that Dion and
-// Muon parameters are 2-D, and the chosen optimizer's hyper-parameters. The message names
+// Muon parameters are 2-D, the chosen optimizer's hyper-parameters, and that only Dion
+// parameters are split (split_owners in [0, kMaxSplitOwners]). The message names
 // the parameter and the offending field.
 absl::Status ValidateParamSpec(const ParamSpec& spec);
 

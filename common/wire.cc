@@ -266,6 +266,10 @@ absl::StatusOr<ParameterDefinition> ParameterFromProto(const v1::ParameterSpec& 
   }
 
   spec.init.seed = proto.seed();
+  if (proto.split_owners() > static_cast<uint32_t>(kMaxSplitOwners)) {
+    return error("split_owners must be in [0, ", kMaxSplitOwners, "], got ", proto.split_owners());
+  }
+  spec.split_owners = static_cast<int>(proto.split_owners());
   if (proto.has_init()) {
     absl::StatusOr<InitSpec::Kind> init_kind = InitKindFromProto(proto.init().kind());
     if (!init_kind.ok()) return error(init_kind.status().message());
@@ -336,6 +340,7 @@ void ParameterToProto(const ParamSpec& spec, v1::ParameterSpec* proto) {
   proto->mutable_init()->set_kind(InitKindToProto(spec.init.kind));
   proto->mutable_init()->set_scale(spec.init.scale);
   proto->set_seed(spec.init.seed);
+  if (spec.split_owners >= 2) proto->set_split_owners(spec.split_owners);
 }
 
 absl::StatusOr<ModelTable> ModelTableFromProto(const v1::RegisterModelRequest& request) {
@@ -369,6 +374,12 @@ void LayoutToProto(const Layout& layout, v1::Layout* proto) {
     p->set_parameter(placement.parameter);
     p->set_shard(placement.shard);
     p->set_size(placement.size);
+    for (const RowOwner& owner : placement.split) {
+      v1::Layout::RowOwner* o = p->add_row_owners();
+      o->set_shard(owner.shard);
+      o->set_row_begin(owner.rows.begin);
+      o->set_row_end(owner.rows.end);
+    }
   }
 }
 

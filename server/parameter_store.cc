@@ -170,6 +170,7 @@ absl::StatusOr<bool> ParameterStore::RegisterWithFingerprint(const ModelTable& t
   }
   absl::StatusOr<Layout> layout = Layout::Compute(fingerprint.specs, options_.num_shards);
   if (!layout.ok()) return layout.status();
+  if (absl::Status s = RefuseSplitParameters(*layout); !s.ok()) return s;
   if (absl::Status s = CheckStateBudget(table, *layout); !s.ok()) return s;
 
   // Build the state outside the lock: initial values and Dion's Q can take a while.

@@ -18,6 +18,13 @@ ParamSpec Spec(const std::string& name, int64_t rows, int64_t cols) {
   return spec;
 }
 
+ParamSpec DionSpec(const std::string& name, int64_t rows, int64_t cols, int split_owners) {
+  ParamSpec spec = Spec(name, rows, cols);
+  spec.optimizer = OptimizerKind::kDion;
+  spec.split_owners = split_owners;
+  return spec;
+}
+
 std::vector<ParamSpec> Mlp() {
   return {Spec("fc1.weight", 256, 784), Spec("fc1.bias", 1, 256), Spec("fc2.weight", 256, 256),
           Spec("fc2.bias", 1, 256),     Spec("head.weight", 10, 256), Spec("head.bias", 1, 10),
@@ -102,6 +109,94 @@ TEST(Layout, RejectsZeroShardsAndRepeatedNames) {
   const auto layout = Layout::Compute(twice, 2);
   EXPECT_EQ(layout.status().code(), absl::StatusCode::kInvalidArgument);
   EXPECT_NE(layout.status().message().find("fc1.bias"), absl::string_view::npos);
+}
+
+// The split rule worked by hand: "w" (10 x 4, 40 elements) over 3 shards has blocks of 4, 3
+// and 3 rows (16, 12, 12 elements), placed first (largest), on the empty shards 0, 1, 2 in row
+// order; then "a" (20) goes to shard 1 (12, lowest of the two least loaded), "b" (8) to 2.
+TEST(Layout, SplitsATallParameterIntoRowBlocksInRowOrder) {
+  const std::vector<ParamSpec> table = {Spec("b", 2, 4), DionSpec("w", 10, 4, 3),
+                                        Spec("a", 4, 5)};
+  const Layout layout = *Layout::Compute(table, 3);
+  ASSERT_TRUE(layout.has_split());
+  const Placement& w = *layout.Find("w");
+  ASSERT_TRUE(w.is_split());
+  EXPECT_EQ(w.shard, 0);
+  EXPECT_EQ(w.size, 40);
+  const std::vector<RowOwner> expected = {{0, {0, 4}}, {1, {4, 7}}, {2, {7, 10}}};
+  EXPECT_EQ(w.split, expected);
+  EXPECT_EQ(layout.ShardOf("a"), 1);
+  EXPECT_EQ(layout.ShardOf("b"), 2);
+  EXPECT_EQ(layout.shard_sizes(), (std::vector<int64_t>{16, 32, 20}));
+  for (int s = 0; s < 3; ++s) EXPECT_TRUE(layout.Holds("w", s)) << s;
+  EXPECT_FALSE(layout.Holds("a", 0));
+  EXPECT_TRUE(layout.Holds("a", 1));
+  EXPECT_FALSE(layout.Holds("nothing", 0));
+}
+
+// The tall side of a wide matrix is its columns: 4 x 10 over 2 shards is 5 + 5 columns, and
+// each block goes to the least-loaded shard not yet holding one (here after "big" on shard 0).
+TEST(Layout, SplitsAWideParameterByColumnsAroundTheLoad) {
+  const std::vector<ParamSpec> table = {Spec("big", 10, 10), DionSpec("w", 4, 10, 2)};
+  const Layout layout = *Layout::Compute(table, 3);
+  const Placement& w = *layout.Find("w");
+  const std::vector<RowOwner> expected = {{1, {0, 5}}, {2, {5, 10}}};
+  EXPECT_EQ(w.split, expected);
+  EXPECT_EQ(w.shard, 1);
+  EXPECT_EQ(layout.shard_sizes(), (std::vector<int64_t>{100, 20, 20}));
+}
+
+// split_owners above the shard count uses every shard; 0 and 1 keep the parameter whole.
+TEST(Layout, SplitOwnersAreCappedByTheShardCountAndOneMeansWhole) {
+  const Layout capped = *Layout::Compute({DionSpec("w", 9, 3, 8)}, 2);
+  const std::vector<RowOwner> expected = {{0, {0, 5}}, {1, {5, 9}}};
+  EXPECT_EQ(capped.Find("w")->split, expected);
+  for (int owners : {0, 1}) {
+    const Layout whole = *Layout::Compute({DionSpec("w", 9, 3, owners)}, 2);
+    EXPECT_FALSE(whole.has_split());
+    EXPECT_FALSE(whole.Find("w")->is_split());
+    EXPECT_EQ(whole.ShardOf("w"), 0);
+  }
+  const Layout one_shard = *Layout::Compute({DionSpec("w", 9, 3, 4)}, 1);
+  EXPECT_FALSE(one_shard.has_split());
+}
+
+TEST(Layout, SplitLayoutIsTheSameInAnyTableOrder) {
+  std::vector<ParamSpec> table = Mlp();
+  table.push_back(DionSpec("big.weight", 300, 1000, 3));
+  table.push_back(DionSpec("mid.weight", 500, 200, 2));
+  const Layout reference = *Layout::Compute(table, 4);
+  std::mt19937 rng(11);
+  for (int trial = 0; trial < 5; ++trial) {
+    std::shuffle(table.begin(), table.end(), rng);
+    const Layout layout = *Layout::Compute(table, 4);
+    for (const ParamSpec& spec : table) {
+      EXPECT_EQ(layout.Find(spec.name)->split, reference.Find(spec.name)->split) << spec.name;
+      EXPECT_EQ(layout.ShardOf(spec.name), reference.ShardOf(spec.name)) << spec.name;
+    }
+    EXPECT_EQ(layout.shard_sizes(), reference.shard_sizes());
+  }
+}
+
+TEST(Layout, RefusesSplitsThatCannotBeServed) {
+  // Tall side 3 < 4 owners.
+  auto narrow = Layout::Compute({DionSpec("w", 2, 3, 4)}, 4);
+  EXPECT_EQ(narrow.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_NE(narrow.status().message().find("'w' (2 x 3) cannot be split over 4 shards"),
+            absl::string_view::npos)
+      << narrow.status();
+  // Not a Dion parameter.
+  ParamSpec adamw = Spec("v", 8, 8);
+  adamw.split_owners = 2;
+  auto not_dion = Layout::Compute({adamw}, 2);
+  EXPECT_EQ(not_dion.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_NE(not_dion.status().message().find("only for 2-D Dion"), absl::string_view::npos);
+  EXPECT_EQ(ValidateParamSpec(adamw).code(), absl::StatusCode::kInvalidArgument);
+  // Shards and workers do not serve split parameters yet, and say which one is split.
+  const absl::Status refused = RefuseSplitParameters(*Layout::Compute({DionSpec("w", 8, 8, 2)}, 2));
+  EXPECT_EQ(refused.code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_NE(refused.message().find("'w' is split over 2 shards"), absl::string_view::npos);
+  EXPECT_TRUE(RefuseSplitParameters(*Layout::Compute(Mlp(), 2)).ok());
 }
 
 }  // namespace

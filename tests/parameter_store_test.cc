@@ -177,6 +177,24 @@ TEST(ParameterStore, InvalidTableIsRefusedWithInvalidArgument) {
   EXPECT_FALSE(store->model_registered());
 }
 
+// Split parameters (split_owners >= 2) are laid out but not yet served: the table is refused
+// as a whole, naming the parameter, and nothing is registered; over one shard it stays whole.
+TEST(ParameterStore, ATableWithASplitParameterIsRefusedAndNothingIsRegistered) {
+  ModelTable table = TestModel();
+  ASSERT_EQ(table.parameters[0].spec.optimizer, OptimizerKind::kDion);
+  table.parameters[0].spec.split_owners = 2;
+  auto store = *ParameterStore::Create(StoreOptions{0, 2});
+  const absl::Status refused = store->RegisterModel(table).status();
+  EXPECT_EQ(refused.code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_NE(refused.message().find(absl::StrCat("'", table.parameters[0].spec.name,
+                                                "' is split over 2 shards")),
+            absl::string_view::npos)
+      << refused;
+  EXPECT_FALSE(store->model_registered());
+  auto single = *ParameterStore::Create(StoreOptions{0, 1});
+  EXPECT_TRUE(single->RegisterModel(table).ok());
+}
+
 TEST(ParameterStore, UsesExplicitInitialValues) {
   ModelTable table = TestModel();
   const Matrix value = Matrix::Constant(1, 32, 0.25f);

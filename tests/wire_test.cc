@@ -4,11 +4,14 @@
 
 #include <gtest/gtest.h>
 
+#include "common/layout.h"
+
 #include <cstring>
 #include <limits>
 #include <string>
 
 #include "common/dion.h"
+#include "common/layout.h"
 
 namespace dion {
 namespace {
@@ -196,6 +199,58 @@ TEST(Wire, ModelTableRefusesRepeatedNames) {
   EXPECT_NE(table.status().message().find("twice"), absl::string_view::npos);
   request.mutable_parameters()->RemoveLast();
   ASSERT_TRUE(ModelTableFromProto(request).ok());
+}
+
+TEST(Wire, SplitOwnersRoundTripAndArePartOfTheTable) {
+  ParamSpec split = DionSpec();
+  split.split_owners = 3;
+  v1::ParameterSpec proto;
+  ParameterToProto(split, &proto);
+  EXPECT_EQ(proto.split_owners(), 3u);
+  const absl::StatusOr<ParameterDefinition> back = ParameterFromProto(proto);
+  ASSERT_TRUE(back.ok()) << back.status();
+  EXPECT_EQ(back->spec.split_owners, 3);
+
+  ParamSpec other = split;
+  other.split_owners = 2;
+  const absl::Status differs =
+      CompareModelTables({"m", {split}, {std::nullopt}}, {"m", {other}, {std::nullopt}});
+  EXPECT_EQ(differs.code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_NE(differs.message().find("field split_owners is 3 in the registered table but 2"),
+            absl::string_view::npos)
+      << differs;
+  ParamSpec zero = DionSpec(), one = DionSpec();
+  one.split_owners = 1;
+  ExpectSameSpec(zero, one);  // both whole
+
+  proto.set_split_owners(kMaxSplitOwners + 1);
+  const absl::Status too_many = ParameterFromProto(proto).status();
+  EXPECT_EQ(too_many.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_NE(too_many.message().find("split_owners must be in [0, 65536]"), absl::string_view::npos)
+      << too_many;
+}
+
+TEST(Wire, LayoutCarriesTheRowOwnersOfSplitParameters) {
+  ParamSpec split = DionSpec();  // 64 x 32: 64 rows on the tall side
+  split.split_owners = 2;
+  ParamSpec bias;
+  bias.name = "fc1.bias";
+  bias.shape = {64};
+  const Layout layout = *Layout::Compute({split, bias}, 2);
+  v1::Layout proto;
+  LayoutToProto(layout, &proto);
+  ASSERT_EQ(proto.placements_size(), 2);
+  const v1::Layout::Placement& w = proto.placements(0);
+  EXPECT_EQ(w.parameter(), "fc1.weight");
+  EXPECT_EQ(w.shard(), 0u);
+  ASSERT_EQ(w.row_owners_size(), 2);
+  EXPECT_EQ(w.row_owners(0).shard(), 0u);
+  EXPECT_EQ(w.row_owners(0).row_begin(), 0);
+  EXPECT_EQ(w.row_owners(0).row_end(), 32);
+  EXPECT_EQ(w.row_owners(1).shard(), 1u);
+  EXPECT_EQ(w.row_owners(1).row_begin(), 32);
+  EXPECT_EQ(w.row_owners(1).row_end(), 64);
+  EXPECT_EQ(proto.placements(1).row_owners_size(), 0);
 }
 
 Contribution FactorsContribution() {

@@ -161,6 +161,7 @@ absl::StatusOr<std::unique_ptr<Client>> Client::Connect(const ModelTable& table,
   absl::StatusOr<Layout> layout =
       Layout::Compute(table.specs(), static_cast<int>(options.shard_addresses.size()));
   if (!layout.ok()) return layout.status();
+  if (absl::Status s = RefuseSplitParameters(*layout); !s.ok()) return s;
   absl::StatusOr<std::shared_ptr<grpc::ChannelCredentials>> credentials =
       MakeChannelCredentials(options.tls);
   if (!credentials.ok()) return credentials.status();
@@ -278,10 +279,14 @@ absl::Status Client::RegisterWith(int s) {
         "; list the addresses in shard-index order"));
   }
   for (const v1::Layout::Placement& placement : response->layout().placements()) {
-    if (layout_.ShardOf(placement.parameter()) != static_cast<int>(placement.shard())) {
+    if (layout_.ShardOf(placement.parameter()) != static_cast<int>(placement.shard()) ||
+        placement.row_owners_size() != 0) {
       return absl::FailedPreconditionError(absl::StrCat(
           "shard ", s, " places '", placement.parameter(), "' on shard ", placement.shard(),
-          ", this client computes shard ", layout_.ShardOf(placement.parameter())));
+          placement.row_owners_size() != 0
+              ? absl::StrCat(" split over ", placement.row_owners_size(), " shards")
+              : "",
+          ", this client computes shard ", layout_.ShardOf(placement.parameter()), " whole"));
     }
   }
   return absl::OkStatus();
