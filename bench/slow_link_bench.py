@@ -7,8 +7,9 @@ For each link rate (per worker, both directions) and model, in one invocation:
                tbf-shaped veth pair (docs/worker.md, "Slow links");
   - ddp:       bench/ddp_fashion_mnist.py, 4 gloo ranks, dense all-reduce;
   - powersgd:  the same with the PowerSGD hook at rank 4 with error feedback;
-  - extra dion configurations with --dion_config NAME=FLAGS (e.g. fixed push ranks or
-    --compression_rank_fraction=auto), named in --systems.
+  - extra dion configurations with --dion_config NAME=FLAGS (e.g. fixed push ranks, or
+    --worker_flags=--compression_rank_fraction=auto: a configuration's --worker_flags, comma-
+    separated, are added to the bench's own), named in --systems.
 Every DDP rank runs in a namespace of its own behind a veth pair shaped exactly as `dion local`
 shapes a worker's (the same names, 198.18.0.0/15 addresses, slot lock and tbf parameters;
 see LinkNamespaces), with forwarding enabled on the root-side veths only, so rank-to-rank
@@ -131,8 +132,12 @@ def run_dion(args, rate, model, flags, work):
     worker_flags = ["--rpc_deadline=60s"]
     if model != "default":
         worker_flags.append(f"--hidden_layers={MODELS[model]}")
+    # A configuration's own --worker_flags join these (a second --worker_flags would replace them).
+    for flag in flags:
+        if flag.startswith("--worker_flags="):
+            worker_flags += flag[len("--worker_flags="):].split(",")
     command.append("--worker_flags=" + " ".join(worker_flags))
-    command += flags
+    command += [f for f in flags if not f.startswith("--worker_flags=")]
     started = time.monotonic()
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
@@ -149,6 +154,7 @@ def run_dion(args, rate, model, flags, work):
             sent += int(words[-6])
             received += int(words[-3])
     workers = 4
+    ranks = push_ranks(run_dir, workers)
     cut = s["final_test_accuracy"] is None  # interrupted: no final evaluation
     last = s["evaluations"][-1]["test_accuracy"] if s["evaluations"] else None
     return {"status": "cut" if cut else s["status"],
@@ -159,7 +165,22 @@ def run_dion(args, rate, model, flags, work):
             "epochs_to_target": next((e["epochs"] for e in s["evaluations"]
                                       if e["test_accuracy"] >= args.target), None),
             "sent_per_worker": sent / workers, "received_per_worker": received / workers,
-            "resyncs": s["resyncs"], "mean_staleness": s["mean_staleness"]}
+            "resyncs": s["resyncs"], "mean_staleness": s["mean_staleness"],
+            "push_rank_fractions": ranks}
+
+
+def push_ranks(run_dir, workers):
+    """Each worker's last (push_rank_fraction, push_rank_changes) with the adaptive push rank."""
+    ranks = []
+    for j in range(workers):
+        last = None
+        with open(os.path.join(run_dir, "logs", f"worker-{j}.log"), errors="replace") as f:
+            for line in f:
+                if line.startswith(("progress ", "final ")) and "push_rank_fraction=" in line:
+                    kv = dict(w.split("=", 1) for w in line.split() if "=" in w)
+                    last = (float(kv["push_rank_fraction"]), int(kv["push_rank_changes"]))
+        ranks.append(last)
+    return ranks
 
 
 def run_ddp(args, rate, model, powersgd_rank, work):
@@ -256,7 +277,8 @@ def main():
                       f"{fmt(r['epochs_to_target'], 2)} | {fmt(r['final_test_accuracy'], 4)} | "
                       f"{fmt(r['epochs'], 2)} | {r['sent_per_worker'] / 1e6:.1f} | "
                       f"{r['received_per_worker'] / 1e6:.1f} | {r['status']} | "
-                      f"{r['load']:.1f} |", flush=True)
+                      f"{r['load']:.1f} | staleness {fmt(r.get('mean_staleness'), 2)} | "
+                      f"push ranks {r.get('push_rank_fractions', '-')} |", flush=True)
                 if args.json_out:
                     with open(args.json_out, "w") as f:
                         json.dump(results, f, indent=1)

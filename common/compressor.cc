@@ -29,7 +29,8 @@ LowRankCompressor::LowRankCompressor(int64_t m, int64_t n, int rank, uint64_t se
                                      OrthoOptions ortho)
     : E_(Matrix::Zero(m, n)),
       rank_(ClampRank(m, n, rank)),
-      ortho_(ortho) {
+      ortho_(ortho),
+      seed_(seed) {
   assert(m >= 1 && n >= 1);
   Qw_.resize(n, rank_);
   Rng rng(seed);
@@ -93,6 +94,23 @@ Matrix LowRankCompressor::TakeResidual() {
   Matrix E = Matrix::Zero(E_.rows(), E_.cols());
   E.swap(E_);
   return E;
+}
+
+void LowRankCompressor::SetRank(int rank) {
+  const int r = ClampRank(E_.rows(), E_.cols(), rank);
+  if (r == rank_) return;
+  ++rank_changes_;
+  if (r < rank_) {
+    Qw_ = Matrix(Qw_.leftCols(r));
+  } else {
+    Matrix added(Qw_.rows(), r - rank_);
+    Rng rng(MixSeed(seed_, 0x5E7, rank_changes_));
+    rng.FillNormal(added);
+    Matrix grown(Qw_.rows(), r);
+    grown << Qw_, added;
+    Qw_.swap(grown);
+  }
+  rank_ = r;
 }
 
 }  // namespace dion

@@ -54,6 +54,13 @@ class LowRankCompressor {
   // kept.
   Matrix TakeResidual();
 
+  // Changes the rank of the next Compress (clamped as in the constructor); E is untouched, so
+  // nothing accumulated is lost. Shrinking keeps Qw's first columns, growing appends N(0, 1)
+  // columns (from the seed and the number of changes so far, so a run is reproducible): any
+  // Qw is a valid warm start, it only decides which directions the next factors capture
+  // first. Contributions of an older rank can still be restored (Restore takes any k).
+  void SetRank(int rank);
+
   const Matrix& residual() const { return E_; }
   int rank() const { return rank_; }
   int64_t rows() const { return E_.rows(); }
@@ -64,6 +71,8 @@ class LowRankCompressor {
   Matrix Qw_;  // n x r warm-start right factor
   int rank_;
   OrthoOptions ortho_;
+  uint64_t seed_;
+  uint64_t rank_changes_ = 0;
 };
 
 }  // namespace dion

@@ -43,8 +43,11 @@ MatrixD SumUnits(const Contribution& c) {
 
 // Random answers from the shard: accepted, restored (rejected as not applied), dropped as
 // stale, or left in flight until a later round. Checks sum(accepted) + sum(dropped as stale) +
-// sum(in flight) + outstanding == sum(G * samples).
-void CheckNothingIsLost(OptimizerKind kind, int64_t m, int64_t n, int rank) {
+// sum(in flight) + outstanding == sum(G * samples). With `change_rank`, the push rank moves
+// between contributions (the adaptive push rank), so contributions of several ranks are in
+// flight and restored into a residual compressed at another rank.
+void CheckNothingIsLost(OptimizerKind kind, int64_t m, int64_t n, int rank,
+                        bool change_rank = false) {
   GradientAccumulator acc(Spec("p", {m, n}, kind), rank, /*seed=*/3, /*first_sequence=*/100);
   Rng rng(7);
   MatrixD total = MatrixD::Zero(m, n);
@@ -56,6 +59,10 @@ void CheckNothingIsLost(OptimizerKind kind, int64_t m, int64_t n, int rank) {
     rng.FillNormal(G);
     ASSERT_TRUE(acc.Accumulate(G, samples, 1.0, step).ok());
     total += ToDouble(G) * static_cast<double>(samples);
+    if (change_rank) {
+      static constexpr int kRanks[] = {1, 5, 2, 8, 3, 1, 16};  // 16: clamped to min(m, n)
+      acc.set_compression_rank(kRanks[step % 7]);
+    }
     if (acc.in_flight() < 2) (void)TakeCopy(acc, "w", step, absl::Now());
     // Answer the oldest in-flight contribution every other step.
     if (step % 2 == 1 && acc.in_flight() > 0) {
@@ -90,6 +97,29 @@ TEST(GradientAccumulator, NothingIsLostForALowRankMatrix) {
 
 TEST(GradientAccumulator, NothingIsLostForAWideLowRankMatrix) {
   CheckNothingIsLost(OptimizerKind::kDion, 6, 30, 2);
+}
+
+TEST(GradientAccumulator, NothingIsLostWhenThePushRankChangesMidRun) {
+  CheckNothingIsLost(OptimizerKind::kDion, 24, 12, 4, /*change_rank=*/true);
+}
+
+TEST(GradientAccumulator, PushRankChangeTakesEffectAtTheNextContribution) {
+  GradientAccumulator acc(Spec("w", {10, 6}, OptimizerKind::kDion), 2, 1, 0);
+  Rng rng(4);
+  Matrix G(10, 6);
+  for (int rank : {2, 5, 1, 6}) {  // 6 = min(m, n): the largest rank that stays orthonormal
+    acc.set_compression_rank(rank);
+    EXPECT_EQ(acc.compression_rank(), rank);
+    rng.FillNormal(G);
+    ASSERT_TRUE(acc.Accumulate(G, 1, 0.0, 0).ok());
+    const std::optional<Contribution> c = TakeCopy(acc, "w", 0, absl::Now());
+    ASSERT_TRUE(c.has_value());
+    EXPECT_EQ(c->factors().P.cols(), rank);
+    EXPECT_EQ(c->factors().R.cols(), rank);
+    ASSERT_TRUE(acc.Acknowledge(c->sequence, AckAction::kRelease).ok());
+  }
+  acc.set_compression_rank(9);  // above min(m, n): clamped
+  EXPECT_EQ(acc.compression_rank(), 6);
 }
 
 TEST(GradientAccumulator, NothingIsLostForADenseParameter) {

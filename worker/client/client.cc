@@ -15,6 +15,8 @@
 #include "common/tls.h"
 #include "common/wire.h"
 #include "worker/client/client_parameter.h"
+#include "worker/client/push_ack.h"
+#include "worker/client/push_rank.h"
 #include "worker/client/shard_link.h"
 
 namespace dion {
@@ -31,105 +33,6 @@ v1::RegisterModelRequest RegistrationOf(const ModelTable& table, const std::stri
 bool Retryable(const absl::Status& s) {
   return s.code() == absl::StatusCode::kUnavailable ||
          s.code() == absl::StatusCode::kDeadlineExceeded;
-}
-
-absl::StatusCode StatusCodeOf(int32_t code) {
-  return code >= 1 && code <= 16 ? static_cast<absl::StatusCode>(code)
-                                 : absl::StatusCode::kUnknown;
-}
-
-// A rejected push that was certainly not applied and may succeed later: restore it.
-bool RefusedNotApplied(absl::StatusCode code) {
-  switch (code) {
-    case absl::StatusCode::kOutOfRange:          // base version ahead of a restarted shard
-    case absl::StatusCode::kFailedPrecondition:  // shard restarted without the model yet
-    case absl::StatusCode::kUnavailable:         // shard shutting down
-    case absl::StatusCode::kAborted:
-      return true;
-    default:
-      return false;
-  }
-}
-
-// How an acknowledgement settles its contribution: released (applied, or applied before),
-// restored into the residual (certainly not applied), dropped as stale, or released with its
-// fate unknown (a fatal error).
-struct AckOutcome {
-  WorkerPushResult result = WorkerPushResult::kAccepted;
-  AckAction action = AckAction::kRelease;
-  bool unknown = false;  // dropped without knowing whether it was applied
-  bool resync = false;   // the shard is behind the base version: pull the parameter
-  absl::Status fatal;    // the client cannot go on
-};
-
-AckOutcome Classify(int shard, const v1::PushAck& ack, const std::string& worker_id) {
-  AckOutcome out;
-  switch (ack.result()) {
-    case v1::PUSH_RESULT_ACCEPTED: break;
-    case v1::PUSH_RESULT_DUPLICATE: out.result = WorkerPushResult::kDuplicate; break;
-    case v1::PUSH_RESULT_STALE:
-      // Re-sent with its true base it would be refused again: dropped (docs/protocol.md, Push).
-      out.result = WorkerPushResult::kStale;
-      out.action = AckAction::kDropStale;
-      break;
-    case v1::PUSH_RESULT_REJECTED: {
-      out.result = WorkerPushResult::kRejected;
-      const absl::StatusCode code = StatusCodeOf(ack.status_code());
-      if (code == absl::StatusCode::kDataLoss) {
-        // Older than the shard's dedup window: not applied now, maybe applied before. Restoring
-        // could apply it twice, so it is dropped, and the run stops: this client keeps fewer
-        // than kMaxUnacknowledgedSpan sequences open, so another process uses this worker id
-        // or sequence numbers were reused (first_sequence).
-        out.unknown = true;
-        out.fatal = absl::DataLossError(absl::StrCat(
-            "shard ", shard, " cannot tell whether contribution ", ack.sequence(), " to '",
-            ack.parameter(), "' was applied (", ack.message(), "); it was dropped. Is worker id '",
-            worker_id, "' used by two processes, or were sequence numbers reused?"));
-        break;
-      }
-      out.action = AckAction::kRestore;  // either way: nothing is lost, even on a fatal error
-      out.resync = code == absl::StatusCode::kOutOfRange;
-      if (!RefusedNotApplied(code)) {
-        out.fatal = absl::Status(code, absl::StrCat("shard ", shard,
-                                                    " rejected a contribution to '",
-                                                    ack.parameter(), "': ", ack.message()));
-      }
-      break;
-    }
-    default:
-      out.result = WorkerPushResult::kRejected;
-      out.unknown = true;
-      out.fatal = absl::DataLossError(absl::StrCat(
-          "shard ", shard, " answered contribution ", ack.sequence(), " to '", ack.parameter(),
-          "' with unknown result ", static_cast<int>(ack.result()), "; it was dropped"));
-  }
-  return out;
-}
-
-PushFate FateOf(AckAction action) {
-  switch (action) {
-    case AckAction::kRestore: return PushFate::kRestored;
-    case AckAction::kDropStale: return PushFate::kDroppedStale;
-    case AckAction::kRelease: break;
-  }
-  return PushFate::kApplied;
-}
-
-// Adds one acknowledgement of a contribution of `samples` samples to `stats`.
-void CountAck(const AckOutcome& outcome, const v1::PushAck& ack, int64_t samples,
-              ClientStats& stats) {
-  if (outcome.result == WorkerPushResult::kAccepted) {
-    ++stats.accepted;
-    const int64_t tau = std::max<int64_t>(0, ack.staleness());
-    ++stats.staleness[std::min<int64_t>(tau, ClientStats::kStalenessBins - 1)];
-    stats.staleness_sum += tau;
-  }
-  if (outcome.result == WorkerPushResult::kDuplicate) ++stats.duplicates;
-  if (outcome.action == AckAction::kRestore) ++stats.refused;
-  if (outcome.action == AckAction::kDropStale) {
-    ++stats.stale_dropped;
-    stats.stale_dropped_samples += samples;
-  }
 }
 
 }  // namespace
@@ -188,15 +91,10 @@ Client::Client(const ModelTable& table, const ClientOptions& options, Layout lay
     MutexLock lock(&added.accumulator_mu);
     added.accumulator.set_clip(options_.dp_clip);
   }
-}
-
-int CompressionRank(const ParamSpec& spec, double fraction) {
-  const int64_t m = spec.rows();
-  const int64_t n = spec.cols();
-  const int64_t short_side = std::min(m, n);
-  const int64_t break_even = std::max<int64_t>(1, m * n / (m + n));
-  const int64_t rank = std::llround(fraction * static_cast<double>(short_side));
-  return static_cast<int>(std::clamp<int64_t>(rank, 1, std::min(short_side, break_even)));
+  if (options_.auto_compression_rank) {
+    push_rank_ =
+        std::make_unique<PushRankController>(specs_, options_.compression_rank_fraction);
+  }
 }
 
 Client::~Client() { Close(); }
@@ -330,6 +228,7 @@ absl::Status Client::Submit(absl::Span<const ConstMatrixRef> gradients, int64_t 
   if (samples <= 0) {
     return absl::InvalidArgumentError(absl::StrCat("samples must be > 0, got ", samples));
   }
+  if (push_rank_ != nullptr) push_rank_->OnStep(absl::Now());
   // Everything is checked before anything is accumulated: bad input changes nothing.
   for (size_t i = 0; i < gradients.size(); ++i) {
     const ParamSpec& spec = specs_[i];
@@ -382,10 +281,14 @@ bool Client::MaybeSend(Parameter& p, bool whole) {
   const ParamSpec& spec = specs_[p.index];
   // A full-rank block costs 4 (m + n) bytes per column; half the message limit leaves room.
   const int64_t max_rank = options_.max_message_bytes / 2 / (4 * (spec.rows() + spec.cols()));
+  if (push_rank_ != nullptr && !whole) {
+    acc.set_compression_rank(CompressionRank(spec, push_rank_->fraction()));
+  }
   const Contribution* contribution =
       whole ? acc.TakeWhole(options_.worker_id, base_version, absl::Now(), max_rank)
             : acc.Take(options_.worker_id, base_version, absl::Now());
   if (contribution == nullptr) return false;
+  if (push_rank_ != nullptr) push_rank_->OnSent(absl::Now());
   v1::Contribution message;
   ContributionToProto(*contribution, &message, specs_[p.index].shape);
   const int64_t bytes = static_cast<int64_t>(message.ByteSizeLong());
@@ -442,6 +345,9 @@ void Client::OnAck(int shard, const v1::PushAck& ack) {
     }
     taken = done->taken;
     samples = done->contribution.sample_count;
+    if (push_rank_ != nullptr) {
+      push_rank_->OnSettled(PayloadBytes(done->contribution), absl::Now());
+    }
     if (options_.on_acknowledged && !outcome.unknown) {
       options_.on_acknowledged(done->contribution, FateOf(action));
     }
@@ -460,6 +366,10 @@ void Client::OnAck(int shard, const v1::PushAck& ack) {
     options_.metrics->RecordAck(outcome.result, absl::ToDoubleSeconds(absl::Now() - taken));
     if (action == AckAction::kRestore) options_.metrics->RecordRefused();
     if (action == AckAction::kDropStale) options_.metrics->RecordStaleDropped(samples);
+    if (push_rank_ != nullptr) {
+      const PushRankController::State state = push_rank_->state();
+      options_.metrics->SetPushRank(state.fraction, state.rate_bytes_per_s);
+    }
   }
   // Before the resync, which can block on a pull for up to rpc_deadline (and signals itself).
   NotifyChange();
@@ -467,8 +377,20 @@ void Client::OnAck(int shard, const v1::PushAck& ack) {
 }
 
 ClientStats Client::stats() const {
-  MutexLock lock(&mu_);
-  return stats_;
+  ClientStats stats;
+  {
+    MutexLock lock(&mu_);
+    stats = stats_;
+  }
+  stats.push_rank_fraction = options_.compression_rank_fraction;
+  if (push_rank_ != nullptr) {
+    const PushRankController::State state = push_rank_->state();
+    stats.adaptive_push_rank = true;
+    stats.push_rank_fraction = state.fraction;
+    stats.push_rank_changes = state.changes;
+    stats.push_rate_bytes_per_second = state.rate_bytes_per_s;
+  }
+  return stats;
 }
 
 absl::Status Client::status() const {

@@ -87,6 +87,16 @@ class GradientAccumulator {
   void set_clip(double clip) { clip_ = clip; }
   double clip() const { return clip_; }
 
+  // The rank of the next Take's factors (a Dion parameter; ignored for the others), clamped
+  // into [1, min(m, n)]: the adaptive push rank (worker/client/push_rank.h) changes it between
+  // contributions. Nothing is lost: the residual E keeps what lower-rank factors leave out,
+  // and in-flight contributions of the old rank are restored as they are (file comment).
+  void set_compression_rank(int rank) {
+    if (compressor_.has_value()) compressor_->SetRank(rank);
+  }
+  // The rank of the next Take's factors; 0 for a dense parameter.
+  int compression_rank() const { return compressor_.has_value() ? compressor_->rank() : 0; }
+
   // Local steps (and samples) accumulated since the last contribution was taken.
   int pending_steps() const { return pending_steps_; }
   int64_t pending_samples() const { return pending_samples_; }

@@ -27,6 +27,8 @@ struct WorkerMetrics::Families {
   prometheus::Counter* stale_dropped_samples;
   prometheus::Family<prometheus::Counter>* resyncs;
   prometheus::Counter* reconnects;
+  prometheus::Gauge* push_rank_fraction;
+  prometheus::Gauge* push_rate;
   prometheus::Gauge* loss;
   prometheus::Gauge* test_loss;
   prometheus::Gauge* test_accuracy;
@@ -93,6 +95,12 @@ WorkerMetrics::WorkerMetrics()
                    .Help("Full pulls of a parameter, by reason").Register(r);
   f.reconnects = &BuildCounter().Name("dion_worker_reconnects_total")
                       .Help("Streams to a shard re-opened after a failure").Register(r).Add({});
+  f.push_rank_fraction = &BuildGauge().Name("dion_worker_push_rank_fraction")
+                              .Help("Push-rank fraction chosen by the adaptive push rank")
+                              .Register(r).Add({});
+  f.push_rate = &BuildGauge().Name("dion_worker_push_rate_bytes_per_second")
+                     .Help("Push payload bytes acknowledged per second of pushes in flight")
+                     .Register(r).Add({});
   f.loss = &BuildGauge().Name("dion_worker_training_loss")
                 .Help("Mean training loss of the last pushed steps").Register(r).Add({});
   f.test_loss = &BuildGauge().Name("dion_worker_test_loss")
@@ -137,6 +145,11 @@ void WorkerMetrics::RecordResync(absl::string_view reason) {
   families_->resyncs->Add({{"reason", std::string(reason)}}).Increment();
 }
 void WorkerMetrics::RecordReconnect() { families_->reconnects->Increment(); }
+void WorkerMetrics::SetPushRank(double fraction, double rate_bytes_per_second) {
+  families_->push_rank_fraction->Set(fraction);
+  families_->push_rate->Set(rate_bytes_per_second);
+}
+
 void WorkerMetrics::SetTrainingLoss(double loss) { families_->loss->Set(loss); }
 void WorkerMetrics::SetEvaluation(double loss, double accuracy) {
   families_->test_loss->Set(loss);

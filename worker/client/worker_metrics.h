@@ -22,6 +22,9 @@
 //                                                   (older than max_staleness: dropped)
 //   dion_worker_resyncs_total{reason="gap|checksum_mismatch|went_back|rejected_version"}
 //   dion_worker_reconnects_total                    counter, streams re-opened
+//   dion_worker_push_rank_fraction                  gauge, push-rank fraction in use (set only
+//                                                   by the adaptive push rank)
+//   dion_worker_push_rate_bytes_per_second          gauge, the push rate it measured
 //   dion_worker_training_loss                       gauge, mean loss of the last push round
 //   dion_worker_test_loss, dion_worker_test_accuracy gauges, last evaluation
 //
@@ -61,6 +64,8 @@ class WorkerMetrics {
   void RecordStaleDropped(int64_t samples);
   void RecordResync(absl::string_view reason);
   void RecordReconnect();
+  // The adaptive push rank's fraction and measured rate (worker/client/push_rank.h).
+  void SetPushRank(double fraction, double rate_bytes_per_second);
   void SetTrainingLoss(double loss);
   void SetEvaluation(double loss, double accuracy);
 

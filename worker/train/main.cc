@@ -35,6 +35,7 @@
 #include "common/tls_flags.h"
 #include "common/training_defaults.h"
 #include "worker/client/client.h"
+#include "worker/client/push_rank.h"
 #include "worker/train/idx_loader.h"
 #include "worker/train/mlp.h"
 #include "worker/train/partition.h"
@@ -74,8 +75,12 @@ ABSL_FLAG(bool, synchronous, false,
           "(target_workers = number of workers) this is synchronous training");
 ABSL_FLAG(double, rank_fraction, dion::defaults::kRankFraction,
           "Dion rank of the hidden matrices as a fraction of min(m, n) (server side)");
-ABSL_FLAG(double, compression_rank_fraction, dion::defaults::kCompressionRankFraction,
-          "rank of the pushed factors as a fraction of min(m, n); 0: same as --rank_fraction");
+ABSL_FLAG(dion::PushRankSetting, compression_rank_fraction,
+          (dion::PushRankSetting{false, dion::defaults::kCompressionRankFraction}),
+          "rank of the pushed factors as a fraction of min(m, n); 0: same as --rank_fraction; "
+          "auto: start at the default and halve or double it as the worker measures its push "
+          "rate and step time, so that pushing a step takes at most half a step "
+          "(docs/worker.md, Adaptive push rank)");
 ABSL_FLAG(double, lr, dion::defaults::kLr, "Dion learning rate of the hidden matrices");
 ABSL_FLAG(double, adamw_lr, dion::defaults::kAdamwLr,
           "AdamW learning rate of the biases and the output layer");
@@ -330,9 +335,12 @@ dion::ClientOptions ClientOptionsFromFlags(dion::WorkerMetrics* metrics) {
                           ? absl::StrCat(mode == "evaluate" ? "evaluator-" : "worker-",
                                          absl::GetFlag(FLAGS_worker_index))
                           : absl::GetFlag(FLAGS_worker_id);
-  options.compression_rank_fraction = absl::GetFlag(FLAGS_compression_rank_fraction) > 0
-                                          ? absl::GetFlag(FLAGS_compression_rank_fraction)
-                                          : absl::GetFlag(FLAGS_rank_fraction);
+  const dion::PushRankSetting push_rank = absl::GetFlag(FLAGS_compression_rank_fraction);
+  options.compression_rank_fraction =
+      push_rank.adaptive       ? dion::defaults::kCompressionRankFraction  // where auto starts
+      : push_rank.fraction > 0 ? push_rank.fraction
+                               : absl::GetFlag(FLAGS_rank_fraction);
+  options.auto_compression_rank = push_rank.adaptive;
   options.max_in_flight = absl::GetFlag(FLAGS_max_in_flight);
   options.dp_clip = absl::GetFlag(FLAGS_dp_clip);
   options.track_last_step = absl::GetFlag(FLAGS_lookahead) > 0 && mode == "train";

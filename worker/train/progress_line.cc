@@ -47,9 +47,10 @@ class LineReader {
   void GetIfPresent(absl::string_view key, int64_t* out) {
     if (values_.contains(key)) Get(key, out);
   }
-  void GetOptional(absl::string_view key, std::optional<double>* out) {
+  template <typename T>
+  void GetOptional(absl::string_view key, std::optional<T>* out) {
     if (!values_.contains(key)) return;
-    double v = 0;
+    T v = 0;
     Get(key, &v);
     *out = v;
   }
@@ -101,6 +102,10 @@ std::string FormatProgressLine(const ProgressLine& p) {
   if (p.eval_elapsed_s.has_value()) {
     absl::StrAppend(&line, " eval_elapsed_s=", absl::StrFormat("%.4f", *p.eval_elapsed_s));
   }
+  if (p.push_rank_fraction.has_value() && p.push_rank_changes.has_value()) {
+    absl::StrAppend(&line, " push_rank_fraction=", absl::StrFormat("%.6f", *p.push_rank_fraction),
+                    " push_rank_changes=", *p.push_rank_changes);
+  }
   return line;
 }
 
@@ -136,6 +141,8 @@ absl::StatusOr<ProgressLine> ParseProgressLine(absl::string_view line) {
   r.GetOptional("test_loss", &p.test_loss);
   r.GetOptional("test_accuracy", &p.test_accuracy);
   r.GetOptional("eval_elapsed_s", &p.eval_elapsed_s);
+  r.GetOptional("push_rank_fraction", &p.push_rank_fraction);
+  r.GetOptional("push_rank_changes", &p.push_rank_changes);
   r.GetCounts("staleness_hist", &p.staleness_hist);
   if (p.test_accuracy.has_value() != p.eval_elapsed_s.has_value()) {
     r.Fail(p.test_accuracy.has_value() ? "eval_elapsed_s" : "test_accuracy");

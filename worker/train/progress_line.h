@@ -55,10 +55,15 @@ struct ProgressLine {
   std::optional<double> test_loss;
   std::optional<double> test_accuracy;  // in [0, 1]
   std::optional<double> eval_elapsed_s;  // when the evaluated weights were copied
+  // With the adaptive push rank (--compression_rank_fraction=auto): the fraction in use and
+  // its changes so far (ClientStats).
+  std::optional<double> push_rank_fraction;
+  std::optional<int64_t> push_rank_changes;
 };
 
 // The line, without a newline. Rounds elapsed_s to 2 decimals, samples_per_s to 1, loss,
-// test_loss, test_accuracy and eval_elapsed_s to 4, mean_staleness to 3.
+// test_loss, test_accuracy and eval_elapsed_s to 4, mean_staleness to 3, push_rank_fraction
+// to 6.
 std::string FormatProgressLine(const ProgressLine& line);
 // True for lines starting with "progress " or "final ".
 bool IsProgressLine(absl::string_view line);

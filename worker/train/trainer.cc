@@ -291,6 +291,10 @@ ProgressLine ToProgressLine(int worker, const TrainerProgress& p) {
   line.mean_staleness =
       c.accepted > 0 ? static_cast<double>(c.staleness_sum) / c.accepted : 0.0;
   line.staleness_hist.assign(c.staleness.begin(), c.staleness.end());
+  if (c.adaptive_push_rank) {
+    line.push_rank_fraction = c.push_rank_fraction;
+    line.push_rank_changes = c.push_rank_changes;
+  }
   if (p.evaluation.has_value()) {
     line.test_loss = p.evaluation->loss;
     line.test_accuracy = p.evaluation->accuracy;
