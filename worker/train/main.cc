@@ -79,7 +79,8 @@ ABSL_FLAG(dion::PushRankSetting, compression_rank_fraction,
           (dion::PushRankSetting{false, dion::defaults::kCompressionRankFraction}),
           "rank of the pushed factors as a fraction of min(m, n); 0: same as --rank_fraction; "
           "auto: start at the default and halve or double it as the worker measures its push "
-          "rate and step time, so that pushing a step takes at most half a step "
+          "rate and step time, so that pushing a step takes at most half a step; experimental: "
+          "it times acks, which broadcasts delay, and so far settles on rank 1 on slow links "
           "(docs/worker.md, Adaptive push rank)");
 ABSL_FLAG(double, lr, dion::defaults::kLr, "Dion learning rate of the hidden matrices");
 ABSL_FLAG(double, adamw_lr, dion::defaults::kAdamwLr,
