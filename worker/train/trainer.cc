@@ -1,7 +1,6 @@
 #include "worker/train/trainer.h"
 
 #include <algorithm>
-#include <numeric>
 #include <vector>
 
 #include "absl/strings/str_cat.h"
