@@ -161,10 +161,16 @@ TEST(ShardFlagsTest, SyncMakesEveryBatchWaitForAllWorkers) {
   EXPECT_TRUE(Has(WorkerFlags(o, 0, {"a:1"}), "--max_in_flight=1"));
   EXPECT_FALSE(Has(WorkerFlags(Options(), 0, {"a:1"}), "--max_in_flight=1"));
   EXPECT_TRUE(Has(WorkerFlags(o, 0, {"a:1"}), "--synchronous"));
-  o.partition = "dirichlet";  // unequal partitions: the others would wait for the deadline
-  EXPECT_EQ(ValidateLocalRunOptions(o).code(), absl::StatusCode::kInvalidArgument);
-  o.partition = "iid";
   EXPECT_TRUE(ValidateLocalRunOptions(o).ok());
+  // Unequal partitions too: under --synchronous every worker's epoch has the same number of
+  // samples (SamplesPerEpoch, worker/train/epoch_order.h), so no worker runs out early.
+  o.partition = "dirichlet";
+  o.dirichlet_alpha = 0.1;
+  EXPECT_TRUE(ValidateLocalRunOptions(o).ok());
+  const std::vector<std::string> w = WorkerFlags(o, 3, {"a:1"});
+  for (const char* flag : {"--synchronous", "--partition=dirichlet", "--dirichlet_alpha=0.1"}) {
+    EXPECT_TRUE(Has(w, flag)) << flag;
+  }
   EXPECT_FALSE(Has(WorkerFlags(Options(), 0, {"a:1"}), "--synchronous"));
 }
 

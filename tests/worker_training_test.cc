@@ -18,6 +18,7 @@
 #include "common/rng.h"
 #include "tests/server_test_util.h"
 #include "worker/client/client.h"
+#include "worker/train/epoch_order.h"
 #include "worker/train/mlp.h"
 #include "worker/train/partition.h"
 #include "worker/train/synthetic_task.h"
@@ -238,6 +239,72 @@ TEST(WorkerTraining, SynchronousStepsGiveOneContributionPerWorkerPerOptimizerSte
     EXPECT_EQ(stats.accepted, kSteps * parameters) << "worker " << w;
     EXPECT_EQ(stats.staleness_sum, 0) << "worker " << w;
     for (int i = 0; i < parameters; ++i) {
+      EXPECT_EQ(clients[w]->version(i), kSteps) << clients[w]->specs()[i].name;
+    }
+  }
+  for (auto& client : clients) client->Close();
+  EXPECT_TRUE((*server)->Shutdown().ok());
+}
+
+// Synchronous training over partitions of very unequal sizes (a Dirichlet split): with
+// SamplesPerEpoch's rule every worker takes the same number of steps per epoch, so every batch
+// closes with both workers and none waits for the deadline (30 s, beyond flush_timeout: a
+// worker left alone would fail its step with DeadlineExceeded).
+TEST(WorkerTraining, SynchronousWorkersWithUnequalPartitionsTakeEqualSteps) {
+  constexpr int kEpochs = 2;
+  constexpr int kBatch = 16;
+  ServerOptions server_options = testing::TestServerOptions();
+  server_options.shard.batcher.target_samples = 0;
+  server_options.shard.batcher.target_workers = 2;
+  server_options.shard.batcher.adaptive = false;
+  server_options.shard.batcher.deadline = absl::Seconds(30);
+  absl::StatusOr<std::unique_ptr<DionServer>> server = DionServer::Start(server_options);
+  ASSERT_TRUE(server.ok()) << server.status();
+  const Dataset train = MakeTeacherDataset(TeacherOptions{}, 1200, 11).value();
+  // Worker 0 holds 200 samples, worker 1 1000: one pass would be 13 against 63 steps.
+  std::vector<std::vector<int64_t>> partitions(2);
+  for (int64_t i = 0; i < train.size(); ++i) partitions[i < 200 ? 0 : 1].push_back(i);
+  MlpOptions mlp;
+  mlp.layer_sizes = {16, 32, 10};
+  ModelTable table;
+  table.model_name = "teacher-student";
+  const std::vector<ParamSpec> specs = ParameterTable(mlp).value();
+  for (const ParamSpec& spec : specs) table.parameters.push_back({spec, {}});
+  std::vector<std::unique_ptr<Client>> clients;
+  for (int w = 0; w < 2; ++w) {
+    ClientOptions options;
+    options.shard_addresses = {(*server)->address()};
+    options.worker_id = absl::StrCat("worker-", w);
+    options.max_in_flight = 1;
+    absl::StatusOr<std::unique_ptr<Client>> client = Client::Connect(table, options);
+    ASSERT_TRUE(client.ok()) << client.status();
+    clients.push_back(*std::move(client));
+  }
+  std::vector<absl::StatusOr<TrainerProgress>> results(2, absl::UnknownError("not run"));
+  std::vector<std::thread> workers;
+  for (int w = 0; w < 2; ++w) {
+    workers.emplace_back([&, w] {
+      TrainerOptions trainer;
+      trainer.epochs = kEpochs;
+      trainer.batch_size = kBatch;
+      trainer.seed = 10 + w;
+      trainer.synchronous = true;
+      trainer.flush_timeout = absl::Seconds(10);
+      trainer.samples_per_epoch =
+          SamplesPerEpoch(static_cast<int64_t>(partitions[w].size()), train.size(), 2, true)
+              .value();
+      results[w] = Train(*clients[w], Subset(train, partitions[w]), nullptr, trainer, nullptr,
+                         nullptr, nullptr);
+    });
+  }
+  for (std::thread& t : workers) t.join();
+  constexpr int64_t kSteps = kEpochs * ((600 + kBatch - 1) / kBatch);  // 600 = 1200 / 2
+  for (int w = 0; w < 2; ++w) {
+    ASSERT_TRUE(results[w].ok()) << "worker " << w << ": " << results[w].status();
+    EXPECT_EQ(results[w]->steps, kSteps) << "worker " << w;
+    EXPECT_EQ(results[w]->samples, kEpochs * 600) << "worker " << w;
+    EXPECT_EQ(results[w]->client.staleness_sum, 0) << "worker " << w;
+    for (int i = 0; i < static_cast<int>(clients[w]->specs().size()); ++i) {
       EXPECT_EQ(clients[w]->version(i), kSteps) << clients[w]->specs()[i].name;
     }
   }

@@ -72,7 +72,9 @@ ABSL_FLAG(std::string, partition, kDefaults.partition,
           "split of the training set across workers: iid or dirichlet (label skew)");
 ABSL_FLAG(double, dirichlet_alpha, kDefaults.dirichlet_alpha,
           "Dirichlet concentration of --partition=dirichlet; smaller means more skew");
-ABSL_FLAG(int, epochs, kDefaults.epochs, "passes of each worker over its partition");
+ABSL_FLAG(int, epochs, kDefaults.epochs,
+          "passes of each worker over its partition (under --sync: training set / --workers "
+          "samples each on every worker, whatever its partition's size; docs/worker.md)");
 ABSL_FLAG(int, batch_size, kDefaults.batch_size, "samples per local step of a worker");
 ABSL_FLAG(double, rank_fraction, kDefaults.rank_fraction,
           "Dion rank of the hidden matrices as a fraction of min(m, n)");

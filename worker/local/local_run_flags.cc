@@ -293,11 +293,6 @@ absl::Status ValidateLocalRunOptions(const LocalRunOptions& o) {
   if (o.partition == "dirichlet" && !(o.dirichlet_alpha > 0)) {
     return Bad("dirichlet_alpha", o.dirichlet_alpha, "expected > 0");
   }
-  if (o.sync && o.partition != "iid") {
-    // Synchronous steps need the same number of steps on every worker: once the worker with
-    // the smallest partition is done, each step of the others would wait for sync_deadline.
-    return Bad("partition", o.partition, "--sync needs iid (partitions of equal size)");
-  }
   if (o.max_staleness < 0) return Bad("max_staleness", o.max_staleness, "expected >= 0");
   if (!(o.dp_clip >= 0 && std::isfinite(o.dp_clip))) {
     return Bad("dp_clip", o.dp_clip, "expected a norm >= 0 (0: off)");

@@ -28,6 +28,8 @@
 #include "common/mutex.h"
 #include "common/param_spec.h"
 #include "worker/client/client.h"
+#include "worker/python/data_binding.h"
+#include "worker/python/raise_status.h"
 #include "worker/train/progress_line.h"
 
 namespace py = pybind11;
@@ -39,14 +41,7 @@ namespace {
 constexpr absl::Duration kSignalSlice = absl::Milliseconds(100);
 
 // Raises the Python exception of `status` (dion_ps.errors.from_status). REQUIRES: the GIL.
-[[noreturn]] void Raise(const absl::Status& status) {
-  py::object error = py::module_::import("dion_ps.errors")
-                         .attr("from_status")(static_cast<int>(status.code()),
-                                              absl::StatusCodeToString(status.code()),
-                                              std::string(status.message()));
-  PyErr_SetObject(reinterpret_cast<PyObject*>(Py_TYPE(error.ptr())), error.ptr());
-  throw py::error_already_set();
-}
+[[noreturn]] void Raise(const absl::Status& status) { RaiseStatus(status); }
 
 void Check(const absl::Status& status) {
   if (!status.ok()) Raise(status);
@@ -472,4 +467,5 @@ PYBIND11_MODULE(_dion_ps, m) {
         return dion::FormatEvaluationLine({samples, test_loss, test_accuracy});
       },
       py::arg("samples"), py::arg("test_loss"), py::arg("test_accuracy"));
+  dion::BindData(m);
 }

@@ -38,6 +38,7 @@
 #include "worker/client/push_rank.h"
 #include "worker/train/idx_loader.h"
 #include "worker/train/mlp.h"
+#include "worker/train/epoch_order.h"
 #include "worker/train/partition.h"
 #include "worker/train/synthetic_task.h"
 #include "worker/train/trainer.h"
@@ -66,7 +67,9 @@ ABSL_FLAG(double, dirichlet_alpha, dion::defaults::kDirichletAlpha,
           "Dirichlet concentration of --partition=dirichlet; smaller means more skew");
 ABSL_FLAG(std::string, hidden_layers, dion::defaults::kHiddenLayers,
           "comma-separated hidden layer widths of the MLP (input and classes come from the data)");
-ABSL_FLAG(int, epochs, dion::defaults::kEpochs, "passes over this worker's partition");
+ABSL_FLAG(int, epochs, dion::defaults::kEpochs,
+          "passes over this worker's partition; with --synchronous an epoch is training set / "
+          "num_workers samples on every worker, whatever its partition's size");
 ABSL_FLAG(int, batch_size, dion::defaults::kBatchSize, "samples per local step");
 ABSL_FLAG(int64_t, max_steps, 0, "stop after this many local steps; 0: no limit");
 ABSL_FLAG(bool, synchronous, false,
@@ -430,11 +433,17 @@ int TrainOnPartition(dion::Client& client, const dion::ClientOptions& options, D
   if (!kind.ok()) return Fail("bad --partition", kind.status());
   absl::StatusOr<dion::Dataset> mine = MyPartition(data.train, *kind);
   if (!mine.ok()) return Fail("cannot partition the training set", mine.status());
+  dion::TrainerOptions trainer = TrainerOptionsFromFlags();
+  absl::StatusOr<int64_t> per_epoch = dion::SamplesPerEpoch(
+      mine->size(), data.train.size(), absl::GetFlag(FLAGS_num_workers), trainer.synchronous);
+  if (!per_epoch.ok()) return Fail("cannot schedule the epochs", per_epoch.status());
+  trainer.samples_per_epoch = *per_epoch;
   std::fprintf(stderr,
-               "dion-worker: %s training on %lld of %lld samples (%s partition), %zu shard(s)\n",
+               "dion-worker: %s training on %lld of %lld samples (%s partition), %zu shard(s), "
+               "%lld samples per epoch\n",
                options.worker_id.c_str(), static_cast<long long>(mine->size()),
-               static_cast<long long>(data.train.size()),
-               absl::GetFlag(FLAGS_partition).c_str(), options.shard_addresses.size());
+               static_cast<long long>(data.train.size()), absl::GetFlag(FLAGS_partition).c_str(),
+               options.shard_addresses.size(), static_cast<long long>(*per_epoch));
   data.train = dion::Dataset{};  // only `mine` is used from here on (~190 MB for Fashion-MNIST)
   if (const std::string start_file = absl::GetFlag(FLAGS_start_file); !start_file.empty()) {
     if (!WaitForStartFile(start_file, absl::GetFlag(FLAGS_start_timeout), g_stop)) {
@@ -443,7 +452,7 @@ int TrainOnPartition(dion::Client& client, const dion::ClientOptions& options, D
   }
   const int worker_index = absl::GetFlag(FLAGS_worker_index);
   absl::StatusOr<dion::TrainerProgress> result = dion::Train(
-      client, *mine, &data.test, TrainerOptionsFromFlags(), &metrics,
+      client, *mine, &data.test, trainer, &metrics,
       [worker_index](const dion::TrainerProgress& p) {
         const std::string line = dion::FormatProgressLine(dion::ToProgressLine(worker_index, p));
         std::printf("%s\n", line.c_str());

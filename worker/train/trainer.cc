@@ -1,12 +1,11 @@
 #include "worker/train/trainer.h"
 
 #include <algorithm>
-#include <numeric>
-#include <random>
 #include <vector>
 
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
+#include "worker/train/epoch_order.h"
 
 namespace dion {
 namespace {
@@ -37,10 +36,12 @@ absl::Status WaitForNextVersions(Client& client, const std::vector<int64_t>& ver
 
 absl::Status ValidateOptions(const Client& client, const Dataset& train, const Dataset* test,
                              const TrainerOptions& options) {
-  if (options.epochs < 1 || options.batch_size < 1 || options.eval_batch_size < 1) {
+  if (options.epochs < 1 || options.batch_size < 1 || options.eval_batch_size < 1 ||
+      options.samples_per_epoch < 0) {
     return absl::InvalidArgumentError(absl::StrCat(
-        "epochs, batch_size and eval_batch_size must be >= 1, got ", options.epochs, ", ",
-        options.batch_size, ", ", options.eval_batch_size));
+        "epochs, batch_size and eval_batch_size must be >= 1 and samples_per_epoch >= 0, got ",
+        options.epochs, ", ", options.batch_size, ", ", options.eval_batch_size, ", ",
+        options.samples_per_epoch));
   }
   if (absl::Status s = ValidateLookahead(options.lookahead); !s.ok()) return s;
   if (options.lookahead > 0 && !client.tracks_last_step()) {
@@ -129,16 +130,18 @@ class TrainingRun {
 };
 
 absl::StatusOr<TrainerProgress> TrainingRun::Run(const std::atomic<bool>* stop) {
-  std::mt19937_64 shuffle(options_.seed);
-  std::vector<int64_t> order(train_.size());
-  std::iota(order.begin(), order.end(), 0);
+  absl::StatusOr<EpochOrder> epochs = EpochOrder::Create(
+      train_.size(), options_.samples_per_epoch > 0 ? options_.samples_per_epoch : train_.size(),
+      options_.seed);
+  if (!epochs.ok()) return epochs.status();
   bool done = false;
   bool stopped = false;
   for (int epoch = 1; epoch <= options_.epochs && !done; ++epoch) {
     progress_.epoch = epoch;
-    std::shuffle(order.begin(), order.end(), shuffle);
-    for (int64_t begin = 0; begin < train_.size() && !done; begin += options_.batch_size) {
-      const int64_t end = std::min<int64_t>(begin + options_.batch_size, train_.size());
+    const std::vector<int64_t>& order = epochs->Next();
+    const auto size = static_cast<int64_t>(order.size());
+    for (int64_t begin = 0; begin < size && !done; begin += options_.batch_size) {
+      const int64_t end = std::min<int64_t>(begin + options_.batch_size, size);
       if (absl::Status s = Step(absl::MakeConstSpan(order).subspan(begin, end - begin));
           !s.ok()) {
         return s;

@@ -2,8 +2,9 @@
 // forward/backward per mini-batch on the client's replica, gradients handed to the client
 // (worker/client/client.h), periodic progress and, on the designated worker, test-set evaluation.
 //
-// An epoch is one pass over this worker's partition, reshuffled each epoch from the seed, so
-// W workers together see the whole training set once per epoch.
+// An epoch is samples_per_epoch samples of this worker's partition in the order EpochOrder
+// gives (worker/train/epoch_order.h): by default one pass, reshuffled each epoch from the seed,
+// so W workers together see the whole training set once per epoch.
 //
 // Thread-safety: Train runs on the calling thread; `stop` may be set from any thread (a
 // signal handler) and ends the loop after the current step.
@@ -29,7 +30,9 @@
 namespace dion {
 
 struct TrainerOptions {
-  int epochs = 1;                                       // passes over the partition (>= 1)
+  int epochs = 1;                                       // epochs (>= 1)
+  // Samples per epoch (SamplesPerEpoch, epoch_order.h); 0: the partition's size (one pass).
+  int64_t samples_per_epoch = 0;
   int batch_size = 64;                                  // samples per local step (>= 1)
   int64_t max_steps = 0;                                // stop after this many steps; 0: none
   absl::Duration progress_interval = absl::Seconds(5);  // how often on_progress runs (and

@@ -5,6 +5,7 @@
                                   worker_id="w0", batch_size=128)
     loss.backward(); opt.step(loss=loss); opt.zero_grad()
 """
+from dion_ps.data import EpochOrder, partition, samples_per_epoch
 from dion_ps.errors import (DataLossError, DeadlineExceededError, DionError,
                             FailedPreconditionError, InvalidArgumentError,
                             PermissionDeniedError, UnauthenticatedError, UnavailableError)
@@ -12,7 +13,8 @@ from dion_ps.optimizer import RemoteOptimizer, as_matrix, parameter_table
 from dion_ps.progress import ProgressReporter
 
 __all__ = [
-    "RemoteOptimizer", "ProgressReporter", "parameter_table", "as_matrix", "DionError",
+    "RemoteOptimizer", "ProgressReporter", "parameter_table", "as_matrix", "partition",
+    "samples_per_epoch", "EpochOrder", "DionError",
     "InvalidArgumentError", "DeadlineExceededError", "FailedPreconditionError",
     "UnavailableError", "PermissionDeniedError", "UnauthenticatedError", "DataLossError",
 ]

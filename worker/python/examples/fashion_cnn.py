@@ -138,7 +138,10 @@ def parse_flags(argv):
     add("--worker_id", default="", help="default worker-<index> (evaluator-0 to evaluate)")
     add("--dataset", default="fashion-mnist", choices=["fashion-mnist"])
     add("--data_dir", default="/usr/share/datasets/fashion-mnist")
-    add("--partition", default="iid", choices=["iid"])
+    add("--partition", default="iid", choices=["iid", "dirichlet"],
+        help="split of the training set across workers, dion-worker's (dion_ps.partition)")
+    add("--dirichlet_alpha", type=float, default=0.5,
+        help="Dirichlet concentration of --partition=dirichlet; smaller means more skew")
     add("--epochs", type=int, default=12)
     add("--batch_size", type=int, default=64)
     add("--max_steps", type=int, default=0, help="stop after this many steps; 0: no limit")
@@ -200,10 +203,11 @@ def wait_for_start_file(path, stop):
     return True
 
 
-def train(flags, opt, model, data, test, stop):
+def train(flags, opt, model, data, per_epoch, test, stop):
     x, y = data
     me = flags.worker_index
-    generator = torch.Generator().manual_seed(flags.seed or flags.model_seed * 1000 + me)
+    # dion-worker's epochs: per_epoch samples each, from reshuffled passes over the partition.
+    epochs = dion_ps.EpochOrder(len(x), per_epoch, flags.seed or flags.model_seed * 1000 + me)
     reporter = ProgressReporter(me, opt, interval=seconds(flags.progress_interval))
     evaluating = me == 0
     crossing = FirstCrossing(model, flags.target_accuracy,
@@ -211,8 +215,8 @@ def train(flags, opt, model, data, test, stop):
     eval_interval = seconds(flags.eval_interval)
     next_eval, steps = eval_interval, 0
     for epoch in range(1, flags.epochs + 1):
-        order = torch.randperm(len(x), generator=generator)
-        for i in range(0, len(x) - flags.batch_size + 1, flags.batch_size):
+        order = torch.from_numpy(epochs.next())
+        for i in range(0, len(order), flags.batch_size):
             if stop["signal"] or (flags.max_steps and steps >= flags.max_steps):
                 return reporter
             batch = order[i:i + flags.batch_size]
@@ -265,17 +269,21 @@ def main(argv):
         opt.close()
         return 0
     x, y = load_fashion_mnist(flags.data_dir, train=True)
-    # iid: a permutation seeded by model_seed (the same on every worker), cut in num_workers.
-    order = torch.randperm(len(x), generator=torch.Generator().manual_seed(flags.model_seed))
-    mine = order[flags.worker_index::flags.num_workers]
+    # dion-worker's split (the same on every worker: model_seed), from the same C++ code.
+    parts = dion_ps.partition(y.numpy(), flags.num_workers, flags.partition,
+                              flags.dirichlet_alpha, flags.model_seed, num_classes=10)
+    mine = torch.from_numpy(parts[flags.worker_index])
+    per_epoch = dion_ps.samples_per_epoch(len(mine), len(x), flags.num_workers,
+                                          flags.synchronous)
     worker_id = flags.worker_id or f"worker-{flags.worker_index}"
     opt = connect(flags, model, worker_id)
     connected["done"] = True
     print(f"dion-worker: {worker_id} training on {len(mine)} of {len(x)} samples "
-          f"(iid partition), {len(opt_shards(flags))} shard(s)", file=sys.stderr, flush=True)
+          f"({flags.partition} partition), {len(opt_shards(flags))} shard(s), "
+          f"{per_epoch} samples per epoch", file=sys.stderr, flush=True)
     if not wait_for_start_file(flags.start_file, stop):
         return 0
-    reporter = train(flags, opt, model, (x[mine], y[mine]), test, stop)
+    reporter = train(flags, opt, model, (x[mine], y[mine]), per_epoch, test, stop)
     report = opt.flush_all(timeout=seconds(flags.flush_timeout))
     if stop["signal"]:
         print(f"dion-worker: stopped by signal {stop['signal']}; flushed {report['pushes']} "
