@@ -73,6 +73,12 @@ std::string AbslUnparseFlag(const PushRankSetting& setting) {
   return setting.adaptive ? "auto" : absl::StrCat(setting.fraction);
 }
 
+double StartingPushRankFraction(const PushRankSetting& setting, double adaptive_start,
+                                double rank_fraction) {
+  if (setting.adaptive) return adaptive_start;
+  return setting.fraction > 0 ? setting.fraction : rank_fraction;
+}
+
 PushRankController::PushRankController(std::vector<ParamSpec> specs, double start_fraction)
     : specs_(std::move(specs)) {
   state_.fraction = start_fraction;

@@ -65,6 +65,10 @@ struct PushRankSetting {
 };
 bool AbslParseFlag(absl::string_view text, PushRankSetting* setting, std::string* error);
 std::string AbslUnparseFlag(const PushRankSetting& setting);
+// The push rank fraction a worker starts with: `adaptive_start` for auto, the fraction when
+// > 0, else the Dion rank fraction `rank_fraction`.
+double StartingPushRankFraction(const PushRankSetting& setting, double adaptive_start,
+                                double rank_fraction);
 
 class PushRankController {
  public:

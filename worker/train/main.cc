@@ -7,8 +7,7 @@
 // read them). --mode=evaluate instead pulls the current weights once and prints the test-set
 // accuracy. Exit codes: 0 after training (or after SIGTERM / SIGINT: the current step ends,
 // accumulated gradients and the residuals are flushed for up to --flush_timeout, and what could
-// not be is reported), 1 on a runtime error (a shard gone for good, data that cannot be read),
-// 2 for bad flags.
+// not be is reported), 1 on a runtime error (a shard gone for good, unreadable data), 2: flags.
 #include <signal.h>
 #include <unistd.h>
 
@@ -81,8 +80,7 @@ ABSL_FLAG(double, rank_fraction, dion::defaults::kRankFraction,
 ABSL_FLAG(dion::PushRankSetting, compression_rank_fraction,
           (dion::PushRankSetting{false, dion::defaults::kCompressionRankFraction}),
           "rank of the pushed factors as a fraction of min(m, n); 0: same as --rank_fraction; "
-          "auto: start at the default and halve or double it as the worker measures its push "
-          "rate and step time, so that pushing a step takes at most half a step; experimental: "
+          "auto (experimental): halve or double it so that a push takes at most half a step; "
           "it times acks, which broadcasts delay, and so far settles on rank 1 on slow links "
           "(docs/worker.md, Adaptive push rank)");
 ABSL_FLAG(double, lr, dion::defaults::kLr, "Dion learning rate of the hidden matrices");
@@ -340,10 +338,8 @@ dion::ClientOptions ClientOptionsFromFlags(dion::WorkerMetrics* metrics) {
                                          absl::GetFlag(FLAGS_worker_index))
                           : absl::GetFlag(FLAGS_worker_id);
   const dion::PushRankSetting push_rank = absl::GetFlag(FLAGS_compression_rank_fraction);
-  options.compression_rank_fraction =
-      push_rank.adaptive       ? dion::defaults::kCompressionRankFraction  // where auto starts
-      : push_rank.fraction > 0 ? push_rank.fraction
-                               : absl::GetFlag(FLAGS_rank_fraction);
+  options.compression_rank_fraction = dion::StartingPushRankFraction(
+      push_rank, dion::defaults::kCompressionRankFraction, absl::GetFlag(FLAGS_rank_fraction));
   options.auto_compression_rank = push_rank.adaptive;
   options.max_in_flight = absl::GetFlag(FLAGS_max_in_flight);
   options.dp_clip = absl::GetFlag(FLAGS_dp_clip);
