@@ -35,6 +35,17 @@
 // a bearer token on every call (a throwaway CA made with the openssl command, as `dion local`
 // makes it), paired with the bounded run likewise.
 //
+// Where the clients run. By default (the mode of the earlier figures) in this process, on the
+// CPUs the shard uses, so their serialization and, for bounded_tls, their encryption count
+// against the shard's throughput. With --client_process they run in a separate process forked
+// at start, before any gRPC object exists, pinned to --client_cpus while this process (the
+// shard) is pinned to --shard_cpus (default: the last CPU for the clients, the others for the
+// shard): what a shard sees when its workers are on other machines. The processes coordinate
+// through shared memory (bench/client_process.h): the child registers and streams, the parent
+// publishes the shard's applied count and version every millisecond for the child's backlog
+// gate and base versions, and reads the acks the child counts. Every run reports the CPU
+// seconds per second of each process over its window.
+//
 // Output: markdown tables of medians on stdout; per-run figures and progress on stderr.
 #include <grpcpp/grpcpp.h>
 #include <unistd.h>
@@ -799,6 +810,10 @@ double PairedRatio(const std::vector<RunResult>& a, const std::vector<RunResult>
   return Median(v);
 }
 
+// Pushes per CPU second of this process: what a push costs it, however much CPU other
+// processes on the machine left it.
+double PushesPerCpuSecond(const RunResult& r) { return r.pushes_per_s / r.cores_self; }
+
 void PrintThroughput(const std::vector<int>& counts, const AllRuns& all, double payload,
                      int64_t max_backlog) {
   const auto pushes = [](const RunResult& r) { return r.pushes_per_s; };
@@ -830,10 +845,13 @@ void PrintTls(const std::vector<int>& counts, const AllRuns& all) {
   };
   std::printf("\nTLS and a bearer token on every call (ECDSA P-256 certificate), backlog bound "
               "as above; busy = the shard's step time / window; cores = CPU seconds per second "
-              "of the shard's process and of the client process (plaintext / TLS):\n\n"
+              "of the shard's process and of the client process (plaintext / TLS); pushes per "
+              "CPU second of the shard's process (the clients' too without --client_process), "
+              "plaintext / TLS and their paired ratio:\n\n"
               "| clients | pushes/s plaintext | pushes/s TLS + token | TLS / plaintext (paired) | "
-              "per repetition | busy | shard's process cores | client process cores |\n"
-              "|---|---|---|---|---|---|---|---|\n");
+              "per repetition | busy | shard's process cores | client process cores | "
+              "pushes per CPU s | TLS / plaintext per CPU s (paired) |\n"
+              "|---|---|---|---|---|---|---|---|---|---|\n");
   for (size_t i = 0; i < counts.size(); ++i) {
     const std::vector<RunResult>& plain = all.bounded[i];
     const std::vector<RunResult>& tls = all.bounded_tls[i];
@@ -841,12 +859,17 @@ void PrintTls(const std::vector<int>& counts, const AllRuns& all) {
     for (size_t k = 0; k < std::min(plain.size(), tls.size()); ++k) {
       per_rep.push_back(Fmt(tls[k].pushes_per_s / plain[k].pushes_per_s, 2));
     }
-    std::printf("| %d | %s | %s | %s | %s | %s | %s | %s |\n", counts[i],
+    std::vector<double> per_cpu;
+    for (size_t k = 0; k < std::min(plain.size(), tls.size()); ++k) {
+      per_cpu.push_back(PushesPerCpuSecond(tls[k]) / PushesPerCpuSecond(plain[k]));
+    }
+    std::printf("| %d | %s | %s | %s | %s | %s | %s | %s | %s | %s |\n", counts[i],
                 Fmt(MedianOf(plain, pushes)).c_str(), Fmt(MedianOf(tls, pushes)).c_str(),
                 Fmt(PairedRatio(tls, plain), 3).c_str(), absl::StrJoin(per_rep, ", ").c_str(),
                 pair(plain, tls, [](const RunResult& r) { return r.busy; }, 2).c_str(),
                 pair(plain, tls, [](const RunResult& r) { return r.cores_self; }, 2).c_str(),
-                pair(plain, tls, [](const RunResult& r) { return r.cores_clients; }, 2).c_str());
+                pair(plain, tls, [](const RunResult& r) { return r.cores_clients; }, 2).c_str(),
+                pair(plain, tls, PushesPerCpuSecond, 0).c_str(), Fmt(Median(per_cpu), 3).c_str());
   }
 }
 
