@@ -293,12 +293,7 @@ class InProcessClients final : public RunClients {
     if (shard != nullptr) {
       // The applied version, read before each write: a subscribed worker with no delay.
       version = [shard] { return shard->store().Version(kParameter).value_or(0); };
-      applied = [shard] {
-        int64_t n = 0;
-        // Waits for a running step (the parameter's mutex), which is when `n` changes.
-        for (const ParameterStatus& p : shard->store().Statuses()) n += p.contributions_applied;
-        return n;
-      };
+      applied = [shard] { return bench::ContributionsApplied(*shard); };
     }
     const std::string error =
         MakePushClients(spec, tls, rank, std::move(applied), version, &gate_, &clients_);
@@ -485,8 +480,7 @@ class RemoteClients final : public RunClients {
 
  private:
   void Publish() {
-    int64_t applied = 0;
-    for (const ParameterStatus& p : shard_->store().Statuses()) applied += p.contributions_applied;
+    const int64_t applied = bench::ContributionsApplied(*shard_);
     ctl_->version.store(shard_->store().Version(kParameter).value_or(0));
     ctl_->applied.store(applied);
   }

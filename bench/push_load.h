@@ -41,6 +41,14 @@ inline std::shared_ptr<grpc::Channel> NewChannel(
       address, credentials != nullptr ? credentials : grpc::InsecureChannelCredentials(), args);
 }
 
+// The contributions `shard` has applied so far, over all its parameters. Waits for a running
+// step (the parameter's mutex), which is when the count changes.
+inline int64_t ContributionsApplied(const Shard& shard) {
+  int64_t applied = 0;
+  for (const ParameterStatus& p : shard.store().Statuses()) applied += p.contributions_applied;
+  return applied;
+}
+
 // Bounds the backlog of a dion run: contributions sent but not yet applied by a step. Without
 // it the server acknowledges as fast as it can decode and queues closed batches without limit
 // (acks do not wait for steps). A poller thread follows the shard's applied count; Pass()
@@ -50,17 +58,7 @@ class BacklogGate {
  public:
   // `shard` must outlive the gate.
   BacklogGate(const Shard* shard, int64_t max_backlog)
-      : BacklogGate(
-            [shard] {
-              int64_t applied = 0;
-              // Waits for a running step (the parameter's mutex), which is when `applied`
-              // changes.
-              for (const ParameterStatus& p : shard->store().Statuses()) {
-                applied += p.contributions_applied;
-              }
-              return applied;
-            },
-            max_backlog) {}
+      : BacklogGate([shard] { return ContributionsApplied(*shard); }, max_backlog) {}
   // `applied` gives the shard's contributions applied so far (push_bench's client process
   // reads it from the shard's process); it is polled every millisecond.
   BacklogGate(std::function<int64_t()> applied, int64_t max_backlog)
