@@ -35,6 +35,17 @@
 // a bearer token on every call (a throwaway CA made with the openssl command, as `dion local`
 // makes it), paired with the bounded run likewise.
 //
+// Where the clients run. By default (the mode of the earlier figures) in this process, on the
+// CPUs the shard uses, so their serialization and, for bounded_tls, their encryption count
+// against the shard's throughput. With --client_process they run in a separate process forked
+// at start, before any gRPC object exists, pinned to --client_cpus while this process (the
+// shard) is pinned to --shard_cpus (default: the last CPU for the clients, the others for the
+// shard): what a shard sees when its workers are on other machines. The processes coordinate
+// through shared memory (bench/client_process.h): the child registers and streams, the parent
+// publishes the shard's applied count and version every millisecond for the child's backlog
+// gate and base versions, and reads the acks the child counts. Every run reports the CPU
+// seconds per second of each process over its window.
+//
 // Output: markdown tables of medians on stdout; per-run figures and progress on stderr.
 #include <grpcpp/grpcpp.h>
 #include <unistd.h>
@@ -58,10 +69,12 @@
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+#include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
 #include "absl/strings/string_view.h"
 #include "absl/time/clock.h"
 #include "absl/time/time.h"
+#include "bench/client_process.h"
 #include "bench/median.h"
 #include "common/blas.h"
 #include "common/dion.h"
@@ -103,13 +116,27 @@ ABSL_FLAG(std::string, wal_root, "",
           "subdirectory per run, removed after it); empty: the system's temporary directory");
 ABSL_FLAG(std::string, wal_sync, "always", "bounded_wal runs: the shard's --wal_sync");
 ABSL_FLAG(absl::Duration, max_runtime, absl::Minutes(20), "Abort the bench after this long");
+ABSL_FLAG(bool, client_process, false,
+          "Run every run's clients in a separate process, forked at start before any gRPC "
+          "object exists and pinned to --client_cpus, with this (the shard's) process pinned "
+          "to --shard_cpus: what a shard sees when its workers run on other machines (their "
+          "serialization and encryption not on its CPUs). false: clients in this process, on "
+          "the shard's CPUs (the earlier figures' mode)");
+ABSL_FLAG(std::string, client_cpus, "",
+          "--client_process: CPUs of the client process, e.g. \"1\" or \"2-3\"; empty: the "
+          "last CPU this process may use");
+ABSL_FLAG(std::string, shard_cpus, "",
+          "--client_process: CPUs of the shard's process; empty: every CPU this process may "
+          "use except --client_cpus (all of them when that leaves none)");
 
 namespace dion {
 namespace {
 
 using bench::BacklogGate;
+using bench::ClientRunSpec;
 using bench::EchoService;
 using bench::PushClient;
+using bench::SharedControl;
 constexpr char kParameter[] = "w";
 
 [[noreturn]] void Die(absl::string_view what) {
@@ -151,6 +178,7 @@ v1::Contribution Prototype(const std::string& worker_id, int n, int r, uint64_t 
 // Counters read at both ends of the measured window.
 struct Counters {
   absl::Time time;
+  double cpu_self = 0, cpu_clients = NAN;  // CPU seconds of this process and the client process
   int64_t acks = 0;
   int64_t refused = 0;
   int64_t steps = 0;                       // dion only, from here on
@@ -187,37 +215,326 @@ struct RunResult {
   double drain_s = 0;
   std::map<std::string, double> phase_ms;  // mean per step
   double wal_syncs = 0, accepted_total = 0;  // whole run, warm-up included
+  // CPUs kept busy over the window (CPU seconds / second) by this process (the shard's, and
+  // the clients' too without --client_process) and by the client process (NaN without it).
+  double cores_self = 0, cores_clients = NAN;
 };
 
+// The clients of one run: in this process, or in the client process (--client_process).
+class RunClients {
+ public:
+  virtual ~RunClients() = default;
+  // Opens the streams; they end at the latest after `timeout`.
+  virtual void Start(absl::Duration timeout) = 0;
+  virtual int64_t acks() const = 0;
+  virtual int64_t refused() const = 0;
+  // Ends the streams; dies when one ended with an error.
+  virtual void Stop() = 0;
+  // Whether the backlog gate ever held a writer (valid after Stop).
+  virtual bool gate_reached() const = 0;
+  // CPU seconds of the client process so far; NaN when the clients run in this process.
+  virtual double cpu_seconds() const { return NAN; }
+};
+
+// The credentials of a client with TLS and the admin token of `tls`.
+std::shared_ptr<grpc::ChannelCredentials> ClientCredentials(const LocalSecurity& tls) {
+  TlsClientConfig client;
+  client.ca_file = tls.ca_file;
+  client.token_file = tls.admin_token_file;
+  absl::StatusOr<std::shared_ptr<grpc::ChannelCredentials>> made =
+      MakeChannelCredentials(client);
+  if (!made.ok()) Die(made.status().ToString());
+  return *made;
+}
+
+// Makes spec.clients PushClients to 127.0.0.1:spec.port and registers them (dion); their
+// backlog gate follows `applied`, their base version `version` (both ignored for echo).
+// Returns an error message, or "" when all registered.
+std::string MakePushClients(const ClientRunSpec& spec, const LocalSecurity* tls, int rank,
+                            std::function<int64_t()> applied,
+                            const std::function<int64_t()>& version,
+                            std::unique_ptr<BacklogGate>* gate,
+                            std::vector<std::unique_ptr<PushClient>>* clients) {
+  std::shared_ptr<grpc::ChannelCredentials> credentials;
+  if (spec.tls) credentials = ClientCredentials(*tls);
+  if (spec.max_backlog > 0) {
+    *gate = std::make_unique<BacklogGate>(std::move(applied), spec.max_backlog);
+  }
+  const std::string address = absl::StrCat("127.0.0.1:", spec.port);
+  for (int i = 0; i < spec.clients; ++i) {
+    const std::string worker = absl::StrCat("bench-", i);
+    clients->push_back(std::make_unique<PushClient>(
+        address, spec.echo, Prototype(worker, absl::GetFlag(FLAGS_n), rank, 100 + i),
+        absl::GetFlag(FLAGS_window), gate->get(), version, credentials));
+    if (spec.echo) continue;
+    grpc::Status registered = clients->back()->Register(ModelRequest(worker));
+    if (!registered.ok()) return absl::StrCat("RegisterModel: ", registered.error_message());
+  }
+  return "";
+}
+
+// Stops every client; an error message for the first stream that did not end OK, or "".
+std::string StopPushClients(std::vector<std::unique_ptr<PushClient>>& clients) {
+  std::string error;
+  for (auto& c : clients) {
+    grpc::Status s = c->Stop();
+    if (!s.ok() && error.empty()) error = absl::StrCat("Push stream ended with ", s.error_message());
+    if (c->refused() > 0) std::fprintf(stderr, "  refused: %s\n", c->first_refusal().c_str());
+  }
+  return error;
+}
+
+class InProcessClients final : public RunClients {
+ public:
+  // `shard`: null for echo; must outlive this.
+  InProcessClients(const ClientRunSpec& spec, const Shard* shard, const LocalSecurity* tls,
+                   int rank) {
+    std::function<int64_t()> applied, version = [] { return int64_t{0}; };
+    if (shard != nullptr) {
+      // The applied version, read before each write: a subscribed worker with no delay.
+      version = [shard] { return shard->store().Version(kParameter).value_or(0); };
+      applied = [shard] { return bench::ContributionsApplied(*shard); };
+    }
+    const std::string error =
+        MakePushClients(spec, tls, rank, std::move(applied), version, &gate_, &clients_);
+    if (!error.empty()) Die(error);
+  }
+  void Start(absl::Duration timeout) override {
+    for (auto& c : clients_) c->Start(timeout);
+  }
+  int64_t acks() const override {
+    int64_t n = 0;
+    for (const auto& c : clients_) n += c->acks();
+    return n;
+  }
+  int64_t refused() const override {
+    int64_t n = 0;
+    for (const auto& c : clients_) n += c->refused();
+    return n;
+  }
+  void Stop() override {
+    const std::string error = StopPushClients(clients_);
+    if (!error.empty()) Die(error);
+    clients_.clear();
+    reached_ = gate_ != nullptr && gate_->reached();
+  }
+  bool gate_reached() const override { return reached_; }
+
+ private:
+  std::unique_ptr<BacklogGate> gate_;  // outlives the clients
+  std::vector<std::unique_ptr<PushClient>> clients_;
+  bool reached_ = false;
+};
+
+// The client process of --client_process, made once by StartClientProcess.
+struct ClientProcess {
+  SharedControl* control = nullptr;
+  pid_t pid = 0;
+};
+ClientProcess* client_process = nullptr;
+
+// What the client process does for one run (see bench/client_process.h); "" or an error.
+std::string ServeRun(SharedControl* ctl, const LocalSecurity* tls, int rank) {
+  const ClientRunSpec spec = ctl->spec;
+  std::unique_ptr<BacklogGate> gate;
+  std::vector<std::unique_ptr<PushClient>> clients;
+  std::string error = MakePushClients(
+      spec, tls, rank, [ctl] { return ctl->applied.load(std::memory_order_relaxed); },
+      [ctl] { return ctl->version.load(std::memory_order_relaxed); }, &gate, &clients);
+  if (!error.empty()) return error;
+  const absl::Duration timeout =
+      absl::GetFlag(FLAGS_warmup) + absl::GetFlag(FLAGS_duration) + absl::Seconds(60);
+  for (auto& c : clients) {
+    c->CountAlsoIn(&ctl->acks, &ctl->refused);
+    c->Start(timeout);
+  }
+  ctl->state.store(SharedControl::kRunning, std::memory_order_release);
+  while (ctl->request.load(std::memory_order_acquire) != SharedControl::kStop) {
+    absl::SleepFor(absl::Milliseconds(1));
+  }
+  error = StopPushClients(clients);
+  clients.clear();
+  ctl->gate_reached.store(gate != nullptr && gate->reached());
+  return error;
+}
+
+// The client process's life: serves runs until asked to exit.
+[[noreturn]] void ClientProcessMain(SharedControl* ctl, const LocalSecurity* tls, int rank) {
+  const auto await = [ctl](int request) {
+    while (ctl->request.load(std::memory_order_acquire) != request) {
+      absl::SleepFor(absl::Milliseconds(1));
+    }
+  };
+  while (true) {
+    int request;
+    while ((request = ctl->request.load(std::memory_order_acquire)) == SharedControl::kIdle) {
+      absl::SleepFor(absl::Milliseconds(1));
+    }
+    if (request == SharedControl::kExit) std::_Exit(0);
+    const std::string error = ServeRun(ctl, tls, rank);
+    if (!error.empty()) {
+      std::snprintf(ctl->message, sizeof(ctl->message), "%s", error.c_str());
+      ctl->state.store(SharedControl::kFailed, std::memory_order_release);
+      await(SharedControl::kExit);
+      std::_Exit(1);
+    }
+    ctl->state.store(SharedControl::kStopped, std::memory_order_release);
+    await(SharedControl::kIdle);
+    ctl->state.store(SharedControl::kReady, std::memory_order_release);
+  }
+}
+
+// The CPUs of --client_cpus and --shard_cpus, defaults applied.
+std::pair<std::vector<int>, std::vector<int>> ProcessCpus() {
+  const std::vector<int> allowed = bench::AllowedCpus();
+  if (allowed.empty()) Die("sched_getaffinity failed");
+  std::vector<int> client, shard;
+  if (absl::GetFlag(FLAGS_client_cpus).empty()) {
+    client = {allowed.back()};
+  } else if (!bench::ParseCpuList(absl::GetFlag(FLAGS_client_cpus), &client)) {
+    Die("bad --client_cpus (expected a list such as \"1\" or \"0,2-3\")");
+  }
+  if (absl::GetFlag(FLAGS_shard_cpus).empty()) {
+    for (int c : allowed) {
+      if (std::find(client.begin(), client.end(), c) == client.end()) shard.push_back(c);
+    }
+    if (shard.empty()) shard = allowed;
+  } else if (!bench::ParseCpuList(absl::GetFlag(FLAGS_shard_cpus), &shard)) {
+    Die("bad --shard_cpus (expected a list such as \"0\" or \"0,2-3\")");
+  }
+  return {client, shard};
+}
+
+std::string CpuList(const std::vector<int>& cpus) { return absl::StrJoin(cpus, ","); }
+
+// Forks the client process (before any gRPC object exists) and pins both processes. The child
+// never returns from here.
+void StartClientProcess(const LocalSecurity* tls, int rank) {
+  const auto [client_cpus, shard_cpus] = ProcessCpus();
+  SharedControl* ctl = bench::NewSharedControl();
+  if (ctl == nullptr) Die("mmap of the shared control block failed");
+  std::fflush(nullptr);
+  const pid_t parent = getpid();
+  const pid_t pid = fork();
+  if (pid < 0) Die("fork failed");
+  if (pid == 0) {
+    bench::DieWithParent(parent);
+    if (!bench::PinProcess(client_cpus)) Die("cannot pin the client process");
+    ClientProcessMain(ctl, tls, rank);
+  }
+  if (!bench::PinProcess(shard_cpus)) Die("cannot pin the shard's process");
+  std::fprintf(stderr, "client process %d on CPU(s) %s, shard's process on CPU(s) %s\n",
+               static_cast<int>(pid), CpuList(client_cpus).c_str(),
+               CpuList(shard_cpus).c_str());
+  client_process = new ClientProcess{ctl, pid};
+}
+
+void StopClientProcess() {
+  if (client_process == nullptr) return;
+  client_process->control->request.store(SharedControl::kExit, std::memory_order_release);
+  waitpid(client_process->pid, nullptr, 0);
+}
+
+// The clients of one run in the client process. While a dion run lasts, a thread here
+// publishes the shard's applied count and version every millisecond (the in-process clients'
+// gate polls at the same rate).
+class RemoteClients final : public RunClients {
+ public:
+  // `shard`: null for echo; must outlive this.
+  RemoteClients(const ClientRunSpec& spec, const Shard* shard)
+      : ctl_(client_process->control), pid_(client_process->pid), shard_(shard) {
+    ctl_->spec = spec;
+    ctl_->acks.store(0);
+    ctl_->refused.store(0);
+    ctl_->gate_reached.store(false);
+    if (shard_ != nullptr) {
+      Publish();
+      publisher_ = std::thread([this] {
+        while (!done_.load()) {
+          Publish();
+          absl::SleepFor(absl::Milliseconds(1));
+        }
+      });
+    }
+  }
+  ~RemoteClients() override {
+    done_.store(true);
+    if (publisher_.joinable()) publisher_.join();
+  }
+  void Start(absl::Duration) override {  // the child knows the flags' timeout
+    ctl_->request.store(SharedControl::kRun, std::memory_order_release);
+    Await("start", [this] { return ctl_->state.load() != SharedControl::kReady; });
+    CheckFailed();
+  }
+  int64_t acks() const override { return ctl_->acks.load(); }
+  int64_t refused() const override { return ctl_->refused.load(); }
+  void Stop() override {
+    ctl_->request.store(SharedControl::kStop, std::memory_order_release);
+    Await("stop", [this] { return ctl_->state.load() != SharedControl::kRunning; });
+    CheckFailed();
+    ctl_->request.store(SharedControl::kIdle, std::memory_order_release);
+    Await("reset", [this] { return ctl_->state.load() == SharedControl::kReady; });
+  }
+  bool gate_reached() const override { return ctl_->gate_reached.load(); }
+  double cpu_seconds() const override { return bench::ProcessCpuSeconds(pid_); }
+
+ private:
+  void Publish() {
+    const int64_t applied = bench::ContributionsApplied(*shard_);
+    ctl_->version.store(shard_->store().Version(kParameter).value_or(0));
+    ctl_->applied.store(applied);
+  }
+  template <typename Done>
+  void Await(const char* what, Done done) {
+    if (!bench::AwaitChild(pid_, absl::Minutes(2), done)) {
+      Die(absl::StrCat("the client process did not ", what, " (exited or timed out)"));
+    }
+  }
+  void CheckFailed() {
+    if (ctl_->state.load(std::memory_order_acquire) == SharedControl::kFailed) {
+      Die(absl::StrCat("client process: ", ctl_->message));
+    }
+  }
+
+  SharedControl* const ctl_;
+  const pid_t pid_;
+  const Shard* const shard_;
+  std::atomic<bool> done_{false};
+  std::thread publisher_;
+};
+
+std::unique_ptr<RunClients> MakeRunClients(const ClientRunSpec& spec, const Shard* shard,
+                                           const LocalSecurity* tls, int rank) {
+  if (client_process != nullptr) return std::make_unique<RemoteClients>(spec, shard);
+  return std::make_unique<InProcessClients>(spec, shard, tls, rank);
+}
+
 // Starts the clients, warms up, counts over the window, stops the clients.
-RunResult Measure(std::vector<std::unique_ptr<PushClient>>& clients,
-                  const std::function<void(Counters&)>& server_counters) {
+RunResult Measure(RunClients& clients, const std::function<void(Counters&)>& server_counters) {
   const absl::Duration window = absl::GetFlag(FLAGS_duration);
   const absl::Duration warmup = absl::GetFlag(FLAGS_warmup);
-  for (auto& c : clients) c->Start(warmup + window + absl::Seconds(60));
+  clients.Start(warmup + window + absl::Seconds(60));
   absl::SleepFor(warmup);
   const auto read = [&] {
     Counters c;
     server_counters(c);  // first: it may wait for a running step
     c.time = absl::Now();
-    for (auto& client : clients) {
-      c.acks += client->acks();
-      c.refused += client->refused();
-    }
+    c.acks = clients.acks();
+    c.refused = clients.refused();
+    c.cpu_self = bench::ProcessCpuSeconds(0);
+    c.cpu_clients = clients.cpu_seconds();
     return c;
   };
   const Counters a = read();
   absl::SleepFor(window);
   const Counters b = read();
-  for (auto& c : clients) {
-    grpc::Status s = c->Stop();
-    if (!s.ok()) Die(absl::StrCat("Push stream ended with ", s.error_message()));
-    if (c->refused() > 0) std::fprintf(stderr, "  refused: %s\n", c->first_refusal().c_str());
-  }
+  clients.Stop();
   const double seconds = absl::ToDoubleSeconds(b.time - a.time);
   RunResult r;
   r.pushes_per_s = (b.acks - a.acks) / seconds;
   r.refused = b.refused;
+  r.cores_self = (b.cpu_self - a.cpu_self) / seconds;
+  r.cores_clients = (b.cpu_clients - a.cpu_clients) / seconds;
   r.applied_per_s = (b.applied - a.applied) / seconds;
   const int64_t steps = b.steps - a.steps;
   r.steps_per_s = steps / seconds;
@@ -248,18 +565,10 @@ std::string WalRunRoot() {
 RunResult RunDion(int num_clients, int rank, bool bounded, bool wal = false,
                   const LocalSecurity* tls = nullptr) {
   ServerOptions options;
-  std::shared_ptr<grpc::ChannelCredentials> credentials;
   if (tls != nullptr) {  // TLS, and every client sends an admin token
     options.tls.cert_file = tls->server_cert_file;
     options.tls.key_file = tls->server_key_file;
     options.auth_tokens_file = tls->tokens_file;
-    TlsClientConfig client;
-    client.ca_file = tls->ca_file;
-    client.token_file = tls->admin_token_file;
-    absl::StatusOr<std::shared_ptr<grpc::ChannelCredentials>> made =
-        MakeChannelCredentials(client);
-    if (!made.ok()) Die(made.status().ToString());
-    credentials = *made;
   }
   std::string wal_root;
   if (wal) {
@@ -282,21 +591,13 @@ RunResult RunDion(int num_clients, int rank, bool bounded, bool wal = false,
   absl::StatusOr<std::unique_ptr<DionServer>> server = DionServer::Start(options);
   if (!server.ok()) Die(server.status().ToString());
   DionServer& s = **server;
-  const auto applied_version = [&s] { return s.shard().store().Version(kParameter).value_or(0); };
-  const int64_t cap =
-      absl::GetFlag(bounded ? FLAGS_max_backlog : FLAGS_unbounded_cap);
-  auto gate = std::make_unique<BacklogGate>(&s.shard(), cap);
-
-  std::vector<std::unique_ptr<PushClient>> clients;
-  for (int i = 0; i < num_clients; ++i) {
-    const std::string worker = absl::StrCat("bench-", i);
-    clients.push_back(std::make_unique<PushClient>(
-        s.address(), /*echo=*/false, Prototype(worker, absl::GetFlag(FLAGS_n), rank, 100 + i),
-        absl::GetFlag(FLAGS_window), gate.get(), applied_version, credentials));
-    grpc::Status registered = clients.back()->Register(ModelRequest(worker));
-    if (!registered.ok()) Die(absl::StrCat("RegisterModel: ", registered.error_message()));
-  }
-  RunResult r = Measure(clients, [&s](Counters& c) {
+  ClientRunSpec spec;
+  spec.port = s.port();
+  spec.clients = num_clients;
+  spec.tls = tls != nullptr;
+  spec.max_backlog = absl::GetFlag(bounded ? FLAGS_max_backlog : FLAGS_unbounded_cap);
+  std::unique_ptr<RunClients> clients = MakeRunClients(spec, &s.shard(), tls, rank);
+  RunResult r = Measure(*clients, [&s](Counters& c) {
     const ShardStatus status = s.shard().Status();
     for (const ShardStatus::Parameter& p : status.parameters) {
       c.steps += p.status.steps;
@@ -305,12 +606,11 @@ RunResult RunDion(int num_clients, int rank, bool bounded, bool wal = false,
     }
     c.phase_s = PhaseSums(s.metrics().Serialize());
   });
-  clients.clear();
-  if (!bounded && gate->reached()) {
+  if (!bounded && clients->gate_reached()) {
     std::fprintf(stderr, "  reached --unbounded_cap=%lld: this run's ack rate is capped\n",
-                 static_cast<long long>(cap));
+                 static_cast<long long>(spec.max_backlog));
   }
-  gate.reset();
+  clients.reset();
   const ShardStatus end_status = s.shard().Status();
   r.wal_syncs = static_cast<double>(end_status.wal_syncs);
   for (const ShardStatus::Parameter& p : end_status.parameters) {
@@ -332,15 +632,13 @@ RunResult RunEcho(int num_clients, int rank) {
   builder.RegisterService(&service);
   std::unique_ptr<grpc::Server> server = builder.BuildAndStart();
   if (server == nullptr || port == 0) Die("cannot start the echo server");
-  std::vector<std::unique_ptr<PushClient>> clients;
-  for (int i = 0; i < num_clients; ++i) {
-    clients.push_back(std::make_unique<PushClient>(
-        absl::StrCat("127.0.0.1:", port), /*echo=*/true,
-        Prototype(absl::StrCat("bench-", i), absl::GetFlag(FLAGS_n), rank, 100 + i),
-        absl::GetFlag(FLAGS_window), nullptr, [] { return int64_t{0}; }));
-  }
-  RunResult r = Measure(clients, [](Counters&) {});
-  clients.clear();
+  ClientRunSpec spec;
+  spec.port = port;
+  spec.clients = num_clients;
+  spec.echo = true;
+  std::unique_ptr<RunClients> clients = MakeRunClients(spec, nullptr, nullptr, rank);
+  RunResult r = Measure(*clients, [](Counters&) {});
+  clients.reset();
   server->Shutdown(absl::ToChronoTime(absl::Now() + absl::Seconds(5)));
   server->Wait();
   return r;
@@ -447,27 +745,20 @@ void LogRun(const char* what, int rep, int clients, const RunResult& d) {
   std::fprintf(stderr,
                "rep %d clients %d %s: %.0f pushes/s, applied %.0f/s, %.1f steps/s, "
                "%.1f per step, step %.1f ms, busy %.2f, backlog %lld, drain %.2f s, "
-               "refused %lld\n",
+               "refused %lld, cores %.2f (shard's process) %.2f (client process)\n",
                rep, clients, what, d.pushes_per_s, d.applied_per_s, d.steps_per_s, d.per_step,
                d.step_ms, d.busy, static_cast<long long>(d.backlog), d.drain_s,
-               static_cast<long long>(d.refused));
+               static_cast<long long>(d.refused), d.cores_self, d.cores_clients);
 }
 
-AllRuns RunAll(const std::vector<int>& counts, const RunKinds& kinds, int rank, int reps) {
+AllRuns RunAll(const std::vector<int>& counts, const RunKinds& kinds, int rank, int reps,
+               const LocalSecurity* tls) {
   AllRuns all;
   all.echo.resize(counts.size());
   all.dion.resize(counts.size());
   all.bounded.resize(counts.size());
   all.bounded_wal.resize(counts.size());
   all.bounded_tls.resize(counts.size());
-  std::optional<LocalSecurity> tls;
-  const std::string tls_root = absl::StrCat(std::filesystem::temp_directory_path().string(),
-                                            "/push_bench-tls-", getpid());
-  if (kinds.bounded_tls) {
-    absl::StatusOr<LocalSecurity> made = CreateLocalSecurity(tls_root, 1);
-    if (!made.ok()) Die(made.status().ToString());
-    tls = *std::move(made);
-  }
   for (int rep = 0; rep < reps; ++rep) {
     for (size_t i = 0; i < counts.size(); ++i) {
       if (kinds.echo) {
@@ -489,12 +780,11 @@ AllRuns RunAll(const std::vector<int>& counts, const RunKinds& kinds, int rank, 
       }
       if (kinds.bounded_tls) {
         all.bounded_tls[i].push_back(
-            RunDion(counts[i], rank, /*bounded=*/true, /*wal=*/false, &*tls));
+            RunDion(counts[i], rank, /*bounded=*/true, /*wal=*/false, tls));
         LogRun("dion bounded tls", rep, counts[i], all.bounded_tls[i].back());
       }
     }
   }
-  if (kinds.bounded_tls) std::filesystem::remove_all(tls_root);
   return all;
 }
 
@@ -513,6 +803,10 @@ double PairedRatio(const std::vector<RunResult>& a, const std::vector<RunResult>
   }
   return Median(v);
 }
+
+// Pushes per CPU second of this process: what a push costs it, however much CPU other
+// processes on the machine left it.
+double PushesPerCpuSecond(const RunResult& r) { return r.pushes_per_s / r.cores_self; }
 
 void PrintThroughput(const std::vector<int>& counts, const AllRuns& all, double payload,
                      int64_t max_backlog) {
@@ -538,14 +832,38 @@ void PrintThroughput(const std::vector<int>& counts, const AllRuns& all, double 
 
 void PrintTls(const std::vector<int>& counts, const AllRuns& all) {
   const auto pushes = [](const RunResult& r) { return r.pushes_per_s; };
+  const auto pair = [](const std::vector<RunResult>& plain, const std::vector<RunResult>& tls,
+                       auto field, int digits) {
+    return absl::StrCat(Fmt(MedianOf(plain, field), digits), " / ",
+                        Fmt(MedianOf(tls, field), digits));
+  };
   std::printf("\nTLS and a bearer token on every call (ECDSA P-256 certificate), backlog bound "
-              "as above:\n\n| clients | pushes/s plaintext | pushes/s TLS + token | "
-              "TLS / plaintext (paired) |\n|---|---|---|---|\n");
+              "as above; busy = the shard's step time / window; cores = CPU seconds per second "
+              "of the shard's process and of the client process (plaintext / TLS); pushes per "
+              "CPU second of the shard's process (the clients' too without --client_process), "
+              "plaintext / TLS and their paired ratio:\n\n"
+              "| clients | pushes/s plaintext | pushes/s TLS + token | TLS / plaintext (paired) | "
+              "per repetition | busy | shard's process cores | client process cores | "
+              "pushes per CPU s | TLS / plaintext per CPU s (paired) |\n"
+              "|---|---|---|---|---|---|---|---|---|---|\n");
   for (size_t i = 0; i < counts.size(); ++i) {
-    std::printf("| %d | %s | %s | %s |\n", counts[i],
-                Fmt(MedianOf(all.bounded[i], pushes)).c_str(),
-                Fmt(MedianOf(all.bounded_tls[i], pushes)).c_str(),
-                Fmt(PairedRatio(all.bounded_tls[i], all.bounded[i]), 3).c_str());
+    const std::vector<RunResult>& plain = all.bounded[i];
+    const std::vector<RunResult>& tls = all.bounded_tls[i];
+    std::vector<std::string> per_rep;
+    for (size_t k = 0; k < std::min(plain.size(), tls.size()); ++k) {
+      per_rep.push_back(Fmt(tls[k].pushes_per_s / plain[k].pushes_per_s, 2));
+    }
+    std::vector<double> per_cpu;
+    for (size_t k = 0; k < std::min(plain.size(), tls.size()); ++k) {
+      per_cpu.push_back(PushesPerCpuSecond(tls[k]) / PushesPerCpuSecond(plain[k]));
+    }
+    std::printf("| %d | %s | %s | %s | %s | %s | %s | %s | %s | %s |\n", counts[i],
+                Fmt(MedianOf(plain, pushes)).c_str(), Fmt(MedianOf(tls, pushes)).c_str(),
+                Fmt(PairedRatio(tls, plain), 3).c_str(), absl::StrJoin(per_rep, ", ").c_str(),
+                pair(plain, tls, [](const RunResult& r) { return r.busy; }, 2).c_str(),
+                pair(plain, tls, [](const RunResult& r) { return r.cores_self; }, 2).c_str(),
+                pair(plain, tls, [](const RunResult& r) { return r.cores_clients; }, 2).c_str(),
+                pair(plain, tls, PushesPerCpuSecond, 0).c_str(), Fmt(Median(per_cpu), 3).c_str());
   }
 }
 
@@ -612,22 +930,38 @@ int Main() {
   const int n = absl::GetFlag(FLAGS_n);
   const int rank = DionRank(n, n, absl::GetFlag(FLAGS_rank_fraction), 1);
   const int reps = std::max(1, absl::GetFlag(FLAGS_reps));
-  SetBlasThreads(absl::GetFlag(FLAGS_blas_threads));
   const double payload = 2.0 * n * rank * sizeof(float);
   const size_t message_bytes = Prototype("bench-0", n, rank, 1).ByteSizeLong();
   const int64_t max_backlog = absl::GetFlag(FLAGS_max_backlog);
   if (max_backlog < 1) Die("--max_backlog must be >= 1");
   const double load_before = LoadAverage();
+  // The certificates and tokens of the bounded_tls runs (made with the openssl command).
+  std::optional<LocalSecurity> tls;
+  const std::string tls_root = absl::StrCat(std::filesystem::temp_directory_path().string(),
+                                            "/push_bench-tls-", getpid());
+  if (kinds.bounded_tls) {
+    absl::StatusOr<LocalSecurity> made = CreateLocalSecurity(tls_root, 1);
+    if (!made.ok()) Die(made.status().ToString());
+    tls = *std::move(made);
+  }
+  // Before any gRPC object exists; the child never returns from here.
+  if (absl::GetFlag(FLAGS_client_process)) StartClientProcess(tls ? &*tls : nullptr, rank);
+  SetBlasThreads(absl::GetFlag(FLAGS_blas_threads));
   const MessageCosts costs = TimeMessageCosts(n, rank, 50);
 
-  const AllRuns all = RunAll(counts, kinds, rank, reps);
+  const AllRuns all = RunAll(counts, kinds, rank, reps, tls ? &*tls : nullptr);
+  StopClientProcess();
+  if (tls) std::filesystem::remove_all(tls_root);
   std::printf("push_bench: %d x %d Dion parameter, rank %d; payload %.0f bytes (P + R), message "
               "%zu bytes; window %d per client; %s measured after %s warm-up; median of %d; "
-              "MB = 1e6 bytes of payload; load average %.1f -> %.1f\n\n",
+              "MB = 1e6 bytes of payload; load average %.1f -> %.1f; clients %s\n\n",
               n, n, rank, payload, message_bytes, absl::GetFlag(FLAGS_window),
               absl::FormatDuration(absl::GetFlag(FLAGS_duration)).c_str(),
               absl::FormatDuration(absl::GetFlag(FLAGS_warmup)).c_str(), reps, load_before,
-              LoadAverage());
+              LoadAverage(),
+              client_process != nullptr
+                  ? "in their own process on other CPUs (--client_process)"
+                  : "in the shard's process, on its CPUs");
   PrintThroughput(counts, all, payload, max_backlog);
   if (kinds.bounded && kinds.bounded_wal) PrintWal(counts, all);
   if (kinds.bounded && kinds.bounded_tls) PrintTls(counts, all);

@@ -13,6 +13,7 @@
 #include <memory>
 #include <string>
 #include <thread>
+#include <utility>
 
 #include "absl/base/thread_annotations.h"
 #include "absl/strings/str_cat.h"
@@ -40,6 +41,14 @@ inline std::shared_ptr<grpc::Channel> NewChannel(
       address, credentials != nullptr ? credentials : grpc::InsecureChannelCredentials(), args);
 }
 
+// The contributions `shard` has applied so far, over all its parameters. Waits for a running
+// step (the parameter's mutex), which is when the count changes.
+inline int64_t ContributionsApplied(const Shard& shard) {
+  int64_t applied = 0;
+  for (const ParameterStatus& p : shard.store().Statuses()) applied += p.contributions_applied;
+  return applied;
+}
+
 // Bounds the backlog of a dion run: contributions sent but not yet applied by a step. Without
 // it the server acknowledges as fast as it can decode and queues closed batches without limit
 // (acks do not wait for steps). A poller thread follows the shard's applied count; Pass()
@@ -49,7 +58,11 @@ class BacklogGate {
  public:
   // `shard` must outlive the gate.
   BacklogGate(const Shard* shard, int64_t max_backlog)
-      : shard_(shard), max_backlog_(max_backlog), poller_([this] { Poll(); }) {}
+      : BacklogGate([shard] { return ContributionsApplied(*shard); }, max_backlog) {}
+  // `applied` gives the shard's contributions applied so far (push_bench's client process
+  // reads it from the shard's process); it is polled every millisecond.
+  BacklogGate(std::function<int64_t()> applied, int64_t max_backlog)
+      : applied_fn_(std::move(applied)), max_backlog_(max_backlog), poller_([this] { Poll(); }) {}
   ~BacklogGate() {
     {
       MutexLock lock(&mu_);
@@ -81,11 +94,7 @@ class BacklogGate {
  private:
   void Poll() {
     while (true) {
-      int64_t applied = 0;
-      // Waits for a running step (the parameter's mutex), which is when `applied` changes.
-      for (const ParameterStatus& p : shard_->store().Statuses()) {
-        applied += p.contributions_applied;
-      }
+      const int64_t applied = applied_fn_();
       {
         MutexLock lock(&mu_);
         if (done_) return;
@@ -98,7 +107,7 @@ class BacklogGate {
     }
   }
 
-  const Shard* const shard_;
+  const std::function<int64_t()> applied_fn_;
   const int64_t max_backlog_;
   mutable Mutex mu_;
   CondVar cv_;
@@ -165,6 +174,13 @@ class PushClient {
     return final_;
   }
 
+  // Before Start: also count acks and refusals in `acks` and `refused` (push_bench's client
+  // process sums its clients' counters in shared memory for the shard's process to read).
+  void CountAlsoIn(std::atomic<int64_t>* acks, std::atomic<int64_t>* refused) {
+    extra_acks_ = acks;
+    extra_refused_ = refused;
+  }
+
   int64_t acks() const { return acks_.load(std::memory_order_relaxed); }
   bool stopping() const {
     MutexLock lock(&mu_);
@@ -198,12 +214,14 @@ class PushClient {
     v1::PushAck ack;
     while (stream_->Read(&ack)) {
       if (ack.result() != v1::PUSH_RESULT_ACCEPTED) {
+        if (extra_refused_ != nullptr) extra_refused_->fetch_add(1, std::memory_order_relaxed);
         if (refused_.fetch_add(1) == 0) {
           MutexLock lock(&mu_);
           first_refusal_ = absl::StrCat(v1::PushResult_Name(ack.result()), ": ", ack.message());
         }
       }
       acks_.fetch_add(1, std::memory_order_relaxed);
+      if (extra_acks_ != nullptr) extra_acks_->fetch_add(1, std::memory_order_relaxed);
       MutexLock lock(&mu_);
       --in_flight_;
       cv_.Signal();
@@ -234,6 +252,8 @@ class PushClient {
   std::string first_refusal_ ABSL_GUARDED_BY(mu_);
   std::atomic<int64_t> acks_{0};
   std::atomic<int64_t> refused_{0};
+  std::atomic<int64_t>* extra_acks_ = nullptr;  // set before Start, then read only
+  std::atomic<int64_t>* extra_refused_ = nullptr;
 };
 
 // The echo baseline's handler: parse, answer, nothing else (same sync API as the real service).
