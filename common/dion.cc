@@ -94,11 +94,13 @@ DionState InitDionState(int64_t m, int64_t n, int rank, uint64_t seed) {
 
 void ApplyLowRankUpdate(MatrixRef X, float decay, float scale, ConstMatrixRef P,
                         ConstMatrixRef Q, bool transposed) {
-  // Not a BLAS GEMM: its bits depend on the CPU model (lowrank_update.h).
+  // Not a BLAS GEMM: its bits depend on the CPU model (lowrank_update.h). The kernel gets
+  // the threads an sgemm would, which change nothing in its bits.
+  const int threads = BlasThreads();
   if (transposed) {
-    LowRankUpdate(X, decay, scale, Q, P);  // X^T = decay X^T - scale P Q^T
+    LowRankUpdate(X, decay, scale, Q, P, threads);  // X^T = decay X^T - scale P Q^T
   } else {
-    LowRankUpdate(X, decay, scale, P, Q);
+    LowRankUpdate(X, decay, scale, P, Q, threads);
   }
 }
 
