@@ -1,6 +1,7 @@
 #include "common/lowrank_update.h"
 
 #include <algorithm>
+#include <atomic>
 #include <cassert>
 #include <cstdint>
 #include <memory>
@@ -26,6 +27,9 @@ constexpr int kTileCols = kTileVectors * kLanes;
 // Rows of A a block holds: about this many bytes of A, so that a block stays in the L2 cache
 // while the strips of packed B pass over it.
 constexpr int64_t kBlockBytes = 256 * 1024;
+
+// Strips a thread packs and updates at a time: 256 columns of X.
+constexpr int64_t kMaxGroupStrips = 8;
 
 // Multiply-adds below which a call runs on the calling thread alone (starting a thread costs
 // tens of microseconds).
@@ -109,15 +113,19 @@ void LowRankUpdate(MatrixRef X, float decay, float scale, ConstMatrixRef A, Cons
   const int64_t work = m * n * std::max<int64_t>(r, 1);
   const int64_t parts = std::clamp<int64_t>(
       std::min<int64_t>(threads, work / kMinWorkPerThread), 1, strips);
-  // Part p takes the strips [strips * p / parts, strips * (p + 1) / parts): which thread
-  // computes an element decides nothing about how it is computed.
-  const auto run = [&](int64_t p) {
-    const int64_t first = strips * p / parts, last = strips * (p + 1) / parts;
-    UpdateStrips(X, decay, scale, A, B, first, last - first);
+  // The threads take groups of strips from a shared counter until none is left, so that a
+  // thread the OS preempts on a loaded machine holds up no other; which thread computes an
+  // element decides nothing about how it is computed.
+  const int64_t group = std::clamp<int64_t>(strips / (4 * parts), 1, kMaxGroupStrips);
+  std::atomic<int64_t> next{0};
+  const auto run = [&] {
+    for (int64_t first = next.fetch_add(group); first < strips; first = next.fetch_add(group)) {
+      UpdateStrips(X, decay, scale, A, B, first, std::min(group, strips - first));
+    }
   };
   std::vector<std::thread> helpers;
-  for (int64_t p = 1; p < parts; ++p) helpers.emplace_back(run, p);
-  run(0);
+  for (int64_t p = 1; p < parts; ++p) helpers.emplace_back(run);
+  run();
   for (std::thread& t : helpers) t.join();
 }
 
