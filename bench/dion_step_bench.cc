@@ -8,6 +8,9 @@
 //   GEMM-bound the four sgemm calls a step consists of, each timed alone on the step's own
 //              operands:  P = B Q,  R = B^T P,  M -= (1 - mu) P R^T (beta 1),
 //              X = decay X - scale P Q^T (beta decay); the sum of their medians;
+//   kernels    the two rank-r updates as the step runs them (LowRankUpdate on the step's
+//              threads, common/lowrank_update.h), timed alone: with P = B Q and R = B^T P
+//              they give the products-bound, the step's own four products;
 //   split      the rest of a step, timed alone: the finiteness check of G and of the n x r
 //              factors P and R (dion::AllFinite, as common/dion.cc does them), the
 //              B = M + G pass, Orthonormalize(P) on the step's un-normalised P, the column
@@ -40,6 +43,7 @@
 #include "bench/median.h"
 #include "common/blas.h"
 #include "common/dion.h"
+#include "common/lowrank_update.h"
 #include "common/matrix.h"
 #include "common/muon.h"
 #include "common/orthonormalize.h"
@@ -129,6 +133,7 @@ struct Row {
   // median of the per-repetition GEMM sums.
   double step_min = 0, gemm_min = 0, gemm_rep_median = 0;
   double gemm_pq = 0, gemm_btp = 0, gemm_m = 0, gemm_x = 0;
+  double kernel_m = 0, kernel_x = 0;  // the step's rank-r updates, timed alone
   double finite = 0, factor_checks = 0, b_pass = 0, ortho = 0, colnorm = 0;
   // The step's phases (timed through DionStep's phase_end), medians: where inside DionStep
   // the time goes, to compare with the isolated timings above.
@@ -140,13 +145,16 @@ struct Row {
 
   double Gflops() const { return 8.0 * n * n * r / gemm / 1e9; }
   double Ratio() const { return step / gemm; }
+  // The step over its own four products (two sgemm, two kernel updates).
+  double Products() const { return gemm_pq + gemm_btp + kernel_m + kernel_x; }
+  double ProductsRatio() const { return step / Products(); }
   double MinRatio() const { return step_min / gemm_min; }
   double Rest() const { return finite + factor_checks + b_pass + ortho + colnorm; }
 };
 
 // Per-repetition timings of BenchDion, seconds.
 struct Samples {
-  std::vector<double> step, gemm, pq, btp, gm, gx, finite, checks, b_pass, ortho, colnorm;
+  std::vector<double> step, gemm, pq, btp, gm, gx, km, kx, finite, checks, b_pass, ortho, colnorm;
   std::vector<double> in_power, in_ortho, in_update, in_rest;
 };
 
@@ -163,6 +171,8 @@ void Summarise(const Samples& s, Row& row) {
   row.gemm_btp = Median(s.btp);
   row.gemm_m = Median(s.gm);
   row.gemm_x = Median(s.gx);
+  row.kernel_m = Median(s.km);
+  row.kernel_x = Median(s.kx);
   // The brief's GEMM-bound: the sum of the four medians (robust to one slow call).
   row.gemm = row.gemm_pq + row.gemm_btp + row.gemm_m + row.gemm_x;
   row.finite = Median(s.finite);
@@ -229,6 +239,9 @@ Row BenchDion(int64_t n, int r, double fraction, int reps, const DionConfig& con
     if (!factors_finite) std::abort();  // impossible for a finite Gaussian G
     const double t_m = Seconds([&] { Gemm(Trans::kNo, Trans::kYes, m_alpha, Po, R, 1.0f, Mg); });
     const double t_x = Seconds([&] { Gemm(Trans::kNo, Trans::kYes, -scale, Po, Qn, decay, Xg); });
+    const int threads = BlasThreads();
+    const double t_km = Seconds([&] { LowRankUpdate(Mg, 1.0f, -m_alpha, Po, R, threads); });
+    const double t_kx = Seconds([&] { LowRankUpdate(Xg, decay, scale, Po, Qn, threads); });
     if (rep < 0) continue;
 
     samples.step.push_back(t_step);
@@ -236,6 +249,8 @@ Row BenchDion(int64_t n, int r, double fraction, int reps, const DionConfig& con
     samples.btp.push_back(t_btp);
     samples.gm.push_back(t_m);
     samples.gx.push_back(t_x);
+    samples.km.push_back(t_km);
+    samples.kx.push_back(t_kx);
     samples.gemm.push_back(t_pq + t_btp + t_m + t_x);
     samples.finite.push_back(t_finite);
     samples.checks.push_back(t_checks);
@@ -276,29 +291,33 @@ void PrintMarkdown(const std::vector<Row>& rows, int threads, absl::string_view 
                method);
   absl::PrintF(
       "| n | r | reps | step ms | GEMM-bound ms | sgemm GFLOP/s | step / GEMM | target <= %.2f"
-      " | min step / min GEMM | Newton-Schulz ms | step / NS |\n",
+      " | min step / min GEMM | products-bound ms | step / products | Newton-Schulz ms"
+      " | step / NS |\n",
       target);
-  absl::PrintF("|---|---|---|---|---|---|---|---|---|---|---|\n");
+  absl::PrintF("|---|---|---|---|---|---|---|---|---|---|---|---|---|\n");
   for (const Row& row : rows) {
     const bool ok = row.Ratio() <= target;
-    absl::PrintF("| %d | %d | %d | %s | %s | %.1f | %.3f | %s | %.3f | %s | %s |\n", row.n,
+    absl::PrintF("| %d | %d | %d | %s | %s | %.1f | %.3f | %s | %.3f | %s | %.3f | %s | %s |\n",
+                 row.n,
                  row.r, row.reps, Ms(row.step), Ms(row.gemm), row.Gflops(), row.Ratio(),
                  ok ? "met" : absl::StrFormat("missed by %.1f%%", (row.Ratio() / target - 1) * 100),
-                 row.MinRatio(), Ms(row.muon),
+                 row.MinRatio(), Ms(row.Products()), row.ProductsRatio(), Ms(row.muon),
                  std::isnan(row.muon) ? "-" : absl::StrFormat("%.3f", row.step / row.muon));
   }
   absl::PrintF(
       "\nSplit of the step (medians, ms; each part timed alone on the step's own operands)\n\n");
   absl::PrintF(
-      "| n | r | B Q | B^T P | M -= P R^T | X = dX - s P Q^T | finite(G) | finite(P), finite(R) "
-      "| B = M + G | orthonormalize | colnorm(R) | GEMMs + rest | step | unexplained "
+      "| n | r | B Q | B^T P | M -= P R^T | X = dX - s P Q^T | M kernel | X kernel | finite(G) | finite(P), finite(R) "
+      "| B = M + G | orthonormalize | colnorm(R) | products + rest | step | unexplained "
       "| ortho used (fallback steps) |\n");
-  absl::PrintF("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n");
+  absl::PrintF("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n");
   for (const Row& row : rows) {
-    const double sum = row.gemm + row.Rest();
+    const double sum = row.Products() + row.Rest();
     absl::PrintF(
-        "| %d | %d | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s (%d) |\n",
+        "| %d | %d | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s "
+        "| %s (%d) |\n",
         row.n, row.r, Ms(row.gemm_pq), Ms(row.gemm_btp), Ms(row.gemm_m), Ms(row.gemm_x),
+        Ms(row.kernel_m), Ms(row.kernel_x),
         Ms(row.finite), Ms(row.factor_checks), Ms(row.b_pass), Ms(row.ortho), Ms(row.colnorm),
         Ms(sum), Ms(row.step), Ms(row.step - sum), row.ortho_used, row.ortho_fallback_steps);
   }
@@ -310,14 +329,14 @@ void PrintPhases(const std::vector<Row>& rows) {
       "alone\n\n");
   absl::PrintF(
       "| n | r | power iteration: B Q, B^T P, checks, colnorm | alone | orthonormalize | alone | "
-      "update: M, X GEMMs, Q copy | alone | rest: finite(G), B = M + G, allocation | alone |\n");
+      "update: M, X kernels, Q copy | alone | rest: finite(G), B = M + G, allocation | alone |\n");
   absl::PrintF("|---|---|---|---|---|---|---|---|---|---|\n");
   for (const Row& row : rows) {
     absl::PrintF("| %d | %d | %s | %s | %s | %s | %s | %s | %s | %s |\n", row.n, row.r,
                  Ms(row.in_power),
                  Ms(row.gemm_pq + row.gemm_btp + row.factor_checks + row.colnorm),
                  Ms(row.in_ortho), Ms(row.ortho), Ms(row.in_update),
-                 Ms(row.gemm_m + row.gemm_x), Ms(row.in_rest), Ms(row.finite + row.b_pass));
+                 Ms(row.kernel_m + row.kernel_x), Ms(row.in_rest), Ms(row.finite + row.b_pass));
   }
 }
 
@@ -335,7 +354,8 @@ std::string Json(const std::vector<Row>& rows, int threads, absl::string_view me
         "\"ortho_fallback_steps\": %d, \"muon_s\": %s, \"muon_reps\": %d, \"step_min_s\": %s, "
         "\"gemm_bound_min_s\": %s, \"min_ratio\": %s, \"gemm_rep_median_s\": %s, "
         "\"in_step_power_s\": %s, \"in_step_ortho_s\": %s, \"in_step_update_s\": %s, "
-        "\"in_step_rest_s\": %s}",
+        "\"in_step_rest_s\": %s, \"kernel_m_s\": %s, \"kernel_x_s\": %s, "
+        "\"products_bound_s\": %s, \"products_ratio\": %s}",
         row.n, row.r, JsonNumber(row.fraction), row.reps, JsonNumber(row.step),
         JsonNumber(row.gemm), JsonNumber(row.Gflops()), JsonNumber(row.Ratio()),
         JsonNumber(row.gemm_pq), JsonNumber(row.gemm_btp), JsonNumber(row.gemm_m),
@@ -345,7 +365,8 @@ std::string Json(const std::vector<Row>& rows, int threads, absl::string_view me
         row.ortho_fallback_steps, JsonNumber(row.muon), row.muon_reps, JsonNumber(row.step_min),
         JsonNumber(row.gemm_min), JsonNumber(row.MinRatio()), JsonNumber(row.gemm_rep_median),
         JsonNumber(row.in_power), JsonNumber(row.in_ortho), JsonNumber(row.in_update),
-        JsonNumber(row.in_rest)));
+        JsonNumber(row.in_rest), JsonNumber(row.kernel_m), JsonNumber(row.kernel_x),
+        JsonNumber(row.Products()), JsonNumber(row.ProductsRatio())));
   }
   return absl::StrFormat("{\"bench\": \"dion_step\", \"threads\": %d, \"method\": \"%s\", "
                          "\"openblas\": \"%s\", \"rows\": [\n  %s\n]}\n",

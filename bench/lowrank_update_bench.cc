@@ -34,7 +34,8 @@ ABSL_FLAG(std::string, rank_fractions, "0.25,0.0625",
           "Comma-separated rank fractions; r = DionRank(m, n, fraction, 1)");
 ABSL_FLAG(int, reps, 9, "Timed repetitions of each (median)");
 ABSL_FLAG(double, min_seconds, 0.02, "Minimum duration of one repetition (calls are looped)");
-ABSL_FLAG(int, threads, 1, "OpenBLAS threads (dion-server's --blas_threads default is 1)");
+ABSL_FLAG(int, threads, 1,
+          "OpenBLAS threads, and the kernel's (dion-server's --blas_threads default is 1)");
 ABSL_FLAG(uint64_t, seed, 1, "Seed of X, P and Q");
 
 namespace dion {
@@ -68,7 +69,7 @@ Row Bench(int64_t m, int64_t n, int r, int reps, double min_seconds, uint64_t se
   const Matrix& A = transposed ? Q : P;
   const Matrix& B = transposed ? P : Q;
   const auto blas = [&] { Gemm(Trans::kNo, Trans::kYes, -scale, A, B, decay, X); };
-  const auto kernel = [&] { LowRankUpdate(X, decay, scale, A, B); };
+  const auto kernel = [&] { LowRankUpdate(X, decay, scale, A, B, BlasThreads()); };
   blas();  // warm-up, and a call count that fills --min_seconds
   kernel();
   const double once = std::max(SecondsPerCall(1, blas), SecondsPerCall(1, kernel));

@@ -1,7 +1,10 @@
 #include "common/dion.h"
 
 #include <algorithm>
+#include <atomic>
 #include <cmath>
+#include <thread>
+#include <vector>
 
 #include "absl/strings/str_cat.h"
 #include "common/blas.h"
@@ -22,14 +25,50 @@ void ColumnNormalize(const Matrix& R, double eps, Matrix& Q) {
   Q = (R.array().rowwise() / denominators.array()).matrix();
 }
 
-// The error feedback: M = B - (1 - mu) P R^T, in place in B's buffer (on X^T when transposed).
+// The error feedback: M = B - (1 - mu) P R^T, in place in B's buffer (on X^T when
+// transposed). The weights' kernel with decay 1 (exact) rather than an sgemm: on the step's
+// threads it is the faster of the two here (docs/benchmarks.md, "Dion step"), and M's bits
+// then no longer depend on the CPU model either.
 void ErrorFeedback(Matrix& B, const Matrix& P, const Matrix& R, double mu, bool transposed) {
-  const float alpha = static_cast<float>(-(1.0 - mu));
+  const float scale = static_cast<float>(1.0 - mu);
   if (transposed) {
-    Gemm(Trans::kNo, Trans::kYes, alpha, R, P, 1.0f, B);
+    LowRankUpdate(B, 1.0f, scale, R, P, BlasThreads());
   } else {
-    Gemm(Trans::kNo, Trans::kYes, alpha, P, R, 1.0f, B);
+    LowRankUpdate(B, 1.0f, scale, P, R, BlasThreads());
   }
+}
+
+// Runs f(begin, end) over `parts` contiguous ranges of [0, rows) at once, on the calling
+// thread and parts - 1 threads it starts and joins.
+template <typename F>
+void ForRowRanges(int64_t rows, int parts, F f) {
+  std::vector<std::thread> helpers;
+  for (int p = 1; p < parts; ++p) {
+    helpers.emplace_back(f, rows * p / parts, rows * (p + 1) / parts);
+  }
+  f(int64_t{0}, rows / parts);
+  for (std::thread& t : helpers) t.join();
+}
+
+// Elements below which an element-wise pass over a parameter stays on the calling thread.
+constexpr int64_t kMinElementsPerThread = int64_t{1} << 20;
+
+// Whether G is finite and, only if so, M += G: both passes by row blocks over the step's
+// threads (BlasThreads()); nothing is written unless every element of G is finite.
+bool AddFiniteGradient(Matrix& M, ConstMatrixRef G) {
+  const int64_t rows = M.rows();
+  const int parts = static_cast<int>(std::clamp<int64_t>(
+      std::min<int64_t>(BlasThreads(), M.size() / kMinElementsPerThread), 1,
+      std::max<int64_t>(rows, 1)));
+  std::atomic<bool> finite{true};
+  ForRowRanges(rows, parts, [&](int64_t begin, int64_t end) {
+    if (!AllFinite(G.middleRows(begin, end - begin))) finite = false;
+  });
+  if (!finite) return false;
+  ForRowRanges(rows, parts, [&](int64_t begin, int64_t end) {
+    M.middleRows(begin, end - begin) += G.middleRows(begin, end - begin);
+  });
+  return true;
 }
 
 // A power iteration that cannot go on: a zero P (B zero, or its rows orthogonal to Q) would
@@ -94,11 +133,13 @@ DionState InitDionState(int64_t m, int64_t n, int rank, uint64_t seed) {
 
 void ApplyLowRankUpdate(MatrixRef X, float decay, float scale, ConstMatrixRef P,
                         ConstMatrixRef Q, bool transposed) {
-  // Not a BLAS GEMM: its bits depend on the CPU model (lowrank_update.h).
+  // Not a BLAS GEMM: its bits depend on the CPU model (lowrank_update.h). The kernel gets
+  // the threads an sgemm would, which change nothing in its bits.
+  const int threads = BlasThreads();
   if (transposed) {
-    LowRankUpdate(X, decay, scale, Q, P);  // X^T = decay X^T - scale P Q^T
+    LowRankUpdate(X, decay, scale, Q, P, threads);  // X^T = decay X^T - scale P Q^T
   } else {
-    LowRankUpdate(X, decay, scale, P, Q);
+    LowRankUpdate(X, decay, scale, P, Q, threads);
   }
 }
 
@@ -250,10 +291,9 @@ absl::StatusOr<DionStepResult> DionStep(MatrixRef X, ConstMatrixRef G, DionState
         state.M.cols(), "], Q is [", state.Q.rows(), ", ", state.Q.cols(), "]; expected M [", m,
         ", ", n, "] and Q [", std::min(m, n), ", r] with 1 <= r <= ", std::min(m, n)));
   }
-  if (!AllFinite(G)) {
+  if (!AddFiniteGradient(state.M, G)) {  // B = M + G, in place
     return absl::InvalidArgumentError("gradient contains NaN or Inf; step refused, state unchanged");
   }
-  state.M += G;  // B = M + G, in place
   phase_end(DionPhase::kMomentum);
   return DionStepFromMomentum(X, state, config, measure_ortho_error, phase_end);
 }

@@ -116,6 +116,7 @@ DionState InitDionRowState(int64_t rows, int64_t cols, RowBlock block, int rank,
 // when `transposed` (P tall x r, Q short x r). DionStep updates X with exactly this call, and
 // its arithmetic is the same bits on every CPU and build (common/lowrank_update.h), so a
 // replica at the previous version reproduces the server's X bit for bit wherever it runs.
+// A large update runs on BlasThreads() threads, with the same bits as on one.
 void ApplyLowRankUpdate(MatrixRef X, float decay, float scale, ConstMatrixRef P,
                         ConstMatrixRef Q, bool transposed);
 

@@ -21,9 +21,12 @@
 namespace dion {
 
 // X = decay X - scale A B^T with X m x n, A m x r, B n x r (all row-major). Allocates a
-// packed copy of B (n x r floats). REQUIRES: the shapes agree (checked by assertion only); X
-// does not alias A or B.
-void LowRankUpdate(MatrixRef X, float decay, float scale, ConstMatrixRef A, ConstMatrixRef B);
+// packed copy of B (at most n x r floats). A large update runs on up to `threads` threads (the caller
+// and threads it starts and joins), which share out groups of X's columns as they go; the
+// bits are the definition's whatever the thread count. REQUIRES: the shapes agree (checked by
+// assertion only); X does not alias A or B; threads >= 1.
+void LowRankUpdate(MatrixRef X, float decay, float scale, ConstMatrixRef A, ConstMatrixRef B,
+                   int threads = 1);
 
 }  // namespace dion
 

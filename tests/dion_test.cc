@@ -8,6 +8,7 @@
 #include <tuple>
 
 #include "absl/strings/str_cat.h"
+#include "common/blas.h"
 #include "tests/reference.h"
 
 namespace dion {
@@ -156,6 +157,31 @@ TEST(DionStep, RefusesNonFiniteGradientAndChangesNothing) {
     EXPECT_TRUE((state.Q.array() == Q_before.array()).all());
     EXPECT_EQ(state.step, 1);
   }
+}
+
+// A gradient large enough that the finiteness check and B = M + G run by row blocks on two
+// threads: a bad value in either thread's rows refuses the step before any row of M changed.
+TEST(DionStep, RefusesNonFiniteGradientInAnyThreadsRows) {
+  const int threads_before = BlasThreads();
+  SetBlasThreads(2);
+  const int64_t m = 2048, n = 1024;  // 2 * 2^20 elements: two row blocks
+  DionConfig config;
+  DionState state = InitDionState(m, n, 4, 1);
+  state.M = GaussianD(m, n, 7).cast<float>();
+  Matrix X = GaussianD(m, n, 8).cast<float>();
+  const Matrix X_before = X, M_before = state.M;
+  Matrix G = GaussianD(m, n, 9).cast<float>();
+  for (int64_t bad_row : {int64_t{0}, m / 2 - 1, m / 2, m - 1}) {
+    const float good = G(bad_row, n - 1);
+    G(bad_row, n - 1) = std::nanf("");
+    auto result = DionStep(X, G, state, config);
+    G(bad_row, n - 1) = good;
+    EXPECT_EQ(result.status().code(), absl::StatusCode::kInvalidArgument) << bad_row;
+    EXPECT_TRUE((X.array() == X_before.array()).all()) << bad_row;
+    EXPECT_TRUE((state.M.array() == M_before.array()).all()) << bad_row;
+    EXPECT_EQ(state.step, 0);
+  }
+  SetBlasThreads(threads_before);
 }
 
 TEST(DionStep, RefusesMismatchedShapesAndState) {

@@ -94,6 +94,33 @@ TEST(LowRankUpdate, ComputesExactlyTheDocumentedFloat32Sequence) {
   }
 }
 
+// Large enough to be split over threads (the kernel splits calls of 2^23 multiply-adds per
+// thread and more; this one has 3.15 * 2^23), with a column count that leaves a partial tile:
+// every thread count gives the documented bits, whichever thread computed an element.
+TEST(LowRankUpdate, ThreadCountChangesNoBit) {
+  const int64_t m = 190, n = 331, r = 420;
+  const Matrix X0 = Random(m, n, 10), A = Random(m, r, 11), B = Random(n, r, 12);
+  const float decay = 0.999f, scale = 0.01f;
+  Matrix expected(m, n);
+  for (int64_t i = 0; i < m; ++i) {
+    for (int64_t j = 0; j < n; ++j) {
+      float s = 0.0f;
+      for (int64_t k = 0; k < r; ++k) s = Add(s, Mul(A(i, k), B(j, k)));
+      expected(i, j) = Sub(Mul(decay, X0(i, j)), Mul(scale, s));
+    }
+  }
+  for (int threads : {1, 2, 3, 8}) {
+    Matrix X = X0;
+    LowRankUpdate(X, decay, scale, A, B, threads);
+    for (int64_t i = 0; i < m; ++i) {
+      for (int64_t j = 0; j < n; ++j) {
+        ASSERT_EQ(Bits(X(i, j)), Bits(expected(i, j)))
+            << threads << " threads, at (" << i << ", " << j << ")";
+      }
+    }
+  }
+}
+
 // Views with a row stride (a block of a larger matrix, as the shard's flat buffers give):
 // the block is updated as a matrix of its own, everything around it is left as it was.
 TEST(LowRankUpdate, UpdatesABlockAndNothingAroundIt) {
