@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <atomic>
 #include <cmath>
+#include <system_error>
 #include <thread>
 #include <vector>
 
@@ -39,12 +40,18 @@ void ErrorFeedback(Matrix& B, const Matrix& P, const Matrix& R, double mu, bool 
 }
 
 // Runs f(begin, end) over `parts` contiguous ranges of [0, rows) at once, on the calling
-// thread and parts - 1 threads it starts and joins.
+// thread and parts - 1 threads it starts and joins (a range whose thread cannot be started
+// runs on the calling thread).
 template <typename F>
 void ForRowRanges(int64_t rows, int parts, F f) {
   std::vector<std::thread> helpers;
   for (int p = 1; p < parts; ++p) {
-    helpers.emplace_back(f, rows * p / parts, rows * (p + 1) / parts);
+    const int64_t begin = rows * p / parts, end = rows * (p + 1) / parts;
+    try {
+      helpers.emplace_back(f, begin, end);
+    } catch (const std::system_error&) {
+      f(begin, end);
+    }
   }
   f(int64_t{0}, rows / parts);
   for (std::thread& t : helpers) t.join();

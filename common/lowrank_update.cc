@@ -5,6 +5,7 @@
 #include <cassert>
 #include <cstdint>
 #include <memory>
+#include <system_error>
 #include <thread>
 #include <vector>
 
@@ -84,7 +85,7 @@ void UpdateStrips(MatrixRef X, float decay, float scale, ConstMatrixRef A, Const
   PackStrips(B, first, count, packed.get());
   const int64_t lda = A.outerStride(), ldx = X.outerStride();
   const int64_t block_rows =
-      std::max<int64_t>(1, kBlockBytes / (r * int64_t{sizeof(float)}) / kTileRows) * kTileRows;
+      std::max<int64_t>(1, kBlockBytes / (std::max<int64_t>(r, 1) * int64_t{sizeof(float)}) / kTileRows) * kTileRows;
   for (int64_t i0 = 0; i0 < m; i0 += block_rows) {
     const int64_t i1 = std::min(m, i0 + block_rows);
     for (int64_t s = 0; s < count; ++s) {
@@ -124,7 +125,13 @@ void LowRankUpdate(MatrixRef X, float decay, float scale, ConstMatrixRef A, Cons
     }
   };
   std::vector<std::thread> helpers;
-  for (int64_t p = 1; p < parts; ++p) helpers.emplace_back(run);
+  for (int64_t p = 1; p < parts; ++p) {
+    try {
+      helpers.emplace_back(run);
+    } catch (const std::system_error&) {
+      break;  // no thread to be had: the calling thread takes what is left
+    }
+  }
   run();
   for (std::thread& t : helpers) t.join();
 }

@@ -48,6 +48,23 @@ TEST(PushRank, ShrinksUntilThePushFitsTheBudget) {
   EXPECT_EQ(NextRankFraction(specs, 0.25, 10), 1.0 / 64);
 }
 
+// A square matrix caps its rank at the break-even m n / (m + n): 512 x 512 is rank 256 at both
+// 1 and 0.5, so a halving that saves nothing must not stop the shrinking, and a doubling that
+// sends nothing more is not taken. Bytes: 4 (512 + 512) rank = 4096 rank.
+TEST(PushRank, BreakEvenCapsNeitherStopShrinkingNorCountAsGrowth) {
+  ParamSpec square;
+  square.name = "w";
+  square.shape = {512, 512};
+  square.optimizer = OptimizerKind::kDion;
+  const std::vector<ParamSpec> specs = {square};
+  EXPECT_EQ(PushBytesAt(specs, 1.0), 4096 * 256);
+  EXPECT_EQ(PushBytesAt(specs, 0.5), 4096 * 256);
+  // 40960 bytes: rank <= 10; 1/32 is rank 16, 1/64 rank 8.
+  EXPECT_EQ(NextRankFraction(specs, 1.0, 40960), 1.0 / 64);
+  EXPECT_EQ(NextRankFraction(specs, 0.5, 1e12), 0.5);
+  EXPECT_EQ(NextRankFraction(specs, 0.25, 1e12), 0.5);
+}
+
 TEST(PushRank, GrowsOneRungOnlyWithMargin) {
   const std::vector<ParamSpec> specs = Model();
   // From 0.125 (3800), 0.25 costs 8000: it grows when 8000 <= 0.7 budget, budget >= 11429.

@@ -4,7 +4,6 @@
 
 #include <gtest/gtest.h>
 
-#include "common/layout.h"
 
 #include <cstring>
 #include <limits>

@@ -228,7 +228,6 @@ absl::Status Client::Submit(absl::Span<const ConstMatrixRef> gradients, int64_t 
   if (samples <= 0) {
     return absl::InvalidArgumentError(absl::StrCat("samples must be > 0, got ", samples));
   }
-  if (push_rank_ != nullptr) push_rank_->OnStep(absl::Now());
   // Everything is checked before anything is accumulated: bad input changes nothing.
   for (size_t i = 0; i < gradients.size(); ++i) {
     const ParamSpec& spec = specs_[i];
@@ -242,6 +241,7 @@ absl::Status Client::Submit(absl::Span<const ConstMatrixRef> gradients, int64_t 
           absl::StrCat("gradient of '", spec.name, "' contains NaN or Inf"));
     }
   }
+  if (push_rank_ != nullptr) push_rank_->OnStep(absl::Now());
   for (auto& p : parameters_) {
     MutexLock lock(&p->accumulator_mu);
     int64_t base_version;

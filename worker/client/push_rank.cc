@@ -33,18 +33,20 @@ int64_t PushBytesAt(absl::Span<const ParamSpec> specs, double fraction) {
 double NextRankFraction(absl::Span<const ParamSpec> specs, double current, double budget_bytes) {
   int64_t bytes = PushBytesAt(specs, current);
   if (static_cast<double>(bytes) > budget_bytes) {
+    // A halving may save nothing (ranks capped at the break-even rank), so the floor is where
+    // every rank is 1 (fraction 0), not the first halving that saves nothing.
+    const int64_t floor = PushBytesAt(specs, 0);
     double f = current;
-    while (static_cast<double>(bytes) > budget_bytes) {
-      const int64_t halved = PushBytesAt(specs, f / 2);
-      if (halved >= bytes) break;  // every rank is 1 already
+    while (static_cast<double>(bytes) > budget_bytes && bytes > floor) {
       f /= 2;
-      bytes = halved;
+      bytes = PushBytesAt(specs, f);
     }
     return f;
   }
   const double grown = std::min(1.0, current * 2);
-  if (grown > current &&
-      static_cast<double>(PushBytesAt(specs, grown)) <= kAutoRankGrowMargin * budget_bytes) {
+  const int64_t grown_bytes = PushBytesAt(specs, grown);
+  if (grown_bytes > bytes &&  // a doubling that sends nothing more is no rung
+      static_cast<double>(grown_bytes) <= kAutoRankGrowMargin * budget_bytes) {
     return grown;
   }
   return current;

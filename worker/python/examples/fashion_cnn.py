@@ -222,7 +222,7 @@ def train(flags, opt, model, data, per_epoch, test, stop):
             batch = order[i:i + flags.batch_size]
             loss = F.cross_entropy(model(x[batch]), y[batch])
             loss.backward()
-            opt.step(loss=loss)
+            opt.step(samples=len(batch), loss=loss)
             opt.zero_grad()
             steps += 1
             reporter.step(epoch, len(batch), loss.item())
