@@ -75,6 +75,8 @@ if [ "$tsan" = 1 ]; then
                 server_security_test dion_rows_test)
   # --- peer reductions (server/peer/): owners' threads, gRPC handlers waiting in the hub.
   tsan_targets+=(peer_reduce_test)
+  # --- the low-rank update kernel's threads sharing one strip counter (common/lowrank_update.cc).
+  tsan_targets+=(lowrank_update_test)
   # ---
   stage "ThreadSanitizer build (${tsan_targets[*]})"
   cmake -S . -B build-tsan -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo \
@@ -93,6 +95,8 @@ if [ "$tsan" = 1 ]; then
   tsan_tests+='|Split|OrthonormalizeRows|OrthogonalityErrorRows)'
   # --- peer reductions (server/peer/).
   tsan_tests+='|^Peer(Reduce|Security)Test'
+  # --- the low-rank update kernel on 1, 2, 3 and 8 threads.
+  tsan_tests+='|^LowRankUpdate\.ThreadCountChangesNoBit$'
   # ---
   ctest --test-dir build-tsan --output-on-failure -j "$jobs" --timeout 600 -R "$tsan_tests" \
     -L 'unit|integration'
