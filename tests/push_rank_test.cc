@@ -76,7 +76,9 @@ TEST(PushRank, GrowsOneRungOnlyWithMargin) {
   // One rung at a time however large the budget, and never above 1.
   EXPECT_EQ(NextRankFraction(specs, 0.125, 1e9), 0.25);
   EXPECT_EQ(NextRankFraction(specs, 1.0, 1e9), 1.0);
-  EXPECT_EQ(NextRankFraction(specs, 0.75, 1e9), 1.0);
+  EXPECT_EQ(NextRankFraction(specs, 0.6, 1e9), 1.0);  // rank 30 -> 33
+  // 0.75 is rank 33 already (the break-even cap), so doubling would send nothing more.
+  EXPECT_EQ(NextRankFraction(specs, 0.75, 1e9), 0.75);
 }
 
 // Steps every `step` seconds; one push per step whose acknowledgement comes after its bytes
