@@ -9,7 +9,8 @@
 // ladder of halvings and doublings of the starting fraction, capped at 1:
 //   - shrink, as far as needed, when a push at f costs more than the budget
 //     (budget = rate * step time * kAutoRankLinkShare bytes);
-//   - grow one rung when a push at 2f costs at most kAutoRankGrowMargin of the budget.
+//   - grow one rung when a push at 2f sends more bytes and costs at most kAutoRankGrowMargin of
+//     the budget.
 // Between the two thresholds f stays (hysteresis), and after a change the controller waits for
 // kAutoRankSettleWindows fresh rate measurements before deciding again.
 //
