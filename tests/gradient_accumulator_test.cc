@@ -10,6 +10,7 @@
 
 #include "absl/time/clock.h"
 #include "common/rng.h"
+#include "tests/model_table_test_util.h"
 #include "tests/reference.h"
 
 namespace dion {
@@ -22,13 +23,7 @@ std::optional<Contribution> TakeCopy(GradientAccumulator& acc, const std::string
   return c == nullptr ? std::nullopt : std::optional<Contribution>(*c);
 }
 
-ParamSpec Spec(const std::string& name, std::vector<int64_t> shape, OptimizerKind kind) {
-  ParamSpec spec;
-  spec.name = name;
-  spec.shape = std::move(shape);
-  spec.optimizer = kind;
-  return spec;
-}
+using testing::Spec;
 
 MatrixD ToDouble(const Matrix& M) { return M.cast<double>(); }
 

@@ -1,4 +1,5 @@
-// Helpers of the tests that build a ModelTable by hand (checkpointer_test, parameter_store_test).
+// Helpers of the tests that build a ModelTable or parameter specs by hand (checkpointer_test,
+// parameter_store_test, gradient_accumulator_test, push_rank_test).
 #ifndef DION_TESTS_MODEL_TABLE_TEST_UTIL_H_
 #define DION_TESTS_MODEL_TABLE_TEST_UTIL_H_
 
@@ -11,6 +12,15 @@
 #include "common/param_spec.h"
 
 namespace dion::testing {
+
+// A spec with every default but its name, shape and optimizer.
+inline ParamSpec Spec(const std::string& name, std::vector<int64_t> shape, OptimizerKind kind) {
+  ParamSpec spec;
+  spec.name = name;
+  spec.shape = std::move(shape);
+  spec.optimizer = kind;
+  return spec;
+}
 
 // A parameter with Kaiming init from `seed` and Dion's lr at 0.05, large enough that an update
 // is well above X's rounding (the other optimizers keep their defaults).

@@ -10,18 +10,13 @@
 
 #include "common/compressor.h"
 #include "common/rng.h"
+#include "tests/model_table_test_util.h"
 #include "tests/reference.h"
 
 namespace dion {
 namespace {
 
-ParamSpec Spec(const std::string& name, std::vector<int64_t> shape, OptimizerKind kind) {
-  ParamSpec spec;
-  spec.name = name;
-  spec.shape = std::move(shape);
-  spec.optimizer = kind;
-  return spec;
-}
+using testing::Spec;
 
 // A 100 x 50 Dion matrix (ranks: round(f * 50), at most the break-even 100*50/150 = 33) and a
 // dense bias of 50: a push costs 4 * 150 * rank + 200 bytes.

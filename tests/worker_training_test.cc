@@ -182,54 +182,80 @@ TEST(WorkerTraining, TwoWorkersLearnTheTeacherTaskThroughTwoShards) {
   for (auto& server : servers) EXPECT_TRUE(server->Shutdown().ok());
 }
 
-// Synchronous steps against a shard that closes a batch only when both workers contributed:
-// every local step becomes exactly one optimizer step with one contribution per worker, all
-// computed at the same version (staleness 0), nothing accumulated while waiting.
-TEST(WorkerTraining, SynchronousStepsGiveOneContributionPerWorkerPerOptimizerStep) {
-  constexpr int kSteps = 20;
-  ServerOptions server_options = testing::TestServerOptions();
-  server_options.shard.batcher.target_samples = 0;
-  server_options.shard.batcher.target_workers = 2;
-  server_options.shard.batcher.adaptive = false;
-  server_options.shard.batcher.deadline = absl::Seconds(30);  // never the reason to close
-  absl::StatusOr<std::unique_ptr<DionServer>> server = DionServer::Start(server_options);
-  ASSERT_TRUE(server.ok()) << server.status();
-  TeacherOptions teacher;
-  const Dataset train = MakeTeacherDataset(teacher, 4096, 11).value();
+// The 16-32-10 student MLP of the teacher task with MlpOptions' defaults.
+ModelTable SmallStudentTable() {
   MlpOptions mlp;
   mlp.layer_sizes = {16, 32, 10};
   ModelTable table;
   table.model_name = "teacher-student";
   const std::vector<ParamSpec> specs = ParameterTable(mlp).value();
   for (const ParamSpec& spec : specs) table.parameters.push_back({spec, {}});
-  const auto partitions = PartitionAll(train.labels, train.num_classes, 2, {}).value();
+  return table;
+}
+
+// One shard that closes a batch only when both of 2 workers contributed (what --sync asks of
+// the shards): no sample target, no adaptation, a deadline that is never the reason.
+absl::StatusOr<std::unique_ptr<DionServer>> StartSynchronousShard() {
+  ServerOptions options = testing::TestServerOptions();
+  options.shard.batcher.target_samples = 0;
+  options.shard.batcher.target_workers = 2;
+  options.shard.batcher.adaptive = false;
+  options.shard.batcher.deadline = absl::Seconds(30);
+  return DionServer::Start(options);
+}
+
+// Two clients "worker-0" and "worker-1" of `table` on `address`, one push in flight each.
+absl::StatusOr<std::vector<std::unique_ptr<Client>>> ConnectTwoWorkers(const ModelTable& table,
+                                                                       const std::string& address) {
   std::vector<std::unique_ptr<Client>> clients;
   for (int w = 0; w < 2; ++w) {
     ClientOptions options;
-    options.shard_addresses = {(*server)->address()};
+    options.shard_addresses = {address};
     options.worker_id = absl::StrCat("worker-", w);
     options.max_in_flight = 1;
     options.seed = 1 + w;
     absl::StatusOr<std::unique_ptr<Client>> client = Client::Connect(table, options);
-    ASSERT_TRUE(client.ok()) << client.status();
+    if (!client.ok()) return client.status();
     clients.push_back(*std::move(client));
   }
+  return clients;
+}
+
+// Runs train(w) for w = 0 and 1 on threads of their own and returns both results.
+std::vector<absl::StatusOr<TrainerProgress>> TrainTwoWorkers(
+    const std::function<absl::StatusOr<TrainerProgress>(int)>& train) {
   std::vector<absl::StatusOr<TrainerProgress>> results(2, absl::UnknownError("not run"));
   std::vector<std::thread> workers;
-  for (int w = 0; w < 2; ++w) {
-    workers.emplace_back([&, w] {
-      TrainerOptions trainer;
-      trainer.epochs = 1000;
-      trainer.max_steps = kSteps;
-      trainer.batch_size = 16;
-      trainer.seed = 10 + w;
-      trainer.synchronous = true;
-      trainer.flush_timeout = absl::Seconds(20);
-      results[w] = Train(*clients[w], Subset(train, partitions[w]), nullptr, trainer, nullptr,
-                         nullptr, nullptr);
-    });
-  }
+  for (int w = 0; w < 2; ++w) workers.emplace_back([&, w] { results[w] = train(w); });
   for (std::thread& t : workers) t.join();
+  return results;
+}
+
+// Synchronous steps against a shard that closes a batch only when both workers contributed:
+// every local step becomes exactly one optimizer step with one contribution per worker, all
+// computed at the same version (staleness 0), nothing accumulated while waiting.
+TEST(WorkerTraining, SynchronousStepsGiveOneContributionPerWorkerPerOptimizerStep) {
+  constexpr int kSteps = 20;
+  absl::StatusOr<std::unique_ptr<DionServer>> server = StartSynchronousShard();
+  ASSERT_TRUE(server.ok()) << server.status();
+  TeacherOptions teacher;
+  const Dataset train = MakeTeacherDataset(teacher, 4096, 11).value();
+  const auto partitions = PartitionAll(train.labels, train.num_classes, 2, {}).value();
+  absl::StatusOr<std::vector<std::unique_ptr<Client>>> connected =
+      ConnectTwoWorkers(SmallStudentTable(), (*server)->address());
+  ASSERT_TRUE(connected.ok()) << connected.status();
+  std::vector<std::unique_ptr<Client>>& clients = *connected;
+  const std::vector<absl::StatusOr<TrainerProgress>> results = TrainTwoWorkers([&](int w) {
+    TrainerOptions trainer;
+    trainer.epochs = 1000;
+    trainer.max_steps = kSteps;
+    trainer.batch_size = 16;
+    trainer.seed = 10 + w;
+    trainer.synchronous = true;
+    trainer.flush_timeout = absl::Seconds(20);
+    return Train(*clients[w], Subset(train, partitions[w]), nullptr, trainer, nullptr, nullptr,
+                 nullptr);
+  });
   for (int w = 0; w < 2; ++w) {
     ASSERT_TRUE(results[w].ok()) << results[w].status();
     const ClientStats& stats = results[w]->client;
@@ -253,51 +279,29 @@ TEST(WorkerTraining, SynchronousStepsGiveOneContributionPerWorkerPerOptimizerSte
 TEST(WorkerTraining, SynchronousWorkersWithUnequalPartitionsTakeEqualSteps) {
   constexpr int kEpochs = 2;
   constexpr int kBatch = 16;
-  ServerOptions server_options = testing::TestServerOptions();
-  server_options.shard.batcher.target_samples = 0;
-  server_options.shard.batcher.target_workers = 2;
-  server_options.shard.batcher.adaptive = false;
-  server_options.shard.batcher.deadline = absl::Seconds(30);
-  absl::StatusOr<std::unique_ptr<DionServer>> server = DionServer::Start(server_options);
+  absl::StatusOr<std::unique_ptr<DionServer>> server = StartSynchronousShard();
   ASSERT_TRUE(server.ok()) << server.status();
   const Dataset train = MakeTeacherDataset(TeacherOptions{}, 1200, 11).value();
   // Worker 0 holds 200 samples, worker 1 1000: one pass would be 13 against 63 steps.
   std::vector<std::vector<int64_t>> partitions(2);
   for (int64_t i = 0; i < train.size(); ++i) partitions[i < 200 ? 0 : 1].push_back(i);
-  MlpOptions mlp;
-  mlp.layer_sizes = {16, 32, 10};
-  ModelTable table;
-  table.model_name = "teacher-student";
-  const std::vector<ParamSpec> specs = ParameterTable(mlp).value();
-  for (const ParamSpec& spec : specs) table.parameters.push_back({spec, {}});
-  std::vector<std::unique_ptr<Client>> clients;
-  for (int w = 0; w < 2; ++w) {
-    ClientOptions options;
-    options.shard_addresses = {(*server)->address()};
-    options.worker_id = absl::StrCat("worker-", w);
-    options.max_in_flight = 1;
-    absl::StatusOr<std::unique_ptr<Client>> client = Client::Connect(table, options);
-    ASSERT_TRUE(client.ok()) << client.status();
-    clients.push_back(*std::move(client));
-  }
-  std::vector<absl::StatusOr<TrainerProgress>> results(2, absl::UnknownError("not run"));
-  std::vector<std::thread> workers;
-  for (int w = 0; w < 2; ++w) {
-    workers.emplace_back([&, w] {
-      TrainerOptions trainer;
-      trainer.epochs = kEpochs;
-      trainer.batch_size = kBatch;
-      trainer.seed = 10 + w;
-      trainer.synchronous = true;
-      trainer.flush_timeout = absl::Seconds(10);
-      trainer.samples_per_epoch =
-          SamplesPerEpoch(static_cast<int64_t>(partitions[w].size()), train.size(), 2, true)
-              .value();
-      results[w] = Train(*clients[w], Subset(train, partitions[w]), nullptr, trainer, nullptr,
-                         nullptr, nullptr);
-    });
-  }
-  for (std::thread& t : workers) t.join();
+  absl::StatusOr<std::vector<std::unique_ptr<Client>>> connected =
+      ConnectTwoWorkers(SmallStudentTable(), (*server)->address());
+  ASSERT_TRUE(connected.ok()) << connected.status();
+  std::vector<std::unique_ptr<Client>>& clients = *connected;
+  const std::vector<absl::StatusOr<TrainerProgress>> results = TrainTwoWorkers([&](int w) {
+    TrainerOptions trainer;
+    trainer.epochs = kEpochs;
+    trainer.batch_size = kBatch;
+    trainer.seed = 10 + w;
+    trainer.synchronous = true;
+    trainer.flush_timeout = absl::Seconds(10);
+    trainer.samples_per_epoch =
+        SamplesPerEpoch(static_cast<int64_t>(partitions[w].size()), train.size(), 2, true)
+            .value();
+    return Train(*clients[w], Subset(train, partitions[w]), nullptr, trainer, nullptr, nullptr,
+                 nullptr);
+  });
   constexpr int64_t kSteps = kEpochs * ((600 + kBatch - 1) / kBatch);  // 600 = 1200 / 2
   for (int w = 0; w < 2; ++w) {
     ASSERT_TRUE(results[w].ok()) << "worker " << w << ": " << results[w].status();
@@ -331,13 +335,7 @@ absl::Status StartOneShardOneWorker(int64_t target_samples, OneShardOneWorker* o
   absl::StatusOr<std::unique_ptr<DionServer>> server = DionServer::Start(server_options);
   if (!server.ok()) return server.status();
   out->server = *std::move(server);
-  MlpOptions mlp;
-  mlp.layer_sizes = {16, 32, 10};
-  ModelTable table;
-  table.model_name = "teacher-student";
-  absl::StatusOr<std::vector<ParamSpec>> specs = ParameterTable(mlp);
-  if (!specs.ok()) return specs.status();
-  for (const ParamSpec& spec : *specs) table.parameters.push_back({spec, {}});
+  const ModelTable table = SmallStudentTable();
   ClientOptions options;
   options.shard_addresses = {out->server->address()};
   options.worker_id = "worker-0";
