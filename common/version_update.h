@@ -10,6 +10,7 @@
 #include <variant>
 
 #include "common/matrix.h"
+#include "common/row_reduce.h"
 
 namespace dion {
 
@@ -31,6 +32,10 @@ struct VersionUpdate {
   // The low-rank step (applied Dion steps) or the full value at `version` (element-wise and
   // Muon steps, and a Dion step that only decayed X).
   std::variant<LowRankStep, Matrix> content;
+  // A split parameter's update covers one owner's rows of the tall side: the step's P has
+  // only those rows, a value is X's rows (rows >= cols) or X's columns (rows < cols) of the
+  // block, and the checksum is the block's. Empty ({0, 0}) for a whole parameter.
+  RowBlock rows;
 
   bool is_low_rank() const { return std::holds_alternative<LowRankStep>(content); }
 };

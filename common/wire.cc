@@ -195,8 +195,14 @@ void VersionUpdateToProto(const VersionUpdate& update, absl::Span<const int64_t>
     MatrixToTensor(step->P, s->mutable_p());
     MatrixToTensor(step->Q, s->mutable_q());
     s->set_transposed(step->transposed);
+  } else if (update.rows.size() > 0) {  // a block of a split parameter: its own shape
+    MatrixToTensor(std::get<Matrix>(update.content), proto->mutable_value());
   } else {
     MatrixToTensor(std::get<Matrix>(update.content), shape, proto->mutable_value());
+  }
+  if (update.rows.size() > 0) {
+    proto->set_row_begin(update.rows.begin);
+    proto->set_row_end(update.rows.end);
   }
 }
 
@@ -207,6 +213,14 @@ absl::StatusOr<VersionUpdate> VersionUpdateFromProto(const v1::VersionUpdate& pr
   update.parameter = proto.parameter();
   update.version = proto.version();
   update.checksum = proto.checksum();
+  if (proto.row_begin() != 0 || proto.row_end() != 0) {
+    if (proto.row_begin() < 0 || proto.row_end() <= proto.row_begin()) {
+      return absl::InvalidArgumentError(absl::StrCat(where, ": rows [", proto.row_begin(), ", ",
+                                                     proto.row_end(),
+                                                     ") is not a non-empty range"));
+    }
+    update.rows = RowBlock{proto.row_begin(), proto.row_end()};
+  }
   switch (proto.content_case()) {
     case v1::VersionUpdate::kLowRankStep: {
       const v1::LowRankStep& s = proto.low_rank_step();

@@ -89,6 +89,10 @@ struct ParameterSnapshot {
   int64_t samples_applied = 0;       // the lr schedule's position
   Matrix X;
   std::optional<OptimizerState> state;  // only when asked for
+  // A split parameter's owner holds its rows of the tall side: X and M are that block (X's
+  // rows, or X's columns when the parameter is wide), checksum is the block's; Q is whole.
+  // Empty ({0, 0}) for a whole parameter.
+  RowBlock rows;
 };
 
 // What one ApplyBatch did, for metrics.

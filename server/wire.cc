@@ -10,9 +10,16 @@ void SnapshotToProto(const ParameterSnapshot& snapshot, v1::ParameterValue* prot
   proto->set_parameter(snapshot.spec.name);
   proto->set_version(snapshot.version);
   proto->set_checksum(snapshot.checksum);
-  MatrixToTensor(snapshot.X, snapshot.spec.shape, proto->mutable_value());
+  // A split parameter's block travels in its own shape (proto: ParameterValue.row_begin).
+  const bool block = snapshot.rows.size() > 0;
+  const std::vector<int64_t> shape =
+      block ? std::vector<int64_t>{snapshot.X.rows(), snapshot.X.cols()} : snapshot.spec.shape;
+  if (block) {
+    proto->set_row_begin(snapshot.rows.begin);
+    proto->set_row_end(snapshot.rows.end);
+  }
+  MatrixToTensor(snapshot.X, shape, proto->mutable_value());
   if (!snapshot.state.has_value()) return;
-  const std::vector<int64_t>& shape = snapshot.spec.shape;
   if (const DionState* s = std::get_if<DionState>(&*snapshot.state)) {
     MatrixToTensor(s->M, shape, proto->mutable_dion()->mutable_momentum());
     MatrixToTensor(s->Q, proto->mutable_dion()->mutable_q());
