@@ -1019,7 +1019,7 @@ int Main() {
   const int64_t max_backlog = absl::GetFlag(FLAGS_max_backlog);
   if (max_backlog < 1) Die("--max_backlog must be >= 1");
   const double load_before = LoadAverage();
-  // The certificates and tokens of the bounded_tls and echo_tls runs (made with the openssl command).
+  // The certificates and tokens of the bounded_tls and echo_tls runs (made with openssl).
   std::optional<LocalSecurity> tls;
   const std::string tls_root = absl::StrCat(std::filesystem::temp_directory_path().string(),
                                             "/push_bench-tls-", getpid());
