@@ -82,6 +82,9 @@ if [ "$tsan" = 1 ]; then
   tsan_targets+=(peer_reduce_test)
   # --- the low-rank update kernel's threads sharing one strip counter (common/lowrank_update.cc).
   tsan_targets+=(lowrank_update_test)
+  # --- split parameters served by 2-3 shards: leader compute threads, followers' StepRows
+  # handlers and staging, all meeting in the reductions.
+  tsan_targets+=(split_serving_test)
   # ---
   stage "ThreadSanitizer build (${tsan_targets[*]})"
   cmake -S . -B build-tsan -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo \

@@ -287,7 +287,7 @@ TEST_P(SplitServing, OwnersStepTogetherLikeTheWholeMatrix) {
 }
 
 INSTANTIATE_TEST_SUITE_P(
-    TallAndWide, SplitServing,
+    SplitShapes, SplitServing,
     ::testing::Values(SplitCase{96, 64, 3, OrthoMethod::kAuto},
                       SplitCase{64, 96, 3, OrthoMethod::kAuto},
                       SplitCase{96, 64, 2, OrthoMethod::kCqr2},
