@@ -180,7 +180,11 @@ absl::StatusOr<CheckpointContents> Shard::TakeCut(
       if (std::optional<Batch> batch = lane->batcher->Flush()) {
         steps_.Enqueue(lane->steps, *std::move(batch));
       }
-      lane->snapshot->Arm(lane->batcher->version());
+      if (lane->stage != nullptr) {
+        lane->snapshot->ArmAtCurrent();  // a follower: its leader decides the versions
+      } else {
+        lane->snapshot->Arm(lane->batcher->version());
+      }
       contents.dedup.push_back(lane->batcher->ExportDedup());
       slots.push_back(lane->snapshot.get());
     }

@@ -18,6 +18,10 @@ SnapshotSlot::SnapshotSlot(const ParameterStore* store, std::string parameter)
 
 void SnapshotSlot::Arm(int64_t version) {
   MutexLock lock(&mu_);
+  ArmLocked(version);
+}
+
+void SnapshotSlot::ArmLocked(int64_t version) {
   copy_.reset();
   failure_ = absl::OkStatus();
   version_ = version;
@@ -25,6 +29,13 @@ void SnapshotSlot::Arm(int64_t version) {
   // this, so either this read or that report sees it.
   const int64_t applied = store_->Version(parameter_).value_or(-1);
   state_ = applied == version ? State::kLive : State::kWaiting;
+}
+
+void SnapshotSlot::ArmAtCurrent() {
+  // One critical section with BeforeStep: a step that began is waited for, one that begins
+  // later copies the armed version first.
+  MutexLock lock(&mu_);
+  ArmLocked(stepping_ >= 0 ? stepping_ + 1 : store_->Version(parameter_).value_or(0));
 }
 
 void SnapshotSlot::Disarm() {
@@ -51,6 +62,7 @@ void SnapshotSlot::CopyLocked() {
 
 void SnapshotSlot::BeforeStep(int64_t version) {
   MutexLock lock(&mu_);
+  stepping_ = version;
   if (state_ != State::kLive || version != version_) return;
   CopyLocked();
   if (state_ == State::kCopied) copied_ahead_bytes_ += StateBytes(copy_->spec);
@@ -58,6 +70,7 @@ void SnapshotSlot::BeforeStep(int64_t version) {
 
 void SnapshotSlot::AfterStep(int64_t version) {
   MutexLock lock(&mu_);
+  stepping_ = -1;
   if (state_ != State::kWaiting || version != version_) return;
   state_ = State::kLive;
   changed_.SignalAll();
@@ -65,6 +78,7 @@ void SnapshotSlot::AfterStep(int64_t version) {
 
 void SnapshotSlot::StepFailed(int64_t version, const absl::Status& status) {
   MutexLock lock(&mu_);
+  stepping_ = -1;
   if (state_ != State::kWaiting || version >= version_) return;
   state_ = State::kFailed;
   failure_ = absl::Status(status.code(),

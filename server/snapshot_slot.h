@@ -35,6 +35,10 @@ class SnapshotSlot {
   // version is at most `version` and no batch for `version` or later has been handed to the
   // compute pool yet (the shard arms under its gate, after closing the open batch).
   void Arm(int64_t version) ABSL_LOCKS_EXCLUDED(mu_);
+  // Arm at the version the parameter has once the step under way, if any, is applied: for a
+  // follower of a split parameter, whose steps come from its leader, not from batches
+  // closed here (so no version is known ahead).
+  void ArmAtCurrent() ABSL_LOCKS_EXCLUDED(mu_);
   // Drops what is held (an abandoned checkpoint). Idempotent.
   void Disarm() ABSL_LOCKS_EXCLUDED(mu_);
 
@@ -63,6 +67,7 @@ class SnapshotSlot {
     kFailed,   // armed; a step before the version failed (failure_)
   };
 
+  void ArmLocked(int64_t version) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // Copies the parameter into copy_ (kCopied) or records why not (kFailed).
   void CopyLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
 
@@ -75,6 +80,7 @@ class SnapshotSlot {
   std::optional<ParameterSnapshot> copy_ ABSL_GUARDED_BY(mu_);
   absl::Status failure_ ABSL_GUARDED_BY(mu_);
   int64_t copied_ahead_bytes_ ABSL_GUARDED_BY(mu_) = 0;
+  int64_t stepping_ ABSL_GUARDED_BY(mu_) = -1;  // BeforeStep's version until AfterStep; -1: none
 };
 
 }  // namespace dion

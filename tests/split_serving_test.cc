@@ -11,6 +11,7 @@
 #include <unistd.h>
 
 #include <atomic>
+#include <filesystem>
 #include <functional>
 #include <memory>
 #include <string>
@@ -116,7 +117,7 @@ class Cluster {
     std::vector<std::string> addresses;
     for (int port : ports) addresses.push_back(absl::StrCat("127.0.0.1:", port));
     for (int i = 0; i < shards; ++i) {
-      ServerOptions options = TestServerOptions();
+      ServerOptions& options = options_.emplace_back(TestServerOptions());
       options.listen = addresses[i];
       options.shard.store.shard_index = i;
       options.shard.store.num_shards = shards;
@@ -125,14 +126,18 @@ class Cluster {
       options.peer.addresses = addresses;
       options.peer.timeout = absl::Seconds(5);
       if (tweak) tweak(options, i);
-      absl::StatusOr<std::unique_ptr<DionServer>> server = DionServer::Start(options);
-      EXPECT_TRUE(server.ok()) << server.status();
-      if (!server.ok()) return;
-      stubs_.push_back(Connect((*server)->address()));
-      servers_.push_back(*std::move(server));
     }
+    Start();
   }
-  bool ok() const { return !servers_.empty() && servers_.size() == stubs_.size(); }
+  // Stops every shard (each writes its last checkpoint when it has a directory), then starts
+  // them again with the same options: each restores its newest checkpoint.
+  void Restart() {
+    for (auto& server : servers_) EXPECT_TRUE(server->Shutdown().ok());
+    servers_.clear();
+    stubs_.clear();
+    Start();
+  }
+  bool ok() const { return servers_.size() == options_.size() && stubs_.size() == options_.size(); }
   v1::ParameterServer::Stub& stub(int shard) { return *stubs_[shard]; }
   DionServer& server(int shard) { return *servers_[shard]; }
   int size() const { return static_cast<int>(servers_.size()); }
@@ -152,6 +157,17 @@ class Cluster {
   }
 
  private:
+  void Start() {
+    for (const ServerOptions& options : options_) {
+      absl::StatusOr<std::unique_ptr<DionServer>> server = DionServer::Start(options);
+      EXPECT_TRUE(server.ok()) << server.status();
+      if (!server.ok()) return;
+      stubs_.push_back(Connect((*server)->address()));
+      servers_.push_back(*std::move(server));
+    }
+  }
+
+  std::vector<ServerOptions> options_;
   std::vector<std::unique_ptr<DionServer>> servers_;
   std::vector<std::unique_ptr<v1::ParameterServer::Stub>> stubs_;
 };
@@ -343,6 +359,41 @@ TEST(SplitServingFaults, LostFollowerStepIsRetriedAndAppliedOnce) {
     EXPECT_EQ(p->contributions_applied(), 12) << "shard " << s;
     EXPECT_EQ(p->version(), 6) << "shard " << s;
   }
+}
+
+// Each owner checkpoints its rows and restores them: after a restart of every shard the
+// blocks, versions and the next steps are those of an uninterrupted run.
+TEST(SplitServingCheckpoints, OwnersRestoreTheirRowsAndTrainOn) {
+  const std::string dir = ::testing::TempDir() + "/split_serving_checkpoints";
+  std::filesystem::remove_all(dir);
+  Cluster cluster(2, [&](ServerOptions& options, int shard) {
+    options.shard.checkpoint_dir = absl::StrCat(dir, "/shard-", shard);
+  });
+  ASSERT_TRUE(cluster.ok());
+  const SplitCase c{64, 96, 2, OrthoMethod::kAuto};
+  const v1::RegisterModelRequest request = SplitModel("w0", c.m, c.n, 2);
+  const v1::Layout::Placement placement = PlacementOf(cluster.Register(request), "w");
+  cluster.Register(SplitModel("w1", c.m, c.n, 2));
+  WholeReference reference(request);
+  const auto round = [&](int r) {
+    const LowRankFactors a = RoundFactors(c, r, 0), b = RoundFactors(c, r, 1);
+    for (const auto& [worker, f] : {std::pair{"w0", &a}, std::pair{"w1", &b}}) {
+      const v1::PushAck ack = SplitPush(cluster, placement, worker, r, r - 1, *f, c.m, c.n);
+      ASSERT_EQ(ack.result(), v1::PUSH_RESULT_ACCEPTED) << ack.message();
+    }
+    reference.Step(a, b);
+    ASSERT_TRUE(WaitForVersion(cluster, placement, r)) << "round " << r;
+  };
+  for (int r = 1; r <= 3; ++r) round(r);
+  const Matrix before = Assemble(cluster, placement, c.m, c.n, 3);
+  cluster.Restart();
+  ASSERT_TRUE(cluster.ok());
+  EXPECT_EQ(Assemble(cluster, placement, c.m, c.n, 3), before);
+  for (int r = 4; r <= 5; ++r) round(r);
+  EXPECT_LE(RelativeError(ToDouble(Assemble(cluster, placement, c.m, c.n, 5)),
+                          ToDouble(reference.X)),
+            1e-5);
+  std::filesystem::remove_all(dir);
 }
 
 // Bad input changes nothing and says what was expected.

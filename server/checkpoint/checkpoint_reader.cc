@@ -194,7 +194,7 @@ absl::StatusOr<std::vector<const ParamSpec*>> OwnedSpecs(const Reader& reader,
   if (!layout.ok()) return reader.Error(kModelTableFile, layout.status().message());
   std::vector<const ParamSpec*> owned;
   for (const ParameterDefinition& p : checkpoint.table.parameters) {
-    if (layout->ShardOf(p.spec.name) == checkpoint.shard_index) owned.push_back(&p.spec);
+    if (layout->Holds(p.spec.name, checkpoint.shard_index)) owned.push_back(&p.spec);
   }
   absl::StatusOr<int64_t> count = reader.MetaInt("parameters");
   if (!count.ok()) return count.status();
