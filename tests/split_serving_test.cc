@@ -137,7 +137,9 @@ class Cluster {
     stubs_.clear();
     Start();
   }
-  bool ok() const { return servers_.size() == options_.size() && stubs_.size() == options_.size(); }
+  bool ok() const {
+    return servers_.size() == options_.size() && stubs_.size() == options_.size();
+  }
   v1::ParameterServer::Stub& stub(int shard) { return *stubs_[shard]; }
   DionServer& server(int shard) { return *servers_[shard]; }
   int size() const { return static_cast<int>(servers_.size()); }
