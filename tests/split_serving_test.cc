@@ -296,8 +296,8 @@ TEST_P(SplitServing, OwnersStepTogetherLikeTheWholeMatrix) {
     EXPECT_LE(MaxRelativeError(ToDouble(X), ToDouble(reference.X)), 2e-5) << "after " << round;
   }
   for (const v1::Layout::RowOwner& owner : placement.row_owners()) {
-    const v1::ParameterStatus* p =
-        testing::FindParameter(GetStatus(cluster.stub(owner.shard())), "w");
+    const v1::StatusResponse status = GetStatus(cluster.stub(owner.shard()));
+    const v1::ParameterStatus* p = testing::FindParameter(status, "w");
     ASSERT_NE(p, nullptr);
     EXPECT_EQ(p->contributions_applied(), 40) << "shard " << owner.shard();
     EXPECT_EQ(cluster.server(owner.shard()).shard().StagedContributions("w"), 0);
@@ -356,7 +356,8 @@ TEST(SplitServingFaults, LostFollowerStepIsRetriedAndAppliedOnce) {
   const Matrix X = Assemble(cluster, placement, c.m, c.n, 6);
   EXPECT_LE(RelativeError(ToDouble(X), ToDouble(reference.X)), 1e-5);
   for (int s = 0; s < 3; ++s) {
-    const v1::ParameterStatus* p = testing::FindParameter(GetStatus(cluster.stub(s)), "w");
+    const v1::StatusResponse status = GetStatus(cluster.stub(s));
+    const v1::ParameterStatus* p = testing::FindParameter(status, "w");
     ASSERT_NE(p, nullptr);
     EXPECT_EQ(p->contributions_applied(), 12) << "shard " << s;
     EXPECT_EQ(p->version(), 6) << "shard " << s;
