@@ -33,7 +33,7 @@ struct LoopbackPeers {
       ReduceHubOptions hub;
       hub.max_part_bytes = kMaxMessage;
       hubs.push_back(std::make_unique<ReduceHub>(hub));
-      services.push_back(std::make_unique<ShardPeerService>(hubs.back().get(), nullptr,
+      services.push_back(std::make_unique<ShardPeerService>(hubs.back().get(), nullptr, nullptr,
                                                             metrics.back().get(),
                                                             absl::Seconds(60)));
       grpc::ServerBuilder builder;

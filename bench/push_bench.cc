@@ -33,7 +33,9 @@
 // checkpoints and log in a fresh directory under --wal_root): what durability costs, paired
 // with the bounded run of the same repetition. bounded_tls runs are bounded runs over TLS with
 // a bearer token on every call (a throwaway CA made with the openssl command, as `dion local`
-// makes it), paired with the bounded run likewise.
+// makes it), paired with the bounded run likewise. echo_tls runs are echo runs over TLS with the
+// same certificate and token, paired with the echo run: what TLS costs the transport alone, as
+// CPU time of the receiving process per message (with --client_process, the shard's side only).
 //
 // Where the clients run. By default (the mode of the earlier figures) in this process, on the
 // CPUs the shard uses, so their serialization and, for bounded_tls, their encryption count
@@ -110,7 +112,14 @@ ABSL_FLAG(int64_t, unbounded_cap, 8192,
           "Safety cap on the backlog of the unbounded runs (~0.5 MB of factors each); a run "
           "that reaches it says so");
 ABSL_FLAG(std::string, runs, "echo,unbounded,bounded,bounded_wal",
-          "Which runs to do per client count and repetition (comma-separated subset)");
+          "Which runs to do per client count and repetition (comma-separated subset of echo, "
+          "unbounded, bounded, bounded_wal, bounded_tls, echo_tls)");
+ABSL_FLAG(std::string, client_channel_args, "",
+          "Integer gRPC channel arguments for every client's channel, \"name=value,...\" (e.g. "
+          "\"grpc.http2.bdp_probe=0\"): to measure transport settings");
+ABSL_FLAG(std::string, echo_server_args, "",
+          "Integer gRPC channel arguments for the echo runs' server (echo, echo_tls), as "
+          "--client_channel_args; the dion runs' DionServer keeps its own");
 ABSL_FLAG(std::string, wal_root, "",
           "bounded_wal runs: directory for the checkpoints and the write-ahead log (one "
           "subdirectory per run, removed after it); empty: the system's temporary directory");
@@ -135,6 +144,7 @@ namespace {
 using bench::BacklogGate;
 using bench::ClientRunSpec;
 using bench::EchoService;
+using bench::IntChannelArgs;
 using bench::PushClient;
 using bench::SharedControl;
 constexpr char kParameter[] = "w";
@@ -236,6 +246,22 @@ class RunClients {
   virtual double cpu_seconds() const { return NAN; }
 };
 
+// The channel arguments of flag `name` = `text` ("name=value,..." with integer values); dies
+// when malformed.
+IntChannelArgs ParseChannelArgs(const char* name, const std::string& text) {
+  IntChannelArgs args;
+  for (absl::string_view entry : absl::StrSplit(text, ',', absl::SkipEmpty())) {
+    const size_t eq = entry.find('=');
+    int value = 0;
+    if (eq == absl::string_view::npos || eq == 0 ||
+        !absl::SimpleAtoi(entry.substr(eq + 1), &value)) {
+      Die(absl::StrCat("--", name, ": bad entry '", entry, "' (expected name=integer)"));
+    }
+    args.emplace_back(std::string(entry.substr(0, eq)), value);
+  }
+  return args;
+}
+
 // The credentials of a client with TLS and the admin token of `tls`.
 std::shared_ptr<grpc::ChannelCredentials> ClientCredentials(const LocalSecurity& tls) {
   TlsClientConfig client;
@@ -261,11 +287,13 @@ std::string MakePushClients(const ClientRunSpec& spec, const LocalSecurity* tls,
     *gate = std::make_unique<BacklogGate>(std::move(applied), spec.max_backlog);
   }
   const std::string address = absl::StrCat("127.0.0.1:", spec.port);
+  const IntChannelArgs channel_args = ParseChannelArgs(
+      "client_channel_args", absl::GetFlag(FLAGS_client_channel_args));
   for (int i = 0; i < spec.clients; ++i) {
     const std::string worker = absl::StrCat("bench-", i);
     clients->push_back(std::make_unique<PushClient>(
         address, spec.echo, Prototype(worker, absl::GetFlag(FLAGS_n), rank, 100 + i),
-        absl::GetFlag(FLAGS_window), gate->get(), version, credentials));
+        absl::GetFlag(FLAGS_window), gate->get(), version, credentials, channel_args));
     if (spec.echo) continue;
     grpc::Status registered = clients->back()->Register(ModelRequest(worker));
     if (!registered.ok()) return absl::StrCat("RegisterModel: ", registered.error_message());
@@ -623,12 +651,28 @@ RunResult RunDion(int num_clients, int rank, bool bounded, bool wal = false,
   return r;
 }
 
-RunResult RunEcho(int num_clients, int rank) {
+// `tls` non-null: the server serves TLS with its certificate, the clients send its admin token
+// (the echo service does not check it).
+RunResult RunEcho(int num_clients, int rank, const LocalSecurity* tls = nullptr) {
   EchoService service;
   grpc::ServerBuilder builder;
   int port = 0;
-  builder.AddListeningPort("127.0.0.1:0", grpc::InsecureServerCredentials(), &port);
+  std::shared_ptr<grpc::ServerCredentials> credentials = grpc::InsecureServerCredentials();
+  if (tls != nullptr) {
+    TlsServerConfig config;
+    config.cert_file = tls->server_cert_file;
+    config.key_file = tls->server_key_file;
+    absl::StatusOr<std::shared_ptr<grpc::ServerCredentials>> made =
+        MakeServerCredentials(config);
+    if (!made.ok()) Die(made.status().ToString());
+    credentials = *made;
+  }
+  builder.AddListeningPort("127.0.0.1:0", credentials, &port);
   builder.SetMaxReceiveMessageSize(64 << 20);  // DionServer's default
+  for (const auto& [name, value] : ParseChannelArgs(
+           "echo_server_args", absl::GetFlag(FLAGS_echo_server_args))) {
+    builder.AddChannelArgument(name, value);
+  }
   builder.RegisterService(&service);
   std::unique_ptr<grpc::Server> server = builder.BuildAndStart();
   if (server == nullptr || port == 0) Die("cannot start the echo server");
@@ -636,7 +680,8 @@ RunResult RunEcho(int num_clients, int rank) {
   spec.port = port;
   spec.clients = num_clients;
   spec.echo = true;
-  std::unique_ptr<RunClients> clients = MakeRunClients(spec, nullptr, nullptr, rank);
+  spec.tls = tls != nullptr;
+  std::unique_ptr<RunClients> clients = MakeRunClients(spec, nullptr, tls, rank);
   RunResult r = Measure(*clients, [](Counters&) {});
   clients.reset();
   server->Shutdown(absl::ToChronoTime(absl::Now() + absl::Seconds(5)));
@@ -700,7 +745,8 @@ MessageCosts TimeMessageCosts(int n, int rank, int reps) {
 // Which runs --runs asks for.
 struct RunKinds {
   bool echo = false, unbounded = false, bounded = false, bounded_wal = false;
-  bool bounded_tls = false;
+  bool bounded_tls = false, echo_tls = false;
+  bool tls() const { return bounded_tls || echo_tls; }
 };
 
 std::vector<int> ParseClientCounts() {
@@ -726,9 +772,11 @@ RunKinds ParseRunKinds() {
       kinds.bounded_wal = true;
     } else if (run == "bounded_tls") {
       kinds.bounded_tls = true;
+    } else if (run == "echo_tls") {
+      kinds.echo_tls = true;
     } else {
       Die(absl::StrCat("unknown --runs entry '", run,
-                       "' (echo, unbounded, bounded, bounded_wal, bounded_tls)"));
+                       "' (echo, unbounded, bounded, bounded_wal, bounded_tls, echo_tls)"));
     }
   }
   return kinds;
@@ -738,7 +786,7 @@ RunKinds ParseRunKinds() {
 // processes hits each kind alike.
 struct AllRuns {
   std::vector<std::vector<RunResult>> echo, dion, bounded;  // dion: no backlog bound
-  std::vector<std::vector<RunResult>> bounded_wal, bounded_tls;
+  std::vector<std::vector<RunResult>> bounded_wal, bounded_tls, echo_tls;
 };
 
 void LogRun(const char* what, int rep, int clients, const RunResult& d) {
@@ -759,12 +807,19 @@ AllRuns RunAll(const std::vector<int>& counts, const RunKinds& kinds, int rank, 
   all.bounded.resize(counts.size());
   all.bounded_wal.resize(counts.size());
   all.bounded_tls.resize(counts.size());
+  all.echo_tls.resize(counts.size());
   for (int rep = 0; rep < reps; ++rep) {
     for (size_t i = 0; i < counts.size(); ++i) {
       if (kinds.echo) {
         all.echo[i].push_back(RunEcho(counts[i], rank));
         std::fprintf(stderr, "rep %d clients %d echo: %.0f msgs/s\n", rep, counts[i],
                      all.echo[i].back().pushes_per_s);
+      }
+      if (kinds.echo_tls) {
+        all.echo_tls[i].push_back(RunEcho(counts[i], rank, tls));
+        std::fprintf(stderr, "rep %d clients %d echo tls: %.0f msgs/s, cores %.2f / %.2f\n",
+                     rep, counts[i], all.echo_tls[i].back().pushes_per_s,
+                     all.echo_tls[i].back().cores_self, all.echo_tls[i].back().cores_clients);
       }
       if (kinds.unbounded) {
         all.dion[i].push_back(RunDion(counts[i], rank, /*bounded=*/false));
@@ -867,6 +922,35 @@ void PrintTls(const std::vector<int>& counts, const AllRuns& all) {
   }
 }
 
+// CPU microseconds of this process per message of a run.
+double CpuUsPerMessage(const RunResult& r) { return 1e6 * r.cores_self / r.pushes_per_s; }
+
+void PrintEchoTls(const std::vector<int>& counts, const AllRuns& all) {
+  std::printf("\nThe transport alone (echo runs), plaintext / TLS + token: messages/s, CPU us "
+              "per message of this process (the receiving side only with --client_process, "
+              "clients too without it), TLS - plaintext per message and messages per CPU "
+              "second TLS / plaintext (both paired):\n\n"
+              "| clients | msgs/s | CPU us per message | TLS - plaintext us (paired) | "
+              "TLS / plaintext per CPU s (paired) | per repetition |\n|---|---|---|---|---|---|\n");
+  const auto pushes = [](const RunResult& r) { return r.pushes_per_s; };
+  for (size_t i = 0; i < counts.size(); ++i) {
+    const std::vector<RunResult>& plain = all.echo[i];
+    const std::vector<RunResult>& tls = all.echo_tls[i];
+    std::vector<double> extra, ratio;
+    std::vector<std::string> per_rep;
+    for (size_t k = 0; k < std::min(plain.size(), tls.size()); ++k) {
+      extra.push_back(CpuUsPerMessage(tls[k]) - CpuUsPerMessage(plain[k]));
+      ratio.push_back(CpuUsPerMessage(plain[k]) / CpuUsPerMessage(tls[k]));
+      per_rep.push_back(Fmt(ratio.back(), 2));
+    }
+    std::printf("| %d | %s / %s | %s / %s | %s | %s | %s |\n", counts[i],
+                Fmt(MedianOf(plain, pushes)).c_str(), Fmt(MedianOf(tls, pushes)).c_str(),
+                Fmt(MedianOf(plain, CpuUsPerMessage)).c_str(),
+                Fmt(MedianOf(tls, CpuUsPerMessage)).c_str(), Fmt(Median(extra)).c_str(),
+                Fmt(Median(ratio), 3).c_str(), absl::StrJoin(per_rep, ", ").c_str());
+  }
+}
+
 void PrintWal(const std::vector<int>& counts, const AllRuns& all) {
   const auto pushes = [](const RunResult& r) { return r.pushes_per_s; };
   std::printf("\nWrite-ahead log (--wal_sync=%s), backlog bound as above:\n\n"
@@ -935,11 +1019,11 @@ int Main() {
   const int64_t max_backlog = absl::GetFlag(FLAGS_max_backlog);
   if (max_backlog < 1) Die("--max_backlog must be >= 1");
   const double load_before = LoadAverage();
-  // The certificates and tokens of the bounded_tls runs (made with the openssl command).
+  // The certificates and tokens of the bounded_tls and echo_tls runs (made with openssl).
   std::optional<LocalSecurity> tls;
   const std::string tls_root = absl::StrCat(std::filesystem::temp_directory_path().string(),
                                             "/push_bench-tls-", getpid());
-  if (kinds.bounded_tls) {
+  if (kinds.tls()) {
     absl::StatusOr<LocalSecurity> made = CreateLocalSecurity(tls_root, 1);
     if (!made.ok()) Die(made.status().ToString());
     tls = *std::move(made);
@@ -965,6 +1049,7 @@ int Main() {
   PrintThroughput(counts, all, payload, max_backlog);
   if (kinds.bounded && kinds.bounded_wal) PrintWal(counts, all);
   if (kinds.bounded && kinds.bounded_tls) PrintTls(counts, all);
+  if (kinds.echo && kinds.echo_tls) PrintEchoTls(counts, all);
   std::printf("\nPer contribution, timed alone on one thread (median of 50, us): serialize %.0f, "
               "parse %.0f (echo and dion), decode to matrices %.0f and validate %.0f (dion "
               "handler), fold into M %.0f (dion step, %d BLAS thread(s))\n",

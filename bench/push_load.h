@@ -14,6 +14,7 @@
 #include <string>
 #include <thread>
 #include <utility>
+#include <vector>
 
 #include "absl/base/thread_annotations.h"
 #include "absl/strings/str_cat.h"
@@ -26,17 +27,21 @@
 
 namespace dion::bench {
 
-// A channel with no message size limits and a TCP connection of its own; plaintext unless
-// `credentials` is given.
+// Integer gRPC channel arguments (name, value), e.g. {"grpc.http2.bdp_probe", 0}.
+using IntChannelArgs = std::vector<std::pair<std::string, int>>;
+
+// A channel with no message size limits and a TCP connection of its own, plus `extra`;
+// plaintext unless `credentials` is given.
 inline std::shared_ptr<grpc::Channel> NewChannel(
-    const std::string& address,
-    std::shared_ptr<grpc::ChannelCredentials> credentials = nullptr) {
+    const std::string& address, std::shared_ptr<grpc::ChannelCredentials> credentials = nullptr,
+    const IntChannelArgs& extra = {}) {
   grpc::ChannelArguments args;
   args.SetMaxReceiveMessageSize(-1);
   args.SetMaxSendMessageSize(-1);
   // Channels with equal arguments to one address otherwise share a subchannel, i.e. one TCP
   // connection; every client gets its own, as separate worker processes would.
   args.SetInt(GRPC_ARG_USE_LOCAL_SUBCHANNEL_POOL, 1);
+  for (const auto& [name, value] : extra) args.SetInt(name, value);
   return grpc::CreateCustomChannel(
       address, credentials != nullptr ? credentials : grpc::InsecureChannelCredentials(), args);
 }
@@ -126,11 +131,13 @@ class PushClient {
   using PushStream = grpc::ClientReaderWriter<v1::Contribution, v1::PushAck>;
 
   // `gate` (may be null) is passed before every write; `base_version` gives its base version.
-  // `credentials`: TLS and a token (common/tls.h); null: plaintext.
+  // `credentials`: TLS and a token (common/tls.h); null: plaintext. `channel_args`: added to
+  // the channel's arguments.
   PushClient(const std::string& address, bool echo, v1::Contribution message, int window,
              BacklogGate* gate, std::function<int64_t()> base_version,
-             std::shared_ptr<grpc::ChannelCredentials> credentials = nullptr)
-      : channel_(NewChannel(address, std::move(credentials))),
+             std::shared_ptr<grpc::ChannelCredentials> credentials = nullptr,
+             const IntChannelArgs& channel_args = {})
+      : channel_(NewChannel(address, std::move(credentials), channel_args)),
         message_(std::move(message)),
         window_(window),
         gate_(gate),

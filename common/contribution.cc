@@ -35,17 +35,42 @@ absl::Status CheckEntries(const Matrix& M, absl::string_view parameter, absl::st
   return absl::OkStatus();
 }
 
-absl::Status CheckLowRank(const ParamSpec& spec, const LowRankFactors& f) {
+// The tall side's factor of a contribution to one owner's rows of a split parameter.
+absl::Status CheckBlockRows(const ParamSpec& spec, const LowRankFactors& f, RowBlock rows) {
+  const int64_t m = spec.rows(), n = spec.cols();
+  const bool tall_rows = m >= n;
+  const int64_t got = tall_rows ? f.P.rows() : f.R.rows();
+  const int64_t other = tall_rows ? f.R.rows() : f.P.rows();
+  const int64_t other_expected = tall_rows ? n : m;
+  const char* factor = tall_rows ? "P" : "R";
+  const char* other_factor = tall_rows ? "R" : "P";
+  if (got != rows.size()) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "parameter '", spec.name, "' (", m, " x ", n, ") is split by rows of its tall side; this "
+        "shard owns rows [", rows.begin, ", ", rows.end, "), so ", factor, " must have ",
+        rows.size(), " rows (that block), got ", got));
+  }
+  if (other != other_expected) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "parameter '", spec.name, "' (", m, " x ", n, ") is split: ", other_factor,
+        " stays whole with ", other_expected, " rows, got ", other));
+  }
+  return absl::OkStatus();
+}
+
+absl::Status CheckLowRank(const ParamSpec& spec, const LowRankFactors& f, RowBlock rows) {
   const int64_t m = spec.rows(), n = spec.cols();
   const int64_t r = f.P.cols();
   const auto error = [&](auto&&... parts) {
     return absl::InvalidArgumentError(absl::StrCat("parameter '", spec.name, "': ", parts...));
   };
-  if (f.P.rows() != m) {
+  if (rows.size() > 0) {
+    if (absl::Status s = CheckBlockRows(spec, f, rows); !s.ok()) return s;
+  } else if (f.P.rows() != m) {
     return error("P has ", f.P.rows(), " rows, expected m = ", m, " (P is m x r for an ", m,
                  " x ", n, " parameter)");
   }
-  if (f.R.rows() != n) {
+  if (rows.size() == 0 && f.R.rows() != n) {
     return error("R has ", f.R.rows(), " rows, expected n = ", n, " (R is n x r for an ", m,
                  " x ", n, " parameter)");
   }
@@ -99,14 +124,15 @@ absl::Status ValidateWorkerId(absl::string_view worker_id) {
   return absl::OkStatus();
 }
 
-absl::Status ValidatePayload(const ParamSpec& spec, const Contribution& contribution) {
+absl::Status ValidatePayload(const ParamSpec& spec, const Contribution& contribution,
+                             RowBlock rows) {
   if (spec.optimizer == OptimizerKind::kDion) {
     if (!contribution.is_low_rank()) {
       return absl::InvalidArgumentError(absl::StrCat(
           "parameter '", spec.name, "' uses dion: send low-rank factors (P, R), not a dense "
           "gradient"));
     }
-    return CheckLowRank(spec, contribution.factors());
+    return CheckLowRank(spec, contribution.factors(), rows);
   }
   if (contribution.is_low_rank()) {
     return absl::InvalidArgumentError(absl::StrCat(
@@ -135,7 +161,7 @@ absl::Status CheckContribution(const Contribution& contribution,
         "parameter '", spec.name, "': base_version ", contribution.base_version,
         " is outside [0, ", context.version, "], the current version"));
   }
-  return ValidatePayload(spec, contribution);
+  return ValidatePayload(spec, contribution, context.rows);
 }
 
 absl::StatusOr<ValidatedContribution> Validate(Contribution contribution,

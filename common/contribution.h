@@ -22,6 +22,7 @@
 #include "common/compressor.h"
 #include "common/matrix.h"
 #include "common/param_spec.h"
+#include "common/row_reduce.h"
 
 namespace dion {
 
@@ -56,16 +57,25 @@ absl::Status ValidateWorkerId(absl::string_view worker_id);
 // What a contribution is validated against: its parameter's spec and current version, and
 // whether its worker is registered.
 struct ContributionContext {
+  ContributionContext(const ParamSpec& spec, int64_t version, bool worker_registered,
+                      RowBlock rows = {})
+      : spec(spec), version(version), worker_registered(worker_registered), rows(rows) {}
   const ParamSpec& spec;
   int64_t version = 0;
   bool worker_registered = false;
+  // For a shard that owns one row block of a split parameter: the rows of the tall side it
+  // owns; empty ({0, 0}) for a whole parameter.
+  RowBlock rows;
 };
 
 // Whether `contribution`'s payload fits `spec`: low-rank factors for Dion (P m x r, R n x r,
 // 1 <= r <= min(m, n)), a dense m x n gradient otherwise; every entry finite (else a
-// NonFiniteError) and within kMaxContributionMagnitude. InvalidArgument naming the parameter
-// and what was expected.
-absl::Status ValidatePayload(const ParamSpec& spec, const Contribution& contribution);
+// NonFiniteError) and within kMaxContributionMagnitude. With a non-empty `rows` (one owner's
+// block of a split parameter) the tall side's factor must have exactly those rows: P is
+// rows.size() x r when m >= n, else R is. InvalidArgument naming the parameter and what was
+// expected.
+absl::Status ValidatePayload(const ParamSpec& spec, const Contribution& contribution,
+                             RowBlock rows = {});
 
 // Every check a contribution gets, in this order: worker id valid (ValidateWorkerId) and
 // registered (FailedPrecondition), sample_count > 0 (InvalidArgument), 0 <= base_version <=

@@ -14,4 +14,9 @@ RowBlock SplitRowBlock(int64_t rows, int owners, int index) {
   return block;
 }
 
+Matrix CopyRowBlock(ConstMatrixRef X, RowBlock block) {
+  if (X.rows() >= X.cols()) return X.middleRows(block.begin, block.size());
+  return X.middleCols(block.begin, block.size());
+}
+
 }  // namespace dion

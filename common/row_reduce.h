@@ -31,6 +31,11 @@ struct RowBlock {
 // have one row more. REQUIRES 1 <= owners <= rows, 0 <= index < owners.
 RowBlock SplitRowBlock(int64_t rows, int owners, int index);
 
+// The rows `block` of the tall side of the whole matrix X, as a matrix of their own: X's rows
+// [begin, end) when X.rows() >= X.cols(), else X's columns [begin, end). REQUIRES: the block
+// lies within the tall side.
+Matrix CopyRowBlock(ConstMatrixRef X, RowBlock block);
+
 class RowReducer {
  public:
   virtual ~RowReducer() = default;

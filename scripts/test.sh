@@ -4,8 +4,9 @@
 # README's test command and exactly what CI runs (.ci/run).
 #
 # Usage: scripts/test.sh [--no-setup] [--no-asan] [--no-tsan]
-#   Build trees: build/ (Release), build-asan/ (ASan+UBSan, every test) and build-tsan/
-#   (ThreadSanitizer: the concurrency-relevant tests only). JOBS=N sets parallelism.
+#   Build trees: build/ (Release), build-asan/ (ASan+UBSan: every test but the few labelled
+#   release_only, tests/ctest_schedule.cmake) and build-tsan/ (ThreadSanitizer: the
+#   concurrency-relevant tests only). JOBS=N sets parallelism.
 #   The `fault` test (SIGKILLs a shard 10 times under load, tests/wal_fault_test.cc, ~10 s)
 #   runs in the Release and ASan trees, capped by its own ctest TIMEOUT (150 s).
 set -euo pipefail
@@ -17,7 +18,7 @@ for arg in "$@"; do
     --no-setup) setup=0 ;;
     --no-asan) asan=0 ;;
     --no-tsan) tsan=0 ;;
-    -h|--help) sed -n '2,11p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,12p' "$0"; exit 0 ;;
     *) echo "test.sh: unknown argument '$arg' (expected --no-setup, --no-asan, --no-tsan)" >&2
        exit 2 ;;
   esac
@@ -52,8 +53,12 @@ if [ "$asan" = 1 ]; then
     -DDION_SANITIZE=address -DDION_BUILD_BENCH=OFF >/dev/null
   cmake --build build-asan -j "$jobs"
   stage "AddressSanitizer + UBSan tests"
+  # Label release_only: slow under ASan and reaching no code the other ASan tests do not
+  # (tests/ctest_schedule.cmake says why each one); they ran in the Release stage above.
+  echo "Left to the Release stage (label release_only):"
+  ctest --test-dir build-asan -N -L release_only | sed -n 's/^ *Test *#[0-9]*: /  /p'
   ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1 \
-    ctest --test-dir build-asan --output-on-failure -j "$jobs" --timeout 600
+    ctest --test-dir build-asan --output-on-failure -j "$jobs" --timeout 600 -LE release_only
 fi
 if [ "$tsan" = 1 ]; then
   # The batcher and the store are where the shard's locks live; the integration tests drive
@@ -77,6 +82,9 @@ if [ "$tsan" = 1 ]; then
   tsan_targets+=(peer_reduce_test)
   # --- the low-rank update kernel's threads sharing one strip counter (common/lowrank_update.cc).
   tsan_targets+=(lowrank_update_test)
+  # --- split parameters served by 2-3 shards: leader compute threads, followers' StepRows
+  # handlers and staging, all meeting in the reductions.
+  tsan_targets+=(split_serving_test)
   # ---
   stage "ThreadSanitizer build (${tsan_targets[*]})"
   cmake -S . -B build-tsan -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo \

@@ -114,8 +114,10 @@ absl::StatusOr<std::unique_ptr<DionServer>> DionServer::Start(const ServerOption
   std::unique_ptr<DionServer> server(new DionServer(options));
   server->metrics_ = std::make_unique<ShardMetrics>();
   if (absl::Status s = server->StartPeers(); !s.ok()) return s;
+  ShardOptions shard_options = options.shard;
+  shard_options.split_peers = server->split_peers_.get();
   absl::StatusOr<std::unique_ptr<Shard>> shard =
-      Shard::Create(options.shard, server->metrics_.get());
+      Shard::Create(shard_options, server->metrics_.get());
   if (!shard.ok()) return shard.status();
   server->shard_ = *std::move(shard);
   server->service_ = std::make_unique<ParameterServerService>(
@@ -132,7 +134,8 @@ absl::StatusOr<std::unique_ptr<DionServer>> DionServer::Start(const ServerOption
   builder.AddChannelArgument(GRPC_ARG_KEEPALIVE_PERMIT_WITHOUT_CALLS, 1);
   builder.RegisterService(server->service_.get());
   server->peer_service_ = std::make_unique<ShardPeerService>(
-      server->reduce_hub_.get(), service.tokens, server->metrics_.get(), options.peer.timeout);
+      server->reduce_hub_.get(), server->shard_.get(), service.tokens, server->metrics_.get(),
+      options.peer.timeout);
   builder.RegisterService(server->peer_service_.get());
   server->server_ = builder.BuildAndStart();
   if (server->server_ == nullptr || server->port_ == 0) {
@@ -163,6 +166,9 @@ absl::Status DionServer::StartPeers() {
   }
   peer_env_ = PeerEnv{reduce_hub_.get(), peer_channels_.get(), options_.peer.timeout,
                       metrics_.get()};
+  // Split parameters need every owner reachable: without peer addresses the shard refuses a
+  // table that gives it rows of one (Shard::CheckSplitServable).
+  if (peer_channels_ != nullptr) split_peers_ = std::make_unique<GrpcSplitPeers>(peer_env_);
   return absl::OkStatus();
 }
 

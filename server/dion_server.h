@@ -28,6 +28,7 @@
 #include "common/tls.h"
 #include "server/metrics.h"
 #include "server/peer/grpc_row_reducer.h"
+#include "server/peer/grpc_split_peers.h"
 #include "server/peer/peer_channels.h"
 #include "server/peer/peer_service.h"
 #include "server/peer/reduce_hub.h"
@@ -99,6 +100,7 @@ class DionServer {
   std::unique_ptr<ReduceHub> reduce_hub_;
   std::unique_ptr<PeerChannels> peer_channels_;  // null without peer addresses
   PeerEnv peer_env_;
+  std::unique_ptr<GrpcSplitPeers> split_peers_;  // null without peer addresses
   std::unique_ptr<Shard> shard_;
   std::unique_ptr<ParameterServerService> service_;
   std::unique_ptr<ShardPeerService> peer_service_;

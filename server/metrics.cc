@@ -151,6 +151,7 @@ struct ShardMetrics::Families {
   std::array<prometheus::Counter*, kPeerFailureReasons.size()> peer_failures{};
   prometheus::Counter* peer_sent_bytes = nullptr;
   prometheus::Counter* peer_received_bytes = nullptr;
+  prometheus::Counter* split_step_failures = nullptr;
 
   // The version gauge shows the highest version per kind; "read max, then Set" must be one
   // step or two racing steps could leave the lower version showing (the same for
@@ -372,6 +373,12 @@ struct ShardMetrics::Families {
                                      "follower, parts as a leader).")
                                .Register(r)
                                .Add({});
+    split_step_failures = &prometheus::BuildCounter()
+                               .Name("dion_split_step_failures_total")
+                               .Help("Attempts of a split parameter's step that this shard led "
+                                     "and that failed on some owner (nothing applied; retried).")
+                               .Register(r)
+                               .Add({});
   }
 };
 
@@ -466,6 +473,8 @@ void ShardMetrics::RecordPeerReduction(absl::string_view tag, double seconds) {
 void ShardMetrics::RecordPeerFailure(absl::StatusCode code) {
   families_->peer_failures[PeerFailureIndex(code)]->Increment();
 }
+
+void ShardMetrics::RecordSplitStepFailure() { families_->split_step_failures->Increment(); }
 
 void ShardMetrics::RecordPeerBytes(int64_t sent, int64_t received) {
   if (sent > 0) families_->peer_sent_bytes->Increment(static_cast<double>(sent));

@@ -103,6 +103,8 @@ class ShardMetrics {
   void RecordPeerReduction(absl::string_view tag, double seconds);
   void RecordPeerFailure(absl::StatusCode code);
   void RecordPeerBytes(int64_t sent, int64_t received);
+  // An attempt of a split parameter's step this shard led failed (it is retried).
+  void RecordSplitStepFailure();
 
   std::shared_ptr<prometheus::Registry> registry() const;
   // The text exposition format of everything registered (what /metrics serves).

@@ -27,9 +27,10 @@ bool SameShape(const Matrix& a, int64_t rows, int64_t cols) {
   return a.rows() == rows && a.cols() == cols;
 }
 
-// Whether `state` is a valid state of `spec`'s optimizer (shapes included).
-absl::Status CheckStateShape(const ParamSpec& spec, const OptimizerState& state) {
-  const int64_t m = spec.rows(), n = spec.cols();
+// Whether `state` is a valid state of `spec`'s optimizer for an X of m x n (the parameter's
+// shape, or one owner's block of a split one; Q is always the whole parameter's).
+absl::Status CheckStateShape(const ParamSpec& spec, const OptimizerState& state, int64_t m,
+                             int64_t n) {
   const auto error = [&](absl::string_view what) {
     return absl::InvalidArgumentError(
         absl::StrCat("parameter '", spec.name, "': restored optimizer state ", what));
@@ -39,7 +40,9 @@ absl::Status CheckStateShape(const ParamSpec& spec, const OptimizerState& state)
       const DionState* s = std::get_if<DionState>(&state);
       if (s == nullptr) return error("is not a dion state");
       if (!SameShape(s->M, m, n)) return error("M has the wrong shape");
-      if (!SameShape(s->Q, std::min(m, n), spec.rank())) return error("Q has the wrong shape");
+      if (!SameShape(s->Q, std::min(spec.rows(), spec.cols()), spec.rank())) {
+        return error("Q has the wrong shape");
+      }
       if (!s->M.allFinite() || !s->Q.allFinite()) return error("has NaN or Inf");
       return absl::OkStatus();
     }
@@ -70,16 +73,6 @@ absl::Status CheckStateShape(const ParamSpec& spec, const OptimizerState& state)
 
 int64_t StateStep(const OptimizerState& state) {
   return std::visit([](const auto& s) { return s.step; }, state);
-}
-
-// The spec with every learning rate multiplied by `scale` (the lr schedule's step).
-ParamSpec WithLrScaled(const ParamSpec& spec, double scale) {
-  ParamSpec scaled = spec;
-  scaled.dion.lr *= scale;
-  scaled.adamw.lr *= scale;
-  scaled.lion.lr *= scale;
-  scaled.muon.lr *= scale;
-  return scaled;
 }
 
 }  // namespace
@@ -170,22 +163,23 @@ absl::StatusOr<bool> ParameterStore::RegisterWithFingerprint(const ModelTable& t
   }
   absl::StatusOr<Layout> layout = Layout::Compute(fingerprint.specs, options_.num_shards);
   if (!layout.ok()) return layout.status();
-  if (absl::Status s = RefuseSplitParameters(*layout); !s.ok()) return s;
   if (absl::Status s = CheckStateBudget(table, *layout); !s.ok()) return s;
 
   // Build the state outside the lock: initial values and Dion's Q can take a while.
   auto model = std::make_unique<Model>();
   for (const ParameterDefinition& definition : table.parameters) {
     const ParamSpec& spec = definition.spec;
-    if (layout->ShardOf(spec.name) != options_.shard_index) continue;
+    if (!layout->Holds(spec.name, options_.shard_index)) continue;
     auto parameter = std::make_unique<Parameter>();
     parameter->spec = spec;
-    {
-      MutexLock lock(&parameter->mu);
-      parameter->X = definition.initial_value ? *definition.initial_value : InitialValue(spec);
-      parameter->state = InitOptimizerState(spec, DionStateSeed(spec));
-      parameter->checksum = WeightsChecksum(parameter->X);
+    const Placement& placement = *layout->Find(spec.name);
+    for (size_t i = 0; i < placement.split.size(); ++i) {
+      if (placement.split[i].shard != options_.shard_index) continue;
+      SplitOwnership split{{}, static_cast<int>(i), placement.split[i].rows};
+      for (const RowOwner& owner : placement.split) split.owner_shards.push_back(owner.shard);
+      parameter->split = std::move(split);
     }
+    InitState(definition, *parameter);
     model->owned.push_back(spec.name);
     model->parameters.emplace(spec.name, std::move(parameter));
   }
@@ -204,8 +198,8 @@ absl::Status ParameterStore::CheckStateBudget(const ModelTable& table,
   const ParamSpec* largest = nullptr;
   for (const ParameterDefinition& definition : table.parameters) {
     const ParamSpec& spec = definition.spec;
-    if (layout.ShardOf(spec.name) != options_.shard_index) continue;
-    const int64_t bytes = StateBytes(spec);
+    if (!layout.Holds(spec.name, options_.shard_index)) continue;
+    const int64_t bytes = OwnedStateBytes(spec, *layout.Find(spec.name), options_.shard_index);
     needed = std::min(kNoStateBudget, needed + bytes + kParameterOverheadBytes);
     ++owned;
     if (largest == nullptr || bytes > StateBytes(*largest)) largest = &spec;
@@ -276,10 +270,18 @@ absl::StatusOr<ParameterStore::Parameter*> ParameterStore::Find(absl::string_vie
   }
   auto it = model_->parameters.find(name);
   if (it != model_->parameters.end()) return it->second.get();
-  const int shard = model_->layout.ShardOf(name);
-  if (shard < 0) {
+  const Placement* placement = model_->layout.Find(name);
+  if (placement == nullptr) {
     return absl::NotFoundError(absl::StrCat("parameter '", name, "' is not in model '",
                                             model_->fingerprint.model_name, "'"));
+  }
+  const int shard = placement->shard;
+  if (placement->is_split()) {
+    std::vector<int> owners;
+    for (const RowOwner& owner : placement->split) owners.push_back(owner.shard);
+    return absl::FailedPreconditionError(absl::StrCat(
+        "parameter '", name, "' is split over shards ", absl::StrJoin(owners, ", "),
+        " (in row order), this is shard ", options_.shard_index, ", which owns none of its rows"));
   }
   return absl::FailedPreconditionError(absl::StrCat("parameter '", name, "' is owned by shard ",
                                                     shard, ", this is shard ",
@@ -314,48 +316,22 @@ absl::StatusOr<ValidatedContribution> ParameterStore::Validate(Contribution cont
 ContributionContext ParameterStore::Context(const Parameter& parameter,
                                             absl::string_view worker_id) const {
   return {parameter.spec, parameter.version.load(std::memory_order_acquire),
-          worker_registered(worker_id)};
+          worker_registered(worker_id),
+          parameter.split.has_value() ? parameter.split->rows : RowBlock{}};
 }
 
 absl::StatusOr<StepOutcome> ParameterStore::ApplyBatch(const Batch& batch) {
   absl::StatusOr<Parameter*> found = Find(batch.parameter);
   if (!found.ok()) return found.status();
   Parameter& parameter = **found;
-  if (batch.entries.empty()) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("parameter '", batch.parameter, "': a batch must not be empty"));
+  if (parameter.split.has_value()) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        "parameter '", batch.parameter, "' is split: its owners step together (ApplyRowBatch)"));
   }
-  StepStats stats;
-  double weight_sum = 0;
-  absl::flat_hash_set<absl::string_view> workers;
-  for (const WeightedContribution& entry : batch.entries) {
-    const Contribution& c = *entry.contribution;
-    if (c.parameter != batch.parameter) {
-      return absl::InvalidArgumentError(absl::StrCat("a batch of '", batch.parameter,
-                                                     "' holds a contribution for '", c.parameter,
-                                                     "'"));
-    }
-    if (!(entry.weight > 0 && std::isfinite(entry.weight))) {
-      return absl::InvalidArgumentError(absl::StrCat(
-          "parameter '", batch.parameter, "': weight ", entry.weight, " is not positive"));
-    }
-    weight_sum += entry.weight;
-    stats.samples += c.sample_count;
-    stats.mean_loss += static_cast<double>(c.sample_count) * c.loss;
-    workers.insert(c.worker_id);
-  }
-  if (std::abs(weight_sum - 1.0) > 1e-6) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "parameter '", batch.parameter, "': batch weights sum to ", weight_sum, ", expected 1"));
-  }
-  if (!(batch.noise_stddev >= 0 && std::isfinite(batch.noise_stddev))) {
-    return absl::InvalidArgumentError(absl::StrCat("parameter '", batch.parameter,
-                                                   "': noise stddev ", batch.noise_stddev,
-                                                   " is not finite and >= 0"));
-  }
-  stats.contributions = static_cast<int>(batch.entries.size());
-  stats.workers = static_cast<int>(workers.size());
-  stats.mean_loss /= static_cast<double>(stats.samples);
+  absl::StatusOr<StepStats> checked = CheckBatch(batch);
+  if (!checked.ok()) return checked.status();
+  StepStats stats = *std::move(checked);
+
 
   MutexLock lock(&parameter.mu);
   const int64_t version = parameter.version.load(std::memory_order_relaxed);
@@ -412,6 +388,7 @@ absl::StatusOr<ParameterSnapshot> ParameterStore::Snapshot(absl::string_view nam
   snapshot.samples_applied = parameter.samples_applied.load(std::memory_order_relaxed);
   snapshot.X = parameter.X;
   if (include_state) snapshot.state = parameter.state;
+  if (parameter.split.has_value()) snapshot.rows = parameter.split->rows;
   return snapshot;
 }
 
@@ -424,7 +401,21 @@ absl::Status ParameterStore::Restore(const ParameterSnapshot& snapshot) {
     return absl::InvalidArgumentError(
         absl::StrCat("cannot restore parameter '", spec.name, "': ", what));
   };
-  if (!SameShape(snapshot.X, spec.rows(), spec.cols())) return error("X has the wrong shape");
+  const auto [rows, cols] = HeldShape(parameter);
+  if (parameter.split.has_value() && !(snapshot.rows == parameter.split->rows)) {
+    return error(absl::StrCat(
+        "the checkpoint holds rows [", snapshot.rows.begin, ", ", snapshot.rows.end,
+        ") of its tall side", snapshot.rows.size() == 0 ? " (the whole parameter)" : "",
+        ", but in the current layout this shard owns rows [", parameter.split->rows.begin, ", ",
+        parameter.split->rows.end, ") of its split over ", parameter.split->owner_shards.size(),
+        " shards"));
+  }
+  if (!parameter.split.has_value() && snapshot.rows.size() > 0) {
+    return error(absl::StrCat("the checkpoint holds rows [", snapshot.rows.begin, ", ",
+                              snapshot.rows.end, ") of a split, but in the current layout this "
+                              "shard holds the whole parameter"));
+  }
+  if (!SameShape(snapshot.X, rows, cols)) return error("X has the wrong shape");
   if (!snapshot.X.allFinite()) return error("X has NaN or Inf");
   if (snapshot.version < 0) return error("negative version");
   if (snapshot.contributions_applied < 0) return error("negative contributions_applied");
@@ -433,9 +424,10 @@ absl::Status ParameterStore::Restore(const ParameterSnapshot& snapshot) {
   if (snapshot.spec.optimizer != spec.optimizer || snapshot.spec.shape != spec.shape) {
     return error("the snapshot's spec differs from the registered one");
   }
-  if (absl::Status s = CheckStateShape(spec, *snapshot.state); !s.ok()) return s;
+  if (absl::Status s = CheckStateShape(spec, *snapshot.state, rows, cols); !s.ok()) return s;
 
   MutexLock lock(&parameter.mu);
+  parameter.folded_version = -1;
   parameter.X = snapshot.X;
   parameter.state = *snapshot.state;
   parameter.checksum = WeightsChecksum(parameter.X);

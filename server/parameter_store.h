@@ -39,6 +39,7 @@
 #include "common/mutex.h"
 #include "absl/time/time.h"
 #include "common/matrix.h"
+#include "common/row_reduce.h"
 #include "common/param_spec.h"
 #include "common/contribution.h"
 #include "common/layout.h"
@@ -109,6 +110,13 @@ struct StepOutcome {
   StepStats stats;
 };
 
+// What one owner of a split parameter holds.
+struct SplitOwnership {
+  std::vector<int> owner_shards;  // every owner's shard, in row order (owner 0 leads)
+  int index = 0;                  // this shard's index among them
+  RowBlock rows;                  // its rows of the tall side
+};
+
 struct ParameterStatus {
   std::string parameter;
   OptimizerKind optimizer = OptimizerKind::kAdamW;
@@ -169,6 +177,11 @@ class ParameterStore {
   absl::StatusOr<const ParamSpec*> FindSpec(absl::string_view parameter) const
       ABSL_LOCKS_EXCLUDED(mu_);
   absl::StatusOr<int64_t> Version(absl::string_view parameter) const ABSL_LOCKS_EXCLUDED(mu_);
+  // Of an owned parameter split by rows (docs/algorithm.md, "One matrix over many shards"):
+  // every owner's shard in row order, this shard's index among them and its rows. nullopt for
+  // a whole parameter; the store's codes for one it does not own.
+  absl::StatusOr<std::optional<SplitOwnership>> Split(absl::string_view parameter) const
+      ABSL_LOCKS_EXCLUDED(mu_);
 
   // The one validation of a contribution: against the model, the worker registry, the
   // parameter's spec and current version (CheckContribution; codes in the file comment).
@@ -181,6 +194,16 @@ class ParameterStore {
   // are validated by type): non-empty, every entry of this parameter, weights positive and
   // summing to 1, the batch version equal to the current version. On error nothing changes.
   absl::StatusOr<StepOutcome> ApplyBatch(const Batch& batch) ABSL_LOCKS_EXCLUDED(mu_);
+  // The same for one owner's rows of a split parameter (server/parameter_store_split.cc): folds
+  // the batch into its rows of M, unless M already holds it from a failed attempt of the same
+  // version, then takes its part of the step with the other owners through `reducer`
+  // (DionRowStepFromMomentum) at `lr_scale` (the leader's schedule factor). The update holds
+  // this owner's rows. FailedPrecondition for a whole parameter; a reducer's error leaves X, Q
+  // and the version as they were, M holding the batch, so the same batch may be retried.
+  absl::StatusOr<StepOutcome> ApplyRowBatch(const Batch& batch, double lr_scale,
+                                            RowReducer& reducer) ABSL_LOCKS_EXCLUDED(mu_);
+  // The learning-rate schedule's factor for the next step of an owned parameter.
+  absl::StatusOr<double> NextLrScale(absl::string_view parameter) const ABSL_LOCKS_EXCLUDED(mu_);
 
   // X (and with include_state the optimizer state) of an owned parameter, consistent with
   // one version.
@@ -196,10 +219,14 @@ class ParameterStore {
  private:
   struct Parameter {
     ParamSpec spec;
+    std::optional<SplitOwnership> split;  // immutable; set for one owner's rows of a split
     mutable Mutex mu;
     Matrix X ABSL_GUARDED_BY(mu);
     OptimizerState state ABSL_GUARDED_BY(mu);
     uint64_t checksum ABSL_GUARDED_BY(mu) = 0;
+    // A split parameter's M holds the batch of this version from an attempt whose reductions
+    // failed (-1: none), so a retry does not fold it again.
+    int64_t folded_version ABSL_GUARDED_BY(mu) = -1;
     // Written only with mu held; read without it so that validation and Statuses() never wait
     // for a running step (mu is held across its matrix products). version is stored last
     // (release), so a reader that loads it first sees counters at least as new.
@@ -231,6 +258,13 @@ class ParameterStore {
   // The owned parameter called `name`: FailedPrecondition without a model or for a parameter
   // of another shard, NotFound for an unknown name. The pointer lives as long as the store.
   absl::StatusOr<Parameter*> Find(absl::string_view name) const ABSL_LOCKS_EXCLUDED(mu_);
+  // The batch's invariants (ApplyBatch) and its statistics, or InvalidArgument.
+  static absl::StatusOr<StepStats> CheckBatch(const Batch& batch);
+  // The X and state of the parameter `spec`, or of its rows when split; StateBytes likewise.
+  static void InitState(const ParameterDefinition& definition, Parameter& parameter);
+  static int64_t OwnedStateBytes(const ParamSpec& spec, const Placement& placement, int shard);
+  // X's shape as held (the block's for a split parameter).
+  static std::pair<int64_t, int64_t> HeldShape(const Parameter& parameter);
   // What a contribution to `parameter` from `worker_id` is validated against.
   ContributionContext Context(const Parameter& parameter, absl::string_view worker_id) const
       ABSL_LOCKS_EXCLUDED(mu_);

@@ -90,6 +90,7 @@ absl::Status Shard::Start() {
     update.version = snapshot->version;
     update.checksum = snapshot->checksum;
     update.content = std::move(snapshot->X);
+    update.rows = snapshot->rows;  // a split parameter's block
     return update;
   };
   broadcaster_ = std::make_unique<Broadcaster>(options_.broadcaster, std::move(source), metrics_);
@@ -133,6 +134,7 @@ Shard::~Shard() {
 }
 
 absl::StatusOr<bool> Shard::RegisterModel(const ModelTable& table) {
+  if (absl::Status s = CheckSplitServable(table); !s.ok()) return s;
   MutexLock lock(&gate_);
   absl::StatusOr<bool> newly = store_->RegisterModel(table);
   if (!newly.ok() || !*newly) return newly;
@@ -206,6 +208,12 @@ absl::StatusOr<PushReply> Shard::Submit(Contribution contribution) {
   }
   absl::StatusOr<ValidatedContribution> valid = store_->Validate(std::move(contribution));
   if (!valid.ok()) return refuse(valid.status());
+  if (lane->stage != nullptr) {  // a follower of a split parameter
+    absl::StatusOr<PushReply> staged = StageContribution(lane, *std::move(valid));
+    if (!staged.ok()) return refuse(staged.status());
+    accounting_.Count(source, staged->result, loss);
+    return staged;
+  }
   // Read before the offer: the batcher's version is never behind it then, whereas a batch this
   // contribution closes may be applied before a later read.
   const int64_t applied_version = store_->Version(parameter).value_or(0);
@@ -229,7 +237,11 @@ absl::StatusOr<PushReply> Shard::RefuseDuringShutdown(const Lane* lane,
                                                       const Contribution& c) const {
   // Dedup before refusing: a re-sent contribution that is already in must be answered
   // DUPLICATE, or the client restores it into its residual and it is applied twice.
-  if (lane == nullptr || !lane->batcher->AlreadyAccepted(c.worker_id, c.sequence)) {
+  const bool in = lane != nullptr && (lane->stage != nullptr
+                                          ? lane->stage->AlreadyStaged(c.worker_id, c.sequence)
+                                          : lane->batcher->AlreadyAccepted(c.worker_id,
+                                                                           c.sequence));
+  if (!in) {
     return absl::UnavailableError("the shard is shutting down; retry on the restarted shard");
   }
   return PushReply{PushOutcome::kDuplicate, store_->Version(c.parameter).value_or(0),
@@ -329,64 +341,6 @@ ShardStatus Shard::Status() const {
   status.longest_checkpoint_cut = absl::Nanoseconds(longest_cut_ns_.load());
   if (options_.batcher.dp.enabled()) status.privacy = PrivacyOf(parameters);
   return status;
-}
-
-absl::Status Shard::ApplyOne(const Lane* lane, Batch batch) {
-  const absl::Time start = absl::Now();
-  lane->snapshot->BeforeStep(batch.version);  // a checkpoint's copy of the version it changes
-  if (log_ != nullptr && batch.journal_end > 0) {
-    // The batch's record must be durable before its version can reach anyone.
-    if (absl::Status s = WaitDurable(batch.journal_end); !s.ok()) {
-      std::fprintf(stderr, "dion-server: step of '%s' at version %lld not applied: %s\n",
-                   batch.parameter.c_str(), static_cast<long long>(batch.version),
-                   s.ToString().c_str());
-      if (metrics_ != nullptr) metrics_->RecordFailedStep(lane->optimizer);
-      lane->snapshot->StepFailed(batch.version, s);
-      return s;
-    }
-  }
-  absl::StatusOr<StepOutcome> outcome = store_->ApplyBatch(batch);
-  if (!outcome.ok()) {
-    std::fprintf(stderr, "dion-server: step of '%s' at version %lld failed: %s\n",
-                 batch.parameter.c_str(), static_cast<long long>(batch.version),
-                 outcome.status().ToString().c_str());
-    if (metrics_ != nullptr) metrics_->RecordFailedStep(lane->optimizer);
-    lane->snapshot->StepFailed(batch.version, outcome.status());
-    return outcome.status();
-  }
-  lane->snapshot->AfterStep(outcome->update.version);
-  {
-    // The store holds the new version already; wake Pulls waiting for it.
-    MutexLock lock(&version_mu_);
-    version_cv_.SignalAll();
-  }
-  const int64_t version = outcome->update.version;
-  const absl::Time published = absl::Now();
-  broadcaster_->Publish(std::move(outcome->update));
-  const absl::Time end = absl::Now();
-  lane->batcher->ReportStepDuration(published - start);
-  RecordStep(*lane, outcome->stats, version, end - published);
-  return absl::OkStatus();
-}
-
-void Shard::RecordStep(const Lane& lane, const StepStats& stats, int64_t version,
-                       absl::Duration broadcast) {
-  if (metrics_ == nullptr) return;
-  metrics_->RecordBatch(stats.contributions);
-  metrics_->RecordPhase(StepPhase::kAggregate, absl::ToDoubleSeconds(stats.report.aggregate));
-  if (lane.optimizer == OptimizerKind::kDion) {
-    metrics_->RecordPhase(StepPhase::kPowerIteration,
-                          absl::ToDoubleSeconds(stats.report.power_iteration));
-    metrics_->RecordPhase(StepPhase::kOrthonormalize,
-                          absl::ToDoubleSeconds(stats.report.orthonormalize));
-  }
-  metrics_->RecordPhase(StepPhase::kUpdate, absl::ToDoubleSeconds(stats.report.update));
-  metrics_->RecordPhase(StepPhase::kBroadcast, absl::ToDoubleSeconds(broadcast));
-  metrics_->RecordStep(lane.optimizer, version);
-  if (stats.report.ortho_error >= 0) metrics_->SetOrthogonalityError(stats.report.ortho_error);
-  metrics_->SetWorkerLoss(stats.mean_loss);
-  if (!options_.batcher.dp.enabled()) return;
-  metrics_->SetPrivacySpent(PrivacyOf(store_->Statuses()).spent.epsilon);
 }
 
 void Shard::FlushAndDrain() {

@@ -39,6 +39,7 @@
 #include <cstdint>
 #include <functional>
 #include <memory>
+#include <optional>
 #include <string>
 #include <thread>
 #include <vector>
@@ -59,8 +60,10 @@
 #include "common/model_table.h"
 #include "server/parameter_store.h"
 #include "server/push_accounting.h"
+#include "server/row_stage.h"
 #include "server/shard_log.h"
 #include "server/snapshot_slot.h"
+#include "server/split_peers.h"
 #include "server/step_queue.h"
 
 namespace dion {
@@ -88,6 +91,19 @@ struct ShardOptions {
   std::string wal_dir;
   LogSync wal_sync = LogSync::Always();
   RecoverMode wal_recover = RecoverMode::kStrict;
+  // The other owners of split parameters (server/split_peers.h; not owned, outlives the
+  // shard). Null: a table that gives this shard rows of a split parameter is refused.
+  SplitPeers* split_peers = nullptr;
+  // Contributions a follower of a split parameter holds staged for its leader's batches, per
+  // parameter (server/row_stage.h).
+  int64_t max_staged = 4096;
+  // A leader's failed step of a split parameter is retried after this, doubling up to
+  // split_retry_max, until it succeeds or the shard shuts down.
+  absl::Duration split_retry_initial = absl::Milliseconds(50);
+  absl::Duration split_retry_max = absl::Seconds(2);
+  // Fault tests only: called at the start of every StepRows; an error fails it (this follower
+  // takes no part in that step, as if the leader's command had not arrived). Null: none.
+  std::function<absl::Status(const StepRowsCommand&)> step_rows_fault;
 };
 
 // InvalidArgument naming the field.
@@ -180,6 +196,15 @@ class Shard {
   // Returns once the log is durable through `end` (at once without a log, or for 0);
   // Unavailable, saying that nothing is acknowledged, when the log cannot be written.
   absl::Status WaitDurable(uint64_t end);
+  // A follower's part of a step of a split parameter, on the leader's command
+  // (ShardPeer.StepRows; docs/protocol.md, "Split parameters"): folds the named staged
+  // contributions into its rows and steps with the other owners. Codes: peer.proto's StepRows.
+  // Runs on the caller's thread; steps of one parameter are serialised by the store.
+  absl::StatusOr<StepRowsReply> StepRows(const StepRowsCommand& command)
+      ABSL_LOCKS_EXCLUDED(gate_);
+  // Contributions staged on this follower for `parameter` (0 for one it does not follow).
+  int64_t StagedContributions(absl::string_view parameter) const ABSL_LOCKS_EXCLUDED(gate_);
+
   // Counts a contribution the caller refused before Push (e.g. it could not be decoded).
   void CountRejected(absl::string_view worker_id, absl::string_view parameter)
       ABSL_LOCKS_EXCLUDED(gate_);
@@ -256,6 +281,11 @@ class Shard {
     StepQueue::LaneId steps = 0;
     bool attached = false;  // `steps` is set
     std::unique_ptr<SnapshotSlot> snapshot;  // holds the parameter for a checkpoint
+    // A split parameter's owner: its place among the owners; a follower's staged
+    // contributions (its batcher stays empty: the leader batches).
+    std::optional<SplitOwnership> split;
+    std::unique_ptr<RowStage> stage;
+    bool leads() const { return split.has_value() && split->index == 0; }
   };
 
   Shard(const ShardOptions& options, ShardMetrics* metrics);
@@ -304,6 +334,17 @@ class Shard {
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(checkpoint_mu_) ABSL_LOCKS_EXCLUDED(gate_);
   // Applies one closed batch of `lane` (on a compute thread) and publishes the new version.
   absl::Status ApplyOne(const Lane* lane, Batch batch);
+  // ApplyOne of a split parameter's leader (server/shard_split.cc): its rows' step with every
+  // follower's, retried until it succeeds or the shard shuts down.
+  absl::Status ApplySplit(const Lane* lane, Batch batch);
+  // After a step: wakes version waiters, publishes `outcome`'s update, records metrics.
+  void PublishStep(const Lane& lane, StepOutcome outcome, absl::Time start);
+  // FailedPrecondition when `table` gives this shard rows of a split parameter that it cannot
+  // serve: no split_peers, or differential privacy on.
+  absl::Status CheckSplitServable(const ModelTable& table) const;
+  // Submit of a follower's contribution: staged for the leader's batches.
+  absl::StatusOr<PushReply> StageContribution(Lane* lane, ValidatedContribution contribution)
+      ABSL_SHARED_LOCKS_REQUIRED(gate_);
   void RecordStep(const Lane& lane, const StepStats& stats, int64_t version,
                   absl::Duration broadcast);
   // ShardStatus::privacy from the owned parameters' statuses. REQUIRES: dp enabled.

@@ -47,8 +47,18 @@ void Shard::CreateLanesLocked(bool attach_steps) {
     const ParamSpec spec = store_->Spec(name).value();
     const int64_t version = store_->Version(name).value();
     auto lane = std::make_unique<Lane>();
-    lane->batcher =
-        std::make_unique<Batcher>(name, options_.batcher, version, options_.clock, log_.get());
+    lane->split = store_->Split(name).value();
+    // A split parameter's contributions and batches are not logged (docs/server.md, "Split
+    // parameters"): replaying its steps would need the other owners.
+    lane->batcher = std::make_unique<Batcher>(name, options_.batcher, version, options_.clock,
+                                              lane->split.has_value() ? nullptr : log_.get());
+    if (lane->split.has_value() && !lane->leads()) {
+      RowStageOptions stage;
+      stage.dedup_window = options_.batcher.dedup_window;
+      stage.max_staleness = options_.batcher.staleness.max_staleness;
+      stage.max_staged = options_.max_staged;
+      lane->stage = std::make_unique<RowStage>(name, stage);
+    }
     lane->optimizer = spec.optimizer;
     lane->snapshot = std::make_unique<SnapshotSlot>(store_.get(), name);
     lane_order_.push_back(lane.get());

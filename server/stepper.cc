@@ -67,6 +67,19 @@ absl::Duration* PhaseTotal(StepReport& report, DionPhase phase) {
 
 }  // namespace
 
+ParamSpec WithLrScaled(const ParamSpec& spec, double scale) {
+  ParamSpec scaled = spec;
+  scaled.dion.lr *= scale;
+  scaled.adamw.lr *= scale;
+  scaled.lion.lr *= scale;
+  scaled.muon.lr *= scale;
+  return scaled;
+}
+
+void FoldIntoMomentum(const std::vector<WeightedContribution>& entries, Matrix& M) {
+  FoldLowRankIntoMomentum(CanonicalOrder(entries), M);
+}
+
 OptimizerState InitOptimizerState(const ParamSpec& spec, uint64_t seed) {
   const int64_t m = spec.rows(), n = spec.cols();
   switch (spec.optimizer) {

@@ -36,6 +36,9 @@ namespace dion {
 
 using OptimizerState = std::variant<DionState, AdamWState, LionState, MuonState>;
 
+// The spec with every learning rate multiplied by `scale` (the lr schedule's step).
+ParamSpec WithLrScaled(const ParamSpec& spec, double scale);
+
 // The starting state of the spec's optimizer; a Dion parameter's Q is drawn from `seed`.
 OptimizerState InitOptimizerState(const ParamSpec& spec, uint64_t seed);
 
@@ -55,6 +58,11 @@ struct StepNoise {
   double stddev = 0.0;
   uint64_t seed = 0;
 };
+
+// M += sum_i w_i P_i R_i^T over `entries` in summation order, as one GEMM (the fold of a Dion
+// step). M may be one owner's block of a split parameter, the entries' factors its rows.
+// REQUIRES: every entry low-rank, its factors fitting M.
+void FoldIntoMomentum(const std::vector<WeightedContribution>& entries, Matrix& M);
 
 // Applies the weighted mean of `entries` to (X, state) with the spec's optimizer. The mean is
 // summed in (worker_id, sequence) order, so the result does not depend on the order of

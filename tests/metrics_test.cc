@@ -105,6 +105,7 @@ const std::vector<Documented>& DocumentedMetrics() {
       {"dion_peer_reduction_failures_total", "counter"},
       {"dion_peer_sent_bytes_total", "counter"},
       {"dion_peer_received_bytes_total", "counter"},
+      {"dion_split_step_failures_total", "counter"},
   };
   return *list;
 }

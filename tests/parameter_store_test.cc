@@ -179,20 +179,49 @@ TEST(ParameterStore, InvalidTableIsRefusedWithInvalidArgument) {
 
 // Split parameters (split_owners >= 2) are laid out but not yet served: the table is refused
 // as a whole, naming the parameter, and nothing is registered; over one shard it stays whole.
-TEST(ParameterStore, ATableWithASplitParameterIsRefusedAndNothingIsRegistered) {
+// Each owner of a split parameter holds its rows of the whole initial value and of M, and the
+// whole Q, exactly as the unsplit store has them; a snapshot says which rows; another owner's
+// block is refused on restore, naming both ranges.
+TEST(ParameterStore, OwnersOfASplitParameterHoldTheirRowsOfTheWhole) {
   ModelTable table = TestModel();
   ASSERT_EQ(table.parameters[0].spec.optimizer, OptimizerKind::kDion);
+  const ParamSpec& spec = table.parameters[0].spec;
   table.parameters[0].spec.split_owners = 2;
-  auto store = *ParameterStore::Create(StoreOptions{0, 2});
-  const absl::Status refused = store->RegisterModel(table).status();
-  EXPECT_EQ(refused.code(), absl::StatusCode::kFailedPrecondition);
-  EXPECT_NE(refused.message().find(absl::StrCat("'", table.parameters[0].spec.name,
-                                                "' is split over 2 shards")),
-            absl::string_view::npos)
+  ModelTable whole_table = TestModel();
+  auto whole = *ParameterStore::Create(StoreOptions{0, 1});
+  ASSERT_TRUE(whole->RegisterModel(whole_table).ok());
+  const ParameterSnapshot reference = *whole->Snapshot(spec.name, true);
+  const int64_t tall = std::max(spec.rows(), spec.cols());
+  std::vector<ParameterSnapshot> blocks;
+  for (int shard = 0; shard < 2; ++shard) {
+    auto store = *ParameterStore::Create(StoreOptions{shard, 2});
+    ASSERT_TRUE(store->RegisterModel(table).ok());
+    const ParameterSnapshot s = *store->Snapshot(spec.name, true);
+    const std::optional<SplitOwnership> split = *store->Split(spec.name);
+    ASSERT_TRUE(split.has_value());
+    EXPECT_EQ(s.rows, split->rows);
+    EXPECT_EQ(s.rows, SplitRowBlock(tall, 2, split->index));
+    const Matrix expected = spec.rows() >= spec.cols()
+                                ? Matrix(reference.X.middleRows(s.rows.begin, s.rows.size()))
+                                : Matrix(reference.X.middleCols(s.rows.begin, s.rows.size()));
+    EXPECT_EQ(s.X, expected) << "shard " << shard;
+    EXPECT_EQ(s.checksum, WeightsChecksum(expected));
+    const DionState& state = std::get<DionState>(*s.state);
+    EXPECT_EQ(state.Q, std::get<DionState>(*reference.state).Q);
+    EXPECT_EQ(state.M.rows(), expected.rows());
+    EXPECT_EQ(state.M.cols(), expected.cols());
+    blocks.push_back(s);
+  }
+  auto owner0 = *ParameterStore::Create(StoreOptions{0, 2});
+  ASSERT_TRUE(owner0->RegisterModel(table).ok());
+  const int other = blocks[0].rows == (*owner0->Split(spec.name))->rows ? 1 : 0;
+  const absl::Status refused = owner0->Restore(blocks[other]);
+  EXPECT_EQ(refused.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_NE(refused.message().find(absl::StrCat("holds rows [", blocks[other].rows.begin)),
+            std::string::npos)
       << refused;
-  EXPECT_FALSE(store->model_registered());
-  auto single = *ParameterStore::Create(StoreOptions{0, 1});
-  EXPECT_TRUE(single->RegisterModel(table).ok());
+  EXPECT_NE(refused.message().find("this shard owns rows"), std::string::npos) << refused;
+  EXPECT_TRUE(owner0->Restore(blocks[1 - other]).ok());
 }
 
 TEST(ParameterStore, UsesExplicitInitialValues) {

@@ -91,7 +91,7 @@ class PeerReduceTest : public ::testing::Test {
     for (int s = 0; s < kShards; ++s) {
       metrics_[s] = std::make_unique<ShardMetrics>();
       hubs_[s] = std::make_unique<ReduceHub>(hub_options);
-      services_[s] = std::make_unique<ShardPeerService>(hubs_[s].get(), nullptr,
+      services_[s] = std::make_unique<ShardPeerService>(hubs_[s].get(), nullptr, nullptr,
                                                         metrics_[s].get(), absl::Seconds(10));
       grpc::ServerBuilder builder;
       int port = 0;

@@ -29,13 +29,16 @@ std::string ParameterKey(size_t i, absl::string_view field) {
   return absl::StrCat("parameter.", i, ".", field);
 }
 
-std::vector<StateTensor> StateTensors(const ParamSpec& spec, OptimizerState& state) {
+std::vector<StateTensor> StateTensors(const ParamSpec& spec, OptimizerState& state,
+                                      RowBlock rows) {
   const int64_t m = spec.rows(), n = spec.cols();
   return std::visit(
       [&](auto& s) -> std::vector<StateTensor> {
         using T = std::decay_t<decltype(s)>;
         if constexpr (std::is_same_v<T, DionState>) {
-          return {{"M", &s.M, m, n}, {"Q", &s.Q, std::min(m, n), spec.rank()}};
+          const int64_t held_m = rows.size() > 0 && m >= n ? rows.size() : m;
+          const int64_t held_n = rows.size() > 0 && m < n ? rows.size() : n;
+          return {{"M", &s.M, held_m, held_n}, {"Q", &s.Q, std::min(m, n), spec.rank()}};
         } else if constexpr (std::is_same_v<T, AdamWState>) {
           return {{"adam_m", &s.m, m, n}, {"adam_v", &s.v, m, n}};
         } else if constexpr (std::is_same_v<T, LionState>) {

@@ -37,6 +37,7 @@
 #include "absl/strings/string_view.h"
 #include "common/matrix.h"
 #include "common/param_spec.h"
+#include "common/row_reduce.h"
 #include "server/batcher.h"
 #include "server/stepper.h"
 
@@ -58,8 +59,10 @@ struct StateTensor {
 };
 // The tensors of `state`, which holds the optimizer state of `spec`: M Q (Dion), adam_m adam_v
 // (AdamW), lion_m (Lion), M (Muon). Every tensor has the parameter's shape except Dion's Q
-// (min(m, n) x r). The pointers alias `state`.
-std::vector<StateTensor> StateTensors(const ParamSpec& spec, OptimizerState& state);
+// (min(m, n) x r). For one owner's `rows` of a split parameter, M has the block's shape (X's
+// rows, or X's columns when m < n). The pointers alias `state`.
+std::vector<StateTensor> StateTensors(const ParamSpec& spec, OptimizerState& state,
+                                      RowBlock rows = {});
 // An empty state of the optimizer `kind`, and the update count of a state.
 OptimizerState EmptyState(OptimizerKind kind);
 int64_t StateStep(const OptimizerState& state);

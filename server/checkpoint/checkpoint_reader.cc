@@ -1,5 +1,6 @@
 #include "server/checkpoint/checkpoint_reader.h"
 
+#include <algorithm>
 #include <cstdint>
 #include <cstdio>
 #include <optional>
@@ -207,10 +208,10 @@ absl::StatusOr<std::vector<const ParamSpec*>> OwnedSpecs(const Reader& reader,
 
 // The optimizer state of `spec` read from the files of `stem`, with the recorded step.
 absl::StatusOr<OptimizerState> ReadState(const Reader& reader, const ParamSpec& spec,
-                                         absl::string_view stem, int64_t step) {
+                                         absl::string_view stem, int64_t step, RowBlock rows) {
   OptimizerState state = EmptyState(spec.optimizer);
   std::visit([&](auto& s) { s.step = step; }, state);
-  for (const StateTensor& tensor : StateTensors(spec, state)) {
+  for (const StateTensor& tensor : StateTensors(spec, state, rows)) {
     // Element-wise moments of a 1-D parameter are 1-D like X; Dion and Muon are 2-D only.
     absl::StatusOr<Matrix> value = reader.Tensor(TensorFile(stem, tensor.suffix), tensor.rows,
                                                  tensor.cols, spec.shape.size() == 1);
@@ -225,6 +226,7 @@ struct ParameterRecord {
   std::string stem;
   int64_t version = 0, step = 0, contributions_applied = 0, samples_applied = 0;
   uint64_t checksum = 0;
+  RowBlock rows;  // one owner's rows of a split parameter; empty: the whole parameter
 };
 
 absl::StatusOr<ParameterRecord> ReadParameterRecord(const Reader& reader, size_t i,
@@ -261,6 +263,19 @@ absl::StatusOr<ParameterRecord> ReadParameterRecord(const Reader& reader, size_t
   absl::StatusOr<uint64_t> checksum = reader.MetaHex(ParameterKey(i, "checksum"));
   if (!checksum.ok()) return checksum.status();
   record.checksum = *checksum;
+  if (reader.HasMeta(ParameterKey(i, "row_begin"))) {
+    absl::StatusOr<int64_t> begin = reader.MetaInt(ParameterKey(i, "row_begin"));
+    if (!begin.ok()) return begin.status();
+    absl::StatusOr<int64_t> end = reader.MetaInt(ParameterKey(i, "row_end"));
+    if (!end.ok()) return end.status();
+    const int64_t tall = std::max(spec.rows(), spec.cols());
+    if (spec.optimizer != OptimizerKind::kDion || *begin < 0 || *end <= *begin || *end > tall) {
+      return reader.Error(kManifestFileName,
+                          absl::StrCat("parameter '", spec.name, "' has rows [", *begin, ", ",
+                                       *end, "), not a block of its tall side of ", tall));
+    }
+    record.rows = RowBlock{*begin, *end};
+  }
   if (record.version < 0 || record.step < 0 || record.contributions_applied < 0 ||
       record.samples_applied < 0) {
     return reader.Error(kManifestFileName,
@@ -279,9 +294,12 @@ absl::StatusOr<ParameterSnapshot> ReadParameter(const Reader& reader, size_t i,
   snapshot.version = record->version;
   snapshot.contributions_applied = record->contributions_applied;
   snapshot.samples_applied = record->samples_applied;
+  snapshot.rows = record->rows;
   const std::string x_file = TensorFile(record->stem, "X");
-  absl::StatusOr<Matrix> X =
-      reader.Tensor(x_file, spec.rows(), spec.cols(), spec.shape.size() == 1);
+  const bool block = record->rows.size() > 0;
+  const int64_t x_rows = block && spec.rows() >= spec.cols() ? record->rows.size() : spec.rows();
+  const int64_t x_cols = block && spec.rows() < spec.cols() ? record->rows.size() : spec.cols();
+  absl::StatusOr<Matrix> X = reader.Tensor(x_file, x_rows, x_cols, spec.shape.size() == 1);
   if (!X.ok()) return X.status();
   snapshot.X = *std::move(X);
   snapshot.checksum = WeightsChecksum(snapshot.X);
@@ -289,7 +307,8 @@ absl::StatusOr<ParameterSnapshot> ReadParameter(const Reader& reader, size_t i,
     return reader.Error(x_file, absl::StrCat("weights checksum ", Fnv1a64::Hex(snapshot.checksum),
                                              ", recorded ", Fnv1a64::Hex(record->checksum)));
   }
-  absl::StatusOr<OptimizerState> state = ReadState(reader, spec, record->stem, record->step);
+  absl::StatusOr<OptimizerState> state =
+      ReadState(reader, spec, record->stem, record->step, record->rows);
   if (!state.ok()) return state.status();
   snapshot.state = *std::move(state);
   return snapshot;

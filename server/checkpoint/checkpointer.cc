@@ -144,6 +144,10 @@ absl::Status AddParameter(size_t i, ParameterSnapshot& s, absl::string_view stem
   w.SetMetadata(ParameterKey(i, "contributions_applied"), absl::StrCat(s.contributions_applied));
   w.SetMetadata(ParameterKey(i, "samples_applied"), absl::StrCat(s.samples_applied));
   w.SetMetadata(ParameterKey(i, "checksum"), Fnv1a64::Hex(s.checksum));
+  if (s.rows.size() > 0) {  // one owner's rows of a split parameter
+    w.SetMetadata(ParameterKey(i, "row_begin"), absl::StrCat(s.rows.begin));
+    w.SetMetadata(ParameterKey(i, "row_end"), absl::StrCat(s.rows.end));
+  }
   const bool one_d = s.spec.shape.size() == 1;
   if (absl::Status st = w.AddNpy(TensorFile(stem, "X"), s.X, one_d); !st.ok()) return st;
   for (const StateTensor& tensor : StateTensors(s.spec, *s.state)) {

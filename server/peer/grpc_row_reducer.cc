@@ -26,15 +26,17 @@ const char* ConnectivityName(grpc_connectivity_state state) {
 }  // namespace
 
 GrpcRowReducer::GrpcRowReducer(std::string parameter, int64_t step,
-                               std::vector<int> owner_shards, int index, const PeerEnv& env)
+                               std::vector<int> owner_shards, int index, const PeerEnv& env,
+                               int32_t attempt)
     : parameter_(std::move(parameter)),
       step_(step),
+      attempt_(attempt),
       owner_shards_(std::move(owner_shards)),
       index_(index),
       env_(env) {}
 
 absl::Status GrpcRowReducer::AllReduce(absl::string_view tag, MatrixRef part) {
-  const ReduceKey key{parameter_, step_, next_round_++};
+  const ReduceKey key{parameter_, step_, next_round_++, attempt_};
   if (owners() == 1) return absl::OkStatus();
   const absl::Time start = absl::Now();
   absl::Status s =

@@ -50,8 +50,9 @@ class GrpcRowReducer final : public RowReducer {
   // `owner_shards[k]` is the shard index of owner k, in row order (owner 0 leads); `index` is
   // this owner's. REQUIRES: owner_shards not empty, 0 <= index < owner_shards.size(), and
   // `env`'s pointees outlive the reducer.
+  // `attempt` numbers the tries of one step (ReduceKey::attempt).
   GrpcRowReducer(std::string parameter, int64_t step, std::vector<int> owner_shards, int index,
-                 const PeerEnv& env);
+                 const PeerEnv& env, int32_t attempt = 0);
 
   int owners() const override { return static_cast<int>(owner_shards_.size()); }
   int index() const override { return index_; }
@@ -71,6 +72,7 @@ class GrpcRowReducer final : public RowReducer {
 
   const std::string parameter_;
   const int64_t step_;
+  const int32_t attempt_;
   const std::vector<int> owner_shards_;
   const int index_;
   const PeerEnv env_;

@@ -86,7 +86,8 @@ Matrix SumInOwnerOrder(const std::vector<Matrix>& parts) {
 }  // namespace
 
 std::string DescribeKey(const ReduceKey& key) {
-  return absl::StrCat("parameter '", key.parameter, "' step ", key.step, " round ", key.round);
+  return absl::StrCat("parameter '", key.parameter, "' step ", key.step, " round ", key.round,
+                      key.attempt > 0 ? absl::StrCat(", attempt ", key.attempt) : "");
 }
 
 absl::Status ValidateReducePart(const ReducePart& part) {
@@ -102,6 +103,9 @@ absl::Status ValidateReducePart(const ReducePart& part) {
                             part.tag.size()));
   }
   if (part.key.step < 0) return bad(absl::StrCat("step must be >= 0, got ", part.key.step));
+  if (part.key.attempt < 0) {
+    return bad(absl::StrCat("attempt must be >= 0, got ", part.key.attempt));
+  }
   if (part.key.round < 0) return bad(absl::StrCat("round must be >= 0, got ", part.key.round));
   if (part.owners < 1 || part.owners > kMaxReduceOwners) {
     return bad(absl::StrCat("owners must be in [1, ", kMaxReduceOwners, "], got ", part.owners));

@@ -40,17 +40,19 @@ struct ReduceKey {
   std::string parameter;
   int64_t step = 0;   // the version the step produces
   int32_t round = 0;  // 0, 1, 2, ... in call order within the step
+  int32_t attempt = 0;  // a retried step's reductions are new ones
 
   bool operator==(const ReduceKey& other) const {
-    return step == other.step && round == other.round && parameter == other.parameter;
+    return step == other.step && round == other.round && attempt == other.attempt &&
+           parameter == other.parameter;
   }
   template <typename H>
   friend H AbslHashValue(H h, const ReduceKey& key) {
-    return H::combine(std::move(h), key.parameter, key.step, key.round);
+    return H::combine(std::move(h), key.parameter, key.step, key.round, key.attempt);
   }
 };
 
-// "parameter 'w1' step 7 round 2" for messages.
+// "parameter 'w1' step 7 round 2" (", attempt 1" for a retry) for messages.
 std::string DescribeKey(const ReduceKey& key);
 
 // One owner's part of a reduction.

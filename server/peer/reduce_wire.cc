@@ -38,6 +38,7 @@ absl::StatusOr<ReducePart> ReducePartFromProto(const v1::ReduceRequest& request)
   part.key.parameter = request.parameter();
   part.key.step = request.step();
   part.key.round = request.round();
+  part.key.attempt = request.attempt();
   part.tag = request.tag();
   part.owner = request.owner();
   part.owners = request.owners();
@@ -53,6 +54,7 @@ void ReducePartToProto(const ReduceKey& key, absl::string_view tag, int32_t owne
   request->set_parameter(key.parameter);
   request->set_step(key.step);
   request->set_round(key.round);
+  request->set_attempt(key.attempt);
   request->set_tag(std::string(tag));
   request->set_owner(owner);
   request->set_owners(owners);

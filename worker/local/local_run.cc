@@ -23,6 +23,7 @@
 #include "worker/local/process.h"
 #include "worker/local/progress_display.h"
 #include "worker/local/run_report.h"
+#include "worker/local/shard_peers.h"
 #include "worker/local/run_summary.h"
 #include "worker/local/start_barrier.h"
 #include "worker/local/worker_links.h"
@@ -222,10 +223,26 @@ bool LocalRun::FindFailure() {
 }
 
 absl::Status LocalRun::StartShards() {
+  // Several shards know each other's addresses (worker/local/shard_peers.h).
+  std::vector<std::string> peers;
+  if (options_.shards > 1) {
+    absl::StatusOr<std::vector<std::string>> planned =
+        PlanShardAddresses(options_.shards, options_.base_port);
+    if (!planned.ok()) return planned.status();
+    peers = *std::move(planned);
+  }
   for (int i = 0; i < options_.shards; ++i) {
     const std::string checkpoints = absl::StrCat(run_dir_, "/shard-", i, "/checkpoints");
     fs::create_directories(checkpoints);
     std::vector<std::string> args = ShardFlags(options_, i, checkpoints);
+    if (!peers.empty()) {
+      for (std::string& arg : args) {
+        if (absl::StartsWith(arg, "--listen=")) arg = "--listen=" + peers[i];
+      }
+      for (std::string& flag : PeerFlags(peers, security_ ? &*security_ : nullptr)) {
+        args.push_back(std::move(flag));
+      }
+    }
     if (absl::Status s = Spawn(Role::kShard, i, std::move(args)); !s.ok()) return s;
   }
   // Wait for every shard's start-up line: it carries the address (a free port when

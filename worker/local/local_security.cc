@@ -141,6 +141,7 @@ absl::Status CreateTokens(LocalSecurity& s, int workers) {
       !st.ok()) {
     return st;
   }
+  if (absl::Status st = add("peer", "shards", "", &s.peer_token_file); !st.ok()) return st;
   return WritePrivate(s.tokens_file, table);
 }
 

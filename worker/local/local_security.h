@@ -30,6 +30,7 @@ struct LocalSecurity {
   std::string admin_token_file;                // the coordinated checkpoint's
   std::vector<std::string> worker_token_files;  // by worker index
   std::string evaluator_token_file;
+  std::string peer_token_file;  // role peer: what the shards present to each other
 
   std::vector<std::string> ServerFlags() const;
   // Flags of worker `index`, or of the evaluator when index < 0.

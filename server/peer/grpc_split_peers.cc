@@ -1,0 +1,141 @@
+#include "server/peer/grpc_split_peers.h"
+
+#include <cmath>
+#include <thread>
+#include <utility>
+#include <vector>
+
+#include <grpcpp/grpcpp.h>
+
+#include "absl/strings/str_cat.h"
+#include "absl/time/clock.h"
+#include "dion/v1/peer.grpc.pb.h"
+
+namespace dion {
+namespace {
+
+class GrpcFollowerSteps final : public FollowerSteps {
+ public:
+  GrpcFollowerSteps(const StepRowsCommand& command, const SplitOwnership& split,
+                    const PeerEnv& env) {
+    StepRowsToProto(command, &request_);
+    const int followers = static_cast<int>(split.owner_shards.size()) - 1;
+    statuses_.resize(followers);
+    for (int i = 0; i < followers; ++i) {
+      const int shard = split.owner_shards[i + 1];
+      threads_.emplace_back([this, i, shard, env] { statuses_[i] = Call(shard, env); });
+    }
+  }
+  ~GrpcFollowerSteps() override { Join(); }
+
+  absl::Status Wait() override {
+    Join();
+    for (const absl::Status& s : statuses_) {
+      if (!s.ok()) return s;
+    }
+    return absl::OkStatus();
+  }
+
+ private:
+  void Join() {
+    for (std::thread& t : threads_) {
+      if (t.joinable()) t.join();
+    }
+  }
+
+  absl::Status Call(int shard, const PeerEnv& env) const {
+    const auto annotate = [&](absl::StatusCode code, absl::string_view message) {
+      return absl::Status(code, absl::StrCat("follower shard ", shard, " of '",
+                                             request_.parameter(), "', step ",
+                                             request_.version(), " attempt ",
+                                             request_.attempt(), ": ", message));
+    };
+    if (env.channels == nullptr) {
+      return annotate(absl::StatusCode::kFailedPrecondition,
+                      "this shard has no --peer_addresses, so it cannot reach its followers");
+    }
+    absl::StatusOr<v1::ShardPeer::StubInterface*> stub = env.channels->Stub(shard);
+    if (!stub.ok()) return annotate(stub.status().code(), stub.status().message());
+    grpc::ClientContext context;
+    context.set_deadline(absl::ToChronoTime(absl::Now() + kStepRowsTimeouts * env.timeout));
+    context.set_wait_for_ready(true);
+    v1::StepRowsResponse response;
+    const grpc::Status status = (*stub)->StepRows(&context, request_, &response);
+    if (!status.ok()) {
+      return annotate(static_cast<absl::StatusCode>(status.error_code()),
+                      status.error_message());
+    }
+    if (response.version() != request_.version()) {
+      return annotate(absl::StatusCode::kInternal,
+                      absl::StrCat("answered version ", response.version()));
+    }
+    return absl::OkStatus();
+  }
+
+  v1::StepRowsRequest request_;
+  std::vector<absl::Status> statuses_;  // written by threads_[i] only, read after Join
+  std::vector<std::thread> threads_;
+};
+
+}  // namespace
+
+std::unique_ptr<RowReducer> GrpcSplitPeers::Reducer(const std::string& parameter, int64_t step,
+                                                    int32_t attempt,
+                                                    const SplitOwnership& split) {
+  return std::make_unique<GrpcRowReducer>(parameter, step, split.owner_shards, split.index, env_,
+                                          attempt);
+}
+
+std::unique_ptr<FollowerSteps> GrpcSplitPeers::StartFollowers(const StepRowsCommand& command,
+                                                              const SplitOwnership& split) {
+  return std::make_unique<GrpcFollowerSteps>(command, split, env_);
+}
+
+void StepRowsToProto(const StepRowsCommand& command, v1::StepRowsRequest* request) {
+  request->Clear();
+  request->set_parameter(command.batch.parameter);
+  request->set_version(command.batch.version + 1);
+  request->set_attempt(command.attempt);
+  request->set_lr_scale(command.lr_scale);
+  for (const LoggedBatch::Member& member : command.batch.members) {
+    v1::StepMember* m = request->add_members();
+    m->set_worker_id(member.worker_id);
+    m->set_sequence(member.sequence);
+    m->set_weight(member.weight);
+    m->set_staleness(member.staleness);
+  }
+}
+
+absl::StatusOr<StepRowsCommand> StepRowsFromProto(const v1::StepRowsRequest& request) {
+  const auto bad = [&](auto&&... parts) {
+    return absl::InvalidArgumentError(absl::StrCat("StepRows of '", request.parameter(),
+                                                   "' version ", request.version(), ": ",
+                                                   parts...));
+  };
+  if (request.parameter().empty()) return bad("the parameter name is empty");
+  if (request.version() < 1) return bad("version must be >= 1");
+  if (request.attempt() < 0) return bad("attempt must be >= 0, got ", request.attempt());
+  if (!(request.lr_scale() > 0 && std::isfinite(request.lr_scale()))) {
+    return bad("lr_scale must be finite and > 0, got ", request.lr_scale());
+  }
+  if (request.members().empty()) return bad("a batch must have members");
+  StepRowsCommand command;
+  command.batch.parameter = request.parameter();
+  command.batch.version = request.version() - 1;
+  command.attempt = request.attempt();
+  command.lr_scale = request.lr_scale();
+  double sum = 0;
+  for (const v1::StepMember& m : request.members()) {
+    if (m.worker_id().empty()) return bad("a member has no worker_id");
+    if (!(m.weight() > 0 && std::isfinite(m.weight()))) {
+      return bad("member '", m.worker_id(), "' has weight ", m.weight(), ", expected > 0");
+    }
+    if (m.staleness() < 0) return bad("member '", m.worker_id(), "' has negative staleness");
+    sum += m.weight();
+    command.batch.members.push_back({m.worker_id(), m.sequence(), m.staleness(), m.weight()});
+  }
+  if (std::abs(sum - 1.0) > 1e-6) return bad("the members' weights sum to ", sum, ", expected 1");
+  return command;
+}
+
+}  // namespace dion

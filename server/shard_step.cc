@@ -1,0 +1,237 @@
+// Shard: applying closed batches and publishing their versions (docs/server.md, "Step
+// pipeline"), and the steps of split parameters, which the owners take together
+// (docs/server.md, "Split parameters"): the leader's retried step and a follower's StepRows.
+#include <algorithm>
+#include <cstdio>
+#include <utility>
+#include <vector>
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
+#include "absl/time/clock.h"
+#include "common/layout.h"
+#include "server/metrics.h"
+#include "server/shard.h"
+
+namespace dion {
+
+absl::Status Shard::ApplyOne(const Lane* lane, Batch batch) {
+  if (lane->split.has_value()) return ApplySplit(lane, std::move(batch));
+  const absl::Time start = absl::Now();
+  lane->snapshot->BeforeStep(batch.version);  // a checkpoint's copy of the version it changes
+  if (log_ != nullptr && batch.journal_end > 0) {
+    // The batch's record must be durable before its version can reach anyone.
+    if (absl::Status s = WaitDurable(batch.journal_end); !s.ok()) {
+      std::fprintf(stderr, "dion-server: step of '%s' at version %lld not applied: %s\n",
+                   batch.parameter.c_str(), static_cast<long long>(batch.version),
+                   s.ToString().c_str());
+      if (metrics_ != nullptr) metrics_->RecordFailedStep(lane->optimizer);
+      lane->snapshot->StepFailed(batch.version, s);
+      return s;
+    }
+  }
+  absl::StatusOr<StepOutcome> outcome = store_->ApplyBatch(batch);
+  if (!outcome.ok()) {
+    std::fprintf(stderr, "dion-server: step of '%s' at version %lld failed: %s\n",
+                 batch.parameter.c_str(), static_cast<long long>(batch.version),
+                 outcome.status().ToString().c_str());
+    if (metrics_ != nullptr) metrics_->RecordFailedStep(lane->optimizer);
+    lane->snapshot->StepFailed(batch.version, outcome.status());
+    return outcome.status();
+  }
+  lane->snapshot->AfterStep(outcome->update.version);
+  PublishStep(*lane, *std::move(outcome), start);
+  return absl::OkStatus();
+}
+
+void Shard::PublishStep(const Lane& lane, StepOutcome outcome, absl::Time start) {
+  {
+    // The store holds the new version already; wake Pulls waiting for it.
+    MutexLock lock(&version_mu_);
+    version_cv_.SignalAll();
+  }
+  const int64_t version = outcome.update.version;
+  const absl::Time published = absl::Now();
+  broadcaster_->Publish(std::move(outcome.update));
+  const absl::Time end = absl::Now();
+  lane.batcher->ReportStepDuration(published - start);
+  RecordStep(lane, outcome.stats, version, end - published);
+}
+
+void Shard::RecordStep(const Lane& lane, const StepStats& stats, int64_t version,
+                       absl::Duration broadcast) {
+  if (metrics_ == nullptr) return;
+  metrics_->RecordBatch(stats.contributions);
+  metrics_->RecordPhase(StepPhase::kAggregate, absl::ToDoubleSeconds(stats.report.aggregate));
+  if (lane.optimizer == OptimizerKind::kDion) {
+    metrics_->RecordPhase(StepPhase::kPowerIteration,
+                          absl::ToDoubleSeconds(stats.report.power_iteration));
+    metrics_->RecordPhase(StepPhase::kOrthonormalize,
+                          absl::ToDoubleSeconds(stats.report.orthonormalize));
+  }
+  metrics_->RecordPhase(StepPhase::kUpdate, absl::ToDoubleSeconds(stats.report.update));
+  metrics_->RecordPhase(StepPhase::kBroadcast, absl::ToDoubleSeconds(broadcast));
+  metrics_->RecordStep(lane.optimizer, version);
+  if (stats.report.ortho_error >= 0) metrics_->SetOrthogonalityError(stats.report.ortho_error);
+  metrics_->SetWorkerLoss(stats.mean_loss);
+  if (!options_.batcher.dp.enabled()) return;
+  metrics_->SetPrivacySpent(PrivacyOf(store_->Statuses()).spent.epsilon);
+}
+
+absl::Status Shard::CheckSplitServable(const ModelTable& table) const {
+  std::vector<ParamSpec> specs;
+  for (const ParameterDefinition& definition : table.parameters) specs.push_back(definition.spec);
+  absl::StatusOr<Layout> layout = Layout::Compute(specs, options_.store.num_shards);
+  if (!layout.ok()) return absl::OkStatus();  // the store's registration reports it
+  for (const Placement& placement : layout->placements()) {
+    if (!placement.is_split() || !layout->Holds(placement.parameter, options_.store.shard_index)) {
+      continue;
+    }
+    std::vector<int> owners;
+    for (const RowOwner& owner : placement.split) owners.push_back(owner.shard);
+    const std::string what = absl::StrCat("parameter '", placement.parameter,
+                                          "' is split over shards ", absl::StrJoin(owners, ", "),
+                                          " (split_owners)");
+    if (options_.split_peers == nullptr) {
+      return absl::FailedPreconditionError(absl::StrCat(
+          what, "; its owners step together over ShardPeer, which needs --peer_addresses (every "
+          "shard's host:port, in shard-index order), and this shard has none; nothing was "
+          "registered"));
+    }
+    if (options_.batcher.dp.enabled()) {
+      return absl::FailedPreconditionError(absl::StrCat(
+          what, "; differential privacy (--dp_noise_multiplier) is not available for split "
+          "parameters; nothing was registered"));
+    }
+  }
+  return absl::OkStatus();
+}
+
+absl::StatusOr<PushReply> Shard::StageContribution(Lane* lane,
+                                                   ValidatedContribution contribution) {
+  const int64_t base = contribution->base_version;
+  const int64_t applied = store_->Version(contribution->parameter).value_or(0);
+  absl::StatusOr<PushOutcome> result =
+      lane->stage->Stage(std::move(contribution), applied, options_.clock->Now());
+  if (!result.ok()) return result.status();
+  // Staleness as this follower sees it; the leader's ack has the batch's.
+  return PushReply{*result, applied, applied, std::max<int64_t>(applied - base, 0)};
+}
+
+absl::Status Shard::ApplySplit(const Lane* lane, Batch batch) {
+  const absl::Time start = absl::Now();
+  const SplitOwnership& split = *lane->split;
+  lane->snapshot->BeforeStep(batch.version);
+  StepRowsCommand command;
+  command.batch.parameter = batch.parameter;
+  command.batch.version = batch.version;
+  command.batch.reason = batch.reason;
+  for (const WeightedContribution& e : batch.entries) {
+    command.batch.members.push_back(
+        {e.contribution->worker_id, e.contribution->sequence, e.staleness, e.weight});
+  }
+  absl::Duration backoff = options_.split_retry_initial;
+  for (int32_t attempt = 0;; ++attempt) {
+    absl::StatusOr<double> lr_scale = store_->NextLrScale(batch.parameter);
+    if (!lr_scale.ok()) return lr_scale.status();
+    command.attempt = attempt;
+    command.lr_scale = *lr_scale;
+    std::unique_ptr<FollowerSteps> followers =
+        options_.split_peers->StartFollowers(command, split);
+    std::unique_ptr<RowReducer> reducer = options_.split_peers->Reducer(
+        batch.parameter, batch.version + 1, attempt, split);
+    absl::StatusOr<StepOutcome> outcome = store_->ApplyRowBatch(batch, *lr_scale, *reducer);
+    const absl::Status followed = followers->Wait();
+    if (outcome.ok()) {
+      if (!followed.ok()) {  // every reduction completed, so the followers stepped too
+        std::fprintf(stderr, "dion-server: step %lld of '%s': a follower answered: %s\n",
+                     static_cast<long long>(batch.version + 1), batch.parameter.c_str(),
+                     followed.ToString().c_str());
+      }
+      lane->snapshot->AfterStep(outcome->update.version);
+      PublishStep(*lane, *std::move(outcome), start);
+      return absl::OkStatus();
+    }
+    bool shutting_down;
+    {
+      ReaderMutexLock lock(&gate_);
+      shutting_down = shutting_down_;
+    }
+    std::fprintf(stderr,
+                 "dion-server: step %lld of split parameter '%s' (attempt %d) failed, nothing "
+                 "applied; %s: %s%s%s\n",
+                 static_cast<long long>(batch.version + 1), batch.parameter.c_str(), attempt,
+                 shutting_down ? "not retried (shutting down)"
+                               : absl::StrCat("retrying in ", absl::FormatDuration(backoff)).c_str(),
+                 outcome.status().ToString().c_str(), followed.ok() ? "" : "; followers: ",
+                 followed.ok() ? "" : followed.ToString().c_str());
+    if (metrics_ != nullptr) metrics_->RecordSplitStepFailure();
+    if (shutting_down) {
+      if (metrics_ != nullptr) metrics_->RecordFailedStep(lane->optimizer);
+      lane->snapshot->StepFailed(batch.version, outcome.status());
+      return outcome.status();
+    }
+    absl::SleepFor(backoff);
+    backoff = std::min(2 * backoff, options_.split_retry_max);
+  }
+}
+
+absl::StatusOr<StepRowsReply> Shard::StepRows(const StepRowsCommand& command) {
+  const absl::Time start = absl::Now();
+  const std::string& parameter = command.batch.parameter;
+  Lane* lane = nullptr;
+  {
+    ReaderMutexLock lock(&gate_);
+    if (shutting_down_) {
+      return absl::UnavailableError("the shard is shutting down; it takes no more steps");
+    }
+    auto it = lanes_.find(parameter);
+    if (it == lanes_.end()) {
+      absl::Status s = store_->Version(parameter).status();
+      return s.ok() ? absl::FailedPreconditionError("no lane") : s;
+    }
+    lane = it->second.get();
+  }
+  if (options_.step_rows_fault) {
+    if (absl::Status s = options_.step_rows_fault(command); !s.ok()) return s;
+  }
+  if (lane->stage == nullptr || options_.split_peers == nullptr) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        "parameter '", parameter, "' is not split with this shard as a follower (",
+        lane->leads() ? "this shard leads it" : "it is whole here", ")"));
+  }
+  absl::StatusOr<int64_t> version = store_->Version(parameter);
+  if (!version.ok()) return version.status();
+  if (*version == command.batch.version + 1) {  // a retried command already taken
+    absl::StatusOr<ParameterSnapshot> now = store_->Snapshot(parameter, false);
+    if (!now.ok()) return now.status();
+    if (now->version == command.batch.version + 1) return StepRowsReply{now->version, now->checksum};
+  }
+  if (*version != command.batch.version) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        "parameter '", parameter, "': this follower's rows are at version ", *version,
+        ", the leader's step is from version ", command.batch.version));
+  }
+  absl::StatusOr<Batch> batch = lane->stage->Collect(command.batch);
+  if (!batch.ok()) return batch.status();
+  std::unique_ptr<RowReducer> reducer = options_.split_peers->Reducer(
+      parameter, command.batch.version + 1, command.attempt, *lane->split);
+  lane->snapshot->BeforeStep(batch->version);
+  absl::StatusOr<StepOutcome> outcome =
+      store_->ApplyRowBatch(*batch, command.lr_scale, *reducer);
+  if (!outcome.ok()) return outcome.status();
+  const StepRowsReply reply{outcome->update.version, outcome->update.checksum};
+  lane->snapshot->AfterStep(reply.version);
+  lane->stage->Release(command.batch, reply.version);
+  PublishStep(*lane, *std::move(outcome), start);
+  return reply;
+}
+
+int64_t Shard::StagedContributions(absl::string_view parameter) const {
+  ReaderMutexLock lock(&gate_);
+  auto it = lanes_.find(parameter);
+  if (it == lanes_.end() || it->second->stage == nullptr) return 0;
+  return it->second->stage->size();
+}
+
+}  // namespace dion

@@ -1,0 +1,460 @@
+// Split parameters served by real shards over loopback gRPC (docs/protocol.md, "Split
+// parameters"): workers push row blocks to the followers, then to the leader; the leader
+// batches, the owners step together (ShardPeer.StepRows and Reduce). The assembled blocks are
+// checked against a whole-matrix reference that applies the same batches with common/ directly
+// (ApplyReferenceBatch: M += sum_i w_i P_i R_i^T in plain Eigen, then DionStepFromMomentum),
+// to the tolerances of tests/dion_rows_test.cc: 1e-5 relative (Frobenius), X also 2e-5
+// entry-wise relative to its largest entry.
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <functional>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include <gtest/gtest.h>
+
+#include "absl/strings/str_cat.h"
+#include "common/checksum.h"
+#include "common/dion.h"
+#include "common/layout.h"
+#include "common/wire.h"
+#include "dion/v1/peer.grpc.pb.h"
+#include "server/dion_server.h"
+#include "server/parameter_store.h"
+#include "tests/reference.h"
+#include "tests/server_test_util.h"
+
+namespace dion {
+namespace {
+
+using testing::ApplyReferenceBatch;
+using testing::Connect;
+using testing::FactorsContribution;
+using testing::GetStatus;
+using testing::MaxRelativeError;
+using testing::PushAll;
+using testing::RandomFactors;
+using testing::ReferenceEntry;
+using testing::RelativeError;
+using testing::SetDeadline;
+using testing::TestServerOptions;
+
+MatrixD ToDouble(const Matrix& a) { return a.cast<double>(); }
+
+// `n` distinct free ports on 127.0.0.1: bound together, then released for the shards, which
+// must know every peer's address before they start.
+std::vector<int> ReservePorts(int n) {
+  std::vector<int> fds, ports;
+  for (int i = 0; i < n; ++i) {
+    const int fd = socket(AF_INET, SOCK_STREAM, 0);
+    sockaddr_in addr{};
+    addr.sin_family = AF_INET;
+    addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    addr.sin_port = 0;
+    EXPECT_EQ(bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)), 0);
+    socklen_t len = sizeof(addr);
+    EXPECT_EQ(getsockname(fd, reinterpret_cast<sockaddr*>(&addr), &len), 0);
+    fds.push_back(fd);
+    ports.push_back(ntohs(addr.sin_port));
+  }
+  for (int fd : fds) close(fd);
+  return ports;
+}
+
+struct SplitCase {
+  int64_t m, n;
+  int shards;
+  OrthoMethod method;
+};
+
+v1::OrthoMethod MethodProto(OrthoMethod method) {
+  switch (method) {
+    case OrthoMethod::kCqr: return v1::ORTHO_METHOD_CQR;
+    case OrthoMethod::kCqr2: return v1::ORTHO_METHOD_CQR2;
+    case OrthoMethod::kRcqr: return v1::ORTHO_METHOD_RCQR;
+    case OrthoMethod::kQr: return v1::ORTHO_METHOD_QR;
+    case OrthoMethod::kAuto: break;
+  }
+  return v1::ORTHO_METHOD_AUTO;
+}
+
+// One Dion matrix "w" (m x n, rank 8) split over `owners`, and an AdamW bias "b".
+v1::RegisterModelRequest SplitModel(const std::string& worker, int64_t m, int64_t n, int owners,
+                                    OrthoMethod method = OrthoMethod::kAuto) {
+  v1::RegisterModelRequest request;
+  request.set_model_name("split-test");
+  request.set_worker_id(worker);
+  v1::ParameterSpec* w = request.add_parameters();
+  w->set_name("w");
+  w->add_shape(m);
+  w->add_shape(n);
+  w->set_optimizer(v1::OPTIMIZER_KIND_DION);
+  w->mutable_init()->set_kind(v1::INIT_KIND_KAIMING);
+  w->set_seed(7);
+  w->mutable_dion()->set_lr(0.05);
+  w->mutable_dion()->set_rank_fraction(0.125);  // r = 8 of min(m, n) = 64
+  w->mutable_dion()->set_rank_multiple_of(8);
+  w->mutable_dion()->set_ortho_method(MethodProto(method));
+  w->set_split_owners(owners);
+  v1::ParameterSpec* b = request.add_parameters();
+  b->set_name("b");
+  b->add_shape(4);
+  b->set_optimizer(v1::OPTIMIZER_KIND_ADAMW);
+  return request;
+}
+
+// Shards 0..k-1 on reserved loopback ports, each knowing every other's address.
+class Cluster {
+ public:
+  Cluster(int shards, const std::function<void(ServerOptions&, int)>& tweak = {}) {
+    const std::vector<int> ports = ReservePorts(shards);
+    std::vector<std::string> addresses;
+    for (int port : ports) addresses.push_back(absl::StrCat("127.0.0.1:", port));
+    for (int i = 0; i < shards; ++i) {
+      ServerOptions options = TestServerOptions();
+      options.listen = addresses[i];
+      options.shard.store.shard_index = i;
+      options.shard.store.num_shards = shards;
+      options.shard.batcher.target_workers = 2;  // a batch per round of the two workers
+      options.shard.batcher.adaptive = false;
+      options.peer.addresses = addresses;
+      options.peer.timeout = absl::Seconds(5);
+      if (tweak) tweak(options, i);
+      absl::StatusOr<std::unique_ptr<DionServer>> server = DionServer::Start(options);
+      EXPECT_TRUE(server.ok()) << server.status();
+      if (!server.ok()) return;
+      stubs_.push_back(Connect((*server)->address()));
+      servers_.push_back(*std::move(server));
+    }
+  }
+  bool ok() const { return !servers_.empty() && servers_.size() == stubs_.size(); }
+  v1::ParameterServer::Stub& stub(int shard) { return *stubs_[shard]; }
+  DionServer& server(int shard) { return *servers_[shard]; }
+  int size() const { return static_cast<int>(servers_.size()); }
+
+  // RegisterModel on every shard; the layout shard 0 answered.
+  v1::Layout Register(const v1::RegisterModelRequest& request) {
+    v1::Layout layout;
+    for (int s = 0; s < size(); ++s) {
+      grpc::ClientContext context;
+      SetDeadline(context);
+      v1::RegisterModelResponse response;
+      const grpc::Status status = stub(s).RegisterModel(&context, request, &response);
+      EXPECT_TRUE(status.ok()) << "shard " << s << ": " << status.error_message();
+      if (s == 0) layout = response.layout();
+    }
+    return layout;
+  }
+
+ private:
+  std::vector<std::unique_ptr<DionServer>> servers_;
+  std::vector<std::unique_ptr<v1::ParameterServer::Stub>> stubs_;
+};
+
+const v1::Layout::Placement& PlacementOf(const v1::Layout& layout, const std::string& name) {
+  for (const v1::Layout::Placement& p : layout.placements()) {
+    if (p.parameter() == name) return p;
+  }
+  ADD_FAILURE() << name << " not in the layout";
+  return layout.placements(0);
+}
+
+// Owner `owner`'s contribution: its rows of the tall side's factor, the other factor whole.
+LowRankFactors BlockOf(const LowRankFactors& f, int64_t m, int64_t n,
+                       const v1::Layout::RowOwner& owner) {
+  const int64_t begin = owner.row_begin(), rows = owner.row_end() - owner.row_begin();
+  if (m >= n) return {f.P.middleRows(begin, rows), f.R};
+  return {f.P, f.R.middleRows(begin, rows)};
+}
+
+// The commit order of docs/protocol.md: every follower first, the leader once all staged.
+// Returns the leader's ack.
+v1::PushAck SplitPush(Cluster& cluster, const v1::Layout::Placement& placement,
+                      const std::string& worker, uint64_t sequence, int64_t base,
+                      const LowRankFactors& f, int64_t m, int64_t n) {
+  for (int i = placement.row_owners_size() - 1; i >= 0; --i) {
+    const v1::Layout::RowOwner& owner = placement.row_owners(i);
+    const std::vector<v1::PushAck> acks =
+        PushAll(cluster.stub(owner.shard()),
+                {FactorsContribution(worker, sequence, "w", base, 8, BlockOf(f, m, n, owner))});
+    EXPECT_EQ(acks.size(), 1u);
+    if (acks.empty()) return {};
+    if (i == 0) return acks[0];
+    EXPECT_EQ(acks[0].result(), v1::PUSH_RESULT_ACCEPTED) << "owner " << i << ": "
+                                                          << acks[0].message();
+  }
+  return {};
+}
+
+int64_t VersionOf(Cluster& cluster, int shard, const std::string& name) {
+  const v1::StatusResponse status = GetStatus(cluster.stub(shard));
+  const v1::ParameterStatus* p = testing::FindParameter(status, name);
+  return p == nullptr ? -1 : p->version();
+}
+
+bool WaitForVersion(Cluster& cluster, const v1::Layout::Placement& placement, int64_t version,
+                    absl::Duration timeout = absl::Seconds(30)) {
+  const absl::Time deadline = absl::Now() + timeout;
+  for (const v1::Layout::RowOwner& owner : placement.row_owners()) {
+    while (VersionOf(cluster, owner.shard(), "w") < version) {
+      if (absl::Now() > deadline) return false;
+      absl::SleepFor(absl::Milliseconds(2));
+    }
+  }
+  return true;
+}
+
+// The whole matrix from every owner's pulled block; checks each block's rows and checksum.
+Matrix Assemble(Cluster& cluster, const v1::Layout::Placement& placement, int64_t m, int64_t n,
+                int64_t version) {
+  Matrix X(m, n);
+  for (const v1::Layout::RowOwner& owner : placement.row_owners()) {
+    const v1::ParameterValue value = testing::PullOne(cluster.stub(owner.shard()), "w");
+    EXPECT_EQ(value.version(), version) << "shard " << owner.shard();
+    EXPECT_EQ(value.row_begin(), owner.row_begin());
+    EXPECT_EQ(value.row_end(), owner.row_end());
+    const Matrix block = testing::ValueOf(value);
+    EXPECT_EQ(WeightsChecksum(block), value.checksum()) << "shard " << owner.shard();
+    const int64_t rows = owner.row_end() - owner.row_begin();
+    if (m >= n) {
+      X.middleRows(owner.row_begin(), rows) = block;
+    } else {
+      X.middleCols(owner.row_begin(), rows) = block;
+    }
+  }
+  return X;
+}
+
+// What the shards should hold: the same batches applied to the whole matrix.
+struct WholeReference {
+  WholeReference(const v1::RegisterModelRequest& request) {
+    spec = ModelTableFromProto(request).value().parameters[0].spec;
+    X = InitialValue(spec);
+    state = InitDionState(spec.rows(), spec.cols(), spec.rank(), DionStateSeed(spec));
+  }
+  void Step(const LowRankFactors& a, const LowRankFactors& b) {
+    ApplyReferenceBatch({{a, 0.5}, {b, 0.5}}, spec.dion, X, state);
+  }
+  ParamSpec spec;
+  Matrix X;
+  DionState state;
+};
+
+LowRankFactors RoundFactors(const SplitCase& c, int round, int worker) {
+  return RandomFactors(c.m, c.n, 4, 1000 * round + worker);
+}
+
+class SplitServing : public ::testing::TestWithParam<SplitCase> {};
+
+// Two workers push 20 rounds; each round is one batch of both, applied by every owner. After 1
+// and 20 steps the assembled blocks equal the whole-matrix reference, every owner reached the
+// same version, and each applied every contribution once.
+TEST_P(SplitServing, OwnersStepTogetherLikeTheWholeMatrix) {
+  const SplitCase c = GetParam();
+  Cluster cluster(c.shards);
+  ASSERT_TRUE(cluster.ok());
+  const v1::RegisterModelRequest request = SplitModel("w0", c.m, c.n, c.shards, c.method);
+  const v1::Layout layout = cluster.Register(request);
+  const v1::Layout::Placement& placement = PlacementOf(layout, "w");
+  ASSERT_EQ(placement.row_owners_size(), c.shards);
+  cluster.Register(SplitModel("w1", c.m, c.n, c.shards, c.method));
+  WholeReference reference(request);
+  for (int round = 1; round <= 20; ++round) {
+    const LowRankFactors a = RoundFactors(c, round, 0), b = RoundFactors(c, round, 1);
+    for (const auto& [worker, f] : {std::pair{"w0", &a}, std::pair{"w1", &b}}) {
+      const v1::PushAck ack = SplitPush(cluster, placement, worker, round, round - 1, *f, c.m, c.n);
+      ASSERT_EQ(ack.result(), v1::PUSH_RESULT_ACCEPTED) << ack.message();
+    }
+    reference.Step(a, b);
+    ASSERT_TRUE(WaitForVersion(cluster, placement, round)) << "round " << round;
+    if (round != 1 && round != 20) continue;
+    const Matrix X = Assemble(cluster, placement, c.m, c.n, round);
+    EXPECT_LE(RelativeError(ToDouble(X), ToDouble(reference.X)), 1e-5) << "after " << round;
+    EXPECT_LE(MaxRelativeError(ToDouble(X), ToDouble(reference.X)), 2e-5) << "after " << round;
+  }
+  for (const v1::Layout::RowOwner& owner : placement.row_owners()) {
+    const v1::ParameterStatus* p =
+        testing::FindParameter(GetStatus(cluster.stub(owner.shard())), "w");
+    ASSERT_NE(p, nullptr);
+    EXPECT_EQ(p->contributions_applied(), 40) << "shard " << owner.shard();
+    EXPECT_EQ(cluster.server(owner.shard()).shard().StagedContributions("w"), 0);
+  }
+}
+
+INSTANTIATE_TEST_SUITE_P(
+    SplitShapes, SplitServing,
+    ::testing::Values(SplitCase{96, 64, 3, OrthoMethod::kAuto},
+                      SplitCase{64, 96, 3, OrthoMethod::kAuto},
+                      SplitCase{96, 64, 2, OrthoMethod::kCqr2},
+                      SplitCase{64, 96, 2, OrthoMethod::kRcqr}),
+    [](const ::testing::TestParamInfo<SplitCase>& info) {
+      return absl::StrCat(info.param.m, "x", info.param.n, "Over", info.param.shards,
+                          OrthoMethodName(info.param.method));
+    });
+
+// A follower that takes no part in a step (its StepRows fails, as if the command were lost):
+// nothing is applied on any owner, the leader retries the same batch, and once the follower
+// answers again every acknowledged contribution is applied exactly once.
+TEST(SplitServingFaults, LostFollowerStepIsRetriedAndAppliedOnce) {
+  std::atomic<bool> fail{false};
+  Cluster cluster(3, [&](ServerOptions& options, int shard) {
+    options.peer.timeout = absl::Milliseconds(300);
+    if (shard == 2) {
+      options.shard.step_rows_fault = [&](const StepRowsCommand&) {
+        return fail.load() ? absl::UnavailableError("injected: the command did not arrive")
+                           : absl::OkStatus();
+      };
+    }
+  });
+  ASSERT_TRUE(cluster.ok());
+  const SplitCase c{96, 64, 3, OrthoMethod::kAuto};
+  const v1::RegisterModelRequest request = SplitModel("w0", c.m, c.n, 3);
+  const v1::Layout::Placement placement = PlacementOf(cluster.Register(request), "w");
+  cluster.Register(SplitModel("w1", c.m, c.n, 3));
+  WholeReference reference(request);
+  for (int round = 1; round <= 6; ++round) {
+    fail = round == 3;
+    const LowRankFactors a = RoundFactors(c, round, 0), b = RoundFactors(c, round, 1);
+    for (const auto& [worker, f] : {std::pair{"w0", &a}, std::pair{"w1", &b}}) {
+      const v1::PushAck ack = SplitPush(cluster, placement, worker, round, round - 1, *f, c.m, c.n);
+      ASSERT_EQ(ack.result(), v1::PUSH_RESULT_ACCEPTED) << ack.message();
+    }
+    reference.Step(a, b);
+    if (round == 3) {
+      // The batch is closed on the leader but cannot be applied: nobody moves past 2.
+      absl::SleepFor(absl::Milliseconds(1200));
+      for (int s = 0; s < 3; ++s) EXPECT_EQ(VersionOf(cluster, s, "w"), 2) << "shard " << s;
+      const std::string metrics = cluster.server(0).metrics().Serialize();
+      EXPECT_GE(testing::MetricValue(metrics, "dion_split_step_failures_total"), 2);
+      fail = false;
+    }
+    ASSERT_TRUE(WaitForVersion(cluster, placement, round)) << "round " << round;
+  }
+  const Matrix X = Assemble(cluster, placement, c.m, c.n, 6);
+  EXPECT_LE(RelativeError(ToDouble(X), ToDouble(reference.X)), 1e-5);
+  for (int s = 0; s < 3; ++s) {
+    const v1::ParameterStatus* p = testing::FindParameter(GetStatus(cluster.stub(s)), "w");
+    ASSERT_NE(p, nullptr);
+    EXPECT_EQ(p->contributions_applied(), 12) << "shard " << s;
+    EXPECT_EQ(p->version(), 6) << "shard " << s;
+  }
+}
+
+// Bad input changes nothing and says what was expected.
+TEST(SplitServingBadInput, WrongBlockRowsAreRefusedWithTheExpectedRange) {
+  Cluster cluster(3);
+  ASSERT_TRUE(cluster.ok());
+  const v1::Layout::Placement placement =
+      PlacementOf(cluster.Register(SplitModel("w0", 96, 64, 3)), "w");
+  const v1::Layout::RowOwner& follower = placement.row_owners(1);  // rows [32, 64)
+  const LowRankFactors whole = RandomFactors(96, 64, 4, 1);
+  for (int shard : {static_cast<int>(follower.shard()), static_cast<int>(placement.shard())}) {
+    const std::vector<v1::PushAck> acks =
+        PushAll(cluster.stub(shard), {FactorsContribution("w0", 1, "w", 0, 8, whole)});
+    ASSERT_EQ(acks.size(), 1u);
+    EXPECT_EQ(acks[0].result(), v1::PUSH_RESULT_REJECTED);
+    EXPECT_EQ(acks[0].status_code(), grpc::StatusCode::INVALID_ARGUMENT);
+    EXPECT_NE(acks[0].message().find("must have 32 rows"), std::string::npos)
+        << acks[0].message();
+  }
+  // R must stay whole (64 rows) on every owner.
+  LowRankFactors short_r = BlockOf(whole, 96, 64, follower);
+  short_r.R = short_r.R.topRows(32).eval();
+  const std::vector<v1::PushAck> acks = PushAll(
+      cluster.stub(follower.shard()), {FactorsContribution("w0", 1, "w", 0, 8, short_r)});
+  ASSERT_EQ(acks.size(), 1u);
+  EXPECT_EQ(acks[0].status_code(), grpc::StatusCode::INVALID_ARGUMENT);
+  EXPECT_NE(acks[0].message().find("R stays whole with 64 rows"), std::string::npos)
+      << acks[0].message();
+  EXPECT_EQ(cluster.server(follower.shard()).shard().StagedContributions("w"), 0);
+  EXPECT_EQ(VersionOf(cluster, placement.shard(), "w"), 0);
+}
+
+TEST(SplitServingBadInput, RowBlockPushToANonOwnerIsFailedPrecondition) {
+  Cluster cluster(3);
+  ASSERT_TRUE(cluster.ok());
+  const v1::Layout::Placement placement =
+      PlacementOf(cluster.Register(SplitModel("w0", 96, 64, 2)), "w");
+  ASSERT_EQ(placement.row_owners_size(), 2);
+  int outsider = 3 - placement.row_owners(0).shard() - placement.row_owners(1).shard();
+  const std::vector<v1::PushAck> acks = PushAll(
+      cluster.stub(outsider),
+      {FactorsContribution("w0", 1, "w", 0, 8,
+                           BlockOf(RandomFactors(96, 64, 4, 1), 96, 64, placement.row_owners(1)))});
+  ASSERT_EQ(acks.size(), 1u);
+  EXPECT_EQ(acks[0].status_code(), grpc::StatusCode::FAILED_PRECONDITION);
+  EXPECT_NE(acks[0].message().find("owns none of its rows"), std::string::npos)
+      << acks[0].message();
+}
+
+TEST(SplitServingBadInput, SplitOverMoreOwnersThanRowsIsInvalidArgument) {
+  Cluster cluster(3);
+  ASSERT_TRUE(cluster.ok());
+  grpc::ClientContext context;
+  SetDeadline(context);
+  v1::RegisterModelResponse response;
+  const grpc::Status s =
+      cluster.stub(0).RegisterModel(&context, SplitModel("w0", 2, 2, 3), &response);
+  EXPECT_EQ(s.error_code(), grpc::StatusCode::INVALID_ARGUMENT) << s.error_message();
+  EXPECT_FALSE(GetStatus(cluster.stub(0)).model_registered());
+}
+
+TEST(SplitServingBadInput, ShardWithoutPeerAddressesRefusesTheTable) {
+  ServerOptions options = TestServerOptions();
+  options.shard.store.num_shards = 2;
+  absl::StatusOr<std::unique_ptr<DionServer>> server = DionServer::Start(options);
+  ASSERT_TRUE(server.ok()) << server.status();
+  auto stub = Connect((*server)->address());
+  grpc::ClientContext context;
+  SetDeadline(context);
+  v1::RegisterModelResponse response;
+  const grpc::Status s = stub->RegisterModel(&context, SplitModel("w0", 96, 64, 2), &response);
+  EXPECT_EQ(s.error_code(), grpc::StatusCode::FAILED_PRECONDITION) << s.error_message();
+  EXPECT_NE(s.error_message().find("--peer_addresses"), std::string::npos) << s.error_message();
+  EXPECT_FALSE(GetStatus(*stub).model_registered());
+}
+
+// StepRows is the leader's command to a follower: the leader itself, a stale version and a
+// batch naming a contribution the follower never staged are refused, nothing applied.
+TEST(SplitServingBadInput, StepRowsRefusesWhatAFollowerCannotApply) {
+  Cluster cluster(2);
+  ASSERT_TRUE(cluster.ok());
+  const v1::Layout::Placement placement =
+      PlacementOf(cluster.Register(SplitModel("w0", 96, 64, 2)), "w");
+  const auto step_rows = [&](int shard, int64_t version) {
+    auto stub = v1::ShardPeer::NewStub(grpc::CreateChannel(cluster.server(shard).address(),
+                                                           grpc::InsecureChannelCredentials()));
+    v1::StepRowsRequest request;
+    request.set_parameter("w");
+    request.set_version(version);
+    request.set_lr_scale(1);
+    v1::StepMember* m = request.add_members();
+    m->set_worker_id("w0");
+    m->set_sequence(9);
+    m->set_weight(1);
+    grpc::ClientContext context;
+    SetDeadline(context);
+    v1::StepRowsResponse response;
+    return stub->StepRows(&context, request, &response);
+  };
+  const int leader = placement.row_owners(0).shard(), follower = placement.row_owners(1).shard();
+  grpc::Status s = step_rows(leader, 1);
+  EXPECT_EQ(s.error_code(), grpc::StatusCode::FAILED_PRECONDITION) << s.error_message();
+  EXPECT_NE(s.error_message().find("leads"), std::string::npos) << s.error_message();
+  s = step_rows(follower, 5);
+  EXPECT_EQ(s.error_code(), grpc::StatusCode::FAILED_PRECONDITION) << s.error_message();
+  EXPECT_NE(s.error_message().find("at version 0"), std::string::npos) << s.error_message();
+  s = step_rows(follower, 1);
+  EXPECT_EQ(s.error_code(), grpc::StatusCode::DATA_LOSS) << s.error_message();
+  EXPECT_NE(s.error_message().find("sequence 9 of worker 'w0'"), std::string::npos)
+      << s.error_message();
+  EXPECT_EQ(VersionOf(cluster, follower, "w"), 0);
+}
+
+}  // namespace
+}  // namespace dion
