@@ -31,6 +31,9 @@ inline constexpr double kMuonLr = 0.02;     // Muon, hidden matrices where chose
 inline constexpr double kMomentum = 0.95;
 inline constexpr double kWeightDecay = 0.0;
 inline constexpr uint64_t kModelSeed = 1;  // worker j shuffles with kModelSeed * 1000 + j
+// A 2-D Dion matrix with at least this many elements (2048 x 2048) is split by rows over all
+// the shards (dion-worker --split_threshold; 0: never).
+inline constexpr int64_t kSplitThreshold = 2048 * 2048;
 
 // Local steps and pushes (dion-worker). 256-sample steps and rank-1/16 pushes do less work per
 // sample than 128 and 1/4; they need ~15% more samples to 88% but train ~40% more samples/s

@@ -1,11 +1,12 @@
-// A scripted stand-in for one dion-ps shard (shard 0 of 1), for the worker client's fault tests
-// (tests/worker_client_test.cc). It speaks dion.v1 for a given model on 127.0.0.1, but the test
+// A scripted stand-in for one dion-ps shard (shard 0 of 1 unless told otherwise), for the
+// worker client's fault tests (tests/worker_client_test.cc, tests/worker_split_test.cc). It speaks dion.v1 for a given model on 127.0.0.1, but the test
 // decides what a real shard would only do by accident of timing: the answer to every push,
 // when Push and Subscribe streams break, Pulls that fail or hang, RegisterModel that hangs, and
 // exactly which versions are broadcast.
 //
-// It keeps one value per parameter (SetValue); Pull and every new subscription serve it.
-// Nothing is applied: pushes are only recorded and answered.
+// It keeps one value per parameter (SetValue); Pull and every new subscription serve it (of a
+// split parameter, only this shard's block, with its rows). Nothing is applied: pushes are only
+// recorded and answered.
 //
 // Thread-safety: safe for concurrent use (gRPC runs the handlers on its own threads).
 #ifndef DION_TESTS_FAKE_SHARD_H_
@@ -50,8 +51,11 @@ class FakeShard final : public v1::ParameterServer::Service {
     int64_t sample_count;
   };
 
-  explicit FakeShard(ModelTable table) : table_(std::move(table)) {
-    layout_ = Layout::Compute(table_.specs(), 1).value();
+  // Shard `shard_index` of `num_shards`: it serves the parameters (and blocks of split ones)
+  // the layout places there.
+  explicit FakeShard(ModelTable table, int shard_index = 0, int num_shards = 1)
+      : table_(std::move(table)), shard_index_(shard_index) {
+    layout_ = Layout::Compute(table_.specs(), num_shards).value();
     for (const ParameterDefinition& d : table_.parameters) {
       values_[d.spec.name] = {0, d.initial_value.has_value() ? *d.initial_value
                                                              : InitialValue(d.spec)};
@@ -179,7 +183,7 @@ class FakeShard final : public v1::ParameterServer::Service {
     }
     response->set_newly_registered(false);
     LayoutToProto(layout_, response->mutable_layout());
-    response->set_shard_index(0);
+    response->set_shard_index(shard_index_);
     return grpc::Status::OK;
   }
 
@@ -227,12 +231,16 @@ class FakeShard final : public v1::ParameterServer::Service {
       absl::flat_hash_map<std::string, int64_t> have;
       for (const v1::ParameterVersion& h : request->have()) have[h.parameter()] = h.version();
       for (const ParameterDefinition& d : table_.parameters) {
+        if (!layout_.Holds(d.spec.name, shard_index_)) continue;
         const Value& v = values_[d.spec.name];
         auto it = have.find(d.spec.name);
         if (it != have.end() && it->second == v.version) continue;
+        const RowBlock rows = RowsOf(d.spec.name);
+        const Matrix X = BlockOf(d.spec, v.X, rows);
+        VersionUpdate update{d.spec.name, v.version, WeightsChecksum(X), X};
+        update.rows = rows;
         v1::VersionUpdate full;
-        VersionUpdateToProto(VersionUpdate{d.spec.name, v.version, WeightsChecksum(v.X), v.X},
-                             d.spec.shape, &full);
+        VersionUpdateToProto(update, d.spec.shape, &full);
         sub->queue.push_back(std::move(full));
       }
       subscriptions_.push_back(sub);
@@ -275,15 +283,25 @@ class FakeShard final : public v1::ParameterServer::Service {
       }
       std::vector<std::string> names(request->parameters().begin(), request->parameters().end());
       if (names.empty()) {
-        for (const ParameterDefinition& d : table_.parameters) names.push_back(d.spec.name);
+        for (const ParameterDefinition& d : table_.parameters) {
+          if (layout_.Holds(d.spec.name, shard_index_)) names.push_back(d.spec.name);
+        }
       }
       for (const std::string& name : names) {
         const Value& v = values_[name];
+        const RowBlock rows = RowsOf(name);
+        const Matrix X = BlockOf(SpecOf(name), v.X, rows);
         v1::ParameterValue value;
         value.set_parameter(name);
         value.set_version(v.version);
-        value.set_checksum(WeightsChecksum(v.X));
-        MatrixToTensor(v.X, SpecOf(name).shape, value.mutable_value());
+        value.set_checksum(WeightsChecksum(X));
+        if (rows.size() > 0) {
+          value.set_row_begin(rows.begin);
+          value.set_row_end(rows.end);
+          MatrixToTensor(X, value.mutable_value());
+        } else {
+          MatrixToTensor(X, SpecOf(name).shape, value.mutable_value());
+        }
         out.push_back(std::move(value));
       }
     }
@@ -312,6 +330,21 @@ class FakeShard final : public v1::ParameterServer::Service {
     bool broken = false;
   };
 
+  // This shard's rows of a split parameter; {0, 0} for a whole one.
+  RowBlock RowsOf(const std::string& name) const {
+    const Placement* placement = layout_.Find(name);
+    if (placement == nullptr) return RowBlock{};
+    for (const RowOwner& owner : placement->split) {
+      if (owner.shard == shard_index_) return owner.rows;
+    }
+    return RowBlock{};
+  }
+  // X's block `rows` (X's rows, or its columns when wide); X itself for {0, 0}.
+  static Matrix BlockOf(const ParamSpec& spec, const Matrix& X, RowBlock rows) {
+    if (rows.size() == 0) return X;
+    if (spec.rows() < spec.cols()) return X.middleCols(rows.begin, rows.size());
+    return X.middleRows(rows.begin, rows.size());
+  }
   const ParamSpec& SpecOf(const std::string& name) const {
     for (const ParameterDefinition& d : table_.parameters) {
       if (d.spec.name == name) return d.spec;
@@ -329,6 +362,7 @@ class FakeShard final : public v1::ParameterServer::Service {
   }
 
   const ModelTable table_;
+  const int shard_index_;
   Layout layout_;
   std::unique_ptr<grpc::Server> server_;
   std::string address_;

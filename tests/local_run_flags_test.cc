@@ -268,6 +268,7 @@ TEST(ChildFlagsTest, DefaultOptionsLeaveTheTrainingSettingsToTheChildren) {
   o.rank_fraction = 0.5;
   o.compression_rank_fraction = 0;
   o.lookahead = 0;
+  o.split_threshold = 0;
   o.lr_cooldown = 0.5;
   o.lr_final_scale = 0;
   o.target_samples = 0;
@@ -277,9 +278,11 @@ TEST(ChildFlagsTest, DefaultOptionsLeaveTheTrainingSettingsToTheChildren) {
   const std::vector<std::string> worker = WorkerFlags(o, 0, {"a:1"});
   for (const char* flag : {"--dataset=synthetic", "--data_dir=/data", "--partition=dirichlet",
                            "--dirichlet_alpha=0.1", "--rank_fraction=0.5",
-                           "--compression_rank_fraction=0", "--lookahead=0"}) {
+                           "--compression_rank_fraction=0", "--lookahead=0",
+                           "--split_threshold=0"}) {
     EXPECT_TRUE(Has(worker, flag)) << flag;
   }
+  EXPECT_TRUE(Has(EvaluatorFlags(o, {"a:1"}), "--split_threshold=0"));  // the same table
   const std::vector<std::string> shard = ShardFlags(o, 0, "/c");
   for (const char* flag : {"--lr_cooldown_fraction=0.5", "--lr_final_scale=0",
                            "--target_samples=0", "--batch_deadline=inf",

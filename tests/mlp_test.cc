@@ -8,6 +8,8 @@
 
 #include <cmath>
 #include <numeric>
+#include <utility>
+#include <vector>
 
 #include "common/rng.h"
 #include "worker/train/synthetic_task.h"
@@ -80,6 +82,31 @@ TEST(MlpParameterTable, NamesShapesOptimizersAndRanksFollowTheLayers) {
   ASSERT_TRUE(table.ok());
   EXPECT_EQ((*table)[0].rank(), 26);
   EXPECT_EQ((*table)[2].rank(), 13);
+}
+
+// --split_threshold: the 2-D Dion matrices with at least that many elements are split over the
+// shards, no more owners than the tall side has rows; the rest stays whole.
+TEST(MlpParameterTable, SplitsTheDionMatricesAtOrAboveTheThreshold) {
+  MlpOptions options;  // 784-256-128-10: fc1 256 x 784 (200704), fc2 128 x 256 (32768)
+  const std::vector<ParamSpec> table = *ParameterTable(options);
+  std::vector<ParamSpec> split = table;
+  SplitLargeMatrices(32768, 3, split);
+  EXPECT_EQ(split[0].split_owners, 3);  // fc1.weight
+  EXPECT_EQ(split[2].split_owners, 3);  // fc2.weight, exactly at the threshold
+  for (size_t k : {1, 3, 4, 5}) EXPECT_EQ(split[k].split_owners, 0) << split[k].name;
+  split = table;
+  SplitLargeMatrices(32769, 3, split);
+  EXPECT_EQ(split[0].split_owners, 3);
+  EXPECT_EQ(split[2].split_owners, 0);  // one element short
+  for (auto [threshold, shards] : {std::pair<int64_t, int>{0, 3}, {1, 1}}) {
+    split = table;
+    SplitLargeMatrices(threshold, shards, split);  // never, or a single shard
+    for (const ParamSpec& spec : split) EXPECT_EQ(spec.split_owners, 0) << spec.name;
+  }
+  std::vector<ParamSpec> narrow = {table[0]};
+  narrow[0].shape = {2, 3};  // tall side 3
+  SplitLargeMatrices(1, 8, narrow);
+  EXPECT_EQ(narrow[0].split_owners, 3);
 }
 
 TEST(MlpParameterTable, InitialValuesAreKaimingWeightsAndZeroBiasesSeededByTheModelSeed) {

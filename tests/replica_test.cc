@@ -4,6 +4,7 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <vector>
 
 #include "common/checksum.h"
 #include "common/dion.h"
@@ -248,6 +249,151 @@ TEST(Replica, SetRefusesAValueThatDoesNotMatchItsChecksum) {
   EXPECT_EQ(replica.Set(4, X, WeightsChecksum(X) ^ 1).code(), absl::StatusCode::kDataLoss);
   EXPECT_FALSE(replica.has_value());
   EXPECT_FALSE(replica.in_sync());
+}
+
+// --- Split parameters: a replica assembled from its owners' row blocks.
+
+// The blocks of the tall side (m rows when tall, n columns when wide) over 3 owners, cut
+// here by hand: rows [0, 4), [4, 7), [7, 10) of a 10-long tall side.
+std::vector<RowBlock> ThreeBlocks() { return {{0, 4}, {4, 7}, {7, 10}}; }
+
+// X's part that `rows` covers, copied element by element (the reference's own slicing).
+Matrix Slice(const Matrix& X, RowBlock rows, bool wide) {
+  Matrix out(wide ? X.rows() : rows.size(), wide ? rows.size() : X.cols());
+  for (int64_t i = 0; i < out.rows(); ++i) {
+    for (int64_t j = 0; j < out.cols(); ++j) {
+      out(i, j) = wide ? X(i, rows.begin + j) : X(rows.begin + i, j);
+    }
+  }
+  return out;
+}
+
+// The owner of `rows`' update: the block's value at `version`.
+VersionUpdate BlockValue(int64_t version, const Matrix& X, RowBlock rows, bool wide) {
+  const Matrix block = Slice(X, rows, wide);
+  VersionUpdate update{"w", version, WeightsChecksum(block), block};
+  update.rows = rows;
+  return update;
+}
+
+// The owner of `rows`' share of `whole` (a step of the whole parameter): P's rows, with the
+// checksum of the block of `X_after` (the whole step's result).
+VersionUpdate BlockStep(const VersionUpdate& whole, const Matrix& X_after, RowBlock rows,
+                        bool wide) {
+  LowRankStep step = std::get<LowRankStep>(whole.content);
+  Matrix P(rows.size(), step.P.cols());
+  for (int64_t i = 0; i < P.rows(); ++i) P.row(i) = step.P.row(rows.begin + i);
+  step.P = P;
+  VersionUpdate update{"w", whole.version, WeightsChecksum(Slice(X_after, rows, wide)), step};
+  update.rows = rows;
+  return update;
+}
+
+// Every owner's block of a step applied to its block = the whole step applied to X, bit for
+// bit (the checksums of the whole step's blocks verify), tall and wide; and against a
+// double-precision reference of decay X - scale P Q^T.
+TEST(SplitReplica, BlockStepsEqualTheWholeStepBitForBit) {
+  for (bool wide : {false, true}) {
+    const int64_t m = wide ? 6 : 10, n = wide ? 10 : 6;
+    Replica replica(Spec(m, n), /*track_last_step=*/true, ThreeBlocks());
+    const Matrix X0 = Random(m, n, 1);
+    for (const RowBlock& rows : ThreeBlocks()) {
+      ASSERT_EQ(*replica.Apply(BlockValue(3, X0, rows, wide)), ReplicaEvent::kReplaced);
+    }
+    ASSERT_EQ(WeightsChecksum(replica.value()), WeightsChecksum(X0));
+    Matrix X1;
+    const VersionUpdate whole = Step(4, X0, /*transposed=*/wide, 10, &X1);
+    for (const RowBlock& rows : ThreeBlocks()) {
+      EXPECT_EQ(*replica.Apply(BlockStep(whole, X1, rows, wide)), ReplicaEvent::kApplied)
+          << "wide " << wide << " rows " << rows.begin;
+    }
+    EXPECT_EQ(replica.version(), 4);
+    EXPECT_TRUE(replica.in_sync());
+    EXPECT_EQ(WeightsChecksum(replica.value()), WeightsChecksum(X1)) << "wide " << wide;
+    const LowRankStep& s = std::get<LowRankStep>(whole.content);
+    MatrixD delta = s.P.cast<double>() * s.Q.cast<double>().transpose();
+    if (wide) delta.transposeInPlace();
+    const MatrixD expected = 0.99 * X0.cast<double>() - 0.05 * delta;
+    EXPECT_LT(testing::RelativeError(replica.value().cast<double>(), expected), 1e-6);
+    // The last step is tracked per block too: X1 - X0 in every block.
+    Matrix out;
+    replica.Extrapolate(1, &out);
+    EXPECT_LT(testing::RelativeError(out.cast<double>(),
+                                     2.0 * X1.cast<double>() - X0.cast<double>()),
+              1e-6);
+  }
+}
+
+// The replica holds a version once every block reached it: the minimum over the blocks.
+TEST(SplitReplica, VersionIsTheMinimumOverTheBlocks) {
+  const bool wide = false;
+  Replica replica(Spec(10, 6), false, ThreeBlocks());
+  const Matrix X0 = Random(10, 6, 2);
+  EXPECT_FALSE(replica.has_value());
+  ASSERT_EQ(*replica.Apply(BlockValue(5, X0, {0, 4}, wide)), ReplicaEvent::kReplaced);
+  ASSERT_EQ(*replica.Apply(BlockValue(7, X0, {4, 7}, wide)), ReplicaEvent::kReplaced);
+  EXPECT_FALSE(replica.has_value());  // the last block has nothing yet
+  EXPECT_EQ(replica.version(), -1);
+  ASSERT_EQ(*replica.Apply(BlockValue(6, X0, {7, 10}, wide)), ReplicaEvent::kReplaced);
+  EXPECT_EQ(replica.version(), 5);
+  EXPECT_EQ(replica.block_version({4, 7}), 7);
+  EXPECT_EQ(replica.block_version({7, 10}), 6);
+  // A step of the first block only moves it; the minimum follows.
+  Matrix X1;
+  const VersionUpdate whole = Step(6, X0, false, 20, &X1);
+  ASSERT_EQ(*replica.Apply(BlockStep(whole, X1, {0, 4}, wide)), ReplicaEvent::kApplied);
+  EXPECT_EQ(replica.version(), 6);
+  // A step that skips a version of its block is a gap of that block alone.
+  Matrix ignored;
+  VersionUpdate skip = BlockStep(Step(9, X0, false, 30, &ignored), ignored, {4, 7}, wide);
+  EXPECT_EQ(*replica.Apply(skip), ReplicaEvent::kGap);
+  EXPECT_EQ(replica.block_version({4, 7}), 7);
+}
+
+// A block whose step does not reproduce its owner's checksum is out of sync, alone: the other
+// blocks stay in sync, and a value of that block (a resync) repairs it.
+TEST(SplitReplica, ChecksumMismatchOfOneBlockIsDetectedAndRepairedByItsValue) {
+  for (bool wide : {false, true}) {
+    const int64_t m = wide ? 6 : 10, n = wide ? 10 : 6;
+    Replica replica(Spec(m, n), false, ThreeBlocks());
+    const Matrix X0 = Random(m, n, 3);
+    for (const RowBlock& rows : ThreeBlocks()) {
+      ASSERT_TRUE(replica.Apply(BlockValue(1, X0, rows, wide)).ok());
+    }
+    Matrix X1;
+    const VersionUpdate whole = Step(2, X0, wide, 40, &X1);
+    VersionUpdate wrong = BlockStep(whole, X1, {4, 7}, wide);
+    wrong.checksum ^= 1;
+    EXPECT_EQ(*replica.Apply(wrong), ReplicaEvent::kChecksumMismatch);
+    EXPECT_FALSE(replica.block_in_sync({4, 7}));
+    EXPECT_TRUE(replica.block_in_sync({0, 4}));
+    EXPECT_FALSE(replica.in_sync());
+    ASSERT_TRUE(replica.SetBlock({4, 7}, 2, Slice(X1, {4, 7}, wide),
+                                 WeightsChecksum(Slice(X1, {4, 7}, wide)))
+                    .ok());
+    EXPECT_TRUE(replica.in_sync());
+    EXPECT_EQ(replica.version(), 1);  // the other blocks are still at 1
+  }
+}
+
+// Updates and values that name no block change nothing.
+TEST(SplitReplica, RefusesRowsThatAreNoBlock) {
+  Replica replica(Spec(10, 6), false, ThreeBlocks());
+  const Matrix X0 = Random(10, 6, 4);
+  EXPECT_EQ(replica.Apply(BlockValue(1, X0, {0, 5}, false)).status().code(),
+            absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(replica.Apply(Full(1, X0)).status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(replica.Set(1, X0, WeightsChecksum(X0)).code(), absl::StatusCode::kInvalidArgument);
+  const Matrix block = Slice(X0, {0, 4}, false);
+  EXPECT_EQ(replica.SetBlock({0, 3}, 1, block, WeightsChecksum(block)).code(),
+            absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(replica.SetBlock({4, 7}, 1, block, WeightsChecksum(block)).code(),
+            absl::StatusCode::kInvalidArgument);  // 4 rows for a block of 3
+  EXPECT_EQ(replica.changes(), 0u);
+  // A whole parameter refuses a block.
+  Replica whole(Spec(10, 6));
+  EXPECT_EQ(whole.Apply(BlockValue(1, X0, {0, 4}, false)).status().code(),
+            absl::StatusCode::kInvalidArgument);
 }
 
 }  // namespace

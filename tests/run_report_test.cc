@@ -342,6 +342,28 @@ TEST(SummaryJsonTest, RecordsTheCoordinatedCheckpointAndTheReportNamesIt) {
             lines.end());
 }
 
+TEST(SummaryJsonTest, ListsTheRowsEachShardOwnsOfASplitParameter) {
+  RunSummary summary = ExampleSummary();
+  std::string error;
+  std::optional<JsonValue> v = JsonReader::Parse(SummaryJson(summary), &error);
+  ASSERT_TRUE(v.has_value()) << error;
+  ASSERT_NE(v->Get("split_parameters"), nullptr);
+  EXPECT_TRUE(v->Get("split_parameters")->array.empty());  // nothing split
+  summary.split_parameters = {{"fc2.weight", {{1, 0, 683}, {0, 683, 1366}, {2, 1366, 2048}}}};
+  v = JsonReader::Parse(SummaryJson(summary), &error);
+  ASSERT_TRUE(v.has_value()) << error;
+  const std::vector<JsonValue>& split = v->Get("split_parameters")->array;
+  ASSERT_EQ(split.size(), 1u);
+  EXPECT_EQ(split[0].Get("parameter")->string, "fc2.weight");
+  const std::vector<JsonValue>& owners = split[0].Get("owners")->array;
+  ASSERT_EQ(owners.size(), 3u);
+  EXPECT_EQ(owners[1].Get("shard")->number, 0);
+  EXPECT_EQ(owners[1].Get("row_begin")->number, 683);
+  EXPECT_EQ(owners[1].Get("row_end")->number, 1366);
+  EXPECT_EQ(owners[2].Get("shard")->number, 2);
+  EXPECT_EQ(owners[2].Get("row_end")->number, 2048);
+}
+
 TEST(SummaryJsonTest, RecordsThePrivacySpentAndTheReportNamesIt) {
   RunSummary summary = ExampleSummary();
   std::string error;

@@ -6,8 +6,10 @@
 #include <algorithm>
 #include <chrono>
 #include <cmath>
+#include <string>
 #include <thread>
 #include <utility>
+#include <vector>
 
 #include "absl/container/flat_hash_map.h"
 #include "absl/strings/str_cat.h"
@@ -33,6 +35,32 @@ v1::RegisterModelRequest RegistrationOf(const ModelTable& table, const std::stri
 bool Retryable(const absl::Status& s) {
   return s.code() == absl::StatusCode::kUnavailable ||
          s.code() == absl::StatusCode::kDeadlineExceeded;
+}
+
+std::string Describe(int shard, absl::Span<const RowOwner> owners) {
+  if (owners.empty()) return absl::StrCat("on shard ", shard, " whole");
+  std::string out = "split over shards";
+  for (const RowOwner& o : owners) {
+    absl::StrAppend(&out, " ", o.shard, " [", o.rows.begin, ", ", o.rows.end, ")");
+  }
+  return out;
+}
+
+// Empty when the shard's `placement` is the one `layout` computes, else what each says.
+std::string PlacementMismatch(const Layout& layout, const v1::Layout::Placement& placement) {
+  std::vector<RowOwner> theirs;
+  for (const v1::Layout::RowOwner& o : placement.row_owners()) {
+    theirs.push_back(RowOwner{static_cast<int>(o.shard()), RowBlock{o.row_begin(), o.row_end()}});
+  }
+  const Placement* ours = layout.Find(placement.parameter());
+  if (ours != nullptr && ours->shard == static_cast<int>(placement.shard()) &&
+      ours->split == theirs) {
+    return "";
+  }
+  return absl::StrCat(
+      "places '", placement.parameter(), "' ", Describe(placement.shard(), theirs),
+      ", this client computes ",
+      ours == nullptr ? "no such parameter" : Describe(ours->shard, ours->split));
 }
 
 }  // namespace
@@ -64,7 +92,6 @@ absl::StatusOr<std::unique_ptr<Client>> Client::Connect(const ModelTable& table,
   absl::StatusOr<Layout> layout =
       Layout::Compute(table.specs(), static_cast<int>(options.shard_addresses.size()));
   if (!layout.ok()) return layout.status();
-  if (absl::Status s = RefuseSplitParameters(*layout); !s.ok()) return s;
   absl::StatusOr<std::shared_ptr<grpc::ChannelCredentials>> credentials =
       MakeChannelCredentials(options.tls);
   if (!credentials.ok()) return credentials.status();
@@ -83,7 +110,7 @@ Client::Client(const ModelTable& table, const ClientOptions& options, Layout lay
     const ParamSpec& spec = specs_[i];
     index_of_[spec.name] = i;
     parameters_.push_back(std::make_unique<Parameter>(
-        spec, i, layout_.ShardOf(spec.name),
+        spec, i, *layout_.Find(spec.name),
         CompressionRank(spec, options_.compression_rank_fraction),
         MixSeed(options_.seed, 0xC0, static_cast<uint64_t>(i)), first_sequence,
         options_.track_last_step));
@@ -177,14 +204,8 @@ absl::Status Client::RegisterWith(int s) {
         "; list the addresses in shard-index order"));
   }
   for (const v1::Layout::Placement& placement : response->layout().placements()) {
-    if (layout_.ShardOf(placement.parameter()) != static_cast<int>(placement.shard()) ||
-        placement.row_owners_size() != 0) {
-      return absl::FailedPreconditionError(absl::StrCat(
-          "shard ", s, " places '", placement.parameter(), "' on shard ", placement.shard(),
-          placement.row_owners_size() != 0
-              ? absl::StrCat(" split over ", placement.row_owners_size(), " shards")
-              : "",
-          ", this client computes shard ", layout_.ShardOf(placement.parameter()), " whole"));
+    if (std::string mismatch = PlacementMismatch(layout_, placement); !mismatch.empty()) {
+      return absl::FailedPreconditionError(absl::StrCat("shard ", s, " ", mismatch));
     }
   }
   return absl::OkStatus();
@@ -194,22 +215,40 @@ absl::Status Client::PullInitialWeights(int s) {
   absl::StatusOr<std::vector<v1::ParameterValue>> values = links_[s]->Pull({});
   if (!values.ok()) return values.status();
   for (const v1::ParameterValue& value : *values) {
-    const Parameter* found = Find(value.parameter());
-    const int i = found != nullptr ? found->index : -1;
-    if (i < 0 || parameters_[i]->shard != s) {
+    Parameter* p = Find(value.parameter());
+    if (p == nullptr || !p->HeldBy(s)) {
       return absl::FailedPreconditionError(
           absl::StrCat("shard ", s, " sent '", value.parameter(),
                        "', which this client does not place there"));
     }
-    absl::StatusOr<Matrix> X = TensorToMatrix(value.value(), specs_[i].shape, value.parameter());
-    if (!X.ok()) return X.status();
-    Parameter& p = *parameters_[i];
-    MutexLock lock(&p.replica_mu);
-    if (absl::Status st = p.replica.Set(value.version(), *X, value.checksum()); !st.ok()) {
-      return st;
-    }
+    if (absl::Status set = SetPulled(*p, s, value); !set.ok()) return set;
   }
   return absl::OkStatus();
+}
+
+absl::StatusOr<Matrix> Client::DecodePulled(const Parameter& p, int s,
+                                            const v1::ParameterValue& value) const {
+  const RowBlock rows{value.row_begin(), value.row_end()};
+  const RowBlock& expected = *p.BlockOf(s);
+  const ParamSpec& spec = specs_[p.index];
+  if (!(rows == expected)) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        "shard ", s, " sent rows [", rows.begin, ", ", rows.end, ") of '", spec.name,
+        "', expected [", expected.begin, ", ", expected.end, ")"));
+  }
+  std::vector<int64_t> shape = spec.shape;
+  if (p.is_split()) {
+    shape = spec.rows() >= spec.cols() ? std::vector<int64_t>{rows.size(), spec.cols()}
+                                       : std::vector<int64_t>{spec.rows(), rows.size()};
+  }
+  return TensorToMatrix(value.value(), shape, value.parameter());
+}
+
+absl::Status Client::SetPulled(Parameter& p, int s, const v1::ParameterValue& value) {
+  absl::StatusOr<Matrix> X = DecodePulled(p, s, value);
+  if (!X.ok()) return X.status();
+  MutexLock lock(&p.replica_mu);
+  return SetPart(p, s, value.version(), *X, value.checksum());
 }
 
 absl::Status Client::Submit(absl::Span<const Matrix> gradients, int64_t samples, double loss) {
@@ -289,11 +328,18 @@ bool Client::MaybeSend(Parameter& p, bool whole) {
             : acc.Take(options_.worker_id, base_version, absl::Now());
   if (contribution == nullptr) return false;
   if (push_rank_ != nullptr) push_rank_->OnSent(absl::Now());
-  v1::Contribution message;
-  ContributionToProto(*contribution, &message, specs_[p.index].shape);
-  const int64_t bytes = static_cast<int64_t>(message.ByteSizeLong());
+  int64_t bytes = 0;
+  if (p.is_split()) {
+    for (int owner : p.split->Begin(contribution->sequence)) {
+      bytes += SendBlock(p, *contribution, owner);
+    }
+  } else {
+    v1::Contribution message;
+    ContributionToProto(*contribution, &message, specs_[p.index].shape);
+    bytes = static_cast<int64_t>(message.ByteSizeLong());
+    p.queued_in[contribution->sequence] = links_[p.shard]->Send(std::move(message));
+  }
   const int64_t dense = 4 * specs_[p.index].size();
-  p.queued_in[contribution->sequence] = links_[p.shard]->Send(std::move(message));
   {
     MutexLock lock(&mu_);
     ++stats_.pushes;
@@ -306,8 +352,12 @@ bool Client::MaybeSend(Parameter& p, bool whole) {
 
 void Client::ResendInFlight(int shard, uint64_t generation) {
   for (auto& p : parameters_) {
-    if (p->shard != shard) continue;
+    if (!p->HeldBy(shard)) continue;
     MutexLock lock(&p->accumulator_mu);
+    if (p->is_split()) {
+      ResendBlocks(*p, shard, generation);
+      continue;
+    }
     for (const Contribution* c : p->accumulator.InFlight()) {
       // Taken and queued after the link cleared its queue for this stream: already on its way.
       // A second copy on the same stream could be refused and restored, and then accepted.
@@ -323,13 +373,15 @@ void Client::ResendInFlight(int shard, uint64_t generation) {
 void Client::OnAck(int shard, const v1::PushAck& ack) {
   Parameter* p = Find(ack.parameter());
   // Nothing of this shard's is in flight for a name it does not own.
-  if (p == nullptr || p->shard != shard) return;
+  if (p == nullptr || !p->HeldBy(shard)) return;
   const AckOutcome outcome = Classify(shard, ack, options_.worker_id);
   const AckAction action = outcome.action;
   absl::Time taken;
   int64_t samples;
   {
     MutexLock lock(&p->accumulator_mu);
+    // A split parameter's follower that staged it, or an answer not awaited: nothing settles.
+    if (p->is_split() && !SplitAnswerSettles(*p, shard, ack, outcome)) return;
     absl::StatusOr<GradientAccumulator::Acknowledged> done =
         p->accumulator.Acknowledge(ack.sequence(), action);
     // Not in flight (answered already): nothing to settle.
@@ -373,7 +425,7 @@ void Client::OnAck(int shard, const v1::PushAck& ack) {
   }
   // Before the resync, which can block on a pull for up to rpc_deadline (and signals itself).
   NotifyChange();
-  if (outcome.resync) Resync(*p, "rejected_version");
+  if (outcome.resync) Resync(*p, shard, "rejected_version");
 }
 
 ClientStats Client::stats() const {

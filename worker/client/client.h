@@ -35,7 +35,14 @@
 //
 // The replica follows the shards' broadcasts: low-rank steps are applied, and on a checksum
 // mismatch, a gap, or a version going backwards (a shard restarted from a checkpoint) the
-// parameter is pulled in full. Unavailable shards are retried with exponential backoff and
+// parameter is pulled in full.
+//
+// A parameter split by rows over several shards (docs/worker.md, "Split parameters") is
+// compressed whole; each owner is pushed its block of the factors, the followers first and the
+// leader (owner of the first rows) only once every follower staged it, and the leader's answer
+// settles the contribution (a follower's refusal settles it without the leader). Its replica
+// is assembled from the owners' blocks, each with its own version and checksum (a mismatch
+// pulls that block from its owner); its version is the minimum over the blocks. Unavailable shards are retried with exponential backoff and
 // jitter; after `reconnect.give_up_after` without success, Submit and Flush return
 // Unavailable naming the shard.
 //
@@ -81,12 +88,14 @@ namespace dion {
 // Wire messages and the link to one shard: defined by the library's private headers, so that a
 // program including this header does not compile against gRPC or the generated protocol code.
 namespace v1 {
+class ParameterValue;
 class ParameterVersion;
 class PushAck;
 class VersionUpdate;
 }  // namespace v1
 class ShardLink;
 class PushRankController;
+struct AckOutcome;
 
 // How an acknowledged push was settled (ClientOptions::on_acknowledged).
 enum class PushFate {
@@ -267,8 +276,20 @@ class Client {
   // Registers the model with shard `s` (retried while it is unavailable) and checks that it
   // is shard `s` of the listed count and places the parameters where this client does.
   absl::Status RegisterWith(int s);
-  // Pulls every parameter shard `s` owns into the replicas.
+  // Pulls every parameter (and block of a split one) shard `s` owns into the replicas.
   absl::Status PullInitialWeights(int s);
+  // Sets p's replica (its block held by shard `s`, when split) to a value pulled from `s`.
+  // FailedPrecondition for rows that are not s's block; Replica::Set's errors.
+  // REQUIRES: s holds p (or a block of it).
+  absl::Status SetPulled(Parameter& p, int s, const v1::ParameterValue& value);
+  // SetPulled's steps: the pulled value checked and decoded (the block's shape when split),
+  // then set as the part of the replica `s` holds (REQUIRES p.replica_mu), and whether that
+  // part is in sync (REQUIRES p.replica_mu).
+  absl::StatusOr<Matrix> DecodePulled(const Parameter& p, int s,
+                                      const v1::ParameterValue& value) const;
+  absl::Status SetPart(Parameter& p, int s, int64_t version, const Matrix& X,
+                       uint64_t checksum);
+  bool PartInSync(const Parameter& p, int s) const;
   // Takes and sends the next contribution of `p` if one is due (`whole`: with its residual,
   // GradientAccumulator::TakeWhole); whether one was sent. REQUIRES: p.accumulator_mu.
   bool MaybeSend(Parameter& p, bool whole = false);
@@ -279,11 +300,22 @@ class Client {
   // What FlushAll leaves unsettled, into `report`.
   void CountUnsettled(FlushReport& report) const;
   Parameter* Find(absl::string_view name) const;
+  // A split parameter's pushes (client_split.cc; REQUIRES p.accumulator_mu): sends owner
+  // `owner`'s block of `c` (an index into p.owners) and returns its serialized bytes; queues
+  // on `shard`'s new Push stream `generation` the blocks still awaited from it; and advances
+  // the commit by `shard`'s answer `ack`: true when that answer settles the contribution
+  // (the leader's, or a follower's refusal), after sending the leader its block when it was
+  // the last follower to stage it.
+  int64_t SendBlock(Parameter& p, const Contribution& c, int owner);
+  void ResendBlocks(Parameter& p, int shard, uint64_t generation);
+  bool SplitAnswerSettles(Parameter& p, int shard, const v1::PushAck& ack,
+                          const AckOutcome& outcome);
   void OnAck(int shard, const v1::PushAck& ack);
   void OnUpdate(int shard, v1::VersionUpdate& update);
-  // Pulls the parameter and replaces the replica, unless the replica changed meanwhile and is
-  // in sync (an update that arrived during the pull is at least as new).
-  void Resync(Parameter& p, const char* reason);
+  // Pulls the parameter from `shard` (of a split parameter: that owner's block) and replaces
+  // it in the replica, unless the replica changed meanwhile and that part is in sync (an
+  // update that arrived during the pull is at least as new).
+  void Resync(Parameter& p, int shard, const char* reason);
   // Counts `bytes` received for p (a broadcast version or a pulled value) in the stats.
   void CountReceived(const Parameter& p, int64_t bytes);
   // Queues the in-flight pushes of `shard` on its Push stream of `generation`.

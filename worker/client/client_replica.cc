@@ -63,15 +63,19 @@ void Client::OnUpdate(int shard, v1::VersionUpdate& message) {
     return;
   }
   Parameter* p = Find(update->parameter);
-  if (p == nullptr) return;
+  if (p == nullptr || !p->HeldBy(shard)) return;
   CountReceived(*p, static_cast<int64_t>(message.ByteSizeLong()));
+  if (!(update->rows == *p->BlockOf(shard))) {  // another owner's rows: not this shard's part
+    Resync(*p, shard, "malformed_update");
+    return;
+  }
   absl::StatusOr<ReplicaEvent> event;
   {
     MutexLock lock(&p->replica_mu);
     event = p->replica.Apply(*update, options_.verify_checksums);
   }
   if (!event.ok()) {
-    Resync(*p, "malformed_update");
+    Resync(*p, shard, "malformed_update");
     return;
   }
   NotifyChange();
@@ -80,10 +84,10 @@ void Client::OnUpdate(int shard, v1::VersionUpdate& message) {
     ++stats_.resyncs;
     if (options_.metrics != nullptr) options_.metrics->RecordResync("went_back");
   }
-  if (NeedsResync(*event)) Resync(*p, ReplicaEventName(*event).data());
+  if (NeedsResync(*event)) Resync(*p, shard, ReplicaEventName(*event).data());
 }
 
-void Client::Resync(Parameter& p, const char* reason) {
+void Client::Resync(Parameter& p, int shard, const char* reason) {
   const std::string& name = specs_[p.index].name;
   {
     MutexLock lock(&mu_);
@@ -95,21 +99,33 @@ void Client::Resync(Parameter& p, const char* reason) {
     MutexLock lock(&p.replica_mu);
     changes_before = p.replica.changes();
   }
-  absl::StatusOr<std::vector<v1::ParameterValue>> values = links_[p.shard]->Pull({name});
+  absl::StatusOr<std::vector<v1::ParameterValue>> values = links_[shard]->Pull({name});
   // A failed pull is retried by the next update, which finds the same gap or mismatch; a copy
   // out of sync is left out of Have(), so a resubscription brings its full value as well.
   if (!values.ok() || values->size() != 1) return;
   const v1::ParameterValue& value = values->front();
   CountReceived(p, static_cast<int64_t>(value.ByteSizeLong()));
-  absl::StatusOr<Matrix> X = TensorToMatrix(value.value(), specs_[p.index].shape, name);
+  absl::StatusOr<Matrix> X = DecodePulled(p, shard, value);
   if (!X.ok()) return;
   MutexLock lock(&p.replica_mu);
   // The other stream thread changed the copy while this one pulled (a resync from an ack runs
-  // beside the subscriber): a copy in sync is as new as what the stream said last, and the
+  // beside the subscriber): a part in sync is as new as what the stream said last, and the
   // pulled value may be older. Replacing it would take the replica back.
-  if (p.replica.changes() != changes_before && p.replica.in_sync()) return;
-  (void)p.replica.Set(value.version(), *X, value.checksum());
+  if (p.replica.changes() != changes_before && PartInSync(p, shard)) return;
+  (void)SetPart(p, shard, value.version(), *X, value.checksum());
   NotifyChange();  // the change lock is a leaf: fine under the replica lock
+}
+
+absl::Status Client::SetPart(Parameter& p, int s, int64_t version, const Matrix& X,
+                             uint64_t checksum) {
+  p.replica_mu.AssertHeld();
+  if (!p.is_split()) return p.replica.Set(version, X, checksum);
+  return p.replica.SetBlock(*p.BlockOf(s), version, X, checksum);
+}
+
+bool Client::PartInSync(const Parameter& p, int s) const {
+  p.replica_mu.AssertHeld();
+  return p.is_split() ? p.replica.block_in_sync(*p.BlockOf(s)) : p.replica.in_sync();
 }
 
 void Client::CountReceived(const Parameter& p, int64_t bytes) {
@@ -125,13 +141,15 @@ void Client::CountReceived(const Parameter& p, int64_t bytes) {
 std::vector<v1::ParameterVersion> Client::Have(int shard) const {
   std::vector<v1::ParameterVersion> have;
   for (const auto& p : parameters_) {
-    if (p->shard != shard) continue;
+    if (!p->HeldBy(shard)) continue;
     MutexLock lock(&p->replica_mu);
-    // A copy out of sync is not held: the shard then sends its full value.
-    if (!p->replica.in_sync()) continue;
+    // A copy out of sync is not held: the shard then sends its full value. A split
+    // parameter's owner is told the version of its own block.
+    if (!PartInSync(*p, shard)) continue;
     v1::ParameterVersion held;
     held.set_parameter(specs_[p->index].name);
-    held.set_version(p->replica.version());
+    held.set_version(p->is_split() ? p->replica.block_version(*p->BlockOf(shard))
+                                   : p->replica.version());
     have.push_back(std::move(held));
   }
   return have;

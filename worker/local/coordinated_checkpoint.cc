@@ -97,6 +97,25 @@ void Ask(v1::ParameterServer::Stub& stub, const CoordinatedCheckpoint& plan,
   }
 }
 
+// The split parameters of the layout `stub`'s shard serves; none when GetLayout fails (the
+// checkpoint does not need them).
+std::vector<SplitRows> SplitParameters(v1::ParameterServer::Stub& stub, absl::Duration deadline) {
+  grpc::ClientContext context;
+  SetDeadline(context, deadline);
+  v1::GetLayoutResponse response;
+  std::vector<SplitRows> split;
+  if (!stub.GetLayout(&context, v1::GetLayoutRequest(), &response).ok()) return split;
+  for (const v1::Layout::Placement& placement : response.layout().placements()) {
+    if (placement.row_owners_size() == 0) continue;
+    SplitRows rows{placement.parameter(), {}};
+    for (const v1::Layout::RowOwner& o : placement.row_owners()) {
+      rows.owners.push_back({static_cast<int>(o.shard()), o.row_begin(), o.row_end()});
+    }
+    split.push_back(std::move(rows));
+  }
+  return split;
+}
+
 }  // namespace
 
 absl::StatusOr<CoordinatedCheckpoint> TakeCoordinatedCheckpoint(
@@ -141,6 +160,7 @@ absl::StatusOr<CoordinatedCheckpoint> TakeCoordinatedCheckpoint(
         unreachable, " of ", n, " shards did not answer Status; no checkpoint was asked for"));
     return result;
   }
+  result.split = SplitParameters(*stubs.front(), options.deadline);
   absl::StatusOr<std::string> run_id = ChooseRunId(options.run_id, result.shards, run_ids);
   if (!run_id.ok()) {
     result.status = run_id.status();

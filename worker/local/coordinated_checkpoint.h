@@ -50,11 +50,26 @@ struct ShardCut {
   std::optional<ShardPrivacy> privacy;  // from its Status; none when it adds no noise
 };
 
+// A parameter split by rows over several shards (docs/protocol.md, "Layout"): its owners'
+// rows [row_begin, row_end) of the tall side, in row order.
+struct SplitRows {
+  struct Owner {
+    int shard = 0;
+    int64_t row_begin = 0;
+    int64_t row_end = 0;
+  };
+  std::string parameter;
+  std::vector<Owner> owners;
+};
+
 struct CoordinatedCheckpoint {
   std::string run_id;
   uint64_t cut = 0;  // 0: not asked (a Status call failed, or the run ids disagree)
   std::vector<ShardCut> shards;  // in the order of the options' shards
   absl::Status status;           // OK when every shard wrote (or had) the cut
+  // The split parameters of the layout (GetLayout of the first shard, when every shard
+  // answered Status), in table order; empty when none is split or GetLayout failed.
+  std::vector<SplitRows> split;
 
   // One line per shard, then a summary line.
   std::vector<std::string> Lines() const;

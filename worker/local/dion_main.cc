@@ -81,6 +81,10 @@ ABSL_FLAG(double, rank_fraction, kDefaults.rank_fraction,
 ABSL_FLAG(double, compression_rank_fraction, kDefaults.compression_rank_fraction,
           "rank of the gradient factors the workers push, as a fraction of min(m, n) (error "
           "feedback keeps what they miss on the worker for later pushes); 0: --rank_fraction");
+ABSL_FLAG(int64_t, split_threshold, kDefaults.split_threshold,
+          "a 2-D Dion matrix with at least this many elements is split by rows over all the "
+          "shards, which step it together; summary.json lists each split parameter's rows per "
+          "shard (docs/worker.md, \"Split parameters\"); 0: never split");
 ABSL_FLAG(double, lr, kDefaults.lr, "Dion learning rate of the hidden matrices");
 ABSL_FLAG(double, adamw_lr, kDefaults.adamw_lr,
           "AdamW learning rate of the biases and the output layer");
@@ -253,8 +257,14 @@ absl::StatusOr<dion::LocalRunOptions::TakenCheckpoint> TakeCheckpoint(
   if (!taken->status.ok()) {
     return absl::Status(taken->status.code(), absl::StrJoin(lines, "\n  "));
   }
-  return dion::LocalRunOptions::TakenCheckpoint{{taken->run_id, taken->cut}, std::move(lines),
-                                                ComposedPrivacy(taken->shards)};
+  dion::LocalRunOptions::TakenCheckpoint result{
+      {taken->run_id, taken->cut}, std::move(lines), ComposedPrivacy(taken->shards), {}};
+  for (const dion::SplitRows& split : taken->split) {
+    dion::RunSplitParameter& p = result.split_parameters.emplace_back();
+    p.parameter = split.parameter;
+    for (const auto& o : split.owners) p.owners.push_back({o.shard, o.row_begin, o.row_end});
+  }
+  return result;
 }
 
 // The options of the parsed flags, except the binaries' paths and the alert rules.
@@ -273,6 +283,7 @@ absl::StatusOr<dion::LocalRunOptions> OptionsFromFlags() {
   o.epochs = absl::GetFlag(FLAGS_epochs);
   o.batch_size = absl::GetFlag(FLAGS_batch_size);
   o.rank_fraction = absl::GetFlag(FLAGS_rank_fraction);
+  o.split_threshold = absl::GetFlag(FLAGS_split_threshold);
   o.compression_rank_fraction = absl::GetFlag(FLAGS_compression_rank_fraction);
   o.lr = absl::GetFlag(FLAGS_lr);
   o.adamw_lr = absl::GetFlag(FLAGS_adamw_lr);

@@ -111,9 +111,9 @@ class LocalRun {
   const int signal_fd_;
   const std::string run_dir_;
   const std::string run_id_;
-  std::optional<RunCheckpoint> checkpoint_;
+  // The coordinated checkpoint at the end, with what its Status and GetLayout calls read.
+  std::optional<LocalRunOptions::TakenCheckpoint> checkpoint_;
   std::optional<LocalSecurity> security_;  // unless options_.insecure
-  std::optional<RunPrivacy> privacy_;  // read with the checkpoint's Status calls
   StartBarrier start_;  // the start file that starts the workers' training together
   absl::Time run_start_ = absl::Now();
   std::vector<Child> children_;
@@ -362,8 +362,7 @@ bool LocalRun::Checkpoint() {
     return false;
   }
   for (const std::string& line : taken->lines) Say(stdout, absl::StrCat("dion local: ", line));
-  checkpoint_ = taken->cut;
-  privacy_ = taken->privacy;
+  checkpoint_ = *std::move(taken);
   return true;
 }
 
@@ -392,8 +391,11 @@ int LocalRun::Finish(const std::string& status) {
   summary.wall_time_s = Now();
   summary.config = SummaryConfig(options_);
   summary.config.emplace_back("run_id", run_id_);
-  summary.checkpoint = checkpoint_;
-  summary.privacy = privacy_;
+  if (checkpoint_.has_value()) {
+    summary.checkpoint = checkpoint_->cut;
+    summary.privacy = checkpoint_->privacy;
+    summary.split_parameters = checkpoint_->split_parameters;
+  }
   for (const auto& [file, contents] :
        {std::pair<std::string, std::string>{"summary.json", SummaryJson(summary)},
         {"curves.svg", CurvesSvg(summary)}}) {

@@ -70,6 +70,7 @@ struct LocalRunOptions {
   double rank_fraction = defaults::kRankFraction;
   double compression_rank_fraction = defaults::kCompressionRankFraction;  // 0: rank_fraction
   double lr = defaults::kLr;             // Dion
+  int64_t split_threshold = defaults::kSplitThreshold;  // dion-worker --split_threshold
   double adamw_lr = defaults::kAdamwLr;  // biases and the output layer
   double lookahead = defaults::kLookahead;  // dion-worker --lookahead; 0: off
   // Model init and partition (dion-worker --model_seed); worker j shuffles with seed*1000+j.
@@ -138,6 +139,7 @@ struct LocalRunOptions {
     RunCheckpoint cut;
     std::vector<std::string> lines;  // one per shard
     std::optional<RunPrivacy> privacy;  // from the shards' Status, when they add noise
+    std::vector<RunSplitParameter> split_parameters;  // from the shards' layout
   };
   // `tls` holds the run's CA and an admin token, or nothing with `insecure`.
   std::function<absl::StatusOr<TakenCheckpoint>(const std::vector<std::string>& shards,

@@ -43,6 +43,7 @@ std::vector<std::string> ModelAndDataFlags(const LocalRunOptions& o,
   AddIfChanged(&flags, "dataset", o.dataset, defaults::kDataset);
   AddIfChanged(&flags, "data_dir", o.data_dir, defaults::kDataDir);
   AddIfChanged(&flags, "rank_fraction", o.rank_fraction, defaults::kRankFraction);
+  AddIfChanged(&flags, "split_threshold", o.split_threshold, defaults::kSplitThreshold);
   AddIfChanged(&flags, "lr", o.lr, defaults::kLr);
   AddIfChanged(&flags, "adamw_lr", o.adamw_lr, defaults::kAdamwLr);
   AddIfChanged(&flags, "model_seed", o.seed, defaults::kModelSeed);
@@ -263,6 +264,9 @@ absl::Status ValidateLocalRunOptions(const LocalRunOptions& o) {
   if (o.workers < 1) return Bad("workers", o.workers, "expected >= 1");
   if (o.epochs < 1) return Bad("epochs", o.epochs, "expected >= 1");
   if (o.batch_size < 1) return Bad("batch_size", o.batch_size, "expected >= 1");
+  if (o.split_threshold < 0) {
+    return Bad("split_threshold", o.split_threshold, "expected >= 0 (0: never split)");
+  }
   if (!(o.rank_fraction > 0 && o.rank_fraction <= 1)) {
     return Bad("rank_fraction", o.rank_fraction, "expected a fraction in (0, 1]");
   }
@@ -397,6 +401,7 @@ std::vector<std::pair<std::string, ConfigValue>> SummaryConfig(const LocalRunOpt
           {"epochs", int64_t{o.epochs}},
           {"batch_size", int64_t{o.batch_size}},
           {"rank_fraction", o.rank_fraction},
+          {"split_threshold", o.split_threshold},
           {"compression_rank_fraction", o.compression_rank_fraction},
           {"lr", o.lr},
           {"adamw_lr", o.adamw_lr},

@@ -267,6 +267,33 @@ void WritePrivacy(const std::optional<RunPrivacy>& privacy, JsonWriter& j) {
   j.Close('}');
 }
 
+// "split_parameters": [{"parameter", "owners": [{"shard", "row_begin", "row_end"}, ...]}, ...],
+// the rows of the tall side each shard owns; [] when nothing is split.
+void WriteSplitParameters(const std::vector<RunSplitParameter>& split, JsonWriter& j) {
+  j.Key("split_parameters");
+  j.Open('[');
+  for (const RunSplitParameter& p : split) {
+    j.Open('{');
+    j.Key("parameter");
+    j.String(p.parameter);
+    j.Key("owners");
+    j.Open('[');
+    for (const RunSplitParameter::Owner& o : p.owners) {
+      j.Open('{');
+      j.Key("shard");
+      j.Int(o.shard);
+      j.Key("row_begin");
+      j.Int(o.row_begin);
+      j.Key("row_end");
+      j.Int(o.row_end);
+      j.Close('}');
+    }
+    j.Close(']');
+    j.Close('}');
+  }
+  j.Close(']');
+}
+
 // A curve: one object per point, time and epochs first, then what `rest` writes.
 template <typename Point, typename Rest>
 void WriteCurve(const char* key, const std::vector<Point>& points, const Rest& rest,
@@ -335,6 +362,7 @@ std::string SummaryJson(const RunSummary& s) {
     j.Null();
   }
   WritePrivacy(s.privacy, j);
+  WriteSplitParameters(s.split_parameters, j);
   j.Close('}');
   return j.Take();
 }

@@ -39,6 +39,18 @@ struct RunPrivacy {
   int64_t steps = 0;            // batches applied, all shards
 };
 
+// A parameter the shards split by rows (dion local --split_threshold): each owner's rows
+// [begin, end) of the tall side, in row order.
+struct RunSplitParameter {
+  struct Owner {
+    int shard = 0;
+    int64_t row_begin = 0;
+    int64_t row_end = 0;
+  };
+  std::string parameter;
+  std::vector<Owner> owners;
+};
+
 // Everything the end of a run reports.
 struct RunSummary {
   std::string status = "ok";  // "ok", "failed" (a child failed) or "interrupted"
@@ -56,6 +68,8 @@ struct RunSummary {
   std::string run_dir;
   std::optional<RunCheckpoint> checkpoint;  // none when it was not taken or failed
   std::optional<RunPrivacy> privacy;        // none when the shards added no noise
+  // From the layout at the coordinated checkpoint; empty when none is split (or not taken).
+  std::vector<RunSplitParameter> split_parameters;
 };
 
 // What the aggregate of a run's progress lines says: training time, time to target_accuracy

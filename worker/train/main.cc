@@ -83,6 +83,10 @@ ABSL_FLAG(dion::PushRankSetting, compression_rank_fraction,
           "auto (experimental): halve or double it so that a push takes at most half a step; "
           "it times acks, which broadcasts delay, and so far settles on rank 1 on slow links "
           "(docs/worker.md, Adaptive push rank)");
+ABSL_FLAG(int64_t, split_threshold, dion::defaults::kSplitThreshold,
+          "a 2-D Dion matrix with at least this many elements is split by rows of its tall side "
+          "over all the shards, which step it together (docs/worker.md, \"Split parameters\"); "
+          "0: never split. Every worker of a run needs the same value");
 ABSL_FLAG(double, lr, dion::defaults::kLr, "Dion learning rate of the hidden matrices");
 ABSL_FLAG(double, adamw_lr, dion::defaults::kAdamwLr,
           "AdamW learning rate of the biases and the output layer");
@@ -155,34 +159,23 @@ struct Data {
 };
 
 absl::StatusOr<Data> LoadData() {
-  Data data;
   const std::string dataset = absl::GetFlag(FLAGS_dataset);
+  absl::StatusOr<dion::Dataset> train, test;
   if (dataset == "fashion-mnist") {
-    absl::StatusOr<dion::Dataset> train =
-        dion::LoadFashionMnist(absl::GetFlag(FLAGS_data_dir), /*train=*/true);
-    if (!train.ok()) return train.status();
-    absl::StatusOr<dion::Dataset> test =
-        dion::LoadFashionMnist(absl::GetFlag(FLAGS_data_dir), /*train=*/false);
-    if (!test.ok()) return test.status();
-    data.train = *std::move(train);
-    data.test = *std::move(test);
-    return data;
-  }
-  if (dataset == "synthetic") {
+    train = dion::LoadFashionMnist(absl::GetFlag(FLAGS_data_dir), /*train=*/true);
+    test = dion::LoadFashionMnist(absl::GetFlag(FLAGS_data_dir), /*train=*/false);
+  } else if (dataset == "synthetic") {
     dion::TeacherOptions teacher;
     teacher.input_dim = absl::GetFlag(FLAGS_synthetic_input_dim);
-    absl::StatusOr<dion::Dataset> train =
-        dion::MakeTeacherDataset(teacher, absl::GetFlag(FLAGS_synthetic_train_samples), 11);
-    if (!train.ok()) return train.status();
-    absl::StatusOr<dion::Dataset> test =
-        dion::MakeTeacherDataset(teacher, absl::GetFlag(FLAGS_synthetic_test_samples), 12);
-    if (!test.ok()) return test.status();
-    data.train = *std::move(train);
-    data.test = *std::move(test);
-    return data;
+    train = dion::MakeTeacherDataset(teacher, absl::GetFlag(FLAGS_synthetic_train_samples), 11);
+    test = dion::MakeTeacherDataset(teacher, absl::GetFlag(FLAGS_synthetic_test_samples), 12);
+  } else {
+    return absl::InvalidArgumentError(
+        absl::StrCat("--dataset must be fashion-mnist or synthetic, got '", dataset, "'"));
   }
-  return absl::InvalidArgumentError(
-      absl::StrCat("--dataset must be fashion-mnist or synthetic, got '", dataset, "'"));
+  if (!train.ok()) return train.status();
+  if (!test.ok()) return test.status();
+  return Data{*std::move(train), *std::move(test)};
 }
 
 // The optimizer named by --<flag> (dion, adamw, lion, muon).
@@ -231,6 +224,13 @@ absl::StatusOr<dion::ModelTable> ModelFor(const dion::Dataset& train) {
   mlp.seed = absl::GetFlag(FLAGS_model_seed);
   absl::StatusOr<std::vector<dion::ParamSpec>> specs = dion::ParameterTable(mlp);
   if (!specs.ok()) return specs.status();
+  if (absl::GetFlag(FLAGS_split_threshold) < 0) {
+    return absl::InvalidArgumentError("--split_threshold must be >= 0 (0: never split)");
+  }
+  const std::vector<absl::string_view> shards =
+      absl::StrSplit(absl::GetFlag(FLAGS_shards), ',', absl::SkipEmpty());
+  dion::SplitLargeMatrices(absl::GetFlag(FLAGS_split_threshold),
+                           static_cast<int>(shards.size()), *specs);
   dion::ModelTable table;
   table.model_name = absl::StrCat("mlp-", absl::StrJoin(mlp.layer_sizes, "-"));
   for (dion::ParamSpec& spec : *specs) table.parameters.push_back({std::move(spec), {}});

@@ -1,5 +1,6 @@
 #include "worker/train/mlp.h"
 
+#include <algorithm>
 #include <cmath>
 
 #include "absl/strings/str_cat.h"
@@ -227,6 +228,18 @@ absl::StatusOr<std::vector<ParamSpec>> ParameterTable(const MlpOptions& options)
     if (absl::Status s = ValidateParamSpec(spec); !s.ok()) return s;
   }
   return table;
+}
+
+void SplitLargeMatrices(int64_t threshold, int num_shards, std::vector<ParamSpec>& table) {
+  if (threshold <= 0 || num_shards < 2) return;
+  for (ParamSpec& spec : table) {
+    if (spec.optimizer != OptimizerKind::kDion || spec.shape.size() != 2) continue;
+    if (spec.size() < threshold) continue;
+    const int64_t tall = std::max(spec.rows(), spec.cols());
+    const int owners =
+        static_cast<int>(std::min<int64_t>({num_shards, tall, kMaxSplitOwners}));
+    if (owners >= 2) spec.split_owners = owners;
+  }
 }
 
 std::vector<Matrix> InitialParameters(absl::Span<const ParamSpec> table) {

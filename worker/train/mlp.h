@@ -62,6 +62,12 @@ absl::Status ValidateMlpOptions(const MlpOptions& options);
 // ValidateParamSpec.
 absl::StatusOr<std::vector<ParamSpec>> ParameterTable(const MlpOptions& options);
 
+// Splits every 2-D Dion matrix of `table` with at least `threshold` elements by rows of its
+// tall side over the shards (docs/worker.md, "Split parameters"): split_owners = num_shards,
+// at most the tall side's length (dion-worker --split_threshold, default
+// defaults::kSplitThreshold). threshold 0 or a single shard: nothing is split.
+void SplitLargeMatrices(int64_t threshold, int num_shards, std::vector<ParamSpec>& table);
+
 // InitialValue of every spec, in table order (a fresh replica, as the servers start).
 std::vector<Matrix> InitialParameters(absl::Span<const ParamSpec> table);
 
