@@ -111,15 +111,4 @@ bool Layout::Holds(absl::string_view parameter, int shard) const {
                      [shard](const RowOwner& owner) { return owner.shard == shard; });
 }
 
-absl::Status RefuseSplitParameters(const Layout& layout) {
-  for (const Placement& placement : layout.placements()) {
-    if (!placement.is_split()) continue;
-    return absl::FailedPreconditionError(absl::StrCat(
-        "parameter '", placement.parameter, "' is split over ", placement.split.size(),
-        " shards (split_owners), but shards and workers serve only whole parameters so far; "
-        "register it with split_owners 0"));
-  }
-  return absl::OkStatus();
-}
-
 }  // namespace dion

@@ -79,12 +79,6 @@ class Layout {
   bool has_split_ = false;
 };
 
-// OkStatus when no parameter of `layout` is split; else FailedPrecondition naming the first
-// split one. The shard's store and the worker's client serve whole parameters only: the
-// row-split step (common/dion.h, DionRowStepFromMomentum) and its transport between shards
-// (server/peer/) are not yet wired into batching, broadcast and checkpoints.
-absl::Status RefuseSplitParameters(const Layout& layout);
-
 }  // namespace dion
 
 #endif  // DION_COMMON_LAYOUT_H_

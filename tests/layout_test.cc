@@ -192,11 +192,6 @@ TEST(Layout, RefusesSplitsThatCannotBeServed) {
   EXPECT_EQ(not_dion.status().code(), absl::StatusCode::kInvalidArgument);
   EXPECT_NE(not_dion.status().message().find("only for 2-D Dion"), absl::string_view::npos);
   EXPECT_EQ(ValidateParamSpec(adamw).code(), absl::StatusCode::kInvalidArgument);
-  // Shards and workers do not serve split parameters yet, and say which one is split.
-  const absl::Status refused = RefuseSplitParameters(*Layout::Compute({DionSpec("w", 8, 8, 2)}, 2));
-  EXPECT_EQ(refused.code(), absl::StatusCode::kFailedPrecondition);
-  EXPECT_NE(refused.message().find("'w' is split over 2 shards"), absl::string_view::npos);
-  EXPECT_TRUE(RefuseSplitParameters(*Layout::Compute(Mlp(), 2)).ok());
 }
 
 }  // namespace

@@ -50,26 +50,6 @@ std::optional<std::string> Field(absl::string_view line, absl::string_view marke
   return std::string(rest.substr(0, rest.find_first_of(" ,")));
 }
 
-// "local-" + the run directory's name, with bytes outside [A-Za-z0-9._-] as '-', at most
-// 128 bytes (a run id, server/checkpoint/checkpoint_cut.h).
-std::string DefaultRunId(const std::string& run_dir) {
-  fs::path dir = fs::path(run_dir).lexically_normal();
-  if (dir.filename().empty()) dir = dir.parent_path();  // a trailing '/'
-  std::string id = absl::StrCat("local-", dir.filename().string());
-  for (char& c : id) {
-    if (!absl::ascii_isalnum(static_cast<unsigned char>(c)) && c != '.' && c != '_') c = '-';
-  }
-  return id.substr(0, 128);
-}
-
-std::string DefaultRunDir() {
-  const std::string base =
-      absl::StrCat("runs/", absl::FormatTime("%Y%m%d-%H%M%S", absl::Now(), absl::LocalTimeZone()));
-  std::string dir = base;
-  for (int n = 2; fs::exists(dir); ++n) dir = absl::StrCat(base, "-", n);
-  return dir;
-}
-
 class LocalRun {
  public:
   LocalRun(const LocalRunOptions& options, int signal_fd)
@@ -223,27 +203,11 @@ bool LocalRun::FindFailure() {
 }
 
 absl::Status LocalRun::StartShards() {
-  // Several shards know each other's addresses (worker/local/shard_peers.h).
-  std::vector<std::string> peers;
-  if (options_.shards > 1) {
-    absl::StatusOr<std::vector<std::string>> planned =
-        PlanShardAddresses(options_.shards, options_.base_port);
-    if (!planned.ok()) return planned.status();
-    peers = *std::move(planned);
-  }
+  absl::StatusOr<std::vector<std::vector<std::string>>> shards =
+      ShardCommandLines(options_, run_dir_, security_ ? &*security_ : nullptr);
+  if (!shards.ok()) return shards.status();
   for (int i = 0; i < options_.shards; ++i) {
-    const std::string checkpoints = absl::StrCat(run_dir_, "/shard-", i, "/checkpoints");
-    fs::create_directories(checkpoints);
-    std::vector<std::string> args = ShardFlags(options_, i, checkpoints);
-    if (!peers.empty()) {
-      for (std::string& arg : args) {
-        if (absl::StartsWith(arg, "--listen=")) arg = "--listen=" + peers[i];
-      }
-      for (std::string& flag : PeerFlags(peers, security_ ? &*security_ : nullptr)) {
-        args.push_back(std::move(flag));
-      }
-    }
-    if (absl::Status s = Spawn(Role::kShard, i, std::move(args)); !s.ok()) return s;
+    if (absl::Status s = Spawn(Role::kShard, i, std::move((*shards)[i])); !s.ok()) return s;
   }
   // Wait for every shard's start-up line: it carries the address (a free port when
   // base_port is 0), and it means the shard is serving.

@@ -9,10 +9,13 @@
 #include <type_traits>
 
 #include "absl/status/status.h"
+#include "absl/strings/ascii.h"
 #include "absl/strings/match.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
+#include "absl/time/clock.h"
 #include "absl/time/time.h"
 #include "common/training_defaults.h"
 #include "worker/train/lookahead.h"
@@ -428,6 +431,26 @@ std::vector<std::pair<std::string, ConfigValue>> SummaryConfig(const LocalRunOpt
           {"worker_flags", absl::StrJoin(o.worker_flags, " ")},
           {"server_binary", o.server_binary},
           {"worker_binary", o.worker_binary}};
+}
+
+// "local-" + the run directory's name, with bytes outside [A-Za-z0-9._-] as '-', at most
+// 128 bytes (a run id, server/checkpoint/checkpoint_cut.h).
+std::string DefaultRunId(const std::string& run_dir) {
+  std::filesystem::path dir = std::filesystem::path(run_dir).lexically_normal();
+  if (dir.filename().empty()) dir = dir.parent_path();  // a trailing '/'
+  std::string id = absl::StrCat("local-", dir.filename().string());
+  for (char& c : id) {
+    if (!absl::ascii_isalnum(static_cast<unsigned char>(c)) && c != '.' && c != '_') c = '-';
+  }
+  return id.substr(0, 128);
+}
+
+std::string DefaultRunDir() {
+  const std::string base =
+      absl::StrCat("runs/", absl::FormatTime("%Y%m%d-%H%M%S", absl::Now(), absl::LocalTimeZone()));
+  std::string dir = base;
+  for (int n = 2; std::filesystem::exists(dir); ++n) dir = absl::StrCat(base, "-", n);
+  return dir;
 }
 
 }  // namespace dion

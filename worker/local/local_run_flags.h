@@ -70,6 +70,12 @@ std::string PrometheusConfig(const LocalRunOptions& options);
 // The options as summary.json's "config", in flag order.
 std::vector<std::pair<std::string, ConfigValue>> SummaryConfig(const LocalRunOptions& options);
 
+// "local-" + the run directory's name, with bytes outside [A-Za-z0-9._-] as '-', at most
+// 128 bytes (a run id, server/checkpoint/checkpoint_cut.h).
+std::string DefaultRunId(const std::string& run_dir);
+// runs/<local time YYYYmmdd-HHMMSS>, with -2, -3, ... when it exists.
+std::string DefaultRunDir();
+
 }  // namespace dion
 
 #endif  // DION_WORKER_LOCAL_RUN_FLAGS_H_

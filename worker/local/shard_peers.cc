@@ -7,9 +7,13 @@
 
 #include <cerrno>
 #include <cstring>
+#include <filesystem>
+#include <system_error>
 
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
+#include "worker/local/local_run_flags.h"
 
 namespace dion {
 
@@ -52,6 +56,32 @@ std::vector<std::string> PeerFlags(const std::vector<std::string>& addresses,
     flags.push_back(absl::StrCat("--peer_token_file=", security->peer_token_file));
   }
   return flags;
+}
+
+absl::StatusOr<std::vector<std::vector<std::string>>> ShardCommandLines(
+    const LocalRunOptions& options, const std::string& run_dir, const LocalSecurity* security) {
+  std::vector<std::string> peers;
+  if (options.shards > 1) {
+    absl::StatusOr<std::vector<std::string>> planned =
+        PlanShardAddresses(options.shards, options.base_port);
+    if (!planned.ok()) return planned.status();
+    peers = *std::move(planned);
+  }
+  std::vector<std::vector<std::string>> lines;
+  for (int i = 0; i < options.shards; ++i) {
+    const std::string checkpoints = absl::StrCat(run_dir, "/shard-", i, "/checkpoints");
+    std::error_code error;
+    std::filesystem::create_directories(checkpoints, error);
+    std::vector<std::string> args = ShardFlags(options, i, checkpoints);
+    if (!peers.empty()) {
+      for (std::string& arg : args) {
+        if (absl::StartsWith(arg, "--listen=")) arg = "--listen=" + peers[i];
+      }
+      for (std::string& flag : PeerFlags(peers, security)) args.push_back(std::move(flag));
+    }
+    lines.push_back(std::move(args));
+  }
+  return lines;
 }
 
 }  // namespace dion

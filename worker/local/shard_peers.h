@@ -11,6 +11,7 @@
 #include <vector>
 
 #include "absl/status/statusor.h"
+#include "worker/local/local_run.h"
 #include "worker/local/local_security.h"
 
 namespace dion {
@@ -23,6 +24,11 @@ absl::StatusOr<std::vector<std::string>> PlanShardAddresses(int shards, int base
 // null: plaintext) the CA to verify them and the peers' token.
 std::vector<std::string> PeerFlags(const std::vector<std::string>& addresses,
                                    const LocalSecurity* security);
+
+// Every shard's flags (ShardFlags; with several shards on the planned addresses, with
+// PeerFlags), creating each one's checkpoint directory <run_dir>/shard-<i>/checkpoints.
+absl::StatusOr<std::vector<std::vector<std::string>>> ShardCommandLines(
+    const LocalRunOptions& options, const std::string& run_dir, const LocalSecurity* security);
 
 }  // namespace dion
 
