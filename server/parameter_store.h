@@ -227,6 +227,7 @@ class ParameterStore {
     // A split parameter's M holds the batch of this version from an attempt whose reductions
     // failed (-1: none), so a retry does not fold it again.
     int64_t folded_version ABSL_GUARDED_BY(mu) = -1;
+    uint64_t folded_members ABSL_GUARDED_BY(mu) = 0;  // BatchMembersDigest of that batch
     // Written only with mu held; read without it so that validation and Statuses() never wait
     // for a running step (mu is held across its matrix products). version is stored last
     // (release), so a reader that loads it first sees counters at least as new.
@@ -258,6 +259,8 @@ class ParameterStore {
   // The owned parameter called `name`: FailedPrecondition without a model or for a parameter
   // of another shard, NotFound for an unknown name. The pointer lives as long as the store.
   absl::StatusOr<Parameter*> Find(absl::string_view name) const ABSL_LOCKS_EXCLUDED(mu_);
+  // A digest of a batch's (worker_id, sequence) list, in order: what a fold is known by.
+  static uint64_t BatchMembersDigest(const Batch& batch);
   // The batch's invariants (ApplyBatch) and its statistics, or InvalidArgument.
   static absl::StatusOr<StepStats> CheckBatch(const Batch& batch);
   // The X and state of the parameter `spec`, or of its rows when split; StateBytes likewise.

@@ -6,6 +6,7 @@
 #include <utility>
 
 #include "absl/container/flat_hash_set.h"
+#include "absl/hash/hash.h"
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
 #include "common/checksum.h"
@@ -85,6 +86,14 @@ int64_t ParameterStore::OwnedStateBytes(const ParamSpec& spec, const Placement& 
   return bytes;
 }
 
+uint64_t ParameterStore::BatchMembersDigest(const Batch& batch) {
+  std::vector<std::pair<std::string, uint64_t>> members;
+  for (const WeightedContribution& e : batch.entries) {
+    members.emplace_back(e.contribution->worker_id, e.contribution->sequence);
+  }
+  return absl::HashOf(members);
+}
+
 std::pair<int64_t, int64_t> ParameterStore::HeldShape(const Parameter& parameter) {
   const ParamSpec& spec = parameter.spec;
   if (!parameter.split.has_value()) return {spec.rows(), spec.cols()};
@@ -136,9 +145,20 @@ absl::StatusOr<StepOutcome> ParameterStore::ApplyRowBatch(const Batch& batch, do
   }
   DionState& state = std::get<DionState>(parameter.state);
   const absl::Time start = absl::Now();
+  const uint64_t members = BatchMembersDigest(batch);
+  if (parameter.folded_version == version && parameter.folded_members != members) {
+    // M holds another batch of this version from a failed attempt (its leader restarted and
+    // batched anew): folding this one too, or stepping with that one, would apply a batch to
+    // only some rows of the parameter.
+    return absl::FailedPreconditionError(absl::StrCat(
+        "parameter '", batch.parameter, "': the momentum of rows [", rows.begin, ", ", rows.end,
+        ") already holds another batch for version ", version,
+        " from a failed step; this owner cannot take a different one"));
+  }
   if (parameter.folded_version != version) {
     FoldIntoMomentum(batch.entries, state.M);
     parameter.folded_version = version;
+    parameter.folded_members = members;
   }
   stats.report.aggregate = absl::Now() - start;
   absl::Time lap = absl::Now();

@@ -10,6 +10,7 @@
 #include "absl/strings/str_join.h"
 #include "absl/time/clock.h"
 #include "common/layout.h"
+#include "common/orthonormalize.h"
 #include "server/metrics.h"
 #include "server/shard.h"
 
@@ -83,7 +84,8 @@ absl::Status Shard::CheckSplitServable(const ModelTable& table) const {
   for (const ParameterDefinition& definition : table.parameters) specs.push_back(definition.spec);
   absl::StatusOr<Layout> layout = Layout::Compute(specs, options_.store.num_shards);
   if (!layout.ok()) return absl::OkStatus();  // the store's registration reports it
-  for (const Placement& placement : layout->placements()) {
+  for (size_t i = 0; i < layout->placements().size(); ++i) {
+    const Placement& placement = layout->placements()[i];  // table order, as specs
     if (!placement.is_split() || !layout->Holds(placement.parameter, options_.store.shard_index)) {
       continue;
     }
@@ -97,6 +99,10 @@ absl::Status Shard::CheckSplitServable(const ModelTable& table) const {
           what, "; its owners step together over ShardPeer, which needs --peer_addresses (every "
           "shard's host:port, in shard-index order), and this shard has none; nothing was "
           "registered"));
+    }
+    if (absl::Status s = ValidateSplitOrthoMethod(specs[i].dion.ortho.method); !s.ok()) {
+      return absl::InvalidArgumentError(absl::StrCat(what, ": ", s.message(),
+                                                     "; nothing was registered"));
     }
     if (options_.batcher.dp.enabled()) {
       return absl::FailedPreconditionError(absl::StrCat(
@@ -219,7 +225,12 @@ absl::StatusOr<StepRowsReply> Shard::StepRows(const StepRowsCommand& command) {
   lane->snapshot->BeforeStep(batch->version);
   absl::StatusOr<StepOutcome> outcome =
       store_->ApplyRowBatch(*batch, command.lr_scale, *reducer);
-  if (!outcome.ok()) return outcome.status();
+  if (!outcome.ok()) {
+    // A checkpoint waiting for this step fails now rather than waiting for a retry that may
+    // never come; the next one is cut at the version the follower then has.
+    lane->snapshot->StepFailed(batch->version, outcome.status());
+    return outcome.status();
+  }
   const StepRowsReply reply{outcome->update.version, outcome->update.checksum};
   lane->snapshot->AfterStep(reply.version);
   lane->stage->Release(command.batch, reply.version);

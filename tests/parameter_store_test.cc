@@ -224,6 +224,62 @@ TEST(ParameterStore, OwnersOfASplitParameterHoldTheirRowsOfTheWhole) {
   EXPECT_TRUE(owner0->Restore(blocks[1 - other]).ok());
 }
 
+// A reducer whose every sum fails, as when another owner is unreachable.
+class UnreachableOwners : public RowReducer {
+ public:
+  explicit UnreachableOwners(int index) : index_(index) {}
+  int owners() const override { return 2; }
+  int index() const override { return index_; }
+  absl::Status AllReduce(absl::string_view, MatrixRef) override {
+    return absl::UnavailableError("the other owner is unreachable");
+  }
+
+ private:
+  int index_;
+};
+
+// A failed step leaves its batch folded into the owner's rows of M: the same batch may be
+// retried (nothing folded twice), another batch of that version is refused, nothing changes.
+TEST(ParameterStore, AnOwnerRefusesAnotherBatchOverAFailedStepsFold) {
+  ModelTable table = TestModel();
+  table.parameters[0].spec.split_owners = 2;
+  const ParamSpec spec = table.parameters[0].spec;
+  auto store = *ParameterStore::Create(StoreOptions{0, 2});
+  ASSERT_TRUE(store->RegisterModel(table).ok());
+  ASSERT_TRUE(store->RegisterWorker("w0").ok());
+  const SplitOwnership split = *(*store->Split(spec.name));
+  const bool tall_rows = spec.rows() >= spec.cols();
+  const auto batch_of = [&](const std::string& worker) {
+    Contribution c;
+    c.worker_id = worker;
+    c.parameter = spec.name;
+    c.sample_count = 8;
+    c.payload = LowRankFactors{
+        Matrix(GaussianD(tall_rows ? split.rows.size() : spec.rows(), 1, 1).cast<float>()),
+        Matrix(GaussianD(tall_rows ? spec.cols() : split.rows.size(), 1, 2).cast<float>())};
+    Batch batch;
+    batch.parameter = spec.name;
+    batch.samples = 8;
+    batch.workers = 1;
+    batch.entries.push_back(
+        {Validate(std::move(c), {spec, 0, true, split.rows}).value(), 0, 1.0});
+    return batch;
+  };
+  UnreachableOwners reducer(split.index);
+  const ParameterSnapshot before = *store->Snapshot(spec.name, false);
+  EXPECT_EQ(store->ApplyRowBatch(batch_of("w0"), 1.0, reducer).status().code(),
+            absl::StatusCode::kUnavailable);
+  const absl::Status other = store->ApplyRowBatch(batch_of("w1"), 1.0, reducer).status();
+  EXPECT_EQ(other.code(), absl::StatusCode::kFailedPrecondition) << other;
+  EXPECT_NE(other.message().find("already holds another batch for version 0"), std::string::npos)
+      << other;
+  EXPECT_EQ(store->ApplyRowBatch(batch_of("w0"), 1.0, reducer).status().code(),
+            absl::StatusCode::kUnavailable);  // the same batch: retried
+  const ParameterSnapshot after = *store->Snapshot(spec.name, false);
+  EXPECT_EQ(after.version, 0);
+  EXPECT_EQ(after.X, before.X);
+}
+
 TEST(ParameterStore, UsesExplicitInitialValues) {
   ModelTable table = TestModel();
   const Matrix value = Matrix::Constant(1, 32, 0.25f);

@@ -458,6 +458,19 @@ TEST(SplitServingBadInput, SplitOverMoreOwnersThanRowsIsInvalidArgument) {
   EXPECT_FALSE(GetStatus(cluster.stub(0)).model_registered());
 }
 
+TEST(SplitServingBadInput, HouseholderQrOnASplitParameterIsInvalidArgument) {
+  Cluster cluster(2);
+  ASSERT_TRUE(cluster.ok());
+  grpc::ClientContext context;
+  SetDeadline(context);
+  v1::RegisterModelResponse response;
+  const grpc::Status s = cluster.stub(0).RegisterModel(
+      &context, SplitModel("w0", 96, 64, 2, OrthoMethod::kQr), &response);
+  EXPECT_EQ(s.error_code(), grpc::StatusCode::INVALID_ARGUMENT) << s.error_message();
+  EXPECT_NE(s.error_message().find("'w' is split"), std::string::npos) << s.error_message();
+  EXPECT_FALSE(GetStatus(cluster.stub(0)).model_registered());
+}
+
 TEST(SplitServingBadInput, ShardWithoutPeerAddressesRefusesTheTable) {
   ServerOptions options = TestServerOptions();
   options.shard.store.num_shards = 2;
@@ -480,7 +493,7 @@ TEST(SplitServingBadInput, StepRowsRefusesWhatAFollowerCannotApply) {
   ASSERT_TRUE(cluster.ok());
   const v1::Layout::Placement placement =
       PlacementOf(cluster.Register(SplitModel("w0", 96, 64, 2)), "w");
-  const auto step_rows = [&](int shard, int64_t version) {
+  const auto step_rows = [&](int shard, int64_t version, bool twice = false) {
     auto stub = v1::ShardPeer::NewStub(grpc::CreateChannel(cluster.server(shard).address(),
                                                            grpc::InsecureChannelCredentials()));
     v1::StepRowsRequest request;
@@ -490,7 +503,8 @@ TEST(SplitServingBadInput, StepRowsRefusesWhatAFollowerCannotApply) {
     v1::StepMember* m = request.add_members();
     m->set_worker_id("w0");
     m->set_sequence(9);
-    m->set_weight(1);
+    m->set_weight(twice ? 0.5 : 1);
+    if (twice) *request.add_members() = *m;
     grpc::ClientContext context;
     SetDeadline(context);
     v1::StepRowsResponse response;
@@ -503,6 +517,9 @@ TEST(SplitServingBadInput, StepRowsRefusesWhatAFollowerCannotApply) {
   s = step_rows(follower, 5);
   EXPECT_EQ(s.error_code(), grpc::StatusCode::FAILED_PRECONDITION) << s.error_message();
   EXPECT_NE(s.error_message().find("at version 0"), std::string::npos) << s.error_message();
+  s = step_rows(follower, 1, /*twice=*/true);
+  EXPECT_EQ(s.error_code(), grpc::StatusCode::INVALID_ARGUMENT) << s.error_message();
+  EXPECT_NE(s.error_message().find("named twice"), std::string::npos) << s.error_message();
   s = step_rows(follower, 1);
   EXPECT_EQ(s.error_code(), grpc::StatusCode::DATA_LOSS) << s.error_message();
   EXPECT_NE(s.error_message().find("sequence 9 of worker 'w0'"), std::string::npos)

@@ -7,6 +7,7 @@
 
 #include <grpcpp/grpcpp.h>
 
+#include "absl/container/flat_hash_set.h"
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
 #include "dion/v1/peer.grpc.pb.h"
@@ -125,8 +126,12 @@ absl::StatusOr<StepRowsCommand> StepRowsFromProto(const v1::StepRowsRequest& req
   command.attempt = request.attempt();
   command.lr_scale = request.lr_scale();
   double sum = 0;
+  absl::flat_hash_set<std::pair<std::string, uint64_t>> seen;
   for (const v1::StepMember& m : request.members()) {
     if (m.worker_id().empty()) return bad("a member has no worker_id");
+    if (!seen.insert({m.worker_id(), m.sequence()}).second) {
+      return bad("member '", m.worker_id(), "' sequence ", m.sequence(), " is named twice");
+    }
     if (!(m.weight() > 0 && std::isfinite(m.weight()))) {
       return bad("member '", m.worker_id(), "' has weight ", m.weight(), ", expected > 0");
     }

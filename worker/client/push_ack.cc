@@ -20,6 +20,7 @@ bool RefusedNotApplied(absl::StatusCode code) {
     case absl::StatusCode::kFailedPrecondition:  // shard restarted without the model yet
     case absl::StatusCode::kUnavailable:         // shard shutting down
     case absl::StatusCode::kAborted:
+    case absl::StatusCode::kResourceExhausted:   // e.g. a follower's stage full: nothing kept
       return true;
     default:
       return false;
