@@ -344,11 +344,18 @@ TEST(SplitServingFaults, LostFollowerStepIsRetriedAndAppliedOnce) {
     }
     reference.Step(a, b);
     if (round == 3) {
-      // The batch is closed on the leader but cannot be applied: nobody moves past 2.
-      absl::SleepFor(absl::Milliseconds(1200));
+      // The batch is closed on the leader but cannot be applied: it fails and is retried
+      // (at least twice, within 30 s), and nobody moves past 2 meanwhile.
+      const absl::Time deadline = absl::Now() + absl::Seconds(30);
+      while (testing::MetricValue(cluster.server(0).metrics().Serialize(),
+                                  "dion_split_step_failures_total") < 2 &&
+             absl::Now() < deadline) {
+        absl::SleepFor(absl::Milliseconds(20));
+      }
+      EXPECT_GE(testing::MetricValue(cluster.server(0).metrics().Serialize(),
+                                     "dion_split_step_failures_total"),
+                2);
       for (int s = 0; s < 3; ++s) EXPECT_EQ(VersionOf(cluster, s, "w"), 2) << "shard " << s;
-      const std::string metrics = cluster.server(0).metrics().Serialize();
-      EXPECT_GE(testing::MetricValue(metrics, "dion_split_step_failures_total"), 2);
       fail = false;
     }
     ASSERT_TRUE(WaitForVersion(cluster, placement, round)) << "round " << round;
