@@ -165,7 +165,7 @@ absl::Status DionServer::StartPeers() {
     peer_channels_->Connect(options_.shard.store.shard_index);
   }
   peer_env_ = PeerEnv{reduce_hub_.get(), peer_channels_.get(), options_.peer.timeout,
-                      metrics_.get()};
+                      metrics_.get(), options_.peer.reduced_fault};
   // Split parameters need every owner reachable: without peer addresses the shard refuses a
   // table that gives it rows of one (Shard::CheckSplitServable).
   if (peer_channels_ != nullptr) split_peers_ = std::make_unique<GrpcSplitPeers>(peer_env_);

@@ -14,6 +14,7 @@
 #ifndef DION_SERVER_DION_SERVER_H_
 #define DION_SERVER_DION_SERVER_H_
 
+#include <functional>
 #include <memory>
 #include <string>
 #include <vector>
@@ -48,6 +49,8 @@ struct PeerOptions {
   std::string token_file;  // bearer token (role peer) sent to peers; needed with tokens
   absl::Duration timeout = absl::Seconds(5);  // a reduction's deadline
   int max_pending = 64;                       // reductions this shard gathers at once
+  // Fault tests only: PeerEnv::reduced_fault (server/peer/grpc_row_reducer.h).
+  std::function<absl::Status(const ReduceKey&, absl::string_view tag)> reduced_fault;
 };
 
 struct ServerOptions {

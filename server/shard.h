@@ -334,9 +334,16 @@ class Shard {
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(checkpoint_mu_) ABSL_LOCKS_EXCLUDED(gate_);
   // Applies one closed batch of `lane` (on a compute thread) and publishes the new version.
   absl::Status ApplyOne(const Lane* lane, Batch batch);
-  // ApplyOne of a split parameter's leader (server/shard_split.cc): its rows' step with every
+  // ApplyOne of a split parameter's leader (server/shard_step.cc): its rows' step with every
   // follower's, retried until it succeeds or the shard shuts down.
   absl::Status ApplySplit(const Lane* lane, Batch batch);
+  // After the leader committed `command`'s step while a follower's answer was an error (its
+  // reply lost, or its last reduction's sum): sends the same command again, with backoff,
+  // until every follower answers (it takes the step from the hub's retained sums, or says it
+  // already has) or the shard shuts down.
+  void CatchUpFollowers(const StepRowsCommand& command, const SplitOwnership& split,
+                        absl::Status failure);
+  bool ShuttingDown() const ABSL_LOCKS_EXCLUDED(gate_);
   // After a step: wakes version waiters, publishes `outcome`'s update, records metrics.
   void PublishStep(const Lane& lane, StepOutcome outcome, absl::Time start);
   // FailedPrecondition when `table` gives this shard rows of a split parameter that it cannot

@@ -149,20 +149,14 @@ absl::Status Shard::ApplySplit(const Lane* lane, Batch batch) {
     absl::StatusOr<StepOutcome> outcome = store_->ApplyRowBatch(batch, *lr_scale, *reducer);
     const absl::Status followed = followers->Wait();
     if (outcome.ok()) {
-      if (!followed.ok()) {  // every reduction completed, so the followers stepped too
-        std::fprintf(stderr, "dion-server: step %lld of '%s': a follower answered: %s\n",
-                     static_cast<long long>(batch.version + 1), batch.parameter.c_str(),
-                     followed.ToString().c_str());
-      }
       lane->snapshot->AfterStep(outcome->update.version);
       PublishStep(*lane, *std::move(outcome), start);
+      // Every reduction completed, so each follower has its sums: one whose answer failed
+      // takes the step again (before the lane's next batch needs it at this version).
+      if (!followed.ok()) CatchUpFollowers(command, split, followed);
       return absl::OkStatus();
     }
-    bool shutting_down;
-    {
-      ReaderMutexLock lock(&gate_);
-      shutting_down = shutting_down_;
-    }
+    const bool shutting_down = ShuttingDown();
     std::fprintf(stderr,
                  "dion-server: step %lld of split parameter '%s' (attempt %d) failed, nothing "
                  "applied; %s: %s%s%s\n",
@@ -180,6 +174,41 @@ absl::Status Shard::ApplySplit(const Lane* lane, Batch batch) {
     absl::SleepFor(backoff);
     backoff = std::min(2 * backoff, options_.split_retry_max);
   }
+}
+
+void Shard::CatchUpFollowers(const StepRowsCommand& command, const SplitOwnership& split,
+                             absl::Status failure) {
+  const long long step = static_cast<long long>(command.batch.version + 1);
+  absl::Duration backoff = options_.split_retry_initial;
+  for (int tries = 1;; ++tries) {
+    if (ShuttingDown()) {
+      std::fprintf(stderr,
+                   "dion-server: step %lld of '%s' is applied here but a follower has not "
+                   "answered (%s); shutting down, so it is not asked again: that follower "
+                   "stays at version %lld\n",
+                   step, command.batch.parameter.c_str(), failure.ToString().c_str(), step - 1);
+      return;
+    }
+    std::fprintf(stderr,
+                 "dion-server: step %lld of '%s' is applied here; a follower answered: %s; "
+                 "asking again in %s\n",
+                 step, command.batch.parameter.c_str(), failure.ToString().c_str(),
+                 absl::FormatDuration(backoff).c_str());
+    if (metrics_ != nullptr) metrics_->RecordSplitStepFailure();
+    absl::SleepFor(backoff);
+    backoff = std::min(2 * backoff, options_.split_retry_max);
+    failure = options_.split_peers->StartFollowers(command, split)->Wait();
+    if (failure.ok()) {
+      std::fprintf(stderr, "dion-server: step %lld of '%s': every follower has it (%d tries)\n",
+                   step, command.batch.parameter.c_str(), tries);
+      return;
+    }
+  }
+}
+
+bool Shard::ShuttingDown() const {
+  ReaderMutexLock lock(&gate_);
+  return shutting_down_;
 }
 
 absl::StatusOr<StepRowsReply> Shard::StepRows(const StepRowsCommand& command) {

@@ -398,6 +398,72 @@ TEST_F(PeerReduceTest, OneOwnerReturnsItsPartUnchangedWithoutAnyCall) {
   EXPECT_EQ(alone.owners(), 1);
 }
 
+// ---- Replays: a part sent again to a completed reduction of the latest step.
+
+// Owners 0 and 1 of `parameter`'s `step` submit MakePart(…, seed) to `hub` on two threads;
+// returns owner 1's sum (both must succeed).
+Matrix ReduceTwo(ReduceHub& hub, const std::string& parameter, int64_t step, uint64_t seed) {
+  Matrix sums[2];
+  OnOwnerThreads(2, [&](int owner) {
+    absl::StatusOr<std::shared_ptr<const Matrix>> sum = hub.Submit(
+        ReducePart{{parameter, step, 0, 0}, "R", owner, 2, MakePart(6, 4, owner, seed)},
+        absl::Now() + absl::Seconds(10));
+    ASSERT_TRUE(sum.ok()) << sum.status();
+    sums[owner] = **sum;
+  });
+  return sums[1];
+}
+
+absl::StatusOr<std::shared_ptr<const Matrix>> SubmitAgain(ReduceHub& hub,
+                                                          const std::string& parameter,
+                                                          int64_t step, Matrix value) {
+  return hub.Submit(ReducePart{{parameter, step, 0, 0}, "R", 1, 2, std::move(value)},
+                    absl::Now() + absl::Seconds(1));
+}
+
+TEST(ReduceHubReplay, TheSamePartAgainGetsTheSameSumUntilTheNextStepCompletes) {
+  ReduceHub hub;
+  const Matrix first = ReduceTwo(hub, "w", 1, 7);
+  EXPECT_TRUE(SameBits(first, ReferenceSum({MakePart(6, 4, 0, 7), MakePart(6, 4, 1, 7)})));
+
+  // Owner 1 sends its part of step 1 again (its answer was lost): the same sum.
+  absl::StatusOr<std::shared_ptr<const Matrix>> again =
+      SubmitAgain(hub, "w", 1, MakePart(6, 4, 1, 7));
+  ASSERT_TRUE(again.ok()) << again.status();
+  EXPECT_TRUE(SameBits(**again, first));
+  EXPECT_EQ(hub.replays(), 1);
+
+  // Another part under that key is not one the sum holds: refused, as any late part.
+  absl::StatusOr<std::shared_ptr<const Matrix>> other =
+      SubmitAgain(hub, "w", 1, MakePart(6, 4, 1, 8));
+  EXPECT_EQ(other.status().code(), absl::StatusCode::kFailedPrecondition) << other.status();
+  EXPECT_NE(other.status().message().find("already completed"), std::string::npos);
+
+  // Another parameter's step keeps w's sums; w's next step drops them.
+  ReduceTwo(hub, "v", 5, 9);
+  EXPECT_TRUE(SubmitAgain(hub, "w", 1, MakePart(6, 4, 1, 7)).ok());
+  ReduceTwo(hub, "w", 2, 10);
+  absl::StatusOr<std::shared_ptr<const Matrix>> dropped =
+      SubmitAgain(hub, "w", 1, MakePart(6, 4, 1, 7));
+  EXPECT_EQ(dropped.status().code(), absl::StatusCode::kFailedPrecondition)
+      << dropped.status();
+  EXPECT_EQ(hub.replays(), 2);
+}
+
+TEST(ReduceHubReplay, AFailedReductionIsNeverReplayed) {
+  ReduceHub hub;
+  // Owner 0 alone: the reduction fails at its deadline.
+  absl::StatusOr<std::shared_ptr<const Matrix>> alone =
+      hub.Submit(ReducePart{{"w", 1, 0, 0}, "R", 0, 2, MakePart(6, 4, 0, 7)},
+                 absl::Now() + absl::Milliseconds(50));
+  EXPECT_EQ(alone.status().code(), absl::StatusCode::kDeadlineExceeded) << alone.status();
+  absl::StatusOr<std::shared_ptr<const Matrix>> late =
+      hub.Submit(ReducePart{{"w", 1, 0, 0}, "R", 0, 2, MakePart(6, 4, 0, 7)},
+                 absl::Now() + absl::Seconds(1));
+  EXPECT_EQ(late.status().code(), absl::StatusCode::kAborted) << late.status();
+  EXPECT_EQ(hub.replays(), 0);
+}
+
 // ---- Tokens and mutual TLS through DionServer: shard 0 leads, shard 1 follows.
 
 constexpr char kAdminToken[] = "admin-token-0123456789abcdef";

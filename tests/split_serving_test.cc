@@ -534,5 +534,51 @@ TEST(SplitServingBadInput, StepRowsRefusesWhatAFollowerCannotApply) {
   EXPECT_EQ(VersionOf(cluster, follower, "w"), 0);
 }
 
+// The leader completes a step while a follower's answer to its last reduction is lost (the
+// follower fails the step after every owner's part was summed): the leader has applied the
+// step, so it asks that follower again with the same command, and the follower takes the
+// step from the sums the leader's hub kept. Every owner then stays in step: each applies
+// every contribution once, and the assembled matrix equals the reference.
+TEST(SplitServingFaults, FollowerWhoseLastSumWasLostCatchesUpFromTheRetainedSums) {
+  std::atomic<int> lost{0};
+  Cluster cluster(3, [&](ServerOptions& options, int shard) {
+    // The step's last reduction is the orthogonality error (measured before any update).
+    options.shard.store.measure_ortho_error = true;
+    if (shard != 2) return;
+    options.peer.reduced_fault = [&](const ReduceKey& key, absl::string_view tag) {
+      if (key.step == 3 && tag == "ortho_error" && lost.fetch_add(1) == 0) {
+        return absl::DeadlineExceededError("injected: the leader's answer was lost");
+      }
+      return absl::OkStatus();
+    };
+  });
+  ASSERT_TRUE(cluster.ok());
+  const SplitCase c{96, 64, 3, OrthoMethod::kAuto};
+  const v1::RegisterModelRequest request = SplitModel("w0", c.m, c.n, 3);
+  const v1::Layout::Placement placement = PlacementOf(cluster.Register(request), "w");
+  cluster.Register(SplitModel("w1", c.m, c.n, 3));
+  WholeReference reference(request);
+  for (int round = 1; round <= 6; ++round) {
+    const LowRankFactors a = RoundFactors(c, round, 0), b = RoundFactors(c, round, 1);
+    for (const auto& [worker, f] : {std::pair{"w0", &a}, std::pair{"w1", &b}}) {
+      const v1::PushAck ack = SplitPush(cluster, placement, worker, round, round - 1, *f, c.m, c.n);
+      ASSERT_EQ(ack.result(), v1::PUSH_RESULT_ACCEPTED) << ack.message();
+    }
+    reference.Step(a, b);
+    ASSERT_TRUE(WaitForVersion(cluster, placement, round)) << "round " << round;
+  }
+  EXPECT_GE(lost.load(), 2);  // the lost answer, and the last round of the step taken again
+  EXPECT_GE(cluster.server(0).peer_env().hub->replays(), 1);
+  const Matrix X = Assemble(cluster, placement, c.m, c.n, 6);
+  EXPECT_LE(RelativeError(ToDouble(X), ToDouble(reference.X)), 1e-5);
+  for (int s = 0; s < 3; ++s) {
+    const v1::StatusResponse status = GetStatus(cluster.stub(s));
+    const v1::ParameterStatus* p = testing::FindParameter(status, "w");
+    ASSERT_NE(p, nullptr);
+    EXPECT_EQ(p->contributions_applied(), 12) << "shard " << s;
+    EXPECT_EQ(p->version(), 6) << "shard " << s;
+  }
+}
+
 }  // namespace
 }  // namespace dion

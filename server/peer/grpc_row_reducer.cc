@@ -41,6 +41,7 @@ absl::Status GrpcRowReducer::AllReduce(absl::string_view tag, MatrixRef part) {
   const absl::Time start = absl::Now();
   absl::Status s =
       index_ == 0 ? ReduceAsLeader(key, tag, part) : ReduceAsFollower(key, tag, part);
+  if (s.ok() && env_.reduced_fault) s = env_.reduced_fault(key, tag);
   if (env_.metrics != nullptr) {
     if (s.ok()) {
       env_.metrics->RecordPeerReduction(tag, absl::ToDoubleSeconds(absl::Now() - start));

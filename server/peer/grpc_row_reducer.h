@@ -20,6 +20,7 @@
 #define DION_SERVER_PEER_GRPC_ROW_REDUCER_H_
 
 #include <cstdint>
+#include <functional>
 #include <string>
 #include <vector>
 
@@ -43,6 +44,9 @@ struct PeerEnv {
   const PeerChannels* channels = nullptr;  // null: no --peer_addresses
   absl::Duration timeout = absl::Seconds(5);  // a follower's call; the leader's own wait
   ShardMetrics* metrics = nullptr;            // may be null
+  // Fault tests only: called when this owner has a reduction's sum; an error discards the
+  // sum and fails the reduction here, as if the leader's answer had been lost.
+  std::function<absl::Status(const ReduceKey&, absl::string_view tag)> reduced_fault;
 };
 
 class GrpcRowReducer final : public RowReducer {

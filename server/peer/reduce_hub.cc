@@ -7,6 +7,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "absl/time/clock.h"
+#include "common/checksum.h"
 
 namespace dion {
 
@@ -23,6 +24,7 @@ struct ReduceHub::Reduction {
   int64_t cols = 0;
   std::vector<Matrix> parts;  // by owner
   std::vector<bool> arrived;  // by owner
+  std::vector<uint64_t> fingerprints;  // by owner: WeightsChecksum of its part
   int32_t count = 0;
   int64_t bytes = 0;
   absl::Time deadline = absl::InfiniteFuture();  // the earliest of its waiters'
@@ -125,10 +127,14 @@ ReduceHub::~ReduceHub() { Shutdown(); }
 absl::StatusOr<std::shared_ptr<const Matrix>> ReduceHub::Submit(ReducePart part,
                                                                 absl::Time deadline) {
   if (absl::Status s = ValidateReducePart(part); !s.ok()) return s;
+  const uint64_t fingerprint = WeightsChecksum(part.value);  // outside the lock
   std::shared_ptr<Reduction> r;
   {
     MutexLock lock(&mu_);
-    absl::StatusOr<std::shared_ptr<Reduction>> joined = Join(part, deadline);
+    if (std::shared_ptr<const Matrix> sum = ReplayLocked(part, fingerprint); sum != nullptr) {
+      return sum;
+    }
+    absl::StatusOr<std::shared_ptr<Reduction>> joined = Join(part, fingerprint, deadline);
     if (!joined.ok()) return joined.status();
     r = *std::move(joined);
     if (r->count < r->owners) {
@@ -141,7 +147,34 @@ absl::StatusOr<std::shared_ptr<const Matrix>> ReduceHub::Submit(ReducePart part,
   return Complete(r);
 }
 
+std::shared_ptr<const Matrix> ReduceHub::ReplayLocked(const ReducePart& part,
+                                                      uint64_t fingerprint) {
+  if (shut_down_) return nullptr;
+  auto it = finished_.find(part.key);
+  if (it == finished_.end() || it->second.sum == nullptr) return nullptr;
+  const Finished& f = it->second;
+  if (part.tag != f.tag || part.owners != static_cast<int32_t>(f.fingerprints.size()) ||
+      part.value.rows() != f.sum->rows() || part.value.cols() != f.sum->cols() ||
+      f.fingerprints[part.owner] != fingerprint) {
+    return nullptr;  // not a part of this sum: refused as a late one
+  }
+  ++replays_;
+  return f.sum;
+}
+
+void ReduceHub::RetainLocked(const ReduceKey& key) {
+  std::vector<ReduceKey>& kept = retained_[key.parameter];
+  if (!kept.empty() && (kept.front().step != key.step || kept.front().attempt != key.attempt)) {
+    for (const ReduceKey& old : kept) {
+      if (auto it = finished_.find(old); it != finished_.end()) it->second.sum = nullptr;
+    }
+    kept.clear();
+  }
+  kept.push_back(key);
+}
+
 absl::StatusOr<std::shared_ptr<ReduceHub::Reduction>> ReduceHub::Join(ReducePart& part,
+                                                                      uint64_t fingerprint,
                                                                       absl::Time deadline) {
   const ReduceKey& key = part.key;
   if (shut_down_) {
@@ -179,6 +212,7 @@ absl::StatusOr<std::shared_ptr<ReduceHub::Reduction>> ReduceHub::Join(ReducePart
     r->cols = part.value.cols();
     r->parts.resize(part.owners);
     r->arrived.assign(part.owners, false);
+    r->fingerprints.assign(part.owners, 0);
     pending_.emplace(key, r);
   } else {
     if (absl::Status s = CheckAgrees(key, r->tag, r->owners, r->rows, r->cols, r->first_owner,
@@ -203,6 +237,7 @@ absl::StatusOr<std::shared_ptr<ReduceHub::Reduction>> ReduceHub::Join(ReducePart
   }
   r->parts[part.owner] = std::move(part.value);
   r->arrived[part.owner] = true;
+  r->fingerprints[part.owner] = fingerprint;
   ++r->count;
   r->bytes += bytes;
   pending_bytes_ += bytes;
@@ -234,7 +269,14 @@ void ReduceHub::Retire(const std::shared_ptr<Reduction>& r) {
   pending_bytes_ -= r->bytes;
   r->bytes = 0;
   r->parts.clear();
-  Remember(r->key, Finished{r->failure.ok(), r->failure});
+  Finished finished{r->failure.ok(), r->failure};
+  if (r->sum != nullptr) {
+    finished.sum = r->sum;
+    finished.tag = r->tag;
+    finished.fingerprints = std::move(r->fingerprints);
+  }
+  Remember(r->key, std::move(finished));
+  if (r->sum != nullptr) RetainLocked(r->key);
 }
 
 void ReduceHub::Remember(const ReduceKey& key, Finished finished) {
@@ -292,6 +334,11 @@ void ReduceHub::Shutdown() {
 int ReduceHub::pending() const {
   MutexLock lock(&mu_);
   return static_cast<int>(pending_.size());
+}
+
+int64_t ReduceHub::replays() const {
+  MutexLock lock(&mu_);
+  return replays_;
 }
 
 int ReduceHub::parts_arrived(const ReduceKey& key) const {

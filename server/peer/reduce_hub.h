@@ -16,6 +16,14 @@
 // reduction that would never complete. Nothing waits past its deadline (except for the one
 // summation of a reduction whose parts all arrived, which is bounded).
 //
+// Replays. The sums of each parameter's latest step (every round of its latest attempt to
+// complete one) stay here until a reduction of another step or attempt of that parameter
+// completes. An owner that sends again the very part it sent to such a reduction (same
+// owner, tag, shape and bits) gets the same sum back instead of FAILED_PRECONDITION: a
+// follower whose answer was lost after the leader completed the step takes that step again
+// and ends where the others did (docs/server.md, "Split parameters"). This keeps at most one
+// step's sums per split parameter: (r^2 + n r) floats per Cholesky QR pass.
+//
 // Thread-safety: safe for concurrent use; Submit blocks its caller until the reduction ends.
 #ifndef DION_SERVER_PEER_REDUCE_HUB_H_
 #define DION_SERVER_PEER_REDUCE_HUB_H_
@@ -24,6 +32,7 @@
 #include <deque>
 #include <memory>
 #include <string>
+#include <vector>
 
 #include "absl/base/thread_annotations.h"
 #include "absl/container/flat_hash_map.h"
@@ -99,6 +108,8 @@ class ReduceHub {
 
   // Reductions gathering parts; the parts of `key` already here (0 when it is not pending).
   int pending() const ABSL_LOCKS_EXCLUDED(mu_);
+  // Parts answered with a retained sum (Replays, in the file comment) so far.
+  int64_t replays() const ABSL_LOCKS_EXCLUDED(mu_);
   int parts_arrived(const ReduceKey& key) const ABSL_LOCKS_EXCLUDED(mu_);
   const ReduceHubOptions& options() const { return options_; }
 
@@ -107,12 +118,24 @@ class ReduceHub {
   struct Finished {
     bool completed = false;
     absl::Status failure;  // when not completed
+    // A completed reduction of its parameter's latest step: the sum, and what each owner sent
+    // (tag, and WeightsChecksum of the part by owner), for replays. Null once dropped.
+    std::shared_ptr<const Matrix> sum;
+    std::string tag;
+    std::vector<uint64_t> fingerprints;
   };
 
   // Finds or starts the reduction of part.key and adds the part; the reduction to wait on,
   // or the error that refused the part (failing the reduction when the file comment says so).
-  absl::StatusOr<std::shared_ptr<Reduction>> Join(ReducePart& part, absl::Time deadline)
+  absl::StatusOr<std::shared_ptr<Reduction>> Join(ReducePart& part, uint64_t fingerprint,
+                                                  absl::Time deadline)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // The retained sum of part.key when this part is one its reduction summed; else null.
+  std::shared_ptr<const Matrix> ReplayLocked(const ReducePart& part, uint64_t fingerprint)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Keeps `key`'s sum (just remembered as completed) as its parameter's latest, dropping the
+  // sums of the parameter's other steps and attempts.
+  void RetainLocked(const ReduceKey& key) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // The status a part of the already finished `key` gets.
   absl::Status FinishedError(const ReduceKey& key, const Finished& finished, int32_t owner) const;
   // Ends `r` with `failure` for every waiter (and remembers it) when it still gathers parts.
@@ -139,6 +162,9 @@ class ReduceHub {
   int64_t pending_bytes_ ABSL_GUARDED_BY(mu_) = 0;
   absl::flat_hash_map<ReduceKey, Finished> finished_ ABSL_GUARDED_BY(mu_);
   std::deque<ReduceKey> finished_order_ ABSL_GUARDED_BY(mu_);  // oldest first
+  // By parameter: the keys whose sums are retained (one step and attempt).
+  absl::flat_hash_map<std::string, std::vector<ReduceKey>> retained_ ABSL_GUARDED_BY(mu_);
+  int64_t replays_ ABSL_GUARDED_BY(mu_) = 0;
 };
 
 }  // namespace dion
