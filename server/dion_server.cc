@@ -190,6 +190,9 @@ absl::Status DionServer::Shutdown() {
   const absl::Time deadline = absl::Now() + options_.shutdown_grace;  // the shard's too
   if (server_ != nullptr) {
     server_->GetHealthCheckService()->SetServingStatus(false);
+    // Split parameters step on all their owners: what was accepted is applied while the
+    // peers still answer (each shard serves StepRows and reductions until its drain ends).
+    if (split_peers_ != nullptr) shard_->DrainBeforeShutdown(deadline);
     // Reductions waiting for parts end UNAVAILABLE now rather than at their deadlines.
     reduce_hub_->Shutdown();
     // Subscriptions end and pushes are refused first, so the calls below can finish.

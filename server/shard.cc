@@ -157,7 +157,7 @@ void Shard::WaitForRoom(absl::string_view parameter) {
   StepQueue::LaneId lane;
   {
     ReaderMutexLock lock(&gate_);
-    if (shutting_down_) return;
+    if (shutting_down_ || draining_) return;
     auto it = lanes_.find(parameter);
     if (it == lanes_.end()) return;  // Push refuses it
     lane = it->second->steps;
@@ -200,7 +200,7 @@ absl::StatusOr<PushReply> Shard::Submit(Contribution contribution) {
     accounting_.Count(source, PushOutcome::kRejected, loss);
     return status;
   };
-  if (shutting_down_) {
+  if (shutting_down_ || draining_) {
     absl::StatusOr<PushReply> reply = RefuseDuringShutdown(lane, contribution);
     if (!reply.ok()) return refuse(reply.status());
     accounting_.Count(source, reply->result, loss);
@@ -357,11 +357,51 @@ void Shard::Drain() {
   FlushAndDrain();
 }
 
+void Shard::DrainBeforeShutdown(absl::Time deadline) {
+  {
+    MutexLock lock(&gate_);
+    if (shutting_down_ || draining_) return;
+    draining_ = true;
+  }
+  give_up_ns_.store(absl::ToUnixNanos(deadline));
+  steps_.ReleaseWaiters();
+  {
+    MutexLock shutdown_lock(&shutdown_mu_);
+    if (!started_) return;
+  }
+  {
+    ReaderMutexLock lock(&gate_);
+    FlushAndDrain();
+  }
+  int64_t staged = StagedTotal();
+  while (staged > 0 && absl::Now() < deadline) {
+    absl::SleepFor(absl::Milliseconds(10));
+    staged = StagedTotal();
+  }
+  if (staged > 0) {
+    std::fprintf(stderr,
+                 "dion-server: shutting down with %lld contribution(s) staged for steps that "
+                 "the leaders of their split parameters did not take in time; they are lost "
+                 "here\n",
+                 static_cast<long long>(staged));
+  }
+}
+
+int64_t Shard::StagedTotal() const {
+  ReaderMutexLock lock(&gate_);
+  int64_t staged = 0;
+  for (const Lane* lane : lane_order_) {
+    if (lane->stage != nullptr) staged += lane->stage->size();
+  }
+  return staged;
+}
+
 void Shard::BeginShutdown() {
   {
     MutexLock lock(&gate_);
     shutting_down_ = true;
   }
+  give_up_ns_.store(INT64_MIN);
   steps_.ReleaseWaiters();
   {
     MutexLock lock(&version_mu_);

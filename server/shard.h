@@ -258,6 +258,13 @@ class Shard {
   absl::StatusOr<CutCheckpoint> CheckpointCut(const CutTag& cut)
       ABSL_LOCKS_EXCLUDED(checkpoint_mu_, gate_);
 
+  // The first phase of a graceful shutdown of a shard with peers (DionServer::Shutdown):
+  // refuses new contributions as BeginShutdown does, applies every accepted one (the steps of
+  // split parameters it leads with their followers, which still answer meanwhile), then waits
+  // until no contribution is staged here for another leader's step, or `deadline`. StepRows
+  // and subscriptions are still served. A split step still failing at `deadline` is given up
+  // (logged). Idempotent; a no-op once shutdown began.
+  void DrainBeforeShutdown(absl::Time deadline) ABSL_LOCKS_EXCLUDED(gate_);
   // Refuses new contributions (Unavailable), also those waiting for room in their parameter's
   // backlog, and closes every subscription. Idempotent.
   void BeginShutdown() ABSL_LOCKS_EXCLUDED(gate_);
@@ -343,7 +350,11 @@ class Shard {
   // already has) or the shard shuts down.
   void CatchUpFollowers(const StepRowsCommand& command, const SplitOwnership& split,
                         absl::Status failure);
-  bool ShuttingDown() const ABSL_LOCKS_EXCLUDED(gate_);
+  // Whether a failed split step is retried no more: shutdown began, or the drain's deadline
+  // passed (DrainBeforeShutdown). Takes no lock.
+  bool GivingUp() const;
+  // Contributions staged here for the steps of split parameters other shards lead.
+  int64_t StagedTotal() const ABSL_LOCKS_EXCLUDED(gate_);
   // After a step: wakes version waiters, publishes `outcome`'s update, records metrics.
   void PublishStep(const Lane& lane, StepOutcome outcome, absl::Time start);
   // FailedPrecondition when `table` gives this shard rows of a split parameter that it cannot
@@ -379,6 +390,7 @@ class Shard {
   absl::flat_hash_map<std::string, std::unique_ptr<Lane>> lanes_ ABSL_GUARDED_BY(gate_);
   std::vector<Lane*> lane_order_ ABSL_GUARDED_BY(gate_);  // store's OwnedParameters() order
   bool shutting_down_ ABSL_GUARDED_BY(gate_) = false;
+  bool draining_ ABSL_GUARDED_BY(gate_) = false;  // DrainBeforeShutdown: pushes refused
 
   // WaitForVersion sleeps on version_cv_; every applied step and the start of shutdown wake
   // it. Versions themselves are read from the store (atomics) under version_mu_, after the
@@ -402,6 +414,7 @@ class Shard {
   const CutIndex* cuts_ = nullptr;  // the checkpointer's (thread-safe); set once in Start()
   // A checkpoint being written gives up at this time (absl::ToUnixNanos); Shutdown lowers it.
   std::atomic<int64_t> write_deadline_ns_{INT64_MAX};
+  std::atomic<int64_t> give_up_ns_{INT64_MAX};  // GivingUp() from then (Unix ns)
   std::atomic<int64_t> longest_cut_ns_{0};  // ShardStatus::longest_checkpoint_cut
   Mutex shutdown_mu_;
   bool shut_down_ ABSL_GUARDED_BY(shutdown_mu_) = false;

@@ -156,17 +156,17 @@ absl::Status Shard::ApplySplit(const Lane* lane, Batch batch) {
       if (!followed.ok()) CatchUpFollowers(command, split, followed);
       return absl::OkStatus();
     }
-    const bool shutting_down = ShuttingDown();
+    const bool giving_up = GivingUp();
     std::fprintf(stderr,
                  "dion-server: step %lld of split parameter '%s' (attempt %d) failed, nothing "
                  "applied; %s: %s%s%s\n",
                  static_cast<long long>(batch.version + 1), batch.parameter.c_str(), attempt,
-                 shutting_down ? "not retried (shutting down)"
+                 giving_up ? "not retried (shutting down)"
                                : absl::StrCat("retrying in ", absl::FormatDuration(backoff)).c_str(),
                  outcome.status().ToString().c_str(), followed.ok() ? "" : "; followers: ",
                  followed.ok() ? "" : followed.ToString().c_str());
     if (metrics_ != nullptr) metrics_->RecordSplitStepFailure();
-    if (shutting_down) {
+    if (giving_up) {
       if (metrics_ != nullptr) metrics_->RecordFailedStep(lane->optimizer);
       lane->snapshot->StepFailed(batch.version, outcome.status());
       return outcome.status();
@@ -181,7 +181,7 @@ void Shard::CatchUpFollowers(const StepRowsCommand& command, const SplitOwnershi
   const long long step = static_cast<long long>(command.batch.version + 1);
   absl::Duration backoff = options_.split_retry_initial;
   for (int tries = 1;; ++tries) {
-    if (ShuttingDown()) {
+    if (GivingUp()) {
       std::fprintf(stderr,
                    "dion-server: step %lld of '%s' is applied here but a follower has not "
                    "answered (%s); shutting down, so it is not asked again: that follower "
@@ -206,9 +206,8 @@ void Shard::CatchUpFollowers(const StepRowsCommand& command, const SplitOwnershi
   }
 }
 
-bool Shard::ShuttingDown() const {
-  ReaderMutexLock lock(&gate_);
-  return shutting_down_;
+bool Shard::GivingUp() const {
+  return absl::ToUnixNanos(absl::Now()) >= give_up_ns_.load();
 }
 
 absl::StatusOr<StepRowsReply> Shard::StepRows(const StepRowsCommand& command) {

@@ -15,6 +15,7 @@
 #include <functional>
 #include <memory>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include <gtest/gtest.h>
@@ -131,8 +132,18 @@ class Cluster {
   }
   // Stops every shard (each writes its last checkpoint when it has a directory), then starts
   // them again with the same options: each restores its newest checkpoint.
-  void Restart() {
-    for (auto& server : servers_) EXPECT_TRUE(server->Shutdown().ok());
+  // With `together`, every shard's Shutdown runs at once, on its own thread (as when a
+  // whole deployment stops).
+  void Restart(bool together = false) {
+    std::vector<std::thread> threads;
+    for (auto& server : servers_) {
+      if (!together) {
+        EXPECT_TRUE(server->Shutdown().ok());
+        continue;
+      }
+      threads.emplace_back([&server] { EXPECT_TRUE(server->Shutdown().ok()); });
+    }
+    for (std::thread& t : threads) t.join();
     servers_.clear();
     stubs_.clear();
     Start();
@@ -578,6 +589,46 @@ TEST(SplitServingFaults, FollowerWhoseLastSumWasLostCatchesUpFromTheRetainedSums
     EXPECT_EQ(p->contributions_applied(), 12) << "shard " << s;
     EXPECT_EQ(p->version(), 6) << "shard " << s;
   }
+}
+
+// A batch the leader accepted but had not closed when every owner was asked to stop (the
+// deployment stops at once): each shard first applies what it accepted, the split step with
+// its followers, who still answer during their own drain; the last checkpoints then hold the
+// step, and after the restart every owner is at that version with the reference's value.
+TEST(SplitServingShutdown, PendingStepIsAppliedWhenEveryOwnerStopsTogether) {
+  const std::string dir = ::testing::TempDir() + "/split_serving_shutdown";
+  std::filesystem::remove_all(dir);
+  Cluster cluster(3, [&](ServerOptions& options, int shard) {
+    options.shard.checkpoint_dir = absl::StrCat(dir, "/shard-", shard);
+  });
+  ASSERT_TRUE(cluster.ok());
+  const SplitCase c{96, 64, 3, OrthoMethod::kAuto};
+  const v1::RegisterModelRequest request = SplitModel("w0", c.m, c.n, 3);
+  const v1::Layout::Placement placement = PlacementOf(cluster.Register(request), "w");
+  cluster.Register(SplitModel("w1", c.m, c.n, 3));
+  WholeReference reference(request);
+  const LowRankFactors a = RoundFactors(c, 1, 0), b = RoundFactors(c, 1, 1);
+  ASSERT_EQ(SplitPush(cluster, placement, "w0", 1, 0, a, c.m, c.n).result(),
+            v1::PUSH_RESULT_ACCEPTED);
+  ASSERT_EQ(SplitPush(cluster, placement, "w1", 1, 0, b, c.m, c.n).result(),
+            v1::PUSH_RESULT_ACCEPTED);
+  reference.Step(a, b);
+  ASSERT_TRUE(WaitForVersion(cluster, placement, 1));
+  // Only w0 pushes round 2: its batch waits for a second worker (no deadline).
+  const LowRankFactors lone = RoundFactors(c, 2, 0);
+  ASSERT_EQ(SplitPush(cluster, placement, "w0", 2, 1, lone, c.m, c.n).result(),
+            v1::PUSH_RESULT_ACCEPTED);
+  ApplyReferenceBatch({{lone, 1.0}}, reference.spec.dion, reference.X, reference.state);
+  absl::SleepFor(absl::Milliseconds(100));
+  for (int s = 0; s < 3; ++s) ASSERT_EQ(VersionOf(cluster, s, "w"), 1) << "shard " << s;
+
+  cluster.Restart(/*together=*/true);
+  ASSERT_TRUE(cluster.ok());
+  for (int s = 0; s < 3; ++s) EXPECT_EQ(VersionOf(cluster, s, "w"), 2) << "shard " << s;
+  EXPECT_LE(RelativeError(ToDouble(Assemble(cluster, placement, c.m, c.n, 2)),
+                          ToDouble(reference.X)),
+            1e-5);
+  std::filesystem::remove_all(dir);
 }
 
 }  // namespace
