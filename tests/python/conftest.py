@@ -3,6 +3,7 @@
 The build tree is DION_BUILD_DIR (default: build/ at the repository root); its python/
 directory, where the build puts the dion_ps package, is put on sys.path.
 """
+import copy
 import os
 import pathlib
 import re
@@ -18,6 +19,46 @@ ROOT = pathlib.Path(__file__).resolve().parents[2]
 BUILD = pathlib.Path(os.environ.get("DION_BUILD_DIR", ROOT / "build"))
 sys.path.insert(0, str(BUILD / "python"))
 SERVER = BUILD / "server" / "dion-server"
+
+
+def train_steps(model, opt, steps, input_shape, classes=3, seed=1, batch=8):
+    """`steps` steps of cross-entropy on random inputs of `input_shape` (per sample) and labels
+    in [0, classes), through `opt` (a RemoteOptimizer over `model`'s parameters)."""
+    import torch
+    g = torch.Generator().manual_seed(seed)
+    for _ in range(steps):
+        x = torch.randn(batch, *input_shape, generator=g)
+        y = torch.randint(0, classes, (batch,), generator=g)
+        loss = torch.nn.functional.cross_entropy(model(x), y)
+        loss.backward()
+        opt.step(loss=loss)
+        opt.zero_grad()
+
+
+def assert_replica_equals_a_fresh_pull(opt, model, initial, shards, table, timeout=20):
+    """A second client pulls every parameter in full from `shards` (each block from its owner);
+    `opt`'s replica must reach the same versions, all above 0, and hold the same bits, and so
+    must `model`'s torch weights, every one changed from `initial` (the registered model).
+    `table`: the RemoteOptimizer keywords `opt` was made with."""
+    import dion_ps
+    import torch
+    deadline = time.monotonic() + timeout
+    while True:
+        puller = copy.deepcopy(initial)
+        with dion_ps.RemoteOptimizer(puller.named_parameters(), shards=shards,
+                                     worker_id="puller", **table) as pulled:
+            target = pulled.versions
+        opt.wait_for_versions_above({n: v - 1 for n, v in target.items()}, timeout=timeout)
+        opt.refresh()
+        if opt.versions == target or time.monotonic() > deadline:
+            break
+        time.sleep(0.1)  # a batch was still being applied: pull again
+    assert opt.versions == target
+    assert all(v > 0 for v in target.values()), target
+    for (name, p), q, p0 in zip(model.named_parameters(), puller.parameters(),
+                                initial.parameters()):
+        assert torch.equal(p, q), name
+        assert not torch.equal(p, p0), f"{name} never changed"
 
 
 def reserve_ports(n):

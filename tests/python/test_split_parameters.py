@@ -3,14 +3,14 @@ dion-worker's --split_threshold does and split_owners overrides it per parameter
 matrix trains on shards that know each other, both owners step it, and the torch weights end
 equal to what the shards hold; shards without --peer_addresses refuse the table; bad values
 are a ValueError before anything is sent."""
-import copy
 import re
-import time
 import urllib.request
 
 import pytest
 import torch
 from torch import nn
+
+from conftest import assert_replica_equals_a_fresh_pull, train_steps
 
 import dion_ps
 
@@ -113,17 +113,6 @@ def metric(address, name):
     return sum(float(v) for v in values)
 
 
-def train_steps(m, opt, steps, seed=1, batch=8):
-    g = torch.Generator().manual_seed(seed)
-    for _ in range(steps):
-        x = torch.randn(batch, 16, generator=g)
-        y = torch.randint(0, 3, (batch,), generator=g)
-        loss = nn.functional.cross_entropy(m(x), y)
-        loss.backward()
-        opt.step(loss=loss)
-        opt.zero_grad()
-
-
 def test_split_parameters_train_and_the_replica_holds_what_the_shards_hold(peered_shards):
     trained, initial = model(), model()
     addresses = [s.address for s in peered_shards]
@@ -133,31 +122,15 @@ def test_split_parameters_train_and_the_replica_holds_what_the_shards_hold(peere
     opt = dion_ps.RemoteOptimizer(trained.named_parameters(), shards=addresses, worker_id="w0",
                                   **table)
     assert opt.split_over == {"fc1.weight": 2, "fc2.weight": 2}
-    train_steps(trained, opt, 12)
+    train_steps(trained, opt, 12, input_shape=(16,))
     opt.flush(timeout=20)
     stats = opt.stats()
     assert stats["accepted"] > 0 and stats["refused"] == 0, stats
     opt.wait_for_versions_above([0] * len(opt.names), timeout=20)
-    # A second client pulls every block in full from its owner; the first one's replica,
-    # assembled from the owners' low-rank steps, must reach the same versions and bits.
-    deadline = time.monotonic() + 20
-    while True:
-        puller = copy.deepcopy(initial)
-        with dion_ps.RemoteOptimizer(puller.named_parameters(), shards=addresses,
-                                     worker_id="puller", **table) as pulled:
-            target = pulled.versions
-        opt.wait_for_versions_above({n: v - 1 for n, v in target.items()}, timeout=20)
-        opt.refresh()
-        if opt.versions == target or time.monotonic() > deadline:
-            break
-        time.sleep(0.1)  # a batch was still being applied: pull again
+    # The replica, assembled from the owners' low-rank steps, equals the blocks a second
+    # client pulls in full from their owners.
+    assert_replica_equals_a_fresh_pull(opt, trained, initial, addresses, table)
     opt.close()
-    assert opt.versions == target
-    assert all(v > 0 for v in target.values()), target
-    for (name, p), q, p0 in zip(trained.named_parameters(), puller.parameters(),
-                                initial.parameters()):
-        assert torch.equal(p, q), name
-        assert not torch.equal(p, p0), f"{name} never changed"
     # Both owners took part in the split steps: each sent its part (or the sums) to the other.
     for shard in peered_shards:
         assert metric(shard.metrics_address, "dion_peer_sent_bytes_total") > 0, shard.index
