@@ -5,11 +5,6 @@
 // (ApplyReferenceBatch: M += sum_i w_i P_i R_i^T in plain Eigen, then DionStepFromMomentum),
 // to the tolerances of tests/dion_rows_test.cc: 1e-5 relative (Frobenius), X also 2e-5
 // entry-wise relative to its largest entry.
-#include <arpa/inet.h>
-#include <netinet/in.h>
-#include <sys/socket.h>
-#include <unistd.h>
-
 #include <atomic>
 #include <filesystem>
 #include <functional>
@@ -28,6 +23,7 @@
 #include "dion/v1/peer.grpc.pb.h"
 #include "server/dion_server.h"
 #include "server/parameter_store.h"
+#include "tests/ports_test_util.h"
 #include "tests/reference.h"
 #include "tests/server_test_util.h"
 
@@ -43,30 +39,11 @@ using testing::PushAll;
 using testing::RandomFactors;
 using testing::ReferenceEntry;
 using testing::RelativeError;
+using testing::ReservePorts;
 using testing::SetDeadline;
 using testing::TestServerOptions;
 
 MatrixD ToDouble(const Matrix& a) { return a.cast<double>(); }
-
-// `n` distinct free ports on 127.0.0.1: bound together, then released for the shards, which
-// must know every peer's address before they start.
-std::vector<int> ReservePorts(int n) {
-  std::vector<int> fds, ports;
-  for (int i = 0; i < n; ++i) {
-    const int fd = socket(AF_INET, SOCK_STREAM, 0);
-    sockaddr_in addr{};
-    addr.sin_family = AF_INET;
-    addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    addr.sin_port = 0;
-    EXPECT_EQ(bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)), 0);
-    socklen_t len = sizeof(addr);
-    EXPECT_EQ(getsockname(fd, reinterpret_cast<sockaddr*>(&addr), &len), 0);
-    fds.push_back(fd);
-    ports.push_back(ntohs(addr.sin_port));
-  }
-  for (int fd : fds) close(fd);
-  return ports;
-}
 
 struct SplitCase {
   int64_t m, n;

@@ -26,6 +26,7 @@
 #include "tests/fake_shard.h"
 #include "tests/reference.h"
 #include "tests/server_test_util.h"
+#include "tests/wait_test_util.h"
 #include "worker/client/gradient_accumulator.h"
 
 namespace dion {
@@ -33,6 +34,7 @@ namespace {
 
 using testing::TestModelRequest;
 using testing::TestServerOptions;
+using testing::WaitUntil;
 
 ModelTable TestTable() { return ModelTableFromProto(TestModelRequest()).value(); }
 
@@ -57,17 +59,6 @@ std::vector<Matrix> RandomGradients(const std::vector<ParamSpec>& specs, uint64_
     gradients.push_back(std::move(G));
   }
   return gradients;
-}
-
-// Polls `done` every 5 ms for up to `timeout`.
-template <typename Predicate>
-bool WaitUntil(Predicate done, absl::Duration timeout = absl::Seconds(20)) {
-  const absl::Time deadline = absl::Now() + timeout;
-  while (!done()) {
-    if (absl::Now() >= deadline) return false;
-    absl::SleepFor(absl::Milliseconds(5));
-  }
-  return true;
 }
 
 std::unique_ptr<testing::FakeShard> StartFake(const ModelTable& table = TestTable()) {

@@ -19,10 +19,13 @@
 #include "tests/fake_shard.h"
 #include "tests/model_table_test_util.h"
 #include "tests/reference.h"
+#include "tests/wait_test_util.h"
 #include "worker/client/client.h"
 
 namespace dion {
 namespace {
+
+using testing::WaitUntil;
 
 // "w", a Dion matrix split over the two shards (tall 12 x 8, or wide 8 x 12), and a bias.
 ModelTable SplitTable(bool wide, int split_owners = 2) {
@@ -34,16 +37,6 @@ ModelTable SplitTable(bool wide, int split_owners = 2) {
   w.spec.split_owners = split_owners;
   table.parameters = {w, testing::Definition("b", {8}, OptimizerKind::kAdamW, 2)};
   return table;
-}
-
-template <typename Predicate>
-bool WaitUntil(Predicate done, absl::Duration timeout = absl::Seconds(20)) {
-  const absl::Time deadline = absl::Now() + timeout;
-  while (!done()) {
-    if (absl::Now() >= deadline) return false;
-    absl::SleepFor(absl::Milliseconds(5));
-  }
-  return true;
 }
 
 // Two fake shards serving `table`, the client's options for them, and who leads "w".

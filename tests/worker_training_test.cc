@@ -2,11 +2,6 @@
 // synthetic teacher task through the client library (worker/train/trainer.h), and the worker
 // metrics they export; and a model with one parameter split over three shards, whose replicas
 // must equal the blocks the shards serve.
-#include <arpa/inet.h>
-#include <netinet/in.h>
-#include <sys/socket.h>
-#include <unistd.h>
-
 #include <gtest/gtest.h>
 
 #include <atomic>
@@ -24,6 +19,7 @@
 #include "absl/strings/str_cat.h"
 #include "common/checksum.h"
 #include "common/rng.h"
+#include "tests/ports_test_util.h"
 #include "tests/server_test_util.h"
 #include "worker/client/client.h"
 #include "worker/train/epoch_order.h"
@@ -354,31 +350,13 @@ absl::Status StartOneShardOneWorker(int64_t target_samples, OneShardOneWorker* o
   return absl::OkStatus();
 }
 
-// `n` distinct free ports on 127.0.0.1: bound together, then released for the shards.
-std::vector<int> ReservePorts(int n) {
-  std::vector<int> fds, ports;
-  for (int i = 0; i < n; ++i) {
-    const int fd = socket(AF_INET, SOCK_STREAM, 0);
-    sockaddr_in addr{};
-    addr.sin_family = AF_INET;
-    addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    EXPECT_EQ(bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)), 0);
-    socklen_t len = sizeof(addr);
-    EXPECT_EQ(getsockname(fd, reinterpret_cast<sockaddr*>(&addr), &len), 0);
-    fds.push_back(fd);
-    ports.push_back(ntohs(addr.sin_port));
-  }
-  for (int fd : fds) close(fd);
-  return ports;
-}
-
 // The student MLP with its 64 x 64 hidden matrix split over three in-process shards: two
 // workers train it through the split pushes, and afterwards every worker's replica equals,
 // bit for bit, the blocks a fresh client pulls from the shards (their checksums verified).
 TEST(WorkerTraining, ASplitParameterTrainsOverThreeShardsAndReplicasMatchTheirBlocks) {
   // The owners reach each other as peers: every shard knows all addresses before it starts.
   std::vector<std::string> addresses;
-  for (int port : ReservePorts(3)) addresses.push_back(absl::StrCat("127.0.0.1:", port));
+  for (int port : testing::ReservePorts(3)) addresses.push_back(absl::StrCat("127.0.0.1:", port));
   std::vector<std::unique_ptr<DionServer>> servers;
   for (int s = 0; s < 3; ++s) {
     ServerOptions options = testing::TestServerOptions();

@@ -128,7 +128,7 @@ def test_fashion_cnn_takes_the_partition_flags_with_dion_workers_defaults():
     help_text = subprocess.run([str(WORKER), "--helpfull"], capture_output=True, text=True,
                                timeout=30).stdout
     defaults = parse(["--shards=a:1"])
-    for name in ("partition", "dirichlet_alpha", "model_seed"):
+    for name in ("partition", "dirichlet_alpha", "model_seed", "split_threshold"):
         match = re.search(rf"--{name} \(.*?\);\s+default: (\S+?);", help_text, re.S)
         assert match, name
         cpp_default = match[1].strip('"')

@@ -14,7 +14,7 @@ import pytest
 import torch
 from torch import nn
 
-from conftest import Shard
+from conftest import Shard, assert_replica_equals_a_fresh_pull, train_steps
 
 import dion_ps
 
@@ -29,20 +29,12 @@ class TinyCnn(nn.Module):
         return self.fc(torch.relu(self.conv(x)).flatten(1))
 
 
+CNN_INPUT = (2, 6, 6)  # one sample: 2 channels of 6 x 6
+
+
 def tiny_model(seed=0, classes=3):
     torch.manual_seed(seed)
     return TinyCnn(classes)
-
-
-def train_steps(model, opt, steps, seed=1, batch=8):
-    g = torch.Generator().manual_seed(seed)
-    for _ in range(steps):
-        x = torch.randn(batch, 2, 6, 6, generator=g)
-        y = torch.randint(0, 3, (batch,), generator=g)
-        loss = nn.functional.cross_entropy(model(x), y)
-        loss.backward()
-        opt.step(loss=loss)
-        opt.zero_grad()
 
 
 def test_conv_kernel_travels_as_a_matrix_and_comes_back_in_its_shape(two_shards):
@@ -73,30 +65,12 @@ def test_training_through_two_shards_leaves_the_pulled_weights_in_the_model(two_
     table = dict(model_name="train", batch_size=8, rank_fraction=0.5, lr=0.05, adamw_lr=0.01)
     opt = dion_ps.RemoteOptimizer(model.named_parameters(), shards=two_shards, worker_id="w0",
                                   **table)
-    train_steps(model, opt, 12)
+    train_steps(model, opt, 12, CNN_INPUT)
     opt.flush(timeout=20)
     assert opt.stats()["accepted"] > 0 and opt.stats()["refused"] == 0
     # Accepted pushes are applied when their batch closes (50 ms at the latest).
     opt.wait_for_versions_above([0] * len(opt.names), timeout=20)
-    # A second client pulls every parameter in full from the shards; the first one's replica
-    # must reach the same versions and hold the same bits, and so must the torch weights.
-    deadline = time.monotonic() + 20
-    while True:
-        puller = copy.deepcopy(initial)
-        with dion_ps.RemoteOptimizer(puller.named_parameters(), shards=two_shards,
-                                     worker_id="puller", **table) as pulled:
-            target = pulled.versions
-        opt.wait_for_versions_above({n: v - 1 for n, v in target.items()}, timeout=20)
-        opt.refresh()
-        if opt.versions == target or time.monotonic() > deadline:
-            break
-        time.sleep(0.1)  # a batch was still being applied: pull again
-    assert opt.versions == target
-    assert all(v > 0 for v in target.values()), target
-    for (name, p), q, p0 in zip(model.named_parameters(), puller.parameters(),
-                                initial.parameters()):
-        assert torch.equal(p, q), name
-        assert not torch.equal(p, p0), f"{name} never changed"
+    assert_replica_equals_a_fresh_pull(opt, model, initial, two_shards, table)
     opt.close()
 
 
@@ -179,7 +153,7 @@ def test_waits_release_the_gil_and_ctrl_c_interrupts_them(one_shard):
     opt = dion_ps.RemoteOptimizer(model.named_parameters(), shards=[one_shard.address],
                                   worker_id="w0", model_name="gil", batch_size=8)
     one_shard.send(signal.SIGSTOP)  # acknowledgements stop: flush has to wait
-    train_steps(model, opt, 1)
+    train_steps(model, opt, 1, CNN_INPUT)
     counts = []
     stop = threading.Event()
 

@@ -267,49 +267,48 @@ void WritePrivacy(const std::optional<RunPrivacy>& privacy, JsonWriter& j) {
   j.Close('}');
 }
 
+// `"key": [{...}, ...]`: one object per item, its fields written by `fields(item)`.
+template <typename Item, typename Fields>
+void WriteObjects(const char* key, const std::vector<Item>& items, const Fields& fields,
+                  JsonWriter& j) {
+  j.Key(key);
+  j.Open('[');
+  for (const Item& item : items) {
+    j.Open('{');
+    fields(item);
+    j.Close('}');
+  }
+  j.Close(']');
+}
+
 // "split_parameters": [{"parameter", "owners": [{"shard", "row_begin", "row_end"}, ...]}, ...],
 // the rows of the tall side each shard owns; [] when nothing is split.
 void WriteSplitParameters(const std::vector<RunSplitParameter>& split, JsonWriter& j) {
-  j.Key("split_parameters");
-  j.Open('[');
-  for (const RunSplitParameter& p : split) {
-    j.Open('{');
+  WriteObjects("split_parameters", split, [&j](const RunSplitParameter& p) {
     j.Key("parameter");
     j.String(p.parameter);
-    j.Key("owners");
-    j.Open('[');
-    for (const RunSplitParameter::Owner& o : p.owners) {
-      j.Open('{');
+    WriteObjects("owners", p.owners, [&j](const RunSplitParameter::Owner& o) {
       j.Key("shard");
       j.Int(o.shard);
       j.Key("row_begin");
       j.Int(o.row_begin);
       j.Key("row_end");
       j.Int(o.row_end);
-      j.Close('}');
-    }
-    j.Close(']');
-    j.Close('}');
-  }
-  j.Close(']');
+    }, j);
+  }, j);
 }
 
 // A curve: one object per point, time and epochs first, then what `rest` writes.
 template <typename Point, typename Rest>
 void WriteCurve(const char* key, const std::vector<Point>& points, const Rest& rest,
                 JsonWriter& j) {
-  j.Key(key);
-  j.Open('[');
-  for (const Point& point : points) {
-    j.Open('{');
+  WriteObjects(key, points, [&](const Point& point) {
     j.Key("time_s");
     j.Number(point.time_s);
     j.Key("epochs");
     j.Number(point.epochs);
     rest(point);
-    j.Close('}');
-  }
-  j.Close(']');
+  }, j);
 }
 
 }  // namespace

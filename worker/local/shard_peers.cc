@@ -1,18 +1,12 @@
 #include "worker/local/shard_peers.h"
 
-#include <arpa/inet.h>
-#include <netinet/in.h>
-#include <sys/socket.h>
-#include <unistd.h>
-
-#include <cerrno>
-#include <cstring>
 #include <filesystem>
 #include <system_error>
 
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
+#include "common/loopback_ports.h"
 #include "worker/local/local_run_flags.h"
 
 namespace dion {
@@ -23,27 +17,12 @@ absl::StatusOr<std::vector<std::string>> PlanShardAddresses(int shards, int base
     for (int i = 0; i < shards; ++i) addresses.push_back(absl::StrCat("127.0.0.1:", base_port + i));
     return addresses;
   }
-  // All bound at once so the kernel hands out distinct ports; released just before the
-  // shards bind them (nothing else on a quiet machine takes them meanwhile).
-  std::vector<int> fds;
-  absl::Status error;
-  for (int i = 0; i < shards && error.ok(); ++i) {
-    const int fd = socket(AF_INET, SOCK_STREAM, 0);
-    sockaddr_in addr{};
-    addr.sin_family = AF_INET;
-    addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    socklen_t len = sizeof(addr);
-    if (fd < 0 || bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) != 0 ||
-        getsockname(fd, reinterpret_cast<sockaddr*>(&addr), &len) != 0) {
-      error = absl::UnavailableError(
-          absl::StrCat("cannot reserve a loopback port for shard ", i, ": ", std::strerror(errno)));
-    } else {
-      addresses.push_back(absl::StrCat("127.0.0.1:", ntohs(addr.sin_port)));
-    }
-    if (fd >= 0) fds.push_back(fd);
+  absl::StatusOr<std::vector<int>> ports = ReserveLoopbackPorts(shards);
+  if (!ports.ok()) {
+    return absl::UnavailableError(
+        absl::StrCat("cannot plan the shards' addresses: ", ports.status().message()));
   }
-  for (int fd : fds) close(fd);
-  if (!error.ok()) return error;
+  for (int port : *ports) addresses.push_back(absl::StrCat("127.0.0.1:", port));
   return addresses;
 }
 

@@ -1,7 +1,7 @@
 // Every shard of a `dion local` run knows the others' addresses (dion-server
 // --peer_addresses, docs/server.md "Peers"): the owners of a split parameter step together
 // and reach each other there. So the shards' ports are fixed before any starts: base_port + i,
-// or free loopback ports reserved here (bound together, then released for the shards).
+// or free loopback ports (ReserveLoopbackPorts, common/loopback_ports.h).
 //
 // Thread-safety: plain functions.
 #ifndef DION_WORKER_LOCAL_SHARD_PEERS_H_

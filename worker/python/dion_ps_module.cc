@@ -27,9 +27,11 @@
 #include "common/model_table.h"
 #include "common/mutex.h"
 #include "common/param_spec.h"
+#include "common/training_defaults.h"
 #include "worker/client/client.h"
 #include "worker/python/data_binding.h"
 #include "worker/python/raise_status.h"
+#include "worker/train/mlp.h"
 #include "worker/train/progress_line.h"
 
 namespace py = pybind11;
@@ -76,7 +78,7 @@ void CheckBuffer(const py::array& a, int64_t rows, int64_t cols, const std::stri
 }
 
 // One parameter of the table from a dict the Python layer builds (dion_ps/optimizer.py):
-// name, shape, optimizer, hyper-parameters, and the exact initial value.
+// name, shape, optimizer, hyper-parameters, split_owners, and the exact initial value.
 ParameterDefinition Definition(const py::dict& d) {
   ParameterDefinition def;
   ParamSpec& spec = def.spec;
@@ -99,6 +101,7 @@ ParameterDefinition Definition(const py::dict& d) {
   spec.lion.weight_decay = wd;
   spec.lion.beta1 = Number(d, "beta1", spec.lion.beta1);
   spec.lion.beta2 = Number(d, "beta2", spec.lion.beta2);
+  if (d.contains("split_owners")) spec.split_owners = d["split_owners"].cast<int>();
   if (d.contains("initial_value")) {
     py::array a = d["initial_value"].cast<py::array>();
     CheckBuffer(a, spec.rows(), spec.cols(), "initial value of '" + spec.name + "'", false);
@@ -416,6 +419,16 @@ std::string FormatProgress(const py::dict& d) {
   return FormatProgressLine(p);
 }
 
+// The split_owners dion-worker's SplitLargeMatrices gives a 2-D Dion matrix of rows x cols with
+// `split_threshold` over `num_shards` shards (0: whole), so that Python tables split as C++ ones.
+int SplitOwners(int64_t rows, int64_t cols, int64_t split_threshold, int num_shards) {
+  std::vector<ParamSpec> table(1);
+  table[0].shape = {rows, cols};
+  table[0].optimizer = OptimizerKind::kDion;
+  SplitLargeMatrices(split_threshold, num_shards, table);
+  return table[0].split_owners;
+}
+
 py::dict ParseProgress(const std::string& line) {
   absl::StatusOr<ProgressLine> p = ParseProgressLine(line);
   Check(p.status());
@@ -461,6 +474,10 @@ PYBIND11_MODULE(_dion_ps, m) {
       .def("restored", &dion::PyClient::Restored);
   m.def("format_progress_line", &dion::FormatProgress, py::arg("fields"));
   m.def("parse_progress_line", &dion::ParseProgress, py::arg("line"));
+  m.def("split_owners", &dion::SplitOwners, py::arg("rows"), py::arg("cols"),
+        py::arg("split_threshold"), py::arg("num_shards"));
+  m.attr("DEFAULT_SPLIT_THRESHOLD") = dion::defaults::kSplitThreshold;
+  m.attr("MAX_SPLIT_OWNERS") = dion::kMaxSplitOwners;
   m.def(
       "format_evaluation_line",
       [](int64_t samples, double test_loss, double test_accuracy) {

@@ -9,11 +9,13 @@ from dion_ps.data import EpochOrder, partition, samples_per_epoch
 from dion_ps.errors import (DataLossError, DeadlineExceededError, DionError,
                             FailedPreconditionError, InvalidArgumentError,
                             PermissionDeniedError, UnauthenticatedError, UnavailableError)
-from dion_ps.optimizer import RemoteOptimizer, as_matrix, parameter_table
+from dion_ps.optimizer import (DEFAULT_SPLIT_THRESHOLD, RemoteOptimizer, as_matrix,
+                               parameter_table)
 from dion_ps.progress import ProgressReporter
 
 __all__ = [
     "RemoteOptimizer", "ProgressReporter", "parameter_table", "as_matrix", "partition",
+    "DEFAULT_SPLIT_THRESHOLD",
     "samples_per_epoch", "EpochOrder", "DionError",
     "InvalidArgumentError", "DeadlineExceededError", "FailedPreconditionError",
     "UnavailableError", "PermissionDeniedError", "UnauthenticatedError", "DataLossError",

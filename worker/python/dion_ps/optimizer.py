@@ -7,6 +7,8 @@ writes the weights of the client's replica back into the torch parameters, in pl
 Thread-safety: step, flush and close from one training thread; versions and stats from any.
 """
 import math
+import numbers
+from collections.abc import Mapping
 
 import numpy as np
 import torch
@@ -14,6 +16,8 @@ import torch
 from dion_ps import _dion_ps
 
 SCALAR_OPTIMIZERS = ("adamw", "lion")
+# dion-worker's --split_threshold default (common/training_defaults.h): 2048 x 2048 elements.
+DEFAULT_SPLIT_THRESHOLD = _dion_ps.DEFAULT_SPLIT_THRESHOLD
 
 
 def as_matrix(tensor):
@@ -34,17 +38,31 @@ def _matches(name, patterns):
 
 def parameter_table(named_parameters, *, rank_fraction=0.25, lr=0.01, adamw_lr=0.001,
                     scalar_optimizer="adamw", momentum=0.95, weight_decay=0.0,
-                    betas=(0.9, 0.95), eps=1e-8, scalar_params=()):
+                    betas=(0.9, 0.95), eps=1e-8, scalar_params=(), num_shards=1,
+                    split_threshold=DEFAULT_SPLIT_THRESHOLD, split_owners=None):
     """The table the shards register, as microsoft/dion groups parameters: Dion for every
     matrix and conv kernel (2 or more dimensions), `scalar_optimizer` (AdamW or Lion, learning
     rate adamw_lr) for vectors and scalars and for the parameters named in `scalar_params`
     (exact names or module prefixes: microsoft/dion puts embeddings and the output layer
     there). Each entry carries the tensor's current value as the exact initial value.
+
+    Split parameters (docs/python.md): over `num_shards` shards, a Dion matrix with at least
+    `split_threshold` elements is split by rows of its tall side over all of them, as
+    dion-worker --split_threshold does (0: never); `split_owners` ({name: k}) overrides that
+    per parameter (k >= 2: over min(k, num_shards) shards; 0 or 1: whole). Each entry's
+    "split_owners" says what was chosen (0: whole).
+
     Returns (names, tensors, entries). ValueError for a tensor that is not float32 on the CPU,
-    or an unknown scalar optimizer."""
+    an unknown scalar optimizer, or a bad num_shards, split_threshold or split_owners."""
     if scalar_optimizer not in SCALAR_OPTIMIZERS:
         raise ValueError(f"scalar_optimizer must be one of {SCALAR_OPTIMIZERS}, "
                          f"got {scalar_optimizer!r}")
+    if not _is_int(num_shards) or num_shards < 1:
+        raise ValueError(f"num_shards must be an integer >= 1, got {num_shards!r}")
+    if not _is_int(split_threshold) or split_threshold < 0:
+        raise ValueError("split_threshold must be an integer >= 0 (elements; 0: never split), "
+                         f"got {split_threshold!r}")
+    overrides = _split_overrides(split_owners)
     names, tensors, entries = [], [], []
     for name, p in named_parameters:
         if p.dtype != torch.float32 or p.device.type != "cpu":
@@ -52,10 +70,11 @@ def parameter_table(named_parameters, *, rank_fraction=0.25, lr=0.01, adamw_lr=0
                              "float32 parameters on the CPU")
         rows, cols = as_matrix(p)
         dion = p.dim() >= 2 and not _matches(name, scalar_params)
+        optimizer = "dion" if dion else scalar_optimizer
         entry = {
             "name": name,
             "shape": [rows, cols] if dion or p.dim() >= 2 else [cols],
-            "optimizer": "dion" if dion else scalar_optimizer,
+            "optimizer": optimizer,
             "lr": lr if dion else adamw_lr,
             "weight_decay": weight_decay,
             "mu": momentum,
@@ -63,6 +82,8 @@ def parameter_table(named_parameters, *, rank_fraction=0.25, lr=0.01, adamw_lr=0
             "beta1": betas[0],
             "beta2": betas[1],
             "eps": eps,
+            "split_owners": _split_owners(name, optimizer, rows, cols, num_shards,
+                                          split_threshold, overrides),
             "initial_value": np.ascontiguousarray(
                 p.detach().reshape(rows, cols).numpy(), dtype=np.float32),
         }
@@ -71,7 +92,51 @@ def parameter_table(named_parameters, *, rank_fraction=0.25, lr=0.01, adamw_lr=0
         entries.append(entry)
     if not entries:
         raise ValueError("the model has no parameters")
+    unknown = sorted(set(overrides) - set(names))
+    if unknown:
+        raise ValueError(f"split_owners names {unknown}, which are not parameters of the model "
+                         f"(its parameters: {names})")
     return names, tensors, entries
+
+
+def _is_int(value):
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+def _split_overrides(split_owners):
+    """split_owners ({name: k}) checked: k an integer in [0, MAX_SPLIT_OWNERS]."""
+    if split_owners is None:
+        return {}
+    if not isinstance(split_owners, Mapping):
+        raise ValueError("split_owners must be a dict {parameter name: number of shards}, "
+                         f"got {type(split_owners).__name__}")
+    limit = _dion_ps.MAX_SPLIT_OWNERS
+    for name, k in split_owners.items():
+        if not _is_int(k) or not 0 <= k <= limit:
+            raise ValueError(f"split_owners[{name!r}] must be an integer in [0, {limit}] "
+                             f"(0 or 1: whole), got {k!r}")
+    return dict(split_owners)
+
+
+def _split_owners(name, optimizer, rows, cols, num_shards, split_threshold, overrides):
+    """The entry's split_owners: its override, else what --split_threshold gives a Dion
+    matrix (dion-worker's rule, through the extension); 0 for a whole parameter."""
+    if name not in overrides:
+        if optimizer != "dion":
+            return 0
+        return _dion_ps.split_owners(rows, cols, split_threshold, num_shards)
+    k = int(overrides[name])
+    if k <= 1:
+        return 0
+    if optimizer != "dion":
+        raise ValueError(f"split_owners[{name!r}] = {k}: only Dion matrices are split, "
+                         f"and {name!r} trains with {optimizer}")
+    owners, tall = min(k, num_shards), max(rows, cols)
+    if owners > tall:
+        raise ValueError(f"split_owners[{name!r}] = {k}: {name!r} ({rows} x {cols}) "
+                         f"cannot be split over {owners} shards: its tall side has {tall} rows, "
+                         "expected at least one per shard")
+    return k
 
 
 class RemoteOptimizer:
@@ -97,14 +162,18 @@ class RemoteOptimizer:
     lookahead k > 0 loads the replica extrapolated k versions ahead (staleness compensation,
     docs/algorithm.md); synchronous=True makes each step wait until every parameter has a newer
     version. tls_ca_file, tls_cert_file, tls_key_file, tls_server_name and token_file are the
-    client's TLS and token (the flags of dion-worker). record_acknowledged keeps, per
-    parameter, the sum of what the shards settled (settled()), for tests.
+    client's TLS and token (the flags of dion-worker). split_threshold (elements, default
+    dion-worker's 4194304; 0: never) and split_owners ({name: k}) split large Dion matrices by
+    rows over the shards, which then need --peer_addresses (parameter_table); split_over maps
+    each split parameter to its number of shards. record_acknowledged keeps, per parameter,
+    the sum of what the shards settled (settled()), for tests.
     """
 
     def __init__(self, named_parameters, shards, worker_id, *, batch_size=None,
                  rank_fraction=0.25, compression_rank_fraction=None, lr=0.01, adamw_lr=0.001,
                  scalar_optimizer="adamw", momentum=0.95, weight_decay=0.0, betas=(0.9, 0.95),
-                 eps=1e-8, scalar_params=(), model_name="torch-model", max_in_flight=2,
+                 eps=1e-8, scalar_params=(), split_threshold=DEFAULT_SPLIT_THRESHOLD,
+                 split_owners=None, model_name="torch-model", max_in_flight=2,
                  lookahead=0.0, synchronous=False, sync_timeout=60.0, tls_ca_file=None,
                  tls_cert_file=None, tls_key_file=None, tls_server_name=None, token_file=None,
                  rpc_deadline=10.0, give_up_after=60.0, seed=1, dp_clip=0.0,
@@ -120,8 +189,12 @@ class RemoteOptimizer:
         self.names, self._tensors, entries = parameter_table(
             named_parameters, rank_fraction=rank_fraction, lr=lr, adamw_lr=adamw_lr,
             scalar_optimizer=scalar_optimizer, momentum=momentum, weight_decay=weight_decay,
-            betas=betas, eps=eps, scalar_params=scalar_params)
+            betas=betas, eps=eps, scalar_params=scalar_params, num_shards=len(shards),
+            split_threshold=split_threshold, split_owners=split_owners)
         self.optimizers = {e["name"]: e["optimizer"] for e in entries}
+        # name -> over how many shards it is split, for the split parameters only.
+        self.split_over = {e["name"]: min(e["split_owners"], len(shards)) for e in entries
+                           if min(e["split_owners"], len(shards)) >= 2}
         self._matrix = [as_matrix(t) for t in self._tensors]
         # Writable numpy views over the tensors' storage: the replica is copied straight in.
         self._weights = []

@@ -154,6 +154,9 @@ def parse_flags(argv):
     add("--model_seed", type=int, default=1)
     add("--seed", type=int, default=0, help="shuffling; 0: model_seed * 1000 + worker_index")
     add("--max_in_flight", type=int, default=2)
+    add("--split_threshold", type=int, default=dion_ps.DEFAULT_SPLIT_THRESHOLD,
+        help="split a Dion matrix with at least this many elements over the shards, as "
+             "dion-worker does (0: never; the shards need --peer_addresses)")
     add("--synchronous", action="store_true")
     add("--dp_clip", type=float, default=0.0)
     add("--eval_interval", default="10s")
@@ -186,7 +189,8 @@ def connect(flags, model, worker_id):
         batch_size=flags.batch_size, rank_fraction=flags.rank_fraction,
         compression_rank_fraction=flags.compression_rank_fraction, lr=flags.lr,
         adamw_lr=flags.adamw_lr, weight_decay=flags.weight_decay,
-        scalar_params=SCALAR_PARAMS, model_name="fashion-cnn", lookahead=flags.lookahead,
+        scalar_params=SCALAR_PARAMS, split_threshold=flags.split_threshold,
+        model_name="fashion-cnn", lookahead=flags.lookahead,
         max_in_flight=1 if flags.synchronous else flags.max_in_flight,
         synchronous=flags.synchronous, dp_clip=flags.dp_clip,
         seed=flags.seed or flags.model_seed * 1000 + flags.worker_index,
