@@ -125,6 +125,18 @@ class Cluster {
     stubs_.clear();
     Start();
   }
+  // Stops shard `shard` alone (a graceful shutdown: its last checkpoint), then starts it again
+  // on the same address: it restores that checkpoint.
+  void Stop(int shard) {
+    EXPECT_TRUE(servers_[shard]->Shutdown().ok());
+    servers_[shard].reset();
+  }
+  void StartAgain(int shard) {
+    absl::StatusOr<std::unique_ptr<DionServer>> server = DionServer::Start(options_[shard]);
+    ASSERT_TRUE(server.ok()) << server.status();
+    stubs_[shard] = Connect((*server)->address());
+    servers_[shard] = *std::move(server);
+  }
   bool ok() const {
     return servers_.size() == options_.size() && stubs_.size() == options_.size();
   }
@@ -605,6 +617,75 @@ TEST(SplitServingShutdown, PendingStepIsAppliedWhenEveryOwnerStopsTogether) {
   EXPECT_LE(RelativeError(ToDouble(Assemble(cluster, placement, c.m, c.n, 2)),
                           ToDouble(reference.X)),
             1e-5);
+  std::filesystem::remove_all(dir);
+}
+
+// A follower shard stops (gracefully) and returns. Meanwhile a worker's push cannot be
+// committed (the stopped owner refuses its block, so the worker does not push to the leader);
+// the block the other follower staged is answered DUPLICATE when the worker sends the
+// contribution again after the return. The returned follower restores its rows at the version
+// it stopped at, and training goes on to the reference's values.
+TEST(SplitServingFaults, StoppedFollowerReturnsAndTrainingGoesOn) {
+  const std::string dir = ::testing::TempDir() + "/split_serving_follower_returns";
+  std::filesystem::remove_all(dir);
+  Cluster cluster(3, [&](ServerOptions& options, int shard) {
+    options.shard.checkpoint_dir = absl::StrCat(dir, "/shard-", shard);
+  });
+  ASSERT_TRUE(cluster.ok());
+  const SplitCase c{96, 64, 3, OrthoMethod::kAuto};
+  const v1::RegisterModelRequest request = SplitModel("w0", c.m, c.n, 3);
+  const v1::Layout::Placement placement = PlacementOf(cluster.Register(request), "w");
+  cluster.Register(SplitModel("w1", c.m, c.n, 3));
+  WholeReference reference(request);
+  const auto round = [&](int r) {
+    const LowRankFactors a = RoundFactors(c, r, 0), b = RoundFactors(c, r, 1);
+    for (const auto& [worker, f] : {std::pair{"w0", &a}, std::pair{"w1", &b}}) {
+      const v1::PushAck ack = SplitPush(cluster, placement, worker, r, r - 1, *f, c.m, c.n);
+      ASSERT_EQ(ack.result(), v1::PUSH_RESULT_ACCEPTED) << ack.message();
+    }
+    reference.Step(a, b);
+    ASSERT_TRUE(WaitForVersion(cluster, placement, r)) << "round " << r;
+  };
+  round(1);
+  const v1::Layout::RowOwner& staying = placement.row_owners(1);
+  const v1::Layout::RowOwner& stopping = placement.row_owners(2);
+  cluster.Stop(stopping.shard());
+
+  const LowRankFactors a2 = RoundFactors(c, 2, 0);
+  const auto block_for = [&](const v1::Layout::RowOwner& owner) {
+    return FactorsContribution("w0", 2, "w", 1, 8, BlockOf(a2, c.m, c.n, owner));
+  };
+  std::vector<v1::PushAck> acks = PushAll(cluster.stub(staying.shard()), {block_for(staying)});
+  ASSERT_EQ(acks.size(), 1u);
+  EXPECT_EQ(acks[0].result(), v1::PUSH_RESULT_ACCEPTED) << acks[0].message();
+  // (The stopped shard's stub is not called: its server is gone; the worker would see
+  // UNAVAILABLE and keep the contribution.)
+
+  cluster.StartAgain(stopping.shard());
+  EXPECT_EQ(VersionOf(cluster, stopping.shard(), "w"), 1);
+  acks = PushAll(cluster.stub(staying.shard()), {block_for(staying)});
+  ASSERT_EQ(acks.size(), 1u);
+  EXPECT_EQ(acks[0].result(), v1::PUSH_RESULT_DUPLICATE) << acks[0].message();
+  acks = PushAll(cluster.stub(stopping.shard()), {block_for(stopping)});
+  ASSERT_EQ(acks.size(), 1u);
+  EXPECT_EQ(acks[0].result(), v1::PUSH_RESULT_ACCEPTED) << acks[0].message();
+  const v1::Layout::RowOwner& leader = placement.row_owners(0);
+  acks = PushAll(cluster.stub(leader.shard()), {block_for(leader)});
+  ASSERT_EQ(acks.size(), 1u);
+  EXPECT_EQ(acks[0].result(), v1::PUSH_RESULT_ACCEPTED) << acks[0].message();
+  const LowRankFactors b2 = RoundFactors(c, 2, 1);
+  ASSERT_EQ(SplitPush(cluster, placement, "w1", 2, 1, b2, c.m, c.n).result(),
+            v1::PUSH_RESULT_ACCEPTED);
+  reference.Step(a2, b2);
+  ASSERT_TRUE(WaitForVersion(cluster, placement, 2));
+  for (int r = 3; r <= 4; ++r) round(r);
+  EXPECT_LE(RelativeError(ToDouble(Assemble(cluster, placement, c.m, c.n, 4)),
+                          ToDouble(reference.X)),
+            1e-5);
+  for (int i = 1; i < 3; ++i) {
+    const int shard = placement.row_owners(i).shard();
+    EXPECT_EQ(cluster.server(shard).shard().StagedContributions("w"), 0) << "shard " << shard;
+  }
   std::filesystem::remove_all(dir);
 }
 
