@@ -102,7 +102,7 @@ if [ "$tsan" = 1 ]; then
   tsan_tests+='|WorkerClient|WorkerTraining|WalLogFile|ShardWal|SecurityTest'
   tsan_tests+='|Split|OrthonormalizeRows|OrthogonalityErrorRows)'
   # --- peer reductions (server/peer/).
-  tsan_tests+='|^Peer(Reduce|Security)Test'
+  tsan_tests+='|^Peer(Reduce|Security)Test|^ReduceHubReplay'
   # --- the low-rank update kernel on 1, 2, 3 and 8 threads.
   tsan_tests+='|^LowRankUpdate\.ThreadCountChangesNoBit$'
   # ---
