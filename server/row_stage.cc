@@ -95,6 +95,11 @@ void RowStage::Release(const LoggedBatch& command, int64_t applied_version) {
   }
 }
 
+void RowStage::ForEachStaged(const std::function<void(const Contribution&)>& fn) const {
+  MutexLock lock(&mu_);
+  for (const auto& [key, contribution] : staged_) fn(*contribution);
+}
+
 int64_t RowStage::size() const {
   MutexLock lock(&mu_);
   return static_cast<int64_t>(staged_.size());

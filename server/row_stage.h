@@ -20,6 +20,7 @@
 #define DION_SERVER_ROW_STAGE_H_
 
 #include <cstdint>
+#include <functional>
 #include <map>
 #include <string>
 #include <utility>
@@ -64,6 +65,10 @@ class RowStage {
   void Release(const LoggedBatch& command, int64_t applied_version) ABSL_LOCKS_EXCLUDED(mu_);
 
   int64_t size() const ABSL_LOCKS_EXCLUDED(mu_);
+  // Calls fn with every staged contribution (a checkpoint's cut logs them again), in no
+  // particular order, holding the stage's lock: fn must not call the stage.
+  void ForEachStaged(const std::function<void(const Contribution&)>& fn) const
+      ABSL_LOCKS_EXCLUDED(mu_);
 
  private:
   using Key = std::pair<std::string, uint64_t>;  // (worker_id, sequence)

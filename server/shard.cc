@@ -381,9 +381,10 @@ void Shard::DrainBeforeShutdown(absl::Time deadline) {
   if (staged > 0) {
     std::fprintf(stderr,
                  "dion-server: shutting down with %lld contribution(s) staged for steps that "
-                 "the leaders of their split parameters did not take in time; they are lost "
-                 "here\n",
-                 static_cast<long long>(staged));
+                 "the leaders of their split parameters did not take in time; %s\n",
+                 static_cast<long long>(staged),
+                 log_ != nullptr ? "the last checkpoint's log keeps them for the next start"
+                                 : "without a write-ahead log they are lost here");
   }
 }
 

@@ -353,6 +353,18 @@ class Shard {
   // Whether a failed split step is retried no more: shutdown began, or the drain's deadline
   // passed (DrainBeforeShutdown). Takes no lock.
   bool GivingUp() const;
+  // Replays a follower's logged step of a split parameter (ReplayHandlerLocked): skipped
+  // when the checkpoint holds it, else applied with the logged sums. DataLoss when it does
+  // not fit the rows' version or the staged blocks.
+  absl::Status ReplaySplitStepLocked(Lane& lane, const LoggedSplitStep& step)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(gate_);
+  // At a checkpoint's cut, after SwitchTo: every staged block into the new log file; *end is
+  // the last record's end (unchanged when nothing is staged).
+  absl::Status RelogStagedLocked(uint64_t* end) ABSL_EXCLUSIVE_LOCKS_REQUIRED(gate_);
+  // A follower's step of a split parameter into the write-ahead log, waited for: OK, or
+  // Unavailable naming the log's error (logged; the step stays applied).
+  absl::Status LogSplitStep(const StepRowsCommand& command,
+                            std::vector<LoggedSplitStep::Sum> sums);
   // Contributions staged here for the steps of split parameters other shards lead.
   int64_t StagedTotal() const ABSL_LOCKS_EXCLUDED(gate_);
   // After a step: wakes version waiters, publishes `outcome`'s update, records metrics.

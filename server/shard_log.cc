@@ -1,6 +1,7 @@
 #include "server/shard_log.h"
 
 #include <algorithm>
+#include <cstring>
 #include <cstdio>
 #include <filesystem>
 #include <map>
@@ -62,6 +63,41 @@ LoggedBatch BatchFromProto(const v1::WalBatch& proto, absl::StatusOr<CloseReason
   return batch;
 }
 
+void BatchToProto(const LoggedBatch& batch, v1::WalBatch* proto) {
+  proto->set_parameter(batch.parameter);
+  proto->set_version(batch.version);
+  proto->set_reason(std::string(CloseReasonName(batch.reason)));
+  proto->set_noise_seed(batch.noise_seed);
+  proto->set_noise_stddev(batch.noise_stddev);
+  for (const LoggedBatch::Member& member : batch.members) {
+    v1::WalBatch::Member* m = proto->add_members();
+    m->set_worker_id(member.worker_id);
+    m->set_sequence(member.sequence);
+    m->set_staleness(member.staleness);
+    m->set_weight(member.weight);
+  }
+}
+
+absl::StatusOr<LoggedSplitStep> SplitStepFromProto(const v1::WalSplitStep& proto) {
+  absl::StatusOr<CloseReason> reason = CloseReasonFromName(proto.batch().reason());
+  if (!reason.ok()) return reason.status();
+  LoggedSplitStep step;
+  step.batch = BatchFromProto(proto.batch(), reason);
+  step.lr_scale = proto.lr_scale();
+  for (const v1::WalSplitStep::Sum& sum : proto.sums()) {
+    const v1::Tensor& t = sum.value();
+    if (t.shape_size() != 2 || t.shape(0) < 1 || t.shape(1) < 1 ||
+        t.data().size() != 4 * static_cast<size_t>(t.shape(0) * t.shape(1))) {
+      return absl::DataLossError(absl::StrCat("a split step's sum '", sum.tag(),
+                                              "' is not a rows x cols float32 tensor"));
+    }
+    Matrix value(t.shape(0), t.shape(1));
+    std::memcpy(value.data(), t.data().data(), t.data().size());
+    step.sums.push_back({sum.tag(), std::move(value)});
+  }
+  return step;
+}
+
 // Hands one decoded record to the handler.
 absl::Status Dispatch(absl::string_view payload, const LogReplayHandler& handler,
                       LogReplayStats& stats) {
@@ -90,6 +126,13 @@ absl::Status Dispatch(absl::string_view payload, const LogReplayHandler& handler
       if (!reason.ok()) return reason.status();
       ++stats.batches;
       return handler.batch(BatchFromProto(record.batch(), reason));
+    }
+    case v1::WalRecord::kSplitStep: {
+      absl::StatusOr<LoggedSplitStep> step = SplitStepFromProto(record.split_step());
+      if (!step.ok()) return step.status();
+      if (!handler.split_step) return absl::DataLossError("a split step this shard cannot replay");
+      ++stats.split_steps;
+      return handler.split_step(*step);
     }
     case v1::WalRecord::RECORD_NOT_SET:
       break;
@@ -228,6 +271,22 @@ absl::StatusOr<uint64_t> ShardLog::Closed(const Batch& batch) {
     m->set_sequence(entry.contribution->sequence);
     m->set_staleness(entry.staleness);
     m->set_weight(entry.weight);
+  }
+  return Write(Serialized(record));
+}
+
+absl::StatusOr<uint64_t> ShardLog::SplitStep(const LoggedSplitStep& step) {
+  v1::WalRecord record;
+  v1::WalSplitStep* proto = record.mutable_split_step();
+  BatchToProto(step.batch, proto->mutable_batch());
+  proto->set_lr_scale(step.lr_scale);
+  for (const LoggedSplitStep::Sum& sum : step.sums) {
+    v1::WalSplitStep::Sum* s = proto->add_sums();
+    s->set_tag(sum.tag);
+    s->mutable_value()->add_shape(sum.value.rows());
+    s->mutable_value()->add_shape(sum.value.cols());
+    s->mutable_value()->set_data(reinterpret_cast<const char*>(sum.value.data()),
+                                 sizeof(float) * sum.value.size());
   }
   return Write(Serialized(record));
 }

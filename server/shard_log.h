@@ -49,11 +49,23 @@ struct ShardLogOptions {
 
 // What a replay hands back, record by record, in log order. An error stops the replay; it is
 // returned naming the file and the record's offset.
+// A follower's step of a split parameter, as logged (proto/dion/v1/wal.proto WalSplitStep).
+struct LoggedSplitStep {
+  struct Sum {
+    std::string tag;
+    Matrix value;
+  };
+  LoggedBatch batch;  // version: the one the step applied to
+  double lr_scale = 1.0;
+  std::vector<Sum> sums;  // in call order
+};
+
 struct LogReplayHandler {
   std::function<absl::Status(const ModelTable&)> model;
   std::function<absl::Status(const std::string& worker_id)> worker;
   std::function<absl::Status(Contribution)> contribution;
   std::function<absl::Status(const LoggedBatch&)> batch;
+  std::function<absl::Status(const LoggedSplitStep&)> split_step;
 };
 
 struct LogReplayStats {
@@ -61,6 +73,7 @@ struct LogReplayStats {
   int64_t records = 0;
   int64_t contributions = 0;
   int64_t batches = 0;
+  int64_t split_steps = 0;
   uint64_t bytes_cut = 0;          // torn tail or (kTruncate) corrupt rest removed
 };
 
@@ -93,6 +106,9 @@ class ShardLog : public BatchJournal {
   absl::StatusOr<uint64_t> Accepted(const Contribution& contribution) override
       ABSL_LOCKS_EXCLUDED(mu_);
   absl::StatusOr<uint64_t> Closed(const Batch& batch) override ABSL_LOCKS_EXCLUDED(mu_);
+  // A follower's step of a split parameter, after it applied it and before it answers its
+  // leader; returns the offset that must be durable first.
+  absl::StatusOr<uint64_t> SplitStep(const LoggedSplitStep& step) ABSL_LOCKS_EXCLUDED(mu_);
 
   // Returns once every record ending at or before `end` is durable (LogWriter::WaitDurable on
   // the file holding it; files switched away from are synced whole); WaitDurable(end_offset())

@@ -10,6 +10,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
 #include "server/checkpoint/checkpointer.h"
+#include "server/logged_reducers.h"
 #include "server/metrics.h"
 #include "server/shard.h"
 
@@ -48,8 +49,10 @@ void Shard::CreateLanesLocked(bool attach_steps) {
     const int64_t version = store_->Version(name).value();
     auto lane = std::make_unique<Lane>();
     lane->split = store_->Split(name).value();
-    // A split parameter's contributions and batches are not logged (docs/server.md, "Split
-    // parameters"): replaying its steps would need the other owners.
+    // The leader of a split parameter logs neither its contributions nor its batches
+    // (docs/server.md, "Split parameters"): replaying its steps would need its followers. A
+    // follower logs its staged blocks and its steps with their sums (StageContribution,
+    // StepRows), not through a batcher.
     lane->batcher = std::make_unique<Batcher>(name, options_.batcher, version, options_.clock,
                                               lane->split.has_value() ? nullptr : log_.get());
     if (lane->split.has_value() && !lane->leads()) {
@@ -120,7 +123,18 @@ LogReplayHandler Shard::ReplayHandlerLocked() {
     if (!lane.ok()) return lane.status();
     absl::StatusOr<ValidatedContribution> valid = store_->Validate(std::move(c));
     if (!valid.ok()) return valid.status();
+    if ((*lane)->stage != nullptr) {
+      // A block logged twice (acknowledged, then again at a checkpoint's cut) is DUPLICATE;
+      // one no batch can name any more is STALE: neither leaves anything to do.
+      const int64_t applied = store_->Version((*lane)->batcher->parameter()).value_or(0);
+      return (*lane)->stage->Stage(*std::move(valid), applied, options_.clock->Now()).status();
+    }
     return (*lane)->batcher->Restore(*std::move(valid));
+  };
+  handler.split_step = [this, lane_of](const LoggedSplitStep& step) -> absl::Status {
+    absl::StatusOr<Lane*> lane = lane_of(step.batch.parameter);
+    if (!lane.ok()) return lane.status();
+    return ReplaySplitStepLocked(**lane, step);
   };
   handler.batch = [this, lane_of](const LoggedBatch& logged) -> absl::Status {
     absl::StatusOr<Lane*> lane = lane_of(logged.parameter);
@@ -130,6 +144,32 @@ LogReplayHandler Shard::ReplayHandlerLocked() {
     return store_->ApplyBatch(*batch).status();
   };
   return handler;
+}
+
+absl::Status Shard::ReplaySplitStepLocked(Lane& lane, const LoggedSplitStep& step) {
+  const std::string& parameter = step.batch.parameter;
+  if (lane.stage == nullptr) {
+    return absl::DataLossError(absl::StrCat("a logged split step of parameter '", parameter,
+                                            "', which this shard does not follow"));
+  }
+  const int64_t version = store_->Version(parameter).value_or(0);
+  if (step.batch.version < version) {  // the checkpoint holds it (logged after the cut)
+    lane.stage->Release(step.batch, version);
+    return absl::OkStatus();
+  }
+  if (step.batch.version > version) {
+    return absl::DataLossError(absl::StrCat("a logged split step of '", parameter,
+                                            "' applies to version ", step.batch.version,
+                                            " but its rows are at version ", version));
+  }
+  absl::StatusOr<Batch> batch = lane.stage->Collect(step.batch);
+  if (!batch.ok()) return batch.status();
+  ReplayReducer reducer(static_cast<int>(lane.split->owner_shards.size()), lane.split->index,
+                        step.sums);
+  absl::StatusOr<StepOutcome> outcome = store_->ApplyRowBatch(*batch, step.lr_scale, reducer);
+  if (!outcome.ok()) return outcome.status();
+  lane.stage->Release(step.batch, outcome->update.version);
+  return absl::OkStatus();
 }
 
 absl::StatusOr<std::string> Shard::Checkpoint() {
@@ -173,6 +213,7 @@ absl::StatusOr<CheckpointContents> Shard::TakeCut(
   }
   CheckpointContents contents;
   std::vector<SnapshotSlot*> slots;
+  uint64_t relogged_end = 0;
   const absl::Time cut_start = absl::Now();
   {
     MutexLock lock(&gate_);  // no contribution, batch or worker is being recorded now
@@ -189,7 +230,11 @@ absl::StatusOr<CheckpointContents> Shard::TakeCut(
       slots.push_back(lane->snapshot.get());
     }
     contents.workers = store_->workers();
-    if (log_ != nullptr) log_->SwitchTo(std::move(next), sequence);
+    if (log_ != nullptr) {
+      log_->SwitchTo(std::move(next), sequence);
+      // The checkpoint holds no staged block: the new log gets every one again.
+      if (absl::Status s = RelogStagedLocked(&relogged_end); !s.ok()) return s;
+    }
   }
   const int64_t cut_ns = absl::ToInt64Nanoseconds(absl::Now() - cut_start);
   int64_t longest = longest_cut_ns_.load();
@@ -199,6 +244,9 @@ absl::StatusOr<CheckpointContents> Shard::TakeCut(
   // committed: make them durable (a crash before the commit replays them).
   if (log_ != nullptr) {
     if (absl::Status s = log_->SyncRetired(); !s.ok()) return s;
+    if (relogged_end > 0) {
+      if (absl::Status s = log_->WaitDurable(relogged_end); !s.ok()) return s;
+    }
   }
   contents.parameter = [slots = std::move(slots),
                         keep_going](size_t i) -> absl::StatusOr<ParameterSnapshot> {
@@ -206,6 +254,19 @@ absl::StatusOr<CheckpointContents> Shard::TakeCut(
   };
   contents.keep_going = std::move(keep_going);
   return contents;
+}
+
+absl::Status Shard::RelogStagedLocked(uint64_t* end) {
+  absl::Status status;
+  for (Lane* lane : lane_order_) {
+    if (lane->stage == nullptr) continue;
+    lane->stage->ForEachStaged([&](const Contribution& c) {
+      if (!status.ok()) return;
+      absl::StatusOr<uint64_t> written = log_->Accepted(c);
+      if (written.ok()) *end = *written; else status = written.status();
+    });
+  }
+  return status;
 }
 
 absl::Status Shard::LastCheckpoint() {

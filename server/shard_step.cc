@@ -3,6 +3,7 @@
 // (docs/server.md, "Split parameters"): the leader's retried step and a follower's StepRows.
 #include <algorithm>
 #include <cstdio>
+#include <optional>
 #include <utility>
 #include <vector>
 
@@ -11,6 +12,7 @@
 #include "absl/time/clock.h"
 #include "common/layout.h"
 #include "common/orthonormalize.h"
+#include "server/logged_reducers.h"
 #include "server/metrics.h"
 #include "server/shard.h"
 
@@ -117,11 +119,26 @@ absl::StatusOr<PushReply> Shard::StageContribution(Lane* lane,
                                                    ValidatedContribution contribution) {
   const int64_t base = contribution->base_version;
   const int64_t applied = store_->Version(contribution->parameter).value_or(0);
+  std::optional<Contribution> record;  // logged once staged
+  if (log_ != nullptr) record = *contribution;
   absl::StatusOr<PushOutcome> result =
       lane->stage->Stage(std::move(contribution), applied, options_.clock->Now());
   if (!result.ok()) return result.status();
   // Staleness as this follower sees it; the leader's ack has the batch's.
-  return PushReply{*result, applied, applied, std::max<int64_t>(applied - base, 0)};
+  PushReply reply{*result, applied, applied, std::max<int64_t>(applied - base, 0)};
+  if (log_ == nullptr || *result == PushOutcome::kStale) return reply;
+  if (*result == PushOutcome::kDuplicate) {  // its original may still be on its way to disk
+    reply.durable_end = log_->end_offset();
+    return reply;
+  }
+  absl::StatusOr<uint64_t> end = log_->Accepted(*record);
+  if (!end.ok()) {
+    return absl::UnavailableError(absl::StrCat(
+        "the write-ahead log could not record the staged block, so it is not acknowledged: ",
+        end.status().message()));
+  }
+  reply.durable_end = *end;
+  return reply;
 }
 
 absl::Status Shard::ApplySplit(const Lane* lane, Batch batch) {
@@ -250,20 +267,40 @@ absl::StatusOr<StepRowsReply> Shard::StepRows(const StepRowsCommand& command) {
   if (!batch.ok()) return batch.status();
   std::unique_ptr<RowReducer> reducer = options_.split_peers->Reducer(
       parameter, command.batch.version + 1, command.attempt, *lane->split);
+  std::optional<RecordingReducer> recorder;  // the sums go to the log with the step
+  if (log_ != nullptr) recorder.emplace(*reducer);
   lane->snapshot->BeforeStep(batch->version);
-  absl::StatusOr<StepOutcome> outcome =
-      store_->ApplyRowBatch(*batch, command.lr_scale, *reducer);
+  absl::StatusOr<StepOutcome> outcome = store_->ApplyRowBatch(
+      *batch, command.lr_scale, recorder.has_value() ? *recorder : *reducer);
   if (!outcome.ok()) {
     // A checkpoint waiting for this step fails now rather than waiting for a retry that may
     // never come; the next one is cut at the version the follower then has.
     lane->snapshot->StepFailed(batch->version, outcome.status());
     return outcome.status();
   }
+  const absl::Status logged =
+      recorder.has_value() ? LogSplitStep(command, recorder->TakeSums()) : absl::OkStatus();
   const StepRowsReply reply{outcome->update.version, outcome->update.checksum};
   lane->snapshot->AfterStep(reply.version);
   lane->stage->Release(command.batch, reply.version);
   PublishStep(*lane, *std::move(outcome), start);
+  if (!logged.ok()) return logged;  // the leader asks again: "already taken" then
   return reply;
+}
+
+absl::Status Shard::LogSplitStep(const StepRowsCommand& command,
+                                 std::vector<LoggedSplitStep::Sum> sums) {
+  LoggedSplitStep step{command.batch, command.lr_scale, std::move(sums)};
+  absl::StatusOr<uint64_t> end = log_->SplitStep(step);
+  absl::Status durable = end.ok() ? log_->WaitDurable(*end) : end.status();
+  if (durable.ok()) return durable;
+  std::fprintf(stderr,
+               "dion-server: step %lld of split parameter '%s' is applied but not in the "
+               "write-ahead log (%s): a crash before the next checkpoint loses it here\n",
+               static_cast<long long>(command.batch.version + 1),
+               command.batch.parameter.c_str(), durable.ToString().c_str());
+  return absl::UnavailableError(absl::StrCat(
+      "the write-ahead log could not record the step: ", durable.message()));
 }
 
 int64_t Shard::StagedContributions(absl::string_view parameter) const {

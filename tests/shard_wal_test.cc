@@ -11,11 +11,14 @@
 #include <fstream>
 #include <iterator>
 #include <string>
+#include <thread>
+#include <variant>
 #include <vector>
 
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "gtest/gtest.h"
+#include "common/local_row_reduce.h"
 #include "server/metrics.h"
 #include "server/shard.h"
 #include "server/shard_log.h"
@@ -380,6 +383,138 @@ TEST(ShardWal, OptionsAndSyncModesAreChecked) {
     EXPECT_EQ(parsed.status().code(), absl::StatusCode::kInvalidArgument) << bad;
     EXPECT_TRUE(absl::StrContains(parsed.status().message(), "interval:100ms")) << bad;
   }
+}
+
+// ---- A follower of a split parameter (docs/server.md, "Split parameters").
+
+// Two shards of one process as the owners of split parameters: their reductions meet in a
+// LocalReduceGroup, and the leader's StepRows is a call of the follower's Shard.
+class InProcessPeers : public SplitPeers {
+ public:
+  void set_follower(Shard* follower) { follower_ = follower; }
+  std::unique_ptr<RowReducer> Reducer(const std::string&, int64_t, int32_t,
+                                      const SplitOwnership& split) override {
+    return std::make_unique<Forward>(group_.owner(split.index));
+  }
+  std::unique_ptr<FollowerSteps> StartFollowers(const StepRowsCommand& command,
+                                                const SplitOwnership&) override {
+    return std::make_unique<Step>(follower_, command);
+  }
+
+ private:
+  struct Forward final : RowReducer {
+    explicit Forward(RowReducer& inner) : inner(inner) {}
+    int owners() const override { return inner.owners(); }
+    int index() const override { return inner.index(); }
+    absl::Status AllReduce(absl::string_view tag, MatrixRef part) override {
+      return inner.AllReduce(tag, part);
+    }
+    RowReducer& inner;
+  };
+  struct Step final : FollowerSteps {
+    Step(Shard* follower, StepRowsCommand command)
+        : thread([this, follower, command] { status = follower->StepRows(command).status(); }) {}
+    ~Step() override { if (thread.joinable()) thread.join(); }
+    absl::Status Wait() override {
+      if (thread.joinable()) thread.join();
+      return status;
+    }
+    absl::Status status;
+    std::thread thread;
+  };
+  LocalReduceGroup group_{2};
+  Shard* follower_ = nullptr;
+};
+
+ShardOptions SplitOwnerOptions(const std::string& root, int shard, SplitPeers* peers) {
+  ShardOptions options = WalOptions(root);
+  options.store.shard_index = shard;
+  options.store.num_shards = 2;
+  options.batcher.target_samples = 0;
+  options.batcher.target_workers = 1;  // a batch per leader push
+  options.split_peers = peers;
+  return options;
+}
+
+ModelTable SplitTable() {
+  v1::RegisterModelRequest request;
+  v1::ParameterSpec* w = request.add_parameters();
+  w->set_name("w");
+  w->add_shape(64);
+  w->add_shape(48);
+  w->set_optimizer(v1::OPTIMIZER_KIND_DION);
+  w->mutable_dion()->set_lr(0.05);
+  w->mutable_dion()->set_rank_fraction(0.25);
+  w->set_split_owners(2);
+  return ModelTableFromProto(request).value();
+}
+
+// Round k's contribution of worker w0, with P cut to the rows of `shard`'s block.
+Contribution SplitBlock(const Shard& shard, uint64_t k, int64_t base) {
+  Contribution c = Factors("w0", k, "w", 64, 48, base);
+  const RowBlock rows = shard.store().Split("w").value()->rows;
+  LowRankFactors& f = std::get<LowRankFactors>(c.payload);
+  f.P = Matrix(f.P.middleRows(rows.begin, rows.size()));
+  return c;
+}
+
+std::string FollowerState(const Shard& follower) {
+  v1::ParameterValue proto;
+  SnapshotToProto(follower.Snapshot("w", true).value(), &proto);
+  return proto.SerializeAsString();
+}
+
+// The child: both owners train 3 steps; a block staged before a checkpoint of the follower is
+// stepped after it; one more block is staged (acknowledged) and never stepped. Then it dies.
+bool SplitScenarioThenDie(const std::string& root) {
+  InProcessPeers peers;
+  auto leader = Shard::Create(SplitOwnerOptions(root + "/0", 0, &peers));
+  auto follower = Shard::Create(SplitOwnerOptions(root + "/1", 1, &peers));
+  if (!leader.ok() || !follower.ok()) return false;
+  peers.set_follower(follower->get());
+  Shard& l = **leader;
+  Shard& f = **follower;
+  for (Shard* s : {&l, &f}) {
+    if (!s->RegisterModel(SplitTable()).ok() || !s->RegisterWorker("w0").ok()) return false;
+  }
+  if (l.store().Split("w").value()->index != 0) return false;  // shard 0 leads
+  const auto stage = [&](uint64_t k) {
+    absl::StatusOr<PushReply> r = f.Push(SplitBlock(f, k, k - 1));
+    return r.ok() && r->result == PushOutcome::kAccepted;
+  };
+  const auto step = [&](uint64_t k) {
+    absl::StatusOr<PushReply> r = l.Push(SplitBlock(l, k, k - 1));
+    const absl::Time deadline = absl::Now() + absl::Seconds(30);
+    return r.ok() && r->result == PushOutcome::kAccepted &&
+           f.WaitForVersion("w", k, deadline).ok();
+  };
+  for (uint64_t k = 1; k <= 2; ++k) {
+    if (!stage(k) || !step(k)) return false;
+  }
+  if (!stage(3) || !f.Checkpoint().ok() || !step(3) || !stage(4)) return false;
+  WriteFile(root + "/follower.before", FollowerState(f));
+  (void)leader->release();
+  (void)follower->release();  // no destructor, no shutdown, no last checkpoint
+  return true;
+}
+
+TEST(ShardWal, AFollowerOfASplitParameterComesBackWithItsStepsAndStagedBlocks) {
+  const std::string root = FreshRoot("split-follower");
+  ASSERT_EQ(RunAndDie([&] { return SplitScenarioThenDie(root); }), 0);
+
+  InProcessPeers peers;
+  auto follower = Shard::Create(SplitOwnerOptions(root + "/1", 1, &peers)).value();
+  // The checkpoint holds version 2; the log after it the block staged before the cut (logged
+  // again there), step 3 with its sums, and the block of round 4.
+  EXPECT_EQ(follower->Version("w").value(), 3);
+  EXPECT_TRUE(FollowerState(*follower) == ReadFile(root + "/follower.before"))
+      << "the follower's rows and state differ from the killed one's";
+  EXPECT_EQ(follower->Status().wal_replayed.split_steps, 1);
+  EXPECT_EQ(follower->StagedContributions("w"), 1);
+  // The staged block of round 4 is known: sent again, it is DUPLICATE.
+  EXPECT_EQ(follower->Push(SplitBlock(*follower, 4, 3)).value().result, PushOutcome::kDuplicate);
+  follower.reset();
+  fs::remove_all(root);
 }
 
 }  // namespace
