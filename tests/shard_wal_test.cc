@@ -467,7 +467,8 @@ std::string FollowerState(const Shard& follower) {
 // The child: both owners train 3 steps; a block staged before a checkpoint of the follower is
 // stepped after it; one more block is staged (acknowledged) and never stepped. Then it dies.
 bool SplitScenarioThenDie(const std::string& root) {
-  InProcessPeers peers;
+  // Never destroyed, like the shards below: their threads may still use it when the child ends.
+  InProcessPeers& peers = *new InProcessPeers;
   auto leader = Shard::Create(SplitOwnerOptions(root + "/0", 0, &peers));
   auto follower = Shard::Create(SplitOwnerOptions(root + "/1", 1, &peers));
   if (!leader.ok() || !follower.ok()) return false;
@@ -486,7 +487,7 @@ bool SplitScenarioThenDie(const std::string& root) {
     absl::StatusOr<PushReply> r = l.Push(SplitBlock(l, k, k - 1));
     const absl::Time deadline = absl::Now() + absl::Seconds(30);
     return r.ok() && r->result == PushOutcome::kAccepted &&
-           f.WaitForVersion("w", k, deadline).ok();
+           f.WaitForVersion("w", k, deadline).ok() && l.WaitForVersion("w", k, deadline).ok();
   };
   for (uint64_t k = 1; k <= 2; ++k) {
     if (!stage(k) || !step(k)) return false;
