@@ -28,7 +28,9 @@
 // Per run, over the measured window: contributions settled/s (leader acks) and applied/s
 // (leader's contributions_applied), steps/s, contributions per step, the CPU seconds per second
 // of the process and of the client threads (named "bench-client"; the rest is the shards') and
-// both per applied contribution; per owner: step
+// both per applied contribution, the minor page faults of the process per applied contribution
+// (memory the allocator had returned to the kernel; ~10 us each on the development VM); per
+// owner: step
 // time by phase (dion_step_phase_duration_seconds), time in the peer reductions
 // (dion_peer_reduction_duration_seconds, waiting for the other owner included), busy = step
 // time / window, peer bytes per step. The ratio split / whole of applied/s is taken per
@@ -40,6 +42,7 @@
 #include <dirent.h>
 #include <netinet/in.h>
 #include <pthread.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -511,6 +514,7 @@ struct RunResult {
   double cores = 0, client_cores = 0;
   int64_t refused = 0, backlog = 0;
   double drain_s = 0;    // after the clients stopped: until the leader applied its backlog
+  double faults = 0;     // minor page faults of the process per applied contribution
   std::vector<OwnerResult> owners;
   // CPU ms per applied contribution: the shards', the clients'.
   double shard_cpu_ms() const { return 1e3 * (cores - client_cores) / applied_per_s; }
@@ -604,6 +608,7 @@ RunResult Run(int shards, int num_clients) {
   struct Ends {
     absl::Time time;
     double cpu = 0, client_cpu = 0;
+    int64_t faults = 0;
     int64_t settled = 0;
     std::vector<OwnerCounters> owners;
   };
@@ -613,6 +618,9 @@ RunResult Run(int shards, int num_clients) {
     e.time = absl::Now();
     e.cpu = bench::ProcessCpuSeconds(0);
     e.client_cpu = ClientCpuSeconds();
+    rusage usage{};
+    getrusage(RUSAGE_SELF, &usage);
+    e.faults = usage.ru_minflt;
     for (const auto& c : clients) e.settled += c->settled();
     return e;
   };
@@ -635,6 +643,7 @@ RunResult Run(int shards, int num_clients) {
                          : NAN;
   r.cores = (b.cpu - a.cpu) / seconds;
   r.client_cores = (b.client_cpu - a.client_cpu) / seconds;
+  r.faults = static_cast<double>(b.faults - a.faults) / (r.applied_per_s * seconds);
   r.backlog = b.owners[0].accepted - b.owners[0].applied;
   for (size_t o = 0; o < by_owner.size(); ++o) {
     r.owners.push_back(OwnerOver(a.owners[o], b.owners[o], seconds));
@@ -678,10 +687,10 @@ void LogRun(const char* what, int rep, int clients, const RunResult& r) {
   }
   std::fprintf(stderr,
                "rep %d clients %d %s: settled %.0f/s, applied %.0f/s, %.1f steps/s, %.1f per "
-               "step, cores %.2f (clients %.2f), backlog %lld, drained in %.2f s, refused "
-               "%lld%s\n",
+               "step, cores %.2f (clients %.2f), %.0f page faults per contribution, backlog %lld, "
+               "drained in %.2f s, refused %lld%s\n",
                rep, clients, what, r.settled_per_s, r.applied_per_s, r.steps_per_s, r.per_step,
-               r.cores, r.client_cores, static_cast<long long>(r.backlog), r.drain_s,
+               r.cores, r.client_cores, r.faults, static_cast<long long>(r.backlog), r.drain_s,
                static_cast<long long>(r.refused),
                owners.c_str());
 }
@@ -740,8 +749,8 @@ void PrintIngest(const std::vector<int>& counts, const std::vector<std::vector<R
   std::printf("| clients | applied/s whole | applied/s split | split / whole (paired) | per "
               "repetition | settled/s whole / split | steps/s whole / split | contributions "
               "per step whole / split | cores whole / split | shards' CPU ms per contribution whole / "
-              "split | clients' CPU ms per contribution whole / split | refused |\n"
-              "|---|---|---|---|---|---|---|---|---|---|---|---|\n");
+              "split | clients' CPU ms per contribution whole / split | page faults per contribution "
+              "whole / split | refused |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|\n");
   for (size_t i = 0; i < counts.size(); ++i) {
     std::vector<double> ratios;
     std::vector<std::string> per_rep;
@@ -758,7 +767,7 @@ void PrintIngest(const std::vector<int>& counts, const std::vector<std::vector<R
       for (const RunResult& r : *runs) refused += r.refused;
     }
     std::printf(
-        "| %d | %s | %s | **%s** | %s | %s | %s | %s | %s | %s | %s | %lld |\n", counts[i],
+        "| %d | %s | %s | **%s** | %s | %s | %s | %s | %s | %s | %s | %s | %lld |\n", counts[i],
         Fmt(MedianOf(whole[i], [](const RunResult& r) { return r.applied_per_s; })).c_str(),
         Fmt(MedianOf(split[i], [](const RunResult& r) { return r.applied_per_s; })).c_str(),
         Fmt(Median(ratios), 3).c_str(), absl::StrJoin(per_rep, ", ").c_str(),
@@ -768,6 +777,7 @@ void PrintIngest(const std::vector<int>& counts, const std::vector<std::vector<R
         both([](const RunResult& r) { return r.cores; }, 2).c_str(),
         both([](const RunResult& r) { return r.shard_cpu_ms(); }, 1).c_str(),
         both([](const RunResult& r) { return r.client_cpu_ms(); }, 1).c_str(),
+        both([](const RunResult& r) { return r.faults; }, 0).c_str(),
         static_cast<long long>(refused));
   }
 }
