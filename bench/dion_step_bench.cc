@@ -17,8 +17,8 @@
 //              normalisation of R;
 //   muon       NewtonSchulz (5 steps) on an n x n matrix.
 // Also the minor page faults of the process during each step (getrusage): memory the step
-// allocates and the allocator had returned to the kernel. A fault costs ~10 us on the
-// development VM (docs/benchmarks.md "Page faults in the step"); running the bench with
+// allocates and the allocator had returned to the kernel, and what one fault costs (~10 us on
+// the development VM: docs/benchmarks.md "Page faults in the step"); running the bench with
 // GLIBC_TUNABLES=glibc.malloc.trim_threshold=...:glibc.malloc.mmap_threshold=... shows the step
 // with an allocator that keeps freed memory.
 // Step and GEMMs are interleaved repetition by repetition, so that load from other processes
@@ -26,7 +26,9 @@
 //
 // Output: a markdown table (default) or one JSON object (--json) on stdout; progress on stderr.
 #include <cblas.h>
+#include <sys/mman.h>
 #include <sys/resource.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <chrono>
@@ -85,6 +87,25 @@ double Seconds(F&& f) {
   const auto start = Clock::now();
   f();
   return std::chrono::duration<double>(Clock::now() - start).count();
+}
+
+// What one minor page fault costs here: the first touch of every page of a fresh 64 MiB
+// anonymous mapping, median of 5, in microseconds per page.
+double FaultMicroseconds() {
+  constexpr size_t kBytes = size_t{64} << 20;
+  const size_t page = static_cast<size_t>(sysconf(_SC_PAGESIZE));
+  std::vector<double> us;
+  for (int rep = 0; rep < 5; ++rep) {
+    void* map = mmap(nullptr, kBytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (map == MAP_FAILED) return NAN;
+    volatile char* bytes = static_cast<char*>(map);
+    const double t = Seconds([&] {
+      for (size_t i = 0; i < kBytes; i += page) bytes[i] = 1;
+    });
+    munmap(map, kBytes);
+    us.push_back(t * 1e6 / static_cast<double>(kBytes / page));
+  }
+  return Median(us);
 }
 
 // DionStep's phases, timed from outside through its phase_end callback.
@@ -464,6 +485,8 @@ int Main() {
   } else {
     PrintMarkdown(rows, threads, method_name, absl::GetFlag(FLAGS_target_ratio));
     PrintPhases(rows);
+    absl::PrintF("\nA minor page fault (first touch of a fresh page) costs %.2f us here\n",
+                 FaultMicroseconds());
   }
   return 0;
 }
