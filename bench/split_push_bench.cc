@@ -553,15 +553,24 @@ std::vector<OwnerBlock> OwnersOf(const v1::Layout& layout,
 }
 
 // One run: `shards` fresh servers (1: whole, 2: split), `num_clients` clients, the window.
-RunResult Run(int shards, int num_clients) {
+// The shards of one run, started and registered.
+struct Shards {
+  std::vector<std::unique_ptr<DionServer>> servers;  // by shard index
+  std::vector<OwnerBlock> owners;                    // of "w", in row order (leader first)
+  std::vector<DionServer*> by_owner;                 // the servers in that order
+};
+
+// `shards` fresh servers on reserved loopback ports (each knowing all of them when more than
+// one), the table registered on each.
+Shards StartShards(int shards) {
   std::vector<std::string> addresses;
   for (int port : ReservePorts(shards)) addresses.push_back(absl::StrCat("127.0.0.1:", port));
-  std::vector<std::unique_ptr<DionServer>> servers;
+  Shards run;
   for (int i = 0; i < shards; ++i) {
     absl::StatusOr<std::unique_ptr<DionServer>> s =
         DionServer::Start(ShardOptions(i, addresses));
     if (!s.ok()) Die(s.status().ToString());
-    servers.push_back(*std::move(s));
+    run.servers.push_back(*std::move(s));
   }
   // Register on every shard: the layout (shard 0's answer) says who owns which rows.
   v1::Layout layout;
@@ -574,21 +583,83 @@ RunResult Run(int shards, int num_clients) {
     if (!s.ok()) Die(absl::StrCat("RegisterModel on shard ", i, ": ", s.error_message()));
     if (i == 0) layout = response.layout();
   }
-  const std::vector<OwnerBlock> owners = OwnersOf(layout, addresses);
-  if (static_cast<int>(owners.size()) != shards) Die("unexpected number of owners");
-  // Owner order (leader first) for the per-owner figures.
-  std::vector<DionServer*> by_owner;
-  for (const OwnerBlock& o : owners) {
+  run.owners = OwnersOf(layout, addresses);
+  if (static_cast<int>(run.owners.size()) != shards) Die("unexpected number of owners");
+  for (const OwnerBlock& o : run.owners) {
     for (int i = 0; i < shards; ++i) {
-      if (addresses[i] == o.address) by_owner.push_back(servers[i].get());
+      if (addresses[i] == o.address) run.by_owner.push_back(run.servers[i].get());
     }
   }
-  const Shard* leader = &by_owner[0]->shard();
-  BacklogGate gate(leader, absl::GetFlag(FLAGS_max_backlog));
+  return run;
+}
+
+// What is read at both ends of the measured window.
+struct Ends {
+  absl::Time time;
+  double cpu = 0, client_cpu = 0;
+  int64_t faults = 0;
+  int64_t settled = 0;
+  std::vector<OwnerCounters> owners;  // leader first
+};
+
+Ends ReadEnds(const Shards& run, const std::vector<std::unique_ptr<SplitPushClient>>& clients) {
+  Ends e;
+  for (DionServer* s : run.by_owner) e.owners.push_back(ReadOwner(*s));
+  e.time = absl::Now();
+  e.cpu = bench::ProcessCpuSeconds(0);
+  e.client_cpu = ClientCpuSeconds();
+  rusage usage{};
+  getrusage(RUSAGE_SELF, &usage);
+  e.faults = usage.ru_minflt;
+  for (const auto& c : clients) e.settled += c->settled();
+  return e;
+}
+
+// The window's figures from its two ends.
+RunResult Between(const Ends& a, const Ends& b) {
+  RunResult r;
+  const double seconds = absl::ToDoubleSeconds(b.time - a.time);
+  const int64_t applied = b.owners[0].applied - a.owners[0].applied;
+  const int64_t steps = b.owners[0].steps - a.owners[0].steps;
+  r.settled_per_s = (b.settled - a.settled) / seconds;
+  r.applied_per_s = applied / seconds;
+  r.steps_per_s = steps / seconds;
+  r.per_step = steps > 0 ? static_cast<double>(applied) / steps : NAN;
+  r.cores = (b.cpu - a.cpu) / seconds;
+  r.client_cores = (b.client_cpu - a.client_cpu) / seconds;
+  r.faults = static_cast<double>(b.faults - a.faults) / static_cast<double>(applied);
+  r.backlog = b.owners[0].accepted - b.owners[0].applied;
+  for (size_t o = 0; o < a.owners.size(); ++o) {
+    r.owners.push_back(OwnerOver(a.owners[o], b.owners[o], seconds));
+  }
+  return r;
+}
+
+// Lets the leader apply its backlog, then stops the shards, leader first: a leader that stops
+// with steps pending abandons them, and its follower would wait --peer_timeout in a step's
+// reduction. Returns the seconds the backlog took.
+double DrainAndStop(Shards& run) {
+  const absl::Time start = absl::Now();
+  while (absl::Now() - start < absl::Seconds(60)) {
+    const OwnerCounters now = ReadOwner(*run.by_owner[0]);
+    if (now.applied >= now.accepted) break;
+    absl::SleepFor(absl::Milliseconds(10));
+  }
+  const double drain_s = absl::ToDoubleSeconds(absl::Now() - start);
+  for (DionServer* s : run.by_owner) {
+    if (absl::Status st = s->Shutdown(); !st.ok()) Die(st.ToString());
+  }
+  return drain_s;
+}
+
+// One run: `shards` fresh servers (1: whole, 2: split), `num_clients` clients, the window.
+RunResult Run(int shards, int num_clients) {
+  Shards run = StartShards(shards);
+  BacklogGate gate(&run.by_owner[0]->shard(), absl::GetFlag(FLAGS_max_backlog));
   // A worker's replica of a split parameter is at the oldest of its blocks' versions.
-  const auto replica_version = [&by_owner] {
+  const auto replica_version = [&run] {
     int64_t version = INT64_MAX;
-    for (DionServer* s : by_owner) {
+    for (DionServer* s : run.by_owner) {
       version = std::min(version, s->shard().store().Version(kParameter).value_or(0));
     }
     return version;
@@ -597,70 +668,24 @@ RunResult Run(int shards, int num_clients) {
   for (int c = 0; c < num_clients; ++c) {
     const std::string worker = absl::StrCat("bench-", c);
     clients.push_back(std::make_unique<SplitPushClient>(
-        worker, owners, absl::GetFlag(FLAGS_window), &gate, replica_version));
+        worker, run.owners, absl::GetFlag(FLAGS_window), &gate, replica_version));
     grpc::Status s = clients.back()->Register(ModelRequest(worker));
     if (!s.ok()) Die(absl::StrCat("RegisterModel: ", s.error_message()));
   }
-
   const absl::Duration window = absl::GetFlag(FLAGS_duration);
   for (auto& c : clients) c->Start(absl::GetFlag(FLAGS_warmup) + window + absl::Seconds(60));
   absl::SleepFor(absl::GetFlag(FLAGS_warmup));
-  struct Ends {
-    absl::Time time;
-    double cpu = 0, client_cpu = 0;
-    int64_t faults = 0;
-    int64_t settled = 0;
-    std::vector<OwnerCounters> owners;
-  };
-  const auto read = [&] {
-    Ends e;
-    for (DionServer* s : by_owner) e.owners.push_back(ReadOwner(*s));
-    e.time = absl::Now();
-    e.cpu = bench::ProcessCpuSeconds(0);
-    e.client_cpu = ClientCpuSeconds();
-    rusage usage{};
-    getrusage(RUSAGE_SELF, &usage);
-    e.faults = usage.ru_minflt;
-    for (const auto& c : clients) e.settled += c->settled();
-    return e;
-  };
-  const Ends a = read();
+  const Ends a = ReadEnds(run, clients);
   absl::SleepFor(window);
-  const Ends b = read();
-  RunResult r;
+  RunResult r = Between(a, ReadEnds(run, clients));
   for (auto& c : clients) {
     grpc::Status s = c->Stop();
     if (!s.ok()) Die(absl::StrCat("a Push stream ended with ", s.error_message()));
     r.refused += c->refused();
     if (c->refused() > 0) std::fprintf(stderr, "  refused: %s\n", c->first_refusal().c_str());
   }
-  const double seconds = absl::ToDoubleSeconds(b.time - a.time);
-  r.settled_per_s = (b.settled - a.settled) / seconds;
-  r.applied_per_s = (b.owners[0].applied - a.owners[0].applied) / seconds;
-  const int64_t steps = b.owners[0].steps - a.owners[0].steps;
-  r.steps_per_s = steps / seconds;
-  r.per_step = steps > 0 ? static_cast<double>(b.owners[0].applied - a.owners[0].applied) / steps
-                         : NAN;
-  r.cores = (b.cpu - a.cpu) / seconds;
-  r.client_cores = (b.client_cpu - a.client_cpu) / seconds;
-  r.faults = static_cast<double>(b.faults - a.faults) / (r.applied_per_s * seconds);
-  r.backlog = b.owners[0].accepted - b.owners[0].applied;
-  for (size_t o = 0; o < by_owner.size(); ++o) {
-    r.owners.push_back(OwnerOver(a.owners[o], b.owners[o], seconds));
-  }
   clients.clear();
-  // Let the leader apply its backlog before the shards stop: a leader that stops with steps
-  // pending abandons them, and its follower would wait --peer_timeout in a step's reduction.
-  const absl::Time drain_start = absl::Now();
-  while (absl::Now() - drain_start < absl::Seconds(60)) {
-    const OwnerCounters now = ReadOwner(*by_owner[0]);
-    if (now.applied >= now.accepted) break;
-    absl::SleepFor(absl::Milliseconds(10));
-  }
-  r.drain_s = absl::ToDoubleSeconds(absl::Now() - drain_start);
-  for (DionServer* s : by_owner) {
-    if (absl::Status st = s->Shutdown(); !st.ok()) Die(st.ToString());
-  }
+  r.drain_s = DrainAndStop(run);
   return r;
 }
 
