@@ -17,7 +17,7 @@
 //              normalisation of R;
 //   muon       NewtonSchulz (5 steps) on an n x n matrix.
 // Also the minor page faults of the process during each step (getrusage): memory the step
-// allocates and the allocator had returned to the kernel, and what one fault costs (~10 us on
+// allocates and the allocator had returned to the kernel, and what one fault costs (~12 us on
 // the development VM: docs/benchmarks.md "Page faults in the step"); running the bench with
 // GLIBC_TUNABLES=glibc.malloc.trim_threshold=...:glibc.malloc.mmap_threshold=... shows the step
 // with an allocator that keeps freed memory.

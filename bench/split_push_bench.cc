@@ -29,7 +29,7 @@
 // (leader's contributions_applied), steps/s, contributions per step, the CPU seconds per second
 // of the process and of the client threads (named "bench-client"; the rest is the shards') and
 // both per applied contribution, the minor page faults of the process per applied contribution
-// (memory the allocator had returned to the kernel; ~10 us each on the development VM); per
+// (memory the allocator had returned to the kernel; ~12 us each on the development VM); per
 // owner: step
 // time by phase (dion_step_phase_duration_seconds), time in the peer reductions
 // (dion_peer_reduction_duration_seconds, waiting for the other owner included), busy = step
