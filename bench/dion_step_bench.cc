@@ -16,11 +16,19 @@
 //              B = M + G pass, Orthonormalize(P) on the step's un-normalised P, the column
 //              normalisation of R;
 //   muon       NewtonSchulz (5 steps) on an n x n matrix.
+// Also the minor page faults of the process during each step (getrusage): memory the step
+// allocates and the allocator had returned to the kernel, and what one fault costs (~12 us on
+// the development VM: docs/benchmarks.md "Page faults in the step"); running the bench with
+// GLIBC_TUNABLES=glibc.malloc.trim_threshold=...:glibc.malloc.mmap_threshold=... shows the step
+// with an allocator that keeps freed memory.
 // Step and GEMMs are interleaved repetition by repetition, so that load from other processes
 // on a shared machine hits both alike. Every figure is a median over repetitions.
 //
 // Output: a markdown table (default) or one JSON object (--json) on stdout; progress on stderr.
 #include <cblas.h>
+#include <sys/mman.h>
+#include <sys/resource.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <chrono>
@@ -81,6 +89,25 @@ double Seconds(F&& f) {
   return std::chrono::duration<double>(Clock::now() - start).count();
 }
 
+// What one minor page fault costs here: the first touch of every page of a fresh 64 MiB
+// anonymous mapping, median of 5, in microseconds per page.
+double FaultMicroseconds() {
+  constexpr size_t kBytes = size_t{64} << 20;
+  const size_t page = static_cast<size_t>(sysconf(_SC_PAGESIZE));
+  std::vector<double> us;
+  for (int rep = 0; rep < 5; ++rep) {
+    void* map = mmap(nullptr, kBytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (map == MAP_FAILED) return NAN;
+    volatile char* bytes = static_cast<char*>(map);
+    const double t = Seconds([&] {
+      for (size_t i = 0; i < kBytes; i += page) bytes[i] = 1;
+    });
+    munmap(map, kBytes);
+    us.push_back(t * 1e6 / static_cast<double>(kBytes / page));
+  }
+  return Median(us);
+}
+
 // DionStep's phases, timed from outside through its phase_end callback.
 struct PhaseSeconds {
   double power = 0, ortho = 0, update = 0;  // the rest of a step is in no phase here
@@ -138,6 +165,7 @@ struct Row {
   // The step's phases (timed through DionStep's phase_end), medians: where inside DionStep
   // the time goes, to compare with the isolated timings above.
   double in_power = 0, in_ortho = 0, in_update = 0, in_rest = 0;
+  double faults = 0;             // minor page faults during a step, median
   int ortho_fallback_steps = 0;  // timed steps whose orthonormalization fell back
   std::string ortho_used;        // method(s) the timed steps reported
   double muon = NAN;             // NewtonSchulz median, seconds (NAN when not measured)
@@ -156,6 +184,7 @@ struct Row {
 struct Samples {
   std::vector<double> step, gemm, pq, btp, gm, gx, km, kx, finite, checks, b_pass, ortho, colnorm;
   std::vector<double> in_power, in_ortho, in_update, in_rest;
+  std::vector<double> faults;
 };
 
 // The medians of `s`, and the minima of the noise checks, into `row`.
@@ -184,6 +213,14 @@ void Summarise(const Samples& s, Row& row) {
   row.in_ortho = Median(s.in_ortho);
   row.in_update = Median(s.in_update);
   row.in_rest = Median(s.in_rest);
+  row.faults = Median(s.faults);
+}
+
+// Minor page faults of this process so far.
+int64_t MinorFaults() {
+  rusage usage{};
+  getrusage(RUSAGE_SELF, &usage);
+  return usage.ru_minflt;
 }
 
 Row BenchDion(int64_t n, int r, double fraction, int reps, const DionConfig& config,
@@ -216,10 +253,12 @@ Row BenchDion(int64_t n, int r, double fraction, int reps, const DionConfig& con
 
     absl::StatusOr<DionStepResult> result;
     PhaseSeconds phases;
+    const int64_t faults_before = MinorFaults();
     const double t_step = Seconds([&] {
       phases.lap = Clock::now();
       result = DionStep(X, G, state, config, false, [&](DionPhase p) { phases.End(p); });
     });
+    const int64_t step_faults = MinorFaults() - faults_before;
     if (!result.ok() || !all_finite) {
       absl::FPrintF(stderr, "DionStep failed at n=%d r=%d: %s\n", n, r,
                     result.status().ToString());
@@ -261,6 +300,7 @@ Row BenchDion(int64_t n, int r, double fraction, int reps, const DionConfig& con
     samples.in_ortho.push_back(phases.ortho);
     samples.in_update.push_back(phases.update);
     samples.in_rest.push_back(t_step - phases.power - phases.ortho - phases.update);
+    samples.faults.push_back(static_cast<double>(step_faults));
     if (result->ortho.fallbacks > 0) ++row.ortho_fallback_steps;
     const std::string name(OrthoMethodName(result->ortho.used));
     if (std::find(used.begin(), used.end(), name) == used.end()) used.push_back(name);
@@ -292,17 +332,18 @@ void PrintMarkdown(const std::vector<Row>& rows, int threads, absl::string_view 
   absl::PrintF(
       "| n | r | reps | step ms | GEMM-bound ms | sgemm GFLOP/s | step / GEMM | target <= %.2f"
       " | min step / min GEMM | products-bound ms | step / products | Newton-Schulz ms"
-      " | step / NS |\n",
+      " | step / NS | page faults / step |\n",
       target);
-  absl::PrintF("|---|---|---|---|---|---|---|---|---|---|---|---|---|\n");
+  absl::PrintF("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n");
   for (const Row& row : rows) {
     const bool ok = row.Ratio() <= target;
-    absl::PrintF("| %d | %d | %d | %s | %s | %.1f | %.3f | %s | %.3f | %s | %.3f | %s | %s |\n",
+    absl::PrintF("| %d | %d | %d | %s | %s | %.1f | %.3f | %s | %.3f | %s | %.3f | %s | %s | %.0f |\n",
                  row.n,
                  row.r, row.reps, Ms(row.step), Ms(row.gemm), row.Gflops(), row.Ratio(),
                  ok ? "met" : absl::StrFormat("missed by %.1f%%", (row.Ratio() / target - 1) * 100),
                  row.MinRatio(), Ms(row.Products()), row.ProductsRatio(), Ms(row.muon),
-                 std::isnan(row.muon) ? "-" : absl::StrFormat("%.3f", row.step / row.muon));
+                 std::isnan(row.muon) ? "-" : absl::StrFormat("%.3f", row.step / row.muon),
+                 row.faults);
   }
   absl::PrintF(
       "\nSplit of the step (medians, ms; each part timed alone on the step's own operands)\n\n");
@@ -355,7 +396,7 @@ std::string Json(const std::vector<Row>& rows, int threads, absl::string_view me
         "\"gemm_bound_min_s\": %s, \"min_ratio\": %s, \"gemm_rep_median_s\": %s, "
         "\"in_step_power_s\": %s, \"in_step_ortho_s\": %s, \"in_step_update_s\": %s, "
         "\"in_step_rest_s\": %s, \"kernel_m_s\": %s, \"kernel_x_s\": %s, "
-        "\"products_bound_s\": %s, \"products_ratio\": %s}",
+        "\"products_bound_s\": %s, \"products_ratio\": %s, \"step_page_faults\": %s}",
         row.n, row.r, JsonNumber(row.fraction), row.reps, JsonNumber(row.step),
         JsonNumber(row.gemm), JsonNumber(row.Gflops()), JsonNumber(row.Ratio()),
         JsonNumber(row.gemm_pq), JsonNumber(row.gemm_btp), JsonNumber(row.gemm_m),
@@ -366,7 +407,7 @@ std::string Json(const std::vector<Row>& rows, int threads, absl::string_view me
         JsonNumber(row.gemm_min), JsonNumber(row.MinRatio()), JsonNumber(row.gemm_rep_median),
         JsonNumber(row.in_power), JsonNumber(row.in_ortho), JsonNumber(row.in_update),
         JsonNumber(row.in_rest), JsonNumber(row.kernel_m), JsonNumber(row.kernel_x),
-        JsonNumber(row.Products()), JsonNumber(row.ProductsRatio())));
+        JsonNumber(row.Products()), JsonNumber(row.ProductsRatio()), JsonNumber(row.faults)));
   }
   return absl::StrFormat("{\"bench\": \"dion_step\", \"threads\": %d, \"method\": \"%s\", "
                          "\"openblas\": \"%s\", \"rows\": [\n  %s\n]}\n",
@@ -444,6 +485,8 @@ int Main() {
   } else {
     PrintMarkdown(rows, threads, method_name, absl::GetFlag(FLAGS_target_ratio));
     PrintPhases(rows);
+    absl::PrintF("\nA minor page fault (first touch of a fresh page) costs %.2f us here\n",
+                 FaultMicroseconds());
   }
   return 0;
 }
