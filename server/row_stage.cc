@@ -10,7 +10,8 @@
 namespace dion {
 
 absl::StatusOr<PushOutcome> RowStage::Stage(ValidatedContribution contribution,
-                                            int64_t applied_version, absl::Time now) {
+                                            int64_t applied_version, absl::Time now,
+                                            BatchJournal* journal, uint64_t* journal_end) {
   const Contribution& c = *contribution;
   MutexLock lock(&mu_);
   auto window = windows_.find(c.worker_id);
@@ -38,13 +39,37 @@ absl::StatusOr<PushOutcome> RowStage::Stage(ValidatedContribution contribution,
         "parameter '", parameter_, "': this shard already holds ", staged_.size(),
         " contributions staged for its leader's batches, its limit; retry later"));
   }
+  if (journal != nullptr) {
+    absl::StatusOr<uint64_t> end = journal->Accepted(c);
+    if (!end.ok()) return end.status();
+    if (journal_end != nullptr) *journal_end = *end;
+  }
+  InsertLocked(std::move(contribution));
+  return PushOutcome::kAccepted;
+}
+
+PushOutcome RowStage::Restore(ValidatedContribution contribution, int64_t applied_version) {
+  const Contribution& c = *contribution;
+  MutexLock lock(&mu_);
+  auto window = windows_.find(c.worker_id);
+  if (window != windows_.end() &&
+      window->second.Lookup(c.sequence) != SequenceWindow::State::kNew) {
+    return PushOutcome::kDuplicate;
+  }
+  if (c.base_version + options_.max_staleness < applied_version) return PushOutcome::kStale;
+  InsertLocked(std::move(contribution));
+  return PushOutcome::kAccepted;
+}
+
+void RowStage::InsertLocked(ValidatedContribution contribution) {
+  const Contribution& c = *contribution;
+  auto window = windows_.find(c.worker_id);
   if (window == windows_.end()) {
     window = windows_.emplace(c.worker_id, SequenceWindow(options_.dedup_window)).first;
   }
   window->second.Insert(c.sequence);
   Key key{c.worker_id, c.sequence};
   staged_.emplace(std::move(key), std::move(contribution));
-  return PushOutcome::kAccepted;
 }
 
 bool RowStage::AlreadyStaged(absl::string_view worker_id, uint64_t sequence) const {

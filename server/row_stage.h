@@ -49,8 +49,16 @@ class RowStage {
 
   // Judges `contribution` (file comment) against this owner's `applied_version`; `now` is for
   // the sequence horizon. On kAccepted it is staged; on anything else nothing is recorded.
+  // With a `journal` (the write-ahead log), an accepted contribution is written there first,
+  // under the stage's lock, and *journal_end says where its record ends; a journal error
+  // refuses it (that error, nothing recorded).
   absl::StatusOr<PushOutcome> Stage(ValidatedContribution contribution, int64_t applied_version,
-                                    absl::Time now) ABSL_LOCKS_EXCLUDED(mu_);
+                                    absl::Time now, BatchJournal* journal = nullptr,
+                                    uint64_t* journal_end = nullptr) ABSL_LOCKS_EXCLUDED(mu_);
+  // A logged contribution again, at a replay: as Stage, without the sequence horizon (its
+  // time has passed) and the max_staged limit (it was acknowledged within it).
+  PushOutcome Restore(ValidatedContribution contribution, int64_t applied_version)
+      ABSL_LOCKS_EXCLUDED(mu_);
   // Whether (worker, sequence) was staged before (for pushes answered during shutdown).
   bool AlreadyStaged(absl::string_view worker_id, uint64_t sequence) const
       ABSL_LOCKS_EXCLUDED(mu_);
@@ -72,6 +80,9 @@ class RowStage {
 
  private:
   using Key = std::pair<std::string, uint64_t>;  // (worker_id, sequence)
+
+  // Stages `contribution` and records its sequence as seen.
+  void InsertLocked(ValidatedContribution contribution) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
 
   const std::string parameter_;
   const RowStageOptions options_;

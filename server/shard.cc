@@ -363,7 +363,10 @@ void Shard::DrainBeforeShutdown(absl::Time deadline) {
     if (shutting_down_ || draining_) return;
     draining_ = true;
   }
-  give_up_ns_.store(absl::ToUnixNanos(deadline));
+  // Half the grace at most: the last checkpoint needs the rest. Blocks staged for a batch a
+  // leader will not take (its push was refused there) would otherwise hold the whole grace.
+  const absl::Time until = absl::Now() + (deadline - absl::Now()) / 2;
+  give_up_ns_.store(absl::ToUnixNanos(until));
   steps_.ReleaseWaiters();
   {
     MutexLock shutdown_lock(&shutdown_mu_);
@@ -371,10 +374,15 @@ void Shard::DrainBeforeShutdown(absl::Time deadline) {
   }
   {
     ReaderMutexLock lock(&gate_);
-    FlushAndDrain();
+    for (Lane* lane : lane_order_) {
+      if (std::optional<Batch> batch = lane->batcher->Flush()) {
+        steps_.Enqueue(lane->steps, *std::move(batch));
+      }
+    }
   }
+  steps_.Drain();  // outside gate_: a checkpoint's cut waiting for it must not stall StepRows
   int64_t staged = StagedTotal();
-  while (staged > 0 && absl::Now() < deadline) {
+  while (staged > 0 && absl::Now() < until) {
     absl::SleepFor(absl::Milliseconds(10));
     staged = StagedTotal();
   }

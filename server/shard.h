@@ -261,9 +261,10 @@ class Shard {
   // The first phase of a graceful shutdown of a shard with peers (DionServer::Shutdown):
   // refuses new contributions as BeginShutdown does, applies every accepted one (the steps of
   // split parameters it leads with their followers, which still answer meanwhile), then waits
-  // until no contribution is staged here for another leader's step, or `deadline`. StepRows
-  // and subscriptions are still served. A split step still failing at `deadline` is given up
-  // (logged). Idempotent; a no-op once shutdown began.
+  // until no contribution is staged here for another leader's step; all within half the time
+  // to `deadline` (the rest is the last checkpoint's). StepRows and subscriptions are still
+  // served. A split step still failing then is given up (logged). Idempotent; a no-op once
+  // shutdown began.
   void DrainBeforeShutdown(absl::Time deadline) ABSL_LOCKS_EXCLUDED(gate_);
   // Refuses new contributions (Unavailable), also those waiting for room in their parameter's
   // backlog, and closes every subscription. Idempotent.
@@ -292,6 +293,7 @@ class Shard {
     // contributions (its batcher stays empty: the leader batches).
     std::optional<SplitOwnership> split;
     std::unique_ptr<RowStage> stage;
+    std::atomic<bool> stepping{false};  // a follower's StepRows is under way (one at a time)
     bool leads() const { return split.has_value() && split->index == 0; }
   };
 
@@ -353,6 +355,8 @@ class Shard {
   // Whether a failed split step is retried no more: shutdown began, or the drain's deadline
   // passed (DrainBeforeShutdown). Takes no lock.
   bool GivingUp() const;
+  // Sleeps `backoff`, or until GivingUp() becomes true if that comes first.
+  void SleepUntilRetry(absl::Duration backoff) const;
   // Replays a follower's logged step of a split parameter (ReplayHandlerLocked): skipped
   // when the checkpoint holds it, else applied with the logged sums. DataLoss when it does
   // not fit the rows' version or the staged blocks.
@@ -361,10 +365,10 @@ class Shard {
   // At a checkpoint's cut, after SwitchTo: every staged block into the new log file; *end is
   // the last record's end (unchanged when nothing is staged).
   absl::Status RelogStagedLocked(uint64_t* end) ABSL_EXCLUSIVE_LOCKS_REQUIRED(gate_);
-  // A follower's step of a split parameter into the write-ahead log, waited for: OK, or
-  // Unavailable naming the log's error (logged; the step stays applied).
-  absl::Status LogSplitStep(const StepRowsCommand& command,
-                            std::vector<LoggedSplitStep::Sum> sums);
+  // StepRows once its command is judged: collects the members, steps with the other owners,
+  // logs the step with its sums (write-ahead log), releases the members and publishes.
+  absl::StatusOr<StepRowsReply> TakeFollowerStep(Lane& lane, const StepRowsCommand& command,
+                                                 absl::Time start) ABSL_LOCKS_EXCLUDED(gate_);
   // Contributions staged here for the steps of split parameters other shards lead.
   int64_t StagedTotal() const ABSL_LOCKS_EXCLUDED(gate_);
   // After a step: wakes version waiters, publishes `outcome`'s update, records metrics.

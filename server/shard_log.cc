@@ -88,8 +88,11 @@ absl::StatusOr<LoggedSplitStep> SplitStepFromProto(const v1::WalSplitStep& proto
     const v1::Tensor& t = sum.value();
     if (t.shape_size() != 2 || t.shape(0) < 1 || t.shape(1) < 1 ||
         t.data().size() != 4 * static_cast<size_t>(t.shape(0) * t.shape(1))) {
-      return absl::DataLossError(absl::StrCat("a split step's sum '", sum.tag(),
-                                              "' is not a rows x cols float32 tensor"));
+      return absl::DataLossError(absl::StrCat(
+          "the split step of '", proto.batch().parameter(), "' from version ",
+          proto.batch().version(), ": sum '", sum.tag(), "' has ", t.shape_size(),
+          " dimensions and ", t.data().size(),
+          " bytes, expected rows x cols >= 1 and 4 bytes per float"));
     }
     Matrix value(t.shape(0), t.shape(1));
     std::memcpy(value.data(), t.data().data(), t.data().size());

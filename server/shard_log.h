@@ -47,8 +47,6 @@ struct ShardLogOptions {
   RecoverMode recover = RecoverMode::kStrict;
 };
 
-// What a replay hands back, record by record, in log order. An error stops the replay; it is
-// returned naming the file and the record's offset.
 // A follower's step of a split parameter, as logged (proto/dion/v1/wal.proto WalSplitStep).
 struct LoggedSplitStep {
   struct Sum {
@@ -60,6 +58,8 @@ struct LoggedSplitStep {
   std::vector<Sum> sums;  // in call order
 };
 
+// What a replay hands back, record by record, in log order. An error stops the replay; it is
+// returned naming the file and the record's offset.
 struct LogReplayHandler {
   std::function<absl::Status(const ModelTable&)> model;
   std::function<absl::Status(const std::string& worker_id)> worker;

@@ -127,7 +127,8 @@ LogReplayHandler Shard::ReplayHandlerLocked() {
       // A block logged twice (acknowledged, then again at a checkpoint's cut) is DUPLICATE;
       // one no batch can name any more is STALE: neither leaves anything to do.
       const int64_t applied = store_->Version((*lane)->batcher->parameter()).value_or(0);
-      return (*lane)->stage->Stage(*std::move(valid), applied, options_.clock->Now()).status();
+      (*lane)->stage->Restore(*std::move(valid), applied);
+      return absl::OkStatus();
     }
     return (*lane)->batcher->Restore(*std::move(valid));
   };
@@ -204,7 +205,8 @@ absl::StatusOr<std::string> Shard::CheckpointLocked(const CutTag& cut) {
 
 absl::StatusOr<CheckpointContents> Shard::TakeCut(
     uint64_t sequence, std::function<absl::Status()> keep_going) {
-  // The new log file is created (and synced) before the cut, so the cut holds no disk work.
+  // The new log file is created (and synced) before the cut, so the cut holds no disk work
+  // but writing a follower's staged blocks again into it (buffered appends, no sync).
   std::unique_ptr<LogWriter> next;
   if (log_ != nullptr) {
     absl::StatusOr<std::unique_ptr<LogWriter>> opened = log_->OpenNext(sequence);

@@ -2,6 +2,7 @@
 // pipeline"), and the steps of split parameters, which the owners take together
 // (docs/server.md, "Split parameters"): the leader's retried step and a follower's StepRows.
 #include <algorithm>
+#include <atomic>
 #include <cstdio>
 #include <optional>
 #include <utility>
@@ -119,25 +120,17 @@ absl::StatusOr<PushReply> Shard::StageContribution(Lane* lane,
                                                    ValidatedContribution contribution) {
   const int64_t base = contribution->base_version;
   const int64_t applied = store_->Version(contribution->parameter).value_or(0);
-  std::optional<Contribution> record;  // logged once staged
-  if (log_ != nullptr) record = *contribution;
-  absl::StatusOr<PushOutcome> result =
-      lane->stage->Stage(std::move(contribution), applied, options_.clock->Now());
+  uint64_t journal_end = 0;
+  absl::StatusOr<PushOutcome> result = lane->stage->Stage(
+      std::move(contribution), applied, options_.clock->Now(), log_.get(), &journal_end);
   if (!result.ok()) return result.status();
   // Staleness as this follower sees it; the leader's ack has the batch's.
   PushReply reply{*result, applied, applied, std::max<int64_t>(applied - base, 0)};
-  if (log_ == nullptr || *result == PushOutcome::kStale) return reply;
-  if (*result == PushOutcome::kDuplicate) {  // its original may still be on its way to disk
-    reply.durable_end = log_->end_offset();
-    return reply;
+  if (log_ != nullptr && *result != PushOutcome::kStale) {
+    // A duplicate's original may still be on its way to the disk: wait for everything.
+    reply.durable_end =
+        *result == PushOutcome::kAccepted ? journal_end : log_->end_offset();
   }
-  absl::StatusOr<uint64_t> end = log_->Accepted(*record);
-  if (!end.ok()) {
-    return absl::UnavailableError(absl::StrCat(
-        "the write-ahead log could not record the staged block, so it is not acknowledged: ",
-        end.status().message()));
-  }
-  reply.durable_end = *end;
   return reply;
 }
 
@@ -188,7 +181,7 @@ absl::Status Shard::ApplySplit(const Lane* lane, Batch batch) {
       lane->snapshot->StepFailed(batch.version, outcome.status());
       return outcome.status();
     }
-    absl::SleepFor(backoff);
+    SleepUntilRetry(backoff);
     backoff = std::min(2 * backoff, options_.split_retry_max);
   }
 }
@@ -212,8 +205,9 @@ void Shard::CatchUpFollowers(const StepRowsCommand& command, const SplitOwnershi
                  step, command.batch.parameter.c_str(), failure.ToString().c_str(),
                  absl::FormatDuration(backoff).c_str());
     if (metrics_ != nullptr) metrics_->RecordSplitStepFailure();
-    absl::SleepFor(backoff);
+    SleepUntilRetry(backoff);
     backoff = std::min(2 * backoff, options_.split_retry_max);
+    if (GivingUp()) continue;  // reported at the top
     failure = options_.split_peers->StartFollowers(command, split)->Wait();
     if (failure.ok()) {
       std::fprintf(stderr, "dion-server: step %lld of '%s': every follower has it (%d tries)\n",
@@ -221,6 +215,11 @@ void Shard::CatchUpFollowers(const StepRowsCommand& command, const SplitOwnershi
       return;
     }
   }
+}
+
+void Shard::SleepUntilRetry(absl::Duration backoff) const {
+  const absl::Time give_up = absl::FromUnixNanos(give_up_ns_.load());
+  absl::SleepFor(std::max(absl::ZeroDuration(), std::min(backoff, give_up - absl::Now())));
 }
 
 bool Shard::GivingUp() const {
@@ -251,56 +250,81 @@ absl::StatusOr<StepRowsReply> Shard::StepRows(const StepRowsCommand& command) {
         "parameter '", parameter, "' is not split with this shard as a follower (",
         lane->leads() ? "this shard leads it" : "it is whole here", ")"));
   }
+  if (lane->stepping.exchange(true)) {
+    return absl::UnavailableError(absl::StrCat(
+        "a step of parameter '", parameter, "' is under way on this follower; ask again"));
+  }
+  struct Done {
+    std::atomic<bool>& stepping;
+    ~Done() { stepping.store(false); }
+  } done{lane->stepping};
   absl::StatusOr<int64_t> version = store_->Version(parameter);
   if (!version.ok()) return version.status();
   if (*version == command.batch.version + 1) {  // a retried command already taken
     absl::StatusOr<ParameterSnapshot> now = store_->Snapshot(parameter, false);
     if (!now.ok()) return now.status();
-    if (now->version == command.batch.version + 1) return StepRowsReply{now->version, now->checksum};
+    if (now->version == command.batch.version + 1) {
+      // Answered only once its record is durable (it may have failed the first time).
+      if (log_ != nullptr) {
+        if (absl::Status s = log_->WaitDurable(log_->end_offset()); !s.ok()) {
+          return absl::UnavailableError(absl::StrCat(
+              "the write-ahead log could not make the step durable: ", s.message()));
+        }
+      }
+      return StepRowsReply{now->version, now->checksum};
+    }
   }
   if (*version != command.batch.version) {
     return absl::FailedPreconditionError(absl::StrCat(
         "parameter '", parameter, "': this follower's rows are at version ", *version,
         ", the leader's step is from version ", command.batch.version));
   }
-  absl::StatusOr<Batch> batch = lane->stage->Collect(command.batch);
+  return TakeFollowerStep(*lane, command, start);
+}
+
+absl::StatusOr<StepRowsReply> Shard::TakeFollowerStep(Lane& lane, const StepRowsCommand& command,
+                                                      absl::Time start) {
+  absl::StatusOr<Batch> batch = lane.stage->Collect(command.batch);
   if (!batch.ok()) return batch.status();
   std::unique_ptr<RowReducer> reducer = options_.split_peers->Reducer(
-      parameter, command.batch.version + 1, command.attempt, *lane->split);
+      command.batch.parameter, command.batch.version + 1, command.attempt, *lane.split);
   std::optional<RecordingReducer> recorder;  // the sums go to the log with the step
   if (log_ != nullptr) recorder.emplace(*reducer);
-  lane->snapshot->BeforeStep(batch->version);
+  lane.snapshot->BeforeStep(batch->version);
   absl::StatusOr<StepOutcome> outcome = store_->ApplyRowBatch(
       *batch, command.lr_scale, recorder.has_value() ? *recorder : *reducer);
   if (!outcome.ok()) {
     // A checkpoint waiting for this step fails now rather than waiting for a retry that may
     // never come; the next one is cut at the version the follower then has.
-    lane->snapshot->StepFailed(batch->version, outcome.status());
+    lane.snapshot->StepFailed(batch->version, outcome.status());
     return outcome.status();
   }
-  const absl::Status logged =
-      recorder.has_value() ? LogSplitStep(command, recorder->TakeSums()) : absl::OkStatus();
   const StepRowsReply reply{outcome->update.version, outcome->update.checksum};
-  lane->snapshot->AfterStep(reply.version);
-  lane->stage->Release(command.batch, reply.version);
-  PublishStep(*lane, *std::move(outcome), start);
-  if (!logged.ok()) return logged;  // the leader asks again: "already taken" then
+  absl::StatusOr<uint64_t> end = uint64_t{0};
+  {
+    // A checkpoint's cut sees both the step's record and the release of its members, or
+    // neither: it logs again only blocks that the log after it still needs.
+    ReaderMutexLock lock(&gate_);
+    if (recorder.has_value()) {
+      end = log_->SplitStep({command.batch, command.lr_scale, recorder->TakeSums()});
+    }
+    lane.stage->Release(command.batch, reply.version);
+  }
+  absl::Status logged = end.ok() ? absl::OkStatus() : end.status();
+  if (logged.ok() && *end > 0) logged = log_->WaitDurable(*end);
+  lane.snapshot->AfterStep(reply.version);
+  PublishStep(lane, *std::move(outcome), start);
+  if (!logged.ok()) {
+    std::fprintf(stderr,
+                 "dion-server: step %lld of split parameter '%s' is applied but not in the "
+                 "write-ahead log (%s): a crash before the next checkpoint loses it here\n",
+                 static_cast<long long>(reply.version), command.batch.parameter.c_str(),
+                 logged.ToString().c_str());
+    // The leader asks again and is answered once the log is durable ("already taken").
+    return absl::UnavailableError(absl::StrCat(
+        "the write-ahead log could not record the step: ", logged.message()));
+  }
   return reply;
-}
-
-absl::Status Shard::LogSplitStep(const StepRowsCommand& command,
-                                 std::vector<LoggedSplitStep::Sum> sums) {
-  LoggedSplitStep step{command.batch, command.lr_scale, std::move(sums)};
-  absl::StatusOr<uint64_t> end = log_->SplitStep(step);
-  absl::Status durable = end.ok() ? log_->WaitDurable(*end) : end.status();
-  if (durable.ok()) return durable;
-  std::fprintf(stderr,
-               "dion-server: step %lld of split parameter '%s' is applied but not in the "
-               "write-ahead log (%s): a crash before the next checkpoint loses it here\n",
-               static_cast<long long>(command.batch.version + 1),
-               command.batch.parameter.c_str(), durable.ToString().c_str());
-  return absl::UnavailableError(absl::StrCat(
-      "the write-ahead log could not record the step: ", durable.message()));
 }
 
 int64_t Shard::StagedContributions(absl::string_view parameter) const {

@@ -450,6 +450,18 @@ TEST(ReduceHubReplay, TheSamePartAgainGetsTheSameSumUntilTheNextStepCompletes) {
   EXPECT_EQ(hub.replays(), 2);
 }
 
+TEST(ReduceHubReplay, RetainedSumsOutliveTheFinishedReductionsMemory) {
+  ReduceHubOptions options;
+  options.finished_memory = 2;
+  ReduceHub hub(options);
+  const Matrix first = ReduceTwo(hub, "w", 1, 7);
+  for (int p = 0; p < 4; ++p) ReduceTwo(hub, absl::StrCat("other", p), 1, 20 + p);
+  absl::StatusOr<std::shared_ptr<const Matrix>> again =
+      SubmitAgain(hub, "w", 1, MakePart(6, 4, 1, 7));
+  ASSERT_TRUE(again.ok()) << again.status();
+  EXPECT_TRUE(SameBits(**again, first));
+}
+
 TEST(ReduceHubReplay, AFailedReductionIsNeverReplayed) {
   ReduceHub hub;
   // Owner 0 alone: the reduction fails at its deadline.

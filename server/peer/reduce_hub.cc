@@ -150,27 +150,28 @@ absl::StatusOr<std::shared_ptr<const Matrix>> ReduceHub::Submit(ReducePart part,
 std::shared_ptr<const Matrix> ReduceHub::ReplayLocked(const ReducePart& part,
                                                       uint64_t fingerprint) {
   if (shut_down_) return nullptr;
-  auto it = finished_.find(part.key);
-  if (it == finished_.end() || it->second.sum == nullptr) return nullptr;
-  const Finished& f = it->second;
-  if (part.tag != f.tag || part.owners != static_cast<int32_t>(f.fingerprints.size()) ||
-      part.value.rows() != f.sum->rows() || part.value.cols() != f.sum->cols() ||
-      f.fingerprints[part.owner] != fingerprint) {
-    return nullptr;  // not a part of this sum: refused as a late one
+  auto it = retained_.find(part.key.parameter);
+  if (it == retained_.end()) return nullptr;
+  for (const Retained& r : it->second) {
+    if (!(r.key == part.key)) continue;
+    if (part.tag != r.tag || part.owners != static_cast<int32_t>(r.fingerprints.size()) ||
+        part.value.rows() != r.sum->rows() || part.value.cols() != r.sum->cols() ||
+        r.fingerprints[part.owner] != fingerprint) {
+      return nullptr;  // not a part of this sum: refused as a late one
+    }
+    ++replays_;
+    return r.sum;
   }
-  ++replays_;
-  return f.sum;
+  return nullptr;
 }
 
-void ReduceHub::RetainLocked(const ReduceKey& key) {
-  std::vector<ReduceKey>& kept = retained_[key.parameter];
-  if (!kept.empty() && (kept.front().step != key.step || kept.front().attempt != key.attempt)) {
-    for (const ReduceKey& old : kept) {
-      if (auto it = finished_.find(old); it != finished_.end()) it->second.sum = nullptr;
-    }
+void ReduceHub::RetainLocked(Retained retained) {
+  std::vector<Retained>& kept = retained_[retained.key.parameter];
+  if (!kept.empty() && (kept.front().key.step != retained.key.step ||
+                        kept.front().key.attempt != retained.key.attempt)) {
     kept.clear();
   }
-  kept.push_back(key);
+  kept.push_back(std::move(retained));
 }
 
 absl::StatusOr<std::shared_ptr<ReduceHub::Reduction>> ReduceHub::Join(ReducePart& part,
@@ -269,14 +270,8 @@ void ReduceHub::Retire(const std::shared_ptr<Reduction>& r) {
   pending_bytes_ -= r->bytes;
   r->bytes = 0;
   r->parts.clear();
-  Finished finished{r->failure.ok(), r->failure};
-  if (r->sum != nullptr) {
-    finished.sum = r->sum;
-    finished.tag = r->tag;
-    finished.fingerprints = std::move(r->fingerprints);
-  }
-  Remember(r->key, std::move(finished));
-  if (r->sum != nullptr) RetainLocked(r->key);
+  Remember(r->key, Finished{r->failure.ok(), r->failure});
+  if (r->sum != nullptr) RetainLocked({r->key, r->tag, std::move(r->fingerprints), r->sum});
 }
 
 void ReduceHub::Remember(const ReduceKey& key, Finished finished) {

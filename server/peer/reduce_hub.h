@@ -118,11 +118,14 @@ class ReduceHub {
   struct Finished {
     bool completed = false;
     absl::Status failure;  // when not completed
-    // A completed reduction of its parameter's latest step: the sum, and what each owner sent
-    // (tag, and WeightsChecksum of the part by owner), for replays. Null once dropped.
-    std::shared_ptr<const Matrix> sum;
+  };
+  // A completed reduction of its parameter's latest step, for replays: the sum, and what
+  // each owner sent (the tag, and WeightsChecksum of the part by owner).
+  struct Retained {
+    ReduceKey key;
     std::string tag;
     std::vector<uint64_t> fingerprints;
+    std::shared_ptr<const Matrix> sum;
   };
 
   // Finds or starts the reduction of part.key and adds the part; the reduction to wait on,
@@ -133,9 +136,9 @@ class ReduceHub {
   // The retained sum of part.key when this part is one its reduction summed; else null.
   std::shared_ptr<const Matrix> ReplayLocked(const ReducePart& part, uint64_t fingerprint)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
-  // Keeps `key`'s sum (just remembered as completed) as its parameter's latest, dropping the
-  // sums of the parameter's other steps and attempts.
-  void RetainLocked(const ReduceKey& key) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Keeps `retained` as one of its parameter's latest sums, dropping the sums of the
+  // parameter's other steps and attempts.
+  void RetainLocked(Retained retained) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // The status a part of the already finished `key` gets.
   absl::Status FinishedError(const ReduceKey& key, const Finished& finished, int32_t owner) const;
   // Ends `r` with `failure` for every waiter (and remembers it) when it still gathers parts.
@@ -162,8 +165,9 @@ class ReduceHub {
   int64_t pending_bytes_ ABSL_GUARDED_BY(mu_) = 0;
   absl::flat_hash_map<ReduceKey, Finished> finished_ ABSL_GUARDED_BY(mu_);
   std::deque<ReduceKey> finished_order_ ABSL_GUARDED_BY(mu_);  // oldest first
-  // By parameter: the keys whose sums are retained (one step and attempt).
-  absl::flat_hash_map<std::string, std::vector<ReduceKey>> retained_ ABSL_GUARDED_BY(mu_);
+  // By parameter: the sums of its latest completed step and attempt (not bounded by
+  // finished_memory: one step's worth per split parameter).
+  absl::flat_hash_map<std::string, std::vector<Retained>> retained_ ABSL_GUARDED_BY(mu_);
   int64_t replays_ ABSL_GUARDED_BY(mu_) = 0;
 };
 
