@@ -133,6 +133,7 @@ LogReplayHandler Shard::ReplayHandlerLocked() {
     return (*lane)->batcher->Restore(*std::move(valid));
   };
   handler.split_step = [this, lane_of](const LoggedSplitStep& step) -> absl::Status {
+    gate_.AssertHeld();
     absl::StatusOr<Lane*> lane = lane_of(step.batch.parameter);
     if (!lane.ok()) return lane.status();
     return ReplaySplitStepLocked(**lane, step);
