@@ -76,6 +76,7 @@
 #include "absl/strings/string_view.h"
 #include "absl/time/clock.h"
 #include "absl/time/time.h"
+#include "bench/bench_util.h"
 #include "bench/client_process.h"
 #include "bench/median.h"
 #include "common/blas.h"
@@ -142,6 +143,8 @@ namespace dion {
 namespace {
 
 using bench::BacklogGate;
+using bench::Fmt;
+using bench::LoadAverage;
 using bench::ClientRunSpec;
 using bench::EchoService;
 using bench::IntChannelArgs;
@@ -149,10 +152,7 @@ using bench::PushClient;
 using bench::SharedControl;
 constexpr char kParameter[] = "w";
 
-[[noreturn]] void Die(absl::string_view what) {
-  std::fprintf(stderr, "push_bench: %s\n", std::string(what).c_str());
-  std::_Exit(1);
-}
+[[noreturn]] void Die(absl::string_view what) { bench::Die("push_bench", what); }
 
 v1::RegisterModelRequest ModelRequest(const std::string& worker_id) {
   v1::RegisterModelRequest request;
@@ -690,19 +690,6 @@ RunResult RunEcho(int num_clients, int rank, const LocalSecurity* tls = nullptr)
 }
 
 // The 1-minute load average (the machine may be shared), or -1.
-double LoadAverage() {
-  double load = -1;
-  if (FILE* f = std::fopen("/proc/loadavg", "r")) {
-    if (std::fscanf(f, "%lf", &load) != 1) load = -1;
-    std::fclose(f);
-  }
-  return load;
-}
-
-std::string Fmt(double v, int digits = 0) {
-  return std::isnan(v) ? "-" : absl::StrFormat("%.*f", digits, v);
-}
-
 // The per-contribution work of each side, timed alone on one thread (median of `reps`, us):
 // what the step-time and message-time figures of the runs are made of.
 struct MessageCosts {
@@ -748,16 +735,6 @@ struct RunKinds {
   bool bounded_tls = false, echo_tls = false;
   bool tls() const { return bounded_tls || echo_tls; }
 };
-
-std::vector<int> ParseClientCounts() {
-  std::vector<int> counts;
-  for (absl::string_view s : absl::StrSplit(absl::GetFlag(FLAGS_clients), ',')) {
-    int c = 0;
-    if (!absl::SimpleAtoi(s, &c) || c < 1) Die(absl::StrCat("bad --clients entry '", s, "'"));
-    counts.push_back(c);
-  }
-  return counts;
-}
 
 RunKinds ParseRunKinds() {
   RunKinds kinds;
@@ -1003,13 +980,10 @@ void PrintServerSide(const std::vector<int>& counts, const AllRuns& all, int64_t
 }
 
 int Main() {
-  const absl::Duration max_runtime = absl::GetFlag(FLAGS_max_runtime);
-  std::thread([max_runtime] {
-    absl::SleepFor(max_runtime);
-    Die(absl::StrCat("gave up after --max_runtime=", absl::FormatDuration(max_runtime)));
-  }).detach();
+  bench::StartWatchdog("push_bench", absl::GetFlag(FLAGS_max_runtime));
 
-  const std::vector<int> counts = ParseClientCounts();
+  const std::vector<int> counts =
+      bench::ParseCounts("push_bench", "clients", absl::GetFlag(FLAGS_clients));
   const RunKinds kinds = ParseRunKinds();
   const int n = absl::GetFlag(FLAGS_n);
   const int rank = DionRank(n, n, absl::GetFlag(FLAGS_rank_fraction), 1);

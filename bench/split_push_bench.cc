@@ -38,12 +38,9 @@
 // timed alone on one thread: parsing an owner's message and folding it into M.
 //
 // Output: markdown tables of medians on stdout; per-run figures on stderr.
-#include <arpa/inet.h>
 #include <dirent.h>
-#include <netinet/in.h>
 #include <pthread.h>
 #include <sys/resource.h>
-#include <sys/socket.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -70,10 +67,12 @@
 #include "absl/strings/string_view.h"
 #include "absl/time/clock.h"
 #include "absl/time/time.h"
+#include "bench/bench_util.h"
 #include "bench/client_process.h"
 #include "bench/median.h"
 #include "bench/push_load.h"
 #include "common/blas.h"
+#include "common/loopback_ports.h"
 #include "common/dion.h"
 #include "common/rng.h"
 #include "common/wire.h"
@@ -105,13 +104,12 @@ namespace dion {
 namespace {
 
 using bench::BacklogGate;
+using bench::Fmt;
+using bench::LoadAverage;
 constexpr char kParameter[] = "w";
 constexpr int kSplitShards = 2;
 
-[[noreturn]] void Die(absl::string_view what) {
-  std::fprintf(stderr, "split_push_bench: %s\n", std::string(what).c_str());
-  std::_Exit(1);
-}
+[[noreturn]] void Die(absl::string_view what) { bench::Die("split_push_bench", what); }
 
 int Rank() {
   const int n = absl::GetFlag(FLAGS_n);
@@ -403,27 +401,6 @@ class SplitPushClient {
   std::atomic<int64_t> refused_{0};
 };
 
-// `n` distinct free ports on 127.0.0.1, bound together and released: the shards must know
-// every peer's address before they start.
-std::vector<int> ReservePorts(int n) {
-  std::vector<int> fds, ports;
-  for (int i = 0; i < n; ++i) {
-    const int fd = socket(AF_INET, SOCK_STREAM, 0);
-    sockaddr_in addr{};
-    addr.sin_family = AF_INET;
-    addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    socklen_t len = sizeof(addr);
-    if (fd < 0 || bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) != 0 ||
-        getsockname(fd, reinterpret_cast<sockaddr*>(&addr), &len) != 0) {
-      Die("cannot reserve a loopback port");
-    }
-    fds.push_back(fd);
-    ports.push_back(ntohs(addr.sin_port));
-  }
-  for (int fd : fds) close(fd);
-  return ports;
-}
-
 ServerOptions ShardOptions(int index, const std::vector<std::string>& addresses) {
   ServerOptions options;
   options.listen = addresses[index];
@@ -564,7 +541,9 @@ struct Shards {
 // one), the table registered on each.
 Shards StartShards(int shards) {
   std::vector<std::string> addresses;
-  for (int port : ReservePorts(shards)) addresses.push_back(absl::StrCat("127.0.0.1:", port));
+  absl::StatusOr<std::vector<int>> ports = ReserveLoopbackPorts(shards);
+  if (!ports.ok()) Die(ports.status().ToString());
+  for (int port : *ports) addresses.push_back(absl::StrCat("127.0.0.1:", port));
   Shards run;
   for (int i = 0; i < shards; ++i) {
     absl::StatusOr<std::unique_ptr<DionServer>> s =
@@ -687,20 +666,6 @@ RunResult Run(int shards, int num_clients) {
   clients.clear();
   r.drain_s = DrainAndStop(run);
   return r;
-}
-
-std::string Fmt(double v, int digits = 0) {
-  return std::isnan(v) ? "-" : absl::StrFormat("%.*f", digits, v);
-}
-
-// The 1-minute load average (the machine may be shared), or -1.
-double LoadAverage() {
-  double load = -1;
-  if (FILE* f = std::fopen("/proc/loadavg", "r")) {
-    if (std::fscanf(f, "%lf", &load) != 1) load = -1;
-    std::fclose(f);
-  }
-  return load;
 }
 
 void LogRun(const char* what, int rep, int clients, const RunResult& r) {
@@ -843,23 +808,10 @@ void PrintOwners(const std::vector<int>& counts, const std::vector<std::vector<R
   }
 }
 
-std::vector<int> ParseClientCounts() {
-  std::vector<int> counts;
-  for (absl::string_view s : absl::StrSplit(absl::GetFlag(FLAGS_clients), ',')) {
-    int c = 0;
-    if (!absl::SimpleAtoi(s, &c) || c < 1) Die(absl::StrCat("bad --clients entry '", s, "'"));
-    counts.push_back(c);
-  }
-  return counts;
-}
-
 int Main() {
-  const absl::Duration max_runtime = absl::GetFlag(FLAGS_max_runtime);
-  std::thread([max_runtime] {
-    absl::SleepFor(max_runtime);
-    Die(absl::StrCat("gave up after --max_runtime=", absl::FormatDuration(max_runtime)));
-  }).detach();
-  const std::vector<int> counts = ParseClientCounts();
+  bench::StartWatchdog("split_push_bench", absl::GetFlag(FLAGS_max_runtime));
+  const std::vector<int> counts =
+      bench::ParseCounts("split_push_bench", "clients", absl::GetFlag(FLAGS_clients));
   const int n = absl::GetFlag(FLAGS_n);
   const int rank = Rank();
   const int reps = std::max(1, absl::GetFlag(FLAGS_reps));
