@@ -267,6 +267,63 @@ LowRankFactors RoundFactors(const SplitCase& c, int round, int worker) {
   return RandomFactors(c.m, c.n, 4, 1000 * round + worker);
 }
 
+// Workers w0 and w1 on every shard of `cluster`, a split "w" of case `c` registered by both,
+// and the whole-matrix reference of the batches they push.
+struct SplitRun {
+  SplitRun(Cluster& cluster, const SplitCase& c)
+      : cluster(cluster),
+        c(c),
+        request(SplitModel("w0", c.m, c.n, c.shards, c.method)),
+        placement(PlacementOf(cluster.Register(request), "w")),
+        reference(request) {
+    cluster.Register(SplitModel("w1", c.m, c.n, c.shards, c.method));
+  }
+
+  // Both workers push round r (base version r - 1, followers first); the reference takes the
+  // same batch.
+  ::testing::AssertionResult Push(int r) {
+    const LowRankFactors a = RoundFactors(c, r, 0), b = RoundFactors(c, r, 1);
+    for (const auto& [worker, f] : {std::pair{"w0", &a}, std::pair{"w1", &b}}) {
+      const v1::PushAck ack = SplitPush(cluster, placement, worker, r, r - 1, *f, c.m, c.n);
+      if (ack.result() != v1::PUSH_RESULT_ACCEPTED) {
+        return ::testing::AssertionFailure()
+               << worker << "'s push of round " << r << ": " << ack.message();
+      }
+    }
+    reference.Step(a, b);
+    return ::testing::AssertionSuccess();
+  }
+  // Push(r), then every owner reaches version r.
+  ::testing::AssertionResult Round(int r) {
+    if (::testing::AssertionResult pushed = Push(r); !pushed) return pushed;
+    if (!WaitForVersion(cluster, placement, r)) {
+      return ::testing::AssertionFailure() << "the owners did not reach version " << r;
+    }
+    return ::testing::AssertionSuccess();
+  }
+  // The relative error of the matrix assembled at `version` against the reference.
+  double Error(int64_t version) {
+    return RelativeError(ToDouble(Assemble(cluster, placement, c.m, c.n, version)),
+                         ToDouble(reference.X));
+  }
+  // Every owner is at `version` and applied `contributions`.
+  void ExpectEveryOwner(int64_t version, int64_t contributions) {
+    for (const v1::Layout::RowOwner& owner : placement.row_owners()) {
+      const v1::StatusResponse status = GetStatus(cluster.stub(owner.shard()));
+      const v1::ParameterStatus* p = testing::FindParameter(status, "w");
+      ASSERT_NE(p, nullptr) << "shard " << owner.shard();
+      EXPECT_EQ(p->version(), version) << "shard " << owner.shard();
+      EXPECT_EQ(p->contributions_applied(), contributions) << "shard " << owner.shard();
+    }
+  }
+
+  Cluster& cluster;
+  const SplitCase c;
+  const v1::RegisterModelRequest request;
+  const v1::Layout::Placement placement;
+  WholeReference reference;
+};
+
 class SplitServing : public ::testing::TestWithParam<SplitCase> {};
 
 // Two workers push 20 rounds; each round is one batch of both, applied by every owner. After 1
@@ -276,30 +333,18 @@ TEST_P(SplitServing, OwnersStepTogetherLikeTheWholeMatrix) {
   const SplitCase c = GetParam();
   Cluster cluster(c.shards);
   ASSERT_TRUE(cluster.ok());
-  const v1::RegisterModelRequest request = SplitModel("w0", c.m, c.n, c.shards, c.method);
-  const v1::Layout layout = cluster.Register(request);
-  const v1::Layout::Placement& placement = PlacementOf(layout, "w");
-  ASSERT_EQ(placement.row_owners_size(), c.shards);
-  cluster.Register(SplitModel("w1", c.m, c.n, c.shards, c.method));
-  WholeReference reference(request);
+  SplitRun run(cluster, c);
+  ASSERT_EQ(run.placement.row_owners_size(), c.shards);
   for (int round = 1; round <= 20; ++round) {
-    const LowRankFactors a = RoundFactors(c, round, 0), b = RoundFactors(c, round, 1);
-    for (const auto& [worker, f] : {std::pair{"w0", &a}, std::pair{"w1", &b}}) {
-      const v1::PushAck ack = SplitPush(cluster, placement, worker, round, round - 1, *f, c.m, c.n);
-      ASSERT_EQ(ack.result(), v1::PUSH_RESULT_ACCEPTED) << ack.message();
-    }
-    reference.Step(a, b);
-    ASSERT_TRUE(WaitForVersion(cluster, placement, round)) << "round " << round;
+    ASSERT_TRUE(run.Round(round));
     if (round != 1 && round != 20) continue;
-    const Matrix X = Assemble(cluster, placement, c.m, c.n, round);
-    EXPECT_LE(RelativeError(ToDouble(X), ToDouble(reference.X)), 1e-5) << "after " << round;
-    EXPECT_LE(MaxRelativeError(ToDouble(X), ToDouble(reference.X)), 2e-5) << "after " << round;
+    const Matrix X = Assemble(cluster, run.placement, c.m, c.n, round);
+    EXPECT_LE(RelativeError(ToDouble(X), ToDouble(run.reference.X)), 1e-5) << "after " << round;
+    EXPECT_LE(MaxRelativeError(ToDouble(X), ToDouble(run.reference.X)), 2e-5)
+        << "after " << round;
   }
-  for (const v1::Layout::RowOwner& owner : placement.row_owners()) {
-    const v1::StatusResponse status = GetStatus(cluster.stub(owner.shard()));
-    const v1::ParameterStatus* p = testing::FindParameter(status, "w");
-    ASSERT_NE(p, nullptr);
-    EXPECT_EQ(p->contributions_applied(), 40) << "shard " << owner.shard();
+  run.ExpectEveryOwner(20, 40);
+  for (const v1::Layout::RowOwner& owner : run.placement.row_owners()) {
     EXPECT_EQ(cluster.server(owner.shard()).shard().StagedContributions("w"), 0);
   }
 }
@@ -330,19 +375,10 @@ TEST(SplitServingFaults, LostFollowerStepIsRetriedAndAppliedOnce) {
     }
   });
   ASSERT_TRUE(cluster.ok());
-  const SplitCase c{96, 64, 3, OrthoMethod::kAuto};
-  const v1::RegisterModelRequest request = SplitModel("w0", c.m, c.n, 3);
-  const v1::Layout::Placement placement = PlacementOf(cluster.Register(request), "w");
-  cluster.Register(SplitModel("w1", c.m, c.n, 3));
-  WholeReference reference(request);
+  SplitRun run(cluster, {96, 64, 3, OrthoMethod::kAuto});
   for (int round = 1; round <= 6; ++round) {
     fail = round == 3;
-    const LowRankFactors a = RoundFactors(c, round, 0), b = RoundFactors(c, round, 1);
-    for (const auto& [worker, f] : {std::pair{"w0", &a}, std::pair{"w1", &b}}) {
-      const v1::PushAck ack = SplitPush(cluster, placement, worker, round, round - 1, *f, c.m, c.n);
-      ASSERT_EQ(ack.result(), v1::PUSH_RESULT_ACCEPTED) << ack.message();
-    }
-    reference.Step(a, b);
+    ASSERT_TRUE(run.Push(round));
     if (round == 3) {
       // The batch is closed on the leader but cannot be applied: it fails and is retried
       // (at least twice, within 30 s), and nobody moves past 2 meanwhile.
@@ -358,17 +394,10 @@ TEST(SplitServingFaults, LostFollowerStepIsRetriedAndAppliedOnce) {
       for (int s = 0; s < 3; ++s) EXPECT_EQ(VersionOf(cluster, s, "w"), 2) << "shard " << s;
       fail = false;
     }
-    ASSERT_TRUE(WaitForVersion(cluster, placement, round)) << "round " << round;
+    ASSERT_TRUE(WaitForVersion(cluster, run.placement, round)) << "round " << round;
   }
-  const Matrix X = Assemble(cluster, placement, c.m, c.n, 6);
-  EXPECT_LE(RelativeError(ToDouble(X), ToDouble(reference.X)), 1e-5);
-  for (int s = 0; s < 3; ++s) {
-    const v1::StatusResponse status = GetStatus(cluster.stub(s));
-    const v1::ParameterStatus* p = testing::FindParameter(status, "w");
-    ASSERT_NE(p, nullptr);
-    EXPECT_EQ(p->contributions_applied(), 12) << "shard " << s;
-    EXPECT_EQ(p->version(), 6) << "shard " << s;
-  }
+  EXPECT_LE(run.Error(6), 1e-5);
+  run.ExpectEveryOwner(6, 12);
 }
 
 // Each owner checkpoints its rows and restores them: after a restart of every shard the
@@ -381,28 +410,14 @@ TEST(SplitServingCheckpoints, OwnersRestoreTheirRowsAndTrainOn) {
   });
   ASSERT_TRUE(cluster.ok());
   const SplitCase c{64, 96, 2, OrthoMethod::kAuto};
-  const v1::RegisterModelRequest request = SplitModel("w0", c.m, c.n, 2);
-  const v1::Layout::Placement placement = PlacementOf(cluster.Register(request), "w");
-  cluster.Register(SplitModel("w1", c.m, c.n, 2));
-  WholeReference reference(request);
-  const auto round = [&](int r) {
-    const LowRankFactors a = RoundFactors(c, r, 0), b = RoundFactors(c, r, 1);
-    for (const auto& [worker, f] : {std::pair{"w0", &a}, std::pair{"w1", &b}}) {
-      const v1::PushAck ack = SplitPush(cluster, placement, worker, r, r - 1, *f, c.m, c.n);
-      ASSERT_EQ(ack.result(), v1::PUSH_RESULT_ACCEPTED) << ack.message();
-    }
-    reference.Step(a, b);
-    ASSERT_TRUE(WaitForVersion(cluster, placement, r)) << "round " << r;
-  };
-  for (int r = 1; r <= 3; ++r) round(r);
-  const Matrix before = Assemble(cluster, placement, c.m, c.n, 3);
+  SplitRun run(cluster, c);
+  for (int r = 1; r <= 3; ++r) ASSERT_TRUE(run.Round(r));
+  const Matrix before = Assemble(cluster, run.placement, c.m, c.n, 3);
   cluster.Restart();
   ASSERT_TRUE(cluster.ok());
-  EXPECT_EQ(Assemble(cluster, placement, c.m, c.n, 3), before);
-  for (int r = 4; r <= 5; ++r) round(r);
-  EXPECT_LE(RelativeError(ToDouble(Assemble(cluster, placement, c.m, c.n, 5)),
-                          ToDouble(reference.X)),
-            1e-5);
+  EXPECT_EQ(Assemble(cluster, run.placement, c.m, c.n, 3), before);
+  for (int r = 4; r <= 5; ++r) ASSERT_TRUE(run.Round(r));
+  EXPECT_LE(run.Error(5), 1e-5);
   std::filesystem::remove_all(dir);
 }
 
@@ -553,31 +568,12 @@ TEST(SplitServingFaults, FollowerWhoseLastSumWasLostCatchesUpFromTheRetainedSums
     };
   });
   ASSERT_TRUE(cluster.ok());
-  const SplitCase c{96, 64, 3, OrthoMethod::kAuto};
-  const v1::RegisterModelRequest request = SplitModel("w0", c.m, c.n, 3);
-  const v1::Layout::Placement placement = PlacementOf(cluster.Register(request), "w");
-  cluster.Register(SplitModel("w1", c.m, c.n, 3));
-  WholeReference reference(request);
-  for (int round = 1; round <= 6; ++round) {
-    const LowRankFactors a = RoundFactors(c, round, 0), b = RoundFactors(c, round, 1);
-    for (const auto& [worker, f] : {std::pair{"w0", &a}, std::pair{"w1", &b}}) {
-      const v1::PushAck ack = SplitPush(cluster, placement, worker, round, round - 1, *f, c.m, c.n);
-      ASSERT_EQ(ack.result(), v1::PUSH_RESULT_ACCEPTED) << ack.message();
-    }
-    reference.Step(a, b);
-    ASSERT_TRUE(WaitForVersion(cluster, placement, round)) << "round " << round;
-  }
+  SplitRun run(cluster, {96, 64, 3, OrthoMethod::kAuto});
+  for (int round = 1; round <= 6; ++round) ASSERT_TRUE(run.Round(round));
   EXPECT_GE(lost.load(), 2);  // the lost answer, and the last round of the step taken again
   EXPECT_GE(cluster.server(0).peer_env().hub->replays(), 1);
-  const Matrix X = Assemble(cluster, placement, c.m, c.n, 6);
-  EXPECT_LE(RelativeError(ToDouble(X), ToDouble(reference.X)), 1e-5);
-  for (int s = 0; s < 3; ++s) {
-    const v1::StatusResponse status = GetStatus(cluster.stub(s));
-    const v1::ParameterStatus* p = testing::FindParameter(status, "w");
-    ASSERT_NE(p, nullptr);
-    EXPECT_EQ(p->contributions_applied(), 12) << "shard " << s;
-    EXPECT_EQ(p->version(), 6) << "shard " << s;
-  }
+  EXPECT_LE(run.Error(6), 1e-5);
+  run.ExpectEveryOwner(6, 12);
 }
 
 // A batch the leader accepted but had not closed when every owner was asked to stop (the
@@ -592,31 +588,21 @@ TEST(SplitServingShutdown, PendingStepIsAppliedWhenEveryOwnerStopsTogether) {
   });
   ASSERT_TRUE(cluster.ok());
   const SplitCase c{96, 64, 3, OrthoMethod::kAuto};
-  const v1::RegisterModelRequest request = SplitModel("w0", c.m, c.n, 3);
-  const v1::Layout::Placement placement = PlacementOf(cluster.Register(request), "w");
-  cluster.Register(SplitModel("w1", c.m, c.n, 3));
-  WholeReference reference(request);
-  const LowRankFactors a = RoundFactors(c, 1, 0), b = RoundFactors(c, 1, 1);
-  ASSERT_EQ(SplitPush(cluster, placement, "w0", 1, 0, a, c.m, c.n).result(),
-            v1::PUSH_RESULT_ACCEPTED);
-  ASSERT_EQ(SplitPush(cluster, placement, "w1", 1, 0, b, c.m, c.n).result(),
-            v1::PUSH_RESULT_ACCEPTED);
-  reference.Step(a, b);
-  ASSERT_TRUE(WaitForVersion(cluster, placement, 1));
+  SplitRun run(cluster, c);
+  ASSERT_TRUE(run.Round(1));
   // Only w0 pushes round 2: its batch waits for a second worker (no deadline).
   const LowRankFactors lone = RoundFactors(c, 2, 0);
-  ASSERT_EQ(SplitPush(cluster, placement, "w0", 2, 1, lone, c.m, c.n).result(),
+  ASSERT_EQ(SplitPush(cluster, run.placement, "w0", 2, 1, lone, c.m, c.n).result(),
             v1::PUSH_RESULT_ACCEPTED);
-  ApplyReferenceBatch({{lone, 1.0}}, reference.spec.dion, reference.X, reference.state);
+  ApplyReferenceBatch({{lone, 1.0}}, run.reference.spec.dion, run.reference.X,
+                      run.reference.state);
   absl::SleepFor(absl::Milliseconds(100));
   for (int s = 0; s < 3; ++s) ASSERT_EQ(VersionOf(cluster, s, "w"), 1) << "shard " << s;
 
   cluster.Restart(/*together=*/true);
   ASSERT_TRUE(cluster.ok());
   for (int s = 0; s < 3; ++s) EXPECT_EQ(VersionOf(cluster, s, "w"), 2) << "shard " << s;
-  EXPECT_LE(RelativeError(ToDouble(Assemble(cluster, placement, c.m, c.n, 2)),
-                          ToDouble(reference.X)),
-            1e-5);
+  EXPECT_LE(run.Error(2), 1e-5);
   std::filesystem::remove_all(dir);
 }
 
@@ -633,20 +619,9 @@ TEST(SplitServingFaults, StoppedFollowerReturnsAndTrainingGoesOn) {
   });
   ASSERT_TRUE(cluster.ok());
   const SplitCase c{96, 64, 3, OrthoMethod::kAuto};
-  const v1::RegisterModelRequest request = SplitModel("w0", c.m, c.n, 3);
-  const v1::Layout::Placement placement = PlacementOf(cluster.Register(request), "w");
-  cluster.Register(SplitModel("w1", c.m, c.n, 3));
-  WholeReference reference(request);
-  const auto round = [&](int r) {
-    const LowRankFactors a = RoundFactors(c, r, 0), b = RoundFactors(c, r, 1);
-    for (const auto& [worker, f] : {std::pair{"w0", &a}, std::pair{"w1", &b}}) {
-      const v1::PushAck ack = SplitPush(cluster, placement, worker, r, r - 1, *f, c.m, c.n);
-      ASSERT_EQ(ack.result(), v1::PUSH_RESULT_ACCEPTED) << ack.message();
-    }
-    reference.Step(a, b);
-    ASSERT_TRUE(WaitForVersion(cluster, placement, r)) << "round " << r;
-  };
-  round(1);
+  SplitRun run(cluster, c);
+  const v1::Layout::Placement& placement = run.placement;
+  ASSERT_TRUE(run.Round(1));
   const v1::Layout::RowOwner& staying = placement.row_owners(1);
   const v1::Layout::RowOwner& stopping = placement.row_owners(2);
   cluster.Stop(stopping.shard());
@@ -676,12 +651,10 @@ TEST(SplitServingFaults, StoppedFollowerReturnsAndTrainingGoesOn) {
   const LowRankFactors b2 = RoundFactors(c, 2, 1);
   ASSERT_EQ(SplitPush(cluster, placement, "w1", 2, 1, b2, c.m, c.n).result(),
             v1::PUSH_RESULT_ACCEPTED);
-  reference.Step(a2, b2);
+  run.reference.Step(a2, b2);
   ASSERT_TRUE(WaitForVersion(cluster, placement, 2));
-  for (int r = 3; r <= 4; ++r) round(r);
-  EXPECT_LE(RelativeError(ToDouble(Assemble(cluster, placement, c.m, c.n, 4)),
-                          ToDouble(reference.X)),
-            1e-5);
+  for (int r = 3; r <= 4; ++r) ASSERT_TRUE(run.Round(r));
+  EXPECT_LE(run.Error(4), 1e-5);
   for (int i = 1; i < 3; ++i) {
     const int shard = placement.row_owners(i).shard();
     EXPECT_EQ(cluster.server(shard).shard().StagedContributions("w"), 0) << "shard " << shard;
