@@ -87,6 +87,20 @@ v1::RegisterModelRequest SplitModel(const std::string& worker, int64_t m, int64_
   return request;
 }
 
+// An empty directory `name` under the test's temporary directory.
+std::string FreshDir(const std::string& name) {
+  const std::string dir = ::testing::TempDir() + "/" + name;
+  std::filesystem::remove_all(dir);
+  return dir;
+}
+
+// Cluster options: shard i checkpoints into <dir>/shard-<i>.
+std::function<void(ServerOptions&, int)> CheckpointsIn(const std::string& dir) {
+  return [dir](ServerOptions& options, int shard) {
+    options.shard.checkpoint_dir = absl::StrCat(dir, "/shard-", shard);
+  };
+}
+
 // Shards 0..k-1 on reserved loopback ports, each knowing every other's address.
 class Cluster {
  public:
@@ -403,11 +417,8 @@ TEST(SplitServingFaults, LostFollowerStepIsRetriedAndAppliedOnce) {
 // Each owner checkpoints its rows and restores them: after a restart of every shard the
 // blocks, versions and the next steps are those of an uninterrupted run.
 TEST(SplitServingCheckpoints, OwnersRestoreTheirRowsAndTrainOn) {
-  const std::string dir = ::testing::TempDir() + "/split_serving_checkpoints";
-  std::filesystem::remove_all(dir);
-  Cluster cluster(2, [&](ServerOptions& options, int shard) {
-    options.shard.checkpoint_dir = absl::StrCat(dir, "/shard-", shard);
-  });
+  const std::string dir = FreshDir("split_serving_checkpoints");
+  Cluster cluster(2, CheckpointsIn(dir));
   ASSERT_TRUE(cluster.ok());
   const SplitCase c{64, 96, 2, OrthoMethod::kAuto};
   SplitRun run(cluster, c);
@@ -581,11 +592,8 @@ TEST(SplitServingFaults, FollowerWhoseLastSumWasLostCatchesUpFromTheRetainedSums
 // its followers, who still answer during their own drain; the last checkpoints then hold the
 // step, and after the restart every owner is at that version with the reference's value.
 TEST(SplitServingShutdown, PendingStepIsAppliedWhenEveryOwnerStopsTogether) {
-  const std::string dir = ::testing::TempDir() + "/split_serving_shutdown";
-  std::filesystem::remove_all(dir);
-  Cluster cluster(3, [&](ServerOptions& options, int shard) {
-    options.shard.checkpoint_dir = absl::StrCat(dir, "/shard-", shard);
-  });
+  const std::string dir = FreshDir("split_serving_shutdown");
+  Cluster cluster(3, CheckpointsIn(dir));
   ASSERT_TRUE(cluster.ok());
   const SplitCase c{96, 64, 3, OrthoMethod::kAuto};
   SplitRun run(cluster, c);
@@ -612,11 +620,8 @@ TEST(SplitServingShutdown, PendingStepIsAppliedWhenEveryOwnerStopsTogether) {
 // contribution again after the return. The returned follower restores its rows at the version
 // it stopped at, and training goes on to the reference's values.
 TEST(SplitServingFaults, StoppedFollowerReturnsAndTrainingGoesOn) {
-  const std::string dir = ::testing::TempDir() + "/split_serving_follower_returns";
-  std::filesystem::remove_all(dir);
-  Cluster cluster(3, [&](ServerOptions& options, int shard) {
-    options.shard.checkpoint_dir = absl::StrCat(dir, "/shard-", shard);
-  });
+  const std::string dir = FreshDir("split_serving_follower_returns");
+  Cluster cluster(3, CheckpointsIn(dir));
   ASSERT_TRUE(cluster.ok());
   const SplitCase c{96, 64, 3, OrthoMethod::kAuto};
   SplitRun run(cluster, c);
