@@ -22,18 +22,15 @@ absl::StatusOr<PushOutcome> RowStage::Stage(ValidatedContribution contribution,
         "parameter '", parameter_, "': sequence ", c.sequence, " of worker '", c.worker_id,
         "' is beyond the sequence horizon ", horizon, "; nothing was recorded"));
   }
-  if (window != windows_.end()) {
-    switch (window->second.Lookup(c.sequence)) {
-      case SequenceWindow::State::kNew: break;
-      case SequenceWindow::State::kSeen: return PushOutcome::kDuplicate;
-      case SequenceWindow::State::kUnknown:
-        return absl::DataLossError(absl::StrCat(
-            "parameter '", parameter_, "': sequence ", c.sequence, " of worker '", c.worker_id,
-            "' is older than the dedup window (floor ", window->second.floor(), ", window ",
-            options_.dedup_window, "): this shard cannot tell whether it was staged"));
-    }
+  bool unknown = false;
+  const PushOutcome judged = JudgeLocked(c, applied_version, &unknown);
+  if (unknown) {
+    return absl::DataLossError(absl::StrCat(
+        "parameter '", parameter_, "': sequence ", c.sequence, " of worker '", c.worker_id,
+        "' is older than the dedup window (floor ", window->second.floor(), ", window ",
+        options_.dedup_window, "): this shard cannot tell whether it was staged"));
   }
-  if (c.base_version + options_.max_staleness < applied_version) return PushOutcome::kStale;
+  if (judged != PushOutcome::kAccepted) return judged;
   if (static_cast<int64_t>(staged_.size()) >= options_.max_staged) {
     return absl::ResourceExhaustedError(absl::StrCat(
         "parameter '", parameter_, "': this shard already holds ", staged_.size(),
@@ -49,15 +46,22 @@ absl::StatusOr<PushOutcome> RowStage::Stage(ValidatedContribution contribution,
 }
 
 PushOutcome RowStage::Restore(ValidatedContribution contribution, int64_t applied_version) {
-  const Contribution& c = *contribution;
   MutexLock lock(&mu_);
+  bool unknown = false;  // older than the window: it was seen
+  const PushOutcome judged = JudgeLocked(*contribution, applied_version, &unknown);
+  if (judged == PushOutcome::kAccepted) InsertLocked(std::move(contribution));
+  return judged;
+}
+
+PushOutcome RowStage::JudgeLocked(const Contribution& c, int64_t applied_version,
+                                  bool* unknown) const {
   auto window = windows_.find(c.worker_id);
-  if (window != windows_.end() &&
-      window->second.Lookup(c.sequence) != SequenceWindow::State::kNew) {
-    return PushOutcome::kDuplicate;
+  if (window != windows_.end()) {
+    const SequenceWindow::State state = window->second.Lookup(c.sequence);
+    *unknown = state == SequenceWindow::State::kUnknown;
+    if (state != SequenceWindow::State::kNew) return PushOutcome::kDuplicate;
   }
   if (c.base_version + options_.max_staleness < applied_version) return PushOutcome::kStale;
-  InsertLocked(std::move(contribution));
   return PushOutcome::kAccepted;
 }
 

@@ -81,6 +81,11 @@ class RowStage {
  private:
   using Key = std::pair<std::string, uint64_t>;  // (worker_id, sequence)
 
+  // kDuplicate when (worker, sequence) was staged before, or is older than the dedup window
+  // (*unknown then: nobody can tell); kStale when no batch can name it any more; else
+  // kAccepted. Changes nothing.
+  PushOutcome JudgeLocked(const Contribution& c, int64_t applied_version, bool* unknown) const
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // Stages `contribution` and records its sequence as seen.
   void InsertLocked(ValidatedContribution contribution) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
 
