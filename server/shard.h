@@ -104,6 +104,11 @@ struct ShardOptions {
   // Fault tests only: called at the start of every StepRows; an error fails it (this follower
   // takes no part in that step, as if the leader's command had not arrived). Null: none.
   std::function<absl::Status(const StepRowsCommand&)> step_rows_fault;
+  // Crash tests only: called by the leader of a split parameter at two points of each step,
+  // with the version the step produces: `answered` false once the batch is durable in the log
+  // and before any follower is asked, true after the step is applied here and every follower
+  // answered, before the step is committed to the log. Null: none.
+  std::function<void(int64_t step, bool answered)> leader_step_hook;
 };
 
 // InvalidArgument naming the field.
@@ -294,6 +299,17 @@ class Shard {
     std::optional<SplitOwnership> split;
     std::unique_ptr<RowStage> stage;
     std::atomic<bool> stepping{false};  // a follower's StepRows is under way (one at a time)
+    // A follower: the sums of its latest step (taken, or replayed from the log), which a
+    // restarted leader may ask for (StepRowsCommand::query).
+    mutable Mutex sums_mu;
+    int64_t sums_version ABSL_GUARDED_BY(sums_mu) = -1;  // the version that step produced
+    std::vector<StepSum> sums ABSL_GUARDED_BY(sums_mu);
+    // A leader after a restart: its batches closed in the log but not committed there
+    // (replay collects them in `recovered`, Start() hands them to the step queue). Their steps
+    // may have been taken by the followers already: ApplySplit asks them first for versions
+    // below recovered_below. Set before the lane's steps are attached, read-only after.
+    std::vector<Batch> recovered;
+    int64_t recovered_below = 0;
     bool leads() const { return split.has_value() && split->index == 0; }
   };
 
@@ -357,11 +373,29 @@ class Shard {
   bool GivingUp() const;
   // Sleeps `backoff`, or until GivingUp() becomes true if that comes first.
   void SleepUntilRetry(absl::Duration backoff) const;
-  // Replays a follower's logged step of a split parameter (ReplayHandlerLocked): skipped
-  // when the checkpoint holds it, else applied with the logged sums. DataLoss when it does
-  // not fit the rows' version or the staged blocks.
+  // Replays a logged step of a split parameter (ReplayHandlerLocked): skipped when the
+  // checkpoint holds it, else applied with the logged sums, to a follower's staged blocks or
+  // to the leader's batch replayed before it. DataLoss when it does not fit the rows' version,
+  // the staged blocks or the batch.
   absl::Status ReplaySplitStepLocked(Lane& lane, const LoggedSplitStep& step)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(gate_);
+  // ReplaySplitStepLocked of the leader, whose rows are at `version`: the first batch in
+  // Lane::recovered, applied with the logged sums.
+  absl::Status ReplayLeaderStepLocked(Lane& lane, const LoggedSplitStep& step, int64_t version)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(gate_);
+  // A leader's step applied here: its record with the sums to the log, made durable (an
+  // error is reported; the log refuses everything after it).
+  void CommitLeaderStep(const StepRowsCommand& command, const std::vector<StepSum>& sums);
+  // A leader's batch closed before a restart (Lane::recovered_below): asks every follower
+  // where it stands. OK with no sums when none took the step (the step is taken as usual);
+  // the step's sums when one took it and holds them; an error otherwise (retried).
+  absl::StatusOr<std::vector<StepSum>> AskFollowers(const StepRowsCommand& command,
+                                                    const SplitOwnership& split);
+  // The follower's answer to a leader's query (StepRowsCommand::query).
+  absl::StatusOr<StepRowsReply> AnswerQuery(const Lane& lane, const StepRowsCommand& command);
+  // The sums a follower keeps of its latest step (Lane::sums).
+  static void KeepSums(Lane& lane, int64_t version, std::vector<StepSum> sums);
+  static std::vector<StepSum> SumsOf(const Lane& lane, int64_t version);
   // At a checkpoint's cut, after SwitchTo: every staged block into the new log file; *end is
   // the last record's end (unchanged when nothing is staged).
   absl::Status RelogStagedLocked(uint64_t* end) ABSL_EXCLUSIVE_LOCKS_REQUIRED(gate_);

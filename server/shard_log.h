@@ -14,7 +14,9 @@
 // Records: a registration (before RegisterModel is acknowledged), a worker id (before it
 // counts as registered), every accepted contribution (before ACCEPTED is sent) and every closed
 // batch with its members and exact weights (before its step is published), so that recovery
-// replays exactly the batches that were applied, bit for bit. Contributions and batches are
+// replays exactly the batches that were applied, bit for bit; and the steps of split
+// parameters with their reductions' sums (a leader's commit of its batch, a follower's step:
+// docs/server.md, "Split parameters"). Contributions and batches are
 // written under their batcher's lock (BatchJournal) and waited for outside it (WaitDurable):
 // with LogSync::kAlways concurrent pushes share one fdatasync.
 //
@@ -36,6 +38,7 @@
 #include "common/model_table.h"
 #include "common/mutex.h"
 #include "server/batcher.h"
+#include "server/split_peers.h"
 #include "server/wal/log_file.h"
 #include "server/wal/log_reader.h"
 
@@ -47,12 +50,9 @@ struct ShardLogOptions {
   RecoverMode recover = RecoverMode::kStrict;
 };
 
-// A follower's step of a split parameter, as logged (proto/dion/v1/wal.proto WalSplitStep).
+// A step of a split parameter, as logged (proto/dion/v1/wal.proto WalSplitStep).
 struct LoggedSplitStep {
-  struct Sum {
-    std::string tag;
-    Matrix value;
-  };
+  using Sum = StepSum;
   LoggedBatch batch;  // version: the one the step applied to
   double lr_scale = 1.0;
   std::vector<Sum> sums;  // in call order
@@ -106,8 +106,9 @@ class ShardLog : public BatchJournal {
   absl::StatusOr<uint64_t> Accepted(const Contribution& contribution) override
       ABSL_LOCKS_EXCLUDED(mu_);
   absl::StatusOr<uint64_t> Closed(const Batch& batch) override ABSL_LOCKS_EXCLUDED(mu_);
-  // A follower's step of a split parameter, after it applied it and before it answers its
-  // leader; returns the offset that must be durable first.
+  // A step of a split parameter: a follower's, after it applied it and before it answers its
+  // leader; the leader's commit, before it publishes the step. Returns the offset that must
+  // be durable first.
   absl::StatusOr<uint64_t> SplitStep(const LoggedSplitStep& step) ABSL_LOCKS_EXCLUDED(mu_);
 
   // Returns once every record ending at or before `end` is durable (LogWriter::WaitDurable on

@@ -49,13 +49,15 @@ void Shard::CreateLanesLocked(bool attach_steps) {
     const int64_t version = store_->Version(name).value();
     auto lane = std::make_unique<Lane>();
     lane->split = store_->Split(name).value();
-    // The leader of a split parameter logs neither its contributions nor its batches
-    // (docs/server.md, "Split parameters"): replaying its steps would need its followers. A
-    // follower logs its staged blocks and its steps with their sums (StageContribution,
-    // StepRows), not through a batcher.
+    // The leader of a split parameter logs its contributions and batches through its batcher,
+    // as a whole parameter's owner does, and each step with its sums once applied
+    // (CommitLeaderStep). A follower logs its staged blocks and its steps with their sums
+    // (StageContribution, StepRows), not through a batcher (docs/server.md, "Split
+    // parameters").
+    const bool follows = lane->split.has_value() && !lane->leads();
     lane->batcher = std::make_unique<Batcher>(name, options_.batcher, version, options_.clock,
-                                              lane->split.has_value() ? nullptr : log_.get());
-    if (lane->split.has_value() && !lane->leads()) {
+                                              follows ? nullptr : log_.get());
+    if (follows) {
       RowStageOptions stage;
       stage.dedup_window = options_.batcher.dedup_window;
       stage.max_staleness = options_.batcher.staleness.max_staleness;
@@ -77,6 +79,9 @@ void Shard::AttachStepsLocked() {
     lane->steps =
         steps_.AddLane(version, [this, lane](Batch batch) { return ApplyOne(lane, std::move(batch)); });
     lane->attached = true;
+    // A leader's batches the log closed but did not commit: taken again, in order.
+    for (Batch& batch : lane->recovered) steps_.Enqueue(lane->steps, std::move(batch));
+    lane->recovered.clear();
   }
 }
 
@@ -84,6 +89,15 @@ absl::Status Shard::ReplayLog(uint64_t checkpoint) {
   absl::StatusOr<LogReplayStats> stats = log_->ReplayAndOpen(checkpoint, ReplayHandlerLocked());
   if (!stats.ok()) return stats.status();
   replayed_ = *stats;
+  for (Lane* lane : lane_order_) {
+    if (lane->recovered.empty()) continue;
+    lane->recovered_below = lane->recovered.back().version + 1;
+    std::fprintf(stderr,
+                 "dion-server: split parameter '%s': %zu logged batch(es) from version %lld "
+                 "have no commit in the log; the followers are asked whether they took them\n",
+                 lane->batcher->parameter().c_str(), lane->recovered.size(),
+                 static_cast<long long>(lane->recovered.front().version));
+  }
   if (stats->records > 0 || stats->bytes_cut > 0) {
     std::fprintf(stderr,
                  "dion-server: replayed %lld write-ahead log records (%lld contributions, %lld "
@@ -139,10 +153,15 @@ LogReplayHandler Shard::ReplayHandlerLocked() {
     return ReplaySplitStepLocked(**lane, step);
   };
   handler.batch = [this, lane_of](const LoggedBatch& logged) -> absl::Status {
+    gate_.AssertHeld();
     absl::StatusOr<Lane*> lane = lane_of(logged.parameter);
     if (!lane.ok()) return lane.status();
     absl::StatusOr<Batch> batch = (*lane)->batcher->RestoreClose(logged);
     if (!batch.ok()) return batch.status();
+    if ((*lane)->leads()) {  // its step needs the sums: its commit record, or the followers
+      (*lane)->recovered.push_back(*std::move(batch));
+      return absl::OkStatus();
+    }
     return store_->ApplyBatch(*batch).status();
   };
   return handler;
@@ -150,11 +169,12 @@ LogReplayHandler Shard::ReplayHandlerLocked() {
 
 absl::Status Shard::ReplaySplitStepLocked(Lane& lane, const LoggedSplitStep& step) {
   const std::string& parameter = step.batch.parameter;
-  if (lane.stage == nullptr) {
+  if (!lane.split.has_value()) {
     return absl::DataLossError(absl::StrCat("a logged split step of parameter '", parameter,
-                                            "', which this shard does not follow"));
+                                            "', which is whole on this shard"));
   }
   const int64_t version = store_->Version(parameter).value_or(0);
+  if (lane.leads()) return ReplayLeaderStepLocked(lane, step, version);
   if (step.batch.version < version) {  // the checkpoint holds it (logged after the cut)
     lane.stage->Release(step.batch, version);
     return absl::OkStatus();
@@ -171,6 +191,48 @@ absl::Status Shard::ReplaySplitStepLocked(Lane& lane, const LoggedSplitStep& ste
   absl::StatusOr<StepOutcome> outcome = store_->ApplyRowBatch(*batch, step.lr_scale, reducer);
   if (!outcome.ok()) return outcome.status();
   lane.stage->Release(step.batch, outcome->update.version);
+  KeepSums(lane, outcome->update.version, step.sums);
+  return absl::OkStatus();
+}
+
+absl::Status Shard::ReplayLeaderStepLocked(Lane& lane, const LoggedSplitStep& step,
+                                           int64_t version) {
+  const std::string& parameter = step.batch.parameter;
+  if (step.batch.version < version) return absl::OkStatus();  // the checkpoint holds it
+  const auto refuse = [&](absl::string_view why) {
+    return absl::DataLossError(absl::StrCat("the logged commit of step ", step.batch.version + 1,
+                                            " of split parameter '", parameter, "' ", why));
+  };
+  if (lane.recovered.empty() || lane.recovered.front().version != step.batch.version ||
+      step.batch.version != version) {
+    return refuse(absl::StrCat(
+        "has no logged batch before it (rows at version ", version, ", ",
+        lane.recovered.size(), " batch(es) without a commit",
+        lane.recovered.empty()
+            ? std::string()
+            : absl::StrCat(", the first for version ", lane.recovered.front().version),
+        ")"));
+  }
+  const Batch& batch = lane.recovered.front();
+  if (batch.entries.size() != step.batch.members.size()) {
+    return refuse(absl::StrCat("names ", step.batch.members.size(), " members, its batch has ",
+                               batch.entries.size()));
+  }
+  for (size_t i = 0; i < batch.entries.size(); ++i) {
+    const Contribution& c = *batch.entries[i].contribution;
+    if (c.worker_id != step.batch.members[i].worker_id ||
+        c.sequence != step.batch.members[i].sequence) {
+      return refuse(absl::StrCat("names contribution ", step.batch.members[i].sequence,
+                                 " of worker '", step.batch.members[i].worker_id,
+                                 "' at position ", i, ", its batch ", c.sequence, " of '",
+                                 c.worker_id, "'"));
+    }
+  }
+  ReplayReducer reducer(static_cast<int>(lane.split->owner_shards.size()), lane.split->index,
+                        step.sums);
+  absl::StatusOr<StepOutcome> outcome = store_->ApplyRowBatch(batch, step.lr_scale, reducer);
+  if (!outcome.ok()) return outcome.status();
+  lane.recovered.erase(lane.recovered.begin());
   return absl::OkStatus();
 }
 

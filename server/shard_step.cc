@@ -138,6 +138,19 @@ absl::Status Shard::ApplySplit(const Lane* lane, Batch batch) {
   const absl::Time start = absl::Now();
   const SplitOwnership& split = *lane->split;
   lane->snapshot->BeforeStep(batch.version);
+  const int64_t step = batch.version + 1;
+  if (log_ != nullptr && batch.journal_end > 0) {
+    // The batch is the step's prepare record: durable before any follower hears of it, so a
+    // restarted leader finds every step its followers may have taken (docs/server.md).
+    if (absl::Status s = WaitDurable(batch.journal_end); !s.ok()) {
+      std::fprintf(stderr, "dion-server: step %lld of split parameter '%s' not taken: %s\n",
+                   static_cast<long long>(step), batch.parameter.c_str(), s.ToString().c_str());
+      if (metrics_ != nullptr) metrics_->RecordFailedStep(lane->optimizer);
+      lane->snapshot->StepFailed(batch.version, s);
+      return s;
+    }
+  }
+  if (options_.leader_step_hook) options_.leader_step_hook(step, /*answered=*/false);
   StepRowsCommand command;
   command.batch.parameter = batch.parameter;
   command.batch.version = batch.version;
@@ -146,22 +159,46 @@ absl::Status Shard::ApplySplit(const Lane* lane, Batch batch) {
     command.batch.members.push_back(
         {e.contribution->worker_id, e.contribution->sequence, e.staleness, e.weight});
   }
+  // Closed before a restart: the followers may hold the step already (ask them each attempt).
+  const bool recovered = batch.version < lane->recovered_below;
   absl::Duration backoff = options_.split_retry_initial;
   for (int32_t attempt = 0;; ++attempt) {
     absl::StatusOr<double> lr_scale = store_->NextLrScale(batch.parameter);
     if (!lr_scale.ok()) return lr_scale.status();
     command.attempt = attempt;
     command.lr_scale = *lr_scale;
-    std::unique_ptr<FollowerSteps> followers =
-        options_.split_peers->StartFollowers(command, split);
-    std::unique_ptr<RowReducer> reducer = options_.split_peers->Reducer(
-        batch.parameter, batch.version + 1, attempt, split);
-    absl::StatusOr<StepOutcome> outcome = store_->ApplyRowBatch(batch, *lr_scale, *reducer);
-    const absl::Status followed = followers->Wait();
+    absl::StatusOr<std::vector<StepSum>> known = std::vector<StepSum>();
+    if (recovered) known = AskFollowers(command, split);
+    absl::StatusOr<StepOutcome> outcome =
+        known.ok() ? absl::UnknownError("not taken") : known.status();
+    absl::Status followed;
+    std::vector<StepSum> sums;
+    if (known.ok() && !known->empty()) {
+      // A follower took the step: take it here with its sums, then hand them to the others.
+      ReplayReducer given(static_cast<int>(split.owner_shards.size()), split.index, *known);
+      outcome = store_->ApplyRowBatch(batch, *lr_scale, given);
+      sums = *std::move(known);
+    } else if (known.ok()) {
+      std::unique_ptr<FollowerSteps> followers =
+          options_.split_peers->StartFollowers(command, split);
+      std::unique_ptr<RowReducer> reducer = options_.split_peers->Reducer(
+          batch.parameter, step, attempt, split);
+      RecordingReducer recorder(*reducer);
+      outcome = store_->ApplyRowBatch(batch, *lr_scale, recorder);
+      followed = followers->Wait();
+      sums = recorder.TakeSums();
+    }
     if (outcome.ok()) {
+      if (options_.leader_step_hook) options_.leader_step_hook(step, /*answered=*/true);
+      CommitLeaderStep(command, sums);
       lane->snapshot->AfterStep(outcome->update.version);
       PublishStep(*lane, *std::move(outcome), start);
-      // Every reduction completed, so each follower has its sums: one whose answer failed
+      if (recovered && !sums.empty()) {
+        // Followers still behind take the step from the sums; those that have it say so.
+        command.sums = std::move(sums);
+        followed = options_.split_peers->StartFollowers(command, split)->Wait();
+      }
+      // Every reduction completed, so each follower can have its sums: one whose answer failed
       // takes the step again (before the lane's next batch needs it at this version).
       if (!followed.ok()) CatchUpFollowers(command, split, followed);
       return absl::OkStatus();
@@ -170,7 +207,7 @@ absl::Status Shard::ApplySplit(const Lane* lane, Batch batch) {
     std::fprintf(stderr,
                  "dion-server: step %lld of split parameter '%s' (attempt %d) failed, nothing "
                  "applied; %s: %s%s%s\n",
-                 static_cast<long long>(batch.version + 1), batch.parameter.c_str(), attempt,
+                 static_cast<long long>(step), batch.parameter.c_str(), attempt,
                  giving_up ? "not retried (shutting down)"
                                : absl::StrCat("retrying in ", absl::FormatDuration(backoff)).c_str(),
                  outcome.status().ToString().c_str(), followed.ok() ? "" : "; followers: ",
@@ -184,6 +221,45 @@ absl::Status Shard::ApplySplit(const Lane* lane, Batch batch) {
     SleepUntilRetry(backoff);
     backoff = std::min(2 * backoff, options_.split_retry_max);
   }
+}
+
+void Shard::CommitLeaderStep(const StepRowsCommand& command, const std::vector<StepSum>& sums) {
+  if (log_ == nullptr) return;
+  // Written without the gate: a checkpoint cut meanwhile waits for this step (its batch was
+  // closed before the cut), so the commit is needed by neither file's replay after it, and a
+  // replay skips a commit the checkpoint holds.
+  absl::StatusOr<uint64_t> end = log_->SplitStep({command.batch, command.lr_scale, sums});
+  absl::Status logged = end.ok() ? log_->WaitDurable(*end) : end.status();
+  if (logged.ok()) return;
+  // The log is broken, so the shard acknowledges nothing more; the step itself stands, and
+  // after a restart the followers that took it hand its sums back (AskFollowers).
+  std::fprintf(stderr,
+               "dion-server: step %lld of split parameter '%s' is applied but not committed to "
+               "the write-ahead log: %s\n",
+               static_cast<long long>(command.batch.version + 1),
+               command.batch.parameter.c_str(), logged.ToString().c_str());
+}
+
+absl::StatusOr<std::vector<StepSum>> Shard::AskFollowers(const StepRowsCommand& command,
+                                                         const SplitOwnership& split) {
+  StepRowsCommand query = command;
+  query.query = true;
+  const int64_t step = command.batch.version + 1;
+  std::vector<absl::StatusOr<StepRowsReply>> replies =
+      options_.split_peers->StartFollowers(query, split)->Replies();
+  std::vector<int> taken;  // shards
+  for (size_t i = 0; i < replies.size(); ++i) {
+    if (!replies[i].ok()) return replies[i].status();
+    if (replies[i]->version != step) continue;
+    if (!replies[i]->sums.empty()) return std::move(replies[i]->sums);
+    taken.push_back(split.owner_shards[i + 1]);
+  }
+  if (taken.empty()) return std::vector<StepSum>();  // nobody took it: take it as usual
+  return absl::DataLossError(absl::StrCat(
+      "follower shard(s) ", absl::StrJoin(taken, ", "), " took step ", step, " of '",
+      command.batch.parameter, "' but none holds its sums any more (restored from a "
+      "checkpoint since?), and the leader's log ends before the step's commit: the owners "
+      "must be restored at one version"));
 }
 
 void Shard::CatchUpFollowers(const StepRowsCommand& command, const SplitOwnership& split,
@@ -258,6 +334,7 @@ absl::StatusOr<StepRowsReply> Shard::StepRows(const StepRowsCommand& command) {
     std::atomic<bool>& stepping;
     ~Done() { stepping.store(false); }
   } done{lane->stepping};
+  if (command.query) return AnswerQuery(*lane, command);
   absl::StatusOr<int64_t> version = store_->Version(parameter);
   if (!version.ok()) return version.status();
   if (*version == command.batch.version + 1) {  // a retried command already taken
@@ -271,7 +348,7 @@ absl::StatusOr<StepRowsReply> Shard::StepRows(const StepRowsCommand& command) {
               "the write-ahead log could not make the step durable: ", s.message()));
         }
       }
-      return StepRowsReply{now->version, now->checksum};
+      return StepRowsReply{now->version, now->checksum, SumsOf(*lane, now->version)};
     }
   }
   if (*version != command.batch.version) {
@@ -286,30 +363,36 @@ absl::StatusOr<StepRowsReply> Shard::TakeFollowerStep(Lane& lane, const StepRows
                                                       absl::Time start) {
   absl::StatusOr<Batch> batch = lane.stage->Collect(command.batch);
   if (!batch.ok()) return batch.status();
-  std::unique_ptr<RowReducer> reducer = options_.split_peers->Reducer(
-      command.batch.parameter, command.batch.version + 1, command.attempt, *lane.split);
-  std::optional<RecordingReducer> recorder;  // the sums go to the log with the step
-  if (log_ != nullptr) recorder.emplace(*reducer);
+  // The sums go to the log with the step and stay for a restarted leader's query.
+  std::unique_ptr<RowReducer> reducer;
+  std::optional<ReplayReducer> given;  // the leader sent the sums: no reduction
+  if (command.sums.empty()) {
+    reducer = options_.split_peers->Reducer(command.batch.parameter, command.batch.version + 1,
+                                            command.attempt, *lane.split);
+  } else {
+    given.emplace(static_cast<int>(lane.split->owner_shards.size()), lane.split->index,
+                  command.sums);
+  }
+  RecordingReducer recorder(given.has_value() ? static_cast<RowReducer&>(*given) : *reducer);
   lane.snapshot->BeforeStep(batch->version);
-  absl::StatusOr<StepOutcome> outcome = store_->ApplyRowBatch(
-      *batch, command.lr_scale, recorder.has_value() ? *recorder : *reducer);
+  absl::StatusOr<StepOutcome> outcome = store_->ApplyRowBatch(*batch, command.lr_scale, recorder);
   if (!outcome.ok()) {
     // A checkpoint waiting for this step fails now rather than waiting for a retry that may
     // never come; the next one is cut at the version the follower then has.
     lane.snapshot->StepFailed(batch->version, outcome.status());
     return outcome.status();
   }
-  const StepRowsReply reply{outcome->update.version, outcome->update.checksum};
+  const StepRowsReply reply{outcome->update.version, outcome->update.checksum, {}};
+  std::vector<StepSum> sums = recorder.TakeSums();
   absl::StatusOr<uint64_t> end = uint64_t{0};
   {
     // A checkpoint's cut sees both the step's record and the release of its members, or
     // neither: it logs again only blocks that the log after it still needs.
     ReaderMutexLock lock(&gate_);
-    if (recorder.has_value()) {
-      end = log_->SplitStep({command.batch, command.lr_scale, recorder->TakeSums()});
-    }
+    if (log_ != nullptr) end = log_->SplitStep({command.batch, command.lr_scale, sums});
     lane.stage->Release(command.batch, reply.version);
   }
+  KeepSums(lane, reply.version, std::move(sums));
   absl::Status logged = end.ok() ? absl::OkStatus() : end.status();
   if (logged.ok() && *end > 0) logged = log_->WaitDurable(*end);
   lane.snapshot->AfterStep(reply.version);
@@ -325,6 +408,38 @@ absl::StatusOr<StepRowsReply> Shard::TakeFollowerStep(Lane& lane, const StepRows
         "the write-ahead log could not record the step: ", logged.message()));
   }
   return reply;
+}
+
+absl::StatusOr<StepRowsReply> Shard::AnswerQuery(const Lane& lane,
+                                                 const StepRowsCommand& command) {
+  absl::StatusOr<ParameterSnapshot> now = store_->Snapshot(command.batch.parameter, false);
+  if (!now.ok()) return now.status();
+  const int64_t step = command.batch.version + 1;
+  if (now->version != step && now->version != command.batch.version) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        "parameter '", command.batch.parameter, "': this follower's rows are at version ",
+        now->version, ", the leader asks about step ", step, " (from version ",
+        command.batch.version, ")"));
+  }
+  if (now->version == step && log_ != nullptr) {
+    if (absl::Status s = log_->WaitDurable(log_->end_offset()); !s.ok()) {
+      return absl::UnavailableError(absl::StrCat(
+          "the write-ahead log could not make the step durable: ", s.message()));
+    }
+  }
+  return StepRowsReply{now->version, now->checksum, SumsOf(lane, now->version)};
+}
+
+void Shard::KeepSums(Lane& lane, int64_t version, std::vector<StepSum> sums) {
+  MutexLock lock(&lane.sums_mu);
+  lane.sums_version = version;
+  lane.sums = std::move(sums);
+}
+
+std::vector<StepSum> Shard::SumsOf(const Lane& lane, int64_t version) {
+  MutexLock lock(&lane.sums_mu);
+  if (lane.sums_version != version) return {};
+  return lane.sums;
 }
 
 int64_t Shard::StagedContributions(absl::string_view parameter) const {

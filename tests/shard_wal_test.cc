@@ -387,18 +387,19 @@ TEST(ShardWal, OptionsAndSyncModesAreChecked) {
 
 // ---- A follower of a split parameter (docs/server.md, "Split parameters").
 
-// Two shards of one process as the owners of split parameters: their reductions meet in a
-// LocalReduceGroup, and the leader's StepRows is a call of the follower's Shard.
+// Shards of one process as the owners of split parameters: their reductions meet in a
+// LocalReduceGroup, and the leader's StepRows is a call of each follower's Shard.
 class InProcessPeers : public SplitPeers {
  public:
-  void set_follower(Shard* follower) { follower_ = follower; }
+  explicit InProcessPeers(int owners = 2) : group_(owners) {}
+  void set_followers(std::vector<Shard*> followers) { followers_ = std::move(followers); }
   std::unique_ptr<RowReducer> Reducer(const std::string&, int64_t, int32_t,
                                       const SplitOwnership& split) override {
     return std::make_unique<Forward>(group_.owner(split.index));
   }
   std::unique_ptr<FollowerSteps> StartFollowers(const StepRowsCommand& command,
                                                 const SplitOwnership&) override {
-    return std::make_unique<Step>(follower_, command);
+    return std::make_unique<Steps>(followers_, command);
   }
 
  private:
@@ -411,32 +412,50 @@ class InProcessPeers : public SplitPeers {
     }
     RowReducer& inner;
   };
-  struct Step final : FollowerSteps {
-    Step(Shard* follower, StepRowsCommand command)
-        : thread([this, follower, command] { status = follower->StepRows(command).status(); }) {}
-    ~Step() override { if (thread.joinable()) thread.join(); }
-    absl::Status Wait() override {
-      if (thread.joinable()) thread.join();
-      return status;
+  struct Steps final : FollowerSteps {
+    Steps(const std::vector<Shard*>& followers, const StepRowsCommand& command)
+        : replies(followers.size(), absl::UnknownError("no answer")) {
+      for (size_t i = 0; i < followers.size(); ++i) {
+        threads.emplace_back(
+            [this, i, f = followers[i], command] { replies[i] = f->StepRows(command); });
+      }
     }
-    absl::Status status;
-    std::thread thread;
+    ~Steps() override { Join(); }
+    void Join() {
+      for (std::thread& t : threads) {
+        if (t.joinable()) t.join();
+      }
+    }
+    absl::Status Wait() override {
+      Join();
+      for (const auto& reply : replies) {
+        if (!reply.ok()) return reply.status();
+      }
+      return absl::OkStatus();
+    }
+    std::vector<absl::StatusOr<StepRowsReply>> Replies() override {
+      Join();
+      return replies;
+    }
+    std::vector<absl::StatusOr<StepRowsReply>> replies;
+    std::vector<std::thread> threads;
   };
-  LocalReduceGroup group_{2};
-  Shard* follower_ = nullptr;
+  LocalReduceGroup group_;
+  std::vector<Shard*> followers_;
 };
 
-ShardOptions SplitOwnerOptions(const std::string& root, int shard, SplitPeers* peers) {
+ShardOptions SplitOwnerOptions(const std::string& root, int shard, SplitPeers* peers,
+                               int owners = 2) {
   ShardOptions options = WalOptions(root);
   options.store.shard_index = shard;
-  options.store.num_shards = 2;
+  options.store.num_shards = owners;
   options.batcher.target_samples = 0;
   options.batcher.target_workers = 1;  // a batch per leader push
   options.split_peers = peers;
   return options;
 }
 
-ModelTable SplitTable() {
+ModelTable SplitTable(int owners = 2) {
   v1::RegisterModelRequest request;
   v1::ParameterSpec* w = request.add_parameters();
   w->set_name("w");
@@ -445,7 +464,7 @@ ModelTable SplitTable() {
   w->set_optimizer(v1::OPTIMIZER_KIND_DION);
   w->mutable_dion()->set_lr(0.05);
   w->mutable_dion()->set_rank_fraction(0.25);
-  w->set_split_owners(2);
+  w->set_split_owners(owners);
   return ModelTableFromProto(request).value();
 }
 
@@ -458,9 +477,9 @@ Contribution SplitBlock(const Shard& shard, uint64_t k, int64_t base) {
   return c;
 }
 
-std::string FollowerState(const Shard& follower) {
+std::string FollowerState(const Shard& owner) {
   v1::ParameterValue proto;
-  SnapshotToProto(follower.Snapshot("w", true).value(), &proto);
+  SnapshotToProto(owner.Snapshot("w", true).value(), &proto);
   return proto.SerializeAsString();
 }
 
@@ -472,7 +491,7 @@ bool SplitScenarioThenDie(const std::string& root) {
   auto leader = Shard::Create(SplitOwnerOptions(root + "/0", 0, &peers));
   auto follower = Shard::Create(SplitOwnerOptions(root + "/1", 1, &peers));
   if (!leader.ok() || !follower.ok()) return false;
-  peers.set_follower(follower->get());
+  peers.set_followers({follower->get()});
   Shard& l = **leader;
   Shard& f = **follower;
   for (Shard* s : {&l, &f}) {
@@ -515,6 +534,126 @@ TEST(ShardWal, AFollowerOfASplitParameterComesBackWithItsStepsAndStagedBlocks) {
   // The staged block of round 4 is known: sent again, it is DUPLICATE.
   EXPECT_EQ(follower->Push(SplitBlock(*follower, 4, 3)).value().result, PushOutcome::kDuplicate);
   follower.reset();
+  fs::remove_all(root);
+}
+
+// ---- The leader of a split parameter over 3 owners, killed in its step 3.
+
+enum class LeaderCrash { kNone, kLogged, kAnswered };
+
+// The child: the 3 owners train steps 1 and 2 (each a block staged on both followers, then the
+// leader's push closing a batch), then step 3 until `crash` (kNone: to the end, then every
+// owner's state into <root>/ref.<shard>). At step 3's kLogged point follower 2's directory is
+// copied to <root>/2-before (at version 2, round 3's block staged).
+bool LeaderScenario(const std::string& root, LeaderCrash crash) {
+  InProcessPeers& peers = *new InProcessPeers(3);  // outlives the threads, as the shards
+  std::vector<Shard*> shards;
+  for (int i = 0; i < 3; ++i) {
+    ShardOptions options = SplitOwnerOptions(absl::StrCat(root, "/", i), i, &peers, 3);
+    if (i == 0) {
+      options.leader_step_hook = [root, crash](int64_t step, bool answered) {
+        if (step != 3) return;
+        if (!answered) {
+          fs::copy(root + "/2", root + "/2-before", fs::copy_options::recursive);
+        }
+        if ((crash == LeaderCrash::kLogged && !answered) ||
+            (crash == LeaderCrash::kAnswered && answered)) {
+          _exit(7);  // kill -9 as far as the disk can tell: nothing after this is written
+        }
+      };
+    }
+    auto shard = Shard::Create(options);
+    if (!shard.ok()) return false;
+    shards.push_back(shard->release());  // never destroyed: no shutdown, no last checkpoint
+  }
+  peers.set_followers({shards[1], shards[2]});
+  for (Shard* s : shards) {
+    if (!s->RegisterModel(SplitTable(3)).ok() || !s->RegisterWorker("w0").ok()) return false;
+  }
+  for (uint64_t k = 1; k <= 3; ++k) {
+    for (int i : {1, 2}) {
+      absl::StatusOr<PushReply> r = shards[i]->Push(SplitBlock(*shards[i], k, k - 1));
+      if (!r.ok() || r->result != PushOutcome::kAccepted) return false;
+    }
+    absl::StatusOr<PushReply> r = shards[0]->Push(SplitBlock(*shards[0], k, k - 1));
+    if (!r.ok() || r->result != PushOutcome::kAccepted) return false;
+    for (Shard* s : shards) {
+      if (!s->WaitForVersion("w", k, absl::Now() + absl::Seconds(30)).ok()) return false;
+    }
+  }
+  for (int i = 0; i < 3; ++i) WriteFile(absl::StrCat(root, "/ref.", i), FollowerState(*shards[i]));
+  return true;
+}
+
+// The owners restarted from their directories (follower 2 from `follower2`), followers first;
+// every owner must reach version 3 with exactly the state of the run that was not killed.
+void ExpectLeaderFinishesStep3(const std::string& root, const std::string& follower2) {
+  InProcessPeers peers(3);
+  auto f1 = Shard::Create(SplitOwnerOptions(root + "/1", 1, &peers, 3)).value();
+  auto f2 = Shard::Create(SplitOwnerOptions(follower2, 2, &peers, 3)).value();
+  peers.set_followers({f1.get(), f2.get()});
+  auto leader = Shard::Create(SplitOwnerOptions(root + "/0", 0, &peers, 3)).value();
+  // Rounds 1-3 of the leader's worker were acknowledged, so the log has them: round 3 again
+  // is DUPLICATE, and batches 1 and 2 were replayed with their commits.
+  EXPECT_EQ(leader->Push(SplitBlock(*leader, 3, 2)).value().result, PushOutcome::kDuplicate);
+  EXPECT_EQ(leader->Status().wal_replayed.batches, 3);
+  EXPECT_EQ(leader->Status().wal_replayed.split_steps, 2);
+  const Shard* owners[] = {leader.get(), f1.get(), f2.get()};
+  for (int i = 0; i < 3; ++i) {
+    ASSERT_EQ(owners[i]->WaitForVersion("w", 3, absl::Now() + absl::Seconds(30)).value_or(-1), 3)
+        << "owner " << i;
+    EXPECT_TRUE(FollowerState(*owners[i]) == ReadFile(absl::StrCat(root, "/ref.", i)))
+        << "owner " << i << "'s rows and state differ from the run that was not killed";
+  }
+  // Training goes on: step 4 with all three.
+  for (Shard* f : {f1.get(), f2.get()}) {
+    EXPECT_EQ(f->Push(SplitBlock(*f, 4, 3)).value().result, PushOutcome::kAccepted);
+  }
+  EXPECT_EQ(leader->Push(SplitBlock(*leader, 4, 3)).value().result, PushOutcome::kAccepted);
+  for (const Shard* s : owners) {
+    EXPECT_EQ(s->WaitForVersion("w", 4, absl::Now() + absl::Seconds(30)).value_or(-1), 4);
+  }
+  leader.reset();
+  f1.reset();
+  f2.reset();
+}
+
+class ShardWalLeader : public ::testing::Test {
+ protected:
+  // The run that is not killed, in `root`/ref, its states copied next to the crashed run's.
+  void Reference(const std::string& root) {
+    const std::string ref = root + "/ref";
+    fs::create_directories(ref);
+    ASSERT_EQ(RunAndDie([&] { return LeaderScenario(ref, LeaderCrash::kNone); }), 0);
+    for (int i = 0; i < 3; ++i) {
+      fs::copy_file(absl::StrCat(ref, "/ref.", i), absl::StrCat(root, "/ref.", i));
+    }
+  }
+};
+
+TEST_F(ShardWalLeader, KilledAfterEveryFollowerTookTheStepTakesItWithTheirSums) {
+  const std::string root = FreshRoot("split-leader-answered");
+  Reference(root);
+  ASSERT_EQ(RunAndDie([&] { return LeaderScenario(root, LeaderCrash::kAnswered); }), 7);
+  ExpectLeaderFinishesStep3(root, root + "/2");
+  fs::remove_all(root);
+}
+
+TEST_F(ShardWalLeader, KilledBeforeAskingAnyFollowerTakesTheStepWithThem) {
+  const std::string root = FreshRoot("split-leader-logged");
+  Reference(root);
+  ASSERT_EQ(RunAndDie([&] { return LeaderScenario(root, LeaderCrash::kLogged); }), 7);
+  ExpectLeaderFinishesStep3(root, root + "/2");
+  fs::remove_all(root);
+}
+
+// Follower 2 comes back as it was before step 3 (its disk lost the step), follower 1 has it:
+// the leader takes the step with follower 1's sums and hands them to follower 2.
+TEST_F(ShardWalLeader, AFollowerThatLostTheStepTakesItFromTheSumsOfAnother) {
+  const std::string root = FreshRoot("split-leader-mixed");
+  Reference(root);
+  ASSERT_EQ(RunAndDie([&] { return LeaderScenario(root, LeaderCrash::kAnswered); }), 7);
+  ExpectLeaderFinishesStep3(root, root + "/2-before");
   fs::remove_all(root);
 }
 

@@ -519,14 +519,17 @@ TEST(SplitServingBadInput, ShardWithoutPeerAddressesRefusesTheTable) {
   EXPECT_FALSE(GetStatus(*stub).model_registered());
 }
 
-// StepRows is the leader's command to a follower: the leader itself, a stale version and a
-// batch naming a contribution the follower never staged are refused, nothing applied.
+// StepRows is the leader's command to a follower: the leader itself, a stale version, a
+// batch naming a contribution the follower never staged and malformed sums are refused,
+// nothing applied; a query answers the follower's version and changes nothing.
 TEST(SplitServingBadInput, StepRowsRefusesWhatAFollowerCannotApply) {
   Cluster cluster(2);
   ASSERT_TRUE(cluster.ok());
   const v1::Layout::Placement placement =
       PlacementOf(cluster.Register(SplitModel("w0", 96, 64, 2)), "w");
-  const auto step_rows = [&](int shard, int64_t version, bool twice = false) {
+  v1::StepRowsResponse response;
+  const auto step_rows = [&](int shard, int64_t version, bool twice = false,
+                             std::function<void(v1::StepRowsRequest&)> edit = nullptr) {
     auto stub = v1::ShardPeer::NewStub(grpc::CreateChannel(cluster.server(shard).address(),
                                                            grpc::InsecureChannelCredentials()));
     v1::StepRowsRequest request;
@@ -538,10 +541,16 @@ TEST(SplitServingBadInput, StepRowsRefusesWhatAFollowerCannotApply) {
     m->set_sequence(9);
     m->set_weight(twice ? 0.5 : 1);
     if (twice) *request.add_members() = *m;
+    if (edit) edit(request);
     grpc::ClientContext context;
     SetDeadline(context);
-    v1::StepRowsResponse response;
+    response.Clear();
     return stub->StepRows(&context, request, &response);
+  };
+  const auto add_sum = [](v1::StepRowsRequest& request, const std::string& tag) {
+    v1::StepSum* sum = request.add_sums();
+    sum->set_tag(tag);
+    MatrixToTensor(Matrix::Ones(2, 2), sum->mutable_value());
   };
   const int leader = placement.row_owners(0).shard(), follower = placement.row_owners(1).shard();
   grpc::Status s = step_rows(leader, 1);
@@ -556,6 +565,31 @@ TEST(SplitServingBadInput, StepRowsRefusesWhatAFollowerCannotApply) {
   s = step_rows(follower, 1);
   EXPECT_EQ(s.error_code(), grpc::StatusCode::DATA_LOSS) << s.error_message();
   EXPECT_NE(s.error_message().find("sequence 9 of worker 'w0'"), std::string::npos)
+      << s.error_message();
+  // A restarted leader's forms: a query, and a step with the sums given.
+  s = step_rows(follower, 1, false, [](v1::StepRowsRequest& r) { r.set_query(true); });
+  ASSERT_TRUE(s.ok()) << s.error_message();
+  EXPECT_EQ(response.version(), 0);  // the step not taken, so no sums
+  EXPECT_EQ(response.sums_size(), 0);
+  s = step_rows(follower, 5, false, [](v1::StepRowsRequest& r) { r.set_query(true); });
+  EXPECT_EQ(s.error_code(), grpc::StatusCode::FAILED_PRECONDITION) << s.error_message();
+  EXPECT_NE(s.error_message().find("at version 0"), std::string::npos) << s.error_message();
+  s = step_rows(follower, 1, false, [&](v1::StepRowsRequest& r) {
+    r.set_query(true);
+    add_sum(r, "gram");
+  });
+  EXPECT_EQ(s.error_code(), grpc::StatusCode::INVALID_ARGUMENT) << s.error_message();
+  EXPECT_NE(s.error_message().find("a query carries no sums"), std::string::npos)
+      << s.error_message();
+  s = step_rows(follower, 1, false, [&](v1::StepRowsRequest& r) { add_sum(r, ""); });
+  EXPECT_EQ(s.error_code(), grpc::StatusCode::INVALID_ARGUMENT) << s.error_message();
+  EXPECT_NE(s.error_message().find("sum 0 has no tag"), std::string::npos) << s.error_message();
+  s = step_rows(follower, 1, false, [&](v1::StepRowsRequest& r) {
+    add_sum(r, "gram");
+    r.mutable_sums(0)->mutable_value()->mutable_data()->pop_back();
+  });
+  EXPECT_EQ(s.error_code(), grpc::StatusCode::INVALID_ARGUMENT) << s.error_message();
+  EXPECT_NE(s.error_message().find("needs 16 bytes of data, got 15"), std::string::npos)
       << s.error_message();
   EXPECT_EQ(VersionOf(cluster, follower, "w"), 0);
 }

@@ -10,7 +10,9 @@
 #include "absl/container/flat_hash_set.h"
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
+#include "common/wire.h"
 #include "dion/v1/peer.grpc.pb.h"
+#include "server/peer/reduce_wire.h"
 
 namespace dion {
 namespace {
@@ -21,20 +23,25 @@ class GrpcFollowerSteps final : public FollowerSteps {
                     const PeerEnv& env) {
     StepRowsToProto(command, &request_);
     const int followers = static_cast<int>(split.owner_shards.size()) - 1;
-    statuses_.resize(followers);
+    replies_.resize(followers, absl::UnknownError("no answer"));
     for (int i = 0; i < followers; ++i) {
       const int shard = split.owner_shards[i + 1];
-      threads_.emplace_back([this, i, shard, env] { statuses_[i] = Call(shard, env); });
+      threads_.emplace_back([this, i, shard, env] { replies_[i] = Call(shard, env); });
     }
   }
   ~GrpcFollowerSteps() override { Join(); }
 
   absl::Status Wait() override {
     Join();
-    for (const absl::Status& s : statuses_) {
-      if (!s.ok()) return s;
+    for (const absl::StatusOr<StepRowsReply>& reply : replies_) {
+      if (!reply.ok()) return reply.status();
     }
     return absl::OkStatus();
+  }
+
+  std::vector<absl::StatusOr<StepRowsReply>> Replies() override {
+    Join();
+    return replies_;
   }
 
  private:
@@ -44,7 +51,7 @@ class GrpcFollowerSteps final : public FollowerSteps {
     }
   }
 
-  absl::Status Call(int shard, const PeerEnv& env) const {
+  absl::StatusOr<StepRowsReply> Call(int shard, const PeerEnv& env) const {
     const auto annotate = [&](absl::StatusCode code, absl::string_view message) {
       return absl::Status(code, absl::StrCat("follower shard ", shard, " of '",
                                              request_.parameter(), "', step ",
@@ -66,15 +73,20 @@ class GrpcFollowerSteps final : public FollowerSteps {
       return annotate(static_cast<absl::StatusCode>(status.error_code()),
                       status.error_message());
     }
-    if (response.version() != request_.version()) {
+    // A step's answer is the step's version; a query's may be the one before it.
+    if (response.version() != request_.version() &&
+        !(request_.query() && response.version() == request_.version() - 1)) {
       return annotate(absl::StatusCode::kInternal,
                       absl::StrCat("answered version ", response.version()));
     }
-    return absl::OkStatus();
+    absl::StatusOr<StepRowsReply> reply = StepRowsReplyFromProto(response);
+    if (!reply.ok()) return annotate(reply.status().code(), reply.status().message());
+    return reply;
   }
 
   v1::StepRowsRequest request_;
-  std::vector<absl::Status> statuses_;  // written by threads_[i] only, read after Join
+  // Written by threads_[i] only, read after Join.
+  std::vector<absl::StatusOr<StepRowsReply>> replies_;
   std::vector<std::thread> threads_;
 };
 
@@ -92,6 +104,34 @@ std::unique_ptr<FollowerSteps> GrpcSplitPeers::StartFollowers(const StepRowsComm
   return std::make_unique<GrpcFollowerSteps>(command, split, env_);
 }
 
+namespace {
+
+void SumsToProto(const std::vector<StepSum>& sums,
+                 google::protobuf::RepeatedPtrField<v1::StepSum>* proto) {
+  for (const StepSum& sum : sums) {
+    v1::StepSum* s = proto->Add();
+    s->set_tag(sum.tag);
+    MatrixToTensor(sum.value, s->mutable_value());
+  }
+}
+
+absl::StatusOr<std::vector<StepSum>> SumsFromProto(
+    const google::protobuf::RepeatedPtrField<v1::StepSum>& proto) {
+  std::vector<StepSum> sums;
+  for (int i = 0; i < proto.size(); ++i) {
+    if (proto[i].tag().empty()) {
+      return absl::InvalidArgumentError(absl::StrCat("sum ", i, " has no tag"));
+    }
+    absl::StatusOr<Matrix> value =
+        ReduceTensorToMatrix(proto[i].value(), absl::StrCat("sum ", i, " ('", proto[i].tag(), "')"));
+    if (!value.ok()) return value.status();
+    sums.push_back({proto[i].tag(), *std::move(value)});
+  }
+  return sums;
+}
+
+}  // namespace
+
 void StepRowsToProto(const StepRowsCommand& command, v1::StepRowsRequest* request) {
   request->Clear();
   request->set_parameter(command.batch.parameter);
@@ -105,6 +145,8 @@ void StepRowsToProto(const StepRowsCommand& command, v1::StepRowsRequest* reques
     m->set_weight(member.weight);
     m->set_staleness(member.staleness);
   }
+  request->set_query(command.query);
+  SumsToProto(command.sums, request->mutable_sums());
 }
 
 absl::StatusOr<StepRowsCommand> StepRowsFromProto(const v1::StepRowsRequest& request) {
@@ -140,7 +182,27 @@ absl::StatusOr<StepRowsCommand> StepRowsFromProto(const v1::StepRowsRequest& req
     command.batch.members.push_back({m.worker_id(), m.sequence(), m.staleness(), m.weight()});
   }
   if (std::abs(sum - 1.0) > 1e-6) return bad("the members' weights sum to ", sum, ", expected 1");
+  if (request.query() && !request.sums().empty()) return bad("a query carries no sums");
+  command.query = request.query();
+  absl::StatusOr<std::vector<StepSum>> sums = SumsFromProto(request.sums());
+  if (!sums.ok()) return bad(sums.status().message());
+  command.sums = *std::move(sums);
   return command;
+}
+
+void StepRowsReplyToProto(const StepRowsReply& reply, v1::StepRowsResponse* response) {
+  response->Clear();
+  response->set_version(reply.version);
+  response->set_checksum(reply.checksum);
+  SumsToProto(reply.sums, response->mutable_sums());
+}
+
+absl::StatusOr<StepRowsReply> StepRowsReplyFromProto(const v1::StepRowsResponse& response) {
+  absl::StatusOr<std::vector<StepSum>> sums = SumsFromProto(response.sums());
+  if (!sums.ok()) {
+    return absl::InvalidArgumentError(absl::StrCat("the answer's ", sums.status().message()));
+  }
+  return StepRowsReply{response.version(), response.checksum(), *std::move(sums)};
 }
 
 }  // namespace dion

@@ -36,9 +36,13 @@ class GrpcSplitPeers final : public SplitPeers {
 
 // The wire form of a command, and back. FromProto checks what the proto comments promise
 // (InvalidArgument naming the field): a parameter name, version >= 1, attempt >= 0, members
-// with worker ids, weights positive and summing to 1, lr_scale finite and > 0.
+// with worker ids, weights positive and summing to 1, lr_scale finite and > 0, sums with tags
+// and 2-D values of 4 * rows * cols bytes, none on a query.
 void StepRowsToProto(const StepRowsCommand& command, v1::StepRowsRequest* request);
 absl::StatusOr<StepRowsCommand> StepRowsFromProto(const v1::StepRowsRequest& request);
+// The wire form of an answer, and back (InvalidArgument for a malformed sum).
+void StepRowsReplyToProto(const StepRowsReply& reply, v1::StepRowsResponse* response);
+absl::StatusOr<StepRowsReply> StepRowsReplyFromProto(const v1::StepRowsResponse& response);
 
 }  // namespace dion
 

@@ -77,8 +77,7 @@ grpc::Status ShardPeerService::StepRows(grpc::ServerContext* context,
     }
     absl::StatusOr<StepRowsReply> reply = shard_->StepRows(*command);
     if (!reply.ok()) return ToGrpcStatus(reply.status());
-    response->set_version(reply->version);
-    response->set_checksum(reply->checksum);
+    StepRowsReplyToProto(*reply, response);
     return grpc::Status::OK;
   });
 }
