@@ -41,6 +41,12 @@ void LocalReduceGroup::FailRound(int64_t round, absl::Status status) {
   fail_status_ = std::move(status);
 }
 
+void LocalReduceGroup::Abort(absl::Status status) {
+  MutexLock lock(&mu_);
+  aborted_ = std::move(status);
+  done_.SignalAll();
+}
+
 int64_t LocalReduceGroup::rounds() const {
   MutexLock lock(&mu_);
   return round_;
@@ -77,6 +83,7 @@ std::shared_ptr<const LocalReduceGroup::Result> LocalReduceGroup::CompleteLocked
 
 absl::Status LocalReduceGroup::Reduce(int index, absl::string_view tag, MatrixRef part) {
   MutexLock lock(&mu_);
+  if (!aborted_.ok()) return aborted_;
   const int64_t my_round = round_;
   if (owners_ == 1) {  // the sum of one part is the part (exactly: float -> double -> float)
     bytes_ += static_cast<int64_t>(part.size() * sizeof(float));
@@ -92,7 +99,8 @@ absl::Status LocalReduceGroup::Reduce(int index, absl::string_view tag, MatrixRe
     ++round_;
     done_.SignalAll();
   } else {
-    while (round_ == my_round) done_.Wait(&mu_);
+    while (round_ == my_round && aborted_.ok()) done_.Wait(&mu_);
+    if (round_ == my_round) return aborted_;
   }
   if (!last_->status.ok()) return last_->status;
   part = last_->sum;

@@ -35,6 +35,9 @@ class LocalReduceGroup {
   // Makes reduction number `round` (0-based, counted over the group's life) end with `status`
   // for every owner instead of a sum: a transport failing in the middle of a step.
   void FailRound(int64_t round, absl::Status status) ABSL_LOCKS_EXCLUDED(mu_);
+  // Makes every waiting and every later reduction end with `status` (not OK): an owner that
+  // left the step, so the others stop waiting for its part.
+  void Abort(absl::Status status) ABSL_LOCKS_EXCLUDED(mu_);
 
   int64_t rounds() const ABSL_LOCKS_EXCLUDED(mu_);           // reductions completed
   int64_t bytes_reduced() const ABSL_LOCKS_EXCLUDED(mu_);    // float bytes of every part
@@ -64,6 +67,7 @@ class LocalReduceGroup {
   std::shared_ptr<const Result> last_ ABSL_GUARDED_BY(mu_);
   int64_t fail_round_ ABSL_GUARDED_BY(mu_) = -1;
   absl::Status fail_status_ ABSL_GUARDED_BY(mu_);
+  absl::Status aborted_ ABSL_GUARDED_BY(mu_);  // Abort's status; OK until then
   int64_t bytes_ ABSL_GUARDED_BY(mu_) = 0;
 };
 

@@ -310,6 +310,11 @@ class Shard {
     // below recovered_below. Set before the lane's steps are attached, read-only after.
     std::vector<Batch> recovered;
     int64_t recovered_below = 0;
+    // A leader: the command of the step that produced its rows' version, with that step's
+    // sums (applied and committed here, or replayed from its commit record), for a follower
+    // found a version behind (CatchUpFromLastCommit). Touched by the lane's steps only (one
+    // at a time, on the compute pool) and by the replay before them.
+    mutable std::optional<StepRowsCommand> last_commit;
     bool leads() const { return split.has_value() && split->index == 0; }
   };
 
@@ -386,6 +391,11 @@ class Shard {
   // A leader's step applied here: its record with the sums to the log, made durable (an
   // error is reported; the log refuses everything after it).
   void CommitLeaderStep(const StepRowsCommand& command, const std::vector<StepSum>& sums);
+  // After a failed attempt of the leader's step from `version`: a follower a version behind
+  // (its answer to the last step was lost before a restart of this leader, or its disk lost
+  // that step) takes the last committed step from its sums (Lane::last_commit). Best effort:
+  // errors are left to the next attempt.
+  void CatchUpFromLastCommit(const Lane& lane, int64_t version);
   // A leader's batch closed before a restart (Lane::recovered_below): asks every follower
   // where it stands. OK with no sums when none took the step (the step is taken as usual);
   // the step's sums when one took it and holds them; an error otherwise (retried).

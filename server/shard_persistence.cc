@@ -198,7 +198,17 @@ absl::Status Shard::ReplaySplitStepLocked(Lane& lane, const LoggedSplitStep& ste
 absl::Status Shard::ReplayLeaderStepLocked(Lane& lane, const LoggedSplitStep& step,
                                            int64_t version) {
   const std::string& parameter = step.batch.parameter;
-  if (step.batch.version < version) return absl::OkStatus();  // the checkpoint holds it
+  const auto keep = [&lane, &step] {  // the step that produced the rows' version
+    StepRowsCommand committed;
+    committed.batch = step.batch;
+    committed.lr_scale = step.lr_scale;
+    committed.sums = step.sums;
+    lane.last_commit = std::move(committed);
+  };
+  if (step.batch.version < version) {  // the checkpoint holds it
+    if (step.batch.version + 1 == version) keep();
+    return absl::OkStatus();
+  }
   const auto refuse = [&](absl::string_view why) {
     return absl::DataLossError(absl::StrCat("the logged commit of step ", step.batch.version + 1,
                                             " of split parameter '", parameter, "' ", why));
@@ -233,6 +243,7 @@ absl::Status Shard::ReplayLeaderStepLocked(Lane& lane, const LoggedSplitStep& st
   absl::StatusOr<StepOutcome> outcome = store_->ApplyRowBatch(batch, step.lr_scale, reducer);
   if (!outcome.ok()) return outcome.status();
   lane.recovered.erase(lane.recovered.begin());
+  keep();
   return absl::OkStatus();
 }
 

@@ -173,7 +173,8 @@ absl::Status Shard::ApplySplit(const Lane* lane, Batch batch) {
         known.ok() ? absl::UnknownError("not taken") : known.status();
     absl::Status followed;
     std::vector<StepSum> sums;
-    if (known.ok() && !known->empty()) {
+    const bool taken_elsewhere = known.ok() && !known->empty();
+    if (taken_elsewhere) {
       // A follower took the step: take it here with its sums, then hand them to the others.
       ReplayReducer given(static_cast<int>(split.owner_shards.size()), split.index, *known);
       outcome = store_->ApplyRowBatch(batch, *lr_scale, given);
@@ -193,11 +194,13 @@ absl::Status Shard::ApplySplit(const Lane* lane, Batch batch) {
       CommitLeaderStep(command, sums);
       lane->snapshot->AfterStep(outcome->update.version);
       PublishStep(*lane, *std::move(outcome), start);
-      if (recovered && !sums.empty()) {
+      StepRowsCommand committed = command;
+      committed.sums = std::move(sums);
+      if (taken_elsewhere) {
         // Followers still behind take the step from the sums; those that have it say so.
-        command.sums = std::move(sums);
-        followed = options_.split_peers->StartFollowers(command, split)->Wait();
+        followed = options_.split_peers->StartFollowers(committed, split)->Wait();
       }
+      lane->last_commit = std::move(committed);
       // Every reduction completed, so each follower can have its sums: one whose answer failed
       // takes the step again (before the lane's next batch needs it at this version).
       if (!followed.ok()) CatchUpFollowers(command, split, followed);
@@ -220,7 +223,31 @@ absl::Status Shard::ApplySplit(const Lane* lane, Batch batch) {
     }
     SleepUntilRetry(backoff);
     backoff = std::min(2 * backoff, options_.split_retry_max);
+    CatchUpFromLastCommit(*lane, batch.version);
   }
+}
+
+void Shard::CatchUpFromLastCommit(const Lane& lane, int64_t version) {
+  if (!lane.last_commit.has_value() || lane.last_commit->batch.version + 1 != version ||
+      GivingUp()) {
+    return;
+  }
+  const StepRowsCommand& last = *lane.last_commit;
+  StepRowsCommand query = last;
+  query.query = true;
+  query.sums.clear();
+  bool behind = false;
+  for (const absl::StatusOr<StepRowsReply>& reply :
+       options_.split_peers->StartFollowers(query, *lane.split)->Replies()) {
+    behind |= reply.ok() && reply->version == last.batch.version;
+  }
+  if (!behind) return;
+  const absl::Status s = options_.split_peers->StartFollowers(last, *lane.split)->Wait();
+  std::fprintf(stderr,
+               "dion-server: split parameter '%s': a follower was at version %lld, behind the "
+               "last committed step; sent it that step's sums: %s\n",
+               last.batch.parameter.c_str(), static_cast<long long>(last.batch.version),
+               s.ToString().c_str());
 }
 
 void Shard::CommitLeaderStep(const StepRowsCommand& command, const std::vector<StepSum>& sums) {

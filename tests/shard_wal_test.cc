@@ -10,6 +10,9 @@
 #include <filesystem>
 #include <fstream>
 #include <iterator>
+#include <map>
+#include <memory>
+#include <utility>
 #include <string>
 #include <thread>
 #include <variant>
@@ -17,6 +20,7 @@
 
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
+#include "absl/synchronization/mutex.h"
 #include "gtest/gtest.h"
 #include "common/local_row_reduce.h"
 #include "server/metrics.h"
@@ -387,37 +391,54 @@ TEST(ShardWal, OptionsAndSyncModesAreChecked) {
 
 // ---- A follower of a split parameter (docs/server.md, "Split parameters").
 
-// Shards of one process as the owners of split parameters: their reductions meet in a
-// LocalReduceGroup, and the leader's StepRows is a call of each follower's Shard.
+// Shards of one process as the owners of split parameters: the reductions of each step
+// attempt meet in a LocalReduceGroup of their own, and the leader's StepRows is a call of each
+// follower's Shard. A follower whose StepRows fails leaves its step: the group is aborted, so
+// the other owners stop waiting for its parts (as a reduction deadline does over gRPC).
 class InProcessPeers : public SplitPeers {
  public:
-  explicit InProcessPeers(int owners = 2) : group_(owners) {}
+  explicit InProcessPeers(int owners = 2) : owners_(owners) {}
   void set_followers(std::vector<Shard*> followers) { followers_ = std::move(followers); }
-  std::unique_ptr<RowReducer> Reducer(const std::string&, int64_t, int32_t,
+  std::unique_ptr<RowReducer> Reducer(const std::string&, int64_t step, int32_t attempt,
                                       const SplitOwnership& split) override {
-    return std::make_unique<Forward>(group_.owner(split.index));
+    return std::make_unique<Forward>(Group(step, attempt), split.index);
   }
   std::unique_ptr<FollowerSteps> StartFollowers(const StepRowsCommand& command,
                                                 const SplitOwnership&) override {
-    return std::make_unique<Steps>(followers_, command);
+    std::shared_ptr<LocalReduceGroup> group;
+    if (!command.query && command.sums.empty()) {
+      group = Group(command.batch.version + 1, command.attempt);
+    }
+    return std::make_unique<Steps>(followers_, command, std::move(group));
   }
 
  private:
+  std::shared_ptr<LocalReduceGroup> Group(int64_t step, int32_t attempt) {
+    absl::MutexLock lock(&mu_);
+    std::shared_ptr<LocalReduceGroup>& group = groups_[{step, attempt}];
+    if (group == nullptr) group = std::make_shared<LocalReduceGroup>(owners_);
+    return group;
+  }
   struct Forward final : RowReducer {
-    explicit Forward(RowReducer& inner) : inner(inner) {}
+    Forward(std::shared_ptr<LocalReduceGroup> group, int index)
+        : group(std::move(group)), inner(this->group->owner(index)) {}
     int owners() const override { return inner.owners(); }
     int index() const override { return inner.index(); }
     absl::Status AllReduce(absl::string_view tag, MatrixRef part) override {
       return inner.AllReduce(tag, part);
     }
+    std::shared_ptr<LocalReduceGroup> group;
     RowReducer& inner;
   };
   struct Steps final : FollowerSteps {
-    Steps(const std::vector<Shard*>& followers, const StepRowsCommand& command)
+    Steps(const std::vector<Shard*>& followers, const StepRowsCommand& command,
+          std::shared_ptr<LocalReduceGroup> group)
         : replies(followers.size(), absl::UnknownError("no answer")) {
       for (size_t i = 0; i < followers.size(); ++i) {
-        threads.emplace_back(
-            [this, i, f = followers[i], command] { replies[i] = f->StepRows(command); });
+        threads.emplace_back([this, i, f = followers[i], command, group] {
+          replies[i] = f->StepRows(command);
+          if (!replies[i].ok() && group != nullptr) group->Abort(replies[i].status());
+        });
       }
     }
     ~Steps() override { Join(); }
@@ -440,8 +461,11 @@ class InProcessPeers : public SplitPeers {
     std::vector<absl::StatusOr<StepRowsReply>> replies;
     std::vector<std::thread> threads;
   };
-  LocalReduceGroup group_;
+  const int owners_;
   std::vector<Shard*> followers_;
+  absl::Mutex mu_;
+  std::map<std::pair<int64_t, int32_t>, std::shared_ptr<LocalReduceGroup>> groups_
+      ABSL_GUARDED_BY(mu_);
 };
 
 ShardOptions SplitOwnerOptions(const std::string& root, int shard, SplitPeers* peers,
@@ -654,6 +678,37 @@ TEST_F(ShardWalLeader, AFollowerThatLostTheStepTakesItFromTheSumsOfAnother) {
   Reference(root);
   ASSERT_EQ(RunAndDie([&] { return LeaderScenario(root, LeaderCrash::kAnswered); }), 7);
   ExpectLeaderFinishesStep3(root, root + "/2-before");
+  fs::remove_all(root);
+}
+
+// The leader committed step 3 (the run was not killed), but follower 2 comes back as it was
+// before step 3: the leader's next step fails on it, then the leader finds it a version behind
+// and hands it step 3's sums from its log's commit record; step 4 then goes through.
+TEST_F(ShardWalLeader, AFollowerBehindTheLastCommittedStepTakesItFromTheLeadersLog) {
+  const std::string root = FreshRoot("split-leader-behind");
+  Reference(root);
+  const std::string ref = root + "/ref";
+  InProcessPeers peers(3);
+  auto f1 = Shard::Create(SplitOwnerOptions(ref + "/1", 1, &peers, 3)).value();
+  auto f2 = Shard::Create(SplitOwnerOptions(ref + "/2-before", 2, &peers, 3)).value();
+  peers.set_followers({f1.get(), f2.get()});
+  auto leader = Shard::Create(SplitOwnerOptions(ref + "/0", 0, &peers, 3)).value();
+  ASSERT_EQ(leader->Version("w").value(), 3);
+  ASSERT_EQ(f2->Version("w").value(), 2);
+  // Round 4 without follower 2's block: step 4 cannot pass it, so it stays at version 3.
+  for (Shard* s : {f1.get(), leader.get()}) {
+    EXPECT_EQ(s->Push(SplitBlock(*s, 4, 2)).value().result, PushOutcome::kAccepted);
+  }
+  EXPECT_EQ(f2->WaitForVersion("w", 3, absl::Now() + absl::Seconds(30)).value_or(-1), 3);
+  EXPECT_TRUE(FollowerState(*f2) == ReadFile(root + "/ref.2"))
+      << "follower 2 did not take step 3 as in the run where it had it";
+  EXPECT_EQ(f2->Push(SplitBlock(*f2, 4, 2)).value().result, PushOutcome::kAccepted);
+  for (const Shard* s : {leader.get(), f1.get(), f2.get()}) {
+    EXPECT_EQ(s->WaitForVersion("w", 4, absl::Now() + absl::Seconds(30)).value_or(-1), 4);
+  }
+  leader.reset();
+  f1.reset();
+  f2.reset();
   fs::remove_all(root);
 }
 
