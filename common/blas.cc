@@ -111,10 +111,13 @@ void HouseholderQr(MatrixRef P, Matrix* R) {
 namespace {
 
 constexpr char kTimeoutVariable[] = "OPENBLAS_THREAD_TIMEOUT";
-// log2 of the TSC cycles an idle OpenBLAS worker polls before it sleeps; 4 is OpenBLAS's
-// minimum (it clamps to [4, 30]) and its default is 28.
-constexpr char kShortTimeout[] = "4";
-constexpr unsigned kShortTimeoutValue = 4;
+// log2 of the TSC cycles an idle OpenBLAS worker polls before it sleeps (OpenBLAS clamps it to
+// [4, 30]; its default is 28, ~0.13 s at 2.1 GHz). 2^16 cycles (~30 us) still catch the next of
+// back-to-back products, which 4 (sleep at once) makes wake the worker every time: at 256^2
+// the step cost 1.05-1.13x what it does at 28, against 1.13-1.17x at 4, while at 1024^2 and
+// 4096^2 16 and 4 both keep the worker out of the rank-r updates (docs/benchmarks.md).
+constexpr char kShortTimeout[] = "16";
+constexpr unsigned kShortTimeoutValue = 16;
 
 // The OpenBLAS internals that let a running process change the timeout. OpenBLAS 0.3.21 reads
 // OPENBLAS_THREAD_TIMEOUT into a private variable when it loads (openblas_read_env, called
@@ -161,7 +164,7 @@ absl::Status ShortenWorkerTimeout() {
   const std::string advice = absl::StrCat(
       "its worker threads keep polling for up to 2^28 cycles after each call, slowing what "
       "runs next; start the process with ",
-      kTimeoutVariable, "=", kShortTimeout, " to have them sleep at once");
+      kTimeoutVariable, "=", kShortTimeout, " to have them sleep soon after");
   const OpenBlasInternals f = FindOpenBlasInternals();
   if (f.get_parallel == nullptr || f.read_env == nullptr || f.thread_timeout == nullptr ||
       f.thread_shutdown == nullptr || f.thread_init == nullptr) {

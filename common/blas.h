@@ -41,16 +41,17 @@ void HouseholderQr(MatrixRef P, Matrix* R);
 
 // Number of threads OpenBLAS uses for each call (at least 1).
 //
-// With 2 or more, OpenBLAS's pthread build keeps each of its worker threads polling
-// (a sched_yield loop) for 2^28 TSC cycles, about 0.1 s, after every threaded call, and
+// With 2 or more, OpenBLAS's pthread build keeps each of its worker threads polling (a
+// sched_yield loop) for 2^28 TSC cycles, ~0.13 s at 2.1 GHz, after every threaded call, and
 // whatever the process runs next on those cores (the Dion step's rank-r updates) gets half of
 // them. So unless OPENBLAS_THREAD_TIMEOUT is in the environment (the user's value is kept),
-// SetBlasThreads sets it to 4, the minimum (2^4 cycles: a worker sleeps as soon as it is
-// idle, and the next threaded call wakes it), makes OpenBLAS re-read it and restarts its
-// worker threads, which read the timeout when they start. The variable stays set, so child
-// processes start with the short timeout. This uses OpenBLAS internals looked up at run time;
-// without them (another BLAS, another OpenBLAS) the workers keep their default polling and
-// the returned status says so; it is OK otherwise, and always with 1 thread.
+// SetBlasThreads sets it to 16 (2^16 cycles, ~30 us: long enough to catch back-to-back calls,
+// short enough that the worker sleeps through the work between the step's products; the next
+// threaded call wakes it), makes OpenBLAS re-read it and restarts its worker threads, which
+// read the timeout when they start. The variable stays set, so child processes start with
+// it. This uses OpenBLAS internals looked up at run time; without them (another BLAS, another
+// OpenBLAS) the workers keep their default polling and the returned status says so; it is OK
+// otherwise, and always with 1 thread.
 //
 // Not thread-safe (see the top of this file): stopping the workers under a running BLAS call
 // would break that call, and setenv races with getenv in other threads.

@@ -181,8 +181,8 @@ TEST(BlasThreads, TwoThreadsGiveOpenBlasWorkersTheShortTimeout) {
     EXPECT_EQ(Env(kTimeoutVariable), kTimeoutAtStart);
     EXPECT_EQ(LibraryTimeout(), static_cast<unsigned>(std::atoi(kTimeoutAtStart->c_str())));
   } else {
-    EXPECT_EQ(Env(kTimeoutVariable), "4");
-    EXPECT_EQ(LibraryTimeout(), 4u);
+    EXPECT_EQ(Env(kTimeoutVariable), "16");
+    EXPECT_EQ(LibraryTimeout(), 16u);
   }
   if (!kTimeoutAtStart.has_value()) {
     // This call restarted the workers: a thread exists that did not before.
