@@ -113,9 +113,9 @@ namespace {
 constexpr char kTimeoutVariable[] = "OPENBLAS_THREAD_TIMEOUT";
 // log2 of the TSC cycles an idle OpenBLAS worker polls before it sleeps (OpenBLAS clamps it to
 // [4, 30]; its default is 28, ~0.13 s at 2.1 GHz). 2^16 cycles (~30 us) still catch the next of
-// back-to-back products, which 4 (sleep at once) makes wake the worker every time: at 256^2
-// the step cost 1.05-1.13x what it does at 28, against 1.13-1.17x at 4, while at 1024^2 and
-// 4096^2 16 and 4 both keep the worker out of the rank-r updates (docs/benchmarks.md).
+// back-to-back products, where 4 (sleep at once) has every one wake the worker, a cost the
+// smallest steps show; at 1024^2 and up 16 keeps the worker out of the step's rank-r updates
+// as well as 4 does (docs/benchmarks.md, "OpenBLAS's spinning threads and the M update").
 constexpr char kShortTimeout[] = "16";
 constexpr unsigned kShortTimeoutValue = 16;
 
