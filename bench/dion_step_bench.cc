@@ -431,7 +431,9 @@ int Main() {
   }
   int threads = absl::GetFlag(FLAGS_threads);
   if (threads <= 0) threads = std::max(1u, std::thread::hardware_concurrency());
-  SetBlasThreads(threads);
+  if (absl::Status s = SetBlasThreads(threads); !s.ok()) {
+    absl::FPrintF(stderr, "note: %d OpenBLAS threads: %s\n", threads, s.message());
+  }
 
   std::vector<int64_t> shapes;
   for (double v : ParseDoubles("shapes", absl::GetFlag(FLAGS_shapes))) {

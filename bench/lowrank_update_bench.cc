@@ -89,7 +89,9 @@ bool ParseShape(absl::string_view text, int64_t* m, int64_t* n) {
 }
 
 int Main() {
-  SetBlasThreads(absl::GetFlag(FLAGS_threads));
+  if (absl::Status s = SetBlasThreads(absl::GetFlag(FLAGS_threads)); !s.ok()) {
+    absl::FPrintF(stderr, "note: --threads=%d: %s\n", absl::GetFlag(FLAGS_threads), s.message());
+  }
   std::vector<double> fractions;
   for (absl::string_view part :
        absl::StrSplit(absl::GetFlag(FLAGS_rank_fractions), ',', absl::SkipWhitespace())) {

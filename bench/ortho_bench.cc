@@ -164,7 +164,11 @@ int Main() {
     }
     conditions.push_back(c);
   }
-  if (absl::GetFlag(FLAGS_threads) > 0) SetBlasThreads(absl::GetFlag(FLAGS_threads));
+  if (absl::GetFlag(FLAGS_threads) > 0) {
+    if (absl::Status s = SetBlasThreads(absl::GetFlag(FLAGS_threads)); !s.ok()) {
+      absl::FPrintF(stderr, "note: --threads=%d: %s\n", absl::GetFlag(FLAGS_threads), s.message());
+    }
+  }
 
   absl::FPrintF(stderr, "timing one %d x %d x %d GEMM\n", m, n, r);
   const double gemm_ms = GemmMs(m, n, r, reps);

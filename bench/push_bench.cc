@@ -1004,7 +1004,10 @@ int Main() {
   }
   // Before any gRPC object exists; the child never returns from here.
   if (absl::GetFlag(FLAGS_client_process)) StartClientProcess(tls ? &*tls : nullptr, rank);
-  SetBlasThreads(absl::GetFlag(FLAGS_blas_threads));
+  if (absl::Status s = SetBlasThreads(absl::GetFlag(FLAGS_blas_threads)); !s.ok()) {
+    absl::FPrintF(stderr, "note: --blas_threads=%d: %s\n", absl::GetFlag(FLAGS_blas_threads),
+                  s.message());
+  }
   const MessageCosts costs = TimeMessageCosts(n, rank, 50);
 
   const AllRuns all = RunAll(counts, kinds, rank, reps, tls ? &*tls : nullptr);

@@ -818,7 +818,10 @@ int Main() {
   if (absl::GetFlag(FLAGS_max_backlog) < 1) Die("--max_backlog must be >= 1");
   if (absl::GetFlag(FLAGS_window) < 1) Die("--window must be >= 1");
   const double load_before = LoadAverage();
-  SetBlasThreads(absl::GetFlag(FLAGS_blas_threads));
+  if (absl::Status s = SetBlasThreads(absl::GetFlag(FLAGS_blas_threads)); !s.ok()) {
+    absl::FPrintF(stderr, "note: --blas_threads=%d: %s\n", absl::GetFlag(FLAGS_blas_threads),
+                  s.message());
+  }
   const MessageCosts costs = TimeMessageCosts(n, rank, 30);
 
   std::vector<std::vector<RunResult>> whole(counts.size()), split(counts.size());

@@ -4,11 +4,14 @@
 // called. The wrappers check shapes with assertions only (callers validate user input long
 // before a GEMM); they never allocate except where noted.
 //
-// Thread-safety: stateless and safe for concurrent use. OpenBLAS parallelises each call
-// internally over SetBlasThreads() threads.
+// Thread-safety: the products and factorisations are stateless and safe for concurrent use;
+// OpenBLAS parallelises each call internally over SetBlasThreads() threads. SetBlasThreads is
+// not: call it only while no other thread calls BLAS or reads the environment (in practice at
+// startup, before servers, clients or compute threads exist).
 #ifndef DION_COMMON_BLAS_H_
 #define DION_COMMON_BLAS_H_
 
+#include "absl/status/status.h"
 #include "common/matrix.h"
 
 namespace dion {
@@ -36,8 +39,23 @@ void SolveUpperRight(ConstMatrixRef U, MatrixRef P);
 // If R is non-null it receives the k x k upper-triangular factor. Allocates workspace.
 void HouseholderQr(MatrixRef P, Matrix* R);
 
-// Number of threads OpenBLAS uses for each call.
-void SetBlasThreads(int threads);
+// Number of threads OpenBLAS uses for each call (at least 1).
+//
+// With 2 or more, OpenBLAS's pthread build keeps each of its worker threads polling (a
+// sched_yield loop) for 2^28 TSC cycles, ~0.13 s at 2.1 GHz, after every threaded call, and
+// whatever the process runs next on those cores (the Dion step's rank-r updates) gets half of
+// them. So unless OPENBLAS_THREAD_TIMEOUT is in the environment (the user's value is kept),
+// SetBlasThreads sets it to 16 (2^16 cycles, ~30 us: long enough to catch back-to-back calls,
+// short enough that the worker sleeps through the work between the step's products; the next
+// threaded call wakes it), makes OpenBLAS re-read it and restarts its worker threads, which
+// read the timeout when they start. The variable stays set, so child processes start with
+// it. This uses OpenBLAS internals looked up at run time; without them (another BLAS, another
+// OpenBLAS) the workers keep their default polling and the returned status says so; it is OK
+// otherwise, and always with 1 thread.
+//
+// Not thread-safe (see the top of this file): stopping the workers under a running BLAS call
+// would break that call, and setenv races with getenv in other threads.
+absl::Status SetBlasThreads(int threads);
 int BlasThreads();
 
 }  // namespace dion

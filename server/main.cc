@@ -277,7 +277,10 @@ int main(int argc, char** argv) {
        "--checkpoint_dir=DIR\nstarts a single shard that waits for a model to be registered."});
   absl::StatusOr<dion::ServerOptions> options = OptionsFromFlags();
   if (!options.ok()) return dion::BadFlags("dion-server", options.status().message());
-  dion::SetBlasThreads(absl::GetFlag(FLAGS_blas_threads));
+  if (absl::Status s = dion::SetBlasThreads(absl::GetFlag(FLAGS_blas_threads)); !s.ok()) {
+    std::fprintf(stderr, "dion-server: note: --blas_threads=%d: %s\n",
+                 absl::GetFlag(FLAGS_blas_threads), std::string(s.message()).c_str());
+  }
 
   // Block the termination signals in every thread (gRPC's included, created below) and wait
   // for them on this one, so shutdown runs as ordinary code rather than in a signal handler.

@@ -1,7 +1,14 @@
 // The OpenBLAS/LAPACK wrappers on row-major views, against Eigen products in double.
 #include "common/blas.h"
 
+#include <dirent.h>
+#include <dlfcn.h>
 #include <gtest/gtest.h>
+
+#include <cstdlib>
+#include <optional>
+#include <set>
+#include <string>
 
 #include "tests/reference.h"
 
@@ -103,10 +110,125 @@ TEST(HouseholderQr, GivesOrthonormalQAndUpperR) {
 
 TEST(BlasThreads, SetAndGet) {
   const int before = BlasThreads();
-  SetBlasThreads(1);
+  EXPECT_TRUE(SetBlasThreads(1).ok());
   EXPECT_EQ(BlasThreads(), 1);
-  SetBlasThreads(before);
+  SetBlasThreads(before).IgnoreError();
   EXPECT_EQ(BlasThreads(), before);
+}
+
+constexpr char kTimeoutVariable[] = "OPENBLAS_THREAD_TIMEOUT";
+
+std::optional<std::string> Env(const char* name) {
+  const char* value = std::getenv(name);
+  return value == nullptr ? std::nullopt : std::optional<std::string>(value);
+}
+
+// The environment the process started with, which OpenBLAS read when it loaded.
+const std::optional<std::string> kTimeoutAtStart = Env(kTimeoutVariable);
+
+// OpenBLAS's own copy of OPENBLAS_THREAD_TIMEOUT as it last read it (0 when unset), or nullopt
+// for a BLAS that does not export it.
+std::optional<unsigned> LibraryTimeout() {
+  auto get = reinterpret_cast<unsigned (*)()>(dlsym(RTLD_DEFAULT, "openblas_thread_timeout"));
+  if (get == nullptr) return std::nullopt;
+  return get();
+}
+
+// The ids of this process's threads, OpenBLAS's workers among them.
+std::set<std::string> ThreadIds() {
+  std::set<std::string> ids;
+  DIR* dir = opendir("/proc/self/task");
+  if (dir == nullptr) return ids;
+  while (dirent* entry = readdir(dir)) {
+    if (entry->d_name[0] != '.') ids.insert(entry->d_name);
+  }
+  closedir(dir);
+  return ids;
+}
+
+// Products big enough that OpenBLAS splits them over its threads (its sgemm stays on the
+// caller's thread below m n k = 2^18), each checked against the product in double.
+// Not under ThreadSanitizer: OpenBLAS is not instrumented, so TSan sees its worker's memset of
+// C but not the synchronisation that hands C back, and reports a race (the TSan build runs
+// with one BLAS thread for that reason; the restart itself is still checked there).
+void ExpectThreadedGemmsCorrect() {
+#if defined(__SANITIZE_THREAD__)
+  return;
+#elif defined(__has_feature)
+#if __has_feature(thread_sanitizer)
+  return;
+#endif
+#endif
+  const int m = 96, n = 80, k = 128;
+  for (uint64_t seed = 10; seed < 13; ++seed) {
+    const MatrixD A = GaussianD(m, k, seed), B = GaussianD(k, n, seed + 100);
+    Matrix C(m, n);
+    Gemm(Trans::kNo, Trans::kNo, 1.0f, A.cast<float>(), B.cast<float>(), 0.0f, C);
+    // Far above float32 rounding at k = 128 with random signs, far below a block of C that a
+    // worker left unwritten or wrote twice.
+    EXPECT_LE(testing::MaxRelativeError(C.cast<double>(), A * B), 1e-5) << seed;
+  }
+}
+
+// Two or more threads give OpenBLAS's workers the short polling timeout, by setting the
+// variable, having OpenBLAS re-read it and restarting the workers; one thread changes nothing.
+TEST(BlasThreads, TwoThreadsGiveOpenBlasWorkersTheShortTimeout) {
+  if (!LibraryTimeout().has_value()) GTEST_SKIP() << "not OpenBLAS: no openblas_thread_timeout";
+  const int before = BlasThreads();
+  // Unless the user set it, the variable is ours from an earlier SetBlasThreads(2) in this
+  // process (any test's): unset it so that this test sees the restart.
+  if (!kTimeoutAtStart.has_value()) unsetenv(kTimeoutVariable);
+
+  ASSERT_TRUE(SetBlasThreads(1).ok());
+  EXPECT_EQ(Env(kTimeoutVariable), kTimeoutAtStart) << "one thread must leave it alone";
+
+  const std::set<std::string> threads_before = ThreadIds();
+  const absl::Status status = SetBlasThreads(2);
+  ASSERT_TRUE(status.ok()) << status;
+  EXPECT_EQ(BlasThreads(), 2);
+  if (kTimeoutAtStart.has_value()) {
+    // The user's value, as OpenBLAS read it when it loaded.
+    EXPECT_EQ(Env(kTimeoutVariable), kTimeoutAtStart);
+    EXPECT_EQ(LibraryTimeout(), static_cast<unsigned>(std::atoi(kTimeoutAtStart->c_str())));
+  } else {
+    EXPECT_EQ(Env(kTimeoutVariable), "16");
+    EXPECT_EQ(LibraryTimeout(), 16u);
+    // This call restarted the workers: a thread exists that did not before.
+    const std::set<std::string> threads_after = ThreadIds();
+    bool new_thread = false;
+    for (const std::string& id : threads_after) new_thread |= threads_before.count(id) == 0;
+    EXPECT_TRUE(new_thread) << "OpenBLAS's workers were not restarted";
+  }
+  // The restarted workers compute, and the ones asleep between calls wake up for the next.
+  ExpectThreadedGemmsCorrect();
+
+  SetBlasThreads(before).IgnoreError();
+}
+
+// A timeout in the environment is the user's: kept, not re-read, the workers left running.
+TEST(BlasThreads, KeepsTheTimeoutTheEnvironmentNames) {
+  if (!LibraryTimeout().has_value()) GTEST_SKIP() << "not OpenBLAS: no openblas_thread_timeout";
+  const int before = BlasThreads();
+  const std::optional<std::string> at_entry = Env(kTimeoutVariable);
+  ASSERT_EQ(setenv(kTimeoutVariable, "28", /*overwrite=*/1), 0);
+  const std::optional<unsigned> library_before = LibraryTimeout();
+  const std::set<std::string> threads_before = ThreadIds();
+
+  EXPECT_TRUE(SetBlasThreads(2).ok());
+  EXPECT_EQ(Env(kTimeoutVariable), "28");
+  EXPECT_EQ(LibraryTimeout(), library_before) << "OpenBLAS re-read the environment";
+  const std::set<std::string> threads_after = ThreadIds();
+  for (const std::string& id : threads_before) {
+    EXPECT_EQ(threads_after.count(id), 1u) << "thread " << id << " was stopped";
+  }
+  ExpectThreadedGemmsCorrect();
+
+  SetBlasThreads(before).IgnoreError();  // before the variable goes: no restart
+  if (at_entry.has_value()) {
+    setenv(kTimeoutVariable, at_entry->c_str(), /*overwrite=*/1);
+  } else {
+    unsetenv(kTimeoutVariable);
+  }
 }
 
 }  // namespace

@@ -474,7 +474,10 @@ int main(int argc, char** argv) {
        "  dion-worker --shards=HOST:PORT[,HOST:PORT...] --worker_index=I --num_workers=W\n"
        "trains the MLP on partition I of W of Fashion-MNIST against the shards."});
   if (absl::Status s = CheckFlags(); !s.ok()) return dion::BadFlags("dion-worker", s.message());
-  dion::SetBlasThreads(absl::GetFlag(FLAGS_blas_threads));
+  if (absl::Status s = dion::SetBlasThreads(absl::GetFlag(FLAGS_blas_threads)); !s.ok()) {
+    std::fprintf(stderr, "dion-worker: note: --blas_threads=%d: %s\n",
+                 absl::GetFlag(FLAGS_blas_threads), std::string(s.message()).c_str());
+  }
   HandleStopSignals();
 
   absl::StatusOr<Data> data = LoadData();
