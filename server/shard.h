@@ -369,8 +369,8 @@ class Shard {
   absl::Status ApplySplit(const Lane* lane, Batch batch);
   // After the leader committed `command`'s step while a follower's answer was an error (its
   // reply lost, or its last reduction's sum): sends the same command again, with backoff,
-  // until every follower answers (it takes the step from the hub's retained sums, or says it
-  // already has) or the shard shuts down.
+  // until every follower answers (it takes the step from the hub's retained sums, or from
+  // the command's own sums when it has them, or says it already has) or the shard shuts down.
   void CatchUpFollowers(const StepRowsCommand& command, const SplitOwnership& split,
                         absl::Status failure);
   // Whether a failed split step is retried no more: shutdown began, or the drain's deadline

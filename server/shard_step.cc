@@ -200,10 +200,12 @@ absl::Status Shard::ApplySplit(const Lane* lane, Batch batch) {
         // Followers still behind take the step from the sums; those that have it say so.
         followed = options_.split_peers->StartFollowers(committed, split)->Wait();
       }
-      lane->last_commit = std::move(committed);
       // Every reduction completed, so each follower can have its sums: one whose answer failed
-      // takes the step again (before the lane's next batch needs it at this version).
-      if (!followed.ok()) CatchUpFollowers(command, split, followed);
+      // takes the step again (before the lane's next batch needs it at this version), from
+      // the hub's retained sums, or from the sums themselves when this process has no hub
+      // that saw the step.
+      if (!followed.ok()) CatchUpFollowers(taken_elsewhere ? committed : command, split, followed);
+      lane->last_commit = std::move(committed);
       return absl::OkStatus();
     }
     const bool giving_up = GivingUp();
@@ -274,12 +276,16 @@ absl::StatusOr<std::vector<StepSum>> Shard::AskFollowers(const StepRowsCommand& 
   const int64_t step = command.batch.version + 1;
   std::vector<absl::StatusOr<StepRowsReply>> replies =
       options_.split_peers->StartFollowers(query, split)->Replies();
+  // One follower's sums suffice, whatever the others answered (those are caught up later).
+  for (absl::StatusOr<StepRowsReply>& reply : replies) {
+    if (reply.ok() && reply->version == step && !reply->sums.empty()) {
+      return std::move(reply->sums);
+    }
+  }
   std::vector<int> taken;  // shards
   for (size_t i = 0; i < replies.size(); ++i) {
     if (!replies[i].ok()) return replies[i].status();
-    if (replies[i]->version != step) continue;
-    if (!replies[i]->sums.empty()) return std::move(replies[i]->sums);
-    taken.push_back(split.owner_shards[i + 1]);
+    if (replies[i]->version == step) taken.push_back(split.owner_shards[i + 1]);
   }
   if (taken.empty()) return std::vector<StepSum>();  // nobody took it: take it as usual
   return absl::DataLossError(absl::StrCat(
