@@ -113,6 +113,14 @@ absl::Status Shard::Start() {
       if (log_ != nullptr && options_.restore_cut == 0) {
         if (absl::Status s = ReplayLog(*restored); !s.ok()) return s;
       }
+      for (const Lane* lane : lane_order_) {
+        if (lane->split.has_value() && options_.split_peers == nullptr) {
+          return absl::FailedPreconditionError(absl::StrCat(
+              "the restored model splits parameter '", lane->batcher->parameter(),
+              "' over several shards, whose owners step together over ShardPeer: start this "
+              "shard with --peer_addresses (every shard's host:port, in shard-index order)"));
+        }
+      }
       AttachStepsLocked();
     }
     if (options_.restore_cut != 0) {

@@ -106,8 +106,9 @@ struct ShardOptions {
   std::function<absl::Status(const StepRowsCommand&)> step_rows_fault;
   // Crash tests only: called by the leader of a split parameter at two points of each step,
   // with the version the step produces: `answered` false once the batch is durable in the log
-  // and before any follower is asked, true after the step is applied here and every follower
-  // answered, before the step is committed to the log. Null: none.
+  // and before any follower is asked, true after the step is applied here (every follower
+  // answered, or a follower's sums were used) and before it is committed to the log. Null:
+  // none.
   std::function<void(int64_t step, bool answered)> leader_step_hook;
 };
 
@@ -299,22 +300,19 @@ class Shard {
     std::optional<SplitOwnership> split;
     std::unique_ptr<RowStage> stage;
     std::atomic<bool> stepping{false};  // a follower's StepRows is under way (one at a time)
-    // A follower: the sums of its latest step (taken, or replayed from the log), which a
-    // restarted leader may ask for (StepRowsCommand::query).
-    mutable Mutex sums_mu;
-    int64_t sums_version ABSL_GUARDED_BY(sums_mu) = -1;  // the version that step produced
-    std::vector<StepSum> sums ABSL_GUARDED_BY(sums_mu);
+    // The latest step of a split parameter taken here, with its reductions' sums: a
+    // follower's (taken, or replayed from its log), which a restarted leader may ask for
+    // (StepRowsCommand::query); the leader's last commit (applied, or replayed from its commit
+    // record), which catches up a follower found a version behind and is logged again at a
+    // checkpoint's cut. The step produced version latest->batch.version + 1.
+    mutable Mutex latest_mu;
+    mutable std::optional<StepRowsCommand> latest ABSL_GUARDED_BY(latest_mu);
     // A leader after a restart: its batches closed in the log but not committed there
     // (replay collects them in `recovered`, Start() hands them to the step queue). Their steps
     // may have been taken by the followers already: ApplySplit asks them first for versions
     // below recovered_below. Set before the lane's steps are attached, read-only after.
     std::vector<Batch> recovered;
     int64_t recovered_below = 0;
-    // A leader: the command of the step that produced its rows' version, with that step's
-    // sums (applied and committed here, or replayed from its commit record), for a follower
-    // found a version behind (CatchUpFromLastCommit). Touched by the lane's steps only (one
-    // at a time, on the compute pool) and by the replay before them.
-    mutable std::optional<StepRowsCommand> last_commit;
     bool leads() const { return split.has_value() && split->index == 0; }
   };
 
@@ -388,12 +386,14 @@ class Shard {
   // Lane::recovered, applied with the logged sums.
   absl::Status ReplayLeaderStepLocked(Lane& lane, const LoggedSplitStep& step, int64_t version)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(gate_);
-  // A leader's step applied here: its record with the sums to the log, made durable (an
-  // error is reported; the log refuses everything after it).
-  void CommitLeaderStep(const StepRowsCommand& command, const std::vector<StepSum>& sums);
+  // A leader's step applied here (`committed`, its sums included): kept as Lane::latest and,
+  // with a log, recorded there (under the lane's latest_mu, so a checkpoint's cut logs it
+  // again if the record went to the file before the cut) and made durable (an error is
+  // reported; the log refuses everything after it).
+  void CommitLeaderStep(const Lane& lane, const StepRowsCommand& committed);
   // After a failed attempt of the leader's step from `version`: a follower a version behind
   // (its answer to the last step was lost before a restart of this leader, or its disk lost
-  // that step) takes the last committed step from its sums (Lane::last_commit). Best effort:
+  // that step) takes the last committed step from its sums (Lane::latest). Best effort:
   // errors are left to the next attempt.
   void CatchUpFromLastCommit(const Lane& lane, int64_t version);
   // A leader's batch closed before a restart (Lane::recovered_below): asks every follower
@@ -403,12 +403,17 @@ class Shard {
                                                     const SplitOwnership& split);
   // The follower's answer to a leader's query (StepRowsCommand::query).
   absl::StatusOr<StepRowsReply> AnswerQuery(const Lane& lane, const StepRowsCommand& command);
-  // The sums a follower keeps of its latest step (Lane::sums).
-  static void KeepSums(Lane& lane, int64_t version, std::vector<StepSum> sums);
-  static std::vector<StepSum> SumsOf(const Lane& lane, int64_t version);
-  // At a checkpoint's cut, after SwitchTo: every staged block into the new log file; *end is
-  // the last record's end (unchanged when nothing is staged).
-  absl::Status RelogStagedLocked(uint64_t* end) ABSL_EXCLUSIVE_LOCKS_REQUIRED(gate_);
+  // Lane::latest := `step` (its sums included).
+  static void KeepLatest(const Lane& lane, StepRowsCommand step);
+  // The sums of the step that applied `batch` when it is the latest kept here (empty when
+  // none is kept for that version); FailedPrecondition when that version's step here was
+  // another batch (the leader lost its batch and closed another one for the same version).
+  static absl::StatusOr<std::vector<StepSum>> LatestSums(const Lane& lane,
+                                                         const LoggedBatch& batch);
+  // At a checkpoint's cut, after SwitchTo: every staged block and every leader's latest
+  // commit (Lane::latest) into the new log file; *end is the last record's end (unchanged
+  // when there is none).
+  absl::Status RelogAtCutLocked(uint64_t* end) ABSL_EXCLUSIVE_LOCKS_REQUIRED(gate_);
   // StepRows once its command is judged: collects the members, steps with the other owners,
   // logs the step with its sums (write-ahead log), releases the members and publishes.
   absl::StatusOr<StepRowsReply> TakeFollowerStep(Lane& lane, const StepRowsCommand& command,

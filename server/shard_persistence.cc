@@ -15,6 +15,18 @@
 #include "server/shard.h"
 
 namespace dion {
+namespace {
+
+// A logged step as the command that took it, its sums included (Lane::latest).
+StepRowsCommand CommandOf(const LoggedSplitStep& step) {
+  StepRowsCommand command;
+  command.batch = step.batch;
+  command.lr_scale = step.lr_scale;
+  command.sums = step.sums;
+  return command;
+}
+
+}  // namespace
 
 absl::StatusOr<uint64_t> Shard::RestoreFromCheckpoint() {
   checkpoint_mu_.AssertHeld();
@@ -177,6 +189,7 @@ absl::Status Shard::ReplaySplitStepLocked(Lane& lane, const LoggedSplitStep& ste
   if (lane.leads()) return ReplayLeaderStepLocked(lane, step, version);
   if (step.batch.version < version) {  // the checkpoint holds it (logged after the cut)
     lane.stage->Release(step.batch, version);
+    if (step.batch.version + 1 == version) KeepLatest(lane, CommandOf(step));
     return absl::OkStatus();
   }
   if (step.batch.version > version) {
@@ -191,22 +204,15 @@ absl::Status Shard::ReplaySplitStepLocked(Lane& lane, const LoggedSplitStep& ste
   absl::StatusOr<StepOutcome> outcome = store_->ApplyRowBatch(*batch, step.lr_scale, reducer);
   if (!outcome.ok()) return outcome.status();
   lane.stage->Release(step.batch, outcome->update.version);
-  KeepSums(lane, outcome->update.version, step.sums);
+  KeepLatest(lane, CommandOf(step));
   return absl::OkStatus();
 }
 
 absl::Status Shard::ReplayLeaderStepLocked(Lane& lane, const LoggedSplitStep& step,
                                            int64_t version) {
   const std::string& parameter = step.batch.parameter;
-  const auto keep = [&lane, &step] {  // the step that produced the rows' version
-    StepRowsCommand committed;
-    committed.batch = step.batch;
-    committed.lr_scale = step.lr_scale;
-    committed.sums = step.sums;
-    lane.last_commit = std::move(committed);
-  };
-  if (step.batch.version < version) {  // the checkpoint holds it
-    if (step.batch.version + 1 == version) keep();
+  if (step.batch.version < version) {  // the checkpoint holds it (or: logged again at a cut)
+    if (step.batch.version + 1 == version) KeepLatest(lane, CommandOf(step));
     return absl::OkStatus();
   }
   const auto refuse = [&](absl::string_view why) {
@@ -243,7 +249,7 @@ absl::Status Shard::ReplayLeaderStepLocked(Lane& lane, const LoggedSplitStep& st
   absl::StatusOr<StepOutcome> outcome = store_->ApplyRowBatch(batch, step.lr_scale, reducer);
   if (!outcome.ok()) return outcome.status();
   lane.recovered.erase(lane.recovered.begin());
-  keep();
+  KeepLatest(lane, CommandOf(step));
   return absl::OkStatus();
 }
 
@@ -309,7 +315,7 @@ absl::StatusOr<CheckpointContents> Shard::TakeCut(
     if (log_ != nullptr) {
       log_->SwitchTo(std::move(next), sequence);
       // The checkpoint holds no staged block: the new log gets every one again.
-      if (absl::Status s = RelogStagedLocked(&relogged_end); !s.ok()) return s;
+      if (absl::Status s = RelogAtCutLocked(&relogged_end); !s.ok()) return s;
     }
   }
   const int64_t cut_ns = absl::ToInt64Nanoseconds(absl::Now() - cut_start);
@@ -332,9 +338,22 @@ absl::StatusOr<CheckpointContents> Shard::TakeCut(
   return contents;
 }
 
-absl::Status Shard::RelogStagedLocked(uint64_t* end) {
+absl::Status Shard::RelogAtCutLocked(uint64_t* end) {
   absl::Status status;
   for (Lane* lane : lane_order_) {
+    if (lane->split.has_value()) {
+      // The checkpoint holds the rows but not the sums of the step that made them, which a
+      // restarted leader (AskFollowers) or a follower found behind (CatchUpFromLastCommit)
+      // may still need.
+      MutexLock lock(&lane->latest_mu);
+      if (lane->latest.has_value()) {
+        const StepRowsCommand& latest = *lane->latest;
+        absl::StatusOr<uint64_t> written =
+            log_->SplitStep({latest.batch, latest.lr_scale, latest.sums});
+        if (!written.ok()) return written.status();
+        *end = *written;
+      }
+    }
     if (lane->stage == nullptr) continue;
     lane->stage->ForEachStaged([&](const Contribution& c) {
       if (!status.ok()) return;

@@ -191,11 +191,11 @@ absl::Status Shard::ApplySplit(const Lane* lane, Batch batch) {
     }
     if (outcome.ok()) {
       if (options_.leader_step_hook) options_.leader_step_hook(step, /*answered=*/true);
-      CommitLeaderStep(command, sums);
-      lane->snapshot->AfterStep(outcome->update.version);
-      PublishStep(*lane, *std::move(outcome), start);
       StepRowsCommand committed = command;
       committed.sums = std::move(sums);
+      CommitLeaderStep(*lane, committed);
+      lane->snapshot->AfterStep(outcome->update.version);
+      PublishStep(*lane, *std::move(outcome), start);
       if (taken_elsewhere) {
         // Followers still behind take the step from the sums; those that have it say so.
         followed = options_.split_peers->StartFollowers(committed, split)->Wait();
@@ -205,7 +205,6 @@ absl::Status Shard::ApplySplit(const Lane* lane, Batch batch) {
       // the hub's retained sums, or from the sums themselves when this process has no hub
       // that saw the step.
       if (!followed.ok()) CatchUpFollowers(taken_elsewhere ? committed : command, split, followed);
-      lane->last_commit = std::move(committed);
       return absl::OkStatus();
     }
     const bool giving_up = GivingUp();
@@ -230,11 +229,13 @@ absl::Status Shard::ApplySplit(const Lane* lane, Batch batch) {
 }
 
 void Shard::CatchUpFromLastCommit(const Lane& lane, int64_t version) {
-  if (!lane.last_commit.has_value() || lane.last_commit->batch.version + 1 != version ||
-      GivingUp()) {
-    return;
+  std::optional<StepRowsCommand> kept;
+  {
+    MutexLock lock(&lane.latest_mu);
+    kept = lane.latest;
   }
-  const StepRowsCommand& last = *lane.last_commit;
+  if (!kept.has_value() || kept->batch.version + 1 != version || GivingUp()) return;
+  const StepRowsCommand& last = *kept;
   StepRowsCommand query = last;
   query.query = true;
   query.sums.clear();
@@ -252,14 +253,23 @@ void Shard::CatchUpFromLastCommit(const Lane& lane, int64_t version) {
                s.ToString().c_str());
 }
 
-void Shard::CommitLeaderStep(const StepRowsCommand& command, const std::vector<StepSum>& sums) {
+void Shard::CommitLeaderStep(const Lane& lane, const StepRowsCommand& committed) {
+  absl::StatusOr<uint64_t> end = uint64_t{0};
+  {
+    // Not under the gate (a checkpoint cut waits for this step: its batch closed before the
+    // cut) but under latest_mu, which the cut takes to log Lane::latest again: a record that
+    // went to the file before the cut is then in the new file too, so a restart from that
+    // checkpoint still knows this step's sums.
+    MutexLock lock(&lane.latest_mu);
+    if (log_ != nullptr) {
+      end = log_->SplitStep({committed.batch, committed.lr_scale, committed.sums});
+    }
+    lane.latest = committed;
+  }
   if (log_ == nullptr) return;
-  // Written without the gate: a checkpoint cut meanwhile waits for this step (its batch was
-  // closed before the cut), so the commit is needed by neither file's replay after it, and a
-  // replay skips a commit the checkpoint holds.
-  absl::StatusOr<uint64_t> end = log_->SplitStep({command.batch, command.lr_scale, sums});
   absl::Status logged = end.ok() ? log_->WaitDurable(*end) : end.status();
   if (logged.ok()) return;
+  const StepRowsCommand& command = committed;
   // The log is broken, so the shard acknowledges nothing more; the step itself stands, and
   // after a restart the followers that took it hand its sums back (AskFollowers).
   std::fprintf(stderr,
@@ -381,7 +391,11 @@ absl::StatusOr<StepRowsReply> Shard::StepRows(const StepRowsCommand& command) {
               "the write-ahead log could not make the step durable: ", s.message()));
         }
       }
-      return StepRowsReply{now->version, now->checksum, SumsOf(*lane, now->version)};
+      // The same version from another batch (the leader lost its batch and closed another)
+      // is not this step: refused rather than answered OK.
+      absl::StatusOr<std::vector<StepSum>> mine = LatestSums(*lane, command.batch);
+      if (!mine.ok()) return mine.status();
+      return StepRowsReply{now->version, now->checksum, {}};
     }
   }
   if (*version != command.batch.version) {
@@ -416,16 +430,19 @@ absl::StatusOr<StepRowsReply> Shard::TakeFollowerStep(Lane& lane, const StepRows
     return outcome.status();
   }
   const StepRowsReply reply{outcome->update.version, outcome->update.checksum, {}};
-  std::vector<StepSum> sums = recorder.TakeSums();
+  StepRowsCommand taken = command;
+  taken.query = false;
+  taken.sums = recorder.TakeSums();
   absl::StatusOr<uint64_t> end = uint64_t{0};
   {
-    // A checkpoint's cut sees both the step's record and the release of its members, or
-    // neither: it logs again only blocks that the log after it still needs.
+    // A checkpoint's cut sees the step's record, the release of its members and the step as
+    // the latest, or none of them: it logs again only blocks that the log after it still
+    // needs, and the latest step's sums.
     ReaderMutexLock lock(&gate_);
-    if (log_ != nullptr) end = log_->SplitStep({command.batch, command.lr_scale, sums});
+    if (log_ != nullptr) end = log_->SplitStep({taken.batch, taken.lr_scale, taken.sums});
     lane.stage->Release(command.batch, reply.version);
+    KeepLatest(lane, std::move(taken));
   }
-  KeepSums(lane, reply.version, std::move(sums));
   absl::Status logged = end.ok() ? absl::OkStatus() : end.status();
   if (logged.ok() && *end > 0) logged = log_->WaitDurable(*end);
   lane.snapshot->AfterStep(reply.version);
@@ -460,19 +477,37 @@ absl::StatusOr<StepRowsReply> Shard::AnswerQuery(const Lane& lane,
           "the write-ahead log could not make the step durable: ", s.message()));
     }
   }
-  return StepRowsReply{now->version, now->checksum, SumsOf(lane, now->version)};
+  if (now->version != step) return StepRowsReply{now->version, now->checksum, {}};
+  absl::StatusOr<std::vector<StepSum>> sums = LatestSums(lane, command.batch);
+  if (!sums.ok()) return sums.status();
+  return StepRowsReply{now->version, now->checksum, *std::move(sums)};
 }
 
-void Shard::KeepSums(Lane& lane, int64_t version, std::vector<StepSum> sums) {
-  MutexLock lock(&lane.sums_mu);
-  lane.sums_version = version;
-  lane.sums = std::move(sums);
+void Shard::KeepLatest(const Lane& lane, StepRowsCommand step) {
+  MutexLock lock(&lane.latest_mu);
+  lane.latest = std::move(step);
 }
 
-std::vector<StepSum> Shard::SumsOf(const Lane& lane, int64_t version) {
-  MutexLock lock(&lane.sums_mu);
-  if (lane.sums_version != version) return {};
-  return lane.sums;
+absl::StatusOr<std::vector<StepSum>> Shard::LatestSums(const Lane& lane,
+                                                       const LoggedBatch& batch) {
+  MutexLock lock(&lane.latest_mu);
+  if (!lane.latest.has_value() || lane.latest->batch.version != batch.version) {
+    return std::vector<StepSum>();
+  }
+  const std::vector<LoggedBatch::Member>& mine = lane.latest->batch.members;
+  bool same = mine.size() == batch.members.size();
+  for (size_t i = 0; same && i < mine.size(); ++i) {
+    same = mine[i].worker_id == batch.members[i].worker_id &&
+           mine[i].sequence == batch.members[i].sequence;
+  }
+  if (!same) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        "parameter '", batch.parameter, "': version ", batch.version + 1,
+        " here came from another batch (", mine.size(), " members) than the leader's (",
+        batch.members.size(), " members): the leader lost the batch it had sent; the owners "
+        "must be restored at one version"));
+  }
+  return lane.latest->sums;
 }
 
 int64_t Shard::StagedContributions(absl::string_view parameter) const {

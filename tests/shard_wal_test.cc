@@ -553,7 +553,8 @@ TEST(ShardWal, AFollowerOfASplitParameterComesBackWithItsStepsAndStagedBlocks) {
   EXPECT_EQ(follower->Version("w").value(), 3);
   EXPECT_TRUE(FollowerState(*follower) == ReadFile(root + "/follower.before"))
       << "the follower's rows and state differ from the killed one's";
-  EXPECT_EQ(follower->Status().wal_replayed.split_steps, 1);
+  // Steps: 2, the checkpoint's latest, logged again at its cut with its sums, and 3.
+  EXPECT_EQ(follower->Status().wal_replayed.split_steps, 2);
   EXPECT_EQ(follower->StagedContributions("w"), 1);
   // The staged block of round 4 is known: sent again, it is DUPLICATE.
   EXPECT_EQ(follower->Push(SplitBlock(*follower, 4, 3)).value().result, PushOutcome::kDuplicate);
@@ -684,7 +685,13 @@ TEST_F(ShardWalLeader, AFollowerThatLostTheStepTakesItFromTheSumsOfAnother) {
 // The leader committed step 3 (the run was not killed), but follower 2 comes back as it was
 // before step 3: the leader's next step fails on it, then the leader finds it a version behind
 // and hands it step 3's sums from its log's commit record; step 4 then goes through.
-TEST_F(ShardWalLeader, AFollowerBehindTheLastCommittedStepTakesItFromTheLeadersLog) {
+class ShardWalLeaderBehind : public ShardWalLeader,
+                             public ::testing::WithParamInterface<bool> {};
+
+// With the parameter true the leader is first restarted once, writing a checkpoint (its last
+// one) after step 3's commit: the commit's file is then behind the checkpoint, and the cut
+// must have logged the step's sums again.
+TEST_P(ShardWalLeaderBehind, AFollowerBehindTheLastCommittedStepTakesItFromTheLeadersLog) {
   const std::string root = FreshRoot("split-leader-behind");
   Reference(root);
   const std::string ref = root + "/ref";
@@ -692,7 +699,12 @@ TEST_F(ShardWalLeader, AFollowerBehindTheLastCommittedStepTakesItFromTheLeadersL
   auto f1 = Shard::Create(SplitOwnerOptions(ref + "/1", 1, &peers, 3)).value();
   auto f2 = Shard::Create(SplitOwnerOptions(ref + "/2-before", 2, &peers, 3)).value();
   peers.set_followers({f1.get(), f2.get()});
+  if (GetParam()) {
+    auto once = Shard::Create(SplitOwnerOptions(ref + "/0", 0, &peers, 3)).value();
+    ASSERT_TRUE(once->Checkpoint().ok());
+  }  // destroyed: a last checkpoint too
   auto leader = Shard::Create(SplitOwnerOptions(ref + "/0", 0, &peers, 3)).value();
+  if (GetParam()) EXPECT_EQ(leader->Status().wal_replayed.batches, 0);
   ASSERT_EQ(leader->Version("w").value(), 3);
   ASSERT_EQ(f2->Version("w").value(), 2);
   // Round 4 without follower 2's block: step 4 cannot pass it, so it stays at version 3.
@@ -709,6 +721,23 @@ TEST_F(ShardWalLeader, AFollowerBehindTheLastCommittedStepTakesItFromTheLeadersL
   leader.reset();
   f1.reset();
   f2.reset();
+  fs::remove_all(root);
+}
+
+INSTANTIATE_TEST_SUITE_P(CheckpointAfterTheCommit, ShardWalLeaderBehind, ::testing::Bool());
+
+// An owner of a split parameter restarted without peers cannot take its steps: the start is
+// refused, naming the flag, instead of failing on the first step.
+TEST_F(ShardWalLeader, AnOwnerRestartedWithoutPeersIsRefused) {
+  const std::string root = FreshRoot("split-no-peers");
+  Reference(root);
+  for (int i = 0; i < 3; ++i) {
+    absl::StatusOr<std::unique_ptr<Shard>> shard =
+        Shard::Create(SplitOwnerOptions(absl::StrCat(root, "/ref/", i), i, nullptr, 3));
+    EXPECT_EQ(shard.status().code(), absl::StatusCode::kFailedPrecondition) << i;
+    EXPECT_TRUE(absl::StrContains(shard.status().message(), "--peer_addresses"))
+        << shard.status();
+  }
   fs::remove_all(root);
 }
 

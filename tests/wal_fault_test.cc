@@ -410,6 +410,7 @@ TEST(WalFault, SplitParameterAppliesEveryAcknowledgedContributionOnceAcrossKills
   for (const std::string& e : errors) EXPECT_EQ(e, "");
   if (HasFailure()) return;
   std::printf("%d of 8 kills hit the leader\n", leader_kills);
+  EXPECT_GE(leader_kills, 1) << "the kills must include the leader (fixed seed)";
 
   ExpectEveryAckAppliedOnce(log, shards, 8);
   int64_t versions[2] = {-1, -2};
