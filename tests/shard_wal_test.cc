@@ -726,6 +726,37 @@ TEST_P(ShardWalLeaderBehind, AFollowerBehindTheLastCommittedStepTakesItFromTheLe
 
 INSTANTIATE_TEST_SUITE_P(CheckpointAfterTheCommit, ShardWalLeaderBehind, ::testing::Bool());
 
+// A follower holding version 3 answers a command for step 3 as taken only for the batch it
+// took (and a query with that step's sums); another batch for that version is refused.
+TEST_F(ShardWalLeader, AFollowerRefusesAnotherBatchForAVersionItHolds) {
+  const std::string root = FreshRoot("split-other-batch");
+  Reference(root);
+  InProcessPeers peers(3);
+  auto f1 = Shard::Create(SplitOwnerOptions(root + "/ref/1", 1, &peers, 3)).value();
+  ASSERT_EQ(f1->Version("w").value(), 3);
+  StepRowsCommand command;
+  command.batch.parameter = "w";
+  command.batch.version = 2;
+  command.batch.members.push_back({"w0", 3, 0, 1.0});  // the batch of step 3
+  EXPECT_EQ(f1->StepRows(command).value().version, 3);
+  command.query = true;
+  absl::StatusOr<StepRowsReply> answer = f1->StepRows(command);
+  ASSERT_TRUE(answer.ok()) << answer.status();
+  EXPECT_EQ(answer->version, 3);
+  EXPECT_FALSE(answer->sums.empty());  // replayed from its log
+  command.batch.members[0].sequence = 4;  // another batch of version 2
+  for (bool query : {false, true}) {
+    command.query = query;
+    absl::StatusOr<StepRowsReply> refused = f1->StepRows(command);
+    EXPECT_EQ(refused.status().code(), absl::StatusCode::kFailedPrecondition) << query;
+    EXPECT_TRUE(absl::StrContains(refused.status().message(), "another batch"))
+        << refused.status();
+  }
+  EXPECT_EQ(f1->Version("w").value(), 3);
+  f1.reset();
+  fs::remove_all(root);
+}
+
 // An owner of a split parameter restarted without peers cannot take its steps: the start is
 // refused, naming the flag, instead of failing on the first step.
 TEST_F(ShardWalLeader, AnOwnerRestartedWithoutPeersIsRefused) {
