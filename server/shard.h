@@ -390,7 +390,9 @@ class Shard {
   // with a log, recorded there (under the lane's latest_mu, so a checkpoint's cut logs it
   // again if the record went to the file before the cut) and made durable (an error is
   // reported; the log refuses everything after it).
-  void CommitLeaderStep(const Lane& lane, const StepRowsCommand& committed);
+  void CommitLeaderStep(const Lane& lane, StepRowsCommand committed);
+  // A copy of Lane::latest (its sums included).
+  static std::optional<StepRowsCommand> LatestOf(const Lane& lane);
   // After a failed attempt of the leader's step from `version`: a follower a version behind
   // (its answer to the last step was lost before a restart of this leader, or its disk lost
   // that step) takes the last committed step from its sums (Lane::latest). Best effort:

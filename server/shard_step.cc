@@ -193,18 +193,20 @@ absl::Status Shard::ApplySplit(const Lane* lane, Batch batch) {
       if (options_.leader_step_hook) options_.leader_step_hook(step, /*answered=*/true);
       StepRowsCommand committed = command;
       committed.sums = std::move(sums);
-      CommitLeaderStep(*lane, committed);
+      CommitLeaderStep(*lane, std::move(committed));  // the sums are kept, not copied
       lane->snapshot->AfterStep(outcome->update.version);
       PublishStep(*lane, *std::move(outcome), start);
+      // With sums only on the rare paths that send them: a copy of Lane::latest.
+      StepRowsCommand retry = taken_elsewhere ? LatestOf(*lane).value() : command;
       if (taken_elsewhere) {
         // Followers still behind take the step from the sums; those that have it say so.
-        followed = options_.split_peers->StartFollowers(committed, split)->Wait();
+        followed = options_.split_peers->StartFollowers(retry, split)->Wait();
       }
       // Every reduction completed, so each follower can have its sums: one whose answer failed
       // takes the step again (before the lane's next batch needs it at this version), from
       // the hub's retained sums, or from the sums themselves when this process has no hub
       // that saw the step.
-      if (!followed.ok()) CatchUpFollowers(taken_elsewhere ? committed : command, split, followed);
+      if (!followed.ok()) CatchUpFollowers(retry, split, followed);
       return absl::OkStatus();
     }
     const bool giving_up = GivingUp();
@@ -229,31 +231,39 @@ absl::Status Shard::ApplySplit(const Lane* lane, Batch batch) {
 }
 
 void Shard::CatchUpFromLastCommit(const Lane& lane, int64_t version) {
-  std::optional<StepRowsCommand> kept;
+  StepRowsCommand query;
   {
     MutexLock lock(&lane.latest_mu);
-    kept = lane.latest;
+    if (!lane.latest.has_value() || lane.latest->batch.version + 1 != version) return;
+    query.batch = lane.latest->batch;  // the sums are copied only if a follower needs them
+    query.lr_scale = lane.latest->lr_scale;
   }
-  if (!kept.has_value() || kept->batch.version + 1 != version || GivingUp()) return;
-  const StepRowsCommand& last = *kept;
-  StepRowsCommand query = last;
+  if (GivingUp()) return;
   query.query = true;
-  query.sums.clear();
   bool behind = false;
   for (const absl::StatusOr<StepRowsReply>& reply :
        options_.split_peers->StartFollowers(query, *lane.split)->Replies()) {
-    behind |= reply.ok() && reply->version == last.batch.version;
+    behind |= reply.ok() && reply->version == query.batch.version;
   }
   if (!behind) return;
-  const absl::Status s = options_.split_peers->StartFollowers(last, *lane.split)->Wait();
+  std::optional<StepRowsCommand> last = LatestOf(lane);
+  if (!last.has_value() || last->batch.version + 1 != version) return;
+  const absl::Status s = options_.split_peers->StartFollowers(*last, *lane.split)->Wait();
   std::fprintf(stderr,
                "dion-server: split parameter '%s': a follower was at version %lld, behind the "
                "last committed step; sent it that step's sums: %s\n",
-               last.batch.parameter.c_str(), static_cast<long long>(last.batch.version),
+               last->batch.parameter.c_str(), static_cast<long long>(last->batch.version),
                s.ToString().c_str());
 }
 
-void Shard::CommitLeaderStep(const Lane& lane, const StepRowsCommand& committed) {
+std::optional<StepRowsCommand> Shard::LatestOf(const Lane& lane) {
+  MutexLock lock(&lane.latest_mu);
+  return lane.latest;
+}
+
+void Shard::CommitLeaderStep(const Lane& lane, StepRowsCommand committed) {
+  const int64_t step = committed.batch.version + 1;
+  const std::string parameter = committed.batch.parameter;
   absl::StatusOr<uint64_t> end = uint64_t{0};
   {
     // Not under the gate (a checkpoint cut waits for this step: its batch closed before the
@@ -264,19 +274,17 @@ void Shard::CommitLeaderStep(const Lane& lane, const StepRowsCommand& committed)
     if (log_ != nullptr) {
       end = log_->SplitStep({committed.batch, committed.lr_scale, committed.sums});
     }
-    lane.latest = committed;
+    lane.latest = std::move(committed);
   }
   if (log_ == nullptr) return;
   absl::Status logged = end.ok() ? log_->WaitDurable(*end) : end.status();
   if (logged.ok()) return;
-  const StepRowsCommand& command = committed;
   // The log is broken, so the shard acknowledges nothing more; the step itself stands, and
   // after a restart the followers that took it hand its sums back (AskFollowers).
   std::fprintf(stderr,
                "dion-server: step %lld of split parameter '%s' is applied but not committed to "
                "the write-ahead log: %s\n",
-               static_cast<long long>(command.batch.version + 1),
-               command.batch.parameter.c_str(), logged.ToString().c_str());
+               static_cast<long long>(step), parameter.c_str(), logged.ToString().c_str());
 }
 
 absl::StatusOr<std::vector<StepSum>> Shard::AskFollowers(const StepRowsCommand& command,
