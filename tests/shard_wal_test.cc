@@ -654,32 +654,29 @@ class ShardWalLeader : public ::testing::Test {
       fs::copy_file(absl::StrCat(ref, "/ref.", i), absl::StrCat(root, "/ref.", i));
     }
   }
+  // The reference run, then the run killed at `crash`, restarted with follower 2 from
+  // <root>/`follower2` (ExpectLeaderFinishesStep3).
+  void KillAndRestart(const std::string& name, LeaderCrash crash, const std::string& follower2) {
+    const std::string root = FreshRoot(name);
+    Reference(root);
+    ASSERT_EQ(RunAndDie([&] { return LeaderScenario(root, crash); }), 7);
+    ExpectLeaderFinishesStep3(root, root + follower2);
+    fs::remove_all(root);
+  }
 };
 
 TEST_F(ShardWalLeader, KilledAfterEveryFollowerTookTheStepTakesItWithTheirSums) {
-  const std::string root = FreshRoot("split-leader-answered");
-  Reference(root);
-  ASSERT_EQ(RunAndDie([&] { return LeaderScenario(root, LeaderCrash::kAnswered); }), 7);
-  ExpectLeaderFinishesStep3(root, root + "/2");
-  fs::remove_all(root);
+  KillAndRestart("split-leader-answered", LeaderCrash::kAnswered, "/2");
 }
 
 TEST_F(ShardWalLeader, KilledBeforeAskingAnyFollowerTakesTheStepWithThem) {
-  const std::string root = FreshRoot("split-leader-logged");
-  Reference(root);
-  ASSERT_EQ(RunAndDie([&] { return LeaderScenario(root, LeaderCrash::kLogged); }), 7);
-  ExpectLeaderFinishesStep3(root, root + "/2");
-  fs::remove_all(root);
+  KillAndRestart("split-leader-logged", LeaderCrash::kLogged, "/2");
 }
 
 // Follower 2 comes back as it was before step 3 (its disk lost the step), follower 1 has it:
 // the leader takes the step with follower 1's sums and hands them to follower 2.
 TEST_F(ShardWalLeader, AFollowerThatLostTheStepTakesItFromTheSumsOfAnother) {
-  const std::string root = FreshRoot("split-leader-mixed");
-  Reference(root);
-  ASSERT_EQ(RunAndDie([&] { return LeaderScenario(root, LeaderCrash::kAnswered); }), 7);
-  ExpectLeaderFinishesStep3(root, root + "/2-before");
-  fs::remove_all(root);
+  KillAndRestart("split-leader-mixed", LeaderCrash::kAnswered, "/2-before");
 }
 
 // The leader committed step 3 (the run was not killed), but follower 2 comes back as it was
