@@ -156,10 +156,17 @@ absl::Status CheckContribution(const Contribution& contribution,
         absl::StrCat("parameter '", spec.name, "': sample_count must be > 0, got ",
                      contribution.sample_count));
   }
-  if (contribution.base_version < 0 || contribution.base_version > context.version) {
+  if (contribution.base_version < 0 ||
+      contribution.base_version > context.version + context.lead) {
+    if (context.lead == 0) {
+      return absl::OutOfRangeError(absl::StrCat(
+          "parameter '", spec.name, "': base_version ", contribution.base_version,
+          " is outside [0, ", context.version, "], the current version"));
+    }
     return absl::OutOfRangeError(absl::StrCat(
         "parameter '", spec.name, "': base_version ", contribution.base_version,
-        " is outside [0, ", context.version, "], the current version"));
+        " is outside [0, ", context.version + context.lead, "]: this follower is at version ",
+        context.version, " and its leader at most ", context.lead, " ahead"));
   }
   return ValidatePayload(spec, contribution, context.rows);
 }

@@ -58,14 +58,19 @@ absl::Status ValidateWorkerId(absl::string_view worker_id);
 // whether its worker is registered.
 struct ContributionContext {
   ContributionContext(const ParamSpec& spec, int64_t version, bool worker_registered,
-                      RowBlock rows = {})
-      : spec(spec), version(version), worker_registered(worker_registered), rows(rows) {}
+                      RowBlock rows = {}, int64_t lead = 0)
+      : spec(spec), version(version), worker_registered(worker_registered), rows(rows),
+        lead(lead) {}
   const ParamSpec& spec;
   int64_t version = 0;
   bool worker_registered = false;
   // For a shard that owns one row block of a split parameter: the rows of the tall side it
   // owns; empty ({0, 0}) for a whole parameter.
   RowBlock rows;
+  // How far a base_version may be above `version`: 1 on a follower of a split parameter, whose
+  // leader may have applied (and a worker seen) a step the follower has not applied yet; 0
+  // otherwise.
+  int64_t lead = 0;
 };
 
 // Whether `contribution`'s payload fits `spec`: low-rank factors for Dion (P m x r, R n x r,

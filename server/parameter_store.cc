@@ -315,9 +315,10 @@ absl::StatusOr<ValidatedContribution> ParameterStore::Validate(Contribution cont
 
 ContributionContext ParameterStore::Context(const Parameter& parameter,
                                             absl::string_view worker_id) const {
+  const bool follower = parameter.split.has_value() && parameter.split->index > 0;
   return {parameter.spec, parameter.version.load(std::memory_order_acquire),
           worker_registered(worker_id),
-          parameter.split.has_value() ? parameter.split->rows : RowBlock{}};
+          parameter.split.has_value() ? parameter.split->rows : RowBlock{}, follower ? 1 : 0};
 }
 
 absl::StatusOr<StepOutcome> ParameterStore::ApplyBatch(const Batch& batch) {

@@ -315,6 +315,48 @@ TEST(ParameterStore, OwnsOnlyTheParametersOfItsShard) {
 // ------------------------------------------------------------------------------------------
 // Bad contributions: precise code, nothing changes.
 
+// A follower of a split parameter may be one step behind its leader (the leader applied a
+// step whose last answer the follower has not yet acted on, or lost in a crash), and a worker
+// may already compute against the leader's version: a follower takes a base_version up to its
+// own version + 1 and no further; the leader and a whole parameter's owner only up to theirs.
+TEST(ParameterStore, AFollowerTakesABaseVersionOneAheadOfItsOwn) {
+  ModelTable table = TestModel();
+  table.parameters[0].spec.split_owners = 2;
+  const ParamSpec spec = table.parameters[0].spec;
+  for (int shard = 0; shard < 2; ++shard) {
+    auto store = *ParameterStore::Create(StoreOptions{shard, 2});
+    ASSERT_TRUE(store->RegisterModel(table).ok());
+    ASSERT_TRUE(store->RegisterWorker("w0").ok());
+    const SplitOwnership split = *(*store->Split(spec.name));
+    const bool tall_rows = spec.rows() >= spec.cols();
+    const auto block = [&](int64_t base_version) {
+      Contribution c = LowRank(spec.name, tall_rows ? split.rows.size() : spec.rows(),
+                               tall_rows ? spec.cols() : split.rows.size(), 2, "w0", 1,
+                               base_version);
+      return store->Validate(std::move(c)).status();
+    };
+    EXPECT_TRUE(block(0).ok()) << "shard " << shard;
+    const absl::Status one_ahead = block(1);
+    const absl::Status two_ahead = block(2);
+    EXPECT_EQ(two_ahead.code(), absl::StatusCode::kOutOfRange) << two_ahead;
+    if (split.index == 0) {
+      EXPECT_EQ(one_ahead.code(), absl::StatusCode::kOutOfRange) << one_ahead;
+      EXPECT_NE(one_ahead.message().find("base_version 1 is outside [0, 0], the current version"),
+                std::string::npos)
+          << one_ahead;
+    } else {
+      EXPECT_TRUE(one_ahead.ok()) << one_ahead;
+      EXPECT_NE(two_ahead.message().find("base_version 2 is outside [0, 1]: this follower is at "
+                                         "version 0 and its leader at most 1 ahead"),
+                std::string::npos)
+          << two_ahead;
+    }
+  }
+  auto whole = RegisteredStore();
+  EXPECT_EQ(whole->Validate(LowRank("tall", 48, 32, 2, "w0", 1, 1)).status().code(),
+            absl::StatusCode::kOutOfRange);
+}
+
 TEST(ParameterStore, PushBeforeRegistrationIsFailedPrecondition) {
   auto store = *ParameterStore::Create(StoreOptions{});
   const absl::Status status = store->Validate(LowRank("tall", 48, 32, 2)).status();
