@@ -1,6 +1,7 @@
 // The adaptive push rank (worker/client/push_rank.h): the rank-choice rule against
-// hand-computed byte counts, its hysteresis, the controller's rate and step-time measurement
-// on a simulated link, the flag syntax, and the compressor's rank change (nothing lost).
+// hand-computed byte counts, its hysteresis and ceiling, the controller's rate and step-time
+// measurement on simulated delivery rates, the flag syntax, and the compressor's rank change
+// (nothing lost). The delivery rates of a real shaped link: tests/worker_links_test.cc.
 #include "worker/client/push_rank.h"
 
 #include <gtest/gtest.h>
@@ -72,45 +73,120 @@ TEST(PushRank, GrowsOneRungOnlyWithMargin) {
   EXPECT_EQ(NextRankFraction(specs, 0.125, 1e9), 0.25);
   EXPECT_EQ(NextRankFraction(specs, 1.0, 1e9), 1.0);
   EXPECT_EQ(NextRankFraction(specs, 0.6, 1e9), 1.0);  // rank 30 -> 33
+  // A ceiling stops the doubling there, and a fraction at or above it does not grow.
+  EXPECT_EQ(NextRankFraction(specs, 0.125, 1e9, 0.2), 0.2);
+  EXPECT_EQ(NextRankFraction(specs, 0.25, 1e9, 0.25), 0.25);
+  // It does not stop a shrink.
+  EXPECT_EQ(NextRankFraction(specs, 0.25, 5000, 0.25), 0.125);
   // 0.75 is rank 33 already (the break-even cap), so doubling would send nothing more.
   EXPECT_EQ(NextRankFraction(specs, 0.75, 1e9), 0.75);
 }
 
-// Steps every `step` seconds; one push per step whose acknowledgement comes after its bytes
-// at `rate` bytes/s (the link is idle in between). Returns the controller after `steps`.
-PushRankController::State Simulate(double rate, double step, int steps, double start) {
+// Steps every `step` seconds, the uplink probe reading `rate` bytes/s at each step; a push
+// round of every parameter at the current fraction every `steps_per_push` steps.
+void Simulate(PushRankController& controller, double rate, double step, int steps,
+              absl::Time& t, int steps_per_push = 1) {
   const std::vector<ParamSpec> specs = Model();
-  PushRankController controller(specs, start);
-  absl::Time t = absl::UnixEpoch();
   for (int i = 0; i < steps; ++i) {
-    controller.OnStep(t);
-    const int64_t bytes = PushBytesAt(specs, controller.fraction());
-    controller.OnSent(t);
-    controller.OnSettled(bytes, t + absl::Seconds(bytes / rate));
+    if (i % steps_per_push == 0) {
+      controller.OnSent(PushBytesAt(specs, controller.fraction()), t);
+    }
+    const std::vector<double> rates = {rate};
+    controller.OnDelivery(rates, t);
     t += absl::Seconds(step);
   }
+}
+
+PushRankController::State Simulate(double rate, double step, int steps, double start,
+                                   int steps_per_push = 1) {
+  PushRankController controller(Model(), start);
+  absl::Time t = absl::UnixEpoch();
+  Simulate(controller, rate, step, steps, t, steps_per_push);
   return controller.state();
 }
 
 TEST(PushRank, ControllerMeasuresTheLinkAndSettlesWithoutFlapping) {
-  // 1 MB/s and 10 ms steps: budget 5000 bytes, so 0.25 (8000) shrinks once to 0.125 (3800)
-  // and stays there (0.25 would need 11429).
+  // 1 MB/s and a push round every 10 ms: half the link is 5000 bytes a round, so 0.25 (8000)
+  // shrinks once to 0.125 (3800) and stays there (0.25 would need 11429).
   const PushRankController::State slow = Simulate(1e6, 0.01, 2000, 0.25);
   EXPECT_EQ(slow.fraction, 0.125);
   EXPECT_EQ(slow.changes, 1);
   EXPECT_NEAR(slow.rate_bytes_per_s, 1e6, 1e6 * 1e-6);
-  EXPECT_NEAR(slow.step_seconds, 0.01, 1e-9);
-  // 5 MB/s: budget 25000, so 0.25 grows to 0.5 (15200 <= 17500) but not to 1 (20000).
+  EXPECT_NEAR(slow.sent_bytes_per_s, 3800 / 0.01, 3800 / 0.01 * 0.03);
+  // 5 MB/s: budget 25000, so 0.5 would fit (15200 <= 17500), but the start is the ceiling.
   const PushRankController::State fast = Simulate(5e6, 0.01, 2000, 0.25);
-  EXPECT_EQ(fast.fraction, 0.5);
-  EXPECT_EQ(fast.changes, 1);
+  EXPECT_EQ(fast.fraction, 0.25);
+  EXPECT_EQ(fast.changes, 0);
+  EXPECT_NEAR(fast.rate_bytes_per_s, 5e6, 5e6 * 1e-6);
+}
+
+// The budget is per second of pushing, not per local step: pushes that carry 4 local steps
+// each send a quarter of the bytes per second, so 0.25 (8000 bytes every 40 ms: 200 kB/s) fits
+// a 1 MB/s link that one push per step (800 kB/s) does not.
+TEST(PushRank, PushesThatCarrySeveralStepsKeepTheirRank) {
+  const PushRankController::State accumulating = Simulate(1e6, 0.01, 2000, 0.25, 4);
+  EXPECT_EQ(accumulating.fraction, 0.25);
+  EXPECT_EQ(accumulating.changes, 0);
+  EXPECT_NEAR(accumulating.sent_bytes_per_s, 8000 / 0.04, 8000 / 0.04 * 0.05);
+}
+
+// A link that slows down and recovers: the rank comes down with it, then back to its start,
+// and no higher.
+TEST(PushRank, ComesBackUpToItsStartWhenTheLinkRecovers) {
+  PushRankController controller(Model(), 0.25);
+  absl::Time t = absl::UnixEpoch();
+  Simulate(controller, 1e6, 0.01, 2000, t);
+  EXPECT_EQ(controller.fraction(), 0.125);
+  Simulate(controller, 5e6, 0.01, 2000, t);
+  EXPECT_EQ(controller.fraction(), 0.25);
+  EXPECT_EQ(controller.state().changes, 2);
+}
+
+// A shaped link's samples are bimodal: most at its rate, some (a token bucket's burst) far above
+// it. A window's lower quartile is the link's rate; one window of low samples (small, sparse
+// flights) does not pull the rate down, two do.
+TEST(PushRank, TheRateIsTheLinksDespiteBurstsAndOneLowWindow) {
+  PushRankController controller(Model(), 0.25);
+  absl::Time t = absl::UnixEpoch();
+  for (int i = 0; i < 2000; ++i) {
+    controller.OnSent(PushBytesAt(Model(), controller.fraction()), t);
+    // 4 of 10 samples at 200 MB/s, the others at the link's 1 MB/s (budget 5000 bytes).
+    const std::vector<double> rates = {i % 10 < 4 ? 2e8 : 1e6};
+    controller.OnDelivery(rates, t);
+    t += absl::Seconds(0.01);
+  }
+  EXPECT_NEAR(controller.state().rate_bytes_per_s, 1e6, 1);
+  EXPECT_EQ(controller.fraction(), 0.125);
+  // 4 MB/s (budget 20000: 0.25 fits, 8000 <= 14000), then one window at 0.2 MB/s.
+  Simulate(controller, 4e6, 0.01, 200, t);
+  EXPECT_EQ(controller.fraction(), 0.25);
+  Simulate(controller, 2e5, 0.01, 50, t);
+  EXPECT_NEAR(controller.state().rate_bytes_per_s, 4e6, 1);
+  EXPECT_EQ(controller.fraction(), 0.25);
+  // A link that stays slow for two windows is slow: 0.2 MB/s, budget 1000 bytes.
+  Simulate(controller, 2e5, 0.01, 200, t);
+  EXPECT_NEAR(controller.state().rate_bytes_per_s, 2e5, 1);
+  EXPECT_EQ(controller.fraction(), 1.0 / 64);
 }
 
 TEST(PushRank, NoDecisionBeforeTheLinkIsMeasured) {
-  // 100 steps of 1 ms busy each: 0.1 s of busy time, under one 0.25 s window.
-  const PushRankController::State early = Simulate(8e6, 0.01, 100, 0.25);
+  // 40 steps of 10 ms with samples: 0.4 s, under one 0.5 s window.
+  const PushRankController::State early = Simulate(1e5, 0.01, 40, 0.25);
   EXPECT_EQ(early.fraction, 0.25);
   EXPECT_EQ(early.rate_bytes_per_s, 0);
+  // Pushes without a single delivery sample (no socket found): nothing is decided.
+  PushRankController blind(Model(), 0.25);
+  absl::Time t = absl::UnixEpoch();
+  for (int i = 0; i < 2000; ++i, t += absl::Seconds(0.01)) {
+    blind.OnSent(PushBytesAt(Model(), 0.25), t);
+    blind.OnDelivery({}, t);
+  }
+  EXPECT_EQ(blind.fraction(), 0.25);
+  EXPECT_EQ(blind.state().rate_bytes_per_s, 0);
+  // A slow link but one push only, at the start: windows without pushes decide nothing.
+  const PushRankController::State quiet = Simulate(1e3, 0.01, 2000, 0.25, 1 << 30);
+  EXPECT_EQ(quiet.changes, 0);
+  EXPECT_EQ(quiet.sent_bytes_per_s, 0);
 }
 
 TEST(PushRank, FlagSyntax) {

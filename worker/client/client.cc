@@ -20,6 +20,7 @@
 #include "worker/client/push_ack.h"
 #include "worker/client/push_rank.h"
 #include "worker/client/shard_link.h"
+#include "worker/client/uplink_probe.h"
 
 namespace dion {
 
@@ -121,6 +122,7 @@ Client::Client(const ModelTable& table, const ClientOptions& options, Layout lay
   if (options_.auto_compression_rank) {
     push_rank_ =
         std::make_unique<PushRankController>(specs_, options_.compression_rank_fraction);
+    uplink_ = std::make_unique<UplinkProbe>(options_.shard_addresses);
   }
 }
 
@@ -280,7 +282,10 @@ absl::Status Client::Submit(absl::Span<const ConstMatrixRef> gradients, int64_t 
           absl::StrCat("gradient of '", spec.name, "' contains NaN or Inf"));
     }
   }
-  if (push_rank_ != nullptr) push_rank_->OnStep(absl::Now());
+  if (push_rank_ != nullptr) {
+    const absl::Time now = absl::Now();
+    push_rank_->OnDelivery(uplink_->Sample(now), now);
+  }
   for (auto& p : parameters_) {
     MutexLock lock(&p->accumulator_mu);
     int64_t base_version;
@@ -327,7 +332,7 @@ bool Client::MaybeSend(Parameter& p, bool whole) {
       whole ? acc.TakeWhole(options_.worker_id, base_version, absl::Now(), max_rank)
             : acc.Take(options_.worker_id, base_version, absl::Now());
   if (contribution == nullptr) return false;
-  if (push_rank_ != nullptr) push_rank_->OnSent(absl::Now());
+  if (push_rank_ != nullptr) push_rank_->OnSent(PayloadBytes(*contribution), absl::Now());
   int64_t bytes = 0;
   if (p.is_split()) {
     for (int owner : p.split->Begin(contribution->sequence)) {
@@ -397,9 +402,6 @@ void Client::OnAck(int shard, const v1::PushAck& ack) {
     }
     taken = done->taken;
     samples = done->contribution.sample_count;
-    if (push_rank_ != nullptr) {
-      push_rank_->OnSettled(PayloadBytes(done->contribution), absl::Now());
-    }
     if (options_.on_acknowledged && !outcome.unknown) {
       options_.on_acknowledged(done->contribution, FateOf(action));
     }
@@ -440,7 +442,7 @@ ClientStats Client::stats() const {
     stats.adaptive_push_rank = true;
     stats.push_rank_fraction = state.fraction;
     stats.push_rank_changes = state.changes;
-    stats.push_rate_bytes_per_second = state.rate_bytes_per_s;
+    stats.uplink_rate_bytes_per_second = state.rate_bytes_per_s;
   }
   return stats;
 }

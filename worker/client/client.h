@@ -95,6 +95,7 @@ class VersionUpdate;
 }  // namespace v1
 class ShardLink;
 class PushRankController;
+class UplinkProbe;
 struct AckOutcome;
 
 // How an acknowledged push was settled (ClientOptions::on_acknowledged).
@@ -108,9 +109,9 @@ struct ClientOptions {
   std::vector<std::string> shard_addresses;  // host:port of shard 0, 1, ... in order
   std::string worker_id;                     // unique per worker; registered with every shard
   double compression_rank_fraction = 0.25;   // rank rw: CompressionRank below
-  // Adaptive push rank (docs/worker.md "Adaptive push rank"): compression_rank_fraction is only
-  // where it starts; the client then halves or doubles it from the measured push rate and step
-  // time so that a step's pushes take at most half a step (library header push_rank.h).
+  // Adaptive push rank (docs/worker.md "Adaptive push rank"): compression_rank_fraction is where
+  // it starts and the highest it goes; the client halves it (and doubles it back) so that its
+  // pushes use at most half of the uplink's measured rate (library header push_rank.h).
   bool auto_compression_rank = false;
   // Unacknowledged pushes per parameter, in [1, kMaxUnacknowledgedSpan] (2048, defined in the
   // library's gradient_accumulator.h).
@@ -169,12 +170,12 @@ struct ClientStats {
   std::array<int64_t, kStalenessBins> staleness{};
   int64_t staleness_sum = 0;
   // The push-rank fraction in use (compression_rank_fraction unless auto_compression_rank),
-  // and with auto_compression_rank: its changes so far and the smoothed push rate it was
-  // chosen from (payload bytes acknowledged per second of pushes in flight; 0 until measured).
+  // and with auto_compression_rank: its changes so far and the uplink rate it was chosen from
+  // (the TCP delivery rate to the shards, push_rank.h; 0 until measured).
   bool adaptive_push_rank = false;
   double push_rank_fraction = 0;
   int64_t push_rank_changes = 0;
-  double push_rate_bytes_per_second = 0;
+  double uplink_rate_bytes_per_second = 0;
 };
 
 // What Client::FlushAll pushed and what it could not. Norms are Frobenius norms, over all
@@ -341,6 +342,7 @@ class Client {
   std::shared_ptr<grpc::ChannelCredentials> credentials_;
   std::vector<std::unique_ptr<ShardLink>> links_;
   std::unique_ptr<PushRankController> push_rank_;  // null unless auto_compression_rank
+  std::unique_ptr<UplinkProbe> uplink_;            // likewise: push_rank_'s link rate
 
   mutable Mutex mu_;
   absl::Status fatal_ ABSL_GUARDED_BY(mu_);

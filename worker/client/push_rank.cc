@@ -30,7 +30,8 @@ int64_t PushBytesAt(absl::Span<const ParamSpec> specs, double fraction) {
   return bytes;
 }
 
-double NextRankFraction(absl::Span<const ParamSpec> specs, double current, double budget_bytes) {
+double NextRankFraction(absl::Span<const ParamSpec> specs, double current, double budget_bytes,
+                        double ceiling) {
   int64_t bytes = PushBytesAt(specs, current);
   if (static_cast<double>(bytes) > budget_bytes) {
     // A halving may save nothing (ranks capped at the break-even rank), so the floor is where
@@ -43,7 +44,7 @@ double NextRankFraction(absl::Span<const ParamSpec> specs, double current, doubl
     }
     return f;
   }
-  const double grown = std::min(1.0, current * 2);
+  const double grown = std::min({1.0, ceiling, current * 2});
   const int64_t grown_bytes = PushBytesAt(specs, grown);
   if (grown_bytes > bytes &&  // a doubling that sends nothing more is no rung
       static_cast<double>(grown_bytes) <= kAutoRankGrowMargin * budget_bytes) {
@@ -82,51 +83,49 @@ double StartingPushRankFraction(const PushRankSetting& setting, double adaptive_
 }
 
 PushRankController::PushRankController(std::vector<ParamSpec> specs, double start_fraction)
-    : specs_(std::move(specs)) {
+    : specs_(std::move(specs)), ceiling_(start_fraction) {
   state_.fraction = start_fraction;
 }
 
-void PushRankController::OnStep(absl::Time now) {
+void PushRankController::OnSent(int64_t payload_bytes, absl::Time now) {
   MutexLock lock(&mu_);
-  if (last_step_ != absl::InfinitePast()) {
-    double interval = absl::ToDoubleSeconds(now - last_step_);
-    double& step = state_.step_seconds;
-    if (step > 0) interval = std::min(interval, 4 * step);
-    step = step > 0 ? (1 - kAutoRankEwmaWeight) * step + kAutoRankEwmaWeight * interval
-                    : interval;
+  if (window_start_ == absl::InfinitePast()) window_start_ = now;
+  window_sent_ += payload_bytes;
+  MaybeDecide(now);
+}
+
+void PushRankController::OnDelivery(absl::Span<const double> rates, absl::Time now) {
+  MutexLock lock(&mu_);
+  if (window_start_ == absl::InfinitePast()) {
+    if (rates.empty()) return;
+    window_start_ = now;
   }
-  last_step_ = now;
+  for (double rate : rates) {
+    if (window_.size() < kAutoRankWindowSamples) window_.push_back(rate);
+  }
+  MaybeDecide(now);
 }
 
-void PushRankController::AdvanceClock(absl::Time now) {
-  if (in_flight_ > 0 && now > last_event_) window_busy_ += now - last_event_;
-  last_event_ = std::max(last_event_, now);
-}
-
-void PushRankController::OnSent(absl::Time now) {
-  MutexLock lock(&mu_);
-  AdvanceClock(now);
-  ++in_flight_;
-}
-
-void PushRankController::OnSettled(int64_t bytes, absl::Time now) {
-  MutexLock lock(&mu_);
-  AdvanceClock(now);
-  in_flight_ = std::max(0, in_flight_ - 1);
-  window_bytes_ += bytes;
-  MaybeDecide();
-}
-
-void PushRankController::MaybeDecide() {
-  if (window_busy_ < kAutoRankWindow || window_bytes_ <= 0) return;
-  const double sample = static_cast<double>(window_bytes_) / absl::ToDoubleSeconds(window_busy_);
-  double& rate = state_.rate_bytes_per_s;
-  rate = rate > 0 ? (1 - kAutoRankEwmaWeight) * rate + kAutoRankEwmaWeight * sample : sample;
-  window_busy_ = absl::ZeroDuration();
-  window_bytes_ = 0;
-  if (++windows_since_change_ < kAutoRankSettleWindows || state_.step_seconds <= 0) return;
-  const double budget = rate * state_.step_seconds * kAutoRankLinkShare;
-  const double next = NextRankFraction(specs_, state_.fraction, budget);
+void PushRankController::MaybeDecide(absl::Time now) {
+  const absl::Duration length = now - window_start_;
+  if (length < kAutoRankWindow) return;
+  if (!window_.empty()) {
+    auto quartile = window_.begin() + static_cast<std::ptrdiff_t>(window_.size() / 4);
+    std::nth_element(window_.begin(), quartile, window_.end());
+    state_.rate_bytes_per_s = std::max(*quartile, previous_quartile_);
+    previous_quartile_ = *quartile;
+  }
+  state_.sent_bytes_per_s =
+      static_cast<double>(window_sent_) / absl::ToDoubleSeconds(length);
+  const bool measured = !window_.empty();
+  window_.clear();
+  window_sent_ = 0;
+  window_start_ = absl::InfinitePast();
+  if (!measured || state_.sent_bytes_per_s <= 0) return;  // nothing to judge this window by
+  if (++windows_since_change_ < kAutoRankSettleWindows) return;
+  const double budget = static_cast<double>(PushBytesAt(specs_, state_.fraction)) *
+                        kAutoRankLinkShare * state_.rate_bytes_per_s / state_.sent_bytes_per_s;
+  const double next = NextRankFraction(specs_, state_.fraction, budget, ceiling_);
   if (next != state_.fraction) {
     state_.fraction = next;
     ++state_.changes;

@@ -28,7 +28,7 @@ struct WorkerMetrics::Families {
   prometheus::Family<prometheus::Counter>* resyncs;
   prometheus::Counter* reconnects;
   prometheus::Gauge* push_rank_fraction;
-  prometheus::Gauge* push_rate;
+  prometheus::Gauge* uplink_rate;
   prometheus::Gauge* loss;
   prometheus::Gauge* test_loss;
   prometheus::Gauge* test_accuracy;
@@ -98,9 +98,10 @@ WorkerMetrics::WorkerMetrics()
   f.push_rank_fraction = &BuildGauge().Name("dion_worker_push_rank_fraction")
                               .Help("Push-rank fraction chosen by the adaptive push rank")
                               .Register(r).Add({});
-  f.push_rate = &BuildGauge().Name("dion_worker_push_rate_bytes_per_second")
-                     .Help("Push payload bytes acknowledged per second of pushes in flight")
-                     .Register(r).Add({});
+  f.uplink_rate = &BuildGauge().Name("dion_worker_uplink_rate_bytes_per_second")
+                      .Help("Uplink rate to the shards (TCP delivery rate) the adaptive push "
+                            "rank chose from")
+                      .Register(r).Add({});
   f.loss = &BuildGauge().Name("dion_worker_training_loss")
                 .Help("Mean training loss of the last pushed steps").Register(r).Add({});
   f.test_loss = &BuildGauge().Name("dion_worker_test_loss")
@@ -147,7 +148,7 @@ void WorkerMetrics::RecordResync(absl::string_view reason) {
 void WorkerMetrics::RecordReconnect() { families_->reconnects->Increment(); }
 void WorkerMetrics::SetPushRank(double fraction, double rate_bytes_per_second) {
   families_->push_rank_fraction->Set(fraction);
-  families_->push_rate->Set(rate_bytes_per_second);
+  families_->uplink_rate->Set(rate_bytes_per_second);
 }
 
 void WorkerMetrics::SetTrainingLoss(double loss) { families_->loss->Set(loss); }

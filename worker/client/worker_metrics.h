@@ -24,7 +24,7 @@
 //   dion_worker_reconnects_total                    counter, streams re-opened
 //   dion_worker_push_rank_fraction                  gauge, push-rank fraction in use (set only
 //                                                   by the adaptive push rank)
-//   dion_worker_push_rate_bytes_per_second          gauge, the push rate it measured
+//   dion_worker_uplink_rate_bytes_per_second        gauge, the uplink rate it measured
 //   dion_worker_training_loss                       gauge, mean loss of the last push round
 //   dion_worker_test_loss, dion_worker_test_accuracy gauges, last evaluation
 //
