@@ -1,6 +1,7 @@
 #include "server/broadcaster.h"
 
 #include <utility>
+#include <variant>
 
 #include "server/metrics.h"
 
@@ -48,6 +49,45 @@ void Subscription::Offer(const std::shared_ptr<const VersionUpdate>& update, int
   cv_.Signal();
 }
 
+namespace {
+
+// Elements on the wire: the step's P and Q, or the value.
+int64_t Elements(const VersionUpdate& update) {
+  if (update.is_low_rank()) {
+    const LowRankStep& step = std::get<LowRankStep>(update.content);
+    return step.P.size() + step.Q.size();
+  }
+  return std::get<Matrix>(update.content).size();
+}
+
+// The elements of the full value an update's parameter (or block) has.
+int64_t ValueElements(const VersionUpdate& update) {
+  if (update.is_low_rank()) {
+    const LowRankStep& step = std::get<LowRankStep>(update.content);
+    return step.P.rows() * step.Q.rows();
+  }
+  return std::get<Matrix>(update.content).size();
+}
+
+}  // namespace
+
+int64_t Subscription::ConflateLocked(const VersionUpdate& update) {
+  int64_t queued = 0;
+  int64_t elements = Elements(update);
+  for (const auto& later : queue_) {
+    if (later->parameter != update.parameter) continue;
+    ++queued;
+    elements += Elements(*later);
+  }
+  if (queued == 0) return 0;
+  // A value is replaced by a newer one whatever the sizes; steps when they outweigh a value.
+  if (update.is_low_rank() && elements < ValueElements(update)) return 0;
+  std::erase_if(queue_, [&](const std::shared_ptr<const VersionUpdate>& later) {
+    return later->parameter == update.parameter;
+  });
+  return queued + 1;
+}
+
 std::optional<std::shared_ptr<const VersionUpdate>> Subscription::Next(absl::Duration timeout) {
   const absl::Time deadline = absl::Now() + timeout;
   MutexLock lock(&mu_);
@@ -78,6 +118,11 @@ std::optional<std::shared_ptr<const VersionUpdate>> Subscription::Next(absl::Dur
       if (update->is_low_rank() && (!holds || update->version != it->second + 1)) {
         // A step only applies to the version right before it: send the full value instead.
         NeedFullLocked(update->parameter, true);
+        continue;
+      }
+      if (const int64_t replaced = ConflateLocked(*update); replaced > 0) {
+        NeedFullLocked(update->parameter, false);  // read when sent: as new as possible
+        if (metrics() != nullptr) metrics()->RecordConflatedUpdates(replaced);
         continue;
       }
       delivered_[update->parameter] = update->version;

@@ -133,6 +133,7 @@ struct ShardMetrics::Families {
   std::array<prometheus::Counter*, kKinds.size()> failed_steps{};
   prometheus::Counter* subscriber_lag_events = nullptr;
   prometheus::Counter* full_value_fallbacks = nullptr;
+  prometheus::Counter* conflated_updates = nullptr;
   prometheus::Gauge* lagging_subscribers = nullptr;
   std::array<prometheus::Gauge*, kKinds.size()> parameter_version{};
   prometheus::Gauge* connected_workers = nullptr;
@@ -299,6 +300,14 @@ struct ShardMetrics::Families {
                                       "missed or could not apply (initial values excluded).")
                                 .Register(r)
                                 .Add({});
+    conflated_updates = &prometheus::BuildCounter()
+                             .Name("dion_broadcast_conflated_updates_total")
+                             .Help("Queued updates a subscriber was not sent because one full "
+                                   "value replaced them: a lagging subscriber's low-rank steps "
+                                   "that outweigh the value, or a value superseded by a newer "
+                                   "one.")
+                             .Register(r)
+                             .Add({});
     lagging_subscribers = &prometheus::BuildGauge()
                                .Name("dion_lagging_subscribers")
                                .Help("Subscribers that still owe full values after their queue "
@@ -435,6 +444,9 @@ void ShardMetrics::RecordFailedStep(OptimizerKind kind) {
 
 void ShardMetrics::RecordSubscriberLag() { families_->subscriber_lag_events->Increment(); }
 void ShardMetrics::RecordFullValueFallback() { families_->full_value_fallbacks->Increment(); }
+void ShardMetrics::RecordConflatedUpdates(int64_t n) {
+  families_->conflated_updates->Increment(static_cast<double>(n));
+}
 void ShardMetrics::AddLaggingSubscribers(int64_t delta) {
   if (delta >= 0) {
     families_->lagging_subscribers->Increment(static_cast<double>(delta));

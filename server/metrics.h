@@ -17,6 +17,8 @@
 //   dion_nonfinite_pushes_total                                     counter, NaN/Inf refused
 //   dion_subscriber_lag_events_total                                counter, queue overflows
 //   dion_broadcast_full_value_fallbacks_total                       counter
+//   dion_broadcast_conflated_updates_total                          counter, queued updates a
+//                                                                   newer full value replaced
 //   dion_lagging_subscribers                                        gauge
 //   dion_orthogonality_error                                        gauge, last measured
 //   dion_worker_loss                                                gauge, last batch's mean
@@ -82,6 +84,8 @@ class ShardMetrics {
   // a full value sent in place of updates a subscriber missed or could not apply (not the
   // initial values of a new subscription);
   void RecordFullValueFallback();
+  // `n` queued updates not sent because one full value, cheaper, replaced them (Broadcaster);
+  void RecordConflatedUpdates(int64_t n);
   // subscribers that owe full values after a lag event (+1 when one starts, -1 when it has
   // caught up or goes away).
   void AddLaggingSubscribers(int64_t delta);

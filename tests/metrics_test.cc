@@ -89,6 +89,7 @@ const std::vector<Documented>& DocumentedMetrics() {
       {"dion_failed_steps_total", "counter"},
       {"dion_subscriber_lag_events_total", "counter"},
       {"dion_broadcast_full_value_fallbacks_total", "counter"},
+      {"dion_broadcast_conflated_updates_total", "counter"},
       {"dion_lagging_subscribers", "gauge"},
       {"dion_parameter_version", "gauge"},
       {"dion_connected_workers", "gauge"},
