@@ -286,10 +286,14 @@ absl::Status WorkerLinks::StartRelay(const std::vector<std::string>& shard_addre
                         absl::StrCat("127.0.0.1:", port), j});
     }
   }
-  // Enough queue for the bytes in flight over the delay at the rate (or at 10 Gbit/s).
+  // Enough queue for the bytes in flight over the delay at the rate (or at 10 Gbit/s), and no
+  // more: a link is a wire, not a FIFO, and what waits here is latency the link itself would
+  // not add (4 MiB, the earlier floor, held 1.6 s of data at 20 Mbit/s: replicas that stale,
+  // and broadcasts the shard could no longer conflate, docs/server.md). The floor of 256 KiB
+  // keeps the link busy between the relay's reads (the kernel's socket buffers come on top).
   const double rate = spec_.rate_bits > 0 ? spec_.rate_bits : 1e10;
   const int64_t max_queued = std::max<int64_t>(
-      4 << 20, static_cast<int64_t>(2 * rate / 8 * absl::ToDoubleSeconds(spec_.delay)));
+      256 << 10, static_cast<int64_t>(2 * rate / 8 * absl::ToDoubleSeconds(spec_.delay)));
   absl::StatusOr<std::unique_ptr<LinkRelay>> relay =
       LinkRelay::Start(routes, workers_, spec_.delay, max_queued);
   if (!relay.ok()) return relay.status();
