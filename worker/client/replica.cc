@@ -121,9 +121,11 @@ absl::Status Replica::SetIn(Block& block, int64_t version, const Matrix& value,
   }
   if (track_last_step_) {
     MatrixRef last = View(last_step_, block);
-    // A copy out of sync gives no usable step.
-    if (block.version >= 0 && block.in_sync && version == block.version + 1) {
-      last = value - X;
+    // A value d versions ahead of an in-sync copy (a shard sends one in place of several steps
+    // to a subscriber that lags, docs/server.md "Conflation") gives the mean step over them; a
+    // copy out of sync, or a value that goes back, gives no usable step.
+    if (block.version >= 0 && block.in_sync && version > block.version) {
+      last = (value - X) / static_cast<float>(version - block.version);
     } else {
       last.setZero();
     }

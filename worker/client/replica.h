@@ -85,8 +85,9 @@ class Replica {
   uint64_t changes() const { return changes_; }
   const Matrix& value() const { return X_; }
   // The value extrapolated `steps` versions ahead along the last step: X + steps (X - X_prev),
-  // where X_prev is the copy before the last version it applied (zero change after a full value
-  // that did not follow the in-sync previous version directly). A trainer's lookahead
+  // where X_prev is the copy before the last version it applied; after a full value d > 1
+  // versions ahead of an in-sync copy, the mean step (X - X_prev) / d; zero change after a value
+  // that went back or repaired a copy out of sync. A trainer's lookahead
   // (worker/train/trainer.h). steps = 0, or a replica that does not track its last step, gives
   // value().
   void Extrapolate(double steps, Matrix* out) const;
