@@ -16,7 +16,7 @@
 // Conflation: a subscriber whose stream is slower than the shard's steps (a slow downlink)
 // finds several updates of a parameter queued. Next() sends one full value in their place when
 // that is fewer bytes: low-rank steps whose P and Q together hold at least as many elements as
-// the value (m n against (m + n) r per step: from m n / ((m + n) r) queued steps on, 3 for a
+// the value (m n against (m + n) r per step: from ceil(m n / ((m + n) r)) steps on, 4 for a
 // 256 x 784 matrix at rank 64), and a value of a parameter with a newer value queued behind it.
 // The subscriber gets the newest weights sooner, in fewer bytes, and never a gap.
 //

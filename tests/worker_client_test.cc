@@ -185,6 +185,32 @@ TEST(WorkerClient, ReplicaFollowsTheShardBitForBit) {
   EXPECT_TRUE(server->Shutdown().ok());
 }
 
+// The adaptive push rank reads the uplink of the client's own gRPC connections (a gRPC socket
+// dialed at an IPv4 address is a dual-stack IPv6 socket whose peer reads back v4-mapped): after
+// a few windows of pushing, the rate it chose from is measured, and loopback has room for the
+// start fraction, which is also the ceiling.
+TEST(WorkerClient, AdaptivePushRankMeasuresTheUplinkOfItsGrpcConnections) {
+  std::unique_ptr<DionServer> server = StartServer(TestServerOptions());
+  ASSERT_NE(server, nullptr);
+  ClientOptions options = TestClientOptions({server->address()}, "w0");
+  options.auto_compression_rank = true;
+  options.compression_rank_fraction = 0.25;
+  absl::StatusOr<std::unique_ptr<Client>> client = Client::Connect(TestTable(), options);
+  ASSERT_TRUE(client.ok()) << client.status();
+  const absl::Time until = absl::Now() + absl::Seconds(20);
+  for (int step = 0; (*client)->stats().uplink_rate_bytes_per_second <= 0 && absl::Now() < until;
+       ++step) {
+    ASSERT_TRUE((*client)->Submit(RandomGradients((*client)->specs(), step), 16, 2.0).ok());
+    absl::SleepFor(absl::Milliseconds(5));
+  }
+  const ClientStats stats = (*client)->stats();
+  EXPECT_TRUE(stats.adaptive_push_rank);
+  EXPECT_GT(stats.uplink_rate_bytes_per_second, 1e6) << "no delivery rate read in 20 s";
+  EXPECT_EQ(stats.push_rank_fraction, 0.25);
+  (*client)->Close();
+  EXPECT_TRUE(server->Shutdown().ok());
+}
+
 // WaitForVersionsAbove: wrong arity is refused, a version nobody advances runs into the
 // deadline naming the parameter, and one step of every parameter wakes the waiter.
 TEST(WorkerClient, WaitForVersionsAboveReturnsOnceEveryParameterStepped) {

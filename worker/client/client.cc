@@ -283,8 +283,13 @@ absl::Status Client::Submit(absl::Span<const ConstMatrixRef> gradients, int64_t 
     }
   }
   if (push_rank_ != nullptr) {
+    // Connections (one per shard) that delivered since the last step shared the uplink: their
+    // rates add up to what it carried.
     const absl::Time now = absl::Now();
-    push_rank_->OnDelivery(uplink_->Sample(now), now);
+    const std::vector<double> rates = uplink_->Sample(now);
+    double uplink = 0;
+    for (double rate : rates) uplink += rate;
+    if (uplink > 0) push_rank_->OnDelivery({uplink}, now);
   }
   for (auto& p : parameters_) {
     MutexLock lock(&p->accumulator_mu);

@@ -112,8 +112,11 @@ void PushRankController::MaybeDecide(absl::Time now) {
   if (!window_.empty()) {
     auto quartile = window_.begin() + static_cast<std::ptrdiff_t>(window_.size() / 4);
     std::nth_element(window_.begin(), quartile, window_.end());
-    state_.rate_bytes_per_s = std::max(*quartile, previous_quartile_);
+    // The previous window counts only if it ended right before this one (not before a pause).
+    const bool adjacent = window_start_ - previous_end_ <= kAutoRankWindow;
+    state_.rate_bytes_per_s = adjacent ? std::max(*quartile, previous_quartile_) : *quartile;
     previous_quartile_ = *quartile;
+    previous_end_ = now;
   }
   state_.sent_bytes_per_s =
       static_cast<double>(window_sent_) / absl::ToDoubleSeconds(length);

@@ -24,10 +24,11 @@
 // connections to its shards (uplink_probe.h), not acknowledgements, whose latency includes the
 // shard's queue and the downlink full of broadcasts. Each window of kAutoRankWindow gives the
 // lower quartile of its samples, and the rate is the larger of the last two windows'
-// quartiles. A low quantile, because the samples of a shaped link are bimodal: most at the
-// link's rate, some far above it (the first bytes after an idle spell pass a token bucket's
-// burst at the speed of the wire: on the links of `dion local`, 25-50% of the samples of
-// push-sized bursts, tests/worker_links_test.cc); the larger of two windows, because one
+// quartiles (of this one alone when the previous ended more than a window before it began).
+// A low quantile, because the samples of a shaped link are bimodal: most at the link's rate,
+// some far above it (the first bytes after an idle spell pass a token bucket's burst at the
+// speed of the wire: on the links of `dion local`, 25-50% of the samples of push-sized
+// bursts, tests/worker_links_test.cc); the larger of two windows, because one
 // window of small, sparse flights can measure less than the link.
 //
 // Thread-safety: PushRankController is safe for concurrent use (one leaf lock: nothing else is
@@ -114,6 +115,7 @@ class PushRankController {
   std::vector<double> window_ ABSL_GUARDED_BY(mu_);    // the open window's rate samples
   int64_t window_sent_ ABSL_GUARDED_BY(mu_) = 0;       // its payload bytes sent
   double previous_quartile_ ABSL_GUARDED_BY(mu_) = 0;  // the last closed window's
+  absl::Time previous_end_ ABSL_GUARDED_BY(mu_) = absl::InfinitePast();
   int windows_since_change_ ABSL_GUARDED_BY(mu_) = 0;
 };
 

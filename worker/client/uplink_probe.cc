@@ -38,7 +38,23 @@ bool SplitTarget(absl::string_view target, std::string* host, std::string* port)
   return true;
 }
 
-bool SameEndpoint(const sockaddr_storage& a, const sockaddr_storage& b) {
+// An IPv4 address as a v4-mapped IPv6 one (::ffff:a.b.c.d): gRPC's client opens dual-stack
+// IPv6 sockets wherever IPv6 is up, so the peer of a connection it made to an IPv4 address
+// reads back in that form.
+sockaddr_storage Unmapped(const sockaddr_storage& address) {
+  if (address.ss_family != AF_INET6) return address;
+  const auto& v6 = reinterpret_cast<const sockaddr_in6&>(address);
+  if (!IN6_IS_ADDR_V4MAPPED(&v6.sin6_addr)) return address;
+  sockaddr_storage out{};
+  auto& v4 = reinterpret_cast<sockaddr_in&>(out);
+  v4.sin_family = AF_INET;
+  v4.sin_port = v6.sin6_port;
+  std::memcpy(&v4.sin_addr, &v6.sin6_addr.s6_addr[12], sizeof(v4.sin_addr));
+  return out;
+}
+
+bool SameEndpoint(const sockaddr_storage& mapped_a, const sockaddr_storage& mapped_b) {
+  const sockaddr_storage a = Unmapped(mapped_a), b = Unmapped(mapped_b);
   if (a.ss_family != b.ss_family) return false;
   if (a.ss_family == AF_INET) {
     const auto& x = reinterpret_cast<const sockaddr_in&>(a);

@@ -8,11 +8,14 @@
 // acknowledged the latest flight of data this side sent (data over the longer of the flight's
 // send and acknowledgement intervals). A flight that crossed the bottleneck back to back
 // measures the bottleneck's rate; a small or sparse one (the sender had little to send) can
-// measure less, which is why the push-rank controller keeps the largest recent sample.
+// measure less, and the first bytes after an idle spell can pass a token bucket's burst at the
+// wire's speed: the push-rank controller takes a low quantile of each window and the larger of
+// two windows (push_rank.h).
 //
 // The probe finds the process's TCP sockets connected to the shards (it lists /proc/self/fd
-// and compares each socket's peer with the shards' resolved addresses: gRPC does not hand out
-// its sockets) and, at each Sample, returns the delivery rates of the connections that
+// and compares each socket's peer with the shards' resolved addresses, an IPv4 one also in its
+// v4-mapped IPv6 form, as gRPC's dual-stack sockets report it: gRPC does not hand out its
+// sockets) and, at each Sample, returns the delivery rates of the connections that
 // delivered new bytes since the last Sample. Sockets are looked up again when a connection is
 // replaced (a reconnect) and at most once per kRescanInterval otherwise.
 //

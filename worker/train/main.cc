@@ -80,9 +80,9 @@ ABSL_FLAG(double, rank_fraction, dion::defaults::kRankFraction,
 ABSL_FLAG(dion::PushRankSetting, compression_rank_fraction,
           (dion::PushRankSetting{false, dion::defaults::kCompressionRankFraction}),
           "rank of the pushed factors as a fraction of min(m, n); 0: same as --rank_fraction; "
-          "auto: start at the default fraction and halve it (never above the start) while a "
-          "step's pushes take more than half a step on the uplink, whose rate is read from the "
-          "kernel's TCP delivery rate (Linux; docs/worker.md, Adaptive push rank)");
+          "auto: start at the default fraction and halve it (never above the start) while the "
+          "pushes use more than half of the uplink, whose rate is read from the kernel's TCP "
+          "delivery rate (Linux; docs/worker.md, Adaptive push rank)");
 ABSL_FLAG(int64_t, split_threshold, dion::defaults::kSplitThreshold,
           "a 2-D Dion matrix with at least this many elements is split by rows of its tall side "
           "over all the shards, which step it together (docs/worker.md, \"Split parameters\"); "
