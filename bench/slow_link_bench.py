@@ -170,7 +170,8 @@ def run_dion(args, rate, model, flags, work):
 
 
 def push_ranks(run_dir, workers):
-    """Each worker's last (push_rank_fraction, push_rank_changes) with the adaptive push rank."""
+    """Each worker's last (push_rank_fraction, push_rank_changes, uplink_rate_mbps) with the
+    adaptive push rank."""
     ranks = []
     for j in range(workers):
         last = None
@@ -178,7 +179,8 @@ def push_ranks(run_dir, workers):
             for line in f:
                 if line.startswith(("progress ", "final ")) and "push_rank_fraction=" in line:
                     kv = dict(w.split("=", 1) for w in line.split() if "=" in w)
-                    last = (float(kv["push_rank_fraction"]), int(kv["push_rank_changes"]))
+                    last = (float(kv["push_rank_fraction"]), int(kv["push_rank_changes"]),
+                            float(kv.get("uplink_rate_mbps", "nan")))
         ranks.append(last)
     return ranks
 

@@ -106,6 +106,9 @@ std::string FormatProgressLine(const ProgressLine& p) {
     absl::StrAppend(&line, " push_rank_fraction=", absl::StrFormat("%.6f", *p.push_rank_fraction),
                     " push_rank_changes=", *p.push_rank_changes);
   }
+  if (p.uplink_rate_mbps.has_value()) {
+    absl::StrAppend(&line, " uplink_rate_mbps=", absl::StrFormat("%.2f", *p.uplink_rate_mbps));
+  }
   return line;
 }
 
@@ -143,6 +146,7 @@ absl::StatusOr<ProgressLine> ParseProgressLine(absl::string_view line) {
   r.GetOptional("eval_elapsed_s", &p.eval_elapsed_s);
   r.GetOptional("push_rank_fraction", &p.push_rank_fraction);
   r.GetOptional("push_rank_changes", &p.push_rank_changes);
+  r.GetOptional("uplink_rate_mbps", &p.uplink_rate_mbps);
   r.GetCounts("staleness_hist", &p.staleness_hist);
   if (p.test_accuracy.has_value() != p.eval_elapsed_s.has_value()) {
     r.Fail(p.test_accuracy.has_value() ? "eval_elapsed_s" : "test_accuracy");

@@ -59,6 +59,8 @@ struct ProgressLine {
   // its changes so far (ClientStats).
   std::optional<double> push_rank_fraction;
   std::optional<int64_t> push_rank_changes;
+  // And the uplink rate it chose from, in Mbit/s of payload (0 until measured).
+  std::optional<double> uplink_rate_mbps;
 };
 
 // The line, without a newline. Rounds elapsed_s to 2 decimals, samples_per_s to 1, loss,

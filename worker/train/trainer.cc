@@ -297,6 +297,7 @@ ProgressLine ToProgressLine(int worker, const TrainerProgress& p) {
   if (c.adaptive_push_rank) {
     line.push_rank_fraction = c.push_rank_fraction;
     line.push_rank_changes = c.push_rank_changes;
+    line.uplink_rate_mbps = c.uplink_rate_bytes_per_second * 8e-6;
   }
   if (p.evaluation.has_value()) {
     line.test_loss = p.evaluation->loss;
