@@ -158,15 +158,12 @@ absl::Status CheckContribution(const Contribution& contribution,
   }
   if (contribution.base_version < 0 ||
       contribution.base_version > context.version + context.lead) {
-    if (context.lead == 0) {
-      return absl::OutOfRangeError(absl::StrCat(
-          "parameter '", spec.name, "': base_version ", contribution.base_version,
-          " is outside [0, ", context.version, "], the current version"));
-    }
     return absl::OutOfRangeError(absl::StrCat(
         "parameter '", spec.name, "': base_version ", contribution.base_version,
-        " is outside [0, ", context.version + context.lead, "]: this follower is at version ",
-        context.version, " and its leader at most ", context.lead, " ahead"));
+        " is outside [0, ", context.version + context.lead, "]",
+        context.lead == 0 ? ", the current version"
+                          : absl::StrCat(": this follower is at version ", context.version,
+                                         " and its leader at most ", context.lead, " ahead")));
   }
   return ValidatePayload(spec, contribution, context.rows);
 }
