@@ -407,9 +407,14 @@ class Shard {
   absl::StatusOr<StepRowsReply> AnswerQuery(const Lane& lane, const StepRowsCommand& command);
   // Lane::latest := `step` (its sums included).
   static void KeepLatest(const Lane& lane, StepRowsCommand step);
+  // FailedPrecondition when the latest step kept here (Lane::latest) is for `batch`'s version
+  // but was another batch (the leader lost its batch and closed another one for the same
+  // version); OK otherwise. The sums are not copied.
+  static absl::Status CheckLatestBatch(const Lane& lane, const LoggedBatch& batch);
+  static absl::Status CheckLatestBatchLocked(const Lane& lane, const LoggedBatch& batch)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(lane.latest_mu);
   // The sums of the step that applied `batch` when it is the latest kept here (empty when
-  // none is kept for that version); FailedPrecondition when that version's step here was
-  // another batch (the leader lost its batch and closed another one for the same version).
+  // none is kept for that version); CheckLatestBatch's FailedPrecondition.
   static absl::StatusOr<std::vector<StepSum>> LatestSums(const Lane& lane,
                                                          const LoggedBatch& batch);
   // At a checkpoint's cut, after SwitchTo: every staged block and every leader's latest

@@ -196,17 +196,19 @@ absl::Status Shard::ApplySplit(const Lane* lane, Batch batch) {
       CommitLeaderStep(*lane, std::move(committed));  // the sums are kept, not copied
       lane->snapshot->AfterStep(outcome->update.version);
       PublishStep(*lane, *std::move(outcome), start);
-      // With sums only on the rare paths that send them: a copy of Lane::latest.
-      StepRowsCommand retry = taken_elsewhere ? LatestOf(*lane).value() : command;
+      // The command with its sums, only on the rare path that sends them: a copy of
+      // Lane::latest.
+      std::optional<StepRowsCommand> with_sums;
       if (taken_elsewhere) {
         // Followers still behind take the step from the sums; those that have it say so.
-        followed = options_.split_peers->StartFollowers(retry, split)->Wait();
+        with_sums = LatestOf(*lane);  // set by CommitLeaderStep above
+        followed = options_.split_peers->StartFollowers(*with_sums, split)->Wait();
       }
       // Every reduction completed, so each follower can have its sums: one whose answer failed
       // takes the step again (before the lane's next batch needs it at this version), from
       // the hub's retained sums, or from the sums themselves when this process has no hub
       // that saw the step.
-      if (!followed.ok()) CatchUpFollowers(retry, split, followed);
+      if (!followed.ok()) CatchUpFollowers(with_sums ? *with_sums : command, split, followed);
       return absl::OkStatus();
     }
     const bool giving_up = GivingUp();
@@ -401,8 +403,7 @@ absl::StatusOr<StepRowsReply> Shard::StepRows(const StepRowsCommand& command) {
       }
       // The same version from another batch (the leader lost its batch and closed another)
       // is not this step: refused rather than answered OK.
-      absl::StatusOr<std::vector<StepSum>> mine = LatestSums(*lane, command.batch);
-      if (!mine.ok()) return mine.status();
+      if (absl::Status same = CheckLatestBatch(*lane, command.batch); !same.ok()) return same;
       return StepRowsReply{now->version, now->checksum, {}};
     }
   }
@@ -496,11 +497,9 @@ void Shard::KeepLatest(const Lane& lane, StepRowsCommand step) {
   lane.latest = std::move(step);
 }
 
-absl::StatusOr<std::vector<StepSum>> Shard::LatestSums(const Lane& lane,
-                                                       const LoggedBatch& batch) {
-  MutexLock lock(&lane.latest_mu);
+absl::Status Shard::CheckLatestBatchLocked(const Lane& lane, const LoggedBatch& batch) {
   if (!lane.latest.has_value() || lane.latest->batch.version != batch.version) {
-    return std::vector<StepSum>();
+    return absl::OkStatus();
   }
   const std::vector<LoggedBatch::Member>& mine = lane.latest->batch.members;
   bool same = mine.size() == batch.members.size();
@@ -508,12 +507,25 @@ absl::StatusOr<std::vector<StepSum>> Shard::LatestSums(const Lane& lane,
     same = mine[i].worker_id == batch.members[i].worker_id &&
            mine[i].sequence == batch.members[i].sequence;
   }
-  if (!same) {
-    return absl::FailedPreconditionError(absl::StrCat(
-        "parameter '", batch.parameter, "': version ", batch.version + 1,
-        " here came from another batch (", mine.size(), " members) than the leader's (",
-        batch.members.size(), " members): the leader lost the batch it had sent; the owners "
-        "must be restored at one version"));
+  if (same) return absl::OkStatus();
+  return absl::FailedPreconditionError(absl::StrCat(
+      "parameter '", batch.parameter, "': version ", batch.version + 1,
+      " here came from another batch (", mine.size(), " members) than the leader's (",
+      batch.members.size(), " members): the leader lost the batch it had sent; the owners "
+      "must be restored at one version"));
+}
+
+absl::Status Shard::CheckLatestBatch(const Lane& lane, const LoggedBatch& batch) {
+  MutexLock lock(&lane.latest_mu);
+  return CheckLatestBatchLocked(lane, batch);
+}
+
+absl::StatusOr<std::vector<StepSum>> Shard::LatestSums(const Lane& lane,
+                                                       const LoggedBatch& batch) {
+  MutexLock lock(&lane.latest_mu);
+  if (absl::Status same = CheckLatestBatchLocked(lane, batch); !same.ok()) return same;
+  if (!lane.latest.has_value() || lane.latest->batch.version != batch.version) {
+    return std::vector<StepSum>();
   }
   return lane.latest->sums;
 }
