@@ -34,6 +34,26 @@ TEST(PushRank, PushBytesByHand) {
   EXPECT_EQ(PushBytesAt(specs, 1.0 / 256), 4 * 150 * 1 + 200);  // at least rank 1: 800
 }
 
+// A matrix split over k shards sends every owner its rows of the tall side's factor and the
+// whole short side's factor: 4 (tall + k short) r bytes, tall or wide alike.
+TEST(PushRank, SplitMatrixSendsTheShortSideToEveryOwner) {
+  std::vector<ParamSpec> specs = {Spec("w", {100, 50}, OptimizerKind::kDion)};
+  specs[0].split_owners = 3;
+  EXPECT_EQ(PushBytesAt(specs, 0.25), 4 * (100 + 3 * 50) * 13);
+  specs[0] = Spec("w", {50, 100}, OptimizerKind::kDion);
+  specs[0].split_owners = 3;
+  EXPECT_EQ(PushBytesAt(specs, 0.25), 4 * (100 + 3 * 50) * 13);
+
+  Contribution c;
+  c.payload = LowRankFactors{Matrix::Zero(100, 13), Matrix::Zero(50, 13)};
+  EXPECT_EQ(PayloadBytes(c), 4 * (100 + 50) * 13);
+  EXPECT_EQ(PayloadBytes(c, 3), 4 * (100 + 3 * 50) * 13);
+  c.payload = LowRankFactors{Matrix::Zero(50, 13), Matrix::Zero(100, 13)};  // wide: R is tall
+  EXPECT_EQ(PayloadBytes(c, 3), 4 * (100 + 3 * 50) * 13);
+  c.payload = Matrix(Matrix::Zero(50, 100));  // dense: cut by rows, nothing repeated
+  EXPECT_EQ(PayloadBytes(c, 3), 4 * 50 * 100);
+}
+
 TEST(PushRank, ShrinksUntilThePushFitsTheBudget) {
   const std::vector<ParamSpec> specs = Model();
   // 1 MB/s, 10 ms steps, half a step: 5000 bytes. 0.25 costs 8000, 0.125 costs 3800.

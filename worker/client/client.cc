@@ -120,8 +120,13 @@ Client::Client(const ModelTable& table, const ClientOptions& options, Layout lay
     added.accumulator.set_clip(options_.dp_clip);
   }
   if (options_.auto_compression_rank) {
+    // The controller counts a split parameter's bytes with the owners the layout gives it.
+    std::vector<ParamSpec> served = specs_;
+    for (ParamSpec& spec : served) {
+      spec.split_owners = static_cast<int>(layout_.Find(spec.name)->split.size());
+    }
     push_rank_ =
-        std::make_unique<PushRankController>(specs_, options_.compression_rank_fraction);
+        std::make_unique<PushRankController>(std::move(served), options_.compression_rank_fraction);
     uplink_ = std::make_unique<UplinkProbe>(options_.shard_addresses);
   }
 }
@@ -337,7 +342,10 @@ bool Client::MaybeSend(Parameter& p, bool whole) {
       whole ? acc.TakeWhole(options_.worker_id, base_version, absl::Now(), max_rank)
             : acc.Take(options_.worker_id, base_version, absl::Now());
   if (contribution == nullptr) return false;
-  if (push_rank_ != nullptr) push_rank_->OnSent(PayloadBytes(*contribution), absl::Now());
+  if (push_rank_ != nullptr) {
+    push_rank_->OnSent(PayloadBytes(*contribution, static_cast<int>(p.owners.size())),
+                       absl::Now());
+  }
   int64_t bytes = 0;
   if (p.is_split()) {
     for (int owner : p.split->Begin(contribution->sequence)) {

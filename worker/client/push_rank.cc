@@ -23,9 +23,14 @@ int CompressionRank(const ParamSpec& spec, double fraction) {
 int64_t PushBytesAt(absl::Span<const ParamSpec> specs, double fraction) {
   int64_t bytes = 0;
   for (const ParamSpec& spec : specs) {
-    bytes += spec.optimizer == OptimizerKind::kDion
-                 ? 4 * (spec.rows() + spec.cols()) * CompressionRank(spec, fraction)
-                 : 4 * spec.rows() * spec.cols();
+    if (spec.optimizer != OptimizerKind::kDion) {
+      bytes += 4 * spec.rows() * spec.cols();
+      continue;
+    }
+    const int64_t owners = std::max(1, spec.split_owners);
+    const int64_t tall = std::max(spec.rows(), spec.cols());
+    const int64_t short_side = std::min(spec.rows(), spec.cols());
+    bytes += 4 * (tall + owners * short_side) * CompressionRank(spec, fraction);
   }
   return bytes;
 }
@@ -53,9 +58,12 @@ double NextRankFraction(absl::Span<const ParamSpec> specs, double current, doubl
   return current;
 }
 
-int64_t PayloadBytes(const Contribution& c) {
-  if (c.is_low_rank()) return 4 * (c.factors().P.size() + c.factors().R.size());
-  return 4 * c.gradient().size();
+int64_t PayloadBytes(const Contribution& c, int owners) {
+  if (!c.is_low_rank()) return 4 * c.gradient().size();  // dense: cut by rows, nothing repeated
+  const int64_t p = c.factors().P.size();
+  const int64_t r = c.factors().R.size();
+  // Each owner gets its rows of the tall side's factor and the whole other one.
+  return 4 * (std::max(p, r) + std::max(1, owners) * std::min(p, r));
 }
 
 bool AbslParseFlag(absl::string_view text, PushRankSetting* setting, std::string* error) {

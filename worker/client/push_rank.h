@@ -57,7 +57,10 @@ inline constexpr int kAutoRankSettleWindows = 2;
 inline constexpr size_t kAutoRankWindowSamples = 4096;  // kept per window (the first ones)
 
 // Payload bytes of one push of every parameter at fraction f: 4 (m + n) CompressionRank(spec,
-// f) for a Dion matrix, 4 m n for the others.
+// f) for a Dion matrix, 4 m n for the others. A Dion matrix split over k = spec.split_owners >= 2
+// shards sends each owner its rows of the tall side's factor and the whole short side's factor:
+// 4 (tall + k short) CompressionRank. `specs` must carry the owner counts the layout gives
+// (Placement::split.size(), which may be below what the table asked for), as Client's do.
 int64_t PushBytesAt(absl::Span<const ParamSpec> specs, double fraction);
 
 // The fraction to use after `current` (in (0, 1]) given `budget_bytes` per push (file
@@ -80,8 +83,9 @@ std::string AbslUnparseFlag(const PushRankSetting& setting);
 double StartingPushRankFraction(const PushRankSetting& setting, double adaptive_start,
                                 double rank_fraction);
 
-// Payload bytes of a contribution as PushBytesAt counts them.
-int64_t PayloadBytes(const Contribution& c);
+// Payload bytes of a contribution as PushBytesAt counts them, for a parameter split over
+// `owners` shards (1: whole).
+int64_t PayloadBytes(const Contribution& c, int owners = 1);
 
 class PushRankController {
  public:
