@@ -468,15 +468,45 @@ TEST(SplitServingBadInput, RowBlockPushToANonOwnerIsFailedPrecondition) {
   const v1::Layout::Placement placement =
       PlacementOf(cluster.Register(SplitModel("w0", 96, 64, 2)), "w");
   ASSERT_EQ(placement.row_owners_size(), 2);
-  int outsider = 3 - placement.row_owners(0).shard() - placement.row_owners(1).shard();
+  const int leader = placement.row_owners(0).shard(), follower = placement.row_owners(1).shard();
+  const int outsider = 3 - leader - follower;
+  std::vector<v1::StatusResponse> before;
+  for (int s = 0; s < 3; ++s) before.push_back(GetStatus(cluster.stub(s)));
   const std::vector<v1::PushAck> acks = PushAll(
       cluster.stub(outsider),
       {FactorsContribution("w0", 1, "w", 0, 8,
                            BlockOf(RandomFactors(96, 64, 4, 1), 96, 64, placement.row_owners(1)))});
   ASSERT_EQ(acks.size(), 1u);
+  EXPECT_EQ(acks[0].result(), v1::PUSH_RESULT_REJECTED);
   EXPECT_EQ(acks[0].status_code(), grpc::StatusCode::FAILED_PRECONDITION);
-  EXPECT_NE(acks[0].message().find("owns none of its rows"), std::string::npos)
+  // The worker is told where the rows are, so a misconfigured address list can be fixed from
+  // the message alone.
+  EXPECT_NE(acks[0].message().find(absl::StrCat("'w' is split over shards ", leader, ", ",
+                                                follower, " (in row order), this is shard ",
+                                                outsider, ", which owns none of its rows")),
+            std::string::npos)
       << acks[0].message();
+  // Nothing changed anywhere: no shard staged, counted as accepted or applied anything; the
+  // outsider counts the push as rejected, nothing more.
+  for (int s = 0; s < 3; ++s) {
+    EXPECT_EQ(cluster.server(s).shard().StagedContributions("w"), 0) << "shard " << s;
+    const v1::StatusResponse after = GetStatus(cluster.stub(s));
+    ASSERT_EQ(after.parameters_size(), before[s].parameters_size()) << "shard " << s;
+    for (int i = 0; i < after.parameters_size(); ++i) {
+      const v1::ParameterStatus& was = before[s].parameters(i);
+      const v1::ParameterStatus& now = after.parameters(i);
+      EXPECT_EQ(now.version(), was.version()) << "shard " << s << " " << now.parameter();
+      EXPECT_EQ(now.steps(), was.steps()) << "shard " << s << " " << now.parameter();
+      EXPECT_EQ(now.contributions_applied(), was.contributions_applied())
+          << "shard " << s << " " << now.parameter();
+    }
+    EXPECT_EQ(after.pushes().accepted(), 0) << "shard " << s;
+    EXPECT_EQ(after.pushes().duplicate(), 0) << "shard " << s;
+    EXPECT_EQ(after.pushes().rejected(), s == outsider ? 1 : 0) << "shard " << s;
+  }
+  EXPECT_EQ(testing::FindParameter(GetStatus(cluster.stub(outsider)), "w"), nullptr);
+  EXPECT_EQ(VersionOf(cluster, leader, "w"), 0);
+  EXPECT_EQ(VersionOf(cluster, follower, "w"), 0);
 }
 
 TEST(SplitServingBadInput, SplitOverMoreOwnersThanRowsIsInvalidArgument) {
@@ -488,6 +518,12 @@ TEST(SplitServingBadInput, SplitOverMoreOwnersThanRowsIsInvalidArgument) {
   const grpc::Status s =
       cluster.stub(0).RegisterModel(&context, SplitModel("w0", 2, 2, 3), &response);
   EXPECT_EQ(s.error_code(), grpc::StatusCode::INVALID_ARGUMENT) << s.error_message();
+  // The shape and the shard count the table asked for: what to change is in the message.
+  EXPECT_NE(s.error_message().find("'w' (2 x 2) cannot be split over 3 shards"),
+            std::string::npos)
+      << s.error_message();
+  EXPECT_NE(s.error_message().find("its tall side has 2 rows"), std::string::npos)
+      << s.error_message();
   EXPECT_FALSE(GetStatus(cluster.stub(0)).model_registered());
 }
 
