@@ -4,7 +4,8 @@
 // checked against a whole-matrix reference that applies the same batches with common/ directly
 // (ApplyReferenceBatch: M += sum_i w_i P_i R_i^T in plain Eigen, then DionStepFromMomentum),
 // to the tolerances of tests/dion_rows_test.cc: 1e-5 relative (Frobenius), X also 2e-5
-// entry-wise relative to its largest entry.
+// entry-wise relative to its largest entry. Most tests push hand-made blocks; one drives the
+// shards with the worker client (worker/client) while a follower is lost mid-step.
 #include <atomic>
 #include <filesystem>
 #include <functional>
@@ -15,10 +16,14 @@
 
 #include <gtest/gtest.h>
 
+#include "absl/cleanup/cleanup.h"
 #include "absl/strings/str_cat.h"
+#include "absl/synchronization/notification.h"
 #include "common/checksum.h"
 #include "common/dion.h"
 #include "common/layout.h"
+#include "common/mutex.h"
+#include "common/rng.h"
 #include "common/wire.h"
 #include "dion/v1/peer.grpc.pb.h"
 #include "server/dion_server.h"
@@ -26,6 +31,8 @@
 #include "tests/ports_test_util.h"
 #include "tests/reference.h"
 #include "tests/server_test_util.h"
+#include "tests/wait_test_util.h"
+#include "worker/client/client.h"
 
 namespace dion {
 namespace {
@@ -468,15 +475,45 @@ TEST(SplitServingBadInput, RowBlockPushToANonOwnerIsFailedPrecondition) {
   const v1::Layout::Placement placement =
       PlacementOf(cluster.Register(SplitModel("w0", 96, 64, 2)), "w");
   ASSERT_EQ(placement.row_owners_size(), 2);
-  int outsider = 3 - placement.row_owners(0).shard() - placement.row_owners(1).shard();
+  const int leader = placement.row_owners(0).shard(), follower = placement.row_owners(1).shard();
+  const int outsider = 3 - leader - follower;
+  std::vector<v1::StatusResponse> before;
+  for (int s = 0; s < 3; ++s) before.push_back(GetStatus(cluster.stub(s)));
   const std::vector<v1::PushAck> acks = PushAll(
       cluster.stub(outsider),
       {FactorsContribution("w0", 1, "w", 0, 8,
                            BlockOf(RandomFactors(96, 64, 4, 1), 96, 64, placement.row_owners(1)))});
   ASSERT_EQ(acks.size(), 1u);
+  EXPECT_EQ(acks[0].result(), v1::PUSH_RESULT_REJECTED);
   EXPECT_EQ(acks[0].status_code(), grpc::StatusCode::FAILED_PRECONDITION);
-  EXPECT_NE(acks[0].message().find("owns none of its rows"), std::string::npos)
+  // The worker is told where the rows are, so a misconfigured address list can be fixed from
+  // the message alone.
+  EXPECT_NE(acks[0].message().find(absl::StrCat("'w' is split over shards ", leader, ", ",
+                                                follower, " (in row order), this is shard ",
+                                                outsider, ", which owns none of its rows")),
+            std::string::npos)
       << acks[0].message();
+  // Nothing changed anywhere: no shard staged, counted as accepted or applied anything; the
+  // outsider counts the push as rejected, nothing more.
+  for (int s = 0; s < 3; ++s) {
+    EXPECT_EQ(cluster.server(s).shard().StagedContributions("w"), 0) << "shard " << s;
+    const v1::StatusResponse after = GetStatus(cluster.stub(s));
+    ASSERT_EQ(after.parameters_size(), before[s].parameters_size()) << "shard " << s;
+    for (int i = 0; i < after.parameters_size(); ++i) {
+      const v1::ParameterStatus& was = before[s].parameters(i);
+      const v1::ParameterStatus& now = after.parameters(i);
+      EXPECT_EQ(now.version(), was.version()) << "shard " << s << " " << now.parameter();
+      EXPECT_EQ(now.steps(), was.steps()) << "shard " << s << " " << now.parameter();
+      EXPECT_EQ(now.contributions_applied(), was.contributions_applied())
+          << "shard " << s << " " << now.parameter();
+    }
+    EXPECT_EQ(after.pushes().accepted(), 0) << "shard " << s;
+    EXPECT_EQ(after.pushes().duplicate(), 0) << "shard " << s;
+    EXPECT_EQ(after.pushes().rejected(), s == outsider ? 1 : 0) << "shard " << s;
+  }
+  EXPECT_EQ(testing::FindParameter(GetStatus(cluster.stub(outsider)), "w"), nullptr);
+  EXPECT_EQ(VersionOf(cluster, leader, "w"), 0);
+  EXPECT_EQ(VersionOf(cluster, follower, "w"), 0);
 }
 
 TEST(SplitServingBadInput, SplitOverMoreOwnersThanRowsIsInvalidArgument) {
@@ -488,6 +525,12 @@ TEST(SplitServingBadInput, SplitOverMoreOwnersThanRowsIsInvalidArgument) {
   const grpc::Status s =
       cluster.stub(0).RegisterModel(&context, SplitModel("w0", 2, 2, 3), &response);
   EXPECT_EQ(s.error_code(), grpc::StatusCode::INVALID_ARGUMENT) << s.error_message();
+  // The shape and the shard count the table asked for: what to change is in the message.
+  EXPECT_NE(s.error_message().find("'w' (2 x 2) cannot be split over 3 shards"),
+            std::string::npos)
+      << s.error_message();
+  EXPECT_NE(s.error_message().find("its tall side has 2 rows"), std::string::npos)
+      << s.error_message();
   EXPECT_FALSE(GetStatus(cluster.stub(0)).model_registered());
 }
 
@@ -698,6 +741,204 @@ TEST(SplitServingFaults, StoppedFollowerReturnsAndTrainingGoesOn) {
     const int shard = placement.row_owners(i).shard();
     EXPECT_EQ(cluster.server(shard).shard().StagedContributions("w"), 0) << "shard " << shard;
   }
+  std::filesystem::remove_all(dir);
+}
+
+
+// The worker client (worker/client, what dion-worker trains with) pushing one sample per local
+// step into a split "w" while a follower is lost in the middle of a step: the leader has
+// accepted and closed the batch (acknowledged to the worker) and holds it at the step's start,
+// before asking any follower, until that follower has stopped. While it is away the step
+// fails and is retried: no owner applies anything. The stopping follower refuses the blocks
+// pushed during its drain, and the worker restores them into its residual, the error feedback;
+// blocks it cannot reach are kept in flight. The follower returns on its port (its checkpoint
+// and write-ahead log give back the blocks staged for the held batch), the leader's retry
+// takes the step on every owner, and training goes on: every owner ends at one version, having
+// applied each contribution the worker saw acknowledged exactly once, and the matrix equals
+// the whole-matrix reference of those contributions, one batch each in acknowledgement order.
+TEST(SplitServingFaults, WorkerClientLosesAFollowerMidStepAndEveryAcknowledgedPushIsAppliedOnce) {
+  constexpr int64_t kHeld = 4;  // the step the leader holds while its follower stops
+  const SplitCase c{96, 64, 3, OrthoMethod::kAuto};
+  const std::string dir = FreshDir("split_serving_lost_mid_step");
+  absl::Notification entered, release;
+  std::atomic<bool> held{false};
+  Cluster cluster(3, [&](ServerOptions& options, int shard) {
+    options.shard.checkpoint_dir = absl::StrCat(dir, "/shard-", shard);
+    // The staged blocks of the held batch outlive the follower's stop only through its log
+    // (docs/server.md, "Split parameters": a checkpoint does not hold them).
+    options.shard.wal_dir = absl::StrCat(dir, "/wal-", shard);
+    options.shard.batcher.target_workers = 1;  // each contribution is a batch: one version each
+    // A step missing an owner fails at its first reduction's deadline.
+    options.peer.timeout = absl::Milliseconds(300);
+    options.shard.split_retry_max = absl::Milliseconds(200);
+    // The stopping follower drains for half of this (the held batch's blocks never leave it),
+    // then waits out the rest for the worker's open Push stream; it refuses pushes throughout.
+    options.shutdown_grace = absl::Milliseconds(600);
+    options.shard.leader_step_hook = [&](int64_t step, bool answered) {
+      if (step != kHeld || answered || held.exchange(true)) return;
+      entered.Notify();
+      release.WaitForNotificationWithTimeout(absl::Seconds(30));
+    };
+  });
+  ASSERT_TRUE(cluster.ok());
+  // Before the cluster stops: a held leader would wait out its 30 s in the hook.
+  absl::Cleanup release_leader = [&] {
+    if (!release.HasBeenNotified()) release.Notify();
+  };
+  v1::RegisterModelRequest request = SplitModel("w0", c.m, c.n, c.shards);
+  request.mutable_parameters()->RemoveLast();  // "w" alone: every push is one of its blocks
+  const v1::Layout::Placement placement = PlacementOf(cluster.Register(request), "w");
+  ASSERT_EQ(placement.row_owners_size(), 3);
+  const int leader = placement.row_owners(0).shard();
+  const int staying = placement.row_owners(1).shard();
+  const int lost = placement.row_owners(2).shard();
+
+  Mutex mu;
+  std::vector<Contribution> acknowledged;  // applied, in the leader's acknowledgement order
+  int64_t restored = 0;
+  ClientOptions options;
+  for (int s = 0; s < 3; ++s) options.shard_addresses.push_back(cluster.server(s).address());
+  options.worker_id = "w0";
+  options.max_in_flight = 1;  // one contribution out at a time: the leader's batches in order
+  options.rpc_deadline = absl::Seconds(5);
+  options.reconnect.initial_delay = absl::Milliseconds(20);
+  options.reconnect.max_delay = absl::Milliseconds(200);
+  options.reconnect.give_up_after = absl::Seconds(30);
+  options.seed = 7;
+  options.on_acknowledged = [&](const Contribution& contribution, PushFate fate) {
+    MutexLock lock(&mu);
+    if (fate == PushFate::kApplied) acknowledged.push_back(contribution);
+    if (fate == PushFate::kRestored) ++restored;
+  };
+  const auto counts = [&] {
+    MutexLock lock(&mu);
+    return std::pair<int64_t, int64_t>(static_cast<int64_t>(acknowledged.size()), restored);
+  };
+  absl::StatusOr<std::unique_ptr<Client>> connected =
+      Client::Connect(ModelTableFromProto(request).value(), options);
+  ASSERT_TRUE(connected.ok()) << connected.status();
+  Client& client = **connected;
+
+  // A local step of one sample with a fresh gradient; `gradients` sums them.
+  MatrixD gradients = MatrixD::Zero(c.m, c.n);
+  int local_steps = 0;
+  const auto submit = [&] {
+    Matrix G(c.m, c.n);
+    Rng(100 + ++local_steps).FillNormal(G, 0.1);
+    gradients += G.cast<double>();
+    return client.Submit(std::vector<Matrix>{G}, /*samples=*/1, /*loss=*/0);
+  };
+  // Error feedback loses nothing: what was acknowledged as applied (payload times samples: the
+  // accumulator's sum units) plus what the worker still holds is every gradient it was given.
+  // Only meaningful with nothing in flight. (Outstanding takes the accumulator's lock, which
+  // on_acknowledged holds while taking `mu`: never both here.)
+  const auto feedback_error = [&] {
+    MatrixD sent = client.Outstanding(0).cast<double>();
+    MutexLock lock(&mu);
+    for (const Contribution& a : acknowledged) {
+      sent += (a.factors().P * a.factors().R.transpose()).cast<double>() * a.sample_count;
+    }
+    return RelativeError(sent, gradients);
+  };
+  const auto owner_status = [&](int shard) {
+    const v1::StatusResponse status = GetStatus(cluster.stub(shard));
+    const v1::ParameterStatus* p = testing::FindParameter(status, "w");
+    return p == nullptr ? v1::ParameterStatus() : *p;
+  };
+
+  for (int64_t k = 1; k < kHeld; ++k) {
+    ASSERT_TRUE(submit().ok());
+    ASSERT_TRUE(client.Flush(absl::Seconds(10)).ok());
+    ASSERT_TRUE(WaitForVersion(cluster, placement, k)) << "step " << k;
+  }
+  // Step kHeld: acknowledged by the leader, then held there at the step's start.
+  ASSERT_TRUE(submit().ok());
+  ASSERT_TRUE(client.Flush(absl::Seconds(10)).ok());
+  ASSERT_TRUE(entered.WaitForNotificationWithTimeout(absl::Seconds(20)));
+  EXPECT_EQ(counts().first, kHeld);
+
+  // The follower stops (on its own thread: its drain waits for the held batch's blocks). The
+  // worker's next contributions reach it draining: the first it refuses ends the loop. One
+  // pushed just before the drain began is staged everywhere and acknowledged instead, for a
+  // batch queued behind the held one.
+  std::thread stopper([&] { cluster.Stop(lost); });
+  bool refused = false;
+  for (int attempt = 0; attempt < 20 && !refused; ++attempt) {
+    const auto [acked_before, restored_before] = counts();
+    if (!submit().ok()) break;
+    if (!testing::WaitUntil([&] {
+          const auto [acked_now, restored_now] = counts();
+          return acked_now > acked_before || restored_now > restored_before;
+        })) {
+      break;
+    }
+    refused = counts().second > restored_before;
+  }
+  stopper.join();
+  ASSERT_TRUE(refused) << "no push reached the follower while it drained";
+  EXPECT_GE(client.stats().refused, 1);
+  EXPECT_EQ(client.stats().refused, counts().second);
+  // The refused contribution is back in the residual (nothing is in flight: one at a time).
+  EXPECT_LE(feedback_error(), 1e-5);
+  const int64_t acked_before_return = counts().first;
+
+  // The leader asks its followers now: the lost one is gone, so the step's first reduction
+  // times out on the leader and the staying follower, before either changed its rows, and
+  // nobody moves past the last completed step. (The attempt as a whole ends only when the
+  // command to the lost follower does: it waits for its connection, 8 peer timeouts at most.)
+  release.Notify();
+  ASSERT_TRUE(testing::WaitUntil([&] {
+    return testing::MetricValue(cluster.server(leader).metrics().Serialize(),
+                                "dion_peer_reduction_failures_total{reason=\"timeout\"}") >= 1;
+  }));
+  // The worker's next contribution cannot be committed: the lost owner is unreachable, so it
+  // stays in flight (the client retries it) and the leader never sees it.
+  ASSERT_TRUE(submit().ok());
+  EXPECT_EQ(client.Flush(absl::Milliseconds(100)).code(), absl::StatusCode::kDeadlineExceeded);
+  EXPECT_EQ(counts().first, acked_before_return);
+  for (int shard : {leader, staying}) {
+    const v1::ParameterStatus p = owner_status(shard);
+    EXPECT_EQ(p.version(), kHeld - 1) << "shard " << shard;
+    EXPECT_EQ(p.contributions_applied(), kHeld - 1) << "shard " << shard;
+  }
+
+  // The follower returns on its port with the held batch's blocks. The failed attempt's command
+  // may still reach it (refused: its reduction failed); the leader's retry takes the step, the
+  // worker's retried push goes through, and training goes on.
+  cluster.StartAgain(lost);
+  ASSERT_TRUE(client.Flush(absl::Seconds(20)).ok());
+  for (int k = 0; k < 3; ++k) {
+    ASSERT_TRUE(submit().ok());
+    ASSERT_TRUE(client.Flush(absl::Seconds(10)).ok());
+  }
+  const int64_t acked = counts().first;
+  EXPECT_GT(acked, acked_before_return);
+  // One version per acknowledged contribution, on every owner, each applied exactly once.
+  ASSERT_TRUE(WaitForVersion(cluster, placement, acked));
+  // The held step was attempted without the lost follower and failed before it succeeded.
+  EXPECT_GE(testing::MetricValue(cluster.server(leader).metrics().Serialize(),
+                                 "dion_split_step_failures_total"),
+            1);
+  for (int shard : {leader, staying, lost}) {
+    const v1::ParameterStatus p = owner_status(shard);
+    EXPECT_EQ(p.version(), acked) << "shard " << shard;
+    EXPECT_EQ(p.contributions_applied(), acked) << "shard " << shard;
+  }
+  EXPECT_EQ(cluster.server(lost).shard().StagedContributions("w"), 0);
+  EXPECT_LE(feedback_error(), 1e-5);
+  // The assembled matrix is the reference's after exactly the acknowledged contributions.
+  WholeReference reference(request);
+  {
+    MutexLock lock(&mu);
+    for (const Contribution& a : acknowledged) {
+      ApplyReferenceBatch({{a.factors(), 1.0}}, reference.spec.dion, reference.X,
+                          reference.state);
+    }
+  }
+  EXPECT_LE(RelativeError(ToDouble(Assemble(cluster, placement, c.m, c.n, acked)),
+                          ToDouble(reference.X)),
+            1e-5);
+  client.Close();
   std::filesystem::remove_all(dir);
 }
 
