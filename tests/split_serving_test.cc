@@ -760,6 +760,7 @@ TEST(SplitServingLayoutChange, AnotherSplitOfferedOverARestoredOneIsRefusedAndNo
   run.ExpectEveryOwner(2, 4);
   ASSERT_TRUE(run.Round(3));
   EXPECT_LE(run.Error(3), 1e-5);
+  for (int s = 0; s < cluster.size(); ++s) cluster.Stop(s);  // before the directory goes
   std::filesystem::remove_all(dir);
 }
 
