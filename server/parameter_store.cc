@@ -403,18 +403,25 @@ absl::Status ParameterStore::Restore(const ParameterSnapshot& snapshot) {
         absl::StrCat("cannot restore parameter '", spec.name, "': ", what));
   };
   const auto [rows, cols] = HeldShape(parameter);
-  if (parameter.split.has_value() && !(snapshot.rows == parameter.split->rows)) {
-    return error(absl::StrCat(
-        "the checkpoint holds rows [", snapshot.rows.begin, ", ", snapshot.rows.end,
-        ") of its tall side", snapshot.rows.size() == 0 ? " (the whole parameter)" : "",
-        ", but in the current layout this shard owns rows [", parameter.split->rows.begin, ", ",
-        parameter.split->rows.end, ") of its split over ", parameter.split->owner_shards.size(),
-        " shards"));
-  }
-  if (!parameter.split.has_value() && snapshot.rows.size() > 0) {
-    return error(absl::StrCat("the checkpoint holds rows [", snapshot.rows.begin, ", ",
-                              snapshot.rows.end, ") of a split, but in the current layout this "
-                              "shard holds the whole parameter"));
+  // Rows of another layout fit this store no better than another shard's checkpoint does:
+  // FailedPrecondition, as Checkpointer::RestoreInto answers that, naming both ranges.
+  const int64_t tall = std::max(spec.rows(), spec.cols());
+  const auto held = [tall](RowBlock block) {
+    return block.size() == 0
+               ? absl::StrCat("all ", tall, " rows of its tall side (the whole parameter)")
+               : absl::StrCat("rows [", block.begin, ", ", block.end, ") of its tall side of ",
+                              tall, " rows");
+  };
+  const RowBlock kept = snapshot.rows.size() > 0 ? snapshot.rows : RowBlock{};
+  const RowBlock owned = parameter.split.has_value() ? parameter.split->rows : RowBlock{};
+  if (!(kept == owned)) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        "cannot restore parameter '", spec.name, "': the checkpoint holds ", held(kept),
+        ", but in the current layout this shard ", parameter.split.has_value() ? "owns " : "holds ",
+        held(owned),
+        parameter.split.has_value()
+            ? absl::StrCat(" (split over ", parameter.split->owner_shards.size(), " shards)")
+            : ""));
   }
   if (!SameShape(snapshot.X, rows, cols)) return error("X has the wrong shape");
   if (!snapshot.X.allFinite()) return error("X has NaN or Inf");

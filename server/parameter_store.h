@@ -210,7 +210,10 @@ class ParameterStore {
   absl::StatusOr<ParameterSnapshot> Snapshot(absl::string_view parameter,
                                              bool include_state) const ABSL_LOCKS_EXCLUDED(mu_);
   // Replaces an owned parameter's X, state, version and counters by a snapshot taken with
-  // include_state (checkpoint restore). InvalidArgument if shapes, optimizer or spec differ.
+  // include_state (checkpoint restore). InvalidArgument if shapes, optimizer or spec differ;
+  // FailedPrecondition, naming both ranges, if the snapshot holds other rows of a split
+  // parameter than the layout gives this shard (the whole parameter included). Nothing changes
+  // on error.
   absl::Status Restore(const ParameterSnapshot& snapshot) ABSL_LOCKS_EXCLUDED(mu_);
 
   std::vector<ParameterStatus> Statuses() const ABSL_LOCKS_EXCLUDED(mu_);

@@ -23,6 +23,7 @@ set_tests_properties(WorkerClient.ReconnectsAfterTheShardIsDownForAFewSeconds
                      ReplicaCrossCpu.FollowsASandyBridgeShardOnHaswellFor200Versions
                      DionLocalTest.ReportsAWorkerBinaryThatExitsAtOnce
                      WorkerClient.ResyncsWhenTheShardRestartsFromAnOlderCheckpoint
+                     DionLocalTest.SplitThresholdSplitsAMatrixAndTheSummaryListsItsOwners
                      PROPERTIES COST 3)
 
 # Label `release_only`: scripts/test.sh runs these in the Release tree only (its ASan stage

@@ -14,6 +14,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "common/dion.h"
+#include "common/layout.h"
 #include "server/batcher.h"
 #include "common/checksum.h"
 #include "server/clock.h"
@@ -177,11 +178,9 @@ TEST(ParameterStore, InvalidTableIsRefusedWithInvalidArgument) {
   EXPECT_FALSE(store->model_registered());
 }
 
-// Split parameters (split_owners >= 2) are laid out but not yet served: the table is refused
-// as a whole, naming the parameter, and nothing is registered; over one shard it stays whole.
-// Each owner of a split parameter holds its rows of the whole initial value and of M, and the
-// whole Q, exactly as the unsplit store has them; a snapshot says which rows; another owner's
-// block is refused on restore, naming both ranges.
+// Each owner of a split parameter (split_owners >= 2) holds its rows of the whole initial
+// value and of M, and the whole Q, exactly as the unsplit store has them; a snapshot says which
+// rows; another owner's block is refused on restore, naming both ranges.
 TEST(ParameterStore, OwnersOfASplitParameterHoldTheirRowsOfTheWhole) {
   ModelTable table = TestModel();
   ASSERT_EQ(table.parameters[0].spec.optimizer, OptimizerKind::kDion);
@@ -216,12 +215,66 @@ TEST(ParameterStore, OwnersOfASplitParameterHoldTheirRowsOfTheWhole) {
   ASSERT_TRUE(owner0->RegisterModel(table).ok());
   const int other = blocks[0].rows == (*owner0->Split(spec.name))->rows ? 1 : 0;
   const absl::Status refused = owner0->Restore(blocks[other]);
-  EXPECT_EQ(refused.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(refused.code(), absl::StatusCode::kFailedPrecondition);
   EXPECT_NE(refused.message().find(absl::StrCat("holds rows [", blocks[other].rows.begin)),
             std::string::npos)
       << refused;
   EXPECT_NE(refused.message().find("this shard owns rows"), std::string::npos) << refused;
   EXPECT_TRUE(owner0->Restore(blocks[1 - other]).ok());
+}
+
+// A checkpoint split otherwise than the current layout is refused FAILED_PRECONDITION (the
+// snapshot is well formed, the store's layout is what it does not fit), naming both: the
+// whole parameter into an owner of its rows, and an owner's rows into a store that holds the
+// parameter whole. The store keeps every bit it had; the snapshot of its own layout restores.
+TEST(ParameterStore, RestoreRefusesACheckpointSplitOtherwiseThanTheLayout) {
+  ModelTable split_table = TestModel();
+  split_table.parameters[0].spec.split_owners = 2;
+  const ParamSpec& spec = split_table.parameters[0].spec;  // "tall", 48 x 32
+  ASSERT_EQ(spec.rows(), 48);
+  auto split = *ParameterStore::Create(StoreOptions{0, 2});
+  ASSERT_TRUE(split->RegisterModel(split_table).ok());
+  ASSERT_EQ((*split->Split(spec.name))->rows, (RowBlock{0, 24}));
+  // The same table whole, over the same two shards, on the shard that then holds "tall".
+  const ModelTable whole_table = TestModel();
+  const int holder = Layout::Compute(whole_table.specs(), 2)->ShardOf(spec.name);
+  auto whole = *ParameterStore::Create(StoreOptions{holder, 2});
+  ASSERT_TRUE(whole->RegisterModel(whole_table).ok());
+  ASSERT_FALSE((*whole->Split(spec.name)).has_value());
+
+  // Each snapshot as its checkpoint would hold it, one version further, so that a restore
+  // that went through would show.
+  ParameterSnapshot block = *split->Snapshot(spec.name, true);
+  ParameterSnapshot entire = *whole->Snapshot(spec.name, true);
+  block.version = entire.version = 5;
+  const std::vector<float> split_before = StateBits(*split->Snapshot(spec.name, true));
+  const std::vector<float> whole_before = StateBits(*whole->Snapshot(spec.name, true));
+
+  const absl::Status into_split = split->Restore(entire);
+  EXPECT_EQ(into_split.code(), absl::StatusCode::kFailedPrecondition) << into_split;
+  for (const char* part :
+       {"cannot restore parameter 'tall'",
+        "the checkpoint holds all 48 rows of its tall side (the whole parameter)",
+        "this shard owns rows [0, 24) of its tall side of 48 rows (split over 2 shards)"}) {
+    EXPECT_NE(into_split.message().find(part), absl::string_view::npos) << into_split;
+  }
+  const absl::Status into_whole = whole->Restore(block);
+  EXPECT_EQ(into_whole.code(), absl::StatusCode::kFailedPrecondition) << into_whole;
+  for (const char* part :
+       {"cannot restore parameter 'tall'",
+        "the checkpoint holds rows [0, 24) of its tall side of 48 rows",
+        "this shard holds all 48 rows of its tall side (the whole parameter)"}) {
+    EXPECT_NE(into_whole.message().find(part), absl::string_view::npos) << into_whole;
+  }
+  ExpectBitIdentical(StateBits(*split->Snapshot(spec.name, true)), split_before);
+  ExpectBitIdentical(StateBits(*whole->Snapshot(spec.name, true)), whole_before);
+  EXPECT_EQ((*split->Split(spec.name))->rows, (RowBlock{0, 24}));
+
+  // What was refused is the layout, not the snapshots: each restores into its own.
+  EXPECT_TRUE(split->Restore(block).ok());
+  EXPECT_TRUE(whole->Restore(entire).ok());
+  EXPECT_EQ(*split->Version(spec.name), 5);
+  EXPECT_EQ(*whole->Version(spec.name), 5);
 }
 
 // A reducer whose every sum fails, as when another owner is unreachable.

@@ -18,6 +18,7 @@
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "server/checkpoint/checkpoint_dir.h"
+#include "tests/reference.h"
 #include "tests/server_process.h"
 #include "tests/server_test_util.h"
 
@@ -180,6 +181,76 @@ TEST(ServerBinaryTest, EnforcesItsStateBudgetAndRefusesOptimizerStateByDefault) 
   const grpc::Status status = reader->Finish();
   EXPECT_EQ(status.error_code(), grpc::StatusCode::PERMISSION_DENIED) << status.error_message();
   EXPECT_NE(status.error_message().find("--allow_optimizer_state_pull"), std::string::npos);
+}
+
+// --blas_threads (docs/server.md, "Flags"): below 1 the binary refuses to start (exit 2) and
+// names the flag and the value. With 2 it finds the OpenBLAS internals it restarts the worker
+// threads through (no note on stderr), and one push to a 512 x 256 Dion matrix steps it as
+// common/'s step does: its products (m n r = 8.4e6 multiply-adds for M Q) are far above the
+// size from which OpenBLAS spreads a product over its threads, so both threads take part.
+// The push has rank 64 = r: with fewer, M Q has directions of rounding noise only, which the
+// orthonormalization amplifies (a rank-8 push ends 4e-3 apart between 1 and 2 threads).
+TEST(ServerBinaryTest, BlasThreadsBelowOneAreRefusedAndTwoThreadsStepADionMatrix) {
+  for (const char* value : {"0", "-3"}) {
+    ServerProcess refused(
+        {"--listen=127.0.0.1:0", "--metrics_listen=", absl::StrCat("--blas_threads=", value)});
+    ASSERT_TRUE(refused.started());
+    EXPECT_EQ(refused.WaitForExit(absl::Seconds(10)), 2) << refused.log();
+    EXPECT_TRUE(absl::StrContains(refused.log(), absl::StrCat("blas_threads must be >= 1, got ",
+                                                              value)))
+        << refused.log();
+  }
+
+  ServerProcess server({"--listen=127.0.0.1:0", "--metrics_listen=", "--blas_threads=2",
+                        "--target_workers=1", "--batch_deadline=inf",
+                        "--allow_optimizer_state_pull"});
+  ASSERT_TRUE(server.started());
+  const std::string address = server.WaitForAddress(absl::Seconds(20));
+  ASSERT_FALSE(address.empty()) << server.log();
+  EXPECT_FALSE(absl::StrContains(server.log(), "note: --blas_threads")) << server.log();
+  auto stub = Connect(address);
+  v1::RegisterModelRequest request;
+  request.set_model_name("blas-threads");
+  request.set_worker_id("w0");
+  testing::AddDionMatrix(request, "big", 512, 256, 9);
+  {
+    grpc::ClientContext context;
+    testing::SetDeadline(context);
+    v1::RegisterModelResponse response;
+    const grpc::Status status = stub->RegisterModel(&context, request, &response);
+    ASSERT_TRUE(status.ok()) << status.error_message();
+  }
+  const v1::ParameterValue initial = Pull(*stub, "big");
+  const LowRankFactors f = RandomFactors(512, 256, 64, 3);
+  for (const v1::PushAck& ack :
+       testing::PushAll(*stub, {FactorsContribution("w0", 0, "big", 0, 4, f)})) {
+    ASSERT_EQ(ack.result(), v1::PUSH_RESULT_ACCEPTED) << ack.message();
+  }
+  ASSERT_TRUE(testing::WaitForStatus(*stub, [](const v1::StatusResponse& s) {
+    return testing::FindParameter(s, "big")->version() == 1;
+  }));
+  const v1::ParameterValue stepped = Pull(*stub, "big");
+
+  // The same step in this process (one BLAS thread) from the state the shard started with.
+  Matrix X = testing::ValueOf(initial);
+  DionState state;
+  state.M = TensorToMatrix(initial.dion().momentum(), "M").value();
+  state.Q = TensorToMatrix(initial.dion().q(), "Q").value();
+  state.step = initial.dion().step();
+  ASSERT_EQ(state.Q.cols(), 64);  // r
+  const ParamSpec spec = ModelTableFromProto(request).value().parameters[0].spec;
+  testing::ApplyReferenceBatch({{f, 1.0}}, spec.dion, X, state);
+  const MatrixD served = testing::ValueOf(stepped).cast<double>();
+  EXPECT_GT(testing::RelativeError(served, testing::ValueOf(initial).cast<double>()), 1e-3)
+      << "the step moved X";
+  // Measured 3e-8 and 7e-8 (Release, 1 and 2 threads).
+  EXPECT_LE(testing::RelativeError(served, X.cast<double>()), 1e-6);
+  EXPECT_LE(testing::MaxRelativeError(served, X.cast<double>()), 1e-5);
+  EXPECT_EQ(stepped.dion().step(), initial.dion().step() + 1);
+
+  stub.reset();  // an idle channel would hold the shutdown up (see the first test)
+  server.Signal(SIGTERM);
+  EXPECT_EQ(server.WaitForExit(absl::Seconds(10)), 0) << server.log();
 }
 
 }  // namespace

@@ -1,6 +1,7 @@
-// Protocol details through gRPC on loopback: GetLayout marks explicit initial values,
-// PushAck.current_version is the applied version for every result, a sequence below a forced
-// dedup floor is REJECTED (never DUPLICATE), and Pull with min_version waits for a version.
+// Protocol details through gRPC on loopback: GetLayout marks explicit initial values and gives
+// every owner's rows of a split parameter, PushAck.current_version is the applied version for
+// every result, a sequence below a forced dedup floor is REJECTED (never DUPLICATE), and Pull
+// with min_version waits for a version.
 #include <limits>
 #include <gtest/gtest.h>
 
@@ -9,7 +10,9 @@
 #include <vector>
 
 #include "absl/strings/match.h"
+#include "absl/strings/str_cat.h"
 #include "common/blas.h"
+#include "tests/ports_test_util.h"
 #include "tests/server_test_util.h"
 
 namespace dion {
@@ -74,6 +77,107 @@ TEST(ServerProtocolTest, GetLayoutMarksExplicitInitialValuesAndRefusesThemOnRegi
   grpc::ClientContext again;
   ASSERT_TRUE(stub->RegisterModel(&again, echoed, &response).ok());
   EXPECT_FALSE(response.newly_registered());
+}
+
+// A Dion matrix `name` (rows x cols) over `split_owners` owners (0: whole) in `request`.
+void AddDion(v1::RegisterModelRequest& request, const std::string& name, int64_t rows,
+             int64_t cols, int split_owners) {
+  v1::ParameterSpec* p = request.add_parameters();
+  p->set_name(name);
+  p->add_shape(rows);
+  p->add_shape(cols);
+  p->set_optimizer(v1::OPTIMIZER_KIND_DION);
+  p->mutable_init()->set_kind(v1::INIT_KIND_KAIMING);
+  p->set_split_owners(split_owners);
+}
+
+// Over three shards: "w" (96 x 64) split by rows over 3, "v" (24 x 60, wide) split by columns
+// over 2, "u" and "b" whole. Every shard's GetLayout gives the same placements: each owner of a
+// split parameter with its rows of the tall side, in row order, covering it (the rule of
+// common/layout.h: blocks to the least-loaded shards, whole parameters after them by size);
+// whole parameters have no row_owners. The specs echo split_owners, so a client lays the
+// table out as the shards did.
+TEST(ServerProtocolTest, GetLayoutGivesEveryOwnersRowsOfASplitParameter) {
+  const std::vector<int> ports = testing::ReservePorts(3);
+  ASSERT_EQ(ports.size(), 3u);
+  std::vector<std::string> addresses;
+  for (int port : ports) addresses.push_back(absl::StrCat("127.0.0.1:", port));
+  v1::RegisterModelRequest request;
+  request.set_model_name("split-layout");
+  AddDion(request, "w", 96, 64, 3);
+  AddDion(request, "v", 24, 60, 2);
+  AddDion(request, "u", 8, 8, 0);
+  v1::ParameterSpec* b = request.add_parameters();
+  b->set_name("b");
+  b->add_shape(4);
+  b->set_optimizer(v1::OPTIMIZER_KIND_ADAMW);
+
+  std::vector<std::unique_ptr<DionServer>> shards;
+  for (int i = 0; i < 3; ++i) {
+    ServerOptions options = TestServerOptions();
+    options.listen = addresses[i];
+    options.shard.store.shard_index = i;
+    options.shard.store.num_shards = 3;
+    options.peer.addresses = addresses;
+    absl::StatusOr<std::unique_ptr<DionServer>> shard = DionServer::Start(options);
+    ASSERT_TRUE(shard.ok()) << shard.status();
+    shards.push_back(*std::move(shard));
+    auto stub = Connect(shards.back()->address());
+    grpc::ClientContext context;
+    testing::SetDeadline(context);
+    v1::RegisterModelResponse response;
+    const grpc::Status status = stub->RegisterModel(&context, request, &response);
+    ASSERT_TRUE(status.ok()) << "shard " << i << ": " << status.error_message();
+  }
+
+  struct Owner {
+    uint32_t shard;
+    int64_t begin, end;
+  };
+  struct Expected {
+    std::string parameter;
+    uint32_t shard;
+    int64_t size;
+    std::vector<Owner> owners;
+  };
+  const std::vector<Expected> expected = {
+      {"w", 0, 96 * 64, {{0, 0, 32}, {1, 32, 64}, {2, 64, 96}}},
+      {"v", 0, 24 * 60, {{0, 0, 30}, {1, 30, 60}}},
+      {"u", 2, 64, {}},
+      {"b", 2, 4, {}},
+  };
+  for (int i = 0; i < 3; ++i) {
+    SCOPED_TRACE(absl::StrCat("GetLayout of shard ", i));
+    auto stub = Connect(shards[i]->address());
+    grpc::ClientContext context;
+    testing::SetDeadline(context);
+    v1::GetLayoutResponse response;
+    const grpc::Status status = stub->GetLayout(&context, v1::GetLayoutRequest(), &response);
+    ASSERT_TRUE(status.ok()) << status.error_message();
+    EXPECT_EQ(response.shard_index(), static_cast<uint32_t>(i));
+    EXPECT_EQ(response.model_name(), "split-layout");
+    const v1::Layout& layout = response.layout();
+    EXPECT_EQ(layout.num_shards(), 3u);
+    ASSERT_EQ(layout.placements_size(), 4);
+    for (size_t k = 0; k < expected.size(); ++k) {
+      const v1::Layout::Placement& p = layout.placements(static_cast<int>(k));
+      SCOPED_TRACE(expected[k].parameter);
+      EXPECT_EQ(p.parameter(), expected[k].parameter);
+      EXPECT_EQ(p.shard(), expected[k].shard);
+      EXPECT_EQ(p.size(), expected[k].size);
+      ASSERT_EQ(p.row_owners_size(), static_cast<int>(expected[k].owners.size()));
+      for (int o = 0; o < p.row_owners_size(); ++o) {
+        EXPECT_EQ(p.row_owners(o).shard(), expected[k].owners[o].shard) << "owner " << o;
+        EXPECT_EQ(p.row_owners(o).row_begin(), expected[k].owners[o].begin) << "owner " << o;
+        EXPECT_EQ(p.row_owners(o).row_end(), expected[k].owners[o].end) << "owner " << o;
+      }
+    }
+    ASSERT_EQ(response.parameters_size(), 4);
+    EXPECT_EQ(response.parameters(0).split_owners(), 3u);
+    EXPECT_EQ(response.parameters(1).split_owners(), 2u);
+    EXPECT_EQ(response.parameters(2).split_owners(), 0u);
+    EXPECT_EQ(response.parameters(3).split_owners(), 0u);
+  }
 }
 
 // ---------------------------------------------------------------------------------------------

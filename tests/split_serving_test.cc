@@ -26,8 +26,12 @@
 #include "common/rng.h"
 #include "common/wire.h"
 #include "dion/v1/peer.grpc.pb.h"
+#include "server/checkpoint/checkpoint_dir.h"
+#include "server/checkpoint/checkpoint_encoding.h"
+#include "server/checkpoint/checkpoint_manifest.h"
 #include "server/dion_server.h"
 #include "server/parameter_store.h"
+#include "tests/crash_test_util.h"
 #include "tests/ports_test_util.h"
 #include "tests/reference.h"
 #include "tests/server_test_util.h"
@@ -939,6 +943,168 @@ TEST(SplitServingFaults, WorkerClientLosesAFollowerMidStepAndEveryAcknowledgedPu
                           ToDouble(reference.X)),
             1e-5);
   client.Close();
+  std::filesystem::remove_all(dir);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Another split over a checkpoint (docs/server.md, "Start" and "Split parameters"). A shard
+// restores the table its checkpoint holds and lays it out again; the rows it then owns must be
+// the rows the checkpoint holds.
+
+// The placement of "w" in the layout `stub`'s shard serves (GetLayout).
+v1::Layout::Placement LayoutOfW(v1::ParameterServer::Stub& stub) {
+  grpc::ClientContext context;
+  SetDeadline(context);
+  v1::GetLayoutResponse response;
+  const grpc::Status status = stub.GetLayout(&context, v1::GetLayoutRequest(), &response);
+  EXPECT_TRUE(status.ok()) << status.error_message();
+  return status.ok() ? PlacementOf(response.layout(), "w") : v1::Layout::Placement();
+}
+
+// Shards restarted over checkpoints of "w" split over 2 of 3 shards restore that table. A
+// worker offering it split over 3, or whole, is refused FAILED_PRECONDITION naming both
+// split_owners, and nothing changes: the layout, every owner's rows and version, and the
+// next step are those of the split over 2.
+TEST(SplitServingLayoutChange, AnotherSplitOfferedOverARestoredOneIsRefusedAndNothingChanges) {
+  const std::string dir = FreshDir("split_serving_split_offered");
+  Cluster cluster(3, CheckpointsIn(dir));
+  ASSERT_TRUE(cluster.ok());
+  const SplitCase c{96, 64, 2, OrthoMethod::kAuto};
+  SplitRun run(cluster, c);
+  ASSERT_EQ(run.placement.row_owners_size(), 2);
+  for (int r = 1; r <= 2; ++r) ASSERT_TRUE(run.Round(r));
+  const Matrix before = Assemble(cluster, run.placement, c.m, c.n, 2);
+  cluster.Restart();
+  ASSERT_TRUE(cluster.ok());
+
+  for (int owners : {3, 0}) {
+    for (int s = 0; s < cluster.size(); ++s) {
+      grpc::ClientContext context;
+      SetDeadline(context);
+      v1::RegisterModelResponse response;
+      const grpc::Status status = cluster.stub(s).RegisterModel(
+          &context, SplitModel("w0", c.m, c.n, owners), &response);
+      EXPECT_EQ(status.error_code(), grpc::StatusCode::FAILED_PRECONDITION)
+          << "shard " << s << ", " << owners << " owners: " << status.error_message();
+      EXPECT_NE(status.error_message().find(absl::StrCat(
+                    "parameter 'w' field split_owners is 2 in the registered table but ",
+                    owners, " in this request")),
+                std::string::npos)
+          << status.error_message();
+    }
+  }
+  for (int s = 0; s < cluster.size(); ++s) {
+    EXPECT_EQ(LayoutOfW(cluster.stub(s)).SerializeAsString(), run.placement.SerializeAsString())
+        << "shard " << s;
+  }
+  EXPECT_EQ(Assemble(cluster, run.placement, c.m, c.n, 2), before);
+  run.ExpectEveryOwner(2, 4);
+  ASSERT_TRUE(run.Round(3));
+  EXPECT_LE(run.Error(3), 1e-5);
+  for (int s = 0; s < cluster.size(); ++s) cluster.Stop(s);  // before the directory goes
+  std::filesystem::remove_all(dir);
+}
+
+// Rewrites the model table of checkpoint directory `checkpoint` with `edit`, and its manifest
+// entry to match: the checkpoint stays valid, its table now lays "w" out otherwise than the
+// rows it holds (as a table edited by hand, or laid out by another rule, would).
+void RewriteTable(const std::string& checkpoint, const std::function<void(std::string&)>& edit) {
+  const std::string table_path = absl::StrCat(checkpoint, "/", kModelTableFile);
+  const std::string manifest_path = absl::StrCat(checkpoint, "/", kManifestFileName);
+  std::string table = testing::ReadFile(table_path);
+  edit(table);
+  absl::StatusOr<CheckpointManifest> manifest =
+      ParseManifest(testing::ReadFile(manifest_path), manifest_path);
+  ASSERT_TRUE(manifest.ok()) << manifest.status();
+  for (ManifestFile& file : manifest->files) {
+    if (file.name != kModelTableFile) continue;
+    file.bytes = static_cast<int64_t>(table.size());
+    file.fnv1a64 = Fnv1a64::Of(table);
+  }
+  testing::WriteFile(table_path, table);
+  testing::WriteFile(manifest_path, SerializeManifest(*manifest));
+  ASSERT_TRUE(ValidateCheckpoint(checkpoint).ok());
+}
+
+// A shard whose checkpoint holds rows of "w" split over 2 while the checkpoint's table now
+// lays "w" out over 3 owners (the follower: rows [48, 96) held, [32, 64) laid out) or whole
+// (the leader: rows [0, 48) held, all 96 laid out) does not start: FAILED_PRECONDITION naming
+// both ranges. Nothing is served and nothing on disk changes: with the table put back, the
+// shard starts at the version and bits it stopped at.
+TEST(SplitServingLayoutChange, ACheckpointHoldingRowsOfAnotherLayoutIsRefusedAtStart) {
+  const std::string dir = FreshDir("split_serving_rows_of_another_layout");
+  Cluster cluster(3, CheckpointsIn(dir));
+  ASSERT_TRUE(cluster.ok());
+  SplitRun run(cluster, {96, 64, 2, OrthoMethod::kAuto});
+  // The rule of common/layout.h: the blocks of "w" go to shards 0 and 1, "b" to shard 2.
+  ASSERT_EQ(run.placement.row_owners_size(), 2);
+  ASSERT_EQ(run.placement.row_owners(0).shard(), 0u);
+  ASSERT_EQ(run.placement.row_owners(1).shard(), 1u);
+  ASSERT_TRUE(run.Round(1));
+  std::vector<v1::ParameterValue> before;
+  for (int s = 0; s < 2; ++s) before.push_back(testing::PullOne(cluster.stub(s), "w"));
+  for (int s = 0; s < 3; ++s) cluster.Stop(s);  // each writes its last checkpoint
+
+  struct Case {
+    int shard;
+    std::function<void(std::string&)> edit;
+    std::string held, laid_out;
+  };
+  const std::vector<Case> cases = {
+      {1,
+       [](std::string& table) {
+         ASSERT_NE(table.find("split_owners: 2"), std::string::npos) << table;
+         table.replace(table.find("split_owners: 2"), 15, "split_owners: 3");
+       },
+       "the checkpoint holds rows [48, 96) of its tall side of 96 rows",
+       "this shard owns rows [32, 64) of its tall side of 96 rows (split over 3 shards)"},
+      {0,
+       [](std::string& table) {
+         ASSERT_NE(table.find("split_owners: 2"), std::string::npos) << table;
+         table.erase(table.find("split_owners: 2"), 15);
+       },
+       "the checkpoint holds rows [0, 48) of its tall side of 96 rows",
+       "this shard holds all 96 rows of its tall side (the whole parameter)"},
+  };
+  const std::vector<std::string> peers = {"127.0.0.1:1", "127.0.0.1:2", "127.0.0.1:3"};
+  for (const Case& k : cases) {
+    SCOPED_TRACE(absl::StrCat("shard ", k.shard));
+    const std::string root = absl::StrCat(dir, "/shard-", k.shard);
+    absl::StatusOr<std::vector<CheckpointInfo>> checkpoints = ListCheckpoints(root);
+    ASSERT_TRUE(checkpoints.ok() && !checkpoints->empty()) << checkpoints.status();
+    const std::string newest = checkpoints->front().path;
+    const std::string table = testing::ReadFile(absl::StrCat(newest, "/", kModelTableFile));
+    const std::string manifest = testing::ReadFile(absl::StrCat(newest, "/", kManifestFileName));
+    RewriteTable(newest, k.edit);
+
+    ServerOptions options = TestServerOptions();
+    options.shard.store.shard_index = k.shard;
+    options.shard.store.num_shards = 3;
+    options.shard.checkpoint_dir = root;
+    options.peer.addresses = peers;  // never called: nothing steps
+    absl::StatusOr<std::unique_ptr<DionServer>> refused = DionServer::Start(options);
+    ASSERT_FALSE(refused.ok());
+    EXPECT_EQ(refused.status().code(), absl::StatusCode::kFailedPrecondition) << refused.status();
+    for (const std::string& part : {std::string("cannot restore parameter 'w'"), k.held,
+                                    k.laid_out}) {
+      EXPECT_NE(refused.status().message().find(part), std::string::npos) << refused.status();
+    }
+    EXPECT_EQ(ListCheckpoints(root)->size(), checkpoints->size());
+
+    testing::WriteFile(absl::StrCat(newest, "/", kModelTableFile), table);
+    testing::WriteFile(absl::StrCat(newest, "/", kManifestFileName), manifest);
+    absl::StatusOr<std::unique_ptr<DionServer>> server = DionServer::Start(options);
+    ASSERT_TRUE(server.ok()) << server.status();
+    auto stub = Connect((*server)->address());
+    const v1::ParameterValue after = testing::PullOne(*stub, "w");
+    EXPECT_EQ(after.version(), 1);
+    EXPECT_EQ(after.row_begin(), before[k.shard].row_begin());
+    EXPECT_EQ(after.row_end(), before[k.shard].row_end());
+    EXPECT_EQ(after.value().data(), before[k.shard].value().data());
+    EXPECT_EQ(after.checksum(), before[k.shard].checksum());
+    stub.reset();
+    EXPECT_TRUE((*server)->Shutdown().ok());
+  }
   std::filesystem::remove_all(dir);
 }
 
