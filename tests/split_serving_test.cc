@@ -98,12 +98,18 @@ v1::RegisterModelRequest SplitModel(const std::string& worker, int64_t m, int64_
   return request;
 }
 
-// An empty directory `name` under the test's temporary directory.
-std::string FreshDir(const std::string& name) {
-  const std::string dir = ::testing::TempDir() + "/" + name;
-  std::filesystem::remove_all(dir);
-  return dir;
-}
+// An empty directory `name` under the test's temporary directory, removed when this goes out
+// of scope. Declared before a test's Cluster, it outlives the shards, whose checkpoints at
+// shutdown would otherwise write it again after a removal at the end of the test.
+struct FreshDir {
+  explicit FreshDir(const std::string& name) : path(::testing::TempDir() + "/" + name) {
+    std::filesystem::remove_all(path);
+  }
+  ~FreshDir() { std::filesystem::remove_all(path); }
+  FreshDir(const FreshDir&) = delete;
+  FreshDir& operator=(const FreshDir&) = delete;
+  const std::string path;
+};
 
 // Cluster options: shard i checkpoints into <dir>/shard-<i>.
 std::function<void(ServerOptions&, int)> CheckpointsIn(const std::string& dir) {
@@ -428,7 +434,8 @@ TEST(SplitServingFaults, LostFollowerStepIsRetriedAndAppliedOnce) {
 // Each owner checkpoints its rows and restores them: after a restart of every shard the
 // blocks, versions and the next steps are those of an uninterrupted run.
 TEST(SplitServingCheckpoints, OwnersRestoreTheirRowsAndTrainOn) {
-  const std::string dir = FreshDir("split_serving_checkpoints");
+  const FreshDir fresh("split_serving_checkpoints");
+  const std::string& dir = fresh.path;
   Cluster cluster(2, CheckpointsIn(dir));
   ASSERT_TRUE(cluster.ok());
   const SplitCase c{64, 96, 2, OrthoMethod::kAuto};
@@ -440,7 +447,6 @@ TEST(SplitServingCheckpoints, OwnersRestoreTheirRowsAndTrainOn) {
   EXPECT_EQ(Assemble(cluster, run.placement, c.m, c.n, 3), before);
   for (int r = 4; r <= 5; ++r) ASSERT_TRUE(run.Round(r));
   EXPECT_LE(run.Error(5), 1e-5);
-  std::filesystem::remove_all(dir);
 }
 
 // Bad input changes nothing and says what was expected.
@@ -673,7 +679,8 @@ TEST(SplitServingFaults, FollowerWhoseLastSumWasLostCatchesUpFromTheRetainedSums
 // its followers, who still answer during their own drain; the last checkpoints then hold the
 // step, and after the restart every owner is at that version with the reference's value.
 TEST(SplitServingShutdown, PendingStepIsAppliedWhenEveryOwnerStopsTogether) {
-  const std::string dir = FreshDir("split_serving_shutdown");
+  const FreshDir fresh("split_serving_shutdown");
+  const std::string& dir = fresh.path;
   Cluster cluster(3, CheckpointsIn(dir));
   ASSERT_TRUE(cluster.ok());
   const SplitCase c{96, 64, 3, OrthoMethod::kAuto};
@@ -692,7 +699,6 @@ TEST(SplitServingShutdown, PendingStepIsAppliedWhenEveryOwnerStopsTogether) {
   ASSERT_TRUE(cluster.ok());
   for (int s = 0; s < 3; ++s) EXPECT_EQ(VersionOf(cluster, s, "w"), 2) << "shard " << s;
   EXPECT_LE(run.Error(2), 1e-5);
-  std::filesystem::remove_all(dir);
 }
 
 // A follower shard stops (gracefully) and returns. Meanwhile a worker's push cannot be
@@ -701,7 +707,8 @@ TEST(SplitServingShutdown, PendingStepIsAppliedWhenEveryOwnerStopsTogether) {
 // contribution again after the return. The returned follower restores its rows at the version
 // it stopped at, and training goes on to the reference's values.
 TEST(SplitServingFaults, StoppedFollowerReturnsAndTrainingGoesOn) {
-  const std::string dir = FreshDir("split_serving_follower_returns");
+  const FreshDir fresh("split_serving_follower_returns");
+  const std::string& dir = fresh.path;
   Cluster cluster(3, CheckpointsIn(dir));
   ASSERT_TRUE(cluster.ok());
   const SplitCase c{96, 64, 3, OrthoMethod::kAuto};
@@ -745,7 +752,6 @@ TEST(SplitServingFaults, StoppedFollowerReturnsAndTrainingGoesOn) {
     const int shard = placement.row_owners(i).shard();
     EXPECT_EQ(cluster.server(shard).shard().StagedContributions("w"), 0) << "shard " << shard;
   }
-  std::filesystem::remove_all(dir);
 }
 
 
@@ -763,7 +769,8 @@ TEST(SplitServingFaults, StoppedFollowerReturnsAndTrainingGoesOn) {
 TEST(SplitServingFaults, WorkerClientLosesAFollowerMidStepAndEveryAcknowledgedPushIsAppliedOnce) {
   constexpr int64_t kHeld = 4;  // the step the leader holds while its follower stops
   const SplitCase c{96, 64, 3, OrthoMethod::kAuto};
-  const std::string dir = FreshDir("split_serving_lost_mid_step");
+  const FreshDir fresh("split_serving_lost_mid_step");
+  const std::string& dir = fresh.path;
   absl::Notification entered, release;
   std::atomic<bool> held{false};
   Cluster cluster(3, [&](ServerOptions& options, int shard) {
@@ -943,7 +950,6 @@ TEST(SplitServingFaults, WorkerClientLosesAFollowerMidStepAndEveryAcknowledgedPu
                           ToDouble(reference.X)),
             1e-5);
   client.Close();
-  std::filesystem::remove_all(dir);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -966,7 +972,8 @@ v1::Layout::Placement LayoutOfW(v1::ParameterServer::Stub& stub) {
 // split_owners, and nothing changes: the layout, every owner's rows and version, and the
 // next step are those of the split over 2.
 TEST(SplitServingLayoutChange, AnotherSplitOfferedOverARestoredOneIsRefusedAndNothingChanges) {
-  const std::string dir = FreshDir("split_serving_split_offered");
+  const FreshDir fresh("split_serving_split_offered");
+  const std::string& dir = fresh.path;
   Cluster cluster(3, CheckpointsIn(dir));
   ASSERT_TRUE(cluster.ok());
   const SplitCase c{96, 64, 2, OrthoMethod::kAuto};
@@ -1002,7 +1009,6 @@ TEST(SplitServingLayoutChange, AnotherSplitOfferedOverARestoredOneIsRefusedAndNo
   ASSERT_TRUE(run.Round(3));
   EXPECT_LE(run.Error(3), 1e-5);
   for (int s = 0; s < cluster.size(); ++s) cluster.Stop(s);  // before the directory goes
-  std::filesystem::remove_all(dir);
 }
 
 // Rewrites the model table of checkpoint directory `checkpoint` with `edit`, and its manifest
@@ -1032,7 +1038,8 @@ void RewriteTable(const std::string& checkpoint, const std::function<void(std::s
 // both ranges. Nothing is served and nothing on disk changes: with the table put back, the
 // shard starts at the version and bits it stopped at.
 TEST(SplitServingLayoutChange, ACheckpointHoldingRowsOfAnotherLayoutIsRefusedAtStart) {
-  const std::string dir = FreshDir("split_serving_rows_of_another_layout");
+  const FreshDir fresh("split_serving_rows_of_another_layout");
+  const std::string& dir = fresh.path;
   Cluster cluster(3, CheckpointsIn(dir));
   ASSERT_TRUE(cluster.ok());
   SplitRun run(cluster, {96, 64, 2, OrthoMethod::kAuto});
@@ -1105,7 +1112,6 @@ TEST(SplitServingLayoutChange, ACheckpointHoldingRowsOfAnotherLayoutIsRefusedAtS
     stub.reset();
     EXPECT_TRUE((*server)->Shutdown().ok());
   }
-  std::filesystem::remove_all(dir);
 }
 
 }  // namespace
