@@ -373,9 +373,11 @@ TEST(ShardWal, RestoringACutDoesNotReplayTheLogThatFollowedIt) {
 }
 
 TEST(ShardWal, OptionsAndSyncModesAreChecked) {
-  ShardOptions options = WalOptions(FreshRoot("options"));
+  const std::string root = FreshRoot("options");
+  ShardOptions options = WalOptions(root);
   options.checkpoint_dir.clear();
   EXPECT_EQ(Shard::Create(options).status().code(), absl::StatusCode::kInvalidArgument);
+  fs::remove_all(root);
   EXPECT_EQ(ParseLogSync("always").value().mode, LogSync::Mode::kAlways);
   EXPECT_EQ(ParseLogSync("none").value().mode, LogSync::Mode::kNone);
   absl::StatusOr<LogSync> interval = ParseLogSync("interval:100ms");
