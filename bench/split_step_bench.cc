@@ -241,7 +241,7 @@ int Main() {
   absl::PrintF("|---|---|---|---|---|---|---|---|\n");
   const double base = rows.front().owners == 1 ? rows.front().step : 0;
   for (const Row& r : rows) {
-    absl::PrintF("| %d | %d | %.0f | %.1f | %d | %.0f | %.2f | %s |\n", r.owners, r.rows,
+    absl::PrintF("| %d | %d | %.1f | %.1f | %d | %.1f | %.2f | %s |\n", r.owners, r.rows,
                  1e3 * r.step, 1e3 * r.reduce, r.bytes, 1e3 * r.bound, r.step / r.bound,
                  base > 0 ? absl::StrFormat("%.2f", base / r.step) : "-");
   }
