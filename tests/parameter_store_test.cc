@@ -268,6 +268,8 @@ TEST(ParameterStore, RestoreRefusesACheckpointSplitOtherwiseThanTheLayout) {
   }
   ExpectBitIdentical(StateBits(*split->Snapshot(spec.name, true)), split_before);
   ExpectBitIdentical(StateBits(*whole->Snapshot(spec.name, true)), whole_before);
+  EXPECT_EQ(*split->Version(spec.name), 0);
+  EXPECT_EQ(*whole->Version(spec.name), 0);
   EXPECT_EQ((*split->Split(spec.name))->rows, (RowBlock{0, 24}));
 
   // What was refused is the layout, not the snapshots: each restores into its own.
