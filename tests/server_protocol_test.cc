@@ -82,13 +82,8 @@ TEST(ServerProtocolTest, GetLayoutMarksExplicitInitialValuesAndRefusesThemOnRegi
 // A Dion matrix `name` (rows x cols) over `split_owners` owners (0: whole) in `request`.
 void AddDion(v1::RegisterModelRequest& request, const std::string& name, int64_t rows,
              int64_t cols, int split_owners) {
-  v1::ParameterSpec* p = request.add_parameters();
-  p->set_name(name);
-  p->add_shape(rows);
-  p->add_shape(cols);
-  p->set_optimizer(v1::OPTIMIZER_KIND_DION);
-  p->mutable_init()->set_kind(v1::INIT_KIND_KAIMING);
-  p->set_split_owners(split_owners);
+  testing::AddDionMatrix(request, name, rows, cols, /*seed=*/0);
+  request.mutable_parameters()->rbegin()->set_split_owners(split_owners);
 }
 
 // Over three shards: "w" (96 x 64) split by rows over 3, "v" (24 x 60, wide) split by columns
