@@ -69,6 +69,15 @@ struct LoopbackPeers {
   PeerEnv Env(int shard, absl::Duration timeout) const {
     return PeerEnv{hubs[static_cast<size_t>(shard)].get(), channels.get(), timeout, nullptr};
   }
+
+  // Owner `owner`'s reducer of step `step` of parameter `name`, the owners being every shard
+  // here in index order (as a split over all of them).
+  std::unique_ptr<RowReducer> Reducer(const std::string& name, int64_t step, int owner,
+                                      absl::Duration timeout) const {
+    std::vector<int> shards(hubs.size());
+    for (size_t k = 0; k < shards.size(); ++k) shards[k] = static_cast<int>(k);
+    return std::make_unique<GrpcRowReducer>(name, step, shards, owner, Env(owner, timeout));
+  }
 };
 
 }  // namespace dion

@@ -43,7 +43,6 @@
 #include "common/orthonormalize.h"
 #include "common/rng.h"
 #include "common/row_reduce.h"
-#include "server/peer/grpc_row_reducer.h"
 
 ABSL_FLAG(std::string, shapes, "4096x1024,1024x4096",
           "Comma-separated parameter shapes, rows x cols (rows < cols: Dion runs on X^T and the "
@@ -130,15 +129,6 @@ Errors Compare(const Split& split, const Matrix& whole_X, const Matrix& start_X,
   return e;
 }
 
-// Owner `owner`'s reducer for one step: gRPC between the split's peers, or the local group.
-std::unique_ptr<RowReducer> Reducer(Split& split, int owner, int64_t step) {
-  if (split.peers == nullptr) return nullptr;
-  std::vector<int> shards(static_cast<size_t>(split.owners));
-  for (int k = 0; k < split.owners; ++k) shards[static_cast<size_t>(k)] = k;
-  return std::make_unique<GrpcRowReducer>("parity", step, shards, owner,
-                                          split.peers->Env(owner, absl::Seconds(600)));
-}
-
 // One step of every owner of `split`, each on its own thread; false (with a message) when an
 // owner's step failed.
 bool StepOwners(Split& split, const Matrix& G, const DionConfig& config, Shape shape,
@@ -148,7 +138,9 @@ bool StepOwners(Split& split, const Matrix& G, const DionConfig& config, Shape s
   for (int i = 0; i < split.owners; ++i) {
     threads.emplace_back([&, i] {
       split.states[i].M += TallBlock(G, split.blocks[i], transposed);
-      std::unique_ptr<RowReducer> grpc = Reducer(split, i, step);
+      std::unique_ptr<RowReducer> grpc =
+          split.peers != nullptr ? split.peers->Reducer("parity", step, i, absl::Seconds(600))
+                                 : nullptr;
       RowReducer& reducer = grpc != nullptr ? *grpc : split.local->owner(i);
       const absl::StatusOr<DionStepResult> result =
           DionRowStepFromMomentum(split.X[i], split.states[i], config, shape.rows, shape.cols,

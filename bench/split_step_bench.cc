@@ -42,7 +42,6 @@
 #include "common/rng.h"
 #include "common/row_reduce.h"
 #include "bench/loopback_peers.h"
-#include "server/peer/grpc_row_reducer.h"
 
 ABSL_FLAG(int, n, 8192, "The parameter is n x n");
 ABSL_FLAG(int, rank, 512, "Dion rank r");
@@ -121,15 +120,6 @@ struct Row {
   int64_t bytes = 0;
 };
 
-// Owner `owner`'s reducer over gRPC between `peers` for step `step`.
-std::unique_ptr<RowReducer> GrpcReducer(LoopbackPeers& peers, int owners, int owner,
-                                        int64_t step) {
-  std::vector<int> shards(static_cast<size_t>(owners));
-  for (int k = 0; k < owners; ++k) shards[static_cast<size_t>(k)] = k;
-  return std::make_unique<GrpcRowReducer>("bench", step, shards, owner,
-                                          peers.Env(owner, absl::Seconds(600)));
-}
-
 Row Measure(int owners, int64_t n, int rank, int reps, const DionConfig& config, uint64_t seed,
             bool grpc) {
   std::vector<Owner> o(static_cast<size_t>(owners));
@@ -152,7 +142,7 @@ Row Measure(int owners, int64_t n, int rank, int reps, const DionConfig& config,
     std::vector<std::unique_ptr<TimedReducer>> timed;
     for (int i = 0; i < owners; ++i) {
       o[i].state.M += o[i].G;
-      if (peers != nullptr) inner.push_back(GrpcReducer(*peers, owners, i, rep));
+      if (peers != nullptr) inner.push_back(peers->Reducer("bench", rep, i, absl::Seconds(600)));
       timed.push_back(
           std::make_unique<TimedReducer>(peers != nullptr ? *inner.back() : group.owner(i)));
     }
