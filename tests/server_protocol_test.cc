@@ -47,11 +47,7 @@ TEST(ServerProtocolTest, GetLayoutMarksExplicitInitialValuesAndRefusesThemOnRegi
     v1::RegisterModelResponse response;
     ASSERT_TRUE(stub->RegisterModel(&context, request, &response).ok());
   }
-  v1::GetLayoutResponse layout;
-  {
-    grpc::ClientContext context;
-    ASSERT_TRUE(stub->GetLayout(&context, v1::GetLayoutRequest(), &layout).ok());
-  }
+  const v1::GetLayoutResponse layout = testing::GetLayout(*stub);
   ASSERT_EQ(layout.parameters_size(), 3);
   for (const v1::ParameterSpec& p : layout.parameters()) {
     SCOPED_TRACE(p.name());
@@ -144,11 +140,8 @@ TEST(ServerProtocolTest, GetLayoutGivesEveryOwnersRowsOfASplitParameter) {
   for (int i = 0; i < 3; ++i) {
     SCOPED_TRACE(absl::StrCat("GetLayout of shard ", i));
     auto stub = Connect(shards[i]->address());
-    grpc::ClientContext context;
-    testing::SetDeadline(context);
-    v1::GetLayoutResponse response;
-    const grpc::Status status = stub->GetLayout(&context, v1::GetLayoutRequest(), &response);
-    ASSERT_TRUE(status.ok()) << status.error_message();
+    const v1::GetLayoutResponse response = testing::GetLayout(*stub);
+    ASSERT_FALSE(HasFailure());
     EXPECT_EQ(response.shard_index(), static_cast<uint32_t>(i));
     EXPECT_EQ(response.model_name(), "split-layout");
     const v1::Layout& layout = response.layout();

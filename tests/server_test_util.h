@@ -109,6 +109,16 @@ inline v1::StatusResponse GetStatus(v1::ParameterServer::Stub& stub) {
   return response;
 }
 
+// The shard's GetLayout answer (a failed call is a test failure and an empty answer).
+inline v1::GetLayoutResponse GetLayout(v1::ParameterServer::Stub& stub) {
+  grpc::ClientContext context;
+  SetDeadline(context);
+  v1::GetLayoutResponse response;
+  grpc::Status status = stub.GetLayout(&context, v1::GetLayoutRequest(), &response);
+  EXPECT_TRUE(status.ok()) << status.error_message();
+  return response;
+}
+
 inline const v1::ParameterStatus* FindParameter(const v1::StatusResponse& status,
                                                 const std::string& name) {
   for (const v1::ParameterStatus& p : status.parameters()) {
